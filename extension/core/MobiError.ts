@@ -1,0 +1,56 @@
+/**
+ * The one error class of the device core. Every failure a person can meet has
+ * a stable code; hosts (VS Code, CLI) choose what to show by code, never by
+ * message text. Messages say what happened and what to do, and never contain
+ * source text, prompts or activations.
+ */
+export const ERROR_CODES = [
+  'MODEL_NOT_FOUND',
+  'NOT_GGUF',
+  'TRUNCATED_GGUF',
+  'UNSUPPORTED_ARCHITECTURE',
+  'MODEL_LOAD_FAILED',
+  'CONTEXT_FAILED',
+  'NATIVE_ADDON_MISSING',
+  'NO_BACKEND',
+  'DISPOSED',
+  'NOT_LOADED',
+  'BUSY',
+  'EMPTY_INPUT',
+  'CONTEXT_OVERFLOW',
+  'LAYER_OUT_OF_RANGE',
+  'BAD_TOKEN',
+  'BAD_ARGUMENT',
+  'NO_SUCH_TENSOR',
+  'UNSUPPORTED_TYPE',
+  'TOKENIZE_FAILED',
+  'DECODE_FAILED',
+  'CAPTURE_FAILED',
+  'IO_ERROR',
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export class MobiError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'MobiError';
+    this.code = code;
+  }
+
+  static is(value: unknown, code?: ErrorCode): value is MobiError {
+    return value instanceof MobiError && (code === undefined || value.code === code);
+  }
+
+  /** Wraps an error thrown by the native addon (it carries a `code` string). */
+  static fromNative(err: unknown): MobiError {
+    if (err instanceof MobiError) return err;
+    const code = (err as { code?: unknown })?.code;
+    const message = err instanceof Error ? err.message : String(err);
+    if (typeof code === 'string' && (ERROR_CODES as readonly string[]).includes(code)) {
+      return new MobiError(code as ErrorCode, message, { cause: err });
+    }
+    return new MobiError('IO_ERROR', message, { cause: err });
+  }
+}

@@ -1,0 +1,85 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MobiError } from '../core/MobiError';
+
+/** The native addon as seen from TypeScript (extension/native/addon.cpp). */
+export interface NativeBackboneInfo {
+  nLayer: number;
+  nEmbd: number;
+  nHead: number;
+  nHeadKv: number;
+  nCtxTrain: number;
+  nVocab: number;
+  nParams: number;
+  sizeBytes: number;
+  description: string;
+  addBos: boolean;
+  bos: number;
+  eos: number;
+  contextSize: number;
+  maxSequences: number;
+}
+
+export interface NativeLoadOptions {
+  contextSize: number;
+  maxSequences: number;
+  threads: number;
+  /** llama.cpp's flash attention ("auto"); faster, but rounds to f16 on the CPU. */
+  flashAttention: boolean;
+}
+
+export interface NativeBackbone {
+  load(modelPath: string, options: NativeLoadOptions): Promise<void>;
+  info(): NativeBackboneInfo;
+  tokenize(text: string, addSpecial: boolean): Int32Array;
+  tokenPiece(token: number): Buffer;
+  /** outputs[k] receives layers[k] as [sum of sequence lengths][nEmbd]. */
+  capture(sequences: Int32Array[], layers: Int32Array, outputs: Float32Array[], stopEarly: boolean): Promise<void>;
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
+export interface NativeTensor {
+  /** ggml order: shape[0] is the row length. */
+  shape: number[];
+  type: string;
+  data: Float32Array;
+}
+
+export interface NativeAddon {
+  Backbone: new () => NativeBackbone;
+  readTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): NativeTensor;
+  ensureBackends(libDir: string): number;
+}
+
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+export const ADDON_PATH = path.join(ROOT, 'out', 'native', 'mobillm.node');
+export const LLAMA_LIB_DIR = path.join(ROOT, 'node_modules', '@node-llama-cpp', 'linux-x64', 'bins', 'linux-x64');
+
+let loaded: Promise<NativeAddon> | undefined;
+
+/**
+ * Loads the addon once per process. node-llama-cpp is initialised first so that
+ * llama.cpp's logging goes through it (it owns the process-global log hook) and
+ * its CPU backend is registered once; the addon links to the very same shared
+ * libraries, so one copy of llama.cpp serves both.
+ */
+export function loadNativeAddon(): Promise<NativeAddon> {
+  loaded ??= (async () => {
+    if (!fs.existsSync(ADDON_PATH)) {
+      throw new MobiError('NATIVE_ADDON_MISSING', `The native addon is not built (${ADDON_PATH}); run "npm ci" or "node extension/native/build-addon.js".`);
+    }
+    const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
+    await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, progressLogs: false, skipDownload: true });
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const addon = require(ADDON_PATH) as NativeAddon;
+    try {
+      addon.ensureBackends(LLAMA_LIB_DIR);
+    } catch (err) {
+      throw MobiError.fromNative(err);
+    }
+    return addon;
+  })();
+  loaded.catch(() => (loaded = undefined));
+  return loaded;
+}
