@@ -36,6 +36,12 @@ export interface ModelInfo {
 export interface BackboneOptions {
   /** Most tokens one forward pass holds (all sequences together). Default 2048. */
   contextSize?: number;
+  /**
+   * Most tokens per llama.cpp decode call; longer inputs run in chunks. It
+   * bounds llama.cpp's output buffer (tokens x vocabulary floats, zero-filled).
+   * Default 128.
+   */
+  batchTokens?: number;
   /** Most sequences in one forward pass. Default 8. */
   maxSequences?: number;
   /** CPU threads. Default: cores - 1 (at least 1). */
@@ -142,7 +148,7 @@ export class Backbone {
     const contextSize = options.contextSize ?? 2048;
     const maxSequences = options.maxSequences ?? 8;
     try {
-      await native.load(modelPath, { contextSize, maxSequences, threads: options.threads ?? defaultThreads(), flashAttention: options.flashAttention ?? true });
+      await native.load(modelPath, { contextSize, batchTokens: options.batchTokens ?? 128, maxSequences, threads: options.threads ?? defaultThreads(), flashAttention: options.flashAttention ?? true });
     } catch (err) {
       native.dispose();
       throw MobiError.fromNative(err);

@@ -17,11 +17,14 @@ export interface NativeBackboneInfo {
   bos: number;
   eos: number;
   contextSize: number;
+  batchTokens: number;
   maxSequences: number;
 }
 
 export interface NativeLoadOptions {
   contextSize: number;
+  /** Most tokens per llama_decode call (a capture runs in chunks of this size). */
+  batchTokens: number;
   maxSequences: number;
   threads: number;
   /** llama.cpp's flash attention ("auto"); faster, but rounds to f16 on the CPU. */
@@ -70,7 +73,18 @@ export function loadNativeAddon(): Promise<NativeAddon> {
       throw new MobiError('NATIVE_ADDON_MISSING', `The native addon is not built (${ADDON_PATH}); run "npm ci" or "node extension/native/build-addon.js".`);
     }
     const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
-    await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, progressLogs: false, skipDownload: true });
+    // llama.cpp's own log lines go to stderr only when MOBILLM_DEBUG is set:
+    // the product reports failures through typed errors instead.
+    await getLlama({
+      gpu: false,
+      build: 'never',
+      progressLogs: false,
+      skipDownload: true,
+      logLevel: process.env.MOBILLM_DEBUG ? LlamaLogLevel.debug : LlamaLogLevel.error,
+      logger: (level, message) => {
+        if (process.env.MOBILLM_DEBUG) process.stderr.write(`[llama.cpp ${level}] ${message}\n`);
+      },
+    });
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const addon = require(ADDON_PATH) as NativeAddon;
     try {

@@ -12,6 +12,7 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -74,7 +75,9 @@ bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
   }
   st->rowsWritten[slot] += rows;
   // Returning false after the last wanted layer stops the graph: the rest of
-  // the layers and the head are skipped.
+  // the layers and the head are skipped. (Aborting instead would also skip the
+  // logits copy, but llama.cpp then drops the micro-batch's KV entries, which
+  // chunked decoding needs.)
   if (layer == st->lastWantedLayer && st->stopAfterLastWanted) return false;
   return true;
 }
@@ -98,10 +101,11 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   ~Backbone() override { FreeNative(); }
 
   // Called on the JavaScript thread by the load worker when it completes.
-  void Adopt(llama_model* model, llama_context* ctx, uint32_t nCtx, uint32_t nSeqMax) {
+  void Adopt(llama_model* model, llama_context* ctx, uint32_t nCtx, uint32_t nBatch, uint32_t nSeqMax) {
     model_ = model;
     ctx_ = ctx;
     nCtx_ = nCtx;
+    nBatch_ = nBatch;
     nSeqMax_ = nSeqMax;
   }
   void SetBusy(bool busy) {
@@ -112,6 +116,7 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   llama_context* ctx() const { return ctx_; }
   CaptureState** captureSlot() { return &active_; }
   uint32_t nCtx() const { return nCtx_; }
+  uint32_t nBatch() const { return nBatch_; }
   uint32_t nSeqMax() const { return nSeqMax_; }
 
  private:
@@ -159,6 +164,7 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
     out.Set("bos", llama_vocab_bos(vocab));
     out.Set("eos", llama_vocab_eos(vocab));
     out.Set("contextSize", nCtx_);
+    out.Set("batchTokens", nBatch_);
     out.Set("maxSequences", nSeqMax_);
     return out;
   }
@@ -220,6 +226,7 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   llama_context* ctx_ = nullptr;
   CaptureState* active_ = nullptr;
   uint32_t nCtx_ = 0;
+  uint32_t nBatch_ = 0;
   uint32_t nSeqMax_ = 0;
   bool busy_ = false;
   bool disposed_ = false;
@@ -229,12 +236,13 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
 class LoadWorker : public Napi::AsyncWorker {
  public:
   LoadWorker(Napi::Env env, Backbone* bb, Napi::Object self, std::string path, uint32_t nCtx,
-             uint32_t nSeqMax, int32_t nThreads, bool flashAttention)
+             uint32_t nBatch, uint32_t nSeqMax, int32_t nThreads, bool flashAttention)
       : Napi::AsyncWorker(env),
         deferred_(Napi::Promise::Deferred::New(env)),
         bb_(bb),
         path_(std::move(path)),
         nCtx_(nCtx),
+        nBatch_(nBatch),
         nSeqMax_(nSeqMax),
         nThreads_(nThreads),
         flashAttention_(flashAttention) {
@@ -254,8 +262,8 @@ class LoadWorker : public Napi::AsyncWorker {
     }
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = nCtx_;
-    cp.n_batch = nCtx_;
-    cp.n_ubatch = nCtx_;  // one micro-batch per decode: rows come back in batch order
+    cp.n_batch = nBatch_;
+    cp.n_ubatch = nBatch_;  // one micro-batch per decode: rows come back in batch order
     cp.n_seq_max = nSeqMax_;
     cp.kv_unified = true;
     // f32 keys/values: captured activations then match a float reference to
@@ -279,7 +287,7 @@ class LoadWorker : public Napi::AsyncWorker {
     }
   }
   void OnOK() override {
-    bb_->Adopt(model_, ctx_, llama_n_ctx(ctx_), nSeqMax_);
+    bb_->Adopt(model_, ctx_, llama_n_ctx(ctx_), nBatch_, nSeqMax_);
     bb_->SetBusy(false);
     deferred_.Resolve(Env().Undefined());
   }
@@ -294,7 +302,7 @@ class LoadWorker : public Napi::AsyncWorker {
   Napi::ObjectReference self_;
   CaptureState** captureSlot_;
   std::string path_;
-  uint32_t nCtx_, nSeqMax_;
+  uint32_t nCtx_, nBatch_, nSeqMax_;
   int32_t nThreads_;
   bool flashAttention_;
   llama_model* model_ = nullptr;
@@ -313,9 +321,10 @@ Napi::Value Backbone::Load(const Napi::CallbackInfo& info) {
   const Napi::Object opts = info[1].As<Napi::Object>();
   const uint32_t nCtx = opts.Get("contextSize").As<Napi::Number>().Uint32Value();
   const uint32_t nSeqMax = opts.Get("maxSequences").As<Napi::Number>().Uint32Value();
+  const uint32_t nBatch = std::min(nCtx, opts.Get("batchTokens").As<Napi::Number>().Uint32Value());
   const int32_t nThreads = opts.Get("threads").As<Napi::Number>().Int32Value();
   const bool flashAttention = opts.Get("flashAttention").ToBoolean().Value();
-  auto* worker = new LoadWorker(env, this, info.This().As<Napi::Object>(), path, nCtx, nSeqMax, nThreads, flashAttention);
+  auto* worker = new LoadWorker(env, this, info.This().As<Napi::Object>(), path, nCtx, nBatch, nSeqMax, nThreads, flashAttention);
   busy_ = true;
   Napi::Promise p = worker->Promise();
   worker->Queue();
@@ -337,26 +346,37 @@ class CaptureWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     llama_context* ctx = bb_->ctx();
-    size_t total = 0;
-    for (const auto& s : sequences) total += s.size();
-    llama_batch batch = llama_batch_init(static_cast<int32_t>(total), 0, 1);
-    int32_t i = 0;
-    for (size_t s = 0; s < sequences.size(); ++s) {
-      const auto& seq = sequences[s];
-      for (size_t t = 0; t < seq.size(); ++t, ++i) {
-        batch.token[i] = seq[t];
-        batch.pos[i] = static_cast<llama_pos>(t);
-        batch.n_seq_id[i] = 1;
-        batch.seq_id[i][0] = static_cast<llama_seq_id>(s);
-        // The last layer is computed for output rows only: ask for every row
-        // when it is captured, otherwise for the last token of each sequence.
-        batch.logits[i] = (needLastLayer || t + 1 == seq.size()) ? 1 : 0;
-      }
-    }
-    batch.n_tokens = static_cast<int32_t>(total);
+    // Decode in chunks of at most nBatch tokens, positions continuing within
+    // each sequence (the KV cache carries the context between chunks). This
+    // bounds llama.cpp's output buffer, which it sizes n_outputs x n_vocab
+    // floats and zero-fills: with the last layer captured, every token is an
+    // output.
+    const int32_t chunk = static_cast<int32_t>(bb_->nBatch());
+    llama_batch batch = llama_batch_init(chunk, 0, 1);
     llama_memory_clear(llama_get_memory(ctx), true);
     *bb_->captureSlot() = &state;
-    const int32_t rc = llama_decode(ctx, batch);
+    int32_t rc = 0;
+    size_t s = 0, t = 0;
+    while (rc == 0 && s < sequences.size()) {
+      int32_t n = 0;
+      while (n < chunk && s < sequences.size()) {
+        const auto& seq = sequences[s];
+        batch.token[n] = seq[t];
+        batch.pos[n] = static_cast<llama_pos>(t);
+        batch.n_seq_id[n] = 1;
+        batch.seq_id[n][0] = static_cast<llama_seq_id>(s);
+        // The last layer is computed for output rows only: ask for every row
+        // when it is captured, otherwise for the last token of each sequence.
+        batch.logits[n] = (needLastLayer || t + 1 == seq.size()) ? 1 : 0;
+        ++n;
+        if (++t == seq.size()) {
+          ++s;
+          t = 0;
+        }
+      }
+      batch.n_tokens = n;
+      rc = llama_decode(ctx, batch);
+    }
     *bb_->captureSlot() = nullptr;
     llama_memory_clear(llama_get_memory(ctx), true);
     llama_batch_free(batch);

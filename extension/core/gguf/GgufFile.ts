@@ -152,7 +152,8 @@ export function readGgufFile(path: string): GgufFile {
     }
     const alignKv = kv.get('general.alignment');
     const alignment = typeof alignKv?.value === 'number' ? alignKv.value : GGUF_DEFAULT_ALIGNMENT;
-    const dataOffset = Math.ceil(c.pos / alignment) * alignment;
+    // The data section is padded to the alignment only when there are tensors.
+    const dataOffset = tensors.length > 0 ? Math.ceil(c.pos / alignment) * alignment : c.pos;
     let dataEnd = dataOffset;
     for (const t of tensors) {
       const rows = t.shape.slice(1).reduce((a, b) => a * b, 1);

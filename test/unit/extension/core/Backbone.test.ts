@@ -107,6 +107,23 @@ describe('Backbone (native capture)', function () {
     }
   });
 
+  it('decodes long inputs in chunks with the same numbers (sequences crossing chunk borders)', async () => {
+    const chunked = await Backbone.open(modelPath, { contextSize: 512, batchTokens: 7, maxSequences: 4, threads: 1, flashAttention: false });
+    try {
+      const seqs = [bb.tokenize(CODE), bb.tokenize('const x = 1;'), bb.tokenize(CODE + CODE)];
+      const cap = await chunked.capture(seqs, 'all');
+      seqs.forEach((s, i) => {
+        const want = ref.forward(s);
+        for (let l = 0; l < 4; l++) {
+          const diff = maxAbsDiff(captureView(cap, l, i), want[l]!);
+          assert.ok(diff <= 1e-4, `sequence ${i} layer ${l}: ${diff}`);
+        }
+      });
+    } finally {
+      chunked.dispose();
+    }
+  });
+
   it('captures a middle layer only (graph stops early)', async () => {
     const tokens = bb.tokenize(CODE);
     const cap = await bb.capture([tokens], [1]);

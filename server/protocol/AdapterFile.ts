@@ -1,0 +1,113 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * The adapter file: one self-describing file for a trained side network (and,
+ * with optimizer state added, for checkpoints).
+ *
+ *   "MOBIADPT"                      8 bytes magic
+ *   u32 LE header length
+ *   header JSON (AdapterHeader)
+ *   zero padding to a multiple of 4
+ *   tensor data, float32 LE, in the order of header.tensors
+ *   sha256 of everything above      32 bytes
+ */
+export const ADAPTER_MAGIC = 'MOBIADPT';
+export const ADAPTER_FORMAT_VERSION = 1;
+
+export interface AdapterTensorEntry {
+  name: string;
+  shape: number[];
+  /** Offset in float32 elements from the start of the data section. */
+  offset: number;
+}
+
+export interface AdapterHeader {
+  format: 'mobillm-adapter';
+  version: number;
+  /** sha256 of the backbone GGUF the adapter was trained for. */
+  fingerprint: string;
+  /** Side-network shape and training config (SideNetworkShape & extra fields). */
+  config: Record<string, unknown>;
+  tensors: AdapterTensorEntry[];
+  /** Training metadata: steps, losses, dates. */
+  meta: Record<string, unknown>;
+}
+
+export class AdapterFormatError extends Error {
+  constructor(readonly code: 'ADAPTER_CORRUPT' | 'ADAPTER_VERSION' | 'ADAPTER_MODEL_MISMATCH', message: string) {
+    super(message);
+    this.name = 'AdapterFormatError';
+  }
+}
+
+export interface AdapterContents {
+  header: AdapterHeader;
+  tensors: Map<string, { shape: number[]; data: Float32Array }>;
+}
+
+export function encodeAdapter(
+  fingerprint: string,
+  config: Record<string, unknown>,
+  meta: Record<string, unknown>,
+  tensors: { name: string; shape: number[]; data: Float32Array }[],
+): Buffer {
+  let offset = 0;
+  const entries: AdapterTensorEntry[] = tensors.map((t) => {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    if (n !== t.data.length) throw new Error(`tensor ${t.name}: shape ${t.shape.join('x')} does not match ${t.data.length} values`);
+    const e = { name: t.name, shape: t.shape, offset };
+    offset += n;
+    return e;
+  });
+  const header: AdapterHeader = { format: 'mobillm-adapter', version: ADAPTER_FORMAT_VERSION, fingerprint, config, tensors: entries, meta };
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const pad = (4 - ((12 + json.length) % 4)) % 4;
+  const body = Buffer.alloc(12 + json.length + pad + offset * 4);
+  body.write(ADAPTER_MAGIC, 0, 'latin1');
+  body.writeUInt32LE(json.length, 8);
+  json.copy(body, 12);
+  const dataStart = 12 + json.length + pad;
+  for (const [i, t] of tensors.entries()) {
+    Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).copy(body, dataStart + entries[i]!.offset * 4);
+  }
+  return Buffer.concat([body, createHash('sha256').update(body).digest()]);
+}
+
+/** Parses and verifies an adapter file; `expectFingerprint` checks it belongs to the model. */
+export function decodeAdapter(file: Uint8Array, expectFingerprint?: string): AdapterContents {
+  const buf = Buffer.from(file.buffer, file.byteOffset, file.byteLength);
+  if (buf.length < 44 || buf.toString('latin1', 0, 8) !== ADAPTER_MAGIC) {
+    throw new AdapterFormatError('ADAPTER_CORRUPT', 'This is not a MobiLLM adapter file.');
+  }
+  const body = buf.subarray(0, buf.length - 32);
+  if (!createHash('sha256').update(body).digest().equals(buf.subarray(buf.length - 32))) {
+    throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter file is damaged (checksum mismatch); download it again.');
+  }
+  const len = body.readUInt32LE(8);
+  let header: AdapterHeader;
+  try {
+    header = JSON.parse(body.toString('utf8', 12, 12 + len)) as AdapterHeader;
+  } catch {
+    throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter header is damaged.');
+  }
+  if (header.format !== 'mobillm-adapter' || !Array.isArray(header.tensors)) {
+    throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter header is not a MobiLLM adapter header.');
+  }
+  if (header.version > ADAPTER_FORMAT_VERSION) {
+    throw new AdapterFormatError('ADAPTER_VERSION', `The adapter has format version ${header.version}; this version reads up to ${ADAPTER_FORMAT_VERSION}. Update MobiLLM.`);
+  }
+  if (expectFingerprint !== undefined && header.fingerprint !== expectFingerprint) {
+    throw new AdapterFormatError('ADAPTER_MODEL_MISMATCH', 'The adapter was trained for a different model file.');
+  }
+  const dataStart = 12 + len + ((4 - ((12 + len) % 4)) % 4);
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const t of header.tensors) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    const start = dataStart + t.offset * 4;
+    if (start + n * 4 > body.length) throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter tensor table points outside the file.');
+    const data = new Float32Array(n);
+    Buffer.from(data.buffer).set(body.subarray(start, start + n * 4));
+    tensors.set(t.name, { shape: t.shape, data });
+  }
+  return { header, tensors };
+}

@@ -1,0 +1,56 @@
+import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from './ActivationQuantizer';
+import { WireError } from './WireError';
+
+/**
+ * Payload of `batch/train` and `batch/eval`: for `rows` tokens,
+ *   each tapped layer in order: a quantized block [rows][d] (ActivationQuantizer)
+ *   targets: int32 [rows]  (next-token ids)
+ *   mask:    uint8 [rows]  (1 = this token's loss counts)
+ */
+export interface ActivationBatch {
+  rows: number;
+  /** Per tapped layer: [rows][d] float32. */
+  layers: Float32Array[];
+  targets: Int32Array;
+  mask: Uint8Array;
+}
+
+export function batchPayloadBytes(rows: number, nLayers: number, d: number, bits: Bits): number {
+  return nLayers * rows * bytesPerRow(d, bits) + rows * 5;
+}
+
+export function encodeBatchPayload(batch: ActivationBatch, d: number, bits: Bits): Buffer {
+  const { rows } = batch;
+  const out = Buffer.allocUnsafe(batchPayloadBytes(rows, batch.layers.length, d, bits));
+  let at = 0;
+  for (const layer of batch.layers) at += quantizeRows(layer, rows, d, bits, out, at);
+  Buffer.from(batch.targets.buffer, batch.targets.byteOffset, rows * 4).copy(out, at);
+  at += rows * 4;
+  Buffer.from(batch.mask.buffer, batch.mask.byteOffset, rows).copy(out, at);
+  return out;
+}
+
+/** Decodes a batch payload, checking its size and target ids exactly. */
+export function decodeBatchPayload(payload: Buffer, rows: number, nLayers: number, d: number, bits: Bits, vocabularySize: number): ActivationBatch {
+  const expected = batchPayloadBytes(rows, nLayers, d, bits);
+  if (rows === 0 || payload.length !== expected) {
+    throw new WireError('BAD_FRAME', `batch payload has ${payload.length} bytes, expected ${expected} for ${rows} rows`);
+  }
+  const layers: Float32Array[] = [];
+  const perLayer = rows * bytesPerRow(d, bits);
+  for (let l = 0; l < nLayers; l++) layers.push(dequantizeRows(payload, rows, d, bits, l * perLayer));
+  const tStart = nLayers * perLayer;
+  const targets = new Int32Array(rows);
+  for (let i = 0; i < rows; i++) {
+    const t = payload.readInt32LE(tStart + 4 * i);
+    if (t < 0 || t >= vocabularySize) throw new WireError('BAD_FRAME', 'a target token id is outside the vocabulary');
+    targets[i] = t;
+  }
+  const mask = new Uint8Array(rows);
+  for (let i = 0; i < rows; i++) {
+    const m = payload[tStart + 4 * rows + i]!;
+    if (m > 1) throw new WireError('BAD_FRAME', 'mask values must be 0 or 1');
+    mask[i] = m;
+  }
+  return { rows, layers, targets, mask };
+}

@@ -1,0 +1,146 @@
+/**
+ * The device <-> server wire contract: one typed map of messages per
+ * direction. Each entry's schema is the run-time validator and, through
+ * `Fields<>`, the compile-time type, so the two cannot drift apart.
+ * docs/protocol.md documents who sends each message and when.
+ */
+
+type Scalar = 'string' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json';
+export type Kind = Scalar | `${Scalar}?` | Schema;
+export interface Schema {
+  readonly [field: string]: Kind;
+}
+
+type TypeOfScalar<K> = K extends 'string'
+  ? string
+  : K extends 'uint' | 'number'
+    ? number
+    : K extends 'boolean'
+      ? boolean
+      : K extends 'uint[]'
+        ? number[]
+        : K extends 'json'
+          ? unknown
+          : never;
+type RequiredKeys<S> = { [F in keyof S]: S[F] extends `${string}?` ? never : F }[keyof S];
+type OptionalKeys<S> = { [F in keyof S]: S[F] extends `${string}?` ? F : never }[keyof S];
+export type Fields<S> = {
+  [F in RequiredKeys<S>]: S[F] extends Schema ? Fields<S[F]> : TypeOfScalar<S[F]>;
+} & { [F in OptionalKeys<S>]?: S[F] extends `${infer B}?` ? TypeOfScalar<B> : never };
+
+const ModelSpec = {
+  /** sha256 of the GGUF file: the server caches the head under it. */
+  fingerprint: 'string',
+  architecture: 'string',
+  layers: 'uint',
+  hiddenSize: 'uint',
+  vocabularySize: 'uint',
+  /** Epsilon of the backbone's final RMSNorm (GGUF metadata). */
+  normEpsilon: 'number',
+} as const satisfies Schema;
+
+export const JobConfigSchema = {
+  /** Backbone layers whose outputs are sent (the last layer is always included). */
+  tappedLayers: 'uint[]',
+  /** Side width r = hiddenSize / reduction. */
+  reduction: 'uint',
+  /** Activation width on the wire: 4, 8 or 16. */
+  bits: 'uint',
+  seqLen: 'uint',
+  batchSize: 'uint',
+  /** Training batches of the whole job (one optimizer step each). */
+  totalSteps: 'uint',
+  learningRate: 'number',
+  warmupSteps: 'uint',
+  seed: 'uint',
+  /** Write a checkpoint every this many steps (and at the end). */
+  checkpointEvery: 'uint',
+} as const satisfies Schema;
+export type JobConfig = Fields<typeof JobConfigSchema>;
+export type ModelSpec = Fields<typeof ModelSpec>;
+
+/** Messages the device sends. */
+export const DeviceMessages = {
+  /** First message of every connection. */
+  'session/hello': { protocol: 'uint', client: 'string', model: ModelSpec },
+  /** Head upload, once per fingerprint, when welcome says headCached=false. Payload: output_norm weight, f32 [cols]. */
+  'head/begin': { rows: 'uint', cols: 'uint' },
+  /** Payload: head rows [rowStart, rowStart+rowCount) as f16 [rowCount][cols]. */
+  'head/chunk': { rowStart: 'uint', rowCount: 'uint' },
+  /** All rows sent; the server verifies and stores the head. */
+  'head/end': {},
+  /** Create a job for this session's model. */
+  'job/create': { name: 'string', config: JobConfigSchema },
+  /** Continue a job (after a drop or a server restart): the server answers job/ready with the index to resend from. */
+  'job/resume': { jobId: 'string' },
+  /** The user's jobs. */
+  'job/list': {},
+  /** A training batch. Payload: see batchPayload.ts. Consumes one credit. */
+  'batch/train': { jobId: 'string', index: 'uint', rows: 'uint' },
+  /** A held-out batch: evaluated with the current side network, not trained. */
+  'batch/eval': { jobId: 'string', evalId: 'string', index: 'uint', rows: 'uint' },
+  /** All training batches sent: checkpoint and write the adapter. */
+  'job/finish': { jobId: 'string' },
+  /** Stop the job; its last checkpoint stays resumable. */
+  'job/cancel': { jobId: 'string' },
+  /** Download the adapter of a finished job. */
+  'adapter/get': { jobId: 'string' },
+} as const satisfies Record<string, Schema>;
+
+/** Messages the server sends. */
+export const ServerMessages = {
+  'session/welcome': { protocol: 'uint', server: 'string', backend: 'string', headCached: 'boolean', credits: 'uint' },
+  'head/stored': { fingerprint: 'string' },
+  /** The job exists and accepts batches from nextIndex on. */
+  'job/ready': { jobId: 'string', nextIndex: 'uint', step: 'uint', state: 'string' },
+  /** A training batch was applied (one optimizer step); returns one credit. */
+  'batch/ack': { jobId: 'string', index: 'uint', step: 'uint', loss: 'number', learningRate: 'number', tokens: 'uint' },
+  'eval/result': { jobId: 'string', evalId: 'string', index: 'uint', lossSum: 'number', tokens: 'uint' },
+  /** A checkpoint is durable: batches below nextIndex never need resending. */
+  'job/checkpoint': { jobId: 'string', step: 'uint', nextIndex: 'uint' },
+  /** The job ended (finished or cancelled); the adapter is ready when finished. */
+  'job/done': { jobId: 'string', step: 'uint', state: 'string' },
+  'job/list/result': { jobs: 'json' },
+  /** Payload: the adapter file. */
+  'adapter/data': { jobId: 'string', bytes: 'uint', sha256: 'string' },
+  'error': { code: 'string', message: 'string', fatal: 'boolean', jobId: 'string?' },
+} as const satisfies Record<string, Schema>;
+
+export type DeviceMessageType = keyof typeof DeviceMessages;
+export type ServerMessageType = keyof typeof ServerMessages;
+export type DeviceMessage<T extends DeviceMessageType = DeviceMessageType> = T extends DeviceMessageType
+  ? { type: T } & Fields<(typeof DeviceMessages)[T]>
+  : never;
+export type ServerMessage<T extends ServerMessageType = ServerMessageType> = T extends ServerMessageType
+  ? { type: T } & Fields<(typeof ServerMessages)[T]>
+  : never;
+
+/** Checks `value` against `schema`; returns a description of the first problem, or undefined. */
+export function checkSchema(value: unknown, schema: Schema, at = ''): string | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return `${at || 'message'} must be an object`;
+  const obj = value as Record<string, unknown>;
+  for (const [field, kind] of Object.entries(schema)) {
+    const v = obj[field];
+    const where = at ? `${at}.${field}` : field;
+    if (typeof kind === 'object') {
+      const problem = checkSchema(v, kind, where);
+      if (problem) return problem;
+      continue;
+    }
+    const optional = kind.endsWith('?');
+    if (v === undefined) {
+      if (optional) continue;
+      return `${where} is missing`;
+    }
+    const base = (optional ? kind.slice(0, -1) : kind) as Scalar;
+    const ok =
+      base === 'string' ? typeof v === 'string' && v.length <= 4096
+      : base === 'uint' ? Number.isSafeInteger(v) && (v as number) >= 0
+      : base === 'number' ? typeof v === 'number' && Number.isFinite(v)
+      : base === 'boolean' ? typeof v === 'boolean'
+      : base === 'uint[]' ? Array.isArray(v) && v.length <= 4096 && v.every((x) => Number.isSafeInteger(x) && x >= 0)
+      : true;
+    if (!ok) return `${where} must be ${base}`;
+  }
+  return undefined;
+}
