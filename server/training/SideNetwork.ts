@@ -1,0 +1,205 @@
+import { SeededRandom } from '../../extension/core/SeededRandom';
+import { FrozenHead } from './FrozenHead';
+import { tf } from './tf';
+
+/** Gate temperature: mu = sigmoid(alpha / GATE_TEMPERATURE). */
+export const GATE_TEMPERATURE = 0.1;
+/** Epsilon of the adapters' parameter-free RMS norm. */
+export const ADAPTER_NORM_EPS = 1e-6;
+const GELU_C = Math.sqrt(2 / Math.PI);
+
+/** Shape of a side network; stored in the adapter file's config. */
+export interface SideNetworkShape {
+  /** Backbone hidden size. */
+  d: number;
+  /** Side width r = d / reduction. */
+  r: number;
+  /** Bottleneck width inside each adapter (Mid: r -> b, Up: b -> r). */
+  b: number;
+  /** Backbone layers feeding the ladder, ascending; the last is the backbone's last layer. */
+  tappedLayers: number[];
+}
+
+export function sideShape(d: number, reduction: number, tappedLayers: number[]): SideNetworkShape {
+  const r = Math.max(1, Math.round(d / reduction));
+  return { d, r, b: r, tappedLayers };
+}
+
+/** Parameter names, in a fixed order (adapter file, optimizer state). */
+export function parameterNames(shape: SideNetworkShape): string[] {
+  const names: string[] = [];
+  shape.tappedLayers.forEach((_, k) => names.push(`down.${k}`, `alpha.${k}`, `mid.${k}`, `up.${k}`));
+  names.push('out');
+  return names;
+}
+
+export function parameterShape(shape: SideNetworkShape, name: string): number[] {
+  const kind = name.split('.')[0];
+  switch (kind) {
+    case 'down': return [shape.d, shape.r];
+    case 'alpha': return [1];
+    case 'mid': return [shape.r, shape.b];
+    case 'up': return [shape.b, shape.r];
+    case 'out': return [shape.r, shape.d];
+    default: throw new Error(`unknown parameter ${name}`);
+  }
+}
+
+/** Initial values: Down, Mid, Up random (seeded); alpha 0; Out ZERO (step 0 = backbone). */
+export function initialParameters(shape: SideNetworkShape, seed: number): Map<string, Float32Array> {
+  const rng = new SeededRandom(seed);
+  const out = new Map<string, Float32Array>();
+  for (const name of parameterNames(shape)) {
+    const dims = parameterShape(shape, name);
+    const values = new Float32Array(dims.reduce((a, b) => a * b, 1));
+    const kind = name.split('.')[0];
+    const std = kind === 'down' ? 1 / Math.sqrt(shape.d) : kind === 'mid' ? 1 / Math.sqrt(shape.r) : kind === 'up' ? 0.1 / Math.sqrt(shape.b) : 0;
+    if (std > 0) for (let i = 0; i < values.length; i++) values[i] = rng.normal() * std;
+    out.set(name, values);
+  }
+  return out;
+}
+
+function gelu(x: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => x.mul(0.5).mul(x.add(x.pow(3).mul(0.044715)).mul(GELU_C).tanh().add(1)));
+}
+
+function geluGrad(x: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => {
+    const t = x.add(x.pow(3).mul(0.044715)).mul(GELU_C).tanh();
+    const dt = tf.scalar(1).sub(t.square()).mul(x.square().mul(3 * 0.044715).add(1).mul(GELU_C));
+    return t.add(1).mul(0.5).add(x.mul(0.5).mul(dt));
+  });
+}
+
+/**
+ * The side network of the architecture spec (a gated ladder of bottleneck
+ * adapters over the tapped layers, zero-initialised output projection), with a
+ * hand-written backward pass that uses only plain matmuls. `referenceLoss` is
+ * the same computation as a pure forward, for checking gradients against
+ * TensorFlow.js autodiff.
+ */
+export class SideNetwork {
+  readonly params = new Map<string, tf.Variable>();
+
+  constructor(readonly shape: SideNetworkShape, values: Map<string, Float32Array>) {
+    for (const name of parameterNames(shape)) {
+      const v = values.get(name);
+      if (!v) throw new Error(`missing parameter ${name}`);
+      this.params.set(name, tf.variable(tf.tensor(v, parameterShape(shape, name)), true, `side/${name}/${Math.random()}`));
+    }
+  }
+
+  p(name: string): tf.Variable {
+    return this.params.get(name)!;
+  }
+
+  /** delta [n, d] for the tapped layers' outputs hs[k] [n, d] (pure forward, differentiable). */
+  delta(hs: tf.Tensor2D[]): tf.Tensor2D {
+    return tf.tidy(() => {
+      let s: tf.Tensor = tf.zeros([hs[0]!.shape[0], this.shape.r]);
+      hs.forEach((h, k) => {
+        const a = tf.matMul(h, this.p(`down.${k}`));
+        const mu = this.p(`alpha.${k}`).div(GATE_TEMPERATURE).sigmoid();
+        const x = tf.scalar(1).sub(mu).mul(a).add(mu.mul(s));
+        const n = x.mul(x.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt());
+        s = x.add(tf.matMul(gelu(tf.matMul(n, this.p(`mid.${k}`))) as tf.Tensor2D, this.p(`up.${k}`)));
+      });
+      return tf.matMul(s as tf.Tensor2D, this.p('out'));
+    });
+  }
+
+  /** Mean masked loss through a full (unchunked) head, as a pure forward: the autodiff reference. */
+  referenceLoss(hs: tf.Tensor2D[], targets: Int32Array, mask: Float32Array, head: Float32Array, normWeight: Float32Array, eps: number): tf.Scalar {
+    return tf.tidy(() => {
+      const y = hs[hs.length - 1]!.add(this.delta(hs));
+      const z = y.mul(y.square().mean(1, true).add(eps).rsqrt()).mul(tf.tensor1d(normWeight));
+      const W = tf.tensor2d(head, [head.length / this.shape.d, this.shape.d]);
+      const logits = tf.matMul(z as tf.Tensor2D, W, false, true);
+      const logp = tf.logSoftmax(logits);
+      const picked = logp.mul(tf.oneHot(tf.tensor1d(targets, 'int32'), W.shape[0])).sum(1);
+      const m = tf.tensor1d(mask);
+      return picked.mul(m).sum().neg().div(m.sum()) as tf.Scalar;
+    });
+  }
+
+  /**
+   * Loss sum over masked tokens, and (when `train`) gradients of the mean
+   * masked loss with respect to every parameter.
+   */
+  lossAndGrads(hs: tf.Tensor2D[], targets: Int32Array, mask: Float32Array, head: FrozenHead, train: boolean): { lossSum: number; tokens: number; grads?: Map<string, tf.Tensor> } {
+    const tokens = mask.reduce((a, b) => a + b, 0);
+    const K = hs.length;
+    const keep: tf.Tensor[] = [];
+    const track = <T extends tf.Tensor>(t: T): T => {
+      keep.push(t);
+      return t;
+    };
+    try {
+      // Forward, keeping what the backward pass needs.
+      const cache: { a: tf.Tensor2D; sPrev: tf.Tensor2D; x: tf.Tensor2D; n: tf.Tensor2D; inv: tf.Tensor; pre: tf.Tensor2D; g: tf.Tensor2D; mu: tf.Tensor }[] = [];
+      let s = track(tf.zeros([hs[0]!.shape[0], this.shape.r]) as tf.Tensor2D);
+      for (let k = 0; k < K; k++) {
+        const a = track(tf.matMul(hs[k]!, this.p(`down.${k}`)) as tf.Tensor2D);
+        const mu = track(tf.tidy(() => this.p(`alpha.${k}`).div(GATE_TEMPERATURE).sigmoid()));
+        const x = track(tf.tidy(() => tf.scalar(1).sub(mu).mul(a).add(mu.mul(s))) as tf.Tensor2D);
+        const inv = track(tf.tidy(() => x.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt()));
+        const n = track(x.mul(inv) as tf.Tensor2D);
+        const pre = track(tf.matMul(n, this.p(`mid.${k}`)) as tf.Tensor2D);
+        const g = track(gelu(pre) as tf.Tensor2D);
+        const sNext = track(tf.tidy(() => x.add(tf.matMul(g, this.p(`up.${k}`)))) as tf.Tensor2D);
+        cache.push({ a, sPrev: s, x, n, inv, pre, g, mu });
+        s = sNext;
+      }
+      const y = track(tf.tidy(() => hs[K - 1]!.add(tf.matMul(s, this.p('out')))) as tf.Tensor2D);
+      const weights = train && tokens > 0 ? track(tf.tidy(() => tf.tensor1d(mask).div(tokens)) as tf.Tensor1D) : undefined;
+      const { loss, dy } = head.lossAndGrad(y, targets, weights);
+      track(loss);
+      if (dy) track(dy);
+      const lossSum = tf.tidy(() => loss.mul(tf.tensor1d(mask)).sum().dataSync()[0]!);
+      if (!train || !dy) return { lossSum, tokens };
+
+      // Backward (explicit transposes; see FrozenHead).
+      const grads = new Map<string, tf.Tensor>();
+      grads.set('out', tf.tidy(() => tf.matMul(s.transpose(), dy)));
+      let ds = track(tf.tidy(() => tf.matMul(dy, this.p('out').transpose() as tf.Tensor2D)));
+      for (let k = K - 1; k >= 0; k--) {
+        const c = cache[k]!;
+        const step = tf.tidy(() => {
+          const du = ds;
+          const dUp = tf.matMul(c.g.transpose(), du);
+          const dpre = tf.matMul(du, this.p(`up.${k}`).transpose() as tf.Tensor2D).mul(geluGrad(c.pre)) as tf.Tensor2D;
+          const dMid = tf.matMul(c.n.transpose(), dpre);
+          const dn = tf.matMul(dpre, this.p(`mid.${k}`).transpose() as tf.Tensor2D);
+          const dx = ds.add(c.inv.mul(dn.sub(c.n.mul(dn.mul(c.n).mean(1, true))))) as tf.Tensor2D;
+          const da = tf.scalar(1).sub(c.mu).mul(dx) as tf.Tensor2D;
+          const dsPrev = c.mu.mul(dx) as tf.Tensor2D;
+          const dmu = dx.mul(c.sPrev.sub(c.a)).sum();
+          const dAlpha = dmu.mul(c.mu.mul(tf.scalar(1).sub(c.mu))).div(GATE_TEMPERATURE).reshape([1]);
+          const dDown = tf.matMul(hs[k]!.transpose(), da);
+          return { dUp, dMid, dAlpha, dDown, dsPrev };
+        });
+        grads.set(`up.${k}`, step.dUp);
+        grads.set(`mid.${k}`, step.dMid);
+        grads.set(`alpha.${k}`, step.dAlpha);
+        grads.set(`down.${k}`, step.dDown);
+        ds = track(step.dsPrev);
+      }
+      return { lossSum, tokens, grads };
+    } finally {
+      for (const t of keep) t.dispose();
+    }
+  }
+
+  /** Current parameter values (for checkpoints and the adapter file). */
+  async values(): Promise<Map<string, Float32Array>> {
+    const out = new Map<string, Float32Array>();
+    for (const [name, v] of this.params) out.set(name, (await v.data()) as Float32Array);
+    return out;
+  }
+
+  dispose(): void {
+    for (const v of this.params.values()) v.dispose();
+    this.params.clear();
+  }
+}

@@ -1,0 +1,174 @@
+import * as assert from 'node:assert/strict';
+import { SeededRandom } from '../../../../extension/core/SeededRandom';
+import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../../server/protocol/ActivationQuantizer';
+import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapter } from '../../../../server/protocol/AdapterFile';
+import { decodeBatchPayload, encodeBatchPayload } from '../../../../server/protocol/batchPayload';
+import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../../../server/protocol/codec';
+import { fromHalf, toHalf } from '../../../../server/protocol/float16';
+import { DeviceMessage, ServerMessage } from '../../../../server/protocol/messages';
+import { WireError } from '../../../../server/protocol/WireError';
+
+const model = { fingerprint: 'ab'.repeat(32), architecture: 'llama', layers: 4, hiddenSize: 64, vocabularySize: 700, normEpsilon: 1e-5 };
+const config = { tappedLayers: [0, 1, 2, 3], reduction: 8, bits: 8, seqLen: 128, batchSize: 4, totalSteps: 10, learningRate: 1e-3, warmupSteps: 2, seed: 1, checkpointEvery: 5 };
+
+/** One example of every message, each direction (a missing type fails to compile). */
+const deviceExamples: { [T in DeviceMessage['type']]: DeviceMessage<T> } = {
+  'session/hello': { type: 'session/hello', protocol: 1, client: 'mobillm-test', model },
+  'head/begin': { type: 'head/begin', rows: 700, cols: 64 },
+  'head/chunk': { type: 'head/chunk', rowStart: 0, rowCount: 700 },
+  'head/end': { type: 'head/end' },
+  'job/create': { type: 'job/create', name: 'ws', config },
+  'job/resume': { type: 'job/resume', jobId: 'j1' },
+  'job/list': { type: 'job/list' },
+  'batch/train': { type: 'batch/train', jobId: 'j1', index: 3, rows: 512 },
+  'batch/eval': { type: 'batch/eval', jobId: 'j1', evalId: 'before', index: 0, rows: 512 },
+  'job/finish': { type: 'job/finish', jobId: 'j1' },
+  'job/cancel': { type: 'job/cancel', jobId: 'j1' },
+  'adapter/get': { type: 'adapter/get', jobId: 'j1' },
+};
+const serverExamples: { [T in ServerMessage['type']]: ServerMessage<T> } = {
+  'session/welcome': { type: 'session/welcome', protocol: 1, server: 'x', backend: 'wasm', headCached: false, credits: 2 },
+  'head/stored': { type: 'head/stored', fingerprint: 'ab' },
+  'job/ready': { type: 'job/ready', jobId: 'j1', nextIndex: 0, step: 0, state: 'training' },
+  'batch/ack': { type: 'batch/ack', jobId: 'j1', index: 0, step: 1, loss: 6.5, learningRate: 1e-4, tokens: 500 },
+  'eval/result': { type: 'eval/result', jobId: 'j1', evalId: 'before', index: 0, lossSum: 3000.5, tokens: 500 },
+  'job/checkpoint': { type: 'job/checkpoint', jobId: 'j1', step: 5, nextIndex: 5 },
+  'job/done': { type: 'job/done', jobId: 'j1', step: 10, state: 'finished' },
+  'job/list/result': { type: 'job/list/result', jobs: [{ id: 'j1' }] },
+  'adapter/data': { type: 'adapter/data', jobId: 'j1', bytes: 10, sha256: 'cd' },
+  'error': { type: 'error', code: 'BAD_FRAME', message: 'x', fatal: false },
+};
+
+function wireCode(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof WireError, String(err));
+    return err.code;
+  }
+  assert.fail('expected a WireError');
+}
+
+describe('wire protocol', () => {
+  it('round-trips every message in both directions, with payloads', () => {
+    const payload = Buffer.from([1, 2, 3, 250]);
+    for (const msg of Object.values(deviceExamples)) {
+      const back = decodeDeviceFrame(encodeFrame(msg, payload));
+      assert.deepEqual(back.message, msg);
+      assert.deepEqual(back.payload, payload);
+    }
+    for (const msg of Object.values(serverExamples)) {
+      assert.deepEqual(decodeServerFrame(encodeFrame(msg)).message, msg);
+    }
+  });
+
+  it('rejects bad frames with typed codes', () => {
+    const good = encodeFrame(deviceExamples['batch/train']);
+    assert.equal(wireCode(() => decodeDeviceFrame(good.subarray(0, 3))), 'BAD_FRAME');
+    assert.equal(wireCode(() => decodeDeviceFrame(good.subarray(0, 10))), 'BAD_FRAME');
+    const wrongVersion = Buffer.from(good);
+    wrongVersion.write('{"v":9', 4, 'utf8');
+    assert.equal(wireCode(() => decodeDeviceFrame(wrongVersion)), 'VERSION_MISMATCH');
+    assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame({ type: 'nope' }))), 'UNKNOWN_TYPE');
+    assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame({ type: 'batch/train', jobId: 'j', index: -1, rows: 2 } as never))), 'BAD_FRAME');
+    assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame({ type: 'job/resume', jobId: 5 } as never))), 'BAD_FRAME');
+    assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame(serverExamples['batch/ack']))), 'UNKNOWN_TYPE', 'a server message sent by a device');
+  });
+
+  it('converts halves exactly at representable values and rounds to nearest', () => {
+    for (const v of [0, 1, -2, 0.5, 65504, 6.103515625e-5, 5.960464477539063e-8]) assert.equal(fromHalf(toHalf(v)), v);
+    assert.equal(fromHalf(toHalf(1 + 2 ** -11)), 1); // tie -> even
+    assert.equal(toHalf(1e6), 0x7c00);
+  });
+});
+
+describe('activation quantization', () => {
+  const d = 896;
+  const rows = 64;
+  const rng = new SeededRandom(4);
+  const src = Float32Array.from({ length: rows * d }, () => rng.normal() * (1 + rng.next() * 3));
+  const relRms = (a: Float32Array, b: Float32Array): number => {
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < a.length; i++) {
+      num += (a[i]! - b[i]!) ** 2;
+      den += a[i]! ** 2;
+    }
+    return Math.sqrt(num / den);
+  };
+  const bounds: Record<Bits, number> = { 16: 1e-3, 8: 0.01, 4: 0.15 };
+
+  for (const bits of [16, 8, 4] as Bits[]) {
+    it(`${bits}-bit: exact size and bounded reconstruction error`, () => {
+      const out = Buffer.alloc(rows * bytesPerRow(d, bits));
+      assert.equal(quantizeRows(src, rows, d, bits, out), out.length);
+      const back = dequantizeRows(out, rows, d, bits);
+      const err = relRms(src, back);
+      process.stdout.write(`      ${bits}-bit: ${bytesPerRow(d, bits)} bytes per token per layer at d=${d} (f32: ${4 * d}), relative RMS error ${err.toExponential(2)}\n`);
+      assert.ok(err < bounds[bits], `${err}`);
+      assert.ok(err > 0);
+    });
+  }
+
+  it('int4 handles a hidden size that is not a multiple of the group', () => {
+    const dd = 40;
+    const x = src.subarray(0, 3 * dd);
+    const out = Buffer.alloc(3 * bytesPerRow(dd, 4));
+    quantizeRows(x, 3, dd, 4, out);
+    assert.ok(relRms(x, dequantizeRows(out, 3, dd, 4)) < 0.15);
+  });
+
+  it('batch payload round trip checks sizes and targets', () => {
+    const batch = { rows: 8, layers: [src.slice(0, 8 * d), src.slice(8 * d, 16 * d)], targets: Int32Array.from([1, 2, 3, 4, 5, 6, 7, 8]), mask: Uint8Array.from([1, 1, 1, 0, 1, 1, 1, 1]) };
+    const p = encodeBatchPayload(batch, d, 8);
+    const back = decodeBatchPayload(p, 8, 2, d, 8, 100);
+    assert.deepEqual(back.targets, batch.targets);
+    assert.deepEqual(back.mask, batch.mask);
+    assert.ok(relRms(batch.layers[1]!, back.layers[1]!) < 0.01);
+    assert.equal(wireCode(() => decodeBatchPayload(p.subarray(1), 8, 2, d, 8, 100)), 'BAD_FRAME');
+    assert.equal(wireCode(() => decodeBatchPayload(p, 8, 2, d, 8, 5)), 'BAD_FRAME');
+  });
+});
+
+describe('adapter file', () => {
+  const tensors = [
+    { name: 'down.0', shape: [4, 2], data: Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8]) },
+    { name: 'alpha.0', shape: [1], data: Float32Array.of(0.25) },
+  ];
+  const fp = 'f'.repeat(64);
+
+  it('round-trips and verifies its checksum and model', () => {
+    const file = encodeAdapter(fp, { d: 4, r: 2 }, { steps: 3 }, tensors);
+    const back = decodeAdapter(file, fp);
+    assert.equal(back.header.version, ADAPTER_FORMAT_VERSION);
+    assert.deepEqual(back.tensors.get('down.0')!.data, tensors[0]!.data);
+    assert.deepEqual(back.header.meta, { steps: 3 });
+  });
+
+  it('detects corruption, a newer format and another model', () => {
+    const file = encodeAdapter(fp, {}, {}, tensors);
+    const code = (f: () => unknown): string => {
+      try {
+        f();
+      } catch (err) {
+        assert.ok(err instanceof AdapterFormatError);
+        return err.code;
+      }
+      return 'none';
+    };
+    for (const at of [0, 20, file.length - 40, file.length - 1]) {
+      const bad = Buffer.from(file);
+      bad[at] = bad[at]! ^ 0x40;
+      assert.equal(code(() => decodeAdapter(bad)), 'ADAPTER_CORRUPT', `flipped byte ${at}`);
+    }
+    assert.equal(code(() => decodeAdapter(file.subarray(0, 100))), 'ADAPTER_CORRUPT');
+    assert.equal(code(() => decodeAdapter(file, 'e'.repeat(64))), 'ADAPTER_MODEL_MISMATCH');
+    const newer = JSON.parse(JSON.stringify(decodeAdapter(file).header));
+    const future = encodeAdapter(fp, {}, {}, tensors);
+    const text = future.toString('latin1').replace(`"version":${ADAPTER_FORMAT_VERSION}`, `"version":${ADAPTER_FORMAT_VERSION + 1}`);
+    const body = Buffer.from(text, 'latin1').subarray(0, future.length - 32);
+    const resealed = Buffer.concat([body, require('node:crypto').createHash('sha256').update(body).digest()]);
+    assert.equal(newer.version, ADAPTER_FORMAT_VERSION);
+    assert.equal(code(() => decodeAdapter(resealed)), 'ADAPTER_VERSION');
+  });
+});
