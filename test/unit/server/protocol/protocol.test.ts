@@ -30,7 +30,7 @@ const serverExamples: { [T in ServerMessage['type']]: ServerMessage<T> } = {
   'session/welcome': { type: 'session/welcome', protocol: 1, server: 'x', backend: 'wasm', headCached: false, credits: 2 },
   'head/stored': { type: 'head/stored', fingerprint: 'ab' },
   'job/ready': { type: 'job/ready', jobId: 'j1', nextIndex: 0, step: 0, state: 'training' },
-  'batch/ack': { type: 'batch/ack', jobId: 'j1', index: 0, step: 1, loss: 6.5, learningRate: 1e-4, tokens: 500 },
+  'batch/ack': { type: 'batch/ack', jobId: 'j1', index: 0, step: 1, loss: 6.5, learningRate: 1e-4, tokens: 500, seconds: 0.25 },
   'eval/result': { type: 'eval/result', jobId: 'j1', evalId: 'before', index: 0, lossSum: 3000.5, tokens: 500 },
   'job/checkpoint': { type: 'job/checkpoint', jobId: 'j1', step: 5, nextIndex: 5 },
   'job/done': { type: 'job/done', jobId: 'j1', step: 10, state: 'finished' },

@@ -1,0 +1,161 @@
+import { WebSocket } from 'ws';
+import { decodeServerFrame, encodeFrame } from '../../server/protocol/codec';
+import { MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../../server/protocol/limits';
+import { DeviceMessage, ModelSpec, ServerMessage, ServerMessageType } from '../../server/protocol/messages';
+import { WireError } from '../../server/protocol/WireError';
+import { MobiError } from './MobiError';
+
+/** Connect timeout, milliseconds. */
+export const CONNECT_TIMEOUT_MS = 15_000;
+
+interface Waiter {
+  type: ServerMessageType;
+  match: (m: ServerMessage) => boolean;
+  jobId?: string;
+  resolve: (f: { message: ServerMessage; payload: Buffer }) => void;
+  reject: (err: MobiError) => void;
+}
+
+/** Maps a server `error` message to the device's error codes. */
+export function errorFromServer(m: ServerMessage<'error'>): MobiError {
+  switch (m.code) {
+    case 'UNAUTHORIZED':
+      return new MobiError('UNAUTHORIZED', 'The server refused the token: set a valid token (ask your team admin).');
+    case 'VERSION_MISMATCH':
+      return new MobiError('VERSION_MISMATCH', `The server speaks another protocol version (${m.message}); update the extension or the server.`);
+    case 'MODEL_MISMATCH':
+      return new MobiError('MODEL_MISMATCH', `The server's job belongs to a different model file (${m.message}). Select the model the job was started with, or start a new job.`);
+    case 'NO_SUCH_JOB':
+      return new MobiError('NO_SUCH_JOB', 'The server does not know this job (or it belongs to someone else).');
+    default:
+      return new MobiError('SERVER_ERROR', `The server answered ${m.code}: ${m.message}`);
+  }
+}
+
+/**
+ * The device's WebSocket connection to a side-tuning server. Sends typed
+ * frames, counts bytes, and lets callers await typed replies. A dropped
+ * connection rejects every waiter with CONNECTION_LOST.
+ */
+export class ServerConnection {
+  bytesSent = 0;
+  private readonly waiters = new Set<Waiter>();
+  private readonly listeners = new Set<(m: ServerMessage, payload: Buffer) => void>();
+  private lost: MobiError | undefined;
+  welcome!: ServerMessage<'session/welcome'>;
+  /** Called once when the connection drops (not after close()). */
+  onLost: ((err: MobiError) => void) | undefined;
+  private closedByUs = false;
+
+  private constructor(private readonly ws: WebSocket) {
+    ws.on('message', (data: Buffer) => this.onFrame(data));
+    ws.on('close', (code, reason) => this.drop(code === 4001 ? new MobiError('VERSION_MISMATCH', `The server closed the connection: ${reason.toString() || 'protocol version mismatch'}.`) : new MobiError('CONNECTION_LOST', 'The connection to the server was lost.')));
+    ws.on('error', () => undefined);
+  }
+
+  /** Opens a connection and completes the hello/welcome exchange. */
+  static async open(url: string, token: string, model: ModelSpec, client = 'mobillm', protocol = PROTOCOL_VERSION): Promise<ServerConnection> {
+    const ws = await new Promise<WebSocket>((resolve, reject) => {
+      let ws: WebSocket;
+      try {
+        ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` }, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false, handshakeTimeout: CONNECT_TIMEOUT_MS });
+      } catch (err) {
+        reject(new MobiError('SERVER_UNREACHABLE', `The server URL "${url}" is not valid (use ws://host:port or wss://host:port).`, { cause: err }));
+        return;
+      }
+      ws.once('open', () => resolve(ws));
+      ws.once('unexpected-response', (_req, res) => {
+        ws.terminate();
+        reject(
+          res.statusCode === 401
+            ? new MobiError('UNAUTHORIZED', 'The server refused the token (missing, wrong or revoked): set a valid token.')
+            : new MobiError('SERVER_UNREACHABLE', `The server answered HTTP ${res.statusCode} instead of accepting the connection.`),
+        );
+      });
+      ws.once('error', (err) => reject(new MobiError('SERVER_UNREACHABLE', `Cannot reach the server at ${url}: is it running and is the URL right?`, { cause: err })));
+    });
+    const conn = new ServerConnection(ws);
+    const welcome = conn.expect('session/welcome');
+    conn.send({ type: 'session/hello', protocol, client, model });
+    conn.welcome = (await welcome).message as ServerMessage<'session/welcome'>;
+    return conn;
+  }
+
+  send(message: DeviceMessage, payload?: Uint8Array): void {
+    if (this.lost) throw this.lost;
+    const frame = encodeFrame(message, payload);
+    this.bytesSent += frame.length;
+    this.ws.send(frame, { binary: true });
+  }
+
+  /** Resolves with the next message of `type` that matches; rejects on a matching error or a drop. */
+  expect<T extends ServerMessageType>(type: T, match: (m: ServerMessage<T>) => boolean = () => true, jobId?: string): Promise<{ message: ServerMessage<T>; payload: Buffer }> {
+    if (this.lost) return Promise.reject(this.lost);
+    return new Promise((resolve, reject) => {
+      this.waiters.add({ type, match: match as (m: ServerMessage) => boolean, jobId, resolve: resolve as Waiter['resolve'], reject });
+    });
+  }
+
+  /** Sends and awaits the reply in one call. */
+  request<T extends ServerMessageType>(message: DeviceMessage, reply: T, match?: (m: ServerMessage<T>) => boolean, payload?: Uint8Array): Promise<{ message: ServerMessage<T>; payload: Buffer }> {
+    const jobId = 'jobId' in message ? message.jobId : undefined;
+    const p = this.expect(reply, match, jobId);
+    this.send(message, payload);
+    return p;
+  }
+
+  /** Every message, as it arrives (acks, checkpoints, errors). */
+  subscribe(listener: (m: ServerMessage, payload: Buffer) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private onFrame(data: Buffer): void {
+    let frame;
+    try {
+      frame = decodeServerFrame(data);
+    } catch (err) {
+      const e = err instanceof WireError ? err : undefined;
+      this.ws.terminate();
+      this.drop(new MobiError(e?.code === 'VERSION_MISMATCH' ? 'VERSION_MISMATCH' : 'SERVER_ERROR', `The server sent a frame this device cannot read (${e?.message ?? 'bad frame'}).`));
+      return;
+    }
+    const { message, payload } = frame;
+    for (const l of this.listeners) l(message, payload);
+    if (message.type === 'error') {
+      const err = errorFromServer(message);
+      for (const w of [...this.waiters]) {
+        if (message.jobId === undefined || w.jobId === undefined || w.jobId === message.jobId) {
+          this.waiters.delete(w);
+          w.reject(err);
+        }
+      }
+      return;
+    }
+    for (const w of this.waiters) {
+      if (w.type === message.type && w.match(message)) {
+        this.waiters.delete(w);
+        w.resolve({ message, payload });
+        return;
+      }
+    }
+  }
+
+  private drop(err: MobiError): void {
+    if (this.lost) return;
+    this.lost = err;
+    for (const w of this.waiters) w.reject(err);
+    this.waiters.clear();
+    if (!this.closedByUs) this.onLost?.(err);
+  }
+
+  get isOpen(): boolean {
+    return !this.lost;
+  }
+
+  close(): void {
+    this.closedByUs = true;
+    this.ws.close(1000);
+    this.drop(new MobiError('CONNECTION_LOST', 'The connection was closed.'));
+  }
+}

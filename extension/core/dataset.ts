@@ -1,0 +1,88 @@
+import { createHash } from 'node:crypto';
+import { MobiError } from './MobiError';
+import { ScannedFile } from './scanWorkspace';
+import { SeededRandom } from './SeededRandom';
+
+/** Options of the training data. */
+export interface DatasetOptions {
+  /** Tokens a sequence predicts (each sequence holds seqLen + 1 tokens). Default 128. */
+  seqLen?: number;
+  /** Fraction of files held out for evaluation (at least one file). Default 0.1. */
+  heldOutFraction?: number;
+  /** Seed of the split and the shuffles. Default 1. */
+  seed?: number;
+  /** Cap on held-out sequences (evaluation time). Default 32. */
+  maxHeldOutSequences?: number;
+}
+
+export interface Dataset {
+  /** Training sequences: token ids, each at most seqLen + 1 long, never crossing files. */
+  train: Int32Array[];
+  heldOut: Int32Array[];
+  trainFiles: number;
+  heldOutFiles: number;
+  /** Tokens predicted per pass over the training sequences. */
+  trainTokens: number;
+  seqLen: number;
+  seed: number;
+}
+
+/** True when the file goes to the held-out set: a seeded hash of its path, stable across runs. */
+function heldOutRank(path: string, seed: number): number {
+  return createHash('sha256').update(`${seed}:${path}`).digest().readUInt32BE(0) / 2 ** 32;
+}
+
+/**
+ * Tokenizes files with the backbone's tokenizer and cuts them into sequences
+ * (one file per sequence: no attention across files). The held-out split is by
+ * file and deterministic.
+ */
+export function buildDataset(files: ScannedFile[], tokenize: (text: string) => Int32Array, options: DatasetOptions = {}): Dataset {
+  const seqLen = options.seqLen ?? 128;
+  const seed = options.seed ?? 1;
+  if (files.length < 2) {
+    throw new MobiError('EMPTY_WORKSPACE', `The workspace has ${files.length} usable source file(s); at least 2 are needed (one is held out to measure progress).`);
+  }
+  const ranked = [...files].sort((a, b) => heldOutRank(a.path, seed) - heldOutRank(b.path, seed));
+  const nHeld = Math.min(files.length - 1, Math.max(1, Math.round(files.length * (options.heldOutFraction ?? 0.1))));
+  const held = new Set(ranked.slice(0, nHeld).map((f) => f.path));
+  const cut = (f: ScannedFile): Int32Array[] => {
+    const tokens = tokenize(f.text);
+    const out: Int32Array[] = [];
+    for (let start = 0; start + 1 < tokens.length; start += seqLen) out.push(tokens.slice(start, Math.min(tokens.length, start + seqLen + 1)));
+    return out;
+  };
+  const train: Int32Array[] = [];
+  let heldOut: Int32Array[] = [];
+  for (const f of files) (held.has(f.path) ? heldOut : train).push(...cut(f));
+  if (train.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The training files produced no sequences (they are too short).');
+  if (heldOut.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The held-out files produced no sequences (they are too short).');
+  const cap = options.maxHeldOutSequences ?? 32;
+  if (heldOut.length > cap) heldOut = new SeededRandom(seed ^ 0x5eed).shuffle(heldOut).slice(0, cap);
+  return { train, heldOut, trainFiles: files.length - held.size, heldOutFiles: held.size, trainTokens: train.reduce((a, s) => a + s.length - 1, 0), seqLen, seed };
+}
+
+/** Sequences of training batch `index` (epochs reshuffle with seed + epoch; the order is the same on every run). */
+export function trainBatchSequences(data: Dataset, batchSize: number, index: number): Int32Array[] {
+  const perEpoch = Math.ceil(data.train.length / batchSize);
+  const epoch = Math.floor(index / perEpoch);
+  const order = new SeededRandom(data.seed * 7919 + epoch).shuffle(data.train.map((_, i) => i));
+  const j = index % perEpoch;
+  return order.slice(j * batchSize, (j + 1) * batchSize).map((i) => data.train[i]!);
+}
+
+export function batchesPerEpoch(data: Dataset, batchSize: number): number {
+  return Math.ceil(data.train.length / batchSize);
+}
+
+/** Inputs (all but the last token), next-token targets and mask of a list of sequences. */
+export function splitInputsTargets(seqs: Int32Array[]): { inputs: Int32Array[]; targets: Int32Array; mask: Uint8Array; rows: number } {
+  const rows = seqs.reduce((a, s) => a + s.length - 1, 0);
+  const targets = new Int32Array(rows);
+  let at = 0;
+  for (const s of seqs) {
+    targets.set(s.subarray(1), at);
+    at += s.length - 1;
+  }
+  return { inputs: seqs.map((s) => s.subarray(0, s.length - 1)), targets, mask: new Uint8Array(rows).fill(1), rows };
+}

@@ -1,0 +1,263 @@
+import { createHash } from 'node:crypto';
+import { WebSocket } from 'ws';
+import type { MobiServer } from './MobiServer';
+import { isBits } from './protocol/ActivationQuantizer';
+import { decodeBatchPayload } from './protocol/batchPayload';
+import { decodeDeviceFrame, encodeFrame } from './protocol/codec';
+import { CloseCode, PROTOCOL_VERSION } from './protocol/limits';
+import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from './protocol/messages';
+import { WireError, WireErrorCode } from './protocol/WireError';
+import { FINGERPRINT_PATTERN } from './storage/HeadStore';
+import { TrainingJob } from './TrainingJob';
+
+/** Largest head the server accepts (rows x cols), about 1.2 G values. */
+const MAX_HEAD_VALUES = 1_200_000_000;
+const MAX_ROWS_PER_BATCH = 65_536;
+
+type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
+
+/**
+ * One device connection. Validates every frame, then dispatches by type.
+ * Application errors are typed `error` messages; a protocol version mismatch
+ * closes the socket after the error.
+ */
+export class DeviceSession {
+  private model: ModelSpec | undefined;
+  private upload: { rows: number; cols: number; norm: Float32Array; halves: Uint16Array; rowsReceived: number } | undefined;
+  private inFlight = 0;
+  private lastSeen = Date.now();
+  private alive = true;
+  private readonly handlers: { [T in DeviceMessage['type']]: Handler<T> };
+
+  constructor(private readonly server: MobiServer, private readonly ws: WebSocket, readonly user: string) {
+    this.handlers = {
+      'session/hello': (m) => this.onHello(m),
+      'head/begin': (m, p) => this.onHeadBegin(m, p),
+      'head/chunk': (m, p) => this.onHeadChunk(m, p),
+      'head/end': () => this.onHeadEnd(),
+      'job/create': (m) => this.onJobCreate(m),
+      'job/resume': (m) => this.onJobResume(m),
+      'job/list': () => this.onJobList(),
+      'batch/train': (m, p) => this.onTrain(m, p),
+      'batch/eval': (m, p) => this.onEval(m, p),
+      'job/finish': (m) => this.onFinish(m),
+      'job/cancel': (m) => this.onCancel(m),
+      'adapter/get': (m) => this.onAdapterGet(m),
+    };
+    ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
+    ws.on('pong', () => (this.alive = true));
+    ws.on('error', () => undefined); // 'close' follows; nothing to report
+    server.log(`device connected (user ${user})`);
+  }
+
+  send(message: ServerMessage, payload?: Uint8Array): void {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(encodeFrame(message, payload), { binary: true });
+  }
+
+  private sendError(code: WireErrorCode, message: string, fatal: boolean, jobId?: string): void {
+    this.server.metrics.errors.inc({ code });
+    this.send({ type: 'error', code, message, fatal, ...(jobId ? { jobId } : {}) });
+    if (fatal) this.close(code === 'VERSION_MISMATCH' ? CloseCode.VERSION_MISMATCH : CloseCode.BAD_FRAME, code);
+  }
+
+  close(code: number, reason: string): void {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(code, reason);
+  }
+
+  heartbeat(idleMs: number): void {
+    if (!this.alive || Date.now() - this.lastSeen > idleMs) {
+      this.ws.terminate();
+      return;
+    }
+    this.alive = false;
+    this.ws.ping();
+  }
+
+  closed(): void {
+    this.server.log(`device disconnected (user ${this.user})`);
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    this.lastSeen = Date.now();
+    this.server.metrics.bytesReceived.inc(data.length);
+    if (!isBinary) return this.sendError('BAD_FRAME', 'text frames are not part of the protocol', false);
+    let frame;
+    try {
+      frame = decodeDeviceFrame(data);
+    } catch (err) {
+      const e = err instanceof WireError ? err : new WireError('BAD_FRAME', 'undecodable frame');
+      return this.sendError(e.code, e.message, e.code === 'VERSION_MISMATCH');
+    }
+    const { message, payload } = frame;
+    if (!this.model && message.type !== 'session/hello') {
+      return this.sendError('OUT_OF_ORDER', 'session/hello must come first', false);
+    }
+    const handler = this.handlers[message.type] as Handler<typeof message.type>;
+    const jobId = 'jobId' in message ? message.jobId : undefined;
+    try {
+      const r = handler(message as never, payload);
+      if (r instanceof Promise) r.catch((err) => this.fail(err, jobId));
+    } catch (err) {
+      this.fail(err, jobId);
+    }
+  }
+
+  private fail(err: unknown, jobId?: string): void {
+    if (err instanceof WireError) return this.sendError(err.code, err.message, err.fatal, jobId);
+    this.server.log(`internal error: ${err instanceof Error ? err.name : 'unknown'}`);
+    this.sendError('INTERNAL', 'The server failed on this request; the job keeps its last checkpoint.', false, jobId);
+  }
+
+  private onHello(m: DeviceMessage<'session/hello'>): void {
+    if (m.protocol !== PROTOCOL_VERSION) throw new WireError('VERSION_MISMATCH', `protocol ${m.protocol} is not supported; this server speaks ${PROTOCOL_VERSION}`, true);
+    if (this.model) throw new WireError('OUT_OF_ORDER', 'session/hello was already sent');
+    const spec = m.model;
+    if (!FINGERPRINT_PATTERN.test(spec.fingerprint)) throw new WireError('BAD_FRAME', 'model.fingerprint must be 64 hex digits');
+    if (spec.layers < 1 || spec.hiddenSize < 1 || spec.vocabularySize < 1 || spec.hiddenSize > 65536 || spec.layers > 1024 || spec.normEpsilon <= 0) {
+      throw new WireError('BAD_FRAME', 'model description out of range');
+    }
+    this.model = spec;
+    this.send({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.server.backend, headCached: this.server.heads.has(spec.fingerprint), credits: this.server.credits });
+  }
+
+  private onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): void {
+    const model = this.model!;
+    if (m.rows !== model.vocabularySize || m.cols !== model.hiddenSize) throw new WireError('MODEL_MISMATCH', 'head shape does not match the model');
+    if (m.rows * m.cols > MAX_HEAD_VALUES) throw new WireError('LIMIT', 'head too large for this server');
+    if (payload.length !== 4 * m.cols) throw new WireError('BAD_FRAME', 'head/begin payload must be the f32 norm weight');
+    const norm = new Float32Array(m.cols);
+    Buffer.from(norm.buffer).set(payload);
+    this.upload = { rows: m.rows, cols: m.cols, norm, halves: new Uint16Array(m.rows * m.cols), rowsReceived: 0 };
+  }
+
+  private onHeadChunk(m: DeviceMessage<'head/chunk'>, payload: Buffer): void {
+    const up = this.upload;
+    if (!up) throw new WireError('OUT_OF_ORDER', 'head/chunk before head/begin');
+    if (m.rowCount === 0 || m.rowStart + m.rowCount > up.rows || payload.length !== 2 * m.rowCount * up.cols) {
+      throw new WireError('BAD_FRAME', 'head/chunk rows out of range or payload size wrong');
+    }
+    new Uint8Array(up.halves.buffer, 2 * m.rowStart * up.cols, payload.length).set(payload);
+    up.rowsReceived += m.rowCount;
+  }
+
+  private onHeadEnd(): void {
+    const up = this.upload;
+    if (!up) throw new WireError('OUT_OF_ORDER', 'head/end before head/begin');
+    if (up.rowsReceived !== up.rows) throw new WireError('BAD_FRAME', `head has ${up.rowsReceived} of ${up.rows} rows`);
+    this.server.heads.save(this.model!.fingerprint, up.rows, up.cols, up.norm, up.halves);
+    this.upload = undefined;
+    this.server.log(`stored a model head (user ${this.user})`);
+    this.send({ type: 'head/stored', fingerprint: this.model!.fingerprint });
+  }
+
+  private checkConfig(c: JobConfig): void {
+    const L = this.model!.layers;
+    const t = c.tappedLayers;
+    if (t.length === 0 || t.some((x, i) => x >= L || (i > 0 && x <= t[i - 1]!)) || t[t.length - 1] !== L - 1) {
+      throw new WireError('BAD_FRAME', 'tappedLayers must ascend, lie within the model and end with its last layer');
+    }
+    if (!isBits(c.bits)) throw new WireError('BAD_FRAME', 'bits must be 4, 8 or 16');
+    if (c.reduction < 1 || c.reduction > this.model!.hiddenSize) throw new WireError('BAD_FRAME', 'reduction out of range');
+    if (c.seqLen < 2 || c.batchSize < 1 || c.seqLen * c.batchSize > MAX_ROWS_PER_BATCH) throw new WireError('BAD_FRAME', 'seqLen x batchSize out of range');
+    if (c.totalSteps < 1 || !(c.learningRate > 0 && c.learningRate < 1)) throw new WireError('BAD_FRAME', 'totalSteps or learningRate out of range');
+  }
+
+  private onJobCreate(m: DeviceMessage<'job/create'>): void {
+    const model = this.model!;
+    if (!this.server.heads.has(model.fingerprint)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
+    this.checkConfig(m.config);
+    if (this.server.activeJobsOf(this.user) >= (this.server.options.maxJobsPerUser ?? 4)) {
+      throw new WireError('LIMIT', 'too many jobs training at once for this user; finish or cancel one');
+    }
+    const rec = this.server.jobs.create(this.user, m.name, model, m.config);
+    const job = this.server.loadJob(rec);
+    this.server.metrics.jobsCreated.inc();
+    this.server.log(`job ${rec.id} created (user ${this.user}, ${m.config.totalSteps} steps)`);
+    this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: rec.state });
+  }
+
+  /** The job `id` of this user, loaded; NO_SUCH_JOB for unknown or foreign ids. */
+  private job(id: string): TrainingJob {
+    const rec = this.server.jobs.get(this.user, id);
+    if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
+    if (rec.model.fingerprint !== this.model!.fingerprint) throw new WireError('MODEL_MISMATCH', 'the job was created for a different model file');
+    return this.server.loadJob(rec);
+  }
+
+  private onJobResume(m: DeviceMessage<'job/resume'>): void {
+    const rec = this.server.jobs.get(this.user, m.jobId);
+    if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
+    if (rec.model.fingerprint !== this.model!.fingerprint) throw new WireError('MODEL_MISMATCH', 'the job was created for a different model file');
+    if (rec.state === 'finished') {
+      this.send({ type: 'job/ready', jobId: rec.id, nextIndex: rec.nextIndex, step: rec.step, state: rec.state });
+      return;
+    }
+    if (rec.state === 'cancelled' || rec.state === 'failed') {
+      rec.state = 'training';
+      this.server.jobs.save(rec);
+    }
+    const job = this.server.loadJob(rec);
+    job.rec.state = 'training';
+    this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: job.rec.state });
+  }
+
+  private onJobList(): void {
+    const jobs = this.server.jobs.list(this.user).map((r) => ({ id: r.id, name: r.name, state: r.state, step: r.step, totalSteps: r.config.totalSteps, fingerprint: r.model.fingerprint, createdAt: r.createdAt, updatedAt: r.updatedAt }));
+    this.send({ type: 'job/list/result', jobs });
+  }
+
+  private batchOf(job: TrainingJob, rows: number, payload: Buffer) {
+    const c = job.rec.config;
+    if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
+    return decodeBatchPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits as 4 | 8 | 16, job.rec.model.vocabularySize);
+  }
+
+  private onTrain(m: DeviceMessage<'batch/train'>, payload: Buffer): void {
+    if (this.inFlight >= this.server.credits) throw new WireError('NO_CREDIT', `at most ${this.server.credits} unacknowledged batches`);
+    const job = this.job(m.jobId);
+    const batch = this.batchOf(job, m.rows, payload);
+    this.inFlight++;
+    job
+      .train(m.index, batch)
+      .then((ack) => {
+        if (!ack.duplicate) {
+          this.server.metrics.steps.inc();
+          this.server.metrics.tokens.inc(ack.tokens);
+          this.server.metrics.tokensPerSecond.set(ack.tokens / Math.max(ack.seconds, 1e-9));
+        }
+        this.send({ type: 'batch/ack', jobId: m.jobId, index: ack.index, step: ack.step, loss: Number.isFinite(ack.loss) ? ack.loss : 0, learningRate: ack.learningRate, tokens: ack.tokens, seconds: ack.seconds });
+        if (ack.checkpointed) this.send({ type: 'job/checkpoint', jobId: m.jobId, step: job.rec.step, nextIndex: job.rec.nextIndex });
+      })
+      .catch((err) => this.fail(err, m.jobId))
+      .finally(() => this.inFlight--);
+  }
+
+  private async onEval(m: DeviceMessage<'batch/eval'>, payload: Buffer): Promise<void> {
+    const job = this.job(m.jobId);
+    const r = await job.evaluate(m.evalId, this.batchOf(job, m.rows, payload));
+    this.send({ type: 'eval/result', jobId: m.jobId, evalId: m.evalId, index: m.index, lossSum: r.lossSum, tokens: r.tokens });
+  }
+
+  private async onFinish(m: DeviceMessage<'job/finish'>): Promise<void> {
+    const job = this.job(m.jobId);
+    await job.finish();
+    this.server.log(`job ${m.jobId} finished at step ${job.step}`);
+    this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: 'finished' });
+    await this.server.unloadJob(job);
+  }
+
+  private async onCancel(m: DeviceMessage<'job/cancel'>): Promise<void> {
+    const job = this.job(m.jobId);
+    await job.cancel();
+    this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: job.rec.state });
+    await this.server.unloadJob(job);
+  }
+
+  private onAdapterGet(m: DeviceMessage<'adapter/get'>): void {
+    const rec = this.server.jobs.get(this.user, m.jobId);
+    if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
+    const bytes = rec.state === 'finished' ? this.server.jobs.readAdapter(rec) : undefined;
+    if (!bytes) throw new WireError('JOB_STATE', 'the job has no adapter yet; finish it first');
+    this.send({ type: 'adapter/data', jobId: rec.id, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') }, bytes);
+  }
+}

@@ -1,0 +1,15 @@
+import { Counter, Gauge, Registry } from 'prom-client';
+
+/** Prometheus metrics of one server instance (its own registry: several servers may share a process in tests). */
+export class ServerMetrics {
+  readonly registry = new Registry();
+  readonly connections = new Gauge({ name: 'mobillm_connections', help: 'Open device connections', registers: [this.registry] });
+  readonly jobsActive = new Gauge({ name: 'mobillm_jobs_active', help: 'Jobs loaded for training', registers: [this.registry] });
+  readonly jobsCreated = new Counter({ name: 'mobillm_jobs_created_total', help: 'Jobs created', registers: [this.registry] });
+  readonly steps = new Counter({ name: 'mobillm_train_steps_total', help: 'Optimizer steps applied', registers: [this.registry] });
+  readonly tokens = new Counter({ name: 'mobillm_train_tokens_total', help: 'Training tokens consumed', registers: [this.registry] });
+  readonly tokensPerSecond = new Gauge({ name: 'mobillm_train_tokens_per_second', help: 'Training tokens per second of the last step', registers: [this.registry] });
+  readonly bytesReceived = new Counter({ name: 'mobillm_bytes_received_total', help: 'Bytes received from devices', registers: [this.registry] });
+  readonly errors = new Counter({ name: 'mobillm_errors_total', help: 'Errors sent to devices, by code', labelNames: ['code'], registers: [this.registry] });
+  readonly authFailures = new Counter({ name: 'mobillm_auth_failures_total', help: 'Refused connection attempts', registers: [this.registry] });
+}

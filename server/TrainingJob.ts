@@ -1,0 +1,182 @@
+import { decodeAdapter, encodeAdapter } from './protocol/AdapterFile';
+import { ActivationBatch } from './protocol/batchPayload';
+import { WireError } from './protocol/WireError';
+import { JobRecord, JobStore } from './storage/JobStore';
+import { FrozenHead } from './training/FrozenHead';
+import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, initialParameters, parameterNames, SideNetwork, sideShape, SideNetworkShape } from './training/SideNetwork';
+import { OptimizerState, Trainer } from './training/Trainer';
+
+/** Everything a device needs to run the side network, stored in the adapter header. */
+export function adapterConfig(rec: JobRecord, shape: SideNetworkShape): Record<string, unknown> {
+  return {
+    shape,
+    backboneLayers: rec.model.layers,
+    hiddenSize: rec.model.hiddenSize,
+    normEpsilon: rec.model.normEpsilon,
+    gateTemperature: GATE_TEMPERATURE,
+    adapterNormEpsilon: ADAPTER_NORM_EPS,
+    gelu: 'tanh',
+    job: rec.config,
+  };
+}
+
+export interface TrainAck {
+  index: number;
+  step: number;
+  loss: number;
+  learningRate: number;
+  tokens: number;
+  /** True when the batch had been trained already (resent after a drop): not trained again. */
+  duplicate: boolean;
+  checkpointed: boolean;
+  /** Seconds the server spent on this step (training and checkpoint). */
+  seconds: number;
+}
+
+/**
+ * A job being trained in memory. Operations run one at a time, in arrival
+ * order. Batches must arrive in index order; a batch below the next index was
+ * already trained and is acknowledged without training (nothing twice), one
+ * above it is refused (nothing skipped).
+ */
+export class TrainingJob {
+  private chain: Promise<unknown> = Promise.resolve();
+  nextIndex: number;
+  private disposed = false;
+
+  private constructor(
+    readonly rec: JobRecord,
+    private readonly store: JobStore,
+    private readonly net: SideNetwork,
+    private readonly trainer: Trainer,
+    readonly shape: SideNetworkShape,
+  ) {
+    this.nextIndex = rec.nextIndex;
+  }
+
+  /** Builds the job from its last checkpoint (or fresh weights). */
+  static open(rec: JobRecord, store: JobStore, head: FrozenHead): TrainingJob {
+    const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers);
+    let values = initialParameters(shape, rec.config.seed);
+    let state: OptimizerState | undefined;
+    const ckpt = store.readCheckpoint(rec);
+    if (ckpt) {
+      const { header, tensors } = decodeAdapter(ckpt, rec.model.fingerprint);
+      values = new Map(parameterNames(shape).map((n) => [n, tensors.get(n)!.data]));
+      state = {
+        step: Number(header.meta.step),
+        m: new Map(parameterNames(shape).map((n) => [n, tensors.get(`adam.m.${n}`)!.data])),
+        v: new Map(parameterNames(shape).map((n) => [n, tensors.get(`adam.v.${n}`)!.data])),
+      };
+      rec.step = state.step;
+      rec.nextIndex = Number(header.meta.nextIndex);
+      rec.trainTokens = Number(header.meta.trainTokens ?? 0);
+    } else {
+      rec.step = 0;
+      rec.nextIndex = 0;
+      rec.trainTokens = 0;
+    }
+    const net = new SideNetwork(shape, values);
+    const trainer = new Trainer(net, head, { learningRate: rec.config.learningRate, warmupSteps: rec.config.warmupSteps, totalSteps: rec.config.totalSteps }, state);
+    return new TrainingJob(rec, store, net, trainer, shape);
+  }
+
+  private run<T>(op: () => Promise<T> | T): Promise<T> {
+    const next = this.chain.then(() => {
+      if (this.disposed) throw new WireError('JOB_STATE', 'The job was stopped.');
+      return op();
+    });
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  train(index: number, batch: ActivationBatch): Promise<TrainAck> {
+    return this.run(async () => {
+      if (this.rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
+      if (index < this.nextIndex) {
+        return { index, step: this.trainer.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 };
+      }
+      if (index > this.nextIndex) throw new WireError('OUT_OF_ORDER', `Expected batch ${this.nextIndex}, got ${index}.`);
+      const t0 = process.hrtime.bigint();
+      const r = this.trainer.trainBatch(batch);
+      this.nextIndex = index + 1;
+      this.rec.trainTokens += r.tokens;
+      const every = Math.max(1, this.rec.config.checkpointEvery);
+      const checkpointed = this.trainer.step % every === 0;
+      if (checkpointed) await this.checkpointNow();
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      return { index, step: r.step, loss: r.loss, learningRate: r.learningRate, tokens: r.tokens, duplicate: false, checkpointed, seconds };
+    });
+  }
+
+  evaluate(evalId: string, batch: ActivationBatch): Promise<{ lossSum: number; tokens: number }> {
+    return this.run(() => {
+      const r = this.trainer.evalBatch(batch);
+      const acc = this.rec.evals[evalId] ?? { lossSum: 0, tokens: 0 };
+      this.rec.evals[evalId] = { lossSum: acc.lossSum + r.lossSum, tokens: acc.tokens + r.tokens };
+      return r;
+    });
+  }
+
+  private async checkpointNow(): Promise<void> {
+    const values = await this.net.values();
+    const opt = await this.trainer.exportState();
+    const tensors = parameterNames(this.shape).flatMap((n) => {
+      const dims = this.net.p(n).shape;
+      return [
+        { name: n, shape: dims, data: values.get(n)! },
+        { name: `adam.m.${n}`, shape: dims, data: opt.m.get(n)! },
+        { name: `adam.v.${n}`, shape: dims, data: opt.v.get(n)! },
+      ];
+    });
+    const meta = { kind: 'checkpoint', step: this.trainer.step, nextIndex: this.nextIndex, trainTokens: this.rec.trainTokens };
+    this.store.writeCheckpoint(this.rec, encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.rec, this.shape), meta, tensors));
+    this.rec.step = this.trainer.step;
+    this.rec.nextIndex = this.nextIndex;
+    this.store.save(this.rec);
+  }
+
+  /** Checkpoints now (graceful shutdown, cancel). */
+  checkpoint(): Promise<void> {
+    return this.run(() => this.checkpointNow());
+  }
+
+  /** Final checkpoint and adapter file; the job becomes finished. */
+  finish(): Promise<Buffer> {
+    return this.run(async () => {
+      if (this.rec.state === 'finished') return this.store.readAdapter(this.rec)!;
+      if (this.rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
+      await this.checkpointNow();
+      const values = await this.net.values();
+      const tensors = parameterNames(this.shape).map((n) => ({ name: n, shape: this.net.p(n).shape, data: values.get(n)! }));
+      const meta = { kind: 'adapter', steps: this.trainer.step, trainTokens: this.rec.trainTokens, evals: this.rec.evals, finishedAt: new Date().toISOString() };
+      const bytes = encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.rec, this.shape), meta, tensors);
+      this.store.writeAdapter(this.rec, bytes);
+      this.rec.state = 'finished';
+      this.store.save(this.rec);
+      return bytes;
+    });
+  }
+
+  cancel(): Promise<void> {
+    return this.run(async () => {
+      if (this.rec.state !== 'training') return;
+      await this.checkpointNow();
+      this.rec.state = 'cancelled';
+      this.store.save(this.rec);
+    });
+  }
+
+  get step(): number {
+    return this.trainer.step;
+  }
+
+  /** Waits for queued work, then frees tensors. */
+  async dispose(): Promise<void> {
+    await this.chain;
+    if (this.disposed) return;
+    this.disposed = true;
+    this.trainer.dispose();
+    this.net.dispose();
+  }
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env node
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { MobiServer } from '../MobiServer';
+import { UserStore, UserStoreError } from '../storage/UserStore';
+
+const DEFAULT_DATA = process.env.MOBILLM_DATA ?? path.join(os.homedir(), '.mobillm-server');
+
+function port(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('expected a port number');
+  return n;
+}
+
+function fail(code: string, message: string): never {
+  process.stderr.write(`error[${code}]: ${message}\n`);
+  process.exit(1);
+}
+
+export function buildServerProgram(): Command {
+  const program = new Command('mobillm-server').description('MobiLLM team side-tuning server');
+  program
+    .command('start')
+    .description('Run the server (SIGTERM checkpoints running jobs and exits)')
+    .option('--host <addr>', 'bind address', '127.0.0.1')
+    .option('--port <n>', 'port (0 = any free port)', port, 8787)
+    .option('--data <dir>', 'data folder (users, heads, checkpoints, adapters)', DEFAULT_DATA)
+    .option('--tls-cert <file>', 'TLS certificate (PEM)')
+    .option('--tls-key <file>', 'TLS private key (PEM)')
+    .option('--max-jobs-per-user <n>', 'jobs one user may train at once', port, 4)
+    .option('--max-devices <n>', 'open device connections', port, 64)
+    .action(async (o: { host: string; port: number; data: string; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxDevices: number }) => {
+      const server = new MobiServer({
+        dataDir: o.data, host: o.host, port: o.port, tlsCert: o.tlsCert, tlsKey: o.tlsKey,
+        maxJobsPerUser: o.maxJobsPerUser, maxDevices: o.maxDevices,
+        log: (line) => process.stdout.write(`${line}\n`),
+      });
+      let started;
+      try {
+        started = await server.start();
+      } catch (err) {
+        fail('START_FAILED', `could not start: ${(err as Error).message}`);
+      }
+      if (new UserStore(o.data).list().every((u) => u.revoked)) {
+        process.stdout.write('no users yet: create one with "mobillm-server users add NAME"\n');
+      }
+      process.stdout.write(`${JSON.stringify({ ready: true, url: started.url, port: started.port, backend: server.backend })}\n`);
+      const stop = (signal: string): void => {
+        process.stdout.write(`${signal}: checkpointing and stopping\n`);
+        void server.stop().then(() => process.exit(0));
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+
+  const users = program.command('users').description('Team members and their tokens');
+  const store = (data: string): UserStore => new UserStore(data);
+  users
+    .command('add')
+    .argument('<name>')
+    .option('--data <dir>', 'data folder', DEFAULT_DATA)
+    .description('Create a user and print its token once (it is stored hashed)')
+    .action((name: string, o: { data: string }) => {
+      try {
+        process.stdout.write(`${store(o.data).add(name)}\n`);
+      } catch (err) {
+        if (err instanceof UserStoreError) fail(err.code, err.message);
+        throw err;
+      }
+    });
+  users
+    .command('list')
+    .option('--data <dir>', 'data folder', DEFAULT_DATA)
+    .action((o: { data: string }) => {
+      for (const u of store(o.data).list()) process.stdout.write(`${u.name}\t${u.createdAt}\t${u.revoked ? 'revoked' : 'active'}\n`);
+    });
+  users
+    .command('revoke')
+    .argument('<name>')
+    .option('--data <dir>', 'data folder', DEFAULT_DATA)
+    .action((name: string, o: { data: string }) => {
+      try {
+        store(o.data).revoke(name);
+        process.stdout.write(`revoked ${name}\n`);
+      } catch (err) {
+        if (err instanceof UserStoreError) fail(err.code, err.message);
+        throw err;
+      }
+    });
+  return program;
+}
+
+if (require.main === module) {
+  void buildServerProgram().parseAsync(process.argv);
+}

@@ -1,0 +1,58 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { decodeHalf } from '../protocol/float16';
+import { writeFileAtomic } from '../protocol/atomicWrite';
+
+/** A model's frozen final norm and head, as the server keeps them. */
+export interface StoredHead {
+  rows: number;
+  cols: number;
+  norm: Float32Array; // [cols]
+  head: Float32Array; // [rows][cols]
+}
+
+export const FINGERPRINT_PATTERN = /^[0-9a-f]{64}$/;
+
+/**
+ * Heads cached per model fingerprint in `<data>/heads/<fingerprint>.head`
+ * (u32 rows, u32 cols, f32 norm[cols], f16 head[rows][cols]). These are public
+ * model weights, uploaded once by the first device that uses the model.
+ */
+export class HeadStore {
+  private readonly dir: string;
+
+  constructor(dataDir: string) {
+    this.dir = path.join(dataDir, 'heads');
+  }
+
+  private file(fingerprint: string): string {
+    if (!FINGERPRINT_PATTERN.test(fingerprint)) throw new Error('bad fingerprint');
+    return path.join(this.dir, `${fingerprint}.head`);
+  }
+
+  has(fingerprint: string): boolean {
+    return fs.existsSync(this.file(fingerprint));
+  }
+
+  save(fingerprint: string, rows: number, cols: number, norm: Float32Array, headHalves: Uint16Array): void {
+    const header = Buffer.alloc(8);
+    header.writeUInt32LE(rows, 0);
+    header.writeUInt32LE(cols, 4);
+    writeFileAtomic(
+      this.file(fingerprint),
+      Buffer.concat([header, Buffer.from(norm.buffer, norm.byteOffset, norm.byteLength), Buffer.from(headHalves.buffer, headHalves.byteOffset, headHalves.byteLength)]),
+    );
+  }
+
+  load(fingerprint: string): StoredHead {
+    const buf = fs.readFileSync(this.file(fingerprint));
+    const rows = buf.readUInt32LE(0);
+    const cols = buf.readUInt32LE(4);
+    if (buf.length !== 8 + 4 * cols + 2 * rows * cols) throw new Error('damaged head file');
+    const norm = new Float32Array(cols);
+    Buffer.from(norm.buffer).set(buf.subarray(8, 8 + 4 * cols));
+    const halves = new Uint16Array(rows * cols);
+    Buffer.from(halves.buffer).set(buf.subarray(8 + 4 * cols));
+    return { rows, cols, norm, head: decodeHalf(halves) };
+  }
+}

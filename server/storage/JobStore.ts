@@ -1,0 +1,97 @@
+import { randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { writeFileAtomic } from '../protocol/atomicWrite';
+import { JobConfig, ModelSpec } from '../protocol/messages';
+
+export type JobState = 'training' | 'finished' | 'cancelled' | 'failed';
+
+/** `<data>/jobs/<user>/<id>/job.json`: numbers and settings only, never data. */
+export interface JobRecord {
+  id: string;
+  user: string;
+  name: string;
+  model: ModelSpec;
+  config: JobConfig;
+  state: JobState;
+  /** Optimizer steps in the last checkpoint. */
+  step: number;
+  /** First batch index not in the last checkpoint. */
+  nextIndex: number;
+  trainTokens: number;
+  createdAt: string;
+  updatedAt: string;
+  /** Held-out results by evalId (loss sums and token counts). */
+  evals: Record<string, { lossSum: number; tokens: number }>;
+}
+
+export const JOB_ID_PATTERN = /^[0-9a-f-]{36}$/;
+
+/** Jobs on the server's disk: records, checkpoints and adapters, per user. */
+export class JobStore {
+  private readonly root: string;
+
+  constructor(dataDir: string) {
+    this.root = path.join(dataDir, 'jobs');
+  }
+
+  dir(user: string, id: string): string {
+    return path.join(this.root, user, id);
+  }
+
+  create(user: string, name: string, model: ModelSpec, config: JobConfig): JobRecord {
+    const now = new Date().toISOString();
+    const rec: JobRecord = { id: randomUUID(), user, name: name.slice(0, 200), model, config, state: 'training', step: 0, nextIndex: 0, trainTokens: 0, createdAt: now, updatedAt: now, evals: {} };
+    this.save(rec);
+    return rec;
+  }
+
+  save(rec: JobRecord): void {
+    rec.updatedAt = new Date().toISOString();
+    writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'job.json'), `${JSON.stringify(rec, null, 2)}\n`);
+  }
+
+  /** A user's job, or undefined (also for another user's job id). */
+  get(user: string, id: string): JobRecord | undefined {
+    if (!JOB_ID_PATTERN.test(id)) return undefined;
+    try {
+      return JSON.parse(fs.readFileSync(path.join(this.dir(user, id), 'job.json'), 'utf8')) as JobRecord;
+    } catch {
+      return undefined;
+    }
+  }
+
+  list(user: string): JobRecord[] {
+    let ids: string[];
+    try {
+      ids = fs.readdirSync(path.join(this.root, user));
+    } catch {
+      return [];
+    }
+    return ids.map((id) => this.get(user, id)).filter((r): r is JobRecord => r !== undefined);
+  }
+
+  writeCheckpoint(rec: JobRecord, bytes: Uint8Array): void {
+    writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'checkpoint.mobi'), bytes);
+  }
+
+  readCheckpoint(rec: JobRecord): Buffer | undefined {
+    try {
+      return fs.readFileSync(path.join(this.dir(rec.user, rec.id), 'checkpoint.mobi'));
+    } catch {
+      return undefined;
+    }
+  }
+
+  writeAdapter(rec: JobRecord, bytes: Uint8Array): void {
+    writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'), bytes);
+  }
+
+  readAdapter(rec: JobRecord): Buffer | undefined {
+    try {
+      return fs.readFileSync(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'));
+    } catch {
+      return undefined;
+    }
+  }
+}

@@ -1,0 +1,113 @@
+import { createHash, randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { writeFileAtomic } from '../protocol/atomicWrite';
+
+interface UserRecord {
+  name: string;
+  salt: string;
+  /** scrypt(secret, salt), hex. The token itself is never stored. */
+  hash: string;
+  createdAt: string;
+  revokedAt?: string;
+}
+
+export interface UserSummary {
+  name: string;
+  createdAt: string;
+  revoked: boolean;
+}
+
+export const USER_NAME_PATTERN = /^[a-z0-9][a-z0-9_-]{0,31}$/;
+const SCRYPT_KEYLEN = 32;
+
+export class UserStoreError extends Error {
+  constructor(readonly code: 'BAD_NAME' | 'EXISTS' | 'NO_SUCH_USER', message: string) {
+    super(message);
+  }
+}
+
+/**
+ * Team members and their tokens, in `<data>/users.json`. A token is
+ * `<name>.<secret>`; only scrypt(secret) is stored. The file is re-read when
+ * it changes, so `mobillm-server users revoke` takes effect on a running
+ * server at the next connection.
+ */
+export class UserStore {
+  private readonly file: string;
+  private users: UserRecord[] = [];
+  private loadedMtime = -1;
+  /** sha256(token) -> name, for tokens already verified (scrypt is slow on purpose). */
+  private readonly verified = new Map<string, string>();
+
+  constructor(dataDir: string) {
+    this.file = path.join(dataDir, 'users.json');
+  }
+
+  private refresh(): void {
+    let mtime: number;
+    try {
+      mtime = fs.statSync(this.file).mtimeMs;
+    } catch {
+      this.users = [];
+      this.loadedMtime = -1;
+      this.verified.clear();
+      return;
+    }
+    if (mtime === this.loadedMtime) return;
+    this.users = (JSON.parse(fs.readFileSync(this.file, 'utf8')) as { users: UserRecord[] }).users;
+    this.loadedMtime = mtime;
+    this.verified.clear();
+  }
+
+  private save(): void {
+    writeFileAtomic(this.file, `${JSON.stringify({ users: this.users }, null, 2)}\n`);
+    this.loadedMtime = -1;
+  }
+
+  /** Creates a user and returns its token (shown once, never stored). */
+  add(name: string): string {
+    this.refresh();
+    if (!USER_NAME_PATTERN.test(name)) throw new UserStoreError('BAD_NAME', 'User names are 1-32 characters: a-z, 0-9, "-" and "_".');
+    if (this.users.some((u) => u.name === name && !u.revokedAt)) throw new UserStoreError('EXISTS', `User ${name} exists; revoke it first to issue a new token.`);
+    const secret = randomBytes(24).toString('base64url');
+    const salt = randomBytes(16).toString('hex');
+    const hash = scryptSync(secret, salt, SCRYPT_KEYLEN).toString('hex');
+    this.users = this.users.filter((u) => u.name !== name);
+    this.users.push({ name, salt, hash, createdAt: new Date().toISOString() });
+    this.save();
+    return `${name}.${secret}`;
+  }
+
+  revoke(name: string): void {
+    this.refresh();
+    const u = this.users.find((x) => x.name === name && !x.revokedAt);
+    if (!u) throw new UserStoreError('NO_SUCH_USER', `No active user ${name}.`);
+    u.revokedAt = new Date().toISOString();
+    this.save();
+    this.verified.clear();
+  }
+
+  list(): UserSummary[] {
+    this.refresh();
+    return this.users.map((u) => ({ name: u.name, createdAt: u.createdAt, revoked: u.revokedAt !== undefined }));
+  }
+
+  /** The user a token belongs to, or undefined for a missing, wrong or revoked token. */
+  verify(token: string | undefined): string | undefined {
+    if (!token || token.length > 200) return undefined;
+    this.refresh();
+    const key = createHash('sha256').update(token).digest('hex');
+    const cached = this.verified.get(key);
+    if (cached !== undefined) return cached;
+    const dot = token.indexOf('.');
+    if (dot <= 0) return undefined;
+    const name = token.slice(0, dot);
+    const u = this.users.find((x) => x.name === name && !x.revokedAt);
+    if (!u) return undefined;
+    const got = scryptSync(token.slice(dot + 1), u.salt, SCRYPT_KEYLEN);
+    if (!timingSafeEqual(got, Buffer.from(u.hash, 'hex'))) return undefined;
+    this.verified.set(key, name);
+    return name;
+  }
+}
