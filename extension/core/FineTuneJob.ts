@@ -63,6 +63,8 @@ export interface FineTuneOptions {
   /** Called with the scan report before any work; return false to stop. */
   confirm?: (report: ScanReport) => Promise<boolean> | boolean;
   onProgress?: (p: JobProgress) => void;
+  /** Sees every frame this device sends, byte for byte (auditing what crosses the wire). */
+  onFrameSent?: (frame: Uint8Array) => void;
   /** Writes one line per event (numbers only, never source text). */
   log?: (line: string) => void;
   signal?: AbortSignal;
@@ -139,7 +141,7 @@ export function defaultStoreDir(): string {
  */
 export class FineTuneJob {
   phase: JobPhase = 'scanning';
-  private readonly o: Required<Omit<FineTuneOptions, 'server' | 'steps' | 'resumeJobId' | 'confirm' | 'onProgress' | 'log' | 'signal' | 'threads'>> & FineTuneOptions;
+  private readonly o: Required<Omit<FineTuneOptions, 'server' | 'steps' | 'resumeJobId' | 'confirm' | 'onProgress' | 'onFrameSent' | 'log' | 'signal' | 'threads'>> & FineTuneOptions;
   private backbone: Backbone | undefined;
   private embedded: EmbeddedServer | undefined;
   private data!: Dataset;
@@ -157,6 +159,8 @@ export class FineTuneJob {
   private conn: ServerConnection | undefined;
   private readonly progress: JobProgress = { phase: 'scanning', step: 0, totalSteps: 0, sequencesDone: 0, tokensDone: 0, deviceTokensPerSecond: 0, bytesSent: 0, deviceRssBytes: 0, lossHistory: [] };
   private trainStartedAt = 0;
+  /** When the current loss of connection began (reconnection gives up after reconnectTimeoutMs). */
+  private outageStartedAt: number | undefined;
   private stepsAtSessionStart = 0;
 
   constructor(options: FineTuneOptions) {
@@ -291,8 +295,6 @@ export class FineTuneJob {
   }
 
   private async withReconnect(body: () => Promise<void>): Promise<void> {
-    const deadline = () => Date.now() + this.o.reconnectTimeoutMs;
-    let giveUpAt = deadline();
     let delay = 250;
     for (;;) {
       try {
@@ -301,7 +303,8 @@ export class FineTuneJob {
       } catch (err) {
         if (!(err instanceof MobiError) || !CONNECTION_ERRORS.has(err.code) || this.o.signal?.aborted) throw err;
         if (!this.jobId && err.code === 'SERVER_UNREACHABLE') throw err; // never connected: the URL or server is wrong
-        if (Date.now() > giveUpAt) {
+        this.outageStartedAt ??= Date.now();
+        if (Date.now() - this.outageStartedAt > this.o.reconnectTimeoutMs) {
           throw new MobiError('CONNECTION_LOST', `Lost the server and could not reconnect for ${Math.round(this.o.reconnectTimeoutMs / 1000)} s. The job keeps its last checkpoint; resume it later.`, { cause: err });
         }
         this.log(`connection lost (${err.code}); reconnecting in ${delay} ms`);
@@ -309,13 +312,10 @@ export class FineTuneJob {
         await sleep(delay, this.o.signal);
         this.checkCancelled();
         delay = Math.min(5000, delay * 2);
-        if (this.conn?.isOpen === false) {
+        if (this.conn) {
           this.bytesSentBefore += this.conn.bytesSent;
           this.conn = undefined;
         }
-        // A successful session step resets the deadline.
-        giveUpAt = Math.max(giveUpAt, Date.now() + 1000);
-        if (this.progress.step > 0) giveUpAt = Math.min(giveUpAt, deadline());
       }
     }
   }
@@ -332,8 +332,9 @@ export class FineTuneJob {
     }
     const info = this.backbone!.info;
     const spec: ModelSpec = { fingerprint: this.fingerprint, architecture: info.architecture, layers: info.layers, hiddenSize: info.hiddenSize, vocabularySize: info.vocabularySize, normEpsilon: info.normEpsilon };
-    const conn = await ServerConnection.open(url, token, spec);
+    const conn = await ServerConnection.open(url, token, spec, { onFrameSent: this.o.onFrameSent });
     this.conn = conn;
+    this.outageStartedAt = undefined;
     this.log(`connected (server backend ${conn.welcome.backend}, credits ${conn.welcome.credits})`);
     return conn;
   }

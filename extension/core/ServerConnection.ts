@@ -43,6 +43,8 @@ export class ServerConnection {
   private readonly listeners = new Set<(m: ServerMessage, payload: Buffer) => void>();
   private lost: MobiError | undefined;
   welcome!: ServerMessage<'session/welcome'>;
+  /** Sees every frame exactly as sent (an audit tap: what crosses the wire). */
+  onFrameSent: ((frame: Uint8Array) => void) | undefined;
   /** Called once when the connection drops (not after close()). */
   onLost: ((err: MobiError) => void) | undefined;
   private closedByUs = false;
@@ -54,7 +56,7 @@ export class ServerConnection {
   }
 
   /** Opens a connection and completes the hello/welcome exchange. */
-  static async open(url: string, token: string, model: ModelSpec, client = 'mobillm', protocol = PROTOCOL_VERSION): Promise<ServerConnection> {
+  static async open(url: string, token: string, model: ModelSpec, options: { client?: string; protocol?: number; onFrameSent?: (frame: Uint8Array) => void } = {}): Promise<ServerConnection> {
     const ws = await new Promise<WebSocket>((resolve, reject) => {
       let ws: WebSocket;
       try {
@@ -75,8 +77,9 @@ export class ServerConnection {
       ws.once('error', (err) => reject(new MobiError('SERVER_UNREACHABLE', `Cannot reach the server at ${url}: is it running and is the URL right?`, { cause: err })));
     });
     const conn = new ServerConnection(ws);
+    conn.onFrameSent = options.onFrameSent;
     const welcome = conn.expect('session/welcome');
-    conn.send({ type: 'session/hello', protocol, client, model });
+    conn.send({ type: 'session/hello', protocol: options.protocol ?? PROTOCOL_VERSION, client: options.client ?? 'mobillm', model });
     conn.welcome = (await welcome).message as ServerMessage<'session/welcome'>;
     return conn;
   }
@@ -85,6 +88,7 @@ export class ServerConnection {
     if (this.lost) throw this.lost;
     const frame = encodeFrame(message, payload);
     this.bytesSent += frame.length;
+    this.onFrameSent?.(frame);
     this.ws.send(frame, { binary: true });
   }
 

@@ -13,6 +13,8 @@ export interface ScanOptions {
   maxFileBytes?: number;
   /** Stop including files past this total. Default MAX_TOTAL_BYTES. */
   maxTotalBytes?: number;
+  /** Called before each candidate file is read (progress for long scans). */
+  onFile?: (relativePath: string) => void;
 }
 
 export const MAX_FILE_BYTES = 512 * 1024;
@@ -126,6 +128,7 @@ export function scanWorkspace(root: string, options: ScanOptions = {}): ScanRepo
       else if (size > maxFile) skip('too-large', size);
       else if (report.includedBytes + size > maxTotal) skip('over-budget', size);
       else {
+        options.onFile?.(rel);
         let buf: Buffer;
         try {
           buf = fs.readFileSync(abs);

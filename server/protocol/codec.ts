@@ -12,7 +12,7 @@ export interface Frame<M> {
   payload: Buffer;
 }
 
-export function encodeFrame(message: { type: string }, payload?: Uint8Array): Buffer {
+export function encodeFrame(message: { type: string; [field: string]: unknown }, payload?: Uint8Array): Buffer {
   const header = Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, ...message }), 'utf8');
   if (header.length > MAX_HEADER_BYTES) throw new WireError('TOO_BIG', 'frame header too large');
   const len = Buffer.alloc(4);
