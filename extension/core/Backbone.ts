@@ -63,6 +63,8 @@ export interface Capture {
   hiddenSize: number;
   /** data[k] is layer layers[k], sequences concatenated: [sum(lengths)][hiddenSize]. */
   data: Float32Array[];
+  /** Seconds llama.cpp spent on the forward pass (worker thread; excludes waiting for the event loop). */
+  forwardSeconds: number;
 }
 
 /** A view of one sequence of one captured layer, without copying: [length][hiddenSize]. */
@@ -214,12 +216,13 @@ export class Backbone {
       }
       const d = this.info.hiddenSize;
       const data = list.map(() => new Float32Array(total * d));
+      let forwardSeconds: number;
       try {
-        await this.native.capture(sequences, Int32Array.from(list), data, true);
+        forwardSeconds = await this.native.capture(sequences, Int32Array.from(list), data, true);
       } catch (err) {
         throw MobiError.fromNative(err);
       }
-      return { layers: list, lengths: sequences.map((s) => s.length), hiddenSize: d, data };
+      return { layers: list, lengths: sequences.map((s) => s.length), hiddenSize: d, data, forwardSeconds };
     };
     const result = this.queue.then(run, run);
     this.queue = result.catch(() => undefined);

@@ -167,7 +167,7 @@ export class FineTuneJob {
     this.o = {
       epochs: 1, seqLen: 128, batchSize: 4, bits: 8, reduction: 8, skipLayers: 0, learningRate: 2e-3, seed: 1, checkpointEvery: 25,
       heldOutFraction: 0.1, maxHeldOutSequences: 32, scan: {}, storeDir: defaultStoreDir(), reconnectTimeoutMs: 120_000,
-      ...options,
+      ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FineTuneOptions),
     };
     if (!isBits(this.o.bits)) throw new MobiError('BAD_ARGUMENT', 'bits must be 4, 8 or 16.');
   }
@@ -388,12 +388,11 @@ export class FineTuneJob {
   /** Runs the backbone over sequences and encodes the payload of a batch. */
   private async preparePayload(seqs: Int32Array[]): Promise<{ payload: Buffer; rows: number; sequences: number }> {
     const { inputs, targets, mask, rows } = splitInputsTargets(seqs);
-    const t0 = process.hrtime.bigint();
     const cap = await this.backbone!.capture(inputs, this.config.tappedLayers);
     const t1 = process.hrtime.bigint();
     const payload = encodeBatchPayload({ rows, layers: cap.data, targets, mask }, cap.hiddenSize, this.config.bits as Bits);
     const t2 = process.hrtime.bigint();
-    this.t.deviceForwardSeconds += Number(t1 - t0) / 1e9;
+    this.t.deviceForwardSeconds += cap.forwardSeconds;
     this.t.quantizeSeconds += Number(t2 - t1) / 1e9;
     return { payload, rows, sequences: seqs.length };
   }

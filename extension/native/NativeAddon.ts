@@ -36,8 +36,8 @@ export interface NativeBackbone {
   info(): NativeBackboneInfo;
   tokenize(text: string, addSpecial: boolean): Int32Array;
   tokenPiece(token: number): Buffer;
-  /** outputs[k] receives layers[k] as [sum of sequence lengths][nEmbd]. */
-  capture(sequences: Int32Array[], layers: Int32Array, outputs: Float32Array[], stopEarly: boolean): Promise<void>;
+  /** outputs[k] receives layers[k] as [sum of sequence lengths][nEmbd]. Resolves with the decode's seconds on the worker thread. */
+  capture(sequences: Int32Array[], layers: Int32Array, outputs: Float32Array[], stopEarly: boolean): Promise<number>;
   dispose(): void;
   readonly disposed: boolean;
 }

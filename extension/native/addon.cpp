@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -345,6 +346,12 @@ class CaptureWorker : public Napi::AsyncWorker {
   bool needLastLayer = false;
 
   void Execute() override {
+    const auto started = std::chrono::steady_clock::now();
+    ExecuteDecode();
+    seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  }
+
+  void ExecuteDecode() {
     llama_context* ctx = bb_->ctx();
     // Decode in chunks of at most nBatch tokens, positions continuing within
     // each sequence (the KV cache carries the context between chunks). This
@@ -399,9 +406,10 @@ class CaptureWorker : public Napi::AsyncWorker {
       }
     }
   }
+  // Resolves with the seconds the decode took on the worker thread.
   void OnOK() override {
     bb_->SetBusy(false);
-    deferred_.Resolve(Env().Undefined());
+    deferred_.Resolve(Napi::Number::New(Env(), seconds_));
   }
   void OnError(const Napi::Error& e) override {
     bb_->SetBusy(false);
@@ -412,6 +420,7 @@ class CaptureWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Backbone* bb_;
   Napi::ObjectReference self_;
+  double seconds_ = 0;
   const char* code_ = "CAPTURE_FAILED";
 };
 

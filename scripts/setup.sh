@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine with npm and apt: the compiler and git the
+# native addon build needs (it clones llama.cpp's headers from the bundle inside
+# node-llama-cpp, offline), then `npm ci`, which also builds TypeScript and the
+# addon. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v make >/dev/null 2>&1 || need+=(make)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ] || [ ! -f out/native/mobillm.node ]; then
+  npm ci --no-audit --no-fund
+fi
