@@ -6,6 +6,8 @@ import { Backbone } from '../core/Backbone';
 import { ensureDefaultModel } from '../core/defaultModel';
 import { defaultStoreDir, FineTuneJob, JobProgress } from '../core/FineTuneJob';
 import { describeSkipped } from '../core/scanWorkspace';
+import { evaluateWorkspace } from '../core/evaluateWorkspace';
+import { generate } from '../core/generate';
 import { MobiError } from '../core/MobiError';
 import { writeTinyModel } from '../core/tinyModel';
 import { GgmlTypeName } from '../core/gguf/ggmlTypes';
@@ -35,6 +37,14 @@ function action<A extends unknown[]>(body: (...args: A) => Promise<void> | void)
       process.exit(e.code === 'CANCELLED' ? 130 : 1);
     }
   };
+}
+
+function readAdapterFile(file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new MobiError('ADAPTER_CORRUPT', `Cannot read the adapter file ${file}.`, { cause: err });
+  }
 }
 
 function bitsOption(value: string): 4 | 8 | 16 {
@@ -136,6 +146,54 @@ export function buildProgram(): Command {
         }
       }),
     );
+  program
+    .command('eval')
+    .description('Held-out loss of a workspace on this device (same split as finetune), with or without an adapter')
+    .requiredOption('--workspace <dir>', 'folder of source code')
+    .option('--model <file|hf:uri>', 'GGUF backbone (default: the built-in tiny model)')
+    .option('--adapter <file>', 'adapter file from a fine-tune job')
+    .option('--seq-len <n>', 'tokens per sequence', intOption, 128)
+    .option('--seed <n>', 'seed of the split', intOption, 1)
+    .option('--store <dir>', 'device store', defaultStoreDir())
+    .option('--json', 'print {"heldOutLoss","tokens"} as the last line')
+    .action(
+      action(async (o: { workspace: string; model?: string; adapter?: string; seqLen: number; seed: number; store: string; json?: boolean }) => {
+        const bb = await Backbone.open(o.model ?? ensureDefaultModel(o.store), { contextSize: 4 * (o.seqLen + 1), maxSequences: 4 });
+        try {
+          if (o.adapter) await bb.useAdapter(readAdapterFile(o.adapter));
+          const r = await evaluateWorkspace(bb, o.workspace, { seqLen: o.seqLen, seed: o.seed });
+          if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+          else process.stdout.write(`held-out loss ${r.heldOutLoss.toFixed(4)} (perplexity ${Math.exp(r.heldOutLoss).toFixed(2)}) over ${r.tokens} tokens\n`);
+        } finally {
+          bb.dispose();
+        }
+      }),
+    );
+
+  program
+    .command('generate')
+    .description('Continue a prompt with the backbone, with or without an adapter')
+    .option('--model <file|hf:uri>', 'GGUF backbone (default: the built-in tiny model)')
+    .option('--adapter <file>', 'adapter file')
+    .requiredOption('--prompt <text>', 'prompt')
+    .option('--tokens <n>', 'most new tokens', intOption, 64)
+    .option('--temperature <x>', '0 = greedy', Number, 0)
+    .option('--top-p <x>', 'nucleus mass', Number, 1)
+    .option('--store <dir>', 'device store', defaultStoreDir())
+    .action(
+      action(async (o: { model?: string; adapter?: string; prompt: string; tokens: number; temperature: number; topP: number; store: string }) => {
+        const bb = await Backbone.open(o.model ?? ensureDefaultModel(o.store), { contextSize: 2048, maxSequences: 1 });
+        try {
+          if (o.adapter) await bb.useAdapter(readAdapterFile(o.adapter));
+          const g = await generate(bb, o.prompt, { maxTokens: o.tokens, temperature: o.temperature, topP: o.topP, onText: (t) => process.stdout.write(t) });
+          process.stdout.write('\n');
+          process.stderr.write(`${g.tokens.length} tokens (${g.stoppedBy})\n`);
+        } finally {
+          bb.dispose();
+        }
+      }),
+    );
+
   program
     .command('finetune')
     .description('Fine-tune the side network on a workspace (embedded local server unless --server is given)')

@@ -2,7 +2,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { MobiError } from './MobiError';
 import { GgufFile, ggufNumber, ggufString, readGgufFile } from './gguf/GgufFile';
-import { loadNativeAddon, NativeBackbone, NativeTensor } from '../native/NativeAddon';
+import { loadNativeAddon, NativeBackbone, NativeBackboneInfo, NativeTensor } from '../native/NativeAddon';
+import { AdapterFormatError, decodeAdapter } from '../../server/protocol/AdapterFile';
+import { modelFingerprint } from './modelFingerprint';
 
 /** Architectures whose layer outputs and final norm the side network understands. */
 export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2', 'qwen3'] as const;
@@ -140,6 +142,7 @@ export class Backbone {
     readonly info: ModelInfo,
     readonly contextSize: number,
     readonly maxSequences: number,
+    readonly nativeInfo: NativeBackboneInfo,
   ) {}
 
   static async open(spec: string, options: BackboneOptions = {}): Promise<Backbone> {
@@ -156,7 +159,7 @@ export class Backbone {
       throw MobiError.fromNative(err);
     }
     const n = native.info();
-    return new Backbone(native, { ...described, parameters: n.nParams, addsBos: n.addBos, vocabularySize: n.nVocab }, n.contextSize, maxSequences);
+    return new Backbone(native, { ...described, parameters: n.nParams, addsBos: n.addBos, vocabularySize: n.nVocab }, n.contextSize, maxSequences, n);
   }
 
   get disposed(): boolean {
@@ -227,6 +230,68 @@ export class Backbone {
     const result = this.queue.then(run, run);
     this.queue = result.catch(() => undefined);
     return result;
+  }
+
+  private serial<T>(run: () => Promise<T>): Promise<T> {
+    const wrapped = async (): Promise<T> => {
+      if (this.native.disposed) throw new MobiError('DISPOSED', 'The model was disposed; load it again to use it.');
+      try {
+        return await run();
+      } catch (err) {
+        throw MobiError.fromNative(err);
+      }
+    };
+    const result = this.queue.then(wrapped, wrapped);
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  /** sha256 of the model file. */
+  fingerprint(): Promise<string> {
+    return modelFingerprint(this.info.path);
+  }
+
+  /**
+   * Loads an adapter file (verified: checksum, format version, and that it was
+   * trained for this very model file) and runs its side network inside every
+   * later forward pass. On any error the backbone keeps working as before.
+   */
+  async useAdapter(file: Uint8Array): Promise<{ steps: number; meta: Record<string, unknown> }> {
+    const fp = await this.fingerprint();
+    let contents;
+    try {
+      contents = decodeAdapter(file, fp);
+    } catch (err) {
+      if (err instanceof AdapterFormatError) throw new MobiError(err.code, err.message, { cause: err });
+      throw err;
+    }
+    const cfg = contents.header.config as { shape?: { d: number; r: number; b: number; tappedLayers: number[] }; adapterNormEpsilon?: number; gateTemperature?: number };
+    if (!cfg.shape || cfg.adapterNormEpsilon === undefined || cfg.gateTemperature === undefined) {
+      throw new MobiError('ADAPTER_CORRUPT', 'The adapter header lacks the side-network shape.');
+    }
+    const tensors: Record<string, Float32Array> = {};
+    for (const [name, t] of contents.tensors) tensors[name] = t.data;
+    await this.serial(async () =>
+      this.native.setAdapter({ ...cfg.shape!, adapterEps: cfg.adapterNormEpsilon!, gateTemperature: cfg.gateTemperature!, tensors }),
+    );
+    return { steps: Number(contents.header.meta.steps ?? 0), meta: contents.header.meta };
+  }
+
+  /** Back to the plain backbone. */
+  clearAdapter(): Promise<void> {
+    return this.serial(async () => this.native.clearAdapter());
+  }
+
+  /** Sum of next-token losses and their count over sequences (each predicts tokens 1..n-1). */
+  sequenceLoss(sequences: Int32Array[]): Promise<{ lossSum: number; tokens: number }> {
+    const inputs = sequences.filter((s) => s.length >= 2);
+    if (inputs.length === 0) return Promise.reject(new MobiError('EMPTY_INPUT', 'No sequence has two tokens or more.'));
+    return this.serial(() => this.native.lossOf(inputs.map((s) => s.subarray(0, s.length - 1)), inputs.map((s) => s.subarray(1))));
+  }
+
+  /** Logits after `tokens`, continuing the generation state at `startPos` (0 starts afresh). */
+  logitsAfter(tokens: Int32Array, startPos: number): Promise<Float32Array> {
+    return this.serial(() => this.native.logitsAfter(tokens, startPos));
   }
 
   /** A tensor of the model file as float32 (dequantized by ggml), optionally a range of rows. */

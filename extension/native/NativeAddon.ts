@@ -38,8 +38,26 @@ export interface NativeBackbone {
   tokenPiece(token: number): Buffer;
   /** outputs[k] receives layers[k] as [sum of sequence lengths][nEmbd]. Resolves with the decode's seconds on the worker thread. */
   capture(sequences: Int32Array[], layers: Int32Array, outputs: Float32Array[], stopEarly: boolean): Promise<number>;
+  /** Next-token cross-entropy of every token (side network included when set). */
+  lossOf(sequences: Int32Array[], targets: Int32Array[]): Promise<{ lossSum: number; tokens: number; seconds: number }>;
+  /** Continues sequence 0 at startPos (0 = afresh); resolves with the last token's logits. */
+  logitsAfter(tokens: Int32Array, startPos: number): Promise<Float32Array>;
+  /** Runs this side network inside every later forward pass (not in captures). */
+  setAdapter(adapter: NativeAdapter): void;
+  clearAdapter(): void;
   dispose(): void;
   readonly disposed: boolean;
+}
+
+export interface NativeAdapter {
+  d: number;
+  r: number;
+  b: number;
+  tappedLayers: number[];
+  adapterEps: number;
+  gateTemperature: number;
+  /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d] */
+  tensors: Record<string, Float32Array>;
 }
 
 export interface NativeTensor {

@@ -26,6 +26,8 @@
 #include "gguf.h"
 #include "llama.h"
 
+#include "SideNetwork.hpp"
+
 namespace {
 
 Napi::Error codedError(Napi::Env env, const char* code, const std::string& message) {
@@ -47,6 +49,7 @@ struct CaptureState {
   bool stopAfterLastWanted = false;
   bool overflow = false;
   bool badShape = false;
+  mobillm::SideRun* side = nullptr;  // the side network of this decode, if any
 };
 
 bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
@@ -54,34 +57,41 @@ bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
   if (st == nullptr) return !ask;  // not capturing: want nothing, keep going
   if (std::strncmp(t->name, "l_out-", 6) != 0) return !ask;
   const int layer = std::atoi(t->name + 6);
-  const int slot = (layer >= 0 && layer < st->nLayer) ? st->slotOfLayer[layer] : -1;
-  if (ask) return slot >= 0;
-  if (slot < 0) return true;
+  const bool inRange = layer >= 0 && layer < st->nLayer;
+  const int slot = inRange && !st->slotOfLayer.empty() ? st->slotOfLayer[layer] : -1;
+  const bool side = st->side != nullptr && layer >= 0 && layer < st->side->net->nLayer && st->side->net->slotOfLayer[layer] >= 0;
+  if (ask) return slot >= 0 || side;
+  if (slot < 0 && !side) return true;
 
-  if (t->type != GGML_TYPE_F32 || t->ne[0] != st->nEmbd) {
+  const int nEmbd = static_cast<int>(t->ne[0]);
+  if (t->type != GGML_TYPE_F32 || (slot >= 0 && nEmbd != st->nEmbd) || !ggml_is_contiguous(t) ||
+      t->buffer == nullptr || !ggml_backend_buffer_is_host(t->buffer)) {
     st->badShape = true;
     return false;
   }
   const size_t rows = static_cast<size_t>(t->ne[1]);
-  if (st->rowsWritten[slot] + rows > st->rowsExpected) {
-    st->overflow = true;
-    return false;
+  if (slot >= 0) {
+    if (st->rowsWritten[slot] + rows > st->rowsExpected) {
+      st->overflow = true;
+      return false;
+    }
+    std::memcpy(st->destination[slot] + st->rowsWritten[slot] * nEmbd, t->data, rows * nEmbd * sizeof(float));
+    st->rowsWritten[slot] += rows;
   }
-  float* dst = st->destination[slot] + st->rowsWritten[slot] * st->nEmbd;
-  const size_t bytes = rows * st->nEmbd * sizeof(float);
-  if (t->buffer != nullptr && ggml_backend_buffer_is_host(t->buffer) && ggml_is_contiguous(t)) {
-    std::memcpy(dst, t->data, bytes);
-  } else {
-    ggml_backend_tensor_get(t, dst, 0, bytes);
+  if (side) {
+    // Changing l_out-<L-1> in place is honoured: llama.cpp's own output norm
+    // and head then run on h + delta.
+    st->side->apply(layer, static_cast<float*>(t->data), static_cast<int>(rows));
   }
-  st->rowsWritten[slot] += rows;
   // Returning false after the last wanted layer stops the graph: the rest of
   // the layers and the head are skipped. (Aborting instead would also skip the
   // logits copy, but llama.cpp then drops the micro-batch's KV entries, which
   // chunked decoding needs.)
-  if (layer == st->lastWantedLayer && st->stopAfterLastWanted) return false;
+  if (slot >= 0 && layer == st->lastWantedLayer && st->stopAfterLastWanted) return false;
   return true;
 }
+
+class DecodeWorker;
 
 class Backbone : public Napi::ObjectWrap<Backbone> {
  public:
@@ -93,6 +103,10 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
                            InstanceMethod("tokenize", &Backbone::Tokenize),
                            InstanceMethod("tokenPiece", &Backbone::TokenPiece),
                            InstanceMethod("capture", &Backbone::Capture),
+                           InstanceMethod("lossOf", &Backbone::LossOf),
+                           InstanceMethod("logitsAfter", &Backbone::LogitsAfter),
+                           InstanceMethod("setAdapter", &Backbone::SetAdapter),
+                           InstanceMethod("clearAdapter", &Backbone::ClearAdapter),
                            InstanceMethod("dispose", &Backbone::Dispose),
                            InstanceAccessor("disposed", &Backbone::Disposed, nullptr),
                        });
@@ -116,6 +130,7 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   llama_model* model() const { return model_; }
   llama_context* ctx() const { return ctx_; }
   CaptureState** captureSlot() { return &active_; }
+  const mobillm::SideNet* sideNet() const { return sideNet_.get(); }
   uint32_t nCtx() const { return nCtx_; }
   uint32_t nBatch() const { return nBatch_; }
   uint32_t nSeqMax() const { return nSeqMax_; }
@@ -144,6 +159,76 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
 
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value Capture(const Napi::CallbackInfo& info);
+  Napi::Value LossOf(const Napi::CallbackInfo& info);
+  Napi::Value LogitsAfter(const Napi::CallbackInfo& info);
+  Napi::Value Queue(std::unique_ptr<DecodeWorker> worker);
+
+  bool CheckIdle(Napi::Env env) {
+    if (!CheckUsable(env)) return false;
+    if (busy_) {
+      codedError(env, "BUSY", "A forward pass is already running on this backbone.").ThrowAsJavaScriptException();
+      return false;
+    }
+    return true;
+  }
+
+  // setAdapter({ d, r, b, tappedLayers, adapterEps, gateTemperature, tensors: { name: Float32Array } })
+  Napi::Value SetAdapter(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!CheckIdle(env)) return env.Undefined();
+    const Napi::Object o = info[0].As<Napi::Object>();
+    auto net = std::make_unique<mobillm::SideNet>();
+    net->d = o.Get("d").As<Napi::Number>().Int32Value();
+    net->r = o.Get("r").As<Napi::Number>().Int32Value();
+    net->b = o.Get("b").As<Napi::Number>().Int32Value();
+    net->adapterEps = o.Get("adapterEps").As<Napi::Number>().FloatValue();
+    const float temperature = o.Get("gateTemperature").As<Napi::Number>().FloatValue();
+    net->nLayer = llama_model_n_layer(model_);
+    const Napi::Array tapped = o.Get("tappedLayers").As<Napi::Array>();
+    const Napi::Object tensors = o.Get("tensors").As<Napi::Object>();
+    auto bad = [&](const std::string& msg) {
+      codedError(env, "ADAPTER_MODEL_MISMATCH", msg).ThrowAsJavaScriptException();
+      return env.Undefined();
+    };
+    if (net->d != llama_model_n_embd(model_) || net->r < 1 || net->b < 1 || temperature <= 0) return bad("The adapter's shape does not fit this model.");
+    net->slotOfLayer.assign(static_cast<size_t>(net->nLayer), -1);
+    int prev = -1;
+    auto take = [&](const std::string& name, size_t n, std::vector<float>& dst) {
+      Napi::Value v = tensors.Get(name);
+      if (!v.IsTypedArray()) return false;
+      Napi::Float32Array a = v.As<Napi::Float32Array>();
+      if (a.ElementLength() != n) return false;
+      dst.assign(a.Data(), a.Data() + n);
+      return true;
+    };
+    for (uint32_t k = 0; k < tapped.Length(); ++k) {
+      const int layer = tapped.Get(k).As<Napi::Number>().Int32Value();
+      if (layer <= prev || layer >= net->nLayer) return bad("The adapter's tapped layers do not fit this model.");
+      prev = layer;
+      net->slotOfLayer[layer] = static_cast<int>(k);
+      net->down.emplace_back();
+      net->mid.emplace_back();
+      net->up.emplace_back();
+      std::vector<float> alpha;
+      const std::string ks = std::to_string(k);
+      if (!take("down." + ks, static_cast<size_t>(net->d) * net->r, net->down.back()) ||
+          !take("mid." + ks, static_cast<size_t>(net->r) * net->b, net->mid.back()) ||
+          !take("up." + ks, static_cast<size_t>(net->b) * net->r, net->up.back()) || !take("alpha." + ks, 1, alpha)) {
+        return bad("The adapter's tensors do not match its shape.");
+      }
+      net->mu.push_back(1.0f / (1.0f + std::exp(-alpha[0] / temperature)));
+    }
+    if (prev != net->nLayer - 1) return bad("The adapter must tap the model's last layer.");
+    if (!take("out", static_cast<size_t>(net->r) * net->d, net->out)) return bad("The adapter's tensors do not match its shape.");
+    sideNet_ = std::move(net);
+    return env.Undefined();
+  }
+
+  Napi::Value ClearAdapter(const Napi::CallbackInfo& info) {
+    if (!CheckIdle(info.Env())) return info.Env().Undefined();
+    sideNet_.reset();
+    return info.Env().Undefined();
+  }
 
   Napi::Value Info(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -225,6 +310,7 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
 
   llama_model* model_ = nullptr;
   llama_context* ctx_ = nullptr;
+  std::unique_ptr<mobillm::SideNet> sideNet_;
   CaptureState* active_ = nullptr;
   uint32_t nCtx_ = 0;
   uint32_t nBatch_ = 0;
@@ -332,49 +418,66 @@ Napi::Value Backbone::Load(const Napi::CallbackInfo& info) {
   return p;
 }
 
-class CaptureWorker : public Napi::AsyncWorker {
+// What one decode job computes.
+enum class DecodeMode { Capture, Loss, Logits };
+
+// Runs llama_decode over sequences on a worker thread, in chunks of at most
+// nBatch tokens (positions continuing within each sequence; the KV cache
+// carries the context between chunks). Chunking bounds llama.cpp's output
+// buffer, which it sizes n_outputs x n_vocab floats and zero-fills.
+//   Capture: copies the wanted layers of every token (see CaptureState).
+//   Loss:    next-token cross-entropy of every token against `targets`.
+//   Logits:  one sequence continuing at `startPos`; returns the last token's logits.
+// When the backbone holds a side network, it runs inside the same decode.
+class DecodeWorker : public Napi::AsyncWorker {
  public:
-  CaptureWorker(Napi::Env env, Backbone* bb, Napi::Object self)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), bb_(bb) {
+  DecodeWorker(Napi::Env env, Backbone* bb, Napi::Object self, DecodeMode mode)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), bb_(bb), mode_(mode) {
     self_ = Napi::Persistent(self);
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   std::vector<std::vector<llama_token>> sequences;
+  std::vector<std::vector<llama_token>> targets;  // Loss mode
   std::vector<Napi::ObjectReference> keepAlive;
   CaptureState state;
   bool needLastLayer = false;
+  int32_t startPos = 0;      // Logits mode
+  bool keepMemory = false;   // Logits mode: continue the previous call's sequence
 
   void Execute() override {
     const auto started = std::chrono::steady_clock::now();
-    ExecuteDecode();
+    Decode();
     seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   }
 
-  void ExecuteDecode() {
+  void Decode() {
     llama_context* ctx = bb_->ctx();
-    // Decode in chunks of at most nBatch tokens, positions continuing within
-    // each sequence (the KV cache carries the context between chunks). This
-    // bounds llama.cpp's output buffer, which it sizes n_outputs x n_vocab
-    // floats and zero-fills: with the last layer captured, every token is an
-    // output.
+    const mobillm::SideNet* net = bb_->sideNet();
+    const int32_t nVocab = llama_vocab_n_tokens(llama_model_get_vocab(bb_->model()));
     const int32_t chunk = static_cast<int32_t>(bb_->nBatch());
+    const bool allOutputs = (mode_ == DecodeMode::Capture && needLastLayer) || mode_ == DecodeMode::Loss;
     llama_batch batch = llama_batch_init(chunk, 0, 1);
-    llama_memory_clear(llama_get_memory(ctx), true);
+    if (!keepMemory) llama_memory_clear(llama_get_memory(ctx), true);
+    mobillm::SideRun side;
+    if (mode_ == DecodeMode::Capture) state.side = nullptr;
     *bb_->captureSlot() = &state;
     int32_t rc = 0;
     size_t s = 0, t = 0;
     while (rc == 0 && s < sequences.size()) {
       int32_t n = 0;
+      std::vector<int> outputRows;
+      std::vector<llama_token> chunkTargets;
       while (n < chunk && s < sequences.size()) {
         const auto& seq = sequences[s];
+        const bool isOutput = allOutputs || t + 1 == seq.size();
         batch.token[n] = seq[t];
-        batch.pos[n] = static_cast<llama_pos>(t);
+        batch.pos[n] = static_cast<llama_pos>(t) + (mode_ == DecodeMode::Logits ? startPos : 0);
         batch.n_seq_id[n] = 1;
         batch.seq_id[n][0] = static_cast<llama_seq_id>(s);
-        // The last layer is computed for output rows only: ask for every row
-        // when it is captured, otherwise for the last token of each sequence.
-        batch.logits[n] = (needLastLayer || t + 1 == seq.size()) ? 1 : 0;
+        batch.logits[n] = isOutput ? 1 : 0;
+        if (isOutput) outputRows.push_back(n);
+        if (mode_ == DecodeMode::Loss) chunkTargets.push_back(targets[s][t]);
         ++n;
         if (++t == seq.size()) {
           ++s;
@@ -382,10 +485,29 @@ class CaptureWorker : public Napi::AsyncWorker {
         }
       }
       batch.n_tokens = n;
+      if (net != nullptr && mode_ != DecodeMode::Capture) {
+        side.reset(net, n, outputRows);
+        state.side = &side;
+      }
       rc = llama_decode(ctx, batch);
+      if (rc == 0 && mode_ == DecodeMode::Loss) {
+        for (int32_t j = 0; j < n; ++j) {
+          const float* logits = llama_get_logits_ith(ctx, j);
+          float mx = logits[0];
+          for (int32_t v = 1; v < nVocab; ++v) mx = std::max(mx, logits[v]);
+          double sum = 0;
+          for (int32_t v = 0; v < nVocab; ++v) sum += std::exp(static_cast<double>(logits[v] - mx));
+          lossSum_ += std::log(sum) + mx - logits[chunkTargets[j]];
+          ++lossTokens_;
+        }
+      }
+    }
+    if (rc == 0 && mode_ == DecodeMode::Logits) {
+      const float* logits = llama_get_logits_ith(ctx, -1);
+      lastLogits_.assign(logits, logits + nVocab);
     }
     *bb_->captureSlot() = nullptr;
-    llama_memory_clear(llama_get_memory(ctx), true);
+    if (mode_ != DecodeMode::Logits) llama_memory_clear(llama_get_memory(ctx), true);
     llama_batch_free(batch);
     if (rc != 0) {
       code_ = "DECODE_FAILED";
@@ -397,19 +519,38 @@ class CaptureWorker : public Napi::AsyncWorker {
       SetError("A captured layer had an unexpected shape.");
       return;
     }
-    for (size_t s = 0; s < state.rowsWritten.size(); ++s) {
-      if (state.rowsWritten[s] != state.rowsExpected) {
+    for (size_t k = 0; k < state.rowsWritten.size(); ++k) {
+      if (state.rowsWritten[k] != state.rowsExpected) {
         code_ = "CAPTURE_FAILED";
-        SetError("A captured layer returned " + std::to_string(state.rowsWritten[s]) + " rows, expected " +
+        SetError("A captured layer returned " + std::to_string(state.rowsWritten[k]) + " rows, expected " +
                  std::to_string(state.rowsExpected) + ".");
         return;
       }
     }
   }
-  // Resolves with the seconds the decode took on the worker thread.
+
   void OnOK() override {
     bb_->SetBusy(false);
-    deferred_.Resolve(Napi::Number::New(Env(), seconds_));
+    Napi::Env env = Env();
+    switch (mode_) {
+      case DecodeMode::Capture:
+        deferred_.Resolve(Napi::Number::New(env, seconds_));  // seconds on the worker thread
+        break;
+      case DecodeMode::Loss: {
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("lossSum", lossSum_);
+        r.Set("tokens", static_cast<double>(lossTokens_));
+        r.Set("seconds", seconds_);
+        deferred_.Resolve(r);
+        break;
+      }
+      case DecodeMode::Logits: {
+        Napi::Float32Array out = Napi::Float32Array::New(env, lastLogits_.size());
+        std::memcpy(out.Data(), lastLogits_.data(), lastLogits_.size() * sizeof(float));
+        deferred_.Resolve(out);
+        break;
+      }
+    }
   }
   void OnError(const Napi::Error& e) override {
     bb_->SetBusy(false);
@@ -420,22 +561,49 @@ class CaptureWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Backbone* bb_;
   Napi::ObjectReference self_;
+  DecodeMode mode_;
   double seconds_ = 0;
-  const char* code_ = "CAPTURE_FAILED";
+  double lossSum_ = 0;
+  size_t lossTokens_ = 0;
+  std::vector<float> lastLogits_;
+  const char* code_ = "DECODE_FAILED";
 };
 
+// Reads sequences (Int32Array[]) into the worker, validating token ids.
+bool readSequences(Napi::Env env, const Napi::Array& seqs, int nVocab, uint32_t maxSeq, std::vector<std::vector<llama_token>>& out, size_t& total) {
+  total = 0;
+  if (seqs.Length() == 0 || seqs.Length() > maxSeq) {
+    codedError(env, "BAD_ARGUMENT", "Sequence count out of range.").ThrowAsJavaScriptException();
+    return false;
+  }
+  for (uint32_t s = 0; s < seqs.Length(); ++s) {
+    Napi::Int32Array a = seqs.Get(s).As<Napi::Int32Array>();
+    if (a.ElementLength() == 0) {
+      codedError(env, "EMPTY_INPUT", "A sequence has no tokens.").ThrowAsJavaScriptException();
+      return false;
+    }
+    std::vector<llama_token> seq(a.Data(), a.Data() + a.ElementLength());
+    for (llama_token t : seq) {
+      if (t < 0 || t >= nVocab) {
+        codedError(env, "BAD_TOKEN", "A token id is outside the vocabulary.").ThrowAsJavaScriptException();
+        return false;
+      }
+    }
+    total += seq.size();
+    out.push_back(std::move(seq));
+  }
+  return true;
+}
+
 // capture(sequences: Int32Array[], layers: Int32Array, outputs: Float32Array[],
-//         stopEarly: boolean): Promise<void>
+//         stopEarly: boolean): Promise<number>
 // outputs[k] receives layer layers[k] as [sum of sequence lengths][nEmbd],
 // sequences concatenated in order. The caller validates sizes; this checks them
-// again because a wrong size here would write out of bounds.
+// again because a wrong size here would write out of bounds. Captures always
+// run the plain backbone (no side network).
 Napi::Value Backbone::Capture(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!CheckUsable(env)) return env.Undefined();
-  if (busy_) {
-    codedError(env, "BUSY", "A forward pass is already running on this backbone.").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  if (!CheckIdle(env)) return env.Undefined();
   const Napi::Array seqs = info[0].As<Napi::Array>();
   const Napi::Int32Array layers = info[1].As<Napi::Int32Array>();
   const Napi::Array outs = info[2].As<Napi::Array>();
@@ -444,25 +612,13 @@ Napi::Value Backbone::Capture(const Napi::CallbackInfo& info) {
   const int nLayer = llama_model_n_layer(model_);
   const int nEmbd = llama_model_n_embd(model_);
   const int nVocab = llama_vocab_n_tokens(llama_model_get_vocab(model_));
-  auto* worker = new CaptureWorker(env, this, info.This().As<Napi::Object>());
+  std::unique_ptr<DecodeWorker> worker(new DecodeWorker(env, this, info.This().As<Napi::Object>(), DecodeMode::Capture));
   auto fail = [&](const char* code, const std::string& msg) {
-    delete worker;
     codedError(env, code, msg).ThrowAsJavaScriptException();
     return env.Undefined();
   };
-
   size_t total = 0;
-  if (seqs.Length() == 0 || seqs.Length() > nSeqMax_) return fail("BAD_ARGUMENT", "Sequence count out of range.");
-  for (uint32_t s = 0; s < seqs.Length(); ++s) {
-    Napi::Int32Array a = seqs.Get(s).As<Napi::Int32Array>();
-    if (a.ElementLength() == 0) return fail("EMPTY_INPUT", "A sequence has no tokens.");
-    std::vector<llama_token> seq(a.Data(), a.Data() + a.ElementLength());
-    for (llama_token t : seq) {
-      if (t < 0 || t >= nVocab) return fail("BAD_TOKEN", "A token id is outside the vocabulary.");
-    }
-    total += seq.size();
-    worker->sequences.push_back(std::move(seq));
-  }
+  if (!readSequences(env, seqs, nVocab, nSeqMax_, worker->sequences, total)) return env.Undefined();
   if (total > nCtx_) return fail("CONTEXT_OVERFLOW", "The batch has more tokens than the context holds.");
 
   CaptureState& st = worker->state;
@@ -486,10 +642,62 @@ Napi::Value Backbone::Capture(const Napi::CallbackInfo& info) {
   }
   st.stopAfterLastWanted = stopEarly;
   worker->needLastLayer = st.lastWantedLayer == nLayer - 1;
+  return Queue(std::move(worker));
+}
 
+// lossOf(sequences: Int32Array[], targets: Int32Array[]): Promise<{lossSum, tokens, seconds}>
+// Next-token cross-entropy of every token (with the side network when one is set).
+Napi::Value Backbone::LossOf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckIdle(env)) return env.Undefined();
+  const int nVocab = llama_vocab_n_tokens(llama_model_get_vocab(model_));
+  std::unique_ptr<DecodeWorker> worker(new DecodeWorker(env, this, info.This().As<Napi::Object>(), DecodeMode::Loss));
+  size_t total = 0, totalTargets = 0;
+  if (!readSequences(env, info[0].As<Napi::Array>(), nVocab, nSeqMax_, worker->sequences, total)) return env.Undefined();
+  if (!readSequences(env, info[1].As<Napi::Array>(), nVocab, nSeqMax_, worker->targets, totalTargets)) return env.Undefined();
+  if (totalTargets != total || worker->targets.size() != worker->sequences.size()) {
+    codedError(env, "BAD_ARGUMENT", "One target per input token is needed.").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  for (size_t i = 0; i < worker->sequences.size(); ++i) {
+    if (worker->targets[i].size() != worker->sequences[i].size()) {
+      codedError(env, "BAD_ARGUMENT", "One target per input token is needed.").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+  }
+  if (total > nCtx_) {
+    codedError(env, "CONTEXT_OVERFLOW", "The batch has more tokens than the context holds.").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Queue(std::move(worker));
+}
+
+// logitsAfter(tokens: Int32Array, startPos: number): Promise<Float32Array>
+// Continues sequence 0 at startPos (0 starts afresh) and returns the logits of
+// the last token. Used for generation.
+Napi::Value Backbone::LogitsAfter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckIdle(env)) return env.Undefined();
+  const int nVocab = llama_vocab_n_tokens(llama_model_get_vocab(model_));
+  std::unique_ptr<DecodeWorker> worker(new DecodeWorker(env, this, info.This().As<Napi::Object>(), DecodeMode::Logits));
+  Napi::Array one = Napi::Array::New(env, 1);
+  one.Set(0u, info[0]);
+  size_t total = 0;
+  if (!readSequences(env, one, nVocab, 1, worker->sequences, total)) return env.Undefined();
+  const int64_t startPos = info[1].As<Napi::Number>().Int64Value();
+  if (startPos < 0 || static_cast<uint64_t>(startPos) + total > nCtx_) {
+    codedError(env, "CONTEXT_OVERFLOW", "The text does not fit the context.").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  worker->startPos = static_cast<int32_t>(startPos);
+  worker->keepMemory = startPos > 0;
+  return Queue(std::move(worker));
+}
+
+Napi::Value Backbone::Queue(std::unique_ptr<DecodeWorker> worker) {
   busy_ = true;
   Napi::Promise p = worker->Promise();
-  worker->Queue();
+  worker.release()->Queue();
   return p;
 }
 

@@ -47,7 +47,7 @@ if (!fs.existsSync(stamp) || fs.readFileSync(stamp, 'utf8') !== info.tag) {
   fs.writeFileSync(stamp, info.tag);
 }
 
-const inputs = [source, __filename];
+const inputs = [source, __filename, path.join(__dirname, 'SideNetwork.hpp')];
 const upToDate =
   fs.existsSync(outFile) &&
   inputs.every((f) => fs.statSync(f).mtimeMs <= fs.statSync(outFile).mtimeMs) &&

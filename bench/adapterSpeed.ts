@@ -1,0 +1,92 @@
+/**
+ * Generation with the side network inside llama.cpp vs the plain backbone, on
+ * the Qwen2.5-0.5B-shaped Q8_0 model: prompt tokens/s, generated tokens/s and
+ * peak RSS, each variant in its own process, alternating rounds.
+ *
+ *   npm run bench:adapter [-- --rounds 2]
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Backbone, defaultThreads } from '../extension/core/Backbone';
+import { modelFingerprint } from '../extension/core/modelFingerprint';
+import { SeededRandom } from '../extension/core/SeededRandom';
+import { encodeAdapter } from '../server/protocol/AdapterFile';
+import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, initialParameters, parameterNames, parameterShape, sideShape } from '../server/training/SideNetwork';
+import { BENCH_CACHE, machineDescription, median, peakRssBytes, qwenShapedModel } from './benchModels';
+
+const PROMPT = 256;
+const GENERATE = 32;
+
+async function adapterFor(model: string, d: number, layers: number): Promise<string> {
+  const file = path.join(BENCH_CACHE, 'qwen-shape-random.adapter');
+  const shape = sideShape(d, 8, Array.from({ length: layers }, (_, i) => i));
+  const values = initialParameters(shape, 1);
+  const rng = new SeededRandom(2);
+  values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.01));
+  const tensors = parameterNames(shape).map((n) => ({ name: n, shape: parameterShape(shape, n), data: values.get(n)! }));
+  fs.writeFileSync(file, encodeAdapter(await modelFingerprint(model), { shape, adapterNormEpsilon: ADAPTER_NORM_EPS, gateTemperature: GATE_TEMPERATURE }, { steps: 0 }, tensors));
+  return file;
+}
+
+async function child(mode: string, model: string, adapter: string): Promise<void> {
+  const bb = await Backbone.open(model, { contextSize: 1024, maxSequences: 1, threads: defaultThreads() });
+  if (mode === 'adapter') await bb.useAdapter(fs.readFileSync(adapter));
+  const prompt = Int32Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 7919) % 150_000));
+  const promptTimes: number[] = [];
+  const genTimes: number[] = [];
+  for (let rep = 0; rep < 3; rep++) {
+    const t0 = process.hrtime.bigint();
+    let logits = await bb.logitsAfter(prompt, 0);
+    const t1 = process.hrtime.bigint();
+    let pos = PROMPT;
+    for (let i = 0; i < GENERATE; i++) {
+      let best = 0;
+      for (let v = 1; v < logits.length; v++) if (logits[v]! > logits[best]!) best = v;
+      logits = await bb.logitsAfter(Int32Array.of(best), pos++);
+    }
+    const t2 = process.hrtime.bigint();
+    if (rep > 0) {
+      promptTimes.push(Number(t1 - t0) / 1e9);
+      genTimes.push(Number(t2 - t1) / 1e9);
+    }
+  }
+  bb.dispose();
+  process.stdout.write(`${JSON.stringify({ mode, promptTokensPerSecond: PROMPT / median(promptTimes), generateTokensPerSecond: GENERATE / median(genTimes), peakRssBytes: peakRssBytes() })}\n`);
+}
+
+async function main(): Promise<void> {
+  const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
+  if (process.argv.includes('--child')) return child(arg('child', 'base'), arg('model', ''), arg('adapter', ''));
+  const model = qwenShapedModel('q8_0');
+  const adapter = await adapterFor(model, 896, 24);
+  const rounds = Number(arg('rounds', '2'));
+  const runs: Record<string, { promptTokensPerSecond: number; generateTokensPerSecond: number; peakRssBytes: number }[]> = { base: [], adapter: [] };
+  for (let r = 0; r < rounds; r++) {
+    for (const mode of ['base', 'adapter']) {
+      const out = execFileSync(process.execPath, [__filename, '--child', mode, '--model', model, '--adapter', adapter], { encoding: 'utf8' });
+      const res = JSON.parse(out.trim().split('\n').pop()!);
+      runs[mode]!.push(res);
+      process.stderr.write(`round ${r + 1} ${mode}: prompt ${res.promptTokensPerSecond.toFixed(1)} tok/s, generate ${res.generateTokensPerSecond.toFixed(2)} tok/s, peak RSS ${(res.peakRssBytes / 2 ** 20).toFixed(0)} MiB\n`);
+    }
+  }
+  const m = (mode: string, k: 'promptTokensPerSecond' | 'generateTokensPerSecond' | 'peakRssBytes'): number => median(runs[mode]!.map((x) => x[k]));
+  const result = {
+    model: path.basename(model), promptTokens: PROMPT, generatedTokens: GENERATE,
+    base: { promptTokensPerSecond: m('base', 'promptTokensPerSecond'), generateTokensPerSecond: m('base', 'generateTokensPerSecond'), peakRssMiB: m('base', 'peakRssBytes') / 2 ** 20 },
+    adapter: { promptTokensPerSecond: m('adapter', 'promptTokensPerSecond'), generateTokensPerSecond: m('adapter', 'generateTokensPerSecond'), peakRssMiB: m('adapter', 'peakRssBytes') / 2 ** 20 },
+    promptSpeedRatio: m('adapter', 'promptTokensPerSecond') / m('base', 'promptTokensPerSecond'),
+    generateSpeedRatio: m('adapter', 'generateTokensPerSecond') / m('base', 'generateTokensPerSecond'),
+    rssRatio: m('adapter', 'peakRssBytes') / m('base', 'peakRssBytes'),
+    machine: machineDescription(),
+  };
+  const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'adapter-speed.json');
+  fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`| base | prompt ${result.base.promptTokensPerSecond.toFixed(1)} tok/s | generate ${result.base.generateTokensPerSecond.toFixed(2)} tok/s | ${result.base.peakRssMiB.toFixed(0)} MiB |`);
+  console.log(`| with adapter | prompt ${result.adapter.promptTokensPerSecond.toFixed(1)} tok/s (${result.promptSpeedRatio.toFixed(3)}x) | generate ${result.adapter.generateTokensPerSecond.toFixed(2)} tok/s (${result.generateSpeedRatio.toFixed(3)}x) | ${result.adapter.peakRssMiB.toFixed(0)} MiB (${result.rssRatio.toFixed(3)}x) |`);
+}
+
+void main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

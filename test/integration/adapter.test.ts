@@ -1,0 +1,158 @@
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Backbone, readModelTensor } from '../../extension/core/Backbone';
+import { evaluateWorkspace } from '../../extension/core/evaluateWorkspace';
+import { FineTuneJob } from '../../extension/core/FineTuneJob';
+import { generate } from '../../extension/core/generate';
+import { MobiError } from '../../extension/core/MobiError';
+import { modelFingerprint } from '../../extension/core/modelFingerprint';
+import { SeededRandom } from '../../extension/core/SeededRandom';
+import { ADAPTER_FORMAT_VERSION, encodeAdapter } from '../../server/protocol/AdapterFile';
+import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, initialParameters, parameterNames, SideNetwork, sideShape } from '../../server/training/SideNetwork';
+import { initTensorflow, tf } from '../../server/training/tf';
+import { tinyModel } from '../helpers/models';
+import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+
+const CODE = 'export function total(items: number[]): number {\n  let sum = 0;\n  for (const x of items) sum += x;\n  return sum;\n}\n';
+
+async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(MobiError.is(err), String(err));
+    assert.equal(err.code, code, err.message);
+    return;
+  }
+  assert.fail(`expected ${code}`);
+}
+
+/** A side network with random non-zero weights (Out included), as the server would save it. */
+function randomAdapter(fp: string, d: number, layers: number[], seed: number): { file: Buffer; net: SideNetwork } {
+  const shape = sideShape(d, 4, layers);
+  const values = initialParameters(shape, seed);
+  const rng = new SeededRandom(seed + 1);
+  values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.2));
+  layers.forEach((_, k) => values.set(`alpha.${k}`, Float32Array.of(rng.normal() * 0.2)));
+  const net = new SideNetwork(shape, values);
+  const config = { shape, adapterNormEpsilon: ADAPTER_NORM_EPS, gateTemperature: GATE_TEMPERATURE, gelu: 'tanh' };
+  const tensors = parameterNames(shape).map((n) => ({ name: n, shape: net.p(n).shape, data: values.get(n)! }));
+  return { file: encodeAdapter(fp, config, { steps: 0 }, tensors), net };
+}
+
+describe('side network inside llama.cpp on the device', function () {
+  this.timeout(300_000);
+  before(() => initTensorflow());
+
+  it('matches the server\'s TensorFlow.js forward on the same inputs (loss per sequence)', async () => {
+    const modelPath = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, seed: 21 });
+    const bb = await Backbone.open(modelPath, { contextSize: 256, maxSequences: 2, threads: 1, flashAttention: false });
+    try {
+      const fp = await modelFingerprint(modelPath);
+      const layers = [0, 1, 2];
+      const { file, net } = randomAdapter(fp, 64, layers, 5);
+      const seqs = [bb.tokenize(CODE), bb.tokenize('const a = [1, 2, 3];\nconsole.log(total(a));\n')];
+      const base = await bb.sequenceLoss(seqs);
+      await bb.useAdapter(file);
+      const device = await bb.sequenceLoss(seqs);
+      // Server-side reference: capture the plain backbone's layers, run the TF.js side network, apply the real head.
+      const head = (await readModelTensor(modelPath, 'output.weight')).data;
+      const norm = (await readModelTensor(modelPath, 'output_norm.weight')).data;
+      let refSum = 0;
+      let refTokens = 0;
+      for (const s of seqs) {
+        const cap = await bb.capture([s.subarray(0, s.length - 1)], layers);
+        const hs = cap.data.map((l) => tf.tensor2d(l, [s.length - 1, 64]));
+        const loss = net.referenceLoss(hs, s.subarray(1), new Float32Array(s.length - 1).fill(1), head, norm, bb.info.normEpsilon);
+        refSum += loss.dataSync()[0]! * (s.length - 1);
+        refTokens += s.length - 1;
+        loss.dispose();
+        hs.forEach((h) => h.dispose());
+      }
+      assert.equal(device.tokens, refTokens);
+      const rel = Math.abs(device.lossSum - refSum) / refSum;
+      assert.ok(rel <= 1e-3, `device ${device.lossSum} vs TF.js ${refSum} (relative ${rel})`);
+      assert.ok(Math.abs(device.lossSum - base.lossSum) / base.lossSum > 1e-3, 'the adapter changes the output');
+      await bb.clearAdapter();
+      assert.equal((await bb.sequenceLoss(seqs)).lossSum, base.lossSum, 'clearing restores the plain backbone exactly');
+      net.dispose();
+    } finally {
+      bb.dispose();
+    }
+  });
+
+  it('refuses an adapter for another model, a corrupt one and a newer format; the base model keeps working', async () => {
+    const modelPath = tinyModel({ layers: 2, embd: 32, heads: 2, seed: 4 });
+    const bb = await Backbone.open(modelPath, { contextSize: 128, maxSequences: 1, threads: 1 });
+    try {
+      const seqs = [bb.tokenize(CODE)];
+      const before = await bb.sequenceLoss(seqs);
+      const other = randomAdapter('0'.repeat(64), 32, [0, 1], 1);
+      await expectCode(bb.useAdapter(other.file), 'ADAPTER_MODEL_MISMATCH');
+      const good = randomAdapter(await modelFingerprint(modelPath), 32, [0, 1], 1);
+      const corrupt = Buffer.from(good.file);
+      corrupt[corrupt.length - 100] ^= 0xff;
+      await expectCode(bb.useAdapter(corrupt), 'ADAPTER_CORRUPT');
+      const text = good.file.toString('latin1').replace(`"version":${ADAPTER_FORMAT_VERSION}`, `"version":${ADAPTER_FORMAT_VERSION + 1}`);
+      const body = Buffer.from(text, 'latin1').subarray(0, good.file.length - 32);
+      const newer = Buffer.concat([body, require('node:crypto').createHash('sha256').update(body).digest()]);
+      await expectCode(bb.useAdapter(newer), 'ADAPTER_VERSION');
+      const wrongShape = randomAdapter(await modelFingerprint(modelPath), 32, [0], 1); // does not tap the last layer
+      await expectCode(bb.useAdapter(wrongShape.file), 'ADAPTER_MODEL_MISMATCH');
+      assert.equal((await bb.sequenceLoss(seqs)).lossSum, before.lossSum);
+      for (const a of [other, good, wrongShape]) a.net.dispose();
+    } finally {
+      bb.dispose();
+    }
+  });
+
+  it('gives the server\'s held-out losses on the device: with the adapter the "after" loss, without it the "before" loss', async () => {
+    const ws = makeWorkspace(31);
+    const model = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 8 });
+    for (const bits of [16, 8] as const) {
+      const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('st'), steps: 20, seqLen: 32, batchSize: 4, bits, threads: 1, learningRate: 5e-3 }).run();
+      const bb = await Backbone.open(model, { contextSize: 4 * 33, maxSequences: 4, threads: 1 });
+      try {
+        const base = await evaluateWorkspace(bb, ws, { seqLen: 32 });
+        await bb.useAdapter(fs.readFileSync(r.adapter));
+        const tuned = await evaluateWorkspace(bb, ws, { seqLen: 32 });
+        process.stdout.write(`      ${bits}-bit wire: device before ${base.heldOutLoss.toFixed(4)} vs server ${r.heldOutLossBefore.toFixed(4)}; device after ${tuned.heldOutLoss.toFixed(4)} vs server ${r.heldOutLossAfter.toFixed(4)}\n`);
+        if (bits === 16) {
+          assert.ok(Math.abs(base.heldOutLoss - r.heldOutLossBefore) <= 0.01, 'before');
+          assert.ok(Math.abs(tuned.heldOutLoss - r.heldOutLossAfter) <= 0.01, 'after');
+        }
+        assert.ok(tuned.heldOutLoss < base.heldOutLoss);
+      } finally {
+        bb.dispose();
+      }
+    }
+  });
+
+  it('learns a strong pattern: greedy generation produces it with the adapter and not without', async () => {
+    const ws = tmpDir('pattern');
+    const rng = new SeededRandom(77);
+    for (let f = 0; f < 10; f++) {
+      const lines: string[] = [];
+      for (let i = 0; i < 40; i++) {
+        lines.push(`let value${rng.int(50)} = compute(${rng.int(100)});`);
+        // The rare identifier always follows "answer = @" (the "@" appears nowhere else).
+        if (i % 2 === 0) lines.push('const answer = @zebraQuix;');
+      }
+      fs.writeFileSync(path.join(ws, `f${f}.ts`), lines.join('\n'));
+    }
+    const model = tinyModel({ layers: 4, embd: 128, heads: 4, kvHeads: 2, type: 'q8_0', seed: 9 });
+    const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('st'), epochs: 6, seqLen: 64, batchSize: 4, threads: 1, learningRate: 1e-2 }).run();
+    const bb = await Backbone.open(model, { contextSize: 512, maxSequences: 1, threads: 1 });
+    try {
+      const prompt = 'let value3 = compute(7);\nconst answer = @';
+      const plain = await generate(bb, prompt, { maxTokens: 8 });
+      await bb.useAdapter(fs.readFileSync(r.adapter));
+      const tuned = await generate(bb, prompt, { maxTokens: 8 });
+      process.stdout.write(`      without adapter: ${JSON.stringify(plain.text)}; with: ${JSON.stringify(tuned.text)} (held-out ${r.heldOutLossBefore.toFixed(3)} -> ${r.heldOutLossAfter.toFixed(3)})\n`);
+      assert.ok(tuned.text.startsWith('zebraQuix'), `with adapter: ${JSON.stringify(tuned.text)}`);
+      assert.ok(!plain.text.includes('zebraQuix'));
+    } finally {
+      bb.dispose();
+    }
+  });
+});
