@@ -26,4 +26,4 @@ if [ ! -x "$TOOLS/code-server/node_modules/.bin/code-server" ]; then
   (cd "$TOOLS/code-server" && [ -f package.json ] || echo '{"name":"mobillm-e2e-code-server","private":true}' > package.json)
   (cd "$TOOLS/code-server" && PATH="$NODE24/bin:$PATH" npm_config_nodedir="$NODE24" npm install --no-audit --no-fund --save-exact code-server@4.139.1)
 fi
-echo "e2e tools ready: $("$NODE24/bin/node" --version), code-server $(PATH="$NODE24/bin:$PATH" "$TOOLS/code-server/node_modules/.bin/code-server" --version | head -1)"
+echo "e2e tools ready: Node $("$NODE24/bin/node" --version), code-server 4.139.1"

@@ -104,6 +104,8 @@ export class FineTuneController implements vscode.Disposable {
     this.progress = undefined;
     this.error = undefined;
     this.comparison = undefined;
+    /** Ends the scan/connect progress notification. */
+    let earlyDone: (() => void) | undefined;
     try {
       if (s.serverUrl && !token) throw new MobiError('UNAUTHORIZED', 'A team server is configured but no token is set: run "MobiLLM: Set server token".');
       const model = s.model || ensureDefaultModel(storeDir);
@@ -113,7 +115,6 @@ export class FineTuneController implements vscode.Disposable {
       };
       this.abort = new AbortController();
       const abort = this.abort;
-      let earlyDone: (() => void) | undefined;
       const early = new Promise<void>((r) => (earlyDone = r));
       void vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'MobiLLM', cancellable: true }, async (report, cancel) => {
         cancel.onCancellationRequested(() => abort.abort());
@@ -162,6 +163,7 @@ export class FineTuneController implements vscode.Disposable {
       this.log.error(`error[${e.code}]: ${e.message}`);
       if (e.code !== 'CANCELLED') void this.showError(e, resumeJobId);
     } finally {
+      earlyDone?.();
       this.job = undefined;
       this.abort = undefined;
       this.render();

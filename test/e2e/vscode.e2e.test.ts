@@ -42,7 +42,6 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
   let browser: BrowserContext | undefined;
   let page: Page;
   let runDir: string;
-  let settingsFile: string;
 
   before(async function () {
     for (const [file, why] of [
@@ -61,8 +60,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
       MOBILLM_HOME: path.join(runDir, 'mobillm'),
     };
     for (const d of ['home', 'tmp', 'xdg-config', 'xdg-data', 'xdg-cache', 'user/User', 'ext']) fs.mkdirSync(path.join(runDir, d), { recursive: true });
-    settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
-    fs.writeFileSync(settingsFile, JSON.stringify({
+    fs.writeFileSync(path.join(runDir, 'user', 'User', 'settings.json'), JSON.stringify({
       'workbench.startupEditor': 'none', 'workbench.tips.enabled': false, 'chat.disableAIFeatures': true, 'workbench.secondarySideBar.defaultVisibility': 'hidden',
       'security.workspace.trust.enabled': false, 'telemetry.telemetryLevel': 'off', 'mobillm.sequenceLength': 64, 'mobillm.epochs': 1,
     }, null, 2));
@@ -86,6 +84,10 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}`);
     await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
     await page.waitForTimeout(3000);
+  });
+
+  afterEach(async function () {
+    if (this.currentTest?.state === 'failed' && page) await page.screenshot({ path: path.join(SHOTS, `failed-${this.currentTest.title.slice(0, 30).replace(/\W+/g, '-')}.png`) }).catch(() => undefined);
   });
 
   after(async () => {
@@ -135,10 +137,22 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
   });
 
   it('shows an error toast with actions for a wrong server URL', async () => {
-    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
-    settings['mobillm.serverUrl'] = `ws://127.0.0.1:${await freePort()}`;
-    fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+    await page.keyboard.press('Escape');
+    // Set the server URL as a person would: in the Settings editor.
+    await runCommand(page, 'Preferences: Open Settings (UI)');
+    await page.locator('.settings-editor, .settings-body, .settings-header').first().waitFor({ timeout: 30_000 });
+    await page.waitForTimeout(1000);
+    await page.keyboard.type('mobillm.serverUrl'); // the search box has the focus
+    const field = page.locator('.setting-item', { hasText: 'Server Url' }).locator('input, textarea').first();
+    await field.waitFor({ timeout: 30_000 });
+    await field.click();
+    await page.keyboard.type(`ws://127.0.0.1:${await freePort()}`);
+    await page.keyboard.press('Tab');
     await page.waitForTimeout(1500);
+    await page.screenshot({ path: path.join(SHOTS, '4-settings.png') });
+    // Close the Settings editor (a modal editor in VS Code 1.139).
+    await page.locator('[aria-label^="Close Modal Editor"]').first().click();
+    await page.waitForTimeout(500);
     await runCommand(page, 'MobiLLM: Set server token');
     const input = page.locator('.quick-input-widget input');
     await input.waitFor({ state: 'visible' });
@@ -151,7 +165,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
     const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'Cannot reach the server' }).first();
     await toast.waitFor({ timeout: 60_000 });
-    await page.screenshot({ path: path.join(SHOTS, '4-error.png') });
+    await page.screenshot({ path: path.join(SHOTS, '5-error.png') });
     const buttons = await toast.locator('.monaco-button').allInnerTexts();
     for (const b of ['Open Settings', 'Show Logs', 'Retry']) assert.ok(buttons.some((t) => t.includes(b)), `toast buttons: ${buttons.join(', ')}`);
   });
