@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="$PWD/test/e2e/.tools"
+# Run from "npm run", this shell inherits npm's own settings (npm_config_user_agent
+# names Node 20, and code-server's install script checks it): start clean.
+for v in $(compgen -e | grep -i '^npm_'); do unset "$v"; done
 
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)

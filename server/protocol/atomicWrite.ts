@@ -7,12 +7,17 @@ import * as path from 'node:path';
  * Used for checkpoints, adapters, user records and device-side stores.
  */
 export function writeFileAtomic(file: string, data: Uint8Array | string): void {
+  writeFileAtomicWith(file, (fd) => fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data));
+}
+
+/** The same, for content written piece by piece into the open file descriptor (large files). */
+export function writeFileAtomicWith(file: string, write: (fd: number) => void): void {
   const dir = path.dirname(file);
   fs.mkdirSync(dir, { recursive: true });
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
   const fd = fs.openSync(tmp, 'w', 0o600);
   try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
+    write(fd);
     fs.fsyncSync(fd);
   } catch (err) {
     fs.closeSync(fd);

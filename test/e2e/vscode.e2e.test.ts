@@ -136,6 +136,30 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     assert.match(await frame.locator('#wire').innerText(), /never leave this computer/);
   });
 
+  it('shows an inline completion from the fine-tuned model while typing', async () => {
+    await page.keyboard.press('Escape');
+    await page.locator('[id="mobillm.mobillm-vscode.mobillm.model"]', { hasText: 'fine-tuned' }).waitFor({ timeout: 30_000 });
+    await page.keyboard.press('Control+P');
+    const input = page.locator('.quick-input-widget input');
+    await input.waitFor({ state: 'visible' });
+    await input.fill('module0.ts');
+    await page.locator('.quick-input-widget .monaco-list-row', { hasText: 'module0.ts' }).first().waitFor();
+    await page.keyboard.press('Enter');
+    const editor = page.locator('.monaco-editor .view-lines').first();
+    await editor.waitFor({ timeout: 30_000 });
+    await editor.click();
+    await page.keyboard.press('Control+End');
+    await page.keyboard.press('Enter');
+    await page.keyboard.type('export function load', { delay: 30 });
+    const ghost = page.locator('.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text').first();
+    await ghost.waitFor({ timeout: 60_000 });
+    const text = await ghost.innerText();
+    await page.screenshot({ path: path.join(SHOTS, '4-inline-completion.png') });
+    assert.ok(text.trim().length > 0, 'an inline completion is shown');
+    await page.keyboard.press('Escape');
+    await runCommand(page, 'View: Revert File');
+  });
+
   it('shows an error toast with actions for a wrong server URL', async () => {
     await page.keyboard.press('Escape');
     // Set the server URL as a person would: in the Settings editor.
@@ -149,7 +173,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await page.keyboard.type(`ws://127.0.0.1:${await freePort()}`);
     await page.keyboard.press('Tab');
     await page.waitForTimeout(1500);
-    await page.screenshot({ path: path.join(SHOTS, '4-settings.png') });
+    await page.screenshot({ path: path.join(SHOTS, '5-settings.png') });
     // Close the Settings editor (a modal editor in VS Code 1.139).
     await page.locator('[aria-label^="Close Modal Editor"]').first().click();
     await page.waitForTimeout(500);
@@ -165,7 +189,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
     const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'Cannot reach the server' }).first();
     await toast.waitFor({ timeout: 60_000 });
-    await page.screenshot({ path: path.join(SHOTS, '5-error.png') });
+    await page.screenshot({ path: path.join(SHOTS, '6-error.png') });
     const buttons = await toast.locator('.monaco-button').allInnerTexts();
     for (const b of ['Open Settings', 'Show Logs', 'Retry']) assert.ok(buttons.some((t) => t.includes(b)), `toast buttons: ${buttons.join(', ')}`);
   });

@@ -5,7 +5,7 @@ import { Backbone, readModelTensor } from '../../extension/core/Backbone';
 import { evaluateWorkspace } from '../../extension/core/evaluateWorkspace';
 import { FineTuneJob } from '../../extension/core/FineTuneJob';
 import { generate } from '../../extension/core/generate';
-import { MobiError } from '../../extension/core/MobiError';
+import { expectCode } from '../helpers/expectCode';
 import { modelFingerprint } from '../../extension/core/modelFingerprint';
 import { SeededRandom } from '../../extension/core/SeededRandom';
 import { ADAPTER_FORMAT_VERSION, encodeAdapter } from '../../server/protocol/AdapterFile';
@@ -16,16 +16,6 @@ import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const CODE = 'export function total(items: number[]): number {\n  let sum = 0;\n  for (const x of items) sum += x;\n  return sum;\n}\n';
 
-async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(MobiError.is(err), String(err));
-    assert.equal(err.code, code, err.message);
-    return;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 /** A side network with random non-zero weights (Out included), as the server would save it. */
 function randomAdapter(fp: string, d: number, layers: number[], seed: number): { file: Buffer; net: SideNetwork } {

@@ -3,7 +3,7 @@ import { ChildProcess, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/FineTuneJob';
-import { MobiError } from '../../extension/core/MobiError';
+import { expectCode } from '../helpers/expectCode';
 import { decodeAdapter } from '../../server/protocol/AdapterFile';
 import { MobiServer } from '../../server/MobiServer';
 import { tinyModel } from '../helpers/models';
@@ -32,16 +32,6 @@ function assertSameAdapter(a: string, b: string): void {
   }
 }
 
-async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(MobiError.is(err), String(err));
-    assert.equal(err.code, code, err.message);
-    return;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 describe('fine-tune end to end (real backbone, real server on loopback)', function () {
   this.timeout(300_000);

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufKv, GgufScalar, GgufValueType } from './GgufFile';
 import { rowBytes } from './ggmlTypes';
+import { writeFileAtomicWith } from '../../../server/protocol/atomicWrite';
 
 interface PendingTensor {
   name: string;
@@ -64,7 +65,7 @@ export class GgufWriter {
     return this;
   }
 
-  /** Writes to `path` via a temporary file and rename, so a failure leaves nothing half-written. */
+  /** Writes to `path` atomically (temporary file, fsync, rename), so a failure leaves nothing half-written. */
   write(path: string): void {
     const align = GGUF_DEFAULT_ALIGNMENT;
     const header: Buffer[] = [u32(GGUF_MAGIC), u32(3), u64(this.tensors.length), u64(this.kv.length)];
@@ -87,9 +88,7 @@ export class GgufWriter {
       offsets.push(offset);
       offset = Math.ceil((offset + t.bytes) / align) * align;
     }
-    const tmp = `${path}.tmp-${process.pid}`;
-    const fd = fs.openSync(tmp, 'w');
-    try {
+    writeFileAtomicWith(path, (fd) => {
       let pos = 0;
       const put = (b: Buffer): void => {
         fs.writeSync(fd, b, 0, b.length, pos);
@@ -104,13 +103,6 @@ export class GgufWriter {
         put(data);
       });
       fs.ftruncateSync(fd, Math.max(pos, dataStart + offset));
-      fs.fsyncSync(fd);
-    } catch (err) {
-      fs.closeSync(fd);
-      fs.rmSync(tmp, { force: true });
-      throw err;
-    }
-    fs.closeSync(fd);
-    fs.renameSync(tmp, path);
+    });
   }
 }

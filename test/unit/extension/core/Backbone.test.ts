@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, captureView, readModelTensor } from '../../../../extension/core/Backbone';
-import { MobiError } from '../../../../extension/core/MobiError';
+import { expectCode } from '../../../helpers/expectCode';
 import { GgufWriter } from '../../../../extension/core/gguf/GgufWriter';
 import { ReferenceLlama } from '../../../helpers/referenceLlama';
 import { SHARED_TINY_LLAMA, TEST_MODEL_DIR, skipBecause, tinyModel } from '../../../helpers/models';
@@ -18,16 +18,6 @@ function maxAbsDiff(got: Float32Array, want: Float64Array[]): number {
   return m;
 }
 
-async function rejectsWith(p: Promise<unknown> | (() => unknown), code: string): Promise<void> {
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (err) {
-    assert.ok(MobiError.is(err), `expected a MobiError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return;
-  }
-  assert.fail(`expected error ${code}`);
-}
 
 describe('Backbone (native capture)', function () {
   this.timeout(120_000);
@@ -164,11 +154,11 @@ describe('Backbone (native capture)', function () {
   });
 
   it('gives typed errors for empty text, too long text and a layer out of range', async () => {
-    await rejectsWith(bb.capture([bb.tokenize('', false)], 'all'), 'EMPTY_INPUT');
-    await rejectsWith(bb.capture([new Int32Array(513).fill(5)], 'all'), 'CONTEXT_OVERFLOW');
-    await rejectsWith(bb.capture([bb.tokenize(CODE)], [4]), 'LAYER_OUT_OF_RANGE');
-    await rejectsWith(bb.capture([bb.tokenize(CODE)], [-1]), 'LAYER_OUT_OF_RANGE');
-    await rejectsWith(bb.capture([new Int32Array([1, 999999])], 'all'), 'BAD_TOKEN');
+    await expectCode(bb.capture([bb.tokenize('', false)], 'all'), 'EMPTY_INPUT');
+    await expectCode(bb.capture([new Int32Array(513).fill(5)], 'all'), 'CONTEXT_OVERFLOW');
+    await expectCode(bb.capture([bb.tokenize(CODE)], [4]), 'LAYER_OUT_OF_RANGE');
+    await expectCode(bb.capture([bb.tokenize(CODE)], [-1]), 'LAYER_OUT_OF_RANGE');
+    await expectCode(bb.capture([new Int32Array([1, 999999])], 'all'), 'BAD_TOKEN');
     // The backbone still works after refusing bad input.
     const cap = await bb.capture([bb.tokenize(CODE)], [0]);
     assert.equal(cap.data[0]!.length, bb.tokenize(CODE).length * 64);
@@ -182,8 +172,8 @@ describe('Backbone (native capture)', function () {
     other.dispose();
     const cap = await inFlight; // started before dispose: must finish without a crash
     assert.equal(cap.data.length, 4);
-    await rejectsWith(other.capture([tokens], 'all'), 'DISPOSED');
-    await rejectsWith(() => other.tokenize('x'), 'DISPOSED');
+    await expectCode(other.capture([tokens], 'all'), 'DISPOSED');
+    await expectCode(() => other.tokenize('x'), 'DISPOSED');
     other.dispose(); // twice is harmless
   });
 });
@@ -193,24 +183,24 @@ describe('Backbone: bad model files', function () {
   const bad = (name: string): string => path.join(TEST_MODEL_DIR, name);
   before(() => fs.mkdirSync(TEST_MODEL_DIR, { recursive: true }));
 
-  it('missing file', () => rejectsWith(Backbone.open(bad('does-not-exist.gguf')), 'MODEL_NOT_FOUND'));
+  it('missing file', () => expectCode(Backbone.open(bad('does-not-exist.gguf')), 'MODEL_NOT_FOUND'));
 
   it('not a GGUF', async () => {
     fs.writeFileSync(bad('text.gguf'), 'this is not a model\n'.repeat(10));
-    await rejectsWith(Backbone.open(bad('text.gguf')), 'NOT_GGUF');
+    await expectCode(Backbone.open(bad('text.gguf')), 'NOT_GGUF');
   });
 
   it('truncated GGUF (header and data)', async () => {
     const full = fs.readFileSync(tinyModel({ layers: 2, embd: 32, heads: 2 }));
     fs.writeFileSync(bad('trunc-data.gguf'), full.subarray(0, full.length - 1000));
-    await rejectsWith(Backbone.open(bad('trunc-data.gguf')), 'TRUNCATED_GGUF');
+    await expectCode(Backbone.open(bad('trunc-data.gguf')), 'TRUNCATED_GGUF');
     fs.writeFileSync(bad('trunc-head.gguf'), full.subarray(0, 300));
-    await rejectsWith(Backbone.open(bad('trunc-head.gguf')), 'TRUNCATED_GGUF');
+    await expectCode(Backbone.open(bad('trunc-head.gguf')), 'TRUNCATED_GGUF');
   });
 
   it('unsupported architecture', async () => {
     new GgufWriter().string('general.architecture', 'mamba').u32('mamba.block_count', 1).write(bad('mamba.gguf'));
-    await rejectsWith(Backbone.open(bad('mamba.gguf')), 'UNSUPPORTED_ARCHITECTURE');
+    await expectCode(Backbone.open(bad('mamba.gguf')), 'UNSUPPORTED_ARCHITECTURE');
   });
 });
 
@@ -253,7 +243,7 @@ describe('Backbone: generated model types and real files', function () {
     assert.ok(m > 0 && m <= amax / 127, `q8_0 error ${m} vs bound ${amax / 127}`);
     const rows = await readModelTensor(tinyModel(opts), 'blk.0.attn_q.weight', 10, 3);
     assert.deepEqual(rows.data, exact.data.subarray(10 * 64, 13 * 64));
-    await rejectsWith(readModelTensor(tinyModel(opts), 'no.such.tensor'), 'NO_SUCH_TENSOR');
+    await expectCode(readModelTensor(tinyModel(opts), 'no.such.tensor'), 'NO_SUCH_TENSOR');
   });
 
   it('uses token_embd.weight as the head of a tied model', async () => {
