@@ -60,6 +60,7 @@ export function activate(context: vscode.ExtensionContext): void {
       const prefix = document.getText(new vscode.Range(new vscode.Position(0, 0), position));
       try {
         const text = await (await completionEngine()).complete(folder?.uri.fsPath, prefix, { signal: abort.signal });
+        log.info(`inline completion: ${text.length} characters`);
         return text.trim() ? [new vscode.InlineCompletionItem(text, new vscode.Range(position, position))] : [];
       } catch (err) {
         log.warn(`completion failed: ${(err as { code?: string }).code ?? 'error'}`);

@@ -61,8 +61,10 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     };
     for (const d of ['home', 'tmp', 'xdg-config', 'xdg-data', 'xdg-cache', 'user/User', 'ext']) fs.mkdirSync(path.join(runDir, d), { recursive: true });
     fs.writeFileSync(path.join(runDir, 'user', 'User', 'settings.json'), JSON.stringify({
-      'workbench.startupEditor': 'none', 'workbench.tips.enabled': false, 'chat.disableAIFeatures': true, 'workbench.secondarySideBar.defaultVisibility': 'hidden',
+      'workbench.startupEditor': 'none', 'workbench.tips.enabled': false, 'workbench.secondarySideBar.defaultVisibility': 'hidden',
       'security.workspace.trust.enabled': false, 'telemetry.telemetryLevel': 'off', 'mobillm.sequenceLength': 64, 'mobillm.epochs': 1,
+      // Only MobiLLM's inline suggestions: no word-based suggest widget on top of them.
+      'editor.quickSuggestions': { other: false, comments: false, strings: false }, 'editor.wordBasedSuggestions': 'off', 'editor.suggestOnTriggerCharacters': false, 'editor.inlineSuggest.enabled': true,
     }, null, 2));
     const common = ['--user-data-dir', path.join(runDir, 'user'), '--extensions-dir', path.join(runDir, 'ext')];
     const install = spawnSync(path.join(NODE24_BIN, 'node'), [CODE_SERVER, ...common, '--install-extension', VSIX], { env, encoding: 'utf8', timeout: 180_000 });
@@ -151,13 +153,15 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await page.keyboard.press('Control+End');
     await page.keyboard.press('Enter');
     await page.keyboard.type('export function load', { delay: 30 });
+    await page.waitForTimeout(500);
+    await runCommand(page, 'Trigger Inline Suggestion');
     const ghost = page.locator('.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text').first();
     await ghost.waitFor({ timeout: 60_000 });
     const text = await ghost.innerText();
     await page.screenshot({ path: path.join(SHOTS, '4-inline-completion.png') });
     assert.ok(text.trim().length > 0, 'an inline completion is shown');
     await page.keyboard.press('Escape');
-    await runCommand(page, 'View: Revert File');
+    await runCommand(page, 'File: Revert File');
   });
 
   it('shows an error toast with actions for a wrong server URL', async () => {
