@@ -110,7 +110,7 @@ function corpus(maxBytes: number): { text: string; file: string; workspace: stri
 
 const SIZES = {
   tiny: { layers: 4, embd: 256, heads: 4, kvHeads: 4, ff: 768, maxBytes: 200_000 },
-  large: { layers: 6, embd: 1024, heads: 8, kvHeads: 8, ff: 2816, maxBytes: 40_000 },
+  large: { layers: 6, embd: 1024, heads: 8, kvHeads: 8, ff: 2816, maxBytes: 16_000 },
 };
 
 function model(size: keyof typeof SIZES, type: GgmlTypeName): string {
@@ -151,6 +151,13 @@ async function ours(modelPath: string, workspace: string, embedded: boolean): Pr
     server?.kill('SIGKILL');
     fs.rmSync(store, { recursive: true, force: true });
   }
+}
+
+/** Written after each size, so a long run keeps what it measured. */
+function writeResults(results: Record<string, unknown>): void {
+  const out = { sequenceLength: SEQ, batchSequences: BATCH, threads: 1, results, machine: machineDescription() };
+  fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
+  fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'peers.json'), `${JSON.stringify(out, null, 2)}\n`);
 }
 
 async function main(): Promise<void> {
@@ -197,11 +204,9 @@ async function main(): Promise<void> {
       timeToTargetNote: 'not measured yet: the convergence comparison (pretrained backbone, held-out loss against wall time for both) is not implemented',
     };
     results[size] = r;
+    writeResults(results);
     table.push(`| ${size} (${SIZES[size].layers}x${SIZES[size].embd}, ${(r.modelBytesF32 / 2 ** 20).toFixed(0)} MiB F32) | ${r.peer.peakRssMiB.toFixed(0)} | ${r.plainInferencePeakRssMiB.toFixed(0)} | ${r.ours.f32!.devicePeakRssMiB.toFixed(0)} (${r.rssVsPeer.toFixed(2)}x peer, ${r.rssVsPlainInference.toFixed(2)}x floor) | ${r.ours.q8_0!.devicePeakRssMiB.toFixed(0)} / ${r.ours.q4_0!.devicePeakRssMiB.toFixed(0)} | ${(1000 * r.peer.cpuSecondsPerToken).toFixed(2)} | ${(1000 * r.ours.f32!.cpuSecondsPerToken).toFixed(2)} (${r.cpuSecondsPerTokenVsPeer.toFixed(2)}x) | ${r.peer.wallSecondsPerEpoch.toFixed(1)} / ${r.ours.f32!.wallSecondsPerEpoch.toFixed(1)} |`);
   }
-  const out = { sequenceLength: SEQ, batchSequences: BATCH, threads: 1, results, machine: machineDescription() };
-  fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
-  fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'peers.json'), `${JSON.stringify(out, null, 2)}\n`);
   console.log('| size | peer peak RSS MiB | plain inference MiB | ours F32 device MiB | ours Q8_0 / Q4_0 MiB | peer CPU ms/token | ours CPU ms/token | wall s/epoch peer / ours |');
   console.log('|---|---|---|---|---|---|---|---|');
   for (const row of table) console.log(row);

@@ -39,11 +39,22 @@ function action<A extends unknown[]>(body: (...args: A) => Promise<void> | void)
   };
 }
 
-function readAdapterFile(file: string): Buffer {
+/** The backbone of --model (default: the built-in tiny model), with --adapter in use when given. */
+async function openWithAdapter(o: { model?: string; adapter?: string; store: string }, options: { contextSize: number; maxSequences: number }): Promise<Backbone> {
+  const bb = await Backbone.open(o.model ?? ensureDefaultModel(o.store), options);
+  if (!o.adapter) return bb;
   try {
-    return fs.readFileSync(file);
+    let bytes: Buffer;
+    try {
+      bytes = fs.readFileSync(o.adapter);
+    } catch (err) {
+      throw new MobiError('ADAPTER_CORRUPT', `Cannot read the adapter file ${o.adapter}.`, { cause: err });
+    }
+    await bb.useAdapter(bytes);
+    return bb;
   } catch (err) {
-    throw new MobiError('ADAPTER_CORRUPT', `Cannot read the adapter file ${file}.`, { cause: err });
+    bb.dispose();
+    throw err;
   }
 }
 
@@ -158,9 +169,8 @@ export function buildProgram(): Command {
     .option('--json', 'print {"heldOutLoss","tokens"} as the last line')
     .action(
       action(async (o: { workspace: string; model?: string; adapter?: string; seqLen: number; seed: number; store: string; json?: boolean }) => {
-        const bb = await Backbone.open(o.model ?? ensureDefaultModel(o.store), { contextSize: 4 * (o.seqLen + 1), maxSequences: 4 });
+        const bb = await openWithAdapter(o, { contextSize: 4 * (o.seqLen + 1), maxSequences: 4 });
         try {
-          if (o.adapter) await bb.useAdapter(readAdapterFile(o.adapter));
           const r = await evaluateWorkspace(bb, o.workspace, { seqLen: o.seqLen, seed: o.seed });
           if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
           else process.stdout.write(`held-out loss ${r.heldOutLoss.toFixed(4)} (perplexity ${Math.exp(r.heldOutLoss).toFixed(2)}) over ${r.tokens} tokens\n`);
@@ -182,9 +192,8 @@ export function buildProgram(): Command {
     .option('--store <dir>', 'device store', defaultStoreDir())
     .action(
       action(async (o: { model?: string; adapter?: string; prompt: string; tokens: number; temperature: number; topP: number; store: string }) => {
-        const bb = await Backbone.open(o.model ?? ensureDefaultModel(o.store), { contextSize: 2048, maxSequences: 1 });
+        const bb = await openWithAdapter(o, { contextSize: 2048, maxSequences: 1 });
         try {
-          if (o.adapter) await bb.useAdapter(readAdapterFile(o.adapter));
           const g = await generate(bb, o.prompt, { maxTokens: o.tokens, temperature: o.temperature, topP: o.topP, onText: (t) => process.stdout.write(t) });
           process.stdout.write('\n');
           process.stderr.write(`${g.tokens.length} tokens (${g.stoppedBy})\n`);
