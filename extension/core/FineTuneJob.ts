@@ -10,7 +10,7 @@ import { writeFileAtomic } from '../../server/protocol/atomicWrite';
 import { AdapterStore } from './AdapterStore';
 import { Backbone } from './Backbone';
 import { batchesPerEpoch, buildDataset, Dataset, splitInputsTargets, trainBatchSequences } from './dataset';
-import { EmbeddedServer, startEmbeddedServer } from './EmbeddedServer';
+import type { EmbeddedServer } from './EmbeddedServer';
 import { MobiError } from './MobiError';
 import { modelFingerprint } from './modelFingerprint';
 import { ScanOptions, ScanReport, scanWorkspace } from './scanWorkspace';
@@ -327,6 +327,8 @@ export class FineTuneJob {
     if (this.o.server) {
       ({ url, token } = this.o.server);
     } else {
+      // Loaded only when needed: a device talking to a team server never loads TensorFlow.js.
+      const { startEmbeddedServer } = await import('./EmbeddedServer.js');
       this.embedded ??= await startEmbeddedServer(this.o.storeDir, this.o.log);
       ({ url, token } = this.embedded);
     }
