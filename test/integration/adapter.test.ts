@@ -1,4 +1,5 @@
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, readModelTensor } from '../../extension/core/Backbone';
@@ -13,6 +14,7 @@ import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, initialParameters, parameterNames, 
 import { initTensorflow, tf } from '../../server/training/tf';
 import { tinyModel } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+import { DEVICE_CLI } from '../helpers/serverProcess';
 
 const CODE = 'export function total(items: number[]): number {\n  let sum = 0;\n  for (const x of items) sum += x;\n  return sum;\n}\n';
 
@@ -108,6 +110,15 @@ describe('side network inside llama.cpp on the device', function () {
         const tuned = await evaluateWorkspace(bb, ws, { seqLen: 32 });
         process.stdout.write(`      ${bits}-bit wire: device before ${base.heldOutLoss.toFixed(4)} vs server ${r.heldOutLossBefore.toFixed(4)}; device after ${tuned.heldOutLoss.toFixed(4)} vs server ${r.heldOutLossAfter.toFixed(4)}\n`);
         if (bits === 16) {
+          // The CLI gives the same figure: `mobillm eval --json`, last line.
+          const cli = spawnSync(process.execPath, [DEVICE_CLI, 'eval', '--workspace', ws, '--model', model, '--adapter', r.adapter, '--seq-len', '32', '--json'], { encoding: 'utf8' });
+          assert.equal(cli.status, 0, cli.stderr);
+          const out = JSON.parse(cli.stdout.trim().split('\n').pop()!) as { heldOutLoss: number; tokens: number };
+          assert.equal(out.tokens, tuned.tokens);
+          assert.ok(Math.abs(out.heldOutLoss - tuned.heldOutLoss) < 1e-3);
+          const bad = spawnSync(process.execPath, [DEVICE_CLI, 'eval', '--workspace', ws, '--model', model, '--adapter', '/no/such.adapter'], { encoding: 'utf8' });
+          assert.equal(bad.status, 1);
+          assert.match(bad.stderr, /error\[ADAPTER_CORRUPT\]/);
           assert.ok(Math.abs(base.heldOutLoss - r.heldOutLossBefore) <= 0.01, 'before');
           assert.ok(Math.abs(tuned.heldOutLoss - r.heldOutLossAfter) <= 0.01, 'after');
         }
