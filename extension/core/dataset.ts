@@ -32,6 +32,14 @@ function heldOutRank(path: string, seed: number): number {
   return createHash('sha256').update(`${seed}:${path}`).digest().readUInt32BE(0) / 2 ** 32;
 }
 
+/** The files the split holds out (deterministic: a seeded hash of each path; at least one, never all). */
+export function heldOutFiles<F extends { path: string }>(files: F[], options: Pick<DatasetOptions, 'seed' | 'heldOutFraction'> = {}): F[] {
+  const seed = options.seed ?? 1;
+  const ranked = [...files].sort((a, b) => heldOutRank(a.path, seed) - heldOutRank(b.path, seed));
+  const nHeld = Math.min(files.length - 1, Math.max(1, Math.round(files.length * (options.heldOutFraction ?? 0.1))));
+  return ranked.slice(0, nHeld);
+}
+
 /**
  * Tokenizes files with the backbone's tokenizer and cuts them into sequences
  * (one file per sequence: no attention across files). The held-out split is by
@@ -43,9 +51,7 @@ export function buildDataset(files: ScannedFile[], tokenize: (text: string) => I
   if (files.length < 2) {
     throw new MobiError('EMPTY_WORKSPACE', `The workspace has ${files.length} usable source file(s); at least 2 are needed (one is held out to measure progress).`);
   }
-  const ranked = [...files].sort((a, b) => heldOutRank(a.path, seed) - heldOutRank(b.path, seed));
-  const nHeld = Math.min(files.length - 1, Math.max(1, Math.round(files.length * (options.heldOutFraction ?? 0.1))));
-  const held = new Set(ranked.slice(0, nHeld).map((f) => f.path));
+  const held = new Set(heldOutFiles(files, options).map((f) => f.path));
   const cut = (f: ScannedFile): Int32Array[] => {
     const tokens = tokenize(f.text);
     const out: Int32Array[] = [];

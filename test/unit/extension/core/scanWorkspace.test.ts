@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildDataset, splitInputsTargets, trainBatchSequences } from '../../../../extension/core/dataset';
+import { buildDataset, heldOutFiles, splitInputsTargets, trainBatchSequences } from '../../../../extension/core/dataset';
 import { scanWorkspace } from '../../../../extension/core/scanWorkspace';
 import { expectCode } from '../../../helpers/expectCode';
 import { skipBecause } from '../../../helpers/models';
@@ -93,6 +93,9 @@ describe('dataset', () => {
     }
     const heldChars = new Set(a.heldOut.map((s) => s[1]));
     for (const s of a.train) assert.ok(!heldChars.has(s[1]), 'no held-out file in training');
+    // heldOutFiles names exactly the files the dataset holds out (other tools, e.g. the peer benchmark, rely on it).
+    const named = heldOutFiles(files, { seed: 3 }).map((f) => f.text.charCodeAt(0));
+    assert.deepEqual(new Set(named), heldChars);
   });
 
   it('orders batches by a seeded shuffle (the same on resume) and builds next-token targets', () => {
