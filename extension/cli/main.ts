@@ -216,13 +216,14 @@ export function buildProgram(): Command {
     .option('--batch <n>', 'sequences per batch', intOption, 4)
     .option('--bits <n>', 'activation bits on the wire: 4, 8 or 16', bitsOption, 8 as const)
     .option('--skip-layers <n>', 'do not send the first n layers', intOption, 0)
+    .option('--reduction <n>', 'side width r = hidden size / n', intOption, 8)
     .option('--lr <x>', 'peak learning rate', Number, 2e-3)
     .option('--seed <n>', 'seed', intOption, 1)
     .option('--resume <jobId>', 'continue a job started on this device')
     .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
     .option('--json', 'print the result as JSON on the last line')
     .action(
-      action(async (o: { workspace: string; model?: string; server?: string; token?: string; epochs?: number; steps?: number; seqLen: number; batch: number; bits: 4 | 8 | 16; skipLayers: number; lr: number; seed: number; resume?: string; store: string; json?: boolean }) => {
+      action(async (o: { workspace: string; model?: string; server?: string; token?: string; epochs?: number; steps?: number; seqLen: number; batch: number; bits: 4 | 8 | 16; skipLayers: number; reduction: number; lr: number; seed: number; resume?: string; store: string; json?: boolean }) => {
         const token = o.token ?? process.env.MOBILLM_TOKEN;
         if (o.server && !token) throw new MobiError('UNAUTHORIZED', 'A server needs a token: pass --token or set MOBILLM_TOKEN (ask your team admin for one).');
         const model = o.model ?? ensureDefaultModel(o.store);
@@ -232,7 +233,7 @@ export function buildProgram(): Command {
         let lastLine = 0;
         const job = new FineTuneJob({
           workspace: o.workspace, model, server: o.server ? { url: o.server, token: token! } : undefined,
-          epochs: o.epochs, steps: o.steps, seqLen: o.seqLen, batchSize: o.batch, bits: o.bits, skipLayers: o.skipLayers,
+          epochs: o.epochs, steps: o.steps, seqLen: o.seqLen, batchSize: o.batch, bits: o.bits, skipLayers: o.skipLayers, reduction: o.reduction,
           learningRate: o.lr, seed: o.seed, resumeJobId: o.resume, storeDir: o.store, signal: controller.signal,
           confirm: (scan) => {
             process.stderr.write(`workspace ${path.resolve(o.workspace)}: ${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) included\n`);
