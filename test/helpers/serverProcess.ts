@@ -24,9 +24,14 @@ export function addUser(dataDir: string, name: string): string {
   return r.stdout.trim();
 }
 
-/** Starts `mobillm-server start` (the container's entrypoint) and resolves once it reports ready. */
-export function startServerProcess(dataDir: string, port: number): Promise<{ proc: ChildProcess; url: string }> {
-  const proc = spawn(process.execPath, [SERVER_CLI, 'start', '--data', dataDir, '--port', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts `mobillm-server start` (the container's entrypoint) and resolves once
+ * it reports ready; with `cpu`, pinned to that core (taskset), as benchmarks do.
+ */
+export function startServerProcess(dataDir: string, port: number, options: { cpu?: number } = {}): Promise<{ proc: ChildProcess; url: string }> {
+  const argv = [process.execPath, SERVER_CLI, 'start', '--data', dataDir, '--port', String(port)];
+  const [file, ...args] = options.cpu !== undefined ? ['taskset', '-c', String(options.cpu), ...argv] : argv;
+  const proc = spawn(file!, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   return new Promise((resolve, reject) => {
     let out = '';
     const timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 60_000);
