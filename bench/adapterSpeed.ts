@@ -10,9 +10,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, defaultThreads } from '../extension/core/Backbone';
 import { modelFingerprint } from '../extension/core/modelFingerprint';
-import { SeededRandom } from '../extension/core/SeededRandom';
-import { encodeAdapter } from '../server/protocol/AdapterFile';
-import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, initialParameters, parameterNames, parameterShape, sideShape } from '../server/training/SideNetwork';
+import { SeededRandom } from '../common/SeededRandom';
+import { encodeAdapter } from '../common/AdapterFile';
+import { initialParameters, parameterNames, parameterShape, sideShape } from '../server/training/SideNetwork';
+import { testAdapterConfig } from '../test/helpers/adapters';
 import { BENCH_CACHE, machineDescription, median, peakRssBytes, qwenShapedModel } from './benchModels';
 
 const PROMPT = 256;
@@ -25,7 +26,7 @@ async function adapterFor(model: string, d: number, layers: number): Promise<str
   const rng = new SeededRandom(2);
   values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.01));
   const tensors = parameterNames(shape).map((n) => ({ name: n, shape: parameterShape(shape, n), data: values.get(n)! }));
-  fs.writeFileSync(file, encodeAdapter(await modelFingerprint(model), { shape, adapterNormEpsilon: ADAPTER_NORM_EPS, gateTemperature: GATE_TEMPERATURE }, { steps: 0 }, tensors));
+  fs.writeFileSync(file, encodeAdapter(await modelFingerprint(model), testAdapterConfig(shape), { steps: 0 }, tensors));
   return file;
 }
 

@@ -10,9 +10,9 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { SeededRandom } from '../extension/core/SeededRandom';
-import { bytesPerRow } from '../server/protocol/ActivationQuantizer';
-import { batchPayloadBytes } from '../server/protocol/batchPayload';
+import { SeededRandom } from '../common/SeededRandom';
+import { bytesPerRow } from '../common/ActivationQuantizer';
+import { batchPayloadBytes } from '../common/batchPayload';
 import { FrozenHead } from '../server/training/FrozenHead';
 import { initialParameters, SideNetwork, sideShape } from '../server/training/SideNetwork';
 import { Trainer } from '../server/training/Trainer';

@@ -1,13 +1,14 @@
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
-import type { MobiServer } from './MobiServer';
-import { isBits } from './protocol/ActivationQuantizer';
-import { decodeBatchPayload } from './protocol/batchPayload';
-import { decodeDeviceFrame, encodeFrame } from './protocol/codec';
-import { CloseCode, PROTOCOL_VERSION } from './protocol/limits';
-import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from './protocol/messages';
-import { WireError, WireErrorCode } from './protocol/WireError';
+import { isBits } from '../common/ActivationQuantizer';
+import { decodeBatchPayload } from '../common/batchPayload';
+import { decodeDeviceFrame, encodeFrame } from '../common/codec';
+import { CloseCode, PROTOCOL_VERSION } from '../common/limits';
+import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
+import { WireError, WireErrorCode } from '../common/WireError';
+import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN } from './storage/HeadStore';
+import { JobRecord } from './storage/JobStore';
 import { TrainingJob } from './TrainingJob';
 
 /** Largest head the server accepts (rows x cols), about 1.2 G values. */
@@ -29,7 +30,7 @@ export class DeviceSession {
   private alive = true;
   private readonly handlers: { [T in DeviceMessage['type']]: Handler<T> };
 
-  constructor(private readonly server: MobiServer, private readonly ws: WebSocket, readonly user: string) {
+  constructor(private readonly ctx: SessionContext, private readonly ws: WebSocket, readonly user: string) {
     this.handlers = {
       'session/hello': (m) => this.onHello(m),
       'head/begin': (m, p) => this.onHeadBegin(m, p),
@@ -47,7 +48,7 @@ export class DeviceSession {
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
     ws.on('pong', () => (this.alive = true));
     ws.on('error', () => undefined); // 'close' follows; nothing to report
-    server.log(`device connected (user ${user})`);
+    ctx.log(`device connected (user ${user})`);
   }
 
   send(message: ServerMessage, payload?: Uint8Array): void {
@@ -55,7 +56,7 @@ export class DeviceSession {
   }
 
   private sendError(code: WireErrorCode, message: string, fatal: boolean, jobId?: string): void {
-    this.server.metrics.errors.inc({ code });
+    this.ctx.metrics.errors.inc({ code });
     this.send({ type: 'error', code, message, fatal, ...(jobId ? { jobId } : {}) });
     if (fatal) this.close(code === 'VERSION_MISMATCH' ? CloseCode.VERSION_MISMATCH : CloseCode.BAD_FRAME, code);
   }
@@ -74,12 +75,12 @@ export class DeviceSession {
   }
 
   closed(): void {
-    this.server.log(`device disconnected (user ${this.user})`);
+    this.ctx.log(`device disconnected (user ${this.user})`);
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
     this.lastSeen = Date.now();
-    this.server.metrics.bytesReceived.inc(data.length);
+    this.ctx.metrics.bytesReceived.inc(data.length);
     if (!isBinary) return this.sendError('BAD_FRAME', 'text frames are not part of the protocol', false);
     let frame;
     try {
@@ -104,7 +105,7 @@ export class DeviceSession {
 
   private fail(err: unknown, jobId?: string): void {
     if (err instanceof WireError) return this.sendError(err.code, err.message, err.fatal, jobId);
-    this.server.log(`internal error: ${err instanceof Error ? err.name : 'unknown'}`);
+    this.ctx.log(`internal error: ${err instanceof Error ? err.name : 'unknown'}`);
     this.sendError('INTERNAL', 'The server failed on this request; the job keeps its last checkpoint.', false, jobId);
   }
 
@@ -117,7 +118,7 @@ export class DeviceSession {
       throw new WireError('BAD_FRAME', 'model description out of range');
     }
     this.model = spec;
-    this.send({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.server.backend, headCached: this.server.heads.has(spec.fingerprint), credits: this.server.credits });
+    this.send({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.ctx.backend, headCached: this.ctx.heads.has(spec.fingerprint), credits: this.ctx.limits.credits });
   }
 
   private onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): void {
@@ -144,9 +145,9 @@ export class DeviceSession {
     const up = this.upload;
     if (!up) throw new WireError('OUT_OF_ORDER', 'head/end before head/begin');
     if (up.rowsReceived !== up.rows) throw new WireError('BAD_FRAME', `head has ${up.rowsReceived} of ${up.rows} rows`);
-    this.server.heads.save(this.model!.fingerprint, up.rows, up.cols, up.norm, up.halves);
+    this.ctx.heads.save(this.model!.fingerprint, up.rows, up.cols, up.norm, up.halves);
     this.upload = undefined;
-    this.server.log(`stored a model head (user ${this.user})`);
+    this.ctx.log(`stored a model head (user ${this.user})`);
     this.send({ type: 'head/stored', fingerprint: this.model!.fingerprint });
   }
 
@@ -164,45 +165,44 @@ export class DeviceSession {
 
   private onJobCreate(m: DeviceMessage<'job/create'>): void {
     const model = this.model!;
-    if (!this.server.heads.has(model.fingerprint)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
+    if (!this.ctx.heads.has(model.fingerprint)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
     this.checkConfig(m.config);
-    if (this.server.activeJobsOf(this.user) >= (this.server.options.maxJobsPerUser ?? 4)) {
+    if (this.ctx.registry.trainingJobsOf(this.user) >= this.ctx.limits.maxJobsPerUser) {
       throw new WireError('LIMIT', 'too many jobs training at once for this user; finish or cancel one');
     }
-    const rec = this.server.jobs.create(this.user, m.name, model, m.config);
-    const job = this.server.loadJob(rec);
-    this.server.metrics.jobsCreated.inc();
-    this.server.log(`job ${rec.id} created (user ${this.user}, ${m.config.totalSteps} steps)`);
+    const rec = this.ctx.jobs.create(this.user, m.name, model, m.config);
+    const job = this.ctx.registry.load(rec);
+    this.ctx.metrics.jobsCreated.inc();
+    this.ctx.log(`job ${rec.id} created (user ${this.user}, ${m.config.totalSteps} steps)`);
     this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: rec.state });
   }
 
-  /** The job `id` of this user, loaded; NO_SUCH_JOB for unknown or foreign ids. */
-  private job(id: string): TrainingJob {
-    const rec = this.server.jobs.get(this.user, id);
+  /** The record of job `id` of this user and this session's model; NO_SUCH_JOB for unknown or foreign ids. */
+  private ownJob(id: string): JobRecord {
+    const rec = this.ctx.jobs.get(this.user, id);
     if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
     if (rec.model.fingerprint !== this.model!.fingerprint) throw new WireError('MODEL_MISMATCH', 'the job was created for a different model file');
-    return this.server.loadJob(rec);
+    return rec;
+  }
+
+  /** The job `id` of this user, loaded. */
+  private job(id: string): TrainingJob {
+    return this.ctx.registry.load(this.ownJob(id));
   }
 
   private onJobResume(m: DeviceMessage<'job/resume'>): void {
-    const rec = this.server.jobs.get(this.user, m.jobId);
-    if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
-    if (rec.model.fingerprint !== this.model!.fingerprint) throw new WireError('MODEL_MISMATCH', 'the job was created for a different model file');
+    const rec = this.ownJob(m.jobId);
     if (rec.state === 'finished') {
       this.send({ type: 'job/ready', jobId: rec.id, nextIndex: rec.nextIndex, step: rec.step, state: rec.state });
       return;
     }
-    if (rec.state === 'cancelled' || rec.state === 'failed') {
-      rec.state = 'training';
-      this.server.jobs.save(rec);
-    }
-    const job = this.server.loadJob(rec);
-    job.rec.state = 'training';
+    const job = this.ctx.registry.load(rec);
+    job.resume();
     this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: job.rec.state });
   }
 
   private onJobList(): void {
-    const jobs = this.server.jobs.list(this.user).map((r) => ({ id: r.id, name: r.name, state: r.state, step: r.step, totalSteps: r.config.totalSteps, fingerprint: r.model.fingerprint, createdAt: r.createdAt, updatedAt: r.updatedAt }));
+    const jobs = this.ctx.jobs.list(this.user).map((r) => ({ id: r.id, name: r.name, state: r.state, step: r.step, totalSteps: r.config.totalSteps, fingerprint: r.model.fingerprint, createdAt: r.createdAt, updatedAt: r.updatedAt }));
     this.send({ type: 'job/list/result', jobs });
   }
 
@@ -213,7 +213,7 @@ export class DeviceSession {
   }
 
   private onTrain(m: DeviceMessage<'batch/train'>, payload: Buffer): void {
-    if (this.inFlight >= this.server.credits) throw new WireError('NO_CREDIT', `at most ${this.server.credits} unacknowledged batches`);
+    if (this.inFlight >= this.ctx.limits.credits) throw new WireError('NO_CREDIT', `at most ${this.ctx.limits.credits} unacknowledged batches`);
     const job = this.job(m.jobId);
     const batch = this.batchOf(job, m.rows, payload);
     this.inFlight++;
@@ -221,9 +221,9 @@ export class DeviceSession {
       .train(m.index, batch)
       .then((ack) => {
         if (!ack.duplicate) {
-          this.server.metrics.steps.inc();
-          this.server.metrics.tokens.inc(ack.tokens);
-          this.server.metrics.tokensPerSecond.set(ack.tokens / Math.max(ack.seconds, 1e-9));
+          this.ctx.metrics.steps.inc();
+          this.ctx.metrics.tokens.inc(ack.tokens);
+          this.ctx.metrics.tokensPerSecond.set(ack.tokens / Math.max(ack.seconds, 1e-9));
         }
         this.send({ type: 'batch/ack', jobId: m.jobId, index: ack.index, step: ack.step, loss: Number.isFinite(ack.loss) ? ack.loss : 0, learningRate: ack.learningRate, tokens: ack.tokens, seconds: ack.seconds });
         if (ack.checkpointed) this.send({ type: 'job/checkpoint', jobId: m.jobId, step: job.rec.step, nextIndex: job.rec.nextIndex });
@@ -241,22 +241,22 @@ export class DeviceSession {
   private async onFinish(m: DeviceMessage<'job/finish'>): Promise<void> {
     const job = this.job(m.jobId);
     await job.finish();
-    this.server.log(`job ${m.jobId} finished at step ${job.step}`);
+    this.ctx.log(`job ${m.jobId} finished at step ${job.step}`);
     this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: 'finished' });
-    await this.server.unloadJob(job);
+    await this.ctx.registry.unload(job);
   }
 
   private async onCancel(m: DeviceMessage<'job/cancel'>): Promise<void> {
     const job = this.job(m.jobId);
     await job.cancel();
     this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: job.rec.state });
-    await this.server.unloadJob(job);
+    await this.ctx.registry.unload(job);
   }
 
   private onAdapterGet(m: DeviceMessage<'adapter/get'>): void {
-    const rec = this.server.jobs.get(this.user, m.jobId);
+    const rec = this.ctx.jobs.get(this.user, m.jobId);
     if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
-    const bytes = rec.state === 'finished' ? this.server.jobs.readAdapter(rec) : undefined;
+    const bytes = rec.state === 'finished' ? this.ctx.jobs.readAdapter(rec) : undefined;
     if (!bytes) throw new WireError('JOB_STATE', 'the job has no adapter yet; finish it first');
     this.send({ type: 'adapter/data', jobId: rec.id, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') }, bytes);
   }

@@ -4,15 +4,16 @@ import * as https from 'node:https';
 import { AddressInfo } from 'node:net';
 import { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer } from 'ws';
-import { CloseCode, DEFAULT_CREDITS, HEARTBEAT_MS, IDLE_TIMEOUT_MS, MAX_FRAME_BYTES } from './protocol/limits';
+import { CloseCode, DEFAULT_CREDITS, HEARTBEAT_MS, IDLE_TIMEOUT_MS, MAX_FRAME_BYTES } from '../common/limits';
 import { ServerMetrics } from './ServerMetrics';
 import { DeviceSession } from './DeviceSession';
-import { HeadStore, StoredHead } from './storage/HeadStore';
-import { JobRecord, JobStore } from './storage/JobStore';
+import { JobRegistry } from './JobRegistry';
+import { ServerError } from './ServerError';
+import { SessionContext } from './SessionContext';
+import { HeadStore } from './storage/HeadStore';
+import { JobStore } from './storage/JobStore';
 import { UserStore } from './storage/UserStore';
-import { FrozenHead } from './training/FrozenHead';
 import { initTensorflow } from './training/tf';
-import { TrainingJob } from './TrainingJob';
 
 /** Options of the side-tuning server. */
 export interface MobiServerOptions {
@@ -47,12 +48,13 @@ export class MobiServer {
   readonly heads: HeadStore;
   readonly jobs: JobStore;
   readonly metrics = new ServerMetrics();
+  readonly registry: JobRegistry;
   backend = 'unknown';
   private readonly http: http.Server | https.Server;
   private readonly wss: WebSocketServer;
   private readonly sessions = new Set<DeviceSession>();
-  private readonly loadedJobs = new Map<string, TrainingJob>();
-  private readonly loadedHeads = new Map<string, { head: FrozenHead; users: number }>();
+  /** What sessions may use; made by start(), once the backend is known. */
+  private context: SessionContext | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private closing = false;
 
@@ -61,17 +63,14 @@ export class MobiServer {
     this.users = new UserStore(options.dataDir);
     this.heads = new HeadStore(options.dataDir);
     this.jobs = new JobStore(options.dataDir);
+    this.registry = new JobRegistry(this.jobs, this.heads, (n) => this.metrics.jobsActive.set(n));
     const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => void this.onRequest(req, res);
-    if ((options.tlsCert === undefined) !== (options.tlsKey === undefined)) throw new Error('TLS needs both --tls-cert and --tls-key');
+    if ((options.tlsCert === undefined) !== (options.tlsKey === undefined)) throw new ServerError('BAD_CONFIG', 'TLS needs both --tls-cert and --tls-key');
     this.http = options.tlsCert
       ? https.createServer({ cert: fs.readFileSync(options.tlsCert), key: fs.readFileSync(options.tlsKey!) }, handler)
       : http.createServer(handler);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false });
     this.http.on('upgrade', (req, socket, head) => this.onUpgrade(req, socket, head));
-  }
-
-  get credits(): number {
-    return this.options.credits ?? DEFAULT_CREDITS;
   }
 
   log(line: string): void {
@@ -80,6 +79,15 @@ export class MobiServer {
 
   async start(): Promise<{ url: string; port: number }> {
     this.backend = await initTensorflow();
+    this.context = {
+      heads: this.heads,
+      jobs: this.jobs,
+      registry: this.registry,
+      metrics: this.metrics,
+      limits: { credits: this.options.credits ?? DEFAULT_CREDITS, maxJobsPerUser: this.options.maxJobsPerUser ?? 4 },
+      backend: this.backend,
+      log: (line) => this.log(line),
+    };
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
       this.http.listen(this.options.port ?? 8787, this.options.host ?? '127.0.0.1', () => resolve());
@@ -101,7 +109,7 @@ export class MobiServer {
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (req.method === 'GET' && req.url === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ ok: !this.closing, backend: this.backend, devices: this.sessions.size, jobs: this.loadedJobs.size }));
+      res.end(JSON.stringify({ ok: !this.closing, backend: this.backend, devices: this.sessions.size, jobs: this.registry.size }));
       return;
     }
     if (req.method === 'GET' && req.url === '/metrics') {
@@ -118,7 +126,8 @@ export class MobiServer {
       this.metrics.authFailures.inc();
       socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
     };
-    if (this.closing) return refuse(503, 'Service Unavailable');
+    const context = this.context;
+    if (this.closing || !context) return refuse(503, 'Service Unavailable');
     const auth = req.headers.authorization;
     const user = this.users.verify(auth?.startsWith('Bearer ') ? auth.slice(7).trim() : undefined);
     if (user === undefined) {
@@ -127,7 +136,7 @@ export class MobiServer {
     }
     if (this.sessions.size >= (this.options.maxDevices ?? 64)) return refuse(503, 'Service Unavailable');
     this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
-      const session = new DeviceSession(this, ws, user);
+      const session = new DeviceSession(context, ws, user);
       this.sessions.add(session);
       this.metrics.connections.set(this.sessions.size);
       ws.on('close', () => {
@@ -138,70 +147,14 @@ export class MobiServer {
     });
   }
 
-  // ---- shared resources (sessions ask for them) ----
-
-  /** The frozen head of a model, loaded once and shared by its jobs. */
-  acquireHead(fingerprint: string, eps: number): FrozenHead {
-    const entry = this.loadedHeads.get(fingerprint);
-    if (entry) {
-      entry.users++;
-      return entry.head;
-    }
-    const stored: StoredHead = this.heads.load(fingerprint);
-    const head = new FrozenHead(stored.head, stored.norm, eps);
-    this.loadedHeads.set(fingerprint, { head, users: 1 });
-    return head;
-  }
-
-  private releaseHead(fingerprint: string): void {
-    const entry = this.loadedHeads.get(fingerprint);
-    if (entry && --entry.users === 0) {
-      entry.head.dispose();
-      this.loadedHeads.delete(fingerprint);
-    }
-  }
-
-  /** The loaded job for a record (from its checkpoint when not in memory). */
-  loadJob(rec: JobRecord): TrainingJob {
-    const key = `${rec.user}/${rec.id}`;
-    let job = this.loadedJobs.get(key);
-    if (!job) {
-      job = TrainingJob.open(rec, this.jobs, this.acquireHead(rec.model.fingerprint, rec.model.normEpsilon));
-      this.loadedJobs.set(key, job);
-      this.metrics.jobsActive.set(this.loadedJobs.size);
-    }
-    return job;
-  }
-
-  activeJobsOf(user: string): number {
-    return [...this.loadedJobs.values()].filter((j) => j.rec.user === user && j.rec.state === 'training').length;
-  }
-
-  async unloadJob(job: TrainingJob): Promise<void> {
-    const key = `${job.rec.user}/${job.rec.id}`;
-    if (this.loadedJobs.get(key) !== job) return;
-    this.loadedJobs.delete(key);
-    this.metrics.jobsActive.set(this.loadedJobs.size);
-    await job.dispose();
-    this.releaseHead(job.rec.model.fingerprint);
-  }
-
   /** Graceful stop: refuse new connections, checkpoint running jobs, close sockets. */
   async stop(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
     for (const s of this.sessions) s.close(CloseCode.GOING_AWAY, 'server shutting down');
-    for (const job of [...this.loadedJobs.values()]) {
-      if (job.rec.state === 'training') {
-        try {
-          await job.checkpoint();
-        } catch (err) {
-          this.log(`checkpoint on shutdown failed for a job: ${(err as Error).name}`);
-        }
-      }
-      await this.unloadJob(job);
-    }
+    const failed = await this.registry.unloadAll();
+    if (failed > 0) this.log(`checkpoint on shutdown failed for ${failed} job(s)`);
     this.wss.close();
     await new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeAllConnections?.();

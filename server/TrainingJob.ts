@@ -1,24 +1,11 @@
-import { decodeAdapter, encodeAdapter } from './protocol/AdapterFile';
-import { ActivationBatch } from './protocol/batchPayload';
-import { WireError } from './protocol/WireError';
+import { decodeAdapter, encodeAdapter } from '../common/AdapterFile';
+import { canTransition, JobState } from '../common/JobState';
+import { ActivationBatch } from '../common/batchPayload';
+import { WireError } from '../common/WireError';
 import { JobRecord, JobStore } from './storage/JobStore';
 import { FrozenHead } from './training/FrozenHead';
-import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, initialParameters, parameterNames, SideNetwork, sideShape, SideNetworkShape } from './training/SideNetwork';
+import { adapterConfig, initialParameters, parameterNames, SideNetwork, sideShape, SideNetworkShape } from './training/SideNetwork';
 import { OptimizerState, Trainer } from './training/Trainer';
-
-/** Everything a device needs to run the side network, stored in the adapter header. */
-export function adapterConfig(rec: JobRecord, shape: SideNetworkShape): Record<string, unknown> {
-  return {
-    shape,
-    backboneLayers: rec.model.layers,
-    hiddenSize: rec.model.hiddenSize,
-    normEpsilon: rec.model.normEpsilon,
-    gateTemperature: GATE_TEMPERATURE,
-    adapterNormEpsilon: ADAPTER_NORM_EPS,
-    gelu: 'tanh',
-    job: rec.config,
-  };
-}
 
 export interface TrainAck {
   index: number;
@@ -34,7 +21,8 @@ export interface TrainAck {
 }
 
 /**
- * A job being trained in memory. Operations run one at a time, in arrival
+ * A job being trained in memory, and the one place where a job's state
+ * changes (common/JobState.ts lists the transitions). Operations run one at a time, in arrival
  * order. Batches must arrive in index order; a batch below the next index was
  * already trained and is acknowledged without training (nothing twice), one
  * above it is refused (nothing skipped).
@@ -79,6 +67,18 @@ export class TrainingJob {
     const net = new SideNetwork(shape, values);
     const trainer = new Trainer(net, head, { learningRate: rec.config.learningRate, warmupSteps: rec.config.warmupSteps, totalSteps: rec.config.totalSteps }, state);
     return new TrainingJob(rec, store, net, trainer, shape);
+  }
+
+  /** Moves the job to `to` and records it on disk; JOB_STATE when the transition is not allowed. */
+  private setState(to: JobState): void {
+    if (!canTransition(this.rec.state, to)) throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
+    this.rec.state = to;
+    this.store.save(this.rec);
+  }
+
+  /** A cancelled job trains again (from its last checkpoint); a training job stays as it is. */
+  resume(): void {
+    if (this.rec.state !== 'training') this.setState('training');
   }
 
   private run<T>(op: () => Promise<T> | T): Promise<T> {
@@ -130,7 +130,7 @@ export class TrainingJob {
       ];
     });
     const meta = { kind: 'checkpoint', step: this.trainer.step, nextIndex: this.nextIndex, trainTokens: this.rec.trainTokens };
-    this.store.writeCheckpoint(this.rec, encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.rec, this.shape), meta, tensors));
+    this.store.writeCheckpoint(this.rec, encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors));
     this.rec.step = this.trainer.step;
     this.rec.nextIndex = this.nextIndex;
     this.store.save(this.rec);
@@ -150,10 +150,9 @@ export class TrainingJob {
       const values = await this.net.values();
       const tensors = parameterNames(this.shape).map((n) => ({ name: n, shape: this.net.p(n).shape, data: values.get(n)! }));
       const meta = { kind: 'adapter', steps: this.trainer.step, trainTokens: this.rec.trainTokens, evals: this.rec.evals, finishedAt: new Date().toISOString() };
-      const bytes = encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.rec, this.shape), meta, tensors);
+      const bytes = encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
       this.store.writeAdapter(this.rec, bytes);
-      this.rec.state = 'finished';
-      this.store.save(this.rec);
+      this.setState('finished');
       return bytes;
     });
   }
@@ -162,8 +161,7 @@ export class TrainingJob {
     return this.run(async () => {
       if (this.rec.state !== 'training') return;
       await this.checkpointNow();
-      this.rec.state = 'cancelled';
-      this.store.save(this.rec);
+      this.setState('cancelled');
     });
   }
 

@@ -32,7 +32,7 @@ function action<A extends unknown[]>(body: (...args: A) => Promise<void> | void)
       await body(...args);
       process.exit(0);
     } catch (err) {
-      const e = err instanceof MobiError ? err : new MobiError('IO_ERROR', err instanceof Error ? err.message : String(err));
+      const e = MobiError.from(err);
       process.stderr.write(`error[${e.code}]: ${e.message}\n`);
       process.exit(e.code === 'CANCELLED' ? 130 : 1);
     }

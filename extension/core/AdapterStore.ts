@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AdapterFormatError, decodeAdapter } from '../../server/protocol/AdapterFile';
-import { writeFileAtomic } from '../../server/protocol/atomicWrite';
+import { decodeAdapter } from '../../common/AdapterFile';
+import { writeFileAtomic } from '../../common/atomicWrite';
 import { MobiError } from './MobiError';
 
 export interface AdapterMetadata {
@@ -29,8 +29,7 @@ export class AdapterStore {
     try {
       decodeAdapter(bytes, meta.modelFingerprint);
     } catch (err) {
-      if (err instanceof AdapterFormatError) throw new MobiError(err.code, err.message, { cause: err });
-      throw err;
+      throw MobiError.from(err);
     }
     const dir = this.dir(meta.workspace, meta.modelFingerprint);
     const file = path.join(dir, 'adapter.mobi');

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import { MobiError } from './MobiError';
 import { GgufFile, ggufNumber, ggufString, readGgufFile } from './gguf/GgufFile';
 import { loadNativeAddon, NativeBackbone, NativeBackboneInfo, NativeTensor } from '../native/NativeAddon';
-import { AdapterFormatError, decodeAdapter } from '../../server/protocol/AdapterFile';
+import { decodeAdapter } from '../../common/AdapterFile';
 import { modelFingerprint } from './modelFingerprint';
 
 /** Architectures whose layer outputs and final norm the side network understands. */
@@ -156,7 +156,7 @@ export class Backbone {
       await native.load(modelPath, { contextSize, batchTokens: options.batchTokens ?? 128, maxSequences, threads: options.threads ?? defaultThreads(), flashAttention: options.flashAttention ?? true });
     } catch (err) {
       native.dispose();
-      throw MobiError.fromNative(err);
+      throw MobiError.from(err);
     }
     const n = native.info();
     return new Backbone(native, { ...described, parameters: n.nParams, addsBos: n.addBos, vocabularySize: n.nVocab }, n.contextSize, maxSequences, n);
@@ -171,7 +171,7 @@ export class Backbone {
     try {
       return this.native.tokenize(text, addSpecial);
     } catch (err) {
-      throw MobiError.fromNative(err);
+      throw MobiError.from(err);
     }
   }
 
@@ -180,7 +180,7 @@ export class Backbone {
     try {
       return this.native.tokenPiece(token);
     } catch (err) {
-      throw MobiError.fromNative(err);
+      throw MobiError.from(err);
     }
   }
 
@@ -223,7 +223,7 @@ export class Backbone {
       try {
         forwardSeconds = await this.native.capture(sequences, Int32Array.from(list), data, true);
       } catch (err) {
-        throw MobiError.fromNative(err);
+        throw MobiError.from(err);
       }
       return { layers: list, lengths: sequences.map((s) => s.length), hiddenSize: d, data, forwardSeconds };
     };
@@ -238,7 +238,7 @@ export class Backbone {
       try {
         return await run();
       } catch (err) {
-        throw MobiError.fromNative(err);
+        throw MobiError.from(err);
       }
     };
     const result = this.queue.then(wrapped, wrapped);
@@ -262,18 +262,15 @@ export class Backbone {
     try {
       contents = decodeAdapter(file, fp);
     } catch (err) {
-      if (err instanceof AdapterFormatError) throw new MobiError(err.code, err.message, { cause: err });
-      throw err;
+      throw MobiError.from(err);
     }
-    const cfg = contents.header.config as { shape?: { d: number; r: number; b: number; tappedLayers: number[] }; adapterNormEpsilon?: number; gateTemperature?: number };
-    if (!cfg.shape || cfg.adapterNormEpsilon === undefined || cfg.gateTemperature === undefined) {
-      throw new MobiError('ADAPTER_CORRUPT', 'The adapter header lacks the side-network shape.');
+    const { shape, adapterNormEpsilon, gateTemperature } = contents.header.config;
+    if (shape.d !== this.info.hiddenSize || shape.tappedLayers[shape.tappedLayers.length - 1] !== this.info.layers - 1) {
+      throw new MobiError('ADAPTER_MODEL_MISMATCH', "The adapter's shape does not fit this model.");
     }
     const tensors: Record<string, Float32Array> = {};
     for (const [name, t] of contents.tensors) tensors[name] = t.data;
-    await this.serial(async () =>
-      this.native.setAdapter({ ...cfg.shape!, adapterEps: cfg.adapterNormEpsilon!, gateTemperature: cfg.gateTemperature!, tensors }),
-    );
+    await this.serial(async () => this.native.setAdapter({ ...shape, adapterEps: adapterNormEpsilon, gateTemperature, tensors }));
     return { steps: Number(contents.header.meta.steps ?? 0), meta: contents.header.meta };
   }
 
@@ -310,6 +307,6 @@ export async function readModelTensor(modelPath: string, name: string, rowStart?
   try {
     return addon.readTensor(modelPath, name, rowStart, rowCount);
   } catch (err) {
-    throw MobiError.fromNative(err);
+    throw MobiError.from(err);
   }
 }

@@ -1,12 +1,12 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Bits, isBits } from '../../server/protocol/ActivationQuantizer';
-import { encodeBatchPayload } from '../../server/protocol/batchPayload';
-import { encodeHalf } from '../../server/protocol/float16';
-import { HEAD_CHUNK_BYTES } from '../../server/protocol/limits';
-import { JobConfig, ModelSpec, ServerMessage } from '../../server/protocol/messages';
-import { writeFileAtomic } from '../../server/protocol/atomicWrite';
+import { Bits, isBits } from '../../common/ActivationQuantizer';
+import { encodeBatchPayload } from '../../common/batchPayload';
+import { encodeHalf } from '../../common/float16';
+import { HEAD_CHUNK_BYTES } from '../../common/limits';
+import { JobConfig, ModelSpec, ServerMessage } from '../../common/messages';
+import { writeFileAtomic } from '../../common/atomicWrite';
 import { AdapterStore } from './AdapterStore';
 import { Backbone } from './Backbone';
 import { batchesPerEpoch, buildDataset, Dataset, splitInputsTargets, trainBatchSequences } from './dataset';

@@ -55,10 +55,14 @@ export class MobiError extends Error {
     return value instanceof MobiError && (code === undefined || value.code === code);
   }
 
-  /** Wraps an error thrown by the native addon (it carries a `code` string). */
-  static fromNative(err: unknown): MobiError {
+  /**
+   * The one conversion of any thrown value to a MobiError: a MobiError as it
+   * is; an error that carries one of our codes (the native addon's errors,
+   * common/'s AdapterFormatError) with that code; anything else as IO_ERROR.
+   */
+  static from(err: unknown): MobiError {
     if (err instanceof MobiError) return err;
-    const code = (err as { code?: unknown })?.code;
+    const code = (err as { code?: unknown } | null | undefined)?.code;
     const message = err instanceof Error ? err.message : String(err);
     if (typeof code === 'string' && (ERROR_CODES as readonly string[]).includes(code)) {
       return new MobiError(code as ErrorCode, message, { cause: err });

@@ -1,8 +1,8 @@
 import { WebSocket } from 'ws';
-import { decodeServerFrame, encodeFrame } from '../../server/protocol/codec';
-import { MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../../server/protocol/limits';
-import { DeviceMessage, ModelSpec, ServerMessage, ServerMessageType } from '../../server/protocol/messages';
-import { WireError } from '../../server/protocol/WireError';
+import { decodeServerFrame, encodeFrame } from '../../common/codec';
+import { CloseCode, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../../common/limits';
+import { DeviceMessage, ModelSpec, ServerMessage, ServerMessageType } from '../../common/messages';
+import { WireError } from '../../common/WireError';
 import { MobiError } from './MobiError';
 
 /** Connect timeout, milliseconds. */
@@ -51,7 +51,7 @@ export class ServerConnection {
 
   private constructor(private readonly ws: WebSocket) {
     ws.on('message', (data: Buffer) => this.onFrame(data));
-    ws.on('close', (code, reason) => this.drop(code === 4001 ? new MobiError('VERSION_MISMATCH', `The server closed the connection: ${reason.toString() || 'protocol version mismatch'}.`) : new MobiError('CONNECTION_LOST', 'The connection to the server was lost.')));
+    ws.on('close', (code, reason) => this.drop(code === CloseCode.VERSION_MISMATCH ? new MobiError('VERSION_MISMATCH', `The server closed the connection: ${reason.toString() || 'protocol version mismatch'}.`) : new MobiError('CONNECTION_LOST', 'The connection to the server was lost.')));
     ws.on('error', () => undefined);
   }
 

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { MobiError } from './MobiError';
 import { ScannedFile } from './scanWorkspace';
-import { SeededRandom } from './SeededRandom';
+import { SeededRandom } from '../../common/SeededRandom';
 
 /** Options of the training data. */
 export interface DatasetOptions {

@@ -1,6 +1,6 @@
 import { Backbone } from './Backbone';
 import { MobiError } from './MobiError';
-import { SeededRandom } from './SeededRandom';
+import { SeededRandom } from '../../common/SeededRandom';
 
 /** Options of text generation. */
 export interface GenerateOptions {

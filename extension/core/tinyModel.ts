@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MobiError } from './MobiError';
-import { SeededRandom } from './SeededRandom';
+import { SeededRandom } from '../../common/SeededRandom';
 import { GgufValueType, readGgufFile } from './gguf/GgufFile';
 import { GgufWriter } from './gguf/GgufWriter';
 import { GGML_TYPE_BY_NAME, GgmlType, GgmlTypeName, encodeTensor, fileTypeOf, QK } from './gguf/ggmlTypes';

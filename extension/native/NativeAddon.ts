@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { SideNetworkShape } from '../../common/AdapterConfig';
 import { MobiError } from '../core/MobiError';
 
 /** The native addon as seen from TypeScript (extension/native/addon.cpp). */
@@ -49,11 +50,8 @@ export interface NativeBackbone {
   readonly disposed: boolean;
 }
 
-export interface NativeAdapter {
-  d: number;
-  r: number;
-  b: number;
-  tappedLayers: number[];
+/** A side network for the native loader: its shape and constants come from the adapter's AdapterConfig. */
+export interface NativeAdapter extends SideNetworkShape {
   adapterEps: number;
   gateTemperature: number;
   /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d] */
@@ -108,7 +106,7 @@ export function loadNativeAddon(): Promise<NativeAddon> {
     try {
       addon.ensureBackends(LLAMA_LIB_DIR);
     } catch (err) {
-      throw MobiError.fromNative(err);
+      throw MobiError.from(err);
     }
     return addon;
   })();

@@ -156,7 +156,7 @@ export class FineTuneController implements vscode.Disposable {
         .showInformationMessage(`MobiLLM: fine-tuned. Held-out perplexity ${Math.exp(r.heldOutLossBefore).toFixed(1)} → ${Math.exp(r.heldOutLossAfter).toFixed(1)}.`, 'Show Dashboard')
         .then((pick) => pick && vscode.commands.executeCommand('mobillm.showDashboard'));
     } catch (err) {
-      const e = err instanceof MobiError ? err : new MobiError('IO_ERROR', err instanceof Error ? err.message : String(err));
+      const e = MobiError.from(err);
       const prev = this.progress as JobProgress | undefined;
       this.progress = prev ? { ...prev, phase: e.code === 'CANCELLED' ? 'cancelled' : 'failed' } : undefined;
       this.error = e.code === 'CANCELLED' ? undefined : `${e.code}: ${e.message}`;

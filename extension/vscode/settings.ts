@@ -1,5 +1,5 @@
 import * as vscode from 'vscode';
-import type { Bits } from '../../server/protocol/ActivationQuantizer';
+import type { Bits } from '../../common/ActivationQuantizer';
 
 /** The contributed settings (package.json "contributes.configuration"), read when a job starts. */
 export interface MobiSettings {

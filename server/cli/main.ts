@@ -3,7 +3,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { MobiServer } from '../MobiServer';
-import { UserStore, UserStoreError } from '../storage/UserStore';
+import { ServerError } from '../ServerError';
+import { UserStore } from '../storage/UserStore';
 
 const DEFAULT_DATA = process.env.MOBILLM_DATA ?? path.join(os.homedir(), '.mobillm-server');
 
@@ -40,6 +41,7 @@ export function buildServerProgram(): Command {
       try {
         started = await server.start();
       } catch (err) {
+        if (err instanceof ServerError) fail(err.code, err.message);
         fail('START_FAILED', `could not start: ${(err as Error).message}`);
       }
       if (new UserStore(o.data).list().every((u) => u.revoked)) {
@@ -65,7 +67,7 @@ export function buildServerProgram(): Command {
       try {
         process.stdout.write(`${store(o.data).add(name)}\n`);
       } catch (err) {
-        if (err instanceof UserStoreError) fail(err.code, err.message);
+        if (err instanceof ServerError) fail(err.code, err.message);
         throw err;
       }
     });
@@ -84,7 +86,7 @@ export function buildServerProgram(): Command {
         store(o.data).revoke(name);
         process.stdout.write(`revoked ${name}\n`);
       } catch (err) {
-        if (err instanceof UserStoreError) fail(err.code, err.message);
+        if (err instanceof ServerError) fail(err.code, err.message);
         throw err;
       }
     });

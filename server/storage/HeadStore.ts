@@ -1,7 +1,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { decodeHalf } from '../protocol/float16';
-import { writeFileAtomic } from '../protocol/atomicWrite';
+import { decodeHalf } from '../../common/float16';
+import { writeFileAtomic } from '../../common/atomicWrite';
+import { WireError } from '../../common/WireError';
+import { ServerError } from '../ServerError';
 
 /** A model's frozen final norm and head, as the server keeps them. */
 export interface StoredHead {
@@ -26,7 +28,7 @@ export class HeadStore {
   }
 
   private file(fingerprint: string): string {
-    if (!FINGERPRINT_PATTERN.test(fingerprint)) throw new Error('bad fingerprint');
+    if (!FINGERPRINT_PATTERN.test(fingerprint)) throw new WireError('BAD_FRAME', 'model fingerprint must be 64 hex digits');
     return path.join(this.dir, `${fingerprint}.head`);
   }
 
@@ -48,7 +50,7 @@ export class HeadStore {
     const buf = fs.readFileSync(this.file(fingerprint));
     const rows = buf.readUInt32LE(0);
     const cols = buf.readUInt32LE(4);
-    if (buf.length !== 8 + 4 * cols + 2 * rows * cols) throw new Error('damaged head file');
+    if (buf.length !== 8 + 4 * cols + 2 * rows * cols) throw new ServerError('DAMAGED_FILE', 'a stored model head has the wrong size; delete it and let a device upload it again');
     const norm = new Float32Array(cols);
     Buffer.from(norm.buffer).set(buf.subarray(8, 8 + 4 * cols));
     const halves = new Uint16Array(rows * cols);

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { writeFileAtomic } from '../protocol/atomicWrite';
-import { JobConfig, ModelSpec } from '../protocol/messages';
+import { writeFileAtomic } from '../../common/atomicWrite';
+import type { JobState } from '../../common/JobState';
+import { JobConfig, ModelSpec } from '../../common/messages';
 
-export type JobState = 'training' | 'finished' | 'cancelled' | 'failed';
+export type { JobState };
 
 /** `<data>/jobs/<user>/<id>/job.json`: numbers and settings only, never data. */
 export interface JobRecord {

@@ -1,7 +1,8 @@
 import { createHash, randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { writeFileAtomic } from '../protocol/atomicWrite';
+import { writeFileAtomic } from '../../common/atomicWrite';
+import { ServerError } from '../ServerError';
 
 interface UserRecord {
   name: string;
@@ -20,12 +21,6 @@ export interface UserSummary {
 
 export const USER_NAME_PATTERN = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 const SCRYPT_KEYLEN = 32;
-
-export class UserStoreError extends Error {
-  constructor(readonly code: 'BAD_NAME' | 'EXISTS' | 'NO_SUCH_USER', message: string) {
-    super(message);
-  }
-}
 
 /**
  * Team members and their tokens, in `<data>/users.json`. A token is
@@ -68,8 +63,8 @@ export class UserStore {
   /** Creates a user and returns its token (shown once, never stored). */
   add(name: string): string {
     this.refresh();
-    if (!USER_NAME_PATTERN.test(name)) throw new UserStoreError('BAD_NAME', 'User names are 1-32 characters: a-z, 0-9, "-" and "_".');
-    if (this.users.some((u) => u.name === name && !u.revokedAt)) throw new UserStoreError('EXISTS', `User ${name} exists; revoke it first to issue a new token.`);
+    if (!USER_NAME_PATTERN.test(name)) throw new ServerError('BAD_NAME', 'User names are 1-32 characters: a-z, 0-9, "-" and "_".');
+    if (this.users.some((u) => u.name === name && !u.revokedAt)) throw new ServerError('EXISTS', `User ${name} exists; revoke it first to issue a new token.`);
     const secret = randomBytes(24).toString('base64url');
     const salt = randomBytes(16).toString('hex');
     const hash = scryptSync(secret, salt, SCRYPT_KEYLEN).toString('hex');
@@ -82,7 +77,7 @@ export class UserStore {
   revoke(name: string): void {
     this.refresh();
     const u = this.users.find((x) => x.name === name && !x.revokedAt);
-    if (!u) throw new UserStoreError('NO_SUCH_USER', `No active user ${name}.`);
+    if (!u) throw new ServerError('NO_SUCH_USER', `No active user ${name}.`);
     u.revokedAt = new Date().toISOString();
     this.save();
     this.verified.clear();

@@ -1,6 +1,9 @@
-import { SeededRandom } from '../../extension/core/SeededRandom';
+import type { AdapterConfig, SideNetworkShape } from '../../common/AdapterConfig';
+import type { JobConfig, ModelSpec } from '../../common/messages';
+import { SeededRandom } from '../../common/SeededRandom';
 import { FrozenHead } from './FrozenHead';
 import { tf } from './tf';
+import { ServerError } from '../ServerError';
 
 /** Gate temperature: mu = sigmoid(alpha / GATE_TEMPERATURE). */
 export const GATE_TEMPERATURE = 0.1;
@@ -8,21 +11,25 @@ export const GATE_TEMPERATURE = 0.1;
 export const ADAPTER_NORM_EPS = 1e-6;
 const GELU_C = Math.sqrt(2 / Math.PI);
 
-/** Shape of a side network; stored in the adapter file's config. */
-export interface SideNetworkShape {
-  /** Backbone hidden size. */
-  d: number;
-  /** Side width r = d / reduction. */
-  r: number;
-  /** Bottleneck width inside each adapter (Mid: r -> b, Up: b -> r). */
-  b: number;
-  /** Backbone layers feeding the ladder, ascending; the last is the backbone's last layer. */
-  tappedLayers: number[];
-}
+export type { SideNetworkShape };
 
 export function sideShape(d: number, reduction: number, tappedLayers: number[]): SideNetworkShape {
   const r = Math.max(1, Math.round(d / reduction));
   return { d, r, b: r, tappedLayers };
+}
+
+/** The adapter file's config for a side network of `shape` trained on `model` with `job` (common/AdapterConfig.ts). */
+export function adapterConfig(shape: SideNetworkShape, model: Pick<ModelSpec, 'layers' | 'hiddenSize' | 'normEpsilon'>, job: JobConfig): AdapterConfig {
+  return {
+    shape,
+    backboneLayers: model.layers,
+    hiddenSize: model.hiddenSize,
+    normEpsilon: model.normEpsilon,
+    gateTemperature: GATE_TEMPERATURE,
+    adapterNormEpsilon: ADAPTER_NORM_EPS,
+    gelu: 'tanh',
+    job,
+  };
 }
 
 /** Parameter names, in a fixed order (adapter file, optimizer state). */
@@ -41,7 +48,7 @@ export function parameterShape(shape: SideNetworkShape, name: string): number[] 
     case 'mid': return [shape.r, shape.b];
     case 'up': return [shape.b, shape.r];
     case 'out': return [shape.r, shape.d];
-    default: throw new Error(`unknown parameter ${name}`);
+    default: throw new ServerError('BAD_PARAMETER', `unknown parameter ${name}`);
   }
 }
 
@@ -86,7 +93,7 @@ export class SideNetwork {
   constructor(readonly shape: SideNetworkShape, values: Map<string, Float32Array>) {
     for (const name of parameterNames(shape)) {
       const v = values.get(name);
-      if (!v) throw new Error(`missing parameter ${name}`);
+      if (!v) throw new ServerError('BAD_PARAMETER', `missing parameter ${name}`);
       this.params.set(name, tf.variable(tf.tensor(v, parameterShape(shape, name)), true, `side/${name}/${Math.random()}`));
     }
   }

@@ -1,4 +1,4 @@
-import { ActivationBatch } from '../protocol/batchPayload';
+import { ActivationBatch } from '../../common/batchPayload';
 import { FrozenHead } from './FrozenHead';
 import { SideNetwork } from './SideNetwork';
 import { tf } from './tf';

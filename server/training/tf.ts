@@ -6,6 +6,7 @@
  * MOBILLM_TF_BACKEND=cpu|wasm|tensorflow forces one.
  */
 import * as tf from '@tensorflow/tfjs';
+import { ServerError } from '../ServerError';
 
 export { tf };
 
@@ -36,7 +37,7 @@ export function initTensorflow(): Promise<string> {
         return tf.getBackend();
       }
     }
-    throw new Error(`no TensorFlow.js backend could be initialised (tried ${order.join(', ')})`);
+    throw new ServerError('NO_BACKEND', `no TensorFlow.js backend could be initialised (tried ${order.join(', ')})`);
   })();
   return chosen;
 }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { GgufFile, ggufNumber, readGgufFile } from '../../extension/core/gguf/GgufFile';
 import { GgmlType } from '../../extension/core/gguf/ggmlTypes';
-import { fromHalf } from '../../server/protocol/float16';
+import { fromHalf } from '../../common/float16';
 
 /**
  * An independent llama forward pass in plain TypeScript (float64), for F32

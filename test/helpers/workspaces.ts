@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { SeededRandom } from '../../extension/core/SeededRandom';
+import { SeededRandom } from '../../common/SeededRandom';
 
 /**
  * Writes a small generated codebase: TypeScript-like modules with repeated

@@ -8,9 +8,10 @@ import { FineTuneJob } from '../../extension/core/FineTuneJob';
 import { generate } from '../../extension/core/generate';
 import { expectCode } from '../helpers/expectCode';
 import { modelFingerprint } from '../../extension/core/modelFingerprint';
-import { SeededRandom } from '../../extension/core/SeededRandom';
-import { ADAPTER_FORMAT_VERSION, encodeAdapter } from '../../server/protocol/AdapterFile';
-import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, initialParameters, parameterNames, SideNetwork, sideShape } from '../../server/training/SideNetwork';
+import { SeededRandom } from '../../common/SeededRandom';
+import { ADAPTER_FORMAT_VERSION, encodeAdapter } from '../../common/AdapterFile';
+import { initialParameters, parameterNames, SideNetwork, sideShape } from '../../server/training/SideNetwork';
+import { testAdapterConfig } from '../helpers/adapters';
 import { initTensorflow, tf } from '../../server/training/tf';
 import { tinyModel } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
@@ -27,9 +28,8 @@ function randomAdapter(fp: string, d: number, layers: number[], seed: number): {
   values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.2));
   layers.forEach((_, k) => values.set(`alpha.${k}`, Float32Array.of(rng.normal() * 0.2)));
   const net = new SideNetwork(shape, values);
-  const config = { shape, adapterNormEpsilon: ADAPTER_NORM_EPS, gateTemperature: GATE_TEMPERATURE, gelu: 'tanh' };
   const tensors = parameterNames(shape).map((n) => ({ name: n, shape: net.p(n).shape, data: values.get(n)! }));
-  return { file: encodeAdapter(fp, config, { steps: 0 }, tensors), net };
+  return { file: encodeAdapter(fp, testAdapterConfig(shape), { steps: 0 }, tensors), net };
 }
 
 describe('side network inside llama.cpp on the device', function () {

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/FineTuneJob';
 import { expectCode } from '../helpers/expectCode';
-import { decodeAdapter } from '../../server/protocol/AdapterFile';
+import { decodeAdapter } from '../../common/AdapterFile';
 import { MobiServer } from '../../server/MobiServer';
 import { tinyModel } from '../helpers/models';
 import { addUser, DEVICE_CLI, freePort, killHard, startServerProcess } from '../helpers/serverProcess';

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufKv, GgufScalar, GgufValueType } from './GgufFile';
 import { rowBytes } from './ggmlTypes';
-import { writeFileAtomicWith } from '../../../server/protocol/atomicWrite';
+import { writeFileAtomicWith } from '../../../common/atomicWrite';
 
 interface PendingTensor {
   name: string;

@@ -1,4 +1,4 @@
-import { toHalf } from '../../../server/protocol/float16';
+import { toHalf } from '../../../common/float16';
 
 /** ggml tensor types this project writes (ids from ggml.h). */
 export const GgmlType = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8 } as const;

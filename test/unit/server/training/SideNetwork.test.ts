@@ -1,10 +1,10 @@
 import * as assert from 'node:assert/strict';
-import { SeededRandom } from '../../../../extension/core/SeededRandom';
+import { SeededRandom } from '../../../../common/SeededRandom';
 import { FrozenHead } from '../../../../server/training/FrozenHead';
 import { initialParameters, parameterNames, SideNetwork, sideShape } from '../../../../server/training/SideNetwork';
 import { learningRateAt, Trainer } from '../../../../server/training/Trainer';
 import { initTensorflow, tf } from '../../../../server/training/tf';
-import { ActivationBatch } from '../../../../server/protocol/batchPayload';
+import { ActivationBatch } from '../../../../common/batchPayload';
 
 const d = 32;
 const vocab = 50;

@@ -1,4 +1,8 @@
 import { createHash } from 'node:crypto';
+import { AdapterConfig, parseAdapterConfig } from './AdapterConfig';
+import { AdapterFormatError } from './AdapterFormatError';
+
+export { AdapterFormatError } from './AdapterFormatError';
 
 /**
  * The adapter file: one self-describing file for a trained side network (and,
@@ -12,7 +16,10 @@ import { createHash } from 'node:crypto';
  *   sha256 of everything above      32 bytes
  */
 export const ADAPTER_MAGIC = 'MOBIADPT';
+/** The format this code writes. */
 export const ADAPTER_FORMAT_VERSION = 1;
+/** Every format this code reads (a device refuses others with ADAPTER_VERSION). */
+export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1];
 
 export interface AdapterTensorEntry {
   name: string;
@@ -26,18 +33,11 @@ export interface AdapterHeader {
   version: number;
   /** sha256 of the backbone GGUF the adapter was trained for. */
   fingerprint: string;
-  /** Side-network shape and training config (SideNetworkShape & extra fields). */
-  config: Record<string, unknown>;
+  /** Side-network shape and constants, and the job's settings (common/AdapterConfig.ts). */
+  config: AdapterConfig;
   tensors: AdapterTensorEntry[];
   /** Training metadata: steps, losses, dates. */
   meta: Record<string, unknown>;
-}
-
-export class AdapterFormatError extends Error {
-  constructor(readonly code: 'ADAPTER_CORRUPT' | 'ADAPTER_VERSION' | 'ADAPTER_MODEL_MISMATCH', message: string) {
-    super(message);
-    this.name = 'AdapterFormatError';
-  }
 }
 
 export interface AdapterContents {
@@ -47,14 +47,14 @@ export interface AdapterContents {
 
 export function encodeAdapter(
   fingerprint: string,
-  config: Record<string, unknown>,
+  config: AdapterConfig,
   meta: Record<string, unknown>,
   tensors: { name: string; shape: number[]; data: Float32Array }[],
 ): Buffer {
   let offset = 0;
   const entries: AdapterTensorEntry[] = tensors.map((t) => {
     const n = t.shape.reduce((a, b) => a * b, 1);
-    if (n !== t.data.length) throw new Error(`tensor ${t.name}: shape ${t.shape.join('x')} does not match ${t.data.length} values`);
+    if (n !== t.data.length) throw new AdapterFormatError('ADAPTER_CORRUPT', `tensor ${t.name}: shape ${t.shape.join('x')} does not match ${t.data.length} values`);
     const e = { name: t.name, shape: t.shape, offset };
     offset += n;
     return e;
@@ -93,9 +93,13 @@ export function decodeAdapter(file: Uint8Array, expectFingerprint?: string): Ada
   if (header.format !== 'mobillm-adapter' || !Array.isArray(header.tensors)) {
     throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter header is not a MobiLLM adapter header.');
   }
-  if (header.version > ADAPTER_FORMAT_VERSION) {
-    throw new AdapterFormatError('ADAPTER_VERSION', `The adapter has format version ${header.version}; this version reads up to ${ADAPTER_FORMAT_VERSION}. Update MobiLLM.`);
+  if (!READABLE_ADAPTER_FORMAT_VERSIONS.includes(header.version)) {
+    throw new AdapterFormatError(
+      'ADAPTER_VERSION',
+      `The adapter has format version ${String(header.version).slice(0, 20)}; this MobiLLM reads version ${READABLE_ADAPTER_FORMAT_VERSIONS.join(', ')}. Update MobiLLM, or fine-tune again.`,
+    );
   }
+  header.config = parseAdapterConfig(header.config);
   if (expectFingerprint !== undefined && header.fingerprint !== expectFingerprint) {
     throw new AdapterFormatError('ADAPTER_MODEL_MISMATCH', 'The adapter was trained for a different model file.');
   }

@@ -1,5 +1,6 @@
 import { MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROTOCOL_VERSION } from './limits';
-import { checkSchema, DeviceMessages, DeviceMessage, Schema, ServerMessages, ServerMessage } from './messages';
+import { DeviceMessages, DeviceMessage, ServerMessages, ServerMessage } from './messages';
+import { checkSchema, Schema } from './schema';
 import { WireError } from './WireError';
 
 /**

@@ -1,12 +1,13 @@
 import * as assert from 'node:assert/strict';
-import { SeededRandom } from '../../../../extension/core/SeededRandom';
-import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../../server/protocol/ActivationQuantizer';
-import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapter } from '../../../../server/protocol/AdapterFile';
-import { decodeBatchPayload, encodeBatchPayload } from '../../../../server/protocol/batchPayload';
-import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../../../server/protocol/codec';
-import { fromHalf, toHalf } from '../../../../server/protocol/float16';
-import { DeviceMessage, ServerMessage } from '../../../../server/protocol/messages';
-import { WireError } from '../../../../server/protocol/WireError';
+import { SeededRandom } from '../../../common/SeededRandom';
+import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../common/ActivationQuantizer';
+import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapter } from '../../../common/AdapterFile';
+import { decodeBatchPayload, encodeBatchPayload } from '../../../common/batchPayload';
+import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../../common/codec';
+import { fromHalf, toHalf } from '../../../common/float16';
+import { DeviceMessage, ServerMessage } from '../../../common/messages';
+import { WireError } from '../../../common/WireError';
+import { testAdapterConfig } from '../../helpers/adapters';
 
 const model = { fingerprint: 'ab'.repeat(32), architecture: 'llama', layers: 4, hiddenSize: 64, vocabularySize: 700, normEpsilon: 1e-5 };
 const config = { tappedLayers: [0, 1, 2, 3], reduction: 8, bits: 8, seqLen: 128, batchSize: 4, totalSteps: 10, learningRate: 1e-3, warmupSteps: 2, seed: 1, checkpointEvery: 5 };
@@ -136,9 +137,10 @@ describe('adapter file', () => {
     { name: 'alpha.0', shape: [1], data: Float32Array.of(0.25) },
   ];
   const fp = 'f'.repeat(64);
+  const config4x2 = testAdapterConfig({ d: 4, r: 2, b: 2, tappedLayers: [0] });
 
   it('round-trips and verifies its checksum and model', () => {
-    const file = encodeAdapter(fp, { d: 4, r: 2 }, { steps: 3 }, tensors);
+    const file = encodeAdapter(fp, config4x2, { steps: 3 }, tensors);
     const back = decodeAdapter(file, fp);
     assert.equal(back.header.version, ADAPTER_FORMAT_VERSION);
     assert.deepEqual(back.tensors.get('down.0')!.data, tensors[0]!.data);
@@ -146,7 +148,7 @@ describe('adapter file', () => {
   });
 
   it('detects corruption, a newer format and another model', () => {
-    const file = encodeAdapter(fp, {}, {}, tensors);
+    const file = encodeAdapter(fp, config4x2, {}, tensors);
     const code = (f: () => unknown): string => {
       try {
         f();
@@ -164,7 +166,7 @@ describe('adapter file', () => {
     assert.equal(code(() => decodeAdapter(file.subarray(0, 100))), 'ADAPTER_CORRUPT');
     assert.equal(code(() => decodeAdapter(file, 'e'.repeat(64))), 'ADAPTER_MODEL_MISMATCH');
     const newer = JSON.parse(JSON.stringify(decodeAdapter(file).header));
-    const future = encodeAdapter(fp, {}, {}, tensors);
+    const future = encodeAdapter(fp, config4x2, {}, tensors);
     const text = future.toString('latin1').replace(`"version":${ADAPTER_FORMAT_VERSION}`, `"version":${ADAPTER_FORMAT_VERSION + 1}`);
     const body = Buffer.from(text, 'latin1').subarray(0, future.length - 32);
     const resealed = Buffer.concat([body, require('node:crypto').createHash('sha256').update(body).digest()]);

@@ -1,32 +1,12 @@
 /**
  * The device <-> server wire contract: one typed map of messages per
- * direction. Each entry's schema is the run-time validator and, through
- * `Fields<>`, the compile-time type, so the two cannot drift apart.
- * docs/protocol.md documents who sends each message and when.
+ * direction. Each entry's schema (common/schema.ts) is the run-time validator
+ * and the compile-time type. docs/protocol.md documents who sends each
+ * message and when.
  */
-
-type Scalar = 'string' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json';
-export type Kind = Scalar | `${Scalar}?` | Schema;
-export interface Schema {
-  readonly [field: string]: Kind;
-}
-
-type TypeOfScalar<K> = K extends 'string'
-  ? string
-  : K extends 'uint' | 'number'
-    ? number
-    : K extends 'boolean'
-      ? boolean
-      : K extends 'uint[]'
-        ? number[]
-        : K extends 'json'
-          ? unknown
-          : never;
-type RequiredKeys<S> = { [F in keyof S]: S[F] extends `${string}?` ? never : F }[keyof S];
-type OptionalKeys<S> = { [F in keyof S]: S[F] extends `${string}?` ? F : never }[keyof S];
-export type Fields<S> = {
-  [F in RequiredKeys<S>]: S[F] extends Schema ? Fields<S[F]> : TypeOfScalar<S[F]>;
-} & { [F in OptionalKeys<S>]?: S[F] extends `${infer B}?` ? TypeOfScalar<B> : never };
+import { JOB_STATES } from './JobState';
+import { Schema, Fields } from './schema';
+import { WIRE_ERROR_CODES } from './WireError';
 
 const ModelSpec = {
   /** sha256 of the GGUF file: the server caches the head under it. */
@@ -92,18 +72,18 @@ export const ServerMessages = {
   'session/welcome': { protocol: 'uint', server: 'string', backend: 'string', headCached: 'boolean', credits: 'uint' },
   'head/stored': { fingerprint: 'string' },
   /** The job exists and accepts batches from nextIndex on. */
-  'job/ready': { jobId: 'string', nextIndex: 'uint', step: 'uint', state: 'string' },
+  'job/ready': { jobId: 'string', nextIndex: 'uint', step: 'uint', state: JOB_STATES },
   /** A training batch was applied (one optimizer step); returns one credit. */
   'batch/ack': { jobId: 'string', index: 'uint', step: 'uint', loss: 'number', learningRate: 'number', tokens: 'uint', seconds: 'number' },
   'eval/result': { jobId: 'string', evalId: 'string', index: 'uint', lossSum: 'number', tokens: 'uint' },
   /** A checkpoint is durable: batches below nextIndex never need resending. */
   'job/checkpoint': { jobId: 'string', step: 'uint', nextIndex: 'uint' },
   /** The job ended (finished or cancelled); the adapter is ready when finished. */
-  'job/done': { jobId: 'string', step: 'uint', state: 'string' },
+  'job/done': { jobId: 'string', step: 'uint', state: JOB_STATES },
   'job/list/result': { jobs: 'json' },
   /** Payload: the adapter file. */
   'adapter/data': { jobId: 'string', bytes: 'uint', sha256: 'string' },
-  'error': { code: 'string', message: 'string', fatal: 'boolean', jobId: 'string?' },
+  'error': { code: WIRE_ERROR_CODES, message: 'string', fatal: 'boolean', jobId: 'string?' },
 } as const satisfies Record<string, Schema>;
 
 export type DeviceMessageType = keyof typeof DeviceMessages;
@@ -114,33 +94,3 @@ export type DeviceMessage<T extends DeviceMessageType = DeviceMessageType> = T e
 export type ServerMessage<T extends ServerMessageType = ServerMessageType> = T extends ServerMessageType
   ? { type: T } & Fields<(typeof ServerMessages)[T]>
   : never;
-
-/** Checks `value` against `schema`; returns a description of the first problem, or undefined. */
-export function checkSchema(value: unknown, schema: Schema, at = ''): string | undefined {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return `${at || 'message'} must be an object`;
-  const obj = value as Record<string, unknown>;
-  for (const [field, kind] of Object.entries(schema)) {
-    const v = obj[field];
-    const where = at ? `${at}.${field}` : field;
-    if (typeof kind === 'object') {
-      const problem = checkSchema(v, kind, where);
-      if (problem) return problem;
-      continue;
-    }
-    const optional = kind.endsWith('?');
-    if (v === undefined) {
-      if (optional) continue;
-      return `${where} is missing`;
-    }
-    const base = (optional ? kind.slice(0, -1) : kind) as Scalar;
-    const ok =
-      base === 'string' ? typeof v === 'string' && v.length <= 4096
-      : base === 'uint' ? Number.isSafeInteger(v) && (v as number) >= 0
-      : base === 'number' ? typeof v === 'number' && Number.isFinite(v)
-      : base === 'boolean' ? typeof v === 'boolean'
-      : base === 'uint[]' ? Array.isArray(v) && v.length <= 4096 && v.every((x) => Number.isSafeInteger(x) && x >= 0)
-      : true;
-    if (!ok) return `${where} must be ${base}`;
-  }
-  return undefined;
-}

@@ -1,0 +1,76 @@
+/**
+ * The schema language of the contract: one object literal per message (or
+ * file header) is both the run-time validator (`checkSchema`) and, through
+ * `Fields<>`, the compile-time type, so the two cannot drift apart.
+ *
+ *   'string' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json'   a scalar
+ *   'uint?' (any scalar with '?')                                  optional
+ *   ['a', 'b'] as a readonly tuple                                 one of these strings
+ *   { ... }                                                        a nested schema
+ */
+
+type Scalar = 'string' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json';
+export type Kind = Scalar | `${Scalar}?` | readonly string[] | Schema;
+export interface Schema {
+  readonly [field: string]: Kind;
+}
+
+/** Longest string and longest list a schema accepts. */
+const MAX_STRING_CHARS = 4096;
+const MAX_LIST_ITEMS = 4096;
+
+type TypeOfScalar<K> = K extends 'string'
+  ? string
+  : K extends 'uint' | 'number'
+    ? number
+    : K extends 'boolean'
+      ? boolean
+      : K extends 'uint[]'
+        ? number[]
+        : K extends 'json'
+          ? unknown
+          : never;
+type TypeOfKind<K> = K extends readonly string[] ? K[number] : K extends Schema ? Fields<K> : TypeOfScalar<K>;
+type RequiredKeys<S> = { [F in keyof S]: S[F] extends `${string}?` ? never : F }[keyof S];
+type OptionalKeys<S> = { [F in keyof S]: S[F] extends `${string}?` ? F : never }[keyof S];
+export type Fields<S> = {
+  [F in RequiredKeys<S>]: TypeOfKind<S[F]>;
+} & { [F in OptionalKeys<S>]?: S[F] extends `${infer B}?` ? TypeOfScalar<B> : never };
+
+/** Checks `value` against `schema`; returns a description of the first problem, or undefined. */
+export function checkSchema(value: unknown, schema: Schema, at = ''): string | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return `${at || 'message'} must be an object`;
+  const obj = value as Record<string, unknown>;
+  for (const [field, kind] of Object.entries(schema)) {
+    const v = obj[field];
+    const where = at ? `${at}.${field}` : field;
+    if (isOneOf(kind)) {
+      if (typeof v !== 'string' || !kind.includes(v)) return `${where} must be one of ${kind.join(', ')}`;
+      continue;
+    }
+    if (typeof kind === 'object') {
+      const problem = checkSchema(v, kind, where);
+      if (problem) return problem;
+      continue;
+    }
+    const optional = kind.endsWith('?');
+    if (v === undefined) {
+      if (optional) continue;
+      return `${where} is missing`;
+    }
+    const base = (optional ? kind.slice(0, -1) : kind) as Scalar;
+    const ok =
+      base === 'string' ? typeof v === 'string' && v.length <= MAX_STRING_CHARS
+      : base === 'uint' ? Number.isSafeInteger(v) && (v as number) >= 0
+      : base === 'number' ? typeof v === 'number' && Number.isFinite(v)
+      : base === 'boolean' ? typeof v === 'boolean'
+      : base === 'uint[]' ? Array.isArray(v) && v.length <= MAX_LIST_ITEMS && v.every((x) => Number.isSafeInteger(x) && x >= 0)
+      : true;
+    if (!ok) return `${where} must be ${base}`;
+  }
+  return undefined;
+}
+
+function isOneOf(kind: Kind): kind is readonly string[] {
+  return Array.isArray(kind);
+}

@@ -1,0 +1,99 @@
+import { HeadStore } from './storage/HeadStore';
+import { JobRecord, JobStore } from './storage/JobStore';
+import { FrozenHead } from './training/FrozenHead';
+import { TrainingJob } from './TrainingJob';
+
+/**
+ * The jobs and model heads this server holds in memory. A job is loaded from
+ * its last checkpoint the first time a session asks for it and unloaded when
+ * it finishes, is cancelled or the server stops; a model's frozen head is
+ * loaded once and shared by every loaded job of that model.
+ */
+export class JobRegistry {
+  private readonly jobs = new Map<string, TrainingJob>();
+  private readonly heads = new Map<string, { head: FrozenHead; users: number }>();
+
+  constructor(
+    private readonly jobStore: JobStore,
+    private readonly headStore: HeadStore,
+    /** Called with the number of loaded jobs whenever it changes. */
+    private readonly onLoadedJobsChanged: (count: number) => void = () => undefined,
+  ) {}
+
+  /** Jobs loaded now. */
+  get size(): number {
+    return this.jobs.size;
+  }
+
+  /** The loaded job for a record (from its checkpoint when not in memory). */
+  load(rec: JobRecord): TrainingJob {
+    const key = keyOf(rec);
+    let job = this.jobs.get(key);
+    if (!job) {
+      job = TrainingJob.open(rec, this.jobStore, this.acquireHead(rec.model.fingerprint, rec.model.normEpsilon));
+      this.jobs.set(key, job);
+      this.onLoadedJobsChanged(this.jobs.size);
+    }
+    return job;
+  }
+
+  /** Jobs of `user` loaded and training now. */
+  trainingJobsOf(user: string): number {
+    return [...this.jobs.values()].filter((j) => j.rec.user === user && j.rec.state === 'training').length;
+  }
+
+  /** Waits for the job's queued work, frees it, and releases its head. */
+  async unload(job: TrainingJob): Promise<void> {
+    const key = keyOf(job.rec);
+    if (this.jobs.get(key) !== job) return;
+    this.jobs.delete(key);
+    this.onLoadedJobsChanged(this.jobs.size);
+    await job.dispose();
+    this.releaseHead(job.rec.model.fingerprint);
+  }
+
+  /** Checkpoints every training job and unloads every job (graceful stop). Returns how many checkpoints failed. */
+  async unloadAll(): Promise<number> {
+    let failed = 0;
+    for (const job of [...this.jobs.values()]) {
+      if (job.rec.state === 'training') {
+        try {
+          await job.checkpoint();
+        } catch {
+          failed++;
+        }
+      }
+      await this.unload(job);
+    }
+    return failed;
+  }
+
+  private acquireHead(fingerprint: string, eps: number): FrozenHead {
+    const entry = this.heads.get(fingerprint);
+    if (entry) {
+      entry.users++;
+      return entry.head;
+    }
+    const stored = this.headStore.load(fingerprint);
+    const head = new FrozenHead(stored.head, stored.norm, eps);
+    this.heads.set(fingerprint, { head, users: 1 });
+    return head;
+  }
+
+  private releaseHead(fingerprint: string): void {
+    const entry = this.heads.get(fingerprint);
+    if (entry && --entry.users === 0) {
+      entry.head.dispose();
+      this.heads.delete(fingerprint);
+    }
+  }
+
+  /** Heads loaded now (one per model in use). */
+  get loadedHeads(): number {
+    return this.heads.size;
+  }
+}
+
+function keyOf(rec: JobRecord): string {
+  return `${rec.user}/${rec.id}`;
+}

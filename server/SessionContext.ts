@@ -1,0 +1,29 @@
+import { HeadStore } from './storage/HeadStore';
+import { JobStore } from './storage/JobStore';
+import { JobRegistry } from './JobRegistry';
+import { ServerMetrics } from './ServerMetrics';
+
+/** Limits one device session enforces. */
+export interface SessionLimits {
+  /** Unacknowledged training batches per device. */
+  credits: number;
+  /** Jobs one user may train at once. */
+  maxJobsPerUser: number;
+}
+
+/**
+ * What a device session may use of the server: the stores, the registry of
+ * loaded jobs, metrics, the log and the limits. It does not know the HTTP
+ * server, the other sessions or how the server starts and stops.
+ */
+export interface SessionContext {
+  readonly heads: HeadStore;
+  readonly jobs: JobStore;
+  readonly registry: JobRegistry;
+  readonly metrics: ServerMetrics;
+  readonly limits: SessionLimits;
+  /** The training backend's name, as reported to devices. */
+  readonly backend: string;
+  /** One line per event: numbers and ids only, never data or text. */
+  log(line: string): void;
+}
