@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ensureDefaultModel } from '../extension/core/defaultModel';
-import { FineTuneJob, FineTuneResult } from '../extension/core/FineTuneJob';
+import { FineTuneJob, FineTuneResult } from '../extension/core/job/FineTuneJob';
 import { BENCH_CACHE, machineDescription } from './benchModels';
 
 async function run(bits: 4 | 8 | 16, steps: number, model: string): Promise<FineTuneResult> {

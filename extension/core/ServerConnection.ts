@@ -3,6 +3,7 @@ import { decodeServerFrame, encodeFrame } from '../../common/codec';
 import { CloseCode, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../../common/limits';
 import { DeviceMessage, ModelSpec, ServerMessage, ServerMessageType } from '../../common/messages';
 import { WireError } from '../../common/WireError';
+import { errorFromServer } from './errorFromServer';
 import { MobiError } from './MobiError';
 
 /** Connect timeout, milliseconds. */
@@ -14,22 +15,6 @@ interface Waiter {
   jobId?: string;
   resolve: (f: { message: ServerMessage; payload: Buffer }) => void;
   reject: (err: MobiError) => void;
-}
-
-/** Maps a server `error` message to the device's error codes. */
-export function errorFromServer(m: ServerMessage<'error'>): MobiError {
-  switch (m.code) {
-    case 'UNAUTHORIZED':
-      return new MobiError('UNAUTHORIZED', 'The server refused the token: set a valid token (ask your team admin).');
-    case 'VERSION_MISMATCH':
-      return new MobiError('VERSION_MISMATCH', `The server speaks another protocol version (${m.message}); update the extension or the server.`);
-    case 'MODEL_MISMATCH':
-      return new MobiError('MODEL_MISMATCH', `The server's job belongs to a different model file (${m.message}). Select the model the job was started with, or start a new job.`);
-    case 'NO_SUCH_JOB':
-      return new MobiError('NO_SUCH_JOB', 'The server does not know this job (or it belongs to someone else).');
-    default:
-      return new MobiError('SERVER_ERROR', `The server answered ${m.code}: ${m.message}`);
-  }
 }
 
 /**
@@ -45,8 +30,7 @@ export class ServerConnection {
   welcome!: ServerMessage<'session/welcome'>;
   /** Sees every frame exactly as sent (an audit tap: what crosses the wire). */
   onFrameSent: ((frame: Uint8Array) => void) | undefined;
-  /** Called once when the connection drops (not after close()). */
-  onLost: ((err: MobiError) => void) | undefined;
+  private readonly lostListeners = new Set<(err: MobiError) => void>();
   private closedByUs = false;
 
   private constructor(private readonly ws: WebSocket) {
@@ -108,6 +92,12 @@ export class ServerConnection {
     return p;
   }
 
+  /** Calls `listener` once if the connection drops (not after close()); returns the unsubscribe function. */
+  onLost(listener: (err: MobiError) => void): () => void {
+    this.lostListeners.add(listener);
+    return () => this.lostListeners.delete(listener);
+  }
+
   /** Every message, as it arrives (acks, checkpoints, errors). */
   subscribe(listener: (m: ServerMessage, payload: Buffer) => void): () => void {
     this.listeners.add(listener);
@@ -150,7 +140,7 @@ export class ServerConnection {
     this.lost = err;
     for (const w of this.waiters) w.reject(err);
     this.waiters.clear();
-    if (!this.closedByUs) this.onLost?.(err);
+    if (!this.closedByUs) for (const l of [...this.lostListeners]) l(err);
   }
 
   get isOpen(): boolean {

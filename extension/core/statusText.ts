@@ -1,4 +1,4 @@
-import type { JobProgress } from './FineTuneJob';
+import type { JobProgress } from './job/FineTuneJob';
 
 /** What the status bar shows for a job's progress (VS Code codicons in $(...)). */
 export function statusText(p: JobProgress | undefined): { text: string; tooltip: string } {

@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import type { FineTuneJob, JobProgress } from '../core/FineTuneJob';
+import type { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
 import { actionsFor } from '../core/errorActions';
 import { MobiError } from '../core/MobiError';
 import { statusText } from '../core/statusText';
@@ -98,9 +98,10 @@ export class FineTuneController implements vscode.Disposable {
     if (!folder) return;
     const s = readSettings();
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
-    const core = await import('../core/FineTuneJob.js');
+    const core = await import('../core/job/FineTuneJob.js');
     const { ensureDefaultModel } = await import('../core/defaultModel.js');
-    const storeDir = core.defaultStoreDir();
+    const { defaultStoreDir } = await import('../core/defaultStoreDir.js');
+    const storeDir = defaultStoreDir();
     this.progress = undefined;
     this.error = undefined;
     this.comparison = undefined;

@@ -25,7 +25,7 @@ export function activate(context: vscode.ExtensionContext): void {
 
   const completionEngine = async (): Promise<CompletionEngine> => {
     const { CompletionEngine } = await import('../core/CompletionEngine.js');
-    const { defaultStoreDir } = await import('../core/FineTuneJob.js');
+    const { defaultStoreDir } = await import('../core/defaultStoreDir.js');
     const { ensureDefaultModel } = await import('../core/defaultModel.js');
     const store = defaultStoreDir();
     const model = readSettings().model || ensureDefaultModel(store);

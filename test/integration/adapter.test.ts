@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, readModelTensor } from '../../extension/core/Backbone';
 import { evaluateWorkspace } from '../../extension/core/evaluateWorkspace';
-import { FineTuneJob } from '../../extension/core/FineTuneJob';
+import { FineTuneJob } from '../../extension/core/job/FineTuneJob';
 import { generate } from '../../extension/core/generate';
 import { expectCode } from '../helpers/expectCode';
 import { modelFingerprint } from '../../extension/core/modelFingerprint';

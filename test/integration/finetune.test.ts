@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import { ChildProcess, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/FineTuneJob';
+import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
 import { expectCode } from '../helpers/expectCode';
 import { decodeAdapter } from '../../common/AdapterFile';
 import { MobiServer } from '../../server/MobiServer';

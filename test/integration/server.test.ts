@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { WebSocket } from 'ws';
-import { FineTuneJob } from '../../extension/core/FineTuneJob';
+import { FineTuneJob } from '../../extension/core/job/FineTuneJob';
 import { MobiError } from '../../extension/core/MobiError';
 import { ServerConnection } from '../../extension/core/ServerConnection';
 import { SeededRandom } from '../../common/SeededRandom';

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufKv, GgufScalar, GgufValueType } from './GgufFile';
 import { rowBytes } from './ggmlTypes';
 import { writeFileAtomicWith } from '../../../common/atomicWrite';
+import { MobiError } from '../MobiError';
 
 interface PendingTensor {
   name: string;
@@ -27,7 +28,7 @@ function scalarBytes(type: number, value: GgufScalar): Buffer {
     case GgufValueType.UINT64: b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(value as number | bigint)); return b;
     case GgufValueType.INT64: b = Buffer.alloc(8); b.writeBigInt64LE(BigInt(value as number | bigint)); return b;
     case GgufValueType.STRING: return stringBytes(value as string);
-    default: throw new Error(`unsupported GGUF value type ${type}`);
+    default: throw new MobiError('UNSUPPORTED_TYPE', `unsupported GGUF value type ${type}`);
   }
 }
 
@@ -99,7 +100,7 @@ export class GgufWriter {
       this.tensors.forEach((t, i) => {
         pos = dataStart + offsets[i]!;
         const data = t.produce();
-        if (data.length !== t.bytes) throw new Error(`tensor ${t.name}: produced ${data.length} bytes, expected ${t.bytes}`);
+        if (data.length !== t.bytes) throw new MobiError('BAD_ARGUMENT', `tensor ${t.name}: produced ${data.length} bytes, expected ${t.bytes}`);
         put(data);
       });
       fs.ftruncateSync(fd, Math.max(pos, dataStart + offset));

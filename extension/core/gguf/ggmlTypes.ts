@@ -1,4 +1,5 @@
 import { toHalf } from '../../../common/float16';
+import { MobiError } from '../MobiError';
 
 /** ggml tensor types this project writes (ids from ggml.h). */
 export const GgmlType = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8 } as const;
@@ -25,7 +26,7 @@ export function rowBytes(type: number, n: number): number {
     case GgmlType.Q4_0:
       return (n / QK) * 18; // f16 scale + 16 bytes of nibbles
     default:
-      throw new Error(`unsupported ggml type ${type}`);
+      throw new MobiError('UNSUPPORTED_TYPE', `unsupported ggml type ${type}`);
   }
 }
 
@@ -77,7 +78,7 @@ export function encodeTensor(type: number, values: Float32Array): Buffer {
       }
       return out;
     default:
-      throw new Error(`unsupported ggml type ${type}`);
+      throw new MobiError('UNSUPPORTED_TYPE', `unsupported ggml type ${type}`);
   }
 }
 
@@ -93,6 +94,6 @@ export function fileTypeOf(type: number): number {
     case GgmlType.Q8_0:
       return 7;
     default:
-      throw new Error(`unsupported ggml type ${type}`);
+      throw new MobiError('UNSUPPORTED_TYPE', `unsupported ggml type ${type}`);
   }
 }

@@ -1,6 +1,6 @@
 import * as assert from 'node:assert/strict';
 import { actionsFor } from '../../../../extension/core/errorActions';
-import type { JobProgress } from '../../../../extension/core/FineTuneJob';
+import type { JobProgress } from '../../../../extension/core/job/FineTuneJob';
 import { formatDuration, statusText } from '../../../../extension/core/statusText';
 
 const p = (over: Partial<JobProgress>): JobProgress => ({ phase: 'training', step: 0, totalSteps: 10, sequencesDone: 0, tokensDone: 0, deviceTokensPerSecond: 0, bytesSent: 0, deviceRssBytes: 0, lossHistory: [], ...over });

@@ -1,0 +1,279 @@
+import * as path from 'node:path';
+import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
+import { AdapterStore } from '../AdapterStore';
+import { Backbone } from '../Backbone';
+import { batchesPerEpoch, buildDataset, Dataset } from '../dataset';
+import type { EmbeddedServer } from '../EmbeddedServer';
+import { MobiError } from '../MobiError';
+import { modelFingerprint } from '../modelFingerprint';
+import { ScanReport, scanWorkspace } from '../scanWorkspace';
+import { ServerConnection } from '../ServerConnection';
+import { ActivationStream, StreamTimings } from './ActivationStream';
+import { FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions } from './FineTuneOptions';
+import type { JobContext } from './JobContext';
+import { JobPhase, ProgressTracker } from './JobProgress';
+import { JobRecordStore } from './JobRecordStore';
+import { ReconnectPolicy, sleep } from './ReconnectPolicy';
+import { uploadHead } from './uploadHead';
+
+export type { FineTuneOptions } from './FineTuneOptions';
+export type { JobPhase, JobProgress } from './JobProgress';
+
+export interface FineTuneResult {
+  jobId: string;
+  steps: number;
+  trainTokens: number;
+  heldOutLossBefore: number;
+  heldOutLossAfter: number;
+  adapter: string;
+  model: string;
+  bytesSent: number;
+  seconds: number;
+  /** Acknowledgements received per batch index (resent batches count again). */
+  acks: Map<number, number>;
+  timings: StreamTimings & { wallSeconds: number };
+  bytesPerToken: number;
+  config: JobConfig;
+  scan: ScanReport;
+}
+
+/** Longest wait for the server to confirm a cancellation, milliseconds. */
+const CANCEL_TIMEOUT_MS = 30_000;
+
+/** What the job has set up before it talks to a server. */
+interface Workload {
+  scan: ScanReport;
+  backbone: Backbone;
+  fingerprint: string;
+  data: Dataset;
+  config: JobConfig;
+  stream: ActivationStream;
+}
+
+/**
+ * One fine-tuning job, device side, as a script: scan and tokenize the
+ * workspace, load the backbone, then one server session (reconnecting after a
+ * drop and resuming from the server's checkpoint): upload the head if the
+ * server lacks it, create or resume the job, evaluate before, stream the
+ * training batches, evaluate after, finish, download and store the adapter.
+ * The parts live beside it: options, progress, job records, reconnection,
+ * head upload and the activation stream.
+ */
+export class FineTuneJob {
+  private readonly o: ResolvedFineTuneOptions;
+  private readonly progress: ProgressTracker;
+  private readonly records: JobRecordStore;
+  private readonly ctx: JobContext;
+  /** Owned by the job once loaded: run() disposes it whatever happens. */
+  private backbone: Backbone | undefined;
+  private work: Workload | undefined;
+  private embedded: EmbeddedServer | undefined;
+  private conn: ServerConnection | undefined;
+  /** Bytes sent over earlier connections of this job. */
+  private bytesSentBefore = 0;
+  private jobId: string | undefined;
+  private before: number | undefined;
+  private after: number | undefined;
+  private adapterPath: string | undefined;
+  private finished = false;
+  private readonly acks = new Map<number, number>();
+
+  constructor(options: FineTuneOptions) {
+    this.o = resolveFineTuneOptions(options);
+    this.records = new JobRecordStore(this.o.storeDir);
+    this.progress = new ProgressTracker(
+      { bytesSent: () => this.bytesSentBefore + (this.conn?.bytesSent ?? 0), deviceForwardSeconds: () => this.work?.stream.timings.deviceForwardSeconds ?? 0 },
+      this.o.onProgress,
+    );
+    this.ctx = {
+      log: (line) => this.o.log?.(line),
+      setPhase: (phase) => this.setPhase(phase),
+      checkCancelled: () => {
+        if (this.o.signal?.aborted) throw new MobiError('CANCELLED', 'Fine-tuning was cancelled.');
+      },
+      signal: this.o.signal,
+    };
+  }
+
+  get phase(): JobPhase {
+    return this.progress.phase;
+  }
+
+  private setPhase(phase: JobPhase): void {
+    this.ctx.log(`phase ${phase}`);
+    this.progress.setJobId(this.jobId);
+    this.progress.setLosses(this.before, this.after);
+    this.progress.setPhase(phase);
+  }
+
+  private saveRecord(): void {
+    if (!this.jobId || !this.work) return;
+    this.records.save({ jobId: this.jobId, serverUrl: this.o.server?.url, workspace: path.resolve(this.o.workspace), fingerprint: this.work.fingerprint, heldOutLossBefore: this.before });
+  }
+
+  async run(): Promise<FineTuneResult> {
+    const started = Date.now();
+    try {
+      const work = await this.setUp();
+      const reconnect = new ReconnectPolicy(this.ctx, this.o.reconnectTimeoutMs, () => this.jobId !== undefined);
+      await reconnect.run(
+        () => this.session(work, reconnect),
+        () => {
+          if (this.conn) this.bytesSentBefore += this.conn.bytesSent;
+          this.conn = undefined;
+        },
+      );
+      const wallSeconds = (Date.now() - started) / 1000;
+      this.setPhase('done');
+      const p = this.progress.current;
+      return {
+        jobId: this.jobId!,
+        steps: p.step,
+        trainTokens: p.tokensDone,
+        heldOutLossBefore: this.before!,
+        heldOutLossAfter: this.after!,
+        adapter: this.adapterPath!,
+        model: work.backbone.info.path,
+        bytesSent: p.bytesSent,
+        seconds: wallSeconds,
+        acks: this.acks,
+        timings: { ...work.stream.timings, wallSeconds },
+        bytesPerToken: p.tokensDone > 0 ? p.bytesSent / p.tokensDone : 0,
+        config: work.config,
+        scan: work.scan,
+      };
+    } catch (err) {
+      const e = MobiError.from(err);
+      if (e.code === 'CANCELLED') {
+        await this.cancelOnServer();
+        this.setPhase('cancelled');
+      } else {
+        this.setPhase('failed');
+      }
+      throw e;
+    } finally {
+      this.conn?.close();
+      this.backbone?.dispose();
+      await this.embedded?.stop();
+    }
+  }
+
+  /** Scans and confirms, loads the backbone, tokenizes and splits, and settles the job's config (or the resumed job's record). */
+  private async setUp(): Promise<Workload> {
+    this.setPhase('scanning');
+    const scan = scanWorkspace(this.o.workspace, this.o.scan);
+    this.ctx.log(`scan: ${scan.files.length} files, ${scan.includedBytes} bytes included`);
+    if (scan.files.length === 0) {
+      throw new MobiError('EMPTY_WORKSPACE', `No usable source files in ${this.o.workspace} (binary, ignored, secret, too large or empty files are skipped).`);
+    }
+    if (this.o.confirm && !(await this.o.confirm(scan))) throw new MobiError('CANCELLED', 'Fine-tuning was cancelled before it started.');
+    this.ctx.checkCancelled();
+    const { seqLen, batchSize } = this.o;
+    const backbone = await Backbone.open(this.o.model, { contextSize: seqLen * batchSize, maxSequences: batchSize, threads: this.o.threads });
+    this.backbone = backbone;
+    const fingerprint = await modelFingerprint(backbone.info.path);
+    const data = buildDataset(scan.files, (text) => backbone.tokenize(text), {
+      seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences,
+    });
+    const L = backbone.info.layers;
+    if (this.o.skipLayers < 0 || this.o.skipLayers >= L) throw new MobiError('BAD_ARGUMENT', `skipLayers must be between 0 and ${L - 1}.`);
+    const totalSteps = this.o.steps ?? this.o.epochs * batchesPerEpoch(data, batchSize);
+    if (!Number.isInteger(totalSteps) || totalSteps < 1) throw new MobiError('BAD_ARGUMENT', 'The number of steps must be a positive integer.');
+    const config: JobConfig = {
+      tappedLayers: Array.from({ length: L - this.o.skipLayers }, (_, i) => i + this.o.skipLayers),
+      reduction: this.o.reduction, bits: this.o.bits, seqLen, batchSize, totalSteps,
+      learningRate: this.o.learningRate, warmupSteps: Math.max(1, Math.min(20, Math.floor(totalSteps / 10))), seed: this.o.seed,
+      checkpointEvery: this.o.checkpointEvery,
+    };
+    this.progress.setTotalSteps(totalSteps);
+    if (this.o.resumeJobId) {
+      const rec = this.records.load(this.o.resumeJobId);
+      if (rec.fingerprint !== fingerprint) throw new MobiError('MODEL_MISMATCH', 'The job was started with a different model file; select that model to resume it.');
+      this.jobId = rec.jobId;
+      this.before = rec.heldOutLossBefore;
+    }
+    this.work = { scan, backbone, fingerprint, data, config, stream: new ActivationStream(backbone, data, config, this.ctx) };
+    this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${totalSteps} steps`);
+    return this.work;
+  }
+
+  private async connect(work: Workload, reconnect: ReconnectPolicy): Promise<ServerConnection> {
+    this.setPhase('connecting');
+    let url: string;
+    let token: string;
+    if (this.o.server) {
+      ({ url, token } = this.o.server);
+    } else {
+      // Loaded only when needed: a device talking to a team server never loads TensorFlow.js.
+      const { startEmbeddedServer } = await import('../EmbeddedServer.js');
+      this.embedded ??= await startEmbeddedServer(this.o.storeDir, this.o.log);
+      ({ url, token } = this.embedded);
+    }
+    const info = work.backbone.info;
+    const spec: ModelSpec = { fingerprint: work.fingerprint, architecture: info.architecture, layers: info.layers, hiddenSize: info.hiddenSize, vocabularySize: info.vocabularySize, normEpsilon: info.normEpsilon };
+    const conn = await ServerConnection.open(url, token, spec, { onFrameSent: this.o.onFrameSent });
+    this.conn = conn;
+    reconnect.connected();
+    this.ctx.log(`connected (server backend ${conn.welcome.backend}, credits ${conn.welcome.credits})`);
+    return conn;
+  }
+
+  /** One connected session: everything from hello to the stored adapter, resuming where the job stands. */
+  private async session(work: Workload, reconnect: ReconnectPolicy): Promise<void> {
+    const conn = await this.connect(work, reconnect);
+    if (!conn.welcome.headCached) await uploadHead(conn, work.backbone, this.ctx);
+    let ready: ServerMessage<'job/ready'>;
+    if (this.jobId) {
+      const jobId = this.jobId;
+      ready = (await conn.request({ type: 'job/resume', jobId }, 'job/ready', (m) => m.jobId === jobId)).message;
+    } else {
+      ready = (await conn.request({ type: 'job/create', name: path.basename(path.resolve(this.o.workspace)), config: work.config }, 'job/ready')).message;
+      this.jobId = ready.jobId;
+      this.saveRecord();
+    }
+    const jobId = ready.jobId;
+    this.progress.setStep(ready.step);
+    if (ready.state !== 'finished') {
+      if (this.before === undefined) {
+        this.before = await work.stream.evaluate(conn, jobId, 'before');
+        this.saveRecord();
+      }
+      this.progress.startTraining();
+      await work.stream.train(
+        conn, jobId, ready.nextIndex,
+        (sequences, rows) => this.progress.batchSent(sequences, rows),
+        (ack) => {
+          this.acks.set(ack.index, (this.acks.get(ack.index) ?? 0) + 1);
+          this.progress.stepAcknowledged(ack.step, ack.loss);
+        },
+      );
+      if (this.after === undefined) this.after = await work.stream.evaluate(conn, jobId, 'after');
+      await conn.request({ type: 'job/finish', jobId }, 'job/done', (m) => m.jobId === jobId);
+    } else if (this.after === undefined) {
+      throw new MobiError('SERVER_ERROR', 'The job finished on the server before its held-out evaluation; start a new job.');
+    }
+    this.finished = true;
+    await this.download(conn, work, jobId);
+  }
+
+  private async download(conn: ServerConnection, work: Workload, jobId: string): Promise<void> {
+    this.setPhase('downloading');
+    const { message, payload } = await conn.request({ type: 'adapter/get', jobId }, 'adapter/data', (m) => m.jobId === jobId);
+    if (payload.length !== message.bytes) throw new MobiError('ADAPTER_CORRUPT', 'The adapter arrived incomplete; try again.');
+    this.adapterPath = new AdapterStore(this.o.storeDir).save(payload, {
+      workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
+      steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,
+    });
+    this.ctx.log(`adapter stored (${payload.length} bytes)`);
+  }
+
+  private async cancelOnServer(): Promise<void> {
+    const jobId = this.jobId;
+    if (!jobId || !this.conn?.isOpen || this.finished) return;
+    try {
+      await Promise.race([this.conn.request({ type: 'job/cancel', jobId }, 'job/done', (m) => m.jobId === jobId), sleep(CANCEL_TIMEOUT_MS)]);
+    } catch {
+      // The server keeps its last checkpoint either way.
+    }
+  }
+}

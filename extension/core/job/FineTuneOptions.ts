@@ -1,0 +1,78 @@
+import { Bits, isBits } from '../../../common/ActivationQuantizer';
+import { defaultStoreDir } from '../defaultStoreDir';
+import { MobiError } from '../MobiError';
+import type { ScanOptions, ScanReport } from '../scanWorkspace';
+import type { JobProgress } from './JobProgress';
+
+/** Options of a fine-tuning job. Every field has a default a newcomer can keep. */
+export interface FineTuneOptions {
+  /** Folder of source code to learn from. */
+  workspace: string;
+  /** GGUF path or hf: URI of the backbone. */
+  model: string;
+  /** Team server; undefined starts an embedded server in this process on 127.0.0.1. */
+  server?: { url: string; token: string };
+  /** Optimizer steps; default: `epochs` passes over the training sequences. */
+  steps?: number;
+  /** Passes over the training data when `steps` is not given. Default 1. */
+  epochs?: number;
+  /** Tokens predicted per sequence. Default 128. */
+  seqLen?: number;
+  /** Sequences per batch (one optimizer step). Default 4. */
+  batchSize?: number;
+  /** Activation width on the wire. Default 8. */
+  bits?: Bits;
+  /** Side width r = d / reduction. Default 8. */
+  reduction?: number;
+  /** Leave the first k layers untapped (less exposure of early activations). Default 0. */
+  skipLayers?: number;
+  /** Peak learning rate. Default 2e-3. */
+  learningRate?: number;
+  /** Seed of the split, shuffles and initial weights. Default 1. */
+  seed?: number;
+  /** Server checkpoint interval in steps. Default 25. */
+  checkpointEvery?: number;
+  /** Held-out file fraction. Default 0.1. */
+  heldOutFraction?: number;
+  /** Cap on held-out sequences. Default 32. */
+  maxHeldOutSequences?: number;
+  /** Workspace scan filters and limits. Default: none beyond the scan's own. */
+  scan?: ScanOptions;
+  /** Device store (adapters, job records, embedded server data). Default ~/.mobillm. */
+  storeDir?: string;
+  /** CPU threads for the backbone. Default cores - 1. */
+  threads?: number;
+  /** Give up reconnecting after this long. Default 120 s. */
+  reconnectTimeoutMs?: number;
+  /** Continue this job (its record is in the store). Default: a new job. */
+  resumeJobId?: string;
+  /** Called with the scan report before any work; return false to stop. Default: go ahead. */
+  confirm?: (report: ScanReport) => Promise<boolean> | boolean;
+  /** Called at every phase change and acknowledged step. Default: nothing. */
+  onProgress?: (p: JobProgress) => void;
+  /** Sees every frame this device sends, byte for byte (auditing what crosses the wire). Default: nothing. */
+  onFrameSent?: (frame: Uint8Array) => void;
+  /** Writes one line per event (numbers only, never source text). Default: nothing. */
+  log?: (line: string) => void;
+  /** Cancels the job. Default: never. */
+  signal?: AbortSignal;
+}
+
+/** The options that always have a value once defaults are applied. */
+type Defaulted = 'epochs' | 'seqLen' | 'batchSize' | 'bits' | 'reduction' | 'skipLayers' | 'learningRate' | 'seed' | 'checkpointEvery'
+  | 'heldOutFraction' | 'maxHeldOutSequences' | 'scan' | 'storeDir' | 'reconnectTimeoutMs';
+export type ResolvedFineTuneOptions = FineTuneOptions & Required<Pick<FineTuneOptions, Defaulted>>;
+
+/** The defaults of FineTuneOptions (the store folder is read from the environment when options are resolved). */
+export const FINE_TUNE_DEFAULTS = {
+  epochs: 1, seqLen: 128, batchSize: 4, bits: 8, reduction: 8, skipLayers: 0, learningRate: 2e-3, seed: 1, checkpointEvery: 25,
+  heldOutFraction: 0.1, maxHeldOutSequences: 32, reconnectTimeoutMs: 120_000,
+} as const satisfies Omit<Required<Pick<FineTuneOptions, Defaulted>>, 'scan' | 'storeDir'>;
+
+/** Applies the defaults to every option left undefined; BAD_ARGUMENT for an activation width that does not exist. */
+export function resolveFineTuneOptions(options: FineTuneOptions): ResolvedFineTuneOptions {
+  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FineTuneOptions;
+  const o: ResolvedFineTuneOptions = { ...FINE_TUNE_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), ...given };
+  if (!isBits(o.bits)) throw new MobiError('BAD_ARGUMENT', 'bits must be 4, 8 or 16.');
+  return o;
+}
