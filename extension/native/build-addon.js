@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Builds extension/native/addon.cpp into out/native/mobillm.node with one g++
+// Builds the C++ sources of extension/native/ (addon.cpp and its parts) into
+// out/native/mobillm.node with one g++
 // command, against the shared libraries node-llama-cpp ships prebuilt and the
 // headers of the very same llama.cpp release, taken from the git bundle inside
 // the node-llama-cpp package (cloned offline into build/llama.cpp, outside git).
@@ -12,7 +13,8 @@ const path = require('node:path');
 const root = path.resolve(__dirname, '..', '..');
 const outDir = path.join(root, 'out', 'native');
 const outFile = path.join(outDir, 'mobillm.node');
-const source = path.join(__dirname, 'addon.cpp');
+const sources = fs.readdirSync(__dirname).filter((f) => f.endsWith('.cpp')).sort().map((f) => path.join(__dirname, f));
+const headers = fs.readdirSync(__dirname).filter((f) => f.endsWith('.hpp')).map((f) => path.join(__dirname, f));
 
 function fail(message) {
   console.error(`error[NATIVE_BUILD]: ${message}`);
@@ -47,7 +49,7 @@ if (!fs.existsSync(stamp) || fs.readFileSync(stamp, 'utf8') !== info.tag) {
   fs.writeFileSync(stamp, info.tag);
 }
 
-const inputs = [source, __filename, path.join(__dirname, 'SideNetwork.hpp')];
+const inputs = [...sources, ...headers, __filename];
 const upToDate =
   fs.existsSync(outFile) &&
   inputs.every((f) => fs.statSync(f).mtimeMs <= fs.statSync(outFile).mtimeMs) &&
@@ -66,7 +68,7 @@ const args = [
   `-I${packageDir('node-addon-api')}`,
   `-I${path.join(srcDir, 'include')}`,
   `-I${path.join(srcDir, 'ggml', 'include')}`,
-  source,
+  ...sources,
   '-o', outFile,
   `-L${libDir}`,
   `-l:${libllama}`, `-l:${libggml}`, '-l:libggml-base.so',

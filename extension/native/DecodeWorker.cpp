@@ -1,0 +1,170 @@
+// The decode worker and the eval callback (see DecodeWorker.hpp).
+#include "DecodeWorker.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "ggml-backend.h"
+
+#include "Backbone.hpp"
+#include "codedError.hpp"
+
+namespace mobillm {
+
+bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
+  CaptureState* st = *static_cast<CaptureState**>(userData);
+  if (st == nullptr) return !ask;  // not capturing: want nothing, keep going
+  if (std::strncmp(t->name, "l_out-", 6) != 0) return !ask;
+  const int layer = std::atoi(t->name + 6);
+  const bool inRange = layer >= 0 && layer < st->nLayer;
+  const int slot = inRange && !st->slotOfLayer.empty() ? st->slotOfLayer[layer] : -1;
+  const bool side = st->side != nullptr && layer >= 0 && layer < st->side->net->nLayer && st->side->net->slotOfLayer[layer] >= 0;
+  if (ask) return slot >= 0 || side;
+  if (slot < 0 && !side) return true;
+
+  const int nEmbd = static_cast<int>(t->ne[0]);
+  if (t->type != GGML_TYPE_F32 || (slot >= 0 && nEmbd != st->nEmbd) || !ggml_is_contiguous(t) ||
+      t->buffer == nullptr || !ggml_backend_buffer_is_host(t->buffer)) {
+    st->badShape = true;
+    return false;
+  }
+  const size_t rows = static_cast<size_t>(t->ne[1]);
+  if (slot >= 0) {
+    if (st->rowsWritten[slot] + rows > st->rowsExpected) {
+      st->overflow = true;
+      return false;
+    }
+    std::memcpy(st->destination[slot] + st->rowsWritten[slot] * nEmbd, t->data, rows * nEmbd * sizeof(float));
+    st->rowsWritten[slot] += rows;
+  }
+  if (side) {
+    // Changing l_out-<L-1> in place is honoured: llama.cpp's own output norm
+    // and head then run on h + delta.
+    st->side->apply(layer, static_cast<float*>(t->data), static_cast<int>(rows));
+  }
+  // Returning false after the last wanted layer stops the graph: the rest of
+  // the layers and the head are skipped. (Aborting instead would also skip the
+  // logits copy, but llama.cpp then drops the micro-batch's KV entries, which
+  // chunked decoding needs.)
+  if (slot >= 0 && layer == st->lastWantedLayer && st->stopAfterLastWanted) return false;
+  return true;
+}
+
+void DecodeWorker::Execute() {
+  const auto started = std::chrono::steady_clock::now();
+  Decode();
+  seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+}
+
+void DecodeWorker::Decode() {
+  llama_context* ctx = bb_->ctx();
+  const SideNet* net = bb_->sideNet();
+  const int32_t nVocab = llama_vocab_n_tokens(llama_model_get_vocab(bb_->model()));
+  const int32_t chunk = static_cast<int32_t>(bb_->nBatch());
+  const bool allOutputs = (mode_ == DecodeMode::Capture && needLastLayer) || mode_ == DecodeMode::Loss;
+  llama_batch batch = llama_batch_init(chunk, 0, 1);
+  if (!keepMemory) llama_memory_clear(llama_get_memory(ctx), true);
+  SideRun side;
+  if (mode_ == DecodeMode::Capture) state.side = nullptr;
+  *bb_->captureSlot() = &state;
+  int32_t rc = 0;
+  size_t s = 0, t = 0;
+  while (rc == 0 && s < sequences.size()) {
+    int32_t n = 0;
+    std::vector<int> outputRows;
+    std::vector<llama_token> chunkTargets;
+    while (n < chunk && s < sequences.size()) {
+      const auto& seq = sequences[s];
+      const bool isOutput = allOutputs || t + 1 == seq.size();
+      batch.token[n] = seq[t];
+      batch.pos[n] = static_cast<llama_pos>(t) + (mode_ == DecodeMode::Logits ? startPos : 0);
+      batch.n_seq_id[n] = 1;
+      batch.seq_id[n][0] = static_cast<llama_seq_id>(s);
+      batch.logits[n] = isOutput ? 1 : 0;
+      if (isOutput) outputRows.push_back(n);
+      if (mode_ == DecodeMode::Loss) chunkTargets.push_back(targets[s][t]);
+      ++n;
+      if (++t == seq.size()) {
+        ++s;
+        t = 0;
+      }
+    }
+    batch.n_tokens = n;
+    if (net != nullptr && mode_ != DecodeMode::Capture) {
+      side.reset(net, n, outputRows);
+      state.side = &side;
+    }
+    rc = llama_decode(ctx, batch);
+    if (rc == 0 && mode_ == DecodeMode::Loss) {
+      for (int32_t j = 0; j < n; ++j) {
+        const float* logits = llama_get_logits_ith(ctx, j);
+        float mx = logits[0];
+        for (int32_t v = 1; v < nVocab; ++v) mx = std::max(mx, logits[v]);
+        double sum = 0;
+        for (int32_t v = 0; v < nVocab; ++v) sum += std::exp(static_cast<double>(logits[v] - mx));
+        lossSum_ += std::log(sum) + mx - logits[chunkTargets[j]];
+        ++lossTokens_;
+      }
+    }
+  }
+  if (rc == 0 && mode_ == DecodeMode::Logits) {
+    const float* logits = llama_get_logits_ith(ctx, -1);
+    lastLogits_.assign(logits, logits + nVocab);
+  }
+  *bb_->captureSlot() = nullptr;
+  if (mode_ != DecodeMode::Logits) llama_memory_clear(llama_get_memory(ctx), true);
+  llama_batch_free(batch);
+  if (rc != 0) {
+    code_ = "DECODE_FAILED";
+    SetError("llama_decode failed with status " + std::to_string(rc) + ".");
+    return;
+  }
+  if (state.badShape || state.overflow) {
+    code_ = "CAPTURE_FAILED";
+    SetError("A captured layer had an unexpected shape.");
+    return;
+  }
+  for (size_t k = 0; k < state.rowsWritten.size(); ++k) {
+    if (state.rowsWritten[k] != state.rowsExpected) {
+      code_ = "CAPTURE_FAILED";
+      SetError("A captured layer returned " + std::to_string(state.rowsWritten[k]) + " rows, expected " +
+               std::to_string(state.rowsExpected) + ".");
+      return;
+    }
+  }
+}
+
+void DecodeWorker::OnOK() {
+  bb_->SetBusy(false);
+  Napi::Env env = Env();
+  switch (mode_) {
+    case DecodeMode::Capture:
+      deferred_.Resolve(Napi::Number::New(env, seconds_));  // seconds on the worker thread
+      break;
+    case DecodeMode::Loss: {
+      Napi::Object r = Napi::Object::New(env);
+      r.Set("lossSum", lossSum_);
+      r.Set("tokens", static_cast<double>(lossTokens_));
+      r.Set("seconds", seconds_);
+      deferred_.Resolve(r);
+      break;
+    }
+    case DecodeMode::Logits: {
+      Napi::Float32Array out = Napi::Float32Array::New(env, lastLogits_.size());
+      std::memcpy(out.Data(), lastLogits_.data(), lastLogits_.size() * sizeof(float));
+      deferred_.Resolve(out);
+      break;
+    }
+  }
+}
+
+void DecodeWorker::OnError(const Napi::Error& e) {
+  bb_->SetBusy(false);
+  deferred_.Reject(codedError(Env(), code_, e.Message()).Value());
+}
+
+}  // namespace mobillm
