@@ -10,6 +10,9 @@ import type { ServerConnection } from '../ServerConnection';
  * once with the server's error for this job (mapped by errorFromServer) or
  * with the connection's loss. dispose() once, when the stream ends.
  */
+/** What the window needs of a connection. */
+export type CreditSource = Pick<ServerConnection, 'subscribe' | 'onLost' | 'isOpen'>;
+
 export class CreditWindow {
   private readonly inFlight = new Set<number>();
   private failure: MobiError | undefined;
@@ -17,7 +20,7 @@ export class CreditWindow {
   private readonly unsubscribe: (() => void)[];
 
   constructor(
-    conn: ServerConnection,
+    conn: CreditSource,
     private readonly jobId: string,
     readonly credits: number,
     /** Called for each acknowledgement of this job, in arrival order. */

@@ -1,0 +1,213 @@
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { ServerMessage } from '../../../../../common/messages';
+import { MobiError } from '../../../../../extension/core/MobiError';
+import { CreditSource, CreditWindow } from '../../../../../extension/core/job/CreditWindow';
+import { FINE_TUNE_DEFAULTS, resolveFineTuneOptions } from '../../../../../extension/core/job/FineTuneOptions';
+import type { JobContext } from '../../../../../extension/core/job/JobContext';
+import { JobPhase, JobProgress, ProgressTracker } from '../../../../../extension/core/job/JobProgress';
+import { JobRecordStore } from '../../../../../extension/core/job/JobRecordStore';
+import { ReconnectPolicy } from '../../../../../extension/core/job/ReconnectPolicy';
+import { expectCode } from '../../../../helpers/expectCode';
+import { tmpDir } from '../../../../helpers/workspaces';
+
+/** A connection's message and loss events, driven by the test. */
+class Events implements CreditSource {
+  isOpen = true;
+  private readonly messages = new Set<(m: ServerMessage, p: Buffer) => void>();
+  private readonly losses = new Set<(err: MobiError) => void>();
+  subscribe(l: (m: ServerMessage, p: Buffer) => void): () => void {
+    this.messages.add(l);
+    return () => this.messages.delete(l);
+  }
+  onLost(l: (err: MobiError) => void): () => void {
+    this.losses.add(l);
+    return () => this.losses.delete(l);
+  }
+  deliver(m: ServerMessage): void {
+    for (const l of this.messages) l(m, Buffer.alloc(0));
+  }
+  lose(): void {
+    this.isOpen = false;
+    for (const l of this.losses) l(new MobiError('CONNECTION_LOST', 'lost'));
+  }
+  get listeners(): number {
+    return this.messages.size + this.losses.size;
+  }
+}
+
+const ack = (jobId: string, index: number): ServerMessage<'batch/ack'> => ({ type: 'batch/ack', jobId, index, step: index + 1, loss: 1, learningRate: 1e-3, tokens: 8, seconds: 0.01 });
+const settled = async (p: Promise<unknown>): Promise<boolean> => {
+  let done = false;
+  p.then(() => (done = true), () => (done = true));
+  await new Promise((r) => setImmediate(r));
+  return done;
+};
+
+function context(log: string[] = [], signal?: AbortSignal): JobContext & { phases: JobPhase[] } {
+  const phases: JobPhase[] = [];
+  return {
+    phases,
+    log: (l) => log.push(l),
+    setPhase: (p) => phases.push(p),
+    checkCancelled: () => {
+      if (signal?.aborted) throw new MobiError('CANCELLED', 'cancelled');
+    },
+    signal,
+  };
+}
+
+describe('device job parts', () => {
+  describe('CreditWindow', () => {
+    it('holds at most `credits` batches and frees one per acknowledgement of its own job', async () => {
+      const ev = new Events();
+      const acked: number[] = [];
+      const w = new CreditWindow(ev, 'job-a', 2, (a) => acked.push(a.index));
+      await w.acquire();
+      w.sent(0);
+      await w.acquire();
+      w.sent(1);
+      const third = w.acquire();
+      assert.equal(await settled(third), false, 'a third batch must wait for a credit');
+      ev.deliver(ack('job-b', 0)); // another job's ack frees nothing
+      assert.equal(await settled(third), false);
+      ev.deliver(ack('job-a', 0));
+      assert.equal(await settled(third), true);
+      assert.deepEqual(acked, [0]);
+      w.sent(2);
+      const drained = w.drain();
+      ev.deliver(ack('job-a', 1));
+      assert.equal(await settled(drained), false);
+      ev.deliver(ack('job-a', 2));
+      await drained;
+      assert.equal(w.size, 0);
+      w.dispose();
+      assert.equal(ev.listeners, 0, 'dispose unsubscribes');
+    });
+
+    it("fails a waiter with the server's error through the one mapping, and with the connection's loss", async () => {
+      const ev = new Events();
+      const w = new CreditWindow(ev, 'job-a', 1, () => undefined);
+      w.sent(0);
+      const waiting = w.acquire();
+      ev.deliver({ type: 'error', code: 'NO_SUCH_JOB', message: 'x', fatal: false, jobId: 'job-a' });
+      await expectCode(waiting, 'NO_SUCH_JOB');
+      w.dispose();
+
+      const ev2 = new Events();
+      const w2 = new CreditWindow(ev2, 'job-a', 1, () => undefined);
+      w2.sent(0);
+      const draining = w2.drain();
+      ev2.lose();
+      await expectCode(draining, 'CONNECTION_LOST');
+      w2.dispose();
+      await expectCode(new CreditWindow(ev2, 'job-a', 1, () => undefined).acquire(), 'CONNECTION_LOST');
+    });
+  });
+
+  describe('ProgressTracker', () => {
+    it('reports phase, counters and an ETA from the pace since training (re)started', () => {
+      let now = 1_000_000;
+      const seen: JobProgress[] = [];
+      const t = new ProgressTracker({ bytesSent: () => 4096, deviceForwardSeconds: () => 2 }, (p) => seen.push(p), () => now);
+      t.setTotalSteps(10);
+      t.setStep(4); // a resumed job: 4 steps done before this session
+      t.setPhase('training');
+      t.startTraining();
+      t.batchSent(4, 100);
+      now += 3000;
+      t.stepAcknowledged(5, 2.5);
+      const last = seen[seen.length - 1]!;
+      assert.equal(last.phase, 'training');
+      assert.equal(last.step, 5);
+      assert.equal(last.trainLoss, 2.5);
+      assert.equal(last.bytesSent, 4096);
+      assert.equal(last.deviceTokensPerSecond, 50);
+      assert.equal(last.etaSeconds, 15, '1 step in 3 s, 5 steps to go');
+      assert.deepEqual(last.lossHistory, [[5, 2.5]]);
+      assert.notEqual(seen[0], seen[1], 'each report is a copy');
+    });
+  });
+
+  describe('resolveFineTuneOptions', () => {
+    it('fills every default, keeps what is given, and refuses a width that does not exist', async () => {
+      const o = resolveFineTuneOptions({ workspace: 'w', model: 'm', seqLen: 64, epochs: undefined });
+      assert.equal(o.seqLen, 64);
+      assert.equal(o.epochs, FINE_TUNE_DEFAULTS.epochs);
+      assert.equal(o.bits, 8);
+      assert.deepEqual(o.scan, {});
+      assert.ok(o.storeDir.length > 0);
+      await expectCode(() => resolveFineTuneOptions({ workspace: 'w', model: 'm', bits: 3 as never }), 'BAD_ARGUMENT');
+    });
+  });
+
+  describe('JobRecordStore', () => {
+    it('keeps a record for resuming and says NO_SUCH_JOB for an unknown id', async () => {
+      const dir = tmpDir('records');
+      const store = new JobRecordStore(dir);
+      store.save({ jobId: 'abc', workspace: '/w', fingerprint: 'f'.repeat(64), heldOutLossBefore: 3.5 });
+      assert.deepEqual(store.load('abc'), { jobId: 'abc', workspace: '/w', fingerprint: 'f'.repeat(64), heldOutLossBefore: 3.5 });
+      assert.ok(fs.existsSync(path.join(dir, 'jobs', 'abc.json')));
+      await expectCode(() => store.load('nope'), 'NO_SUCH_JOB');
+    });
+  });
+
+  describe('ReconnectPolicy', () => {
+    it('retries a lost connection with backoff and gives up after the outage limit', async () => {
+      const log: string[] = [];
+      const ctx = context(log);
+      let now = 0;
+      let attempts = 0;
+      const retry = new ReconnectPolicy(ctx, 600, () => true, () => now);
+      await retry.run(async () => {
+        attempts++;
+        now += 100;
+        if (attempts < 3) throw new MobiError('CONNECTION_LOST', 'lost');
+      });
+      assert.equal(attempts, 3);
+      assert.deepEqual(ctx.phases, ['connecting', 'connecting']);
+      assert.match(log[0]!, /reconnecting in 250 ms/);
+      assert.match(log[1]!, /reconnecting in 500 ms/);
+
+      attempts = 0;
+      const fresh = new ReconnectPolicy(ctx, 600, () => true, () => now);
+      await expectCode(fresh.run(async () => {
+        attempts++;
+        now += 1000;
+        throw new MobiError('SERVER_UNREACHABLE', 'down');
+      }), 'CONNECTION_LOST');
+      assert.equal(attempts, 2, 'the second failure is past the 600 ms outage limit');
+    });
+
+    it('does not retry a server never reached, other errors, or a cancelled job', async () => {
+      const never = new ReconnectPolicy(context(), 60_000, () => false);
+      await expectCode(never.run(async () => {
+        throw new MobiError('SERVER_UNREACHABLE', 'wrong url');
+      }), 'SERVER_UNREACHABLE');
+      const policy = new ReconnectPolicy(context(), 60_000, () => true);
+      await expectCode(policy.run(async () => {
+        throw new MobiError('UNAUTHORIZED', 'token');
+      }), 'UNAUTHORIZED');
+      const abort = new AbortController();
+      abort.abort();
+      const cancelled = new ReconnectPolicy(context([], abort.signal), 60_000, () => true);
+      await expectCode(cancelled.run(async () => {
+        throw new MobiError('CONNECTION_LOST', 'lost');
+      }), 'CONNECTION_LOST');
+    });
+
+    it('starts a new outage after a successful connection', async () => {
+      let now = 0;
+      let attempts = 0;
+      const policy = new ReconnectPolicy(context(), 1500, () => true, () => now);
+      await policy.run(async () => {
+        attempts++;
+        now += 1000;
+        if (attempts > 1) policy.connected();
+        if (attempts < 4) throw new MobiError('CONNECTION_LOST', 'lost');
+      });
+      assert.equal(attempts, 4, 'each drop after a connection starts its own 1.5 s allowance');
+    });
+  });
+});
