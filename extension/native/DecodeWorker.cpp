@@ -162,9 +162,4 @@ void DecodeWorker::OnOK() {
   }
 }
 
-void DecodeWorker::OnError(const Napi::Error& e) {
-  bb_->SetBusy(false);
-  deferred_.Reject(codedError(Env(), code_, e.Message()).Value());
-}
-
 }  // namespace mobillm

@@ -11,11 +11,10 @@
 #include "ggml.h"
 #include "llama.h"
 
+#include "BackboneWorker.hpp"
 #include "SideNetwork.hpp"
 
 namespace mobillm {
-
-class Backbone;
 
 // What the eval callback needs for one decode. Owned by the worker that runs
 // the decode; the Backbone points at it only while that decode runs.
@@ -50,13 +49,10 @@ enum class DecodeMode { Capture, Loss, Logits };
 //   Loss:    next-token cross-entropy of every token against `targets`.
 //   Logits:  one sequence continuing at `startPos`; returns the last token's logits.
 // When the backbone holds a side network, it runs inside the same decode.
-class DecodeWorker : public Napi::AsyncWorker {
+class DecodeWorker : public BackboneWorker {
  public:
   DecodeWorker(Napi::Env env, Backbone* bb, Napi::Object self, DecodeMode mode)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), bb_(bb), mode_(mode) {
-    self_ = Napi::Persistent(self);
-  }
-  Napi::Promise Promise() { return deferred_.Promise(); }
+      : BackboneWorker(env, bb, self, "DECODE_FAILED"), mode_(mode) {}
 
   std::vector<std::vector<llama_token>> sequences;
   std::vector<std::vector<llama_token>> targets;  // Loss mode
@@ -70,18 +66,13 @@ class DecodeWorker : public Napi::AsyncWorker {
 
   void Decode();
   void OnOK() override;
-  void OnError(const Napi::Error& e) override;
 
  private:
-  Napi::Promise::Deferred deferred_;
-  Backbone* bb_;
-  Napi::ObjectReference self_;
   DecodeMode mode_;
   double seconds_ = 0;
   double lossSum_ = 0;
   size_t lossTokens_ = 0;
   std::vector<float> lastLogits_;
-  const char* code_ = "DECODE_FAILED";
 };
 
 }  // namespace mobillm

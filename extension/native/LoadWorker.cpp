@@ -49,9 +49,4 @@ void LoadWorker::OnOK() {
   deferred_.Resolve(Env().Undefined());
 }
 
-void LoadWorker::OnError(const Napi::Error& e) {
-  bb_->SetBusy(false);
-  deferred_.Reject(codedError(Env(), code_, e.Message()).Value());
-}
-
 }  // namespace mobillm
