@@ -5,8 +5,6 @@ import { writeFileAtomic } from '../../common/atomicWrite';
 import type { JobState } from '../../common/JobState';
 import { JobConfig, ModelSpec } from '../../common/messages';
 
-export type { JobState };
-
 /** `<data>/jobs/<user>/<id>/job.json`: numbers and settings only, never data. */
 export interface JobRecord {
   id: string;
