@@ -12,7 +12,7 @@ import { Backbone, defaultThreads } from '../extension/core/Backbone';
 import { modelFingerprint } from '../extension/core/modelFingerprint';
 import { SeededRandom } from '../common/SeededRandom';
 import { encodeAdapter } from '../common/AdapterFile';
-import { initialParameters, parameterNames, parameterShape, sideShape } from '../server/training/SideNetwork';
+import { initialParameters, parameterNames, parameterShape, sideShape } from '../server/training/sideNetworkSpec';
 import { testAdapterConfig } from '../test/helpers/adapters';
 import { BENCH_CACHE, machineDescription, median, peakRssBytes, qwenShapedModel } from './benchModels';
 

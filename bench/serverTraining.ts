@@ -1,80 +1,132 @@
 /**
- * Server training speed for a Qwen2.5-0.5B-shaped side network: L = 24 tapped
- * layers, d = 896, reduction 8 (r = 112), B x T = 1024 tokens, the full
- * 151,936-row head (chunked), on each TensorFlow.js backend that loads here,
- * plus the side network alone (a 1,024-row head) to separate the two costs.
- * Also prints the exact transfer bytes per token for each wire format.
+ * Server training speed for a Qwen2.5-0.5B-shaped side network: 24 tapped
+ * layers, d = 896, reduction 8 (r = 112), 1,024 tokens per step, the full
+ * 151,936-row head, on the product's engine (onnxruntime-node, CPU provider,
+ * 1 and 2 intra-op threads) and on the previous engine (TensorFlow.js wasm,
+ * kept here and in the tests as the reference only); plus the side network
+ * alone (a 1,024-row head) to separate the two costs. Each run is its own
+ * process, so each peak RSS is its own. Also prints the exact transfer bytes
+ * per token for each wire format.
  *
  *   npm run bench:server [-- --steps 2]
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { SeededRandom } from '../common/SeededRandom';
 import { bytesPerRow } from '../common/ActivationQuantizer';
-import { batchPayloadBytes } from '../common/batchPayload';
-import { FrozenHead } from '../server/training/FrozenHead';
-import { initialParameters, SideNetwork, sideShape } from '../server/training/SideNetwork';
-import { Trainer } from '../server/training/Trainer';
-import { initTensorflow, tf } from '../server/training/tf';
-import { machineDescription } from './benchModels';
+import { ActivationBatch, batchPayloadBytes } from '../common/batchPayload';
+import { decodeHalf, encodeHalf } from '../common/float16';
+import { SeededRandom } from '../common/SeededRandom';
+import { OnnxEngine } from '../server/training/onnx/OnnxEngine';
+import { OnnxHead } from '../server/training/onnx/OnnxHead';
+import { OnnxTrainer } from '../server/training/onnx/OnnxTrainer';
+import { initialParameters, sideShape } from '../server/training/sideNetworkSpec';
+import { FrozenHead } from '../test/helpers/tfjs/FrozenHead';
+import { SideNetwork } from '../test/helpers/tfjs/SideNetwork';
+import { initTensorflow } from '../test/helpers/tfjs/tf';
+import { Trainer } from '../test/helpers/tfjs/Trainer';
+import { machineDescription, peakRssBytes } from './benchModels';
 
 const L = 24;
 const d = 896;
 const TOKENS = 1024;
 const QWEN_VOCAB = 151_936;
 
-async function child(vocab: number, steps: number): Promise<void> {
-  const backend = await initTensorflow();
+interface Row {
+  engine: string;
+  threads?: number;
+  vocab: number;
+  secondsPerStep?: number;
+  tokensPerSecond?: number;
+  peakRssMiB?: number;
+  skipped?: string;
+}
+
+function problem(vocab: number): { halves: Uint16Array; norm: Float32Array; batch: ActivationBatch } {
   const rng = new SeededRandom(3);
-  const head = new Float32Array(vocab * d);
-  for (let i = 0; i < head.length; i++) head[i] = rng.normal() * 0.03;
+  const halves = new Uint16Array(vocab * d);
+  const chunk = 1 << 20;
+  for (let start = 0; start < halves.length; start += chunk) {
+    const n = Math.min(chunk, halves.length - start);
+    halves.set(encodeHalf(Float32Array.from({ length: n }, () => rng.normal() * 0.03)), start);
+  }
   const norm = new Float32Array(d).fill(1);
-  const shape = sideShape(d, 8, Array.from({ length: L }, (_, i) => i));
-  const net = new SideNetwork(shape, initialParameters(shape, 1));
-  const fh = new FrozenHead(head, norm, 1e-6);
-  const trainer = new Trainer(net, fh, { learningRate: 1e-3, warmupSteps: 1, totalSteps: steps + 1 });
   const layers = Array.from({ length: L }, () => Float32Array.from({ length: TOKENS * d }, () => rng.normal()));
   const batch = { rows: TOKENS, layers, targets: Int32Array.from({ length: TOKENS }, () => rng.int(vocab)), mask: new Uint8Array(TOKENS).fill(1) };
-  trainer.trainBatch(batch); // warm-up
+  return { halves, norm, batch };
+}
+
+async function child(engineName: string, vocab: number, threads: number, steps: number): Promise<void> {
+  const { halves, norm, batch } = problem(vocab);
+  const shape = sideShape(d, 8, Array.from({ length: L }, (_, i) => i));
+  const options = { learningRate: 1e-3, warmupSteps: 1, totalSteps: steps + 1 };
+  let step: () => Promise<unknown>;
+  if (engineName === 'onnxruntime-cpu') {
+    const engine = await OnnxEngine.create({ threads });
+    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, 1e-6), initialParameters(shape, 1), options);
+    step = () => trainer.trainBatch(batch);
+  } else {
+    const backend = await initTensorflow();
+    if (backend !== 'wasm') throw new Error(`expected the wasm backend, got ${backend}`);
+    const trainer = new Trainer(new SideNetwork(shape, initialParameters(shape, 1)), new FrozenHead(decodeHalf(halves), norm, 1e-6), options);
+    step = async () => trainer.trainBatch(batch);
+  }
+  await step(); // warm-up (graph optimisation, wasm compilation)
   const t0 = process.hrtime.bigint();
-  for (let s = 0; s < steps; s++) trainer.trainBatch(batch);
+  for (let s = 0; s < steps; s++) await step();
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9 / steps;
-  process.stdout.write(`${JSON.stringify({ backend, vocab, secondsPerStep: seconds, tokensPerSecond: TOKENS / seconds, tensors: tf.memory().numTensors })}\n`);
+  const row: Row = { engine: engineName, threads, vocab, secondsPerStep: seconds, tokensPerSecond: TOKENS / seconds, peakRssMiB: Math.round(peakRssBytes() / 2 ** 20) };
+  process.stdout.write(`${JSON.stringify(row)}\n`);
 }
 
 async function main(): Promise<void> {
   const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
   const steps = Number(arg('steps', '2'));
-  if (process.argv.includes('--child')) return child(Number(arg('vocab', '1024')), steps);
-  const rows: Record<string, unknown>[] = [];
-  for (const backend of ['tensorflow', 'wasm', 'cpu']) {
-    for (const vocab of [1024, QWEN_VOCAB]) {
-      if (backend === 'cpu' && vocab === QWEN_VOCAB) {
-        rows.push({ backend, vocab, skipped: 'the pure-JS backend would take tens of minutes per step with the full head' });
-        continue;
-      }
-      const r = spawnSync(process.execPath, [__filename, '--child', '--vocab', String(vocab), '--steps', String(steps)], { encoding: 'utf8', env: { ...process.env, MOBILLM_TF_BACKEND: backend }, maxBuffer: 1 << 24 });
+  if (process.argv.includes('--child')) return child(arg('engine', ''), Number(arg('vocab', '1024')), Number(arg('threads', '1')), steps);
+  const runs: { engine: string; threads: number }[] = [
+    { engine: 'onnxruntime-cpu', threads: 1 },
+    { engine: 'onnxruntime-cpu', threads: 2 },
+    { engine: 'tfjs-wasm', threads: 1 },
+  ];
+  const rows: Row[] = [];
+  for (const vocab of [1024, QWEN_VOCAB]) {
+    for (const { engine, threads } of runs) {
+      const r = spawnSync(process.execPath, [__filename, '--child', '--engine', engine, '--vocab', String(vocab), '--threads', String(threads), '--steps', String(steps)], { encoding: 'utf8', env: { ...process.env, MOBILLM_TF_BACKEND: 'wasm' }, maxBuffer: 1 << 24 });
       const line = r.stdout.trim().split('\n').pop() ?? '';
       if (r.status !== 0 || !line.startsWith('{')) {
-        rows.push({ backend, vocab, skipped: `backend not available here (${(r.stderr.split('\n').find((l) => l.includes('Error')) ?? 'failed').slice(0, 120)})` });
-        process.stderr.write(`${backend} vocab ${vocab}: not available\n`);
+        rows.push({ engine, threads, vocab, skipped: `failed here (${(r.stderr.split('\n').find((l) => l.includes('Error')) ?? 'no output').slice(0, 160)})` });
+        process.stderr.write(`${engine} x${threads} vocab ${vocab}: failed\n${r.stderr.slice(-2000)}\n`);
         continue;
       }
-      const res = JSON.parse(line);
-      rows.push(res);
-      process.stderr.write(`${backend} vocab ${vocab}: ${res.tokensPerSecond.toFixed(0)} tokens/s (${res.secondsPerStep.toFixed(2)} s/step)\n`);
+      const row = JSON.parse(line) as Row;
+      rows.push(row);
+      process.stderr.write(`${engine} x${threads} vocab ${vocab}: ${row.tokensPerSecond!.toFixed(0)} tokens/s (${row.secondsPerStep!.toFixed(2)} s/step, peak RSS ${row.peakRssMiB} MiB)\n`);
     }
   }
+  const full = (engine: string, threads: number): number | undefined => rows.find((r) => r.engine === engine && r.threads === threads && r.vocab === QWEN_VOCAB)?.tokensPerSecond;
+  const wasm = full('tfjs-wasm', 1);
+  const speedup = (threads: number): number | undefined => (wasm && full('onnxruntime-cpu', threads) ? full('onnxruntime-cpu', threads)! / wasm : undefined);
+  const tokensPerSecond = Object.fromEntries(rows.filter((r) => r.tokensPerSecond).map((r) => [`${r.engine}/threads${r.threads}/vocab${r.vocab}`, Math.round(r.tokensPerSecond!)]));
   const wire = Object.fromEntries(([16, 8, 4] as const).map((b) => [`bits${b}`, { bytesPerTokenPerLayer: bytesPerRow(d, b), bytesPerTokenAllLayers: batchPayloadBytes(1, L, d, b) }]));
-  const result = { shape: { layers: L, d, r: d / 8, tokensPerStep: TOKENS }, rows, wire: { ...wire, f32BytesPerTokenAllLayers: L * d * 4 + 5 }, machine: machineDescription() };
+  const result = {
+    shape: { layers: L, d, r: d / 8, vocabulary: QWEN_VOCAB, tokensPerStep: TOKENS },
+    tokensPerSecond,
+    speedupVsTfjsWasm: speedup(2),
+    speedupVsTfjsWasmOneThread: speedup(1),
+    goals: { twoThreads: 8, oneThread: 4, peakRssMiB: 1536 },
+    rows,
+    wire: { ...wire, f32BytesPerTokenAllLayers: L * d * 4 + 5 },
+    machine: machineDescription(),
+  };
   const out = path.resolve(__dirname, '..', '..', 'bench', 'results', 'server-training.json');
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
-  for (const r of rows) {
-    const x = r as { backend: string; vocab: number; tokensPerSecond?: number; secondsPerStep?: number; skipped?: string };
-    console.log(`| ${x.backend} | head ${x.vocab} rows | ${x.tokensPerSecond ? `${x.tokensPerSecond.toFixed(0)} tokens/s (${x.secondsPerStep!.toFixed(2)} s/step)` : `skipped: ${x.skipped}`} |`);
+  console.log('| engine | threads | head rows | tokens/s | s/step | peak RSS |');
+  console.log('|---|---|---|---|---|---|');
+  for (const x of rows) {
+    console.log(`| ${x.engine} | ${x.threads} | ${x.vocab} | ${x.tokensPerSecond ? x.tokensPerSecond.toFixed(0) : `skipped: ${x.skipped}`} | ${x.secondsPerStep?.toFixed(2) ?? ''} | ${x.peakRssMiB ?? ''} MiB |`);
   }
+  console.log(`speed-up of onnxruntime-cpu over tfjs-wasm with the full head: ${speedup(2)?.toFixed(1)}x (2 threads), ${speedup(1)?.toFixed(1)}x (1 thread)`);
   for (const [k, v] of Object.entries(wire)) console.log(`| ${k} | ${v.bytesPerTokenPerLayer} B/token/layer | ${v.bytesPerTokenAllLayers} B/token (24 layers + target + mask) |`);
 }
 

@@ -1,6 +1,7 @@
 import { HeadStore } from './storage/HeadStore';
 import { JobRecord, JobStore } from './storage/JobStore';
-import { FrozenHead } from './training/FrozenHead';
+import { OnnxEngine } from './training/onnx/OnnxEngine';
+import { OnnxHead } from './training/onnx/OnnxHead';
 import { TrainingJob } from './TrainingJob';
 
 /**
@@ -11,9 +12,10 @@ import { TrainingJob } from './TrainingJob';
  */
 export class JobRegistry {
   private readonly jobs = new Map<string, TrainingJob>();
-  private readonly heads = new Map<string, { head: FrozenHead; users: number }>();
+  private readonly heads = new Map<string, { head: OnnxHead; users: number }>();
 
   constructor(
+    private readonly engine: OnnxEngine,
     private readonly jobStore: JobStore,
     private readonly headStore: HeadStore,
     /** Called with the number of loaded jobs whenever it changes. */
@@ -30,7 +32,7 @@ export class JobRegistry {
     const key = keyOf(rec);
     let job = this.jobs.get(key);
     if (!job) {
-      job = TrainingJob.open(rec, this.jobStore, this.acquireHead(rec.model.fingerprint, rec.model.normEpsilon));
+      job = TrainingJob.open(rec, this.jobStore, this.engine, this.acquireHead(rec.model.fingerprint, rec.model.normEpsilon));
       this.jobs.set(key, job);
       this.onLoadedJobsChanged(this.jobs.size);
     }
@@ -68,24 +70,21 @@ export class JobRegistry {
     return failed;
   }
 
-  private acquireHead(fingerprint: string, eps: number): FrozenHead {
+  private acquireHead(fingerprint: string, eps: number): OnnxHead {
     const entry = this.heads.get(fingerprint);
     if (entry) {
       entry.users++;
       return entry.head;
     }
     const stored = this.headStore.load(fingerprint);
-    const head = new FrozenHead(stored.head, stored.norm, eps);
+    const head = new OnnxHead(stored.halves, stored.norm, eps);
     this.heads.set(fingerprint, { head, users: 1 });
     return head;
   }
 
   private releaseHead(fingerprint: string): void {
     const entry = this.heads.get(fingerprint);
-    if (entry && --entry.users === 0) {
-      entry.head.dispose();
-      this.heads.delete(fingerprint);
-    }
+    if (entry && --entry.users === 0) this.heads.delete(fingerprint);
   }
 
   /** Heads loaded now (one per model in use). */

@@ -13,7 +13,7 @@ import { SessionContext } from './SessionContext';
 import { HeadStore } from './storage/HeadStore';
 import { JobStore } from './storage/JobStore';
 import { UserStore } from './storage/UserStore';
-import { initTensorflow } from './training/tf';
+import { ExecutionDevice, OnnxEngine } from './training/onnx/OnnxEngine';
 
 /** Options of the side-tuning server. */
 export interface MobiServerOptions {
@@ -34,6 +34,10 @@ export interface MobiServerOptions {
   maxDevices?: number;
   /** Close a connection silent for this long. Default IDLE_TIMEOUT_MS. */
   idleTimeoutMs?: number;
+  /** Execution provider of the training engine. Default 'cpu'. */
+  device?: ExecutionDevice;
+  /** CPU threads of the training engine. Default: every core. */
+  threads?: number;
   /** Write one line per event (no data, no text) here. Default: nothing. */
   log?: (line: string) => void;
 }
@@ -48,7 +52,9 @@ export class MobiServer {
   readonly heads: HeadStore;
   readonly jobs: JobStore;
   readonly metrics = new ServerMetrics();
-  readonly registry: JobRegistry;
+  /** The training engine and the jobs it holds; made by start(). */
+  private engine: OnnxEngine | undefined;
+  private registry: JobRegistry | undefined;
   backend = 'unknown';
   private readonly http: http.Server | https.Server;
   private readonly wss: WebSocketServer;
@@ -63,7 +69,6 @@ export class MobiServer {
     this.users = new UserStore(options.dataDir);
     this.heads = new HeadStore(options.dataDir);
     this.jobs = new JobStore(options.dataDir);
-    this.registry = new JobRegistry(this.jobs, this.heads, (n) => this.metrics.jobsActive.set(n));
     const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => void this.onRequest(req, res);
     if ((options.tlsCert === undefined) !== (options.tlsKey === undefined)) throw new ServerError('BAD_CONFIG', 'TLS needs both --tls-cert and --tls-key');
     this.http = options.tlsCert
@@ -78,7 +83,11 @@ export class MobiServer {
   }
 
   async start(): Promise<{ url: string; port: number }> {
-    this.backend = await initTensorflow();
+    const engine = await OnnxEngine.create({ device: this.options.device, threads: this.options.threads });
+    this.engine = engine;
+    this.backend = engine.name;
+    this.metrics.engine.set({ engine: 'onnxruntime', provider: engine.device }, 1);
+    this.registry = new JobRegistry(engine, this.jobs, this.heads, (n) => this.metrics.jobsActive.set(n));
     this.context = {
       heads: this.heads,
       jobs: this.jobs,
@@ -97,7 +106,7 @@ export class MobiServer {
     const { port } = this.http.address() as AddressInfo;
     const scheme = this.options.tlsCert ? 'wss' : 'ws';
     const host = this.options.host ?? '127.0.0.1';
-    this.log(`listening on ${scheme}://${host}:${port} (backend ${this.backend})`);
+    this.log(`listening on ${scheme}://${host}:${port} (engine ${this.backend}, ${engine.threads} threads)`);
     return { url: `${scheme}://${host}:${port}`, port };
   }
 
@@ -109,7 +118,7 @@ export class MobiServer {
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (req.method === 'GET' && req.url === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ ok: !this.closing, backend: this.backend, devices: this.sessions.size, jobs: this.registry.size }));
+      res.end(JSON.stringify({ ok: !this.closing, backend: this.backend, engine: 'onnxruntime', provider: this.engine?.device, threads: this.engine?.threads, devices: this.sessions.size, jobs: this.registry?.size ?? 0 }));
       return;
     }
     if (req.method === 'GET' && req.url === '/metrics') {
@@ -153,11 +162,12 @@ export class MobiServer {
     this.closing = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
     for (const s of this.sessions) s.close(CloseCode.GOING_AWAY, 'server shutting down');
-    const failed = await this.registry.unloadAll();
+    const failed = (await this.registry?.unloadAll()) ?? 0;
     if (failed > 0) this.log(`checkpoint on shutdown failed for ${failed} job(s)`);
     this.wss.close();
     await new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeAllConnections?.();
+    await this.engine?.dispose();
     this.log('stopped');
   }
 }

@@ -11,5 +11,6 @@ export class ServerMetrics {
   readonly tokensPerSecond = new Gauge({ name: 'mobillm_train_tokens_per_second', help: 'Training tokens per second of the last step', registers: [this.registry] });
   readonly bytesReceived = new Counter({ name: 'mobillm_bytes_received_total', help: 'Bytes received from devices', registers: [this.registry] });
   readonly errors = new Counter({ name: 'mobillm_errors_total', help: 'Errors sent to devices, by code', labelNames: ['code'], registers: [this.registry] });
+  readonly engine = new Gauge({ name: 'mobillm_engine_info', help: 'The training engine and execution provider in use (1)', labelNames: ['engine', 'provider'], registers: [this.registry] });
   readonly authFailures = new Counter({ name: 'mobillm_auth_failures_total', help: 'Refused connection attempts', registers: [this.registry] });
 }

@@ -3,9 +3,11 @@ import { canTransition, JobState } from '../common/JobState';
 import { ActivationBatch } from '../common/batchPayload';
 import { WireError } from '../common/WireError';
 import { JobRecord, JobStore } from './storage/JobStore';
-import { FrozenHead } from './training/FrozenHead';
-import { adapterConfig, initialParameters, parameterNames, SideNetwork, sideShape, SideNetworkShape } from './training/SideNetwork';
-import { OptimizerState, Trainer } from './training/Trainer';
+import { OnnxEngine } from './training/onnx/OnnxEngine';
+import { OnnxHead } from './training/onnx/OnnxHead';
+import { OnnxTrainer } from './training/onnx/OnnxTrainer';
+import { adapterConfig, initialParameters, parameterNames, parameterShape, sideShape, SideNetworkShape } from './training/sideNetworkSpec';
+import { OptimizerState } from './training/TrainerOptions';
 
 export interface TrainAck {
   index: number;
@@ -35,15 +37,14 @@ export class TrainingJob {
   private constructor(
     readonly rec: JobRecord,
     private readonly store: JobStore,
-    private readonly net: SideNetwork,
-    private readonly trainer: Trainer,
+    private readonly trainer: OnnxTrainer,
     readonly shape: SideNetworkShape,
   ) {
     this.nextIndex = rec.nextIndex;
   }
 
   /** Builds the job from its last checkpoint (or fresh weights). */
-  static open(rec: JobRecord, store: JobStore, head: FrozenHead): TrainingJob {
+  static open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead): TrainingJob {
     const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers);
     let values = initialParameters(shape, rec.config.seed);
     let state: OptimizerState | undefined;
@@ -64,9 +65,8 @@ export class TrainingJob {
       rec.nextIndex = 0;
       rec.trainTokens = 0;
     }
-    const net = new SideNetwork(shape, values);
-    const trainer = new Trainer(net, head, { learningRate: rec.config.learningRate, warmupSteps: rec.config.warmupSteps, totalSteps: rec.config.totalSteps }, state);
-    return new TrainingJob(rec, store, net, trainer, shape);
+    const trainer = new OnnxTrainer(engine, shape, head, values, { learningRate: rec.config.learningRate, warmupSteps: rec.config.warmupSteps, totalSteps: rec.config.totalSteps }, state);
+    return new TrainingJob(rec, store, trainer, shape);
   }
 
   /** Moves the job to `to` and records it on disk; JOB_STATE when the transition is not allowed. */
@@ -97,8 +97,12 @@ export class TrainingJob {
         return { index, step: this.trainer.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 };
       }
       if (index > this.nextIndex) throw new WireError('OUT_OF_ORDER', `Expected batch ${this.nextIndex}, got ${index}.`);
+      if (!allFinite(batch)) {
+        this.nextIndex = index + 1; // skipped: the device's next batch is still in order
+        throw new WireError('BAD_FRAME', `batch ${index} has NaN or infinite activations; it was skipped`);
+      }
       const t0 = process.hrtime.bigint();
-      const r = this.trainer.trainBatch(batch);
+      const r = await this.trainer.trainBatch(batch);
       this.nextIndex = index + 1;
       this.rec.trainTokens += r.tokens;
       const every = Math.max(1, this.rec.config.checkpointEvery);
@@ -110,8 +114,9 @@ export class TrainingJob {
   }
 
   evaluate(evalId: string, batch: ActivationBatch): Promise<{ lossSum: number; tokens: number }> {
-    return this.run(() => {
-      const r = this.trainer.evalBatch(batch);
+    return this.run(async () => {
+      if (!allFinite(batch)) throw new WireError('BAD_FRAME', 'the held-out batch has NaN or infinite activations');
+      const r = await this.trainer.evalBatch(batch);
       const acc = this.rec.evals[evalId] ?? { lossSum: 0, tokens: 0 };
       this.rec.evals[evalId] = { lossSum: acc.lossSum + r.lossSum, tokens: acc.tokens + r.tokens };
       return r;
@@ -119,10 +124,10 @@ export class TrainingJob {
   }
 
   private async checkpointNow(): Promise<void> {
-    const values = await this.net.values();
-    const opt = await this.trainer.exportState();
+    const values = this.trainer.values();
+    const opt = this.trainer.exportState();
     const tensors = parameterNames(this.shape).flatMap((n) => {
-      const dims = this.net.p(n).shape;
+      const dims = parameterShape(this.shape, n);
       return [
         { name: n, shape: dims, data: values.get(n)! },
         { name: `adam.m.${n}`, shape: dims, data: opt.m.get(n)! },
@@ -147,8 +152,8 @@ export class TrainingJob {
       if (this.rec.state === 'finished') return this.store.readAdapter(this.rec)!;
       if (this.rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
       await this.checkpointNow();
-      const values = await this.net.values();
-      const tensors = parameterNames(this.shape).map((n) => ({ name: n, shape: this.net.p(n).shape, data: values.get(n)! }));
+      const values = this.trainer.values();
+      const tensors = parameterNames(this.shape).map((n) => ({ name: n, shape: parameterShape(this.shape, n), data: values.get(n)! }));
       const meta = { kind: 'adapter', steps: this.trainer.step, trainTokens: this.rec.trainTokens, evals: this.rec.evals, finishedAt: new Date().toISOString() };
       const bytes = encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
       this.store.writeAdapter(this.rec, bytes);
@@ -169,12 +174,17 @@ export class TrainingJob {
     return this.trainer.step;
   }
 
-  /** Waits for queued work, then frees tensors. */
+  /** Waits for queued work; later operations fail with JOB_STATE. */
   async dispose(): Promise<void> {
     await this.chain;
-    if (this.disposed) return;
     this.disposed = true;
-    this.trainer.dispose();
-    this.net.dispose();
   }
+}
+
+/** Whether every activation of the batch is a finite number (NaN or Inf would poison the weights). */
+function allFinite(batch: ActivationBatch): boolean {
+  for (const layer of batch.layers) {
+    for (let i = 0; i < layer.length; i++) if (!Number.isFinite(layer[i]!)) return false;
+  }
+  return true;
 }

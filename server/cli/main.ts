@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { MobiServer } from '../MobiServer';
 import { ServerError } from '../ServerError';
+import { EXECUTION_DEVICES, ExecutionDevice } from '../training/onnx/OnnxEngine';
 import { UserStore } from '../storage/UserStore';
 
 const DEFAULT_DATA = process.env.MOBILLM_DATA ?? path.join(os.homedir(), '.mobillm-server');
@@ -12,6 +13,17 @@ function port(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('expected a port number');
   return n;
+}
+
+function positive(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 1024) throw new InvalidArgumentError('expected a whole number from 1 to 1024');
+  return n;
+}
+
+function device(value: string): ExecutionDevice {
+  if (!(EXECUTION_DEVICES as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected ${EXECUTION_DEVICES.join(' or ')}`);
+  return value as ExecutionDevice;
 }
 
 function fail(code: string, message: string): never {
@@ -31,10 +43,12 @@ export function buildServerProgram(): Command {
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .option('--max-jobs-per-user <n>', 'jobs one user may train at once', port, 4)
     .option('--max-devices <n>', 'open device connections', port, 64)
-    .action(async (o: { host: string; port: number; data: string; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxDevices: number }) => {
+    .option('--device <device>', 'training engine provider: cpu or cuda (the GPU image)', device, 'cpu' as ExecutionDevice)
+    .option('--threads <n>', 'CPU threads of the training engine (default: every core)', positive)
+    .action(async (o: { host: string; port: number; data: string; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxDevices: number; device: ExecutionDevice; threads?: number }) => {
       const server = new MobiServer({
         dataDir: o.data, host: o.host, port: o.port, tlsCert: o.tlsCert, tlsKey: o.tlsKey,
-        maxJobsPerUser: o.maxJobsPerUser, maxDevices: o.maxDevices,
+        maxJobsPerUser: o.maxJobsPerUser, maxDevices: o.maxDevices, device: o.device, threads: o.threads,
         log: (line) => process.stdout.write(`${line}\n`),
       });
       let started;

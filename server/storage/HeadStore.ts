@@ -1,6 +1,5 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { decodeHalf } from '../../common/float16';
 import { writeFileAtomic } from '../../common/atomicWrite';
 import { WireError } from '../../common/WireError';
 import { ServerError } from '../ServerError';
@@ -10,7 +9,8 @@ export interface StoredHead {
   rows: number;
   cols: number;
   norm: Float32Array; // [cols]
-  head: Float32Array; // [rows][cols]
+  /** The head as float16 bits, as uploaded: [rows][cols]. */
+  halves: Uint16Array;
 }
 
 export const FINGERPRINT_PATTERN = /^[0-9a-f]{64}$/;
@@ -53,8 +53,9 @@ export class HeadStore {
     if (buf.length !== 8 + 4 * cols + 2 * rows * cols) throw new ServerError('DAMAGED_FILE', 'a stored model head has the wrong size; delete it and let a device upload it again');
     const norm = new Float32Array(cols);
     Buffer.from(norm.buffer).set(buf.subarray(8, 8 + 4 * cols));
-    const halves = new Uint16Array(rows * cols);
-    Buffer.from(halves.buffer).set(buf.subarray(8 + 4 * cols));
-    return { rows, cols, norm, head: decodeHalf(halves) };
+    const at = buf.byteOffset + 8 + 4 * cols;
+    // A view when aligned (large files get their own buffer), else one copy.
+    const halves = at % 2 === 0 ? new Uint16Array(buf.buffer, at, rows * cols) : new Uint16Array(Uint8Array.from(buf.subarray(8 + 4 * cols)).buffer);
+    return { rows, cols, norm, halves };
   }
 }

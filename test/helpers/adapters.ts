@@ -1,5 +1,5 @@
 import type { AdapterConfig, SideNetworkShape } from '../../common/AdapterConfig';
-import { adapterConfig } from '../../server/training/SideNetwork';
+import { adapterConfig } from '../../server/training/sideNetworkSpec';
 
 /** The adapter config the server would write for `shape` (its last tapped layer is the backbone's last), with a plain one-step job. */
 export function testAdapterConfig(shape: SideNetworkShape, normEpsilon = 1e-5): AdapterConfig {

@@ -1,12 +1,10 @@
 /**
- * The one place TensorFlow.js is loaded and its backend chosen:
- *   1. "tensorflow" (CUDA) when the optional @tensorflow/tfjs-node-gpu loads,
- *   2. else "wasm" (@tensorflow/tfjs-backend-wasm, SIMD),
- *   3. else the pure-JS "cpu" backend.
- * MOBILLM_TF_BACKEND=cpu|wasm|tensorflow forces one.
+ * The one place TensorFlow.js is loaded (a development dependency: the
+ * reference that checks the ONNX engine's gradients, and the previous engine
+ * in the server benchmark). Backend: "wasm" (SIMD), else the pure-JS "cpu";
+ * MOBILLM_TF_BACKEND=cpu|wasm forces one.
  */
 import * as tf from '@tensorflow/tfjs';
-import { ServerError } from '../ServerError';
 
 export { tf };
 
@@ -24,20 +22,15 @@ async function tryBackend(name: string, load: () => void): Promise<boolean> {
 export function initTensorflow(): Promise<string> {
   chosen ??= (async () => {
     const forced = process.env.MOBILLM_TF_BACKEND;
-    const order = forced ? [forced] : ['tensorflow', 'wasm', 'cpu'];
+    const order = forced ? [forced] : ['wasm', 'cpu'];
     for (const name of order) {
-      const ok =
-        name === 'tensorflow'
-          ? await tryBackend('tensorflow', () => require('@tensorflow/tfjs-node-gpu'))
-          : name === 'wasm'
-            ? await tryBackend('wasm', () => require('@tensorflow/tfjs-backend-wasm'))
-            : await tryBackend('cpu', () => undefined);
+      const ok = name === 'wasm' ? await tryBackend('wasm', () => require('@tensorflow/tfjs-backend-wasm')) : await tryBackend(name, () => undefined);
       if (ok) {
         await tf.ready();
         return tf.getBackend();
       }
     }
-    throw new ServerError('NO_BACKEND', `no TensorFlow.js backend could be initialised (tried ${order.join(', ')})`);
+    throw new Error(`no TensorFlow.js backend could be initialised (tried ${order.join(', ')})`);
   })();
   return chosen;
 }

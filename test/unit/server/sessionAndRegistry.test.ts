@@ -12,7 +12,7 @@ import { ServerMetrics } from '../../../server/ServerMetrics';
 import { SessionContext } from '../../../server/SessionContext';
 import { HeadStore } from '../../../server/storage/HeadStore';
 import { JobStore } from '../../../server/storage/JobStore';
-import { initTensorflow } from '../../../server/training/tf';
+import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { tmpDir } from '../../helpers/workspaces';
 
 const D = 16;
@@ -29,10 +29,11 @@ function storesWithHead(): { heads: HeadStore; jobs: JobStore } {
   return { heads, jobs: new JobStore(dir) };
 }
 
-function batchPayload(seed: number): { payload: Buffer; rows: number } {
+function batchPayload(seed: number, poison?: number): { payload: Buffer; rows: number } {
   const rng = new SeededRandom(seed);
   const rows = config.seqLen;
   const layers = config.tappedLayers.map(() => Float32Array.from({ length: rows * D }, () => rng.normal()));
+  if (poison !== undefined) layers[1]![5] = poison;
   const targets = Int32Array.from({ length: rows }, (_, i) => (i * 7 + seed) % V);
   return { payload: encodeBatchPayload({ rows, layers, targets, mask: new Uint8Array(rows).fill(1) }, D, 8), rows };
 }
@@ -72,7 +73,9 @@ class SocketEnd extends EventEmitter {
 
 describe('server: session context and job registry', function () {
   this.timeout(60_000);
-  before(() => initTensorflow());
+  let engine: OnnxEngine;
+  before(async () => (engine = await OnnxEngine.create({ threads: 1 })));
+  after(() => engine.dispose());
 
   it('job states: one table of allowed transitions, and nothing leaves finished', () => {
     assert.ok(canTransition('training', 'finished'));
@@ -85,7 +88,7 @@ describe('server: session context and job registry', function () {
   it('the registry loads a job once, shares its model head, counts training jobs per user, and checkpoints on unloadAll', async () => {
     const { heads, jobs } = storesWithHead();
     const counts: number[] = [];
-    const registry = new JobRegistry(jobs, heads, (n) => counts.push(n));
+    const registry = new JobRegistry(engine, jobs, heads, (n) => counts.push(n));
     const a = jobs.create('ann', 'a', model, config);
     const b = jobs.create('ann', 'b', model, config);
     const c = jobs.create('bob', 'c', model, config);
@@ -114,7 +117,7 @@ describe('server: session context and job registry', function () {
     const { heads, jobs } = storesWithHead();
     const metrics = new ServerMetrics();
     const log: string[] = [];
-    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(jobs, heads), metrics, limits: { credits: 1, maxJobsPerUser: 1 }, backend: 'test-backend', log: (l) => log.push(l) };
+    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics, limits: { credits: 1, maxJobsPerUser: 1 }, backend: 'test-backend', log: (l) => log.push(l) };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
     ws.deliver({ type: 'session/hello', protocol: 1, client: 'test', model });
@@ -134,6 +137,17 @@ describe('server: session context and job registry', function () {
     ws.deliver({ type: 'batch/train', jobId: ready.jobId, index: 1, rows: first.rows }, first.payload);
     assert.equal((await ws.next('error')).code, 'NO_CREDIT', 'credits from the context');
     assert.equal((await ws.next('batch/ack')).index, 0);
+
+    const poisoned = batchPayload(2, Number.NaN);
+    ws.deliver({ type: 'batch/train', jobId: ready.jobId, index: 1, rows: poisoned.rows }, poisoned.payload);
+    const refused = await ws.next('error');
+    assert.equal(refused.code, 'BAD_FRAME', 'NaN activations are a typed error');
+    assert.equal(refused.jobId, ready.jobId);
+    const next = batchPayload(3);
+    ws.deliver({ type: 'batch/train', jobId: ready.jobId, index: 2, rows: next.rows }, next.payload);
+    const afterSkip = await ws.next('batch/ack');
+    assert.equal(afterSkip.index, 2, 'the poisoned batch was skipped and the job goes on');
+    assert.ok(Number.isFinite(afterSkip.loss) && afterSkip.loss > 0);
 
     ws.deliver({ type: 'job/cancel', jobId: ready.jobId });
     assert.equal((await ws.next('job/done')).state, 'cancelled');

@@ -1,9 +1,11 @@
 import * as assert from 'node:assert/strict';
 import { SeededRandom } from '../../../../common/SeededRandom';
-import { FrozenHead } from '../../../../server/training/FrozenHead';
-import { initialParameters, parameterNames, SideNetwork, sideShape } from '../../../../server/training/SideNetwork';
-import { learningRateAt, Trainer } from '../../../../server/training/Trainer';
-import { initTensorflow, tf } from '../../../../server/training/tf';
+import { FrozenHead } from '../../../helpers/tfjs/FrozenHead';
+import { initialParameters, parameterNames, sideShape } from '../../../../server/training/sideNetworkSpec';
+import { SideNetwork } from '../../../helpers/tfjs/SideNetwork';
+import { learningRateAt } from '../../../../server/training/TrainerOptions';
+import { Trainer } from '../../../helpers/tfjs/Trainer';
+import { initTensorflow, tf } from '../../../helpers/tfjs/tf';
 import { ActivationBatch } from '../../../../common/batchPayload';
 
 const d = 32;

@@ -1,0 +1,165 @@
+import * as ort from 'onnxruntime-node';
+import type { SideNetworkShape } from '../../../common/AdapterConfig';
+import type { ActivationBatch } from '../../../common/batchPayload';
+import { parameterNames, parameterShape } from '../sideNetworkSpec';
+import { learningRateAt, OptimizerState, TrainerOptions } from '../TrainerOptions';
+import { OnnxEngine } from './OnnxEngine';
+import { OnnxHead } from './OnnxHead';
+import { buildEvalLoss, buildForward, buildHeadChunk, buildTrainStep, names, StepConstants } from './sideGraphs';
+
+type Feeds = Record<string, ort.Tensor>;
+
+/** One step's result, as the job acknowledges it. */
+export interface StepResult {
+  /** Mean masked loss of the batch, before the step. */
+  loss: number;
+  learningRate: number;
+  /** Steps done, this one included. */
+  step: number;
+  tokens: number;
+}
+
+const f32 = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
+const scalar = (x: number): ort.Tensor => f32(Float32Array.of(x), []);
+
+/**
+ * One job's side network and Adam state, trained by the ONNX engine against
+ * a frozen head: forward, the head in chunks with an online log-sum-exp,
+ * then one graph for the loss, the hand-written backward, clipping and Adam.
+ * Parameters and moments live here as float32 arrays between steps.
+ */
+export class OnnxTrainer {
+  step: number;
+  private params: Map<string, Float32Array>;
+  private m: Map<string, Float32Array>;
+  private v: Map<string, Float32Array>;
+  private readonly constants: StepConstants;
+  private readonly shapeKey: string;
+
+  constructor(
+    private readonly engine: OnnxEngine,
+    readonly shape: SideNetworkShape,
+    private readonly head: OnnxHead,
+    values: Map<string, Float32Array>,
+    readonly options: TrainerOptions,
+    state?: OptimizerState,
+  ) {
+    this.step = state?.step ?? 0;
+    const zeros = (p: string): Float32Array => new Float32Array(values.get(p)!.length);
+    this.params = new Map(parameterNames(shape).map((p) => [p, Float32Array.from(values.get(p)!)]));
+    this.m = new Map(parameterNames(shape).map((p) => [p, state?.m.get(p) ?? zeros(p)]));
+    this.v = new Map(parameterNames(shape).map((p) => [p, state?.v.get(p) ?? zeros(p)]));
+    this.constants = { clipNorm: options.clipNorm ?? 1, beta1: options.beta1 ?? 0.9, beta2: options.beta2 ?? 0.999, epsilon: options.epsilon ?? 1e-8 };
+    this.shapeKey = `${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
+  }
+
+  private sessions() {
+    const { d } = this.shape;
+    const c = this.constants;
+    return Promise.all([
+      this.engine.session(`forward-${this.shapeKey}`, () => buildForward(this.shape)),
+      this.engine.session(`head-train-${d}`, () => buildHeadChunk(d, true)),
+      this.engine.session(`head-eval-${d}`, () => buildHeadChunk(d, false)),
+      this.engine.session(`step-${this.shapeKey}-${c.clipNorm}-${c.beta1}-${c.beta2}-${c.epsilon}`, () => buildTrainStep(this.shape, c)),
+      this.engine.session(`eval-${d}`, () => buildEvalLoss(d)),
+    ]);
+  }
+
+  /** Inputs of every graph with the side network: parameters, layers, the final norm. */
+  private sideFeeds(batch: ActivationBatch): Feeds {
+    const feeds: Feeds = { norm_weight: this.head.norm, head_eps: this.head.epsTensor };
+    for (const [p, data] of this.params) feeds[names.param(p)] = f32(data, parameterShape(this.shape, p));
+    batch.layers.forEach((h, k) => (feeds[names.layer(k)] = f32(h, [batch.rows, this.shape.d])));
+    return feeds;
+  }
+
+  /** z, then the online log-sum-exp over every head chunk (and, to train, acc). */
+  private async headPass(batch: ActivationBatch, train: boolean): Promise<{ feeds: Feeds; z: ort.Tensor; m: ort.Tensor; s: ort.Tensor; acc?: ort.Tensor }> {
+    const [forward, headTrain, headEval] = await this.sessions();
+    const n = batch.rows;
+    const feeds = this.sideFeeds(batch);
+    const z = (await forward.run(feeds)).z!;
+    let m = f32(new Float32Array(n).fill(-Infinity), [n, 1]);
+    let s = f32(new Float32Array(n), [n, 1]);
+    let acc = train ? f32(new Float32Array(n * this.shape.d), [n, this.shape.d]) : undefined;
+    for (const w of this.head.chunks) {
+      const out = await (train ? headTrain : headEval).run(train ? { z, w, m, s, acc: acc! } : { z, w, m, s });
+      m = out.next_m!;
+      s = out.next_s!;
+      if (train) acc = out.next_acc!;
+    }
+    return { feeds, z, m, s, acc };
+  }
+
+  private static tokensOf(batch: ActivationBatch): number {
+    let t = 0;
+    for (let i = 0; i < batch.rows; i++) t += batch.mask[i]!;
+    return t;
+  }
+
+  private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor): Feeds {
+    const n = batch.rows;
+    return { m, s, z, target_rows: f32(this.head.targetRows(batch.targets), [n, this.shape.d]), mask: f32(Float32Array.from(batch.mask), [n, 1]) };
+  }
+
+  /** One optimizer step on a batch (skipped, but counted, when no token is masked in). */
+  async trainBatch(batch: ActivationBatch): Promise<StepResult> {
+    const tokens = OnnxTrainer.tokensOf(batch);
+    const lr = learningRateAt(this.step, this.options);
+    const r = await this.run(batch, tokens, lr, false);
+    this.step += 1;
+    return { loss: tokens > 0 ? r.lossSum / tokens : 0, learningRate: lr, step: this.step, tokens };
+  }
+
+  /** Gradients of the batch's mean masked loss, without a step (for the gradient checks). */
+  async gradients(batch: ActivationBatch): Promise<Map<string, Float32Array>> {
+    return (await this.run(batch, OnnxTrainer.tokensOf(batch), 0, true)).grads!;
+  }
+
+  private async run(batch: ActivationBatch, tokens: number, lr: number, gradientsOnly: boolean): Promise<{ lossSum: number; grads?: Map<string, Float32Array> }> {
+    const [, , , stepSession, evalSession] = await this.sessions();
+    const { feeds, z, m, s, acc } = await this.headPass(batch, true);
+    const loss = this.lossFeeds(batch, m, s, z);
+    if (tokens === 0) return { lossSum: Number((await evalSession.run(loss)).loss_sum!.data[0]) };
+    const n = batch.rows;
+    const t = this.step + 1;
+    const stepFeeds: Feeds = {
+      ...feeds, m, s, acc: acc!, target_rows: loss.target_rows!, mask: loss.mask!,
+      weights: f32(Float32Array.from(batch.mask, (x) => x / tokens), [n, 1]),
+      learning_rate: scalar(lr), bias_correction1: scalar(1 - this.constants.beta1 ** t), bias_correction2: scalar(1 - this.constants.beta2 ** t),
+    };
+    for (const p of this.params.keys()) {
+      const dims = parameterShape(this.shape, p);
+      stepFeeds[names.adamM(p)] = f32(this.m.get(p)!, dims);
+      stepFeeds[names.adamV(p)] = f32(this.v.get(p)!, dims);
+    }
+    const order = [...this.params.keys()];
+    const fetch = gradientsOnly ? ['loss_sum', ...order.map(names.grad)] : ['loss_sum', ...order.flatMap((p) => [names.nextParam(p), names.nextAdamM(p), names.nextAdamV(p)])];
+    const out = await stepSession.run(stepFeeds, fetch);
+    const lossSum = Number(out.loss_sum!.data[0]);
+    if (gradientsOnly) return { lossSum, grads: new Map(order.map((p) => [p, out[names.grad(p)]!.data as Float32Array])) };
+    for (const p of order) {
+      this.params.set(p, out[names.nextParam(p)]!.data as Float32Array);
+      this.m.set(p, out[names.nextAdamM(p)]!.data as Float32Array);
+      this.v.set(p, out[names.nextAdamV(p)]!.data as Float32Array);
+    }
+    return { lossSum };
+  }
+
+  /** Held-out evaluation with the current weights (no update). */
+  async evalBatch(batch: ActivationBatch): Promise<{ lossSum: number; tokens: number }> {
+    const [, , , , evalSession] = await this.sessions();
+    const { z, m, s } = await this.headPass(batch, false);
+    const out = await evalSession.run(this.lossFeeds(batch, m, s, z));
+    return { lossSum: Number(out.loss_sum!.data[0]), tokens: OnnxTrainer.tokensOf(batch) };
+  }
+
+  /** Current parameter values (for checkpoints and the adapter file). */
+  values(): Map<string, Float32Array> {
+    return new Map(this.params);
+  }
+
+  exportState(): OptimizerState {
+    return { step: this.step, m: new Map(this.m), v: new Map(this.v) };
+  }
+}

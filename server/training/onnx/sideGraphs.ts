@@ -1,0 +1,209 @@
+import type { SideNetworkShape } from '../../../common/AdapterConfig';
+import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, parameterNames, parameterShape } from '../sideNetworkSpec';
+import { GraphBuilder } from './GraphBuilder';
+
+/**
+ * The side network's training step as ONNX graphs (the math of
+ * ../../shared/docs/architecture.md and of the TensorFlow.js reference in
+ * test/helpers/tfjs/, which checks them):
+ *
+ *   forward     h_k, params, norm weight -> z = output_norm(h_{K-1} + delta)        [n, d]
+ *   headChunk   z, W_c (f16), running max m, sum s (and acc) -> the same, updated:
+ *               the online log-sum-exp over one chunk of the vocabulary, so no
+ *               [tokens, vocabulary] tensor exists (acc = sum_v softmax-weight W_v)
+ *   trainStep   everything above and the target rows -> loss sum, the
+ *               hand-written backward, global-norm clipping, one Adam step
+ *   evalLoss    m, s, z, target rows, mask -> loss sum
+ *
+ * Dimensions: n tokens (given at run time), d hidden, r side width, b
+ * bottleneck, c rows of a head chunk (given at run time).
+ */
+
+const GELU_C = Math.sqrt(2 / Math.PI);
+
+/** Input and output names, shared by the graphs and the trainer that feeds them. */
+export const names = {
+  layer: (k: number) => `h${k}`,
+  param: (p: string) => `param/${p}`,
+  adamM: (p: string) => `adam_m/${p}`,
+  adamV: (p: string) => `adam_v/${p}`,
+  nextParam: (p: string) => `next_param/${p}`,
+  nextAdamM: (p: string) => `next_adam_m/${p}`,
+  nextAdamV: (p: string) => `next_adam_v/${p}`,
+  grad: (p: string) => `grad/${p}`,
+};
+
+/** The forward pass, recorded for the backward pass: every value the gradients need. */
+interface ForwardValues {
+  z: string; // [n, d]
+  xhat: string; // [n, d] normalised y
+  invHead: string; // [n, 1]
+  sFinal: string; // [n, r]
+  layers: { a: string; sPrev: string; x: string; inv: string; nrm: string; pre: string; g: string; mu: string }[];
+}
+
+function gelu(g: GraphBuilder, x: string): string {
+  const cube = g.mul(g.mul(x, x), x);
+  const t = g.op('Tanh', [g.mul(g.add(x, g.mul(cube, g.constant(0.044715))), g.constant(GELU_C))]);
+  return g.mul(g.mul(x, g.constant(0.5)), g.add(t, g.constant(1)));
+}
+
+function geluGrad(g: GraphBuilder, x: string): string {
+  const x2 = g.mul(x, x);
+  const t = g.op('Tanh', [g.mul(g.add(x, g.mul(g.mul(x2, x), g.constant(0.044715))), g.constant(GELU_C))]);
+  const dt = g.mul(g.sub(g.constant(1), g.mul(t, t)), g.mul(g.add(g.mul(x2, g.constant(3 * 0.044715)), g.constant(1)), g.constant(GELU_C)));
+  return g.add(g.mul(g.add(t, g.constant(1)), g.constant(0.5)), g.mul(g.mul(x, g.constant(0.5)), dt));
+}
+
+/** 1 / sqrt(mean(x^2) + eps) over the last axis: [n, k] -> [n, 1]. */
+function invRms(g: GraphBuilder, x: string, eps: string): string {
+  return g.op('Reciprocal', [g.op('Sqrt', [g.add(g.meanLast(g.mul(x, x)), eps)])]);
+}
+
+/** Declares the inputs every graph with the side network needs and runs the forward pass. */
+function sideForward(g: GraphBuilder, shape: SideNetworkShape): ForwardValues {
+  const { d } = shape;
+  const K = shape.tappedLayers.length;
+  for (const p of parameterNames(shape)) g.input(names.param(p), 'float32', parameterShape(shape, p));
+  const hs = Array.from({ length: K }, (_, k) => g.input(names.layer(k), 'float32', ['n', d]));
+  const normWeight = g.input('norm_weight', 'float32', [d]);
+  const headEps = g.input('head_eps', 'float32', []);
+  const layers: ForwardValues['layers'] = [];
+  let s = ''; // [n, r]; zero before the first layer
+  for (let k = 0; k < K; k++) {
+    const a = g.matmul(hs[k]!, names.param(`down.${k}`)); // [n, r]
+    const mu = g.op('Sigmoid', [g.div(names.param(`alpha.${k}`), g.constant(GATE_TEMPERATURE))]); // [1]
+    const sPrev = k === 0 ? g.mul(a, g.constant(0)) : s;
+    const x = g.add(g.mul(g.sub(g.constant(1), mu), a), g.mul(mu, sPrev)); // [n, r]
+    const inv = invRms(g, x, g.constant(ADAPTER_NORM_EPS)); // [n, 1]
+    const nrm = g.mul(x, inv); // [n, r]
+    const pre = g.matmul(nrm, names.param(`mid.${k}`)); // [n, b]
+    const gl = gelu(g, pre); // [n, b]
+    s = g.add(x, g.matmul(gl, names.param(`up.${k}`))); // [n, r]
+    layers.push({ a, sPrev, x, inv, nrm, pre, g: gl, mu });
+  }
+  const y = g.add(hs[K - 1]!, g.matmul(s, names.param('out'))); // [n, d]
+  const invHead = invRms(g, y, headEps); // [n, 1]
+  const xhat = g.mul(y, invHead); // [n, d]
+  const z = g.mul(xhat, normWeight); // [n, d]
+  return { z, xhat, invHead, sFinal: s, layers };
+}
+
+/** forward: -> z [n, d]. */
+export function buildForward(shape: SideNetworkShape): Uint8Array {
+  const g = new GraphBuilder('side_forward');
+  const f = sideForward(g, shape);
+  g.output(f.z, 'z', 'float32', ['n', shape.d]);
+  return g.build();
+}
+
+/** headChunk: one chunk of the online log-sum-exp; with `withAcc`, also acc = sum_v exp(l_v - m) W_v. */
+export function buildHeadChunk(d: number, withAcc: boolean): Uint8Array {
+  const g = new GraphBuilder(withAcc ? 'head_chunk_train' : 'head_chunk_eval');
+  const z = g.input('z', 'float32', ['n', d]);
+  const w = g.op('Cast', [g.input('w', 'float16', ['c', d])], { to: 1 }); // [c, d] float32
+  const m = g.input('m', 'float32', ['n', 1]);
+  const s = g.input('s', 'float32', ['n', 1]);
+  const logits = g.matmul(z, g.transpose(w)); // [n, c]
+  const mNew = g.op('Max', [m, g.maxLast(logits)]); // [n, 1]
+  const scaleOld = g.op('Exp', [g.sub(m, mNew)]); // [n, 1]
+  const e = g.op('Exp', [g.sub(logits, mNew)]); // [n, c]
+  g.output(mNew, 'next_m', 'float32', ['n', 1]);
+  g.output(g.add(g.mul(s, scaleOld), g.sumLast(e)), 'next_s', 'float32', ['n', 1]);
+  if (withAcc) {
+    const acc = g.input('acc', 'float32', ['n', d]);
+    g.output(g.add(g.mul(acc, scaleOld), g.matmul(e, w)), 'next_acc', 'float32', ['n', d]);
+  }
+  return g.build();
+}
+
+/** Per-token loss m + log s - z . W[target]: [n, 1]. */
+function tokenLoss(g: GraphBuilder, m: string, s: string, z: string, wt: string): string {
+  return g.sub(g.add(m, g.op('Log', [s])), g.sumLast(g.mul(z, wt)));
+}
+
+/** evalLoss: -> loss_sum (masked). */
+export function buildEvalLoss(d: number): Uint8Array {
+  const g = new GraphBuilder('eval_loss');
+  const m = g.input('m', 'float32', ['n', 1]);
+  const s = g.input('s', 'float32', ['n', 1]);
+  const z = g.input('z', 'float32', ['n', d]);
+  const wt = g.input('target_rows', 'float32', ['n', d]);
+  const mask = g.input('mask', 'float32', ['n', 1]);
+  g.output(g.sumAll(g.mul(tokenLoss(g, m, s, z, wt), mask)), 'loss_sum', 'float32', []);
+  return g.build();
+}
+
+/** Adam and clipping constants (the trainer's defaults). */
+export interface StepConstants {
+  clipNorm: number;
+  beta1: number;
+  beta2: number;
+  epsilon: number;
+}
+
+/**
+ * trainStep: the forward again (cheaper than moving every cached value
+ * between graphs), the loss sum, gradients of sum(weights * loss), clipping
+ * and one Adam step. Outputs next_param/*, next_adam_m/*, next_adam_v/*,
+ * loss_sum, grad_norm, and grad/* (fetched by the gradient tests only).
+ */
+export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8Array {
+  const g = new GraphBuilder('train_step');
+  const { d } = shape;
+  const K = shape.tappedLayers.length;
+  const f = sideForward(g, shape);
+  const m = g.input('m', 'float32', ['n', 1]);
+  const s = g.input('s', 'float32', ['n', 1]);
+  const acc = g.input('acc', 'float32', ['n', d]);
+  const wt = g.input('target_rows', 'float32', ['n', d]);
+  const mask = g.input('mask', 'float32', ['n', 1]);
+  const weights = g.input('weights', 'float32', ['n', 1]); // mask / tokens
+  const lr = g.input('learning_rate', 'float32', []);
+  const c1 = g.input('bias_correction1', 'float32', []);
+  const c2 = g.input('bias_correction2', 'float32', []);
+  g.output(g.sumAll(g.mul(tokenLoss(g, m, s, f.z, wt), mask)), 'loss_sum', 'float32', []);
+
+  // dL/dz = w (softmax W - W[target]); then back through the final RMSNorm.
+  const dz = g.mul(g.sub(g.div(acc, s), wt), weights); // [n, d]
+  const dn = g.mul(dz, 'norm_weight'); // [n, d]
+  const dy = g.mul(f.invHead, g.sub(dn, g.mul(f.xhat, g.meanLast(g.mul(dn, f.xhat))))); // [n, d]
+
+  const grads = new Map<string, string>();
+  grads.set('out', g.matmul(g.transpose(f.sFinal), dy)); // [r, d]
+  let ds = g.matmul(dy, g.transpose(names.param('out'))); // [n, r]
+  for (let k = K - 1; k >= 0; k--) {
+    const L = f.layers[k]!;
+    grads.set(`up.${k}`, g.matmul(g.transpose(L.g), ds)); // [b, r]
+    const dpre = g.mul(g.matmul(ds, g.transpose(names.param(`up.${k}`))), geluGrad(g, L.pre)); // [n, b]
+    grads.set(`mid.${k}`, g.matmul(g.transpose(L.nrm), dpre)); // [r, b]
+    const dnk = g.matmul(dpre, g.transpose(names.param(`mid.${k}`))); // [n, r]
+    const dx = g.add(ds, g.mul(L.inv, g.sub(dnk, g.mul(L.nrm, g.meanLast(g.mul(dnk, L.nrm)))))); // [n, r]
+    const da = g.mul(g.sub(g.constant(1), L.mu), dx); // [n, r]
+    const dmu = g.sumAll(g.mul(dx, g.sub(L.sPrev, L.a))); // scalar
+    const dAlpha = g.div(g.mul(dmu, g.mul(L.mu, g.sub(g.constant(1), L.mu))), g.constant(GATE_TEMPERATURE)); // [1]
+    grads.set(`alpha.${k}`, dAlpha);
+    grads.set(`down.${k}`, g.matmul(g.transpose(names.layer(k)), da)); // [d, r]
+    ds = g.mul(L.mu, dx); // [n, r]
+  }
+
+  const order = parameterNames(shape);
+  const squares = order.map((p) => g.sumAll(g.mul(grads.get(p)!, grads.get(p)!)));
+  const norm = g.op('Sqrt', [squares.reduce((acc2, q) => g.add(acc2, q))]);
+  g.output(norm, 'grad_norm', 'float32', []);
+  const scale = g.op('Min', [g.constant(1), g.div(g.constant(c.clipNorm), g.add(norm, g.constant(1e-12)))]);
+  for (const p of order) {
+    const dims = parameterShape(shape, p);
+    g.output(grads.get(p)!, names.grad(p), 'float32', dims);
+    const gp = g.mul(grads.get(p)!, scale);
+    const mPrev = g.input(names.adamM(p), 'float32', dims);
+    const vPrev = g.input(names.adamV(p), 'float32', dims);
+    const mNext = g.add(g.mul(mPrev, g.constant(c.beta1)), g.mul(gp, g.constant(1 - c.beta1)));
+    const vNext = g.add(g.mul(vPrev, g.constant(c.beta2)), g.mul(g.mul(gp, gp), g.constant(1 - c.beta2)));
+    const update = g.mul(g.div(g.div(mNext, c1), g.add(g.op('Sqrt', [g.div(vNext, c2)]), g.constant(c.epsilon))), lr);
+    g.output(g.sub(names.param(p), update), names.nextParam(p), 'float32', dims);
+    g.output(mNext, names.nextAdamM(p), 'float32', dims);
+    g.output(vNext, names.nextAdamV(p), 'float32', dims);
+  }
+  return g.build();
+}

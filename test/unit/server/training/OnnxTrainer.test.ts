@@ -1,0 +1,161 @@
+import * as assert from 'node:assert/strict';
+import type { ActivationBatch } from '../../../../common/batchPayload';
+import { encodeHalf, decodeHalf } from '../../../../common/float16';
+import { SeededRandom } from '../../../../common/SeededRandom';
+import { OnnxEngine } from '../../../../server/training/onnx/OnnxEngine';
+import { OnnxHead } from '../../../../server/training/onnx/OnnxHead';
+import { OnnxTrainer } from '../../../../server/training/onnx/OnnxTrainer';
+import { initialParameters, parameterNames, sideShape } from '../../../../server/training/sideNetworkSpec';
+import { FrozenHead } from '../../../helpers/tfjs/FrozenHead';
+import { SideNetwork } from '../../../helpers/tfjs/SideNetwork';
+import { initTensorflow, tf } from '../../../helpers/tfjs/tf';
+import { Trainer } from '../../../helpers/tfjs/Trainer';
+
+const d = 32;
+const vocab = 50;
+const tapped = [0, 2, 3];
+const EPS = 1e-5;
+
+function randomArray(rng: SeededRandom, n: number, scale = 1): Float32Array {
+  return Float32Array.from({ length: n }, () => rng.normal() * scale);
+}
+
+/** A head whose float32 values are exactly float16 values, so both engines see the same weights. */
+function problem(seed: number, rows: number) {
+  const rng = new SeededRandom(seed);
+  const halves = encodeHalf(randomArray(rng, vocab * d, 0.3));
+  const head = decodeHalf(halves);
+  const norm = Float32Array.from({ length: d }, () => 1 + 0.1 * rng.normal());
+  const batch = (): ActivationBatch => ({
+    rows,
+    layers: tapped.map(() => randomArray(rng, rows * d)),
+    targets: Int32Array.from({ length: rows }, () => rng.int(vocab)),
+    mask: Uint8Array.from({ length: rows }, (_, i) => (i % 5 === 4 ? 0 : 1)),
+  });
+  return { halves, head, norm, batch };
+}
+
+function maxRelativeError(a: Float32Array, b: Float32Array): number {
+  let worst = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) scale = Math.max(scale, Math.abs(b[i]!));
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!) / Math.max(scale, 1e-6));
+  return worst;
+}
+
+describe('ONNX training engine (checked against the TensorFlow.js reference)', function () {
+  this.timeout(120_000);
+  let engine: OnnxEngine;
+  before(async () => {
+    await initTensorflow();
+    engine = await OnnxEngine.create({ threads: 1 });
+  });
+  after(() => engine.dispose());
+
+  it('step 0 (zero Out) gives the frozen head\'s own loss, through a head in several chunks', async () => {
+    const { halves, head, norm, batch } = problem(1, 24);
+    const shape = sideShape(d, 4, tapped);
+    const values = initialParameters(shape, 3);
+    const b = batch();
+    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 7), values, { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 });
+    const fh = new FrozenHead(head, norm, EPS);
+    const net = new SideNetwork(shape, values);
+    try {
+      const onnx = await trainer.evalBatch(b);
+      const ref = net.lossAndGrads(b.layers.map((l) => tf.tensor2d(l, [24, d])), b.targets, Float32Array.from(b.mask), fh, false);
+      assert.equal(onnx.tokens, ref.tokens);
+      assert.ok(Math.abs(onnx.lossSum / onnx.tokens - ref.lossSum / ref.tokens) < 1e-5, `${onnx.lossSum / onnx.tokens} vs ${ref.lossSum / ref.tokens}`);
+    } finally {
+      net.dispose();
+      fh.dispose();
+    }
+  });
+
+  it('gradients of every parameter match TensorFlow.js autodiff of the plain forward', async () => {
+    const { halves, head, norm, batch } = problem(2, 20);
+    const shape = sideShape(d, 4, tapped);
+    const values = initialParameters(shape, 5);
+    const rng = new SeededRandom(9);
+    values.set('out', randomArray(rng, shape.r * d, 0.3)); // non-zero so every gradient flows
+    values.set('alpha.1', Float32Array.of(0.05));
+    const b = batch();
+    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 });
+    const grads = await trainer.gradients(b);
+    const net = new SideNetwork(shape, values);
+    try {
+      const hs = b.layers.map((l) => tf.tensor2d(l, [20, d]));
+      const vars = parameterNames(shape).map((n) => net.p(n));
+      const { grads: auto } = tf.variableGrads(() => net.referenceLoss(hs, b.targets, Float32Array.from(b.mask), head, norm, EPS), vars);
+      for (const n of parameterNames(shape)) {
+        const want = auto[net.p(n).name]!.dataSync() as Float32Array;
+        const err = maxRelativeError(grads.get(n)!, want);
+        assert.ok(err < 2e-3, `${n}: relative error ${err}`);
+      }
+      for (const t of [...hs, ...Object.values(auto)]) t.dispose();
+    } finally {
+      net.dispose();
+    }
+  });
+
+  it('gradients pass a finite-difference check of the engine\'s own loss', async () => {
+    const { halves, norm, batch } = problem(4, 16);
+    const shape = sideShape(d, 4, tapped);
+    const values = initialParameters(shape, 6);
+    values.set('out', randomArray(new SeededRandom(10), shape.r * d, 0.3));
+    const b = batch();
+    const headOf = (): OnnxHead => new OnnxHead(halves, norm, EPS, 16);
+    const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
+    const grads = await new OnnxTrainer(engine, shape, headOf(), values, opts).gradients(b);
+    const tokens = b.mask.reduce((a, x) => a + x, 0);
+    const lossAt = async (name: string, i: number, delta: number): Promise<number> => {
+      const v = new Map([...values].map(([k, x]) => [k, Float32Array.from(x)]));
+      v.get(name)![i]! += delta;
+      return (await new OnnxTrainer(engine, shape, headOf(), v, opts).evalBatch(b)).lossSum / tokens;
+    };
+    for (const [name, i] of [['out', 5], ['down.0', 17], ['mid.2', 3], ['up.1', 8], ['alpha.2', 0]] as const) {
+      const h = 1e-2;
+      const fd = ((await lossAt(name, i, h)) - (await lossAt(name, i, -h))) / (2 * h);
+      const g = grads.get(name)![i]!;
+      assert.ok(Math.abs(fd - g) < 2e-3 + 0.05 * Math.abs(g), `${name}[${i}]: finite difference ${fd} vs gradient ${g}`);
+    }
+  });
+
+  it('50 Adam steps follow the TensorFlow.js trainer on the same batches (held-out loss within 1e-3 relative)', async () => {
+    const { halves, head, norm, batch } = problem(3, 24);
+    const shape = sideShape(d, 4, tapped);
+    const values = initialParameters(shape, 7);
+    const opts = { learningRate: 5e-3, warmupSteps: 5, totalSteps: 50 };
+    const onnx = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, opts);
+    const fh = new FrozenHead(head, norm, EPS);
+    const net = new SideNetwork(shape, values);
+    const ref = new Trainer(net, fh, opts);
+    try {
+      const heldOut = batch();
+      const before = await onnx.evalBatch(heldOut);
+      for (let s = 0; s < 50; s++) {
+        const b = batch();
+        const x = await onnx.trainBatch(b);
+        const y = ref.trainBatch(b);
+        assert.equal(x.step, y.step);
+        assert.ok(Math.abs(x.loss - y.loss) <= 1e-3 * Math.abs(y.loss), `step ${s}: ${x.loss} vs ${y.loss}`);
+      }
+      const a = await onnx.evalBatch(heldOut);
+      const r = ref.evalBatch(heldOut);
+      const relative = Math.abs(a.lossSum - r.lossSum) / r.lossSum;
+      process.stdout.write(`      held-out loss ${(before.lossSum / before.tokens).toFixed(4)} -> onnx ${(a.lossSum / a.tokens).toFixed(5)} vs tfjs ${(r.lossSum / r.tokens).toFixed(5)} (relative ${relative.toExponential(1)})\n`);
+      assert.ok(relative < 1e-3);
+      assert.ok(a.lossSum < before.lossSum, 'it learns');
+      const state = onnx.exportState();
+      assert.equal(state.step, 50);
+      assert.deepEqual([...state.m.keys()], parameterNames(shape));
+    } finally {
+      ref.dispose();
+      net.dispose();
+      fh.dispose();
+    }
+  });
+
+  it('refuses a provider that cannot run, at start-up', async () => {
+    await assert.rejects(OnnxEngine.create({ device: 'cuda', threads: 1 }), (err: Error & { code?: string }) => err.code === 'NO_BACKEND');
+  });
+});
