@@ -9,7 +9,10 @@ import type { JobContext } from './JobContext';
 
 /** Where the device's time goes, in seconds (summed over the job). */
 export interface StreamTimings {
+  /** Backbone forwards of training batches. */
   deviceForwardSeconds: number;
+  /** Backbone forwards of held-out batches. */
+  evalForwardSeconds: number;
   quantizeSeconds: number;
   sendSeconds: number;
   serverSeconds: number;
@@ -32,7 +35,7 @@ interface EncodedBatch {
  * not trained.
  */
 export class ActivationStream {
-  readonly timings: StreamTimings = { deviceForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, trainWallSeconds: 0 };
+  readonly timings: StreamTimings = { deviceForwardSeconds: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, trainWallSeconds: 0 };
 
   constructor(
     private readonly backbone: Backbone,
@@ -42,12 +45,13 @@ export class ActivationStream {
   ) {}
 
   /** Runs the backbone over `seqs` with capture and encodes the batch payload. */
-  private async encodeBatch(seqs: Int32Array[]): Promise<EncodedBatch> {
+  private async encodeBatch(seqs: Int32Array[], use: 'train' | 'eval'): Promise<EncodedBatch> {
     const { inputs, targets, mask, rows } = splitInputsTargets(seqs);
     const cap = await this.backbone.capture(inputs, this.config.tappedLayers);
     const t1 = process.hrtime.bigint();
     const payload = encodeBatchPayload({ rows, layers: cap.data, targets, mask }, cap.hiddenSize, this.config.bits as Bits);
-    this.timings.deviceForwardSeconds += cap.forwardSeconds;
+    if (use === 'train') this.timings.deviceForwardSeconds += cap.forwardSeconds;
+    else this.timings.evalForwardSeconds += cap.forwardSeconds;
     this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
     return { payload, rows, sequences: seqs.length };
   }
@@ -60,7 +64,7 @@ export class ActivationStream {
     const pending: Promise<{ message: ServerMessage<'eval/result'> }>[] = [];
     for (let i = 0; i * B < this.data.heldOut.length; i++) {
       this.ctx.checkCancelled();
-      const { payload, rows } = await this.encodeBatch(this.data.heldOut.slice(i * B, (i + 1) * B));
+      const { payload, rows } = await this.encodeBatch(this.data.heldOut.slice(i * B, (i + 1) * B), 'eval');
       pending.push(conn.expect('eval/result', (m) => m.evalId === evalId && m.index === i, jobId));
       conn.send({ type: 'batch/eval', jobId, evalId, index: i, rows }, payload);
     }
@@ -95,7 +99,7 @@ export class ActivationStream {
     });
     const started = process.hrtime.bigint();
     try {
-      const forward = (i: number): Promise<EncodedBatch> => this.encodeBatch(trainBatchSequences(this.data, this.config.batchSize, i));
+      const forward = (i: number): Promise<EncodedBatch> => this.encodeBatch(trainBatchSequences(this.data, this.config.batchSize, i), 'train');
       let next = startIndex;
       let pending = next < total ? forward(next) : undefined;
       while (next < total) {

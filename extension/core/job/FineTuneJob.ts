@@ -204,7 +204,7 @@ export class FineTuneJob {
     if (this.o.server) {
       ({ url, token } = this.o.server);
     } else {
-      // Loaded only when needed: a device talking to a team server never loads TensorFlow.js.
+      // Loaded only when needed: a device talking to a team server never loads the training engine.
       const { startEmbeddedServer } = await import('../EmbeddedServer.js');
       this.embedded ??= await startEmbeddedServer(this.o.storeDir, this.o.log);
       ({ url, token } = this.embedded);
