@@ -59,3 +59,43 @@ function semanticProblem(c: AdapterConfig): string | undefined {
   if (!(c.gateTemperature > 0) || !(c.adapterNormEpsilon > 0) || !(c.normEpsilon > 0)) return 'config constants must be positive';
   return undefined;
 }
+
+/** Parameter names, in a fixed order (adapter file, optimizer state). */
+export function parameterNames(shape: SideNetworkShape): string[] {
+  const names: string[] = [];
+  shape.tappedLayers.forEach((_, k) => names.push(`down.${k}`, `alpha.${k}`, `mid.${k}`, `up.${k}`));
+  names.push('out');
+  return names;
+}
+
+/** The shape of parameter `name`: [in, out] for matrices, [1] for a gate. */
+export function parameterShape(shape: SideNetworkShape, name: string): number[] {
+  const kind = name.split('.')[0];
+  switch (kind) {
+    case 'down': return [shape.d, shape.r];
+    case 'alpha': return [1];
+    case 'mid': return [shape.r, shape.b];
+    case 'up': return [shape.b, shape.r];
+    case 'out': return [shape.r, shape.d];
+    default: throw new AdapterFormatError('ADAPTER_CORRUPT', `unknown side-network parameter ${name.slice(0, 40)}`);
+  }
+}
+
+/**
+ * Checks that `tensors` holds every parameter of the side network `shape`
+ * describes, each with exactly its shape, and only finite values. Throws
+ * ADAPTER_CORRUPT naming the first problem.
+ */
+export function checkSideNetworkTensors(shape: SideNetworkShape, tensors: Map<string, { shape: number[]; data: Float32Array }>): void {
+  for (const name of parameterNames(shape)) {
+    const t = tensors.get(name);
+    const want = parameterShape(shape, name);
+    if (!t) throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter lacks the tensor ${name}.`);
+    if (t.shape.length !== want.length || t.shape.some((x, i) => x !== want[i])) {
+      throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter's tensor ${name} has shape ${t.shape.join('x')}, expected ${want.join('x')}.`);
+    }
+    for (let i = 0; i < t.data.length; i++) {
+      if (!Number.isFinite(t.data[i]!)) throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter's tensor ${name} holds NaN or infinite values.`);
+    }
+  }
+}

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { AdapterConfig, parseAdapterConfig } from './AdapterConfig';
 import { AdapterFormatError } from './AdapterFormatError';
+import { checkSchema } from './schema';
 
 export { AdapterFormatError } from './AdapterFormatError';
 
@@ -20,6 +21,10 @@ export const ADAPTER_MAGIC = 'MOBIADPT';
 export const ADAPTER_FORMAT_VERSION = 1;
 /** Every format this code reads (a device refuses others with ADAPTER_VERSION). */
 export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1];
+
+/** Most tensors one adapter file may list. */
+const MAX_TENSORS = 4096;
+const TENSOR_ENTRY_SCHEMA = { name: 'string', shape: 'uint[]', offset: 'uint' } as const;
 
 export interface AdapterTensorEntry {
   name: string;
@@ -90,7 +95,7 @@ export function decodeAdapter(file: Uint8Array, expectFingerprint?: string): Ada
   } catch {
     throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter header is damaged.');
   }
-  if (header.format !== 'mobillm-adapter' || !Array.isArray(header.tensors)) {
+  if (typeof header !== 'object' || header === null || header.format !== 'mobillm-adapter' || !Array.isArray(header.tensors) || header.tensors.length > MAX_TENSORS) {
     throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter header is not a MobiLLM adapter header.');
   }
   if (!READABLE_ADAPTER_FORMAT_VERSIONS.includes(header.version)) {
@@ -99,19 +104,31 @@ export function decodeAdapter(file: Uint8Array, expectFingerprint?: string): Ada
       `The adapter has format version ${String(header.version).slice(0, 20)}; this MobiLLM reads version ${READABLE_ADAPTER_FORMAT_VERSIONS.join(', ')}. Update MobiLLM, or fine-tune again.`,
     );
   }
+  if (typeof header.meta !== 'object' || header.meta === null || Array.isArray(header.meta) || typeof header.fingerprint !== 'string') {
+    throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter header is damaged.');
+  }
   header.config = parseAdapterConfig(header.config);
   if (expectFingerprint !== undefined && header.fingerprint !== expectFingerprint) {
     throw new AdapterFormatError('ADAPTER_MODEL_MISMATCH', 'The adapter was trained for a different model file.');
   }
   const dataStart = 12 + len + ((4 - ((12 + len) % 4)) % 4);
+  const dataFloats = (body.length - dataStart) / 4;
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const t of header.tensors) {
-    const n = t.shape.reduce((a, b) => a * b, 1);
-    const start = dataStart + t.offset * 4;
-    if (start + n * 4 > body.length) throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter tensor table points outside the file.');
+  // The table must tile the data section exactly: in order, no overlap, no gap, nothing outside.
+  let next = 0;
+  for (const t of header.tensors as unknown[]) {
+    const problem = checkSchema(t, TENSOR_ENTRY_SCHEMA, 'tensor');
+    if (problem) throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter tensor table is damaged: ${problem}.`);
+    const { name, shape, offset } = t as AdapterTensorEntry;
+    if (tensors.has(name) || shape.length > 4 || shape.some((x) => x < 1)) throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter tensor table is damaged.');
+    const n = shape.reduce((x, y) => x * y, 1);
+    if (offset !== next || n > dataFloats - offset) throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter tensor table overlaps itself or points outside the file.');
+    const start = dataStart + offset * 4;
     const data = new Float32Array(n);
     Buffer.from(data.buffer).set(body.subarray(start, start + n * 4));
-    tensors.set(t.name, { shape: t.shape, data });
+    tensors.set(name, { shape, data });
+    next = offset + n;
   }
+  if (next !== dataFloats) throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter has data its tensor table does not describe.');
   return { header, tensors };
 }

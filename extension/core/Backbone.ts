@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import { MobiError } from './MobiError';
 import { GgufFile, ggufNumber, ggufString, readGgufFile } from './gguf/GgufFile';
 import { loadNativeAddon, NativeBackbone, NativeBackboneInfo, NativeTensor } from '../native/NativeAddon';
+import { checkSideNetworkTensors } from '../../common/AdapterConfig';
 import { decodeAdapter } from '../../common/AdapterFile';
 import { modelFingerprint } from './modelFingerprint';
 
@@ -265,6 +266,11 @@ export class Backbone {
       throw MobiError.from(err);
     }
     const { shape, adapterNormEpsilon, gateTemperature } = contents.header.config;
+    try {
+      checkSideNetworkTensors(shape, contents.tensors);
+    } catch (err) {
+      throw MobiError.from(err);
+    }
     if (shape.d !== this.info.hiddenSize || shape.tappedLayers[shape.tappedLayers.length - 1] !== this.info.layers - 1) {
       throw new MobiError('ADAPTER_MODEL_MISMATCH', "The adapter's shape does not fit this model.");
     }

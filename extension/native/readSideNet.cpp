@@ -8,35 +8,73 @@
 
 namespace mobillm {
 
+namespace {
+
+// A whole number in [lo, hi] at o[key], or false (nothing thrown: the caller
+// throws one coded error). Every value is type-checked before it is read, so
+// no N-API call here can leave an exception pending.
+bool readInt(const Napi::Object& o, const char* key, int lo, int hi, int& out) {
+  const Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) return false;
+  const double x = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(x) || x != std::floor(x) || x < lo || x > hi) return false;
+  out = static_cast<int>(x);
+  return true;
+}
+
+bool readPositive(const Napi::Object& o, const char* key, float& out) {
+  const Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) return false;
+  const double x = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(x) || x <= 0) return false;
+  out = static_cast<float>(x);
+  return true;
+}
+
+}  // namespace
+
 std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, const llama_model* model) {
-  const Napi::Object o = value.As<Napi::Object>();
-  auto net = std::make_unique<SideNet>();
-  net->d = o.Get("d").As<Napi::Number>().Int32Value();
-  net->r = o.Get("r").As<Napi::Number>().Int32Value();
-  net->b = o.Get("b").As<Napi::Number>().Int32Value();
-  net->adapterEps = o.Get("adapterEps").As<Napi::Number>().FloatValue();
-  const float temperature = o.Get("gateTemperature").As<Napi::Number>().FloatValue();
-  net->nLayer = llama_model_n_layer(model);
-  const Napi::Array tapped = o.Get("tappedLayers").As<Napi::Array>();
-  const Napi::Object tensors = o.Get("tensors").As<Napi::Object>();
-  auto bad = [&](const std::string& msg) {
-    codedError(env, "ADAPTER_MODEL_MISMATCH", msg).ThrowAsJavaScriptException();
+  auto fail = [&](const char* code, const std::string& msg) {
+    codedError(env, code, msg).ThrowAsJavaScriptException();
     return std::unique_ptr<SideNet>();
   };
-  if (net->d != llama_model_n_embd(model) || net->r < 1 || net->b < 1 || temperature <= 0) return bad("The adapter's shape does not fit this model.");
+  if (!value.IsObject()) return fail("ADAPTER_CORRUPT", "The adapter description is not an object.");
+  const Napi::Object o = value.As<Napi::Object>();
+  auto net = std::make_unique<SideNet>();
+  net->nLayer = llama_model_n_layer(model);
+  const int nEmbd = llama_model_n_embd(model);
+  float temperature = 0;
+  if (!readInt(o, "d", 1, 1 << 20, net->d) || !readInt(o, "r", 1, 1 << 20, net->r) || !readInt(o, "b", 1, 1 << 20, net->b) ||
+      !readPositive(o, "adapterEps", net->adapterEps) || !readPositive(o, "gateTemperature", temperature)) {
+    return fail("ADAPTER_CORRUPT", "The adapter's shape or constants are damaged.");
+  }
+  const Napi::Value tappedValue = o.Get("tappedLayers");
+  const Napi::Value tensorsValue = o.Get("tensors");
+  if (!tappedValue.IsArray() || !tensorsValue.IsObject()) return fail("ADAPTER_CORRUPT", "The adapter's layers or tensors are damaged.");
+  const Napi::Array tapped = tappedValue.As<Napi::Array>();
+  const Napi::Object tensors = tensorsValue.As<Napi::Object>();
+  if (net->d != nEmbd) return fail("ADAPTER_MODEL_MISMATCH", "The adapter's shape does not fit this model.");
   net->slotOfLayer.assign(static_cast<size_t>(net->nLayer), -1);
-  int prev = -1;
   auto take = [&](const std::string& name, size_t n, std::vector<float>& dst) {
-    Napi::Value v = tensors.Get(name);
-    if (!v.IsTypedArray()) return false;
+    const Napi::Value v = tensors.Get(name);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) return false;
     Napi::Float32Array a = v.As<Napi::Float32Array>();
     if (a.ElementLength() != n) return false;
     dst.assign(a.Data(), a.Data() + n);
+    for (float x : dst) {
+      if (!std::isfinite(x)) return false;
+    }
     return true;
   };
+  int prev = -1;
   for (uint32_t k = 0; k < tapped.Length(); ++k) {
-    const int layer = tapped.Get(k).As<Napi::Number>().Int32Value();
-    if (layer <= prev || layer >= net->nLayer) return bad("The adapter's tapped layers do not fit this model.");
+    const Napi::Value lv = tapped.Get(k);
+    if (!lv.IsNumber()) return fail("ADAPTER_CORRUPT", "The adapter's tapped layers are damaged.");
+    const double layerValue = lv.As<Napi::Number>().DoubleValue();
+    if (!(layerValue > prev) || layerValue >= net->nLayer || layerValue != std::floor(layerValue)) {
+      return fail("ADAPTER_MODEL_MISMATCH", "The adapter's tapped layers do not fit this model.");
+    }
+    const int layer = static_cast<int>(layerValue);
     prev = layer;
     net->slotOfLayer[layer] = static_cast<int>(k);
     net->down.emplace_back();
@@ -47,12 +85,12 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
     if (!take("down." + ks, static_cast<size_t>(net->d) * net->r, net->down.back()) ||
         !take("mid." + ks, static_cast<size_t>(net->r) * net->b, net->mid.back()) ||
         !take("up." + ks, static_cast<size_t>(net->b) * net->r, net->up.back()) || !take("alpha." + ks, 1, alpha)) {
-      return bad("The adapter's tensors do not match its shape.");
+      return fail("ADAPTER_CORRUPT", "The adapter's tensors do not match its shape.");
     }
     net->mu.push_back(1.0f / (1.0f + std::exp(-alpha[0] / temperature)));
   }
-  if (prev != net->nLayer - 1) return bad("The adapter must tap the model's last layer.");
-  if (!take("out", static_cast<size_t>(net->r) * net->d, net->out)) return bad("The adapter's tensors do not match its shape.");
+  if (prev != net->nLayer - 1) return fail("ADAPTER_MODEL_MISMATCH", "The adapter must tap the model's last layer.");
+  if (!take("out", static_cast<size_t>(net->r) * net->d, net->out)) return fail("ADAPTER_CORRUPT", "The adapter's tensors do not match its shape.");
   return net;
 }
 

@@ -1,7 +1,6 @@
-import type { AdapterConfig, SideNetworkShape } from '../../common/AdapterConfig';
+import { AdapterConfig, parameterNames, parameterShape, SideNetworkShape } from '../../common/AdapterConfig';
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
-import { ServerError } from '../ServerError';
 
 /**
  * The side network's definition, whatever runs it: its constants, shape,
@@ -11,6 +10,7 @@ import { ServerError } from '../ServerError';
  */
 
 export type { SideNetworkShape };
+export { parameterNames, parameterShape };
 
 /** Gate temperature: mu = sigmoid(alpha / GATE_TEMPERATURE). */
 export const GATE_TEMPERATURE = 0.1;
@@ -34,26 +34,6 @@ export function adapterConfig(shape: SideNetworkShape, model: Pick<ModelSpec, 'l
     gelu: 'tanh',
     job,
   };
-}
-
-/** Parameter names, in a fixed order (adapter file, optimizer state). */
-export function parameterNames(shape: SideNetworkShape): string[] {
-  const names: string[] = [];
-  shape.tappedLayers.forEach((_, k) => names.push(`down.${k}`, `alpha.${k}`, `mid.${k}`, `up.${k}`));
-  names.push('out');
-  return names;
-}
-
-export function parameterShape(shape: SideNetworkShape, name: string): number[] {
-  const kind = name.split('.')[0];
-  switch (kind) {
-    case 'down': return [shape.d, shape.r];
-    case 'alpha': return [1];
-    case 'mid': return [shape.r, shape.b];
-    case 'up': return [shape.b, shape.r];
-    case 'out': return [shape.r, shape.d];
-    default: throw new ServerError('BAD_PARAMETER', `unknown parameter ${name}`);
-  }
 }
 
 /** Initial values: Down, Mid, Up random (seeded); alpha 0; Out ZERO (step 0 = backbone). */

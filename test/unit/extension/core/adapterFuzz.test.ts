@@ -1,0 +1,124 @@
+import * as assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { parameterNames, parameterShape } from '../../../../common/AdapterConfig';
+import { encodeAdapter } from '../../../../common/AdapterFile';
+import { SeededRandom } from '../../../../common/SeededRandom';
+import { Backbone } from '../../../../extension/core/Backbone';
+import { MobiError } from '../../../../extension/core/MobiError';
+import { modelFingerprint } from '../../../../extension/core/modelFingerprint';
+import { sideShape } from '../../../../server/training/sideNetworkSpec';
+import { testAdapterConfig } from '../../../helpers/adapters';
+import { tinyModel } from '../../../helpers/models';
+
+/** Rewrites an adapter file's header with `edit` and recomputes its checksum, as anyone can. */
+function reseal(file: Buffer, edit: (header: Record<string, unknown>) => void): Buffer {
+  const len = file.readUInt32LE(8);
+  const header = JSON.parse(file.toString('utf8', 12, 12 + len)) as Record<string, unknown>;
+  edit(header);
+  const oldStart = 12 + len + ((4 - ((12 + len) % 4)) % 4);
+  const json = Buffer.from(JSON.stringify(header));
+  const lead = Buffer.alloc(12);
+  lead.write('MOBIADPT', 0, 'latin1');
+  lead.writeUInt32LE(json.length, 8);
+  const body = Buffer.concat([lead, json, Buffer.alloc((4 - ((12 + json.length) % 4)) % 4), file.subarray(oldStart, file.length - 32)]);
+  return Buffer.concat([body, createHash('sha256').update(body).digest()]);
+}
+
+const ODD_VALUES: unknown[] = [null, 'abc', -1, 0, 1.5, 1e9, -1e9, [], {}, [5], [0, 0], true, '', [-1], [1e12], { d: 1 }];
+
+/** Every [path] of a JSON value, as lists of keys. */
+function paths(value: unknown, at: (string | number)[] = []): (string | number)[][] {
+  const out: (string | number)[][] = at.length ? [at] : [];
+  if (Array.isArray(value)) value.forEach((v, i) => out.push(...paths(v, [...at, i])));
+  else if (value && typeof value === 'object') for (const [k, v] of Object.entries(value)) out.push(...paths(v, [...at, k]));
+  return out;
+}
+
+function setAt(root: Record<string, unknown>, at: (string | number)[], value: unknown): void {
+  let o = root as Record<string | number, unknown>;
+  for (const k of at.slice(0, -1)) o = o[k] as Record<string | number, unknown>;
+  o[at[at.length - 1]!] = value;
+}
+
+describe('adapter files edited by hand (fuzz, real native loader)', function () {
+  this.timeout(300_000);
+  let bb: Backbone;
+  let file: Buffer;
+  const layers = 3;
+  const d = 32;
+
+  before(async () => {
+    const model = tinyModel({ layers, embd: d, heads: 4, kvHeads: 2, seed: 31 });
+    bb = await Backbone.open(model, { contextSize: 64, maxSequences: 1, threads: 1 });
+    const shape = sideShape(d, 4, [0, 1, 2]);
+    const rng = new SeededRandom(4);
+    const tensors = parameterNames(shape).map((name) => {
+      const dims = parameterShape(shape, name);
+      return { name, shape: dims, data: Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, () => rng.normal() * 0.1) };
+    });
+    file = encodeAdapter(await modelFingerprint(model), testAdapterConfig(shape), { steps: 1 }, tensors);
+  });
+  after(() => bb.dispose());
+
+  const ALLOWED = new Set(['ADAPTER_CORRUPT', 'ADAPTER_MODEL_MISMATCH', 'ADAPTER_VERSION']);
+  async function outcome(f: Buffer): Promise<string> {
+    try {
+      await bb.useAdapter(f);
+      await bb.clearAdapter();
+      return 'loaded';
+    } catch (err) {
+      assert.ok(err instanceof MobiError, `not a MobiError: ${String(err)}`);
+      return err.code;
+    }
+  }
+
+  it('the untouched file loads', async () => {
+    assert.equal(await outcome(file), 'loaded');
+  });
+
+  it('every header field set to odd values: a typed adapter error or a clean load, never a crash or IO_ERROR', async () => {
+    const len = file.readUInt32LE(8);
+    const header = JSON.parse(file.toString('utf8', 12, 12 + len)) as Record<string, unknown>;
+    const all = paths(header);
+    const seen = new Map<string, number>();
+    let cases = 0;
+    for (const at of all) {
+      for (const v of ODD_VALUES) {
+        const code = await outcome(reseal(file, (h) => setAt(h, at, v)));
+        assert.ok(code === 'loaded' || ALLOWED.has(code), `${at.join('.')} = ${JSON.stringify(v)} gave ${code}`);
+        seen.set(code, (seen.get(code) ?? 0) + 1);
+        cases++;
+      }
+    }
+    process.stdout.write(`      ${cases} cases: ${[...seen].map(([c, n]) => `${c} ${n}`).join(', ')}\n`);
+    assert.ok((seen.get('ADAPTER_CORRUPT') ?? 0) > cases / 2);
+    assert.equal(await bb.sequenceLoss([Int32Array.of(1, 2, 3, 4)]).then((r) => r.tokens), 3, 'the backbone still works');
+  });
+
+  it('overlapping, duplicated, oversized or missing tensor entries are refused', async () => {
+    type Entry = { name: string; shape: number[]; offset: number };
+    const edits: [string, (t: Entry[]) => void][] = [
+      ['overlap', (t) => (t[1]!.offset = t[0]!.offset)],
+      ['300 overlapping copies', (t) => t.push(...Array.from({ length: 300 }, (_, i) => ({ ...t[0]!, name: `x${i}` })))],
+      ['duplicate name', (t) => (t[1]!.name = t[0]!.name)],
+      ['oversized', (t) => (t[t.length - 1]!.shape = [1_000_000, 1_000])],
+      ['gap', (t) => (t[t.length - 1]!.offset += 1)],
+      ['missing parameter', (t) => t.splice(2, 1)],
+      ['wrong shape, same size', (t) => (t[0]!.shape = [...t[0]!.shape].reverse())],
+    ];
+    for (const [what, edit] of edits) {
+      const code = await outcome(reseal(file, (h) => edit(h.tensors as Entry[])));
+      assert.equal(code, 'ADAPTER_CORRUPT', what);
+    }
+  });
+
+  it('weights that are NaN or infinite are refused', async () => {
+    const bad = Buffer.from(file);
+    const len = bad.readUInt32LE(8);
+    const start = 12 + len + ((4 - ((12 + len) % 4)) % 4);
+    bad.writeFloatLE(Number.NaN, start + 8);
+    const body = bad.subarray(0, bad.length - 32);
+    createHash('sha256').update(body).digest().copy(bad, bad.length - 32);
+    assert.equal(await outcome(bad), 'ADAPTER_CORRUPT');
+  });
+});
