@@ -16,7 +16,8 @@ export const WIRE_ERROR_CODES = [
   'NO_SUCH_JOB', // unknown job, or a job of another user
   'JOB_STATE', // the job cannot do that now (finished, cancelled, running elsewhere)
   'LIMIT', // a server limit (jobs per user, devices)
-  'INTERNAL', // the server failed; the job keeps its last checkpoint
+  'STORAGE', // the server could not store or read a checkpoint or adapter (a full disk); nothing stored is lost
+  'INTERNAL', // the server failed on this request
 ] as const;
 export type WireErrorCode = (typeof WIRE_ERROR_CODES)[number];
 

@@ -1,17 +1,44 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-/**
- * Writes a file so that a crash leaves either the old or the new content,
- * never a mix: temp file in the same folder, fsync, rename, fsync the folder.
- * Used for checkpoints, adapters, user records and device-side stores.
- */
-export function writeFileAtomic(file: string, data: Uint8Array | string): void {
-  writeFileAtomicWith(file, (fd) => fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data));
+/** A write that could not be completed (a full disk, a short write): the previous file is untouched. */
+export class AtomicWriteError extends Error {
+  constructor(readonly file: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'AtomicWriteError';
+  }
 }
 
-/** The same, for content written piece by piece into the open file descriptor (large files). */
-export function writeFileAtomicWith(file: string, write: (fd: number) => void): void {
+/**
+ * Writes all of `data` at `position` (or at the file's offset): a short write
+ * is continued, and a write that makes no progress (a full disk) throws.
+ */
+export function writeAll(fd: number, data: Uint8Array, position?: number): void {
+  let done = 0;
+  while (done < data.length) {
+    const n = fs.writeSync(fd, data, done, data.length - done, position === undefined ? null : position + done);
+    if (!(n > 0)) throw new AtomicWriteError('', `the disk accepted ${done} of ${data.length} bytes (is it full?)`);
+    done += n;
+  }
+}
+
+/**
+ * Writes a file so that a crash or a full disk leaves either the old or the
+ * new content, never a mix and never a short file: temp file in the same
+ * folder, every byte written, fsync, its size checked, rename, fsync the
+ * folder. Used for checkpoints, adapters, user records and device-side stores.
+ */
+export function writeFileAtomic(file: string, data: Uint8Array | string): void {
+  const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+  writeFileAtomicWith(file, (fd) => writeAll(fd, bytes), bytes.length);
+}
+
+/**
+ * The same, for content written piece by piece into the open file descriptor
+ * (large files; write with writeAll). With `expectedBytes`, the file's size is
+ * checked before it replaces the old one.
+ */
+export function writeFileAtomicWith(file: string, write: (fd: number) => void, expectedBytes?: number): void {
   const dir = path.dirname(file);
   fs.mkdirSync(dir, { recursive: true });
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
@@ -19,13 +46,20 @@ export function writeFileAtomicWith(file: string, write: (fd: number) => void): 
   try {
     write(fd);
     fs.fsyncSync(fd);
+    const size = fs.fstatSync(fd).size;
+    if (expectedBytes !== undefined && size !== expectedBytes) throw new AtomicWriteError(file, `wrote ${size} of ${expectedBytes} bytes`);
   } catch (err) {
     fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
-    throw err;
+    throw err instanceof AtomicWriteError ? new AtomicWriteError(file, `could not write ${path.basename(file)}: ${err.message}`, { cause: err }) : err;
   }
   fs.closeSync(fd);
   fs.renameSync(tmp, file);
+  syncFolder(dir);
+}
+
+/** Makes a folder's entries (a rename) durable. */
+export function syncFolder(dir: string): void {
   const dfd = fs.openSync(dir, 'r');
   try {
     fs.fsyncSync(dfd);

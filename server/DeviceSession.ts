@@ -106,7 +106,7 @@ export class DeviceSession {
   private fail(err: unknown, jobId?: string): void {
     if (err instanceof WireError) return this.sendError(err.code, err.message, err.fatal, jobId);
     this.ctx.log(`internal error: ${err instanceof Error ? err.name : 'unknown'}`);
-    this.sendError('INTERNAL', 'The server failed on this request; the job keeps its last checkpoint.', false, jobId);
+    this.sendError('INTERNAL', 'The server failed on this request; resume the job to continue from its last stored checkpoint.', false, jobId);
   }
 
   private onHello(m: DeviceMessage<'session/hello'>): void {

@@ -1,3 +1,4 @@
+import { checkSideNetworkTensors } from '../common/AdapterConfig';
 import { decodeAdapter, encodeAdapter } from '../common/AdapterFile';
 import { canTransition, JobState } from '../common/JobState';
 import { ActivationBatch } from '../common/batchPayload';
@@ -48,18 +49,15 @@ export class TrainingJob {
     const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers);
     let values = initialParameters(shape, rec.config.seed);
     let state: OptimizerState | undefined;
-    const ckpt = store.readCheckpoint(rec);
+    const stored = store.readCheckpoints(rec);
+    const ckpt = stored.map((bytes) => readCheckpoint(bytes, rec, shape)).find((c) => c !== undefined);
+    if (stored.length > 0 && !ckpt) throw new WireError('STORAGE', 'no stored checkpoint of this job is readable; start a new job');
     if (ckpt) {
-      const { header, tensors } = decodeAdapter(ckpt, rec.model.fingerprint);
-      values = new Map(parameterNames(shape).map((n) => [n, tensors.get(n)!.data]));
-      state = {
-        step: Number(header.meta.step),
-        m: new Map(parameterNames(shape).map((n) => [n, tensors.get(`adam.m.${n}`)!.data])),
-        v: new Map(parameterNames(shape).map((n) => [n, tensors.get(`adam.v.${n}`)!.data])),
-      };
+      values = ckpt.values;
+      state = ckpt.state;
       rec.step = state.step;
-      rec.nextIndex = Number(header.meta.nextIndex);
-      rec.trainTokens = Number(header.meta.trainTokens ?? 0);
+      rec.nextIndex = ckpt.nextIndex;
+      rec.trainTokens = ckpt.trainTokens;
     } else {
       rec.step = 0;
       rec.nextIndex = 0;
@@ -135,10 +133,11 @@ export class TrainingJob {
       ];
     });
     const meta = { kind: 'checkpoint', step: this.trainer.step, nextIndex: this.nextIndex, trainTokens: this.rec.trainTokens };
-    this.store.writeCheckpoint(this.rec, encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors));
+    const bytes = encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
+    storing('a checkpoint', () => this.store.writeCheckpoint(this.rec, bytes));
     this.rec.step = this.trainer.step;
     this.rec.nextIndex = this.nextIndex;
-    this.store.save(this.rec);
+    storing('the job record', () => this.store.save(this.rec));
   }
 
   /** Checkpoints now (graceful shutdown, cancel). */
@@ -154,9 +153,14 @@ export class TrainingJob {
       await this.checkpointNow();
       const values = this.trainer.values();
       const tensors = parameterNames(this.shape).map((n) => ({ name: n, shape: parameterShape(this.shape, n), data: values.get(n)! }));
+      try {
+        checkSideNetworkTensors(this.shape, new Map(tensors.map((t) => [t.name, t])));
+      } catch {
+        throw new WireError('INTERNAL', 'the trained weights are not finite numbers; no adapter was written (resume from an earlier checkpoint with a lower learning rate)');
+      }
       const meta = { kind: 'adapter', steps: this.trainer.step, trainTokens: this.rec.trainTokens, evals: this.rec.evals, finishedAt: new Date().toISOString() };
       const bytes = encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
-      this.store.writeAdapter(this.rec, bytes);
+      storing('the adapter', () => this.store.writeAdapter(this.rec, bytes));
       this.setState('finished');
       return bytes;
     });
@@ -178,6 +182,35 @@ export class TrainingJob {
   async dispose(): Promise<void> {
     await this.chain;
     this.disposed = true;
+  }
+}
+
+/** Runs a write to the server's disk; a failure is a typed STORAGE error that says what is kept. */
+function storing(what: string, write: () => void): void {
+  try {
+    write();
+  } catch {
+    throw new WireError('STORAGE', `the server could not store ${what} (is its disk full?); what it stored before is kept`);
+  }
+}
+
+/** A checkpoint's weights, Adam state and position, or undefined when it is damaged (short, flipped, foreign). */
+function readCheckpoint(bytes: Buffer, rec: JobRecord, shape: SideNetworkShape): { values: Map<string, Float32Array>; state: OptimizerState; nextIndex: number; trainTokens: number } | undefined {
+  try {
+    const { header, tensors } = decodeAdapter(bytes, rec.model.fingerprint);
+    const names = parameterNames(shape);
+    const under = (prefix: string) => new Map(names.flatMap((n) => (tensors.has(prefix + n) ? [[n, tensors.get(prefix + n)!] as const] : [])));
+    for (const prefix of ['', 'adam.m.', 'adam.v.']) checkSideNetworkTensors(shape, under(prefix));
+    const { step, nextIndex, trainTokens } = header.meta as { step?: unknown; nextIndex?: unknown; trainTokens?: unknown };
+    if (!Number.isSafeInteger(step) || !Number.isSafeInteger(nextIndex)) return undefined;
+    return {
+      values: new Map(names.map((n) => [n, tensors.get(n)!.data])),
+      state: { step: step as number, m: new Map(names.map((n) => [n, tensors.get(`adam.m.${n}`)!.data])), v: new Map(names.map((n) => [n, tensors.get(`adam.v.${n}`)!.data])) },
+      nextIndex: nextIndex as number,
+      trainTokens: Number.isSafeInteger(trainTokens) ? (trainTokens as number) : 0,
+    };
+  } catch {
+    return undefined;
   }
 }
 

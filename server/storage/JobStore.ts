@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { writeFileAtomic } from '../../common/atomicWrite';
+import { syncFolder, writeFileAtomic } from '../../common/atomicWrite';
 import type { JobState } from '../../common/JobState';
 import { JobConfig, ModelSpec } from '../../common/messages';
 
@@ -23,6 +23,9 @@ export interface JobRecord {
   /** Held-out results by evalId (loss sums and token counts). */
   evals: Record<string, { lossSum: number; tokens: number }>;
 }
+
+/** The newest checkpoint and the one before it. */
+const CHECKPOINT_FILES = ['checkpoint.mobi', 'checkpoint.prev.mobi'] as const;
 
 export const JOB_ID_PATTERN = /^[0-9a-f-]{36}$/;
 
@@ -70,16 +73,33 @@ export class JobStore {
     return ids.map((id) => this.get(user, id)).filter((r): r is JobRecord => r !== undefined);
   }
 
+  /**
+   * Stores a checkpoint and keeps the one before it: the new file is written
+   * in full and verified first (writeFileAtomic), then the current one becomes
+   * `checkpoint.prev.mobi` and the new one takes its place. A failure leaves
+   * the stored checkpoints as they were.
+   */
   writeCheckpoint(rec: JobRecord, bytes: Uint8Array): void {
-    writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'checkpoint.mobi'), bytes);
+    const dir = this.dir(rec.user, rec.id);
+    const next = path.join(dir, 'checkpoint.next.mobi');
+    writeFileAtomic(next, bytes);
+    const current = path.join(dir, CHECKPOINT_FILES[0]);
+    if (fs.existsSync(current)) fs.renameSync(current, path.join(dir, CHECKPOINT_FILES[1]));
+    fs.renameSync(next, current);
+    syncFolder(dir);
   }
 
-  readCheckpoint(rec: JobRecord): Buffer | undefined {
-    try {
-      return fs.readFileSync(path.join(this.dir(rec.user, rec.id), 'checkpoint.mobi'));
-    } catch {
-      return undefined;
+  /** The stored checkpoints, newest first (at most two; none for a new job). */
+  readCheckpoints(rec: JobRecord): Buffer[] {
+    const out: Buffer[] = [];
+    for (const name of CHECKPOINT_FILES) {
+      try {
+        out.push(fs.readFileSync(path.join(this.dir(rec.user, rec.id), name)));
+      } catch {
+        // not there (a new job, or no previous checkpoint yet)
+      }
     }
+    return out;
   }
 
   writeAdapter(rec: JobRecord, bytes: Uint8Array): void {

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufKv, GgufScalar, GgufValueType } from './GgufFile';
 import { rowBytes } from './ggmlTypes';
-import { writeFileAtomicWith } from '../../../common/atomicWrite';
+import { writeAll, writeFileAtomicWith } from '../../../common/atomicWrite';
 import { MobiError } from '../MobiError';
 
 interface PendingTensor {
@@ -92,7 +92,7 @@ export class GgufWriter {
     writeFileAtomicWith(path, (fd) => {
       let pos = 0;
       const put = (b: Buffer): void => {
-        fs.writeSync(fd, b, 0, b.length, pos);
+        writeAll(fd, b, pos);
         pos += b.length;
       };
       for (const b of header) put(b);

@@ -1,0 +1,63 @@
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { WebSocket } from 'ws';
+import { decodeBatchPayload } from '../../../common/batchPayload';
+import { WireError } from '../../../common/WireError';
+import { DeviceSession } from '../../../server/DeviceSession';
+import { JobRegistry } from '../../../server/JobRegistry';
+import { ServerMetrics } from '../../../server/ServerMetrics';
+import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
+import { withDiskBudget } from '../../helpers/diskBudget';
+import { batchPayload, config, D, model, SocketEnd, storesWithHead, V } from '../../helpers/sessionHarness';
+
+const batch = (seed: number) => {
+  const { payload, rows } = batchPayload(seed);
+  return decodeBatchPayload(payload, rows, config.tappedLayers.length, D, 8, V);
+};
+
+describe('server: checkpoints on a failing disk', function () {
+  this.timeout(60_000);
+  let engine: OnnxEngine;
+  before(async () => (engine = await OnnxEngine.create({ threads: 1 })));
+  after(() => engine.dispose());
+
+  it('keeps the previous checkpoint and falls back to it when the newest is damaged; none readable is a typed error', async () => {
+    const { heads, jobs } = storesWithHead();
+    const cfg = { ...config, totalSteps: 6, checkpointEvery: 2 };
+    const rec = jobs.create('ann', 'j', model, cfg);
+    const first = new JobRegistry(engine, jobs, heads);
+    const job = first.load(rec);
+    for (let i = 0; i < 4; i++) await job.train(i, batch(i + 1));
+    await first.unload(job); // no checkpoint on unload: the stored ones are steps 4 (newest) and 2
+    const dir = jobs.dir('ann', rec.id);
+    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('checkpoint')).sort(), ['checkpoint.mobi', 'checkpoint.prev.mobi']);
+    const newest = path.join(dir, 'checkpoint.mobi');
+    fs.truncateSync(newest, Math.floor(fs.statSync(newest).size / 2));
+    const reloaded = new JobRegistry(engine, jobs, heads).load(jobs.get('ann', rec.id)!);
+    assert.equal(reloaded.step, 2, 'resumed from the previous checkpoint');
+    assert.equal(reloaded.nextIndex, 2);
+    fs.truncateSync(path.join(dir, 'checkpoint.prev.mobi'), 100);
+    assert.throws(() => new JobRegistry(engine, jobs, heads).load(jobs.get('ann', rec.id)!), (err) => err instanceof WireError && err.code === 'STORAGE');
+  });
+
+  it('a checkpoint the disk cannot take is a STORAGE error to the device, never a job/checkpoint', async () => {
+    const { heads, jobs } = storesWithHead();
+    const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: { credits: 2, maxJobsPerUser: 4 }, backend: 'test', log: () => undefined };
+    const ws = new SocketEnd();
+    new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
+    ws.deliver({ type: 'session/hello', protocol: 1, client: 'test', model });
+    await ws.next('session/welcome');
+    ws.deliver({ type: 'job/create', name: 'j', config: { ...config, checkpointEvery: 1 } });
+    const ready = await ws.next('job/ready');
+    const b = batchPayload(1);
+    await withDiskBudget(0, async () => {
+      ws.deliver({ type: 'batch/train', jobId: ready.jobId, index: 0, rows: b.rows }, b.payload);
+      const err = await ws.next('error');
+      assert.equal(err.code, 'STORAGE');
+      assert.match(err.message, /what it stored before is kept/);
+    });
+    assert.ok(!ws.received.some((m) => m.type === 'job/checkpoint' || m.type === 'batch/ack'), 'nothing claimed success');
+    assert.ok(!fs.readdirSync(jobs.dir('ann', ready.jobId)).some((f) => f.startsWith('checkpoint') || f.includes('.tmp-')), 'no checkpoint and no temp file on disk');
+  });
+});
