@@ -17,6 +17,12 @@ const ModelSpec = {
   vocabularySize: 'uint',
   /** Epsilon of the backbone's final RMSNorm (GGUF metadata). */
   normEpsilon: 'number',
+  /**
+   * sha256 of the head upload's content, computed by the device from its model
+   * file: the f32 norm weight, then the f16 head rows in order. The server
+   * keeps heads under (fingerprint, headDigest) and verifies uploads against it.
+   */
+  headDigest: 'string',
 } as const satisfies Schema;
 
 export const JobConfigSchema = {

@@ -6,13 +6,12 @@ import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { CloseCode, PROTOCOL_VERSION } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
 import { WireError, WireErrorCode } from '../common/WireError';
+import { HeadUpload } from './HeadUpload';
 import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN } from './storage/HeadStore';
 import { JobRecord } from './storage/JobStore';
 import { TrainingJob } from './TrainingJob';
 
-/** Largest head the server accepts (rows x cols), about 1.2 G values. */
-const MAX_HEAD_VALUES = 1_200_000_000;
 const MAX_ROWS_PER_BATCH = 65_536;
 
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
@@ -24,7 +23,7 @@ type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload:
  */
 export class DeviceSession {
   private model: ModelSpec | undefined;
-  private upload: { rows: number; cols: number; norm: Float32Array; halves: Uint16Array; rowsReceived: number } | undefined;
+  private upload: HeadUpload | undefined;
   private inFlight = 0;
   private lastSeen = Date.now();
   private alive = true;
@@ -113,40 +112,35 @@ export class DeviceSession {
     if (m.protocol !== PROTOCOL_VERSION) throw new WireError('VERSION_MISMATCH', `protocol ${m.protocol} is not supported; this server speaks ${PROTOCOL_VERSION}`, true);
     if (this.model) throw new WireError('OUT_OF_ORDER', 'session/hello was already sent');
     const spec = m.model;
-    if (!FINGERPRINT_PATTERN.test(spec.fingerprint)) throw new WireError('BAD_FRAME', 'model.fingerprint must be 64 hex digits');
+    if (!FINGERPRINT_PATTERN.test(spec.fingerprint) || !FINGERPRINT_PATTERN.test(spec.headDigest)) throw new WireError('BAD_FRAME', 'model.fingerprint and model.headDigest must be 64 hex digits');
     if (spec.layers < 1 || spec.hiddenSize < 1 || spec.vocabularySize < 1 || spec.hiddenSize > 65536 || spec.layers > 1024 || spec.normEpsilon <= 0) {
       throw new WireError('BAD_FRAME', 'model description out of range');
     }
     this.model = spec;
-    this.send({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.ctx.backend, headCached: this.ctx.heads.has(spec.fingerprint), credits: this.ctx.limits.credits });
+    this.send({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.ctx.backend, headCached: this.ctx.heads.has(spec), credits: this.ctx.limits.credits });
   }
 
   private onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): void {
-    const model = this.model!;
-    if (m.rows !== model.vocabularySize || m.cols !== model.hiddenSize) throw new WireError('MODEL_MISMATCH', 'head shape does not match the model');
-    if (m.rows * m.cols > MAX_HEAD_VALUES) throw new WireError('LIMIT', 'head too large for this server');
-    if (payload.length !== 4 * m.cols) throw new WireError('BAD_FRAME', 'head/begin payload must be the f32 norm weight');
-    const norm = new Float32Array(m.cols);
-    Buffer.from(norm.buffer).set(payload);
-    this.upload = { rows: m.rows, cols: m.cols, norm, halves: new Uint16Array(m.rows * m.cols), rowsReceived: 0 };
+    this.upload = undefined;
+    this.upload = HeadUpload.begin(this.model!, m, payload);
   }
 
   private onHeadChunk(m: DeviceMessage<'head/chunk'>, payload: Buffer): void {
-    const up = this.upload;
-    if (!up) throw new WireError('OUT_OF_ORDER', 'head/chunk before head/begin');
-    if (m.rowCount === 0 || m.rowStart + m.rowCount > up.rows || payload.length !== 2 * m.rowCount * up.cols) {
-      throw new WireError('BAD_FRAME', 'head/chunk rows out of range or payload size wrong');
+    if (!this.upload) throw new WireError('OUT_OF_ORDER', 'head/chunk before head/begin');
+    try {
+      this.upload.chunk(m, payload);
+    } catch (err) {
+      this.upload = undefined;
+      throw err;
     }
-    new Uint8Array(up.halves.buffer, 2 * m.rowStart * up.cols, payload.length).set(payload);
-    up.rowsReceived += m.rowCount;
   }
 
   private onHeadEnd(): void {
     const up = this.upload;
     if (!up) throw new WireError('OUT_OF_ORDER', 'head/end before head/begin');
-    if (up.rowsReceived !== up.rows) throw new WireError('BAD_FRAME', `head has ${up.rowsReceived} of ${up.rows} rows`);
-    this.ctx.heads.save(this.model!.fingerprint, up.rows, up.cols, up.norm, up.halves);
     this.upload = undefined;
+    up.verify();
+    this.ctx.heads.save(this.model!, up.rows, up.cols, up.norm, up.halves);
     this.ctx.log(`stored a model head (user ${this.user})`);
     this.send({ type: 'head/stored', fingerprint: this.model!.fingerprint });
   }
@@ -165,7 +159,7 @@ export class DeviceSession {
 
   private onJobCreate(m: DeviceMessage<'job/create'>): void {
     const model = this.model!;
-    if (!this.ctx.heads.has(model.fingerprint)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
+    if (!this.ctx.heads.has(model)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
     this.checkConfig(m.config);
     if (this.ctx.registry.trainingJobsOf(this.user) >= this.ctx.limits.maxJobsPerUser) {
       throw new WireError('LIMIT', 'too many jobs training at once for this user; finish or cancel one');

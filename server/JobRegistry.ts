@@ -1,3 +1,4 @@
+import type { ModelSpec } from '../common/messages';
 import { HeadStore } from './storage/HeadStore';
 import { JobRecord, JobStore } from './storage/JobStore';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
@@ -32,7 +33,7 @@ export class JobRegistry {
     const key = keyOf(rec);
     let job = this.jobs.get(key);
     if (!job) {
-      job = TrainingJob.open(rec, this.jobStore, this.engine, this.acquireHead(rec.model.fingerprint, rec.model.normEpsilon));
+      job = TrainingJob.open(rec, this.jobStore, this.engine, this.acquireHead(rec.model));
       this.jobs.set(key, job);
       this.onLoadedJobsChanged(this.jobs.size);
     }
@@ -51,7 +52,7 @@ export class JobRegistry {
     this.jobs.delete(key);
     this.onLoadedJobsChanged(this.jobs.size);
     await job.dispose();
-    this.releaseHead(job.rec.model.fingerprint);
+    this.releaseHead(headKeyOf(job.rec.model));
   }
 
   /** Checkpoints every training job and unloads every job (graceful stop). Returns how many checkpoints failed. */
@@ -70,27 +71,32 @@ export class JobRegistry {
     return failed;
   }
 
-  private acquireHead(fingerprint: string, eps: number): OnnxHead {
-    const entry = this.heads.get(fingerprint);
+  private acquireHead(model: ModelSpec): OnnxHead {
+    const key = headKeyOf(model);
+    const entry = this.heads.get(key);
     if (entry) {
       entry.users++;
       return entry.head;
     }
-    const stored = this.headStore.load(fingerprint);
-    const head = new OnnxHead(stored.halves, stored.norm, eps);
-    this.heads.set(fingerprint, { head, users: 1 });
+    const stored = this.headStore.load(model);
+    const head = new OnnxHead(stored.halves, stored.norm, model.normEpsilon);
+    this.heads.set(key, { head, users: 1 });
     return head;
   }
 
-  private releaseHead(fingerprint: string): void {
-    const entry = this.heads.get(fingerprint);
-    if (entry && --entry.users === 0) this.heads.delete(fingerprint);
+  private releaseHead(key: string): void {
+    const entry = this.heads.get(key);
+    if (entry && --entry.users === 0) this.heads.delete(key);
   }
 
   /** Heads loaded now (one per model in use). */
   get loadedHeads(): number {
     return this.heads.size;
   }
+}
+
+function headKeyOf(model: ModelSpec): string {
+  return `${model.fingerprint}.${model.headDigest}`;
 }
 
 function keyOf(rec: JobRecord): string {

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../common/atomicWrite';
+import type { ModelSpec } from '../../common/messages';
 import { WireError } from '../../common/WireError';
 import { ServerError } from '../ServerError';
 
@@ -15,10 +16,16 @@ export interface StoredHead {
 
 export const FINGERPRINT_PATTERN = /^[0-9a-f]{64}$/;
 
+/** What names a stored head: the model file and the digest of the head's content. */
+export type HeadKey = Pick<ModelSpec, 'fingerprint' | 'headDigest'>;
+
 /**
- * Heads cached per model fingerprint in `<data>/heads/<fingerprint>.head`
- * (u32 rows, u32 cols, f32 norm[cols], f16 head[rows][cols]). These are public
- * model weights, uploaded once by the first device that uses the model.
+ * Heads cached in `<data>/heads/<fingerprint>.<headDigest>.head` (u32 rows,
+ * u32 cols, f32 norm[cols], f16 head[rows][cols]). These are public model
+ * weights, uploaded once per (model, digest) by the first device that needs
+ * them and verified against the digest; a stored head is never replaced. A
+ * head uploaded with another digest for the same model is stored apart and
+ * serves only sessions that state that digest.
  */
 export class HeadStore {
   private readonly dir: string;
@@ -27,27 +34,31 @@ export class HeadStore {
     this.dir = path.join(dataDir, 'heads');
   }
 
-  private file(fingerprint: string): string {
-    if (!FINGERPRINT_PATTERN.test(fingerprint)) throw new WireError('BAD_FRAME', 'model fingerprint must be 64 hex digits');
-    return path.join(this.dir, `${fingerprint}.head`);
+  private file(key: HeadKey): string {
+    if (!FINGERPRINT_PATTERN.test(key.fingerprint) || !FINGERPRINT_PATTERN.test(key.headDigest)) {
+      throw new WireError('BAD_FRAME', 'model fingerprint and head digest must be 64 hex digits');
+    }
+    return path.join(this.dir, `${key.fingerprint}.${key.headDigest}.head`);
   }
 
-  has(fingerprint: string): boolean {
-    return fs.existsSync(this.file(fingerprint));
+  has(key: HeadKey): boolean {
+    return fs.existsSync(this.file(key));
   }
 
-  save(fingerprint: string, rows: number, cols: number, norm: Float32Array, headHalves: Uint16Array): void {
+  /** Stores a verified head; a head already stored under the key stays as it is. */
+  save(key: HeadKey, rows: number, cols: number, norm: Float32Array, headHalves: Uint16Array): void {
+    if (this.has(key)) return;
     const header = Buffer.alloc(8);
     header.writeUInt32LE(rows, 0);
     header.writeUInt32LE(cols, 4);
     writeFileAtomic(
-      this.file(fingerprint),
+      this.file(key),
       Buffer.concat([header, Buffer.from(norm.buffer, norm.byteOffset, norm.byteLength), Buffer.from(headHalves.buffer, headHalves.byteOffset, headHalves.byteLength)]),
     );
   }
 
-  load(fingerprint: string): StoredHead {
-    const buf = fs.readFileSync(this.file(fingerprint));
+  load(key: HeadKey): StoredHead {
+    const buf = fs.readFileSync(this.file(key));
     const rows = buf.readUInt32LE(0);
     const cols = buf.readUInt32LE(4);
     if (buf.length !== 8 + 4 * cols + 2 * rows * cols) throw new ServerError('DAMAGED_FILE', 'a stored model head has the wrong size; delete it and let a device upload it again');

@@ -5,6 +5,7 @@ import { encodeBatchPayload } from '../../common/batchPayload';
 import { decodeServerFrame, encodeFrame } from '../../common/codec';
 import type { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
+import { headDigestOf } from '../../server/HeadUpload';
 import { HeadStore } from '../../server/storage/HeadStore';
 import { JobStore } from '../../server/storage/JobStore';
 import { tmpDir } from './workspaces';
@@ -14,14 +15,16 @@ import { tmpDir } from './workspaces';
 export const D = 16;
 export const V = 40;
 const L = 2;
-export const model: ModelSpec = { fingerprint: 'a'.repeat(64), architecture: 'llama', layers: L, hiddenSize: D, vocabularySize: V, normEpsilon: 1e-5 };
+/** The model's norm and head (f16 bits), and a spec whose headDigest matches them. */
+export const headNorm = Float32Array.from({ length: D }, () => 1);
+export const headHalves = ((rng) => Uint16Array.from({ length: V * D }, () => 0x3c00 ^ (rng.next() < 0.5 ? 0x8000 : 0)))(new SeededRandom(3));
+export const model: ModelSpec = { fingerprint: 'a'.repeat(64), architecture: 'llama', layers: L, hiddenSize: D, vocabularySize: V, normEpsilon: 1e-5, headDigest: headDigestOf(headNorm, headHalves) };
 export const config: JobConfig = { tappedLayers: [0, 1], reduction: 4, bits: 8, seqLen: 8, batchSize: 1, totalSteps: 3, learningRate: 1e-2, warmupSteps: 1, seed: 1, checkpointEvery: 2 };
 
 export function storesWithHead(): { heads: HeadStore; jobs: JobStore } {
   const dir = tmpDir('server-unit');
   const heads = new HeadStore(dir);
-  const rng = new SeededRandom(3);
-  heads.save(model.fingerprint, V, D, Float32Array.from({ length: D }, () => 1), Uint16Array.from({ length: V * D }, () => 0x3c00 ^ (rng.next() < 0.5 ? 0x8000 : 0)));
+  heads.save(model, V, D, headNorm, headHalves);
   return { heads, jobs: new JobStore(dir) };
 }
 

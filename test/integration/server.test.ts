@@ -9,13 +9,14 @@ import { MobiError } from '../../extension/core/MobiError';
 import { ServerConnection } from '../../extension/core/ServerConnection';
 import { SeededRandom } from '../../common/SeededRandom';
 import { decodeServerFrame, encodeFrame } from '../../common/codec';
+import { PROTOCOL_VERSION } from '../../common/limits';
 import { ModelSpec, ServerMessage } from '../../common/messages';
 import { MobiServer } from '../../server/MobiServer';
 import { tinyModel } from '../helpers/models';
 import { addUser, freePort, killHard, SERVER_CLI, startServerProcess } from '../helpers/serverProcess';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 
-const spec = (fp: string): ModelSpec => ({ fingerprint: fp, architecture: 'llama', layers: 2, hiddenSize: 32, vocabularySize: 300, normEpsilon: 1e-5 });
+const spec = (fp: string): ModelSpec => ({ fingerprint: fp, architecture: 'llama', layers: 2, hiddenSize: 32, vocabularySize: 300, normEpsilon: 1e-5, headDigest: 'c'.repeat(64) });
 
 function get(url: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -134,7 +135,7 @@ describe('side-tuning server', function () {
         if (i % 2 === 0) {
           // Half the connections say hello first, so messages get past the order check.
           const welcome = new Promise<void>((r) => ws!.once('message', () => r()));
-          ws.send(encodeFrame({ type: 'session/hello', protocol: 1, client: 'fuzz', model: spec('b'.repeat(64)) }), { binary: true });
+          ws.send(encodeFrame({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'fuzz', model: spec('b'.repeat(64)) }), { binary: true });
           await welcome;
         }
       }

@@ -14,6 +14,7 @@ import type { JobContext } from './JobContext';
 import { JobPhase, ProgressTracker } from './JobProgress';
 import { JobRecordStore } from './JobRecordStore';
 import { ReconnectPolicy, sleep } from './ReconnectPolicy';
+import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
 
 export type { FineTuneOptions } from './FineTuneOptions';
@@ -45,6 +46,8 @@ interface Workload {
   scan: ScanReport;
   backbone: Backbone;
   fingerprint: string;
+  /** sha256 of the head upload's content (headContent.ts). */
+  headDigest: string;
   data: Dataset;
   config: JobConfig;
   stream: ActivationStream;
@@ -172,6 +175,7 @@ export class FineTuneJob {
     const backbone = await Backbone.open(this.o.model, { contextSize: seqLen * batchSize, maxSequences: batchSize, threads: this.o.threads });
     this.backbone = backbone;
     const fingerprint = await modelFingerprint(backbone.info.path);
+    const digest = await headDigest(backbone, fingerprint, this.o.storeDir);
     const data = buildDataset(scan.files, (text) => backbone.tokenize(text), {
       seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences,
     });
@@ -192,7 +196,7 @@ export class FineTuneJob {
       this.jobId = rec.jobId;
       this.before = rec.heldOutLossBefore;
     }
-    this.work = { scan, backbone, fingerprint, data, config, stream: new ActivationStream(backbone, data, config, this.ctx) };
+    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, stream: new ActivationStream(backbone, data, config, this.ctx) };
     this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${totalSteps} steps`);
     return this.work;
   }
@@ -210,7 +214,7 @@ export class FineTuneJob {
       ({ url, token } = this.embedded);
     }
     const info = work.backbone.info;
-    const spec: ModelSpec = { fingerprint: work.fingerprint, architecture: info.architecture, layers: info.layers, hiddenSize: info.hiddenSize, vocabularySize: info.vocabularySize, normEpsilon: info.normEpsilon };
+    const spec: ModelSpec = { fingerprint: work.fingerprint, architecture: info.architecture, layers: info.layers, hiddenSize: info.hiddenSize, vocabularySize: info.vocabularySize, normEpsilon: info.normEpsilon, headDigest: work.headDigest };
     const conn = await ServerConnection.open(url, token, spec, { onFrameSent: this.o.onFrameSent });
     this.conn = conn;
     reconnect.connected();

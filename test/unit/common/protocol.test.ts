@@ -9,7 +9,7 @@ import { DeviceMessage, ServerMessage } from '../../../common/messages';
 import { WireError } from '../../../common/WireError';
 import { testAdapterConfig } from '../../helpers/adapters';
 
-const model = { fingerprint: 'ab'.repeat(32), architecture: 'llama', layers: 4, hiddenSize: 64, vocabularySize: 700, normEpsilon: 1e-5 };
+const model = { fingerprint: 'ab'.repeat(32), architecture: 'llama', layers: 4, hiddenSize: 64, vocabularySize: 700, normEpsilon: 1e-5, headDigest: 'cd'.repeat(32) };
 const config = { tappedLayers: [0, 1, 2, 3], reduction: 8, bits: 8, seqLen: 128, batchSize: 4, totalSteps: 10, learningRate: 1e-3, warmupSteps: 2, seed: 1, checkpointEvery: 5 };
 
 /** One example of every message, each direction (a missing type fails to compile). */

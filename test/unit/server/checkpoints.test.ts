@@ -2,6 +2,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WebSocket } from 'ws';
+import { PROTOCOL_VERSION } from '../../../common/limits';
 import { decodeBatchPayload } from '../../../common/batchPayload';
 import { WireError } from '../../../common/WireError';
 import { DeviceSession } from '../../../server/DeviceSession';
@@ -46,7 +47,7 @@ describe('server: checkpoints on a failing disk', function () {
     const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: { credits: 2, maxJobsPerUser: 4 }, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
-    ws.deliver({ type: 'session/hello', protocol: 1, client: 'test', model });
+    ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });
     await ws.next('session/welcome');
     ws.deliver({ type: 'job/create', name: 'j', config: { ...config, checkpointEvery: 1 } });
     const ready = await ws.next('job/ready');

@@ -1,5 +1,6 @@
 import * as assert from 'node:assert/strict';
 import { WebSocket } from 'ws';
+import { PROTOCOL_VERSION } from '../../../common/limits';
 import { canTransition, JOB_STATES } from '../../../common/JobState';
 import { DeviceSession } from '../../../server/DeviceSession';
 import { JobRegistry } from '../../../server/JobRegistry';
@@ -57,7 +58,7 @@ describe('server: session context and job registry', function () {
     const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics, limits: { credits: 1, maxJobsPerUser: 1 }, backend: 'test-backend', log: (l) => log.push(l) };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
-    ws.deliver({ type: 'session/hello', protocol: 1, client: 'test', model });
+    ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });
     const welcome = await ws.next('session/welcome');
     assert.equal(welcome.backend, 'test-backend');
     assert.equal(welcome.credits, 1);
