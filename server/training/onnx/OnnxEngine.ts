@@ -57,16 +57,21 @@ export class OnnxEngine {
   session(key: string, build: () => Uint8Array): Promise<ort.InferenceSession> {
     let s = this.sessions.get(key);
     if (!s) {
-      s = ort.InferenceSession.create(build(), {
-        executionProviders: [this.device],
-        intraOpNumThreads: this.threads,
-        interOpNumThreads: 1,
-        graphOptimizationLevel: 'all',
-      });
+      s = this.createSession(build());
       s.catch(() => this.sessions.delete(key));
       this.sessions.set(key, s);
     }
     return s;
+  }
+
+  /** A session of its own (not shared): for graphs that hold data, like the head's chunks. `optimize` false runs the graph as written. */
+  createSession(model: Uint8Array, optimize = true): Promise<ort.InferenceSession> {
+    return ort.InferenceSession.create(model, {
+      executionProviders: [this.device],
+      intraOpNumThreads: this.threads,
+      interOpNumThreads: 1,
+      graphOptimizationLevel: optimize ? 'all' : 'disabled',
+    });
   }
 
   async dispose(): Promise<void> {
