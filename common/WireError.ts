@@ -16,6 +16,7 @@ export const WIRE_ERROR_CODES = [
   'NO_SUCH_JOB', // unknown job, or a job of another user
   'JOB_STATE', // the job cannot do that now (finished, cancelled, running elsewhere)
   'LIMIT', // a server limit (jobs per user, devices)
+  'NON_FINITE', // training produced non-finite numbers several steps in a row and stopped
   'STORAGE', // the server could not store or read a checkpoint or adapter (a full disk); nothing stored is lost
   'INTERNAL', // the server failed on this request
 ] as const;

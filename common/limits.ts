@@ -10,6 +10,10 @@ export const DEFAULT_CREDITS = 2;
 export const HEAD_CHUNK_BYTES = 16 * 1024 * 1024;
 /** Ping interval; a peer silent for 3 intervals is dropped. */
 export const HEARTBEAT_MS = 15_000;
+/** How often the server looks for revoked tokens among open sessions. */
+export const REVOCATION_CHECK_MS = 1000;
+/** Replies queued for a device that does not read them, beyond which the server closes it. */
+export const MAX_SEND_BUFFER_BYTES = 128 * 1024 * 1024;
 /** A connection with no message for this long is closed. */
 export const IDLE_TIMEOUT_MS = 10 * 60_000;
 
@@ -24,3 +28,20 @@ export const CloseCode = {
   UNAUTHORIZED: 4003,
   LIMIT: 4008,
 } as const;
+
+/** Ranges a job's settings must fall in (checked by the server on job/create). */
+export const JOB_LIMITS = {
+  /** Optimizer steps of one job. */
+  maxTotalSteps: 10_000_000,
+  /** Seeds are 32-bit. */
+  maxSeed: 2 ** 32 - 1,
+  /** Tokens per training batch (seqLen x batchSize). */
+  maxRowsPerBatch: 65_536,
+  minSeqLen: 2,
+  /** Peak learning rate, exclusive. */
+  maxLearningRate: 1,
+} as const;
+
+/** Longest evalId a device may use, and how many held-out results a job keeps (the oldest are dropped). */
+export const MAX_EVAL_ID_CHARS = 64;
+export const MAX_EVALS_PER_JOB = 16;

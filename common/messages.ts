@@ -80,7 +80,7 @@ export const ServerMessages = {
   /** The job exists and accepts batches from nextIndex on. */
   'job/ready': { jobId: 'string', nextIndex: 'uint', step: 'uint', state: JOB_STATES },
   /** A training batch was applied (one optimizer step); returns one credit. */
-  'batch/ack': { jobId: 'string', index: 'uint', step: 'uint', loss: 'number', learningRate: 'number', tokens: 'uint', seconds: 'number' },
+  'batch/ack': { jobId: 'string', index: 'uint', step: 'uint', loss: 'number', learningRate: 'number', tokens: 'uint', seconds: 'number', skipped: 'boolean?' },
   'eval/result': { jobId: 'string', evalId: 'string', index: 'uint', lossSum: 'number', tokens: 'uint' },
   /** A checkpoint is durable: batches below nextIndex never need resending. */
   'job/checkpoint': { jobId: 'string', step: 'uint', nextIndex: 'uint' },

@@ -3,7 +3,7 @@ import { WebSocket } from 'ws';
 import { isBits } from '../common/ActivationQuantizer';
 import { decodeBatchPayload } from '../common/batchPayload';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
-import { CloseCode, PROTOCOL_VERSION } from '../common/limits';
+import { CloseCode, JOB_LIMITS, MAX_EVAL_ID_CHARS, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
 import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
@@ -12,7 +12,6 @@ import { FINGERPRINT_PATTERN } from './storage/HeadStore';
 import { JobRecord } from './storage/JobStore';
 import { TrainingJob } from './TrainingJob';
 
-const MAX_ROWS_PER_BATCH = 65_536;
 
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
 
@@ -29,7 +28,13 @@ export class DeviceSession {
   private alive = true;
   private readonly handlers: { [T in DeviceMessage['type']]: Handler<T> };
 
-  constructor(private readonly ctx: SessionContext, private readonly ws: WebSocket, readonly user: string) {
+  constructor(
+    private readonly ctx: SessionContext,
+    private readonly ws: WebSocket,
+    readonly user: string,
+    /** When the user's token was issued (a revocation or re-issue closes the session). */
+    readonly tokenSince = '',
+  ) {
     this.handlers = {
       'session/hello': (m) => this.onHello(m),
       'head/begin': (m, p) => this.onHeadBegin(m, p),
@@ -51,7 +56,13 @@ export class DeviceSession {
   }
 
   send(message: ServerMessage, payload?: Uint8Array): void {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(encodeFrame(message, payload), { binary: true });
+    if (this.ws.readyState !== WebSocket.OPEN) return;
+    if (this.ws.bufferedAmount > MAX_SEND_BUFFER_BYTES) {
+      this.ctx.log(`closing a session of user ${this.user}: it does not read its replies`);
+      this.close(CloseCode.LIMIT, 'replies not read');
+      return;
+    }
+    this.ws.send(encodeFrame(message, payload), { binary: true });
   }
 
   private sendError(code: WireErrorCode, message: string, fatal: boolean, jobId?: string): void {
@@ -151,19 +162,27 @@ export class DeviceSession {
     if (t.length === 0 || t.some((x, i) => x >= L || (i > 0 && x <= t[i - 1]!)) || t[t.length - 1] !== L - 1) {
       throw new WireError('BAD_FRAME', 'tappedLayers must ascend, lie within the model and end with its last layer');
     }
+    const d = this.model!.hiddenSize;
     if (!isBits(c.bits)) throw new WireError('BAD_FRAME', 'bits must be 4, 8 or 16');
-    if (c.reduction < 1 || c.reduction > this.model!.hiddenSize) throw new WireError('BAD_FRAME', 'reduction out of range');
-    if (c.seqLen < 2 || c.batchSize < 1 || c.seqLen * c.batchSize > MAX_ROWS_PER_BATCH) throw new WireError('BAD_FRAME', 'seqLen x batchSize out of range');
-    if (c.totalSteps < 1 || !(c.learningRate > 0 && c.learningRate < 1)) throw new WireError('BAD_FRAME', 'totalSteps or learningRate out of range');
+    if (c.reduction < 1 || c.reduction > d || d % c.reduction !== 0) throw new WireError('BAD_FRAME', `reduction must divide the hidden size ${d}`);
+    if (c.seqLen < JOB_LIMITS.minSeqLen || c.batchSize < 1 || c.seqLen * c.batchSize > JOB_LIMITS.maxRowsPerBatch) throw new WireError('BAD_FRAME', 'seqLen x batchSize out of range');
+    if (c.totalSteps < 1 || c.totalSteps > JOB_LIMITS.maxTotalSteps || c.warmupSteps > c.totalSteps) throw new WireError('BAD_FRAME', `totalSteps must be 1..${JOB_LIMITS.maxTotalSteps} and warmupSteps at most totalSteps`);
+    if (!(c.learningRate > 0 && c.learningRate < JOB_LIMITS.maxLearningRate)) throw new WireError('BAD_FRAME', 'learningRate out of range');
+    if (c.seed > JOB_LIMITS.maxSeed || c.checkpointEvery < 1) throw new WireError('BAD_FRAME', 'seed must be 32-bit and checkpointEvery at least 1');
+  }
+
+  /** LIMIT when this user already trains as many jobs as allowed (created or resumed alike). */
+  private checkJobLimit(): void {
+    if (this.ctx.registry.trainingJobsOf(this.user) >= this.ctx.limits.maxJobsPerUser) {
+      throw new WireError('LIMIT', 'too many jobs training at once for this user; finish or cancel one');
+    }
   }
 
   private onJobCreate(m: DeviceMessage<'job/create'>): void {
     const model = this.model!;
     if (!this.ctx.heads.has(model)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
     this.checkConfig(m.config);
-    if (this.ctx.registry.trainingJobsOf(this.user) >= this.ctx.limits.maxJobsPerUser) {
-      throw new WireError('LIMIT', 'too many jobs training at once for this user; finish or cancel one');
-    }
+    this.checkJobLimit();
     const rec = this.ctx.jobs.create(this.user, m.name, model, m.config);
     const job = this.ctx.registry.load(rec);
     this.ctx.metrics.jobsCreated.inc();
@@ -190,6 +209,8 @@ export class DeviceSession {
       this.send({ type: 'job/ready', jobId: rec.id, nextIndex: rec.nextIndex, step: rec.step, state: rec.state });
       return;
     }
+    const loaded = this.ctx.registry.isLoaded(rec);
+    if (!loaded || rec.state !== 'training') this.checkJobLimit();
     const job = this.ctx.registry.load(rec);
     job.resume();
     this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: job.rec.state });
@@ -219,7 +240,7 @@ export class DeviceSession {
           this.ctx.metrics.tokens.inc(ack.tokens);
           this.ctx.metrics.tokensPerSecond.set(ack.tokens / Math.max(ack.seconds, 1e-9));
         }
-        this.send({ type: 'batch/ack', jobId: m.jobId, index: ack.index, step: ack.step, loss: Number.isFinite(ack.loss) ? ack.loss : 0, learningRate: ack.learningRate, tokens: ack.tokens, seconds: ack.seconds });
+        this.send({ type: 'batch/ack', jobId: m.jobId, index: ack.index, step: ack.step, loss: Number.isFinite(ack.loss) ? ack.loss : 0, learningRate: ack.learningRate, tokens: ack.tokens, seconds: ack.seconds, ...(ack.skipped ? { skipped: true } : {}) });
         if (ack.checkpointed) this.send({ type: 'job/checkpoint', jobId: m.jobId, step: job.rec.step, nextIndex: job.rec.nextIndex });
       })
       .catch((err) => this.fail(err, m.jobId))
@@ -227,8 +248,10 @@ export class DeviceSession {
   }
 
   private async onEval(m: DeviceMessage<'batch/eval'>, payload: Buffer): Promise<void> {
+    if (m.evalId.length > MAX_EVAL_ID_CHARS) throw new WireError('BAD_FRAME', `evalId is at most ${MAX_EVAL_ID_CHARS} characters`);
     const job = this.job(m.jobId);
     const r = await job.evaluate(m.evalId, this.batchOf(job, m.rows, payload));
+    if (job.rec.state !== 'training') await this.ctx.registry.unload(job); // loaded only for this evaluation
     this.send({ type: 'eval/result', jobId: m.jobId, evalId: m.evalId, index: m.index, lossSum: r.lossSum, tokens: r.tokens });
   }
 

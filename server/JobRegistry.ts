@@ -40,6 +40,11 @@ export class JobRegistry {
     return job;
   }
 
+  /** Whether the job of `rec` is in memory now. */
+  isLoaded(rec: JobRecord): boolean {
+    return this.jobs.has(keyOf(rec));
+  }
+
   /** Jobs of `user` loaded and training now. */
   trainingJobsOf(user: string): number {
     return [...this.jobs.values()].filter((j) => j.rec.user === user && j.rec.state === 'training').length;
@@ -55,10 +60,19 @@ export class JobRegistry {
     this.releaseHead(headKeyOf(job.rec.model));
   }
 
+  /** Checkpoints the training jobs of `user` (or of everyone) and unloads them. Returns how many checkpoints failed. */
+  async unloadUser(user: string): Promise<number> {
+    return this.unloadWhere((job) => job.rec.user === user);
+  }
+
   /** Checkpoints every training job and unloads every job (graceful stop). Returns how many checkpoints failed. */
-  async unloadAll(): Promise<number> {
+  unloadAll(): Promise<number> {
+    return this.unloadWhere(() => true);
+  }
+
+  private async unloadWhere(which: (job: TrainingJob) => boolean): Promise<number> {
     let failed = 0;
-    for (const job of [...this.jobs.values()]) {
+    for (const job of [...this.jobs.values()].filter(which)) {
       if (job.rec.state === 'training') {
         try {
           await job.checkpoint();

@@ -4,7 +4,8 @@ import * as https from 'node:https';
 import { AddressInfo } from 'node:net';
 import { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer } from 'ws';
-import { CloseCode, DEFAULT_CREDITS, HEARTBEAT_MS, IDLE_TIMEOUT_MS, MAX_FRAME_BYTES } from '../common/limits';
+import { CloseCode, DEFAULT_CREDITS, HEARTBEAT_MS, IDLE_TIMEOUT_MS, MAX_FRAME_BYTES, REVOCATION_CHECK_MS } from '../common/limits';
+import { AuthLimiter } from './AuthLimiter';
 import { ServerMetrics } from './ServerMetrics';
 import { DeviceSession } from './DeviceSession';
 import { JobRegistry } from './JobRegistry';
@@ -32,6 +33,8 @@ export interface MobiServerOptions {
   maxJobsPerUser?: number;
   /** Open device connections. Default 64. */
   maxDevices?: number;
+  /** Open device connections of one user. Default 8. */
+  maxDevicesPerUser?: number;
   /** Close a connection silent for this long. Default IDLE_TIMEOUT_MS. */
   idleTimeoutMs?: number;
   /** Execution provider of the training engine. Default 'cpu'. */
@@ -62,6 +65,8 @@ export class MobiServer {
   /** What sessions may use; made by start(), once the backend is known. */
   private context: SessionContext | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
+  private revocations: NodeJS.Timeout | undefined;
+  private readonly authLimiter = new AuthLimiter();
   private closing = false;
 
   constructor(readonly options: MobiServerOptions) {
@@ -103,6 +108,8 @@ export class MobiServer {
     });
     this.heartbeat = setInterval(() => this.beat(), HEARTBEAT_MS);
     this.heartbeat.unref();
+    this.revocations = setInterval(() => this.enforceRevocations(), REVOCATION_CHECK_MS);
+    this.revocations.unref();
     const { port } = this.http.address() as AddressInfo;
     const scheme = this.options.tlsCert ? 'wss' : 'ws';
     const host = this.options.host ?? '127.0.0.1';
@@ -131,6 +138,11 @@ export class MobiServer {
   }
 
   private onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    void this.admit(req, socket, head).catch(() => socket.destroy());
+  }
+
+  /** Authenticates an upgrade (off the event loop, rate-limited), applies the connection limits, and starts a session. */
+  private async admit(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const refuse = (status: number, text: string): void => {
       this.metrics.authFailures.inc();
       socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
@@ -138,14 +150,27 @@ export class MobiServer {
     const context = this.context;
     if (this.closing || !context) return refuse(503, 'Service Unavailable');
     const auth = req.headers.authorization;
-    const user = this.users.verify(auth?.startsWith('Bearer ') ? auth.slice(7).trim() : undefined);
+    const token = auth?.startsWith('Bearer ') ? auth.slice(7).trim() : undefined;
+    const keys = [`address:${req.socket.remoteAddress ?? '?'}`, ...(UserStore.claimedName(token) ? [`user:${UserStore.claimedName(token)}`] : [])];
+    if (this.authLimiter.blocked(keys)) {
+      this.log('refused a connection: too many failed sign-ins');
+      return refuse(429, 'Too Many Requests');
+    }
+    const user = await this.users.verify(token);
     if (user === undefined) {
+      this.authLimiter.failed(keys);
       this.log('refused a connection: missing, wrong or revoked token');
       return refuse(401, 'Unauthorized');
     }
+    if (this.closing) return refuse(503, 'Service Unavailable');
     if (this.sessions.size >= (this.options.maxDevices ?? 64)) return refuse(503, 'Service Unavailable');
+    const mine = [...this.sessions].filter((s) => s.user === user.name).length;
+    if (mine >= (this.options.maxDevicesPerUser ?? 8)) {
+      this.log(`refused a connection: user ${user.name} has ${mine} open`);
+      return refuse(429, 'Too Many Requests');
+    }
     this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
-      const session = new DeviceSession(context, ws, user);
+      const session = new DeviceSession(context, ws, user.name, user.since);
       this.sessions.add(session);
       this.metrics.connections.set(this.sessions.size);
       ws.on('close', () => {
@@ -156,11 +181,22 @@ export class MobiServer {
     });
   }
 
+  /** Closes the sessions of users whose token was revoked or re-issued, and puts their jobs away. */
+  private enforceRevocations(): void {
+    for (const s of this.sessions) {
+      if (this.users.activeSince(s.user) === s.tokenSince) continue;
+      this.log(`closing a session of user ${s.user}: token revoked`);
+      s.close(CloseCode.UNAUTHORIZED, 'token revoked');
+      void this.registry?.unloadUser(s.user);
+    }
+  }
+
   /** Graceful stop: refuse new connections, checkpoint running jobs, close sockets. */
   async stop(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
+    if (this.revocations) clearInterval(this.revocations);
     for (const s of this.sessions) s.close(CloseCode.GOING_AWAY, 'server shutting down');
     const failed = (await this.registry?.unloadAll()) ?? 0;
     if (failed > 0) this.log(`checkpoint on shutdown failed for ${failed} job(s)`);

@@ -2,6 +2,7 @@ import { checkSideNetworkTensors } from '../common/AdapterConfig';
 import { decodeAdapter, encodeAdapter } from '../common/AdapterFile';
 import { canTransition, JobState } from '../common/JobState';
 import { ActivationBatch } from '../common/batchPayload';
+import { MAX_EVALS_PER_JOB } from '../common/limits';
 import { WireError } from '../common/WireError';
 import { JobRecord, JobStore } from './storage/JobStore';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
@@ -9,6 +10,9 @@ import { OnnxHead } from './training/onnx/OnnxHead';
 import { OnnxTrainer } from './training/onnx/OnnxTrainer';
 import { adapterConfig, initialParameters, parameterNames, parameterShape, sideShape, SideNetworkShape } from './training/sideNetworkSpec';
 import { OptimizerState } from './training/TrainerOptions';
+
+/** Non-finite steps in a row after which training stops with NON_FINITE. */
+export const MAX_SKIPPED_STEPS_IN_A_ROW = 3;
 
 export interface TrainAck {
   index: number;
@@ -18,6 +22,8 @@ export interface TrainAck {
   tokens: number;
   /** True when the batch had been trained already (resent after a drop): not trained again. */
   duplicate: boolean;
+  /** True when the step gave a non-finite loss or gradient and changed nothing. */
+  skipped?: boolean;
   checkpointed: boolean;
   /** Seconds the server spent on this step (training and checkpoint). */
   seconds: number;
@@ -34,6 +40,8 @@ export class TrainingJob {
   private chain: Promise<unknown> = Promise.resolve();
   nextIndex: number;
   private disposed = false;
+  /** Steps skipped one after another for a non-finite loss or gradient. */
+  private skippedInARow = 0;
 
   private constructor(
     readonly rec: JobRecord,
@@ -102,12 +110,20 @@ export class TrainingJob {
       const t0 = process.hrtime.bigint();
       const r = await this.trainer.trainBatch(batch);
       this.nextIndex = index + 1;
-      this.rec.trainTokens += r.tokens;
+      if (r.skipped) {
+        this.rec.skippedSteps = (this.rec.skippedSteps ?? 0) + 1;
+        if (++this.skippedInARow >= MAX_SKIPPED_STEPS_IN_A_ROW) {
+          throw new WireError('NON_FINITE', `${this.skippedInARow} steps in a row gave a non-finite loss or gradient; training stopped (resume from the last checkpoint with a lower learning rate)`);
+        }
+      } else {
+        this.skippedInARow = 0;
+        this.rec.trainTokens += r.tokens;
+      }
       const every = Math.max(1, this.rec.config.checkpointEvery);
       const checkpointed = this.trainer.step % every === 0;
       if (checkpointed) await this.checkpointNow();
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      return { index, step: r.step, loss: r.loss, learningRate: r.learningRate, tokens: r.tokens, duplicate: false, checkpointed, seconds };
+      return { index, step: r.step, loss: r.skipped ? 0 : r.loss, learningRate: r.learningRate, tokens: r.skipped ? 0 : r.tokens, duplicate: false, checkpointed, seconds, skipped: r.skipped };
     });
   }
 
@@ -116,7 +132,10 @@ export class TrainingJob {
       if (!allFinite(batch)) throw new WireError('BAD_FRAME', 'the held-out batch has NaN or infinite activations');
       const r = await this.trainer.evalBatch(batch);
       const acc = this.rec.evals[evalId] ?? { lossSum: 0, tokens: 0 };
+      delete this.rec.evals[evalId];
       this.rec.evals[evalId] = { lossSum: acc.lossSum + r.lossSum, tokens: acc.tokens + r.tokens };
+      const ids = Object.keys(this.rec.evals);
+      for (const old of ids.slice(0, Math.max(0, ids.length - MAX_EVALS_PER_JOB))) delete this.rec.evals[old];
       return r;
     });
   }

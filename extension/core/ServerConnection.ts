@@ -17,6 +17,20 @@ interface Waiter {
   reject: (err: MobiError) => void;
 }
 
+/** The device's error for a connection the server closed with `code`. */
+function errorOfClose(code: number, reason: string): MobiError {
+  switch (code) {
+    case CloseCode.VERSION_MISMATCH:
+      return new MobiError('VERSION_MISMATCH', `The server closed the connection: ${reason || 'protocol version mismatch'}.`);
+    case CloseCode.UNAUTHORIZED:
+      return new MobiError('UNAUTHORIZED', 'The server closed the connection: this token was revoked. Ask your team admin for a new one.');
+    case CloseCode.LIMIT:
+      return new MobiError('SERVER_ERROR', `The server closed the connection at one of its limits (${reason || 'limit'}).`);
+    default:
+      return new MobiError('CONNECTION_LOST', 'The connection to the server was lost.');
+  }
+}
+
 /**
  * The device's WebSocket connection to a side-tuning server. Sends typed
  * frames, counts bytes, and lets callers await typed replies. A dropped
@@ -35,7 +49,7 @@ export class ServerConnection {
 
   private constructor(private readonly ws: WebSocket) {
     ws.on('message', (data: Buffer) => this.onFrame(data));
-    ws.on('close', (code, reason) => this.drop(code === CloseCode.VERSION_MISMATCH ? new MobiError('VERSION_MISMATCH', `The server closed the connection: ${reason.toString() || 'protocol version mismatch'}.`) : new MobiError('CONNECTION_LOST', 'The connection to the server was lost.')));
+    ws.on('close', (code, reason) => this.drop(errorOfClose(code, reason.toString())));
     ws.on('error', () => undefined);
   }
 
@@ -55,7 +69,9 @@ export class ServerConnection {
         reject(
           res.statusCode === 401
             ? new MobiError('UNAUTHORIZED', 'The server refused the token (missing, wrong or revoked): set a valid token.')
-            : new MobiError('SERVER_UNREACHABLE', `The server answered HTTP ${res.statusCode} instead of accepting the connection.`),
+            : res.statusCode === 429
+              ? new MobiError('SERVER_ERROR', 'The server refused the connection: too many failed sign-ins or open connections for this user; try again in a minute.')
+              : new MobiError('SERVER_UNREACHABLE', `The server answered HTTP ${res.statusCode} instead of accepting the connection.`),
         );
       });
       ws.once('error', (err) => reject(new MobiError('SERVER_UNREACHABLE', `Cannot reach the server at ${url}: is it running and is the URL right?`, { cause: err })));

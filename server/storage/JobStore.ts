@@ -18,6 +18,8 @@ export interface JobRecord {
   /** First batch index not in the last checkpoint. */
   nextIndex: number;
   trainTokens: number;
+  /** Steps skipped for a non-finite loss or gradient. */
+  skippedSteps?: number;
   createdAt: string;
   updatedAt: string;
   /** Held-out results by evalId (loss sums and token counts). */

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, scrypt, scryptSync, timingSafeEqual } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../common/atomicWrite';
@@ -88,21 +88,38 @@ export class UserStore {
     return this.users.map((u) => ({ name: u.name, createdAt: u.createdAt, revoked: u.revokedAt !== undefined }));
   }
 
-  /** The user a token belongs to, or undefined for a missing, wrong or revoked token. */
-  verify(token: string | undefined): string | undefined {
+  /** The user name a token claims (before it is checked), for rate limits. */
+  static claimedName(token: string | undefined): string | undefined {
+    const dot = token?.indexOf('.') ?? -1;
+    return token && dot > 0 && dot <= 32 ? token.slice(0, dot) : undefined;
+  }
+
+  /**
+   * The user a token belongs to, with the date of that user's current token
+   * (a later revocation or re-issue changes it), or undefined for a missing,
+   * wrong or revoked token. scrypt runs on libuv's thread pool, not on the
+   * event loop.
+   */
+  async verify(token: string | undefined): Promise<{ name: string; since: string } | undefined> {
     if (!token || token.length > 200) return undefined;
     this.refresh();
     const key = createHash('sha256').update(token).digest('hex');
     const cached = this.verified.get(key);
-    if (cached !== undefined) return cached;
-    const dot = token.indexOf('.');
-    if (dot <= 0) return undefined;
-    const name = token.slice(0, dot);
-    const u = this.users.find((x) => x.name === name && !x.revokedAt);
-    if (!u) return undefined;
-    const got = scryptSync(token.slice(dot + 1), u.salt, SCRYPT_KEYLEN);
+    if (cached !== undefined) return { name: cached, since: this.activeSince(cached)! };
+    const name = UserStore.claimedName(token);
+    const u = name === undefined ? undefined : this.users.find((x) => x.name === name && !x.revokedAt);
+    if (!u || name === undefined) return undefined;
+    const got = await new Promise<Buffer>((resolve, reject) => scrypt(token.slice(name.length + 1), u.salt, SCRYPT_KEYLEN, (err, k) => (err ? reject(err) : resolve(k))));
     if (!timingSafeEqual(got, Buffer.from(u.hash, 'hex'))) return undefined;
+    this.refresh();
+    if (this.activeSince(name) !== u.createdAt) return undefined; // revoked or re-issued meanwhile
     this.verified.set(key, name);
-    return name;
+    return { name, since: u.createdAt };
+  }
+
+  /** When the active token of `name` was issued, or undefined when the user has none (revoked, unknown). */
+  activeSince(name: string): string | undefined {
+    this.refresh();
+    return this.users.find((x) => x.name === name && !x.revokedAt)?.createdAt;
   }
 }

@@ -1,4 +1,5 @@
 import * as path from 'node:path';
+import { decodeAdapter } from '../../../common/AdapterFile';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../AdapterStore';
 import { Backbone } from '../Backbone';
@@ -78,6 +79,8 @@ export class FineTuneJob {
   private before: number | undefined;
   private after: number | undefined;
   private adapterPath: string | undefined;
+  /** Training tokens of the whole job, as the server counted them (a resumed job's earlier sessions included). */
+  private trainTokens: number | undefined;
   private finished = false;
   private readonly acks = new Map<number, number>();
 
@@ -132,7 +135,7 @@ export class FineTuneJob {
       return {
         jobId: this.jobId!,
         steps: p.step,
-        trainTokens: p.tokensDone,
+        trainTokens: this.trainTokens ?? p.tokensDone,
         heldOutLossBefore: this.before!,
         heldOutLossAfter: this.after!,
         adapter: this.adapterPath!,
@@ -248,7 +251,8 @@ export class FineTuneJob {
         (sequences, rows) => this.progress.batchSent(sequences, rows),
         (ack) => {
           this.acks.set(ack.index, (this.acks.get(ack.index) ?? 0) + 1);
-          this.progress.stepAcknowledged(ack.step, ack.loss);
+          if (ack.skipped) this.ctx.log(`step ${ack.step} skipped by the server (non-finite loss or gradient)`);
+          else this.progress.stepAcknowledged(ack.step, ack.loss);
         },
       );
       if (this.after === undefined) this.after = await work.stream.evaluate(conn, jobId, 'after');
@@ -268,6 +272,8 @@ export class FineTuneJob {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
       steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,
     });
+    const meta = decodeAdapter(payload, work.fingerprint).header.meta;
+    if (Number.isSafeInteger(meta.trainTokens)) this.trainTokens = meta.trainTokens as number;
     this.ctx.log(`adapter stored (${payload.length} bytes)`);
   }
 

@@ -17,6 +17,8 @@ export interface StepResult {
   /** Steps done, this one included. */
   step: number;
   tokens: number;
+  /** The loss or the gradient was not finite: the weights were left as they were. */
+  skipped: boolean;
 }
 
 const f32 = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
@@ -95,7 +97,7 @@ export class OnnxTrainer {
     const lr = learningRateAt(this.step, this.options);
     const r = await this.run(batch, tokens, lr, false);
     this.step += 1;
-    return { loss: tokens > 0 ? r.lossSum / tokens : 0, learningRate: lr, step: this.step, tokens };
+    return { loss: tokens > 0 ? r.lossSum / tokens : 0, learningRate: lr, step: this.step, tokens, skipped: r.skipped ?? false };
   }
 
   /** Gradients of the batch's mean masked loss, without a step (for the gradient checks). */
@@ -103,7 +105,7 @@ export class OnnxTrainer {
     return (await this.run(batch, OnnxTrainer.tokensOf(batch), 0, true)).grads!;
   }
 
-  private async run(batch: ActivationBatch, tokens: number, lr: number, gradientsOnly: boolean): Promise<{ lossSum: number; grads?: Map<string, Float32Array> }> {
+  private async run(batch: ActivationBatch, tokens: number, lr: number, gradientsOnly: boolean): Promise<{ lossSum: number; grads?: Map<string, Float32Array>; skipped?: boolean }> {
     const [, stepSession, evalSession] = await this.sessions();
     const { feeds, z, m, s, acc, wt } = await this.headPass(batch);
     const loss = this.lossFeeds(batch, m, s, z, wt);
@@ -121,10 +123,11 @@ export class OnnxTrainer {
       stepFeeds[names.adamV(p)] = f32(this.v.get(p)!, dims);
     }
     const order = [...this.params.keys()];
-    const fetch = gradientsOnly ? ['loss_sum', ...order.map(names.grad)] : ['loss_sum', ...order.flatMap((p) => [names.nextParam(p), names.nextAdamM(p), names.nextAdamV(p)])];
+    const fetch = gradientsOnly ? ['loss_sum', ...order.map(names.grad)] : ['loss_sum', 'grad_norm', ...order.flatMap((p) => [names.nextParam(p), names.nextAdamM(p), names.nextAdamV(p)])];
     const out = await stepSession.run(stepFeeds, fetch);
     const lossSum = Number(out.loss_sum!.data[0]);
     if (gradientsOnly) return { lossSum, grads: new Map(order.map((p) => [p, out[names.grad(p)]!.data as Float32Array])) };
+    if (!Number.isFinite(lossSum) || !Number.isFinite(Number(out.grad_norm!.data[0]))) return { lossSum, skipped: true };
     for (const p of order) {
       this.params.set(p, out[names.nextParam(p)]!.data as Float32Array);
       this.m.set(p, out[names.nextAdamM(p)]!.data as Float32Array);
