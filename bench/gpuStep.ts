@@ -28,7 +28,7 @@ async function main(): Promise<void> {
   const rng = new SeededRandom(3);
   const halves = encodeHalf(Float32Array.from({ length: VOCAB * d }, () => rng.normal() * 0.03));
   const shape = sideShape(d, 8, Array.from({ length: L }, (_, i) => i));
-  const trainer = new OnnxTrainer(engine, shape, new OnnxHead(engine, halves, new Float32Array(d).fill(1), 1e-6), initialParameters(shape, 1), { learningRate: 1e-3, warmupSteps: 1, totalSteps: steps + 1 });
+  const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, new Float32Array(d).fill(1), 1e-6), initialParameters(shape, 1), { learningRate: 1e-3, warmupSteps: 1, totalSteps: steps + 1 });
   const batch = { rows: TOKENS, layers: Array.from({ length: L }, () => Float32Array.from({ length: TOKENS * d }, () => rng.normal())), targets: Int32Array.from({ length: TOKENS }, () => rng.int(VOCAB)), mask: new Uint8Array(TOKENS).fill(1) };
   const first = await trainer.trainBatch(batch);
   const t0 = process.hrtime.bigint();

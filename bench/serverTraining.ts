@@ -63,7 +63,7 @@ async function child(engineName: string, vocab: number, threads: number, steps: 
   let step: () => Promise<unknown>;
   if (engineName === 'onnxruntime-cpu') {
     const engine = await OnnxEngine.create({ threads });
-    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(engine, halves, norm, 1e-6), initialParameters(shape, 1), options);
+    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, 1e-6), initialParameters(shape, 1), options);
     step = () => trainer.trainBatch(batch);
   } else {
     const backend = await initTensorflow();

@@ -93,17 +93,14 @@ export class JobRegistry {
       return entry.head;
     }
     const stored = this.headStore.load(model);
-    const head = new OnnxHead(this.engine, stored.halves, stored.norm, model.normEpsilon);
+    const head = new OnnxHead(stored.halves, stored.norm, model.normEpsilon);
     this.heads.set(key, { head, users: 1 });
     return head;
   }
 
   private releaseHead(key: string): void {
     const entry = this.heads.get(key);
-    if (entry && --entry.users === 0) {
-      this.heads.delete(key);
-      void entry.head.dispose();
-    }
+    if (entry && --entry.users === 0) this.heads.delete(key);
   }
 
   /** Heads loaded now (one per model in use). */

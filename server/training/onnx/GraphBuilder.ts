@@ -67,12 +67,6 @@ export class GraphBuilder {
     return name;
   }
 
-  /** A float16 constant from its bits (the frozen head's rows), stored raw in the model. */
-  float16(name: string, dims: number[], halves: Uint16Array): string {
-    this.initializers.push({ name, dataType: DATA_TYPE.float16, dims, rawData: new Uint8Array(halves.buffer, halves.byteOffset, halves.byteLength) });
-    return name;
-  }
-
   /** One node; returns its (first) output's name. */
   op(type: string, inputs: string[], attributes: Record<string, number | number[]> = {}, outputName?: string): string {
     const out = outputName ?? `v${this.counter++}`;

@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import * as ort from 'onnxruntime-node';
+import { ort } from './ort';
 import { ServerError } from '../../ServerError';
 import { GraphBuilder } from './GraphBuilder';
 
@@ -40,12 +40,13 @@ export class OnnxEngine {
     const threads = options.threads ?? os.availableParallelism();
     if (!Number.isInteger(threads) || threads < 1) throw new ServerError('BAD_CONFIG', 'threads must be a positive integer.');
     const engine = new OnnxEngine(device, threads);
+    // The probe takes a float16 input, as the head does: it proves the provider and the float16 path.
     const g = new GraphBuilder('probe');
-    g.output(g.add(g.input('x', 'float32', [2]), g.constant(1)), 'y', 'float32', [2]);
+    g.output(g.add(g.op('Cast', [g.input('x', 'float16', [2])], { to: 1 }), g.constant(1)), 'y', 'float32', [2]);
     try {
       const probe = await engine.session('probe', () => g.build());
-      const out = await probe.run({ x: new ort.Tensor('float32', Float32Array.of(1, 2), [2]) });
-      if ((out.y!.data as Float32Array)[1] !== 3) throw new Error('wrong result');
+      const out = await probe.run({ x: new ort.Tensor('float16', Uint16Array.of(0x3c00, 0x4000), [2]) }); // 1, 2
+      if ((out.y!.data as Float32Array)[1] !== 3) throw new ServerError('NO_BACKEND', 'the probe graph gave a wrong result');
     } catch (err) {
       await engine.dispose();
       throw new ServerError('NO_BACKEND', `The ONNX Runtime ${device} provider cannot run here (${err instanceof Error ? err.message.split('\n')[0] : String(err)})${device === 'cuda' ? ': the CUDA provider needs CUDA 12 and cuDNN 9 (use the GPU image)' : ''}.`);
@@ -57,21 +58,16 @@ export class OnnxEngine {
   session(key: string, build: () => Uint8Array): Promise<ort.InferenceSession> {
     let s = this.sessions.get(key);
     if (!s) {
-      s = this.createSession(build());
+      s = ort.InferenceSession.create(build(), {
+        executionProviders: [this.device],
+        intraOpNumThreads: this.threads,
+        interOpNumThreads: 1,
+        graphOptimizationLevel: 'all',
+      });
       s.catch(() => this.sessions.delete(key));
       this.sessions.set(key, s);
     }
     return s;
-  }
-
-  /** A session of its own (not shared): for graphs that hold data, like the head's chunks. `optimize` false runs the graph as written. */
-  createSession(model: Uint8Array, optimize = true): Promise<ort.InferenceSession> {
-    return ort.InferenceSession.create(model, {
-      executionProviders: [this.device],
-      intraOpNumThreads: this.threads,
-      interOpNumThreads: 1,
-      graphOptimizationLevel: optimize ? 'all' : 'disabled',
-    });
   }
 
   async dispose(): Promise<void> {

@@ -1,11 +1,11 @@
-import * as ort from 'onnxruntime-node';
+import { ort } from './ort';
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
 import type { ActivationBatch } from '../../../common/batchPayload';
 import { parameterNames, parameterShape } from '../sideNetworkSpec';
 import { learningRateAt, OptimizerState, TrainerOptions } from '../TrainerOptions';
 import { OnnxEngine } from './OnnxEngine';
-import { HeadPass, OnnxHead } from './OnnxHead';
-import { buildEvalLoss, buildForward, buildTrainStep, names, StepConstants } from './sideGraphs';
+import { OnnxHead } from './OnnxHead';
+import { buildEvalLoss, buildForward, buildHeadChunk, buildTrainStep, names, StepConstants } from './sideGraphs';
 
 type Feeds = Record<string, ort.Tensor>;
 
@@ -60,6 +60,8 @@ export class OnnxTrainer {
     const c = this.constants;
     return Promise.all([
       this.engine.session(`forward-${this.shapeKey}`, () => buildForward(this.shape)),
+      this.engine.session(`head-train-${d}`, () => buildHeadChunk(d, true)),
+      this.engine.session(`head-eval-${d}`, () => buildHeadChunk(d, false)),
       this.engine.session(`step-${this.shapeKey}-${c.clipNorm}-${c.beta1}-${c.beta2}-${c.epsilon}`, () => buildTrainStep(this.shape, c)),
       this.engine.session(`eval-${d}`, () => buildEvalLoss(d)),
     ]);
@@ -73,12 +75,22 @@ export class OnnxTrainer {
     return feeds;
   }
 
-  /** z, then one pass over the head's chunks. */
-  private async headPass(batch: ActivationBatch): Promise<{ feeds: Feeds; z: ort.Tensor } & HeadPass> {
-    const [forward] = await this.sessions();
+  /** z, then the online log-sum-exp over every head chunk (and, to train, acc). */
+  private async headPass(batch: ActivationBatch, train: boolean): Promise<{ feeds: Feeds; z: ort.Tensor; m: ort.Tensor; s: ort.Tensor; acc?: ort.Tensor }> {
+    const [forward, headTrain, headEval] = await this.sessions();
+    const n = batch.rows;
     const feeds = this.sideFeeds(batch);
     const z = (await forward.run(feeds)).z!;
-    return { feeds, z, ...(await this.head.pass(z, batch.targets)) };
+    let m = f32(new Float32Array(n).fill(-Infinity), [n, 1]);
+    let s = f32(new Float32Array(n), [n, 1]);
+    let acc = train ? f32(new Float32Array(n * this.shape.d), [n, this.shape.d]) : undefined;
+    for (const w of this.head.chunks) {
+      const out = await (train ? headTrain : headEval).run(train ? { z, w, m, s, acc: acc! } : { z, w, m, s });
+      m = out.next_m!;
+      s = out.next_s!;
+      if (train) acc = out.next_acc!;
+    }
+    return { feeds, z, m, s, acc };
   }
 
   private static tokensOf(batch: ActivationBatch): number {
@@ -87,8 +99,9 @@ export class OnnxTrainer {
     return t;
   }
 
-  private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor, wt: ort.Tensor): Feeds {
-    return { m, s, z, target_rows: wt, mask: f32(Float32Array.from(batch.mask), [batch.rows, 1]) };
+  private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor): Feeds {
+    const n = batch.rows;
+    return { m, s, z, target_rows: f32(this.head.targetRows(batch.targets), [n, this.shape.d]), mask: f32(Float32Array.from(batch.mask), [n, 1]) };
   }
 
   /** One optimizer step on a batch (skipped, but counted, when no token is masked in). */
@@ -106,14 +119,14 @@ export class OnnxTrainer {
   }
 
   private async run(batch: ActivationBatch, tokens: number, lr: number, gradientsOnly: boolean): Promise<{ lossSum: number; grads?: Map<string, Float32Array>; skipped?: boolean }> {
-    const [, stepSession, evalSession] = await this.sessions();
-    const { feeds, z, m, s, acc, wt } = await this.headPass(batch);
-    const loss = this.lossFeeds(batch, m, s, z, wt);
+    const [, , , stepSession, evalSession] = await this.sessions();
+    const { feeds, z, m, s, acc } = await this.headPass(batch, true);
+    const loss = this.lossFeeds(batch, m, s, z);
     if (tokens === 0) return { lossSum: Number((await evalSession.run(loss)).loss_sum!.data[0]) };
     const n = batch.rows;
     const t = this.step + 1;
     const stepFeeds: Feeds = {
-      ...feeds, m, s, acc, target_rows: wt, mask: loss.mask!,
+      ...feeds, m, s, acc: acc!, target_rows: loss.target_rows!, mask: loss.mask!,
       weights: f32(Float32Array.from(batch.mask, (x) => x / tokens), [n, 1]),
       learning_rate: scalar(lr), bias_correction1: scalar(1 - this.constants.beta1 ** t), bias_correction2: scalar(1 - this.constants.beta2 ** t),
     };
@@ -138,9 +151,9 @@ export class OnnxTrainer {
 
   /** Held-out evaluation with the current weights (no update). */
   async evalBatch(batch: ActivationBatch): Promise<{ lossSum: number; tokens: number }> {
-    const [, , evalSession] = await this.sessions();
-    const { z, m, s, wt } = await this.headPass(batch);
-    const out = await evalSession.run(this.lossFeeds(batch, m, s, z, wt));
+    const [, , , , evalSession] = await this.sessions();
+    const { z, m, s } = await this.headPass(batch, false);
+    const out = await evalSession.run(this.lossFeeds(batch, m, s, z));
     return { lossSum: Number(out.loss_sum!.data[0]), tokens: OnnxTrainer.tokensOf(batch) };
   }
 

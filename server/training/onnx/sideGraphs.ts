@@ -97,34 +97,23 @@ export function buildForward(shape: SideNetworkShape): Uint8Array {
   return g.build();
 }
 
-/**
- * headChunk: one chunk of the frozen head, rows [rowStart, rowStart + c), held
- * in the graph as a float16 constant (cast to float32 per run). Updates the
- * online log-sum-exp (m, s), acc = sum_v exp(l_v - m) W_v, and wt, the head
- * rows of the targets that fall in this chunk (targets as float32 ids).
- */
-export function buildHeadChunk(d: number, rowStart: number, halves: Uint16Array): Uint8Array {
-  const rows = halves.length / d;
-  const g = new GraphBuilder('head_chunk');
+/** headChunk: one chunk of the online log-sum-exp; with `withAcc`, also acc = sum_v exp(l_v - m) W_v. */
+export function buildHeadChunk(d: number, withAcc: boolean): Uint8Array {
+  const g = new GraphBuilder(withAcc ? 'head_chunk_train' : 'head_chunk_eval');
   const z = g.input('z', 'float32', ['n', d]);
+  const w = g.op('Cast', [g.input('w', 'float16', ['c', d])], { to: 1 }); // [c, d] float32
   const m = g.input('m', 'float32', ['n', 1]);
   const s = g.input('s', 'float32', ['n', 1]);
-  const acc = g.input('acc', 'float32', ['n', d]);
-  const wt = g.input('wt', 'float32', ['n', d]);
-  const targets = g.input('targets', 'float32', ['n']);
-  const w = g.op('Cast', [g.float16('w', [rows, d], halves)], { to: 1 }); // [c, d] float32
-  const logits = g.op('Gemm', [z, w], { transB: 1 }); // [n, c]
+  const logits = g.matmul(z, g.transpose(w)); // [n, c]
   const mNew = g.op('Max', [m, g.maxLast(logits)]); // [n, 1]
   const scaleOld = g.op('Exp', [g.sub(m, mNew)]); // [n, 1]
   const e = g.op('Exp', [g.sub(logits, mNew)]); // [n, c]
   g.output(mNew, 'next_m', 'float32', ['n', 1]);
   g.output(g.add(g.mul(s, scaleOld), g.sumLast(e)), 'next_s', 'float32', ['n', 1]);
-  g.output(g.add(g.mul(acc, scaleOld), g.matmul(e, w)), 'next_acc', 'float32', ['n', d]);
-  const local = g.sub(targets, g.constant(rowStart)); // [n]
-  const inChunk = g.op('Cast', [g.op('And', [g.op('GreaterOrEqual', [local, g.constant(0)]), g.op('Less', [local, g.constant(rows)])])], { to: 1 }); // [n] 0/1
-  const index = g.op('Cast', [g.op('Min', [g.op('Max', [local, g.constant(0)]), g.constant(rows - 1)])], { to: 7 }); // [n] int64
-  const picked = g.op('Gather', [w, index], { axis: 0 }); // [n, d]
-  g.output(g.add(wt, g.mul(picked, g.op('Unsqueeze', [inChunk, g.ints([1])]))), 'next_wt', 'float32', ['n', d]);
+  if (withAcc) {
+    const acc = g.input('acc', 'float32', ['n', d]);
+    g.output(g.add(g.mul(acc, scaleOld), g.matmul(e, w)), 'next_acc', 'float32', ['n', d]);
+  }
   return g.build();
 }
 

@@ -57,7 +57,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     const shape = sideShape(d, 4, tapped);
     const values = initialParameters(shape, 3);
     const b = batch();
-    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(engine, halves, norm, EPS, 7), values, { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 });
+    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 7), values, { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 });
     const fh = new FrozenHead(head, norm, EPS);
     const net = new SideNetwork(shape, values);
     try {
@@ -79,7 +79,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     values.set('out', randomArray(rng, shape.r * d, 0.3)); // non-zero so every gradient flows
     values.set('alpha.1', Float32Array.of(0.05));
     const b = batch();
-    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(engine, halves, norm, EPS, 16), values, { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 });
+    const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 });
     const grads = await trainer.gradients(b);
     const net = new SideNetwork(shape, values);
     try {
@@ -103,7 +103,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     const values = initialParameters(shape, 6);
     values.set('out', randomArray(new SeededRandom(10), shape.r * d, 0.3));
     const b = batch();
-    const headOf = (): OnnxHead => new OnnxHead(engine, halves, norm, EPS, 16);
+    const headOf = (): OnnxHead => new OnnxHead(halves, norm, EPS, 16);
     const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
     const grads = await new OnnxTrainer(engine, shape, headOf(), values, opts).gradients(b);
     const tokens = b.mask.reduce((a, x) => a + x, 0);
@@ -125,7 +125,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     const shape = sideShape(d, 4, tapped);
     const values = initialParameters(shape, 7);
     const opts = { learningRate: 5e-3, warmupSteps: 5, totalSteps: 50 };
-    const onnx = new OnnxTrainer(engine, shape, new OnnxHead(engine, halves, norm, EPS, 16), values, opts);
+    const onnx = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, opts);
     const fh = new FrozenHead(head, norm, EPS);
     const net = new SideNetwork(shape, values);
     const ref = new Trainer(net, fh, opts);
