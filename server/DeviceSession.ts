@@ -57,7 +57,7 @@ export class DeviceSession {
 
   send(message: ServerMessage, payload?: Uint8Array): void {
     if (this.ws.readyState !== WebSocket.OPEN) return;
-    if (this.ws.bufferedAmount > MAX_SEND_BUFFER_BYTES) {
+    if (this.ws.bufferedAmount > (this.ctx.limits.maxSendBufferBytes ?? MAX_SEND_BUFFER_BYTES)) {
       this.ctx.log(`closing a session of user ${this.user}: it does not read its replies`);
       this.close(CloseCode.LIMIT, 'replies not read');
       return;

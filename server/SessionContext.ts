@@ -9,6 +9,8 @@ export interface SessionLimits {
   credits: number;
   /** Jobs one user may train at once. */
   maxJobsPerUser: number;
+  /** Replies queued for a device that does not read them, beyond which the session is closed. Default MAX_SEND_BUFFER_BYTES. */
+  maxSendBufferBytes?: number;
 }
 
 /**

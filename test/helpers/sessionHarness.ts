@@ -32,7 +32,7 @@ export function batchPayload(seed: number, poison?: number): { payload: Buffer; 
   const rng = new SeededRandom(seed);
   const rows = config.seqLen;
   const layers = config.tappedLayers.map(() => Float32Array.from({ length: rows * D }, () => rng.normal()));
-  if (poison !== undefined) layers[1]![5] = poison;
+  if (poison !== undefined) layers[0]!.fill(poison, 0, D); // the first token of the first layer
   const targets = Int32Array.from({ length: rows }, (_, i) => (i * 7 + seed) % V);
   return { payload: encodeBatchPayload({ rows, layers, targets, mask: new Uint8Array(rows).fill(1) }, D, 8), rows };
 }
@@ -40,6 +40,7 @@ export function batchPayload(seed: number, poison?: number): { payload: Buffer; 
 /** The socket end a DeviceSession talks to, driven by the test: frames in, decoded frames out. */
 export class SocketEnd extends EventEmitter {
   readyState: number = WebSocket.OPEN;
+  bufferedAmount = 0;
   readonly received: ServerMessage[] = [];
   closedWith: number | undefined;
   send(data: Buffer): void {

@@ -88,6 +88,8 @@ describe('fine-tune end to end (real backbone, real server on loopback)', functi
       assert.ok(killed, 'the server was killed during training');
       assert.equal(r.steps, uninterrupted.steps);
       assert.equal(decodeAdapter(fs.readFileSync(r.adapter)).header.meta.steps, 16);
+      assert.equal(r.trainTokens, decodeAdapter(fs.readFileSync(r.adapter)).header.meta.trainTokens, 'the summary counts what the server trained');
+      assert.equal(r.trainTokens, uninterrupted.trainTokens);
       // Batches 5 and 6 were trained before the crash but after the checkpoint at step 5:
       // they were sent and trained again from the checkpoint, never counted twice.
       assert.ok((r.acks.get(5) ?? 0) >= 1);

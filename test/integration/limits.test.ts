@@ -1,0 +1,66 @@
+import * as assert from 'node:assert/strict';
+import * as http from 'node:http';
+import { ModelSpec } from '../../common/messages';
+import { MobiError } from '../../extension/core/MobiError';
+import { ServerConnection } from '../../extension/core/ServerConnection';
+import { MAX_AUTH_FAILURES } from '../../server/AuthLimiter';
+import { MobiServer } from '../../server/MobiServer';
+import { tmpDir } from '../helpers/workspaces';
+
+const spec: ModelSpec = { fingerprint: 'a'.repeat(64), architecture: 'llama', layers: 2, hiddenSize: 32, vocabularySize: 300, normEpsilon: 1e-5, headDigest: 'c'.repeat(64) };
+
+function healthz(url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    http.get(`${url.replace('ws://', 'http://')}/healthz`, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    }).on('error', reject);
+  });
+}
+
+describe('server limits on loopback (each test its own server)', function () {
+  this.timeout(60_000);
+  const servers: MobiServer[] = [];
+  async function start(options: Partial<ConstructorParameters<typeof MobiServer>[0]> = {}): Promise<{ server: MobiServer; url: string }> {
+    const server = new MobiServer({ dataDir: tmpDir('limits'), port: 0, threads: 1, ...options });
+    servers.push(server);
+    return { server, url: (await server.start()).url };
+  }
+  after(async () => {
+    for (const s of servers) await s.stop();
+  });
+
+  it('a revoked token ends its open session within seconds, with a typed reason', async () => {
+    const { server, url } = await start();
+    const token = server.users.add('rita');
+    const conn = await ServerConnection.open(url, token, spec);
+    const lost = new Promise<MobiError>((resolve) => conn.onLost(resolve));
+    const t0 = Date.now();
+    server.users.revoke('rita');
+    const err = await lost;
+    assert.equal(err.code, 'UNAUTHORIZED');
+    process.stdout.write(`      closed ${Date.now() - t0} ms after the revocation\n`);
+    await assert.rejects(ServerConnection.open(url, token, spec), (e: MobiError) => e.code === 'UNAUTHORIZED');
+  });
+
+  it('limits connections per user, not only in total', async () => {
+    const { server, url } = await start({ maxDevicesPerUser: 2 });
+    const ann = server.users.add('ann');
+    const bob = server.users.add('bob');
+    const open = [await ServerConnection.open(url, ann, spec), await ServerConnection.open(url, ann, spec)];
+    await assert.rejects(ServerConnection.open(url, ann, spec), (e: MobiError) => e.code === 'SERVER_ERROR');
+    open.push(await ServerConnection.open(url, bob, spec));
+    for (const c of open) c.close();
+  });
+
+  it('stops checking tokens after too many failed sign-ins, without slowing the server', async () => {
+    const { server, url } = await start();
+    const token = server.users.add('tom');
+    const wrong = `tom.${'x'.repeat(32)}`;
+    for (let i = 0; i < MAX_AUTH_FAILURES; i++) {
+      await assert.rejects(ServerConnection.open(url, wrong, spec), (e: MobiError) => e.code === 'UNAUTHORIZED');
+    }
+    await assert.rejects(ServerConnection.open(url, token, spec), (e: MobiError) => e.code === 'SERVER_ERROR', 'refused by the limit, even with the right token');
+    assert.equal(await healthz(url), 200);
+  });
+});

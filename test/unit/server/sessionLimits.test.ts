@@ -1,0 +1,113 @@
+import * as assert from 'node:assert/strict';
+import { WebSocket } from 'ws';
+import { CloseCode, MAX_EVAL_ID_CHARS, MAX_EVALS_PER_JOB, PROTOCOL_VERSION } from '../../../common/limits';
+import { DeviceSession } from '../../../server/DeviceSession';
+import { JobRegistry } from '../../../server/JobRegistry';
+import { ServerMetrics } from '../../../server/ServerMetrics';
+import { SessionLimits } from '../../../server/SessionContext';
+import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
+import { batchPayload, config, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
+
+describe('server: what one session may do', function () {
+  this.timeout(60_000);
+  let engine: OnnxEngine;
+  before(async () => (engine = await OnnxEngine.create({ threads: 1 })));
+  after(() => engine.dispose());
+
+  async function session(limits: Partial<SessionLimits> = {}) {
+    const { heads, jobs } = storesWithHead();
+    const registry = new JobRegistry(engine, jobs, heads);
+    const ctx = { heads, jobs, registry, metrics: new ServerMetrics(), limits: { credits: 2, maxJobsPerUser: 4, ...limits }, backend: 'test', log: () => undefined };
+    const ws = new SocketEnd();
+    new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
+    ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });
+    await ws.next('session/welcome');
+    return { ws, jobs, registry };
+  }
+
+  it('resuming a job counts toward the per-user job limit', async () => {
+    const { ws } = await session({ maxJobsPerUser: 1 });
+    ws.deliver({ type: 'job/create', name: 'a', config });
+    const a = await ws.next('job/ready');
+    ws.deliver({ type: 'job/cancel', jobId: a.jobId });
+    await ws.next('job/done');
+    ws.deliver({ type: 'job/create', name: 'b', config });
+    await ws.next('job/ready');
+    ws.deliver({ type: 'job/resume', jobId: a.jobId });
+    assert.equal((await ws.next('error')).code, 'LIMIT');
+  });
+
+  it('refuses settings out of range: huge steps or seed, warm-up past the end, no checkpoints, a reduction that does not divide d', async () => {
+    const { ws } = await session();
+    for (const bad of [{ totalSteps: 2 ** 40 }, { seed: 2 ** 40 }, { warmupSteps: config.totalSteps + 1 }, { checkpointEvery: 0 }, { reduction: 3 }]) {
+      ws.deliver({ type: 'job/create', name: 'x', config: { ...config, ...bad } });
+      assert.equal((await ws.next('error')).code, 'BAD_FRAME', JSON.stringify(bad));
+    }
+  });
+
+  it('bounds evalIds and the held-out results a job keeps', async () => {
+    const { ws, jobs } = await session();
+    ws.deliver({ type: 'job/create', name: 'e', config });
+    const { jobId } = await ws.next('job/ready');
+    const b = batchPayload(1);
+    ws.deliver({ type: 'batch/eval', jobId, evalId: 'x'.repeat(MAX_EVAL_ID_CHARS + 1), index: 0, rows: b.rows }, b.payload);
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME');
+    for (let i = 0; i < MAX_EVALS_PER_JOB + 8; i++) {
+      ws.deliver({ type: 'batch/eval', jobId, evalId: `eval-${i}`, index: 0, rows: b.rows }, b.payload);
+      await ws.next('eval/result');
+    }
+    ws.deliver({ type: 'job/cancel', jobId });
+    await ws.next('job/done');
+    const evals = Object.keys(jobs.get('ann', jobId)!.evals);
+    assert.equal(evals.length, MAX_EVALS_PER_JOB);
+    assert.equal(evals[evals.length - 1], `eval-${MAX_EVALS_PER_JOB + 7}`, 'the newest are kept');
+  });
+
+  it('a job loaded only to evaluate after it finished does not stay loaded', async () => {
+    const { ws, registry } = await session();
+    ws.deliver({ type: 'job/create', name: 'f', config: { ...config, totalSteps: 1 } });
+    const { jobId } = await ws.next('job/ready');
+    const b = batchPayload(1);
+    ws.deliver({ type: 'batch/train', jobId, index: 0, rows: b.rows }, b.payload);
+    await ws.next('batch/ack');
+    ws.deliver({ type: 'job/finish', jobId });
+    await ws.next('job/done');
+    assert.equal(registry.size, 0);
+    ws.deliver({ type: 'batch/eval', jobId, evalId: 'late', index: 0, rows: b.rows }, b.payload);
+    await ws.next('eval/result');
+    assert.equal(registry.size, 0);
+  });
+
+  it('steps with a non-finite loss or gradient change nothing, are acknowledged as skipped, and stop training after 3 in a row', async () => {
+    const { ws, jobs } = await session();
+    ws.deliver({ type: 'job/create', name: 'n', config: { ...config, totalSteps: 6, checkpointEvery: 100 } });
+    const { jobId } = await ws.next('job/ready');
+    const fine = batchPayload(1);
+    ws.deliver({ type: 'batch/train', jobId, index: 0, rows: fine.rows }, fine.payload);
+    assert.notEqual((await ws.next('batch/ack')).skipped, true);
+    for (let i = 1; i <= 3; i++) {
+      const huge = batchPayload(i + 1, 3e38); // finite on the wire, overflows inside the step
+      ws.deliver({ type: 'batch/train', jobId, index: i, rows: huge.rows }, huge.payload);
+      if (i < 3) {
+        const ack = await ws.next('batch/ack');
+        assert.equal(ack.skipped, true);
+        assert.equal(ack.loss, 0);
+      } else {
+        assert.equal((await ws.next('error')).code, 'NON_FINITE');
+      }
+    }
+    ws.deliver({ type: 'job/finish', jobId });
+    await ws.next('job/done');
+    assert.equal(jobs.get('ann', jobId)!.skippedSteps, 3);
+    ws.deliver({ type: 'adapter/get', jobId });
+    assert.ok((await ws.next('adapter/data')).bytes > 0, 'the weights stayed finite: the adapter was written');
+  });
+
+  it('closes a device that does not read its replies', async () => {
+    const { ws } = await session({ maxSendBufferBytes: 1000 });
+    ws.bufferedAmount = 5000;
+    ws.deliver({ type: 'job/list' });
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(ws.closedWith, CloseCode.LIMIT);
+  });
+});
