@@ -65,6 +65,11 @@ export class JobRegistry {
     return this.unloadWhere((job) => job.rec.user === user);
   }
 
+  /** Checkpoints and unloads the jobs no one has used for `maxIdleMs` (their memory and head go back). Returns how many checkpoints failed. */
+  unloadIdle(maxIdleMs: number, now = Date.now()): Promise<number> {
+    return this.unloadWhere((job) => now - job.lastUsedAt > maxIdleMs);
+  }
+
   /** Checkpoints every training job and unloads every job (graceful stop). Returns how many checkpoints failed. */
   unloadAll(): Promise<number> {
     return this.unloadWhere(() => true);

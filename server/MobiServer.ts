@@ -120,6 +120,7 @@ export class MobiServer {
   private beat(): void {
     const idle = this.options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
     for (const s of this.sessions) s.heartbeat(idle);
+    void this.registry?.unloadIdle(idle);
   }
 
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {

@@ -87,7 +87,11 @@ export class TrainingJob {
     if (this.rec.state !== 'training') this.setState('training');
   }
 
+  /** When an operation last asked for this job (the registry unloads jobs idle too long). */
+  lastUsedAt = Date.now();
+
   private run<T>(op: () => Promise<T> | T): Promise<T> {
+    this.lastUsedAt = Date.now();
     const next = this.chain.then(() => {
       if (this.disposed) throw new WireError('JOB_STATE', 'The job was stopped.');
       return op();

@@ -54,6 +54,14 @@ describe('server: model heads cannot be replaced or forged', function () {
     assert.deepEqual(fs.readFileSync(`${s.dir}/heads/${model.fingerprint}.${model.headDigest}.head`), stored);
   });
 
+  it('answers a head too large for the server with LIMIT', async () => {
+    const s = server();
+    const huge = { ...model, vocabularySize: 2_000_000, hiddenSize: 600 };
+    const { ws } = await s.connect('ann', huge);
+    ws.deliver({ type: 'head/begin', rows: 2_000_000, cols: 600 }, Buffer.alloc(2400));
+    assert.equal((await ws.next('error')).code, 'LIMIT');
+  });
+
   it('refuses one row sent many times as a complete head', async () => {
     const s = server();
     const { ws } = await s.connect('mallory', model);

@@ -51,6 +51,19 @@ describe('server: session context and job registry', function () {
     assert.ok(jobs.readCheckpoints(jobs.get('ann', b.id)!)[0], 'unloadAll checkpointed the training job');
   });
 
+  it('the registry unloads jobs no one used for a while, checkpointing those that train', async () => {
+    const { heads, jobs } = storesWithHead();
+    const registry = new JobRegistry(engine, jobs, heads);
+    const idle = registry.load(jobs.create('ann', 'idle', model, config));
+    const busy = registry.load(jobs.create('ann', 'busy', model, config));
+    idle.lastUsedAt -= 60_000;
+    assert.equal(await registry.unloadIdle(30_000), 0);
+    assert.equal(registry.size, 1);
+    assert.equal(registry.isLoaded(busy.rec), true);
+    assert.equal(registry.isLoaded(idle.rec), false);
+    assert.ok(jobs.readCheckpoints(jobs.get('ann', idle.rec.id)!)[0], 'checkpointed on the way out');
+  });
+
   it('a session works through its context only: hello, create, train, cancel, resume, finish; its limits come from the context', async () => {
     const { heads, jobs } = storesWithHead();
     const metrics = new ServerMetrics();
