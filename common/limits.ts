@@ -29,18 +29,38 @@ export const CloseCode = {
   LIMIT: 4008,
 } as const;
 
-/** Ranges a job's settings must fall in (checked by the server on job/create). */
-export const JOB_LIMITS = {
+/** An inclusive range of a setting. */
+export interface Range {
+  min: number;
+  max: number;
+}
+
+/**
+ * The ranges of the fine-tuning settings, in one place: the CLI checks its
+ * flags against them, the VS Code settings (package.json) declare them (a
+ * unit test holds the two equal), and the server checks job/create with them.
+ */
+export const OPTION_LIMITS = {
+  /** Tokens per training sequence. */
+  seqLen: { min: 8, max: 4096 },
+  /** Sequences per batch. */
+  batchSize: { min: 1, max: 64 },
+  /** Passes over the training data. */
+  epochs: { min: 1, max: 1000 },
   /** Optimizer steps of one job. */
-  maxTotalSteps: 10_000_000,
+  steps: { min: 1, max: 10_000_000 },
+  /** Side width r = hidden size / reduction. */
+  reduction: { min: 1, max: 256 },
+  /** Layers kept on the device. */
+  skipLayers: { min: 0, max: 1023 },
   /** Seeds are 32-bit. */
-  maxSeed: 2 ** 32 - 1,
-  /** Tokens per training batch (seqLen x batchSize). */
-  maxRowsPerBatch: 65_536,
-  minSeqLen: 2,
-  /** Peak learning rate, exclusive. */
-  maxLearningRate: 1,
-} as const;
+  seed: { min: 0, max: 2 ** 32 - 1 },
+  /** Peak learning rate. */
+  learningRate: { min: 1e-7, max: 0.5 },
+} as const satisfies Record<string, Range>;
+
+/** Tokens per training batch (seqLen x batchSize) the server accepts. */
+export const MAX_ROWS_PER_BATCH = 65_536;
 
 /** Longest evalId a device may use, and how many held-out results a job keeps (the oldest are dropped). */
 export const MAX_EVAL_ID_CHARS = 64;

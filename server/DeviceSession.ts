@@ -3,7 +3,7 @@ import { WebSocket } from 'ws';
 import { isBits } from '../common/ActivationQuantizer';
 import { decodeBatchPayload } from '../common/batchPayload';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
-import { CloseCode, JOB_LIMITS, MAX_EVAL_ID_CHARS, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
+import { CloseCode, MAX_EVAL_ID_CHARS, MAX_ROWS_PER_BATCH, MAX_SEND_BUFFER_BYTES, OPTION_LIMITS, PROTOCOL_VERSION, Range } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
 import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
@@ -165,10 +165,12 @@ export class DeviceSession {
     const d = this.model!.hiddenSize;
     if (!isBits(c.bits)) throw new WireError('BAD_FRAME', 'bits must be 4, 8 or 16');
     if (c.reduction < 1 || c.reduction > d || d % c.reduction !== 0) throw new WireError('BAD_FRAME', `reduction must divide the hidden size ${d}`);
-    if (c.seqLen < JOB_LIMITS.minSeqLen || c.batchSize < 1 || c.seqLen * c.batchSize > JOB_LIMITS.maxRowsPerBatch) throw new WireError('BAD_FRAME', 'seqLen x batchSize out of range');
-    if (c.totalSteps < 1 || c.totalSteps > JOB_LIMITS.maxTotalSteps || c.warmupSteps > c.totalSteps) throw new WireError('BAD_FRAME', `totalSteps must be 1..${JOB_LIMITS.maxTotalSteps} and warmupSteps at most totalSteps`);
-    if (!(c.learningRate > 0 && c.learningRate < JOB_LIMITS.maxLearningRate)) throw new WireError('BAD_FRAME', 'learningRate out of range');
-    if (c.seed > JOB_LIMITS.maxSeed || c.checkpointEvery < 1) throw new WireError('BAD_FRAME', 'seed must be 32-bit and checkpointEvery at least 1');
+    const lim = OPTION_LIMITS;
+    const within = (x: number, r: Range): boolean => x >= r.min && x <= r.max;
+    if (!within(c.seqLen, lim.seqLen) || !within(c.batchSize, lim.batchSize) || c.seqLen * c.batchSize > MAX_ROWS_PER_BATCH) throw new WireError('BAD_FRAME', 'seqLen x batchSize out of range');
+    if (!within(c.totalSteps, lim.steps) || c.warmupSteps > c.totalSteps) throw new WireError('BAD_FRAME', `totalSteps must be ${lim.steps.min}..${lim.steps.max} and warmupSteps at most totalSteps`);
+    if (!within(c.learningRate, lim.learningRate)) throw new WireError('BAD_FRAME', 'learningRate out of range');
+    if (!within(c.seed, lim.seed) || c.checkpointEvery < 1) throw new WireError('BAD_FRAME', 'seed must be 32-bit and checkpointEvery at least 1');
   }
 
   /** LIMIT when this user already trains as many jobs as allowed (created or resumed alike). */

@@ -5,13 +5,17 @@ import * as path from 'node:path';
 import { Backbone } from '../core/Backbone';
 import { ensureDefaultModel } from '../core/defaultModel';
 import { defaultStoreDir } from '../core/defaultStoreDir';
-import { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
-import { describeSkipped } from '../core/scanWorkspace';
 import { evaluateWorkspace } from '../core/evaluateWorkspace';
 import { generate } from '../core/generate';
 import { MobiError } from '../core/MobiError';
 import { writeTinyModel } from '../core/tinyModel';
 import { GgmlTypeName } from '../core/gguf/ggmlTypes';
+import { finetuneCommand, jobsCommand } from './finetuneCommand';
+
+/** This package's version (package.json). */
+export function packageVersion(): string {
+  return (JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+}
 
 function intOption(value: string): number {
   const n = Number(value);
@@ -59,30 +63,11 @@ async function openWithAdapter(o: { model?: string; adapter?: string; store: str
   }
 }
 
-function bitsOption(value: string): 4 | 8 | 16 {
-  const n = Number(value);
-  if (n !== 4 && n !== 8 && n !== 16) throw new InvalidArgumentError('expected 4, 8 or 16');
-  return n;
-}
-
-/** One status line: a bar, step, loss, ETA. */
-export function progressLine(p: JobProgress): string {
-  const width = 24;
-  const frac = p.totalSteps > 0 ? Math.min(1, p.step / p.totalSteps) : 0;
-  const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.');
-  const parts = [`${p.phase.padEnd(14)} [${bar}] ${p.step}/${p.totalSteps}`];
-  if (p.trainLoss !== undefined) parts.push(`loss ${p.trainLoss.toFixed(3)}`);
-  if (p.heldOutLossBefore !== undefined) parts.push(`held-out before ${p.heldOutLossBefore.toFixed(3)}`);
-  if (p.heldOutLossAfter !== undefined) parts.push(`after ${p.heldOutLossAfter.toFixed(3)}`);
-  if (p.deviceTokensPerSecond > 0) parts.push(`${p.deviceTokensPerSecond.toFixed(0)} tok/s`);
-  parts.push(`${(p.bytesSent / 2 ** 20).toFixed(1)} MiB sent`);
-  if (p.etaSeconds !== undefined && p.phase === 'training') parts.push(`ETA ${Math.ceil(p.etaSeconds)} s`);
-  return parts.join('  ');
-}
 
 export function buildProgram(): Command {
   const program = new Command('mobillm').description('MobiLLM device tools: frozen GGUF backbone on this machine, side network on a server.');
-  program.showHelpAfterError();
+  program.version(packageVersion(), '-V, --version', 'print the version');
+  program.showSuggestionAfterError();
 
   const model = program.command('model').description('Model files');
   model
@@ -204,65 +189,9 @@ export function buildProgram(): Command {
       }),
     );
 
-  program
-    .command('finetune')
-    .description('Fine-tune the side network on a workspace (embedded local server unless --server is given)')
-    .requiredOption('--workspace <dir>', 'folder of source code')
-    .option('--model <file|hf:uri>', 'GGUF backbone (default: the built-in tiny model, created once)')
-    .option('--server <url>', 'team server, ws://host:port or wss://host:port')
-    .option('--token <token>', 'server token (or MOBILLM_TOKEN)')
-    .option('--epochs <n>', 'passes over the training data', intOption)
-    .option('--steps <n>', 'optimizer steps (overrides --epochs)', intOption)
-    .option('--seq-len <n>', 'tokens per sequence', intOption, 128)
-    .option('--batch <n>', 'sequences per batch', intOption, 4)
-    .option('--bits <n>', 'activation bits on the wire: 4, 8 or 16', bitsOption, 8 as const)
-    .option('--skip-layers <n>', 'do not send the first n layers', intOption, 0)
-    .option('--reduction <n>', 'side width r = hidden size / n', intOption, 8)
-    .option('--lr <x>', 'peak learning rate', Number, 2e-3)
-    .option('--seed <n>', 'seed', intOption, 1)
-    .option('--resume <jobId>', 'continue a job started on this device')
-    .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
-    .option('--json', 'print the result as JSON on the last line')
-    .action(
-      action(async (o: { workspace: string; model?: string; server?: string; token?: string; epochs?: number; steps?: number; seqLen: number; batch: number; bits: 4 | 8 | 16; skipLayers: number; reduction: number; lr: number; seed: number; resume?: string; store: string; json?: boolean }) => {
-        const token = o.token ?? process.env.MOBILLM_TOKEN;
-        if (o.server && !token) throw new MobiError('UNAUTHORIZED', 'A server needs a token: pass --token or set MOBILLM_TOKEN (ask your team admin for one).');
-        const model = o.model ?? ensureDefaultModel(o.store);
-        const controller = new AbortController();
-        process.once('SIGINT', () => controller.abort());
-        const tty = process.stderr.isTTY;
-        let lastLine = 0;
-        const job = new FineTuneJob({
-          workspace: o.workspace, model, server: o.server ? { url: o.server, token: token! } : undefined,
-          epochs: o.epochs, steps: o.steps, seqLen: o.seqLen, batchSize: o.batch, bits: o.bits, skipLayers: o.skipLayers, reduction: o.reduction,
-          learningRate: o.lr, seed: o.seed, resumeJobId: o.resume, storeDir: o.store, signal: controller.signal,
-          confirm: (scan) => {
-            process.stderr.write(`workspace ${path.resolve(o.workspace)}: ${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) included\n`);
-            for (const line of describeSkipped(scan)) process.stderr.write(`  ${line}\n`);
-            return true;
-          },
-          onProgress: (p) => {
-            const now = Date.now();
-            if (tty) process.stderr.write(`\r${progressLine(p)}\x1b[K`);
-            else if (now - lastLine > 2000 || p.phase !== 'training') {
-              process.stderr.write(`${progressLine(p)}\n`);
-              lastLine = now;
-            }
-          },
-        });
-        const r = await job.run();
-        if (tty) process.stderr.write('\n');
-        const summary = {
-          steps: r.steps, trainTokens: r.trainTokens, heldOutLossBefore: r.heldOutLossBefore, heldOutLossAfter: r.heldOutLossAfter,
-          adapter: r.adapter, model: r.model, bytesSent: r.bytesSent, seconds: r.seconds,
-        };
-        if (o.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
-        else {
-          process.stdout.write(`held-out loss ${r.heldOutLossBefore.toFixed(4)} -> ${r.heldOutLossAfter.toFixed(4)} (perplexity ${Math.exp(r.heldOutLossBefore).toFixed(1)} -> ${Math.exp(r.heldOutLossAfter).toFixed(1)})\n`);
-          process.stdout.write(`${r.steps} steps, ${r.trainTokens} tokens, ${(r.bytesSent / 2 ** 20).toFixed(1)} MiB sent, ${r.seconds.toFixed(1)} s\nadapter: ${r.adapter}\n`);
-        }
-      }),
-    );
+  const run = async (body: () => Promise<void>): Promise<void> => action(body)();
+  program.addCommand(finetuneCommand(run));
+  program.addCommand(jobsCommand(run));
   return program;
 }
 

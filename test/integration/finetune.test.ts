@@ -3,6 +3,7 @@ import { ChildProcess, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
+import { JobRecordStore } from '../../extension/core/job/JobRecordStore';
 import { expectCode } from '../helpers/expectCode';
 import { decodeAdapter } from '../../common/AdapterFile';
 import { MobiServer } from '../../server/MobiServer';
@@ -167,6 +168,23 @@ describe('fine-tune end to end (real backbone, real server on loopback)', functi
         for (const f of serverFiles) assert.ok(!f.includes(needle), 'a workspace line is on the server disk');
       }
     }
+  });
+
+  it('a resumed job keeps every setting it was created with; a conflicting one is BAD_ARGUMENT; "last" finds it', async () => {
+    const ws = makeWorkspace(12, 8, 120);
+    const store = tmpDir('resume-store');
+    const abort = new AbortController();
+    const first = new FineTuneJob(baseOptions(ws, { storeDir: store, steps: 30, seqLen: 16, signal: abort.signal, onProgress: (p) => p.step >= 6 && abort.abort() }));
+    await expectCode(first.run(), 'CANCELLED');
+    const rec = new JobRecordStore(store).load('last');
+    assert.equal(rec.phase, 'cancelled');
+    assert.equal(rec.config?.totalSteps, 30);
+    await expectCode(new FineTuneJob({ workspace: ws, model: tinyModel(MODEL_OPTS), storeDir: store, threads: 1, resumeJobId: 'last', epochs: 2 }).run(), 'BAD_ARGUMENT');
+    const resumed = await new FineTuneJob({ workspace: ws, model: tinyModel(MODEL_OPTS), storeDir: store, threads: 1, resumeJobId: 'last' }).run();
+    assert.equal(resumed.jobId, rec.jobId);
+    assert.equal(resumed.steps, 30, 'the job ran to its own 30 steps, not to one epoch of the defaults');
+    assert.equal(resumed.config.seqLen, 16);
+    assert.equal(new JobRecordStore(store).load(rec.jobId).phase, 'done');
   });
 
   it('fails clearly on bad input, through the CLI, with a non-zero exit and nothing half-written', async () => {

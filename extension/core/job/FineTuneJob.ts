@@ -10,10 +10,10 @@ import { modelFingerprint } from '../modelFingerprint';
 import { ScanReport, scanWorkspace } from '../scanWorkspace';
 import { ServerConnection } from '../ServerConnection';
 import { ActivationStream, StreamTimings } from './ActivationStream';
-import { FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions } from './FineTuneOptions';
+import { FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, TUNED_OPTIONS, tunedSettings } from './FineTuneOptions';
 import type { JobContext } from './JobContext';
 import { JobPhase, ProgressTracker } from './JobProgress';
-import { JobRecordStore } from './JobRecordStore';
+import { JobRecord, JobRecordStore } from './JobRecordStore';
 import { ReconnectPolicy, sleep } from './ReconnectPolicy';
 import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
@@ -84,8 +84,8 @@ export class FineTuneJob {
   private finished = false;
   private readonly acks = new Map<number, number>();
 
-  constructor(options: FineTuneOptions) {
-    this.o = resolveFineTuneOptions(options);
+  constructor(private readonly given: FineTuneOptions) {
+    this.o = resolveFineTuneOptions(given);
     this.records = new JobRecordStore(this.o.storeDir);
     this.progress = new ProgressTracker(
       { bytesSent: () => this.bytesSentBefore + (this.conn?.bytesSent ?? 0), deviceForwardSeconds: () => this.work?.stream.timings.deviceForwardSeconds ?? 0 },
@@ -110,11 +110,38 @@ export class FineTuneJob {
     this.progress.setJobId(this.jobId);
     this.progress.setLosses(this.before, this.after);
     this.progress.setPhase(phase);
+    this.saveRecord();
   }
 
+  /** Keeps this device's record of the job current (for resume and `mobillm jobs`). */
   private saveRecord(): void {
     if (!this.jobId || !this.work) return;
-    this.records.save({ jobId: this.jobId, serverUrl: this.o.server?.url, workspace: path.resolve(this.o.workspace), fingerprint: this.work.fingerprint, heldOutLossBefore: this.before });
+    try {
+      this.records.save({
+        jobId: this.jobId, serverUrl: this.o.server?.url, workspace: path.resolve(this.o.workspace), model: this.o.model, fingerprint: this.work.fingerprint,
+        settings: tunedSettings(this.o), config: this.work.config, heldOutLossBefore: this.before, heldOutLossAfter: this.after,
+        phase: this.progress.phase, step: this.progress.current.step,
+      });
+    } catch (err) {
+      this.ctx.log(`could not update the job record (${MobiError.from(err).code})`);
+    }
+  }
+
+  /**
+   * A resumed job keeps every setting it was created with: its record's
+   * settings replace the defaults, and a setting given now that differs is a
+   * BAD_ARGUMENT (dropping it resumes the job as it was).
+   */
+  private adoptRecord(rec: JobRecord): void {
+    for (const k of TUNED_OPTIONS) {
+      const mine = this.given[k];
+      const theirs = rec.settings?.[k];
+      if (mine !== undefined && theirs !== undefined && mine !== theirs) {
+        const name = this.given.describeOption?.(k) ?? k;
+        throw new MobiError('BAD_ARGUMENT', `${name} is ${String(theirs)} for job ${rec.jobId}; a resumed job keeps the settings it was created with (leave ${name} out to resume it).`);
+      }
+    }
+    Object.assign(this.o, rec.settings ?? {});
   }
 
   async run(): Promise<FineTuneResult> {
@@ -174,6 +201,8 @@ export class FineTuneJob {
     }
     if (this.o.confirm && !(await this.o.confirm(scan))) throw new MobiError('CANCELLED', 'Fine-tuning was cancelled before it started.');
     this.ctx.checkCancelled();
+    const resumed = this.o.resumeJobId ? this.records.load(this.o.resumeJobId) : undefined;
+    if (resumed) this.adoptRecord(resumed);
     const { seqLen, batchSize } = this.o;
     const backbone = await Backbone.open(this.o.model, { contextSize: seqLen * batchSize, maxSequences: batchSize, threads: this.o.threads });
     this.backbone = backbone;
@@ -186,21 +215,20 @@ export class FineTuneJob {
     if (this.o.skipLayers < 0 || this.o.skipLayers >= L) throw new MobiError('BAD_ARGUMENT', `skipLayers must be between 0 and ${L - 1}.`);
     const totalSteps = this.o.steps ?? this.o.epochs * batchesPerEpoch(data, batchSize);
     if (!Number.isInteger(totalSteps) || totalSteps < 1) throw new MobiError('BAD_ARGUMENT', 'The number of steps must be a positive integer.');
-    const config: JobConfig = {
+    const config: JobConfig = resumed?.config ?? {
       tappedLayers: Array.from({ length: L - this.o.skipLayers }, (_, i) => i + this.o.skipLayers),
       reduction: this.o.reduction, bits: this.o.bits, seqLen, batchSize, totalSteps,
       learningRate: this.o.learningRate, warmupSteps: Math.max(1, Math.min(20, Math.floor(totalSteps / 10))), seed: this.o.seed,
       checkpointEvery: this.o.checkpointEvery,
     };
-    this.progress.setTotalSteps(totalSteps);
-    if (this.o.resumeJobId) {
-      const rec = this.records.load(this.o.resumeJobId);
-      if (rec.fingerprint !== fingerprint) throw new MobiError('MODEL_MISMATCH', 'The job was started with a different model file; select that model to resume it.');
-      this.jobId = rec.jobId;
-      this.before = rec.heldOutLossBefore;
+    this.progress.setTotalSteps(config.totalSteps);
+    if (resumed) {
+      if (resumed.fingerprint !== fingerprint) throw new MobiError('MODEL_MISMATCH', 'The job was started with a different model file; select that model to resume it.');
+      this.jobId = resumed.jobId;
+      this.before = resumed.heldOutLossBefore;
     }
     this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, stream: new ActivationStream(backbone, data, config, this.ctx) };
-    this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${totalSteps} steps`);
+    this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${config.totalSteps} steps`);
     return this.work;
   }
 

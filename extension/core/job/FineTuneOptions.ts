@@ -1,5 +1,6 @@
 import { Bits, isBits } from '../../../common/ActivationQuantizer';
 import { defaultStoreDir } from '../defaultStoreDir';
+import { OPTION_LIMITS, Range } from '../../../common/limits';
 import { MobiError } from '../MobiError';
 import type { ScanOptions, ScanReport } from '../scanWorkspace';
 import type { JobProgress } from './JobProgress';
@@ -56,6 +57,50 @@ export interface FineTuneOptions {
   log?: (line: string) => void;
   /** Cancels the job. Default: never. */
   signal?: AbortSignal;
+  /** How the host names an option in messages (the CLI: its flag). Default: the option's name. */
+  describeOption?: (name: TunedOption) => string;
+}
+
+/** The settings a job is created with and keeps when it is resumed. */
+export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences'] as const;
+export type TunedOption = (typeof TUNED_OPTIONS)[number];
+export type TunedSettings = Partial<Pick<FineTuneOptions, TunedOption>>;
+
+/** The whole-number options and their ranges (common/limits.ts: the CLI, VS Code and the server share them). */
+const INTEGER_RANGES: Partial<Record<TunedOption, Range>> = {
+  epochs: OPTION_LIMITS.epochs,
+  steps: OPTION_LIMITS.steps,
+  seqLen: OPTION_LIMITS.seqLen,
+  batchSize: OPTION_LIMITS.batchSize,
+  reduction: OPTION_LIMITS.reduction,
+  skipLayers: OPTION_LIMITS.skipLayers,
+  seed: OPTION_LIMITS.seed,
+  checkpointEvery: { min: 1, max: OPTION_LIMITS.steps.max },
+  maxHeldOutSequences: { min: 1, max: 100_000 },
+};
+
+/**
+ * Checks every setting that is given against its range, once, before any
+ * work: BAD_ARGUMENT naming the option (as the host names it) and the range.
+ */
+export function checkFineTuneOptions(o: FineTuneOptions): void {
+  const name = (k: TunedOption): string => o.describeOption?.(k) ?? k;
+  const bad = (k: TunedOption, range: string): never => {
+    throw new MobiError('BAD_ARGUMENT', `${name(k)} must be ${range} (got ${String(o[k])}).`);
+  };
+  for (const [k, r] of Object.entries(INTEGER_RANGES) as [TunedOption, Range][]) {
+    const v = o[k];
+    if (v !== undefined && !(Number.isInteger(v) && (v as number) >= r.min && (v as number) <= r.max)) bad(k, `a whole number from ${r.min} to ${r.max}`);
+  }
+  const lr = OPTION_LIMITS.learningRate;
+  if (o.learningRate !== undefined && !(o.learningRate >= lr.min && o.learningRate <= lr.max)) bad('learningRate', `a number from ${lr.min} to ${lr.max}`);
+  if (o.bits !== undefined && !isBits(o.bits)) bad('bits', '4, 8 or 16');
+  if (o.heldOutFraction !== undefined && !(o.heldOutFraction > 0 && o.heldOutFraction < 1)) bad('heldOutFraction', 'a fraction between 0 and 1');
+}
+
+/** The tuned settings of a resolved job (what its record keeps). */
+export function tunedSettings(o: FineTuneOptions): TunedSettings {
+  return Object.fromEntries(TUNED_OPTIONS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]])) as TunedSettings;
 }
 
 /** The options that always have a value once defaults are applied. */
@@ -69,10 +114,9 @@ export const FINE_TUNE_DEFAULTS = {
   heldOutFraction: 0.1, maxHeldOutSequences: 32, reconnectTimeoutMs: 120_000,
 } as const satisfies Omit<Required<Pick<FineTuneOptions, Defaulted>>, 'scan' | 'storeDir'>;
 
-/** Applies the defaults to every option left undefined; BAD_ARGUMENT for an activation width that does not exist. */
+/** Checks the options and applies the defaults to every one left undefined. */
 export function resolveFineTuneOptions(options: FineTuneOptions): ResolvedFineTuneOptions {
+  checkFineTuneOptions(options);
   const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FineTuneOptions;
-  const o: ResolvedFineTuneOptions = { ...FINE_TUNE_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), ...given };
-  if (!isBits(o.bits)) throw new MobiError('BAD_ARGUMENT', 'bits must be 4, 8 or 16.');
-  return o;
+  return { ...FINE_TUNE_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), ...given };
 }

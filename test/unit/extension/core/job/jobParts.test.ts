@@ -143,13 +143,21 @@ describe('device job parts', () => {
   });
 
   describe('JobRecordStore', () => {
-    it('keeps a record for resuming and says NO_SUCH_JOB for an unknown id', async () => {
+    it('keeps a record for resuming, finds the latest, and says NO_SUCH_JOB for an unknown or malformed id', async () => {
       const dir = tmpDir('records');
       const store = new JobRecordStore(dir);
-      store.save({ jobId: 'abc', workspace: '/w', fingerprint: 'f'.repeat(64), heldOutLossBefore: 3.5 });
-      assert.deepEqual(store.load('abc'), { jobId: 'abc', workspace: '/w', fingerprint: 'f'.repeat(64), heldOutLossBefore: 3.5 });
-      assert.ok(fs.existsSync(path.join(dir, 'jobs', 'abc.json')));
-      await expectCode(() => store.load('nope'), 'NO_SUCH_JOB');
+      const older = '11111111-1111-1111-1111-111111111111';
+      const newer = '22222222-2222-2222-2222-222222222222';
+      store.save({ jobId: older, workspace: '/w', fingerprint: 'f'.repeat(64), heldOutLossBefore: 3.5 });
+      await new Promise((r) => setTimeout(r, 5));
+      store.save({ jobId: newer, workspace: '/v', fingerprint: 'e'.repeat(64) });
+      assert.equal(store.load(older).heldOutLossBefore, 3.5);
+      assert.ok(fs.existsSync(path.join(dir, 'jobs', `${older}.json`)));
+      assert.equal(store.load('last').jobId, newer);
+      assert.deepEqual(store.list().map((r) => r.jobId), [newer, older]);
+      await expectCode(() => store.load('33333333-3333-3333-3333-333333333333'), 'NO_SUCH_JOB');
+      await expectCode(() => store.load('../../etc/passwd'), 'NO_SUCH_JOB');
+      await expectCode(() => new JobRecordStore(tmpDir('empty')).load('last'), 'NO_SUCH_JOB');
     });
   });
 

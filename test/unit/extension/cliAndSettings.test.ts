@@ -1,0 +1,64 @@
+import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { OPTION_LIMITS } from '../../../common/limits';
+import { resumeCommand } from '../../../extension/cli/finetuneCommand';
+import { packageVersion } from '../../../extension/cli/main';
+import { ProgressDisplay } from '../../../extension/cli/ProgressDisplay';
+import type { JobProgress } from '../../../extension/core/job/JobProgress';
+import { DEVICE_CLI } from '../../helpers/serverProcess';
+import { tmpDir } from '../../helpers/workspaces';
+
+const ROOT = path.resolve(__dirname, '..', '..', '..', '..');
+
+describe('CLI arguments and VS Code settings', () => {
+  it('the VS Code settings declare the same ranges the CLI and the server check', () => {
+    const props = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).contributes.configuration.properties;
+    const pairs: [string, { min: number; max: number }][] = [
+      ['mobillm.sequenceLength', OPTION_LIMITS.seqLen], ['mobillm.batchSize', OPTION_LIMITS.batchSize],
+      ['mobillm.epochs', OPTION_LIMITS.epochs], ['mobillm.skipLayers', OPTION_LIMITS.skipLayers],
+    ];
+    for (const [key, r] of pairs) assert.deepEqual([props[key].minimum, props[key].maximum], [r.min, r.max], key);
+  });
+
+  it('refuses each bad flag at the edge with BAD_ARGUMENT naming the flag and its range, before creating anything', () => {
+    const store = tmpDir('cli-store');
+    const cases: [string[], RegExp][] = [
+      [['--seq-len', '0'], /--seq-len must be a whole number from 8 to 4096/],
+      [['--seq-len', '4'], /--seq-len must be a whole number from 8 to 4096/],
+      [['--seq-len', '100000'], /--seq-len/],
+      [['--batch', '0'], /--batch must be a whole number from 1 to 64/],
+      [['--lr', '-1'], /--lr must be a number from/],
+      [['--epochs', '0'], /--epochs must be a whole number from 1 to 1000/],
+      [['--bits', '3'], /--bits must be 4, 8 or 16/],
+      [['--seed', 'x'], /--seed must be a number/],
+    ];
+    for (const [args, message] of cases) {
+      const r = spawnSync(process.execPath, [DEVICE_CLI, 'finetune', '--workspace', ROOT, '--store', store, ...args], { encoding: 'utf8' });
+      assert.equal(r.status, 1, args.join(' '));
+      assert.match(r.stderr, /^error\[BAD_ARGUMENT\]: /, args.join(' '));
+      assert.match(r.stderr, message);
+      assert.ok(!/Usage:/.test(r.stderr), 'no help text dumped');
+    }
+    assert.deepEqual(fs.existsSync(store) ? fs.readdirSync(store) : [], [], 'nothing created');
+  });
+
+  it('--version prints the package version; resume commands are exact', () => {
+    const r = spawnSync(process.execPath, [DEVICE_CLI, '--version'], { encoding: 'utf8' });
+    assert.equal(r.stdout.trim(), packageVersion());
+    assert.equal(resumeCommand('abc', '/x'), 'mobillm finetune --resume abc --store /x');
+  });
+
+  it('progress off a terminal: a line per phase change or per 10 s, never the same line twice', () => {
+    const lines: string[] = [];
+    const out = { isTTY: false, write: (s: string) => lines.push(s) } as unknown as NodeJS.WriteStream;
+    const d = new ProgressDisplay(out);
+    const p: JobProgress = { phase: 'connecting', step: 0, totalSteps: 10, sequencesDone: 0, tokensDone: 0, deviceTokensPerSecond: 0, bytesSent: 0, deviceRssBytes: 0, lossHistory: [] };
+    for (let i = 0; i < 57; i++) d.update({ ...p });
+    d.update({ ...p, phase: 'training', step: 1 });
+    d.update({ ...p, phase: 'training', step: 2 });
+    d.message('hello');
+    assert.deepEqual(lines.map((l) => l.split('  ')[0]), ['connecting', 'training', 'hello\n']);
+  });
+});
