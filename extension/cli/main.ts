@@ -95,11 +95,22 @@ export function buildProgram(): Command {
     .command('info')
     .description('Describe a model (local path or hf: URI)')
     .argument('<model>', 'model file or hf:owner/repo:quant')
+    .option('--json', 'print the description as one JSON line')
     .action(
-      action(async (spec: string) => {
+      action(async (spec: string, o: { json?: boolean }) => {
         const bb = await Backbone.open(spec, { contextSize: 64, maxSequences: 1 });
         try {
-          process.stdout.write(`${JSON.stringify(bb.info)}\n`);
+          const i = bb.info;
+          if (o.json) process.stdout.write(`${JSON.stringify(i)}\n`);
+          else {
+            process.stdout.write(
+              [
+                `${path.basename(i.path)}: ${i.architecture}, ${(i.parameters / 1e6).toFixed(1)} M parameters, ${i.quantization}, ${(i.fileSizeBytes / 2 ** 20).toFixed(1)} MiB`,
+                `  ${i.layers} layers, hidden size ${i.hiddenSize}, ${i.heads} attention heads (${i.kvHeads} key/value), vocabulary ${i.vocabularySize}`,
+                `  trained context ${i.trainingContext} tokens; head ${i.headTensor}; final norm epsilon ${Number(i.normEpsilon.toPrecision(3))}`,
+              ].join('\n') + '\n',
+            );
+          }
         } finally {
           bb.dispose();
         }
@@ -158,8 +169,8 @@ export function buildProgram(): Command {
         const bb = await openWithAdapter(o, { contextSize: 4 * (o.seqLen + 1), maxSequences: 4 });
         try {
           const r = await evaluateWorkspace(bb, o.workspace, { seqLen: o.seqLen, seed: o.seed });
-          if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
-          else process.stdout.write(`held-out loss ${r.heldOutLoss.toFixed(4)} (perplexity ${Math.exp(r.heldOutLoss).toFixed(2)}) over ${r.tokens} tokens\n`);
+          if (o.json) process.stdout.write(`${JSON.stringify({ ...r, adapter: o.adapter ?? null })}\n`);
+          else process.stdout.write(`held-out loss ${r.heldOutLoss.toFixed(4)} (perplexity ${Math.exp(r.heldOutLoss).toFixed(2)}) over ${r.tokens} tokens, ${o.adapter ? `with the adapter ${o.adapter}` : 'base model (no adapter)'}\n`);
         } finally {
           bb.dispose();
         }

@@ -1,6 +1,7 @@
 import { Backbone } from './Backbone';
 import { MobiError } from './MobiError';
 import { SeededRandom } from '../../common/SeededRandom';
+import { WholeCharacters } from './WholeCharacters';
 
 /** Options of text generation. */
 export interface GenerateOptions {
@@ -67,7 +68,7 @@ export async function generate(bb: Backbone, prompt: string, options: GenerateOp
   if (room < 1) throw new MobiError('CONTEXT_OVERFLOW', `maxTokens (${maxTokens}) must be smaller than the context (${bb.contextSize}).`);
   if (tokens.length > room) tokens = tokens.slice(tokens.length - room);
   const eos = new Set([bb.nativeInfo.eos]);
-  const decoder = new TextDecoder('utf-8');
+  const chars = new WholeCharacters();
   const out: number[] = [];
   let text = '';
   const t0 = process.hrtime.bigint();
@@ -86,7 +87,7 @@ export async function generate(bb: Backbone, prompt: string, options: GenerateOp
       break;
     }
     out.push(next);
-    const piece = decoder.decode(bb.tokenBytes(next), { stream: true });
+    const piece = chars.push(bb.tokenBytes(next));
     text += piece;
     const hit = stop.map((s) => text.indexOf(s)).filter((i) => i >= 0);
     if (hit.length > 0) {
@@ -99,7 +100,7 @@ export async function generate(bb: Backbone, prompt: string, options: GenerateOp
     logits = await bb.logitsAfter(Int32Array.of(next), pos);
     pos += 1;
   }
-  text += stoppedBy === 'stop' ? '' : decoder.decode();
+  chars.end(); // an incomplete last character is dropped, never shown as U+FFFD
   const t2 = process.hrtime.bigint();
   return { text, tokens: out, stoppedBy, promptTokens: tokens.length, promptSeconds: Number(t1 - t0) / 1e9, generateSeconds: Number(t2 - t1) / 1e9 };
 }

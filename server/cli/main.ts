@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
@@ -26,13 +27,24 @@ function device(value: string): ExecutionDevice {
   return value as ExecutionDevice;
 }
 
+/** The --data flag that names `dir`, or nothing when it is the default (for printed commands). */
+function dataFlag(dir: string): string {
+  return path.resolve(dir) === path.resolve(DEFAULT_DATA) ? '' : ` --data ${dir}`;
+}
+
+/** This package's version (package.json). */
+function packageVersion(): string {
+  return (JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 function fail(code: string, message: string): never {
   process.stderr.write(`error[${code}]: ${message}\n`);
   process.exit(1);
 }
 
 export function buildServerProgram(): Command {
-  const program = new Command('mobillm-server').description('MobiLLM team side-tuning server');
+  const program = new Command('mobillm-server').description('MobiLLM team side-tuning server. Every command uses one data folder: --data, else $MOBILLM_DATA, else ~/.mobillm-server');
+  program.version(packageVersion(), '-V, --version', 'print the version');
   program
     .command('start')
     .description('Run the server (SIGTERM checkpoints running jobs and exits)')
@@ -58,8 +70,9 @@ export function buildServerProgram(): Command {
         if (err instanceof ServerError) fail(err.code, err.message);
         fail('START_FAILED', `could not start: ${(err as Error).message}`);
       }
+      process.stdout.write(`data folder ${path.resolve(o.data)}\n`);
       if (new UserStore(o.data).list().every((u) => u.revoked)) {
-        process.stdout.write('no users yet: create one with "mobillm-server users add NAME"\n');
+        process.stdout.write(`no users yet: create one with "mobillm-server users add NAME${dataFlag(o.data)}"\n`);
       }
       process.stdout.write(`${JSON.stringify({ ready: true, url: started.url, port: started.port, backend: server.backend })}\n`);
       const stop = (signal: string): void => {
@@ -79,7 +92,9 @@ export function buildServerProgram(): Command {
     .description('Create a user and print its token once (it is stored hashed)')
     .action((name: string, o: { data: string }) => {
       try {
-        process.stdout.write(`${store(o.data).add(name)}\n`);
+        const token = store(o.data).add(name);
+        process.stderr.write(`token for ${name} (shown once: only its hash is kept in ${path.resolve(o.data)}; give it to ${name} now):\n`);
+        process.stdout.write(`${token}\n`);
       } catch (err) {
         if (err instanceof ServerError) fail(err.code, err.message);
         throw err;

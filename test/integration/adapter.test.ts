@@ -117,6 +117,9 @@ describe('side network inside llama.cpp on the device', function () {
           const out = JSON.parse(cli.stdout.trim().split('\n').pop()!) as { heldOutLoss: number; tokens: number };
           assert.equal(out.tokens, tuned.tokens);
           assert.ok(Math.abs(out.heldOutLoss - tuned.heldOutLoss) < 1e-3);
+          assert.equal((out as { adapter?: string }).adapter, r.adapter, 'eval says which adapter it used');
+          const plain = spawnSync(process.execPath, [DEVICE_CLI, 'eval', '--workspace', ws, '--model', model, '--seq-len', '32'], { encoding: 'utf8' });
+          assert.match(plain.stdout, /base model \(no adapter\)/);
           const bad = spawnSync(process.execPath, [DEVICE_CLI, 'eval', '--workspace', ws, '--model', model, '--adapter', '/no/such.adapter'], { encoding: 'utf8' });
           assert.equal(bad.status, 1);
           assert.match(bad.stderr, /error\[ADAPTER_CORRUPT\]/);

@@ -7,7 +7,8 @@ import { resumeCommand } from '../../../extension/cli/finetuneCommand';
 import { packageVersion } from '../../../extension/cli/main';
 import { ProgressDisplay } from '../../../extension/cli/ProgressDisplay';
 import type { JobProgress } from '../../../extension/core/job/JobProgress';
-import { DEVICE_CLI } from '../../helpers/serverProcess';
+import { tinyModel } from '../../helpers/models';
+import { DEVICE_CLI, SERVER_CLI } from '../../helpers/serverProcess';
 import { tmpDir } from '../../helpers/workspaces';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..', '..');
@@ -44,9 +45,18 @@ describe('CLI arguments and VS Code settings', () => {
     assert.deepEqual(fs.existsSync(store) ? fs.readdirSync(store) : [], [], 'nothing created');
   });
 
-  it('--version prints the package version; resume commands are exact', () => {
+  it('--version prints the package version (both CLIs); resume commands are exact; model info reads as a summary, --json for scripts', () => {
     const r = spawnSync(process.execPath, [DEVICE_CLI, '--version'], { encoding: 'utf8' });
     assert.equal(r.stdout.trim(), packageVersion());
+    assert.equal(spawnSync(process.execPath, [SERVER_CLI, '--version'], { encoding: 'utf8' }).stdout.trim(), packageVersion());
+    const model = tinyModel({ layers: 2, embd: 32, heads: 2 });
+    const info = spawnSync(process.execPath, [DEVICE_CLI, 'model', 'info', model], { encoding: 'utf8' });
+    assert.match(info.stdout, /2 layers, hidden size 32/);
+    assert.equal(JSON.parse(spawnSync(process.execPath, [DEVICE_CLI, 'model', 'info', model, '--json'], { encoding: 'utf8' }).stdout).layers, 2);
+    const data = tmpDir('users');
+    const add = spawnSync(process.execPath, [SERVER_CLI, 'users', 'add', 'kim', '--data', data], { encoding: 'utf8' });
+    assert.match(add.stdout.trim(), /^kim\.[\w-]+$/, 'the token alone on stdout, for scripts');
+    assert.match(add.stderr, /shown once/);
     assert.equal(resumeCommand('abc', '/x'), 'mobillm finetune --resume abc --store /x');
   });
 
