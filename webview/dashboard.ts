@@ -11,38 +11,95 @@ const $ = (id: string): HTMLElement => document.getElementById(id)!;
 const fmt = (x: number | undefined, digits = 3): string => (x === undefined ? '–' : x.toFixed(digits));
 const ppl = (x: number | undefined): string => (x === undefined ? '–' : Math.exp(x).toFixed(2));
 
+/** Round tick values covering [lo, hi]: about `count` of them. */
+function ticks(lo: number, hi: number, count: number): number[] {
+  const span = Math.max(hi - lo, 1e-9);
+  const raw = span / count;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? raw;
+  const out: number[] = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + 1e-9; t += step) out.push(Number(t.toPrecision(6)));
+  return out;
+}
+
+/**
+ * The loss chart: train loss per step (line), held-out loss before training
+ * (at step 0) and after it (at the last step) as points, axes with tick
+ * values and titles, and a legend.
+ */
 function drawChart(canvas: HTMLCanvasElement, s: DashboardState): void {
   const ctx = canvas.getContext('2d');
   if (!ctx) return;
-  const w = (canvas.width = canvas.clientWidth * devicePixelRatio);
-  const h = (canvas.height = canvas.clientHeight * devicePixelRatio);
+  const r = devicePixelRatio;
+  const w = (canvas.width = canvas.clientWidth * r);
+  const h = (canvas.height = canvas.clientHeight * r);
   const css = getComputedStyle(document.body);
+  const color = (name: string, fallback: string): string => css.getPropertyValue(name).trim() || fallback;
+  const fg = color('--vscode-foreground', '#888');
   ctx.clearRect(0, 0, w, h);
   const pts = s.lossHistory;
-  const refs = [s.heldOutLossBefore, s.heldOutLossAfter].filter((x): x is number => x !== undefined);
-  if (pts.length === 0 && refs.length === 0) return;
-  const ys = [...pts.map((p) => p[1]), ...refs];
-  const lo = Math.min(...ys);
-  const hi = Math.max(...ys);
+  const held: { step: number; loss: number; label: string; color: string }[] = [];
+  if (s.heldOutLossBefore !== undefined) held.push({ step: 0, loss: s.heldOutLossBefore, label: 'held-out, before', color: color('--vscode-charts-orange', '#d18616') });
+  if (s.heldOutLossAfter !== undefined) held.push({ step: Math.max(s.step, s.totalSteps), loss: s.heldOutLossAfter, label: 'held-out, after', color: color('--vscode-charts-green', '#388a34') });
+  if (pts.length === 0 && held.length === 0) return;
+  const ys = [...pts.map((p) => p[1]), ...held.map((p) => p.loss)];
+  const yt = ticks(Math.min(...ys), Math.max(...ys), 4);
+  const lo = Math.min(yt[0]!, ...ys);
+  const hi = Math.max(yt[yt.length - 1]!, ...ys);
   const maxX = Math.max(1, s.totalSteps, ...pts.map((p) => p[0]));
-  const X = (x: number): number => 8 + (x / maxX) * (w - 16);
-  const Y = (y: number): number => h - 8 - ((y - lo) / Math.max(1e-9, hi - lo)) * (h - 16);
-  ctx.lineWidth = 2 * devicePixelRatio;
-  ctx.strokeStyle = css.getPropertyValue('--vscode-charts-blue') || '#3794ff';
+  const left = 48 * r;
+  const bottom = 34 * r;
+  const top = 22 * r;
+  const right = 12 * r;
+  const X = (x: number): number => left + (x / maxX) * (w - left - right);
+  const Y = (y: number): number => h - bottom - ((y - lo) / Math.max(1e-9, hi - lo)) * (h - top - bottom);
+  ctx.font = `${11 * r}px ${css.getPropertyValue('--vscode-font-family') || 'sans-serif'}`;
+  ctx.fillStyle = fg;
+  ctx.strokeStyle = fg;
+  ctx.globalAlpha = 0.6;
+  ctx.lineWidth = r;
+  ctx.beginPath();
+  ctx.moveTo(left, top);
+  ctx.lineTo(left, h - bottom);
+  ctx.lineTo(w - right, h - bottom);
+  ctx.stroke();
+  ctx.globalAlpha = 1;
+  ctx.textAlign = 'right';
+  ctx.textBaseline = 'middle';
+  for (const t of yt) ctx.fillText(String(t), left - 4 * r, Y(t));
+  ctx.textAlign = 'center';
+  ctx.textBaseline = 'top';
+  for (const t of ticks(0, maxX, 5)) ctx.fillText(String(t), X(t), h - bottom + 4 * r);
+  ctx.fillText('step', (left + w - right) / 2, h - 14 * r);
+  ctx.save();
+  ctx.translate(12 * r, (top + h - bottom) / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.fillText('loss (nats)', 0, -6 * r);
+  ctx.restore();
+  const blue = color('--vscode-charts-blue', '#3794ff');
+  ctx.lineWidth = 2 * r;
+  ctx.strokeStyle = blue;
   ctx.beginPath();
   pts.forEach(([x, y], i) => (i === 0 ? ctx.moveTo(X(x), Y(y)) : ctx.lineTo(X(x), Y(y))));
   ctx.stroke();
-  ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
-  const held: [number | undefined, string][] = [[s.heldOutLossBefore, '--vscode-charts-orange'], [s.heldOutLossAfter, '--vscode-charts-green']];
-  for (const [y, color] of held) {
-    if (y === undefined) continue;
-    ctx.strokeStyle = css.getPropertyValue(color) || '#888';
+  for (const p of held) {
+    ctx.fillStyle = p.color;
     ctx.beginPath();
-    ctx.moveTo(X(0), Y(y));
-    ctx.lineTo(X(maxX), Y(y));
-    ctx.stroke();
+    ctx.arc(X(p.step), Y(p.loss), 4 * r, 0, 2 * Math.PI);
+    ctx.fill();
   }
-  ctx.setLineDash([]);
+  // Legend, top right.
+  const entries: [string, string][] = [['train loss', blue], ...held.map((p): [string, string] => [p.label, p.color])];
+  ctx.textAlign = 'left';
+  ctx.textBaseline = 'middle';
+  let x = w - right;
+  for (const [label, c] of entries.reverse()) {
+    x -= ctx.measureText(label).width + 22 * r;
+    ctx.fillStyle = c;
+    ctx.fillRect(x, top / 2 - 4 * r, 10 * r, 8 * r);
+    ctx.fillStyle = fg;
+    ctx.fillText(label, x + 14 * r, top / 2);
+  }
 }
 
 function render(s: DashboardState): void {
@@ -52,7 +109,8 @@ function render(s: DashboardState): void {
   $('tps').textContent = s.deviceTokensPerSecond.toFixed(0);
   $('bytes').textContent = `${(s.bytesSent / 2 ** 20).toFixed(1)} MiB`;
   $('rss').textContent = `${(s.deviceRssBytes / 2 ** 20).toFixed(0)} MiB`;
-  $('eta').textContent = s.etaSeconds === undefined ? '–' : `${Math.ceil(s.etaSeconds)} s`;
+  $('eta-label').textContent = s.durationSeconds !== undefined ? 'Took' : 'ETA';
+  $('eta').textContent = s.durationSeconds !== undefined ? `${Math.round(s.durationSeconds)} s` : s.etaSeconds === undefined ? '–' : `${Math.ceil(s.etaSeconds)} s`;
   $('before').textContent = `${fmt(s.heldOutLossBefore)} (perplexity ${ppl(s.heldOutLossBefore)})`;
   $('after').textContent = `${fmt(s.heldOutLossAfter)} (perplexity ${ppl(s.heldOutLossAfter)})`;
   $('result').textContent = s.heldOutLossAfter !== undefined && s.heldOutLossBefore !== undefined ? `Held-out perplexity ${ppl(s.heldOutLossBefore)} → ${ppl(s.heldOutLossAfter)}` : '';

@@ -15,6 +15,8 @@ export interface DashboardState {
   bytesSent: number;
   deviceRssBytes: number;
   etaSeconds?: number;
+  /** Seconds the job ran, once it ended. */
+  durationSeconds?: number;
   /** [step, loss] points. */
   lossHistory: [number, number][];
   /** The job's configuration, as label -> value. */
@@ -53,7 +55,7 @@ export function isDashboardState(v: unknown): v is DashboardState {
   return (
     typeof s.phase === 'string' && s.phase.length < 40 &&
     isNum(s.step) && isNum(s.totalSteps) && isNum(s.deviceTokensPerSecond) && isNum(s.bytesSent) && isNum(s.deviceRssBytes) &&
-    optNum(s.trainLoss) && optNum(s.heldOutLossBefore) && optNum(s.heldOutLossAfter) && optNum(s.etaSeconds) &&
+    optNum(s.trainLoss) && optNum(s.heldOutLossBefore) && optNum(s.heldOutLossAfter) && optNum(s.etaSeconds) && optNum(s.durationSeconds) &&
     Array.isArray(s.lossHistory) && s.lossHistory.length <= 100_000 &&
     s.lossHistory.every((p) => Array.isArray(p) && p.length === 2 && isNum(p[0]) && isNum(p[1])) &&
     typeof s.config === 'object' && s.config !== null && Object.values(s.config).every((x) => typeof x === 'string') &&

@@ -63,14 +63,14 @@ export class DashboardPanel implements vscode.Disposable {
 <style nonce="${nonce}">
   body { font-family: var(--vscode-font-family); color: var(--vscode-foreground); padding: 0 16px; }
   h1 { font-size: 1.3em; } .grid { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; }
-  .label { color: var(--vscode-descriptionForeground); } #chart { width: 100%; height: 180px; border: 1px solid var(--vscode-panel-border); }
+  .label { color: var(--vscode-descriptionForeground); } #chart { width: 100%; height: 220px; border: 1px solid var(--vscode-panel-border); }
   #result { font-size: 1.2em; font-weight: bold; margin: 8px 0; } #error { color: var(--vscode-errorForeground); }
   td { padding: 2px 12px 2px 0; } .wire { color: var(--vscode-descriptionForeground); max-width: 60em; }
 </style></head>
 <body>
   <h1>MobiLLM fine-tuning <vscode-badge id="phase">idle</vscode-badge></h1>
   <div id="result"></div><div id="error"></div>
-  <canvas id="chart" aria-label="training loss (solid) and held-out loss before/after (dashed)"></canvas>
+  <canvas id="chart" aria-label="loss per step: train loss (line), held-out loss before and after (points)"></canvas>
   <div class="grid">
     <span class="label">Steps</span><span id="steps">–</span>
     <span class="label">Train loss</span><span id="train-loss">–</span>
@@ -79,7 +79,7 @@ export class DashboardPanel implements vscode.Disposable {
     <span class="label">Device tokens/s</span><span id="tps">–</span>
     <span class="label">Bytes sent</span><span id="bytes">–</span>
     <span class="label">Device memory (RSS)</span><span id="rss">–</span>
-    <span class="label">ETA</span><span id="eta">–</span>
+    <span class="label" id="eta-label">ETA</span><span id="eta">–</span>
   </div>
   <p><vscode-button id="cancel" secondary>Cancel fine-tuning</vscode-button> <vscode-button id="logs" secondary>Show logs</vscode-button></p>
   <vscode-divider></vscode-divider>

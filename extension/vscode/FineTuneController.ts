@@ -20,6 +20,9 @@ export class FineTuneController implements vscode.Disposable {
   private job: FineTuneJob | undefined;
   private abort: AbortController | undefined;
   private progress: JobProgress | undefined;
+  /** When the current or last job started and ended (ms). */
+  private startedAt: number | undefined;
+  private endedAt: number | undefined;
   private error: string | undefined;
   private config: Record<string, string> = {};
   comparison: Comparison | undefined;
@@ -44,7 +47,10 @@ export class FineTuneController implements vscode.Disposable {
     if (!p) return { phase: 'idle', step: 0, totalSteps: 0, deviceTokensPerSecond: 0, bytesSent: 0, deviceRssBytes: process.memoryUsage().rss, lossHistory: [], ...base };
     return {
       phase: p.phase, step: p.step, totalSteps: p.totalSteps, trainLoss: p.trainLoss, heldOutLossBefore: p.heldOutLossBefore, heldOutLossAfter: p.heldOutLossAfter,
-      deviceTokensPerSecond: p.deviceTokensPerSecond, bytesSent: p.bytesSent, deviceRssBytes: p.deviceRssBytes, etaSeconds: p.etaSeconds,
+      deviceTokensPerSecond: p.deviceTokensPerSecond, bytesSent: p.bytesSent, deviceRssBytes: p.deviceRssBytes,
+      // The ETA only while training; once the job ended, how long it ran.
+      etaSeconds: p.phase === 'training' ? p.etaSeconds : undefined,
+      durationSeconds: this.endedAt !== undefined && this.startedAt !== undefined ? (this.endedAt - this.startedAt) / 1000 : undefined,
       lossHistory: p.lossHistory.slice(-2000), ...base,
     };
   }
@@ -103,6 +109,8 @@ export class FineTuneController implements vscode.Disposable {
     const { defaultStoreDir } = await import('../core/defaultStoreDir.js');
     const storeDir = defaultStoreDir();
     this.progress = undefined;
+    this.startedAt = Date.now();
+    this.endedAt = undefined;
     this.error = undefined;
     this.comparison = undefined;
     /** Ends the scan/connect progress notification. */
@@ -167,6 +175,7 @@ export class FineTuneController implements vscode.Disposable {
       if (e.code !== 'CANCELLED') void this.showError(e, resumeJobId);
     } finally {
       earlyDone?.();
+      this.endedAt = Date.now();
       this.job = undefined;
       this.abort = undefined;
       this.render();

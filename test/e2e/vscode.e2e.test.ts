@@ -150,6 +150,17 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     assert.ok(m, `dashboard result: ${resultText}`);
     assert.ok(Number(m![2]) < Number(m![1]), 'perplexity fell');
     assert.match(await frame.locator('#wire').innerText(), /never leave this computer/);
+    assert.equal(await frame.locator('#eta-label').innerText(), 'Took', 'a finished job shows how long it took, not an ETA');
+    assert.match(await frame.locator('#eta').innerText(), /^\d+ s$/);
+    type Canvas = { width: number; height: number; getContext(kind: '2d'): { getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } } };
+    const inked = await frame.locator('#chart').evaluate((el) => {
+      const c = el as unknown as Canvas;
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 3; i < d.length; i += 4) if (d[i]! > 0) n++;
+      return n;
+    });
+    assert.ok(inked > 1000, `the loss chart is drawn (${inked} pixels)`);
   });
 
   it('shows an inline completion from the fine-tuned model while typing', async () => {
