@@ -9,26 +9,11 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, defaultThreads } from '../extension/core/Backbone';
-import { modelFingerprint } from '../extension/core/modelFingerprint';
-import { SeededRandom } from '../common/SeededRandom';
-import { encodeAdapter } from '../common/AdapterFile';
-import { initialParameters, parameterNames, parameterShape, sideShape } from '../server/training/sideNetworkSpec';
-import { testAdapterConfig } from '../test/helpers/adapters';
-import { BENCH_CACHE, machineDescription, median, peakRssBytes, qwenShapedModel } from './benchModels';
+import { machineDescription, median, peakRssBytes, qwenShapedModel } from './benchModels';
+import { randomAdapterFor } from './randomAdapter';
 
 const PROMPT = 256;
 const GENERATE = 32;
-
-async function adapterFor(model: string, d: number, layers: number): Promise<string> {
-  const file = path.join(BENCH_CACHE, 'qwen-shape-random.adapter');
-  const shape = sideShape(d, 8, Array.from({ length: layers }, (_, i) => i));
-  const values = initialParameters(shape, 1);
-  const rng = new SeededRandom(2);
-  values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.01));
-  const tensors = parameterNames(shape).map((n) => ({ name: n, shape: parameterShape(shape, n), data: values.get(n)! }));
-  fs.writeFileSync(file, encodeAdapter(await modelFingerprint(model), testAdapterConfig(shape), { steps: 0 }, tensors));
-  return file;
-}
 
 async function child(mode: string, model: string, adapter: string): Promise<void> {
   const bb = await Backbone.open(model, { contextSize: 1024, maxSequences: 1, threads: defaultThreads() });
@@ -60,7 +45,7 @@ async function main(): Promise<void> {
   const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
   if (process.argv.includes('--child')) return child(arg('child', 'base'), arg('model', ''), arg('adapter', ''));
   const model = qwenShapedModel('q8_0');
-  const adapter = await adapterFor(model, 896, 24);
+  const adapter = await randomAdapterFor(model, 896, 24);
   const rounds = Number(arg('rounds', '2'));
   const runs: Record<string, { promptTokensPerSecond: number; generateTokensPerSecond: number; peakRssBytes: number }[]> = { base: [], adapter: [] };
   for (let r = 0; r < rounds; r++) {

@@ -137,6 +137,8 @@ export function defaultThreads(): number {
  */
 export class Backbone {
   private queue: Promise<unknown> = Promise.resolve();
+  /** The tokens sequence 0 holds in the context after the last generation step (empty after any other forward pass). */
+  private held = new Int32Array(0);
 
   private constructor(
     private readonly native: NativeBackbone,
@@ -207,6 +209,7 @@ export class Backbone {
   capture(sequences: Int32Array[], layers: number[] | 'all'): Promise<Capture> {
     const run = async (): Promise<Capture> => {
       if (this.native.disposed) throw new MobiError('DISPOSED', 'The model was disposed; load it again to use it.');
+      this.held = new Int32Array(0); // a capture clears the context
       const list = this.resolveLayers(layers);
       if (sequences.length === 0 || sequences.some((s) => s.length === 0)) {
         throw new MobiError('EMPTY_INPUT', 'There is nothing to run: a sequence has no tokens.');
@@ -276,25 +279,67 @@ export class Backbone {
     }
     const tensors: Record<string, Float32Array> = {};
     for (const [name, t] of contents.tensors) tensors[name] = t.data;
-    await this.serial(async () => this.native.setAdapter({ ...shape, adapterEps: adapterNormEpsilon, gateTemperature, tensors }));
+    await this.serial(async () => {
+      this.native.setAdapter({ ...shape, adapterEps: adapterNormEpsilon, gateTemperature, tensors });
+      this.held = new Int32Array(0); // what the cache holds came from the other network
+    });
     return { steps: Number(contents.header.meta.steps ?? 0), meta: contents.header.meta };
   }
 
   /** Back to the plain backbone. */
   clearAdapter(): Promise<void> {
-    return this.serial(async () => this.native.clearAdapter());
+    return this.serial(async () => {
+      this.native.clearAdapter();
+      this.held = new Int32Array(0);
+    });
   }
 
   /** Sum of next-token losses and their count over sequences (each predicts tokens 1..n-1). */
   sequenceLoss(sequences: Int32Array[]): Promise<{ lossSum: number; tokens: number }> {
     const inputs = sequences.filter((s) => s.length >= 2);
     if (inputs.length === 0) return Promise.reject(new MobiError('EMPTY_INPUT', 'No sequence has two tokens or more.'));
-    return this.serial(() => this.native.lossOf(inputs.map((s) => s.subarray(0, s.length - 1)), inputs.map((s) => s.subarray(1))));
+    return this.serial(() => {
+      this.held = new Int32Array(0); // a loss pass clears the context
+      return this.native.lossOf(inputs.map((s) => s.subarray(0, s.length - 1)), inputs.map((s) => s.subarray(1)));
+    });
   }
 
-  /** Logits after `tokens`, continuing the generation state at `startPos` (0 starts afresh). */
-  logitsAfter(tokens: Int32Array, startPos: number): Promise<Float32Array> {
-    return this.serial(() => this.native.logitsAfter(tokens, startPos));
+  /**
+   * Logits after `tokens`, placed at `startPos` in sequence 0 (0 starts
+   * afresh; otherwise what the context held from `startPos` on is dropped
+   * first, so a prompt that shares a prefix with the last one reuses its
+   * cache). `signal` cancels it, within one decode chunk, with CANCELLED.
+   */
+  logitsAfter(tokens: Int32Array, startPos: number, signal?: AbortSignal): Promise<Float32Array> {
+    return this.serial(async () => {
+      if (signal?.aborted) throw new MobiError('CANCELLED', 'The request was superseded.');
+      const cancel = (): void => this.native.cancel();
+      signal?.addEventListener('abort', cancel, { once: true });
+      try {
+        const logits = await this.native.logitsAfter(tokens, startPos);
+        const held = new Int32Array(startPos + tokens.length);
+        held.set(this.held.subarray(0, startPos));
+        held.set(tokens, startPos);
+        this.held = held;
+        return logits;
+      } catch (err) {
+        this.held = this.held.subarray(0, Math.min(startPos, this.held.length)); // what is left is only the part before startPos
+        throw err;
+      } finally {
+        signal?.removeEventListener('abort', cancel);
+      }
+    });
+  }
+
+  /**
+   * How many leading tokens of `tokens` the context already holds from the
+   * last generation (at most all but the last, whose logits are needed).
+   */
+  reusablePrefix(tokens: Int32Array): number {
+    const max = Math.min(this.held.length, tokens.length - 1);
+    let p = 0;
+    while (p < max && this.held[p] === tokens[p]) p++;
+    return p;
   }
 
   /** A tensor of the model file as float32 (dequantized by ggml), optionally a range of rows. */

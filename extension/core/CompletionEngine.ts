@@ -5,8 +5,21 @@ import { evaluateWorkspace } from './evaluateWorkspace';
 import { generate } from './generate';
 import { modelFingerprint } from './modelFingerprint';
 
-/** Characters of the text before the cursor sent to the model. */
+/** Characters of the text before the cursor sent to the model, at least. */
 export const COMPLETION_PREFIX_CHARS = 1500;
+/** The window's start moves in steps of this many characters, so consecutive keystrokes share a prompt prefix. */
+export const PREFIX_WINDOW_STEP = 512;
+
+/**
+ * The text before the cursor a completion uses: at least
+ * COMPLETION_PREFIX_CHARS, starting at a multiple of PREFIX_WINDOW_STEP, so
+ * that typing keeps the prompt's start in place and the backbone reuses the
+ * cache of everything before the cursor's line.
+ */
+export function promptWindow(prefix: string): string {
+  if (prefix.length <= COMPLETION_PREFIX_CHARS) return prefix;
+  return prefix.slice(Math.floor((prefix.length - COMPLETION_PREFIX_CHARS) / PREFIX_WINDOW_STEP) * PREFIX_WINDOW_STEP);
+}
 
 /**
  * Completions from the backbone on this device, with the workspace's adapter
@@ -43,7 +56,7 @@ export class CompletionEngine {
     const bb = await this.backbone();
     const adapter = options.fineTuned === false || !workspace ? undefined : await this.adapterFor(workspace);
     await this.use(bb, adapter);
-    const g = await generate(bb, prefix.slice(-COMPLETION_PREFIX_CHARS), { maxTokens: options.maxTokens ?? 24, stop: ['\n\n'], signal: options.signal });
+    const g = await generate(bb, promptWindow(prefix), { maxTokens: options.maxTokens ?? 24, stop: ['\n\n'], signal: options.signal });
     return g.text;
   }
 

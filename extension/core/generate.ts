@@ -15,7 +15,10 @@ export interface GenerateOptions {
   seed?: number;
   /** Stop before any of these strings. */
   stop?: string[];
+  /** Cancels the generation, the prompt's forward pass included (within one decode chunk). */
   signal?: AbortSignal;
+  /** Reuse the context's cache of a previous prompt's common prefix. Default true. */
+  reusePrompt?: boolean;
   /** Each new piece of text as it is produced. */
   onText?: (text: string) => void;
 }
@@ -25,6 +28,8 @@ export interface Generation {
   tokens: number[];
   stoppedBy: 'eos' | 'stop' | 'budget' | 'cancelled';
   promptTokens: number;
+  /** Prompt tokens the backbone actually ran (the rest came from the cache of the previous prompt). */
+  promptTokensEvaluated: number;
   promptSeconds: number;
   generateSeconds: number;
 }
@@ -72,7 +77,16 @@ export async function generate(bb: Backbone, prompt: string, options: GenerateOp
   const out: number[] = [];
   let text = '';
   const t0 = process.hrtime.bigint();
-  let logits = await bb.logitsAfter(tokens, 0);
+  const reused = options.reusePrompt === false ? 0 : bb.reusablePrefix(tokens);
+  let logits: Float32Array;
+  try {
+    logits = await bb.logitsAfter(tokens.subarray(reused), reused, options.signal);
+  } catch (err) {
+    if (MobiError.is(err, 'CANCELLED')) {
+      return { text: '', tokens: [], stoppedBy: 'cancelled', promptTokens: tokens.length, promptTokensEvaluated: 0, promptSeconds: Number(process.hrtime.bigint() - t0) / 1e9, generateSeconds: 0 };
+    }
+    throw err;
+  }
   const t1 = process.hrtime.bigint();
   let pos = tokens.length;
   let stoppedBy: Generation['stoppedBy'] = 'budget';
@@ -97,10 +111,16 @@ export async function generate(bb: Backbone, prompt: string, options: GenerateOp
     }
     if (piece) options.onText?.(piece);
     if (out.length === maxTokens) break;
-    logits = await bb.logitsAfter(Int32Array.of(next), pos);
+    try {
+      logits = await bb.logitsAfter(Int32Array.of(next), pos, options.signal);
+    } catch (err) {
+      if (!MobiError.is(err, 'CANCELLED')) throw err;
+      stoppedBy = 'cancelled';
+      break;
+    }
     pos += 1;
   }
   chars.end(); // an incomplete last character is dropped, never shown as U+FFFD
   const t2 = process.hrtime.bigint();
-  return { text, tokens: out, stoppedBy, promptTokens: tokens.length, promptSeconds: Number(t1 - t0) / 1e9, generateSeconds: Number(t2 - t1) / 1e9 };
+  return { text, tokens: out, stoppedBy, promptTokens: tokens.length, promptTokensEvaluated: tokens.length - reused, promptSeconds: Number(t1 - t0) / 1e9, generateSeconds: Number(t2 - t1) / 1e9 };
 }

@@ -26,6 +26,7 @@ Napi::Function Backbone::Init(Napi::Env env) {
                          InstanceMethod("setAdapter", &Backbone::SetAdapter),
                          InstanceMethod("clearAdapter", &Backbone::ClearAdapter),
                          InstanceMethod("dispose", &Backbone::Dispose),
+                         InstanceMethod("cancel", &Backbone::Cancel),
                          InstanceAccessor("disposed", &Backbone::Disposed, nullptr),
                      });
 }

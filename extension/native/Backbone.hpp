@@ -5,6 +5,7 @@
 
 #include <napi.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 
@@ -43,6 +44,8 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   uint32_t nCtx() const { return nCtx_; }
   uint32_t nBatch() const { return nBatch_; }
   uint32_t nSeqMax() const { return nSeqMax_; }
+  // Read by the decode worker between chunks; set by cancel() on the JavaScript thread.
+  bool cancelRequested() const { return cancel_.load(); }
 
  private:
   bool CheckUsable(Napi::Env env, bool needLoaded = true);
@@ -59,6 +62,10 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   Napi::Value SetAdapter(const Napi::CallbackInfo& info);
   Napi::Value ClearAdapter(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    cancel_.store(true);
+    return info.Env().Undefined();
+  }
   Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), disposed_); }
   Napi::Value Queue(std::unique_ptr<DecodeWorker> worker);
 
@@ -69,6 +76,7 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   uint32_t nCtx_ = 0;
   uint32_t nBatch_ = 0;
   uint32_t nSeqMax_ = 0;
+  std::atomic<bool> cancel_{false};
   bool busy_ = false;
   bool disposed_ = false;
   bool freePending_ = false;

@@ -111,6 +111,7 @@ Napi::Value Backbone::LogitsAfter(const Napi::CallbackInfo& info) {
 
 Napi::Value Backbone::Queue(std::unique_ptr<DecodeWorker> worker) {
   busy_ = true;
+  cancel_.store(false);
   Napi::Promise p = worker->Promise();
   worker.release()->Queue();
   return p;

@@ -67,13 +67,23 @@ void DecodeWorker::Decode() {
   const int32_t chunk = static_cast<int32_t>(bb_->nBatch());
   const bool allOutputs = (mode_ == DecodeMode::Capture && needLastLayer) || mode_ == DecodeMode::Loss;
   llama_batch batch = llama_batch_init(chunk, 0, 1);
-  if (!keepMemory) llama_memory_clear(llama_get_memory(ctx), true);
+  if (!keepMemory) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+  } else {
+    // Continue sequence 0 at startPos: whatever it held from startPos on is dropped (reused prompt prefix).
+    llama_memory_seq_rm(llama_get_memory(ctx), 0, startPos, -1);
+  }
   SideRun side;
   if (mode_ == DecodeMode::Capture) state.side = nullptr;
   *bb_->captureSlot() = &state;
   int32_t rc = 0;
   size_t s = 0, t = 0;
+  bool cancelled = false;
   while (rc == 0 && s < sequences.size()) {
+    if (bb_->cancelRequested()) {  // checked between chunks: a cancel lands within one chunk
+      cancelled = true;
+      break;
+    }
     int32_t n = 0;
     std::vector<int> outputRows;
     std::vector<llama_token> chunkTargets;
@@ -111,13 +121,18 @@ void DecodeWorker::Decode() {
       }
     }
   }
-  if (rc == 0 && mode_ == DecodeMode::Logits) {
+  if (rc == 0 && !cancelled && mode_ == DecodeMode::Logits) {
     const float* logits = llama_get_logits_ith(ctx, -1);
     lastLogits_.assign(logits, logits + nVocab);
   }
   *bb_->captureSlot() = nullptr;
   if (mode_ != DecodeMode::Logits) llama_memory_clear(llama_get_memory(ctx), true);
   llama_batch_free(batch);
+  if (cancelled) {
+    code_ = "CANCELLED";
+    SetError("The forward pass was cancelled.");
+    return;
+  }
   if (rc != 0) {
     code_ = "DECODE_FAILED";
     SetError("llama_decode failed with status " + std::to_string(rc) + ".");

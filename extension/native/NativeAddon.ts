@@ -42,7 +42,10 @@ export interface NativeBackbone {
   /** Next-token cross-entropy of every token (side network included when set). */
   lossOf(sequences: Int32Array[], targets: Int32Array[]): Promise<{ lossSum: number; tokens: number; seconds: number }>;
   /** Continues sequence 0 at startPos (0 = afresh); resolves with the last token's logits. */
+  /** Continues sequence 0 at startPos (0 = afresh; otherwise what it held from startPos on is dropped first); resolves with the last token's logits. */
   logitsAfter(tokens: Int32Array, startPos: number): Promise<Float32Array>;
+  /** Stops the decode in flight between two chunks (it rejects with CANCELLED). */
+  cancel(): void;
   /** Runs this side network inside every later forward pass (not in captures). */
   setAdapter(adapter: NativeAdapter): void;
   clearAdapter(): void;

@@ -1,0 +1,79 @@
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Backbone } from '../../extension/core/Backbone';
+import { promptWindow, PREFIX_WINDOW_STEP } from '../../extension/core/CompletionEngine';
+import { generate } from '../../extension/core/generate';
+import { tinyModel } from '../helpers/models';
+
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+const SOURCE = fs.readFileSync(path.join(ROOT, 'extension', 'core', 'job', 'FineTuneJob.ts'), 'utf8');
+
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+describe('completions: prompt-cache reuse and cancellation (real llama.cpp)', function () {
+  this.timeout(120_000);
+  let bb: Backbone;
+  before(async () => {
+    bb = await Backbone.open(tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'f32', seed: 9 }), { contextSize: 2048, maxSequences: 1, threads: 1, flashAttention: false });
+  });
+  after(() => bb.dispose());
+
+  it('a typed character costs only the tokens after the common prefix, with the same logits as a fresh forward', async () => {
+    const before = SOURCE.slice(0, 1500);
+    const first = await generate(bb, before, { maxTokens: 4 });
+    assert.equal(first.promptTokensEvaluated, first.promptTokens);
+    const typed = await generate(bb, `${before}x`, { maxTokens: 4 });
+    process.stdout.write(`      prompt ${typed.promptTokens} tokens, evaluated ${typed.promptTokensEvaluated} after one typed character\n`);
+    assert.ok(typed.promptTokensEvaluated <= 3, `evaluated ${typed.promptTokensEvaluated}`);
+    const fresh = await generate(bb, `${before}x`, { maxTokens: 4, reusePrompt: false });
+    assert.equal(fresh.promptTokensEvaluated, fresh.promptTokens);
+    assert.deepEqual(typed.tokens, fresh.tokens, 'the same continuation with and without reuse');
+
+    const tokens = bb.tokenize(`${before}y`);
+    const p = bb.reusablePrefix(tokens);
+    assert.ok(p > tokens.length - 4);
+    const reusedLogits = await bb.logitsAfter(tokens.subarray(p), p);
+    const freshLogits = await bb.logitsAfter(tokens, 0);
+    assert.ok(maxDiff(reusedLogits, freshLogits) < 1e-4, `logits differ by ${maxDiff(reusedLogits, freshLogits)}`);
+  });
+
+  it('an edit earlier in the file invalidates the cache from the first differing token', async () => {
+    const text = SOURCE.slice(0, 1200);
+    await generate(bb, text, { maxTokens: 1 });
+    const edited = `${text.slice(0, 300)}Z${text.slice(301)}`;
+    const tokens = bb.tokenize(edited);
+    const held = bb.tokenize(text);
+    let first = 0;
+    while (tokens[first] === held[first]) first++;
+    assert.equal(bb.reusablePrefix(tokens), first);
+    assert.ok(first < tokens.length / 2);
+    const g = await generate(bb, edited, { maxTokens: 2 });
+    const fresh = await generate(bb, edited, { maxTokens: 2, reusePrompt: false });
+    assert.deepEqual(g.tokens, fresh.tokens);
+  });
+
+  it('a superseded request stops during the prompt\'s forward pass, and the next one is right', async () => {
+    const long = SOURCE.slice(0, 6000);
+    const abort = new AbortController();
+    setTimeout(() => abort.abort(), 5);
+    const cancelled = await generate(bb, long, { maxTokens: 8, signal: abort.signal, reusePrompt: false });
+    assert.equal(cancelled.stoppedBy, 'cancelled');
+    assert.equal(cancelled.tokens.length, 0);
+    const next = await generate(bb, long.slice(0, 3000), { maxTokens: 4 });
+    const fresh = await generate(bb, long.slice(0, 3000), { maxTokens: 4, reusePrompt: false });
+    assert.deepEqual(next.tokens, fresh.tokens);
+  });
+
+  it('the prompt window keeps its start while typing', () => {
+    const doc = SOURCE.repeat(3);
+    const a = promptWindow(doc.slice(0, 4000));
+    const b = promptWindow(doc.slice(0, 4001));
+    assert.equal(doc.indexOf(a), doc.indexOf(b), 'same start after one more character');
+    assert.ok(a.length >= 1500 && a.length < 1500 + PREFIX_WINDOW_STEP);
+  });
+});
