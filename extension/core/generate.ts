@@ -15,6 +15,8 @@ export interface GenerateOptions {
   seed?: number;
   /** Stop before any of these strings. */
   stop?: string[];
+  /** Called with the text so far; an index stops the generation there (the text is cut at it). */
+  endAt?: (text: string) => number | undefined;
   /** Cancels the generation, the prompt's forward pass included (within one decode chunk). */
   signal?: AbortSignal;
   /** Reuse the context's cache of a previous prompt's common prefix. Default true. */
@@ -28,34 +30,63 @@ export interface Generation {
   tokens: number[];
   stoppedBy: 'eos' | 'stop' | 'budget' | 'cancelled';
   promptTokens: number;
+  /** The prompt's token ids as run (after trimming to the context). */
+  prompt: Int32Array;
   /** Prompt tokens the backbone actually ran (the rest came from the cache of the previous prompt). */
   promptTokensEvaluated: number;
   promptSeconds: number;
   generateSeconds: number;
 }
 
-function pick(logits: Float32Array, temperature: number, topP: number, rng: SeededRandom): number {
+/**
+ * The next token: the arg-max at temperature 0; otherwise a sample from the
+ * softmax at `temperature`, restricted to the smallest set of most likely
+ * tokens whose mass reaches `topP`. Only the candidates that can be in that
+ * set are sorted (those within a factor 1e-9 of the most likely token, when
+ * they already hold the mass), not the whole vocabulary.
+ */
+export function pick(logits: Float32Array, temperature: number, topP: number, rng: SeededRandom): number {
   let best = 0;
   for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
   if (temperature <= 0) return best;
   const max = logits[best]!;
-  const probs = Array.from(logits, (l, i) => ({ i, p: Math.exp((l - max) / temperature) }));
-  const total = probs.reduce((a, x) => a + x.p, 0);
-  probs.sort((a, b) => b.p - a.p);
+  const weights = new Float64Array(logits.length);
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) total += weights[i] = Math.exp((logits[i]! - max) / temperature);
+  if (topP >= 1) return sampleFrom(weights, total, rng);
+  const cutoff = 1e-9;
+  let candidates: number[] = [];
+  let candidateMass = 0;
+  for (let i = 0; i < weights.length; i++) {
+    if (weights[i]! >= cutoff) {
+      candidates.push(i);
+      candidateMass += weights[i]!;
+    }
+  }
+  if (candidateMass / total < topP) candidates = Array.from(weights.keys()); // flat: the nucleus may reach below the cutoff
+  candidates.sort((x, y) => weights[y]! - weights[x]! || x - y);
   let mass = 0;
-  const kept: typeof probs = [];
-  for (const x of probs) {
-    kept.push(x);
-    mass += x.p / total;
-    if (mass >= topP) break;
+  let kept = 0;
+  while (kept < candidates.length) {
+    mass += weights[candidates[kept]!]!;
+    kept++;
+    if (mass / total >= topP) break;
   }
-  const keptTotal = kept.reduce((a, x) => a + x.p, 0);
-  let u = rng.next() * keptTotal;
-  for (const x of kept) {
-    u -= x.p;
-    if (u <= 0) return x.i;
+  let u = rng.next() * mass;
+  for (let k = 0; k < kept; k++) {
+    u -= weights[candidates[k]!]!;
+    if (u <= 0) return candidates[k]!;
   }
-  return kept[kept.length - 1]!.i;
+  return candidates[kept - 1]!;
+}
+
+function sampleFrom(weights: Float64Array, total: number, rng: SeededRandom): number {
+  let u = rng.next() * total;
+  for (let i = 0; i < weights.length; i++) {
+    u -= weights[i]!;
+    if (u <= 0) return i;
+  }
+  return weights.length - 1;
 }
 
 /**
@@ -63,11 +94,11 @@ function pick(logits: Float32Array, temperature: number, topP: number, rng: Seed
  * when an adapter is in use): one forward pass over the prompt, then one per
  * new token. Long prompts keep their end.
  */
-export async function generate(bb: Backbone, prompt: string, options: GenerateOptions = {}): Promise<Generation> {
+export async function generate(bb: Backbone, prompt: string | Int32Array, options: GenerateOptions = {}): Promise<Generation> {
   const maxTokens = options.maxTokens ?? 64;
   const stop = options.stop ?? [];
   const rng = new SeededRandom(options.seed ?? 1);
-  let tokens = bb.tokenize(prompt);
+  let tokens = typeof prompt === 'string' ? bb.tokenize(prompt) : prompt;
   if (tokens.length === 0) throw new MobiError('EMPTY_INPUT', 'The prompt is empty.');
   const room = bb.contextSize - maxTokens;
   if (room < 1) throw new MobiError('CONTEXT_OVERFLOW', `maxTokens (${maxTokens}) must be smaller than the context (${bb.contextSize}).`);
@@ -83,7 +114,7 @@ export async function generate(bb: Backbone, prompt: string, options: GenerateOp
     logits = await bb.logitsAfter(tokens.subarray(reused), reused, options.signal);
   } catch (err) {
     if (MobiError.is(err, 'CANCELLED')) {
-      return { text: '', tokens: [], stoppedBy: 'cancelled', promptTokens: tokens.length, promptTokensEvaluated: 0, promptSeconds: Number(process.hrtime.bigint() - t0) / 1e9, generateSeconds: 0 };
+      return { text: '', tokens: [], stoppedBy: 'cancelled', promptTokens: tokens.length, prompt: tokens, promptTokensEvaluated: 0, promptSeconds: Number(process.hrtime.bigint() - t0) / 1e9, generateSeconds: 0 };
     }
     throw err;
   }
@@ -103,7 +134,8 @@ export async function generate(bb: Backbone, prompt: string, options: GenerateOp
     out.push(next);
     const piece = chars.push(bb.tokenBytes(next));
     text += piece;
-    const hit = stop.map((s) => text.indexOf(s)).filter((i) => i >= 0);
+    const end = options.endAt?.(text);
+    const hit = [...stop.map((s) => text.indexOf(s)), end ?? -1].filter((i) => i >= 0);
     if (hit.length > 0) {
       text = text.slice(0, Math.min(...hit));
       stoppedBy = 'stop';
@@ -122,5 +154,5 @@ export async function generate(bb: Backbone, prompt: string, options: GenerateOp
   }
   chars.end(); // an incomplete last character is dropped, never shown as U+FFFD
   const t2 = process.hrtime.bigint();
-  return { text, tokens: out, stoppedBy, promptTokens: tokens.length, promptTokensEvaluated: tokens.length - reused, promptSeconds: Number(t1 - t0) / 1e9, generateSeconds: Number(t2 - t1) / 1e9 };
+  return { text, tokens: out, stoppedBy, promptTokens: tokens.length, prompt: tokens, promptTokensEvaluated: tokens.length - reused, promptSeconds: Number(t1 - t0) / 1e9, generateSeconds: Number(t2 - t1) / 1e9 };
 }

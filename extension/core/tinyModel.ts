@@ -30,7 +30,12 @@ export interface TinyModelOptions {
   contextLength?: number;
   /** Write a separate `output.weight` head; when false the head is tied to `token_embd.weight`. Default true. */
   untiedHead?: boolean;
+  /** Add fill-in-the-middle control tokens (`<|fim_prefix|>`, `<|fim_suffix|>`, `<|fim_middle|>`) to the built-in vocabulary and declare them in the metadata. Default false. */
+  fim?: boolean;
 }
+
+/** The fill-in-the-middle control tokens the generator can add, in the order prefix, suffix, middle. */
+export const TINY_FIM_TOKENS = ['<|fim_prefix|>', '<|fim_suffix|>', '<|fim_middle|>'] as const;
 
 /** Pieces of the built-in SPM vocabulary beyond single characters and bytes: common code fragments. */
 const CODE_WORDS = [
@@ -131,6 +136,17 @@ export function writeTinyModel(options: TinyModelOptions): void {
     nVocab = (tokens.value as unknown[]).length;
   } else {
     const v = builtInVocabulary();
+    if (options.fim) {
+      const first = v.tokens.length;
+      for (const t of TINY_FIM_TOKENS) {
+        v.tokens.push(t);
+        v.scores.push(0);
+        v.types.push(3); // control
+      }
+      w.u32('tokenizer.ggml.fim_pre_token_id', first);
+      w.u32('tokenizer.ggml.fim_suf_token_id', first + 1);
+      w.u32('tokenizer.ggml.fim_mid_token_id', first + 2);
+    }
     w.string('tokenizer.ggml.model', 'llama');
     w.array('tokenizer.ggml.tokens', GgufValueType.STRING, v.tokens);
     w.array('tokenizer.ggml.scores', GgufValueType.FLOAT32, v.scores);

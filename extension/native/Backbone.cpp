@@ -116,6 +116,10 @@ Napi::Value Backbone::Info(const Napi::CallbackInfo& info) {
   out.Set("addBos", llama_vocab_get_add_bos(vocab));
   out.Set("bos", llama_vocab_bos(vocab));
   out.Set("eos", llama_vocab_eos(vocab));
+  // Fill-in-the-middle tokens as llama.cpp reads them (metadata, or known texts), -1 when absent.
+  out.Set("fimPre", llama_vocab_fim_pre(vocab));
+  out.Set("fimSuf", llama_vocab_fim_suf(vocab));
+  out.Set("fimMid", llama_vocab_fim_mid(vocab));
   out.Set("contextSize", nCtx_);
   out.Set("batchTokens", nBatch_);
   out.Set("maxSequences", nSeqMax_);

@@ -17,6 +17,10 @@ export interface NativeBackboneInfo {
   addBos: boolean;
   bos: number;
   eos: number;
+  /** Fill-in-the-middle tokens (prefix, suffix, middle), -1 when the model has none. */
+  fimPre: number;
+  fimSuf: number;
+  fimMid: number;
   contextSize: number;
   batchTokens: number;
   maxSequences: number;

@@ -42,9 +42,11 @@ export function activate(context: vscode.ExtensionContext): void {
       modelStatus.hide();
       return;
     }
-    const adapter = await (await completionEngine()).adapterFor(folder.uri.fsPath).catch(() => undefined);
+    const e = await completionEngine();
+    const adapter = await e.adapterFor(folder.uri.fsPath).catch(() => undefined);
+    const mode = await e.mode().catch(() => undefined);
     modelStatus.text = adapter ? '$(sparkle) MobiLLM: fine-tuned' : '$(circle-outline) MobiLLM: base';
-    modelStatus.tooltip = adapter ? 'Inline completions use this workspace\'s fine-tuned side network' : 'No adapter for this workspace yet: completions use the base model';
+    modelStatus.tooltip = `${adapter ? 'Inline completions use this workspace\'s fine-tuned side network' : 'No adapter for this workspace yet: completions use the base model'}${mode ? `; prompts: ${mode}` : ''}`;
     modelStatus.show();
   };
   controller.onAdapterStored = () => void updateModelStatus();
@@ -57,9 +59,12 @@ export function activate(context: vscode.ExtensionContext): void {
       const abort = new AbortController();
       token.onCancellationRequested(() => abort.abort());
       const folder = vscode.workspace.getWorkspaceFolder(document.uri);
+      const s = readSettings();
       const prefix = document.getText(new vscode.Range(new vscode.Position(0, 0), position));
+      const end = document.lineAt(document.lineCount - 1).range.end;
+      const suffix = s.completionSuffixChars > 0 ? document.getText(new vscode.Range(position, end)) : undefined;
       try {
-        const text = await (await completionEngine()).complete(folder?.uri.fsPath, prefix, { signal: abort.signal });
+        const text = await (await completionEngine()).complete(folder?.uri.fsPath, prefix, { signal: abort.signal, suffix, prefixChars: s.completionPrefixChars, suffixChars: s.completionSuffixChars });
         log.info(`inline completion: ${text.length} characters`);
         return text.trim() ? [new vscode.InlineCompletionItem(text, new vscode.Range(position, position))] : [];
       } catch (err) {

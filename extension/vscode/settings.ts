@@ -14,6 +14,8 @@ export interface MobiSettings {
   exclude: string[];
   maxFileBytes: number;
   inlineCompletions: boolean;
+  completionPrefixChars: number;
+  completionSuffixChars: number;
 }
 
 export function readSettings(): MobiSettings {
@@ -31,5 +33,7 @@ export function readSettings(): MobiSettings {
     exclude: c.get<string[]>('exclude', []),
     maxFileBytes: c.get<number>('maxFileBytes', 512 * 1024),
     inlineCompletions: c.get<boolean>('inlineCompletions.enabled', true),
+    completionPrefixChars: c.get<number>('inlineCompletions.prefixChars', 1500),
+    completionSuffixChars: c.get<number>('inlineCompletions.suffixChars', 500),
   };
 }

@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone } from '../../extension/core/Backbone';
-import { promptWindow, PREFIX_WINDOW_STEP } from '../../extension/core/CompletionEngine';
+import { completionPrompt, promptWindow, PREFIX_WINDOW_STEP } from '../../extension/core/CompletionEngine';
 import { generate } from '../../extension/core/generate';
 import { tinyModel } from '../helpers/models';
 
@@ -75,5 +75,33 @@ describe('completions: prompt-cache reuse and cancellation (real llama.cpp)', fu
     const b = promptWindow(doc.slice(0, 4001));
     assert.equal(doc.indexOf(a), doc.indexOf(b), 'same start after one more character');
     assert.ok(a.length >= 1500 && a.length < 1500 + PREFIX_WINDOW_STEP);
+  });
+});
+
+describe('completions: fill-in-the-middle prompts (a generated model that declares FIM tokens)', function () {
+  this.timeout(120_000);
+
+  it('sends prefix and suffix in the model\'s FIM format, with budgets; a model without FIM tokens gets the prefix only', async () => {
+    const fimModel = await Backbone.open(tinyModel({ layers: 2, embd: 32, heads: 2, fim: true }), { contextSize: 512, maxSequences: 1, threads: 1 });
+    const plain = await Backbone.open(tinyModel({ layers: 2, embd: 32, heads: 2 }), { contextSize: 512, maxSequences: 1, threads: 1 });
+    try {
+      const { fimPre, fimSuf, fimMid, bos } = fimModel.nativeInfo;
+      assert.ok(fimPre >= 0 && fimSuf >= 0 && fimMid >= 0, 'llama.cpp reads the FIM tokens from the metadata');
+      const prefix = 'function add(a, b) {\n  return ';
+      const suffix = '\n}\n\nexport default add;\n';
+      const p = completionPrompt(fimModel, prefix, { suffix, suffixChars: 5 });
+      assert.equal(p.mode, 'fill-in-the-middle');
+      const want = [bos, fimPre, ...fimModel.tokenize(prefix, false), fimSuf, ...fimModel.tokenize(suffix.slice(0, 5), false), fimMid];
+      assert.deepEqual(Array.from(p.tokens), want, 'the exact token sequence');
+      const g = await generate(fimModel, p.tokens, { maxTokens: 3 });
+      assert.deepEqual(Array.from(g.prompt), want, 'the sequence evaluated');
+      const q = completionPrompt(plain, prefix, { suffix });
+      assert.equal(q.mode, 'prefix only');
+      assert.deepEqual(Array.from(q.tokens), Array.from(plain.tokenize(prefix)));
+      assert.equal(completionPrompt(fimModel, 'x'.repeat(5000), { prefixChars: 1000 }).tokens.length, fimModel.tokenize(promptWindow('x'.repeat(5000), 1000)).length);
+    } finally {
+      fimModel.dispose();
+      plain.dispose();
+    }
   });
 });
