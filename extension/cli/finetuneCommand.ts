@@ -12,7 +12,7 @@ import { ProgressDisplay } from './ProgressDisplay';
 /** The flag of each tuned option, for messages. */
 const FLAGS: Record<TunedOption, string> = {
   epochs: '--epochs', steps: '--steps', seqLen: '--seq-len', batchSize: '--batch', bits: '--bits', reduction: '--reduction',
-  skipLayers: '--skip-layers', learningRate: '--lr', seed: '--seed', checkpointEvery: 'checkpointEvery', heldOutFraction: 'heldOutFraction', maxHeldOutSequences: 'maxHeldOutSequences',
+  skipLayers: '--skip-layers', learningRate: '--lr', seed: '--seed', checkpointEvery: 'checkpointEvery', heldOutFraction: 'heldOutFraction', maxHeldOutSequences: 'maxHeldOutSequences', fimRate: 'fimRate',
 };
 
 interface FinetuneFlags {

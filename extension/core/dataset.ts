@@ -13,12 +13,48 @@ export interface DatasetOptions {
   seed?: number;
   /** Cap on held-out sequences (evaluation time). Default 32. */
   maxHeldOutSequences?: number;
+  /** The model's fill-in-the-middle tokens; with them, a share of the training sequences is FIM-transformed. Default: none. */
+  fim?: FimTokens;
+  /** Share of training sequences FIM-transformed when `fim` is given. Default 0.5. */
+  fimRate?: number;
+}
+
+/** A model's fill-in-the-middle tokens. */
+export interface FimTokens {
+  pre: number;
+  suf: number;
+  mid: number;
+}
+
+/**
+ * A sequence in fill-in-the-middle order, as completions prompt the model:
+ * cut at two seeded points into prefix, middle and suffix, then
+ * <fim_pre> prefix <fim_suf> suffix <fim_mid> middle, at the same length (the
+ * middle's last tokens make room for the three markers).
+ */
+export function fimTransform(seq: Int32Array, fim: FimTokens, rng: SeededRandom): Int32Array {
+  const n = seq.length;
+  let a = rng.int(n + 1);
+  let b = rng.int(n + 1);
+  if (a > b) [a, b] = [b, a];
+  // Three markers make room: the middle's end goes first, then the suffix's far end, then the prefix's start.
+  let excess = 3;
+  const cutMiddle = Math.min(excess, b - a);
+  excess -= cutMiddle;
+  const cutSuffix = Math.min(excess, n - b);
+  excess -= cutSuffix;
+  const prefix = seq.subarray(excess, a);
+  const suffix = seq.subarray(b, n - cutSuffix);
+  const middle = seq.subarray(a, b - cutMiddle);
+  return Int32Array.from([fim.pre, ...prefix, fim.suf, ...suffix, fim.mid, ...middle]);
 }
 
 export interface Dataset {
-  /** Training sequences: token ids, each at most seqLen + 1 long, never crossing files. */
+  /** Training sequences: token ids, each at most seqLen + 1 long, never crossing files; a share FIM-transformed when the model has FIM tokens. */
   train: Int32Array[];
   heldOut: Int32Array[];
+  /** The held-out sequences FIM-transformed (empty for models without FIM tokens): completions' format, evaluated apart. */
+  heldOutFim: Int32Array[];
   trainFiles: number;
   heldOutFiles: number;
   /** Tokens predicted per pass over the training sequences. */
@@ -65,7 +101,15 @@ export function buildDataset(files: ScannedFile[], tokenize: (text: string) => I
   if (heldOut.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The held-out files produced no sequences (they are too short).');
   const cap = options.maxHeldOutSequences ?? 32;
   if (heldOut.length > cap) heldOut = new SeededRandom(seed ^ 0x5eed).shuffle(heldOut).slice(0, cap);
-  return { train, heldOut, trainFiles: files.length - held.size, heldOutFiles: held.size, trainTokens: train.reduce((a, s) => a + s.length - 1, 0), seqLen, seed };
+  let heldOutFim: Int32Array[] = [];
+  const fim = options.fim;
+  if (fim) {
+    const rng = new SeededRandom(seed ^ 0xf1f1);
+    const rate = options.fimRate ?? 0.5;
+    for (let i = 0; i < train.length; i++) if (rng.next() < rate && train[i]!.length > 3) train[i] = fimTransform(train[i]!, fim, rng);
+    heldOutFim = heldOut.filter((s) => s.length > 3).map((s) => fimTransform(s, fim, rng));
+  }
+  return { train, heldOut, heldOutFim, trainFiles: files.length - held.size, heldOutFiles: held.size, trainTokens: train.reduce((a, s) => a + s.length - 1, 0), seqLen, seed };
 }
 
 /** Sequences of training batch `index` (epochs reshuffle with seed + epoch; the order is the same on every run). */

@@ -3,8 +3,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone } from '../../extension/core/Backbone';
 import { completionPrompt, promptWindow, PREFIX_WINDOW_STEP } from '../../extension/core/CompletionEngine';
+import { buildDataset } from '../../extension/core/dataset';
 import { generate } from '../../extension/core/generate';
+import { FineTuneJob } from '../../extension/core/job/FineTuneJob';
+import { scanWorkspace } from '../../extension/core/scanWorkspace';
 import { tinyModel } from '../helpers/models';
+import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const SOURCE = fs.readFileSync(path.join(ROOT, 'extension', 'core', 'job', 'FineTuneJob.ts'), 'utf8');
@@ -103,5 +107,32 @@ describe('completions: fill-in-the-middle prompts (a generated model that declar
       fimModel.dispose();
       plain.dispose();
     }
+  });
+});
+
+describe('training what completions serve: fill-in-the-middle sequences', function () {
+  this.timeout(300_000);
+
+  it('puts a share of the training sequences in FIM order and reports plain and FIM held-out loss', async () => {
+    const model = tinyModel({ layers: 2, embd: 32, heads: 2, fim: true });
+    const bb = await Backbone.open(model, { contextSize: 64, maxSequences: 1, threads: 1 });
+    const { fimPre, fimSuf, fimMid } = bb.nativeInfo;
+    bb.dispose();
+    const ws = makeWorkspace(21, 10, 80);
+    const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('fim-store'), steps: 30, seqLen: 32, threads: 1, learningRate: 5e-3 }).run();
+    assert.ok(r.heldOutFimLossBefore !== undefined && r.heldOutFimLossAfter !== undefined, 'FIM held-out loss reported');
+    assert.ok(r.heldOutFimLossAfter! < r.heldOutFimLossBefore!, `FIM loss fell: ${r.heldOutFimLossBefore} -> ${r.heldOutFimLossAfter}`);
+    assert.ok(r.heldOutLossAfter < r.heldOutLossBefore);
+    const files = scanWorkspace(ws).files;
+    const tokenize = (t: string): Int32Array => Int32Array.from(Buffer.from(t)); // any token ids: the transform is what is tested
+    const data = buildDataset(files, tokenize, { seqLen: 32, fim: { pre: fimPre, suf: fimSuf, mid: fimMid }, fimRate: 0.5 });
+    const inFim = data.train.filter((s) => s[0] === fimPre).length;
+    assert.ok(inFim > data.train.length * 0.3 && inFim < data.train.length * 0.7, `${inFim} of ${data.train.length} in FIM order`);
+    for (const s of data.train.filter((x) => x[0] === fimPre)) {
+      assert.equal([...s].filter((t) => t === fimSuf).length, 1);
+      assert.ok(s.indexOf(fimMid) > s.indexOf(fimSuf));
+    }
+    assert.equal(data.heldOutFim.length, data.heldOut.length);
+    assert.equal(buildDataset(files, tokenize, { seqLen: 32 }).heldOutFim.length, 0, 'no FIM tokens, no FIM data');
   });
 });

@@ -56,15 +56,16 @@ export class ActivationStream {
     return { payload, rows, sequences: seqs.length };
   }
 
-  /** Held-out mean loss with the server's current side network. */
-  async evaluate(conn: ServerConnection, jobId: string, label: 'before' | 'after'): Promise<number> {
+  /** Held-out mean loss with the server's current side network, on the plain held-out sequences or their fill-in-the-middle form. */
+  async evaluate(conn: ServerConnection, jobId: string, label: 'before' | 'after', form: 'plain' | 'fim' = 'plain'): Promise<number> {
     this.ctx.setPhase('evaluating');
-    const evalId = `${label}-${Date.now()}`;
+    const evalId = `${label}${form === 'fim' ? '-fim' : ''}-${Date.now()}`;
     const B = this.config.batchSize;
+    const sequences = form === 'fim' ? this.data.heldOutFim : this.data.heldOut;
     const pending: Promise<{ message: ServerMessage<'eval/result'> }>[] = [];
-    for (let i = 0; i * B < this.data.heldOut.length; i++) {
+    for (let i = 0; i * B < sequences.length; i++) {
       this.ctx.checkCancelled();
-      const { payload, rows } = await this.encodeBatch(this.data.heldOut.slice(i * B, (i + 1) * B), 'eval');
+      const { payload, rows } = await this.encodeBatch(sequences.slice(i * B, (i + 1) * B), 'eval');
       pending.push(conn.expect('eval/result', (m) => m.evalId === evalId && m.index === i, jobId));
       conn.send({ type: 'batch/eval', jobId, evalId, index: i, rows }, payload);
     }
@@ -75,7 +76,7 @@ export class ActivationStream {
       tokens += r.message.tokens;
     }
     const loss = lossSum / tokens;
-    this.ctx.log(`held-out loss ${label}: ${loss.toFixed(4)} over ${tokens} tokens`);
+    this.ctx.log(`held-out ${form} loss ${label}: ${loss.toFixed(4)} over ${tokens} tokens`);
     return loss;
   }
 

@@ -27,6 +27,9 @@ export interface FineTuneResult {
   trainTokens: number;
   heldOutLossBefore: number;
   heldOutLossAfter: number;
+  /** Held-out loss in fill-in-the-middle order, before and after (models with FIM tokens only). */
+  heldOutFimLossBefore?: number;
+  heldOutFimLossAfter?: number;
   adapter: string;
   model: string;
   bytesSent: number;
@@ -78,6 +81,8 @@ export class FineTuneJob {
   private jobId: string | undefined;
   private before: number | undefined;
   private after: number | undefined;
+  private fimBefore: number | undefined;
+  private fimAfter: number | undefined;
   private adapterPath: string | undefined;
   /** Training tokens of the whole job, as the server counted them (a resumed job's earlier sessions included). */
   private trainTokens: number | undefined;
@@ -165,6 +170,8 @@ export class FineTuneJob {
         trainTokens: this.trainTokens ?? p.tokensDone,
         heldOutLossBefore: this.before!,
         heldOutLossAfter: this.after!,
+        heldOutFimLossBefore: this.fimBefore,
+        heldOutFimLossAfter: this.fimAfter,
         adapter: this.adapterPath!,
         model: work.backbone.info.path,
         bytesSent: p.bytesSent,
@@ -208,8 +215,11 @@ export class FineTuneJob {
     this.backbone = backbone;
     const fingerprint = await modelFingerprint(backbone.info.path);
     const digest = await headDigest(backbone, fingerprint, this.o.storeDir);
+    const { fimPre, fimSuf, fimMid } = backbone.nativeInfo;
+    const vocab = backbone.info.vocabularySize;
+    const fim = [fimPre, fimSuf, fimMid].every((t) => t >= 0 && t < vocab) ? { pre: fimPre, suf: fimSuf, mid: fimMid } : undefined;
     const data = buildDataset(scan.files, (text) => backbone.tokenize(text), {
-      seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences,
+      seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences, fim, fimRate: this.o.fimRate,
     });
     const L = backbone.info.layers;
     if (this.o.skipLayers < 0 || this.o.skipLayers >= L) throw new MobiError('BAD_ARGUMENT', `skipLayers must be between 0 and ${L - 1}.`);
@@ -271,6 +281,7 @@ export class FineTuneJob {
     if (ready.state !== 'finished') {
       if (this.before === undefined) {
         this.before = await work.stream.evaluate(conn, jobId, 'before');
+        if (work.data.heldOutFim.length > 0) this.fimBefore = await work.stream.evaluate(conn, jobId, 'before', 'fim');
         this.saveRecord();
       }
       this.progress.startTraining();
@@ -283,7 +294,10 @@ export class FineTuneJob {
           else this.progress.stepAcknowledged(ack.step, ack.loss);
         },
       );
-      if (this.after === undefined) this.after = await work.stream.evaluate(conn, jobId, 'after');
+      if (this.after === undefined) {
+        this.after = await work.stream.evaluate(conn, jobId, 'after');
+        if (work.data.heldOutFim.length > 0) this.fimAfter = await work.stream.evaluate(conn, jobId, 'after', 'fim');
+      }
       await conn.request({ type: 'job/finish', jobId }, 'job/done', (m) => m.jobId === jobId);
     } else if (this.after === undefined) {
       throw new MobiError('SERVER_ERROR', 'The job finished on the server before its held-out evaluation; start a new job.');
