@@ -6,7 +6,7 @@
  * a 24-token completion, with the prompt cache reused and without (the
  * whole prompt evaluated again), on the base model and with an adapter.
  *
- *   npm run bench:completions [-- --keys 4]
+ *   npm run bench:completions [-- --keys 8]
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -21,23 +21,25 @@ const TOKENS = 24;
 
 async function main(): Promise<void> {
   const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
-  const keys = Number(arg('keys', '4'));
+  const keys = Number(arg('keys', '8'));
   const model = qwenShapedModel('q8_0');
   const adapter = await randomAdapterFor(model, 896, 24);
   const text = fs.readFileSync(path.join(ROOT, 'extension', 'core', 'job', 'FineTuneJob.ts'), 'utf8').slice(0, 1500);
-  const typed = 'const x = 1;'.slice(0, keys);
-  const bb = await Backbone.open(model, { contextSize: 2048, maxSequences: 1, threads: defaultThreads() });
+  const typed = 'const x = 1;'.repeat(4).slice(0, keys);
+  // Two backbones, one with the adapter: the variants alternate keystroke by keystroke, so the machine's drift hits them alike.
+  const open = (): Promise<Backbone> => Backbone.open(model, { contextSize: 2048, maxSequences: 1, threads: defaultThreads() });
+  const backbones = { base: await open(), adapter: await open() };
+  await backbones.adapter.useAdapter(fs.readFileSync(adapter));
   const sampling = { greedy: 0, topP: 0 };
-  const results: Record<string, { firstTokenSeconds: number[]; completionSeconds: number[]; promptTokens: number; evaluated: number[] }> = {};
+  type Series = { firstTokenSeconds: number[]; completionSeconds: number[]; promptTokens: number; evaluated: number[] };
+  const results: Record<string, Series> = {};
   try {
-    for (const withAdapter of [false, true]) {
-      if (withAdapter) await bb.useAdapter(fs.readFileSync(adapter));
-      else await bb.clearAdapter();
+    for (const bb of Object.values(backbones)) await generate(bb, promptWindow(text), { maxTokens: 1, reusePrompt: false }); // the state a user is in before typing
+    for (let k = 1; k <= keys; k++) {
       for (const reuse of [true, false]) {
-        const key = `${withAdapter ? 'adapter' : 'base'}/${reuse ? 'reuse' : 'no-reuse'}`;
-        const r = (results[key] = { firstTokenSeconds: [] as number[], completionSeconds: [] as number[], promptTokens: 0, evaluated: [] as number[] });
-        await generate(bb, promptWindow(text), { maxTokens: 1, reusePrompt: false }); // the state a user is in before typing
-        for (let k = 1; k <= keys; k++) {
+        for (const [name, bb] of Object.entries(backbones)) {
+          const key = `${name}/${reuse ? 'reuse' : 'no-reuse'}`;
+          const r = (results[key] ??= { firstTokenSeconds: [], completionSeconds: [], promptTokens: 0, evaluated: [] });
           const g = await generate(bb, promptWindow(text + typed.slice(0, k)), { maxTokens: TOKENS, reusePrompt: reuse });
           const perToken = g.tokens.length > 1 ? g.generateSeconds / g.tokens.length : 0;
           r.firstTokenSeconds.push(g.promptSeconds + perToken);
@@ -45,24 +47,25 @@ async function main(): Promise<void> {
           r.promptTokens = g.promptTokens;
           r.evaluated.push(g.promptTokensEvaluated);
         }
-        process.stderr.write(`${key}: first token ${median(r.firstTokenSeconds).toFixed(3)} s, completion ${median(r.completionSeconds).toFixed(3)} s, evaluated ${r.evaluated.join(',')} of ${r.promptTokens}\n`);
       }
     }
-    // Sampling cost per generated token: top-p at temperature 0.2 against greedy, base model, same prompt.
-    await bb.clearAdapter();
-    const perToken = async (temperature: number): Promise<number> => {
-      const times: number[] = [];
-      for (let k = 0; k < 3; k++) {
-        const g = await generate(bb, promptWindow(text), { maxTokens: TOKENS, temperature, topP: 0.9, seed: k + 1 });
-        times.push(g.generateSeconds / Math.max(1, g.tokens.length));
+    for (const [key, r] of Object.entries(results)) {
+      process.stderr.write(`${key}: first token ${median(r.firstTokenSeconds).toFixed(3)} s, completion ${median(r.completionSeconds).toFixed(3)} s, evaluated ${r.evaluated.join(',')} of ${r.promptTokens}\n`);
+    }
+    // Sampling cost per generated token: top-p at temperature 0.2 against greedy, base model, alternating.
+    const greedy: number[] = [];
+    const topP: number[] = [];
+    for (let k = 0; k < 3; k++) {
+      for (const [temperature, into] of [[0, greedy], [0.2, topP]] as const) {
+        const g = await generate(backbones.base, promptWindow(text), { maxTokens: TOKENS, temperature, topP: 0.9, seed: k + 1 });
+        into.push(g.generateSeconds / Math.max(1, g.tokens.length));
       }
-      return median(times);
-    };
-    sampling.greedy = await perToken(0);
-    sampling.topP = await perToken(0.2);
+    }
+    sampling.greedy = median(greedy);
+    sampling.topP = median(topP);
     process.stderr.write(`per token: greedy ${sampling.greedy.toFixed(4)} s, top-p ${sampling.topP.toFixed(4)} s\n`);
   } finally {
-    bb.dispose();
+    for (const bb of Object.values(backbones)) bb.dispose();
   }
   const m = (k: string, f: 'firstTokenSeconds' | 'completionSeconds'): number => median(results[k]![f]);
   const out = {

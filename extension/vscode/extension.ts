@@ -51,6 +51,7 @@ export function activate(context: vscode.ExtensionContext): void {
   };
   controller.onAdapterStored = () => void updateModelStatus();
 
+  const completionFailures = new Set<string>();
   const provider: vscode.InlineCompletionItemProvider = {
     async provideInlineCompletionItems(document, position, _ctx, token) {
       if (!readSettings().inlineCompletions || !vscode.workspace.isTrusted || controller.running) return [];
@@ -68,7 +69,12 @@ export function activate(context: vscode.ExtensionContext): void {
         log.info(`inline completion: ${text.length} characters`);
         return text.trim() ? [new vscode.InlineCompletionItem(text, new vscode.Range(position, position))] : [];
       } catch (err) {
-        log.warn(`completion failed: ${(err as { code?: string }).code ?? 'error'}`);
+        // No completion, never a blocked editor; each kind of failure is logged once per session.
+        const code = (err as { code?: string }).code ?? 'error';
+        if (!completionFailures.has(code)) {
+          completionFailures.add(code);
+          log.warn(`completions failed: error[${code}] (logged once; later ones of this kind are silent)`);
+        }
         return [];
       }
     },
