@@ -221,5 +221,53 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await page.screenshot({ path: path.join(SHOTS, '6-error.png') });
     const buttons = await toast.locator('.monaco-button').allInnerTexts();
     for (const b of ['Open Settings', 'Show Logs', 'Retry']) assert.ok(buttons.some((t) => t.includes(b)), `toast buttons: ${buttons.join(', ')}`);
+    await page.waitForTimeout(1500);
+    const toasts = await page.locator('.notifications-toasts .notification-toast').allInnerTexts();
+    assert.ok(!toasts.some((t) => /Scanning the workspace|Connecting to the server|^\s*MobiLLM\s*$/.test(t)), `no progress notification is left after the failure: ${JSON.stringify(toasts)}`);
+    const retry = toast.locator('.monaco-button', { hasText: 'Retry' }).first();
+    type Box = { getBoundingClientRect(): { left: number; top: number; width: number; height: number }; contains(other: unknown): boolean };
+    const covered = await retry.evaluate((node) => {
+      const el = node as unknown as Box;
+      const doc = (globalThis as unknown as { document: { elementFromPoint(x: number, y: number): unknown } }).document;
+      const r = el.getBoundingClientRect();
+      const top = doc.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      return !(top && (top === el || el.contains(top)));
+    });
+    assert.equal(covered, false, 'the toast\'s actions are not covered by another notification');
+  });
+
+  it('shows a readable dashboard in a dark theme', async () => {
+    // The theme through the user's settings file, then a window reload reads it.
+    const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
+    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
+    fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'workbench.colorTheme': 'Default Dark Modern' }, null, 2));
+    await runCommand(page, 'Developer: Reload Window');
+    await page.waitForTimeout(2000);
+    await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
+    await page.waitForTimeout(3000);
+    await runCommand(page, 'MobiLLM: Show dashboard');
+    const frame = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
+    await frame.locator('#phase').waitFor({ timeout: 30_000 });
+    await page.waitForTimeout(1000);
+    await page.screenshot({ path: path.join(SHOTS, '7-dashboard-dark.png') });
+    type Styled = { parentElement: Styled | null };
+    const { fg, bg } = await frame.locator('#phase').evaluate((node) => {
+      const style = (globalThis as unknown as { getComputedStyle(e: unknown): { color: string; backgroundColor: string } }).getComputedStyle;
+      let b = node as unknown as Styled | null;
+      let background = 'rgba(0, 0, 0, 0)';
+      while (b && /rgba\(0, 0, 0, 0\)|transparent/.test(background)) {
+        background = style(b).backgroundColor;
+        b = b.parentElement;
+      }
+      return { fg: style(node).color, bg: background };
+    });
+    const luminance = (rgb: string): number => {
+      const [r, g, b] = (rgb.match(/[\d.]+/g) ?? ['0', '0', '0']).slice(0, 3).map((x) => Number(x) / 255).map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
+      return 0.2126 * r! + 0.7152 * g! + 0.0722 * b!;
+    };
+    const [hi, lo] = [luminance(fg), luminance(bg)].sort((x, y) => y - x);
+    const contrast = (hi! + 0.05) / (lo! + 0.05);
+    assert.ok(luminance(bg) < 0.2, `the dashboard follows the dark theme (background ${bg})`);
+    assert.ok(contrast >= 4.5, `text contrast ${contrast.toFixed(1)} (${fg} on ${bg})`);
   });
 });
