@@ -12,12 +12,12 @@ import { ProgressDisplay } from './ProgressDisplay';
 /** The flag of each tuned option, for messages. */
 const FLAGS: Record<TunedOption, string> = {
   epochs: '--epochs', steps: '--steps', seqLen: '--seq-len', batchSize: '--batch', bits: '--bits', reduction: '--reduction',
-  skipLayers: '--skip-layers', learningRate: '--lr', seed: '--seed', checkpointEvery: 'checkpointEvery', heldOutFraction: 'heldOutFraction', maxHeldOutSequences: 'maxHeldOutSequences', fimRate: 'fimRate',
+  skipLayers: '--skip-layers', learningRate: '--lr', seed: '--seed', checkpointEvery: 'checkpointEvery', heldOutFraction: 'heldOutFraction', maxHeldOutSequences: 'maxHeldOutSequences', fimRate: '--fim-rate',
 };
 
 interface FinetuneFlags {
   workspace?: string; model?: string; server?: string; token?: string; epochs?: string; steps?: string; seqLen?: string; batch?: string; bits?: string;
-  skipLayers?: string; reduction?: string; lr?: string; seed?: string; resume?: string; store: string; json?: boolean;
+  skipLayers?: string; reduction?: string; lr?: string; seed?: string; fimRate?: string; resume?: string; store: string; json?: boolean;
 }
 
 /** A flag's number (range checks happen once, in the core, with the flag's name). */
@@ -50,6 +50,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
     .option('--reduction <n>', 'side width r = hidden size / n (default 8)')
     .option('--lr <x>', 'peak learning rate (default 0.002)')
     .option('--seed <n>', 'seed (default 1)')
+    .option('--fim-rate <x>', 'share of training sequences in fill-in-the-middle order, for models with FIM tokens (default 0.5)')
     .option('--resume <jobId|last>', 'continue a job started on this device with all its settings ("last": the latest; see "mobillm jobs")')
     .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
     .option('--json', 'print the result as JSON on the last line')
@@ -62,7 +63,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
       const tuned = {
         epochs: num(o.epochs, '--epochs'), steps: num(o.steps, '--steps'), seqLen: num(o.seqLen, '--seq-len'), batchSize: num(o.batch, '--batch'),
         bits: num(o.bits, '--bits') as 4 | 8 | 16 | undefined, skipLayers: num(o.skipLayers, '--skip-layers'), reduction: num(o.reduction, '--reduction'),
-        learningRate: num(o.lr, '--lr'), seed: num(o.seed, '--seed'), describeOption: (k: TunedOption) => FLAGS[k],
+        learningRate: num(o.lr, '--lr'), seed: num(o.seed, '--seed'), fimRate: num(o.fimRate, '--fim-rate'), describeOption: (k: TunedOption) => FLAGS[k],
       };
       checkFineTuneOptions({ workspace, model: '', ...tuned }); // before anything is created or loaded
       const model = o.model ?? record?.model ?? ensureDefaultModel(o.store);

@@ -140,7 +140,7 @@ export class FineTuneController implements vscode.Disposable {
       this.job = new core.FineTuneJob({
         workspace: folder.uri.fsPath, model, server: s.serverUrl ? { url: s.serverUrl, token: token! } : undefined,
         // A resumed job keeps the settings it was created with; a new one takes today's.
-        ...(resumeJobId ? {} : { epochs: s.epochs, seqLen: s.seqLen, batchSize: s.batchSize, bits: s.bits, skipLayers: s.skipLayers }),
+        ...(resumeJobId ? {} : { epochs: s.epochs, seqLen: s.seqLen, batchSize: s.batchSize, bits: s.bits, skipLayers: s.skipLayers, fimRate: s.fimRate }),
         storeDir, resumeJobId, signal: abort.signal,
         scan: { include: s.include, exclude: s.exclude, maxFileBytes: s.maxFileBytes },
         log: (line) => this.log.info(line),

@@ -16,6 +16,7 @@ export interface MobiSettings {
   inlineCompletions: boolean;
   completionPrefixChars: number;
   completionSuffixChars: number;
+  fimRate: number;
 }
 
 export function readSettings(): MobiSettings {
@@ -35,5 +36,6 @@ export function readSettings(): MobiSettings {
     inlineCompletions: c.get<boolean>('inlineCompletions.enabled', true),
     completionPrefixChars: c.get<number>('inlineCompletions.prefixChars', 1500),
     completionSuffixChars: c.get<number>('inlineCompletions.suffixChars', 500),
+    fimRate: c.get<number>('fimRate', 0.5),
   };
 }
