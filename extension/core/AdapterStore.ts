@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { decodeAdapter } from '../../common/AdapterFile';
+import { AdapterHeader, decodeAdapter } from '../../common/AdapterFile';
 import { writeFileAtomic } from '../../common/atomicWrite';
 import { MobiError } from './MobiError';
 
@@ -24,10 +24,11 @@ export class AdapterStore {
     return path.join(this.root, 'adapters', ws, fingerprint);
   }
 
-  /** Verifies the adapter against the model, then stores it with its metadata. Returns the adapter's path. */
-  save(bytes: Uint8Array, meta: AdapterMetadata): string {
+  /** Verifies the adapter against the model, then stores it with its metadata. Returns the adapter's path and its verified header. */
+  save(bytes: Uint8Array, meta: AdapterMetadata): { file: string; header: AdapterHeader } {
+    let header: AdapterHeader;
     try {
-      decodeAdapter(bytes, meta.modelFingerprint);
+      header = decodeAdapter(bytes, meta.modelFingerprint).header;
     } catch (err) {
       throw MobiError.from(err);
     }
@@ -35,7 +36,7 @@ export class AdapterStore {
     const file = path.join(dir, 'adapter.mobi');
     writeFileAtomic(file, bytes);
     writeFileAtomic(path.join(dir, 'adapter.json'), `${JSON.stringify(meta, null, 2)}\n`);
-    return file;
+    return { file, header };
   }
 
   /** The stored adapter for a workspace and model, if any. */

@@ -1,5 +1,4 @@
 import * as path from 'node:path';
-import { decodeAdapter } from '../../../common/AdapterFile';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../AdapterStore';
 import { Backbone } from '../Backbone';
@@ -310,11 +309,12 @@ export class FineTuneJob {
     this.setPhase('downloading');
     const { message, payload } = await conn.request({ type: 'adapter/get', jobId }, 'adapter/data', (m) => m.jobId === jobId);
     if (payload.length !== message.bytes) throw new MobiError('ADAPTER_CORRUPT', 'The adapter arrived incomplete; try again.');
-    this.adapterPath = new AdapterStore(this.o.storeDir).save(payload, {
+    const stored = new AdapterStore(this.o.storeDir).save(payload, {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
       steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,
     });
-    const meta = decodeAdapter(payload, work.fingerprint).header.meta;
+    this.adapterPath = stored.file;
+    const meta = stored.header.meta;
     if (Number.isSafeInteger(meta.trainTokens)) this.trainTokens = meta.trainTokens as number;
     this.ctx.log(`adapter stored (${payload.length} bytes)`);
   }
