@@ -41,9 +41,4 @@ export class OnnxHead {
     for (let i = 0; i < targets.length; i++) rows.set(this.halves.subarray(targets[i]! * d, (targets[i]! + 1) * d), i * d);
     return decodeHalf(rows);
   }
-
-  /** Bytes the head holds (float16 weights and the float32 norm). */
-  get bytes(): number {
-    return this.halves.byteLength + this.d * 4;
-  }
 }
