@@ -17,5 +17,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ] || [ ! -f out/native/mobillm.node ]; then
-  npm ci --no-audit --no-fund
+  # package.json's allowScripts denies onnxruntime-node's script (it fetches CUDA libraries from NuGet);
+  # npm before 11.19 ignores allowScripts, and this variable stops that script on those.
+  ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 fi
