@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import * as path from 'node:path';
+import { packageVersion } from '../../common/packageRoot';
 import { Backbone } from '../core/Backbone';
 import { ensureDefaultModel } from '../core/defaultModel';
 import { defaultStoreDir } from '../core/defaultStoreDir';
@@ -11,11 +12,6 @@ import { MobiError } from '../core/MobiError';
 import { writeTinyModel } from '../core/tinyModel';
 import { GgmlTypeName } from '../core/gguf/ggmlTypes';
 import { finetuneCommand, jobsCommand } from './finetuneCommand';
-
-/** This package's version (package.json). */
-export function packageVersion(): string {
-  return (JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
-}
 
 function intOption(value: string): number {
   const n = Number(value);

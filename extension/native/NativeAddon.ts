@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { SideNetworkShape } from '../../common/AdapterConfig';
+import { packageRoot } from '../../common/packageRoot';
 import { MobiError } from '../core/MobiError';
 
 /** The native addon as seen from TypeScript (extension/native/addon.cpp). */
@@ -75,43 +76,31 @@ export interface NativeTensor {
 export interface NativeAddon {
   Backbone: new () => NativeBackbone;
   readTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): NativeTensor;
-  ensureBackends(libDir: string): number;
+  ensureBackends(libDir: string, verboseLog: boolean): number;
 }
 
-const ROOT = path.resolve(__dirname, '..', '..', '..');
-export const ADDON_PATH = path.join(ROOT, 'out', 'native', 'mobillm.node');
-export const LLAMA_LIB_DIR = path.join(ROOT, 'node_modules', '@node-llama-cpp', 'linux-x64', 'bins', 'linux-x64');
+export const ADDON_PATH = path.join(packageRoot(), 'out', 'native', 'mobillm.node');
+export const LLAMA_LIB_DIR = path.join(packageRoot(), 'node_modules', '@node-llama-cpp', 'linux-x64', 'bins', 'linux-x64');
 
 let loaded: Promise<NativeAddon> | undefined;
 
 /**
- * Loads the addon once per process. node-llama-cpp is initialised first so that
- * llama.cpp's logging goes through it (it owns the process-global log hook) and
- * its CPU backend is registered once; the addon links to the very same shared
- * libraries, so one copy of llama.cpp serves both.
+ * Loads the addon once per process. It links to the llama.cpp shared libraries
+ * node-llama-cpp ships (LLAMA_LIB_DIR, found through its rpath) and loads the
+ * best of their CPU backends itself, so the extension runs llama.cpp without
+ * node-llama-cpp's JavaScript (which only resolves `hf:` model URIs).
  */
 export function loadNativeAddon(): Promise<NativeAddon> {
   loaded ??= (async () => {
     if (!fs.existsSync(ADDON_PATH)) {
       throw new MobiError('NATIVE_ADDON_MISSING', `The native addon is not built (${ADDON_PATH}); run "npm ci" or "node extension/native/build-addon.js".`);
     }
-    const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
-    // llama.cpp's own log lines go to stderr only when MOBILLM_DEBUG is set:
-    // the product reports failures through typed errors instead.
-    await getLlama({
-      gpu: false,
-      build: 'never',
-      progressLogs: false,
-      skipDownload: true,
-      logLevel: process.env.MOBILLM_DEBUG ? LlamaLogLevel.debug : LlamaLogLevel.error,
-      logger: (level, message) => {
-        if (process.env.MOBILLM_DEBUG) process.stderr.write(`[llama.cpp ${level}] ${message}\n`);
-      },
-    });
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const addon = require(ADDON_PATH) as NativeAddon;
     try {
-      addon.ensureBackends(LLAMA_LIB_DIR);
+      // llama.cpp's own log lines go to stderr only when MOBILLM_DEBUG is set:
+      // the product reports failures through typed errors instead.
+      addon.ensureBackends(LLAMA_LIB_DIR, Boolean(process.env.MOBILLM_DEBUG));
     } catch (err) {
       throw MobiError.from(err);
     }

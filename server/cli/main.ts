@@ -1,9 +1,9 @@
 #!/usr/bin/env node
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { MobiServer } from '../MobiServer';
+import { packageVersion } from '../../common/packageRoot';
 import { ServerError } from '../ServerError';
 import { EXECUTION_DEVICES, ExecutionDevice } from '../training/onnx/OnnxEngine';
 import { UserStore } from '../storage/UserStore';
@@ -30,11 +30,6 @@ function device(value: string): ExecutionDevice {
 /** The --data flag that names `dir`, or nothing when it is the default (for printed commands). */
 function dataFlag(dir: string): string {
   return path.resolve(dir) === path.resolve(DEFAULT_DATA) ? '' : ` --data ${dir}`;
-}
-
-/** This package's version (package.json). */
-function packageVersion(): string {
-  return (JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 }
 
 function fail(code: string, message: string): never {

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { OPTION_LIMITS } from '../../../common/limits';
 import { resumeCommand } from '../../../extension/cli/finetuneCommand';
-import { packageVersion } from '../../../extension/cli/main';
+import { packageVersion } from '../../../common/packageRoot';
 import { ProgressDisplay } from '../../../extension/cli/ProgressDisplay';
 import type { JobProgress } from '../../../extension/core/job/JobProgress';
 import { tinyModel } from '../../helpers/models';
