@@ -75,9 +75,3 @@ export function parseWebviewMessage(v: unknown): WebviewMessage | undefined {
   const t = (v as Record<string, unknown>).type;
   return t === 'ready' || t === 'cancel' || t === 'showLogs' ? { type: t } : undefined;
 }
-
-/** The statement shown on the dashboard. */
-export const WIRE_STATEMENT =
-  'Your files never leave this computer. Sent to the server: the model head (public weights, once per model), and for each token the ' +
-  'quantized hidden states of the tapped layers plus the id of the next token. Someone who runs the server and knows the model could ' +
-  'reconstruct much of the text from these, so use a server inside your team\'s trust boundary, TLS, and "skip layers" to send less.';

@@ -5,6 +5,7 @@ import { defaultStoreDir } from '../core/defaultStoreDir';
 import { FineTuneJob } from '../core/job/FineTuneJob';
 import { checkFineTuneOptions, TunedOption } from '../core/job/FineTuneOptions';
 import { JobRecordStore } from '../core/job/JobRecordStore';
+import { confirmPrivacyLine } from '../core/privacyText';
 import { MobiError } from '../core/MobiError';
 import { describeSkipped } from '../core/scanWorkspace';
 import { ProgressDisplay } from './ProgressDisplay';
@@ -82,6 +83,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
         confirm: (scan) => {
           display.message(`workspace ${path.resolve(workspace)}: ${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) included`);
           for (const line of describeSkipped(scan)) display.message(`  ${line}`);
+          if (o.server) display.message(confirmPrivacyLine('team'));
           return true;
         },
         onProgress: (p) => {

@@ -4,7 +4,8 @@ import type { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
 import { actionsFor } from '../core/errorActions';
 import { MobiError } from '../core/MobiError';
 import { statusText } from '../core/statusText';
-import { Comparison, DashboardState, WIRE_STATEMENT } from '../../webview/protocol';
+import { Comparison, DashboardState } from '../../webview/protocol';
+import { confirmPrivacyLine, ServerPlace, wireStatement } from '../core/privacyText';
 import { DashboardPanel } from './DashboardPanel';
 import { readSettings } from './settings';
 
@@ -25,6 +26,8 @@ export class FineTuneController implements vscode.Disposable {
   private endedAt: number | undefined;
   private error: string | undefined;
   private config: Record<string, string> = {};
+  /** Where the last (or current) job's server runs: what the dashboard says crossed the wire. */
+  private place: ServerPlace = readSettings().serverUrl ? 'team' : 'embedded';
   comparison: Comparison | undefined;
   /** Called after a job stores a new adapter. */
   onAdapterStored: (() => void) | undefined;
@@ -43,7 +46,7 @@ export class FineTuneController implements vscode.Disposable {
 
   dashboardState(): DashboardState | undefined {
     const p = this.progress;
-    const base = { wire: WIRE_STATEMENT, config: this.config, error: this.error, comparison: this.comparison };
+    const base = { wire: wireStatement(this.place), config: this.config, error: this.error, comparison: this.comparison };
     if (!p) return { phase: 'idle', step: 0, totalSteps: 0, deviceTokensPerSecond: 0, bytesSent: 0, deviceRssBytes: process.memoryUsage().rss, lossHistory: [], ...base };
     return {
       phase: p.phase, step: p.step, totalSteps: p.totalSteps, trainLoss: p.trainLoss, heldOutLossBefore: p.heldOutLossBefore, heldOutLossAfter: p.heldOutLossAfter,
@@ -103,6 +106,7 @@ export class FineTuneController implements vscode.Disposable {
     const folder = folders.length === 1 ? folders[0] : await vscode.window.showWorkspaceFolderPick({ placeHolder: 'Fine-tune on which folder?' });
     if (!folder) return;
     const s = readSettings();
+    this.place = s.serverUrl ? 'team' : 'embedded';
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
     const core = await import('../core/job/FineTuneJob.js');
     const { ensureDefaultModel } = await import('../core/defaultModel.js');
@@ -147,7 +151,7 @@ export class FineTuneController implements vscode.Disposable {
         confirm: async (scan) => {
           const { describeSkipped } = await import('../core/scanWorkspace.js');
           earlyDone?.();
-          const detail = [`${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) will be used; the files stay on this computer.`, ...describeSkipped(scan)].join('\n');
+          const detail = [`${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) will be used.`, confirmPrivacyLine(this.place), ...describeSkipped(scan)].join('\n');
           const ok = await vscode.window.showInformationMessage(`Fine-tune on ${folder.name}?`, { modal: true, detail }, 'Fine-tune');
           return ok === 'Fine-tune';
         },

@@ -123,6 +123,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await confirm.waitFor({ timeout: 60_000 });
     const dialogText = await confirm.innerText();
     assert.match(dialogText, /files \([\d.]+ KB\) will be used/);
+    assert.match(dialogText, /runs inside VS Code on this computer: nothing is sent over the network/);
     await page.screenshot({ path: path.join(SHOTS, '1-confirm.png') });
     await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
     const status = page.locator(STATUS);
@@ -149,7 +150,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     const m = /Held-out perplexity ([\d.]+) → ([\d.]+)/.exec(resultText);
     assert.ok(m, `dashboard result: ${resultText}`);
     assert.ok(Number(m![2]) < Number(m![1]), 'perplexity fell');
-    assert.match(await frame.locator('#wire').innerText(), /never leave this computer/);
+    assert.match(await frame.locator('#wire').innerText(), /Nothing left this computer: the training server ran inside VS Code/);
     assert.equal(await frame.locator('#eta-label').innerText(), 'Took', 'a finished job shows how long it took, not an ETA');
     assert.match(await frame.locator('#eta').innerText(), /^\d+ s$/);
     type Canvas = { width: number; height: number; getContext(kind: '2d'): { getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } } };
@@ -215,6 +216,9 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await runCommand(page, 'MobiLLM: Fine-tune on workspace');
     const confirm = page.locator('.monaco-dialog-box');
     await confirm.waitFor({ timeout: 60_000 });
+    // A team server: the dialog says it receives the code as token ids.
+    assert.match(await confirm.innerText(), /receive the content of these files as token ids \(your code itself/);
+    await page.screenshot({ path: path.join(SHOTS, '1b-confirm-team-server.png') });
     await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
     const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'Cannot reach the server' }).first();
     await toast.waitFor({ timeout: 60_000 });

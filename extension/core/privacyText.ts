@@ -1,0 +1,30 @@
+/**
+ * What the product says about privacy, in one place: the confirm dialog, the
+ * dashboard and the CLI show these words (README "What crosses the wire" says
+ * the same at length). They must stay exact: in today's training mode the
+ * server receives every next-token id, which is the code's text itself.
+ */
+
+/** Where the job's training server runs. */
+export type ServerPlace = 'embedded' | 'team';
+
+/** The dialog's line before a job starts. */
+export function confirmPrivacyLine(place: ServerPlace): string {
+  return place === 'embedded'
+    ? 'The training server runs inside VS Code on this computer: nothing is sent over the network.'
+    : 'The team server will receive the content of these files as token ids (your code itself, readable by anyone with the ' +
+      "model's public tokenizer) and as activations. Use only a server run by people you trust with this code.";
+}
+
+/** The dashboard's "What crossed the wire". */
+export function wireStatement(place: ServerPlace): string {
+  if (place === 'embedded') {
+    return 'Nothing left this computer: the training server ran inside VS Code (on 127.0.0.1). With a team server, it receives your code ' +
+      'as token ids and activations (see mobillm.serverUrl).';
+  }
+  return 'Sent to the team server for every training and held-out token: the id of the next token, which is your code itself ' +
+    "(anyone with the model's public tokenizer reads it back exactly), and the tapped layers' hidden states, quantized, from which " +
+    'much of the code can also be recovered; once per model, the public head weights. Files are not uploaded as files, but their ' +
+    "content reaches the server. The server's disk keeps no token ids, activations or text. Use a server inside your team's trust " +
+    'boundary, over TLS; "skip layers" sends fewer layers.';
+}
