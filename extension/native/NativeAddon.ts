@@ -73,8 +73,17 @@ export interface NativeTensor {
   data: Float32Array;
 }
 
+/** The model's own head on the device (HeadLoss.cpp): loss and its gradient for label-private training. */
+export interface NativeHeadLoss {
+  load(): Promise<{ vocabularySize: number; hiddenSize: number; type: string }>;
+  /** Per-token losses of hidden states y [n][d] (before the final norm); with wantGrad, d(sum weights * loss)/dy. */
+  run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean): Promise<{ losses: Float32Array; grad?: Float32Array }>;
+  dispose(): void;
+}
+
 export interface NativeAddon {
   Backbone: new () => NativeBackbone;
+  HeadLoss: new (modelPath: string, normEpsilon: number, threads: number) => NativeHeadLoss;
   readTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): NativeTensor;
   ensureBackends(libDir: string, verboseLog: boolean): number;
 }

@@ -14,6 +14,7 @@
 //   readSequences   the token-sequence argument reader
 //   readTensor      GGUF tensors dequantized by ggml
 //   backends        ggml's CPU backend registration
+//   HeadLoss        the model's own head and its loss gradient (label-private training)
 //
 // Threading: every llama_decode runs on a libuv worker thread (AsyncWorker);
 // the JavaScript thread only queues work and receives results. A Backbone has
@@ -26,12 +27,14 @@
 
 #include "Backbone.hpp"
 #include "backends.hpp"
+#include "HeadLoss.hpp"
 #include "readTensor.hpp"
 
 namespace {
 
 Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   exports.Set("Backbone", mobillm::Backbone::Init(env));
+  exports.Set("HeadLoss", mobillm::HeadLoss::Init(env));
   exports.Set("readTensor", Napi::Function::New(env, mobillm::ReadTensor));
   exports.Set("ensureBackends", Napi::Function::New(env, mobillm::EnsureBackends));
   return exports;

@@ -1,0 +1,67 @@
+// The backbone's own head on the device, for label-private training: the final
+// RMSNorm and the output matrix of a GGUF file (kept quantized, as the file
+// stores it), the next-token cross-entropy of hidden states and its gradient
+// with respect to them. Each chunk of the vocabulary is one ggml graph
+//   logits = W_c z,  p = softmax(logits),  acc_c = W_c^T p
+// run by ggml's CPU backend, so no [tokens x vocabulary] tensor is held and
+// the quantized matrix is expanded to float32 one chunk at a time only (the
+// product stays exact). The chunks are joined by their
+// log-sum-exp; the target rows are dequantized by ggml's type traits.
+//
+// JavaScript:
+//   new HeadLoss(modelPath, normEpsilon, threads)
+//   load() -> Promise<{ vocabularySize, hiddenSize, type }>
+//   run(y: Float32Array [n*d], targets: Int32Array [n], weights: Float32Array [n], wantGrad)
+//     -> Promise<{ losses: Float32Array [n], grad?: Float32Array [n*d] }>
+//   grad = d(sum_j weights_j * loss_j) / dy.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+namespace mobillm {
+
+struct HeadWeights {
+  ggml_context* ctx = nullptr;
+  ggml_backend_buffer_t buffer = nullptr;
+  ggml_backend_t backend = nullptr;
+  ggml_tensor* w = nullptr;       // [d, vocab], the file's type
+  std::vector<float> norm;        // [d]
+  int64_t d = 0, vocab = 0;
+  ~HeadWeights();
+};
+
+class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit HeadLoss(const Napi::CallbackInfo& info);
+
+  // Worker-thread entry points.
+  std::unique_ptr<HeadWeights> LoadWeights(std::string* error) const;
+  bool Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
+               float* losses, float* grad, std::string* error) const;
+
+  void Adopt(std::unique_ptr<HeadWeights> w) { weights_ = std::move(w); }
+  void SetBusy(bool busy) { busy_ = busy; }
+  const HeadWeights* weights() const { return weights_.get(); }
+
+ private:
+  Napi::Value Load(const Napi::CallbackInfo& info);
+  Napi::Value Run(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  std::string path_;
+  float eps_ = 1e-6f;
+  int threads_ = 1;
+  bool busy_ = false;
+  std::unique_ptr<HeadWeights> weights_;
+};
+
+}  // namespace mobillm
