@@ -4,8 +4,8 @@ import { WireError } from './WireError';
 /**
  * Payload of `batch/train` and `batch/eval`: for `rows` tokens,
  *   each tapped layer in order: a quantized block [rows][d] (ActivationQuantizer)
- *   targets: int32 [rows]  (next-token ids)
- *   mask:    uint8 [rows]  (1 = this token's loss counts)
+ *   targets: int32 [rows]  (next-token ids)          } not in label-private
+ *   mask:    uint8 [rows]  (1 = this token's loss counts) } jobs
  */
 export interface ActivationBatch {
   rows: number;
@@ -15,8 +15,26 @@ export interface ActivationBatch {
   mask: Uint8Array;
 }
 
-export function batchPayloadBytes(rows: number, nLayers: number, d: number, bits: Bits): number {
-  return nLayers * rows * bytesPerRow(d, bits) + rows * 5;
+export function batchPayloadBytes(rows: number, nLayers: number, d: number, bits: Bits, labels = true): number {
+  return nLayers * rows * bytesPerRow(d, bits) + (labels ? rows * 5 : 0);
+}
+
+/** A label-private payload: the tapped layers only. */
+export function encodeLayersPayload(layers: Float32Array[], rows: number, d: number, bits: Bits): Buffer {
+  const out = Buffer.allocUnsafe(batchPayloadBytes(rows, layers.length, d, bits, false));
+  let at = 0;
+  for (const layer of layers) at += quantizeRows(layer, rows, d, bits, out, at);
+  return out;
+}
+
+/** Decodes a label-private payload (layers only), checking its size. */
+export function decodeLayersPayload(payload: Buffer, rows: number, nLayers: number, d: number, bits: Bits): Float32Array[] {
+  const expected = batchPayloadBytes(rows, nLayers, d, bits, false);
+  if (rows === 0 || payload.length !== expected) {
+    throw new WireError('BAD_FRAME', `batch payload has ${payload.length} bytes, expected ${expected} for ${rows} rows`);
+  }
+  const perLayer = rows * bytesPerRow(d, bits);
+  return Array.from({ length: nLayers }, (_, l) => dequantizeRows(payload, rows, d, bits, l * perLayer));
 }
 
 export function encodeBatchPayload(batch: ActivationBatch, d: number, bits: Bits): Buffer {

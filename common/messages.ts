@@ -41,6 +41,13 @@ export const JobConfigSchema = {
   seed: 'uint',
   /** Write a checkpoint every this many steps (and at the end). */
   checkpointEvery: 'uint',
+  /**
+   * Label-private training: batches carry activations only; the server sends
+   * back the side network's output at the join (batch/side, eval/side), the
+   * device computes the loss with the model's own head and sends its gradient
+   * (batch/grad). No target id reaches the server, and it needs no head.
+   */
+  labelPrivate: 'boolean?',
 } as const satisfies Schema;
 export type JobConfig = Fields<typeof JobConfigSchema>;
 export type ModelSpec = Fields<typeof ModelSpec>;
@@ -65,6 +72,12 @@ export const DeviceMessages = {
   'batch/train': { jobId: 'string', index: 'uint', rows: 'uint' },
   /** A held-out batch: evaluated with the current side network, not trained. */
   'batch/eval': { jobId: 'string', evalId: 'string', index: 'uint', rows: 'uint' },
+  /**
+   * Label-private: the loss of training batch `index` (sum over its masked
+   * tokens, computed on the device) and, as payload, its gradient at the join
+   * [rows][d], quantized like the activations. The server steps and acks.
+   */
+  'batch/grad': { jobId: 'string', index: 'uint', rows: 'uint', lossSum: 'number', tokens: 'uint' },
   /** All training batches sent: checkpoint and write the adapter. */
   'job/finish': { jobId: 'string' },
   /** Stop the job; its last checkpoint stays resumable. */
@@ -82,6 +95,10 @@ export const ServerMessages = {
   /** A training batch was applied (one optimizer step); returns one credit. */
   'batch/ack': { jobId: 'string', index: 'uint', step: 'uint', loss: 'number', learningRate: 'number', tokens: 'uint', seconds: 'number', skipped: 'boolean?' },
   'eval/result': { jobId: 'string', evalId: 'string', index: 'uint', lossSum: 'number', tokens: 'uint' },
+  /** Label-private: the side network's output at the join for training batch `index`. Payload: [rows][d], quantized like the activations. */
+  'batch/side': { jobId: 'string', index: 'uint', rows: 'uint' },
+  /** Label-private: the same for a held-out batch (the device computes its loss). */
+  'eval/side': { jobId: 'string', evalId: 'string', index: 'uint', rows: 'uint' },
   /** A checkpoint is durable: batches below nextIndex never need resending. */
   'job/checkpoint': { jobId: 'string', step: 'uint', nextIndex: 'uint' },
   /** The job ended (finished or cancelled); the adapter is ready when finished. */

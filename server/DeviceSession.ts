@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
 import { isBits } from '../common/ActivationQuantizer';
-import { decodeBatchPayload } from '../common/batchPayload';
+import { decodeBatchPayload, decodeLayersPayload } from '../common/batchPayload';
+import { dequantizeRows, quantizeRows, bytesPerRow, Bits } from '../common/ActivationQuantizer';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { CloseCode, MAX_EVAL_ID_CHARS, MAX_ROWS_PER_BATCH, MAX_SEND_BUFFER_BYTES, OPTION_LIMITS, PROTOCOL_VERSION, Range } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
@@ -10,7 +11,7 @@ import { HeadUpload } from './HeadUpload';
 import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN } from './storage/HeadStore';
 import { JobRecord } from './storage/JobStore';
-import { TrainingJob } from './TrainingJob';
+import { TrainAck, TrainingJob } from './TrainingJob';
 
 
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
@@ -45,6 +46,7 @@ export class DeviceSession {
       'job/list': () => this.onJobList(),
       'batch/train': (m, p) => this.onTrain(m, p),
       'batch/eval': (m, p) => this.onEval(m, p),
+      'batch/grad': (m, p) => this.onGrad(m, p),
       'job/finish': (m) => this.onFinish(m),
       'job/cancel': (m) => this.onCancel(m),
       'adapter/get': (m) => this.onAdapterGet(m),
@@ -182,7 +184,7 @@ export class DeviceSession {
 
   private onJobCreate(m: DeviceMessage<'job/create'>): void {
     const model = this.model!;
-    if (!this.ctx.heads.has(model)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
+    if (!m.config.labelPrivate && !this.ctx.heads.has(model)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
     this.checkConfig(m.config);
     this.checkJobLimit();
     const rec = this.ctx.jobs.create(this.user, m.name, model, m.config);
@@ -229,29 +231,95 @@ export class DeviceSession {
     return decodeBatchPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits as 4 | 8 | 16, job.rec.model.vocabularySize);
   }
 
+  /** The tapped layers of a label-private batch. */
+  private layersOf(job: TrainingJob, rows: number, payload: Buffer): Float32Array[] {
+    const c = job.rec.config;
+    if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
+    return decodeLayersPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits as Bits);
+  }
+
+  /** [rows][d] floats quantized like the job's activations (label-private side outputs). */
+  private static quantized(job: TrainingJob, rows: number, data: Float32Array): Buffer {
+    const d = job.rec.model.hiddenSize;
+    const bits = job.rec.config.bits as Bits;
+    const out = Buffer.allocUnsafe(rows * bytesPerRow(d, bits));
+    quantizeRows(data, rows, d, bits, out, 0);
+    return out;
+  }
+
+  private sendAck(job: TrainingJob, jobId: string, ack: TrainAck): void {
+    if (!ack.duplicate) {
+      this.ctx.metrics.steps.inc();
+      this.ctx.metrics.tokens.inc(ack.tokens);
+      this.ctx.metrics.tokensPerSecond.set(ack.tokens / Math.max(ack.seconds, 1e-9));
+    }
+    this.send({ type: 'batch/ack', jobId, index: ack.index, step: ack.step, loss: Number.isFinite(ack.loss) ? ack.loss : 0, learningRate: ack.learningRate, tokens: ack.tokens, seconds: ack.seconds, ...(ack.skipped ? { skipped: true } : {}) });
+    if (ack.checkpointed) this.send({ type: 'job/checkpoint', jobId, step: job.rec.step, nextIndex: job.rec.nextIndex });
+  }
+
   private onTrain(m: DeviceMessage<'batch/train'>, payload: Buffer): void {
     if (this.inFlight >= this.ctx.limits.credits) throw new WireError('NO_CREDIT', `at most ${this.ctx.limits.credits} unacknowledged batches`);
     const job = this.job(m.jobId);
+    if (job.labelPrivate) return this.onTrainLabelPrivate(job, m, payload);
     const batch = this.batchOf(job, m.rows, payload);
     this.inFlight++;
     job
       .train(m.index, batch)
-      .then((ack) => {
-        if (!ack.duplicate) {
-          this.ctx.metrics.steps.inc();
-          this.ctx.metrics.tokens.inc(ack.tokens);
-          this.ctx.metrics.tokensPerSecond.set(ack.tokens / Math.max(ack.seconds, 1e-9));
-        }
-        this.send({ type: 'batch/ack', jobId: m.jobId, index: ack.index, step: ack.step, loss: Number.isFinite(ack.loss) ? ack.loss : 0, learningRate: ack.learningRate, tokens: ack.tokens, seconds: ack.seconds, ...(ack.skipped ? { skipped: true } : {}) });
-        if (ack.checkpointed) this.send({ type: 'job/checkpoint', jobId: m.jobId, step: job.rec.step, nextIndex: job.rec.nextIndex });
-      })
+      .then((ack) => this.sendAck(job, m.jobId, ack))
       .catch((err) => this.fail(err, m.jobId))
       .finally(() => this.inFlight--);
+  }
+
+  /** Label-private: the side output goes back; the batch holds its credit until its gradient is applied (batch/grad). */
+  private onTrainLabelPrivate(job: TrainingJob, m: DeviceMessage<'batch/train'>, payload: Buffer): void {
+    const layers = this.layersOf(job, m.rows, payload);
+    this.inFlight++;
+    job
+      .sideOutput(m.index, layers, m.rows)
+      .then((delta) => {
+        if (!delta) {
+          this.inFlight--;
+          this.sendAck(job, m.jobId, { index: m.index, step: job.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 });
+          return;
+        }
+        this.send({ type: 'batch/side', jobId: m.jobId, index: m.index, rows: m.rows }, DeviceSession.quantized(job, m.rows, delta));
+      })
+      .catch((err) => {
+        this.inFlight--;
+        this.fail(err, m.jobId);
+      });
+  }
+
+  private onGrad(m: DeviceMessage<'batch/grad'>, payload: Buffer): void {
+    const job = this.job(m.jobId);
+    if (!job.labelPrivate) throw new WireError('OUT_OF_ORDER', 'batch/grad belongs to label-private jobs');
+    const d = job.rec.model.hiddenSize;
+    const bits = job.rec.config.bits as Bits;
+    if (m.rows < 1 || m.rows > job.rec.config.seqLen * job.rec.config.batchSize || payload.length !== m.rows * bytesPerRow(d, bits)) {
+      throw new WireError('BAD_FRAME', 'the gradient payload does not match its rows');
+    }
+    const dy = dequantizeRows(payload, m.rows, d, bits, 0);
+    job
+      .applyGradient(m.index, dy, m.lossSum, m.tokens)
+      .then((ack) => {
+        this.inFlight--;
+        this.sendAck(job, m.jobId, ack);
+      })
+      .catch((err) => {
+        this.inFlight--;
+        this.fail(err, m.jobId);
+      });
   }
 
   private async onEval(m: DeviceMessage<'batch/eval'>, payload: Buffer): Promise<void> {
     if (m.evalId.length > MAX_EVAL_ID_CHARS) throw new WireError('BAD_FRAME', `evalId is at most ${MAX_EVAL_ID_CHARS} characters`);
     const job = this.job(m.jobId);
+    if (job.labelPrivate) {
+      const delta = await job.evalSide(this.layersOf(job, m.rows, payload), m.rows);
+      if (job.rec.state !== 'training') await this.ctx.registry.unload(job);
+      this.send({ type: 'eval/side', jobId: m.jobId, evalId: m.evalId, index: m.index, rows: m.rows }, DeviceSession.quantized(job, m.rows, delta));
+      return;
+    }
     const r = await job.evaluate(m.evalId, this.batchOf(job, m.rows, payload));
     if (job.rec.state !== 'training') await this.ctx.registry.unload(job); // loaded only for this evaluation
     this.send({ type: 'eval/result', jobId: m.jobId, evalId: m.evalId, index: m.index, lossSum: r.lossSum, tokens: r.tokens });

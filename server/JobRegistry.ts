@@ -33,7 +33,8 @@ export class JobRegistry {
     const key = keyOf(rec);
     let job = this.jobs.get(key);
     if (!job) {
-      job = TrainingJob.open(rec, this.jobStore, this.engine, this.acquireHead(rec.model));
+      // A label-private job needs no head: the device computes the loss with its own.
+      job = TrainingJob.open(rec, this.jobStore, this.engine, rec.config.labelPrivate ? undefined : this.acquireHead(rec.model));
       this.jobs.set(key, job);
       this.onLoadedJobsChanged(this.jobs.size);
     }
@@ -57,7 +58,7 @@ export class JobRegistry {
     this.jobs.delete(key);
     this.onLoadedJobsChanged(this.jobs.size);
     await job.dispose();
-    this.releaseHead(headKeyOf(job.rec.model));
+    if (!job.rec.config.labelPrivate) this.releaseHead(headKeyOf(job.rec.model));
   }
 
   /** Checkpoints the training jobs of `user` (or of everyone) and unloads them. Returns how many checkpoints failed. */

@@ -7,7 +7,7 @@ import { WireError } from '../common/WireError';
 import { JobRecord, JobStore } from './storage/JobStore';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
-import { OnnxTrainer } from './training/onnx/OnnxTrainer';
+import { OnnxTrainer, StepResult } from './training/onnx/OnnxTrainer';
 import { adapterConfig, initialParameters, parameterNames, parameterShape, sideShape, SideNetworkShape } from './training/sideNetworkSpec';
 import { OptimizerState } from './training/TrainerOptions';
 
@@ -42,6 +42,13 @@ export class TrainingJob {
   private disposed = false;
   /** Steps skipped one after another for a non-finite loss or gradient. */
   private skippedInARow = 0;
+  /**
+   * Label-private: the training batch whose side output went to the device
+   * and whose gradient is awaited (its layers are needed for the backward).
+   * The next batch's side output waits for this step, so every side output
+   * is computed with the weights a standard step would use.
+   */
+  private awaiting: { index: number; layers: Float32Array[]; rows: number; stepped: Promise<void>; release: () => void } | undefined;
 
   private constructor(
     readonly rec: JobRecord,
@@ -53,7 +60,7 @@ export class TrainingJob {
   }
 
   /** Builds the job from its last checkpoint (or fresh weights). */
-  static open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead): TrainingJob {
+  static open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead | undefined): TrainingJob {
     const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers);
     let values = initialParameters(shape, rec.config.seed);
     let state: OptimizerState | undefined;
@@ -85,6 +92,9 @@ export class TrainingJob {
   /** A cancelled job trains again (from its last checkpoint); a training job stays as it is. */
   resume(): void {
     if (this.rec.state !== 'training') this.setState('training');
+    // A label-private batch whose gradient never came (the device went away) is sent again.
+    this.awaiting?.release();
+    this.awaiting = undefined;
   }
 
   /** When an operation last asked for this job (the registry unloads jobs idle too long). */
@@ -100,40 +110,111 @@ export class TrainingJob {
     return next;
   }
 
+  /** Refuses a batch the job cannot take now; true when it was trained already (a resend). */
+  private checkIndex(index: number): boolean {
+    if (this.rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
+    if (index < this.nextIndex) return true;
+    if (index > this.nextIndex) throw new WireError('OUT_OF_ORDER', `Expected batch ${this.nextIndex}, got ${index}.`);
+    return false;
+  }
+
+  private duplicateAck(index: number): TrainAck {
+    return { index, step: this.trainer.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 };
+  }
+
   train(index: number, batch: ActivationBatch): Promise<TrainAck> {
     return this.run(async () => {
-      if (this.rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
-      if (index < this.nextIndex) {
-        return { index, step: this.trainer.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 };
-      }
-      if (index > this.nextIndex) throw new WireError('OUT_OF_ORDER', `Expected batch ${this.nextIndex}, got ${index}.`);
-      if (!allFinite(batch)) {
+      if (this.labelPrivate) throw new WireError('OUT_OF_ORDER', 'a label-private job takes batch/grad after batch/train');
+      if (this.checkIndex(index)) return this.duplicateAck(index);
+      if (!allFinite(batch.layers)) {
         this.nextIndex = index + 1; // skipped: the device's next batch is still in order
         throw new WireError('BAD_FRAME', `batch ${index} has NaN or infinite activations; it was skipped`);
       }
       const t0 = process.hrtime.bigint();
-      const r = await this.trainer.trainBatch(batch);
-      this.nextIndex = index + 1;
-      if (r.skipped) {
-        this.rec.skippedSteps = (this.rec.skippedSteps ?? 0) + 1;
-        if (++this.skippedInARow >= MAX_SKIPPED_STEPS_IN_A_ROW) {
-          throw new WireError('NON_FINITE', `${this.skippedInARow} steps in a row gave a non-finite loss or gradient; training stopped (resume from the last checkpoint with a lower learning rate)`);
-        }
-      } else {
-        this.skippedInARow = 0;
-        this.rec.trainTokens += r.tokens;
-      }
-      const every = Math.max(1, this.rec.config.checkpointEvery);
-      const checkpointed = this.trainer.step % every === 0;
-      if (checkpointed) await this.checkpointNow();
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      return { index, step: r.step, loss: r.skipped ? 0 : r.loss, learningRate: r.learningRate, tokens: r.skipped ? 0 : r.tokens, duplicate: false, checkpointed, seconds, skipped: r.skipped };
+      return this.afterStep(index, await this.trainer.trainBatch(batch), t0);
     });
+  }
+
+  get labelPrivate(): boolean {
+    return this.rec.config.labelPrivate === true;
+  }
+
+  /**
+   * Label-private, first half of a step: the side network's output at the
+   * join for training batch `index`, once the previous batch's step is done.
+   * Undefined for a resend of a batch already trained.
+   */
+  async sideOutput(index: number, layers: Float32Array[], rows: number): Promise<Float32Array | undefined> {
+    if (!this.labelPrivate) throw new WireError('OUT_OF_ORDER', 'batch/grad belongs to label-private jobs');
+    for (;;) {
+      // Checked in arrival order, inside the job's queue; waited for outside it (the gradient comes through the same queue).
+      const r = await this.run(async (): Promise<{ wait: Promise<void> } | { delta: Float32Array | undefined }> => {
+        if (this.awaiting && this.awaiting.index < index) return { wait: this.awaiting.stepped };
+        if (this.checkIndex(index)) return { delta: undefined };
+        if (this.awaiting) throw new WireError('OUT_OF_ORDER', `batch ${index} was sent twice`);
+        if (!allFinite(layers)) {
+          this.nextIndex = index + 1;
+          throw new WireError('BAD_FRAME', `batch ${index} has NaN or infinite activations; it was skipped`);
+        }
+        const delta = await this.trainer.sideDelta(layers, rows);
+        let release = (): void => undefined;
+        const stepped = new Promise<void>((resolve) => (release = resolve));
+        this.awaiting = { index, layers, rows, stepped, release };
+        return { delta };
+      });
+      if ('delta' in r) return r.delta;
+      await r.wait;
+    }
+  }
+
+  /** Label-private, second half: the device's loss and gradient at the join for the batch awaiting it; one optimizer step. */
+  applyGradient(index: number, dy: Float32Array, lossSum: number, tokens: number): Promise<TrainAck> {
+    return this.run(async () => {
+      if (this.checkIndex(index)) return this.duplicateAck(index);
+      const pending = this.awaiting;
+      if (!pending || pending.index !== index) throw new WireError('OUT_OF_ORDER', `batch/grad ${index} without its batch/train`);
+      if (dy.length !== pending.rows * this.shape.d || tokens > pending.rows) throw new WireError('BAD_FRAME', 'the gradient does not match its batch');
+      this.awaiting = undefined;
+      try {
+        const t0 = process.hrtime.bigint();
+        const finite = allFinite([dy]);
+        return await this.afterStep(index, await this.trainer.upstreamStep(pending.layers, pending.rows, dy, finite ? lossSum : NaN, tokens), t0);
+      } finally {
+        pending.release();
+      }
+    });
+  }
+
+  /** Label-private evaluation: the side network's output at the join for a held-out batch (the device computes the loss). */
+  evalSide(layers: Float32Array[], rows: number): Promise<Float32Array> {
+    return this.run(async () => {
+      if (!allFinite(layers)) throw new WireError('BAD_FRAME', 'the held-out batch has NaN or infinite activations');
+      return this.trainer.sideDelta(layers, rows);
+    });
+  }
+
+  /** What follows every step: the skip count, tokens, a checkpoint when due, the acknowledgement. */
+  private async afterStep(index: number, r: StepResult, t0: bigint): Promise<TrainAck> {
+    this.nextIndex = index + 1;
+    if (r.skipped) {
+      this.rec.skippedSteps = (this.rec.skippedSteps ?? 0) + 1;
+      if (++this.skippedInARow >= MAX_SKIPPED_STEPS_IN_A_ROW) {
+        throw new WireError('NON_FINITE', `${this.skippedInARow} steps in a row gave a non-finite loss or gradient; training stopped (resume from the last checkpoint with a lower learning rate)`);
+      }
+    } else {
+      this.skippedInARow = 0;
+      this.rec.trainTokens += r.tokens;
+    }
+    const every = Math.max(1, this.rec.config.checkpointEvery);
+    const checkpointed = this.trainer.step % every === 0;
+    if (checkpointed) await this.checkpointNow();
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    return { index, step: r.step, loss: r.skipped ? 0 : r.loss, learningRate: r.learningRate, tokens: r.skipped ? 0 : r.tokens, duplicate: false, checkpointed, seconds, skipped: r.skipped };
   }
 
   evaluate(evalId: string, batch: ActivationBatch): Promise<{ lossSum: number; tokens: number }> {
     return this.run(async () => {
-      if (!allFinite(batch)) throw new WireError('BAD_FRAME', 'the held-out batch has NaN or infinite activations');
+      if (!allFinite(batch.layers)) throw new WireError('BAD_FRAME', 'the held-out batch has NaN or infinite activations');
       const r = await this.trainer.evalBatch(batch);
       const acc = this.rec.evals[evalId] ?? { lossSum: 0, tokens: 0 };
       delete this.rec.evals[evalId];
@@ -238,8 +319,8 @@ function readCheckpoint(bytes: Buffer, rec: JobRecord, shape: SideNetworkShape):
 }
 
 /** Whether every activation of the batch is a finite number (NaN or Inf would poison the weights). */
-function allFinite(batch: ActivationBatch): boolean {
-  for (const layer of batch.layers) {
+function allFinite(arrays: Float32Array[]): boolean {
+  for (const layer of arrays) {
     for (let i = 0; i < layer.length; i++) if (!Number.isFinite(layer[i]!)) return false;
   }
   return true;

@@ -1,15 +1,28 @@
 /**
  * What the product says about privacy, in one place: the confirm dialog, the
  * dashboard and the CLI show these words (README "What crosses the wire" says
- * the same at length). They must stay exact: in today's training mode the
- * server receives every next-token id, which is the code's text itself.
+ * the same at length). They must stay exact: in the standard mode a team
+ * server receives every next-token id, which is the code's text itself; in
+ * the label-private mode it receives activations and gradients, not ids.
  */
 
-/** Where the job's training server runs. */
-export type ServerPlace = 'embedded' | 'team';
+/** Where the job's training server runs, and in which mode. */
+export type ServerPlace = 'embedded' | 'team' | 'team-label-private';
+
+/** The place for a job's settings. */
+export function serverPlace(serverUrl: string | undefined, labelPrivate: boolean | undefined): ServerPlace {
+  if (!serverUrl) return 'embedded';
+  return labelPrivate ? 'team-label-private' : 'team';
+}
+
+const LABEL_PRIVATE_LINE =
+  'Label-private: no token id leaves this computer (the loss is computed here). The team server receives activations of the tapped ' +
+  'layers and loss gradients; they are not text, but a strong attacker can recover some of the code from them (published inversion ' +
+  'attacks), more from early layers ("skip layers" sends fewer).';
 
 /** The dialog's line before a job starts. */
 export function confirmPrivacyLine(place: ServerPlace): string {
+  if (place === 'team-label-private') return LABEL_PRIVATE_LINE;
   return place === 'embedded'
     ? 'The training server runs inside VS Code on this computer: nothing is sent over the network.'
     : 'The team server will receive the content of these files as token ids (your code itself, readable by anyone with the ' +
@@ -18,9 +31,10 @@ export function confirmPrivacyLine(place: ServerPlace): string {
 
 /** The dashboard's "What crossed the wire". */
 export function wireStatement(place: ServerPlace): string {
+  if (place === 'team-label-private') return `${LABEL_PRIVATE_LINE} No head weights are sent. The server's disk keeps no activations, gradients or text.`;
   if (place === 'embedded') {
     return 'Nothing left this computer: the training server ran inside VS Code (on 127.0.0.1). With a team server, it receives your code ' +
-      'as token ids and activations (see mobillm.serverUrl).';
+      'as token ids and activations (see mobillm.serverUrl), or, label-private, as activations and gradients only.';
   }
   return 'Sent to the team server for every training and held-out token: the id of the next token, which is your code itself ' +
     "(anyone with the model's public tokenizer reads it back exactly), and the tapped layers' hidden states, quantized, from which " +

@@ -5,7 +5,7 @@ import { actionsFor } from '../core/errorActions';
 import { MobiError } from '../core/MobiError';
 import { statusText } from '../core/statusText';
 import { Comparison, DashboardState } from '../../webview/protocol';
-import { confirmPrivacyLine, ServerPlace, wireStatement } from '../core/privacyText';
+import { confirmPrivacyLine, ServerPlace, serverPlace, wireStatement } from '../core/privacyText';
 import { DashboardPanel } from './DashboardPanel';
 import { readSettings } from './settings';
 
@@ -27,7 +27,7 @@ export class FineTuneController implements vscode.Disposable {
   private error: string | undefined;
   private config: Record<string, string> = {};
   /** Where the last (or current) job's server runs: what the dashboard says crossed the wire. */
-  private place: ServerPlace = readSettings().serverUrl ? 'team' : 'embedded';
+  private place: ServerPlace = serverPlace(readSettings().serverUrl, readSettings().labelPrivate);
   comparison: Comparison | undefined;
   /** Called after a job stores a new adapter. */
   onAdapterStored: (() => void) | undefined;
@@ -106,7 +106,7 @@ export class FineTuneController implements vscode.Disposable {
     const folder = folders.length === 1 ? folders[0] : await vscode.window.showWorkspaceFolderPick({ placeHolder: 'Fine-tune on which folder?' });
     if (!folder) return;
     const s = readSettings();
-    this.place = s.serverUrl ? 'team' : 'embedded';
+    this.place = serverPlace(s.serverUrl, s.labelPrivate);
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
     const core = await import('../core/job/FineTuneJob.js');
     const { ensureDefaultModel } = await import('../core/defaultModel.js');
@@ -124,7 +124,7 @@ export class FineTuneController implements vscode.Disposable {
       const model = s.model || ensureDefaultModel(storeDir);
       this.config = {
         workspace: folder.name, model: s.model || 'built-in tiny model', server: s.serverUrl || 'embedded (this computer, 127.0.0.1)',
-        'activation bits': String(s.bits), 'skipped layers': String(s.skipLayers), 'sequence length': String(s.seqLen), 'batch size': String(s.batchSize), epochs: String(s.epochs),
+        'activation bits': String(s.bits), 'skipped layers': String(s.skipLayers), 'label-private': s.labelPrivate ? 'yes (target ids stay here)' : 'no', 'sequence length': String(s.seqLen), 'batch size': String(s.batchSize), epochs: String(s.epochs),
       };
       this.abort = new AbortController();
       const abort = this.abort;
@@ -144,7 +144,7 @@ export class FineTuneController implements vscode.Disposable {
       this.job = new core.FineTuneJob({
         workspace: folder.uri.fsPath, model, server: s.serverUrl ? { url: s.serverUrl, token: token! } : undefined,
         // A resumed job keeps the settings it was created with; a new one takes today's.
-        ...(resumeJobId ? {} : { epochs: s.epochs, seqLen: s.seqLen, batchSize: s.batchSize, bits: s.bits, skipLayers: s.skipLayers, fimRate: s.fimRate }),
+        ...(resumeJobId ? {} : { epochs: s.epochs, seqLen: s.seqLen, batchSize: s.batchSize, bits: s.bits, skipLayers: s.skipLayers, fimRate: s.fimRate, labelPrivate: s.labelPrivate }),
         storeDir, resumeJobId, signal: abort.signal,
         scan: { include: s.include, exclude: s.exclude, maxFileBytes: s.maxFileBytes },
         log: (line) => this.log.info(line),

@@ -17,6 +17,7 @@ export interface MobiSettings {
   completionPrefixChars: number;
   completionSuffixChars: number;
   fimRate: number;
+  labelPrivate: boolean;
 }
 
 export function readSettings(): MobiSettings {
@@ -37,5 +38,6 @@ export function readSettings(): MobiSettings {
     completionPrefixChars: c.get<number>('inlineCompletions.prefixChars', 1500),
     completionSuffixChars: c.get<number>('inlineCompletions.suffixChars', 500),
     fimRate: c.get<number>('fimRate', 0.5),
+    labelPrivate: c.get<boolean>('labelPrivate', false),
   };
 }

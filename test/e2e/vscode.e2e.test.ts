@@ -274,4 +274,20 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     assert.ok(luminance(bg) < 0.2, `the dashboard follows the dark theme (background ${bg})`);
     assert.ok(contrast >= 4.5, `text contrast ${contrast.toFixed(1)} (${fg} on ${bg})`);
   });
+
+  it('says what a team server gets in the label-private mode, before the job starts', async () => {
+    const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
+    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
+    assert.ok(settings['mobillm.serverUrl'], 'the team server set by the error test is still configured');
+    fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'mobillm.labelPrivate': true }, null, 2));
+    await page.waitForTimeout(1500); // VS Code watches the settings file
+    await runCommand(page, 'MobiLLM: Fine-tune on workspace');
+    const confirm = page.locator('.monaco-dialog-box');
+    await confirm.waitFor({ timeout: 60_000 });
+    const text = await confirm.innerText();
+    assert.match(text, /Label-private: no token id leaves this computer/);
+    assert.match(text, /activations of the tapped layers and loss gradients/);
+    await page.screenshot({ path: path.join(SHOTS, '8-confirm-label-private.png') });
+    await confirm.locator('a.monaco-button, button', { hasText: 'Cancel' }).first().click();
+  });
 });

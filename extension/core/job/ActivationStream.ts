@@ -1,11 +1,13 @@
-import type { Bits } from '../../../common/ActivationQuantizer';
-import { encodeBatchPayload } from '../../../common/batchPayload';
+import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../common/ActivationQuantizer';
+import { encodeBatchPayload, encodeLayersPayload } from '../../../common/batchPayload';
 import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../Backbone';
+import type { DeviceHead } from '../DeviceHead';
 import { Dataset, splitInputsTargets, trainBatchSequences } from '../dataset';
 import type { ServerConnection } from '../ServerConnection';
 import { CreditWindow } from './CreditWindow';
 import type { JobContext } from './JobContext';
+import { MobiError } from '../MobiError';
 
 /** Where the device's time goes, in seconds (summed over the job). */
 export interface StreamTimings {
@@ -16,6 +18,8 @@ export interface StreamTimings {
   quantizeSeconds: number;
   sendSeconds: number;
   serverSeconds: number;
+  /** Label-private: the model's head, loss and gradient on the device. */
+  headSeconds: number;
   trainWallSeconds: number;
 }
 
@@ -25,6 +29,8 @@ interface EncodedBatch {
   /** Predicted tokens in the batch. */
   rows: number;
   sequences: number;
+  /** Label-private: what stays on the device for the loss: the last layer's hidden states [rows][d], the targets, the mask. */
+  kept?: { last: Float32Array; targets: Int32Array; mask: Uint8Array };
 }
 
 /**
@@ -35,25 +41,63 @@ interface EncodedBatch {
  * not trained.
  */
 export class ActivationStream {
-  readonly timings: StreamTimings = { deviceForwardSeconds: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, trainWallSeconds: 0 };
+  readonly timings: StreamTimings = { deviceForwardSeconds: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
 
   constructor(
     private readonly backbone: Backbone,
     private readonly data: Dataset,
     private readonly config: JobConfig,
     private readonly ctx: JobContext,
-  ) {}
+    /** The model's own head, for a label-private job (config.labelPrivate). */
+    private readonly head?: DeviceHead,
+  ) {
+    if (config.labelPrivate && !head) throw new RangeError('a label-private stream needs the device head');
+  }
+
+  private get bits(): Bits {
+    return this.config.bits as Bits;
+  }
 
   /** Runs the backbone over `seqs` with capture and encodes the batch payload. */
   private async encodeBatch(seqs: Int32Array[], use: 'train' | 'eval'): Promise<EncodedBatch> {
     const { inputs, targets, mask, rows } = splitInputsTargets(seqs);
     const cap = await this.backbone.capture(inputs, this.config.tappedLayers);
     const t1 = process.hrtime.bigint();
-    const payload = encodeBatchPayload({ rows, layers: cap.data, targets, mask }, cap.hiddenSize, this.config.bits as Bits);
+    const labelPrivate = this.config.labelPrivate === true;
+    const payload = labelPrivate
+      ? encodeLayersPayload(cap.data, rows, cap.hiddenSize, this.bits)
+      : encodeBatchPayload({ rows, layers: cap.data, targets, mask }, cap.hiddenSize, this.bits);
     if (use === 'train') this.timings.deviceForwardSeconds += cap.forwardSeconds;
     else this.timings.evalForwardSeconds += cap.forwardSeconds;
     this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
-    return { payload, rows, sequences: seqs.length };
+    const kept = labelPrivate ? { last: cap.data[cap.data.length - 1]!, targets, mask } : undefined;
+    return { payload, rows, sequences: seqs.length, kept };
+  }
+
+  /**
+   * Label-private: the loss of a batch on the device, from the server's side
+   * output at the join (delta, quantized) and the kept hidden states; with
+   * `weights`, also the gradient at the join, quantized for the wire.
+   */
+  private async lossAtJoin(kept: NonNullable<EncodedBatch['kept']>, rows: number, deltaPayload: Buffer, train: boolean): Promise<{ lossSum: number; tokens: number; grad?: Buffer }> {
+    const d = this.backbone.info.hiddenSize;
+    if (deltaPayload.length !== rows * bytesPerRow(d, this.bits)) throw new MobiError('SERVER_ERROR', 'The server sent a side output of the wrong size.');
+    const t0 = process.hrtime.bigint();
+    const y = dequantizeRows(deltaPayload, rows, d, this.bits);
+    for (let i = 0; i < y.length; i++) y[i]! += kept.last[i]!;
+    let tokens = 0;
+    for (let i = 0; i < rows; i++) tokens += kept.mask[i]!;
+    const weights = Float32Array.from(kept.mask, (m) => (tokens > 0 ? m / tokens : 0));
+    const r = train ? await this.head!.lossAndGradient(y, kept.targets, weights) : { losses: await this.head!.losses(y, kept.targets), grad: undefined };
+    let lossSum = 0;
+    for (let i = 0; i < rows; i++) if (kept.mask[i]) lossSum += r.losses[i]!;
+    let grad: Buffer | undefined;
+    if (r.grad) {
+      grad = Buffer.allocUnsafe(rows * bytesPerRow(d, this.bits));
+      quantizeRows(r.grad, rows, d, this.bits, grad, 0);
+    }
+    this.timings.headSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
+    return { lossSum, tokens, grad };
   }
 
   /** Held-out mean loss with the server's current side network, on the plain held-out sequences or their fill-in-the-middle form. */
@@ -62,18 +106,25 @@ export class ActivationStream {
     const evalId = `${label}${form === 'fim' ? '-fim' : ''}-${Date.now()}`;
     const B = this.config.batchSize;
     const sequences = form === 'fim' ? this.data.heldOutFim : this.data.heldOut;
-    const pending: Promise<{ message: ServerMessage<'eval/result'> }>[] = [];
+    const pending: Promise<{ lossSum: number; tokens: number }>[] = [];
     for (let i = 0; i * B < sequences.length; i++) {
       this.ctx.checkCancelled();
-      const { payload, rows } = await this.encodeBatch(sequences.slice(i * B, (i + 1) * B), 'eval');
-      pending.push(conn.expect('eval/result', (m) => m.evalId === evalId && m.index === i, jobId));
+      const { payload, rows, kept } = await this.encodeBatch(sequences.slice(i * B, (i + 1) * B), 'eval');
+      if (kept) {
+        // Label-private: the server sends the side output; the loss is computed here.
+        const side = conn.expect('eval/side', (m) => m.evalId === evalId && m.index === i, jobId);
+        pending.push(side.then((r) => this.lossAtJoin(kept, rows, r.payload, false)));
+      } else {
+        pending.push(conn.expect('eval/result', (m) => m.evalId === evalId && m.index === i, jobId).then((r) => r.message));
+      }
+      pending[pending.length - 1]!.catch(() => undefined);
       conn.send({ type: 'batch/eval', jobId, evalId, index: i, rows }, payload);
     }
     let lossSum = 0;
     let tokens = 0;
     for (const r of await Promise.all(pending)) {
-      lossSum += r.message.lossSum;
-      tokens += r.message.tokens;
+      lossSum += r.lossSum;
+      tokens += r.tokens;
     }
     const loss = lossSum / tokens;
     this.ctx.log(`held-out ${form} loss ${label}: ${loss.toFixed(4)} over ${tokens} tokens`);
@@ -102,16 +153,30 @@ export class ActivationStream {
     try {
       const forward = (i: number): Promise<EncodedBatch> => this.encodeBatch(trainBatchSequences(this.data, this.config.batchSize, i), 'train');
       let next = startIndex;
+      /** Label-private: the device's half of each step, one batch after another. */
+      let joins: Promise<void> = Promise.resolve();
       let pending = next < total ? forward(next) : undefined;
       while (next < total) {
         this.ctx.checkCancelled();
-        const { payload, rows, sequences } = await pending!;
+        const { payload, rows, sequences, kept } = await pending!;
         // Start the backbone on the next batch now: it runs on a worker thread
         // while this batch waits for credit and the server trains.
         pending = next + 1 < total ? forward(next + 1) : undefined;
         pending?.catch(() => undefined);
         await window.acquire();
         const s0 = process.hrtime.bigint();
+        const index = next;
+        if (kept) {
+          // Label-private: the server answers with the side output; the loss and its gradient are computed here and sent back.
+          const side = conn.expect('batch/side', (m) => m.index === index, jobId);
+          joins = joins
+            .then(() => side)
+            .then(async (r) => {
+              const { lossSum, tokens, grad } = await this.lossAtJoin(kept, rows, r.payload, true);
+              conn.send({ type: 'batch/grad', jobId, index, rows, lossSum, tokens }, grad!);
+            });
+          joins.catch((err: unknown) => window.fail(MobiError.from(err)));
+        }
         conn.send({ type: 'batch/train', jobId, index: next, rows }, payload);
         this.timings.sendSeconds += Number(process.hrtime.bigint() - s0) / 1e9;
         window.sent(next);

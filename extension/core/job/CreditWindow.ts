@@ -68,7 +68,8 @@ export class CreditWindow {
     this.wake?.();
   }
 
-  private fail(err: MobiError): void {
+  /** Fails the window (acquire and drain reject with `err`). */
+  fail(err: MobiError): void {
     this.failure ??= err;
     this.wake?.();
   }

@@ -16,6 +16,7 @@ import { JobRecord, JobRecordStore } from './JobRecordStore';
 import { ReconnectPolicy, sleep } from './ReconnectPolicy';
 import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
+import { DeviceHead } from '../DeviceHead';
 
 export type { FineTuneOptions } from './FineTuneOptions';
 export type { JobPhase, JobProgress } from './JobProgress';
@@ -72,6 +73,7 @@ export class FineTuneJob {
   private readonly ctx: JobContext;
   /** Owned by the job once loaded: run() disposes it whatever happens. */
   private backbone: Backbone | undefined;
+  private head: DeviceHead | undefined;
   private work: Workload | undefined;
   private embedded: EmbeddedServer | undefined;
   private conn: ServerConnection | undefined;
@@ -193,6 +195,7 @@ export class FineTuneJob {
     } finally {
       this.conn?.close();
       this.backbone?.dispose();
+      this.head?.dispose();
       await this.embedded?.stop();
     }
   }
@@ -229,6 +232,7 @@ export class FineTuneJob {
       reduction: this.o.reduction, bits: this.o.bits, seqLen, batchSize, totalSteps,
       learningRate: this.o.learningRate, warmupSteps: Math.max(1, Math.min(20, Math.floor(totalSteps / 10))), seed: this.o.seed,
       checkpointEvery: this.o.checkpointEvery,
+      ...(this.o.labelPrivate ? { labelPrivate: true } : {}),
     };
     this.progress.setTotalSteps(config.totalSteps);
     if (resumed) {
@@ -236,7 +240,9 @@ export class FineTuneJob {
       this.jobId = resumed.jobId;
       this.before = resumed.heldOutLossBefore;
     }
-    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, stream: new ActivationStream(backbone, data, config, this.ctx) };
+    // Label-private: the model's own head runs here (loaded once per job).
+    this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.normEpsilon, this.o.threads) : undefined;
+    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, stream: new ActivationStream(backbone, data, config, this.ctx, this.head) };
     this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${config.totalSteps} steps`);
     return this.work;
   }
@@ -265,7 +271,8 @@ export class FineTuneJob {
   /** One connected session: everything from hello to the stored adapter, resuming where the job stands. */
   private async session(work: Workload, reconnect: ReconnectPolicy): Promise<void> {
     const conn = await this.connect(work, reconnect);
-    if (!conn.welcome.headCached) await uploadHead(conn, work.backbone, this.ctx);
+    // A label-private job needs no head on the server.
+    if (!conn.welcome.headCached && !work.config.labelPrivate) await uploadHead(conn, work.backbone, this.ctx);
     let ready: ServerMessage<'job/ready'>;
     if (this.jobId) {
       const jobId = this.jobId;

@@ -39,6 +39,12 @@ export interface FineTuneOptions {
   maxHeldOutSequences?: number;
   /** Share of training sequences put in fill-in-the-middle order, for models that declare FIM tokens. Default 0.5. */
   fimRate?: number;
+  /**
+   * Label-private training: no target id leaves the device; the loss is
+   * computed here with the model's own head from the server's side output,
+   * and only its gradient goes back. Default false.
+   */
+  labelPrivate?: boolean;
   /** Workspace scan filters and limits. Default: none beyond the scan's own. */
   scan?: ScanOptions;
   /** Device store (adapters, job records, embedded server data). Default ~/.mobillm. */
@@ -64,7 +70,7 @@ export interface FineTuneOptions {
 }
 
 /** The settings a job is created with and keeps when it is resumed. */
-export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate'] as const;
+export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate'] as const;
 export type TunedOption = (typeof TUNED_OPTIONS)[number];
 export type TunedSettings = Partial<Pick<FineTuneOptions, TunedOption>>;
 
@@ -99,6 +105,7 @@ export function checkFineTuneOptions(o: FineTuneOptions): void {
   if (o.bits !== undefined && !isBits(o.bits)) bad('bits', '4, 8 or 16');
   if (o.heldOutFraction !== undefined && !(o.heldOutFraction > 0 && o.heldOutFraction < 1)) bad('heldOutFraction', 'a fraction between 0 and 1');
   if (o.fimRate !== undefined && !(o.fimRate >= 0 && o.fimRate <= 1)) bad('fimRate', 'a fraction from 0 to 1');
+  if (o.labelPrivate !== undefined && typeof o.labelPrivate !== 'boolean') bad('labelPrivate', 'true or false');
 }
 
 /** The tuned settings of a resolved job (what its record keeps). */
@@ -108,13 +115,13 @@ export function tunedSettings(o: FineTuneOptions): TunedSettings {
 
 /** The options that always have a value once defaults are applied. */
 type Defaulted = 'epochs' | 'seqLen' | 'batchSize' | 'bits' | 'reduction' | 'skipLayers' | 'learningRate' | 'seed' | 'checkpointEvery'
-  | 'heldOutFraction' | 'maxHeldOutSequences' | 'fimRate' | 'scan' | 'storeDir' | 'reconnectTimeoutMs';
+  | 'heldOutFraction' | 'maxHeldOutSequences' | 'fimRate' | 'labelPrivate' | 'scan' | 'storeDir' | 'reconnectTimeoutMs';
 export type ResolvedFineTuneOptions = FineTuneOptions & Required<Pick<FineTuneOptions, Defaulted>>;
 
 /** The defaults of FineTuneOptions (the store folder is read from the environment when options are resolved). */
 export const FINE_TUNE_DEFAULTS = {
   epochs: 1, seqLen: 128, batchSize: 4, bits: 8, reduction: 8, skipLayers: 0, learningRate: 2e-3, seed: 1, checkpointEvery: 25,
-  heldOutFraction: 0.1, maxHeldOutSequences: 32, fimRate: 0.5, reconnectTimeoutMs: 120_000,
+  heldOutFraction: 0.1, maxHeldOutSequences: 32, fimRate: 0.5, labelPrivate: false, reconnectTimeoutMs: 120_000,
 } as const satisfies Omit<Required<Pick<FineTuneOptions, Defaulted>>, 'scan' | 'storeDir'>;
 
 /** Checks the options and applies the defaults to every one left undefined. */

@@ -5,7 +5,7 @@ import { parameterNames, parameterShape } from '../sideNetworkSpec';
 import { learningRateAt, OptimizerState, TrainerOptions } from '../TrainerOptions';
 import { OnnxEngine } from './OnnxEngine';
 import { OnnxHead } from './OnnxHead';
-import { buildEvalLoss, buildForward, buildHeadChunk, buildTrainStep, names, StepConstants } from './sideGraphs';
+import { buildEvalLoss, buildForward, buildHeadChunk, buildSideDelta, buildTrainStep, buildUpstreamStep, names, StepConstants } from './sideGraphs';
 
 type Feeds = Record<string, ort.Tensor>;
 
@@ -41,7 +41,8 @@ export class OnnxTrainer {
   constructor(
     private readonly engine: OnnxEngine,
     readonly shape: SideNetworkShape,
-    private readonly head: OnnxHead,
+    /** The frozen head; absent for a label-private job (the device computes the loss). */
+    private readonly head: OnnxHead | undefined,
     values: Map<string, Float32Array>,
     readonly options: TrainerOptions,
     state?: OptimizerState,
@@ -62,17 +63,79 @@ export class OnnxTrainer {
       this.engine.session(`forward-${this.shapeKey}`, () => buildForward(this.shape)),
       this.engine.session(`head-train-${d}`, () => buildHeadChunk(d, true)),
       this.engine.session(`head-eval-${d}`, () => buildHeadChunk(d, false)),
-      this.engine.session(`step-${this.shapeKey}-${c.clipNorm}-${c.beta1}-${c.beta2}-${c.epsilon}`, () => buildTrainStep(this.shape, c)),
+      this.engine.session(this.stepKey('step'), () => buildTrainStep(this.shape, c)),
       this.engine.session(`eval-${d}`, () => buildEvalLoss(d)),
     ]);
   }
 
-  /** Inputs of every graph with the side network: parameters, layers, the final norm. */
-  private sideFeeds(batch: ActivationBatch): Feeds {
-    const feeds: Feeds = { norm_weight: this.head.norm, head_eps: this.head.epsTensor };
+  private get frozenHead(): OnnxHead {
+    if (!this.head) throw new RangeError('a label-private job has no head on the server');
+    return this.head;
+  }
+
+  /** Inputs of the side network's ladder: parameters and layers. */
+  private ladderFeeds(layers: Float32Array[], rows: number): Feeds {
+    const feeds: Feeds = {};
     for (const [p, data] of this.params) feeds[names.param(p)] = f32(data, parameterShape(this.shape, p));
-    batch.layers.forEach((h, k) => (feeds[names.layer(k)] = f32(h, [batch.rows, this.shape.d])));
+    layers.forEach((h, k) => (feeds[names.layer(k)] = f32(h, [rows, this.shape.d])));
     return feeds;
+  }
+
+  /** Inputs of every graph with the side network and the head: parameters, layers, the final norm. */
+  private sideFeeds(batch: ActivationBatch): Feeds {
+    return { ...this.ladderFeeds(batch.layers, batch.rows), norm_weight: this.frozenHead.norm, head_eps: this.frozenHead.epsTensor };
+  }
+
+  private stepKey(kind: string): string {
+    const c = this.constants;
+    return `${kind}-${this.shapeKey}-${c.clipNorm}-${c.beta1}-${c.beta2}-${c.epsilon}`;
+  }
+
+  /** Label-private: the side network's output at the join, delta [rows][d], with the current weights. */
+  async sideDelta(layers: Float32Array[], rows: number): Promise<Float32Array> {
+    const session = await this.engine.session(`delta-${this.shapeKey}`, () => buildSideDelta(this.shape));
+    return (await session.run(this.ladderFeeds(layers, rows))).delta!.data as Float32Array;
+  }
+
+  /**
+   * Label-private: one optimizer step from the device's gradient at the join,
+   * dy [rows][d] = d(mean masked loss)/dy. Skipped (but counted) when dy or
+   * the gradient is not finite, or when no token counts.
+   */
+  async upstreamStep(layers: Float32Array[], rows: number, dy: Float32Array, lossSum: number, tokens: number): Promise<StepResult> {
+    const lr = learningRateAt(this.step, this.options);
+    const result = (skipped: boolean): StepResult => {
+      this.step += 1;
+      return { loss: tokens > 0 ? lossSum / tokens : 0, learningRate: lr, step: this.step, tokens, skipped };
+    };
+    if (tokens === 0) return result(false);
+    if (!Number.isFinite(lossSum)) return result(true);
+    const session = await this.engine.session(this.stepKey('upstream'), () => buildUpstreamStep(this.shape, this.constants));
+    const out = await this.stepOutputs(session, { ...this.ladderFeeds(layers, rows), dy: f32(dy, [rows, this.shape.d]) }, lr);
+    if (!Number.isFinite(Number(out.grad_norm!.data[0]))) return result(true);
+    this.adopt(out);
+    return result(false);
+  }
+
+  /** Runs a step graph with the Adam state and the learning rate fed: grad_norm, the next weights and moments, and `extra`. */
+  private stepOutputs(session: ort.InferenceSession, feeds: Feeds, lr: number, extra: string[] = []): Promise<ort.InferenceSession.ReturnType> {
+    const t = this.step + 1;
+    const all: Feeds = { ...feeds, learning_rate: scalar(lr), bias_correction1: scalar(1 - this.constants.beta1 ** t), bias_correction2: scalar(1 - this.constants.beta2 ** t) };
+    for (const p of this.params.keys()) {
+      const dims = parameterShape(this.shape, p);
+      all[names.adamM(p)] = f32(this.m.get(p)!, dims);
+      all[names.adamV(p)] = f32(this.v.get(p)!, dims);
+    }
+    return session.run(all, [...extra, 'grad_norm', ...[...this.params.keys()].flatMap((p) => [names.nextParam(p), names.nextAdamM(p), names.nextAdamV(p)])]);
+  }
+
+  /** Keeps a step's next weights and moments. */
+  private adopt(out: ort.InferenceSession.ReturnType): void {
+    for (const p of [...this.params.keys()]) {
+      this.params.set(p, out[names.nextParam(p)]!.data as Float32Array);
+      this.m.set(p, out[names.nextAdamM(p)]!.data as Float32Array);
+      this.v.set(p, out[names.nextAdamV(p)]!.data as Float32Array);
+    }
   }
 
   /** z, then the online log-sum-exp over every head chunk (and, to train, acc). */
@@ -84,7 +147,7 @@ export class OnnxTrainer {
     let m = f32(new Float32Array(n).fill(-Infinity), [n, 1]);
     let s = f32(new Float32Array(n), [n, 1]);
     let acc = train ? f32(new Float32Array(n * this.shape.d), [n, this.shape.d]) : undefined;
-    for (const w of this.head.chunks) {
+    for (const w of this.frozenHead.chunks) {
       const out = await (train ? headTrain : headEval).run(train ? { z, w, m, s, acc: acc! } : { z, w, m, s });
       m = out.next_m!;
       s = out.next_s!;
@@ -101,7 +164,7 @@ export class OnnxTrainer {
 
   private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor): Feeds {
     const n = batch.rows;
-    return { m, s, z, target_rows: f32(this.head.targetRows(batch.targets), [n, this.shape.d]), mask: f32(Float32Array.from(batch.mask), [n, 1]) };
+    return { m, s, z, target_rows: f32(this.frozenHead.targetRows(batch.targets), [n, this.shape.d]), mask: f32(Float32Array.from(batch.mask), [n, 1]) };
   }
 
   /** One optimizer step on a batch (skipped, but counted, when no token is masked in). */
@@ -124,28 +187,16 @@ export class OnnxTrainer {
     const loss = this.lossFeeds(batch, m, s, z);
     if (tokens === 0) return { lossSum: Number((await evalSession.run(loss)).loss_sum!.data[0]) };
     const n = batch.rows;
-    const t = this.step + 1;
-    const stepFeeds: Feeds = {
-      ...feeds, m, s, acc: acc!, target_rows: loss.target_rows!, mask: loss.mask!,
-      weights: f32(Float32Array.from(batch.mask, (x) => x / tokens), [n, 1]),
-      learning_rate: scalar(lr), bias_correction1: scalar(1 - this.constants.beta1 ** t), bias_correction2: scalar(1 - this.constants.beta2 ** t),
-    };
-    for (const p of this.params.keys()) {
-      const dims = parameterShape(this.shape, p);
-      stepFeeds[names.adamM(p)] = f32(this.m.get(p)!, dims);
-      stepFeeds[names.adamV(p)] = f32(this.v.get(p)!, dims);
+    const feeds2: Feeds = { ...feeds, m, s, acc: acc!, target_rows: loss.target_rows!, mask: loss.mask!, weights: f32(Float32Array.from(batch.mask, (x) => x / tokens), [n, 1]) };
+    if (gradientsOnly) {
+      const order = [...this.params.keys()];
+      const out = await this.stepOutputs(stepSession, feeds2, 0, ['loss_sum', ...order.map(names.grad)]);
+      return { lossSum: Number(out.loss_sum!.data[0]), grads: new Map(order.map((p) => [p, out[names.grad(p)]!.data as Float32Array])) };
     }
-    const order = [...this.params.keys()];
-    const fetch = gradientsOnly ? ['loss_sum', ...order.map(names.grad)] : ['loss_sum', 'grad_norm', ...order.flatMap((p) => [names.nextParam(p), names.nextAdamM(p), names.nextAdamV(p)])];
-    const out = await stepSession.run(stepFeeds, fetch);
+    const out = await this.stepOutputs(stepSession, feeds2, lr, ['loss_sum']);
     const lossSum = Number(out.loss_sum!.data[0]);
-    if (gradientsOnly) return { lossSum, grads: new Map(order.map((p) => [p, out[names.grad(p)]!.data as Float32Array])) };
     if (!Number.isFinite(lossSum) || !Number.isFinite(Number(out.grad_norm!.data[0]))) return { lossSum, skipped: true };
-    for (const p of order) {
-      this.params.set(p, out[names.nextParam(p)]!.data as Float32Array);
-      this.m.set(p, out[names.nextAdamM(p)]!.data as Float32Array);
-      this.v.set(p, out[names.nextAdamV(p)]!.data as Float32Array);
-    }
+    this.adopt(out);
     return { lossSum };
   }
 

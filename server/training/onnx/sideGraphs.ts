@@ -14,6 +14,9 @@ import { GraphBuilder } from './GraphBuilder';
  *   trainStep   everything above and the target rows -> loss sum, the
  *               hand-written backward, global-norm clipping, one Adam step
  *   evalLoss    m, s, z, target rows, mask -> loss sum
+ *   sideDelta   h_k, params -> delta = s Out [n, d] (label-private: sent to the device)
+ *   upstreamStep h_k, params, dy -> the backward from the device's gradient at
+ *               the join, clipping and one Adam step (label-private)
  *
  * Dimensions: n tokens (given at run time), d hidden, r side width, b
  * bottleneck, c rows of a head chunk (given at run time).
@@ -34,12 +37,17 @@ export const names = {
 };
 
 /** The forward pass, recorded for the backward pass: every value the gradients need. */
-interface ForwardValues {
+interface LadderValues {
+  /** The side network's output at the join: s Out, added to the last layer's hidden state. */
+  delta: string; // [n, d]
+  sFinal: string; // [n, r]
+  layers: { a: string; sPrev: string; x: string; inv: string; nrm: string; pre: string; g: string; mu: string }[];
+}
+
+interface ForwardValues extends LadderValues {
   z: string; // [n, d]
   xhat: string; // [n, d] normalised y
   invHead: string; // [n, 1]
-  sFinal: string; // [n, r]
-  layers: { a: string; sPrev: string; x: string; inv: string; nrm: string; pre: string; g: string; mu: string }[];
 }
 
 function gelu(g: GraphBuilder, x: string): string {
@@ -60,15 +68,13 @@ function invRms(g: GraphBuilder, x: string, eps: string): string {
   return g.op('Reciprocal', [g.op('Sqrt', [g.add(g.meanLast(g.mul(x, x)), eps)])]);
 }
 
-/** Declares the inputs every graph with the side network needs and runs the forward pass. */
-function sideForward(g: GraphBuilder, shape: SideNetworkShape): ForwardValues {
+/** Declares the side network's parameters and the tapped layers, and runs the ladder up to its output at the join. */
+function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
   const { d } = shape;
   const K = shape.tappedLayers.length;
   for (const p of parameterNames(shape)) g.input(names.param(p), 'float32', parameterShape(shape, p));
   const hs = Array.from({ length: K }, (_, k) => g.input(names.layer(k), 'float32', ['n', d]));
-  const normWeight = g.input('norm_weight', 'float32', [d]);
-  const headEps = g.input('head_eps', 'float32', []);
-  const layers: ForwardValues['layers'] = [];
+  const layers: LadderValues['layers'] = [];
   let s = ''; // [n, r]; zero before the first layer
   for (let k = 0; k < K; k++) {
     const a = g.matmul(hs[k]!, names.param(`down.${k}`)); // [n, r]
@@ -82,11 +88,20 @@ function sideForward(g: GraphBuilder, shape: SideNetworkShape): ForwardValues {
     s = g.add(x, g.matmul(gl, names.param(`up.${k}`))); // [n, r]
     layers.push({ a, sPrev, x, inv, nrm, pre, g: gl, mu });
   }
-  const y = g.add(hs[K - 1]!, g.matmul(s, names.param('out'))); // [n, d]
+  return { delta: g.matmul(s, names.param('out')), sFinal: s, layers };
+}
+
+/** The ladder, the join with the last layer and the backbone's final norm (its weight and epsilon are inputs). */
+function sideForward(g: GraphBuilder, shape: SideNetworkShape): ForwardValues {
+  const K = shape.tappedLayers.length;
+  const ladder = sideLadder(g, shape);
+  const normWeight = g.input('norm_weight', 'float32', [shape.d]);
+  const headEps = g.input('head_eps', 'float32', []);
+  const y = g.add(names.layer(K - 1), ladder.delta); // [n, d]
   const invHead = invRms(g, y, headEps); // [n, 1]
   const xhat = g.mul(y, invHead); // [n, d]
   const z = g.mul(xhat, normWeight); // [n, d]
-  return { z, xhat, invHead, sFinal: s, layers };
+  return { ...ladder, z, xhat, invHead };
 }
 
 /** forward: -> z [n, d]. */
@@ -142,33 +157,9 @@ export interface StepConstants {
   epsilon: number;
 }
 
-/**
- * trainStep: the forward again (cheaper than moving every cached value
- * between graphs), the loss sum, gradients of sum(weights * loss), clipping
- * and one Adam step. Outputs next_param/*, next_adam_m/*, next_adam_v/*,
- * loss_sum, grad_norm, and grad/* (fetched by the gradient tests only).
- */
-export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8Array {
-  const g = new GraphBuilder('train_step');
-  const { d } = shape;
+/** The gradient of every parameter, given dL/dy at the join (y = last layer + delta). */
+function backwardFromJoin(g: GraphBuilder, shape: SideNetworkShape, f: LadderValues, dy: string): Map<string, string> {
   const K = shape.tappedLayers.length;
-  const f = sideForward(g, shape);
-  const m = g.input('m', 'float32', ['n', 1]);
-  const s = g.input('s', 'float32', ['n', 1]);
-  const acc = g.input('acc', 'float32', ['n', d]);
-  const wt = g.input('target_rows', 'float32', ['n', d]);
-  const mask = g.input('mask', 'float32', ['n', 1]);
-  const weights = g.input('weights', 'float32', ['n', 1]); // mask / tokens
-  const lr = g.input('learning_rate', 'float32', []);
-  const c1 = g.input('bias_correction1', 'float32', []);
-  const c2 = g.input('bias_correction2', 'float32', []);
-  g.output(g.sumAll(g.mul(tokenLoss(g, m, s, f.z, wt), mask)), 'loss_sum', 'float32', []);
-
-  // dL/dz = w (softmax W - W[target]); then back through the final RMSNorm.
-  const dz = g.mul(g.sub(g.div(acc, s), wt), weights); // [n, d]
-  const dn = g.mul(dz, 'norm_weight'); // [n, d]
-  const dy = g.mul(f.invHead, g.sub(dn, g.mul(f.xhat, g.meanLast(g.mul(dn, f.xhat))))); // [n, d]
-
   const grads = new Map<string, string>();
   grads.set('out', g.matmul(g.transpose(f.sFinal), dy)); // [r, d]
   let ds = g.matmul(dy, g.transpose(names.param('out'))); // [n, r]
@@ -186,7 +177,14 @@ export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8
     grads.set(`down.${k}`, g.matmul(g.transpose(names.layer(k)), da)); // [d, r]
     ds = g.mul(L.mu, dx); // [n, r]
   }
+  return grads;
+}
 
+/** Global-norm clipping and one Adam step: outputs grad_norm, grad/*, next_param/*, next_adam_m/*, next_adam_v/*. */
+function clipAndAdam(g: GraphBuilder, shape: SideNetworkShape, grads: Map<string, string>, c: StepConstants): void {
+  const lr = g.input('learning_rate', 'float32', []);
+  const c1 = g.input('bias_correction1', 'float32', []);
+  const c2 = g.input('bias_correction2', 'float32', []);
   const order = parameterNames(shape);
   const squares = order.map((p) => g.sumAll(g.mul(grads.get(p)!, grads.get(p)!)));
   const norm = g.op('Sqrt', [squares.reduce((acc2, q) => g.add(acc2, q))]);
@@ -205,5 +203,51 @@ export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8
     g.output(mNext, names.nextAdamM(p), 'float32', dims);
     g.output(vNext, names.nextAdamV(p), 'float32', dims);
   }
+}
+
+/**
+ * trainStep: the forward again (cheaper than moving every cached value
+ * between graphs), the loss sum, gradients of sum(weights * loss), clipping
+ * and one Adam step. Outputs next_param/*, next_adam_m/*, next_adam_v/*,
+ * loss_sum, grad_norm, and grad/* (fetched by the gradient tests only).
+ */
+export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8Array {
+  const g = new GraphBuilder('train_step');
+  const { d } = shape;
+  const f = sideForward(g, shape);
+  const m = g.input('m', 'float32', ['n', 1]);
+  const s = g.input('s', 'float32', ['n', 1]);
+  const acc = g.input('acc', 'float32', ['n', d]);
+  const wt = g.input('target_rows', 'float32', ['n', d]);
+  const mask = g.input('mask', 'float32', ['n', 1]);
+  const weights = g.input('weights', 'float32', ['n', 1]); // mask / tokens
+  g.output(g.sumAll(g.mul(tokenLoss(g, m, s, f.z, wt), mask)), 'loss_sum', 'float32', []);
+
+  // dL/dz = w (softmax W - W[target]); then back through the final RMSNorm.
+  const dz = g.mul(g.sub(g.div(acc, s), wt), weights); // [n, d]
+  const dn = g.mul(dz, 'norm_weight'); // [n, d]
+  const dy = g.mul(f.invHead, g.sub(dn, g.mul(f.xhat, g.meanLast(g.mul(dn, f.xhat))))); // [n, d]
+  clipAndAdam(g, shape, backwardFromJoin(g, shape, f, dy), c);
+  return g.build();
+}
+
+/** Label-private mode, first half: the side network's output at the join, delta [n, d], sent to the device. */
+export function buildSideDelta(shape: SideNetworkShape): Uint8Array {
+  const g = new GraphBuilder('side_delta');
+  g.output(sideLadder(g, shape).delta, 'delta', 'float32', ['n', shape.d]);
+  return g.build();
+}
+
+/**
+ * Label-private mode, second half: the device computed the loss and its
+ * gradient dy [n, d] at the join with the model's own head; from it, the
+ * side network's backward, clipping and one Adam step (outputs as trainStep,
+ * without loss_sum).
+ */
+export function buildUpstreamStep(shape: SideNetworkShape, c: StepConstants): Uint8Array {
+  const g = new GraphBuilder('upstream_step');
+  const f = sideLadder(g, shape);
+  const dy = g.input('dy', 'float32', ['n', shape.d]);
+  clipAndAdam(g, shape, backwardFromJoin(g, shape, f, dy), c);
   return g.build();
 }

@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { confirmPrivacyLine, wireStatement } from '../../../../extension/core/privacyText';
+import { confirmPrivacyLine, serverPlace, wireStatement } from '../../../../extension/core/privacyText';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..', '..', '..');
 
@@ -29,6 +29,20 @@ describe('What the product says about privacy', () => {
     assert.match(confirmPrivacyLine('embedded'), /nothing is sent over the network/);
     assert.match(wireStatement('embedded'), /Nothing left this computer/);
     assert.match(wireStatement('embedded'), /token ids/);
+  });
+
+  it('label-private with a team server: no token id leaves; activations and gradients do, and can give some of the code away', () => {
+    for (const text of [confirmPrivacyLine('team-label-private'), wireStatement('team-label-private')]) {
+      assert.match(text, /no token id leaves this computer/);
+      assert.match(text, /activations/);
+      assert.match(text, /gradients/);
+      assert.match(text, /recover some of the code/);
+      assert.match(text, /early layers/);
+      assert.doesNotMatch(text, /your code itself/);
+    }
+    assert.equal(serverPlace(undefined, true), 'embedded');
+    assert.equal(serverPlace('ws://h:1', true), 'team-label-private');
+    assert.equal(serverPlace('ws://h:1', false), 'team');
   });
 
   it('no product text or setting claims the content stays on the laptop', () => {
