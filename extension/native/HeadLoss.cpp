@@ -121,24 +121,27 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
   std::vector<double> R(static_cast<size_t>(n), -std::numeric_limits<double>::infinity());
   std::vector<float> targetLogit(static_cast<size_t>(n), 0.0f);
   std::vector<float> A(wantGrad ? static_cast<size_t>(n * d) : 0, 0.0f);
-  const int64_t chunk = std::max<int64_t>(256, std::min<int64_t>(V, (int64_t{1} << 23) / std::max<int64_t>(n, 1)));
+  // About 2M logits per chunk: its work buffers stay near 50 MB at Qwen's width.
+  const int64_t chunk = std::max<int64_t>(256, std::min<int64_t>(V, (int64_t{1} << 21) / std::max<int64_t>(n, 1)));
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
     ggml_init_params ip = {ggml_tensor_overhead() * 16 + ggml_graph_overhead(), nullptr, true};
     ggml_context* ctx = ggml_init(ip);
     ggml_tensor* zt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, n);
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
-    // Expanded to float32 one chunk at a time: a quantized matrix product would
-    // also quantize z (to 8 bits), which moves the loss by tenths of a percent.
-    if (hw.w->type != GGML_TYPE_F32) wc = ggml_cast(ctx, wc, GGML_TYPE_F32);
+    // The logits as llama.cpp computes them (the quantized matrix times z,
+    // which ggml quantizes to the matrix's dot type).
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);  // [c, n]
+    ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
     ggml_tensor* acc = nullptr;
     if (wantGrad) {
-      ggml_tensor* pT = ggml_cont(ctx, ggml_transpose(ctx, ggml_soft_max(ctx, logits)));  // [n, c]
-      acc = ggml_out_prod(ctx, wc, pT);                                                    // [d, n]
+      // acc = W_c^T p: the chunk expanded to float32 and transposed once, then one matrix product.
+      ggml_tensor* wf = hw.w->type == GGML_TYPE_F32 ? wc : ggml_cast(ctx, wc, GGML_TYPE_F32);
+      ggml_tensor* wT = ggml_cont(ctx, ggml_transpose(ctx, wf));  // [c, d]
+      acc = ggml_mul_mat(ctx, wT, p);                              // [d, n]
     }
     ggml_cgraph* gf = ggml_new_graph(ctx);
-    ggml_build_forward_expand(gf, logits);
+    ggml_build_forward_expand(gf, p);
     if (acc != nullptr) ggml_build_forward_expand(gf, acc);
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, hw.backend);
     if (buf == nullptr) {
@@ -150,14 +153,14 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     const bool ok = ggml_backend_graph_compute(hw.backend, gf) == GGML_STATUS_SUCCESS;
     if (ok) {
       const float* L = static_cast<const float*>(logits->data);
+      const float* P = static_cast<const float*>(p->data);
       const float* Ac = acc != nullptr ? static_cast<const float*>(acc->data) : nullptr;
       for (int64_t j = 0; j < n; ++j) {
         const float* lj = L + j * c;
-        float m = lj[0];
-        for (int64_t v = 1; v < c; ++v) m = std::max(m, lj[v]);
-        double s = 0;
-        for (int64_t v = 0; v < c; ++v) s += std::exp(static_cast<double>(lj[v]) - m);
-        const double lse = m + std::log(s);
+        // The chunk's log-sum-exp from its largest logit and ggml's softmax there: l_max - log p_max.
+        int64_t best = 0;
+        for (int64_t v = 1; v < c; ++v) if (lj[v] > lj[best]) best = v;
+        const double lse = static_cast<double>(lj[best]) - std::log(static_cast<double>(P[j * c + best]));
         const int64_t t = targets[j];
         if (t >= v0 && t < v0 + c) targetLogit[j] = lj[t - v0];
         const double Rn = R[j] == -std::numeric_limits<double>::infinity() ? lse : std::max(R[j], lse) + std::log1p(std::exp(-std::fabs(R[j] - lse)));

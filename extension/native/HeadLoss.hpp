@@ -1,11 +1,13 @@
 // The backbone's own head on the device, for label-private training: the final
 // RMSNorm and the output matrix of a GGUF file (kept quantized, as the file
 // stores it), the next-token cross-entropy of hidden states and its gradient
-// with respect to them. Each chunk of the vocabulary is one ggml graph
-//   logits = W_c z,  p = softmax(logits),  acc_c = W_c^T p
-// run by ggml's CPU backend, so no [tokens x vocabulary] tensor is held and
-// the quantized matrix is expanded to float32 one chunk at a time only (the
-// product stays exact). The chunks are joined by their
+// with respect to them. Each chunk of the vocabulary is one ggml graph run by
+// ggml's CPU backend:
+//   logits = W_c z      the quantized matrix times z, exactly as llama.cpp's own
+//                       head computes it (ggml rounds z to the matrix's dot type)
+//   p = softmax(logits) within the chunk
+//   acc_c = W_c^T p     W_c expanded to float32 and transposed once per chunk
+// so no [tokens x vocabulary] tensor is held. The chunks are joined by their
 // log-sum-exp; the target rows are dequantized by ggml's type traits.
 //
 // JavaScript:

@@ -4,8 +4,22 @@ import { DeviceHead } from '../../../../extension/core/DeviceHead';
 import { SeededRandom } from '../../../../common/SeededRandom';
 import { tinyModel } from '../../../helpers/models';
 
-/** float64 reference: loss_j = logsumexp(W z_j) - (W z_j)[t_j], z = rmsnorm(y) * norm; and d(sum w_j loss_j)/dy. */
-function reference(W: Float32Array, norm: Float32Array, eps: number, d: number, y: Float32Array, targets: Int32Array, weights: Float32Array) {
+/** z as ggml's matrix product with a Q8_0 matrix sees it: rounded to 8 bits per block of 32, one scale per block (as llama.cpp's own head does). */
+function q8Rounded(z: number[]): number[] {
+  const out = [...z];
+  for (let b = 0; b < z.length; b += 32) {
+    const amax = Math.max(...z.slice(b, b + 32).map(Math.abs));
+    const scale = Math.fround(amax / 127);
+    for (let i = b; i < b + 32; i++) out[i] = scale === 0 ? 0 : Math.round(z[i]! / scale) * scale;
+  }
+  return out;
+}
+
+/**
+ * float64 reference: loss_j = logsumexp(W z_j) - (W z_j)[t_j], z = rmsnorm(y) * norm (with `roundZ`, as the
+ * matrix product sees z); and d(sum w_j loss_j)/dy.
+ */
+function reference(W: Float32Array, norm: Float32Array, eps: number, d: number, y: Float32Array, targets: Int32Array, weights: Float32Array, roundZ = (z: number[]) => z) {
   const V = W.length / d;
   const n = targets.length;
   const losses = new Float64Array(n);
@@ -15,7 +29,7 @@ function reference(W: Float32Array, norm: Float32Array, eps: number, d: number, 
     for (let i = 0; i < d; i++) ss += y[j * d + i]! ** 2;
     const inv = 1 / Math.sqrt(ss / d + eps);
     const xhat = Array.from({ length: d }, (_, i) => y[j * d + i]! * inv);
-    const z = xhat.map((x, i) => x * norm[i]!);
+    const z = roundZ(xhat.map((x, i) => x * norm[i]!));
     const logits = new Float64Array(V);
     for (let v = 0; v < V; v++) for (let i = 0; i < d; i++) logits[v] += W[v * d + i]! * z[i]!;
     const m = Math.max(...logits);
@@ -52,7 +66,7 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
         const targets = Int32Array.from({ length: n }, (_, j) => (j * 97 + 5) % head.vocabularySize);
         const weights = Float32Array.from([0.25, 0, 0.25, 0.25, 0.25]);
         const got = await head.lossAndGradient(y, targets, weights);
-        const want = reference(W, norm, eps, d, y, targets, weights);
+        const want = reference(W, norm, eps, d, y, targets, weights, options.type === 'q8_0' ? q8Rounded : undefined);
         for (let j = 0; j < n; j++) assert.ok(Math.abs(got.losses[j]! - want.losses[j]!) < 2e-3 * Math.max(1, want.losses[j]!), `loss ${j}: ${got.losses[j]} vs ${want.losses[j]}`);
         let maxErr = 0;
         let maxRef = 0;

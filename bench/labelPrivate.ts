@@ -1,0 +1,101 @@
+/**
+ * Label-private vs standard training, one run, on the Qwen2.5-0.5B-shaped
+ * Q8_0 model (real Qwen2 vocabulary): the server runs as its own process on
+ * loopback (as a team server does), and each device run is its own child
+ * process, alternating modes, so the device's peak RSS and CPU time are the
+ * device's alone. Reports wall time of training, device CPU seconds per
+ * training token and device peak RSS, label-private / standard.
+ *
+ *   npm run bench:label-private [-- --steps 8 --rounds 1]
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { FineTuneJob } from '../extension/core/job/FineTuneJob';
+import { addUser, freePort, killHard, startServerProcess } from '../test/helpers/serverProcess';
+import { BENCH_CACHE, machineDescription, peakRssBytes, qwenShapedModel } from './benchModels';
+
+interface DeviceRun {
+  mode: 'standard' | 'label-private';
+  trainWallSeconds: number;
+  deviceForwardSeconds: number;
+  headSeconds: number;
+  serverSeconds: number;
+  cpuSeconds: number;
+  trainTokens: number;
+  peakRssBytes: number;
+  heldOutLossAfter: number;
+}
+
+async function child(mode: DeviceRun['mode'], url: string, token: string, steps: number): Promise<void> {
+  const store = fs.mkdtempSync(path.join(BENCH_CACHE, 'lp-device-'));
+  try {
+    const cpu0 = process.cpuUsage();
+    const r = await new FineTuneJob({
+      workspace: path.resolve(__dirname, '..', '..', 'extension'), model: qwenShapedModel('q8_0'), storeDir: store, steps, bits: 8, seed: 1,
+      maxHeldOutSequences: 4, server: { url, token }, labelPrivate: mode === 'label-private',
+    }).run();
+    const cpu = process.cpuUsage(cpu0);
+    const t = r.timings;
+    const out: DeviceRun = {
+      mode, trainWallSeconds: t.trainWallSeconds, deviceForwardSeconds: t.deviceForwardSeconds, headSeconds: t.headSeconds, serverSeconds: t.serverSeconds,
+      cpuSeconds: (cpu.user + cpu.system) / 1e6, trainTokens: r.trainTokens, peakRssBytes: peakRssBytes(), heldOutLossAfter: r.heldOutLossAfter,
+    };
+    process.stdout.write(`${JSON.stringify(out)}\n`);
+  } finally {
+    fs.rmSync(store, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
+  if (process.argv[2] === 'child') return child(arg('mode', 'standard') as DeviceRun['mode'], arg('url', ''), arg('token', ''), Number(arg('steps', '8')));
+  const steps = Number(arg('steps', '8'));
+  const rounds = Number(arg('rounds', '1'));
+  fs.mkdirSync(BENCH_CACHE, { recursive: true });
+  qwenShapedModel('q8_0'); // generated once, outside the timed runs
+  const dataDir = fs.mkdtempSync(path.join(BENCH_CACHE, 'lp-server-'));
+  const token = addUser(dataDir, 'bench');
+  const { proc, url } = await startServerProcess(dataDir, await freePort());
+  const runs: DeviceRun[] = [];
+  try {
+    // A first standard run uploads the head (cached by the server afterwards); it is not counted.
+    for (const [i, mode] of (['standard', ...Array.from({ length: rounds }, () => ['label-private', 'standard'] as const).flat()] as const).entries()) {
+      const r = spawnSync(process.execPath, [__filename, 'child', '--mode', mode, '--url', url, '--token', token, '--steps', String(steps)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+      if (r.status !== 0) throw new RangeError(`device run failed: ${r.stderr.slice(-2000)}`);
+      const run = JSON.parse(r.stdout.trim().split('\n').pop()!) as DeviceRun;
+      process.stderr.write(`${mode}${i === 0 ? ' (warm-up, head upload)' : ''}: wall ${run.trainWallSeconds.toFixed(1)} s, device forward ${run.deviceForwardSeconds.toFixed(1)} s, head ${run.headSeconds.toFixed(1)} s, server ${run.serverSeconds.toFixed(1)} s, CPU ${run.cpuSeconds.toFixed(1)} s, peak RSS ${(run.peakRssBytes / 2 ** 20).toFixed(0)} MiB\n`);
+      if (i > 0) runs.push(run);
+    }
+  } finally {
+    await killHard(proc);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+  const mean = (mode: DeviceRun['mode'], f: (r: DeviceRun) => number): number => {
+    const xs = runs.filter((r) => r.mode === mode).map(f);
+    return xs.reduce((a, b) => a + b, 0) / xs.length;
+  };
+  const ratio = (f: (r: DeviceRun) => number): number => mean('label-private', f) / mean('standard', f);
+  const out = {
+    model: 'qwen2.5-0.5b-shape-q8_0.gguf (24 layers, d 896, real Qwen2 vocabulary 151,936, random weights)',
+    steps, rounds, bits: 8, server: 'mobillm-server process on loopback, onnxruntime-cpu',
+    runs,
+    labelPrivateOverStandard: {
+      wall: ratio((r) => r.trainWallSeconds),
+      deviceCpuPerToken: ratio((r) => r.cpuSeconds / r.trainTokens),
+      devicePeakRss: ratio((r) => r.peakRssBytes),
+    },
+    goals: { wall: 1.3, devicePeakRss: 1.1 },
+    machine: machineDescription(),
+  };
+  const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'labelPrivate.json');
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  const r = out.labelPrivateOverStandard;
+  console.log(`label-private / standard (Qwen-shaped Q8_0, ${steps} steps x ${rounds}): wall ${r.wall.toFixed(2)}x (goal <= 1.3), device CPU per token ${r.deviceCpuPerToken.toFixed(2)}x, device peak RSS ${r.devicePeakRss.toFixed(2)}x (goal <= 1.1)`);
+}
+
+void main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
