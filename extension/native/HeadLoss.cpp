@@ -73,9 +73,11 @@ std::unique_ptr<HeadWeights> HeadLoss::LoadWeights(std::string* error) const {
     *error = "The output norm does not match the head.";
     return nullptr;
   }
-  ggml_init_params ip = {ggml_tensor_overhead() * 2, nullptr, true};
+  ggml_init_params ip = {ggml_tensor_overhead() * 3, nullptr, true};
   hw->ctx = ggml_init(ip);
   hw->w = ggml_new_tensor_2d(hw->ctx, type, hw->d, hw->vocab);
+  // Rows padded to whole Q8_0 blocks (zeros beyond the vocabulary).
+  hw->wT = ggml_new_tensor_2d(hw->ctx, GGML_TYPE_Q8_0, (hw->vocab + 31) / 32 * 32, hw->d);
   hw->backend = cpuBackend(threads_);
   if (hw->ctx == nullptr || hw->backend == nullptr) {
     *error = "No ggml CPU backend for the head.";
@@ -90,6 +92,27 @@ std::unique_ptr<HeadWeights> HeadLoss::LoadWeights(std::string* error) const {
   if (!readAt(path_, dataOffset + gguf_get_tensor_offset(g, wId), hw->w->data, ggml_nbytes(hw->w))) {
     *error = "The head's data is cut short (truncated file).";
     return nullptr;
+  }
+  // The transpose, quantized to Q8_0 in slabs of vocabulary rows (each block of
+  // 32 values of a W^T row comes from 32 consecutive vocabulary rows).
+  {
+    const int64_t slab = 4096;
+    const ggml_type_traits* wTraits = ggml_get_type_traits(type);
+    std::vector<float> rows(static_cast<size_t>(slab * hw->d)), cols(static_cast<size_t>(slab * hw->d));
+    for (int64_t v0 = 0; v0 < hw->wT->ne[0]; v0 += slab) {
+      const int64_t m = std::min(slab, hw->wT->ne[0] - v0);  // a multiple of 32
+      const int64_t real = std::max<int64_t>(0, std::min(m, hw->vocab - v0));
+      std::fill(rows.begin(), rows.end(), 0.0f);
+      const auto* src = static_cast<const uint8_t*>(hw->w->data) + static_cast<size_t>(v0) * hw->w->nb[1];
+      if (type == GGML_TYPE_F32) std::memcpy(rows.data(), src, static_cast<size_t>(real * hw->d) * sizeof(float));
+      else wTraits->to_float(src, rows.data(), real * hw->d);
+      for (int64_t v = 0; v < m; ++v)
+        for (int64_t i = 0; i < hw->d; ++i) cols[static_cast<size_t>(i * m + v)] = rows[static_cast<size_t>(v * hw->d + i)];
+      for (int64_t i = 0; i < hw->d; ++i) {
+        auto* dst = static_cast<uint8_t*>(hw->wT->data) + static_cast<size_t>(i) * hw->wT->nb[1] + ggml_row_size(GGML_TYPE_Q8_0, v0);
+        ggml_quantize_chunk(GGML_TYPE_Q8_0, cols.data() + i * m, dst, 0, 1, m, nullptr);
+      }
+    }
   }
   hw->norm.resize(static_cast<size_t>(hw->d));
   std::vector<uint8_t> raw(ggml_row_size(normType, hw->d));
@@ -122,7 +145,7 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
   std::vector<float> targetLogit(static_cast<size_t>(n), 0.0f);
   std::vector<float> A(wantGrad ? static_cast<size_t>(n * d) : 0, 0.0f);
   // About 2M logits per chunk: its work buffers stay near 50 MB at Qwen's width.
-  const int64_t chunk = std::max<int64_t>(256, std::min<int64_t>(V, (int64_t{1} << 21) / std::max<int64_t>(n, 1)));
+  const int64_t chunk = std::max<int64_t>(256, std::min<int64_t>(V, (int64_t{1} << 21) / std::max<int64_t>(n, 1))) / 32 * 32;
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
     ggml_init_params ip = {ggml_tensor_overhead() * 16 + ggml_graph_overhead(), nullptr, true};
@@ -135,10 +158,11 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
     ggml_tensor* acc = nullptr;
     if (wantGrad) {
-      // acc = W_c^T p: the chunk expanded to float32 and transposed once, then one matrix product.
-      ggml_tensor* wf = hw.w->type == GGML_TYPE_F32 ? wc : ggml_cast(ctx, wc, GGML_TYPE_F32);
-      ggml_tensor* wT = ggml_cont(ctx, ggml_transpose(ctx, wf));  // [c, d]
-      acc = ggml_mul_mat(ctx, wT, p);                              // [d, n]
+      // acc = W_c^T p: the transposed copy's columns of this chunk, in whole Q8_0
+      // blocks (chunks start at multiples of 32; the last one's p is padded with zeros).
+      const int64_t cp = (c + 31) / 32 * 32;
+      ggml_tensor* wTc = ggml_view_2d(ctx, hw.wT, cp, d, hw.wT->nb[1], ggml_row_size(GGML_TYPE_Q8_0, v0));
+      acc = ggml_mul_mat(ctx, wTc, cp == c ? p : ggml_pad(ctx, p, static_cast<int>(cp - c), 0, 0, 0));  // [d, n]
     }
     ggml_cgraph* gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, p);

@@ -6,7 +6,8 @@
 //   logits = W_c z      the quantized matrix times z, exactly as llama.cpp's own
 //                       head computes it (ggml rounds z to the matrix's dot type)
 //   p = softmax(logits) within the chunk
-//   acc_c = W_c^T p     W_c expanded to float32 and transposed once per chunk
+//   acc_c = W_c^T p     with a Q8_0 transposed copy of the matrix, made once at
+//                       load (the vocabulary then is the product's inner axis)
 // so no [tokens x vocabulary] tensor is held. The chunks are joined by their
 // log-sum-exp; the target rows are dequantized by ggml's type traits.
 //
@@ -35,6 +36,7 @@ struct HeadWeights {
   ggml_backend_buffer_t buffer = nullptr;
   ggml_backend_t backend = nullptr;
   ggml_tensor* w = nullptr;       // [d, vocab], the file's type
+  ggml_tensor* wT = nullptr;      // [vocab, d], Q8_0: the transpose, for the gradient's product over the vocabulary
   std::vector<float> norm;        // [d]
   int64_t d = 0, vocab = 0;
   ~HeadWeights();

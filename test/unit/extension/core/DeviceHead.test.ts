@@ -74,7 +74,8 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
           maxErr = Math.max(maxErr, Math.abs(got.grad[i]! - want.grad[i]!));
           maxRef = Math.max(maxRef, Math.abs(want.grad[i]!));
         }
-        assert.ok(maxErr < 2e-3 * maxRef, `gradient off by ${maxErr} (largest ${maxRef})`);
+        // The gradient's product over the vocabulary runs in 8 bits (a Q8_0 transposed copy; softmax rounded per 32 entries).
+        assert.ok(maxErr < 1e-2 * maxRef, `gradient off by ${maxErr} (largest ${maxRef})`);
         for (let i = d; i < 2 * d; i++) assert.equal(Math.abs(got.grad[i]!), 0, 'a token with weight 0 has no gradient');
         assert.deepEqual(Array.from(await head.losses(y, targets)), Array.from(got.losses));
       } finally {
