@@ -280,7 +280,11 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
     assert.ok(settings['mobillm.serverUrl'], 'the team server set by the error test is still configured');
     fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'mobillm.labelPrivate': true }, null, 2));
-    await page.waitForTimeout(1500); // VS Code watches the settings file
+    // The edited settings file is read again on a window reload (as the dark theme is).
+    await runCommand(page, 'Developer: Reload Window');
+    await page.waitForTimeout(2000);
+    await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
+    await page.waitForTimeout(3000);
     await runCommand(page, 'MobiLLM: Fine-tune on workspace');
     const confirm = page.locator('.monaco-dialog-box');
     await confirm.waitFor({ timeout: 60_000 });
