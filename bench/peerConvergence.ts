@@ -87,17 +87,20 @@ function firstTimeAtOrBelow(points: CurvePoint[], target: number): number | null
   return points.find((p) => p.heldOutLoss <= target + 1e-9)?.seconds ?? null;
 }
 
-export async function runConvergence(bin: string, log: (line: string) => void): Promise<ConvergenceResult> {
+/** The pretrained backbone (pretrained once with llama-finetune, then cached); seconds is null when the cached one was used. */
+export async function pretrainedBackbone(bin: string, log: (line: string) => void): Promise<{ base: string; pretrained: string; seconds: number | null }> {
   const base = benchModel('converge', SIZE, 'f32');
   const pretrained = path.join(PEERS, `converge-pretrained-${PRETRAIN_BYTES}-${PRETRAIN_EPOCHS}.gguf`);
+  if (fs.existsSync(pretrained)) return { base, pretrained, seconds: null };
+  log(`pretraining ${path.basename(base)} with llama-finetune on ${PRETRAIN_BYTES / 1000} KB of @types/node (once, cached) ...`);
+  const m = await measure(path.join(bin, 'llama-finetune'), peerArgs(base, pretrainCorpus(), `${pretrained}.tmp`, PRETRAIN_EPOCHS, PRETRAIN_LR, 2));
+  fs.renameSync(`${pretrained}.tmp`, pretrained);
+  return { base, pretrained, seconds: m.wallSeconds };
+}
+
+export async function runConvergence(bin: string, log: (line: string) => void): Promise<ConvergenceResult> {
+  const { base, pretrained, seconds: pretrainSeconds } = await pretrainedBackbone(bin, log);
   const ws = corpus(FINETUNE_BYTES);
-  let pretrainSeconds: number | null = null; // null: the cached model was used
-  if (!fs.existsSync(pretrained)) {
-    log(`pretraining ${path.basename(base)} with llama-finetune on ${PRETRAIN_BYTES / 1000} KB of @types/node (once, cached) ...`);
-    const m = await measure(path.join(bin, 'llama-finetune'), peerArgs(base, pretrainCorpus(), `${pretrained}.tmp`, PRETRAIN_EPOCHS, PRETRAIN_LR, 2));
-    fs.renameSync(`${pretrained}.tmp`, pretrained);
-    pretrainSeconds = m.wallSeconds;
-  }
   const loss0 = await heldOutLoss(pretrained, ws.workspace);
   const lossRandom = await heldOutLoss(base, ws.workspace);
   log(`  pretrained backbone: held-out loss on the workspace ${loss0.toFixed(4)} (random weights: ${lossRandom.toFixed(4)})`);

@@ -1,0 +1,146 @@
+/**
+ * What a user feels: line completions in held-out files, before and after
+ * fine-tuning. On the peer benchmark's pretrained backbone (4 x 256, pretrained
+ * by llama-finetune on @types/node, cached), fine-tuned on this repository's
+ * first 32 KB of source: at 3 cursor positions in every held-out line of at
+ * least 12 characters, the model gets the file up to the cursor (the last 1,500
+ * characters) and greedily completes the rest of the line (at most 32 tokens,
+ * cut at the line's end). Reported per variant: exact-match rate (the
+ * completion equals the rest of the line, trailing spaces aside) and mean
+ * character-level edit similarity (1 - Levenshtein distance / longer length).
+ * Variants: the base model; our side tuning (v1, 4 epochs, the adapter inside
+ * llama.cpp's forward); llama-finetune (full fine-tuning) at the peer
+ * benchmark's best learning rate, 8 epochs.
+ *
+ *   npm run bench:lines
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Backbone } from '../extension/core/Backbone';
+import { heldOutFiles } from '../extension/core/dataset';
+import { generate } from '../extension/core/generate';
+import { FineTuneJob } from '../extension/core/job/FineTuneJob';
+import { scanWorkspace } from '../extension/core/scanWorkspace';
+import { SeededRandom } from '../common/SeededRandom';
+import { BATCH, buildPeer, corpus, measure, PEERS, ROOT, SEQ } from './peerHarness';
+import { machineDescription } from './benchModels';
+import { pretrainedBackbone } from './peerConvergence';
+
+const FINETUNE_BYTES = 32_000;
+const OUR_EPOCHS = 4;
+const PEER_EPOCHS = 8;
+const PROMPT_CHARS = 1500;
+const MAX_TOKENS = 32;
+
+interface Position {
+  prompt: string;
+  expected: string;
+}
+
+/** Levenshtein distance of two strings (characters). */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+function editSimilarity(a: string, b: string): number {
+  const n = Math.max(a.length, b.length);
+  return n === 0 ? 1 : 1 - editDistance(a, b) / n;
+}
+
+/** Cursor positions in the held-out files: 3 per line of at least 12 characters, seeded. */
+function positions(workspace: string): Position[] {
+  const files = scanWorkspace(workspace).files;
+  const rng = new SeededRandom(7);
+  const out: Position[] = [];
+  for (const f of heldOutFiles(files)) {
+    let at = 0;
+    for (const line of f.text.split('\n')) {
+      const body = line.trimEnd();
+      if (body.trim().length >= 12) {
+        const indent = body.length - body.trimStart().length;
+        for (let k = 0; k < 3; k++) {
+          const cut = indent + 1 + Math.floor(rng.next() * (body.length - indent - 3));
+          out.push({ prompt: f.text.slice(Math.max(0, at + cut - PROMPT_CHARS), at + cut), expected: body.slice(cut) });
+        }
+      }
+      at += line.length + 1;
+    }
+  }
+  return out;
+}
+
+async function score(model: string, adapter: string | undefined, cases: Position[]): Promise<{ exactMatch: number; editSimilarity: number; seconds: number }> {
+  const bb = await Backbone.open(model, { contextSize: 1024, maxSequences: 1, threads: 1 });
+  try {
+    if (adapter) await bb.useAdapter(fs.readFileSync(adapter));
+    let exact = 0;
+    let sim = 0;
+    const t0 = Date.now();
+    for (const c of cases) {
+      const g = await generate(bb, c.prompt, { maxTokens: MAX_TOKENS, endAt: (t) => (t.includes('\n') ? t.indexOf('\n') : undefined), reusePrompt: false });
+      const got = g.text.split('\n')[0]!.trimEnd();
+      if (got === c.expected) exact++;
+      sim += editSimilarity(got, c.expected);
+    }
+    return { exactMatch: exact / cases.length, editSimilarity: sim / cases.length, seconds: (Date.now() - t0) / 1000 };
+  } finally {
+    bb.dispose();
+  }
+}
+
+async function main(): Promise<void> {
+  const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  const bin = buildPeer();
+  const { pretrained: PRETRAINED } = await pretrainedBackbone(bin, log);
+  const ws = corpus(FINETUNE_BYTES);
+  const cases = positions(ws.workspace);
+  log(`${cases.length} cursor positions in the held-out files`);
+
+  const ours = path.join(PEERS, `lines-ours-e${OUR_EPOCHS}.mobi`);
+  if (!fs.existsSync(ours)) {
+    const store = fs.mkdtempSync(path.join(PEERS, 'lines-store-'));
+    const r = await new FineTuneJob({ workspace: ws.workspace, model: PRETRAINED, storeDir: store, seqLen: SEQ, batchSize: BATCH, epochs: OUR_EPOCHS, seed: 1 }).run();
+    fs.copyFileSync(r.adapter, ours);
+    fs.rmSync(store, { recursive: true, force: true });
+    log(`ours: ${r.steps} steps, held-out ${r.heldOutLossBefore.toFixed(4)} -> ${r.heldOutLossAfter.toFixed(4)}`);
+  }
+  const peersJson = JSON.parse(fs.readFileSync(path.join(ROOT, 'bench', 'results', 'peers.json'), 'utf8')) as { results: { convergence: { peerBestLearningRate: number } } };
+  const lr = peersJson.results.convergence.peerBestLearningRate;
+  const peer = path.join(PEERS, `lines-peer-lr${lr}-e${PEER_EPOCHS}.gguf`);
+  if (!fs.existsSync(peer)) {
+    const files = scanWorkspace(ws.workspace).files;
+    const held = new Set(heldOutFiles(files).map((f) => f.path));
+    const trainText = path.join(PEERS, 'lines-train.txt');
+    fs.writeFileSync(trainText, files.filter((f) => !held.has(f.path)).map((f) => f.text).join(''));
+    await measure(path.join(bin, 'llama-finetune'), ['-m', PRETRAINED, '-f', trainText, '-c', String(SEQ), '-b', String(SEQ), '-ub', String(SEQ), '--epochs', String(PEER_EPOCHS), '-lr', String(lr), '-t', '2', '-o', `${peer}.tmp`]);
+    fs.renameSync(`${peer}.tmp`, peer);
+    log(`peer: llama-finetune lr ${lr}, ${PEER_EPOCHS} epochs`);
+  }
+
+  const results = {
+    base: await score(PRETRAINED, undefined, cases),
+    oursV1: await score(PRETRAINED, ours, cases),
+    peerFullFineTune: await score(peer, undefined, cases),
+  };
+  for (const [k, v] of Object.entries(results)) log(`${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)} (${v.seconds.toFixed(0)} s)`);
+  const out = {
+    backbone: '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node; the peer benchmark\'s quick variant, not issue 12\'s stand-in',
+    workspace: `this repository's first ${FINETUNE_BYTES / 1000} KB of source; positions in its held-out files`,
+    positions: cases.length, promptChars: PROMPT_CHARS, maxTokens: MAX_TOKENS, ourEpochs: OUR_EPOCHS, peer: { learningRate: lr, epochs: PEER_EPOCHS },
+    results, machine: machineDescription(),
+  };
+  const file = path.join(ROOT, 'bench', 'results', 'lineCompletion.json');
+  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  console.log(Object.entries(results).map(([k, v]) => `${k} ${(100 * v.exactMatch).toFixed(1)}% exact, ${v.editSimilarity.toFixed(3)} similarity`).join('; '));
+}
+
+void main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
