@@ -12,7 +12,7 @@
  * llama.cpp's forward); llama-finetune (full fine-tuning) at the peer
  * benchmark's best learning rate, 8 epochs.
  *
- *   npm run bench:lines
+ *   npm run bench:lines [-- --backbone standin]   (standin: issue 12's 6 x 384 stand-in, bench/standIn.ts)
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -25,6 +25,7 @@ import { SeededRandom } from '../common/SeededRandom';
 import { BATCH, buildPeer, corpus, measure, PEERS, ROOT, SEQ } from './peerHarness';
 import { machineDescription } from './benchModels';
 import { pretrainedBackbone } from './peerConvergence';
+import { standInBackbone } from './standIn';
 
 const FINETUNE_BYTES = 32_000;
 const OUR_EPOCHS = 4;
@@ -97,12 +98,14 @@ async function score(model: string, adapter: string | undefined, cases: Position
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const bin = buildPeer();
-  const { pretrained: PRETRAINED } = await pretrainedBackbone(bin, log);
+  const standin = process.argv.includes('standin');
+  const { pretrained: PRETRAINED } = standin ? await standInBackbone(bin, log) : await pretrainedBackbone(bin, log);
+  const tag = standin ? 'standin-' : '';
   const ws = corpus(FINETUNE_BYTES);
   const cases = positions(ws.workspace);
   log(`${cases.length} cursor positions in the held-out files`);
 
-  const ours = path.join(PEERS, `lines-ours-e${OUR_EPOCHS}.mobi`);
+  const ours = path.join(PEERS, `lines-${tag}ours-e${OUR_EPOCHS}.mobi`);
   if (!fs.existsSync(ours)) {
     const store = fs.mkdtempSync(path.join(PEERS, 'lines-store-'));
     const r = await new FineTuneJob({ workspace: ws.workspace, model: PRETRAINED, storeDir: store, seqLen: SEQ, batchSize: BATCH, epochs: OUR_EPOCHS, seed: 1 }).run();
@@ -112,7 +115,7 @@ async function main(): Promise<void> {
   }
   const peersJson = JSON.parse(fs.readFileSync(path.join(ROOT, 'bench', 'results', 'peers.json'), 'utf8')) as { results: { convergence: { peerBestLearningRate: number } } };
   const lr = peersJson.results.convergence.peerBestLearningRate;
-  const peer = path.join(PEERS, `lines-peer-lr${lr}-e${PEER_EPOCHS}.gguf`);
+  const peer = path.join(PEERS, `lines-${tag}peer-lr${lr}-e${PEER_EPOCHS}.gguf`);
   if (!fs.existsSync(peer)) {
     const files = scanWorkspace(ws.workspace).files;
     const held = new Set(heldOutFiles(files).map((f) => f.path));
@@ -130,12 +133,14 @@ async function main(): Promise<void> {
   };
   for (const [k, v] of Object.entries(results)) log(`${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)} (${v.seconds.toFixed(0)} s)`);
   const out = {
-    backbone: '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node; the peer benchmark\'s quick variant, not issue 12\'s stand-in',
+    backbone: standin
+      ? '6 x 384 llama (F32), llama SPM 32k vocabulary, pretrained by llama-finetune on 1 MB of @types declarations (issue 12\'s stand-in)'
+      : '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node; the peer benchmark\'s quick variant, not issue 12\'s stand-in',
     workspace: `this repository's first ${FINETUNE_BYTES / 1000} KB of source; positions in its held-out files`,
     positions: cases.length, promptChars: PROMPT_CHARS, maxTokens: MAX_TOKENS, ourEpochs: OUR_EPOCHS, peer: { learningRate: lr, epochs: PEER_EPOCHS },
     results, machine: machineDescription(),
   };
-  const file = path.join(ROOT, 'bench', 'results', 'lineCompletion.json');
+  const file = path.join(ROOT, 'bench', 'results', `lineCompletion${standin ? '-standin' : ''}.json`);
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   console.log(Object.entries(results).map(([k, v]) => `${k} ${(100 * v.exactMatch).toFixed(1)}% exact, ${v.editSimilarity.toFixed(3)} similarity`).join('; '));
 }
