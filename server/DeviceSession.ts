@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
-import { isBits } from '../common/ActivationQuantizer';
+import { Bits, bytesPerRow, dequantizeRows, isBits, quantizeRows } from '../common/ActivationQuantizer';
 import { decodeBatchPayload, decodeLayersPayload } from '../common/batchPayload';
-import { dequantizeRows, quantizeRows, bytesPerRow, Bits } from '../common/ActivationQuantizer';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { CloseCode, MAX_EVAL_ID_CHARS, MAX_ROWS_PER_BATCH, MAX_SEND_BUFFER_BYTES, OPTION_LIMITS, PROTOCOL_VERSION, Range } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
@@ -25,6 +24,8 @@ export class DeviceSession {
   private model: ModelSpec | undefined;
   private upload: HeadUpload | undefined;
   private inFlight = 0;
+  /** Label-private batches of this session whose side output was sent and whose gradient holds their credit ("jobId:index"). */
+  private readonly awaitingGrad = new Set<string>();
   private lastSeen = Date.now();
   private alive = true;
   private readonly handlers: { [T in DeviceMessage['type']]: Handler<T> };
@@ -282,6 +283,7 @@ export class DeviceSession {
           this.sendAck(job, m.jobId, { index: m.index, step: job.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 });
           return;
         }
+        this.awaitingGrad.add(`${m.jobId}:${m.index}`);
         this.send({ type: 'batch/side', jobId: m.jobId, index: m.index, rows: m.rows }, DeviceSession.quantized(job, m.rows, delta));
       })
       .catch((err) => {
@@ -298,6 +300,9 @@ export class DeviceSession {
     if (m.rows < 1 || m.rows > job.rec.config.seqLen * job.rec.config.batchSize || payload.length !== m.rows * bytesPerRow(d, bits)) {
       throw new WireError('BAD_FRAME', 'the gradient payload does not match its rows');
     }
+    // Only a gradient this session was sent a side output for returns a credit.
+    const key = `${m.jobId}:${m.index}`;
+    if (!this.awaitingGrad.delete(key)) throw new WireError('OUT_OF_ORDER', `batch/grad ${m.index} without its batch/side`);
     const dy = dequantizeRows(payload, m.rows, d, bits, 0);
     job
       .applyGradient(m.index, dy, m.lossSum, m.tokens)

@@ -6,7 +6,13 @@ import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
 import { SessionLimits } from '../../../server/SessionContext';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
-import { batchPayload, config, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
+import { batchPayload, config, D, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
+import { bytesPerRow } from '../../../common/ActivationQuantizer';
+import { encodeLayersPayload } from '../../../common/batchPayload';
+import { SeededRandom } from '../../../common/SeededRandom';
+import { HeadStore } from '../../../server/storage/HeadStore';
+import { JobStore } from '../../../server/storage/JobStore';
+import { tmpDir } from '../../helpers/workspaces';
 
 describe('server: what one session may do', function () {
   this.timeout(60_000);
@@ -14,8 +20,9 @@ describe('server: what one session may do', function () {
   before(async () => (engine = await OnnxEngine.create({ threads: 1 })));
   after(() => engine.dispose());
 
-  async function session(limits: Partial<SessionLimits> = {}) {
-    const { heads, jobs } = storesWithHead();
+  async function session(limits: Partial<SessionLimits> = {}, withHead = true) {
+    const dir = tmpDir('server-unit');
+    const { heads, jobs } = withHead ? storesWithHead() : { heads: new HeadStore(dir), jobs: new JobStore(dir) };
     const registry = new JobRegistry(engine, jobs, heads);
     const ctx = { heads, jobs, registry, metrics: new ServerMetrics(), limits: { credits: 2, maxJobsPerUser: 4, ...limits }, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
@@ -24,6 +31,32 @@ describe('server: what one session may do', function () {
     await ws.next('session/welcome');
     return { ws, jobs, registry };
   }
+
+  it('a label-private job needs no head; only a gradient for a side output it was sent returns a credit', async () => {
+    const { ws } = await session({}, false);
+    ws.deliver({ type: 'job/create', name: 'std', config });
+    assert.equal((await ws.next('error')).code, 'HEAD_MISSING', 'a standard job still needs the head');
+    ws.deliver({ type: 'job/create', name: 'lp', config: { ...config, labelPrivate: true } });
+    const { jobId } = await ws.next('job/ready');
+    const rows = config.seqLen;
+    const rng = new SeededRandom(5);
+    const layers = config.tappedLayers.map(() => Float32Array.from({ length: rows * D }, () => rng.normal()));
+    const grad = Buffer.alloc(rows * bytesPerRow(D, 8));
+    ws.deliver({ type: 'batch/grad', jobId, index: 0, rows, lossSum: 1, tokens: rows }, grad);
+    assert.equal((await ws.next('error')).code, 'OUT_OF_ORDER', 'a gradient before its batch');
+    ws.deliver({ type: 'batch/train', jobId, index: 0, rows }, batchPayload(1).payload);
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'a payload with targets is refused in a label-private job');
+    ws.deliver({ type: 'batch/train', jobId, index: 0, rows }, encodeLayersPayload(layers, rows, D, 8));
+    const side = await ws.next('batch/side');
+    assert.equal(side.index, 0);
+    ws.deliver({ type: 'batch/grad', jobId, index: 0, rows, lossSum: 1, tokens: rows }, grad.subarray(1));
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'a gradient of the wrong size');
+    ws.deliver({ type: 'batch/grad', jobId, index: 0, rows, lossSum: 30, tokens: rows }, grad);
+    const ack = await ws.next('batch/ack');
+    assert.deepEqual([ack.index, ack.step, ack.loss], [0, 1, 30 / rows]);
+    ws.deliver({ type: 'batch/grad', jobId, index: 0, rows, lossSum: 1, tokens: rows }, grad);
+    assert.equal((await ws.next('error')).code, 'OUT_OF_ORDER', 'the same gradient twice returns no second credit');
+  });
 
   it('resuming a job counts toward the per-user job limit', async () => {
     const { ws } = await session({ maxJobsPerUser: 1 });
