@@ -18,7 +18,7 @@ export const STAND_IN = { layers: 6, embd: 384, heads: 6, kvHeads: 6, ff: 1024 }
 const VOCAB = path.join(ROOT, 'build', 'llama.cpp', 'models', 'ggml-vocab-llama-spm.gguf');
 const PRETRAIN_BYTES = 1_000_000;
 const PRETRAIN_EPOCHS = 1;
-const PRETRAIN_LR = 5e-4;
+const PRETRAIN_LR = 1e-4;
 
 /** About 1 MB of @types declarations, in a fixed order. */
 function pretrainText(): string {
