@@ -280,7 +280,7 @@ export class DeviceSession {
       .then((delta) => {
         if (!delta) {
           this.inFlight--;
-          this.sendAck(job, m.jobId, { index: m.index, step: job.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 });
+          this.sendAck(job, m.jobId, job.duplicateAck(m.index));
           return;
         }
         this.awaitingGrad.add(`${m.jobId}:${m.index}`);

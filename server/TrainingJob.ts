@@ -118,7 +118,8 @@ export class TrainingJob {
     return false;
   }
 
-  private duplicateAck(index: number): TrainAck {
+  /** The acknowledgement of a batch that was trained already (a resend): nothing is trained again. */
+  duplicateAck(index: number): TrainAck {
     return { index, step: this.trainer.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 };
   }
 

@@ -27,7 +27,7 @@ export class FineTuneController implements vscode.Disposable {
   private error: string | undefined;
   private config: Record<string, string> = {};
   /** Where the last (or current) job's server runs: what the dashboard says crossed the wire. */
-  private place: ServerPlace = serverPlace(readSettings().serverUrl, readSettings().labelPrivate);
+  private place: ServerPlace = ((s) => serverPlace(s.serverUrl, s.labelPrivate))(readSettings());
   comparison: Comparison | undefined;
   /** Called after a job stores a new adapter. */
   onAdapterStored: (() => void) | undefined;

@@ -33,3 +33,8 @@ export function makeWorkspace(seed: number, files = 8, linesPerFile = 60): strin
 export function tmpDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `mobillm-${prefix}-`));
 }
+
+/** Every file below `dir`, recursively (for checking what a server wrote). */
+export function listFiles(dir: string): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? listFiles(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+}

@@ -9,7 +9,7 @@ import { decodeAdapter } from '../../common/AdapterFile';
 import { MobiServer } from '../../server/MobiServer';
 import { tinyModel } from '../helpers/models';
 import { addUser, DEVICE_CLI, freePort, killHard, startServerProcess } from '../helpers/serverProcess';
-import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+import { listFiles, makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const MODEL_OPTS = { layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0' as const, seed: 2 };
 
@@ -216,6 +216,3 @@ function uninterruptedStore(r: FineTuneResult): string {
   return path.resolve(path.dirname(r.adapter), '..', '..', '..');
 }
 
-function listFiles(dir: string): string[] {
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? listFiles(path.join(dir, e.name)) : [path.join(dir, e.name)]));
-}

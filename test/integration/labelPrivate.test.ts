@@ -7,7 +7,7 @@ import { evaluateWorkspace } from '../../extension/core/evaluateWorkspace';
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
 import { MobiServer } from '../../server/MobiServer';
 import { tinyModel } from '../helpers/models';
-import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+import { listFiles, makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const MODEL = { layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0' as const, seed: 5 };
 
@@ -22,9 +22,6 @@ async function runJob(o: FineTuneOptions): Promise<{ r: FineTuneResult; losses: 
   return { r, losses };
 }
 
-function listFiles(dir: string): string[] {
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? listFiles(path.join(dir, e.name)) : [path.join(dir, e.name)]));
-}
 
 /** Every run of 8 consecutive token ids, written as integers of each width and byte order. */
 function idRuns(sequences: Int32Array[]): Buffer[] {
