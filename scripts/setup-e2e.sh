@@ -26,7 +26,7 @@ if [ ! -x "$NODE24/bin/node" ]; then
 fi
 if [ ! -x "$TOOLS/code-server/node_modules/.bin/code-server" ]; then
   mkdir -p "$TOOLS/code-server"
-  (cd "$TOOLS/code-server" && [ -f package.json ] || echo '{"name":"mobillm-e2e-code-server","private":true}' > package.json)
+  (cd "$TOOLS/code-server" && [ -f package.json ] || echo '{"name":"mobillm-e2e-code-server","private":true,"allowScripts":{"code-server":true,"argon2":true}}' > package.json)
   (cd "$TOOLS/code-server" && PATH="$NODE24/bin:$PATH" npm_config_nodedir="$NODE24" npm install --no-audit --no-fund --save-exact code-server@4.139.1)
 fi
 echo "e2e tools ready: Node $("$NODE24/bin/node" --version), code-server 4.139.1"
