@@ -18,6 +18,14 @@ export const SideNetworkShapeSchema = {
   b: 'uint',
   /** Backbone layers feeding the ladder, ascending; the last is the backbone's last layer. */
   tappedLayers: 'uint[]',
+  /**
+   * The side network's design: 1 (absent in older files) is the per-token
+   * ladder; 2 adds causal multi-head self-attention with RoPE to every block
+   * but the last (docs/architecture.md, "Side network v2").
+   */
+  version: 'uint?',
+  /** Attention heads of a version-2 block (r / heads is even). */
+  heads: 'uint?',
 } as const;
 export type SideNetworkShape = Fields<typeof SideNetworkShapeSchema>;
 
@@ -53,6 +61,9 @@ export function parseAdapterConfig(value: unknown): AdapterConfig {
 function semanticProblem(c: AdapterConfig): string | undefined {
   const { d, r, b, tappedLayers: t } = c.shape;
   if (d < 1 || r < 1 || b < 1) return 'config.shape widths must be positive';
+  const version = c.shape.version ?? 1;
+  if (version !== 1 && version !== 2) return 'config.shape.version must be 1 or 2';
+  if (version === 2 && !(c.shape.heads && c.shape.heads > 0 && r % (2 * c.shape.heads) === 0)) return 'config.shape.heads must divide r into even head widths';
   if (d !== c.hiddenSize) return 'config.shape.d must equal config.hiddenSize';
   if (t.length === 0 || t.some((x, i) => i > 0 && x <= t[i - 1]!)) return 'config.shape.tappedLayers must ascend';
   if (t[t.length - 1] !== c.backboneLayers - 1) return 'config.shape.tappedLayers must end with the last layer';
@@ -60,10 +71,19 @@ function semanticProblem(c: AdapterConfig): string | undefined {
   return undefined;
 }
 
+/** Whether block k of `shape` has self-attention (version 2, every block but the last). */
+export function hasAttention(shape: SideNetworkShape, k: number): boolean {
+  return (shape.version ?? 1) === 2 && k < shape.tappedLayers.length - 1;
+}
+
 /** Parameter names, in a fixed order (adapter file, optimizer state). */
 export function parameterNames(shape: SideNetworkShape): string[] {
   const names: string[] = [];
-  shape.tappedLayers.forEach((_, k) => names.push(`down.${k}`, `alpha.${k}`, `mid.${k}`, `up.${k}`));
+  shape.tappedLayers.forEach((_, k) => {
+    names.push(`down.${k}`, `alpha.${k}`);
+    if (hasAttention(shape, k)) names.push(`wq.${k}`, `wk.${k}`, `wv.${k}`, `wo.${k}`);
+    names.push(`mid.${k}`, `up.${k}`);
+  });
   names.push('out');
   return names;
 }
@@ -77,6 +97,7 @@ export function parameterShape(shape: SideNetworkShape, name: string): number[] 
     case 'mid': return [shape.r, shape.b];
     case 'up': return [shape.b, shape.r];
     case 'out': return [shape.r, shape.d];
+    case 'wq': case 'wk': case 'wv': case 'wo': return [shape.r, shape.r];
     default: throw new AdapterFormatError('ADAPTER_CORRUPT', `unknown side-network parameter ${name.slice(0, 40)}`);
   }
 }

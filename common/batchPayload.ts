@@ -13,6 +13,8 @@ export interface ActivationBatch {
   layers: Float32Array[];
   targets: Int32Array;
   mask: Uint8Array;
+  /** The batch's sequences (summing to rows), in order: a version-2 side network attends within each. */
+  lengths?: number[];
 }
 
 export function batchPayloadBytes(rows: number, nLayers: number, d: number, bits: Bits, labels = true): number {

@@ -1,5 +1,5 @@
 /** Wire limits and timings of the device <-> server protocol, in one place. */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** Largest binary frame either side accepts. */
 export const MAX_FRAME_BYTES = 96 * 1024 * 1024;
 /** Largest JSON header inside a frame. */
@@ -58,6 +58,9 @@ export const OPTION_LIMITS = {
   /** Peak learning rate. */
   learningRate: { min: 1e-7, max: 0.5 },
 } as const satisfies Record<string, Range>;
+
+/** Attention scores of one side-network block per batch (sequences x heads x seqLen^2) a version-2 job may ask for (float32: 256 MiB). */
+export const MAX_ATTENTION_SCORES = 2 ** 26;
 
 /** Tokens per training batch (seqLen x batchSize) the server accepts. */
 export const MAX_ROWS_PER_BATCH = 65_536;

@@ -48,6 +48,8 @@ export const JobConfigSchema = {
    * (batch/grad). No target id reaches the server, and it needs no head.
    */
   labelPrivate: 'boolean?',
+  /** The side network's design: 1 (absent) the per-token ladder, 2 with causal self-attention (common/AdapterConfig.ts). */
+  sideNetwork: 'uint?',
 } as const satisfies Schema;
 export type JobConfig = Fields<typeof JobConfigSchema>;
 export type ModelSpec = Fields<typeof ModelSpec>;
@@ -69,9 +71,10 @@ export const DeviceMessages = {
   /** The user's jobs. */
   'job/list': {},
   /** A training batch. Payload: see batchPayload.ts. Consumes one credit. */
-  'batch/train': { jobId: 'string', index: 'uint', rows: 'uint' },
+  /** `lengths`: the batch's sequences, in order (they sum to rows); a version-2 side network needs them. */
+  'batch/train': { jobId: 'string', index: 'uint', rows: 'uint', lengths: 'uint[]?' },
   /** A held-out batch: evaluated with the current side network, not trained. */
-  'batch/eval': { jobId: 'string', evalId: 'string', index: 'uint', rows: 'uint' },
+  'batch/eval': { jobId: 'string', evalId: 'string', index: 'uint', rows: 'uint', lengths: 'uint[]?' },
   /**
    * Label-private: the loss of training batch `index` (sum over its masked
    * tokens, computed on the device) and, as payload, its gradient at the join

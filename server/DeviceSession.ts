@@ -3,7 +3,7 @@ import { WebSocket } from 'ws';
 import { Bits, bytesPerRow, dequantizeRows, isBits, quantizeRows } from '../common/ActivationQuantizer';
 import { decodeBatchPayload, decodeLayersPayload } from '../common/batchPayload';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
-import { CloseCode, MAX_EVAL_ID_CHARS, MAX_ROWS_PER_BATCH, MAX_SEND_BUFFER_BYTES, OPTION_LIMITS, PROTOCOL_VERSION, Range } from '../common/limits';
+import { CloseCode, MAX_ATTENTION_SCORES, MAX_EVAL_ID_CHARS, MAX_ROWS_PER_BATCH, MAX_SEND_BUFFER_BYTES, OPTION_LIMITS, PROTOCOL_VERSION, Range } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
 import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
@@ -11,6 +11,7 @@ import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN } from './storage/HeadStore';
 import { JobRecord } from './storage/JobStore';
 import { TrainAck, TrainingJob } from './TrainingJob';
+import { attentionHeads, sideShape } from './training/sideNetworkSpec';
 
 
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
@@ -174,6 +175,12 @@ export class DeviceSession {
     if (!within(c.totalSteps, lim.steps) || c.warmupSteps > c.totalSteps) throw new WireError('BAD_FRAME', `totalSteps must be ${lim.steps.min}..${lim.steps.max} and warmupSteps at most totalSteps`);
     if (!within(c.learningRate, lim.learningRate)) throw new WireError('BAD_FRAME', 'learningRate out of range');
     if (!within(c.seed, lim.seed) || c.checkpointEvery < 1) throw new WireError('BAD_FRAME', 'seed must be 32-bit and checkpointEvery at least 1');
+    const version = c.sideNetwork ?? 1;
+    if (version !== 1 && version !== 2) throw new WireError('BAD_FRAME', 'sideNetwork must be 1 or 2');
+    if (version === 2) {
+      const { heads } = attentionHeads(sideShape(d, c.reduction, t, 2));
+      if (c.batchSize * heads * c.seqLen * c.seqLen > MAX_ATTENTION_SCORES) throw new WireError('BAD_FRAME', `batchSize x seqLen^2 is too large for side network 2's attention (at most ${MAX_ATTENTION_SCORES / heads} for this model)`);
+    }
   }
 
   /** LIMIT when this user already trains as many jobs as allowed (created or resumed alike). */
@@ -226,10 +233,11 @@ export class DeviceSession {
     this.send({ type: 'job/list/result', jobs });
   }
 
-  private batchOf(job: TrainingJob, rows: number, payload: Buffer) {
+  private batchOf(job: TrainingJob, rows: number, payload: Buffer, lengths: number[] | undefined) {
     const c = job.rec.config;
     if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
-    return decodeBatchPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits as 4 | 8 | 16, job.rec.model.vocabularySize);
+    const batch = decodeBatchPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits as 4 | 8 | 16, job.rec.model.vocabularySize);
+    return { ...batch, lengths: DeviceSession.lengthsOf(job, rows, lengths) };
   }
 
   /** The tapped layers of a label-private batch. */
@@ -237,6 +245,16 @@ export class DeviceSession {
     const c = job.rec.config;
     if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
     return decodeLayersPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits as Bits);
+  }
+
+  /** A batch's sequence lengths, checked where the job's side network attends within sequences (ignored elsewhere). */
+  private static lengthsOf(job: TrainingJob, rows: number, lengths: number[] | undefined): number[] | undefined {
+    if (!job.attends) return undefined;
+    const c = job.rec.config;
+    if (!lengths || lengths.length < 1 || lengths.length > c.batchSize || lengths.some((x) => x < 1 || x > c.seqLen) || lengths.reduce((a, b) => a + b, 0) !== rows) {
+      throw new WireError('BAD_FRAME', `this job needs the batch's sequence lengths: 1 to ${c.batchSize} of them, each 1 to ${c.seqLen}, summing to rows`);
+    }
+    return lengths;
   }
 
   /** [rows][d] floats quantized like the job's activations (label-private side outputs). */
@@ -262,7 +280,7 @@ export class DeviceSession {
     if (this.inFlight >= this.ctx.limits.credits) throw new WireError('NO_CREDIT', `at most ${this.ctx.limits.credits} unacknowledged batches`);
     const job = this.job(m.jobId);
     if (job.labelPrivate) return this.onTrainLabelPrivate(job, m, payload);
-    const batch = this.batchOf(job, m.rows, payload);
+    const batch = this.batchOf(job, m.rows, payload, m.lengths);
     this.inFlight++;
     job
       .train(m.index, batch)
@@ -274,9 +292,10 @@ export class DeviceSession {
   /** Label-private: the side output goes back; the batch holds its credit until its gradient is applied (batch/grad). */
   private onTrainLabelPrivate(job: TrainingJob, m: DeviceMessage<'batch/train'>, payload: Buffer): void {
     const layers = this.layersOf(job, m.rows, payload);
+    const lengths = DeviceSession.lengthsOf(job, m.rows, m.lengths);
     this.inFlight++;
     job
-      .sideOutput(m.index, layers, m.rows)
+      .sideOutput(m.index, layers, m.rows, lengths)
       .then((delta) => {
         if (!delta) {
           this.inFlight--;
@@ -320,12 +339,12 @@ export class DeviceSession {
     if (m.evalId.length > MAX_EVAL_ID_CHARS) throw new WireError('BAD_FRAME', `evalId is at most ${MAX_EVAL_ID_CHARS} characters`);
     const job = this.job(m.jobId);
     if (job.labelPrivate) {
-      const delta = await job.evalSide(this.layersOf(job, m.rows, payload), m.rows);
+      const delta = await job.evalSide(this.layersOf(job, m.rows, payload), m.rows, DeviceSession.lengthsOf(job, m.rows, m.lengths));
       if (job.rec.state !== 'training') await this.ctx.registry.unload(job);
       this.send({ type: 'eval/side', jobId: m.jobId, evalId: m.evalId, index: m.index, rows: m.rows }, DeviceSession.quantized(job, m.rows, delta));
       return;
     }
-    const r = await job.evaluate(m.evalId, this.batchOf(job, m.rows, payload));
+    const r = await job.evaluate(m.evalId, this.batchOf(job, m.rows, payload, m.lengths));
     if (job.rec.state !== 'training') await this.ctx.registry.unload(job); // loaded only for this evaluation
     this.send({ type: 'eval/result', jobId: m.jobId, evalId: m.evalId, index: m.index, lossSum: r.lossSum, tokens: r.tokens });
   }

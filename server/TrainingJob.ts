@@ -8,7 +8,7 @@ import { JobRecord, JobStore } from './storage/JobStore';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
 import { OnnxTrainer, StepResult } from './training/onnx/OnnxTrainer';
-import { adapterConfig, initialParameters, parameterNames, parameterShape, sideShape, SideNetworkShape } from './training/sideNetworkSpec';
+import { adapterConfig, hasAttention, initialParameters, parameterNames, parameterShape, sideShape, SideNetworkShape } from './training/sideNetworkSpec';
 import { OptimizerState } from './training/TrainerOptions';
 
 /** Non-finite steps in a row after which training stops with NON_FINITE. */
@@ -48,7 +48,7 @@ export class TrainingJob {
    * The next batch's side output waits for this step, so every side output
    * is computed with the weights a standard step would use.
    */
-  private awaiting: { index: number; layers: Float32Array[]; rows: number; stepped: Promise<void>; release: () => void } | undefined;
+  private awaiting: { index: number; layers: Float32Array[]; rows: number; lengths: number[] | undefined; stepped: Promise<void>; release: () => void } | undefined;
 
   private constructor(
     readonly rec: JobRecord,
@@ -61,7 +61,7 @@ export class TrainingJob {
 
   /** Builds the job from its last checkpoint (or fresh weights). */
   static open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead | undefined): TrainingJob {
-    const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers);
+    const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers, rec.config.sideNetwork === 2 ? 2 : 1);
     let values = initialParameters(shape, rec.config.seed);
     let state: OptimizerState | undefined;
     const stored = store.readCheckpoints(rec);
@@ -136,6 +136,11 @@ export class TrainingJob {
     });
   }
 
+  /** The side network attends within sequences: every batch must say its sequence lengths. */
+  get attends(): boolean {
+    return this.shape.tappedLayers.some((_, k) => hasAttention(this.shape, k));
+  }
+
   get labelPrivate(): boolean {
     return this.rec.config.labelPrivate === true;
   }
@@ -145,7 +150,7 @@ export class TrainingJob {
    * join for training batch `index`, once the previous batch's step is done.
    * Undefined for a resend of a batch already trained.
    */
-  async sideOutput(index: number, layers: Float32Array[], rows: number): Promise<Float32Array | undefined> {
+  async sideOutput(index: number, layers: Float32Array[], rows: number, lengths?: number[]): Promise<Float32Array | undefined> {
     if (!this.labelPrivate) throw new WireError('OUT_OF_ORDER', 'batch/grad belongs to label-private jobs');
     for (;;) {
       // Checked in arrival order, inside the job's queue; waited for outside it (the gradient comes through the same queue).
@@ -157,10 +162,10 @@ export class TrainingJob {
           this.nextIndex = index + 1;
           throw new WireError('BAD_FRAME', `batch ${index} has NaN or infinite activations; it was skipped`);
         }
-        const delta = await this.trainer.sideDelta(layers, rows);
+        const delta = await this.trainer.sideDelta(layers, rows, lengths);
         let release = (): void => undefined;
         const stepped = new Promise<void>((resolve) => (release = resolve));
-        this.awaiting = { index, layers, rows, stepped, release };
+        this.awaiting = { index, layers, rows, lengths, stepped, release };
         return { delta };
       });
       if ('delta' in r) return r.delta;
@@ -179,7 +184,7 @@ export class TrainingJob {
       try {
         const t0 = process.hrtime.bigint();
         const finite = allFinite([dy]);
-        return await this.afterStep(index, await this.trainer.upstreamStep(pending.layers, pending.rows, dy, finite ? lossSum : NaN, tokens), t0);
+        return await this.afterStep(index, await this.trainer.upstreamStep(pending.layers, pending.rows, pending.lengths, dy, finite ? lossSum : NaN, tokens), t0);
       } finally {
         pending.release();
       }
@@ -187,10 +192,10 @@ export class TrainingJob {
   }
 
   /** Label-private evaluation: the side network's output at the join for a held-out batch (the device computes the loss). */
-  evalSide(layers: Float32Array[], rows: number): Promise<Float32Array> {
+  evalSide(layers: Float32Array[], rows: number, lengths?: number[]): Promise<Float32Array> {
     return this.run(async () => {
       if (!allFinite(layers)) throw new WireError('BAD_FRAME', 'the held-out batch has NaN or infinite activations');
-      return this.trainer.sideDelta(layers, rows);
+      return this.trainer.sideDelta(layers, rows, lengths);
     });
   }
 

@@ -1,4 +1,4 @@
-import { AdapterConfig, parameterNames, parameterShape, SideNetworkShape } from '../../common/AdapterConfig';
+import { AdapterConfig, hasAttention, parameterNames, parameterShape, SideNetworkShape } from '../../common/AdapterConfig';
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
 
@@ -10,16 +10,51 @@ import { SeededRandom } from '../../common/SeededRandom';
  */
 
 export type { SideNetworkShape };
-export { parameterNames, parameterShape };
+export { hasAttention, parameterNames, parameterShape };
+
+/** Heads and head width of a version-2 shape. */
+export function attentionHeads(shape: SideNetworkShape): { heads: number; width: number } {
+  const heads = shape.heads ?? 1;
+  return { heads, width: shape.r / heads };
+}
+
+/** RoPE tables for positions 0..T-1 at head width e: cos and sin, each [T][e/2] (pair i rotates dims i and i + e/2). */
+export function ropeTables(T: number, width: number): { cos: Float32Array; sin: Float32Array } {
+  const half = width / 2;
+  const cos = new Float32Array(T * half);
+  const sin = new Float32Array(T * half);
+  for (let t = 0; t < T; t++) {
+    for (let i = 0; i < half; i++) {
+      const angle = t * Math.pow(ROPE_BASE, (-2 * i) / width);
+      cos[t * half + i] = Math.cos(angle);
+      sin[t * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}
 
 /** Gate temperature: mu = sigmoid(alpha / GATE_TEMPERATURE). */
 export const GATE_TEMPERATURE = 0.1;
 /** Epsilon of the adapters' parameter-free RMS norm. */
 export const ADAPTER_NORM_EPS = 1e-6;
 
-export function sideShape(d: number, reduction: number, tappedLayers: number[]): SideNetworkShape {
-  const r = Math.max(1, Math.round(d / reduction));
-  return { d, r, b: r, tappedLayers };
+/** Widest attention head of a version-2 block. */
+export const MAX_HEAD_WIDTH = 32;
+/** Base of the side network's rotary position embedding. */
+export const ROPE_BASE = 10_000;
+
+/**
+ * The side network for hidden size d at width d / reduction. Version 2 rounds
+ * r up to even and splits it into heads of the widest even width <= 32 that
+ * divides it (r 32: 1 head; 112: 4 heads of 28).
+ */
+export function sideShape(d: number, reduction: number, tappedLayers: number[], version: 1 | 2 = 1): SideNetworkShape {
+  const r0 = Math.max(1, Math.round(d / reduction));
+  if (version === 1) return { d, r: r0, b: r0, tappedLayers };
+  const r = r0 + (r0 % 2);
+  let width = Math.min(MAX_HEAD_WIDTH, r) & ~1;
+  while (r % width !== 0) width -= 2;
+  return { d, r, b: r, tappedLayers, version: 2, heads: r / width };
 }
 
 /** The adapter file's config for a side network of `shape` trained on `model` with `job` (common/AdapterConfig.ts). */
@@ -36,7 +71,7 @@ export function adapterConfig(shape: SideNetworkShape, model: Pick<ModelSpec, 'l
   };
 }
 
-/** Initial values: Down, Mid, Up random (seeded); alpha 0; Out ZERO (step 0 = backbone). */
+/** Initial values: Down, Mid, Up and the attention's Wq, Wk, Wv, Wo random (seeded); alpha 0; Out ZERO (step 0 = backbone). */
 export function initialParameters(shape: SideNetworkShape, seed: number): Map<string, Float32Array> {
   const rng = new SeededRandom(seed);
   const out = new Map<string, Float32Array>();
@@ -44,9 +79,49 @@ export function initialParameters(shape: SideNetworkShape, seed: number): Map<st
     const dims = parameterShape(shape, name);
     const values = new Float32Array(dims.reduce((a, b) => a * b, 1));
     const kind = name.split('.')[0];
-    const std = kind === 'down' ? 1 / Math.sqrt(shape.d) : kind === 'mid' ? 1 / Math.sqrt(shape.r) : kind === 'up' ? 0.1 / Math.sqrt(shape.b) : 0;
+    const std = kind === 'down' ? 1 / Math.sqrt(shape.d)
+      : kind === 'mid' || kind === 'wq' || kind === 'wk' || kind === 'wv' ? 1 / Math.sqrt(shape.r)
+      : kind === 'up' ? 0.1 / Math.sqrt(shape.b)
+      : kind === 'wo' ? 0.1 / Math.sqrt(shape.r)
+      : 0;
     if (std > 0) for (let i = 0; i < values.length; i++) values[i] = rng.normal() * std;
     out.set(name, values);
   }
   return out;
+}
+
+/** How a version-2 side network pads a batch's sequences (rows concatenated in order) to [B, T] for attention. */
+export interface PaddedLayout {
+  B: number;
+  T: number;
+  /** [B*T]: the row at each padded position; `rows` (a zero row) past a sequence's end. */
+  padIndex: BigInt64Array;
+  /** [rows]: each row's padded position. */
+  unpadIndex: BigInt64Array;
+  /** [T][T]: 0 where position j may be seen from position i (j <= i), -1e9 elsewhere. */
+  causalMask: Float32Array;
+}
+
+/** Refused sequence lengths: the caller turns this into its own typed error. */
+export class LayoutError extends RangeError {}
+
+export function paddedLayout(lengths: readonly number[], rows: number): PaddedLayout {
+  const B = lengths.length;
+  const total = lengths.reduce((a, b) => a + b, 0);
+  if (B === 0 || total !== rows || lengths.some((x) => !Number.isInteger(x) || x < 1)) {
+    throw new LayoutError(`sequence lengths must be positive and sum to the batch's ${rows} rows`);
+  }
+  const T = Math.max(...lengths);
+  const padIndex = new BigInt64Array(B * T).fill(BigInt(rows));
+  const unpadIndex = new BigInt64Array(rows);
+  let row = 0;
+  lengths.forEach((len, b) => {
+    for (let t = 0; t < len; t++, row++) {
+      padIndex[b * T + t] = BigInt(row);
+      unpadIndex[row] = BigInt(b * T + t);
+    }
+  });
+  const causalMask = new Float32Array(T * T);
+  for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) causalMask[i * T + j] = -1e9;
+  return { B, T, padIndex, unpadIndex, causalMask };
 }

@@ -1,7 +1,7 @@
 import { ort } from './ort';
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
 import type { ActivationBatch } from '../../../common/batchPayload';
-import { parameterNames, parameterShape } from '../sideNetworkSpec';
+import { attentionHeads, hasAttention, LayoutError, paddedLayout, parameterNames, parameterShape, ropeTables } from '../sideNetworkSpec';
 import { learningRateAt, OptimizerState, TrainerOptions } from '../TrainerOptions';
 import { OnnxEngine } from './OnnxEngine';
 import { OnnxHead } from './OnnxHead';
@@ -53,8 +53,14 @@ export class OnnxTrainer {
     this.m = new Map(parameterNames(shape).map((p) => [p, state?.m.get(p) ?? zeros(p)]));
     this.v = new Map(parameterNames(shape).map((p) => [p, state?.v.get(p) ?? zeros(p)]));
     this.constants = { clipNorm: options.clipNorm ?? 1, beta1: options.beta1 ?? 0.9, beta2: options.beta2 ?? 0.999, epsilon: options.epsilon ?? 1e-8 };
-    this.shapeKey = `${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
+    this.shapeKey = `v${shape.version ?? 1}h${shape.heads ?? 0}-${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
+    this.attends = shape.tappedLayers.some((_, k) => hasAttention(shape, k));
   }
+
+  /** Some block attends: every graph takes the batch's sequence layout. */
+  private readonly attends: boolean;
+  /** RoPE tables for the longest sequence seen so far. */
+  private rope?: { T: number; cos: Float32Array; sin: Float32Array };
 
   private sessions() {
     const { d } = this.shape;
@@ -73,17 +79,38 @@ export class OnnxTrainer {
     return this.head;
   }
 
-  /** Inputs of the side network's ladder: parameters and layers. */
-  private ladderFeeds(layers: Float32Array[], rows: number): Feeds {
+  /**
+   * Inputs of the side network's ladder: parameters and layers, and for a
+   * version-2 network the sequences' layout (`lengths`, summing to rows;
+   * LayoutError when they are absent or do not).
+   */
+  private ladderFeeds(layers: Float32Array[], rows: number, lengths: readonly number[] | undefined): Feeds {
     const feeds: Feeds = {};
     for (const [p, data] of this.params) feeds[names.param(p)] = f32(data, parameterShape(this.shape, p));
     layers.forEach((h, k) => (feeds[names.layer(k)] = f32(h, [rows, this.shape.d])));
+    if (this.attends) Object.assign(feeds, this.layoutFeeds(lengths, rows));
     return feeds;
   }
 
-  /** Inputs of every graph with the side network and the head: parameters, layers, the final norm. */
+  private layoutFeeds(lengths: readonly number[] | undefined, rows: number): Feeds {
+    if (!lengths) throw new LayoutError('a version-2 side network needs the batch\'s sequence lengths');
+    const L = paddedLayout(lengths, rows);
+    const { heads, width } = attentionHeads(this.shape);
+    if (!this.rope || this.rope.T < L.T) this.rope = { T: L.T, ...ropeTables(L.T, width) };
+    const half = width / 2;
+    return {
+      pad_index: new ort.Tensor('int64', L.padIndex, [L.B * L.T]),
+      unpad_index: new ort.Tensor('int64', L.unpadIndex, [rows]),
+      attn_shape: new ort.Tensor('int64', BigInt64Array.of(BigInt(L.B), BigInt(L.T), BigInt(heads), BigInt(width)), [4]),
+      rope_cos: f32(this.rope.cos.subarray(0, L.T * half), [L.T, half]),
+      rope_sin: f32(this.rope.sin.subarray(0, L.T * half), [L.T, half]),
+      causal_mask: f32(L.causalMask, [L.T, L.T]),
+    };
+  }
+
+  /** Inputs of every graph with the side network and the head: parameters, layers, layout, the final norm. */
   private sideFeeds(batch: ActivationBatch): Feeds {
-    return { ...this.ladderFeeds(batch.layers, batch.rows), norm_weight: this.frozenHead.norm, head_eps: this.frozenHead.epsTensor };
+    return { ...this.ladderFeeds(batch.layers, batch.rows, batch.lengths), norm_weight: this.frozenHead.norm, head_eps: this.frozenHead.epsTensor };
   }
 
   private stepKey(kind: string): string {
@@ -92,9 +119,9 @@ export class OnnxTrainer {
   }
 
   /** Label-private: the side network's output at the join, delta [rows][d], with the current weights. */
-  async sideDelta(layers: Float32Array[], rows: number): Promise<Float32Array> {
+  async sideDelta(layers: Float32Array[], rows: number, lengths?: readonly number[]): Promise<Float32Array> {
     const session = await this.engine.session(`delta-${this.shapeKey}`, () => buildSideDelta(this.shape));
-    return (await session.run(this.ladderFeeds(layers, rows))).delta!.data as Float32Array;
+    return (await session.run(this.ladderFeeds(layers, rows, lengths))).delta!.data as Float32Array;
   }
 
   /**
@@ -102,7 +129,7 @@ export class OnnxTrainer {
    * dy [rows][d] = d(mean masked loss)/dy. Skipped (but counted) when dy or
    * the gradient is not finite, or when no token counts.
    */
-  async upstreamStep(layers: Float32Array[], rows: number, dy: Float32Array, lossSum: number, tokens: number): Promise<StepResult> {
+  async upstreamStep(layers: Float32Array[], rows: number, lengths: readonly number[] | undefined, dy: Float32Array, lossSum: number, tokens: number): Promise<StepResult> {
     const lr = learningRateAt(this.step, this.options);
     const result = (skipped: boolean): StepResult => {
       this.step += 1;
@@ -111,7 +138,7 @@ export class OnnxTrainer {
     if (tokens === 0) return result(false);
     if (!Number.isFinite(lossSum)) return result(true);
     const session = await this.engine.session(this.stepKey('upstream'), () => buildUpstreamStep(this.shape, this.constants));
-    const out = await this.stepOutputs(session, { ...this.ladderFeeds(layers, rows), dy: f32(dy, [rows, this.shape.d]) }, lr);
+    const out = await this.stepOutputs(session, { ...this.ladderFeeds(layers, rows, lengths), dy: f32(dy, [rows, this.shape.d]) }, lr);
     if (!Number.isFinite(Number(out.grad_norm!.data[0]))) return result(true);
     this.adopt(out);
     return result(false);

@@ -1,5 +1,5 @@
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
-import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, parameterNames, parameterShape } from '../sideNetworkSpec';
+import { ADAPTER_NORM_EPS, attentionHeads, GATE_TEMPERATURE, hasAttention, parameterNames, parameterShape } from '../sideNetworkSpec';
 import { GraphBuilder } from './GraphBuilder';
 
 /**
@@ -19,7 +19,9 @@ import { GraphBuilder } from './GraphBuilder';
  *               the join, clipping and one Adam step (label-private)
  *
  * Dimensions: n tokens (given at run time), d hidden, r side width, b
- * bottleneck, c rows of a head chunk (given at run time).
+ * bottleneck, c rows of a head chunk (given at run time); for a version-2
+ * side network's attention, B sequences padded to T tokens (P = B T), H heads
+ * of width e = r / H.
  */
 
 const GELU_C = Math.sqrt(2 / Math.PI);
@@ -36,12 +38,29 @@ export const names = {
   grad: (p: string) => `grad/${p}`,
 };
 
+/** Values of one attention sublayer (a version-2 block but the last), kept for the backward pass. */
+interface AttentionValues {
+  inv: string; // [n, 1]
+  nrm: string; // [n, r] normalised x
+  q: string; // [B, H, T, e] rotated
+  k: string; // [B, H, T, e] rotated
+  v: string; // [B, H, T, e]
+  p: string; // [B, H, T, T] attention weights
+  o: string; // [n, r] heads joined
+}
+
 /** The forward pass, recorded for the backward pass: every value the gradients need. */
 interface LadderValues {
   /** The side network's output at the join: s Out, added to the last layer's hidden state. */
   delta: string; // [n, d]
   sFinal: string; // [n, r]
-  layers: { a: string; sPrev: string; x: string; inv: string; nrm: string; pre: string; g: string; mu: string }[];
+  layers: {
+    a: string; sPrev: string; x: string; mu: string;
+    attn?: AttentionValues;
+    /** x plus the attention's output (x itself without attention): the MLP's input. */
+    x2: string;
+    inv: string; nrm: string; pre: string; g: string;
+  }[];
 }
 
 interface ForwardValues extends LadderValues {
@@ -68,12 +87,91 @@ function invRms(g: GraphBuilder, x: string, eps: string): string {
   return g.op('Reciprocal', [g.op('Sqrt', [g.add(g.meanLast(g.mul(x, x)), eps)])]);
 }
 
-/** Declares the side network's parameters and the tapped layers, and runs the ladder up to its output at the join. */
+/**
+ * The sequence layout a version-2 side network attends within, as graph
+ * inputs: rows are the batch's sequences concatenated; attention runs on them
+ * padded to [B, T] (pad rows after each sequence's end, so causal attention
+ * never reads them).
+ *   pad_index   int64 [B*T]: the row at each padded position (n: a zero row)
+ *   unpad_index int64 [n]:   each row's padded position
+ *   attn_shape  int64 [4]:   B, T, heads, head width
+ *   rope_cos, rope_sin [T, e/2]; causal_mask [T, T] (0, or -1e9 above the diagonal)
+ */
+interface Layout {
+  r: number;
+  heads: number;
+  width: number;
+}
+
+/** [n, r] -> [B, H, T, e] (the adjoint of fromHeads). */
+function toHeads(g: GraphBuilder, L: Layout, x: string): string {
+  const ext = g.op('Concat', [x, g.constant(new Array(L.r).fill(0), [1, L.r])], { axis: 0 }); // [n+1, r]
+  const padded = g.op('Gather', [ext, 'pad_index'], { axis: 0 }); // [B*T, r]
+  return g.op('Transpose', [g.op('Reshape', [padded, 'attn_shape'])], { perm: [0, 2, 1, 3] });
+}
+
+/** [B, H, T, e] -> [n, r] (the adjoint of toHeads). */
+function fromHeads(g: GraphBuilder, L: Layout, x: string): string {
+  const flat = g.op('Reshape', [g.op('Transpose', [x], { perm: [0, 2, 1, 3] }), g.ints([-1, L.r])]); // [B*T, r]
+  return g.op('Gather', [flat, 'unpad_index'], { axis: 0 });
+}
+
+/** The two halves of the last axis of [B, H, T, e]. */
+function halves(g: GraphBuilder, L: Layout, x: string): [string, string] {
+  const h = L.width / 2;
+  return [g.op('Slice', [x, g.ints([0]), g.ints([h]), g.ints([3])]), g.op('Slice', [x, g.ints([h]), g.ints([L.width]), g.ints([3])])];
+}
+
+/** RoPE: pair (x_i, x_{i+e/2}) rotated by position t's angle i; `inverse` rotates back (the adjoint). */
+function rope(g: GraphBuilder, L: Layout, x: string, inverse: boolean): string {
+  const [x1, x2] = halves(g, L, x);
+  const c = 'rope_cos';
+  const s = 'rope_sin';
+  const first = inverse ? g.add(g.mul(x1, c), g.mul(x2, s)) : g.sub(g.mul(x1, c), g.mul(x2, s));
+  const second = inverse ? g.sub(g.mul(x2, c), g.mul(x1, s)) : g.add(g.mul(x2, c), g.mul(x1, s));
+  return g.op('Concat', [first, second], { axis: 3 });
+}
+
+const swapLast = (g: GraphBuilder, x: string): string => g.op('Transpose', [x], { perm: [0, 1, 3, 2] });
+
+/** Causal multi-head self-attention of x [n, r] within each sequence: its output (heads joined, before Wo) and what the backward needs. */
+function attention(g: GraphBuilder, L: Layout, x: string, k: number): AttentionValues {
+  const inv = invRms(g, x, g.constant(ADAPTER_NORM_EPS)); // [n, 1]
+  const nrm = g.mul(x, inv); // [n, r]
+  const q = rope(g, L, toHeads(g, L, g.matmul(nrm, names.param(`wq.${k}`))), false); // [B, H, T, e]
+  const kk = rope(g, L, toHeads(g, L, g.matmul(nrm, names.param(`wk.${k}`))), false);
+  const v = toHeads(g, L, g.matmul(nrm, names.param(`wv.${k}`)));
+  const scores = g.add(g.mul(g.matmul(q, swapLast(g, kk)), g.constant(1 / Math.sqrt(L.width))), 'causal_mask'); // [B, H, T, T]
+  const p = g.op('Softmax', [scores], { axis: -1 });
+  const o = fromHeads(g, L, g.matmul(p, v)); // [n, r]
+  return { inv, nrm, q, k: kk, v, p, o };
+}
+
+/** The attention sublayer's backward: dx2 [n, r] (gradient at x + o Wo) -> the gradient at x, and the four weights' gradients. */
+function attentionBackward(g: GraphBuilder, L: Layout, A: AttentionValues, dx2: string, k: number, grads: Map<string, string>): string {
+  grads.set(`wo.${k}`, g.matmul(g.transpose(A.o), dx2)); // [r, r]
+  const dO = toHeads(g, L, g.matmul(dx2, g.transpose(names.param(`wo.${k}`)))); // [B, H, T, e]
+  const dV = g.matmul(swapLast(g, A.p), dO); // [B, H, T, e]
+  const dP = g.matmul(dO, swapLast(g, A.v)); // [B, H, T, T]
+  const dS = g.mul(A.p, g.sub(dP, g.op('ReduceSum', [g.mul(dP, A.p), g.ints([-1])], { keepdims: 1 }))); // [B, H, T, T]
+  const scale = g.constant(1 / Math.sqrt(L.width));
+  const dQ = fromHeads(g, L, rope(g, L, g.mul(g.matmul(dS, A.k), scale), true)); // [n, r]
+  const dK = fromHeads(g, L, rope(g, L, g.mul(g.matmul(swapLast(g, dS), A.q), scale), true));
+  const dVr = fromHeads(g, L, dV);
+  grads.set(`wq.${k}`, g.matmul(g.transpose(A.nrm), dQ));
+  grads.set(`wk.${k}`, g.matmul(g.transpose(A.nrm), dK));
+  grads.set(`wv.${k}`, g.matmul(g.transpose(A.nrm), dVr));
+  const dn = g.add(g.add(g.matmul(dQ, g.transpose(names.param(`wq.${k}`))), g.matmul(dK, g.transpose(names.param(`wk.${k}`)))), g.matmul(dVr, g.transpose(names.param(`wv.${k}`)))); // [n, r]
+  return g.add(dx2, g.mul(A.inv, g.sub(dn, g.mul(A.nrm, g.meanLast(g.mul(dn, A.nrm)))))); // [n, r]
+}
+
+/** Declares the side network's parameters, the tapped layers (and, for attention, the layout inputs), and runs the ladder up to its output at the join. */
 function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
   const { d } = shape;
   const K = shape.tappedLayers.length;
   for (const p of parameterNames(shape)) g.input(names.param(p), 'float32', parameterShape(shape, p));
   const hs = Array.from({ length: K }, (_, k) => g.input(names.layer(k), 'float32', ['n', d]));
+  const layout = declareLayout(g, shape);
   const layers: LadderValues['layers'] = [];
   let s = ''; // [n, r]; zero before the first layer
   for (let k = 0; k < K; k++) {
@@ -81,14 +179,29 @@ function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
     const mu = g.op('Sigmoid', [g.div(names.param(`alpha.${k}`), g.constant(GATE_TEMPERATURE))]); // [1]
     const sPrev = k === 0 ? g.mul(a, g.constant(0)) : s;
     const x = g.add(g.mul(g.sub(g.constant(1), mu), a), g.mul(mu, sPrev)); // [n, r]
-    const inv = invRms(g, x, g.constant(ADAPTER_NORM_EPS)); // [n, 1]
-    const nrm = g.mul(x, inv); // [n, r]
+    const attn = layout && hasAttention(shape, k) ? attention(g, layout, x, k) : undefined;
+    const x2 = attn ? g.add(x, g.matmul(attn.o, names.param(`wo.${k}`))) : x; // [n, r]
+    const inv = invRms(g, x2, g.constant(ADAPTER_NORM_EPS)); // [n, 1]
+    const nrm = g.mul(x2, inv); // [n, r]
     const pre = g.matmul(nrm, names.param(`mid.${k}`)); // [n, b]
     const gl = gelu(g, pre); // [n, b]
-    s = g.add(x, g.matmul(gl, names.param(`up.${k}`))); // [n, r]
-    layers.push({ a, sPrev, x, inv, nrm, pre, g: gl, mu });
+    s = g.add(x2, g.matmul(gl, names.param(`up.${k}`))); // [n, r]
+    layers.push({ a, sPrev, x, mu, attn, x2, inv, nrm, pre, g: gl });
   }
   return { delta: g.matmul(s, names.param('out')), sFinal: s, layers };
+}
+
+/** The layout inputs, when some block of `shape` attends. */
+function declareLayout(g: GraphBuilder, shape: SideNetworkShape): Layout | undefined {
+  if (!shape.tappedLayers.some((_, k) => hasAttention(shape, k))) return undefined;
+  const { heads, width } = attentionHeads(shape);
+  g.input('pad_index', 'int64', ['P']);
+  g.input('unpad_index', 'int64', ['n']);
+  g.input('attn_shape', 'int64', [4]);
+  g.input('rope_cos', 'float32', ['T', width / 2]);
+  g.input('rope_sin', 'float32', ['T', width / 2]);
+  g.input('causal_mask', 'float32', ['T', 'T']);
+  return { r: shape.r, heads, width };
 }
 
 /** The ladder, the join with the last layer and the backbone's final norm (its weight and epsilon are inputs). */
@@ -160,6 +273,8 @@ export interface StepConstants {
 /** The gradient of every parameter, given dL/dy at the join (y = last layer + delta). */
 function backwardFromJoin(g: GraphBuilder, shape: SideNetworkShape, f: LadderValues, dy: string): Map<string, string> {
   const K = shape.tappedLayers.length;
+  const { heads, width } = attentionHeads(shape);
+  const layout: Layout | undefined = f.layers.some((L) => L.attn) ? { r: shape.r, heads, width } : undefined;
   const grads = new Map<string, string>();
   grads.set('out', g.matmul(g.transpose(f.sFinal), dy)); // [r, d]
   let ds = g.matmul(dy, g.transpose(names.param('out'))); // [n, r]
@@ -169,7 +284,8 @@ function backwardFromJoin(g: GraphBuilder, shape: SideNetworkShape, f: LadderVal
     const dpre = g.mul(g.matmul(ds, g.transpose(names.param(`up.${k}`))), geluGrad(g, L.pre)); // [n, b]
     grads.set(`mid.${k}`, g.matmul(g.transpose(L.nrm), dpre)); // [r, b]
     const dnk = g.matmul(dpre, g.transpose(names.param(`mid.${k}`))); // [n, r]
-    const dx = g.add(ds, g.mul(L.inv, g.sub(dnk, g.mul(L.nrm, g.meanLast(g.mul(dnk, L.nrm)))))); // [n, r]
+    const dx2 = g.add(ds, g.mul(L.inv, g.sub(dnk, g.mul(L.nrm, g.meanLast(g.mul(dnk, L.nrm)))))); // [n, r]
+    const dx = L.attn ? attentionBackward(g, layout!, L.attn, dx2, k, grads) : dx2; // [n, r]
     const da = g.mul(g.sub(g.constant(1), L.mu), dx); // [n, r]
     const dmu = g.sumAll(g.mul(dx, g.sub(L.sPrev, L.a))); // scalar
     const dAlpha = g.div(g.mul(dmu, g.mul(L.mu, g.sub(g.constant(1), L.mu))), g.constant(GATE_TEMPERATURE)); // [1]

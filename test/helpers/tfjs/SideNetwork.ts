@@ -2,7 +2,7 @@
 // against (forward, hand-written backward, autodiff), and the engine the
 // server benchmark compares with. Not part of the product.
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
-import { ADAPTER_NORM_EPS, GATE_TEMPERATURE, parameterNames, parameterShape } from '../../../server/training/sideNetworkSpec';
+import { ADAPTER_NORM_EPS, attentionHeads, GATE_TEMPERATURE, hasAttention, parameterNames, parameterShape, ropeTables } from '../../../server/training/sideNetworkSpec';
 import { ServerError } from '../../../server/ServerError';
 import { FrozenHead } from './FrozenHead';
 import { tf } from './tf';
@@ -44,14 +44,20 @@ export class SideNetwork {
     return this.params.get(name)!;
   }
 
-  /** delta [n, d] for the tapped layers' outputs hs[k] [n, d] (pure forward, differentiable). */
-  delta(hs: tf.Tensor2D[]): tf.Tensor2D {
+  /**
+   * delta [n, d] for the tapped layers' outputs hs[k] [n, d] (pure forward,
+   * differentiable). A version-2 network attends within each sequence of
+   * `lengths` (rows concatenated in order), one sequence at a time: no
+   * padding, unlike the ONNX graphs it checks.
+   */
+  delta(hs: tf.Tensor2D[], lengths?: number[]): tf.Tensor2D {
     return tf.tidy(() => {
       let s: tf.Tensor = tf.zeros([hs[0]!.shape[0], this.shape.r]);
       hs.forEach((h, k) => {
         const a = tf.matMul(h, this.p(`down.${k}`));
         const mu = this.p(`alpha.${k}`).div(GATE_TEMPERATURE).sigmoid();
-        const x = tf.scalar(1).sub(mu).mul(a).add(mu.mul(s));
+        let x = tf.scalar(1).sub(mu).mul(a).add(mu.mul(s)) as tf.Tensor2D;
+        if (hasAttention(this.shape, k)) x = x.add(tf.matMul(this.attention(x, k, lengths ?? [x.shape[0]]), this.p(`wo.${k}`)));
         const n = x.mul(x.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt());
         s = x.add(tf.matMul(gelu(tf.matMul(n, this.p(`mid.${k}`))) as tf.Tensor2D, this.p(`up.${k}`)));
       });
@@ -59,10 +65,35 @@ export class SideNetwork {
     });
   }
 
+  /** Causal multi-head self-attention with RoPE of block k, per sequence: [n, r] -> [n, r] (heads joined, before Wo). */
+  private attention(x: tf.Tensor2D, k: number, lengths: number[]): tf.Tensor2D {
+    const { heads, width } = attentionHeads(this.shape);
+    const n = x.mul(x.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt()) as tf.Tensor2D;
+    const [Q, K, V] = ['wq', 'wk', 'wv'].map((w) => tf.matMul(n, this.p(`${w}.${k}`) as tf.Tensor2D) as tf.Tensor2D);
+    const outs: tf.Tensor2D[] = [];
+    let at = 0;
+    for (const L of lengths) {
+      const split = (t: tf.Tensor2D): tf.Tensor3D => t.slice([at, 0], [L, this.shape.r]).reshape([L, heads, width]).transpose([1, 0, 2]);
+      const { cos, sin } = ropeTables(L, width);
+      const c = tf.tensor2d(cos, [L, width / 2]);
+      const sn = tf.tensor2d(sin, [L, width / 2]);
+      const rope = (t: tf.Tensor3D): tf.Tensor3D => {
+        const [t1, t2] = tf.split(t, 2, 2);
+        return tf.concat([t1!.mul(c).sub(t2!.mul(sn)), t2!.mul(c).add(t1!.mul(sn))], 2) as tf.Tensor3D;
+      };
+      const mask = tf.tensor2d(Float32Array.from({ length: L * L }, (_, i) => (i % L > Math.floor(i / L) ? -1e9 : 0)), [L, L]);
+      const scores = tf.matMul(rope(split(Q!)), rope(split(K!)), false, true).div(Math.sqrt(width)).add(mask) as tf.Tensor3D;
+      const o = tf.matMul(tf.softmax(scores), split(V!)); // [H, L, e]
+      outs.push(o.transpose([1, 0, 2]).reshape([L, this.shape.r]) as tf.Tensor2D);
+      at += L;
+    }
+    return tf.concat(outs, 0);
+  }
+
   /** Mean masked loss through a full (unchunked) head, as a pure forward: the autodiff reference. */
-  referenceLoss(hs: tf.Tensor2D[], targets: Int32Array, mask: Float32Array, head: Float32Array, normWeight: Float32Array, eps: number): tf.Scalar {
+  referenceLoss(hs: tf.Tensor2D[], targets: Int32Array, mask: Float32Array, head: Float32Array, normWeight: Float32Array, eps: number, lengths?: number[]): tf.Scalar {
     return tf.tidy(() => {
-      const y = hs[hs.length - 1]!.add(this.delta(hs));
+      const y = hs[hs.length - 1]!.add(this.delta(hs, lengths));
       const z = y.mul(y.square().mean(1, true).add(eps).rsqrt()).mul(tf.tensor1d(normWeight));
       const W = tf.tensor2d(head, [head.length / this.shape.d, this.shape.d]);
       const logits = tf.matMul(z as tf.Tensor2D, W, false, true);

@@ -5,7 +5,8 @@ import { SeededRandom } from '../../../../common/SeededRandom';
 import { OnnxEngine } from '../../../../server/training/onnx/OnnxEngine';
 import { OnnxHead } from '../../../../server/training/onnx/OnnxHead';
 import { OnnxTrainer } from '../../../../server/training/onnx/OnnxTrainer';
-import { initialParameters, parameterNames, sideShape } from '../../../../server/training/sideNetworkSpec';
+import type { SideNetworkShape } from '../../../../common/AdapterConfig';
+import { initialParameters, LayoutError, parameterNames, sideShape } from '../../../../server/training/sideNetworkSpec';
 import { FrozenHead } from '../../../helpers/tfjs/FrozenHead';
 import { SideNetwork } from '../../../helpers/tfjs/SideNetwork';
 import { initTensorflow, tf } from '../../../helpers/tfjs/tf';
@@ -153,6 +154,102 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
       net.dispose();
       fh.dispose();
     }
+  });
+
+  describe('side network v2 (causal self-attention with RoPE within each sequence)', () => {
+    /** Two heads of width 8 at r 16; blocks 0 and 1 attend, the last does not. */
+    const shape2: SideNetworkShape = { d, r: 16, b: 16, tappedLayers: tapped, version: 2, heads: 2 };
+    const lengths = [7, 5, 8];
+    const rows = 20;
+    const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
+    const live = (seed: number): Map<string, Float32Array> => {
+      const values = initialParameters(shape2, seed);
+      values.set('out', randomArray(new SeededRandom(seed + 100), shape2.r * d, 0.3)); // non-zero so every gradient flows
+      values.set('alpha.1', Float32Array.of(0.05));
+      return values;
+    };
+
+    it('has the attention weights in every block but the last, and step 0 reproduces the backbone', async () => {
+      assert.deepEqual(parameterNames(shape2).filter((n) => n.startsWith('w')), ['wq.0', 'wk.0', 'wv.0', 'wo.0', 'wq.1', 'wk.1', 'wv.1', 'wo.1']);
+      assert.deepEqual(sideShape(896, 8, [0, 1], 2), { d: 896, r: 112, b: 112, tappedLayers: [0, 1], version: 2, heads: 4 });
+      const { halves, head, norm, batch } = problem(11, rows);
+      const b = { ...batch(), lengths };
+      const trainer = new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 7), initialParameters(shape2, 3), opts);
+      const delta = await trainer.sideDelta(b.layers, rows, lengths);
+      assert.ok(delta.every((x) => x === 0), 'Out starts at zero');
+      const fh = new FrozenHead(head, norm, EPS);
+      const v1 = new SideNetwork(sideShape(d, 4, tapped), initialParameters(sideShape(d, 4, tapped), 3));
+      try {
+        const plain = v1.lossAndGrads(b.layers.map((l) => tf.tensor2d(l, [rows, d])), b.targets, Float32Array.from(b.mask), fh, false);
+        const onnx = await trainer.evalBatch(b);
+        assert.ok(Math.abs(onnx.lossSum - plain.lossSum) < 1e-3 * plain.lossSum, `${onnx.lossSum} vs ${plain.lossSum}`);
+      } finally {
+        v1.dispose();
+        fh.dispose();
+      }
+    });
+
+    it('gradients of every parameter, attention included, match TensorFlow.js autodiff of a per-sequence forward', async () => {
+      const { halves, head, norm, batch } = problem(12, rows);
+      const values = live(5);
+      const b = { ...batch(), lengths };
+      const grads = await new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 16), values, opts).gradients(b);
+      const net = new SideNetwork(shape2, values);
+      try {
+        const hs = b.layers.map((l) => tf.tensor2d(l, [rows, d]));
+        const vars = parameterNames(shape2).map((n) => net.p(n));
+        const { grads: auto } = tf.variableGrads(() => net.referenceLoss(hs, b.targets, Float32Array.from(b.mask), head, norm, EPS, lengths), vars);
+        for (const n of parameterNames(shape2)) {
+          const want = auto[net.p(n).name]!.dataSync() as Float32Array;
+          const err = maxRelativeError(grads.get(n)!, want);
+          assert.ok(err < 2e-3, `${n}: relative error ${err}`);
+        }
+        for (const t of [...hs, ...Object.values(auto)]) t.dispose();
+      } finally {
+        net.dispose();
+      }
+    });
+
+    it('attention gradients pass a finite-difference check of the engine\'s own loss', async () => {
+      const { halves, norm, batch } = problem(13, rows);
+      const values = live(6);
+      const b = { ...batch(), lengths };
+      const headOf = (): OnnxHead => new OnnxHead(halves, norm, EPS, 16);
+      const grads = await new OnnxTrainer(engine, shape2, headOf(), values, opts).gradients(b);
+      const tokens = b.mask.reduce((a, x) => a + x, 0);
+      const lossAt = async (name: string, i: number, delta: number): Promise<number> => {
+        const v = new Map([...values].map(([k, x]) => [k, Float32Array.from(x)]));
+        v.get(name)![i]! += delta;
+        return (await new OnnxTrainer(engine, shape2, headOf(), v, opts).evalBatch(b)).lossSum / tokens;
+      };
+      for (const [name, i] of [['wq.0', 37], ['wk.1', 200], ['wv.0', 5], ['wo.1', 77], ['down.0', 17], ['alpha.1', 0]] as const) {
+        const h = 1e-2;
+        const fd = ((await lossAt(name, i, h)) - (await lossAt(name, i, -h))) / (2 * h);
+        const g = grads.get(name)![i]!;
+        assert.ok(Math.abs(fd - g) < 2e-3 + 0.05 * Math.abs(g), `${name}[${i}]: finite difference ${fd} vs gradient ${g}`);
+      }
+    });
+
+    it('is causal within a sequence and never crosses sequences', async () => {
+      const { halves, norm, batch } = problem(14, rows);
+      const b = batch();
+      const trainer = new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 16), live(7), opts);
+      const before = await trainer.sideDelta(b.layers, rows, lengths);
+      const changed = 7 + 2; // the third token of the second sequence
+      const layers = b.layers.map((l) => Float32Array.from(l));
+      for (let i = 0; i < d; i++) layers[0]![changed * d + i]! += 1;
+      const after = await trainer.sideDelta(layers, rows, lengths);
+      const rowMoved = (row: number): boolean => Array.from({ length: d }, (_, i) => Math.abs(after[row * d + i]! - before[row * d + i]!)).some((x) => x > 1e-6);
+      const moved = Array.from({ length: rows }, (_, row) => rowMoved(row));
+      assert.deepEqual(moved.map((m, row) => (m ? row : -1)).filter((x) => x >= 0), [9, 10, 11], 'only the changed token and the later tokens of its sequence');
+    });
+
+    it('refuses a batch without its sequence lengths, or with lengths that do not sum to its rows', async () => {
+      const { halves, norm, batch } = problem(15, rows);
+      const trainer = new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 16), live(8), opts);
+      await assert.rejects(trainer.trainBatch(batch()), LayoutError);
+      await assert.rejects(trainer.trainBatch({ ...batch(), lengths: [7, 5, 7] }), LayoutError);
+    });
   });
 
   it('refuses a provider that cannot run, at start-up', async () => {
