@@ -87,13 +87,17 @@ Napi::Value Backbone::SetAdapter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckIdle(env)) return env.Undefined();
   std::unique_ptr<SideNet> net = readSideNet(env, info[0], model_);
-  if (net) sideNet_ = std::move(net);
+  if (net) {
+    sideNet_ = std::move(net);
+    sideCache_.clear();
+  }
   return env.Undefined();
 }
 
 Napi::Value Backbone::ClearAdapter(const Napi::CallbackInfo& info) {
   if (!CheckIdle(info.Env())) return info.Env().Undefined();
   sideNet_.reset();
+  sideCache_.clear();
   return info.Env().Undefined();
 }
 

@@ -41,6 +41,8 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   llama_context* ctx() const { return ctx_; }
   CaptureState** captureSlot() { return &active_; }
   const SideNet* sideNet() const { return sideNet_.get(); }
+  // Touched only by the running decode worker (one at a time) and by setAdapter/clearAdapter when idle.
+  SideCache& sideCache() { return sideCache_; }
   uint32_t nCtx() const { return nCtx_; }
   uint32_t nBatch() const { return nBatch_; }
   uint32_t nSeqMax() const { return nSeqMax_; }
@@ -72,6 +74,7 @@ class Backbone : public Napi::ObjectWrap<Backbone> {
   llama_model* model_ = nullptr;
   llama_context* ctx_ = nullptr;
   std::unique_ptr<SideNet> sideNet_;
+  SideCache sideCache_;
   CaptureState* active_ = nullptr;
   uint32_t nCtx_ = 0;
   uint32_t nBatch_ = 0;

@@ -67,11 +67,22 @@ void DecodeWorker::Decode() {
   const int32_t chunk = static_cast<int32_t>(bb_->nBatch());
   const bool allOutputs = (mode_ == DecodeMode::Capture && needLastLayer) || mode_ == DecodeMode::Loss;
   llama_batch batch = llama_batch_init(chunk, 0, 1);
+  // The side network's cache follows llama.cpp's memory step for step.
+  SideCache& sideCache = bb_->sideCache();
   if (!keepMemory) {
     llama_memory_clear(llama_get_memory(ctx), true);
+    sideCache.clear();
   } else {
     // Continue sequence 0 at startPos: whatever it held from startPos on is dropped (reused prompt prefix).
     llama_memory_seq_rm(llama_get_memory(ctx), 0, startPos, -1);
+    sideCache.removeFrom(0, startPos);
+    if (net != nullptr && !sideCache.covers(0, startPos, *net)) {
+      // The adapter changed since the prefix was decoded: its keys are not here. Start afresh.
+      llama_batch_free(batch);
+      code_ = "DECODE_FAILED";
+      SetError("The side network's cache does not hold the reused prefix; decode the whole text again.");
+      return;
+    }
   }
   SideRun side;
   if (mode_ == DecodeMode::Capture) state.side = nullptr;
@@ -85,7 +96,7 @@ void DecodeWorker::Decode() {
       break;
     }
     int32_t n = 0;
-    std::vector<int> outputRows;
+    std::vector<int> outputRows, rowPos, rowSeq;
     std::vector<llama_token> chunkTargets;
     while (n < chunk && s < sequences.size()) {
       const auto& seq = sequences[s];
@@ -95,6 +106,8 @@ void DecodeWorker::Decode() {
       batch.n_seq_id[n] = 1;
       batch.seq_id[n][0] = static_cast<llama_seq_id>(s);
       batch.logits[n] = isOutput ? 1 : 0;
+      rowPos.push_back(batch.pos[n]);
+      rowSeq.push_back(static_cast<int>(s));
       if (isOutput) outputRows.push_back(n);
       if (mode_ == DecodeMode::Loss) chunkTargets.push_back(targets[s][t]);
       ++n;
@@ -105,7 +118,7 @@ void DecodeWorker::Decode() {
     }
     batch.n_tokens = n;
     if (net != nullptr && mode_ != DecodeMode::Capture) {
-      side.reset(net, n, outputRows);
+      side.reset(net, &sideCache, n, outputRows, rowPos.data(), rowSeq.data());
       state.side = &side;
     }
     rc = llama_decode(ctx, batch);
@@ -126,7 +139,10 @@ void DecodeWorker::Decode() {
     lastLogits_.assign(logits, logits + nVocab);
   }
   *bb_->captureSlot() = nullptr;
-  if (mode_ != DecodeMode::Logits) llama_memory_clear(llama_get_memory(ctx), true);
+  if (mode_ != DecodeMode::Logits) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    sideCache.clear();
+  }
   llama_batch_free(batch);
   if (cancelled) {
     code_ = "CANCELLED";

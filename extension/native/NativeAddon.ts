@@ -62,7 +62,7 @@ export interface NativeBackbone {
 export interface NativeAdapter extends SideNetworkShape {
   adapterEps: number;
   gateTemperature: number;
-  /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d] */
+  /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d]; version 2: wq.k, wk.k, wv.k, wo.k [r][r] for every block but the last */
   tensors: Record<string, Float32Array>;
 }
 

@@ -48,6 +48,16 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
       !readPositive(o, "adapterEps", net->adapterEps) || !readPositive(o, "gateTemperature", temperature)) {
     return fail("ADAPTER_CORRUPT", "The adapter's shape or constants are damaged.");
   }
+  // Optional: absent means a version-1 side network.
+  if (o.Has("version") && !o.Get("version").IsUndefined() && !readInt(o, "version", 1, 2, net->version)) {
+    return fail("ADAPTER_CORRUPT", "The adapter's side-network version is damaged.");
+  }
+  if (net->version == 2) {
+    if (!readInt(o, "heads", 1, net->r, net->heads) || net->r % (2 * net->heads) != 0) {
+      return fail("ADAPTER_CORRUPT", "The adapter's attention heads do not divide its width.");
+    }
+    net->width = net->r / net->heads;
+  }
   const Napi::Value tappedValue = o.Get("tappedLayers");
   const Napi::Value tensorsValue = o.Get("tensors");
   if (!tappedValue.IsArray() || !tensorsValue.IsObject()) return fail("ADAPTER_CORRUPT", "The adapter's layers or tensors are damaged.");
@@ -80,12 +90,22 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
     net->down.emplace_back();
     net->mid.emplace_back();
     net->up.emplace_back();
+    for (auto* w : {&net->wq, &net->wk, &net->wv, &net->wo}) w->emplace_back();
     std::vector<float> alpha;
     const std::string ks = std::to_string(k);
     if (!take("down." + ks, static_cast<size_t>(net->d) * net->r, net->down.back()) ||
         !take("mid." + ks, static_cast<size_t>(net->r) * net->b, net->mid.back()) ||
         !take("up." + ks, static_cast<size_t>(net->b) * net->r, net->up.back()) || !take("alpha." + ks, 1, alpha)) {
       return fail("ADAPTER_CORRUPT", "The adapter's tensors do not match its shape.");
+    }
+    // Version 2: every block but the last attends (the last layer is tapped, so it is the last block).
+    const bool lastBlock = k + 1 == tapped.Length();
+    if (net->version == 2 && !lastBlock) {
+      const size_t rr = static_cast<size_t>(net->r) * net->r;
+      if (!take("wq." + ks, rr, net->wq.back()) || !take("wk." + ks, rr, net->wk.back()) ||
+          !take("wv." + ks, rr, net->wv.back()) || !take("wo." + ks, rr, net->wo.back())) {
+        return fail("ADAPTER_CORRUPT", "The adapter's attention tensors do not match its shape.");
+      }
     }
     net->mu.push_back(1.0f / (1.0f + std::exp(-alpha[0] / temperature)));
   }

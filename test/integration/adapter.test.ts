@@ -22,12 +22,15 @@ const CODE = 'export function total(items: number[]): number {\n  let sum = 0;\n
 
 
 /** A side network with random non-zero weights (Out included), as the server would save it. */
-function randomAdapter(fp: string, d: number, layers: number[], seed: number): { file: Buffer; net: SideNetwork } {
-  const shape = sideShape(d, 4, layers);
+function randomAdapter(fp: string, d: number, layers: number[], seed: number, version: 1 | 2 = 1): { file: Buffer; net: SideNetwork } {
+  // Version 2 with two heads of width 8, so the per-head split is exercised.
+  const shape = version === 1 ? sideShape(d, 4, layers) : { ...sideShape(d, 4, layers, 2), heads: 2 };
   const values = initialParameters(shape, seed);
   const rng = new SeededRandom(seed + 1);
   values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.2));
   layers.forEach((_, k) => values.set(`alpha.${k}`, Float32Array.of(rng.normal() * 0.2)));
+  // Strong attention outputs, so a wrong attention on the device would show in the loss.
+  for (const name of parameterNames(shape).filter((n) => n.startsWith('wo.'))) values.set(name, Float32Array.from({ length: shape.r * shape.r }, () => rng.normal() * 0.5));
   const net = new SideNetwork(shape, values);
   const tensors = parameterNames(shape).map((n) => ({ name: n, shape: net.p(n).shape, data: values.get(n)! }));
   return { file: encodeAdapter(fp, testAdapterConfig(shape), { steps: 0 }, tensors), net };
@@ -37,13 +40,13 @@ describe('side network inside llama.cpp on the device', function () {
   this.timeout(300_000);
   before(() => initTensorflow());
 
-  it('matches the server\'s TensorFlow.js forward on the same inputs (loss per sequence)', async () => {
+  for (const version of [1, 2] as const) it(`side network ${version} matches the server's TensorFlow.js forward on the same inputs (loss per sequence, two sequences in one decode)`, async () => {
     const modelPath = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, seed: 21 });
     const bb = await Backbone.open(modelPath, { contextSize: 256, maxSequences: 2, threads: 1, flashAttention: false });
     try {
       const fp = await modelFingerprint(modelPath);
       const layers = [0, 1, 2];
-      const { file, net } = randomAdapter(fp, 64, layers, 5);
+      const { file, net } = randomAdapter(fp, 64, layers, 5, version);
       const seqs = [bb.tokenize(CODE), bb.tokenize('const a = [1, 2, 3];\nconsole.log(total(a));\n')];
       const base = await bb.sequenceLoss(seqs);
       await bb.useAdapter(file);
@@ -56,7 +59,7 @@ describe('side network inside llama.cpp on the device', function () {
       for (const s of seqs) {
         const cap = await bb.capture([s.subarray(0, s.length - 1)], layers);
         const hs = cap.data.map((l) => tf.tensor2d(l, [s.length - 1, 64]));
-        const loss = net.referenceLoss(hs, s.subarray(1), new Float32Array(s.length - 1).fill(1), head, norm, bb.info.normEpsilon);
+        const loss = net.referenceLoss(hs, s.subarray(1), new Float32Array(s.length - 1).fill(1), head, norm, bb.info.normEpsilon, [s.length - 1]);
         refSum += loss.dataSync()[0]! * (s.length - 1);
         refTokens += s.length - 1;
         loss.dispose();
@@ -69,6 +72,31 @@ describe('side network inside llama.cpp on the device', function () {
       await bb.clearAdapter();
       assert.equal((await bb.sequenceLoss(seqs)).lossSum, base.lossSum, 'clearing restores the plain backbone exactly');
       net.dispose();
+    } finally {
+      bb.dispose();
+    }
+  });
+
+  it('side network 2 keeps its key cache in step with llama.cpp\'s: a reused prompt prefix gives the logits of a fresh decode', async () => {
+    const modelPath = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, seed: 22 });
+    const bb = await Backbone.open(modelPath, { contextSize: 256, maxSequences: 1, threads: 1, flashAttention: false });
+    try {
+      const { file, net } = randomAdapter(await modelFingerprint(modelPath), 64, [0, 1, 2], 6, 2);
+      net.dispose();
+      await bb.useAdapter(file);
+      const text = bb.tokenize(CODE);
+      const fresh = await bb.logitsAfter(text, 0);
+      // The first 20 tokens, then a wrong continuation, then back to the true text from token 20: the wrong part must leave no trace.
+      await bb.logitsAfter(text.subarray(0, 20), 0);
+      await bb.logitsAfter(bb.tokenize('while (true) {}'), 20);
+      const reused = await bb.logitsAfter(text.subarray(20), 20);
+      let worst = 0;
+      for (let i = 0; i < fresh.length; i++) worst = Math.max(worst, Math.abs(fresh[i]! - reused[i]!));
+      assert.ok(worst < 1e-3, `largest logit difference ${worst}`);
+      // The adapter changes the logits (so the check above is not vacuous), and a new adapter starts the cache afresh.
+      await bb.clearAdapter();
+      const plain = await bb.logitsAfter(text, 0);
+      assert.ok(plain.some((x, i) => Math.abs(x - fresh[i]!) > 1e-2), 'the adapter changes the logits');
     } finally {
       bb.dispose();
     }
@@ -127,6 +155,24 @@ describe('side network inside llama.cpp on the device', function () {
           assert.ok(Math.abs(tuned.heldOutLoss - r.heldOutLossAfter) <= 0.01, 'after');
         }
         assert.ok(tuned.heldOutLoss < base.heldOutLoss);
+      } finally {
+        bb.dispose();
+      }
+    }
+  });
+
+  it('side network 2 end to end, standard and label-private: the device\'s held-out loss with the adapter is the server\'s "after" loss', async () => {
+    const ws = makeWorkspace(32);
+    const model = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 9 });
+    for (const labelPrivate of [false, true]) {
+      const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('st'), steps: 20, seqLen: 32, batchSize: 4, bits: 16, threads: 1, learningRate: 5e-3, sideNetwork: 2, labelPrivate }).run();
+      const bb = await Backbone.open(model, { contextSize: 4 * 33, maxSequences: 4, threads: 1 });
+      try {
+        await bb.useAdapter(fs.readFileSync(r.adapter));
+        const tuned = await evaluateWorkspace(bb, ws, { seqLen: 32 });
+        process.stdout.write(`      ${labelPrivate ? 'label-private' : 'standard'}: server ${r.heldOutLossBefore.toFixed(4)} -> ${r.heldOutLossAfter.toFixed(4)}; device after ${tuned.heldOutLoss.toFixed(4)}\n`);
+        assert.ok(r.heldOutLossAfter < r.heldOutLossBefore, 'it learns');
+        assert.ok(Math.abs(tuned.heldOutLoss - r.heldOutLossAfter) <= 0.01, 'after');
       } finally {
         bb.dispose();
       }

@@ -28,6 +28,8 @@ interface EncodedBatch {
   payload: Buffer;
   /** Predicted tokens in the batch. */
   rows: number;
+  /** The sequences' lengths (summing to rows), for a side network that attends within them. */
+  lengths: number[];
   sequences: number;
   /** Label-private: what stays on the device for the loss: the last layer's hidden states [rows][d], the targets, the mask. */
   kept?: { last: Float32Array; targets: Int32Array; mask: Uint8Array };
@@ -61,6 +63,7 @@ export class ActivationStream {
   /** Runs the backbone over `seqs` with capture and encodes the batch payload. */
   private async encodeBatch(seqs: Int32Array[], use: 'train' | 'eval'): Promise<EncodedBatch> {
     const { inputs, targets, mask, rows } = splitInputsTargets(seqs);
+    const lengths = inputs.map((x) => x.length);
     const cap = await this.backbone.capture(inputs, this.config.tappedLayers);
     const t1 = process.hrtime.bigint();
     const labelPrivate = this.config.labelPrivate === true;
@@ -71,7 +74,7 @@ export class ActivationStream {
     else this.timings.evalForwardSeconds += cap.forwardSeconds;
     this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
     const kept = labelPrivate ? { last: cap.data[cap.data.length - 1]!, targets, mask } : undefined;
-    return { payload, rows, sequences: seqs.length, kept };
+    return { payload, rows, lengths, sequences: seqs.length, kept };
   }
 
   /**
@@ -109,7 +112,7 @@ export class ActivationStream {
     const pending: Promise<{ lossSum: number; tokens: number }>[] = [];
     for (let i = 0; i * B < sequences.length; i++) {
       this.ctx.checkCancelled();
-      const { payload, rows, kept } = await this.encodeBatch(sequences.slice(i * B, (i + 1) * B), 'eval');
+      const { payload, rows, lengths, kept } = await this.encodeBatch(sequences.slice(i * B, (i + 1) * B), 'eval');
       if (kept) {
         // Label-private: the server sends the side output; the loss is computed here.
         const side = conn.expect('eval/side', (m) => m.evalId === evalId && m.index === i, jobId);
@@ -118,7 +121,7 @@ export class ActivationStream {
         pending.push(conn.expect('eval/result', (m) => m.evalId === evalId && m.index === i, jobId).then((r) => r.message));
       }
       pending[pending.length - 1]!.catch(() => undefined);
-      conn.send({ type: 'batch/eval', jobId, evalId, index: i, rows }, payload);
+      conn.send({ type: 'batch/eval', jobId, evalId, index: i, rows, lengths }, payload);
     }
     let lossSum = 0;
     let tokens = 0;
@@ -158,7 +161,7 @@ export class ActivationStream {
       let pending = next < total ? forward(next) : undefined;
       while (next < total) {
         this.ctx.checkCancelled();
-        const { payload, rows, sequences, kept } = await pending!;
+        const { payload, rows, lengths, sequences, kept } = await pending!;
         // Start the backbone on the next batch now: it runs on a worker thread
         // while this batch waits for credit and the server trains.
         pending = next + 1 < total ? forward(next + 1) : undefined;
@@ -177,7 +180,7 @@ export class ActivationStream {
             });
           joins.catch((err: unknown) => window.fail(MobiError.from(err)));
         }
-        conn.send({ type: 'batch/train', jobId, index: next, rows }, payload);
+        conn.send({ type: 'batch/train', jobId, index: next, rows, lengths }, payload);
         this.timings.sendSeconds += Number(process.hrtime.bigint() - s0) / 1e9;
         window.sent(next);
         onSent(sequences, rows);

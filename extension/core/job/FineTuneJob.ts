@@ -233,6 +233,7 @@ export class FineTuneJob {
       learningRate: this.o.learningRate, warmupSteps: Math.max(1, Math.min(20, Math.floor(totalSteps / 10))), seed: this.o.seed,
       checkpointEvery: this.o.checkpointEvery,
       ...(this.o.labelPrivate ? { labelPrivate: true } : {}),
+      ...(this.o.sideNetwork === 2 ? { sideNetwork: 2 } : {}),
     };
     this.progress.setTotalSteps(config.totalSteps);
     if (resumed) {

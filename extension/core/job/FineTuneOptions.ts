@@ -45,6 +45,11 @@ export interface FineTuneOptions {
    * and only its gradient goes back. Default false.
    */
   labelPrivate?: boolean;
+  /**
+   * The side network's design: 1 the per-token ladder, 2 with causal
+   * self-attention within each sequence (common/AdapterConfig.ts). Default 1.
+   */
+  sideNetwork?: 1 | 2;
   /** Workspace scan filters and limits. Default: none beyond the scan's own. */
   scan?: ScanOptions;
   /** Device store (adapters, job records, embedded server data). Default ~/.mobillm. */
@@ -70,7 +75,7 @@ export interface FineTuneOptions {
 }
 
 /** The settings a job is created with and keeps when it is resumed. */
-export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate'] as const;
+export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate', 'sideNetwork'] as const;
 export type TunedOption = (typeof TUNED_OPTIONS)[number];
 export type TunedSettings = Partial<Pick<FineTuneOptions, TunedOption>>;
 
@@ -106,6 +111,7 @@ export function checkFineTuneOptions(o: FineTuneOptions): void {
   if (o.heldOutFraction !== undefined && !(o.heldOutFraction > 0 && o.heldOutFraction < 1)) bad('heldOutFraction', 'a fraction between 0 and 1');
   if (o.fimRate !== undefined && !(o.fimRate >= 0 && o.fimRate <= 1)) bad('fimRate', 'a fraction from 0 to 1');
   if (o.labelPrivate !== undefined && typeof o.labelPrivate !== 'boolean') bad('labelPrivate', 'true or false');
+  if (o.sideNetwork !== undefined && o.sideNetwork !== 1 && o.sideNetwork !== 2) bad('sideNetwork', '1 or 2');
 }
 
 /** The tuned settings of a resolved job (what its record keeps). */
@@ -115,13 +121,13 @@ export function tunedSettings(o: FineTuneOptions): TunedSettings {
 
 /** The options that always have a value once defaults are applied. */
 type Defaulted = 'epochs' | 'seqLen' | 'batchSize' | 'bits' | 'reduction' | 'skipLayers' | 'learningRate' | 'seed' | 'checkpointEvery'
-  | 'heldOutFraction' | 'maxHeldOutSequences' | 'fimRate' | 'labelPrivate' | 'scan' | 'storeDir' | 'reconnectTimeoutMs';
+  | 'heldOutFraction' | 'maxHeldOutSequences' | 'fimRate' | 'labelPrivate' | 'sideNetwork' | 'scan' | 'storeDir' | 'reconnectTimeoutMs';
 export type ResolvedFineTuneOptions = FineTuneOptions & Required<Pick<FineTuneOptions, Defaulted>>;
 
 /** The defaults of FineTuneOptions (the store folder is read from the environment when options are resolved). */
 export const FINE_TUNE_DEFAULTS = {
   epochs: 1, seqLen: 128, batchSize: 4, bits: 8, reduction: 8, skipLayers: 0, learningRate: 2e-3, seed: 1, checkpointEvery: 25,
-  heldOutFraction: 0.1, maxHeldOutSequences: 32, fimRate: 0.5, labelPrivate: false, reconnectTimeoutMs: 120_000,
+  heldOutFraction: 0.1, maxHeldOutSequences: 32, fimRate: 0.5, labelPrivate: false, sideNetwork: 1, reconnectTimeoutMs: 120_000,
 } as const satisfies Omit<Required<Pick<FineTuneOptions, Defaulted>>, 'scan' | 'storeDir'>;
 
 /** Checks the options and applies the defaults to every one left undefined. */
