@@ -132,6 +132,8 @@ export interface FinetuneSummary {
   heldOutLossBefore: number;
   heldOutLossAfter: number;
   seconds: number;
+  /** The adapter file (inside the run's store, removed after the run). */
+  adapter: string;
 }
 
 /**
@@ -139,7 +141,7 @@ export interface FinetuneSummary {
  * the same process (`embedded`), or in its own process on core 1 with the
  * device on core 0, so the device's figures are its own.
  */
-export async function runOurs(modelPath: string, workspace: string, embedded: boolean, extraArgs: string[] = ['--epochs', '1']): Promise<Measured & { summary: FinetuneSummary }> {
+export async function runOurs(modelPath: string, workspace: string, embedded: boolean, extraArgs: string[] = ['--epochs', '1'], keepAdapterAs?: string): Promise<Measured & { summary: FinetuneSummary }> {
   const store = fs.mkdtempSync(path.join(os.tmpdir(), 'mobillm-peers-'));
   const args = [DEVICE_CLI, 'finetune', '--workspace', workspace, '--model', modelPath, '--seq-len', String(SEQ), '--batch', String(BATCH), '--store', store, '--json', ...extraArgs];
   let server: ChildProcess | undefined;
@@ -152,7 +154,9 @@ export async function runOurs(modelPath: string, workspace: string, embedded: bo
       args.push('--server', started.url, '--token', token);
     }
     const m = await measure(process.execPath, args, { cpu: embedded ? undefined : 0, env: { ...process.env, MOBILLM_HOME: store } });
-    return { ...m, summary: JSON.parse(m.stdout.trim().split('\n').pop()!) as FinetuneSummary };
+    const summary = JSON.parse(m.stdout.trim().split('\n').pop()!) as FinetuneSummary;
+    if (keepAdapterAs) fs.copyFileSync(summary.adapter, keepAdapterAs);
+    return { ...m, summary };
   } finally {
     server?.kill('SIGKILL');
     fs.rmSync(store, { recursive: true, force: true });

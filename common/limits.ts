@@ -53,6 +53,8 @@ export const OPTION_LIMITS = {
   reduction: { min: 1, max: 256 },
   /** Layers kept on the device. */
   skipLayers: { min: 0, max: 1023 },
+  /** Tap every n-th layer (counting down from the last). */
+  tapEvery: { min: 1, max: 1023 },
   /** Seeds are 32-bit. */
   seed: { min: 0, max: 2 ** 32 - 1 },
   /** Peak learning rate. */

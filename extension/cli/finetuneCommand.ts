@@ -14,12 +14,12 @@ import { ProgressDisplay } from './ProgressDisplay';
 const FLAGS: Record<TunedOption, string> = {
   epochs: '--epochs', steps: '--steps', seqLen: '--seq-len', batchSize: '--batch', bits: '--bits', reduction: '--reduction',
   skipLayers: '--skip-layers', learningRate: '--lr', seed: '--seed', checkpointEvery: 'checkpointEvery', heldOutFraction: 'heldOutFraction', maxHeldOutSequences: 'maxHeldOutSequences', fimRate: '--fim-rate', labelPrivate: '--label-private',
-  sideNetwork: '--side-network',
+  sideNetwork: '--side-network', tapEvery: '--tap-every',
 };
 
 interface FinetuneFlags {
   workspace?: string; model?: string; server?: string; token?: string; epochs?: string; steps?: string; seqLen?: string; batch?: string; bits?: string;
-  skipLayers?: string; reduction?: string; lr?: string; seed?: string; fimRate?: string; labelPrivate?: boolean; sideNetwork?: string; resume?: string; store: string; json?: boolean;
+  skipLayers?: string; reduction?: string; lr?: string; seed?: string; fimRate?: string; labelPrivate?: boolean; sideNetwork?: string; tapEvery?: string; resume?: string; store: string; json?: boolean;
 }
 
 /** A flag's number (range checks happen once, in the core, with the flag's name). */
@@ -55,6 +55,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
     .option('--fim-rate <x>', 'share of training sequences in fill-in-the-middle order, for models with FIM tokens (default 0.5)')
     .option('--label-private', 'keep the target ids on this computer: the loss is computed here with the model\'s own head, the server gets activations and gradients only')
     .option('--side-network <n>', 'side network design: 1 per token, 2 with causal self-attention within each sequence (default 1)')
+    .option('--tap-every <n>', 'send every n-th layer, counting down from the last (default 1: every layer)')
     .option('--resume <jobId|last>', 'continue a job started on this device with all its settings ("last": the latest; see "mobillm jobs")')
     .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
     .option('--json', 'print the result as JSON on the last line')
@@ -68,7 +69,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
         epochs: num(o.epochs, '--epochs'), steps: num(o.steps, '--steps'), seqLen: num(o.seqLen, '--seq-len'), batchSize: num(o.batch, '--batch'),
         bits: num(o.bits, '--bits') as 4 | 8 | 16 | undefined, skipLayers: num(o.skipLayers, '--skip-layers'), reduction: num(o.reduction, '--reduction'),
         learningRate: num(o.lr, '--lr'), seed: num(o.seed, '--seed'), fimRate: num(o.fimRate, '--fim-rate'), labelPrivate: o.labelPrivate,
-        sideNetwork: num(o.sideNetwork, '--side-network') as 1 | 2 | undefined, describeOption: (k: TunedOption) => FLAGS[k],
+        sideNetwork: num(o.sideNetwork, '--side-network') as 1 | 2 | undefined, tapEvery: num(o.tapEvery, '--tap-every'), describeOption: (k: TunedOption) => FLAGS[k],
       };
       checkFineTuneOptions({ workspace, model: '', ...tuned }); // before anything is created or loaded
       const model = o.model ?? record?.model ?? ensureDefaultModel(o.store);

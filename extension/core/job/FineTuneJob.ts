@@ -228,7 +228,7 @@ export class FineTuneJob {
     const totalSteps = this.o.steps ?? this.o.epochs * batchesPerEpoch(data, batchSize);
     if (!Number.isInteger(totalSteps) || totalSteps < 1) throw new MobiError('BAD_ARGUMENT', 'The number of steps must be a positive integer.');
     const config: JobConfig = resumed?.config ?? {
-      tappedLayers: Array.from({ length: L - this.o.skipLayers }, (_, i) => i + this.o.skipLayers),
+      tappedLayers: tappedLayers(L, this.o.skipLayers, this.o.tapEvery),
       reduction: this.o.reduction, bits: this.o.bits, seqLen, batchSize, totalSteps,
       learningRate: this.o.learningRate, warmupSteps: Math.max(1, Math.min(20, Math.floor(totalSteps / 10))), seed: this.o.seed,
       checkpointEvery: this.o.checkpointEvery,
@@ -336,4 +336,11 @@ export class FineTuneJob {
       // The server keeps its last checkpoint either way.
     }
   }
+}
+
+/** Layers skip..L-1, every `every`-th counting down from the last (which is always tapped). */
+export function tappedLayers(L: number, skip: number, every: number): number[] {
+  const out: number[] = [];
+  for (let layer = L - 1; layer >= skip; layer -= every) out.unshift(layer);
+  return out;
 }

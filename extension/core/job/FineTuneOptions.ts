@@ -27,6 +27,8 @@ export interface FineTuneOptions {
   reduction?: number;
   /** Leave the first k layers untapped (less exposure of early activations). Default 0. */
   skipLayers?: number;
+  /** Tap every n-th layer, counting down from the last (always tapped). Default 1 (every layer). */
+  tapEvery?: number;
   /** Peak learning rate. Default 2e-3. */
   learningRate?: number;
   /** Seed of the split, shuffles and initial weights. Default 1. */
@@ -75,7 +77,7 @@ export interface FineTuneOptions {
 }
 
 /** The settings a job is created with and keeps when it is resumed. */
-export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate', 'sideNetwork'] as const;
+export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate', 'sideNetwork', 'tapEvery'] as const;
 export type TunedOption = (typeof TUNED_OPTIONS)[number];
 export type TunedSettings = Partial<Pick<FineTuneOptions, TunedOption>>;
 
@@ -87,6 +89,7 @@ const INTEGER_RANGES: Partial<Record<TunedOption, Range>> = {
   batchSize: OPTION_LIMITS.batchSize,
   reduction: OPTION_LIMITS.reduction,
   skipLayers: OPTION_LIMITS.skipLayers,
+  tapEvery: OPTION_LIMITS.tapEvery,
   seed: OPTION_LIMITS.seed,
   checkpointEvery: { min: 1, max: OPTION_LIMITS.steps.max },
   maxHeldOutSequences: { min: 1, max: 100_000 },
@@ -121,13 +124,13 @@ export function tunedSettings(o: FineTuneOptions): TunedSettings {
 
 /** The options that always have a value once defaults are applied. */
 type Defaulted = 'epochs' | 'seqLen' | 'batchSize' | 'bits' | 'reduction' | 'skipLayers' | 'learningRate' | 'seed' | 'checkpointEvery'
-  | 'heldOutFraction' | 'maxHeldOutSequences' | 'fimRate' | 'labelPrivate' | 'sideNetwork' | 'scan' | 'storeDir' | 'reconnectTimeoutMs';
+  | 'heldOutFraction' | 'maxHeldOutSequences' | 'fimRate' | 'labelPrivate' | 'sideNetwork' | 'tapEvery' | 'scan' | 'storeDir' | 'reconnectTimeoutMs';
 export type ResolvedFineTuneOptions = FineTuneOptions & Required<Pick<FineTuneOptions, Defaulted>>;
 
 /** The defaults of FineTuneOptions (the store folder is read from the environment when options are resolved). */
 export const FINE_TUNE_DEFAULTS = {
   epochs: 1, seqLen: 128, batchSize: 4, bits: 8, reduction: 8, skipLayers: 0, learningRate: 2e-3, seed: 1, checkpointEvery: 25,
-  heldOutFraction: 0.1, maxHeldOutSequences: 32, fimRate: 0.5, labelPrivate: false, sideNetwork: 1, reconnectTimeoutMs: 120_000,
+  heldOutFraction: 0.1, maxHeldOutSequences: 32, fimRate: 0.5, labelPrivate: false, sideNetwork: 1, tapEvery: 1, reconnectTimeoutMs: 120_000,
 } as const satisfies Omit<Required<Pick<FineTuneOptions, Defaulted>>, 'scan' | 'storeDir'>;
 
 /** Checks the options and applies the defaults to every one left undefined. */

@@ -78,6 +78,24 @@ describe('server: what one session may do', function () {
     }
   });
 
+  it('a side-network-2 job needs each batch\'s sequence lengths, summing to its rows; other versions are refused', async () => {
+    const { ws } = await session();
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, sideNetwork: 3 } });
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'side network 3');
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, sideNetwork: 2, seqLen: 4096, batchSize: 16 } });
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'attention scores past the limit');
+    ws.deliver({ type: 'job/create', name: 'v2', config: { ...config, sideNetwork: 2, batchSize: 2 } });
+    const { jobId } = await ws.next('job/ready');
+    const b = batchPayload(1);
+    ws.deliver({ type: 'batch/train', jobId, index: 0, rows: b.rows }, b.payload);
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'no lengths');
+    ws.deliver({ type: 'batch/train', jobId, index: 0, rows: b.rows, lengths: [b.rows - 1] }, b.payload);
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'lengths that do not sum to rows');
+    ws.deliver({ type: 'batch/train', jobId, index: 0, rows: b.rows, lengths: [b.rows - 3, 3] }, b.payload);
+    const ack = await ws.next('batch/ack');
+    assert.deepEqual([ack.index, ack.step], [0, 1]);
+  });
+
   it('bounds evalIds and the held-out results a job keeps', async () => {
     const { ws, jobs } = await session();
     ws.deliver({ type: 'job/create', name: 'e', config });

@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import type { ServerMessage } from '../../../../../common/messages';
 import { MobiError } from '../../../../../extension/core/MobiError';
 import { CreditSource, CreditWindow } from '../../../../../extension/core/job/CreditWindow';
-import { FINE_TUNE_DEFAULTS, resolveFineTuneOptions } from '../../../../../extension/core/job/FineTuneOptions';
+import { checkFineTuneOptions, FINE_TUNE_DEFAULTS, resolveFineTuneOptions } from '../../../../../extension/core/job/FineTuneOptions';
+import { tappedLayers } from '../../../../../extension/core/job/FineTuneJob';
 import type { JobContext } from '../../../../../extension/core/job/JobContext';
 import { JobPhase, JobProgress, ProgressTracker } from '../../../../../extension/core/job/JobProgress';
 import { JobRecordStore } from '../../../../../extension/core/job/JobRecordStore';
@@ -217,5 +218,21 @@ describe('device job parts', () => {
       });
       assert.equal(attempts, 4, 'each drop after a connection starts its own 1.5 s allowance');
     });
+  });
+});
+
+describe('which layers a job taps', () => {
+  it('every layer from skip on, or every n-th counting down from the last (always tapped)', () => {
+    assert.deepEqual(tappedLayers(4, 0, 1), [0, 1, 2, 3]);
+    assert.deepEqual(tappedLayers(4, 0, 2), [1, 3]);
+    assert.deepEqual(tappedLayers(6, 1, 2), [1, 3, 5]);
+    assert.deepEqual(tappedLayers(6, 2, 3), [2, 5]);
+    assert.deepEqual(tappedLayers(3, 0, 5), [2]);
+  });
+
+  it('refuses a side network other than 1 or 2, and a tap interval below 1, as BAD_ARGUMENT', () => {
+    for (const bad of [{ sideNetwork: 3 }, { tapEvery: 0 }, { tapEvery: 1.5 }]) {
+      assert.throws(() => checkFineTuneOptions({ workspace: '.', model: '', ...(bad as object) }), (e: MobiError) => e.code === 'BAD_ARGUMENT', JSON.stringify(bad));
+    }
   });
 });

@@ -1,0 +1,149 @@
+/**
+ * Side network v1 against v2 (causal self-attention), and the peer's full
+ * fine-tuning, in one run on one pretrained backbone (default: the peer
+ * benchmark's 4 x 256, pretrained by llama-finetune on @types/node, cached;
+ * `-- --backbone standin`: issue 12's 6 x 384 stand-in, bench/standIn.ts).
+ * Fine-tunes on this repository's first 32 KB of source, scores everything
+ * with the same evaluator (the device's held-out loss, same held-out files).
+ *
+ *   ours: each variant from scratch for 1, 2, 4 and 8 epochs (device on core 0,
+ *         server process on core 1); variants v1 (every layer), v2 (every
+ *         layer), v2 with every second layer tapped
+ *   peer: llama-finetune at the peer benchmark's best learning rate, 8 epochs,
+ *         one at a time, held-out loss after each (core 0)
+ *   lines: line completions (bench/lineScore.ts) for the base model, v1 and v2
+ *         after 4 epochs, and the peer after 8
+ *
+ *   npm run bench:side-network [-- --backbone standin] [-- --skip-lines]
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Backbone } from '../extension/core/Backbone';
+import { heldOutFiles } from '../extension/core/dataset';
+import { evaluateWorkspace } from '../extension/core/evaluateWorkspace';
+import { scanWorkspace } from '../extension/core/scanWorkspace';
+import { machineDescription } from './benchModels';
+import { positions, score } from './lineScore';
+import { pretrainedBackbone } from './peerConvergence';
+import { buildPeer, corpus, measure, PEERS, ROOT, runOurs, SEQ } from './peerHarness';
+import { standInBackbone } from './standIn';
+
+const FINETUNE_BYTES = 32_000;
+const EPOCHS = [1, 2, 4, 8];
+const PEER_EPOCHS = 8;
+const LINE_EPOCHS = 4;
+
+interface Variant {
+  name: string;
+  args: string[];
+  epochs: number[];
+}
+
+const VARIANTS: Variant[] = [
+  { name: 'v1', args: ['--side-network', '1'], epochs: EPOCHS },
+  { name: 'v2', args: ['--side-network', '2'], epochs: EPOCHS },
+  { name: 'v2-every-second-layer', args: ['--side-network', '2', '--tap-every', '2'], epochs: [1, 4] },
+];
+
+interface Point {
+  epochs: number;
+  seconds: number;
+  heldOutLoss: number;
+}
+
+async function heldOutLoss(model: string, workspace: string): Promise<number> {
+  const bb = await Backbone.open(model, { contextSize: 4 * (SEQ + 1), maxSequences: 4, threads: 1 });
+  try {
+    return (await evaluateWorkspace(bb, workspace, { seqLen: SEQ })).heldOutLoss;
+  } finally {
+    bb.dispose();
+  }
+}
+
+const firstTimeAtOrBelow = (pts: Point[], target: number): number | null => pts.find((p) => p.heldOutLoss <= target + 1e-9)?.seconds ?? null;
+
+async function main(): Promise<void> {
+  const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  const bin = buildPeer();
+  const standin = process.argv.includes('standin');
+  const { pretrained } = standin ? await standInBackbone(bin, log) : await pretrainedBackbone(bin, log);
+  const ws = corpus(FINETUNE_BYTES);
+  const loss0 = await heldOutLoss(pretrained, ws.workspace);
+  log(`backbone ${path.basename(pretrained)}: held-out loss before fine-tuning ${loss0.toFixed(4)}`);
+
+  const peersJson = JSON.parse(fs.readFileSync(path.join(ROOT, 'bench', 'results', 'peers.json'), 'utf8')) as { results: { convergence: { peerBestLearningRate: number } } };
+  const lr = peersJson.results.convergence.peerBestLearningRate;
+  const files = scanWorkspace(ws.workspace).files;
+  const held = new Set(heldOutFiles(files).map((f) => f.path));
+  const trainText = path.join(PEERS, 'choices-train.txt');
+  fs.writeFileSync(trainText, files.filter((f) => !held.has(f.path)).map((f) => f.text).join(''));
+  const peer: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: loss0 }];
+  let prev = pretrained;
+  let t = 0;
+  const peerFinal = path.join(PEERS, `choices-peer-lr${lr}-e${PEER_EPOCHS}.gguf`);
+  for (let epoch = 1; epoch <= PEER_EPOCHS; epoch++) {
+    const out = epoch === PEER_EPOCHS ? peerFinal : path.join(PEERS, `choices-peer-e${epoch}.gguf`);
+    const m = await measure(path.join(bin, 'llama-finetune'), ['-m', prev, '-f', trainText, '-c', String(SEQ), '-b', String(SEQ), '-ub', String(SEQ), '--epochs', '1', '-lr', String(lr), '-t', '1', '-o', out], { cpu: 0 });
+    if (prev !== pretrained) fs.rmSync(prev, { force: true });
+    prev = out;
+    t += m.wallSeconds;
+    peer.push({ epochs: epoch, seconds: t, heldOutLoss: await heldOutLoss(out, ws.workspace) });
+    log(`  peer lr ${lr} epoch ${epoch}: ${t.toFixed(1)} s, held-out ${peer.at(-1)!.heldOutLoss.toFixed(4)}`);
+  }
+
+  const ours: Record<string, Point[]> = {};
+  const adapters: Record<string, string> = {};
+  for (const v of VARIANTS) {
+    ours[v.name] = [{ epochs: 0, seconds: 0, heldOutLoss: loss0 }];
+    for (const epochs of v.epochs) {
+      const keep = epochs === LINE_EPOCHS ? path.join(PEERS, `choices-${v.name}-e${epochs}.mobi`) : undefined;
+      const r = await runOurs(pretrained, ws.workspace, false, ['--epochs', String(epochs), ...v.args], keep);
+      ours[v.name]!.push({ epochs, seconds: r.wallSeconds, heldOutLoss: r.summary.heldOutLossAfter });
+      if (keep) adapters[v.name] = keep;
+      log(`  ${v.name} ${epochs} epoch(s), ${r.summary.steps} steps: ${r.wallSeconds.toFixed(1)} s, held-out ${r.summary.heldOutLossAfter.toFixed(4)}`);
+    }
+  }
+
+  const best = (pts: Point[]): number => Math.min(...pts.map((p) => p.heldOutLoss));
+  const versusPeer = Object.fromEntries(Object.entries(ours).map(([name, pts]) => {
+    const target = Math.max(best(pts), best(peer));
+    const time = { ours: firstTimeAtOrBelow(pts, target), peer: firstTimeAtOrBelow(peer, target) };
+    return [name, { bestHeldOutLoss: best(pts), gapToPeerBest: best(pts) - best(peer), targetLoss: target, timeToTarget: time, timeToTargetVsPeer: time.ours !== null && time.peer ? time.ours / time.peer : null }];
+  }));
+
+  let lines: Record<string, { exactMatch: number; editSimilarity: number; seconds: number }> | undefined;
+  let lineCount = 0;
+  if (!process.argv.includes('--skip-lines')) {
+    const cases = positions(ws.workspace);
+    lineCount = cases.length;
+    log(`line completions at ${cases.length} cursor positions ...`);
+    lines = {
+      base: await score(pretrained, undefined, cases),
+      v1: await score(pretrained, adapters.v1, cases),
+      v2: await score(pretrained, adapters.v2, cases),
+      peerFullFineTune: await score(peerFinal, undefined, cases),
+    };
+    for (const [k, v] of Object.entries(lines)) log(`  ${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)}`);
+  }
+
+  const out = {
+    backbone: standin ? 'issue 12 stand-in: 6 x 384 llama (F32), llama SPM 32k vocabulary' : '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node (the peer benchmark\'s quick variant)',
+    heldOutLossBefore: loss0,
+    workspace: `this repository's first ${FINETUNE_BYTES / 1000} KB of source`,
+    peer: { learningRate: lr, curve: peer, best: best(peer) },
+    ours,
+    versusPeer,
+    lines: lines ? { positions: lineCount, ourEpochs: LINE_EPOCHS, peerEpochs: PEER_EPOCHS, results: lines } : 'skipped (--skip-lines)',
+    machine: machineDescription(),
+  };
+  const file = path.join(ROOT, 'bench', 'results', `sideNetwork${standin ? '-standin' : ''}.json`);
+  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  for (const [name, v] of Object.entries(versusPeer)) {
+    console.log(`${name}: best ${v.bestHeldOutLoss.toFixed(4)} (peer ${best(peer).toFixed(4)}, gap ${v.gapToPeerBest.toFixed(3)}), time to ${v.targetLoss.toFixed(3)}: ${v.timeToTargetVsPeer === null ? 'n/a' : `${v.timeToTargetVsPeer.toFixed(2)}x the peer`}`);
+  }
+}
+
+void main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
