@@ -1,7 +1,9 @@
 /**
  * Generation with the side network inside llama.cpp vs the plain backbone, on
  * the Qwen2.5-0.5B-shaped Q8_0 model: prompt tokens/s, generated tokens/s and
- * peak RSS, each variant in its own process, alternating rounds.
+ * peak RSS, each variant in its own process, alternating rounds. Variants:
+ * base, adapter (side network 1), adapterV2 (side network 2: attention with
+ * its key/value cache).
  *
  *   npm run bench:adapter [-- --rounds 2]
  */
@@ -17,7 +19,7 @@ const GENERATE = 32;
 
 async function child(mode: string, model: string, adapter: string): Promise<void> {
   const bb = await Backbone.open(model, { contextSize: 1024, maxSequences: 1, threads: defaultThreads() });
-  if (mode === 'adapter') await bb.useAdapter(fs.readFileSync(adapter));
+  if (mode !== 'base') await bb.useAdapter(fs.readFileSync(adapter));
   const prompt = Int32Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 7919) % 150_000));
   const promptTimes: number[] = [];
   const genTimes: number[] = [];
@@ -45,12 +47,12 @@ async function main(): Promise<void> {
   const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
   if (process.argv.includes('--child')) return child(arg('child', 'base'), arg('model', ''), arg('adapter', ''));
   const model = qwenShapedModel('q8_0');
-  const adapter = await randomAdapterFor(model, 896, 24);
+  const adapters: Record<string, string> = { base: '', adapter: await randomAdapterFor(model, 896, 24), adapterV2: await randomAdapterFor(model, 896, 24, 2) };
   const rounds = Number(arg('rounds', '2'));
-  const runs: Record<string, { promptTokensPerSecond: number; generateTokensPerSecond: number; peakRssBytes: number }[]> = { base: [], adapter: [] };
+  const runs: Record<string, { promptTokensPerSecond: number; generateTokensPerSecond: number; peakRssBytes: number }[]> = { base: [], adapter: [], adapterV2: [] };
   for (let r = 0; r < rounds; r++) {
-    for (const mode of ['base', 'adapter']) {
-      const out = execFileSync(process.execPath, [__filename, '--child', mode, '--model', model, '--adapter', adapter], { encoding: 'utf8' });
+    for (const mode of ['base', 'adapter', 'adapterV2']) {
+      const out = execFileSync(process.execPath, [__filename, '--child', mode, '--model', model, '--adapter', adapters[mode]!], { encoding: 'utf8' });
       const res = JSON.parse(out.trim().split('\n').pop()!);
       runs[mode]!.push(res);
       process.stderr.write(`round ${r + 1} ${mode}: prompt ${res.promptTokensPerSecond.toFixed(1)} tok/s, generate ${res.generateTokensPerSecond.toFixed(2)} tok/s, peak RSS ${(res.peakRssBytes / 2 ** 20).toFixed(0)} MiB\n`);
@@ -64,11 +66,16 @@ async function main(): Promise<void> {
     promptSpeedRatio: m('adapter', 'promptTokensPerSecond') / m('base', 'promptTokensPerSecond'),
     generateSpeedRatio: m('adapter', 'generateTokensPerSecond') / m('base', 'generateTokensPerSecond'),
     rssRatio: m('adapter', 'peakRssBytes') / m('base', 'peakRssBytes'),
+    adapterV2: { promptTokensPerSecond: m('adapterV2', 'promptTokensPerSecond'), generateTokensPerSecond: m('adapterV2', 'generateTokensPerSecond'), peakRssMiB: m('adapterV2', 'peakRssBytes') / 2 ** 20 },
+    v2PromptSpeedRatio: m('adapterV2', 'promptTokensPerSecond') / m('base', 'promptTokensPerSecond'),
+    v2GenerateSpeedRatio: m('adapterV2', 'generateTokensPerSecond') / m('base', 'generateTokensPerSecond'),
+    v2RssRatio: m('adapterV2', 'peakRssBytes') / m('base', 'peakRssBytes'),
     machine: machineDescription(),
   };
   const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'adapter-speed.json');
   fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
   console.log(`| base | prompt ${result.base.promptTokensPerSecond.toFixed(1)} tok/s | generate ${result.base.generateTokensPerSecond.toFixed(2)} tok/s | ${result.base.peakRssMiB.toFixed(0)} MiB |`);
+  console.log(`| with a v2 adapter | prompt ${result.adapterV2.promptTokensPerSecond.toFixed(1)} tok/s (${result.v2PromptSpeedRatio.toFixed(3)}x) | generate ${result.adapterV2.generateTokensPerSecond.toFixed(2)} tok/s (${result.v2GenerateSpeedRatio.toFixed(3)}x) | ${result.adapterV2.peakRssMiB.toFixed(0)} MiB (${result.v2RssRatio.toFixed(3)}x) |`);
   console.log(`| with adapter | prompt ${result.adapter.promptTokensPerSecond.toFixed(1)} tok/s (${result.promptSpeedRatio.toFixed(3)}x) | generate ${result.adapter.generateTokensPerSecond.toFixed(2)} tok/s (${result.generateSpeedRatio.toFixed(3)}x) | ${result.adapter.peakRssMiB.toFixed(0)} MiB (${result.rssRatio.toFixed(3)}x) |`);
 }
 

@@ -8,9 +8,9 @@ import { testAdapterConfig } from '../test/helpers/adapters';
 import { BENCH_CACHE } from './benchModels';
 
 /** An adapter for `model` (hidden size d, all `layers` tapped) with random, non-zero weights: it costs what a trained one costs. */
-export async function randomAdapterFor(model: string, d: number, layers: number): Promise<string> {
-  const file = path.join(BENCH_CACHE, `${path.basename(model)}.random.adapter`);
-  const shape = sideShape(d, 8, Array.from({ length: layers }, (_, i) => i));
+export async function randomAdapterFor(model: string, d: number, layers: number, version: 1 | 2 = 1): Promise<string> {
+  const file = path.join(BENCH_CACHE, `${path.basename(model)}.random${version === 1 ? '' : `-v${version}`}.adapter`);
+  const shape = sideShape(d, 8, Array.from({ length: layers }, (_, i) => i), version);
   const values = initialParameters(shape, 1);
   const rng = new SeededRandom(2);
   values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.01));

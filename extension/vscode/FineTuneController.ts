@@ -124,7 +124,7 @@ export class FineTuneController implements vscode.Disposable {
       const model = s.model || ensureDefaultModel(storeDir);
       this.config = {
         workspace: folder.name, model: s.model || 'built-in tiny model', server: s.serverUrl || 'embedded (this computer, 127.0.0.1)',
-        'activation bits': String(s.bits), 'skipped layers': String(s.skipLayers), 'label-private': s.labelPrivate ? 'yes (target ids stay here)' : 'no', 'sequence length': String(s.seqLen), 'batch size': String(s.batchSize), epochs: String(s.epochs),
+        'activation bits': String(s.bits), 'skipped layers': String(s.skipLayers), 'label-private': s.labelPrivate ? 'yes (target ids stay here)' : 'no', 'side network': s.sideNetwork === 2 ? '2 (with attention)' : '1 (per token)', 'sequence length': String(s.seqLen), 'batch size': String(s.batchSize), epochs: String(s.epochs),
       };
       this.abort = new AbortController();
       const abort = this.abort;
@@ -144,7 +144,7 @@ export class FineTuneController implements vscode.Disposable {
       this.job = new core.FineTuneJob({
         workspace: folder.uri.fsPath, model, server: s.serverUrl ? { url: s.serverUrl, token: token! } : undefined,
         // A resumed job keeps the settings it was created with; a new one takes today's.
-        ...(resumeJobId ? {} : { epochs: s.epochs, seqLen: s.seqLen, batchSize: s.batchSize, bits: s.bits, skipLayers: s.skipLayers, fimRate: s.fimRate, labelPrivate: s.labelPrivate }),
+        ...(resumeJobId ? {} : { epochs: s.epochs, seqLen: s.seqLen, batchSize: s.batchSize, bits: s.bits, skipLayers: s.skipLayers, fimRate: s.fimRate, labelPrivate: s.labelPrivate, sideNetwork: s.sideNetwork }),
         storeDir, resumeJobId, signal: abort.signal,
         scan: { include: s.include, exclude: s.exclude, maxFileBytes: s.maxFileBytes },
         log: (line) => this.log.info(line),

@@ -1,5 +1,6 @@
 import * as vscode from 'vscode';
 import type { Bits } from '../../common/ActivationQuantizer';
+import { FINE_TUNE_DEFAULTS } from '../core/job/FineTuneOptions';
 
 /** The contributed settings (package.json "contributes.configuration"), read when a job starts. */
 export interface MobiSettings {
@@ -18,6 +19,7 @@ export interface MobiSettings {
   completionSuffixChars: number;
   fimRate: number;
   labelPrivate: boolean;
+  sideNetwork: 1 | 2;
 }
 
 export function readSettings(): MobiSettings {
@@ -39,5 +41,6 @@ export function readSettings(): MobiSettings {
     completionSuffixChars: c.get<number>('inlineCompletions.suffixChars', 500),
     fimRate: c.get<number>('fimRate', 0.5),
     labelPrivate: c.get<boolean>('labelPrivate', false),
+    sideNetwork: c.get<number>('sideNetwork', FINE_TUNE_DEFAULTS.sideNetwork) === 2 ? 2 : 1,
   };
 }

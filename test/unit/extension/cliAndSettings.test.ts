@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { OPTION_LIMITS } from '../../../common/limits';
+import { FINE_TUNE_DEFAULTS } from '../../../extension/core/job/FineTuneOptions';
 import { resumeCommand } from '../../../extension/cli/finetuneCommand';
 import { packageVersion } from '../../../common/packageRoot';
 import { ProgressDisplay } from '../../../extension/cli/ProgressDisplay';
@@ -21,6 +22,7 @@ describe('CLI arguments and VS Code settings', () => {
       ['mobillm.epochs', OPTION_LIMITS.epochs], ['mobillm.skipLayers', OPTION_LIMITS.skipLayers],
     ];
     for (const [key, r] of pairs) assert.deepEqual([props[key].minimum, props[key].maximum], [r.min, r.max], key);
+    assert.equal(props['mobillm.sideNetwork'].default, FINE_TUNE_DEFAULTS.sideNetwork, 'one default for the side network');
   });
 
   it('refuses each bad flag at the edge with BAD_ARGUMENT naming the flag and its range, before creating anything', () => {
@@ -34,6 +36,8 @@ describe('CLI arguments and VS Code settings', () => {
       [['--epochs', '0'], /--epochs must be a whole number from 1 to 1000/],
       [['--bits', '3'], /--bits must be 4, 8 or 16/],
       [['--seed', 'x'], /--seed must be a number/],
+      [['--side-network', '3'], /--side-network must be 1 or 2/],
+      [['--tap-every', '0'], /--tap-every must be a whole number from 1 to 1023/],
     ];
     for (const [args, message] of cases) {
       const r = spawnSync(process.execPath, [DEVICE_CLI, 'finetune', '--workspace', ROOT, '--store', store, ...args], { encoding: 'utf8' });
