@@ -14,13 +14,18 @@
  *   lines: line completions (bench/lineScore.ts) for the base model, v1 and v2
  *         after 4 epochs, and the peer after 8
  *
- *   npm run bench:side-network [-- --backbone standin] [-- --skip-lines]
+ *   fit: where the gap comes from: in-process runs (8 epochs, learning rate
+ *         1e-2) recording the mean training loss of the first and the last
+ *         epoch (before each step) beside the held-out loss after
+ *
+ *   npm run bench:side-network [-- --backbone standin] [--skip-lines] [--fit-only]
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone } from '../extension/core/Backbone';
 import { heldOutFiles } from '../extension/core/dataset';
 import { evaluateWorkspace } from '../extension/core/evaluateWorkspace';
+import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { scanWorkspace } from '../extension/core/scanWorkspace';
 import { machineDescription } from './benchModels';
 import { positions, score } from './lineScore';
@@ -62,12 +67,41 @@ async function heldOutLoss(model: string, workspace: string): Promise<number> {
 
 const firstTimeAtOrBelow = (pts: Point[], target: number): number | null => pts.find((p) => p.heldOutLoss <= target + 1e-9)?.seconds ?? null;
 
+/** Training fit against held-out loss: is the gap to full fine-tuning capacity (training loss stays high) or generalisation (it falls, held-out does not)? */
+async function fit(model: string, workspace: string, log: (line: string) => void): Promise<Record<string, { firstEpochTrainLoss: number; lastEpochTrainLoss: number; heldOutLossAfter: number }>> {
+  const runs: [string, 1 | 2, number][] = [['v1', 1, 8], ['v2', 2, 8], ['v1-reduction-2', 1, 2]];
+  const out: Record<string, { firstEpochTrainLoss: number; lastEpochTrainLoss: number; heldOutLossAfter: number }> = {};
+  for (const [name, sideNetwork, reduction] of runs) {
+    let history: [number, number][] = [];
+    const store = fs.mkdtempSync(path.join(PEERS, 'fit-'));
+    try {
+      const r = await new FineTuneJob({ workspace, model, storeDir: store, seqLen: SEQ, batchSize: 4, epochs: 8, learningRate: 1e-2, sideNetwork, reduction, threads: 1, onProgress: (p) => (history = p.lossHistory) }).run();
+      const perEpoch = r.steps / 8;
+      const mean = (xs: [number, number][]): number => xs.reduce((a, x) => a + x[1], 0) / xs.length;
+      out[name] = { firstEpochTrainLoss: mean(history.slice(0, perEpoch)), lastEpochTrainLoss: mean(history.slice(-perEpoch)), heldOutLossAfter: r.heldOutLossAfter };
+      log(`  fit ${name}: training loss first epoch ${out[name]!.firstEpochTrainLoss.toFixed(3)}, last ${out[name]!.lastEpochTrainLoss.toFixed(3)}; held-out after ${r.heldOutLossAfter.toFixed(4)}`);
+    } finally {
+      fs.rmSync(store, { recursive: true, force: true });
+    }
+  }
+  return out;
+}
+
+function resultsFile(standin: boolean): string {
+  return path.join(ROOT, 'bench', 'results', `sideNetwork${standin ? '-standin' : ''}.json`);
+}
+
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const bin = buildPeer();
   const standin = process.argv.includes('standin');
   const { pretrained } = standin ? await standInBackbone(bin, log) : await pretrainedBackbone(bin, log);
   const ws = corpus(FINETUNE_BYTES);
+  if (process.argv.includes('--fit-only')) {
+    const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(resultsFile(standin), `${JSON.stringify({ ...previous, fit: await fit(pretrained, ws.workspace, log) }, null, 2)}\n`);
+    return;
+  }
   const loss0 = await heldOutLoss(pretrained, ws.workspace);
   log(`backbone ${path.basename(pretrained)}: held-out loss before fine-tuning ${loss0.toFixed(4)}`);
 
@@ -134,10 +168,10 @@ async function main(): Promise<void> {
     ours,
     versusPeer,
     lines: lines ? { positions: lineCount, ourEpochs: LINE_EPOCHS, peerEpochs: PEER_EPOCHS, results: lines } : 'skipped (--skip-lines)',
+    fit: await fit(pretrained, ws.workspace, log),
     machine: machineDescription(),
   };
-  const file = path.join(ROOT, 'bench', 'results', `sideNetwork${standin ? '-standin' : ''}.json`);
-  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  fs.writeFileSync(resultsFile(standin), `${JSON.stringify(out, null, 2)}\n`);
   for (const [name, v] of Object.entries(versusPeer)) {
     console.log(`${name}: best ${v.bestHeldOutLoss.toFixed(4)} (peer ${best(peer).toFixed(4)}, gap ${v.gapToPeerBest.toFixed(3)}), time to ${v.targetLoss.toFixed(3)}: ${v.timeToTargetVsPeer === null ? 'n/a' : `${v.timeToTargetVsPeer.toFixed(2)}x the peer`}`);
   }
