@@ -1,13 +1,14 @@
 // The side network's forward pass on the device, run inside llama.cpp's eval
 // callback. It must match server/training/onnx/sideGraphs.ts (the parity
 // tests check it): for each tapped layer k, for each token row,
-//   a  = h Down_k                        (d -> r)
+//   a  = h Down_k                        (d -> r; version 2: rms(h) Down_k)
 //   x  = (1 - mu_k) a + mu_k s           (mu_k = sigmoid(alpha_k / T))
 //   version 2, every block but the last: causal multi-head self-attention
 //      within the token's sequence, RoPE by position, over rms(x):
 //   x  = x + attention(rms(x) Wq, rms(x) Wk, rms(x) Wv) Wo
 //   s  = x + gelu_tanh(rms(x) Mid_k) Up_k
-// and at the last layer, delta = s Out (r -> d) is added to l_out-<L-1>.
+// and at the last layer, delta = s Out (r -> d; version 2: rms(h) s Out, h the
+// layer's own output) is added to l_out-<L-1>.
 // The keys and values of earlier tokens live in a SideCache kept in step
 // with llama.cpp's own memory (same sequences, same positions).
 #pragma once
@@ -53,10 +54,24 @@ struct SideNet {
     for (int j = 0; j < r; ++j) out[j] = x[j] * inv;
   }
 
-  // x = (1 - mu) h Down + mu s (s ignored for the first tapped layer).
+  // Root mean square of a hidden state h [d] (with the adapter's epsilon).
+  float hiddenRms(const float* h) const {
+    double ss = 0;
+    for (int i = 0; i < d; ++i) ss += static_cast<double>(h[i]) * h[i];
+    return std::sqrt(static_cast<float>(ss / d) + adapterEps);
+  }
+
+  // x = (1 - mu) h Down + mu s (s ignored for the first tapped layer); version 2 reads h / rms(h).
   void ladderInput(int k, const float* h, const float* s, bool first, float* x) const {
     std::vector<float> a(r);
-    matvec(h, down[k].data(), d, r, a.data());
+    if (version == 2) {
+      std::vector<float> unit(h, h + d);
+      const float inv = 1.0f / hiddenRms(h);
+      for (float& v : unit) v *= inv;
+      matvec(unit.data(), down[k].data(), d, r, a.data());
+    } else {
+      matvec(h, down[k].data(), d, r, a.data());
+    }
     const float m = mu[k];
     for (int j = 0; j < r; ++j) x[j] = (1.0f - m) * a[j] + (first ? 0.0f : m * s[j]);
   }
@@ -90,10 +105,11 @@ struct SideNet {
     }
   }
 
-  // h += s Out, for one token.
+  // h += s Out, for one token (version 2: h += rms(h) s Out).
   void addDelta(const float* s, float* h) const {
+    const float scale = version == 2 ? hiddenRms(h) : 1.0f;
     for (int j = 0; j < r; ++j) {
-      const float sj = s[j];
+      const float sj = s[j] * scale;
       const float* row = out.data() + static_cast<size_t>(j) * d;
       for (int i = 0; i < d; ++i) h[i] += sj * row[i];
     }

@@ -54,8 +54,12 @@ interface LadderValues {
   /** The side network's output at the join: s Out, added to the last layer's hidden state. */
   delta: string; // [n, d]
   sFinal: string; // [n, r]
+  /** Version 2: rms of the last layer's hidden state [n, 1], the join's scale. */
+  joinScale?: string;
   layers: {
     a: string; sPrev: string; x: string; mu: string;
+    /** What Down reads: the tapped layer's state, RMS-normalised in version 2. */
+    input: string;
     attn?: AttentionValues;
     /** x plus the attention's output (x itself without attention): the MLP's input. */
     x2: string;
@@ -174,8 +178,12 @@ function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
   const layout = declareLayout(g, shape);
   const layers: LadderValues['layers'] = [];
   let s = ''; // [n, r]; zero before the first layer
+  const v2 = (shape.version ?? 1) === 2;
+  const eps = g.constant(ADAPTER_NORM_EPS);
   for (let k = 0; k < K; k++) {
-    const a = g.matmul(hs[k]!, names.param(`down.${k}`)); // [n, r]
+    // Version 2 reads each layer at unit scale, so the blocks' residual branches matter whatever the backbone's hidden-state scale.
+    const input = v2 ? g.mul(hs[k]!, invRms(g, hs[k]!, eps)) : hs[k]!; // [n, d]
+    const a = g.matmul(input, names.param(`down.${k}`)); // [n, r]
     const mu = g.op('Sigmoid', [g.div(names.param(`alpha.${k}`), g.constant(GATE_TEMPERATURE))]); // [1]
     const sPrev = k === 0 ? g.mul(a, g.constant(0)) : s;
     const x = g.add(g.mul(g.sub(g.constant(1), mu), a), g.mul(mu, sPrev)); // [n, r]
@@ -186,9 +194,13 @@ function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
     const pre = g.matmul(nrm, names.param(`mid.${k}`)); // [n, b]
     const gl = gelu(g, pre); // [n, b]
     s = g.add(x2, g.matmul(gl, names.param(`up.${k}`))); // [n, r]
-    layers.push({ a, sPrev, x, mu, attn, x2, inv, nrm, pre, g: gl });
+    layers.push({ a, sPrev, x, mu, input, attn, x2, inv, nrm, pre, g: gl });
   }
-  return { delta: g.matmul(s, names.param('out')), sFinal: s, layers };
+  if (!v2) return { delta: g.matmul(s, names.param('out')), sFinal: s, layers };
+  // Version 2 joins relative to the last layer's scale: delta = rms(h) s Out.
+  const last = hs[K - 1]!;
+  const joinScale = g.op('Sqrt', [g.add(g.meanLast(g.mul(last, last)), eps)]); // [n, 1]
+  return { delta: g.mul(g.matmul(s, names.param('out')), joinScale), sFinal: s, layers, joinScale };
 }
 
 /** The layout inputs, when some block of `shape` attends. */
@@ -276,6 +288,7 @@ function backwardFromJoin(g: GraphBuilder, shape: SideNetworkShape, f: LadderVal
   const { heads, width } = attentionHeads(shape);
   const layout: Layout | undefined = f.layers.some((L) => L.attn) ? { r: shape.r, heads, width } : undefined;
   const grads = new Map<string, string>();
+  if (f.joinScale) dy = g.mul(dy, f.joinScale); // [n, d]: the gradient at s Out
   grads.set('out', g.matmul(g.transpose(f.sFinal), dy)); // [r, d]
   let ds = g.matmul(dy, g.transpose(names.param('out'))); // [n, r]
   for (let k = K - 1; k >= 0; k--) {
@@ -290,7 +303,7 @@ function backwardFromJoin(g: GraphBuilder, shape: SideNetworkShape, f: LadderVal
     const dmu = g.sumAll(g.mul(dx, g.sub(L.sPrev, L.a))); // scalar
     const dAlpha = g.div(g.mul(dmu, g.mul(L.mu, g.sub(g.constant(1), L.mu))), g.constant(GATE_TEMPERATURE)); // [1]
     grads.set(`alpha.${k}`, dAlpha);
-    grads.set(`down.${k}`, g.matmul(g.transpose(names.layer(k)), da)); // [d, r]
+    grads.set(`down.${k}`, g.matmul(g.transpose(L.input), da)); // [d, r]
     ds = g.mul(L.mu, dx); // [n, r]
   }
   return grads;

@@ -51,17 +51,22 @@ export class SideNetwork {
    * padding, unlike the ONNX graphs it checks.
    */
   delta(hs: tf.Tensor2D[], lengths?: number[]): tf.Tensor2D {
-    return tf.tidy(() => {
+    return tf.tidy((): tf.Tensor2D => {
       let s: tf.Tensor = tf.zeros([hs[0]!.shape[0], this.shape.r]);
+      const v2 = (this.shape.version ?? 1) === 2;
+      const unit = (h: tf.Tensor2D): tf.Tensor2D => h.mul(h.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt()) as tf.Tensor2D;
       hs.forEach((h, k) => {
-        const a = tf.matMul(h, this.p(`down.${k}`));
+        const a = tf.matMul(v2 ? unit(h) : h, this.p(`down.${k}`));
         const mu = this.p(`alpha.${k}`).div(GATE_TEMPERATURE).sigmoid();
         let x = tf.scalar(1).sub(mu).mul(a).add(mu.mul(s)) as tf.Tensor2D;
         if (hasAttention(this.shape, k)) x = x.add(tf.matMul(this.attention(x, k, lengths ?? [x.shape[0]]), this.p(`wo.${k}`)));
         const n = x.mul(x.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt());
         s = x.add(tf.matMul(gelu(tf.matMul(n, this.p(`mid.${k}`))) as tf.Tensor2D, this.p(`up.${k}`)));
       });
-      return tf.matMul(s as tf.Tensor2D, this.p('out'));
+      const out: tf.Tensor2D = tf.matMul(s as tf.Tensor2D, this.p('out') as tf.Tensor2D);
+      if (!v2) return out;
+      const last = hs[hs.length - 1]!;
+      return out.mul(last.square().mean(1, true).add(ADAPTER_NORM_EPS).sqrt()) as tf.Tensor2D;
     });
   }
 

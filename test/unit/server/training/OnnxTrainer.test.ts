@@ -244,6 +244,17 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
       assert.deepEqual(moved.map((m, row) => (m ? row : -1)).filter((x) => x >= 0), [9, 10, 11], 'only the changed token and the later tokens of its sequence');
     });
 
+    it('reads every layer at unit scale and joins relative to the last layer\'s scale: hidden states 1000x larger give a 1000x larger delta', async () => {
+      const { halves, norm, batch } = problem(16, rows);
+      const b = batch();
+      const trainer = new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 16), live(9), opts);
+      const small = await trainer.sideDelta(b.layers, rows, lengths);
+      const large = await trainer.sideDelta(b.layers.map((l) => l.map((x) => x * 1000)), rows, lengths);
+      assert.ok(small.some((x) => Math.abs(x) > 1e-3), 'a delta to compare');
+      const err = maxRelativeError(large.map((x) => x / 1000), small);
+      assert.ok(err < 1e-4, `relative error ${err}`);
+    });
+
     it('refuses a batch without its sequence lengths, or with lengths that do not sum to its rows', async () => {
       const { halves, norm, batch } = problem(15, rows);
       const trainer = new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 16), live(8), opts);
