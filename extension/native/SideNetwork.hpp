@@ -46,19 +46,17 @@ struct SideNet {
     }
   }
 
-  // out = x / rms(x), over r values.
-  void rmsNorm(const float* x, float* out) const {
+  // Root mean square of x [n] (with the adapter's epsilon).
+  float rms(const float* x, int n) const {
     double ss = 0;
-    for (int j = 0; j < r; ++j) ss += static_cast<double>(x[j]) * x[j];
-    const float inv = 1.0f / std::sqrt(static_cast<float>(ss / r) + adapterEps);
-    for (int j = 0; j < r; ++j) out[j] = x[j] * inv;
+    for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+    return std::sqrt(static_cast<float>(ss / n) + adapterEps);
   }
 
-  // Root mean square of a hidden state h [d] (with the adapter's epsilon).
-  float hiddenRms(const float* h) const {
-    double ss = 0;
-    for (int i = 0; i < d; ++i) ss += static_cast<double>(h[i]) * h[i];
-    return std::sqrt(static_cast<float>(ss / d) + adapterEps);
+  // out = x / rms(x), over r values.
+  void rmsNorm(const float* x, float* out) const {
+    const float inv = 1.0f / rms(x, r);
+    for (int j = 0; j < r; ++j) out[j] = x[j] * inv;
   }
 
   // x = (1 - mu) h Down + mu s (s ignored for the first tapped layer); version 2 reads h / rms(h).
@@ -66,7 +64,7 @@ struct SideNet {
     std::vector<float> a(r);
     if (version == 2) {
       std::vector<float> unit(h, h + d);
-      const float inv = 1.0f / hiddenRms(h);
+      const float inv = 1.0f / rms(h, d);
       for (float& v : unit) v *= inv;
       matvec(unit.data(), down[k].data(), d, r, a.data());
     } else {
@@ -107,7 +105,7 @@ struct SideNet {
 
   // h += s Out, for one token (version 2: h += rms(h) s Out).
   void addDelta(const float* s, float* h) const {
-    const float scale = version == 2 ? hiddenRms(h) : 1.0f;
+    const float scale = version == 2 ? rms(h, d) : 1.0f;
     for (int j = 0; j < r; ++j) {
       const float sj = s[j] * scale;
       const float* row = out.data() + static_cast<size_t>(j) * d;

@@ -14,6 +14,11 @@ function gelu(x: tf.Tensor): tf.Tensor {
   return tf.tidy(() => x.mul(0.5).mul(x.add(x.square().mul(x).mul(0.044715)).mul(GELU_C).tanh().add(1)));
 }
 
+/** x / rms(x) per row, with the adapters' epsilon. */
+function unitRms(x: tf.Tensor2D): tf.Tensor2D {
+  return x.mul(x.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt()) as tf.Tensor2D;
+}
+
 function geluGrad(x: tf.Tensor): tf.Tensor {
   return tf.tidy(() => {
     const t = x.add(x.square().mul(x).mul(0.044715)).mul(GELU_C).tanh();
@@ -54,13 +59,12 @@ export class SideNetwork {
     return tf.tidy((): tf.Tensor2D => {
       let s: tf.Tensor = tf.zeros([hs[0]!.shape[0], this.shape.r]);
       const v2 = (this.shape.version ?? 1) === 2;
-      const unit = (h: tf.Tensor2D): tf.Tensor2D => h.mul(h.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt()) as tf.Tensor2D;
       hs.forEach((h, k) => {
-        const a = tf.matMul(v2 ? unit(h) : h, this.p(`down.${k}`));
+        const a = tf.matMul(v2 ? unitRms(h) : h, this.p(`down.${k}`));
         const mu = this.p(`alpha.${k}`).div(GATE_TEMPERATURE).sigmoid();
         let x = tf.scalar(1).sub(mu).mul(a).add(mu.mul(s)) as tf.Tensor2D;
         if (hasAttention(this.shape, k)) x = x.add(tf.matMul(this.attention(x, k, lengths ?? [x.shape[0]]), this.p(`wo.${k}`)));
-        const n = x.mul(x.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt());
+        const n = unitRms(x);
         s = x.add(tf.matMul(gelu(tf.matMul(n, this.p(`mid.${k}`))) as tf.Tensor2D, this.p(`up.${k}`)));
       });
       const out: tf.Tensor2D = tf.matMul(s as tf.Tensor2D, this.p('out') as tf.Tensor2D);
@@ -73,7 +77,7 @@ export class SideNetwork {
   /** Causal multi-head self-attention with RoPE of block k, per sequence: [n, r] -> [n, r] (heads joined, before Wo). */
   private attention(x: tf.Tensor2D, k: number, lengths: number[]): tf.Tensor2D {
     const { heads, width } = attentionHeads(this.shape);
-    const n = x.mul(x.square().mean(1, true).add(ADAPTER_NORM_EPS).rsqrt()) as tf.Tensor2D;
+    const n = unitRms(x);
     const [Q, K, V] = ['wq', 'wk', 'wv'].map((w) => tf.matMul(n, this.p(`${w}.${k}`) as tf.Tensor2D) as tf.Tensor2D);
     const outs: tf.Tensor2D[] = [];
     let at = 0;
