@@ -44,6 +44,43 @@ function maxRelativeError(a: Float32Array, b: Float32Array): number {
   return worst;
 }
 
+/** Every parameter's ONNX gradient against TensorFlow.js autodiff of the reference's plain forward (relative error < 2e-3). */
+function assertMatchesAutodiff(shape: SideNetworkShape, values: Map<string, Float32Array>, grads: Map<string, Float32Array>, b: ActivationBatch, head: Float32Array, norm: Float32Array): void {
+  const net = new SideNetwork(shape, values);
+  try {
+    const hs = b.layers.map((l) => tf.tensor2d(l, [b.rows, d]));
+    const vars = parameterNames(shape).map((n) => net.p(n));
+    const { grads: auto } = tf.variableGrads(() => net.referenceLoss(hs, b.targets, Float32Array.from(b.mask), head, norm, EPS, b.lengths), vars);
+    for (const n of parameterNames(shape)) {
+      const want = auto[net.p(n).name]!.dataSync() as Float32Array;
+      const err = maxRelativeError(grads.get(n)!, want);
+      assert.ok(err < 2e-3, `${n}: relative error ${err}`);
+    }
+    for (const t of [...hs, ...Object.values(auto)]) t.dispose();
+  } finally {
+    net.dispose();
+  }
+}
+
+/** The engine's gradients at `points` against central finite differences of its own held-out loss. */
+async function assertFiniteDifferences(engine: OnnxEngine, shape: SideNetworkShape, values: Map<string, Float32Array>, b: ActivationBatch, halves: Uint16Array, norm: Float32Array, points: readonly (readonly [string, number])[]): Promise<void> {
+  const headOf = (): OnnxHead => new OnnxHead(halves, norm, EPS, 16);
+  const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
+  const grads = await new OnnxTrainer(engine, shape, headOf(), values, opts).gradients(b);
+  const tokens = b.mask.reduce((a, x) => a + x, 0);
+  const lossAt = async (name: string, i: number, delta: number): Promise<number> => {
+    const v = new Map([...values].map(([k, x]) => [k, Float32Array.from(x)]));
+    v.get(name)![i]! += delta;
+    return (await new OnnxTrainer(engine, shape, headOf(), v, opts).evalBatch(b)).lossSum / tokens;
+  };
+  for (const [name, i] of points) {
+    const h = 1e-2;
+    const fd = ((await lossAt(name, i, h)) - (await lossAt(name, i, -h))) / (2 * h);
+    const g = grads.get(name)![i]!;
+    assert.ok(Math.abs(fd - g) < 2e-3 + 0.05 * Math.abs(g), `${name}[${i}]: finite difference ${fd} vs gradient ${g}`);
+  }
+}
+
 describe('ONNX training engine (checked against the TensorFlow.js reference)', function () {
   this.timeout(120_000);
   let engine: OnnxEngine;
@@ -81,21 +118,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     values.set('alpha.1', Float32Array.of(0.05));
     const b = batch();
     const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 });
-    const grads = await trainer.gradients(b);
-    const net = new SideNetwork(shape, values);
-    try {
-      const hs = b.layers.map((l) => tf.tensor2d(l, [20, d]));
-      const vars = parameterNames(shape).map((n) => net.p(n));
-      const { grads: auto } = tf.variableGrads(() => net.referenceLoss(hs, b.targets, Float32Array.from(b.mask), head, norm, EPS), vars);
-      for (const n of parameterNames(shape)) {
-        const want = auto[net.p(n).name]!.dataSync() as Float32Array;
-        const err = maxRelativeError(grads.get(n)!, want);
-        assert.ok(err < 2e-3, `${n}: relative error ${err}`);
-      }
-      for (const t of [...hs, ...Object.values(auto)]) t.dispose();
-    } finally {
-      net.dispose();
-    }
+    assertMatchesAutodiff(shape, values, await trainer.gradients(b), b, head, norm);
   });
 
   it('gradients pass a finite-difference check of the engine\'s own loss', async () => {
@@ -103,22 +126,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     const shape = sideShape(d, 4, tapped);
     const values = initialParameters(shape, 6);
     values.set('out', randomArray(new SeededRandom(10), shape.r * d, 0.3));
-    const b = batch();
-    const headOf = (): OnnxHead => new OnnxHead(halves, norm, EPS, 16);
-    const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
-    const grads = await new OnnxTrainer(engine, shape, headOf(), values, opts).gradients(b);
-    const tokens = b.mask.reduce((a, x) => a + x, 0);
-    const lossAt = async (name: string, i: number, delta: number): Promise<number> => {
-      const v = new Map([...values].map(([k, x]) => [k, Float32Array.from(x)]));
-      v.get(name)![i]! += delta;
-      return (await new OnnxTrainer(engine, shape, headOf(), v, opts).evalBatch(b)).lossSum / tokens;
-    };
-    for (const [name, i] of [['out', 5], ['down.0', 17], ['mid.2', 3], ['up.1', 8], ['alpha.2', 0]] as const) {
-      const h = 1e-2;
-      const fd = ((await lossAt(name, i, h)) - (await lossAt(name, i, -h))) / (2 * h);
-      const g = grads.get(name)![i]!;
-      assert.ok(Math.abs(fd - g) < 2e-3 + 0.05 * Math.abs(g), `${name}[${i}]: finite difference ${fd} vs gradient ${g}`);
-    }
+    await assertFiniteDifferences(engine, shape, values, batch(), halves, norm, [['out', 5], ['down.0', 17], ['mid.2', 3], ['up.1', 8], ['alpha.2', 0]]);
   });
 
   it('50 Adam steps follow the TensorFlow.js trainer on the same batches (held-out loss within 1e-3 relative)', async () => {
@@ -193,41 +201,12 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
       const { halves, head, norm, batch } = problem(12, rows);
       const values = live(5);
       const b = { ...batch(), lengths };
-      const grads = await new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 16), values, opts).gradients(b);
-      const net = new SideNetwork(shape2, values);
-      try {
-        const hs = b.layers.map((l) => tf.tensor2d(l, [rows, d]));
-        const vars = parameterNames(shape2).map((n) => net.p(n));
-        const { grads: auto } = tf.variableGrads(() => net.referenceLoss(hs, b.targets, Float32Array.from(b.mask), head, norm, EPS, lengths), vars);
-        for (const n of parameterNames(shape2)) {
-          const want = auto[net.p(n).name]!.dataSync() as Float32Array;
-          const err = maxRelativeError(grads.get(n)!, want);
-          assert.ok(err < 2e-3, `${n}: relative error ${err}`);
-        }
-        for (const t of [...hs, ...Object.values(auto)]) t.dispose();
-      } finally {
-        net.dispose();
-      }
+      assertMatchesAutodiff(shape2, values, await new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 16), values, opts).gradients(b), b, head, norm);
     });
 
     it('attention gradients pass a finite-difference check of the engine\'s own loss', async () => {
       const { halves, norm, batch } = problem(13, rows);
-      const values = live(6);
-      const b = { ...batch(), lengths };
-      const headOf = (): OnnxHead => new OnnxHead(halves, norm, EPS, 16);
-      const grads = await new OnnxTrainer(engine, shape2, headOf(), values, opts).gradients(b);
-      const tokens = b.mask.reduce((a, x) => a + x, 0);
-      const lossAt = async (name: string, i: number, delta: number): Promise<number> => {
-        const v = new Map([...values].map(([k, x]) => [k, Float32Array.from(x)]));
-        v.get(name)![i]! += delta;
-        return (await new OnnxTrainer(engine, shape2, headOf(), v, opts).evalBatch(b)).lossSum / tokens;
-      };
-      for (const [name, i] of [['wq.0', 37], ['wk.1', 200], ['wv.0', 5], ['wo.1', 77], ['down.0', 17], ['alpha.1', 0]] as const) {
-        const h = 1e-2;
-        const fd = ((await lossAt(name, i, h)) - (await lossAt(name, i, -h))) / (2 * h);
-        const g = grads.get(name)![i]!;
-        assert.ok(Math.abs(fd - g) < 2e-3 + 0.05 * Math.abs(g), `${name}[${i}]: finite difference ${fd} vs gradient ${g}`);
-      }
+      await assertFiniteDifferences(engine, shape2, live(6), { ...batch(), lengths }, halves, norm, [['wq.0', 37], ['wk.1', 200], ['wv.0', 5], ['wo.1', 77], ['down.0', 17], ['alpha.1', 0]]);
     });
 
     it('is causal within a sequence and never crosses sequences', async () => {
