@@ -12,12 +12,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Backbone } from '../extension/core/Backbone';
 import { heldOutFiles } from '../extension/core/dataset';
-import { evaluateWorkspace } from '../extension/core/evaluateWorkspace';
 import { scanWorkspace } from '../extension/core/scanWorkspace';
 import { PlotSeries, lossPlotSvg, svgToPng } from './lossPlot';
-import { benchModel, corpus, measure, ModelSize, PEERS, ROOT, runOurs, SEQ } from './peerHarness';
+import { benchModel, corpus, firstTimeAtOrBelow, heldOutLoss, measure, ModelSize, PEERS, ROOT, runOurs, SEQ } from './peerHarness';
 
 /** The backbone: wide enough to learn, shallow enough for llama-finetune at this release. */
 const SIZE: ModelSize = { layers: 4, embd: 256, heads: 4, kvHeads: 4, ff: 768 };
@@ -69,22 +67,8 @@ function pretrainCorpus(): string {
   return file;
 }
 
-async function heldOutLoss(model: string, workspace: string): Promise<number> {
-  const bb = await Backbone.open(model, { contextSize: 4 * (SEQ + 1), maxSequences: 4, threads: 1 });
-  try {
-    return (await evaluateWorkspace(bb, workspace, { seqLen: SEQ })).heldOutLoss;
-  } finally {
-    bb.dispose();
-  }
-}
-
 function peerArgs(model: string, text: string, out: string, epochs: number, lr: number, threads: number): string[] {
   return ['-m', model, '-f', text, '-c', String(SEQ), '-b', String(SEQ), '-ub', String(SEQ), '--epochs', String(epochs), '-lr', String(lr), '-t', String(threads), '-o', out];
-}
-
-/** The first measured time at which the curve is at or below `target` (no interpolation: an upper bound). */
-function firstTimeAtOrBelow(points: CurvePoint[], target: number): number | null {
-  return points.find((p) => p.heldOutLoss <= target + 1e-9)?.seconds ?? null;
 }
 
 /** The pretrained backbone (pretrained once with llama-finetune, then cached); seconds is null when the cached one was used. */

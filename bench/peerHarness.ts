@@ -8,6 +8,8 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Backbone } from '../extension/core/Backbone';
+import { evaluateWorkspace } from '../extension/core/evaluateWorkspace';
 import { scanWorkspace } from '../extension/core/scanWorkspace';
 import { writeTinyModel } from '../extension/core/tinyModel';
 import { GgmlTypeName } from '../extension/core/gguf/ggmlTypes';
@@ -174,4 +176,19 @@ export function writeResults(results: Record<string, unknown>): void {
   const out = { sequenceLength: SEQ, batchSequences: BATCH, threads: 1, results: { ...previous, ...results }, machine: machineDescription() };
   fs.mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
   fs.writeFileSync(RESULTS_FILE, `${JSON.stringify(out, null, 2)}\n`);
+}
+
+/** The held-out loss of `model` on `workspace` by the device's evaluator (the one scorer of the convergence benchmarks). */
+export async function heldOutLoss(model: string, workspace: string): Promise<number> {
+  const bb = await Backbone.open(model, { contextSize: 4 * (SEQ + 1), maxSequences: 4, threads: 1 });
+  try {
+    return (await evaluateWorkspace(bb, workspace, { seqLen: SEQ })).heldOutLoss;
+  } finally {
+    bb.dispose();
+  }
+}
+
+/** The first measured time at which a curve is at or below `target` (no interpolation: an upper bound). */
+export function firstTimeAtOrBelow(points: { seconds: number; heldOutLoss: number }[], target: number): number | null {
+  return points.find((p) => p.heldOutLoss <= target + 1e-9)?.seconds ?? null;
 }

@@ -22,15 +22,13 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Backbone } from '../extension/core/Backbone';
 import { heldOutFiles } from '../extension/core/dataset';
-import { evaluateWorkspace } from '../extension/core/evaluateWorkspace';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { scanWorkspace } from '../extension/core/scanWorkspace';
 import { machineDescription } from './benchModels';
 import { positions, score } from './lineScore';
 import { pretrainedBackbone } from './peerConvergence';
-import { buildPeer, corpus, measure, PEERS, ROOT, runOurs, SEQ } from './peerHarness';
+import { buildPeer, corpus, firstTimeAtOrBelow, heldOutLoss, measure, PEERS, ROOT, runOurs, SEQ } from './peerHarness';
 import { standInBackbone } from './standIn';
 
 const FINETUNE_BYTES = 32_000;
@@ -55,17 +53,6 @@ interface Point {
   seconds: number;
   heldOutLoss: number;
 }
-
-async function heldOutLoss(model: string, workspace: string): Promise<number> {
-  const bb = await Backbone.open(model, { contextSize: 4 * (SEQ + 1), maxSequences: 4, threads: 1 });
-  try {
-    return (await evaluateWorkspace(bb, workspace, { seqLen: SEQ })).heldOutLoss;
-  } finally {
-    bb.dispose();
-  }
-}
-
-const firstTimeAtOrBelow = (pts: Point[], target: number): number | null => pts.find((p) => p.heldOutLoss <= target + 1e-9)?.seconds ?? null;
 
 /** Training fit against held-out loss: is the gap to full fine-tuning capacity (training loss stays high) or generalisation (it falls, held-out does not)? */
 async function fit(model: string, workspace: string, log: (line: string) => void): Promise<Record<string, { firstEpochTrainLoss: number; lastEpochTrainLoss: number; heldOutLossAfter: number }>> {
