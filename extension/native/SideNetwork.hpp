@@ -26,6 +26,7 @@ struct SideNet {
   int version = 1, heads = 1, width = 0;   // version 2: heads of `width` = r / heads
   float adapterEps = 1e-6f;
   float ropeBase = 10000.0f;
+  std::vector<double> ropeInvFreq;          // [width/2]: ropeBase^(-2i/width), set once by setHeads
   std::vector<int> slotOfLayer;             // [nLayer] -> k or -1
   std::vector<std::vector<float>> down;     // [k] [d][r]
   std::vector<std::vector<float>> mid;      // [k] [r][b]
@@ -35,6 +36,14 @@ struct SideNet {
   std::vector<float> out;                   // [r][d]
 
   bool attends(int k) const { return !wq[k].empty(); }
+
+  // Version 2's head split and its RoPE frequencies (computed once, not per token).
+  void setHeads(int h) {
+    heads = h;
+    width = r / h;
+    ropeInvFreq.resize(static_cast<size_t>(width / 2));
+    for (int i = 0; i < width / 2; ++i) ropeInvFreq[i] = std::pow(static_cast<double>(ropeBase), -2.0 * i / width);
+  }
 
   // y[0..n) = x[0..m) M for M [m][n] row-major.
   static void matvec(const float* x, const float* M, int m, int n, float* y) {
@@ -94,7 +103,7 @@ struct SideNet {
     for (int h = 0; h < heads; ++h) {
       float* e = v + static_cast<size_t>(h) * width;
       for (int i = 0; i < half; ++i) {
-        const double angle = pos * std::pow(static_cast<double>(ropeBase), -2.0 * i / width);
+        const double angle = pos * ropeInvFreq[i];
         const float c = static_cast<float>(std::cos(angle)), sn = static_cast<float>(std::sin(angle));
         const float x1 = e[i], x2 = e[i + half];
         e[i] = x1 * c - x2 * sn;

@@ -53,10 +53,11 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
     return fail("ADAPTER_CORRUPT", "The adapter's side-network version is damaged.");
   }
   if (net->version == 2) {
-    if (!readInt(o, "heads", 1, net->r, net->heads) || net->r % (2 * net->heads) != 0) {
+    int heads = 0;
+    if (!readInt(o, "heads", 1, net->r, heads) || net->r % (2 * heads) != 0) {
       return fail("ADAPTER_CORRUPT", "The adapter's attention heads do not divide its width.");
     }
-    net->width = net->r / net->heads;
+    net->setHeads(heads);
   }
   const Napi::Value tappedValue = o.Get("tappedLayers");
   const Napi::Value tensorsValue = o.Get("tensors");
