@@ -18,7 +18,7 @@ export const STAND_IN = { layers: 6, embd: 384, heads: 6, kvHeads: 6, ff: 1024 }
 const VOCAB = path.join(ROOT, 'build', 'llama.cpp', 'models', 'ggml-vocab-llama-spm.gguf');
 const PRETRAIN_BYTES = 1_000_000;
 const PRETRAIN_EPOCHS = 1;
-const PRETRAIN_LR = 1e-4;
+const PRETRAIN_LR = 1e-3;
 
 /** About 1 MB of @types declarations, in a fixed order. */
 function pretrainText(): string {
@@ -50,7 +50,7 @@ export async function standInBackbone(bin: string, log: (line: string) => void):
   const s = STAND_IN;
   const name = `standin-${s.layers}x${s.embd}-spm32k`;
   const base = path.join(PEERS, `${name}-f32.gguf`);
-  const pretrained = path.join(PEERS, `${name}-pretrained-${PRETRAIN_BYTES}-${PRETRAIN_EPOCHS}.gguf`);
+  const pretrained = path.join(PEERS, `${name}-pretrained-${PRETRAIN_BYTES}-${PRETRAIN_EPOCHS}-lr${PRETRAIN_LR}.gguf`);
   if (!fs.existsSync(base)) {
     fs.mkdirSync(PEERS, { recursive: true });
     writeTinyModel({ out: base, layers: s.layers, embd: s.embd, heads: s.heads, kvHeads: s.kvHeads, ff: s.ff, type: 'f32', vocab: VOCAB, seed: 5, contextLength: 2048 });

@@ -26,6 +26,12 @@ export const SideNetworkShapeSchema = {
   version: 'uint?',
   /** Attention heads of a version-2 block (r / heads is even). */
   heads: 'uint?',
+  /**
+   * Where the side network's output joins the backbone: absent or false,
+   * before its final norm (added to the last layer's output); true, after it
+   * (added to the normed hidden state the head reads, QST's form).
+   */
+  joinAfterNorm: 'boolean?',
 } as const;
 export type SideNetworkShape = Fields<typeof SideNetworkShapeSchema>;
 

@@ -17,10 +17,14 @@ export { AdapterFormatError } from './AdapterFormatError';
  *   sha256 of everything above      32 bytes
  */
 export const ADAPTER_MAGIC = 'MOBIADPT';
-/** The format this code writes (2: config.shape may describe a version-2 side network). */
-export const ADAPTER_FORMAT_VERSION = 2;
+/**
+ * The format this code writes (2: config.shape may describe a version-2 side
+ * network; 3: config.shape may join after the final norm, which an older
+ * reader would ignore and so run wrongly).
+ */
+export const ADAPTER_FORMAT_VERSION = 3;
 /** Every format this code reads (a device refuses others with ADAPTER_VERSION; version 1 holds version-1 side networks only). */
-export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1, 2];
+export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1, 2, 3];
 
 /** Most tensors one adapter file may list. */
 const MAX_TENSORS = 4096;

@@ -50,6 +50,8 @@ export const JobConfigSchema = {
   labelPrivate: 'boolean?',
   /** The side network's design: 1 (absent) the per-token ladder, 2 with causal self-attention (common/AdapterConfig.ts). */
   sideNetwork: 'uint?',
+  /** Join the side network's output after the backbone's final norm (common/AdapterConfig.ts); standard mode only. */
+  joinAfterNorm: 'boolean?',
 } as const satisfies Schema;
 export type JobConfig = Fields<typeof JobConfigSchema>;
 export type ModelSpec = Fields<typeof ModelSpec>;

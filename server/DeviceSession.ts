@@ -177,6 +177,7 @@ export class DeviceSession {
     if (!within(c.seed, lim.seed) || c.checkpointEvery < 1) throw new WireError('BAD_FRAME', 'seed must be 32-bit and checkpointEvery at least 1');
     const version = c.sideNetwork ?? 1;
     if (version !== 1 && version !== 2) throw new WireError('BAD_FRAME', 'sideNetwork must be 1 or 2');
+    if (c.joinAfterNorm && c.labelPrivate) throw new WireError('BAD_FRAME', 'joinAfterNorm is for the standard mode; label-private training joins before the final norm');
     if (version === 2) {
       const { heads } = attentionHeads(sideShape(d, c.reduction, t, 2));
       if (c.batchSize * heads * c.seqLen * c.seqLen > MAX_ATTENTION_SCORES) throw new WireError('BAD_FRAME', `batchSize x seqLen^2 is too large for side network 2's attention (at most ${MAX_ATTENTION_SCORES / heads} for this model)`);

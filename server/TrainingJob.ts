@@ -61,7 +61,7 @@ export class TrainingJob {
 
   /** Builds the job from its last checkpoint (or fresh weights). */
   static open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead | undefined): TrainingJob {
-    const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers, rec.config.sideNetwork === 2 ? 2 : 1);
+    const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers, rec.config.sideNetwork === 2 ? 2 : 1, rec.config.joinAfterNorm === true);
     let values = initialParameters(shape, rec.config.seed);
     let state: OptimizerState | undefined;
     const stored = store.readCheckpoints(rec);

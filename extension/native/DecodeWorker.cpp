@@ -18,6 +18,16 @@ namespace mobillm {
 bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
   CaptureState* st = *static_cast<CaptureState**>(userData);
   if (st == nullptr) return !ask;  // not capturing: want nothing, keep going
+  if (st->side != nullptr && st->side->net->joinAfterNorm && std::strcmp(t->name, "result_norm") == 0) {
+    if (ask) return true;
+    // The side network's delta joins the normed hidden state the head reads.
+    if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) || t->ne[0] != st->side->net->d || t->buffer == nullptr ||
+        !ggml_backend_buffer_is_host(t->buffer) || !st->side->applyAfterNorm(static_cast<float*>(t->data), static_cast<int>(t->ne[1]))) {
+      st->badShape = true;
+      return false;
+    }
+    return true;
+  }
   if (std::strncmp(t->name, "l_out-", 6) != 0) return !ask;
   const int layer = std::atoi(t->name + 6);
   const bool inRange = layer >= 0 && layer < st->nLayer;

@@ -8,7 +8,9 @@
 //   x  = x + attention(rms(x) Wq, rms(x) Wk, rms(x) Wv) Wo
 //   s  = x + gelu_tanh(rms(x) Mid_k) Up_k
 // and at the last layer, delta = s Out (r -> d; version 2: rms(h) s Out, h the
-// layer's own output) is added to l_out-<L-1>.
+// layer's own output) is added to l_out-<L-1>; or, for an adapter that joins
+// after the final norm, delta = s Out is added to result_norm (the normed
+// hidden state the head reads).
 // The keys and values of earlier tokens live in a SideCache kept in step
 // with llama.cpp's own memory (same sequences, same positions).
 #pragma once
@@ -24,6 +26,7 @@ namespace mobillm {
 struct SideNet {
   int d = 0, r = 0, b = 0, nLayer = 0;
   int version = 1, heads = 1, width = 0;   // version 2: heads of `width` = r / heads
+  bool joinAfterNorm = false;               // delta joins result_norm, not l_out-<L-1>
   float adapterEps = 1e-6f;
   float ropeBase = 10000.0f;
   std::vector<double> ropeInvFreq;          // [width/2]: ropeBase^(-2i/width), set once by setHeads
@@ -112,9 +115,9 @@ struct SideNet {
     }
   }
 
-  // h += s Out, for one token (version 2: h += rms(h) s Out).
+  // h += s Out, for one token (version 2 joining before the norm: h += rms(h) s Out).
   void addDelta(const float* s, float* h) const {
-    const float scale = version == 2 ? rms(h, d) : 1.0f;
+    const float scale = version == 2 && !joinAfterNorm ? rms(h, d) : 1.0f;
     for (int j = 0; j < r; ++j) {
       const float sj = s[j] * scale;
       const float* row = out.data() + static_cast<size_t>(j) * d;
@@ -201,6 +204,7 @@ struct SideRun {
   std::vector<int> outputRows;      // micro-batch index of each output row, in order
   std::vector<int> pos, seq;        // [rows]: each row's position and sequence
   std::vector<float> s;             // [rows][r]
+  std::vector<float> pending;       // joinAfterNorm: [output rows][d], delta waiting for result_norm
   std::vector<bool> started;        // [rows]: has the ladder begun for this row
 
   void reset(const SideNet* n, SideCache* c, int nRows, std::vector<int> outputs, const int* positions, const int* sequences) {
@@ -212,6 +216,7 @@ struct SideRun {
     seq.assign(sequences, sequences + nRows);
     s.assign(static_cast<size_t>(nRows) * n->r, 0.0f);
     started.assign(static_cast<size_t>(nRows), false);
+    pending.clear();
   }
 
   // Applies tapped layer `layer` to its output tensor data [nRowsInTensor][d].
@@ -228,13 +233,27 @@ struct SideRun {
       net->ladderInput(k, data + static_cast<size_t>(j) * net->d, sr, !started[row], &x[static_cast<size_t>(j) * r]);
     }
     if (net->attends(k) && !last) attend(k, x.data());
+    if (last && net->joinAfterNorm) pending.assign(static_cast<size_t>(nRowsInTensor) * net->d, 0.0f);
     for (int j = 0; j < nRowsInTensor; ++j) {
       const int row = last ? outputRows[j] : j;
       float* sr = s.data() + static_cast<size_t>(row) * r;
       net->mlp(k, &x[static_cast<size_t>(j) * r], sr);
       started[row] = true;
-      if (last) net->addDelta(sr, data + static_cast<size_t>(j) * net->d);
+      if (last && net->joinAfterNorm) {
+        net->addDelta(sr, pending.data() + static_cast<size_t>(j) * net->d);
+      } else if (last) {
+        net->addDelta(sr, data + static_cast<size_t>(j) * net->d);
+      }
     }
+  }
+
+  // joinAfterNorm: adds the last layer's pending delta to result_norm's data
+  // [nRowsInTensor][d] (the same output rows); false if the rows do not match.
+  bool applyAfterNorm(float* data, int nRowsInTensor) {
+    if (pending.size() != static_cast<size_t>(nRowsInTensor) * net->d) return false;
+    for (size_t i = 0; i < pending.size(); ++i) data[i] += pending[i];
+    pending.clear();
+    return true;
   }
 
  private:

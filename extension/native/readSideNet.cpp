@@ -52,6 +52,9 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
   if (o.Has("version") && !o.Get("version").IsUndefined() && !readInt(o, "version", 1, 2, net->version)) {
     return fail("ADAPTER_CORRUPT", "The adapter's side-network version is damaged.");
   }
+  const Napi::Value join = o.Get("joinAfterNorm");
+  if (!join.IsUndefined() && !join.IsBoolean()) return fail("ADAPTER_CORRUPT", "The adapter's join is damaged.");
+  net->joinAfterNorm = join.IsBoolean() && join.As<Napi::Boolean>().Value();
   if (net->version == 2) {
     int heads = 0;
     if (!readInt(o, "heads", 1, net->r, heads) || net->r % (2 * heads) != 0) {

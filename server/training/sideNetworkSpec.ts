@@ -48,13 +48,14 @@ export const ROPE_BASE = 10_000;
  * r up to even and splits it into heads of the widest even width <= 32 that
  * divides it (r 32: 1 head; 112: 4 heads of 28).
  */
-export function sideShape(d: number, reduction: number, tappedLayers: number[], version: 1 | 2 = 1): SideNetworkShape {
+export function sideShape(d: number, reduction: number, tappedLayers: number[], version: 1 | 2 = 1, joinAfterNorm = false): SideNetworkShape {
+  const join = joinAfterNorm ? { joinAfterNorm: true } : {};
   const r0 = Math.max(1, Math.round(d / reduction));
-  if (version === 1) return { d, r: r0, b: r0, tappedLayers };
+  if (version === 1) return { d, r: r0, b: r0, tappedLayers, ...join };
   const r = r0 + (r0 % 2);
   let width = Math.min(MAX_HEAD_WIDTH, r) & ~1;
   while (r % width !== 0) width -= 2;
-  return { d, r, b: r, tappedLayers, version: 2, heads: r / width };
+  return { d, r, b: r, tappedLayers, version: 2, heads: r / width, ...join };
 }
 
 /** The adapter file's config for a side network of `shape` trained on `model` with `job` (common/AdapterConfig.ts). */

@@ -22,9 +22,9 @@ const CODE = 'export function total(items: number[]): number {\n  let sum = 0;\n
 
 
 /** A side network with random non-zero weights (Out included), as the server would save it. */
-function randomAdapter(fp: string, d: number, layers: number[], seed: number, version: 1 | 2 = 1): { file: Buffer; net: SideNetwork } {
+function randomAdapter(fp: string, d: number, layers: number[], seed: number, version: 1 | 2 = 1, joinAfterNorm = false): { file: Buffer; net: SideNetwork } {
   // Version 2 with two heads of width 8, so the per-head split is exercised.
-  const shape = version === 1 ? sideShape(d, 4, layers) : { ...sideShape(d, 4, layers, 2), heads: 2 };
+  const shape = version === 1 ? sideShape(d, 4, layers, 1, joinAfterNorm) : { ...sideShape(d, 4, layers, 2, joinAfterNorm), heads: 2 };
   const values = initialParameters(shape, seed);
   const rng = new SeededRandom(seed + 1);
   values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.2));
@@ -40,13 +40,13 @@ describe('side network inside llama.cpp on the device', function () {
   this.timeout(300_000);
   before(() => initTensorflow());
 
-  for (const version of [1, 2] as const) it(`side network ${version} matches the server's TensorFlow.js forward on the same inputs (loss per sequence, two sequences in one decode)`, async () => {
+  for (const [version, joinAfterNorm] of [[1, false], [2, false], [2, true]] as const) it(`side network ${version}${joinAfterNorm ? ' joining after the final norm' : ''} matches the server's TensorFlow.js forward on the same inputs (loss per sequence, two sequences in one decode)`, async () => {
     const modelPath = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, seed: 21 });
     const bb = await Backbone.open(modelPath, { contextSize: 256, maxSequences: 2, threads: 1, flashAttention: false });
     try {
       const fp = await modelFingerprint(modelPath);
       const layers = [0, 1, 2];
-      const { file, net } = randomAdapter(fp, 64, layers, 5, version);
+      const { file, net } = randomAdapter(fp, 64, layers, 5, version, joinAfterNorm);
       const seqs = [bb.tokenize(CODE), bb.tokenize('const a = [1, 2, 3];\nconsole.log(total(a));\n')];
       const base = await bb.sequenceLoss(seqs);
       await bb.useAdapter(file);
@@ -161,16 +161,16 @@ describe('side network inside llama.cpp on the device', function () {
     }
   });
 
-  it('side network 2 end to end, standard and label-private: the device\'s held-out loss with the adapter is the server\'s "after" loss', async () => {
+  it('side network 2 end to end, standard, label-private and joining after the norm: the device\'s held-out loss with the adapter is the server\'s "after" loss', async () => {
     const ws = makeWorkspace(32);
     const model = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 9 });
-    for (const labelPrivate of [false, true]) {
-      const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('st'), steps: 20, seqLen: 32, batchSize: 4, bits: 16, threads: 1, learningRate: 5e-3, sideNetwork: 2, labelPrivate }).run();
+    for (const [labelPrivate, joinAfterNorm] of [[false, false], [true, false], [false, true]]) {
+      const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('st'), steps: 20, seqLen: 32, batchSize: 4, bits: 16, threads: 1, learningRate: 5e-3, sideNetwork: 2, labelPrivate, joinAfterNorm }).run();
       const bb = await Backbone.open(model, { contextSize: 4 * 33, maxSequences: 4, threads: 1 });
       try {
         await bb.useAdapter(fs.readFileSync(r.adapter));
         const tuned = await evaluateWorkspace(bb, ws, { seqLen: 32 });
-        process.stdout.write(`      ${labelPrivate ? 'label-private' : 'standard'}: server ${r.heldOutLossBefore.toFixed(4)} -> ${r.heldOutLossAfter.toFixed(4)}; device after ${tuned.heldOutLoss.toFixed(4)}\n`);
+        process.stdout.write(`      ${labelPrivate ? 'label-private' : joinAfterNorm ? 'after the norm' : 'standard'}: server ${r.heldOutLossBefore.toFixed(4)} -> ${r.heldOutLossAfter.toFixed(4)}; device after ${tuned.heldOutLoss.toFixed(4)}\n`);
         assert.ok(r.heldOutLossAfter < r.heldOutLossBefore, 'it learns');
         assert.ok(Math.abs(tuned.heldOutLoss - r.heldOutLossAfter) <= 0.01, 'after');
       } finally {

@@ -234,6 +234,7 @@ export class FineTuneJob {
       checkpointEvery: this.o.checkpointEvery,
       ...(this.o.labelPrivate ? { labelPrivate: true } : {}),
       ...(this.o.sideNetwork === 2 ? { sideNetwork: 2 } : {}),
+      ...(this.o.joinAfterNorm ? { joinAfterNorm: true } : {}),
     };
     this.progress.setTotalSteps(config.totalSteps);
     if (resumed) {

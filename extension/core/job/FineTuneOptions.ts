@@ -52,6 +52,11 @@ export interface FineTuneOptions {
    * self-attention within each sequence (common/AdapterConfig.ts). Default 1.
    */
   sideNetwork?: 1 | 2;
+  /**
+   * Join the side network's output after the backbone's final norm (QST's
+   * form) instead of before it. Standard mode only. Default false.
+   */
+  joinAfterNorm?: boolean;
   /** Workspace scan filters and limits. Default: none beyond the scan's own. */
   scan?: ScanOptions;
   /** Device store (adapters, job records, embedded server data). Default ~/.mobillm. */
@@ -77,7 +82,7 @@ export interface FineTuneOptions {
 }
 
 /** The settings a job is created with and keeps when it is resumed. */
-export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate', 'sideNetwork', 'tapEvery'] as const;
+export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate', 'sideNetwork', 'tapEvery', 'joinAfterNorm'] as const;
 export type TunedOption = (typeof TUNED_OPTIONS)[number];
 export type TunedSettings = Partial<Pick<FineTuneOptions, TunedOption>>;
 
@@ -115,6 +120,10 @@ export function checkFineTuneOptions(o: FineTuneOptions): void {
   if (o.fimRate !== undefined && !(o.fimRate >= 0 && o.fimRate <= 1)) bad('fimRate', 'a fraction from 0 to 1');
   if (o.labelPrivate !== undefined && typeof o.labelPrivate !== 'boolean') bad('labelPrivate', 'true or false');
   if (o.sideNetwork !== undefined && o.sideNetwork !== 1 && o.sideNetwork !== 2) bad('sideNetwork', '1 or 2');
+  if (o.joinAfterNorm !== undefined && typeof o.joinAfterNorm !== 'boolean') bad('joinAfterNorm', 'true or false');
+  if (o.joinAfterNorm && o.labelPrivate) {
+    throw new MobiError('BAD_ARGUMENT', `${name('joinAfterNorm')} is for the standard mode: label-private training joins before the final norm.`);
+  }
 }
 
 /** The tuned settings of a resolved job (what its record keeps). */

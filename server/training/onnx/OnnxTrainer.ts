@@ -53,7 +53,7 @@ export class OnnxTrainer {
     this.m = new Map(parameterNames(shape).map((p) => [p, state?.m.get(p) ?? zeros(p)]));
     this.v = new Map(parameterNames(shape).map((p) => [p, state?.v.get(p) ?? zeros(p)]));
     this.constants = { clipNorm: options.clipNorm ?? 1, beta1: options.beta1 ?? 0.9, beta2: options.beta2 ?? 0.999, epsilon: options.epsilon ?? 1e-8 };
-    this.shapeKey = `v${shape.version ?? 1}h${shape.heads ?? 0}-${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
+    this.shapeKey = `v${shape.version ?? 1}h${shape.heads ?? 0}${shape.joinAfterNorm ? 'j' : ''}-${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
     this.attends = shape.tappedLayers.some((_, k) => hasAttention(shape, k));
   }
 

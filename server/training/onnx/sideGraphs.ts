@@ -8,6 +8,7 @@ import { GraphBuilder } from './GraphBuilder';
  * test/helpers/tfjs/, which checks them):
  *
  *   forward     h_k, params, norm weight -> z = output_norm(h_{K-1} + delta)        [n, d]
+ *               (joinAfterNorm: z = output_norm(h_{K-1}) + delta)
  *   headChunk   z, W_c (f16), running max m, sum s (and acc) -> the same, updated:
  *               the online log-sum-exp over one chunk of the vocabulary, so no
  *               [tokens, vocabulary] tensor exists (acc = sum_v softmax-weight W_v)
@@ -196,8 +197,9 @@ function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
     s = g.add(x2, g.matmul(gl, names.param(`up.${k}`))); // [n, r]
     layers.push({ a, sPrev, x, mu, input, attn, x2, inv, nrm, pre, g: gl });
   }
-  if (!v2) return { delta: g.matmul(s, names.param('out')), sFinal: s, layers };
-  // Version 2 joins relative to the last layer's scale: delta = rms(h) s Out.
+  // After the final norm the hidden state is at unit scale already; before it,
+  // version 2 joins relative to the last layer's scale: delta = rms(h) s Out.
+  if (!v2 || shape.joinAfterNorm) return { delta: g.matmul(s, names.param('out')), sFinal: s, layers };
   const last = hs[K - 1]!;
   const joinScale = g.op('Sqrt', [g.add(g.meanLast(g.mul(last, last)), eps)]); // [n, 1]
   return { delta: g.mul(g.matmul(s, names.param('out')), joinScale), sFinal: s, layers, joinScale };
@@ -216,16 +218,20 @@ function declareLayout(g: GraphBuilder, shape: SideNetworkShape): Layout | undef
   return { r: shape.r, heads, width };
 }
 
-/** The ladder, the join with the last layer and the backbone's final norm (its weight and epsilon are inputs). */
+/**
+ * The ladder, the join and the backbone's final norm (its weight and epsilon
+ * are inputs): z = norm(h + delta) w, or with `joinAfterNorm` z = norm(h) w + delta.
+ */
 function sideForward(g: GraphBuilder, shape: SideNetworkShape): ForwardValues {
   const K = shape.tappedLayers.length;
   const ladder = sideLadder(g, shape);
   const normWeight = g.input('norm_weight', 'float32', [shape.d]);
   const headEps = g.input('head_eps', 'float32', []);
-  const y = g.add(names.layer(K - 1), ladder.delta); // [n, d]
+  const y = shape.joinAfterNorm ? names.layer(K - 1) : g.add(names.layer(K - 1), ladder.delta); // [n, d]
   const invHead = invRms(g, y, headEps); // [n, 1]
   const xhat = g.mul(y, invHead); // [n, d]
-  const z = g.mul(xhat, normWeight); // [n, d]
+  const normed = g.mul(xhat, normWeight); // [n, d]
+  const z = shape.joinAfterNorm ? g.add(normed, ladder.delta) : normed;
   return { ...ladder, z, xhat, invHead };
 }
 
@@ -352,10 +358,13 @@ export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8
   const weights = g.input('weights', 'float32', ['n', 1]); // mask / tokens
   g.output(g.sumAll(g.mul(tokenLoss(g, m, s, f.z, wt), mask)), 'loss_sum', 'float32', []);
 
-  // dL/dz = w (softmax W - W[target]); then back through the final RMSNorm.
+  // dL/dz = w (softmax W - W[target]); then, for a join before it, back through the final RMSNorm.
   const dz = g.mul(g.sub(g.div(acc, s), wt), weights); // [n, d]
-  const dn = g.mul(dz, 'norm_weight'); // [n, d]
-  const dy = g.mul(f.invHead, g.sub(dn, g.mul(f.xhat, g.meanLast(g.mul(dn, f.xhat))))); // [n, d]
+  let dy = dz; // [n, d]
+  if (!shape.joinAfterNorm) {
+    const dn = g.mul(dz, 'norm_weight'); // [n, d]
+    dy = g.mul(f.invHead, g.sub(dn, g.mul(f.xhat, g.meanLast(g.mul(dn, f.xhat)))));
+  }
   clipAndAdam(g, shape, backwardFromJoin(g, shape, f, dy), c);
   return g.build();
 }

@@ -68,7 +68,7 @@ export class SideNetwork {
         s = x.add(tf.matMul(gelu(tf.matMul(n, this.p(`mid.${k}`))) as tf.Tensor2D, this.p(`up.${k}`)));
       });
       const out: tf.Tensor2D = tf.matMul(s as tf.Tensor2D, this.p('out') as tf.Tensor2D);
-      if (!v2) return out;
+      if (!v2 || this.shape.joinAfterNorm) return out;
       const last = hs[hs.length - 1]!;
       return out.mul(last.square().mean(1, true).add(ADAPTER_NORM_EPS).sqrt()) as tf.Tensor2D;
     });
@@ -102,8 +102,10 @@ export class SideNetwork {
   /** Mean masked loss through a full (unchunked) head, as a pure forward: the autodiff reference. */
   referenceLoss(hs: tf.Tensor2D[], targets: Int32Array, mask: Float32Array, head: Float32Array, normWeight: Float32Array, eps: number, lengths?: number[]): tf.Scalar {
     return tf.tidy(() => {
-      const y = hs[hs.length - 1]!.add(this.delta(hs, lengths));
-      const z = y.mul(y.square().mean(1, true).add(eps).rsqrt()).mul(tf.tensor1d(normWeight));
+      const h = hs[hs.length - 1]!;
+      const delta = this.delta(hs, lengths);
+      const norm = (y: tf.Tensor2D): tf.Tensor2D => y.mul(y.square().mean(1, true).add(eps).rsqrt()).mul(tf.tensor1d(normWeight));
+      const z = this.shape.joinAfterNorm ? norm(h).add(delta) : norm(h.add(delta));
       const W = tf.tensor2d(head, [head.length / this.shape.d, this.shape.d]);
       const logits = tf.matMul(z as tf.Tensor2D, W, false, true);
       const logp = tf.logSoftmax(logits);

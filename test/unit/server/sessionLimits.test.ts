@@ -84,6 +84,8 @@ describe('server: what one session may do', function () {
     assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'side network 3');
     ws.deliver({ type: 'job/create', name: 'x', config: { ...config, sideNetwork: 2, seqLen: 4096, batchSize: 16 } });
     assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'attention scores past the limit');
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, labelPrivate: true, joinAfterNorm: true } });
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'a label-private job joining after the norm');
     ws.deliver({ type: 'job/create', name: 'v2', config: { ...config, sideNetwork: 2, batchSize: 2 } });
     const { jobId } = await ws.next('job/ready');
     const b = batchPayload(1);

@@ -242,6 +242,48 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     });
   });
 
+  describe('joining after the final norm (QST\'s form: z = norm(h) w + delta)', () => {
+    const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
+    const lengths = [7, 5, 8];
+    const rows = 20;
+    const after1 = sideShape(d, 4, tapped, 1, true);
+    const after2: SideNetworkShape = { d, r: 16, b: 16, tappedLayers: tapped, version: 2, heads: 2, joinAfterNorm: true };
+    const live = (shape: SideNetworkShape, seed: number): Map<string, Float32Array> => {
+      const values = initialParameters(shape, seed);
+      values.set('out', randomArray(new SeededRandom(seed + 100), shape.r * d, 0.3));
+      values.set('alpha.1', Float32Array.of(0.05));
+      return values;
+    };
+
+    it('step 0 reproduces the backbone, and a non-zero Out changes the loss differently from a join before the norm', async () => {
+      assert.equal(after1.joinAfterNorm, true);
+      assert.equal(sideShape(d, 4, tapped).joinAfterNorm, undefined, 'absent by default (older readers see the same shape)');
+      const { halves, norm, batch } = problem(21, rows);
+      const b = { ...batch(), lengths };
+      const before = await new OnnxTrainer(engine, sideShape(d, 4, tapped), new OnnxHead(halves, norm, EPS, 7), initialParameters(sideShape(d, 4, tapped), 3), opts).evalBatch(b);
+      const zero = await new OnnxTrainer(engine, after1, new OnnxHead(halves, norm, EPS, 7), initialParameters(after1, 3), opts).evalBatch(b);
+      assert.ok(Math.abs(zero.lossSum - before.lossSum) < 1e-4 * before.lossSum, `${zero.lossSum} vs ${before.lossSum}`);
+      const valuesB = live(sideShape(d, 4, tapped), 4);
+      const joinedBefore = await new OnnxTrainer(engine, sideShape(d, 4, tapped), new OnnxHead(halves, norm, EPS, 7), valuesB, opts).evalBatch(b);
+      const joinedAfter = await new OnnxTrainer(engine, after1, new OnnxHead(halves, norm, EPS, 7), valuesB, opts).evalBatch(b);
+      assert.ok(Math.abs(joinedAfter.lossSum - joinedBefore.lossSum) > 1e-3, 'the two joins are different functions (and use different graphs)');
+    });
+
+    for (const [name, shape] of [['version 1', after1], ['version 2', after2]] as const) {
+      it(`${name}: gradients of every parameter match TensorFlow.js autodiff`, async () => {
+        const { halves, head, norm, batch } = problem(22, rows);
+        const values = live(shape, 5);
+        const b = { ...batch(), lengths };
+        assertMatchesAutodiff(shape, values, await new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, opts).gradients(b), b, head, norm);
+      });
+    }
+
+    it('gradients pass a finite-difference check of the engine\'s own loss', async () => {
+      const { halves, norm, batch } = problem(23, rows);
+      await assertFiniteDifferences(engine, after2, live(after2, 6), { ...batch(), lengths }, halves, norm, [['out', 5], ['wq.0', 37], ['down.2', 17], ['up.1', 8], ['alpha.2', 0]]);
+    });
+  });
+
   it('refuses a provider that cannot run, at start-up', async () => {
     await assert.rejects(OnnxEngine.create({ device: 'cuda', threads: 1 }), (err: Error & { code?: string }) => err.code === 'NO_BACKEND');
   });
