@@ -8,17 +8,19 @@
  *
  *   ours: each variant from scratch for 1, 2, 4 and 8 epochs (device on core 0,
  *         server process on core 1); variants v1 (every layer), v2 (every
- *         layer), v2 with every second layer tapped
- *   peer: llama-finetune at the peer benchmark's best learning rate, 8 epochs,
- *         one at a time, held-out loss after each (core 0)
+ *         layer), and at 1 and 4 epochs v2 with every second layer tapped and
+ *         v2 joining after the final norm
+ *   peer: llama-finetune, one epoch at a time, held-out loss after each
+ *         (core 0): 8 epochs at the peer benchmark's best learning rate; on
+ *         the stand-in 6 epochs at each of 1e-4 and 3e-4, the better compared
  *   lines: line completions (bench/lineScore.ts) for the base model, v1 and v2
- *         after 4 epochs, and the peer after 8
- *
+ *         after 4 epochs, and the peer after its best epoch
+
  *   fit: where the gap comes from: in-process runs (8 epochs, learning rate
  *         1e-2) recording the mean training loss of the first and the last
  *         epoch (before each step) beside the held-out loss after
  *
- *   npm run bench:side-network [-- --backbone standin] [--skip-lines] [--fit-only]
+ *   npm run bench:side-network [-- --backbone standin] [--skip-lines] [--skip-fit] [--fit-only]
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -34,6 +36,9 @@ import { standInBackbone } from './standIn';
 const FINETUNE_BYTES = 32_000;
 const EPOCHS = [1, 2, 4, 8];
 const PEER_EPOCHS = 8;
+/** On the stand-in: the peer's learning rates (the best one is compared) and its epochs (about 2 minutes each there). */
+const STANDIN_PEER_RATES = [1e-4, 3e-4];
+const STANDIN_PEER_EPOCHS = 6;
 const LINE_EPOCHS = 4;
 
 interface Variant {
@@ -46,12 +51,48 @@ const VARIANTS: Variant[] = [
   { name: 'v1', args: ['--side-network', '1'], epochs: EPOCHS },
   { name: 'v2', args: ['--side-network', '2'], epochs: EPOCHS },
   { name: 'v2-every-second-layer', args: ['--side-network', '2', '--tap-every', '2'], epochs: [1, 4] },
+  { name: 'v2-join-after-norm', args: ['--side-network', '2', '--join-after-norm'], epochs: [1, 4] },
 ];
 
 interface Point {
   epochs: number;
   seconds: number;
   heldOutLoss: number;
+}
+
+const best = (pts: Point[]): number => Math.min(...pts.map((p) => p.heldOutLoss));
+
+interface PeerRun {
+  curve: Point[];
+  /** The model after the peer's best epoch (kept for line completions). */
+  bestModel: string;
+}
+
+/** llama-finetune at learning rate `lr`, one epoch at a time (core 0), the held-out loss after each; keeps the best epoch's model. */
+async function peerRun(bin: string, pretrained: string, trainText: string, workspace: string, lr: number, epochs: number, loss0: number, log: (line: string) => void): Promise<PeerRun> {
+  const curve: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: loss0 }];
+  let prev = pretrained;
+  let bestModel = pretrained;
+  let t = 0;
+  const drop = (file: string): void => {
+    if (file !== pretrained && file !== bestModel) fs.rmSync(file, { force: true });
+  };
+  for (let epoch = 1; epoch <= epochs; epoch++) {
+    const out = path.join(PEERS, `choices-peer-lr${lr}-e${epoch}.gguf`);
+    const m = await measure(path.join(bin, 'llama-finetune'), ['-m', prev, '-f', trainText, '-c', String(SEQ), '-b', String(SEQ), '-ub', String(SEQ), '--epochs', '1', '-lr', String(lr), '-t', '1', '-o', out], { cpu: 0 });
+    t += m.wallSeconds;
+    const loss = await heldOutLoss(out, workspace);
+    const wasBest = loss < best(curve);
+    curve.push({ epochs: epoch, seconds: t, heldOutLoss: loss });
+    const previousBest = bestModel;
+    if (wasBest) bestModel = out;
+    drop(prev);
+    if (previousBest !== bestModel) drop(previousBest);
+    prev = out;
+    log(`  peer lr ${lr} epoch ${epoch}: ${t.toFixed(1)} s, held-out ${loss.toFixed(4)}`);
+  }
+  drop(prev);
+  return { curve, bestModel };
 }
 
 /** Training fit against held-out loss: is the gap to full fine-tuning capacity (training loss stays high) or generalisation (it falls, held-out does not)? */
@@ -92,25 +133,24 @@ async function main(): Promise<void> {
   const loss0 = await heldOutLoss(pretrained, ws.workspace);
   log(`backbone ${path.basename(pretrained)}: held-out loss before fine-tuning ${loss0.toFixed(4)}`);
 
+  // The peer's learning rate: the convergence benchmark's best on the quick
+  // backbone; on the stand-in (a different model) a small sweep of its own.
   const peersJson = JSON.parse(fs.readFileSync(path.join(ROOT, 'bench', 'results', 'peers.json'), 'utf8')) as { results: { convergence: { peerBestLearningRate: number } } };
-  const lr = peersJson.results.convergence.peerBestLearningRate;
+  const peerRates = standin ? STANDIN_PEER_RATES : [peersJson.results.convergence.peerBestLearningRate];
+  const peerEpochs = standin ? STANDIN_PEER_EPOCHS : PEER_EPOCHS;
   const files = scanWorkspace(ws.workspace).files;
   const held = new Set(heldOutFiles(files).map((f) => f.path));
   const trainText = path.join(PEERS, 'choices-train.txt');
   fs.writeFileSync(trainText, files.filter((f) => !held.has(f.path)).map((f) => f.text).join(''));
-  const peer: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: loss0 }];
-  let prev = pretrained;
-  let t = 0;
-  const peerFinal = path.join(PEERS, `choices-peer-lr${lr}-e${PEER_EPOCHS}.gguf`);
-  for (let epoch = 1; epoch <= PEER_EPOCHS; epoch++) {
-    const out = epoch === PEER_EPOCHS ? peerFinal : path.join(PEERS, `choices-peer-e${epoch}.gguf`);
-    const m = await measure(path.join(bin, 'llama-finetune'), ['-m', prev, '-f', trainText, '-c', String(SEQ), '-b', String(SEQ), '-ub', String(SEQ), '--epochs', '1', '-lr', String(lr), '-t', '1', '-o', out], { cpu: 0 });
-    if (prev !== pretrained) fs.rmSync(prev, { force: true });
-    prev = out;
-    t += m.wallSeconds;
-    peer.push({ epochs: epoch, seconds: t, heldOutLoss: await heldOutLoss(out, ws.workspace) });
-    log(`  peer lr ${lr} epoch ${epoch}: ${t.toFixed(1)} s, held-out ${peer.at(-1)!.heldOutLoss.toFixed(4)}`);
+  const peerRuns: Record<string, PeerRun> = {};
+  for (const rate of peerRates) {
+    peerRuns[String(rate)] = await peerRun(bin, pretrained, trainText, ws.workspace, rate, peerEpochs, loss0, log);
   }
+  const bestRate = peerRates.reduce((a, b) => (best(peerRuns[String(b)]!.curve) < best(peerRuns[String(a)]!.curve) ? b : a));
+  for (const rate of peerRates) if (rate !== bestRate) fs.rmSync(peerRuns[String(rate)]!.bestModel, { force: true });
+  const lr = bestRate;
+  const peer = peerRuns[String(lr)]!.curve;
+  const peerBestModel = peerRuns[String(lr)]!.bestModel;
 
   const ours: Record<string, Point[]> = {};
   const adapters: Record<string, string> = {};
@@ -125,7 +165,6 @@ async function main(): Promise<void> {
     }
   }
 
-  const best = (pts: Point[]): number => Math.min(...pts.map((p) => p.heldOutLoss));
   const versusPeer = Object.fromEntries(Object.entries(ours).map(([name, pts]) => {
     const target = Math.max(best(pts), best(peer));
     const time = { ours: firstTimeAtOrBelow(pts, target), peer: firstTimeAtOrBelow(peer, target) };
@@ -142,7 +181,7 @@ async function main(): Promise<void> {
       base: await score(pretrained, undefined, cases),
       v1: await score(pretrained, adapters.v1, cases),
       v2: await score(pretrained, adapters.v2, cases),
-      peerFullFineTune: await score(peerFinal, undefined, cases),
+      peerFullFineTune: await score(peerBestModel, undefined, cases),
     };
     for (const [k, v] of Object.entries(lines)) log(`  ${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)}`);
   }
@@ -151,11 +190,11 @@ async function main(): Promise<void> {
     backbone: standin ? 'issue 12 stand-in: 6 x 384 llama (F32), llama SPM 32k vocabulary' : '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node (the peer benchmark\'s quick variant)',
     heldOutLossBefore: loss0,
     workspace: `this repository's first ${FINETUNE_BYTES / 1000} KB of source`,
-    peer: { learningRate: lr, curve: peer, best: best(peer) },
+    peer: { learningRate: lr, curve: peer, best: best(peer), ...(peerRates.length > 1 ? { sweep: Object.fromEntries(Object.entries(peerRuns).map(([r, run]) => [r, run.curve])) } : {}) },
     ours,
     versusPeer,
-    lines: lines ? { positions: lineCount, ourEpochs: LINE_EPOCHS, peerEpochs: PEER_EPOCHS, results: lines } : 'skipped (--skip-lines)',
-    fit: await fit(pretrained, ws.workspace, log),
+    lines: lines ? { positions: lineCount, ourEpochs: LINE_EPOCHS, peerEpochs: peer.find((p) => p.heldOutLoss === best(peer))!.epochs, results: lines } : 'skipped (--skip-lines)',
+    fit: process.argv.includes('--skip-fit') ? 'skipped (--skip-fit; run --fit-only)' : await fit(pretrained, ws.workspace, log),
     machine: machineDescription(),
   };
   fs.writeFileSync(resultsFile(standin), `${JSON.stringify(out, null, 2)}\n`);

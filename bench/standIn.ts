@@ -18,7 +18,15 @@ export const STAND_IN = { layers: 6, embd: 384, heads: 6, kvHeads: 6, ff: 1024 }
 const VOCAB = path.join(ROOT, 'build', 'llama.cpp', 'models', 'ggml-vocab-llama-spm.gguf');
 const PRETRAIN_BYTES = 1_000_000;
 const PRETRAIN_EPOCHS = 1;
-const PRETRAIN_LR = 1e-3;
+const PRETRAIN_LR = 2e-4;
+/**
+ * Tokens per pretraining window. llama-finetune takes one optimizer step per
+ * window (it caps its batch at the context), so 512-token windows are 4x the
+ * batch of the fine-tuning benchmarks' 128: with 128, Adam diverged at 2e-4
+ * (training loss back above uniform within 1,000 steps) and learned almost
+ * nothing at 1e-4 (docs/benchmarks.md).
+ */
+const PRETRAIN_CONTEXT = 512;
 
 /** About 1 MB of @types declarations, in a fixed order. */
 function pretrainText(): string {
@@ -50,14 +58,14 @@ export async function standInBackbone(bin: string, log: (line: string) => void):
   const s = STAND_IN;
   const name = `standin-${s.layers}x${s.embd}-spm32k`;
   const base = path.join(PEERS, `${name}-f32.gguf`);
-  const pretrained = path.join(PEERS, `${name}-pretrained-${PRETRAIN_BYTES}-${PRETRAIN_EPOCHS}-lr${PRETRAIN_LR}.gguf`);
+  const pretrained = path.join(PEERS, `${name}-pretrained-${PRETRAIN_BYTES}-${PRETRAIN_EPOCHS}-lr${PRETRAIN_LR}-c${PRETRAIN_CONTEXT}.gguf`);
   if (!fs.existsSync(base)) {
     fs.mkdirSync(PEERS, { recursive: true });
     writeTinyModel({ out: base, layers: s.layers, embd: s.embd, heads: s.heads, kvHeads: s.kvHeads, ff: s.ff, type: 'f32', vocab: VOCAB, seed: 5, contextLength: 2048 });
   }
   if (fs.existsSync(pretrained)) return { pretrained, base, seconds: null };
   log(`pretraining the stand-in (${s.layers} x ${s.embd}, 32k SPM vocabulary) with llama-finetune on ${PRETRAIN_BYTES / 1e6} MB of @types declarations (once, cached) ...`);
-  const m = await measure(path.join(bin, 'llama-finetune'), ['-m', base, '-f', pretrainText(), '-c', String(SEQ), '-b', String(SEQ), '-ub', String(SEQ), '--epochs', String(PRETRAIN_EPOCHS), '-lr', String(PRETRAIN_LR), '-t', '2', '-o', `${pretrained}.tmp`]);
+  const m = await measure(path.join(bin, 'llama-finetune'), ['-m', base, '-f', pretrainText(), '-c', String(PRETRAIN_CONTEXT), '-b', String(PRETRAIN_CONTEXT), '-ub', String(PRETRAIN_CONTEXT), '--epochs', String(PRETRAIN_EPOCHS), '-lr', String(PRETRAIN_LR), '-t', '2', '-o', `${pretrained}.tmp`]);
   fs.renameSync(`${pretrained}.tmp`, pretrained);
   return { pretrained, base, seconds: m.wallSeconds };
 }
@@ -77,7 +85,7 @@ async function main(): Promise<void> {
   const ws = corpus(32_000);
   const out = {
     model: { ...STAND_IN, vocabulary: 'llama SPM 32k (llama.cpp models/ggml-vocab-llama-spm.gguf)', type: 'f32', bytes: fs.statSync(pretrained).size },
-    pretrain: { bytes: PRETRAIN_BYTES, epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, seconds, text: '@types/* declarations from node_modules' },
+    pretrain: { bytes: PRETRAIN_BYTES, epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, windowTokens: PRETRAIN_CONTEXT, seconds, text: '@types/* declarations from node_modules' },
     heldOutLossOnWorkspace: { pretrained: await heldOutLossOn(pretrained, ws.workspace), randomWeights: await heldOutLossOn(base, ws.workspace) },
   };
   fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'standIn.json'), `${JSON.stringify(out, null, 2)}\n`);
