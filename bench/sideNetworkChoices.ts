@@ -12,9 +12,10 @@
  *         v2 joining after the final norm
  *   peer: llama-finetune, one epoch at a time, held-out loss after each
  *         (core 0): 8 epochs at the peer benchmark's best learning rate; on
- *         the stand-in 6 epochs at each of 1e-4 and 3e-4, the better compared
- *   lines: line completions (bench/lineScore.ts) for the base model, v1 and v2
- *         after 4 epochs, and the peer after its best epoch
+ *         the stand-in 4 epochs at each of 3e-5, 1e-4 and 3e-4, the best compared
+ *   lines: line completions (bench/lineScore.ts) for the base model, v1, v2
+ *         and v2 joining after the norm after 4 epochs, and the peer after its
+ *         best epoch
 
  *   fit: where the gap comes from: in-process runs (8 epochs, learning rate
  *         1e-2) recording the mean training loss of the first and the last
@@ -36,9 +37,9 @@ import { standInBackbone } from './standIn';
 const FINETUNE_BYTES = 32_000;
 const EPOCHS = [1, 2, 4, 8];
 const PEER_EPOCHS = 8;
-/** On the stand-in: the peer's learning rates (the best one is compared) and its epochs (about 2 minutes each there). */
-const STANDIN_PEER_RATES = [1e-4, 3e-4];
-const STANDIN_PEER_EPOCHS = 6;
+/** On the stand-in: the peer's learning rates (the best one is compared) and its epochs (about 80 s each there). */
+const STANDIN_PEER_RATES = [3e-5, 1e-4, 3e-4];
+const STANDIN_PEER_EPOCHS = 4;
 const LINE_EPOCHS = 4;
 
 interface Variant {
@@ -181,6 +182,7 @@ async function main(): Promise<void> {
       base: await score(pretrained, undefined, cases),
       v1: await score(pretrained, adapters.v1, cases),
       v2: await score(pretrained, adapters.v2, cases),
+      'v2-join-after-norm': await score(pretrained, adapters['v2-join-after-norm'], cases),
       peerFullFineTune: await score(peerBestModel, undefined, cases),
     };
     for (const [k, v] of Object.entries(lines)) log(`  ${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)}`);
