@@ -9,7 +9,9 @@
  *   ours: each variant from scratch for 1, 2, 4 and 8 epochs (device on core 0,
  *         server process on core 1); variants v1 (every layer), v2 (every
  *         layer), and at 1 and 4 epochs v2 with every second layer tapped and
- *         v2 joining after the final norm
+ *         v2 joining after the final norm, and v2 starting from the
+ *         backbone's weights (--only runs just the named variants against
+ *         the last run's peer and merges them into its results)
  *   peer: llama-finetune, one epoch at a time, held-out loss after each
  *         (core 0): 8 epochs at the peer benchmark's best learning rate; on
  *         the stand-in 4 epochs at each of 3e-5, 1e-4 and 3e-4, the best compared
@@ -21,7 +23,7 @@
  *         1e-2) recording the mean training loss of the first and the last
  *         epoch (before each step) beside the held-out loss after
  *
- *   npm run bench:side-network [-- --backbone standin] [--skip-lines] [--skip-fit] [--fit-only]
+ *   npm run bench:side-network [-- --backbone standin] [--skip-lines] [--skip-fit] [--fit-only] [--only NAME,...]
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -53,6 +55,7 @@ const VARIANTS: Variant[] = [
   { name: 'v2', args: ['--side-network', '2'], epochs: EPOCHS },
   { name: 'v2-every-second-layer', args: ['--side-network', '2', '--tap-every', '2'], epochs: [1, 4] },
   { name: 'v2-join-after-norm', args: ['--side-network', '2', '--join-after-norm'], epochs: [1, 4] },
+  { name: 'v2-from-backbone', args: ['--side-network', '2', '--init-from-backbone'], epochs: [1, 4] },
 ];
 
 interface Point {
@@ -116,6 +119,29 @@ async function fit(model: string, workspace: string, log: (line: string) => void
   return out;
 }
 
+/** Runs only the named variants against the peer of the last full run, and merges them into its results (no line completions). */
+async function onlyVariants(only: string[], pretrained: string, workspace: string, standin: boolean, log: (line: string) => void): Promise<void> {
+  const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as { heldOutLossBefore: number; peer: { curve: Point[] }; ours: Record<string, Point[]>; versusPeer: Record<string, unknown> };
+  for (const v of VARIANTS.filter((x) => only.includes(x.name))) {
+    const pts: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: previous.heldOutLossBefore }];
+    for (const epochs of v.epochs) {
+      const r = await runOurs(pretrained, workspace, false, ['--epochs', String(epochs), ...v.args]);
+      pts.push({ epochs, seconds: r.wallSeconds, heldOutLoss: r.summary.heldOutLossAfter });
+      log(`  ${v.name} ${epochs} epoch(s), ${r.summary.steps} steps: ${r.wallSeconds.toFixed(1)} s, held-out ${r.summary.heldOutLossAfter.toFixed(4)}`);
+    }
+    previous.ours[v.name] = pts;
+    previous.versusPeer[v.name] = versus(pts, previous.peer.curve);
+  }
+  fs.writeFileSync(resultsFile(standin), `${JSON.stringify(previous, null, 2)}\n`);
+}
+
+/** Our best against the peer's, and the time each takes to the higher of the two. */
+function versus(pts: Point[], peer: Point[]) {
+  const target = Math.max(best(pts), best(peer));
+  const time = { ours: firstTimeAtOrBelow(pts, target), peer: firstTimeAtOrBelow(peer, target) };
+  return { bestHeldOutLoss: best(pts), gapToPeerBest: best(pts) - best(peer), targetLoss: target, timeToTarget: time, timeToTargetVsPeer: time.ours !== null && time.peer ? time.ours / time.peer : null };
+}
+
 function resultsFile(standin: boolean): string {
   return path.join(ROOT, 'bench', 'results', `sideNetwork${standin ? '-standin' : ''}.json`);
 }
@@ -129,6 +155,10 @@ async function main(): Promise<void> {
   if (process.argv.includes('--fit-only')) {
     const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as Record<string, unknown>;
     fs.writeFileSync(resultsFile(standin), `${JSON.stringify({ ...previous, fit: await fit(pretrained, ws.workspace, log) }, null, 2)}\n`);
+    return;
+  }
+  if (process.argv.includes('--only')) {
+    await onlyVariants(process.argv[process.argv.indexOf('--only') + 1]!.split(','), pretrained, ws.workspace, standin, log);
     return;
   }
   const loss0 = await heldOutLoss(pretrained, ws.workspace);
@@ -166,11 +196,7 @@ async function main(): Promise<void> {
     }
   }
 
-  const versusPeer = Object.fromEntries(Object.entries(ours).map(([name, pts]) => {
-    const target = Math.max(best(pts), best(peer));
-    const time = { ours: firstTimeAtOrBelow(pts, target), peer: firstTimeAtOrBelow(peer, target) };
-    return [name, { bestHeldOutLoss: best(pts), gapToPeerBest: best(pts) - best(peer), targetLoss: target, timeToTarget: time, timeToTargetVsPeer: time.ours !== null && time.peer ? time.ours / time.peer : null }];
-  }));
+  const versusPeer = Object.fromEntries(Object.entries(ours).map(([name, pts]) => [name, versus(pts, peer)]));
 
   let lines: Record<string, { exactMatch: number; editSimilarity: number; seconds: number }> | undefined;
   let lineCount = 0;

@@ -1,5 +1,5 @@
 import { AdapterFormatError } from './AdapterFormatError';
-import { JobConfigSchema } from './messages';
+import { JobConfig, JobConfigSchema } from './messages';
 import { checkSchema, Fields } from './schema';
 
 /**
@@ -80,6 +80,39 @@ function semanticProblem(c: AdapterConfig): string | undefined {
 /** Whether block k of `shape` has self-attention (version 2, every block but the last). */
 export function hasAttention(shape: SideNetworkShape, k: number): boolean {
   return (shape.version ?? 1) === 2 && k < shape.tappedLayers.length - 1;
+}
+
+/** Widest attention head of a version-2 block. */
+export const MAX_HEAD_WIDTH = 32;
+
+/**
+ * The side network for hidden size d at width d / reduction. Version 2 rounds
+ * r up to even and splits it into heads of the widest even width <= 32 that
+ * divides it (r 32: 1 head; 112: 4 heads of 28).
+ */
+export function sideShape(d: number, reduction: number, tappedLayers: number[], version: 1 | 2 = 1, joinAfterNorm = false): SideNetworkShape {
+  const join = joinAfterNorm ? { joinAfterNorm: true } : {};
+  const r0 = Math.max(1, Math.round(d / reduction));
+  if (version === 1) return { d, r: r0, b: r0, tappedLayers, ...join };
+  const r = r0 + (r0 % 2);
+  let width = Math.min(MAX_HEAD_WIDTH, r) & ~1;
+  while (r % width !== 0) width -= 2;
+  return { d, r, b: r, tappedLayers, version: 2, heads: r / width, ...join };
+}
+
+/** The side network a job's config asks for, on a model of hidden size d (device and server derive it alike). */
+export function jobShape(c: JobConfig, d: number): SideNetworkShape {
+  return sideShape(d, c.reduction, c.tappedLayers, c.sideNetwork === 2 ? 2 : 1, c.joinAfterNorm === true);
+}
+
+/**
+ * The parameters a device initialises from its backbone's weights (a job with
+ * `initFromBackbone`), in the order of parameterNames: every matrix of every
+ * block; the gates and Out keep their usual start (Out zero, so step 0 still
+ * reproduces the backbone).
+ */
+export function backboneInitNames(shape: SideNetworkShape): string[] {
+  return parameterNames(shape).filter((n) => n !== 'out' && !n.startsWith('alpha.'));
 }
 
 /** Parameter names, in a fixed order (adapter file, optimizer state). */

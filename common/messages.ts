@@ -52,6 +52,12 @@ export const JobConfigSchema = {
   sideNetwork: 'uint?',
   /** Join the side network's output after the backbone's final norm (common/AdapterConfig.ts); standard mode only. */
   joinAfterNorm: 'boolean?',
+  /**
+   * The side network starts from a reduced copy of the backbone's weights,
+   * computed on the device and sent as job/create's payload (float32 LE, the
+   * parameters of backboneInitNames in order); otherwise from seeded random values.
+   */
+  initFromBackbone: 'boolean?',
 } as const satisfies Schema;
 export type JobConfig = Fields<typeof JobConfigSchema>;
 export type ModelSpec = Fields<typeof ModelSpec>;

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
 import { Bits, bytesPerRow, dequantizeRows, isBits, quantizeRows } from '../common/ActivationQuantizer';
+import { backboneInitNames, jobShape } from '../common/AdapterConfig';
 import { decodeBatchPayload, decodeLayersPayload } from '../common/batchPayload';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { CloseCode, MAX_ATTENTION_SCORES, MAX_EVAL_ID_CHARS, MAX_ROWS_PER_BATCH, MAX_SEND_BUFFER_BYTES, OPTION_LIMITS, PROTOCOL_VERSION, Range } from '../common/limits';
@@ -11,7 +12,7 @@ import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN } from './storage/HeadStore';
 import { JobRecord } from './storage/JobStore';
 import { TrainAck, TrainingJob } from './TrainingJob';
-import { attentionHeads, sideShape } from './training/sideNetworkSpec';
+import { attentionHeads, parameterShape, sideShape } from './training/sideNetworkSpec';
 
 
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
@@ -43,7 +44,7 @@ export class DeviceSession {
       'head/begin': (m, p) => this.onHeadBegin(m, p),
       'head/chunk': (m, p) => this.onHeadChunk(m, p),
       'head/end': () => this.onHeadEnd(),
-      'job/create': (m) => this.onJobCreate(m),
+      'job/create': (m, p) => this.onJobCreate(m, p),
       'job/resume': (m) => this.onJobResume(m),
       'job/list': () => this.onJobList(),
       'batch/train': (m, p) => this.onTrain(m, p),
@@ -191,13 +192,31 @@ export class DeviceSession {
     }
   }
 
-  private onJobCreate(m: DeviceMessage<'job/create'>): void {
+  /** A job/create payload: nothing, or (initFromBackbone) the starting values of backboneInitNames, float32 LE in that order. */
+  private startValuesOf(c: JobConfig, payload: Buffer): Map<string, Float32Array> | undefined {
+    if (!c.initFromBackbone) {
+      if (payload.length > 0) throw new WireError('BAD_FRAME', 'job/create carries starting values only with initFromBackbone');
+      return undefined;
+    }
+    const shape = jobShape(c, this.model!.hiddenSize);
+    const names = backboneInitNames(shape);
+    const sizes = names.map((n) => parameterShape(shape, n).reduce((a, b) => a * b, 1));
+    if (payload.length !== 4 * sizes.reduce((a, b) => a + b, 0)) throw new WireError('BAD_FRAME', 'the starting values do not fit the side network');
+    const all = new Float32Array(payload.buffer.slice(payload.byteOffset, payload.byteOffset + payload.length));
+    if (!all.every(Number.isFinite)) throw new WireError('BAD_FRAME', 'the starting values are not all finite');
+    let at = 0;
+    return new Map(names.map((n, i) => [n, all.subarray(at, (at += sizes[i]!))]));
+  }
+
+  private async onJobCreate(m: DeviceMessage<'job/create'>, payload: Buffer): Promise<void> {
     const model = this.model!;
     if (!m.config.labelPrivate && !this.ctx.heads.has(model)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
     this.checkConfig(m.config);
+    const start = this.startValuesOf(m.config, payload);
     this.checkJobLimit();
     const rec = this.ctx.jobs.create(this.user, m.name, model, m.config);
     const job = this.ctx.registry.load(rec);
+    if (start) await job.startFrom(start);
     this.ctx.metrics.jobsCreated.inc();
     this.ctx.log(`job ${rec.id} created (user ${this.user}, ${m.config.totalSteps} steps)`);
     this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: rec.state });

@@ -1,4 +1,4 @@
-import { checkSideNetworkTensors } from '../common/AdapterConfig';
+import { checkSideNetworkTensors, jobShape } from '../common/AdapterConfig';
 import { decodeAdapter, encodeAdapter } from '../common/AdapterFile';
 import { canTransition, JobState } from '../common/JobState';
 import { ActivationBatch } from '../common/batchPayload';
@@ -8,7 +8,7 @@ import { JobRecord, JobStore } from './storage/JobStore';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
 import { OnnxTrainer, StepResult } from './training/onnx/OnnxTrainer';
-import { adapterConfig, hasAttention, initialParameters, parameterNames, parameterShape, sideShape, SideNetworkShape } from './training/sideNetworkSpec';
+import { adapterConfig, hasAttention, initialParameters, parameterNames, parameterShape, SideNetworkShape } from './training/sideNetworkSpec';
 import { OptimizerState } from './training/TrainerOptions';
 
 /** Non-finite steps in a row after which training stops with NON_FINITE. */
@@ -61,7 +61,7 @@ export class TrainingJob {
 
   /** Builds the job from its last checkpoint (or fresh weights). */
   static open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead | undefined): TrainingJob {
-    const shape = sideShape(rec.model.hiddenSize, rec.config.reduction, rec.config.tappedLayers, rec.config.sideNetwork === 2 ? 2 : 1, rec.config.joinAfterNorm === true);
+    const shape = jobShape(rec.config, rec.model.hiddenSize);
     let values = initialParameters(shape, rec.config.seed);
     let state: OptimizerState | undefined;
     const stored = store.readCheckpoints(rec);
@@ -248,6 +248,14 @@ export class TrainingJob {
     this.rec.step = this.trainer.step;
     this.rec.nextIndex = this.nextIndex;
     storing('the job record', () => this.store.save(this.rec));
+  }
+
+  /** A new job's starting values from the device's backbone (backboneInitNames), kept as its step-0 checkpoint so a resume starts there too. */
+  startFrom(values: Map<string, Float32Array>): Promise<void> {
+    return this.run(async () => {
+      this.trainer.setStartValues(values);
+      await this.checkpointNow();
+    });
   }
 
   /** Checkpoints now (graceful shutdown, cancel). */

@@ -14,12 +14,12 @@ import { ProgressDisplay } from './ProgressDisplay';
 const FLAGS: Record<TunedOption, string> = {
   epochs: '--epochs', steps: '--steps', seqLen: '--seq-len', batchSize: '--batch', bits: '--bits', reduction: '--reduction',
   skipLayers: '--skip-layers', learningRate: '--lr', seed: '--seed', checkpointEvery: 'checkpointEvery', heldOutFraction: 'heldOutFraction', maxHeldOutSequences: 'maxHeldOutSequences', fimRate: '--fim-rate', labelPrivate: '--label-private',
-  sideNetwork: '--side-network', tapEvery: '--tap-every', joinAfterNorm: '--join-after-norm',
+  sideNetwork: '--side-network', tapEvery: '--tap-every', joinAfterNorm: '--join-after-norm', initFromBackbone: '--init-from-backbone',
 };
 
 interface FinetuneFlags {
   workspace?: string; model?: string; server?: string; token?: string; epochs?: string; steps?: string; seqLen?: string; batch?: string; bits?: string;
-  skipLayers?: string; reduction?: string; lr?: string; seed?: string; fimRate?: string; labelPrivate?: boolean; sideNetwork?: string; tapEvery?: string; joinAfterNorm?: boolean; resume?: string; store: string; json?: boolean;
+  skipLayers?: string; reduction?: string; lr?: string; seed?: string; fimRate?: string; labelPrivate?: boolean; sideNetwork?: string; tapEvery?: string; joinAfterNorm?: boolean; initFromBackbone?: boolean; resume?: string; store: string; json?: boolean;
 }
 
 /** A flag's number (range checks happen once, in the core, with the flag's name). */
@@ -56,6 +56,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
     .option('--label-private', 'keep the target ids on this computer: the loss is computed here with the model\'s own head, the server gets activations and gradients only')
     .option('--side-network <n>', 'side network design: 1 per token, 2 with causal self-attention within each sequence (default 1)')
     .option('--tap-every <n>', 'send every n-th layer, counting down from the last (default 1: every layer)')
+    .option('--init-from-backbone', 'start the side network from a reduced copy of the model\'s own weights (computed here) instead of random values')
     .option('--join-after-norm', 'add the side network\'s output after the model\'s final norm instead of before it (standard mode only)')
     .option('--resume <jobId|last>', 'continue a job started on this device with all its settings ("last": the latest; see "mobillm jobs")')
     .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
@@ -70,7 +71,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
         epochs: num(o.epochs, '--epochs'), steps: num(o.steps, '--steps'), seqLen: num(o.seqLen, '--seq-len'), batchSize: num(o.batch, '--batch'),
         bits: num(o.bits, '--bits') as 4 | 8 | 16 | undefined, skipLayers: num(o.skipLayers, '--skip-layers'), reduction: num(o.reduction, '--reduction'),
         learningRate: num(o.lr, '--lr'), seed: num(o.seed, '--seed'), fimRate: num(o.fimRate, '--fim-rate'), labelPrivate: o.labelPrivate,
-        sideNetwork: num(o.sideNetwork, '--side-network') as 1 | 2 | undefined, tapEvery: num(o.tapEvery, '--tap-every'), joinAfterNorm: o.joinAfterNorm, describeOption: (k: TunedOption) => FLAGS[k],
+        sideNetwork: num(o.sideNetwork, '--side-network') as 1 | 2 | undefined, tapEvery: num(o.tapEvery, '--tap-every'), joinAfterNorm: o.joinAfterNorm, initFromBackbone: o.initFromBackbone, describeOption: (k: TunedOption) => FLAGS[k],
       };
       checkFineTuneOptions({ workspace, model: '', ...tuned }); // before anything is created or loaded
       const model = o.model ?? record?.model ?? ensureDefaultModel(o.store);

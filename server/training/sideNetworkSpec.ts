@@ -1,4 +1,4 @@
-import { AdapterConfig, hasAttention, parameterNames, parameterShape, SideNetworkShape } from '../../common/AdapterConfig';
+import { AdapterConfig, hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
 
@@ -10,7 +10,10 @@ import { SeededRandom } from '../../common/SeededRandom';
  */
 
 export type { SideNetworkShape };
-export { hasAttention, parameterNames, parameterShape };
+export { hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, sideShape };
+
+/** Base of the side network's rotary position embedding. */
+export const ROPE_BASE = 10_000;
 
 /** Heads and head width of a version-2 shape. */
 export function attentionHeads(shape: SideNetworkShape): { heads: number; width: number } {
@@ -37,26 +40,6 @@ export function ropeTables(T: number, width: number): { cos: Float32Array; sin: 
 export const GATE_TEMPERATURE = 0.1;
 /** Epsilon of the adapters' parameter-free RMS norm. */
 export const ADAPTER_NORM_EPS = 1e-6;
-
-/** Widest attention head of a version-2 block. */
-export const MAX_HEAD_WIDTH = 32;
-/** Base of the side network's rotary position embedding. */
-export const ROPE_BASE = 10_000;
-
-/**
- * The side network for hidden size d at width d / reduction. Version 2 rounds
- * r up to even and splits it into heads of the widest even width <= 32 that
- * divides it (r 32: 1 head; 112: 4 heads of 28).
- */
-export function sideShape(d: number, reduction: number, tappedLayers: number[], version: 1 | 2 = 1, joinAfterNorm = false): SideNetworkShape {
-  const join = joinAfterNorm ? { joinAfterNorm: true } : {};
-  const r0 = Math.max(1, Math.round(d / reduction));
-  if (version === 1) return { d, r: r0, b: r0, tappedLayers, ...join };
-  const r = r0 + (r0 % 2);
-  let width = Math.min(MAX_HEAD_WIDTH, r) & ~1;
-  while (r % width !== 0) width -= 2;
-  return { d, r, b: r, tappedLayers, version: 2, heads: r / width, ...join };
-}
 
 /** The adapter file's config for a side network of `shape` trained on `model` with `job` (common/AdapterConfig.ts). */
 export function adapterConfig(shape: SideNetworkShape, model: Pick<ModelSpec, 'layers' | 'hiddenSize' | 'normEpsilon'>, job: JobConfig): AdapterConfig {

@@ -161,16 +161,17 @@ describe('side network inside llama.cpp on the device', function () {
     }
   });
 
-  it('side network 2 end to end, standard, label-private and joining after the norm: the device\'s held-out loss with the adapter is the server\'s "after" loss', async () => {
+  it('side network 2 end to end, standard, label-private, joining after the norm and starting from the backbone\'s weights: the device\'s held-out loss with the adapter is the server\'s "after" loss', async () => {
     const ws = makeWorkspace(32);
     const model = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 9 });
-    for (const [labelPrivate, joinAfterNorm] of [[false, false], [true, false], [false, true]]) {
-      const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('st'), steps: 20, seqLen: 32, batchSize: 4, bits: 16, threads: 1, learningRate: 5e-3, sideNetwork: 2, labelPrivate, joinAfterNorm }).run();
+    const modes = [{ name: 'standard' }, { name: 'label-private', labelPrivate: true }, { name: 'after the norm', joinAfterNorm: true }, { name: 'from the backbone', initFromBackbone: true }];
+    for (const { name, ...mode } of modes) {
+      const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('st'), steps: 20, seqLen: 32, batchSize: 4, bits: 16, threads: 1, learningRate: 5e-3, sideNetwork: 2, ...mode }).run();
       const bb = await Backbone.open(model, { contextSize: 4 * 33, maxSequences: 4, threads: 1 });
       try {
         await bb.useAdapter(fs.readFileSync(r.adapter));
         const tuned = await evaluateWorkspace(bb, ws, { seqLen: 32 });
-        process.stdout.write(`      ${labelPrivate ? 'label-private' : joinAfterNorm ? 'after the norm' : 'standard'}: server ${r.heldOutLossBefore.toFixed(4)} -> ${r.heldOutLossAfter.toFixed(4)}; device after ${tuned.heldOutLoss.toFixed(4)}\n`);
+        process.stdout.write(`      ${name}: server ${r.heldOutLossBefore.toFixed(4)} -> ${r.heldOutLossAfter.toFixed(4)}; device after ${tuned.heldOutLoss.toFixed(4)}\n`);
         assert.ok(r.heldOutLossAfter < r.heldOutLossBefore, 'it learns');
         assert.ok(Math.abs(tuned.heldOutLoss - r.heldOutLossAfter) <= 0.01, 'after');
       } finally {

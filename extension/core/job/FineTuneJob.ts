@@ -1,4 +1,5 @@
 import * as path from 'node:path';
+import { jobShape } from '../../../common/AdapterConfig';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../AdapterStore';
 import { Backbone } from '../Backbone';
@@ -17,6 +18,7 @@ import { ReconnectPolicy, sleep } from './ReconnectPolicy';
 import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
 import { DeviceHead } from '../DeviceHead';
+import { backboneInit } from './backboneInit';
 
 export type { FineTuneOptions } from './FineTuneOptions';
 export type { JobPhase, JobProgress } from './JobProgress';
@@ -235,6 +237,7 @@ export class FineTuneJob {
       ...(this.o.labelPrivate ? { labelPrivate: true } : {}),
       ...(this.o.sideNetwork === 2 ? { sideNetwork: 2 } : {}),
       ...(this.o.joinAfterNorm ? { joinAfterNorm: true } : {}),
+      ...(this.o.initFromBackbone ? { initFromBackbone: true } : {}),
     };
     this.progress.setTotalSteps(config.totalSteps);
     if (resumed) {
@@ -280,7 +283,10 @@ export class FineTuneJob {
       const jobId = this.jobId;
       ready = (await conn.request({ type: 'job/resume', jobId }, 'job/ready', (m) => m.jobId === jobId)).message;
     } else {
-      ready = (await conn.request({ type: 'job/create', name: path.basename(path.resolve(this.o.workspace)), config: work.config }, 'job/ready')).message;
+      // initFromBackbone: the starting values, a reduced copy of this model's weights, go with the request.
+      const start = work.config.initFromBackbone ? await backboneInit(work.backbone.info.path, work.backbone.info.headTensor, jobShape(work.config, work.backbone.info.hiddenSize)) : undefined;
+      const payload = start ? new Uint8Array(start.buffer, start.byteOffset, start.byteLength) : undefined;
+      ready = (await conn.request({ type: 'job/create', name: path.basename(path.resolve(this.o.workspace)), config: work.config }, 'job/ready', undefined, payload)).message;
       this.jobId = ready.jobId;
       this.saveRecord();
     }

@@ -57,6 +57,12 @@ export interface FineTuneOptions {
    * form) instead of before it. Standard mode only. Default false.
    */
   joinAfterNorm?: boolean;
+  /**
+   * Start the side network from a reduced copy of the backbone's weights
+   * (computed here, sent with the job; extension/core/job/backboneInit.ts)
+   * instead of seeded random values. Default false.
+   */
+  initFromBackbone?: boolean;
   /** Workspace scan filters and limits. Default: none beyond the scan's own. */
   scan?: ScanOptions;
   /** Device store (adapters, job records, embedded server data). Default ~/.mobillm. */
@@ -82,7 +88,7 @@ export interface FineTuneOptions {
 }
 
 /** The settings a job is created with and keeps when it is resumed. */
-export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate', 'sideNetwork', 'tapEvery', 'joinAfterNorm'] as const;
+export const TUNED_OPTIONS = ['epochs', 'steps', 'seqLen', 'batchSize', 'bits', 'reduction', 'skipLayers', 'learningRate', 'seed', 'checkpointEvery', 'heldOutFraction', 'maxHeldOutSequences', 'fimRate', 'labelPrivate', 'sideNetwork', 'tapEvery', 'joinAfterNorm', 'initFromBackbone'] as const;
 export type TunedOption = (typeof TUNED_OPTIONS)[number];
 export type TunedSettings = Partial<Pick<FineTuneOptions, TunedOption>>;
 
@@ -121,6 +127,7 @@ export function checkFineTuneOptions(o: FineTuneOptions): void {
   if (o.labelPrivate !== undefined && typeof o.labelPrivate !== 'boolean') bad('labelPrivate', 'true or false');
   if (o.sideNetwork !== undefined && o.sideNetwork !== 1 && o.sideNetwork !== 2) bad('sideNetwork', '1 or 2');
   if (o.joinAfterNorm !== undefined && typeof o.joinAfterNorm !== 'boolean') bad('joinAfterNorm', 'true or false');
+  if (o.initFromBackbone !== undefined && typeof o.initFromBackbone !== 'boolean') bad('initFromBackbone', 'true or false');
   if (o.joinAfterNorm && o.labelPrivate) {
     throw new MobiError('BAD_ARGUMENT', `${name('joinAfterNorm')} is for the standard mode: label-private training joins before the final norm.`);
   }

@@ -235,6 +235,16 @@ export class OnnxTrainer {
     return { lossSum: Number(out.loss_sum!.data[0]), tokens: OnnxTrainer.tokensOf(batch) };
   }
 
+  /** Replaces some parameters' starting values (a job initialised from the backbone's weights); before the first step only. */
+  setStartValues(values: Map<string, Float32Array>): void {
+    if (this.step !== 0) throw new Error('start values are set before the first step');
+    for (const [p, data] of values) {
+      const want = this.params.get(p);
+      if (!want || want.length !== data.length) throw new Error(`no parameter ${p} of ${data.length} values`);
+      this.params.set(p, Float32Array.from(data));
+    }
+  }
+
   /** Current parameter values (for checkpoints and the adapter file). */
   values(): Map<string, Float32Array> {
     return new Map(this.params);

@@ -8,6 +8,8 @@ import { SessionLimits } from '../../../server/SessionContext';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { batchPayload, config, D, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
 import { bytesPerRow } from '../../../common/ActivationQuantizer';
+import { backboneInitNames, jobShape, parameterShape } from '../../../common/AdapterConfig';
+import { decodeAdapter } from '../../../common/AdapterFile';
 import { encodeLayersPayload } from '../../../common/batchPayload';
 import { SeededRandom } from '../../../common/SeededRandom';
 import { HeadStore } from '../../../server/storage/HeadStore';
@@ -96,6 +98,32 @@ describe('server: what one session may do', function () {
     ws.deliver({ type: 'batch/train', jobId, index: 0, rows: b.rows, lengths: [b.rows - 3, 3] }, b.payload);
     const ack = await ws.next('batch/ack');
     assert.deepEqual([ack.index, ack.step], [0, 1]);
+  });
+
+  it('takes a new job\'s starting values from its backbone with job/create, checks them, and keeps them as its step-0 checkpoint', async () => {
+    const { ws, jobs } = await session();
+    const shape = jobShape({ ...config, initFromBackbone: true }, D);
+    const sizes = backboneInitNames(shape).map((n) => parameterShape(shape, n).reduce((a, b) => a * b, 1));
+    const start = Float32Array.from({ length: sizes.reduce((a, b) => a + b, 0) }, (_, i) => (i % 7) / 7);
+    const bytes = (f: Float32Array): Uint8Array => new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
+    ws.deliver({ type: 'job/create', name: 'x', config }, bytes(start));
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'values without initFromBackbone');
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, initFromBackbone: true } }, bytes(start.subarray(1)));
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'one value short');
+    const bad = Float32Array.from(start);
+    bad[3] = NaN;
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, initFromBackbone: true } }, bytes(bad));
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'a value that is not finite');
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, initFromBackbone: true } }, bytes(start));
+    const { jobId, step } = await ws.next('job/ready');
+    assert.equal(step, 0);
+    const stored = decodeAdapter(jobs.readCheckpoints(jobs.get('ann', jobId)!)[0]!);
+    let at = 0;
+    for (const [i, n] of backboneInitNames(shape).entries()) {
+      const t = stored.tensors.get(n)!;
+      assert.deepEqual(Array.from(t.data), Array.from(start.subarray(at, (at += sizes[i]!))), n);
+    }
+    assert.ok(stored.tensors.get('out')!.data.every((x) => x === 0), 'Out still starts at zero');
   });
 
   it('bounds evalIds and the held-out results a job keeps', async () => {
