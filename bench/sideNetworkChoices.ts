@@ -8,10 +8,10 @@
  *
  *   ours: each variant from scratch for 1, 2, 4 and 8 epochs (device on core 0,
  *         server process on core 1); variants v1 (every layer), v2 (every
- *         layer), and at 1 and 4 epochs v2 with every second layer tapped and
- *         v2 joining after the final norm, and v2 starting from the
- *         backbone's weights (--only runs just the named variants against
- *         the last run's peer and merges them into its results)
+ *         layer), v2 starting from the backbone's weights, and at 1 and 4
+ *         epochs v1 starting from the backbone's weights, v2 with every second
+ *         layer tapped and v2 joining after the final norm (--only runs just the named variants against the last
+ *         run's peer and merges them into its results)
  *   peer: llama-finetune, one epoch at a time, held-out loss after each
  *         (core 0): 8 epochs at the peer benchmark's best learning rate; on
  *         the stand-in 4 epochs at each of 3e-5, 1e-4 and 3e-4, the best compared
@@ -52,10 +52,11 @@ interface Variant {
 
 const VARIANTS: Variant[] = [
   { name: 'v1', args: ['--side-network', '1'], epochs: EPOCHS },
-  { name: 'v2', args: ['--side-network', '2'], epochs: EPOCHS },
-  { name: 'v2-every-second-layer', args: ['--side-network', '2', '--tap-every', '2'], epochs: [1, 4] },
-  { name: 'v2-join-after-norm', args: ['--side-network', '2', '--join-after-norm'], epochs: [1, 4] },
-  { name: 'v2-from-backbone', args: ['--side-network', '2', '--init-from-backbone'], epochs: [1, 4] },
+  { name: 'v2', args: ['--side-network', '2', '--random-init'], epochs: EPOCHS },
+  { name: 'v2-every-second-layer', args: ['--side-network', '2', '--random-init', '--tap-every', '2'], epochs: [1, 4] },
+  { name: 'v2-join-after-norm', args: ['--side-network', '2', '--random-init', '--join-after-norm'], epochs: [1, 4] },
+  { name: 'v2-from-backbone', args: ['--side-network', '2', '--init-from-backbone'], epochs: EPOCHS },
+  { name: 'v1-from-backbone', args: ['--side-network', '1', '--init-from-backbone'], epochs: [1, 4] },
 ];
 
 interface Point {
@@ -107,7 +108,7 @@ async function fit(model: string, workspace: string, log: (line: string) => void
     let history: [number, number][] = [];
     const store = fs.mkdtempSync(path.join(PEERS, 'fit-'));
     try {
-      const r = await new FineTuneJob({ workspace, model, storeDir: store, seqLen: SEQ, batchSize: 4, epochs: 8, learningRate: 1e-2, sideNetwork, reduction, threads: 1, onProgress: (p) => (history = p.lossHistory) }).run();
+      const r = await new FineTuneJob({ workspace, model, storeDir: store, seqLen: SEQ, batchSize: 4, epochs: 8, learningRate: 1e-2, sideNetwork, initFromBackbone: false, reduction, threads: 1, onProgress: (p) => (history = p.lossHistory) }).run();
       const perEpoch = r.steps / 8;
       const mean = (xs: [number, number][]): number => xs.reduce((a, x) => a + x[1], 0) / xs.length;
       out[name] = { firstEpochTrainLoss: mean(history.slice(0, perEpoch)), lastEpochTrainLoss: mean(history.slice(-perEpoch)), heldOutLossAfter: r.heldOutLossAfter };
@@ -119,18 +120,27 @@ async function fit(model: string, workspace: string, log: (line: string) => void
   return out;
 }
 
-/** Runs only the named variants against the peer of the last full run, and merges them into its results (no line completions). */
+/** Runs only the named variants against the peer of the last full run, and merges them (and their line completions, unless --skip-lines) into its results. */
 async function onlyVariants(only: string[], pretrained: string, workspace: string, standin: boolean, log: (line: string) => void): Promise<void> {
-  const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as { heldOutLossBefore: number; peer: { curve: Point[] }; ours: Record<string, Point[]>; versusPeer: Record<string, unknown> };
+  type Previous = { heldOutLossBefore: number; peer: { curve: Point[] }; ours: Record<string, Point[]>; versusPeer: Record<string, unknown>; lines: string | { results: Record<string, unknown> } };
+  const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as Previous;
   for (const v of VARIANTS.filter((x) => only.includes(x.name))) {
     const pts: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: previous.heldOutLossBefore }];
+    let adapter: string | undefined;
     for (const epochs of v.epochs) {
-      const r = await runOurs(pretrained, workspace, false, ['--epochs', String(epochs), ...v.args]);
+      const keep = epochs === LINE_EPOCHS ? path.join(PEERS, `choices-${v.name}-e${epochs}.mobi`) : undefined;
+      const r = await runOurs(pretrained, workspace, false, ['--epochs', String(epochs), ...v.args], keep);
+      adapter = keep ?? adapter;
       pts.push({ epochs, seconds: r.wallSeconds, heldOutLoss: r.summary.heldOutLossAfter });
       log(`  ${v.name} ${epochs} epoch(s), ${r.summary.steps} steps: ${r.wallSeconds.toFixed(1)} s, held-out ${r.summary.heldOutLossAfter.toFixed(4)}`);
     }
     previous.ours[v.name] = pts;
     previous.versusPeer[v.name] = versus(pts, previous.peer.curve);
+    if (adapter && typeof previous.lines === 'object' && !process.argv.includes('--skip-lines')) {
+      const s = await score(pretrained, adapter, positions(workspace));
+      previous.lines.results[v.name] = s;
+      log(`  ${v.name}: exact match ${(100 * s.exactMatch).toFixed(1)}%, edit similarity ${s.editSimilarity.toFixed(3)}`);
+    }
   }
   fs.writeFileSync(resultsFile(standin), `${JSON.stringify(previous, null, 2)}\n`);
 }

@@ -19,7 +19,7 @@ const FLAGS: Record<TunedOption, string> = {
 
 interface FinetuneFlags {
   workspace?: string; model?: string; server?: string; token?: string; epochs?: string; steps?: string; seqLen?: string; batch?: string; bits?: string;
-  skipLayers?: string; reduction?: string; lr?: string; seed?: string; fimRate?: string; labelPrivate?: boolean; sideNetwork?: string; tapEvery?: string; joinAfterNorm?: boolean; initFromBackbone?: boolean; resume?: string; store: string; json?: boolean;
+  skipLayers?: string; reduction?: string; lr?: string; seed?: string; fimRate?: string; labelPrivate?: boolean; sideNetwork?: string; tapEvery?: string; joinAfterNorm?: boolean; initFromBackbone?: boolean; randomInit?: boolean; resume?: string; store: string; json?: boolean;
 }
 
 /** A flag's number (range checks happen once, in the core, with the flag's name). */
@@ -28,6 +28,12 @@ function num(value: string | undefined, flag: string): number | undefined {
   const n = Number(value);
   if (value.trim() === '' || Number.isNaN(n)) throw new MobiError('BAD_ARGUMENT', `${flag} must be a number (got "${value.slice(0, 40)}").`);
   return n;
+}
+
+/** --init-from-backbone or --random-init (not both), or neither: the core's default. */
+function initFlag(o: FinetuneFlags): boolean | undefined {
+  if (o.initFromBackbone && o.randomInit) throw new MobiError('BAD_ARGUMENT', '--init-from-backbone and --random-init cannot both be given.');
+  return o.initFromBackbone ? true : o.randomInit ? false : undefined;
 }
 
 /** The exact command that resumes a job. */
@@ -56,7 +62,8 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
     .option('--label-private', 'keep the target ids on this computer: the loss is computed here with the model\'s own head, the server gets activations and gradients only')
     .option('--side-network <n>', 'side network design: 1 per token, 2 with causal self-attention within each sequence (default 1)')
     .option('--tap-every <n>', 'send every n-th layer, counting down from the last (default 1: every layer)')
-    .option('--init-from-backbone', 'start the side network from a reduced copy of the model\'s own weights (computed here) instead of random values')
+    .option('--init-from-backbone', 'start the side network from a reduced copy of the model\'s own weights, computed here (default for --side-network 2)')
+    .option('--random-init', 'start the side network from random values (default for --side-network 1)')
     .option('--join-after-norm', 'add the side network\'s output after the model\'s final norm instead of before it (standard mode only)')
     .option('--resume <jobId|last>', 'continue a job started on this device with all its settings ("last": the latest; see "mobillm jobs")')
     .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
@@ -71,7 +78,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
         epochs: num(o.epochs, '--epochs'), steps: num(o.steps, '--steps'), seqLen: num(o.seqLen, '--seq-len'), batchSize: num(o.batch, '--batch'),
         bits: num(o.bits, '--bits') as 4 | 8 | 16 | undefined, skipLayers: num(o.skipLayers, '--skip-layers'), reduction: num(o.reduction, '--reduction'),
         learningRate: num(o.lr, '--lr'), seed: num(o.seed, '--seed'), fimRate: num(o.fimRate, '--fim-rate'), labelPrivate: o.labelPrivate,
-        sideNetwork: num(o.sideNetwork, '--side-network') as 1 | 2 | undefined, tapEvery: num(o.tapEvery, '--tap-every'), joinAfterNorm: o.joinAfterNorm, initFromBackbone: o.initFromBackbone, describeOption: (k: TunedOption) => FLAGS[k],
+        sideNetwork: num(o.sideNetwork, '--side-network') as 1 | 2 | undefined, tapEvery: num(o.tapEvery, '--tap-every'), joinAfterNorm: o.joinAfterNorm, initFromBackbone: initFlag(o), describeOption: (k: TunedOption) => FLAGS[k],
       };
       checkFineTuneOptions({ workspace, model: '', ...tuned }); // before anything is created or loaded
       const model = o.model ?? record?.model ?? ensureDefaultModel(o.store);

@@ -9,7 +9,7 @@ import { generate } from '../../extension/core/generate';
 import { expectCode } from '../helpers/expectCode';
 import { modelFingerprint } from '../../extension/core/modelFingerprint';
 import { SeededRandom } from '../../common/SeededRandom';
-import { ADAPTER_FORMAT_VERSION, encodeAdapter } from '../../common/AdapterFile';
+import { ADAPTER_FORMAT_VERSION, decodeAdapter, encodeAdapter } from '../../common/AdapterFile';
 import { initialParameters, parameterNames, sideShape } from '../../server/training/sideNetworkSpec';
 import { SideNetwork } from '../helpers/tfjs/SideNetwork';
 import { testAdapterConfig } from '../helpers/adapters';
@@ -164,9 +164,14 @@ describe('side network inside llama.cpp on the device', function () {
   it('side network 2 end to end, standard, label-private, joining after the norm and starting from the backbone\'s weights: the device\'s held-out loss with the adapter is the server\'s "after" loss', async () => {
     const ws = makeWorkspace(32);
     const model = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 9 });
-    const modes = [{ name: 'standard' }, { name: 'label-private', labelPrivate: true }, { name: 'after the norm', joinAfterNorm: true }, { name: 'from the backbone', initFromBackbone: true }];
+    // Side network 2 starts from the backbone's weights unless told otherwise.
+    const modes = [
+      { name: 'standard', initFromBackbone: false }, { name: 'label-private', labelPrivate: true, initFromBackbone: false },
+      { name: 'after the norm', joinAfterNorm: true, initFromBackbone: false }, { name: 'from the backbone (the default)' },
+    ];
     for (const { name, ...mode } of modes) {
       const r = await new FineTuneJob({ workspace: ws, model, storeDir: tmpDir('st'), steps: 20, seqLen: 32, batchSize: 4, bits: 16, threads: 1, learningRate: 5e-3, sideNetwork: 2, ...mode }).run();
+      assert.equal(decodeAdapter(fs.readFileSync(r.adapter)).header.config.job.initFromBackbone === true, mode.initFromBackbone !== false, `${name}: initFromBackbone in the adapter's record`);
       const bb = await Backbone.open(model, { contextSize: 4 * 33, maxSequences: 4, threads: 1 });
       try {
         await bb.useAdapter(fs.readFileSync(r.adapter));

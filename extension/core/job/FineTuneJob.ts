@@ -56,6 +56,8 @@ interface Workload {
   headDigest: string;
   data: Dataset;
   config: JobConfig;
+  /** A new job's starting values from the backbone (config.initFromBackbone), sent with job/create. */
+  start?: Float32Array;
   stream: ActivationStream;
 }
 
@@ -237,8 +239,9 @@ export class FineTuneJob {
       ...(this.o.labelPrivate ? { labelPrivate: true } : {}),
       ...(this.o.sideNetwork === 2 ? { sideNetwork: 2 } : {}),
       ...(this.o.joinAfterNorm ? { joinAfterNorm: true } : {}),
-      ...(this.o.initFromBackbone ? { initFromBackbone: true } : {}),
     };
+    const start = resumed ? undefined : await this.startValues(backbone, config);
+    if (start) config.initFromBackbone = true;
     this.progress.setTotalSteps(config.totalSteps);
     if (resumed) {
       if (resumed.fingerprint !== fingerprint) throw new MobiError('MODEL_MISMATCH', 'The job was started with a different model file; select that model to resume it.');
@@ -247,9 +250,26 @@ export class FineTuneJob {
     }
     // Label-private: the model's own head runs here (loaded once per job).
     this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.normEpsilon, this.o.threads) : undefined;
-    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, stream: new ActivationStream(backbone, data, config, this.ctx, this.head) };
+    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, start, stream: new ActivationStream(backbone, data, config, this.ctx, this.head) };
     this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${config.totalSteps} steps`);
     return this.work;
+  }
+
+  /**
+   * A new job's starting values from the backbone's weights (backboneInit.ts):
+   * asked for, or by default for side network 2 (where it measured best). A
+   * model whose weights do not fit the copy starts from random values, unless
+   * the copy was asked for explicitly.
+   */
+  private async startValues(backbone: Backbone, config: JobConfig): Promise<Float32Array | undefined> {
+    if (!(this.o.initFromBackbone ?? config.sideNetwork === 2)) return undefined;
+    try {
+      return await backboneInit(backbone.info.path, backbone.info.headTensor, jobShape(config, backbone.info.hiddenSize));
+    } catch (err) {
+      if (this.o.initFromBackbone) throw err;
+      this.ctx.log(`starting from random values: the model's weights do not fit a reduced copy (${MobiError.from(err).code})`);
+      return undefined;
+    }
   }
 
   private async connect(work: Workload, reconnect: ReconnectPolicy): Promise<ServerConnection> {
@@ -284,8 +304,7 @@ export class FineTuneJob {
       ready = (await conn.request({ type: 'job/resume', jobId }, 'job/ready', (m) => m.jobId === jobId)).message;
     } else {
       // initFromBackbone: the starting values, a reduced copy of this model's weights, go with the request.
-      const start = work.config.initFromBackbone ? await backboneInit(work.backbone.info.path, work.backbone.info.headTensor, jobShape(work.config, work.backbone.info.hiddenSize)) : undefined;
-      const payload = start ? new Uint8Array(start.buffer, start.byteOffset, start.byteLength) : undefined;
+      const payload = work.start ? new Uint8Array(work.start.buffer, work.start.byteOffset, work.start.byteLength) : undefined;
       ready = (await conn.request({ type: 'job/create', name: path.basename(path.resolve(this.o.workspace)), config: work.config }, 'job/ready', undefined, payload)).message;
       this.jobId = ready.jobId;
       this.saveRecord();

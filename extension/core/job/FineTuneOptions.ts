@@ -60,7 +60,9 @@ export interface FineTuneOptions {
   /**
    * Start the side network from a reduced copy of the backbone's weights
    * (computed here, sent with the job; extension/core/job/backboneInit.ts)
-   * instead of seeded random values. Default false.
+   * instead of seeded random values. Default: true for side network 2 (it
+   * measured better there; a model whose weights do not fit falls back to
+   * random values), false for side network 1.
    */
   initFromBackbone?: boolean;
   /** Workspace scan filters and limits. Default: none beyond the scan's own. */
