@@ -179,8 +179,8 @@ export function writeResults(results: Record<string, unknown>): void {
 }
 
 /** The held-out loss of `model` on `workspace` by the device's evaluator (the one scorer of the convergence benchmarks). */
-export async function heldOutLoss(model: string, workspace: string): Promise<number> {
-  const bb = await Backbone.open(model, { contextSize: 4 * (SEQ + 1), maxSequences: 4, threads: 1 });
+export async function heldOutLoss(model: string, workspace: string, threads = 1): Promise<number> {
+  const bb = await Backbone.open(model, { contextSize: 4 * (SEQ + 1), maxSequences: 4, threads });
   try {
     return (await evaluateWorkspace(bb, workspace, { seqLen: SEQ })).heldOutLoss;
   } finally {

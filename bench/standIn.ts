@@ -10,10 +10,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Backbone } from '../extension/core/Backbone';
-import { evaluateWorkspace } from '../extension/core/evaluateWorkspace';
 import { writeTinyModel } from '../extension/core/tinyModel';
-import { buildPeer, corpus, measure, PEERS, ROOT, SEQ } from './peerHarness';
+import { buildPeer, corpus, heldOutLoss, measure, PEERS, ROOT } from './peerHarness';
 
 export const STAND_IN = { layers: 6, embd: 384, heads: 6, kvHeads: 6, ff: 1024 };
 const VOCAB = path.join(ROOT, 'build', 'llama.cpp', 'models', 'ggml-vocab-llama-spm.gguf');
@@ -94,15 +92,6 @@ export async function standInBackbone(bin: string, log: (line: string) => void):
   return { pretrained, base, seconds: m.wallSeconds };
 }
 
-export async function heldOutLossOn(model: string, workspace: string): Promise<number> {
-  const bb = await Backbone.open(model, { contextSize: 4 * (SEQ + 1), maxSequences: 4, threads: 2 });
-  try {
-    return (await evaluateWorkspace(bb, workspace, { seqLen: SEQ })).heldOutLoss;
-  } finally {
-    bb.dispose();
-  }
-}
-
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const { pretrained, base, seconds } = await standInBackbone(buildPeer(), log);
@@ -110,7 +99,7 @@ async function main(): Promise<void> {
   const out = {
     model: { ...STAND_IN, vocabulary: 'llama SPM 32k (llama.cpp models/ggml-vocab-llama-spm.gguf)', type: 'f32', bytes: fs.statSync(pretrained).size },
     pretrain: { bytes: PRETRAIN_BYTES, epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, windowTokens: PRETRAIN_CONTEXT, seconds, text: 'TypeScript from node_modules: half @types/* declarations, half the .ts sources packages ship, file by file in turn' },
-    heldOutLossOnWorkspace: { pretrained: await heldOutLossOn(pretrained, ws.workspace), randomWeights: await heldOutLossOn(base, ws.workspace) },
+    heldOutLossOnWorkspace: { pretrained: await heldOutLoss(pretrained, ws.workspace, 2), randomWeights: await heldOutLoss(base, ws.workspace, 2) },
   };
   fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'standIn.json'), `${JSON.stringify(out, null, 2)}\n`);
   console.log(`stand-in: pretrain ${seconds === null ? 'cached' : `${seconds.toFixed(0)} s`}; held-out loss on the workspace ${out.heldOutLossOnWorkspace.pretrained.toFixed(4)} (random weights ${out.heldOutLossOnWorkspace.randomWeights.toFixed(4)})`);
