@@ -120,20 +120,26 @@ async function fit(model: string, workspace: string, log: (line: string) => void
   return out;
 }
 
+/** One variant from scratch at each of its epoch counts: its curve, and the adapter kept after LINE_EPOCHS (for line completions). */
+async function runVariant(v: Variant, pretrained: string, workspace: string, loss0: number, log: (line: string) => void): Promise<{ pts: Point[]; adapter?: string }> {
+  const pts: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: loss0 }];
+  let adapter: string | undefined;
+  for (const epochs of v.epochs) {
+    const keep = epochs === LINE_EPOCHS ? path.join(PEERS, `choices-${v.name}-e${epochs}.mobi`) : undefined;
+    const r = await runOurs(pretrained, workspace, false, ['--epochs', String(epochs), ...v.args], keep);
+    adapter = keep ?? adapter;
+    pts.push({ epochs, seconds: r.wallSeconds, heldOutLoss: r.summary.heldOutLossAfter });
+    log(`  ${v.name} ${epochs} epoch(s), ${r.summary.steps} steps: ${r.wallSeconds.toFixed(1)} s, held-out ${r.summary.heldOutLossAfter.toFixed(4)}`);
+  }
+  return { pts, adapter };
+}
+
 /** Runs only the named variants against the peer of the last full run, and merges them (and their line completions, unless --skip-lines) into its results. */
 async function onlyVariants(only: string[], pretrained: string, workspace: string, standin: boolean, log: (line: string) => void): Promise<void> {
   type Previous = { heldOutLossBefore: number; peer: { curve: Point[] }; ours: Record<string, Point[]>; versusPeer: Record<string, unknown>; lines: string | { results: Record<string, unknown> } };
   const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as Previous;
   for (const v of VARIANTS.filter((x) => only.includes(x.name))) {
-    const pts: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: previous.heldOutLossBefore }];
-    let adapter: string | undefined;
-    for (const epochs of v.epochs) {
-      const keep = epochs === LINE_EPOCHS ? path.join(PEERS, `choices-${v.name}-e${epochs}.mobi`) : undefined;
-      const r = await runOurs(pretrained, workspace, false, ['--epochs', String(epochs), ...v.args], keep);
-      adapter = keep ?? adapter;
-      pts.push({ epochs, seconds: r.wallSeconds, heldOutLoss: r.summary.heldOutLossAfter });
-      log(`  ${v.name} ${epochs} epoch(s), ${r.summary.steps} steps: ${r.wallSeconds.toFixed(1)} s, held-out ${r.summary.heldOutLossAfter.toFixed(4)}`);
-    }
+    const { pts, adapter } = await runVariant(v, pretrained, workspace, previous.heldOutLossBefore, log);
     previous.ours[v.name] = pts;
     previous.versusPeer[v.name] = versus(pts, previous.peer.curve);
     if (adapter && typeof previous.lines === 'object' && !process.argv.includes('--skip-lines')) {
@@ -196,14 +202,9 @@ async function main(): Promise<void> {
   const ours: Record<string, Point[]> = {};
   const adapters: Record<string, string> = {};
   for (const v of VARIANTS) {
-    ours[v.name] = [{ epochs: 0, seconds: 0, heldOutLoss: loss0 }];
-    for (const epochs of v.epochs) {
-      const keep = epochs === LINE_EPOCHS ? path.join(PEERS, `choices-${v.name}-e${epochs}.mobi`) : undefined;
-      const r = await runOurs(pretrained, ws.workspace, false, ['--epochs', String(epochs), ...v.args], keep);
-      ours[v.name]!.push({ epochs, seconds: r.wallSeconds, heldOutLoss: r.summary.heldOutLossAfter });
-      if (keep) adapters[v.name] = keep;
-      log(`  ${v.name} ${epochs} epoch(s), ${r.summary.steps} steps: ${r.wallSeconds.toFixed(1)} s, held-out ${r.summary.heldOutLossAfter.toFixed(4)}`);
-    }
+    const { pts, adapter } = await runVariant(v, pretrained, ws.workspace, loss0, log);
+    ours[v.name] = pts;
+    if (adapter) adapters[v.name] = adapter;
   }
 
   const versusPeer = Object.fromEntries(Object.entries(ours).map(([name, pts]) => [name, versus(pts, peer)]));
