@@ -12,7 +12,7 @@ import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN } from './storage/HeadStore';
 import { JobRecord } from './storage/JobStore';
 import { TrainAck, TrainingJob } from './TrainingJob';
-import { attentionHeads, parameterShape, sideShape } from './training/sideNetworkSpec';
+import { attentionHeads, parameterShape } from './training/sideNetworkSpec';
 
 
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
@@ -180,7 +180,7 @@ export class DeviceSession {
     if (version !== 1 && version !== 2) throw new WireError('BAD_FRAME', 'sideNetwork must be 1 or 2');
     if (c.joinAfterNorm && c.labelPrivate) throw new WireError('BAD_FRAME', 'joinAfterNorm is for the standard mode; label-private training joins before the final norm');
     if (version === 2) {
-      const { heads } = attentionHeads(sideShape(d, c.reduction, t, 2));
+      const { heads } = attentionHeads(jobShape(c, d));
       if (c.batchSize * heads * c.seqLen * c.seqLen > MAX_ATTENTION_SCORES) throw new WireError('BAD_FRAME', `batchSize x seqLen^2 is too large for side network 2's attention (at most ${MAX_ATTENTION_SCORES / heads} for this model)`);
     }
   }

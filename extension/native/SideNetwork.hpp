@@ -183,15 +183,6 @@ class SideCache {
     return bs[k];
   }
 
-  // Floats held (for tests and memory accounting).
-  size_t floats() const {
-    size_t n = 0;
-    for (const auto& [seq, bs] : seqs_) {
-      for (const Block& blk : bs) n += blk.k.size() + blk.v.size();
-    }
-    return n;
-  }
-
  private:
   std::map<int, std::vector<Block>> seqs_;
 };
@@ -239,11 +230,8 @@ struct SideRun {
       float* sr = s.data() + static_cast<size_t>(row) * r;
       net->mlp(k, &x[static_cast<size_t>(j) * r], sr);
       started[row] = true;
-      if (last && net->joinAfterNorm) {
-        net->addDelta(sr, pending.data() + static_cast<size_t>(j) * net->d);
-      } else if (last) {
-        net->addDelta(sr, data + static_cast<size_t>(j) * net->d);
-      }
+      // Joining after the norm, delta waits in `pending` for result_norm.
+      if (last) net->addDelta(sr, (net->joinAfterNorm ? pending.data() : data) + static_cast<size_t>(j) * net->d);
     }
   }
 

@@ -44,6 +44,14 @@ function maxRelativeError(a: Float32Array, b: Float32Array): number {
   return worst;
 }
 
+/** Seeded starting values with a non-zero Out and an open second gate, so every gradient flows. */
+function liveValues(shape: SideNetworkShape, seed: number): Map<string, Float32Array> {
+  const values = initialParameters(shape, seed);
+  values.set('out', randomArray(new SeededRandom(seed + 100), shape.r * d, 0.3));
+  values.set('alpha.1', Float32Array.of(0.05));
+  return values;
+}
+
 /** Every parameter's ONNX gradient against TensorFlow.js autodiff of the reference's plain forward (relative error < 2e-3). */
 function assertMatchesAutodiff(shape: SideNetworkShape, values: Map<string, Float32Array>, grads: Map<string, Float32Array>, b: ActivationBatch, head: Float32Array, norm: Float32Array): void {
   const net = new SideNetwork(shape, values);
@@ -170,12 +178,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     const lengths = [7, 5, 8];
     const rows = 20;
     const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
-    const live = (seed: number): Map<string, Float32Array> => {
-      const values = initialParameters(shape2, seed);
-      values.set('out', randomArray(new SeededRandom(seed + 100), shape2.r * d, 0.3)); // non-zero so every gradient flows
-      values.set('alpha.1', Float32Array.of(0.05));
-      return values;
-    };
+    const live = (seed: number): Map<string, Float32Array> => liveValues(shape2, seed);
 
     it('has the attention weights in every block but the last, and step 0 reproduces the backbone', async () => {
       assert.deepEqual(parameterNames(shape2).filter((n) => n.startsWith('w')), ['wq.0', 'wk.0', 'wv.0', 'wo.0', 'wq.1', 'wk.1', 'wv.1', 'wo.1']);
@@ -248,12 +251,6 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     const rows = 20;
     const after1 = sideShape(d, 4, tapped, 1, true);
     const after2: SideNetworkShape = { d, r: 16, b: 16, tappedLayers: tapped, version: 2, heads: 2, joinAfterNorm: true };
-    const live = (shape: SideNetworkShape, seed: number): Map<string, Float32Array> => {
-      const values = initialParameters(shape, seed);
-      values.set('out', randomArray(new SeededRandom(seed + 100), shape.r * d, 0.3));
-      values.set('alpha.1', Float32Array.of(0.05));
-      return values;
-    };
 
     it('step 0 reproduces the backbone, and a non-zero Out changes the loss differently from a join before the norm', async () => {
       assert.equal(after1.joinAfterNorm, true);
@@ -263,7 +260,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
       const before = await new OnnxTrainer(engine, sideShape(d, 4, tapped), new OnnxHead(halves, norm, EPS, 7), initialParameters(sideShape(d, 4, tapped), 3), opts).evalBatch(b);
       const zero = await new OnnxTrainer(engine, after1, new OnnxHead(halves, norm, EPS, 7), initialParameters(after1, 3), opts).evalBatch(b);
       assert.ok(Math.abs(zero.lossSum - before.lossSum) < 1e-4 * before.lossSum, `${zero.lossSum} vs ${before.lossSum}`);
-      const valuesB = live(sideShape(d, 4, tapped), 4);
+      const valuesB = liveValues(sideShape(d, 4, tapped), 4);
       const joinedBefore = await new OnnxTrainer(engine, sideShape(d, 4, tapped), new OnnxHead(halves, norm, EPS, 7), valuesB, opts).evalBatch(b);
       const joinedAfter = await new OnnxTrainer(engine, after1, new OnnxHead(halves, norm, EPS, 7), valuesB, opts).evalBatch(b);
       assert.ok(Math.abs(joinedAfter.lossSum - joinedBefore.lossSum) > 1e-3, 'the two joins are different functions (and use different graphs)');
@@ -272,7 +269,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     for (const [name, shape] of [['version 1', after1], ['version 2', after2]] as const) {
       it(`${name}: gradients of every parameter match TensorFlow.js autodiff`, async () => {
         const { halves, head, norm, batch } = problem(22, rows);
-        const values = live(shape, 5);
+        const values = liveValues(shape, 5);
         const b = { ...batch(), lengths };
         assertMatchesAutodiff(shape, values, await new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, opts).gradients(b), b, head, norm);
       });
@@ -280,7 +277,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
 
     it('gradients pass a finite-difference check of the engine\'s own loss', async () => {
       const { halves, norm, batch } = problem(23, rows);
-      await assertFiniteDifferences(engine, after2, live(after2, 6), { ...batch(), lengths }, halves, norm, [['out', 5], ['wq.0', 37], ['down.2', 17], ['up.1', 8], ['alpha.2', 0]]);
+      await assertFiniteDifferences(engine, after2, liveValues(after2, 6), { ...batch(), lengths }, halves, norm, [['out', 5], ['wq.0', 37], ['down.2', 17], ['up.1', 8], ['alpha.2', 0]]);
     });
   });
 
