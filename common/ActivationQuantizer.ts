@@ -1,4 +1,5 @@
 import { fromHalf, toHalf } from './float16';
+import { JOB_SETTINGS } from './jobSettings';
 
 /**
  * Low-bit activation transfer (the device quantizes, the server dequantizes).
@@ -8,12 +9,12 @@ import { fromHalf, toHalf } from './float16';
  *  16: f16:                                     2*d bytes
  * Block layout: all scales first, then all values (row-major).
  */
-export type Bits = 4 | 8 | 16;
-export const SUPPORTED_BITS: readonly Bits[] = [4, 8, 16];
+export type Bits = (typeof JOB_SETTINGS.bits.values)[number];
+export const SUPPORTED_BITS: readonly Bits[] = JOB_SETTINGS.bits.values;
 export const INT4_GROUP = 32;
 
 export function isBits(n: number): n is Bits {
-  return n === 4 || n === 8 || n === 16;
+  return (SUPPORTED_BITS as readonly number[]).includes(n);
 }
 
 /** Exact bytes on the wire for one token of one layer. */

@@ -1,6 +1,10 @@
 import { AdapterFormatError } from './AdapterFormatError';
+import { JOB_SETTINGS } from './jobSettings';
 import { JobConfig, JobConfigSchema } from './messages';
-import { checkSchema, Fields } from './schema';
+import { checkSchema, Fields, optionalOneOf } from './schema';
+
+/** The side network's design (the setting `sideNetwork`): 1 the per-token ladder, 2 with causal self-attention. */
+export type SideNetworkDesign = (typeof JOB_SETTINGS.sideNetwork.values)[number];
 
 /**
  * What a device needs to run a trained side network, stored in the adapter
@@ -19,13 +23,14 @@ export const SideNetworkShapeSchema = {
   /** Backbone layers feeding the ladder, ascending; the last is the backbone's last layer. */
   tappedLayers: 'uint[]',
   /**
-   * The side network's design: 1 (absent in older files) is the per-token
-   * ladder; 2 adds causal multi-head self-attention with RoPE to every block
-   * but the last (docs/architecture.md, "Side network v2").
+   * The side network's design, named as the setting `sideNetwork` is: 1
+   * (absent) the per-token ladder; 2 adds causal multi-head self-attention
+   * with RoPE to its attention blocks (attentionBlocks(), docs/architecture.md).
+   * Adapter formats 1-3 called it `version`.
    */
-  version: 'uint?',
-  /** Attention heads of a version-2 block (r / heads is even). */
-  heads: 'uint?',
+  sideNetwork: optionalOneOf(JOB_SETTINGS.sideNetwork.values),
+  /** Attention heads of side network 2's attention blocks (r / attentionHeads is even); formats 1-3 called it `heads`. */
+  attentionHeads: 'uint?',
   /**
    * Where the side network's output joins the backbone: absent or false,
    * before its final norm (added to the last layer's output); true, after it
@@ -67,9 +72,8 @@ export function parseAdapterConfig(value: unknown): AdapterConfig {
 function semanticProblem(c: AdapterConfig): string | undefined {
   const { d, r, b, tappedLayers: t } = c.shape;
   if (d < 1 || r < 1 || b < 1) return 'config.shape widths must be positive';
-  const version = c.shape.version ?? 1;
-  if (version !== 1 && version !== 2) return 'config.shape.version must be 1 or 2';
-  if (version === 2 && !(c.shape.heads && c.shape.heads > 0 && r % (2 * c.shape.heads) === 0)) return 'config.shape.heads must divide r into even head widths';
+  const h = c.shape.attentionHeads;
+  if (attentionBlocks(c.shape) > 0 && !(h && h > 0 && r % (2 * h) === 0)) return 'config.shape.attentionHeads must divide r into even head widths';
   if (d !== c.hiddenSize) return 'config.shape.d must equal config.hiddenSize';
   if (t.length === 0 || t.some((x, i) => i > 0 && x <= t[i - 1]!)) return 'config.shape.tappedLayers must ascend';
   if (t[t.length - 1] !== c.backboneLayers - 1) return 'config.shape.tappedLayers must end with the last layer';
@@ -77,12 +81,40 @@ function semanticProblem(c: AdapterConfig): string | undefined {
   return undefined;
 }
 
-/** Whether block k of `shape` has self-attention (version 2, every block but the last). */
-export function hasAttention(shape: SideNetworkShape, k: number): boolean {
-  return (shape.version ?? 1) === 2 && k < shape.tappedLayers.length - 1;
+/**
+ * How many blocks of `shape` have self-attention: the first ones, in order.
+ * Side network 2 gives it to every block but the last (whose output joins the
+ * backbone). The one place this rule is written; the server's graphs, the
+ * TypeScript reference and the native reader (handed this number) follow it.
+ */
+export function attentionBlocks(shape: SideNetworkShape): number {
+  return (shape.sideNetwork ?? 1) === 2 ? shape.tappedLayers.length - 1 : 0;
 }
 
-/** Widest attention head of a version-2 block. */
+/** Whether block k of `shape` has self-attention. */
+export function hasAttention(shape: SideNetworkShape, k: number): boolean {
+  return k < attentionBlocks(shape);
+}
+
+/** Attention heads and head width of `shape`'s attention blocks. */
+export function attentionHeadsOf(shape: SideNetworkShape): { attentionHeads: number; width: number } {
+  const attentionHeads = shape.attentionHeads ?? 1;
+  return { attentionHeads, width: shape.r / attentionHeads };
+}
+
+/**
+ * An adapter config written by formats 1-3 in today's names (`version` is now
+ * `sideNetwork`, `heads` is `attentionHeads`); other values are left as they are
+ * for parseAdapterConfig to check.
+ */
+export function renameOlderShape(config: unknown): unknown {
+  const shape = (config as { shape?: unknown } | null)?.shape;
+  if (typeof shape !== 'object' || shape === null || Array.isArray(shape)) return config;
+  const { version, heads, ...rest } = shape as Record<string, unknown>;
+  return { ...(config as object), shape: { ...rest, ...(version !== undefined ? { sideNetwork: version } : {}), ...(heads !== undefined ? { attentionHeads: heads } : {}) } };
+}
+
+/** Widest attention head of side network 2. */
 export const MAX_HEAD_WIDTH = 32;
 
 /**
@@ -90,19 +122,19 @@ export const MAX_HEAD_WIDTH = 32;
  * r up to even and splits it into heads of the widest even width <= 32 that
  * divides it (r 32: 1 head; 112: 4 heads of 28).
  */
-export function sideShape(d: number, reduction: number, tappedLayers: number[], version: 1 | 2 = 1, joinAfterNorm = false): SideNetworkShape {
+export function sideShape(d: number, reduction: number, tappedLayers: number[], sideNetwork: SideNetworkDesign = 1, joinAfterNorm = false): SideNetworkShape {
   const join = joinAfterNorm ? { joinAfterNorm: true } : {};
   const r0 = Math.max(1, Math.round(d / reduction));
-  if (version === 1) return { d, r: r0, b: r0, tappedLayers, ...join };
+  if (sideNetwork === 1) return { d, r: r0, b: r0, tappedLayers, ...join };
   const r = r0 + (r0 % 2);
   let width = Math.min(MAX_HEAD_WIDTH, r) & ~1;
   while (r % width !== 0) width -= 2;
-  return { d, r, b: r, tappedLayers, version: 2, heads: r / width, ...join };
+  return { d, r, b: r, tappedLayers, sideNetwork: 2, attentionHeads: r / width, ...join };
 }
 
 /** The side network a job's config asks for, on a model of hidden size d (device and server derive it alike). */
 export function jobShape(c: JobConfig, d: number): SideNetworkShape {
-  return sideShape(d, c.reduction, c.tappedLayers, c.sideNetwork === 2 ? 2 : 1, c.joinAfterNorm === true);
+  return sideShape(d, c.reduction, c.tappedLayers, c.sideNetwork ?? 1, c.joinAfterNorm === true);
 }
 
 /**

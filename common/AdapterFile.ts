@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { AdapterConfig, parseAdapterConfig } from './AdapterConfig';
+import { AdapterConfig, parseAdapterConfig, renameOlderShape } from './AdapterConfig';
 import { AdapterFormatError } from './AdapterFormatError';
 import { checkSchema } from './schema';
 
@@ -20,11 +20,13 @@ export const ADAPTER_MAGIC = 'MOBIADPT';
 /**
  * The format this code writes (2: config.shape may describe a version-2 side
  * network; 3: config.shape may join after the final norm, which an older
- * reader would ignore and so run wrongly).
+ * reader would ignore and so run wrongly; 4: config.shape names the design
+ * `sideNetwork` and its attention heads `attentionHeads`, once `version` and
+ * `heads`).
  */
-export const ADAPTER_FORMAT_VERSION = 3;
-/** Every format this code reads (a device refuses others with ADAPTER_VERSION; version 1 holds version-1 side networks only). */
-export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1, 2, 3];
+export const ADAPTER_FORMAT_VERSION = 4;
+/** Every format this code reads (a device refuses others with ADAPTER_VERSION; version 1 holds side network 1 only). */
+export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1, 2, 3, 4];
 
 /** Most tensors one adapter file may list. */
 const MAX_TENSORS = 4096;
@@ -111,7 +113,7 @@ export function decodeAdapter(file: Uint8Array, expectFingerprint?: string): Ada
   if (typeof header.meta !== 'object' || header.meta === null || Array.isArray(header.meta) || typeof header.fingerprint !== 'string') {
     throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter header is damaged.');
   }
-  header.config = parseAdapterConfig(header.config);
+  header.config = parseAdapterConfig(header.version < 4 ? renameOlderShape(header.config) : header.config);
   if (expectFingerprint !== undefined && header.fingerprint !== expectFingerprint) {
     throw new AdapterFormatError('ADAPTER_MODEL_MISMATCH', 'The adapter was trained for a different model file.');
   }

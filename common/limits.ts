@@ -29,38 +29,6 @@ export const CloseCode = {
   LIMIT: 4008,
 } as const;
 
-/** An inclusive range of a setting. */
-export interface Range {
-  min: number;
-  max: number;
-}
-
-/**
- * The ranges of the fine-tuning settings, in one place: the CLI checks its
- * flags against them, the VS Code settings (package.json) declare them (a
- * unit test holds the two equal), and the server checks job/create with them.
- */
-export const OPTION_LIMITS = {
-  /** Tokens per training sequence. */
-  seqLen: { min: 8, max: 4096 },
-  /** Sequences per batch. */
-  batchSize: { min: 1, max: 64 },
-  /** Passes over the training data. */
-  epochs: { min: 1, max: 1000 },
-  /** Optimizer steps of one job. */
-  steps: { min: 1, max: 10_000_000 },
-  /** Side width r = hidden size / reduction. */
-  reduction: { min: 1, max: 256 },
-  /** Layers kept on the device. */
-  skipLayers: { min: 0, max: 1023 },
-  /** Tap every n-th layer (counting down from the last). */
-  tapEvery: { min: 1, max: 1023 },
-  /** Seeds are 32-bit. */
-  seed: { min: 0, max: 2 ** 32 - 1 },
-  /** Peak learning rate. */
-  learningRate: { min: 1e-7, max: 0.5 },
-} as const satisfies Record<string, Range>;
-
 /** Attention scores of one side-network block per batch (sequences x heads x seqLen^2) a version-2 job may ask for (float32: 256 MiB). */
 export const MAX_ATTENTION_SCORES = 2 ** 26;
 

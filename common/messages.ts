@@ -5,7 +5,8 @@
  * message and when.
  */
 import { JOB_STATES } from './JobState';
-import { Schema, Fields } from './schema';
+import { JOB_SETTINGS } from './jobSettings';
+import { Schema, Fields, optionalOneOf } from './schema';
 import { WIRE_ERROR_CODES } from './WireError';
 
 const ModelSpec = {
@@ -30,8 +31,8 @@ export const JobConfigSchema = {
   tappedLayers: 'uint[]',
   /** Side width r = hiddenSize / reduction. */
   reduction: 'uint',
-  /** Activation width on the wire: 4, 8 or 16. */
-  bits: 'uint',
+  /** Activation width on the wire (common/jobSettings.ts). */
+  bits: JOB_SETTINGS.bits.values,
   seqLen: 'uint',
   batchSize: 'uint',
   /** Training batches of the whole job (one optimizer step each). */
@@ -49,7 +50,7 @@ export const JobConfigSchema = {
    */
   labelPrivate: 'boolean?',
   /** The side network's design: 1 (absent) the per-token ladder, 2 with causal self-attention (common/AdapterConfig.ts). */
-  sideNetwork: 'uint?',
+  sideNetwork: optionalOneOf(JOB_SETTINGS.sideNetwork.values),
   /** Join the side network's output after the backbone's final norm (common/AdapterConfig.ts); standard mode only. */
   joinAfterNorm: 'boolean?',
   /**

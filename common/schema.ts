@@ -5,12 +5,21 @@
  *
  *   'string' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json'   a scalar
  *   'uint?' (any scalar with '?')                                  optional
- *   ['a', 'b'] as a readonly tuple                                 one of these strings
+ *   ['a', 'b'] or [4, 8] as a readonly tuple                       one of these values
+ *   optionalOneOf([1, 2])                                          one of these, or absent
  *   { ... }                                                        a nested schema
  */
 
 type Scalar = 'string' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json';
-export type Kind = Scalar | `${Scalar}?` | readonly string[] | Schema;
+/** One of `values`, or absent. */
+export interface OptionalOneOf<V extends string | number = string | number> {
+  readonly optionalOneOf: readonly V[];
+}
+export type Kind = Scalar | `${Scalar}?` | readonly (string | number)[] | OptionalOneOf | Schema;
+
+export function optionalOneOf<const V extends string | number>(values: readonly V[]): OptionalOneOf<V> {
+  return { optionalOneOf: values };
+}
 export interface Schema {
   readonly [field: string]: Kind;
 }
@@ -30,12 +39,13 @@ type TypeOfScalar<K> = K extends 'string'
         : K extends 'json'
           ? unknown
           : never;
-type TypeOfKind<K> = K extends readonly string[] ? K[number] : K extends Schema ? Fields<K> : TypeOfScalar<K>;
-type RequiredKeys<S> = { [F in keyof S]: S[F] extends `${string}?` ? never : F }[keyof S];
-type OptionalKeys<S> = { [F in keyof S]: S[F] extends `${string}?` ? F : never }[keyof S];
+type TypeOfKind<K> = K extends readonly (string | number)[] ? K[number] : K extends Schema ? Fields<K> : TypeOfScalar<K>;
+type IsOptional<K> = K extends `${string}?` ? true : K extends OptionalOneOf ? true : false;
+type RequiredKeys<S> = { [F in keyof S]: IsOptional<S[F]> extends true ? never : F }[keyof S];
+type OptionalKeys<S> = { [F in keyof S]: IsOptional<S[F]> extends true ? F : never }[keyof S];
 export type Fields<S> = {
   [F in RequiredKeys<S>]: TypeOfKind<S[F]>;
-} & { [F in OptionalKeys<S>]?: S[F] extends `${infer B}?` ? TypeOfScalar<B> : never };
+} & { [F in OptionalKeys<S>]?: S[F] extends `${infer B}?` ? TypeOfScalar<B> : S[F] extends OptionalOneOf<infer V> ? V : never };
 
 /** Checks `value` against `schema`; returns a description of the first problem, or undefined. */
 export function checkSchema(value: unknown, schema: Schema, at = ''): string | undefined {
@@ -44,8 +54,12 @@ export function checkSchema(value: unknown, schema: Schema, at = ''): string | u
   for (const [field, kind] of Object.entries(schema)) {
     const v = obj[field];
     const where = at ? `${at}.${field}` : field;
+    if (isOptionalOneOf(kind)) {
+      if (v !== undefined && !kind.optionalOneOf.includes(v as string | number)) return `${where} must be one of ${kind.optionalOneOf.join(', ')}`;
+      continue;
+    }
     if (isOneOf(kind)) {
-      if (typeof v !== 'string' || !kind.includes(v)) return `${where} must be one of ${kind.join(', ')}`;
+      if ((typeof v !== 'string' && typeof v !== 'number') || !kind.includes(v)) return `${where} must be one of ${kind.join(', ')}`;
       continue;
     }
     if (typeof kind === 'object') {
@@ -71,6 +85,10 @@ export function checkSchema(value: unknown, schema: Schema, at = ''): string | u
   return undefined;
 }
 
-function isOneOf(kind: Kind): kind is readonly string[] {
+function isOneOf(kind: Kind): kind is readonly (string | number)[] {
   return Array.isArray(kind);
+}
+
+function isOptionalOneOf(kind: Kind): kind is OptionalOneOf {
+  return typeof kind === 'object' && !Array.isArray(kind) && Array.isArray((kind as Partial<OptionalOneOf>).optionalOneOf);
 }

@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
-import { Bits, bytesPerRow, dequantizeRows, isBits, quantizeRows } from '../common/ActivationQuantizer';
+import { bytesPerRow, dequantizeRows, quantizeRows } from '../common/ActivationQuantizer';
 import { backboneInitNames, jobShape } from '../common/AdapterConfig';
 import { decodeBatchPayload, decodeLayersPayload } from '../common/batchPayload';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
-import { CloseCode, MAX_ATTENTION_SCORES, MAX_EVAL_ID_CHARS, MAX_ROWS_PER_BATCH, MAX_SEND_BUFFER_BYTES, OPTION_LIMITS, PROTOCOL_VERSION, Range } from '../common/limits';
+import { jobConfigProblem } from '../common/jobConfigProblem';
+import { CloseCode, MAX_EVAL_ID_CHARS, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
 import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
@@ -12,7 +13,7 @@ import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN } from './storage/HeadStore';
 import { JobRecord } from './storage/JobStore';
 import { TrainAck, TrainingJob } from './TrainingJob';
-import { attentionHeads, parameterShape } from './training/sideNetworkSpec';
+import { parameterShape } from './training/sideNetworkSpec';
 
 
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
@@ -162,27 +163,8 @@ export class DeviceSession {
   }
 
   private checkConfig(c: JobConfig): void {
-    const L = this.model!.layers;
-    const t = c.tappedLayers;
-    if (t.length === 0 || t.some((x, i) => x >= L || (i > 0 && x <= t[i - 1]!)) || t[t.length - 1] !== L - 1) {
-      throw new WireError('BAD_FRAME', 'tappedLayers must ascend, lie within the model and end with its last layer');
-    }
-    const d = this.model!.hiddenSize;
-    if (!isBits(c.bits)) throw new WireError('BAD_FRAME', 'bits must be 4, 8 or 16');
-    if (c.reduction < 1 || c.reduction > d || d % c.reduction !== 0) throw new WireError('BAD_FRAME', `reduction must divide the hidden size ${d}`);
-    const lim = OPTION_LIMITS;
-    const within = (x: number, r: Range): boolean => x >= r.min && x <= r.max;
-    if (!within(c.seqLen, lim.seqLen) || !within(c.batchSize, lim.batchSize) || c.seqLen * c.batchSize > MAX_ROWS_PER_BATCH) throw new WireError('BAD_FRAME', 'seqLen x batchSize out of range');
-    if (!within(c.totalSteps, lim.steps) || c.warmupSteps > c.totalSteps) throw new WireError('BAD_FRAME', `totalSteps must be ${lim.steps.min}..${lim.steps.max} and warmupSteps at most totalSteps`);
-    if (!within(c.learningRate, lim.learningRate)) throw new WireError('BAD_FRAME', 'learningRate out of range');
-    if (!within(c.seed, lim.seed) || c.checkpointEvery < 1) throw new WireError('BAD_FRAME', 'seed must be 32-bit and checkpointEvery at least 1');
-    const version = c.sideNetwork ?? 1;
-    if (version !== 1 && version !== 2) throw new WireError('BAD_FRAME', 'sideNetwork must be 1 or 2');
-    if (c.joinAfterNorm && c.labelPrivate) throw new WireError('BAD_FRAME', 'joinAfterNorm is for the standard mode; label-private training joins before the final norm');
-    if (version === 2) {
-      const { heads } = attentionHeads(jobShape(c, d));
-      if (c.batchSize * heads * c.seqLen * c.seqLen > MAX_ATTENTION_SCORES) throw new WireError('BAD_FRAME', `batchSize x seqLen^2 is too large for side network 2's attention (at most ${MAX_ATTENTION_SCORES / heads} for this model)`);
-    }
+    const problem = jobConfigProblem(c, this.model!);
+    if (problem) throw new WireError('BAD_FRAME', problem.message);
   }
 
   /** LIMIT when this user already trains as many jobs as allowed (created or resumed alike). */
@@ -256,7 +238,7 @@ export class DeviceSession {
   private batchOf(job: TrainingJob, rows: number, payload: Buffer, lengths: number[] | undefined) {
     const c = job.rec.config;
     if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
-    const batch = decodeBatchPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits as 4 | 8 | 16, job.rec.model.vocabularySize);
+    const batch = decodeBatchPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits, job.rec.model.vocabularySize);
     return { ...batch, lengths: DeviceSession.lengthsOf(job, rows, lengths) };
   }
 
@@ -264,7 +246,7 @@ export class DeviceSession {
   private layersOf(job: TrainingJob, rows: number, payload: Buffer): Float32Array[] {
     const c = job.rec.config;
     if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
-    return decodeLayersPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits as Bits);
+    return decodeLayersPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits);
   }
 
   /** A batch's sequence lengths, checked where the job's side network attends within sequences (ignored elsewhere). */
@@ -280,7 +262,7 @@ export class DeviceSession {
   /** [rows][d] floats quantized like the job's activations (label-private side outputs). */
   private static quantized(job: TrainingJob, rows: number, data: Float32Array): Buffer {
     const d = job.rec.model.hiddenSize;
-    const bits = job.rec.config.bits as Bits;
+    const bits = job.rec.config.bits;
     const out = Buffer.allocUnsafe(rows * bytesPerRow(d, bits));
     quantizeRows(data, rows, d, bits, out, 0);
     return out;
@@ -335,7 +317,7 @@ export class DeviceSession {
     const job = this.job(m.jobId);
     if (!job.labelPrivate) throw new WireError('OUT_OF_ORDER', 'batch/grad belongs to label-private jobs');
     const d = job.rec.model.hiddenSize;
-    const bits = job.rec.config.bits as Bits;
+    const bits = job.rec.config.bits;
     if (m.rows < 1 || m.rows > job.rec.config.seqLen * job.rec.config.batchSize || payload.length !== m.rows * bytesPerRow(d, bits)) {
       throw new WireError('BAD_FRAME', 'the gradient payload does not match its rows');
     }

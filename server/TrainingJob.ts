@@ -8,7 +8,7 @@ import { JobRecord, JobStore } from './storage/JobStore';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
 import { OnnxTrainer, StepResult } from './training/onnx/OnnxTrainer';
-import { adapterConfig, hasAttention, initialParameters, parameterNames, parameterShape, SideNetworkShape } from './training/sideNetworkSpec';
+import { adapterConfig, attentionBlocks, initialParameters, parameterNames, parameterShape, SideNetworkShape } from './training/sideNetworkSpec';
 import { OptimizerState } from './training/TrainerOptions';
 
 /** Non-finite steps in a row after which training stops with NON_FINITE. */
@@ -138,7 +138,7 @@ export class TrainingJob {
 
   /** The side network attends within sequences: every batch must say its sequence lengths. */
   get attends(): boolean {
-    return this.shape.tappedLayers.some((_, k) => hasAttention(this.shape, k));
+    return attentionBlocks(this.shape) > 0;
   }
 
   get labelPrivate(): boolean {

@@ -1,39 +1,56 @@
 import * as path from 'node:path';
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
+import { describeRange, JOB_SETTING_NAMES, JOB_SETTINGS, SettingRow, settingFlagOf } from '../../common/jobSettings';
 import { ensureDefaultModel } from '../core/defaultModel';
 import { defaultStoreDir } from '../core/defaultStoreDir';
 import { FineTuneJob } from '../core/job/FineTuneJob';
-import { checkFineTuneOptions, TunedOption } from '../core/job/FineTuneOptions';
+import { checkFineTuneOptions, TunedOption, TunedSettings } from '../core/job/FineTuneOptions';
 import { JobRecordStore } from '../core/job/JobRecordStore';
 import { confirmPrivacyLine, serverPlace } from '../core/privacyText';
 import { MobiError } from '../core/MobiError';
 import { describeSkipped } from '../core/scanWorkspace';
 import { ProgressDisplay } from './ProgressDisplay';
 
-/** The flag of each tuned option, for messages. */
-const FLAGS: Record<TunedOption, string> = {
-  epochs: '--epochs', steps: '--steps', seqLen: '--seq-len', batchSize: '--batch', bits: '--bits', reduction: '--reduction',
-  skipLayers: '--skip-layers', learningRate: '--lr', seed: '--seed', checkpointEvery: 'checkpointEvery', heldOutFraction: 'heldOutFraction', maxHeldOutSequences: 'maxHeldOutSequences', fimRate: '--fim-rate', labelPrivate: '--label-private',
-  sideNetwork: '--side-network', tapEvery: '--tap-every', joinAfterNorm: '--join-after-norm', initFromBackbone: '--init-from-backbone',
-};
-
 interface FinetuneFlags {
-  workspace?: string; model?: string; server?: string; token?: string; epochs?: string; steps?: string; seqLen?: string; batch?: string; bits?: string;
-  skipLayers?: string; reduction?: string; lr?: string; seed?: string; fimRate?: string; labelPrivate?: boolean; sideNetwork?: string; tapEvery?: string; joinAfterNorm?: boolean; initFromBackbone?: boolean; randomInit?: boolean; resume?: string; store: string; json?: boolean;
+  workspace?: string; model?: string; server?: string; token?: string; randomInit?: boolean; resume?: string; store: string; json?: boolean;
+  [setting: string]: string | boolean | undefined;
 }
 
-/** A flag's number (range checks happen once, in the core, with the flag's name). */
-function num(value: string | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (value.trim() === '' || Number.isNaN(n)) throw new MobiError('BAD_ARGUMENT', `${flag} must be a number (got "${value.slice(0, 40)}").`);
-  return n;
+/** How the CLI names a setting in messages: its flag, or its name where it has none. */
+const flagName = (k: TunedOption): string => settingFlagOf(k) ?? k;
+
+/** The options of the job settings that have a flag (common/jobSettings.ts): the flag, a value placeholder, the row's doc and default. */
+function settingOptions(): Option[] {
+  return JOB_SETTING_NAMES.flatMap((name) => {
+    const row: SettingRow = JOB_SETTINGS[name];
+    if (!row.flag) return [];
+    const spec = row.kind === 'boolean' ? row.flag : `${row.flag} <${row.kind === 'number' ? 'x' : 'n'}>`;
+    const shown = row.kind === 'oneOf' ? ` (${describeRange(row)}${row.default !== undefined ? `; default ${row.default}` : ''})`
+      : row.kind === 'boolean' || row.default === undefined ? '' : ` (default ${String(row.default)})`;
+    return [new Option(spec, `${row.doc}${shown}`).default(undefined)];
+  });
 }
 
-/** --init-from-backbone or --random-init (not both), or neither: the core's default. */
-function initFlag(o: FinetuneFlags): boolean | undefined {
-  if (o.initFromBackbone && o.randomInit) throw new MobiError('BAD_ARGUMENT', '--init-from-backbone and --random-init cannot both be given.');
-  return o.initFromBackbone ? true : o.randomInit ? false : undefined;
+/** The settings given as flags, as numbers and booleans (ranges are checked once, in the core, with the flag's name). */
+function settingsFromFlags(o: FinetuneFlags, options: Option[]): TunedSettings {
+  const out: Record<string, number | boolean> = {};
+  for (const name of JOB_SETTING_NAMES) {
+    const flag = settingFlagOf(name);
+    const option = options.find((x) => x.long === flag);
+    const value = option ? o[option.attributeName()] : undefined;
+    if (value === undefined) continue;
+    if (typeof value === 'boolean') out[name] = value;
+    else {
+      const n = Number(value);
+      if (value.trim() === '' || Number.isNaN(n)) throw new MobiError('BAD_ARGUMENT', `${flag} must be a number (got "${value.slice(0, 40)}").`);
+      out[name] = n;
+    }
+  }
+  if (o.randomInit) {
+    if (out.initFromBackbone) throw new MobiError('BAD_ARGUMENT', `${flagName('initFromBackbone')} and --random-init cannot both be given.`);
+    out.initFromBackbone = false;
+  }
+  return out as TunedSettings; // checked against the table by checkFineTuneOptions before use
 }
 
 /** The exact command that resumes a job. */
@@ -43,28 +60,16 @@ export function resumeCommand(jobId: string, store: string): string {
 
 /** `mobillm finetune`: defaults live in the core (FineTuneOptions), so a resumed job can tell given flags from defaults. */
 export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void>): Command {
-  return new Command('finetune')
+  const options = settingOptions();
+  const command = new Command('finetune');
+  for (const option of options) command.addOption(option);
+  return command
     .description('Fine-tune the side network on a workspace (embedded local server unless --server is given)')
     .option('--workspace <dir>', 'folder of source code (when resuming: the job\'s own)')
     .option('--model <file|hf:uri>', 'GGUF backbone (default: the built-in tiny model, created once; when resuming: the job\'s own)')
     .option('--server <url>', 'team server, ws://host:port or wss://host:port')
     .option('--token <token>', 'server token (or MOBILLM_TOKEN)')
-    .option('--epochs <n>', 'passes over the training data (default 1)')
-    .option('--steps <n>', 'optimizer steps (overrides --epochs)')
-    .option('--seq-len <n>', 'tokens per sequence (default 128)')
-    .option('--batch <n>', 'sequences per batch (default 4)')
-    .option('--bits <n>', 'activation bits on the wire: 4, 8 or 16 (default 8)')
-    .option('--skip-layers <n>', 'do not send the first n layers (default 0)')
-    .option('--reduction <n>', 'side width r = hidden size / n (default 8)')
-    .option('--lr <x>', 'peak learning rate (default 0.002)')
-    .option('--seed <n>', 'seed (default 1)')
-    .option('--fim-rate <x>', 'share of training sequences in fill-in-the-middle order, for models with FIM tokens (default 0.5)')
-    .option('--label-private', 'keep the target ids on this computer: the loss is computed here with the model\'s own head, the server gets activations and gradients only')
-    .option('--side-network <n>', 'side network design: 1 per token, 2 with causal self-attention within each sequence (default 1)')
-    .option('--tap-every <n>', 'send every n-th layer, counting down from the last (default 1: every layer)')
-    .option('--init-from-backbone', 'start the side network from a reduced copy of the model\'s own weights, computed here (default for --side-network 2)')
-    .option('--random-init', 'start the side network from random values (default for --side-network 1)')
-    .option('--join-after-norm', 'add the side network\'s output after the model\'s final norm instead of before it (standard mode only)')
+    .option('--random-init', 'start the side network from random values (default for side network 1)')
     .option('--resume <jobId|last>', 'continue a job started on this device with all its settings ("last": the latest; see "mobillm jobs")')
     .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
     .option('--json', 'print the result as JSON on the last line')
@@ -74,12 +79,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
       const record = o.resume ? new JobRecordStore(o.store).load(o.resume) : undefined;
       const workspace = o.workspace ?? record?.workspace;
       if (!workspace) throw new MobiError('BAD_ARGUMENT', '--workspace is required (the folder of source code to learn from).');
-      const tuned = {
-        epochs: num(o.epochs, '--epochs'), steps: num(o.steps, '--steps'), seqLen: num(o.seqLen, '--seq-len'), batchSize: num(o.batch, '--batch'),
-        bits: num(o.bits, '--bits') as 4 | 8 | 16 | undefined, skipLayers: num(o.skipLayers, '--skip-layers'), reduction: num(o.reduction, '--reduction'),
-        learningRate: num(o.lr, '--lr'), seed: num(o.seed, '--seed'), fimRate: num(o.fimRate, '--fim-rate'), labelPrivate: o.labelPrivate,
-        sideNetwork: num(o.sideNetwork, '--side-network') as 1 | 2 | undefined, tapEvery: num(o.tapEvery, '--tap-every'), joinAfterNorm: o.joinAfterNorm, initFromBackbone: initFlag(o), describeOption: (k: TunedOption) => FLAGS[k],
-      };
+      const tuned = { ...settingsFromFlags(o, options), describeOption: flagName };
       checkFineTuneOptions({ workspace, model: '', ...tuned }); // before anything is created or loaded
       const model = o.model ?? record?.model ?? ensureDefaultModel(o.store);
       const display = new ProgressDisplay();
@@ -94,10 +94,10 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
       const job = new FineTuneJob({
         workspace, model, server: o.server ? { url: o.server, token: token! } : undefined, ...tuned,
         resumeJobId: record?.jobId, storeDir: o.store, signal: controller.signal,
-        confirm: (scan) => {
+        confirm: (scan, settings) => {
           display.message(`workspace ${path.resolve(workspace)}: ${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) included`);
           for (const line of describeSkipped(scan)) display.message(`  ${line}`);
-          if (o.server) display.message(confirmPrivacyLine(serverPlace(o.server, o.labelPrivate ?? record?.settings?.labelPrivate)));
+          if (o.server) display.message(confirmPrivacyLine(serverPlace(o.server, settings.labelPrivate)));
           return true;
         },
         onProgress: (p) => {

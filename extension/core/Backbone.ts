@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import { MobiError } from './MobiError';
 import { GgufFile, ggufNumber, ggufString, readGgufFile } from './gguf/GgufFile';
 import { loadNativeAddon, NativeBackbone, NativeBackboneInfo, NativeTensor } from '../native/NativeAddon';
-import { checkSideNetworkTensors } from '../../common/AdapterConfig';
+import { attentionBlocks, checkSideNetworkTensors } from '../../common/AdapterConfig';
 import { decodeAdapter } from '../../common/AdapterFile';
 import { modelFingerprint } from './modelFingerprint';
 
@@ -280,7 +280,7 @@ export class Backbone {
     const tensors: Record<string, Float32Array> = {};
     for (const [name, t] of contents.tensors) tensors[name] = t.data;
     await this.serial(async () => {
-      this.native.setAdapter({ ...shape, adapterEps: adapterNormEpsilon, gateTemperature, tensors });
+      this.native.setAdapter({ ...shape, attentionBlocks: attentionBlocks(shape), adapterEps: adapterNormEpsilon, gateTemperature, tensors });
       this.held = new Int32Array(0); // what the cache holds came from the other network
     });
     return { steps: Number(contents.header.meta.steps ?? 0), meta: contents.header.meta };

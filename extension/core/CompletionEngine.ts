@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { HOST_SETTINGS } from '../../common/jobSettings';
 import { AdapterStore } from './AdapterStore';
 import { Backbone } from './Backbone';
 import { completionEnd, cursorIndent } from './completionStops';
@@ -7,9 +8,9 @@ import { generate } from './generate';
 import { modelFingerprint } from './modelFingerprint';
 
 /** Characters of the text before the cursor sent to the model, at least (a setting). */
-export const COMPLETION_PREFIX_CHARS = 1500;
+export const COMPLETION_PREFIX_CHARS: number = HOST_SETTINGS.completionPrefixChars.default;
 /** Characters of the text after the cursor sent in fill-in-the-middle mode (a setting). */
-export const COMPLETION_SUFFIX_CHARS = 500;
+export const COMPLETION_SUFFIX_CHARS: number = HOST_SETTINGS.completionSuffixChars.default;
 
 /** How completions are prompted: fill-in-the-middle when the model declares its tokens, else the text before the cursor only. */
 export type CompletionMode = 'fill-in-the-middle' | 'prefix only';

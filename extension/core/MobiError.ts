@@ -45,10 +45,13 @@ export type ErrorCode = (typeof ERROR_CODES)[number];
 
 export class MobiError extends Error {
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /** The host setting that was refused (e.g. `mobillm.bits`), for a host to open it. */
+  readonly setting?: string;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; setting?: string }) {
     super(message, options);
     this.name = 'MobiError';
     this.code = code;
+    if (options?.setting) this.setting = options.setting;
   }
 
   static is(value: unknown, code?: ErrorCode): value is MobiError {

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { SCAN_SETTINGS } from '../../common/jobSettings';
 import * as path from 'node:path';
 import ignore, { Ignore } from 'ignore';
 import { MobiError } from './MobiError';
@@ -17,7 +18,7 @@ export interface ScanOptions {
   onFile?: (relativePath: string) => void;
 }
 
-export const MAX_FILE_BYTES = 512 * 1024;
+export const MAX_FILE_BYTES: number = SCAN_SETTINGS.maxFileBytes.default;
 export const MAX_TOTAL_BYTES = 64 * 1024 * 1024;
 /** Bytes looked at for binary content (NUL bytes). */
 const SNIFF_BYTES = 8192;

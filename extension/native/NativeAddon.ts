@@ -60,9 +60,11 @@ export interface NativeBackbone {
 
 /** A side network for the native loader: its shape and constants come from the adapter's AdapterConfig. */
 export interface NativeAdapter extends SideNetworkShape {
+  /** Blocks 0..attentionBlocks-1 have self-attention (common/AdapterConfig.ts attentionBlocks(); the reader does not derive it). */
+  attentionBlocks: number;
   adapterEps: number;
   gateTemperature: number;
-  /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d]; version 2: wq.k, wk.k, wv.k, wo.k [r][r] for every block but the last */
+  /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d]; wq.k, wk.k, wv.k, wo.k [r][r] for each attention block */
   tensors: Record<string, Float32Array>;
 }
 

@@ -1,13 +1,14 @@
 // The side network's forward pass on the device, run inside llama.cpp's eval
 // callback. It must match server/training/onnx/sideGraphs.ts (the parity
 // tests check it): for each tapped layer k, for each token row,
-//   a  = h Down_k                        (d -> r; version 2: rms(h) Down_k)
+//   a  = h Down_k                        (d -> r; side network 2: rms(h) Down_k)
 //   x  = (1 - mu_k) a + mu_k s           (mu_k = sigmoid(alpha_k / T))
-//   version 2, every block but the last: causal multi-head self-attention
+//   side network 2, its first attentionBlocks blocks (common/AdapterConfig.ts
+//   attentionBlocks() says which): causal multi-head self-attention
 //      within the token's sequence, RoPE by position, over rms(x):
 //   x  = x + attention(rms(x) Wq, rms(x) Wk, rms(x) Wv) Wo
 //   s  = x + gelu_tanh(rms(x) Mid_k) Up_k
-// and at the last layer, delta = s Out (r -> d; version 2: rms(h) s Out, h the
+// and at the last layer, delta = s Out (r -> d; side network 2: rms(h) s Out, h the
 // layer's own output) is added to l_out-<L-1>; or, for an adapter that joins
 // after the final norm, delta = s Out is added to result_norm (the normed
 // hidden state the head reads).
@@ -25,7 +26,9 @@ namespace mobillm {
 
 struct SideNet {
   int d = 0, r = 0, b = 0, nLayer = 0;
-  int version = 1, heads = 1, width = 0;   // version 2: heads of `width` = r / heads
+  int sideNetwork = 1;                      // the design, named as the setting is: 1 per token, 2 with attention
+  int attentionBlocks = 0;                  // blocks 0..attentionBlocks-1 attend (TypeScript derives the number)
+  int attentionHeads = 1, width = 0;        // attention heads of `width` = r / attentionHeads
   bool joinAfterNorm = false;               // delta joins result_norm, not l_out-<L-1>
   float adapterEps = 1e-6f;
   float ropeBase = 10000.0f;
@@ -38,11 +41,11 @@ struct SideNet {
   std::vector<float> mu;                    // [k]
   std::vector<float> out;                   // [r][d]
 
-  bool attends(int k) const { return !wq[k].empty(); }
+  bool attends(int k) const { return k < attentionBlocks; }
 
-  // Version 2's head split and its RoPE frequencies (computed once, not per token).
-  void setHeads(int h) {
-    heads = h;
+  // The attention head split and its RoPE frequencies (computed once, not per token).
+  void setAttentionHeads(int h) {
+    attentionHeads = h;
     width = r / h;
     ropeInvFreq.resize(static_cast<size_t>(width / 2));
     for (int i = 0; i < width / 2; ++i) ropeInvFreq[i] = std::pow(static_cast<double>(ropeBase), -2.0 * i / width);
@@ -71,10 +74,10 @@ struct SideNet {
     for (int j = 0; j < r; ++j) out[j] = x[j] * inv;
   }
 
-  // x = (1 - mu) h Down + mu s (s ignored for the first tapped layer); version 2 reads h / rms(h).
+  // x = (1 - mu) h Down + mu s (s ignored for the first tapped layer); side network 2 reads h / rms(h).
   void ladderInput(int k, const float* h, const float* s, bool first, float* x) const {
     std::vector<float> a(r);
-    if (version == 2) {
+    if (sideNetwork == 2) {
       std::vector<float> unit(h, h + d);
       const float inv = 1.0f / rms(h, d);
       for (float& v : unit) v *= inv;
@@ -103,7 +106,7 @@ struct SideNet {
   // Rotates each head's pairs (i, i + width/2) of v [r] by position pos.
   void rope(float* v, int pos) const {
     const int half = width / 2;
-    for (int h = 0; h < heads; ++h) {
+    for (int h = 0; h < attentionHeads; ++h) {
       float* e = v + static_cast<size_t>(h) * width;
       for (int i = 0; i < half; ++i) {
         const double angle = pos * ropeInvFreq[i];
@@ -115,9 +118,9 @@ struct SideNet {
     }
   }
 
-  // h += s Out, for one token (version 2 joining before the norm: h += rms(h) s Out).
+  // h += s Out, for one token (side network 2 joining before the norm: h += rms(h) s Out).
   void addDelta(const float* s, float* h) const {
-    const float scale = version == 2 && !joinAfterNorm ? rms(h, d) : 1.0f;
+    const float scale = sideNetwork == 2 && !joinAfterNorm ? rms(h, d) : 1.0f;
     for (int j = 0; j < r; ++j) {
       const float sj = s[j] * scale;
       const float* row = out.data() + static_cast<size_t>(j) * d;
@@ -163,9 +166,7 @@ class SideCache {
 
   // Tokens of `seq` at positions below `upTo`, all present in every attending block of `net`: the cache covers that prefix.
   bool covers(int seq, int upTo, const SideNet& net) const {
-    bool any = false;
-    for (size_t k = 0; k < net.wq.size(); ++k) any = any || net.attends(static_cast<int>(k));
-    if (upTo <= 0 || !any) return true;
+    if (upTo <= 0 || net.attentionBlocks == 0) return true;
     auto it = seqs_.find(seq);
     if (it == seqs_.end() || it->second.size() < net.wq.size()) return false;
     for (size_t k = 0; k < net.wq.size(); ++k) {
@@ -223,7 +224,7 @@ struct SideRun {
       float* sr = s.data() + static_cast<size_t>(row) * r;
       net->ladderInput(k, data + static_cast<size_t>(j) * net->d, sr, !started[row], &x[static_cast<size_t>(j) * r]);
     }
-    if (net->attends(k) && !last) attend(k, x.data());
+    if (net->attends(k)) attend(k, x.data());
     if (last && net->joinAfterNorm) pending.assign(static_cast<size_t>(nRowsInTensor) * net->d, 0.0f);
     for (int j = 0; j < nRowsInTensor; ++j) {
       const int row = last ? outputRows[j] : j;
@@ -247,7 +248,7 @@ struct SideRun {
  private:
   // x [rows][r] += attention over each row's sequence, earlier positions and its own; the rows' keys and values join the cache first.
   void attend(int k, float* x) {
-    const int r = net->r, H = net->heads, e = net->width;
+    const int r = net->r, H = net->attentionHeads, e = net->width;
     const size_t blocks = net->wq.size();
     std::vector<float> n(r), q(static_cast<size_t>(rows) * r), kv(r), o(r), w(r);
     for (int j = 0; j < rows; ++j) {

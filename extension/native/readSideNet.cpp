@@ -48,24 +48,28 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
       !readPositive(o, "adapterEps", net->adapterEps) || !readPositive(o, "gateTemperature", temperature)) {
     return fail("ADAPTER_CORRUPT", "The adapter's shape or constants are damaged.");
   }
-  // Optional: absent means a version-1 side network.
-  if (o.Has("version") && !o.Get("version").IsUndefined() && !readInt(o, "version", 1, 2, net->version)) {
-    return fail("ADAPTER_CORRUPT", "The adapter's side-network version is damaged.");
+  // Optional: absent means side network 1 (no attention blocks).
+  if (o.Has("sideNetwork") && !o.Get("sideNetwork").IsUndefined() && !readInt(o, "sideNetwork", 1, 2, net->sideNetwork)) {
+    return fail("ADAPTER_CORRUPT", "The adapter's side-network design is damaged.");
   }
   const Napi::Value join = o.Get("joinAfterNorm");
   if (!join.IsUndefined() && !join.IsBoolean()) return fail("ADAPTER_CORRUPT", "The adapter's join is damaged.");
   net->joinAfterNorm = join.IsBoolean() && join.As<Napi::Boolean>().Value();
-  if (net->version == 2) {
-    int heads = 0;
-    if (!readInt(o, "heads", 1, net->r, heads) || net->r % (2 * heads) != 0) {
-      return fail("ADAPTER_CORRUPT", "The adapter's attention heads do not divide its width.");
-    }
-    net->setHeads(heads);
-  }
   const Napi::Value tappedValue = o.Get("tappedLayers");
   const Napi::Value tensorsValue = o.Get("tensors");
   if (!tappedValue.IsArray() || !tensorsValue.IsObject()) return fail("ADAPTER_CORRUPT", "The adapter's layers or tensors are damaged.");
   const Napi::Array tapped = tappedValue.As<Napi::Array>();
+  // How many blocks attend comes from TypeScript (attentionBlocks() in common/AdapterConfig.ts); the last never does.
+  if (!readInt(o, "attentionBlocks", 0, static_cast<int>(tapped.Length()) - 1, net->attentionBlocks)) {
+    return fail("ADAPTER_CORRUPT", "The adapter's attention blocks are damaged.");
+  }
+  if (net->attentionBlocks > 0) {
+    int heads = 0;
+    if (!readInt(o, "attentionHeads", 1, net->r, heads) || net->r % (2 * heads) != 0) {
+      return fail("ADAPTER_CORRUPT", "The adapter's attention heads do not divide its width.");
+    }
+    net->setAttentionHeads(heads);
+  }
   const Napi::Object tensors = tensorsValue.As<Napi::Object>();
   if (net->d != nEmbd) return fail("ADAPTER_MODEL_MISMATCH", "The adapter's shape does not fit this model.");
   net->slotOfLayer.assign(static_cast<size_t>(net->nLayer), -1);
@@ -102,9 +106,7 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
         !take("up." + ks, static_cast<size_t>(net->b) * net->r, net->up.back()) || !take("alpha." + ks, 1, alpha)) {
       return fail("ADAPTER_CORRUPT", "The adapter's tensors do not match its shape.");
     }
-    // Version 2: every block but the last attends (the last layer is tapped, so it is the last block).
-    const bool lastBlock = k + 1 == tapped.Length();
-    if (net->version == 2 && !lastBlock) {
+    if (net->attends(static_cast<int>(k))) {
       const size_t rr = static_cast<size_t>(net->r) * net->r;
       if (!take("wq." + ks, rr, net->wq.back()) || !take("wk." + ks, rr, net->wk.back()) ||
           !take("wv." + ks, rr, net->wv.back()) || !take("wo." + ks, rr, net->wo.back())) {

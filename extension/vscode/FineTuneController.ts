@@ -1,13 +1,16 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
+import { settingKeyOf } from '../../common/jobSettings';
 import type { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
+import type { ResolvedJobSettings } from '../core/job/FineTuneOptions';
 import { actionsFor } from '../core/errorActions';
 import { MobiError } from '../core/MobiError';
 import { statusText } from '../core/statusText';
 import { Comparison, DashboardState } from '../../webview/protocol';
 import { confirmPrivacyLine, ServerPlace, serverPlace, wireStatement } from '../core/privacyText';
 import { DashboardPanel } from './DashboardPanel';
-import { readSettings } from './settings';
+import { settingsLines } from '../core/settingsText';
+import { readHostSettings, readJobSettings, readScanSettings } from './settings';
 
 export const TOKEN_SECRET = 'mobillm.serverToken';
 const LAST_JOB_KEY = 'mobillm.lastJobId';
@@ -26,8 +29,8 @@ export class FineTuneController implements vscode.Disposable {
   private endedAt: number | undefined;
   private error: string | undefined;
   private config: Record<string, string> = {};
-  /** Where the last (or current) job's server runs: what the dashboard says crossed the wire. */
-  private place: ServerPlace = ((s) => serverPlace(s.serverUrl, s.labelPrivate))(readSettings());
+  /** Where the last (or current) job's server runs, in the job's mode: what the dashboard says crossed the wire. */
+  private place: ServerPlace = 'embedded';
   comparison: Comparison | undefined;
   /** Called after a job stores a new adapter. */
   onAdapterStored: (() => void) | undefined;
@@ -105,8 +108,17 @@ export class FineTuneController implements vscode.Disposable {
     }
     const folder = folders.length === 1 ? folders[0] : await vscode.window.showWorkspaceFolderPick({ placeHolder: 'Fine-tune on which folder?' });
     if (!folder) return;
-    const s = readSettings();
-    this.place = serverPlace(s.serverUrl, s.labelPrivate);
+    let s: ReturnType<typeof readHostSettings>;
+    let tuned: ReturnType<typeof readJobSettings>;
+    let scan: ReturnType<typeof readScanSettings>;
+    try {
+      [s, tuned, scan] = [readHostSettings(), readJobSettings(), readScanSettings()];
+    } catch (err) {
+      const e = MobiError.from(err);
+      this.log.error(`error[${e.code}]: ${e.message}`);
+      return void this.showError(e, resumeJobId);
+    }
+    this.place = serverPlace(s.serverUrl, tuned.labelPrivate);
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
     const core = await import('../core/job/FineTuneJob.js');
     const { ensureDefaultModel } = await import('../core/defaultModel.js');
@@ -122,9 +134,12 @@ export class FineTuneController implements vscode.Disposable {
     try {
       if (s.serverUrl && !token) throw new MobiError('UNAUTHORIZED', 'A team server is configured but no token is set: run "MobiLLM: Set server token".');
       const model = s.model || ensureDefaultModel(storeDir);
-      this.config = {
-        workspace: folder.name, model: s.model || 'built-in tiny model', server: s.serverUrl || 'embedded (this computer, 127.0.0.1)',
-        'activation bits': String(s.bits), 'skipped layers': String(s.skipLayers), 'label-private': s.labelPrivate ? 'yes (target ids stay here)' : 'no', 'side network': s.sideNetwork === 2 ? '2 (with attention)' : '1 (per token)', 'sequence length': String(s.seqLen), 'batch size': String(s.batchSize), epochs: String(s.epochs),
+      const where = { workspace: folder.name, model: s.model || 'built-in tiny model', server: s.serverUrl || 'embedded (this computer, 127.0.0.1)' };
+      this.config = where;
+      /** The job's own settings (a resumed job's, not today's): the dashboard's configuration and privacy line. */
+      const adopt = (settings: ResolvedJobSettings): void => {
+        this.config = { ...where, ...settingsLines(settings) };
+        this.place = serverPlace(s.serverUrl, settings.labelPrivate);
       };
       this.abort = new AbortController();
       const abort = this.abort;
@@ -144,18 +159,20 @@ export class FineTuneController implements vscode.Disposable {
       this.job = new core.FineTuneJob({
         workspace: folder.uri.fsPath, model, server: s.serverUrl ? { url: s.serverUrl, token: token! } : undefined,
         // A resumed job keeps the settings it was created with; a new one takes today's.
-        ...(resumeJobId ? {} : { epochs: s.epochs, seqLen: s.seqLen, batchSize: s.batchSize, bits: s.bits, skipLayers: s.skipLayers, fimRate: s.fimRate, labelPrivate: s.labelPrivate, sideNetwork: s.sideNetwork }),
-        storeDir, resumeJobId, signal: abort.signal,
-        scan: { include: s.include, exclude: s.exclude, maxFileBytes: s.maxFileBytes },
+        ...(resumeJobId ? {} : tuned),
+        storeDir, resumeJobId, signal: abort.signal, scan,
+        describeOption: (k) => settingKeyOf(k) ?? k,
         log: (line) => this.log.info(line),
-        confirm: async (scan) => {
+        confirm: async (report, settings) => {
           const { describeSkipped } = await import('../core/scanWorkspace.js');
           earlyDone?.();
-          const detail = [`${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) will be used.`, confirmPrivacyLine(this.place), ...describeSkipped(scan)].join('\n');
+          adopt(settings);
+          const detail = [`${report.files.length} files (${(report.includedBytes / 1024).toFixed(1)} KB) will be used.`, confirmPrivacyLine(this.place), ...describeSkipped(report)].join('\n');
           const ok = await vscode.window.showInformationMessage(`Fine-tune on ${folder.name}?`, { modal: true, detail }, 'Fine-tune');
           return ok === 'Fine-tune';
         },
         onProgress: (p) => {
+          if (p.settings) adopt(p.settings);
           this.progress = p;
           if (p.jobId) void this.context.workspaceState.update(LAST_JOB_KEY, p.jobId);
           if (p.phase !== lastPhase && p.phase !== 'scanning' && p.phase !== 'connecting') earlyDone?.();
@@ -190,7 +207,7 @@ export class FineTuneController implements vscode.Disposable {
     const pick = await vscode.window.showErrorMessage(`MobiLLM: ${e.message}`, ...actionsFor(e.code));
     switch (pick) {
       case 'Open Settings':
-        await vscode.commands.executeCommand('workbench.action.openSettings', 'mobillm');
+        await vscode.commands.executeCommand('workbench.action.openSettings', e.setting ?? 'mobillm');
         break;
       case 'Set Token':
         await vscode.commands.executeCommand('mobillm.setToken');

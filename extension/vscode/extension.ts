@@ -2,13 +2,10 @@ import * as vscode from 'vscode';
 import type { CompletionEngine } from '../core/CompletionEngine';
 import { DashboardPanel } from './DashboardPanel';
 import { FineTuneController, TOKEN_SECRET } from './FineTuneController';
-import { readSettings } from './settings';
+import { InlineCompletions } from './InlineCompletions';
 
-/** Debounce before an inline completion is computed, milliseconds. */
-const COMPLETION_DEBOUNCE_MS = 300;
-
-let engine: CompletionEngine | undefined;
-let engineModel = '';
+/** The completions of this activation; deactivate() disposes their engine (awaited, so the model is freed before exit). */
+let completionsInUse: InlineCompletions | undefined;
 
 /** The thin VS Code host: commands, status bar, dashboard, inline completions. Logic lives in extension/core. */
 export function activate(context: vscode.ExtensionContext): void {
@@ -23,62 +20,11 @@ export function activate(context: vscode.ExtensionContext): void {
     DashboardPanel.show(context.extensionUri, () => controller.dashboardState(), { cancel: () => controller.cancel(), showLogs: () => log.show() });
   };
 
-  const completionEngine = async (): Promise<CompletionEngine> => {
-    const { CompletionEngine } = await import('../core/CompletionEngine.js');
-    const { defaultStoreDir } = await import('../core/defaultStoreDir.js');
-    const { ensureDefaultModel } = await import('../core/defaultModel.js');
-    const store = defaultStoreDir();
-    const model = readSettings().model || ensureDefaultModel(store);
-    if (!engine || engineModel !== model) {
-      await engine?.dispose();
-      engine = new CompletionEngine(model, store);
-      engineModel = model;
-    }
-    return engine!;
-  };
-  const updateModelStatus = async (): Promise<void> => {
-    const folder = vscode.window.activeTextEditor ? vscode.workspace.getWorkspaceFolder(vscode.window.activeTextEditor.document.uri) : vscode.workspace.workspaceFolders?.[0];
-    if (!readSettings().inlineCompletions || !folder) {
-      modelStatus.hide();
-      return;
-    }
-    const e = await completionEngine();
-    const adapter = await e.adapterFor(folder.uri.fsPath).catch(() => undefined);
-    const mode = await e.mode().catch(() => undefined);
-    modelStatus.text = adapter ? '$(sparkle) MobiLLM: fine-tuned' : '$(circle-outline) MobiLLM: base';
-    modelStatus.tooltip = `${adapter ? 'Inline completions use this workspace\'s fine-tuned side network' : 'No adapter for this workspace yet: completions use the base model'}${mode ? `; prompts: ${mode}` : ''}`;
-    modelStatus.show();
-  };
+  const completions = new InlineCompletions(log, modelStatus, () => controller.running);
+  completionsInUse = completions;
+  const updateModelStatus = (): Promise<void> => completions.updateStatus();
+  const completionEngine = (): Promise<CompletionEngine> => completions.completionEngine();
   controller.onAdapterStored = () => void updateModelStatus();
-
-  const completionFailures = new Set<string>();
-  const provider: vscode.InlineCompletionItemProvider = {
-    async provideInlineCompletionItems(document, position, _ctx, token) {
-      if (!readSettings().inlineCompletions || !vscode.workspace.isTrusted || controller.running) return [];
-      await new Promise((r) => setTimeout(r, COMPLETION_DEBOUNCE_MS));
-      if (token.isCancellationRequested) return [];
-      const abort = new AbortController();
-      token.onCancellationRequested(() => abort.abort());
-      const folder = vscode.workspace.getWorkspaceFolder(document.uri);
-      const s = readSettings();
-      const prefix = document.getText(new vscode.Range(new vscode.Position(0, 0), position));
-      const end = document.lineAt(document.lineCount - 1).range.end;
-      const suffix = s.completionSuffixChars > 0 ? document.getText(new vscode.Range(position, end)) : undefined;
-      try {
-        const text = await (await completionEngine()).complete(folder?.uri.fsPath, prefix, { signal: abort.signal, suffix, prefixChars: s.completionPrefixChars, suffixChars: s.completionSuffixChars });
-        log.info(`inline completion: ${text.length} characters`);
-        return text.trim() ? [new vscode.InlineCompletionItem(text, new vscode.Range(position, position))] : [];
-      } catch (err) {
-        // No completion, never a blocked editor; each kind of failure is logged once per session.
-        const code = (err as { code?: string }).code ?? 'error';
-        if (!completionFailures.has(code)) {
-          completionFailures.add(code);
-          log.warn(`completions failed: error[${code}] (logged once; later ones of this kind are silent)`);
-        }
-        return [];
-      }
-    },
-  };
 
   context.subscriptions.push(
     log, status, modelStatus, controller,
@@ -120,7 +66,7 @@ export function activate(context: vscode.ExtensionContext): void {
       });
       showDashboard();
     }),
-    vscode.languages.registerInlineCompletionItemProvider({ pattern: '**' }, provider),
+    vscode.languages.registerInlineCompletionItemProvider({ pattern: '**' }, completions),
     vscode.window.onDidChangeActiveTextEditor(() => void updateModelStatus()),
     vscode.workspace.onDidChangeConfiguration((ev) => ev.affectsConfiguration('mobillm') && void updateModelStatus()),
   );
@@ -128,6 +74,6 @@ export function activate(context: vscode.ExtensionContext): void {
 }
 
 export async function deactivate(): Promise<void> {
-  await engine?.dispose();
-  engine = undefined;
+  await completionsInUse?.dispose();
+  completionsInUse = undefined;
 }

@@ -1,46 +1,37 @@
 import * as vscode from 'vscode';
-import type { Bits } from '../../common/ActivationQuantizer';
-import { FINE_TUNE_DEFAULTS } from '../core/job/FineTuneOptions';
+import { Defaults, HOST_SETTINGS, JOB_SETTINGS, JobSettings, SCAN_SETTINGS, SettingRow, settingsProblem, SettingValue } from '../../common/jobSettings';
+import { MobiError } from '../core/MobiError';
 
-/** The contributed settings (package.json "contributes.configuration"), read when a job starts. */
-export interface MobiSettings {
-  serverUrl: string;
-  model: string;
-  bits: Bits;
-  skipLayers: number;
-  seqLen: number;
-  batchSize: number;
-  epochs: number;
-  include: string[];
-  exclude: string[];
-  maxFileBytes: number;
-  inlineCompletions: boolean;
-  completionPrefixChars: number;
-  completionSuffixChars: number;
-  fimRate: number;
-  labelPrivate: boolean;
-  sideNetwork: 1 | 2;
+type Table = Record<string, SettingRow>;
+/** The values of a table's rows that are VS Code settings. */
+type KeyedValues<T extends Table> = { -readonly [K in keyof T as T[K] extends { key: string } ? K : never]: SettingValue<T[K]> };
+
+/**
+ * The rows of `table` that are VS Code settings (common/jobSettings.ts; package.json
+ * declares the same keys): the value set, or the row's default. A value the row
+ * refuses is BAD_ARGUMENT naming the setting, never coerced to a default.
+ */
+function readTable<T extends Table>(table: T): KeyedValues<T> {
+  const c = vscode.workspace.getConfiguration('mobillm');
+  const values: Record<string, unknown> = {};
+  for (const [name, row] of Object.entries(table)) if (row.key) values[name] = c.get(row.key) ?? row.default;
+  const problem = settingsProblem(table, values, (n) => `mobillm.${table[n]!.key ?? n}`);
+  if (problem) throw new MobiError('BAD_ARGUMENT', `The setting ${problem.message} Fix it in Settings; nothing was started.`, { setting: problem.name });
+  return values as KeyedValues<T>;
 }
 
-export function readSettings(): MobiSettings {
-  const c = vscode.workspace.getConfiguration('mobillm');
-  const bits = c.get<number>('bits', 8);
-  return {
-    serverUrl: c.get<string>('serverUrl', '').trim(),
-    model: c.get<string>('model', '').trim(),
-    bits: bits === 4 || bits === 16 ? bits : 8,
-    skipLayers: c.get<number>('skipLayers', 0),
-    seqLen: c.get<number>('sequenceLength', 128),
-    batchSize: c.get<number>('batchSize', 4),
-    epochs: c.get<number>('epochs', 1),
-    include: c.get<string[]>('include', []),
-    exclude: c.get<string[]>('exclude', []),
-    maxFileBytes: c.get<number>('maxFileBytes', 512 * 1024),
-    inlineCompletions: c.get<boolean>('inlineCompletions.enabled', true),
-    completionPrefixChars: c.get<number>('inlineCompletions.prefixChars', 1500),
-    completionSuffixChars: c.get<number>('inlineCompletions.suffixChars', 500),
-    fimRate: c.get<number>('fimRate', 0.5),
-    labelPrivate: c.get<boolean>('labelPrivate', false),
-    sideNetwork: c.get<number>('sideNetwork', FINE_TUNE_DEFAULTS.sideNetwork) === 2 ? 2 : 1,
-  };
+/** The job settings VS Code exposes, read when a job starts (the others keep their defaults). */
+export function readJobSettings(): JobSettings {
+  return readTable(JOB_SETTINGS);
+}
+
+/** The workspace scan's filters and limits. */
+export function readScanSettings(): KeyedValues<typeof SCAN_SETTINGS> {
+  return readTable(SCAN_SETTINGS);
+}
+
+/** Where jobs run, the model, and inline completions. */
+export function readHostSettings(): Defaults<typeof HOST_SETTINGS> {
+  const s = readTable(HOST_SETTINGS);
+  return { ...s, serverUrl: s.serverUrl.trim(), model: s.model.trim() };
 }

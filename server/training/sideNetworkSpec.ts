@@ -1,4 +1,4 @@
-import { AdapterConfig, hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
+import { AdapterConfig, attentionBlocks, attentionHeadsOf, hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
 
@@ -10,16 +10,10 @@ import { SeededRandom } from '../../common/SeededRandom';
  */
 
 export type { SideNetworkShape };
-export { hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, sideShape };
+export { attentionBlocks, attentionHeadsOf, hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, sideShape };
 
 /** Base of the side network's rotary position embedding. */
 export const ROPE_BASE = 10_000;
-
-/** Heads and head width of a version-2 shape. */
-export function attentionHeads(shape: SideNetworkShape): { heads: number; width: number } {
-  const heads = shape.heads ?? 1;
-  return { heads, width: shape.r / heads };
-}
 
 /** RoPE tables for positions 0..T-1 at head width e: cos and sin, each [T][e/2] (pair i rotates dims i and i + e/2). */
 export function ropeTables(T: number, width: number): { cos: Float32Array; sin: Float32Array } {

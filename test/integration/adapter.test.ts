@@ -24,7 +24,7 @@ const CODE = 'export function total(items: number[]): number {\n  let sum = 0;\n
 /** A side network with random non-zero weights (Out included), as the server would save it. */
 function randomAdapter(fp: string, d: number, layers: number[], seed: number, version: 1 | 2 = 1, joinAfterNorm = false): { file: Buffer; net: SideNetwork } {
   // Version 2 with two heads of width 8, so the per-head split is exercised.
-  const shape = version === 1 ? sideShape(d, 4, layers, 1, joinAfterNorm) : { ...sideShape(d, 4, layers, 2, joinAfterNorm), heads: 2 };
+  const shape = version === 1 ? sideShape(d, 4, layers, 1, joinAfterNorm) : { ...sideShape(d, 4, layers, 2, joinAfterNorm), attentionHeads: 2 };
   const values = initialParameters(shape, seed);
   const rng = new SeededRandom(seed + 1);
   values.set('out', Float32Array.from({ length: shape.r * d }, () => rng.normal() * 0.2));

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import { jobShape } from '../../../common/AdapterConfig';
+import { jobConfigProblem } from '../../../common/jobConfigProblem';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../AdapterStore';
 import { Backbone } from '../Backbone';
@@ -10,7 +11,7 @@ import { modelFingerprint } from '../modelFingerprint';
 import { ScanReport, scanWorkspace } from '../scanWorkspace';
 import { ServerConnection } from '../ServerConnection';
 import { ActivationStream, StreamTimings } from './ActivationStream';
-import { FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, TUNED_OPTIONS, tunedSettings } from './FineTuneOptions';
+import { FineTuneOptions, ResolvedFineTuneOptions, ResolvedJobSettings, resolveFineTuneOptions, TUNED_OPTIONS, tunedSettings } from './FineTuneOptions';
 import type { JobContext } from './JobContext';
 import { JobPhase, ProgressTracker } from './JobProgress';
 import { JobRecord, JobRecordStore } from './JobRecordStore';
@@ -212,10 +213,12 @@ export class FineTuneJob {
     if (scan.files.length === 0) {
       throw new MobiError('EMPTY_WORKSPACE', `No usable source files in ${this.o.workspace} (binary, ignored, secret, too large or empty files are skipped).`);
     }
-    if (this.o.confirm && !(await this.o.confirm(scan))) throw new MobiError('CANCELLED', 'Fine-tuning was cancelled before it started.');
-    this.ctx.checkCancelled();
     const resumed = this.o.resumeJobId ? this.records.load(this.o.resumeJobId) : undefined;
     if (resumed) this.adoptRecord(resumed);
+    const settings = tunedSettings(this.o) as ResolvedJobSettings;
+    this.progress.setSettings(settings);
+    if (this.o.confirm && !(await this.o.confirm(scan, settings))) throw new MobiError('CANCELLED', 'Fine-tuning was cancelled before it started.');
+    this.ctx.checkCancelled();
     const { seqLen, batchSize } = this.o;
     const backbone = await Backbone.open(this.o.model, { contextSize: seqLen * batchSize, maxSequences: batchSize, threads: this.o.threads });
     this.backbone = backbone;
@@ -240,6 +243,8 @@ export class FineTuneJob {
       ...(this.o.sideNetwork === 2 ? { sideNetwork: 2 } : {}),
       ...(this.o.joinAfterNorm ? { joinAfterNorm: true } : {}),
     };
+    const problem = resumed ? undefined : jobConfigProblem(config, backbone.info, (k) => this.o.describeOption?.(k) ?? k);
+    if (problem) throw new MobiError('BAD_ARGUMENT', problem.message);
     const start = resumed ? undefined : await this.startValues(backbone, config);
     if (start) config.initFromBackbone = true;
     this.progress.setTotalSteps(config.totalSteps);

@@ -1,9 +1,13 @@
+import type { ResolvedJobSettings } from './FineTuneOptions';
+
 export type JobPhase = 'scanning' | 'connecting' | 'uploading-head' | 'evaluating' | 'training' | 'downloading' | 'done' | 'failed' | 'cancelled';
 
 /** What a host shows of a running job. */
 export interface JobProgress {
   phase: JobPhase;
   jobId?: string;
+  /** The job's settings, a resumed job's own (not today's host settings); set once the job knows them. */
+  settings?: ResolvedJobSettings;
   step: number;
   totalSteps: number;
   sequencesDone: number;
@@ -52,6 +56,10 @@ export class ProgressTracker {
   /** The numbers as they stand (read-only view). */
   get current(): Readonly<JobProgress> {
     return this.p;
+  }
+
+  setSettings(settings: ResolvedJobSettings): void {
+    this.p.settings = { ...settings };
   }
 
   setPhase(phase: JobPhase): void {

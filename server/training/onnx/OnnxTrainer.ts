@@ -1,7 +1,7 @@
 import { ort } from './ort';
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
 import type { ActivationBatch } from '../../../common/batchPayload';
-import { attentionHeads, hasAttention, LayoutError, paddedLayout, parameterNames, parameterShape, ropeTables } from '../sideNetworkSpec';
+import { attentionBlocks, attentionHeadsOf, LayoutError, paddedLayout, parameterNames, parameterShape, ropeTables } from '../sideNetworkSpec';
 import { learningRateAt, OptimizerState, TrainerOptions } from '../TrainerOptions';
 import { OnnxEngine } from './OnnxEngine';
 import { OnnxHead } from './OnnxHead';
@@ -53,8 +53,8 @@ export class OnnxTrainer {
     this.m = new Map(parameterNames(shape).map((p) => [p, state?.m.get(p) ?? zeros(p)]));
     this.v = new Map(parameterNames(shape).map((p) => [p, state?.v.get(p) ?? zeros(p)]));
     this.constants = { clipNorm: options.clipNorm ?? 1, beta1: options.beta1 ?? 0.9, beta2: options.beta2 ?? 0.999, epsilon: options.epsilon ?? 1e-8 };
-    this.shapeKey = `v${shape.version ?? 1}h${shape.heads ?? 0}${shape.joinAfterNorm ? 'j' : ''}-${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
-    this.attends = shape.tappedLayers.some((_, k) => hasAttention(shape, k));
+    this.shapeKey = `v${shape.sideNetwork ?? 1}h${shape.attentionHeads ?? 0}${shape.joinAfterNorm ? 'j' : ''}-${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
+    this.attends = attentionBlocks(shape) > 0;
   }
 
   /** Some block attends: every graph takes the batch's sequence layout. */
@@ -95,7 +95,7 @@ export class OnnxTrainer {
   private layoutFeeds(lengths: readonly number[] | undefined, rows: number): Feeds {
     if (!lengths) throw new LayoutError('a version-2 side network needs the batch\'s sequence lengths');
     const L = paddedLayout(lengths, rows);
-    const { heads, width } = attentionHeads(this.shape);
+    const { attentionHeads: heads, width } = attentionHeadsOf(this.shape);
     if (!this.rope || this.rope.T < L.T) this.rope = { T: L.T, ...ropeTables(L.T, width) };
     const half = width / 2;
     return {

@@ -1,5 +1,5 @@
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
-import { ADAPTER_NORM_EPS, attentionHeads, GATE_TEMPERATURE, hasAttention, parameterNames, parameterShape } from '../sideNetworkSpec';
+import { ADAPTER_NORM_EPS, attentionBlocks, attentionHeadsOf, GATE_TEMPERATURE, hasAttention, parameterNames, parameterShape } from '../sideNetworkSpec';
 import { GraphBuilder } from './GraphBuilder';
 
 /**
@@ -179,7 +179,7 @@ function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
   const layout = declareLayout(g, shape);
   const layers: LadderValues['layers'] = [];
   let s = ''; // [n, r]; zero before the first layer
-  const v2 = (shape.version ?? 1) === 2;
+  const v2 = shape.sideNetwork === 2;
   const eps = g.constant(ADAPTER_NORM_EPS);
   for (let k = 0; k < K; k++) {
     // Version 2 reads each layer at unit scale, so the blocks' residual branches matter whatever the backbone's hidden-state scale.
@@ -207,8 +207,8 @@ function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
 
 /** The layout inputs, when some block of `shape` attends. */
 function declareLayout(g: GraphBuilder, shape: SideNetworkShape): Layout | undefined {
-  if (!shape.tappedLayers.some((_, k) => hasAttention(shape, k))) return undefined;
-  const { heads, width } = attentionHeads(shape);
+  if (attentionBlocks(shape) === 0) return undefined;
+  const { attentionHeads: heads, width } = attentionHeadsOf(shape);
   g.input('pad_index', 'int64', ['P']);
   g.input('unpad_index', 'int64', ['n']);
   g.input('attn_shape', 'int64', [4]);
@@ -291,7 +291,7 @@ export interface StepConstants {
 /** The gradient of every parameter, given dL/dy at the join (y = last layer + delta). */
 function backwardFromJoin(g: GraphBuilder, shape: SideNetworkShape, f: LadderValues, dy: string): Map<string, string> {
   const K = shape.tappedLayers.length;
-  const { heads, width } = attentionHeads(shape);
+  const { attentionHeads: heads, width } = attentionHeadsOf(shape);
   const layout: Layout | undefined = f.layers.some((L) => L.attn) ? { r: shape.r, heads, width } : undefined;
   const grads = new Map<string, string>();
   if (f.joinScale) dy = g.mul(dy, f.joinScale); // [n, d]: the gradient at s Out

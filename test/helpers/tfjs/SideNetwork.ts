@@ -2,7 +2,7 @@
 // against (forward, hand-written backward, autodiff), and the engine the
 // server benchmark compares with. Not part of the product.
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
-import { ADAPTER_NORM_EPS, attentionHeads, GATE_TEMPERATURE, hasAttention, parameterNames, parameterShape, ropeTables } from '../../../server/training/sideNetworkSpec';
+import { ADAPTER_NORM_EPS, attentionHeadsOf, GATE_TEMPERATURE, hasAttention, parameterNames, parameterShape, ropeTables } from '../../../server/training/sideNetworkSpec';
 import { ServerError } from '../../../server/ServerError';
 import { FrozenHead } from './FrozenHead';
 import { tf } from './tf';
@@ -58,7 +58,7 @@ export class SideNetwork {
   delta(hs: tf.Tensor2D[], lengths?: number[]): tf.Tensor2D {
     return tf.tidy((): tf.Tensor2D => {
       let s: tf.Tensor = tf.zeros([hs[0]!.shape[0], this.shape.r]);
-      const v2 = (this.shape.version ?? 1) === 2;
+      const v2 = this.shape.sideNetwork === 2;
       hs.forEach((h, k) => {
         const a = tf.matMul(v2 ? unitRms(h) : h, this.p(`down.${k}`));
         const mu = this.p(`alpha.${k}`).div(GATE_TEMPERATURE).sigmoid();
@@ -76,7 +76,7 @@ export class SideNetwork {
 
   /** Causal multi-head self-attention with RoPE of block k, per sequence: [n, r] -> [n, r] (heads joined, before Wo). */
   private attention(x: tf.Tensor2D, k: number, lengths: number[]): tf.Tensor2D {
-    const { heads, width } = attentionHeads(this.shape);
+    const { attentionHeads: heads, width } = attentionHeadsOf(this.shape);
     const n = unitRms(x);
     const [Q, K, V] = ['wq', 'wk', 'wv'].map((w) => tf.matMul(n, this.p(`${w}.${k}`) as tf.Tensor2D) as tf.Tensor2D);
     const outs: tf.Tensor2D[] = [];

@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseAdapterConfig } from '../../../common/AdapterConfig';
+import { attentionBlocks, parseAdapterConfig } from '../../../common/AdapterConfig';
 import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapter } from '../../../common/AdapterFile';
 import { decodeServerFrame, encodeFrame } from '../../../common/codec';
 import { WireError } from '../../../common/WireError';
@@ -84,6 +84,25 @@ describe('the contract', () => {
     for (const v of [0, ADAPTER_FORMAT_VERSION + 1, '1', null]) {
       assert.equal(codeOf(() => decodeAdapter(withHeader((h) => (h.version = v)))), 'ADAPTER_VERSION', `version ${String(v)}`);
     }
+  });
+
+  it('an adapter of format 3 (the design called `version`, attention heads `heads`) reads in today\'s names', () => {
+    const v2 = { d: 8, r: 4, b: 4, tappedLayers: [1, 2], sideNetwork: 2 as const, attentionHeads: 1 };
+    const old = withHeader((h) => {
+      h.version = 3;
+      const s = (h.config as { shape: Record<string, unknown> }).shape;
+      Object.assign(s, { version: 2, heads: 1 });
+      delete s.sideNetwork;
+      delete s.attentionHeads;
+    });
+    const shapeRead = decodeAdapter(old).header.config.shape;
+    assert.equal(shapeRead.sideNetwork, 2);
+    assert.equal(shapeRead.attentionHeads, 1);
+    assert.ok(!('version' in shapeRead) && !('heads' in shapeRead));
+    assert.equal(attentionBlocks(v2), 1, 'every block but the last attends');
+    assert.equal(attentionBlocks({ ...v2, sideNetwork: 1 }), 0);
+    // Format 4 does not know the old names: a format-4 header with `version` alone is side network 1, and one with a bad design is damaged.
+    assert.equal(codeOf(() => decodeAdapter(withHeader((h) => ((h.config as { shape: Record<string, unknown> }).shape.sideNetwork = 3)))), 'ADAPTER_CORRUPT');
   });
 
   it('wire error codes and job states are closed sets on the wire', () => {

@@ -5,12 +5,12 @@ import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapte
 import { decodeBatchPayload, encodeBatchPayload } from '../../../common/batchPayload';
 import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../../common/codec';
 import { fromHalf, toHalf } from '../../../common/float16';
-import { DeviceMessage, ServerMessage } from '../../../common/messages';
+import { DeviceMessage, JobConfig, ServerMessage } from '../../../common/messages';
 import { WireError } from '../../../common/WireError';
 import { testAdapterConfig } from '../../helpers/adapters';
 
 const model = { fingerprint: 'ab'.repeat(32), architecture: 'llama', layers: 4, hiddenSize: 64, vocabularySize: 700, normEpsilon: 1e-5, headDigest: 'cd'.repeat(32) };
-const config = { tappedLayers: [0, 1, 2, 3], reduction: 8, bits: 8, seqLen: 128, batchSize: 4, totalSteps: 10, learningRate: 1e-3, warmupSteps: 2, seed: 1, checkpointEvery: 5 };
+const config: JobConfig = { tappedLayers: [0, 1, 2, 3], reduction: 8, bits: 8, seqLen: 128, batchSize: 4, totalSteps: 10, learningRate: 1e-3, warmupSteps: 2, seed: 1, checkpointEvery: 5 };
 
 /** One example of every message, each direction (a missing type fails to compile). */
 const deviceExamples: { [T in DeviceMessage['type']]: DeviceMessage<T> } = {

@@ -2,8 +2,7 @@ import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { OPTION_LIMITS } from '../../../common/limits';
-import { FINE_TUNE_DEFAULTS } from '../../../extension/core/job/FineTuneOptions';
+import { HOST_SETTINGS, JOB_SETTINGS, SCAN_SETTINGS, SettingRow } from '../../../common/jobSettings';
 import { resumeCommand } from '../../../extension/cli/finetuneCommand';
 import { packageVersion } from '../../../common/packageRoot';
 import { ProgressDisplay } from '../../../extension/cli/ProgressDisplay';
@@ -14,15 +13,37 @@ import { tmpDir } from '../../helpers/workspaces';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..', '..');
 
+function sourceFiles(dir: string): string[] {
+  return fs.readdirSync(path.join(ROOT, dir), { withFileTypes: true, recursive: true })
+    .filter((e) => e.isFile() && /\.(ts|cpp|hpp)$/.test(e.name)).map((e) => path.join(e.parentPath, e.name));
+}
+
 describe('CLI arguments and VS Code settings', () => {
-  it('the VS Code settings declare the same ranges the CLI and the server check', () => {
-    const props = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).contributes.configuration.properties;
-    const pairs: [string, { min: number; max: number }][] = [
-      ['mobillm.sequenceLength', OPTION_LIMITS.seqLen], ['mobillm.batchSize', OPTION_LIMITS.batchSize],
-      ['mobillm.epochs', OPTION_LIMITS.epochs], ['mobillm.skipLayers', OPTION_LIMITS.skipLayers],
-    ];
-    for (const [key, r] of pairs) assert.deepEqual([props[key].minimum, props[key].maximum], [r.min, r.max], key);
-    assert.equal(props['mobillm.sideNetwork'].default, FINE_TUNE_DEFAULTS.sideNetwork, 'one default for the side network');
+  it('package.json declares exactly the settings of the tables: keys, types, defaults, enums, ranges and descriptions', () => {
+    const props = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).contributes.configuration.properties as Record<string, Record<string, unknown>>;
+    const rows: SettingRow[] = [...Object.values(JOB_SETTINGS), ...Object.values(SCAN_SETTINGS), ...Object.values(HOST_SETTINGS)].filter((r: SettingRow) => r.key);
+    assert.deepEqual(Object.keys(props).sort(), rows.map((r) => `mobillm.${r.key!}`).sort(), 'the same keys');
+    for (const row of rows) {
+      const p = props[`mobillm.${row.key!}`]!;
+      const expected: Record<string, unknown> = {
+        type: { int: 'number', number: 'number', oneOf: 'number', boolean: 'boolean', string: 'string', strings: 'array' }[row.kind],
+        default: row.default,
+        [row.markdown ? 'markdownDescription' : 'description']: row.doc,
+      };
+      if (row.kind === 'int' || row.kind === 'number') Object.assign(expected, { minimum: row.min, maximum: row.max });
+      if (row.kind === 'oneOf') Object.assign(expected, { enum: row.values }, row.valueDocs ? { enumDescriptions: row.valueDocs } : {});
+      if (row.kind === 'strings') expected.items = { type: 'string' };
+      assert.deepEqual(p, expected, row.key);
+    }
+  });
+
+  it('every setting default is written once, in the table', () => {
+    const product = ['extension', 'server', 'common', 'webview'].flatMap((d) => sourceFiles(d)).filter((f) => !f.endsWith('jobSettings.ts'));
+    const text = product.map((f) => fs.readFileSync(f, 'utf8')).join('\n');
+    // Defaults distinctive enough to grep for: a second literal of one would be a second home.
+    for (const literal of ['524_288', '512 * 1024', '2e-3', 'seqLen: 128', 'batchSize: 4', 'bits: 8', 'sideNetwork: 1', 'fimRate: 0.5', 'checkpointEvery: 25', 'maxHeldOutSequences: 32', 'heldOutFraction: 0.1', 'COMPLETION_PREFIX_CHARS = 1500']) {
+      assert.ok(!text.includes(literal), `a second literal: ${literal}`);
+    }
   });
 
   it('refuses each bad flag at the edge with BAD_ARGUMENT naming the flag and its range, before creating anything', () => {

@@ -82,7 +82,7 @@ describe('server: what one session may do', function () {
 
   it('a side-network-2 job needs each batch\'s sequence lengths, summing to its rows; other versions are refused', async () => {
     const { ws } = await session();
-    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, sideNetwork: 3 } });
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, sideNetwork: 3 as 2 } }); // a value the type refuses, as a hostile device may send it
     assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'side network 3');
     ws.deliver({ type: 'job/create', name: 'x', config: { ...config, sideNetwork: 2, seqLen: 4096, batchSize: 16 } });
     assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'attention scores past the limit');

@@ -174,7 +174,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
 
   describe('side network v2 (causal self-attention with RoPE within each sequence)', () => {
     /** Two heads of width 8 at r 16; blocks 0 and 1 attend, the last does not. */
-    const shape2: SideNetworkShape = { d, r: 16, b: 16, tappedLayers: tapped, version: 2, heads: 2 };
+    const shape2: SideNetworkShape = { d, r: 16, b: 16, tappedLayers: tapped, sideNetwork: 2, attentionHeads: 2 };
     const lengths = [7, 5, 8];
     const rows = 20;
     const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
@@ -182,7 +182,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
 
     it('has the attention weights in every block but the last, and step 0 reproduces the backbone', async () => {
       assert.deepEqual(parameterNames(shape2).filter((n) => n.startsWith('w')), ['wq.0', 'wk.0', 'wv.0', 'wo.0', 'wq.1', 'wk.1', 'wv.1', 'wo.1']);
-      assert.deepEqual(sideShape(896, 8, [0, 1], 2), { d: 896, r: 112, b: 112, tappedLayers: [0, 1], version: 2, heads: 4 });
+      assert.deepEqual(sideShape(896, 8, [0, 1], 2), { d: 896, r: 112, b: 112, tappedLayers: [0, 1], sideNetwork: 2, attentionHeads: 4 });
       const { halves, head, norm, batch } = problem(11, rows);
       const b = { ...batch(), lengths };
       const trainer = new OnnxTrainer(engine, shape2, new OnnxHead(halves, norm, EPS, 7), initialParameters(shape2, 3), opts);
@@ -250,7 +250,7 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     const lengths = [7, 5, 8];
     const rows = 20;
     const after1 = sideShape(d, 4, tapped, 1, true);
-    const after2: SideNetworkShape = { d, r: 16, b: 16, tappedLayers: tapped, version: 2, heads: 2, joinAfterNorm: true };
+    const after2: SideNetworkShape = { d, r: 16, b: 16, tappedLayers: tapped, sideNetwork: 2, attentionHeads: 2, joinAfterNorm: true };
 
     it('step 0 reproduces the backbone, and a non-zero Out changes the loss differently from a join before the norm', async () => {
       assert.equal(after1.joinAfterNorm, true);

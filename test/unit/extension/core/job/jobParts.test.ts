@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import type { ServerMessage } from '../../../../../common/messages';
 import { MobiError } from '../../../../../extension/core/MobiError';
 import { CreditSource, CreditWindow } from '../../../../../extension/core/job/CreditWindow';
-import { checkFineTuneOptions, FINE_TUNE_DEFAULTS, resolveFineTuneOptions } from '../../../../../extension/core/job/FineTuneOptions';
+import { checkFineTuneOptions, resolveFineTuneOptions } from '../../../../../extension/core/job/FineTuneOptions';
+import { JOB_DEFAULTS } from '../../../../../common/jobSettings';
 import { tappedLayers } from '../../../../../extension/core/job/FineTuneJob';
 import type { JobContext } from '../../../../../extension/core/job/JobContext';
 import { JobPhase, JobProgress, ProgressTracker } from '../../../../../extension/core/job/JobProgress';
@@ -135,7 +136,7 @@ describe('device job parts', () => {
     it('fills every default, keeps what is given, and refuses a width that does not exist', async () => {
       const o = resolveFineTuneOptions({ workspace: 'w', model: 'm', seqLen: 64, epochs: undefined });
       assert.equal(o.seqLen, 64);
-      assert.equal(o.epochs, FINE_TUNE_DEFAULTS.epochs);
+      assert.equal(o.epochs, JOB_DEFAULTS.epochs);
       assert.equal(o.bits, 8);
       assert.deepEqual(o.scan, {});
       assert.ok(o.storeDir.length > 0);

@@ -1,0 +1,102 @@
+import * as vscode from 'vscode';
+import type { CompletionEngine } from '../core/CompletionEngine';
+import { MobiError } from '../core/MobiError';
+import { readHostSettings } from './settings';
+
+/** Debounce before an inline completion is computed, milliseconds. */
+const COMPLETION_DEBOUNCE_MS = 300;
+
+/**
+ * Inline completions from the model on this computer, with the workspace's
+ * adapter when one exists, and the status item that says which. Owns the
+ * completion engine (loaded on first use, replaced when the model setting
+ * changes) and disposes it.
+ */
+export class InlineCompletions implements vscode.InlineCompletionItemProvider, vscode.Disposable {
+  private engine: CompletionEngine | undefined;
+  private engineModel = '';
+  /** Failure codes already logged this session (each kind once). */
+  private readonly failures = new Set<string>();
+
+  constructor(
+    private readonly log: vscode.LogOutputChannel,
+    private readonly status: vscode.StatusBarItem,
+    /** Completions pause while a fine-tune runs (both use the CPU). */
+    private readonly busy: () => boolean,
+  ) {}
+
+  /** The engine for today's model setting. */
+  async completionEngine(): Promise<CompletionEngine> {
+    const { CompletionEngine } = await import('../core/CompletionEngine.js');
+    const { defaultStoreDir } = await import('../core/defaultStoreDir.js');
+    const { ensureDefaultModel } = await import('../core/defaultModel.js');
+    const store = defaultStoreDir();
+    const model = readHostSettings().model || ensureDefaultModel(store);
+    if (!this.engine || this.engineModel !== model) {
+      await this.engine?.dispose();
+      this.engine = new CompletionEngine(model, store);
+      this.engineModel = model;
+    }
+    return this.engine;
+  }
+
+  /** Host settings, or undefined (logged once) when one is refused: completions stay off until it is fixed. */
+  private settings(): ReturnType<typeof readHostSettings> | undefined {
+    try {
+      return readHostSettings();
+    } catch (err) {
+      this.logOnce(MobiError.from(err));
+      return undefined;
+    }
+  }
+
+  async updateStatus(): Promise<void> {
+    const folder = vscode.window.activeTextEditor ? vscode.workspace.getWorkspaceFolder(vscode.window.activeTextEditor.document.uri) : vscode.workspace.workspaceFolders?.[0];
+    if (!this.settings()?.inlineCompletions || !folder) {
+      this.status.hide();
+      return;
+    }
+    const e = await this.completionEngine();
+    const adapter = await e.adapterFor(folder.uri.fsPath).catch(() => undefined);
+    const mode = await e.mode().catch(() => undefined);
+    this.status.text = adapter ? '$(sparkle) MobiLLM: fine-tuned' : '$(circle-outline) MobiLLM: base';
+    this.status.tooltip = `${adapter ? 'Inline completions use this workspace\'s fine-tuned side network' : 'No adapter for this workspace yet: completions use the base model'}${mode ? `; prompts: ${mode}` : ''}`;
+    this.status.show();
+  }
+
+  async provideInlineCompletionItems(document: vscode.TextDocument, position: vscode.Position, _ctx: vscode.InlineCompletionContext, token: vscode.CancellationToken): Promise<vscode.InlineCompletionItem[]> {
+    if (!this.settings()?.inlineCompletions || !vscode.workspace.isTrusted || this.busy()) return [];
+    await new Promise((r) => setTimeout(r, COMPLETION_DEBOUNCE_MS));
+    const s = this.settings();
+    if (token.isCancellationRequested || !s) return [];
+    const abort = new AbortController();
+    token.onCancellationRequested(() => abort.abort());
+    const folder = vscode.workspace.getWorkspaceFolder(document.uri);
+    const prefix = document.getText(new vscode.Range(new vscode.Position(0, 0), position));
+    const end = document.lineAt(document.lineCount - 1).range.end;
+    const suffix = s.completionSuffixChars > 0 ? document.getText(new vscode.Range(position, end)) : undefined;
+    try {
+      const text = await (await this.completionEngine()).complete(folder?.uri.fsPath, prefix, { signal: abort.signal, suffix, prefixChars: s.completionPrefixChars, suffixChars: s.completionSuffixChars });
+      this.log.info(`inline completion: ${text.length} characters`);
+      return text.trim() ? [new vscode.InlineCompletionItem(text, new vscode.Range(position, position))] : [];
+    } catch (err) {
+      // No completion, never a blocked editor.
+      this.logOnce(MobiError.from(err));
+      return [];
+    }
+  }
+
+  /** Each kind of failure is logged once per session; later ones of that kind are silent. */
+  private logOnce(e: MobiError): void {
+    const kind = e.setting ?? e.code;
+    if (this.failures.has(kind)) return;
+    this.failures.add(kind);
+    this.log.warn(`completions failed: error[${e.code}]${e.setting ? ` ${e.message}` : ''} (logged once; later ones of this kind are silent)`);
+  }
+
+  async dispose(): Promise<void> {
+    const e = this.engine;
+    this.engine = undefined;
+    await e?.dispose();
+  }
+}
