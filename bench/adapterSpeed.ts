@@ -10,7 +10,7 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Backbone, defaultThreads } from '../extension/core/Backbone';
+import { Backbone, defaultThreads } from '../extension/core/model/Backbone';
 import { machineDescription, median, peakRssBytes, qwenShapedModel } from './benchModels';
 import { randomAdapterFor } from './randomAdapter';
 

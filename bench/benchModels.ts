@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { writeTinyModel } from '../extension/core/tinyModel';
-import { GgmlTypeName } from '../extension/core/gguf/ggmlTypes';
+import { writeTinyModel } from '../extension/core/model/tinyModel';
+import { GgmlTypeName } from '../extension/core/model/gguf/ggmlTypes';
 
 /** Cache for generated benchmark models (outside git). */
 export const BENCH_CACHE = path.resolve(__dirname, '..', '..', 'bench', '.cache');

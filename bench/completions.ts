@@ -10,9 +10,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Backbone, defaultThreads } from '../extension/core/Backbone';
-import { promptWindow } from '../extension/core/CompletionEngine';
-import { generate } from '../extension/core/generate';
+import { Backbone, defaultThreads } from '../extension/core/model/Backbone';
+import { promptWindow } from '../extension/core/completion/CompletionEngine';
+import { generate } from '../extension/core/completion/generate';
 import { machineDescription, median, qwenShapedModel } from './benchModels';
 import { randomAdapterFor } from './randomAdapter';
 

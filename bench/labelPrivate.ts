@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
-import { addUser, freePort, killHard, startServerProcess } from '../test/helpers/serverProcess';
+import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
 import { BENCH_CACHE, machineDescription, peakRssBytes, qwenShapedModel } from './benchModels';
 
 interface DeviceRun {

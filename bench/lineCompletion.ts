@@ -16,9 +16,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { heldOutFiles } from '../extension/core/dataset';
+import { heldOutFiles } from '../extension/core/workspace/dataset';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
-import { scanWorkspace } from '../extension/core/scanWorkspace';
+import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
 import { BATCH, buildPeer, corpus, measure, PEERS, ROOT, SEQ } from './peerHarness';
 import { machineDescription } from './benchModels';
 import { pretrainedBackbone } from './peerConvergence';

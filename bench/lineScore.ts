@@ -4,10 +4,10 @@
  * and character-level edit similarity.
  */
 import * as fs from 'node:fs';
-import { Backbone } from '../extension/core/Backbone';
-import { heldOutFiles } from '../extension/core/dataset';
-import { generate } from '../extension/core/generate';
-import { scanWorkspace } from '../extension/core/scanWorkspace';
+import { Backbone } from '../extension/core/model/Backbone';
+import { heldOutFiles } from '../extension/core/workspace/dataset';
+import { generate } from '../extension/core/completion/generate';
+import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
 import { SeededRandom } from '../common/SeededRandom';
 
 export const PROMPT_CHARS = 1500;

@@ -8,12 +8,12 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Backbone } from '../extension/core/Backbone';
-import { evaluateWorkspace } from '../extension/core/evaluateWorkspace';
-import { scanWorkspace } from '../extension/core/scanWorkspace';
-import { writeTinyModel } from '../extension/core/tinyModel';
-import { GgmlTypeName } from '../extension/core/gguf/ggmlTypes';
-import { addUser, DEVICE_CLI, startServerProcess } from '../test/helpers/serverProcess';
+import { Backbone } from '../extension/core/model/Backbone';
+import { evaluateWorkspace } from '../extension/core/workspace/evaluateWorkspace';
+import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
+import { writeTinyModel } from '../extension/core/model/tinyModel';
+import { GgmlTypeName } from '../extension/core/model/gguf/ggmlTypes';
+import { addUser, DEVICE_CLI, startServerProcess } from '../harness/serverProcess';
 import { BENCH_CACHE, machineDescription } from './benchModels';
 
 export const ROOT = path.resolve(__dirname, '..', '..');

@@ -19,7 +19,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Backbone } from '../extension/core/Backbone';
+import { Backbone } from '../extension/core/model/Backbone';
 import { runConvergence } from './peerConvergence';
 import { benchModel, buildPeer, corpus, measure, runOurs, SEQ, PEERS, writeResults } from './peerHarness';
 

@@ -13,7 +13,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ensureDefaultModel } from '../extension/core/defaultModel';
+import { ensureDefaultModel } from '../extension/core/model/defaultModel';
 import { FineTuneJob, FineTuneResult } from '../extension/core/job/FineTuneJob';
 import { BENCH_CACHE, machineDescription, qwenShapedModel } from './benchModels';
 

@@ -21,10 +21,10 @@ import { OnnxEngine } from '../server/training/onnx/OnnxEngine';
 import { OnnxHead } from '../server/training/onnx/OnnxHead';
 import { OnnxTrainer } from '../server/training/onnx/OnnxTrainer';
 import { initialParameters, sideShape } from '../server/training/sideNetworkSpec';
-import { FrozenHead } from '../test/helpers/tfjs/FrozenHead';
-import { SideNetwork } from '../test/helpers/tfjs/SideNetwork';
-import { initTensorflow } from '../test/helpers/tfjs/tf';
-import { Trainer } from '../test/helpers/tfjs/Trainer';
+import { FrozenHead } from '../harness/tfjs/FrozenHead';
+import { SideNetwork } from '../harness/tfjs/SideNetwork';
+import { initTensorflow } from '../harness/tfjs/tf';
+import { Trainer } from '../harness/tfjs/Trainer';
 import { machineDescription, peakRssBytes } from './benchModels';
 
 const L = 24;

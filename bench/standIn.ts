@@ -10,7 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { writeTinyModel } from '../extension/core/tinyModel';
+import { writeTinyModel } from '../extension/core/model/tinyModel';
 import { buildPeer, corpus, heldOutLoss, measure, PEERS, ROOT } from './peerHarness';
 
 export const STAND_IN = { layers: 6, embd: 384, heads: 6, kvHeads: 6, ff: 1024 };

@@ -9,7 +9,7 @@ export type SideNetworkDesign = (typeof JOB_SETTINGS.sideNetwork.values)[number]
 /**
  * What a device needs to run a trained side network, stored in the adapter
  * file's header (`config`). The server writes it (server/TrainingJob.ts); the
- * device reads it (extension/core/Backbone.ts) and hands its numbers to the
+ * device reads it (extension/core/model/Backbone.ts) and hands its numbers to the
  * native loader (extension/native/NativeAddon.ts): one definition for all
  * three. Changing it means a new ADAPTER_FORMAT_VERSION (common/AdapterFile.ts).
  */

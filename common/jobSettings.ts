@@ -128,6 +128,9 @@ export function settingFlagOf(name: JobSettingName): string | undefined {
   return row.flag;
 }
 
+/** A job's settings once the defaults (and a resumed job's record) are applied: what hosts show. */
+export type ResolvedJobSettings = JobSettings & typeof JOB_DEFAULTS;
+
 /** What a row accepts, in words ("a whole number from 8 to 4096", "4, 8 or 16"). */
 export function describeRange(row: SettingRow): string {
   switch (row.kind) {

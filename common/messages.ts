@@ -123,6 +123,26 @@ export const ServerMessages = {
 
 export type DeviceMessageType = keyof typeof DeviceMessages;
 export type ServerMessageType = keyof typeof ServerMessages;
+
+/**
+ * The reply each request gets, in one place (the server answers with it, or
+ * with an `error`). Messages not listed here are streamed: a training batch is
+ * answered by batch/ack (or, label-private, batch/side then batch/ack), a
+ * held-out batch by eval/result (or eval/side), head chunks by nothing.
+ */
+export const Replies = {
+  'session/hello': 'session/welcome',
+  'head/end': 'head/stored',
+  'job/create': 'job/ready',
+  'job/resume': 'job/ready',
+  'job/list': 'job/list/result',
+  'job/finish': 'job/done',
+  'job/cancel': 'job/done',
+  'adapter/get': 'adapter/data',
+} as const satisfies Partial<Record<DeviceMessageType, ServerMessageType>>;
+export type RequestType = keyof typeof Replies;
+/** The reply type of request R: awaiting any other does not compile. */
+export type ReplyOf<R extends RequestType> = (typeof Replies)[R];
 export type DeviceMessage<T extends DeviceMessageType = DeviceMessageType> = T extends DeviceMessageType
   ? { type: T } & Fields<(typeof DeviceMessages)[T]>
   : never;

@@ -1,14 +1,14 @@
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { describeRange, JOB_SETTING_NAMES, JOB_SETTINGS, SettingRow, settingFlagOf } from '../../common/jobSettings';
-import { ensureDefaultModel } from '../core/defaultModel';
-import { defaultStoreDir } from '../core/defaultStoreDir';
+import { ensureDefaultModel } from '../core/model/defaultModel';
+import { defaultStoreDir } from '../core/store/defaultStoreDir';
 import { FineTuneJob } from '../core/job/FineTuneJob';
 import { checkFineTuneOptions, TunedOption, TunedSettings } from '../core/job/FineTuneOptions';
 import { JobRecordStore } from '../core/job/JobRecordStore';
-import { confirmPrivacyLine, serverPlace } from '../core/privacyText';
+import { confirmPrivacyLine, serverPlace } from '../core/text/privacyText';
 import { MobiError } from '../core/MobiError';
-import { describeSkipped } from '../core/scanWorkspace';
+import { describeSkipped } from '../core/workspace/scanWorkspace';
 import { ProgressDisplay } from './ProgressDisplay';
 
 interface FinetuneFlags {

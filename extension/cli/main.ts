@@ -3,14 +3,14 @@ import * as fs from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import * as path from 'node:path';
 import { packageVersion } from '../../common/packageRoot';
-import { Backbone } from '../core/Backbone';
-import { ensureDefaultModel } from '../core/defaultModel';
-import { defaultStoreDir } from '../core/defaultStoreDir';
-import { evaluateWorkspace } from '../core/evaluateWorkspace';
-import { generate } from '../core/generate';
+import { Backbone } from '../core/model/Backbone';
+import { ensureDefaultModel } from '../core/model/defaultModel';
+import { defaultStoreDir } from '../core/store/defaultStoreDir';
+import { evaluateWorkspace } from '../core/workspace/evaluateWorkspace';
+import { generate } from '../core/completion/generate';
 import { MobiError } from '../core/MobiError';
-import { writeTinyModel } from '../core/tinyModel';
-import { GgmlTypeName } from '../core/gguf/ggmlTypes';
+import { writeTinyModel } from '../core/model/tinyModel';
+import { GgmlTypeName } from '../core/model/gguf/ggmlTypes';
 import { finetuneCommand, jobsCommand } from './finetuneCommand';
 
 function intOption(value: string): number {

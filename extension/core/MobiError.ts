@@ -1,3 +1,5 @@
+import type { NativeErrorCode } from '../native/NativeAddon';
+
 /**
  * The one error class of the device core. Every failure a person can meet has
  * a stable code; hosts (VS Code, CLI) choose what to show by code, never by
@@ -39,9 +41,14 @@ export const ERROR_CODES = [
   'ADAPTER_CORRUPT',
   'ADAPTER_MODEL_MISMATCH',
   'ADAPTER_VERSION',
+  'ALREADY_LOADED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/** Every code the native layer raises is one of ours (this fails to compile otherwise), so MobiError.from keeps it. */
+const NATIVE_CODES_ARE_KNOWN: NativeErrorCode extends ErrorCode ? true : never = true;
+void NATIVE_CODES_ARE_KNOWN;
 
 export class MobiError extends Error {
   readonly code: ErrorCode;

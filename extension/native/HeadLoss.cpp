@@ -320,6 +320,10 @@ Napi::Function HeadLoss::Init(Napi::Env env) {
 
 Napi::Value HeadLoss::Load(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (disposed_) {
+    codedError(env, "DISPOSED", "The head was disposed; open it again to use it.").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
   if (busy_) {
     codedError(env, "BUSY", "The head is busy.").ThrowAsJavaScriptException();
     return env.Undefined();
@@ -333,6 +337,10 @@ Napi::Value HeadLoss::Load(const Napi::CallbackInfo& info) {
 
 Napi::Value HeadLoss::Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (disposed_) {
+    codedError(env, "DISPOSED", "The head was disposed; open it again to use it.").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
   if (busy_ || !weights_) {
     codedError(env, busy_ ? "BUSY" : "NOT_LOADED", busy_ ? "The head is busy." : "Load the head first.").ThrowAsJavaScriptException();
     return env.Undefined();
@@ -365,6 +373,7 @@ Napi::Value HeadLoss::Run(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value HeadLoss::Dispose(const Napi::CallbackInfo& info) {
+  disposed_ = true;
   if (!busy_) weights_.reset();
   return info.Env().Undefined();
 }

@@ -52,8 +52,15 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   bool Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
                float* losses, float* grad, std::string* error) const;
 
-  void Adopt(std::unique_ptr<HeadWeights> w) { weights_ = std::move(w); }
-  void SetBusy(bool busy) { busy_ = busy; }
+  // A head disposed while it loaded drops the weights it receives.
+  void Adopt(std::unique_ptr<HeadWeights> w) {
+    if (!disposed_) weights_ = std::move(w);
+  }
+  // A dispose() during a run is deferred until the worker is done (as Backbone's is).
+  void SetBusy(bool busy) {
+    busy_ = busy;
+    if (!busy_ && disposed_) weights_.reset();
+  }
   const HeadWeights* weights() const { return weights_.get(); }
 
  private:
@@ -65,6 +72,7 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   float eps_ = 1e-6f;
   int threads_ = 1;
   bool busy_ = false;
+  bool disposed_ = false;
   std::unique_ptr<HeadWeights> weights_;
 };
 

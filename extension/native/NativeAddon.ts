@@ -2,7 +2,26 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { SideNetworkShape } from '../../common/AdapterConfig';
 import { packageRoot } from '../../common/packageRoot';
-import { MobiError } from '../core/MobiError';
+
+/**
+ * Every error code the addon raises (the C++ sources' codedError calls; a unit
+ * test reads them and fails on a code missing here), plus the loader's own.
+ * The device core turns them into its errors with the same code.
+ */
+export const NATIVE_ERROR_CODES = [
+  'NATIVE_ADDON_MISSING', 'NO_BACKEND', 'MODEL_LOAD_FAILED', 'CONTEXT_FAILED', 'ALREADY_LOADED', 'DISPOSED', 'NOT_LOADED', 'BUSY',
+  'TOKENIZE_FAILED', 'BAD_TOKEN', 'EMPTY_INPUT', 'CONTEXT_OVERFLOW', 'LAYER_OUT_OF_RANGE', 'BAD_ARGUMENT', 'DECODE_FAILED', 'CAPTURE_FAILED',
+  'CANCELLED', 'NOT_GGUF', 'TRUNCATED_GGUF', 'NO_SUCH_TENSOR', 'UNSUPPORTED_TYPE', 'ADAPTER_CORRUPT', 'ADAPTER_MODEL_MISMATCH',
+] as const;
+export type NativeErrorCode = (typeof NATIVE_ERROR_CODES)[number];
+
+/** An error of the native layer, with one of NATIVE_ERROR_CODES. */
+export class NativeError extends Error {
+  constructor(readonly code: NativeErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'NativeError';
+  }
+}
 
 /** The native addon as seen from TypeScript (extension/native/addon.cpp). */
 export interface NativeBackboneInfo {
@@ -104,17 +123,13 @@ let loaded: Promise<NativeAddon> | undefined;
 export function loadNativeAddon(): Promise<NativeAddon> {
   loaded ??= (async () => {
     if (!fs.existsSync(ADDON_PATH)) {
-      throw new MobiError('NATIVE_ADDON_MISSING', `The native addon is not built (${ADDON_PATH}); run "npm ci" or "node extension/native/build-addon.js".`);
+      throw new NativeError('NATIVE_ADDON_MISSING', `The native addon is not built (${ADDON_PATH}); run "npm ci" or "node extension/native/build-addon.js".`);
     }
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const addon = require(ADDON_PATH) as NativeAddon;
-    try {
-      // llama.cpp's own log lines go to stderr only when MOBILLM_DEBUG is set:
-      // the product reports failures through typed errors instead.
-      addon.ensureBackends(LLAMA_LIB_DIR, Boolean(process.env.MOBILLM_DEBUG));
-    } catch (err) {
-      throw MobiError.from(err);
-    }
+    // llama.cpp's own log lines go to stderr only when MOBILLM_DEBUG is set:
+    // the product reports failures through typed errors instead (NO_BACKEND).
+    addon.ensureBackends(LLAMA_LIB_DIR, Boolean(process.env.MOBILLM_DEBUG));
     return addon;
   })();
   loaded.catch(() => (loaded = undefined));

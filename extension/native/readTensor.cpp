@@ -24,7 +24,7 @@ Napi::Value ReadTensor(const Napi::CallbackInfo& info) {
   gguf_init_params gp = {true, nullptr};
   gguf_context* g = gguf_init_from_file(path.c_str(), gp);
   if (g == nullptr) {
-    codedError(env, "BAD_GGUF", "The file is not a readable GGUF file.").ThrowAsJavaScriptException();
+    codedError(env, "NOT_GGUF", "The file is not a readable GGUF file.").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   std::unique_ptr<gguf_context, void (*)(gguf_context*)> guard(g, gguf_free);

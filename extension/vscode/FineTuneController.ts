@@ -3,13 +3,13 @@ import * as vscode from 'vscode';
 import { settingKeyOf } from '../../common/jobSettings';
 import type { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
 import type { ResolvedJobSettings } from '../core/job/FineTuneOptions';
-import { actionsFor } from '../core/errorActions';
+import { actionsFor } from '../core/text/errorActions';
 import { MobiError } from '../core/MobiError';
-import { statusText } from '../core/statusText';
+import { statusText } from '../core/text/statusText';
 import { Comparison, DashboardState } from '../../webview/protocol';
-import { confirmPrivacyLine, ServerPlace, serverPlace, wireStatement } from '../core/privacyText';
+import { confirmPrivacyLine, ServerPlace, serverPlace, wireStatement } from '../core/text/privacyText';
 import { DashboardPanel } from './DashboardPanel';
-import { settingsLines } from '../core/settingsText';
+import { settingsLines } from '../core/text/settingsText';
 import { readHostSettings, readJobSettings, readScanSettings } from './settings';
 
 export const TOKEN_SECRET = 'mobillm.serverToken';
@@ -121,8 +121,8 @@ export class FineTuneController implements vscode.Disposable {
     this.place = serverPlace(s.serverUrl, tuned.labelPrivate);
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
     const core = await import('../core/job/FineTuneJob.js');
-    const { ensureDefaultModel } = await import('../core/defaultModel.js');
-    const { defaultStoreDir } = await import('../core/defaultStoreDir.js');
+    const { ensureDefaultModel } = await import('../core/model/defaultModel.js');
+    const { defaultStoreDir } = await import('../core/store/defaultStoreDir.js');
     const storeDir = defaultStoreDir();
     this.progress = undefined;
     this.startedAt = Date.now();
@@ -164,7 +164,7 @@ export class FineTuneController implements vscode.Disposable {
         describeOption: (k) => settingKeyOf(k) ?? k,
         log: (line) => this.log.info(line),
         confirm: async (report, settings) => {
-          const { describeSkipped } = await import('../core/scanWorkspace.js');
+          const { describeSkipped } = await import('../core/workspace/scanWorkspace.js');
           earlyDone?.();
           adopt(settings);
           const detail = [`${report.files.length} files (${(report.includedBytes / 1024).toFixed(1)} KB) will be used.`, confirmPrivacyLine(this.place), ...describeSkipped(report)].join('\n');

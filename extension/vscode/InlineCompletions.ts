@@ -1,5 +1,5 @@
 import * as vscode from 'vscode';
-import type { CompletionEngine } from '../core/CompletionEngine';
+import type { CompletionEngine } from '../core/completion/CompletionEngine';
 import { MobiError } from '../core/MobiError';
 import { readHostSettings } from './settings';
 
@@ -27,9 +27,9 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
 
   /** The engine for today's model setting. */
   async completionEngine(): Promise<CompletionEngine> {
-    const { CompletionEngine } = await import('../core/CompletionEngine.js');
-    const { defaultStoreDir } = await import('../core/defaultStoreDir.js');
-    const { ensureDefaultModel } = await import('../core/defaultModel.js');
+    const { CompletionEngine } = await import('../core/completion/CompletionEngine.js');
+    const { defaultStoreDir } = await import('../core/store/defaultStoreDir.js');
+    const { ensureDefaultModel } = await import('../core/model/defaultModel.js');
     const store = defaultStoreDir();
     const model = readHostSettings().model || ensureDefaultModel(store);
     if (!this.engine || this.engineModel !== model) {

@@ -1,5 +1,5 @@
 import * as vscode from 'vscode';
-import type { CompletionEngine } from '../core/CompletionEngine';
+import type { CompletionEngine } from '../core/completion/CompletionEngine';
 import { DashboardPanel } from './DashboardPanel';
 import { FineTuneController, TOKEN_SECRET } from './FineTuneController';
 import { InlineCompletions } from './InlineCompletions';

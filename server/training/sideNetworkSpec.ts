@@ -6,7 +6,7 @@ import { SeededRandom } from '../../common/SeededRandom';
  * The side network's definition, whatever runs it: its constants, shape,
  * parameter names and shapes, seeded initial values, and the adapter config
  * the server writes for it. The training engine (./onnx/) and the
- * TensorFlow.js reference that checks it (test/helpers/tfjs/) both use it.
+ * TensorFlow.js reference that checks it (harness/tfjs/) both use it.
  */
 
 export type { SideNetworkShape };

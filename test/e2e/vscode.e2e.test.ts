@@ -4,9 +4,9 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
-import { CHROMIUM, CHROMIUM_ARGS } from '../helpers/chromium';
+import { CHROMIUM, CHROMIUM_ARGS } from '../../harness/chromium';
 import { skipBecause } from '../helpers/models';
-import { freePort } from '../helpers/serverProcess';
+import { freePort } from '../../harness/serverProcess';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -293,5 +293,24 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     assert.match(text, /activations of the tapped layers and loss gradients/);
     await page.screenshot({ path: path.join(SHOTS, '8-confirm-label-private.png') });
     await confirm.locator('a.monaco-button, button', { hasText: 'Cancel' }).first().click();
+  });
+
+  it('refuses a bad setting by name, with Open Settings, and starts nothing', async () => {
+    const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
+    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
+    fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'mobillm.bits': 3 }, null, 2));
+    await runCommand(page, 'Developer: Reload Window');
+    await page.waitForTimeout(2000);
+    await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
+    await page.waitForTimeout(3000);
+    await runCommand(page, 'MobiLLM: Fine-tune on workspace');
+    const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'mobillm.bits' }).first();
+    await toast.waitFor({ timeout: 60_000 });
+    await page.screenshot({ path: path.join(SHOTS, '9-bad-setting.png') });
+    assert.match(await toast.innerText(), /mobillm\.bits must be 4, 8 or 16 \(got 3\)/);
+    const buttons = await toast.locator('.monaco-button').allInnerTexts();
+    assert.ok(buttons.some((t) => t.includes('Open Settings')), `toast buttons: ${buttons.join(', ')}`);
+    assert.equal(await page.locator('.monaco-dialog-box').count(), 0, 'no confirmation: nothing was started');
+    fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
   });
 });

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
-import { GgufFile, ggufNumber, readGgufFile } from '../../extension/core/gguf/GgufFile';
-import { GgmlType } from '../../extension/core/gguf/ggmlTypes';
+import { GgufFile, ggufNumber, readGgufFile } from '../../extension/core/model/gguf/GgufFile';
+import { GgmlType } from '../../extension/core/model/gguf/ggmlTypes';
 import { fromHalf } from '../../common/float16';
 
 /**

@@ -1,12 +1,12 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Backbone } from '../../extension/core/Backbone';
-import { completionPrompt, promptWindow, PREFIX_WINDOW_STEP } from '../../extension/core/CompletionEngine';
-import { buildDataset } from '../../extension/core/dataset';
-import { generate } from '../../extension/core/generate';
+import { Backbone } from '../../extension/core/model/Backbone';
+import { completionPrompt, promptWindow, PREFIX_WINDOW_STEP } from '../../extension/core/completion/CompletionEngine';
+import { buildDataset } from '../../extension/core/workspace/dataset';
+import { generate } from '../../extension/core/completion/generate';
 import { FineTuneJob } from '../../extension/core/job/FineTuneJob';
-import { scanWorkspace } from '../../extension/core/scanWorkspace';
+import { scanWorkspace } from '../../extension/core/workspace/scanWorkspace';
 import { tinyModel } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 

@@ -4,11 +4,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
 import { JobRecordStore } from '../../extension/core/job/JobRecordStore';
+import type { ResolvedJobSettings } from '../../common/jobSettings';
 import { expectCode } from '../helpers/expectCode';
 import { decodeAdapter } from '../../common/AdapterFile';
 import { MobiServer } from '../../server/MobiServer';
 import { tinyModel } from '../helpers/models';
-import { addUser, DEVICE_CLI, freePort, killHard, startServerProcess } from '../helpers/serverProcess';
+import { addUser, DEVICE_CLI, freePort, killHard, startServerProcess } from '../../harness/serverProcess';
 import { listFiles, makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const MODEL_OPTS = { layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0' as const, seed: 2 };
@@ -174,13 +175,21 @@ describe('fine-tune end to end (real backbone, real server on loopback)', functi
     const ws = makeWorkspace(12, 8, 120);
     const store = tmpDir('resume-store');
     const abort = new AbortController();
-    const first = new FineTuneJob(baseOptions(ws, { storeDir: store, steps: 30, seqLen: 16, signal: abort.signal, onProgress: (p) => p.step >= 6 && abort.abort() }));
+    const first = new FineTuneJob(baseOptions(ws, { storeDir: store, steps: 30, seqLen: 16, bits: 16, signal: abort.signal, onProgress: (p) => p.step >= 6 && abort.abort() }));
     await expectCode(first.run(), 'CANCELLED');
     const rec = new JobRecordStore(store).load('last');
     assert.equal(rec.phase, 'cancelled');
     assert.equal(rec.config?.totalSteps, 30);
     await expectCode(new FineTuneJob({ workspace: ws, model: tinyModel(MODEL_OPTS), storeDir: store, threads: 1, resumeJobId: 'last', epochs: 2 }).run(), 'BAD_ARGUMENT');
-    const resumed = await new FineTuneJob({ workspace: ws, model: tinyModel(MODEL_OPTS), storeDir: store, threads: 1, resumeJobId: 'last' }).run();
+    // What the host is shown is the job's own settings, not its defaults of today: in the confirmation and in every progress report.
+    const confirmed: ResolvedJobSettings[] = [];
+    const reported = new Set<string>();
+    const resumed = await new FineTuneJob({
+      workspace: ws, model: tinyModel(MODEL_OPTS), storeDir: store, threads: 1, resumeJobId: 'last',
+      confirm: (_scan, settings) => (confirmed.push(settings), true), onProgress: (p) => reported.add(JSON.stringify(p.settings && [p.settings.bits, p.settings.seqLen, p.settings.steps])),
+    }).run();
+    assert.deepEqual(confirmed.map((c) => [c.bits, c.seqLen, c.steps]), [[16, 16, 30]]);
+    assert.deepEqual([...reported], [JSON.stringify([16, 16, 30])]);
     assert.equal(resumed.jobId, rec.jobId);
     assert.equal(resumed.steps, 30, 'the job ran to its own 30 steps, not to one epoch of the defaults');
     assert.equal(resumed.config.seqLen, 16);

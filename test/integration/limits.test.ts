@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import * as http from 'node:http';
 import { ModelSpec } from '../../common/messages';
 import { MobiError } from '../../extension/core/MobiError';
-import { ServerConnection } from '../../extension/core/ServerConnection';
+import { ServerConnection } from '../../extension/core/connection/ServerConnection';
 import { MAX_AUTH_FAILURES } from '../../server/AuthLimiter';
 import { MobiServer } from '../../server/MobiServer';
 import { tmpDir } from '../helpers/workspaces';

@@ -6,14 +6,14 @@ import * as path from 'node:path';
 import { WebSocket } from 'ws';
 import { FineTuneJob } from '../../extension/core/job/FineTuneJob';
 import { MobiError } from '../../extension/core/MobiError';
-import { ServerConnection } from '../../extension/core/ServerConnection';
+import { ServerConnection } from '../../extension/core/connection/ServerConnection';
 import { SeededRandom } from '../../common/SeededRandom';
 import { decodeServerFrame, encodeFrame } from '../../common/codec';
 import { PROTOCOL_VERSION } from '../../common/limits';
 import { ModelSpec, ServerMessage } from '../../common/messages';
 import { MobiServer } from '../../server/MobiServer';
 import { tinyModel } from '../helpers/models';
-import { addUser, freePort, killHard, SERVER_CLI, startServerProcess } from '../helpers/serverProcess';
+import { addUser, freePort, killHard, SERVER_CLI, startServerProcess } from '../../harness/serverProcess';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const spec = (fp: string): ModelSpec => ({ fingerprint: fp, architecture: 'llama', layers: 2, hiddenSize: 32, vocabularySize: 300, normEpsilon: 1e-5, headDigest: 'c'.repeat(64) });
@@ -70,18 +70,18 @@ describe('side-tuning server', function () {
     const fp = JSON.parse(fs.readFileSync(path.join(dataDir, 'jobs', 'dave', r.jobId, 'job.json'), 'utf8')).model.fingerprint as string;
     const conn = await ServerConnection.open(url, tokenB, { ...spec(fp), layers: 2, hiddenSize: 32 });
     try {
-      await assert.rejects(conn.request({ type: 'job/resume', jobId: r.jobId }, 'job/ready'), (e: MobiError) => e.code === 'NO_SUCH_JOB');
-      await assert.rejects(conn.request({ type: 'adapter/get', jobId: r.jobId }, 'adapter/data'), (e: MobiError) => e.code === 'NO_SUCH_JOB');
-      const list = (await conn.request({ type: 'job/list' }, 'job/list/result')).message;
+      await assert.rejects(conn.request({ type: 'job/resume', jobId: r.jobId }), (e: MobiError) => e.code === 'NO_SUCH_JOB');
+      await assert.rejects(conn.request({ type: 'adapter/get', jobId: r.jobId }), (e: MobiError) => e.code === 'NO_SUCH_JOB');
+      const list = (await conn.request({ type: 'job/list' })).message;
       assert.deepEqual(list.jobs, []);
     } finally {
       conn.close();
     }
     const connA = await ServerConnection.open(url, tokenA, spec(fp));
     try {
-      const list = (await connA.request({ type: 'job/list' }, 'job/list/result')).message.jobs as { id: string }[];
+      const list = (await connA.request({ type: 'job/list' })).message.jobs as { id: string }[];
       assert.deepEqual(list.map((j) => j.id), [r.jobId]);
-      const got = await connA.request({ type: 'adapter/get', jobId: r.jobId }, 'adapter/data');
+      const got = await connA.request({ type: 'adapter/get', jobId: r.jobId });
       assert.equal(got.payload.length, got.message.bytes);
     } finally {
       connA.close();

@@ -1,10 +1,10 @@
 import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../common/ActivationQuantizer';
 import { encodeBatchPayload, encodeLayersPayload } from '../../../common/batchPayload';
 import type { JobConfig, ServerMessage } from '../../../common/messages';
-import type { Backbone } from '../Backbone';
-import type { DeviceHead } from '../DeviceHead';
-import { Dataset, splitInputsTargets, trainBatchSequences } from '../dataset';
-import type { ServerConnection } from '../ServerConnection';
+import type { Backbone } from '../model/Backbone';
+import type { DeviceHead } from '../model/DeviceHead';
+import { Dataset, splitInputsTargets, trainBatchSequences } from '../workspace/dataset';
+import type { ServerConnection } from '../connection/ServerConnection';
 import { CreditWindow } from './CreditWindow';
 import type { JobContext } from './JobContext';
 import { MobiError } from '../MobiError';

@@ -1,7 +1,7 @@
 import type { ServerMessage } from '../../../common/messages';
-import { errorFromServer } from '../errorFromServer';
+import { errorFromServer } from '../connection/errorFromServer';
 import { MobiError } from '../MobiError';
-import type { ServerConnection } from '../ServerConnection';
+import type { ServerConnection } from '../connection/ServerConnection';
 
 /**
  * The device's side of credit-based flow control for one job on one

@@ -2,14 +2,14 @@ import * as path from 'node:path';
 import { jobShape } from '../../../common/AdapterConfig';
 import { jobConfigProblem } from '../../../common/jobConfigProblem';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
-import { AdapterStore } from '../AdapterStore';
-import { Backbone } from '../Backbone';
-import { batchesPerEpoch, buildDataset, Dataset } from '../dataset';
-import type { EmbeddedServer } from '../EmbeddedServer';
+import { AdapterStore } from '../store/AdapterStore';
+import { Backbone } from '../model/Backbone';
+import { batchesPerEpoch, buildDataset, Dataset } from '../workspace/dataset';
+import type { EmbeddedServer } from '../connection/EmbeddedServer';
 import { MobiError } from '../MobiError';
-import { modelFingerprint } from '../modelFingerprint';
-import { ScanReport, scanWorkspace } from '../scanWorkspace';
-import { ServerConnection } from '../ServerConnection';
+import { modelFingerprint } from '../model/modelFingerprint';
+import { ScanReport, scanWorkspace } from '../workspace/scanWorkspace';
+import { ServerConnection } from '../connection/ServerConnection';
 import { ActivationStream, StreamTimings } from './ActivationStream';
 import { FineTuneOptions, ResolvedFineTuneOptions, ResolvedJobSettings, resolveFineTuneOptions, TUNED_OPTIONS, tunedSettings } from './FineTuneOptions';
 import type { JobContext } from './JobContext';
@@ -18,7 +18,7 @@ import { JobRecord, JobRecordStore } from './JobRecordStore';
 import { ReconnectPolicy, sleep } from './ReconnectPolicy';
 import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
-import { DeviceHead } from '../DeviceHead';
+import { DeviceHead } from '../model/DeviceHead';
 import { backboneInit } from './backboneInit';
 
 export type { FineTuneOptions } from './FineTuneOptions';
@@ -207,16 +207,16 @@ export class FineTuneJob {
 
   /** Scans and confirms, loads the backbone, tokenizes and splits, and settles the job's config (or the resumed job's record). */
   private async setUp(): Promise<Workload> {
+    const resumed = this.o.resumeJobId ? this.records.load(this.o.resumeJobId) : undefined;
+    if (resumed) this.adoptRecord(resumed);
+    const settings = tunedSettings(this.o) as ResolvedJobSettings;
+    this.progress.setSettings(settings);
     this.setPhase('scanning');
     const scan = scanWorkspace(this.o.workspace, this.o.scan);
     this.ctx.log(`scan: ${scan.files.length} files, ${scan.includedBytes} bytes included`);
     if (scan.files.length === 0) {
       throw new MobiError('EMPTY_WORKSPACE', `No usable source files in ${this.o.workspace} (binary, ignored, secret, too large or empty files are skipped).`);
     }
-    const resumed = this.o.resumeJobId ? this.records.load(this.o.resumeJobId) : undefined;
-    if (resumed) this.adoptRecord(resumed);
-    const settings = tunedSettings(this.o) as ResolvedJobSettings;
-    this.progress.setSettings(settings);
     if (this.o.confirm && !(await this.o.confirm(scan, settings))) throw new MobiError('CANCELLED', 'Fine-tuning was cancelled before it started.');
     this.ctx.checkCancelled();
     const { seqLen, batchSize } = this.o;
@@ -285,7 +285,7 @@ export class FineTuneJob {
       ({ url, token } = this.o.server);
     } else {
       // Loaded only when needed: a device talking to a team server never loads the training engine.
-      const { startEmbeddedServer } = await import('../EmbeddedServer.js');
+      const { startEmbeddedServer } = await import('../connection/EmbeddedServer.js');
       this.embedded ??= await startEmbeddedServer(this.o.storeDir, this.o.log);
       ({ url, token } = this.embedded);
     }
@@ -306,11 +306,11 @@ export class FineTuneJob {
     let ready: ServerMessage<'job/ready'>;
     if (this.jobId) {
       const jobId = this.jobId;
-      ready = (await conn.request({ type: 'job/resume', jobId }, 'job/ready', (m) => m.jobId === jobId)).message;
+      ready = (await conn.request({ type: 'job/resume', jobId }, (m) => m.jobId === jobId)).message;
     } else {
       // initFromBackbone: the starting values, a reduced copy of this model's weights, go with the request.
       const payload = work.start ? new Uint8Array(work.start.buffer, work.start.byteOffset, work.start.byteLength) : undefined;
-      ready = (await conn.request({ type: 'job/create', name: path.basename(path.resolve(this.o.workspace)), config: work.config }, 'job/ready', undefined, payload)).message;
+      ready = (await conn.request({ type: 'job/create', name: path.basename(path.resolve(this.o.workspace)), config: work.config }, undefined, payload)).message;
       this.jobId = ready.jobId;
       this.saveRecord();
     }
@@ -336,7 +336,7 @@ export class FineTuneJob {
         this.after = await work.stream.evaluate(conn, jobId, 'after');
         if (work.data.heldOutFim.length > 0) this.fimAfter = await work.stream.evaluate(conn, jobId, 'after', 'fim');
       }
-      await conn.request({ type: 'job/finish', jobId }, 'job/done', (m) => m.jobId === jobId);
+      await conn.request({ type: 'job/finish', jobId }, (m) => m.jobId === jobId);
     } else if (this.after === undefined) {
       throw new MobiError('SERVER_ERROR', 'The job finished on the server before its held-out evaluation; start a new job.');
     }
@@ -346,7 +346,7 @@ export class FineTuneJob {
 
   private async download(conn: ServerConnection, work: Workload, jobId: string): Promise<void> {
     this.setPhase('downloading');
-    const { message, payload } = await conn.request({ type: 'adapter/get', jobId }, 'adapter/data', (m) => m.jobId === jobId);
+    const { message, payload } = await conn.request({ type: 'adapter/get', jobId }, (m) => m.jobId === jobId);
     if (payload.length !== message.bytes) throw new MobiError('ADAPTER_CORRUPT', 'The adapter arrived incomplete; try again.');
     const stored = new AdapterStore(this.o.storeDir).save(payload, {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
@@ -362,7 +362,7 @@ export class FineTuneJob {
     const jobId = this.jobId;
     if (!jobId || !this.conn?.isOpen || this.finished) return;
     try {
-      await Promise.race([this.conn.request({ type: 'job/cancel', jobId }, 'job/done', (m) => m.jobId === jobId), sleep(CANCEL_TIMEOUT_MS)]);
+      await Promise.race([this.conn.request({ type: 'job/cancel', jobId }, (m) => m.jobId === jobId), sleep(CANCEL_TIMEOUT_MS)]);
     } catch {
       // The server keeps its last checkpoint either way.
     }

@@ -1,8 +1,8 @@
-import { JOB_DEFAULTS, JOB_SETTING_NAMES, JOB_SETTINGS, JobSettingName, JobSettings, settingsProblem } from '../../../common/jobSettings';
+import { JOB_DEFAULTS, JOB_SETTING_NAMES, JOB_SETTINGS, JobSettingName, JobSettings, ResolvedJobSettings, settingsProblem } from '../../../common/jobSettings';
 import { settingRulesProblem } from '../../../common/jobConfigProblem';
-import { defaultStoreDir } from '../defaultStoreDir';
+import { defaultStoreDir } from '../store/defaultStoreDir';
 import { MobiError } from '../MobiError';
-import type { ScanOptions, ScanReport } from '../scanWorkspace';
+import type { ScanOptions, ScanReport } from '../workspace/scanWorkspace';
 import type { JobProgress } from './JobProgress';
 
 /**
@@ -61,8 +61,7 @@ export function tunedSettings(o: FineTuneOptions): TunedSettings {
   return Object.fromEntries(TUNED_OPTIONS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]])) as TunedSettings;
 }
 
-/** A job's settings once the defaults (and a resumed job's record) are applied: what hosts show. */
-export type ResolvedJobSettings = JobSettings & typeof JOB_DEFAULTS;
+export type { ResolvedJobSettings };
 
 /** Options that are not job settings, with their defaults. */
 const HOST_DEFAULTS = { reconnectTimeoutMs: 120_000 } as const;

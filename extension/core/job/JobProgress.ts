@@ -1,4 +1,4 @@
-import type { ResolvedJobSettings } from './FineTuneOptions';
+import type { ResolvedJobSettings } from '../../../common/jobSettings';
 
 export type JobPhase = 'scanning' | 'connecting' | 'uploading-head' | 'evaluating' | 'training' | 'downloading' | 'done' | 'failed' | 'cancelled';
 

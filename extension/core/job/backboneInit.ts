@@ -1,5 +1,5 @@
 import { backboneInitNames, hasAttention, parameterShape, SideNetworkShape } from '../../../common/AdapterConfig';
-import { readModelTensor } from '../Backbone';
+import { readModelTensor } from '../model/Backbone';
 import { MobiError } from '../MobiError';
 
 /**

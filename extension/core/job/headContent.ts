@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { writeFileAtomic } from '../../../common/atomicWrite';
 import { encodeHalf } from '../../../common/float16';
 import { HEAD_CHUNK_BYTES } from '../../../common/limits';
-import type { Backbone } from '../Backbone';
+import type { Backbone } from '../model/Backbone';
 
 /** The backbone's final norm weight as float32: [d]. */
 export async function headNorm(backbone: Backbone): Promise<Float32Array> {

@@ -1,5 +1,5 @@
-import type { Backbone } from '../Backbone';
-import type { ServerConnection } from '../ServerConnection';
+import type { Backbone } from '../model/Backbone';
+import type { ServerConnection } from '../connection/ServerConnection';
 import { headChunks, headNorm } from './headContent';
 import type { JobContext } from './JobContext';
 
@@ -16,6 +16,6 @@ export async function uploadHead(conn: ServerConnection, backbone: Backbone, ctx
     ctx.checkCancelled();
     conn.send({ type: 'head/chunk', rowStart: c.rowStart, rowCount: c.rowCount }, new Uint8Array(c.halves.buffer, c.halves.byteOffset, c.halves.byteLength));
   }
-  await conn.request({ type: 'head/end' }, 'head/stored');
+  await conn.request({ type: 'head/end' });
   ctx.log('model head uploaded');
 }

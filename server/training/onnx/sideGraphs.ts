@@ -5,7 +5,7 @@ import { GraphBuilder } from './GraphBuilder';
 /**
  * The side network's training step as ONNX graphs (the math of
  * ../../shared/docs/architecture.md and of the TensorFlow.js reference in
- * test/helpers/tfjs/, which checks them):
+ * harness/tfjs/, which checks them):
  *
  *   forward     h_k, params, norm weight -> z = output_norm(h_{K-1} + delta)        [n, d]
  *               (joinAfterNorm: z = output_norm(h_{K-1}) + delta)

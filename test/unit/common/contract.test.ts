@@ -6,7 +6,7 @@ import { attentionBlocks, parseAdapterConfig } from '../../../common/AdapterConf
 import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapter } from '../../../common/AdapterFile';
 import { decodeServerFrame, encodeFrame } from '../../../common/codec';
 import { WireError } from '../../../common/WireError';
-import { testAdapterConfig } from '../../helpers/adapters';
+import { testAdapterConfig } from '../../../harness/adapters';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..', '..');
 const fp = 'f'.repeat(64);
@@ -130,12 +130,28 @@ describe('the layout', () => {
         const side = (p: string): string => p.split(path.sep)[0]!;
         if (side(file) === 'common' && side(target) !== 'common') bad.push(`${file} -> ${target}`);
         if (side(file) === 'server' && side(target) === 'extension') bad.push(`${file} -> ${target}`);
-        if (side(file) === 'extension' && side(target) === 'server' && file !== path.join('extension', 'core', 'EmbeddedServer.ts')) bad.push(`${file} -> ${target}`);
+        if (side(file) === 'extension' && side(target) === 'server' && file !== path.join('extension', 'core', 'connection', 'EmbeddedServer.ts')) bad.push(`${file} -> ${target}`);
       }
     }
     assert.deepEqual(bad, []);
     assert.ok(ts.length > 50, `read ${ts.length} files`);
-    assert.ok(importsOf(path.join('extension', 'core', 'EmbeddedServer.ts')).some((t) => t.startsWith(`server${path.sep}`)), 'the reader sees the one allowed import');
+    assert.ok(importsOf(path.join('extension', 'core', 'connection', 'EmbeddedServer.ts')).some((t) => t.startsWith(`server${path.sep}`)), 'the reader sees the one allowed import');
+  });
+
+  it('extension/native/ never imports extension/core/ (core wraps the addon\'s errors); extension/core/ has at most 8 entries at its top level', () => {
+    const native = ts.filter((f) => f.startsWith(path.join('extension', 'native') + path.sep));
+    assert.ok(native.length > 0, 'the reader sees the native folder');
+    const bad = native.flatMap((f) => importsOf(f).filter((t) => t.startsWith(path.join('extension', 'core') + path.sep)).map((t) => `${f} -> ${t}`));
+    assert.deepEqual(bad, []);
+    const top = fs.readdirSync(path.join(ROOT, 'extension', 'core'));
+    assert.ok(top.length <= 8, `extension/core/ holds ${top.length} entries: ${top.join(', ')}`);
+  });
+
+  it('benchmarks import nothing from test/ (what both use lives in harness/)', () => {
+    const bench = sourceFiles('bench', ['.ts']);
+    assert.ok(bench.length > 5, `read ${bench.length} files`);
+    const bad = bench.flatMap((f) => importsOf(f).filter((t) => t.startsWith(`test${path.sep}`)).map((t) => `${f} -> ${t}`));
+    assert.deepEqual(bad, []);
   });
 
   it('no product source file is over 400 lines', () => {

@@ -5,9 +5,9 @@ import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapte
 import { decodeBatchPayload, encodeBatchPayload } from '../../../common/batchPayload';
 import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../../common/codec';
 import { fromHalf, toHalf } from '../../../common/float16';
-import { DeviceMessage, JobConfig, ServerMessage } from '../../../common/messages';
+import { DeviceMessage, DeviceMessages, JobConfig, Replies, ReplyOf, ServerMessage, ServerMessages } from '../../../common/messages';
 import { WireError } from '../../../common/WireError';
-import { testAdapterConfig } from '../../helpers/adapters';
+import { testAdapterConfig } from '../../../harness/adapters';
 
 const model = { fingerprint: 'ab'.repeat(32), architecture: 'llama', layers: 4, hiddenSize: 64, vocabularySize: 700, normEpsilon: 1e-5, headDigest: 'cd'.repeat(32) };
 const config: JobConfig = { tappedLayers: [0, 1, 2, 3], reduction: 8, bits: 8, seqLen: 128, batchSize: 4, totalSteps: 10, learningRate: 1e-3, warmupSteps: 2, seed: 1, checkpointEvery: 5 };
@@ -54,6 +54,17 @@ function wireCode(fn: () => unknown): string {
 }
 
 describe('wire protocol', () => {
+  it('each request names its reply: a device message and a server message; awaiting another does not compile', () => {
+    for (const [request, reply] of Object.entries(Replies)) {
+      assert.ok(request in DeviceMessages, request);
+      assert.ok(reply in ServerMessages, reply);
+    }
+    const ready: ReplyOf<'job/create'> = 'job/ready';
+    // @ts-expect-error job/create is answered by job/ready, never by job/done
+    const done: ReplyOf<'job/create'> = 'job/done';
+    assert.notEqual(ready, done);
+  });
+
   it('round-trips every message in both directions, with payloads', () => {
     const payload = Buffer.from([1, 2, 3, 250]);
     for (const msg of Object.values(deviceExamples)) {

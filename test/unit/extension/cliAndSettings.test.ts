@@ -8,7 +8,7 @@ import { packageVersion } from '../../../common/packageRoot';
 import { ProgressDisplay } from '../../../extension/cli/ProgressDisplay';
 import type { JobProgress } from '../../../extension/core/job/JobProgress';
 import { tinyModel } from '../../helpers/models';
-import { DEVICE_CLI, SERVER_CLI } from '../../helpers/serverProcess';
+import { DEVICE_CLI, SERVER_CLI } from '../../../harness/serverProcess';
 import { tmpDir } from '../../helpers/workspaces';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..', '..');

@@ -3,11 +3,11 @@ import { createHash } from 'node:crypto';
 import { parameterNames, parameterShape } from '../../../../common/AdapterConfig';
 import { encodeAdapter } from '../../../../common/AdapterFile';
 import { SeededRandom } from '../../../../common/SeededRandom';
-import { Backbone } from '../../../../extension/core/Backbone';
+import { Backbone } from '../../../../extension/core/model/Backbone';
 import { MobiError } from '../../../../extension/core/MobiError';
-import { modelFingerprint } from '../../../../extension/core/modelFingerprint';
+import { modelFingerprint } from '../../../../extension/core/model/modelFingerprint';
 import { sideShape } from '../../../../server/training/sideNetworkSpec';
-import { testAdapterConfig } from '../../../helpers/adapters';
+import { testAdapterConfig } from '../../../../harness/adapters';
 import { tinyModel } from '../../../helpers/models';
 
 /** Rewrites an adapter file's header with `edit` and recomputes its checksum, as anyone can. */

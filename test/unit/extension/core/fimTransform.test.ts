@@ -1,6 +1,6 @@
 import * as assert from 'node:assert/strict';
 import { SeededRandom } from '../../../../common/SeededRandom';
-import { fimTransform } from '../../../../extension/core/dataset';
+import { fimTransform } from '../../../../extension/core/workspace/dataset';
 
 describe('fill-in-the-middle training sequences', () => {
   it('keep their length, hold each marker once in order, and reorder only tokens of the sequence', () => {

@@ -1,6 +1,6 @@
 import * as assert from 'node:assert/strict';
 import { SeededRandom } from '../../../../common/SeededRandom';
-import { pick } from '../../../../extension/core/generate';
+import { pick } from '../../../../extension/core/completion/generate';
 
 /** The plain definition: sort the whole vocabulary, keep the nucleus, sample. */
 function nucleusSet(logits: Float32Array, temperature: number, topP: number): Set<number> {

@@ -7,10 +7,10 @@ import { OnnxHead } from '../../../../server/training/onnx/OnnxHead';
 import { OnnxTrainer } from '../../../../server/training/onnx/OnnxTrainer';
 import type { SideNetworkShape } from '../../../../common/AdapterConfig';
 import { initialParameters, LayoutError, parameterNames, sideShape } from '../../../../server/training/sideNetworkSpec';
-import { FrozenHead } from '../../../helpers/tfjs/FrozenHead';
-import { SideNetwork } from '../../../helpers/tfjs/SideNetwork';
-import { initTensorflow, tf } from '../../../helpers/tfjs/tf';
-import { Trainer } from '../../../helpers/tfjs/Trainer';
+import { FrozenHead } from '../../../../harness/tfjs/FrozenHead';
+import { SideNetwork } from '../../../../harness/tfjs/SideNetwork';
+import { initTensorflow, tf } from '../../../../harness/tfjs/tf';
+import { Trainer } from '../../../../harness/tfjs/Trainer';
 
 const d = 32;
 const vocab = 50;

@@ -1,11 +1,11 @@
 import * as assert from 'node:assert/strict';
 import { SeededRandom } from '../../../../common/SeededRandom';
-import { FrozenHead } from '../../../helpers/tfjs/FrozenHead';
+import { FrozenHead } from '../../../../harness/tfjs/FrozenHead';
 import { initialParameters, parameterNames, sideShape } from '../../../../server/training/sideNetworkSpec';
-import { SideNetwork } from '../../../helpers/tfjs/SideNetwork';
+import { SideNetwork } from '../../../../harness/tfjs/SideNetwork';
 import { learningRateAt } from '../../../../server/training/TrainerOptions';
-import { Trainer } from '../../../helpers/tfjs/Trainer';
-import { initTensorflow, tf } from '../../../helpers/tfjs/tf';
+import { Trainer } from '../../../../harness/tfjs/Trainer';
+import { initTensorflow, tf } from '../../../../harness/tfjs/tf';
 import { ActivationBatch } from '../../../../common/batchPayload';
 
 const d = 32;

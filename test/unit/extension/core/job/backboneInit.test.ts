@@ -1,6 +1,6 @@
 import * as assert from 'node:assert/strict';
 import { backboneInitNames, parameterShape, sideShape } from '../../../../../common/AdapterConfig';
-import { readModelTensor } from '../../../../../extension/core/Backbone';
+import { readModelTensor } from '../../../../../extension/core/model/Backbone';
 import { backboneInit, largest } from '../../../../../extension/core/job/backboneInit';
 import { tinyModel } from '../../../../helpers/models';
 

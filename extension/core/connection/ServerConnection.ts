@@ -1,0 +1,169 @@
+import { WebSocket } from 'ws';
+import { decodeServerFrame, encodeFrame } from '../../../common/codec';
+import { CloseCode, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../../../common/limits';
+import { DeviceMessage, ModelSpec, Replies, ReplyOf, RequestType, ServerMessage, ServerMessageType } from '../../../common/messages';
+import { WireError } from '../../../common/WireError';
+import { errorFromServer } from './errorFromServer';
+import { MobiError } from '../MobiError';
+
+/** Connect timeout, milliseconds. */
+export const CONNECT_TIMEOUT_MS = 15_000;
+
+interface Waiter {
+  type: ServerMessageType;
+  match: (m: ServerMessage) => boolean;
+  jobId?: string;
+  resolve: (f: { message: ServerMessage; payload: Buffer }) => void;
+  reject: (err: MobiError) => void;
+}
+
+/** The device's error for a connection the server closed with `code`. */
+function errorOfClose(code: number, reason: string): MobiError {
+  switch (code) {
+    case CloseCode.VERSION_MISMATCH:
+      return new MobiError('VERSION_MISMATCH', `The server closed the connection: ${reason || 'protocol version mismatch'}.`);
+    case CloseCode.UNAUTHORIZED:
+      return new MobiError('UNAUTHORIZED', 'The server closed the connection: this token was revoked. Ask your team admin for a new one.');
+    case CloseCode.LIMIT:
+      return new MobiError('SERVER_ERROR', `The server closed the connection at one of its limits (${reason || 'limit'}).`);
+    default:
+      return new MobiError('CONNECTION_LOST', 'The connection to the server was lost.');
+  }
+}
+
+/**
+ * The device's WebSocket connection to a side-tuning server. Sends typed
+ * frames, counts bytes, and lets callers await typed replies. A dropped
+ * connection rejects every waiter with CONNECTION_LOST.
+ */
+export class ServerConnection {
+  bytesSent = 0;
+  private readonly waiters = new Set<Waiter>();
+  private readonly listeners = new Set<(m: ServerMessage, payload: Buffer) => void>();
+  private lost: MobiError | undefined;
+  welcome!: ServerMessage<'session/welcome'>;
+  /** Sees every frame exactly as sent (an audit tap: what crosses the wire). */
+  onFrameSent: ((frame: Uint8Array) => void) | undefined;
+  private readonly lostListeners = new Set<(err: MobiError) => void>();
+  private closedByUs = false;
+
+  private constructor(private readonly ws: WebSocket) {
+    ws.on('message', (data: Buffer) => this.onFrame(data));
+    ws.on('close', (code, reason) => this.drop(errorOfClose(code, reason.toString())));
+    ws.on('error', () => undefined);
+  }
+
+  /** Opens a connection and completes the hello/welcome exchange. */
+  static async open(url: string, token: string, model: ModelSpec, options: { client?: string; protocol?: number; onFrameSent?: (frame: Uint8Array) => void } = {}): Promise<ServerConnection> {
+    const ws = await new Promise<WebSocket>((resolve, reject) => {
+      let ws: WebSocket;
+      try {
+        ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` }, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false, handshakeTimeout: CONNECT_TIMEOUT_MS });
+      } catch (err) {
+        reject(new MobiError('SERVER_UNREACHABLE', `The server URL "${url}" is not valid (use ws://host:port or wss://host:port).`, { cause: err }));
+        return;
+      }
+      ws.once('open', () => resolve(ws));
+      ws.once('unexpected-response', (_req, res) => {
+        ws.terminate();
+        reject(
+          res.statusCode === 401
+            ? new MobiError('UNAUTHORIZED', 'The server refused the token (missing, wrong or revoked): set a valid token.')
+            : res.statusCode === 429
+              ? new MobiError('SERVER_ERROR', 'The server refused the connection: too many failed sign-ins or open connections for this user; try again in a minute.')
+              : new MobiError('SERVER_UNREACHABLE', `The server answered HTTP ${res.statusCode} instead of accepting the connection.`),
+        );
+      });
+      ws.once('error', (err) => reject(new MobiError('SERVER_UNREACHABLE', `Cannot reach the server at ${url}: is it running and is the URL right?`, { cause: err })));
+    });
+    const conn = new ServerConnection(ws);
+    conn.onFrameSent = options.onFrameSent;
+    conn.welcome = (await conn.request({ type: 'session/hello', protocol: options.protocol ?? PROTOCOL_VERSION, client: options.client ?? 'mobillm', model })).message;
+    return conn;
+  }
+
+  send(message: DeviceMessage, payload?: Uint8Array): void {
+    if (this.lost) throw this.lost;
+    const frame = encodeFrame(message, payload);
+    this.bytesSent += frame.length;
+    this.onFrameSent?.(frame);
+    this.ws.send(frame, { binary: true });
+  }
+
+  /** Resolves with the next message of `type` that matches; rejects on a matching error or a drop. */
+  expect<T extends ServerMessageType>(type: T, match: (m: ServerMessage<T>) => boolean = () => true, jobId?: string): Promise<{ message: ServerMessage<T>; payload: Buffer }> {
+    if (this.lost) return Promise.reject(this.lost);
+    return new Promise((resolve, reject) => {
+      this.waiters.add({ type, match: match as (m: ServerMessage) => boolean, jobId, resolve: resolve as Waiter['resolve'], reject });
+    });
+  }
+
+  /** Sends a request and awaits its reply (common/messages.ts `Replies` says which). */
+  request<R extends RequestType>(message: DeviceMessage<R>, match?: (m: ServerMessage<ReplyOf<R>>) => boolean, payload?: Uint8Array): Promise<{ message: ServerMessage<ReplyOf<R>>; payload: Buffer }> {
+    const jobId = 'jobId' in message ? message.jobId : undefined;
+    const p = this.expect(Replies[message.type as R], match, jobId);
+    this.send(message, payload);
+    return p;
+  }
+
+  /** Calls `listener` once if the connection drops (not after close()); returns the unsubscribe function. */
+  onLost(listener: (err: MobiError) => void): () => void {
+    this.lostListeners.add(listener);
+    return () => this.lostListeners.delete(listener);
+  }
+
+  /** Every message, as it arrives (acks, checkpoints, errors). */
+  subscribe(listener: (m: ServerMessage, payload: Buffer) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private onFrame(data: Buffer): void {
+    let frame;
+    try {
+      frame = decodeServerFrame(data);
+    } catch (err) {
+      const e = err instanceof WireError ? err : undefined;
+      this.ws.terminate();
+      this.drop(new MobiError(e?.code === 'VERSION_MISMATCH' ? 'VERSION_MISMATCH' : 'SERVER_ERROR', `The server sent a frame this device cannot read (${e?.message ?? 'bad frame'}).`));
+      return;
+    }
+    const { message, payload } = frame;
+    for (const l of this.listeners) l(message, payload);
+    if (message.type === 'error') {
+      const err = errorFromServer(message);
+      for (const w of [...this.waiters]) {
+        if (message.jobId === undefined || w.jobId === undefined || w.jobId === message.jobId) {
+          this.waiters.delete(w);
+          w.reject(err);
+        }
+      }
+      return;
+    }
+    for (const w of this.waiters) {
+      if (w.type === message.type && w.match(message)) {
+        this.waiters.delete(w);
+        w.resolve({ message, payload });
+        return;
+      }
+    }
+  }
+
+  private drop(err: MobiError): void {
+    if (this.lost) return;
+    this.lost = err;
+    for (const w of this.waiters) w.reject(err);
+    this.waiters.clear();
+    if (!this.closedByUs) for (const l of [...this.lostListeners]) l(err);
+  }
+
+  get isOpen(): boolean {
+    return !this.lost;
+  }
+
+  close(): void {
+    this.closedByUs = true;
+    this.ws.close(1000);
+    this.drop(new MobiError('CONNECTION_LOST', 'The connection was closed.'));
+  }
+}

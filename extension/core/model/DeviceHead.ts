@@ -1,0 +1,52 @@
+import { loadNativeAddon, NativeHeadLoss } from '../../native/NativeAddon';
+import { defaultThreads } from './Backbone';
+import { MobiError } from '../MobiError';
+
+/**
+ * The backbone's own head on this computer (its final norm and output matrix,
+ * quantized as the GGUF file stores them), for label-private training: the
+ * next-token loss of hidden states and its gradient are computed here, so no
+ * target id leaves the device. Calls are serialised (one native job at a time).
+ */
+export class DeviceHead {
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(private readonly native: NativeHeadLoss, readonly vocabularySize: number, readonly hiddenSize: number, readonly type: string) {}
+
+  static async open(modelPath: string, normEpsilon: number, threads = defaultThreads()): Promise<DeviceHead> {
+    const addon = await loadNativeAddon();
+    const native = new addon.HeadLoss(modelPath, normEpsilon, threads);
+    try {
+      const info = await native.load();
+      return new DeviceHead(native, info.vocabularySize, info.hiddenSize, info.type);
+    } catch (err) {
+      throw MobiError.from(err);
+    }
+  }
+
+  private serial<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(work, work);
+    this.queue = run.catch(() => undefined);
+    return run.catch((err: unknown) => {
+      throw MobiError.from(err);
+    });
+  }
+
+  /** Per-token losses of y [n][d] (hidden states before the final norm) for next tokens `targets`. */
+  losses(y: Float32Array, targets: Int32Array): Promise<Float32Array> {
+    const weights = new Float32Array(targets.length);
+    return this.serial(async () => (await this.native.run(y, targets, weights, false)).losses);
+  }
+
+  /** Per-token losses and d(sum_j weights_j * loss_j)/dy, [n][d]. */
+  lossAndGradient(y: Float32Array, targets: Int32Array, weights: Float32Array): Promise<{ losses: Float32Array; grad: Float32Array }> {
+    return this.serial(async () => {
+      const r = await this.native.run(y, targets, weights, true);
+      return { losses: r.losses, grad: r.grad! };
+    });
+  }
+
+  dispose(): void {
+    void this.queue.then(() => this.native.dispose());
+  }
+}

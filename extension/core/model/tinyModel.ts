@@ -1,0 +1,199 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MobiError } from '../MobiError';
+import { SeededRandom } from '../../../common/SeededRandom';
+import { GgufValueType, readGgufFile } from './gguf/GgufFile';
+import { GgufWriter } from './gguf/GgufWriter';
+import { GGML_TYPE_BY_NAME, GgmlType, GgmlTypeName, encodeTensor, fileTypeOf, QK } from './gguf/ggmlTypes';
+
+/** Options of the built-in tiny model generator. */
+export interface TinyModelOptions {
+  /** Output file. */
+  out: string;
+  /** PRNG seed for the weights. Default 1. */
+  seed?: number;
+  /** Transformer blocks. Default 4. */
+  layers?: number;
+  /** Hidden size d. Default 64. Must be a multiple of 32 for q8_0/q4_0. */
+  embd?: number;
+  /** Attention heads. Default 4. */
+  heads?: number;
+  /** Key/value heads (GQA when fewer than heads). Default 2. */
+  kvHeads?: number;
+  /** Feed-forward width. Default 3 * embd, rounded to 32. */
+  ff?: number;
+  /** Type of the matrices (norms stay f32). Default f32. */
+  type?: GgmlTypeName;
+  /** Take the tokenizer from this vocabulary-only (or full) GGUF instead of the built-in SPM one. */
+  vocab?: string;
+  /** Training context length written to the metadata. Default 2048. */
+  contextLength?: number;
+  /** Write a separate `output.weight` head; when false the head is tied to `token_embd.weight`. Default true. */
+  untiedHead?: boolean;
+  /** Add fill-in-the-middle control tokens (`<|fim_prefix|>`, `<|fim_suffix|>`, `<|fim_middle|>`) to the built-in vocabulary and declare them in the metadata. Default false. */
+  fim?: boolean;
+}
+
+/** The fill-in-the-middle control tokens the generator can add, in the order prefix, suffix, middle. */
+export const TINY_FIM_TOKENS = ['<|fim_prefix|>', '<|fim_suffix|>', '<|fim_middle|>'] as const;
+
+/** Pieces of the built-in SPM vocabulary beyond single characters and bytes: common code fragments. */
+const CODE_WORDS = [
+  'function', 'return', 'const', 'let', 'var', 'if', 'else', 'for', 'while', 'import', 'export', 'from',
+  'class', 'interface', 'type', 'extends', 'implements', 'new', 'this', 'async', 'await', 'true', 'false',
+  'null', 'undefined', 'string', 'number', 'boolean', 'void', 'public', 'private', 'readonly', 'static',
+  'throw', 'Error', 'try', 'catch', 'finally', 'switch', 'case', 'break', 'default', 'continue', 'of', 'in',
+  'length', 'push', 'map', 'filter', 'value', 'name', 'index', 'result', 'options', 'error', 'message',
+  'data', 'path', 'file', 'size', 'count', 'token', 'model', 'layer', 'server', 'device', 'test', 'assert',
+  'equal', 'describe', 'it', 'expect', 'console', 'log', 'Promise', 'Array', 'Map', 'Set', 'Buffer',
+  'def', 'self', 'None', 'print', 'int', 'str', 'float', 'struct', 'include', 'std', 'auto', 'size_t',
+];
+/** Multi-character symbols common in code. */
+const CODE_SYMBOLS = ['  ', '    ', '\n\n', '=>', '===', '!==', '==', '!=', '<=', '>=', '&&', '||', '++', '--', '+=', '();', '()', '{}', '[]', '});', '//', '/*', '*/', '::', '->'];
+
+export const SPM_SPACE = '\u2581';
+
+/** The built-in SPM vocabulary: control tokens, 256 byte tokens, printable ASCII, code fragments (with every prefix, so SPM merges can reach them). */
+export function builtInVocabulary(): { tokens: string[]; scores: number[]; types: number[] } {
+  const tokens: string[] = ['<unk>', '<s>', '</s>'];
+  const types: number[] = [2, 3, 3];
+  for (let b = 0; b < 256; b++) {
+    tokens.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
+    types.push(6);
+  }
+  const seen = new Set(tokens);
+  const pieces: string[] = [];
+  const add = (p: string): void => {
+    if (!seen.has(p)) {
+      seen.add(p);
+      pieces.push(p);
+    }
+  };
+  add(SPM_SPACE);
+  add('\n');
+  add('\t');
+  for (let c = 33; c < 127; c++) add(String.fromCharCode(c));
+  for (const sym of CODE_SYMBOLS) {
+    const s = sym.replace(/ /g, SPM_SPACE);
+    for (let k = 2; k <= s.length; k++) add(s.slice(0, k));
+  }
+  for (const word of CODE_WORDS) {
+    for (const w of [word, SPM_SPACE + word]) {
+      for (let k = 2; k <= w.length; k++) add(w.slice(0, k));
+    }
+  }
+  const scores = tokens.map(() => 0);
+  for (const p of pieces) {
+    tokens.push(p);
+    types.push(1);
+    // SPM merges the adjacent pair whose union has the highest score: prefer longer pieces.
+    scores.push(p.length - tokens.length * 1e-6);
+  }
+  return { tokens, scores, types };
+}
+
+/**
+ * Writes a valid GGUF v3 `llama` model with random weights (seeded). It is the
+ * product's built-in default backbone for the demo and the tests.
+ */
+export function writeTinyModel(options: TinyModelOptions): void {
+  const seed = options.seed ?? 1;
+  const nLayer = options.layers ?? 4;
+  const d = options.embd ?? 64;
+  const nHead = options.heads ?? 4;
+  const nKv = options.kvHeads ?? Math.max(1, nHead / 2);
+  const ff = options.ff ?? Math.ceil((3 * d) / QK) * QK;
+  const typeName = options.type ?? 'f32';
+  const type = GGML_TYPE_BY_NAME[typeName];
+  if (type === undefined) throw new MobiError('BAD_ARGUMENT', `Unknown tensor type ${typeName}; use f32, f16, q8_0 or q4_0.`);
+  if (!Number.isInteger(nLayer) || nLayer < 1) throw new MobiError('BAD_ARGUMENT', 'layers must be a positive integer.');
+  if (d % nHead !== 0 || nHead % nKv !== 0) throw new MobiError('BAD_ARGUMENT', 'embd must divide by heads, and heads by kvHeads.');
+  if ((d / nHead) % 2 !== 0) throw new MobiError('BAD_ARGUMENT', 'The head size (embd / heads) must be even for RoPE.');
+  if (type !== GgmlType.F32 && type !== GgmlType.F16 && (d % QK !== 0 || ff % QK !== 0)) {
+    throw new MobiError('BAD_ARGUMENT', `embd and ff must be multiples of ${QK} for ${typeName}.`);
+  }
+  const headDim = d / nHead;
+  const w = new GgufWriter();
+  w.string('general.architecture', 'llama');
+  w.string('general.name', `mobillm-tiny-${nLayer}x${d}-s${seed}`);
+  w.u32('general.file_type', fileTypeOf(type));
+  w.u32('llama.context_length', options.contextLength ?? 2048);
+  w.u32('llama.embedding_length', d);
+  w.u32('llama.block_count', nLayer);
+  w.u32('llama.feed_forward_length', ff);
+  w.u32('llama.attention.head_count', nHead);
+  w.u32('llama.attention.head_count_kv', nKv);
+  w.u32('llama.rope.dimension_count', headDim);
+  w.f32('llama.rope.freq_base', 10000);
+  w.f32('llama.attention.layer_norm_rms_epsilon', 1e-5);
+
+  let nVocab: number;
+  if (options.vocab !== undefined) {
+    const src = readGgufFile(options.vocab);
+    const tokens = src.kv.get('tokenizer.ggml.tokens');
+    if (tokens === undefined) throw new MobiError('BAD_ARGUMENT', `${options.vocab} has no tokenizer.`);
+    for (const [key, entry] of src.kv) if (key.startsWith('tokenizer.')) w.set(key, entry);
+    nVocab = (tokens.value as unknown[]).length;
+  } else {
+    const v = builtInVocabulary();
+    if (options.fim) {
+      const first = v.tokens.length;
+      for (const t of TINY_FIM_TOKENS) {
+        v.tokens.push(t);
+        v.scores.push(0);
+        v.types.push(3); // control
+      }
+      w.u32('tokenizer.ggml.fim_pre_token_id', first);
+      w.u32('tokenizer.ggml.fim_suf_token_id', first + 1);
+      w.u32('tokenizer.ggml.fim_mid_token_id', first + 2);
+    }
+    w.string('tokenizer.ggml.model', 'llama');
+    w.array('tokenizer.ggml.tokens', GgufValueType.STRING, v.tokens);
+    w.array('tokenizer.ggml.scores', GgufValueType.FLOAT32, v.scores);
+    w.array('tokenizer.ggml.token_type', GgufValueType.INT32, v.types);
+    w.u32('tokenizer.ggml.unknown_token_id', 0);
+    w.u32('tokenizer.ggml.bos_token_id', 1);
+    w.u32('tokenizer.ggml.eos_token_id', 2);
+    w.bool('tokenizer.ggml.add_bos_token', true);
+    w.bool('tokenizer.ggml.add_space_prefix', false);
+    nVocab = v.tokens.length;
+  }
+
+  // One PRNG per tensor, seeded from (seed, tensor index): tensors are
+  // independent of generation order and of each other's types.
+  let tensorIndex = 0;
+  const matrix = (name: string, cols: number, rows: number, scale: number, t: number): void => {
+    const rng = new SeededRandom((seed * 1000003 + ++tensorIndex * 7919) >>> 0);
+    w.tensor(name, [cols, rows], t, () => {
+      const values = new Float32Array(cols * rows);
+      for (let i = 0; i < values.length; i++) values[i] = rng.normal() * scale;
+      return encodeTensor(t, values);
+    });
+  };
+  const norm = (name: string): void => {
+    const rng = new SeededRandom((seed * 1000003 + ++tensorIndex * 7919) >>> 0);
+    w.tensor(name, [d], GgmlType.F32, () => {
+      const values = new Float32Array(d);
+      for (let i = 0; i < d; i++) values[i] = 1 + 0.1 * rng.normal();
+      return encodeTensor(GgmlType.F32, values);
+    });
+  };
+  // The embedding is read by row lookup: keep it in a type llama.cpp can get_rows from.
+  matrix('token_embd.weight', d, nVocab, 1, type);
+  norm('output_norm.weight');
+  if (options.untiedHead ?? true) matrix('output.weight', d, nVocab, 1 / Math.sqrt(d), type);
+  const inScale = 1 / Math.sqrt(d);
+  for (let il = 0; il < nLayer; il++) {
+    norm(`blk.${il}.attn_norm.weight`);
+    matrix(`blk.${il}.attn_q.weight`, d, d, inScale, type);
+    matrix(`blk.${il}.attn_k.weight`, d, nKv * headDim, inScale, type);
+    matrix(`blk.${il}.attn_v.weight`, d, nKv * headDim, inScale, type);
+    matrix(`blk.${il}.attn_output.weight`, d, d, inScale, type);
+    norm(`blk.${il}.ffn_norm.weight`);
+    matrix(`blk.${il}.ffn_gate.weight`, d, ff, inScale, type);
+    matrix(`blk.${il}.ffn_up.weight`, d, ff, inScale, type);
+    matrix(`blk.${il}.ffn_down.weight`, ff, d, 1 / Math.sqrt(ff), type);
+  }
+  fs.mkdirSync(path.dirname(path.resolve(options.out)), { recursive: true });
+  w.write(options.out);
+}

@@ -1,0 +1,30 @@
+import type { JobProgress } from '../job/FineTuneJob';
+
+/** What the status bar shows for a job's progress (VS Code codicons in $(...)). */
+export function statusText(p: JobProgress | undefined): { text: string; tooltip: string } {
+  if (!p) return { text: '$(sparkle) MobiLLM', tooltip: 'MobiLLM: fine-tune on this workspace (click for the dashboard)' };
+  const ppl = (x: number | undefined): string => (x === undefined ? '?' : Math.exp(x) < 1e4 ? Math.exp(x).toFixed(1) : Math.exp(x).toExponential(1));
+  switch (p.phase) {
+    case 'done':
+      return { text: `$(check) MobiLLM: done, perplexity ${ppl(p.heldOutLossBefore)} → ${ppl(p.heldOutLossAfter)}`, tooltip: `Fine-tuned in ${p.step} steps. Held-out loss ${p.heldOutLossBefore?.toFixed(3)} → ${p.heldOutLossAfter?.toFixed(3)}. Click for the dashboard.` };
+    case 'failed':
+      return { text: '$(error) MobiLLM: failed', tooltip: 'Fine-tuning failed; see the notification or "MobiLLM: Show logs".' };
+    case 'cancelled':
+      return { text: '$(circle-slash) MobiLLM: cancelled', tooltip: 'Cancelled; "MobiLLM: Resume fine-tuning" continues from the last checkpoint.' };
+    case 'training': {
+      const parts = [`$(sync~spin) MobiLLM ${p.step}/${p.totalSteps}`];
+      if (p.trainLoss !== undefined) parts.push(`loss ${p.trainLoss.toFixed(2)}`);
+      if (p.etaSeconds !== undefined) parts.push(`ETA ${formatDuration(p.etaSeconds)}`);
+      return { text: parts.join(' · '), tooltip: 'Fine-tuning: click for the dashboard; "MobiLLM: Cancel fine-tuning" stops it.' };
+    }
+    default:
+      return { text: `$(sync~spin) MobiLLM: ${p.phase.replace('-', ' ')}`, tooltip: 'Fine-tuning is starting; click for the dashboard.' };
+  }
+}
+
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}

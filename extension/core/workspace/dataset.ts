@@ -1,0 +1,138 @@
+import { createHash } from 'node:crypto';
+import { MobiError } from '../MobiError';
+import { ScannedFile } from './scanWorkspace';
+import { SeededRandom } from '../../../common/SeededRandom';
+
+/** Options of the training data. */
+export interface DatasetOptions {
+  /** Tokens a sequence predicts (each sequence holds seqLen + 1 tokens). Default 128. */
+  seqLen?: number;
+  /** Fraction of files held out for evaluation (at least one file). Default 0.1. */
+  heldOutFraction?: number;
+  /** Seed of the split and the shuffles. Default 1. */
+  seed?: number;
+  /** Cap on held-out sequences (evaluation time). Default 32. */
+  maxHeldOutSequences?: number;
+  /** The model's fill-in-the-middle tokens; with them, a share of the training sequences is FIM-transformed. Default: none. */
+  fim?: FimTokens;
+  /** Share of training sequences FIM-transformed when `fim` is given. Default 0.5. */
+  fimRate?: number;
+}
+
+/** A model's fill-in-the-middle tokens. */
+export interface FimTokens {
+  pre: number;
+  suf: number;
+  mid: number;
+}
+
+/**
+ * A sequence in fill-in-the-middle order, as completions prompt the model:
+ * cut at two seeded points into prefix, middle and suffix, then
+ * <fim_pre> prefix <fim_suf> suffix <fim_mid> middle, at the same length (the
+ * middle's last tokens make room for the three markers).
+ */
+export function fimTransform(seq: Int32Array, fim: FimTokens, rng: SeededRandom): Int32Array {
+  const n = seq.length;
+  let a = rng.int(n + 1);
+  let b = rng.int(n + 1);
+  if (a > b) [a, b] = [b, a];
+  // Three markers make room: the middle's end goes first, then the suffix's far end, then the prefix's start.
+  let excess = 3;
+  const cutMiddle = Math.min(excess, b - a);
+  excess -= cutMiddle;
+  const cutSuffix = Math.min(excess, n - b);
+  excess -= cutSuffix;
+  const prefix = seq.subarray(excess, a);
+  const suffix = seq.subarray(b, n - cutSuffix);
+  const middle = seq.subarray(a, b - cutMiddle);
+  return Int32Array.from([fim.pre, ...prefix, fim.suf, ...suffix, fim.mid, ...middle]);
+}
+
+export interface Dataset {
+  /** Training sequences: token ids, each at most seqLen + 1 long, never crossing files; a share FIM-transformed when the model has FIM tokens. */
+  train: Int32Array[];
+  heldOut: Int32Array[];
+  /** The held-out sequences FIM-transformed (empty for models without FIM tokens): completions' format, evaluated apart. */
+  heldOutFim: Int32Array[];
+  trainFiles: number;
+  heldOutFiles: number;
+  /** Tokens predicted per pass over the training sequences. */
+  trainTokens: number;
+  seqLen: number;
+  seed: number;
+}
+
+/** True when the file goes to the held-out set: a seeded hash of its path, stable across runs. */
+function heldOutRank(path: string, seed: number): number {
+  return createHash('sha256').update(`${seed}:${path}`).digest().readUInt32BE(0) / 2 ** 32;
+}
+
+/** The files the split holds out (deterministic: a seeded hash of each path; at least one, never all). */
+export function heldOutFiles<F extends { path: string }>(files: F[], options: Pick<DatasetOptions, 'seed' | 'heldOutFraction'> = {}): F[] {
+  const seed = options.seed ?? 1;
+  const ranked = [...files].sort((a, b) => heldOutRank(a.path, seed) - heldOutRank(b.path, seed));
+  const nHeld = Math.min(files.length - 1, Math.max(1, Math.round(files.length * (options.heldOutFraction ?? 0.1))));
+  return ranked.slice(0, nHeld);
+}
+
+/**
+ * Tokenizes files with the backbone's tokenizer and cuts them into sequences
+ * (one file per sequence: no attention across files). The held-out split is by
+ * file and deterministic.
+ */
+export function buildDataset(files: ScannedFile[], tokenize: (text: string) => Int32Array, options: DatasetOptions = {}): Dataset {
+  const seqLen = options.seqLen ?? 128;
+  const seed = options.seed ?? 1;
+  if (files.length < 2) {
+    throw new MobiError('EMPTY_WORKSPACE', `The workspace has ${files.length} usable source file(s); at least 2 are needed (one is held out to measure progress).`);
+  }
+  const held = new Set(heldOutFiles(files, options).map((f) => f.path));
+  const cut = (f: ScannedFile): Int32Array[] => {
+    const tokens = tokenize(f.text);
+    const out: Int32Array[] = [];
+    for (let start = 0; start + 1 < tokens.length; start += seqLen) out.push(tokens.slice(start, Math.min(tokens.length, start + seqLen + 1)));
+    return out;
+  };
+  const train: Int32Array[] = [];
+  let heldOut: Int32Array[] = [];
+  for (const f of files) (held.has(f.path) ? heldOut : train).push(...cut(f));
+  if (train.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The training files produced no sequences (they are too short).');
+  if (heldOut.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The held-out files produced no sequences (they are too short).');
+  const cap = options.maxHeldOutSequences ?? 32;
+  if (heldOut.length > cap) heldOut = new SeededRandom(seed ^ 0x5eed).shuffle(heldOut).slice(0, cap);
+  let heldOutFim: Int32Array[] = [];
+  const fim = options.fim;
+  if (fim) {
+    const rng = new SeededRandom(seed ^ 0xf1f1);
+    const rate = options.fimRate ?? 0.5;
+    for (let i = 0; i < train.length; i++) if (rng.next() < rate && train[i]!.length > 3) train[i] = fimTransform(train[i]!, fim, rng);
+    heldOutFim = heldOut.filter((s) => s.length > 3).map((s) => fimTransform(s, fim, rng));
+  }
+  return { train, heldOut, heldOutFim, trainFiles: files.length - held.size, heldOutFiles: held.size, trainTokens: train.reduce((a, s) => a + s.length - 1, 0), seqLen, seed };
+}
+
+/** Sequences of training batch `index` (epochs reshuffle with seed + epoch; the order is the same on every run). */
+export function trainBatchSequences(data: Dataset, batchSize: number, index: number): Int32Array[] {
+  const perEpoch = Math.ceil(data.train.length / batchSize);
+  const epoch = Math.floor(index / perEpoch);
+  const order = new SeededRandom(data.seed * 7919 + epoch).shuffle(data.train.map((_, i) => i));
+  const j = index % perEpoch;
+  return order.slice(j * batchSize, (j + 1) * batchSize).map((i) => data.train[i]!);
+}
+
+export function batchesPerEpoch(data: Dataset, batchSize: number): number {
+  return Math.ceil(data.train.length / batchSize);
+}
+
+/** Inputs (all but the last token), next-token targets and mask of a list of sequences. */
+export function splitInputsTargets(seqs: Int32Array[]): { inputs: Int32Array[]; targets: Int32Array; mask: Uint8Array; rows: number } {
+  const rows = seqs.reduce((a, s) => a + s.length - 1, 0);
+  const targets = new Int32Array(rows);
+  let at = 0;
+  for (const s of seqs) {
+    targets.set(s.subarray(1), at);
+    at += s.length - 1;
+  }
+  return { inputs: seqs.map((s) => s.subarray(0, s.length - 1)), targets, mask: new Uint8Array(rows).fill(1), rows };
+}

@@ -1,0 +1,22 @@
+import { Backbone } from '../model/Backbone';
+import { buildDataset, DatasetOptions } from './dataset';
+import { ScanOptions, scanWorkspace } from './scanWorkspace';
+
+/**
+ * Held-out loss of a workspace on this device: the same scan, split and
+ * sequences as a fine-tuning job with the same options, with whatever adapter
+ * the backbone is using.
+ */
+export async function evaluateWorkspace(bb: Backbone, workspace: string, options: DatasetOptions & { scan?: ScanOptions } = {}): Promise<{ heldOutLoss: number; tokens: number }> {
+  const scan = scanWorkspace(workspace, options.scan);
+  const data = buildDataset(scan.files, (text) => bb.tokenize(text), options);
+  let lossSum = 0;
+  let tokens = 0;
+  const per = Math.max(1, Math.min(bb.maxSequences, Math.floor(bb.contextSize / (data.seqLen + 1))));
+  for (let i = 0; i < data.heldOut.length; i += per) {
+    const r = await bb.sequenceLoss(data.heldOut.slice(i, i + per));
+    lossSum += r.lossSum;
+    tokens += r.tokens;
+  }
+  return { heldOutLoss: lossSum / tokens, tokens };
+}

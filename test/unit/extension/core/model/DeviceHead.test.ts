@@ -1,0 +1,120 @@
+import * as assert from 'node:assert/strict';
+import { readModelTensor } from '../../../../../extension/core/model/Backbone';
+import { DeviceHead } from '../../../../../extension/core/model/DeviceHead';
+import { SeededRandom } from '../../../../../common/SeededRandom';
+import { tinyModel } from '../../../../helpers/models';
+
+/** z as ggml's matrix product with a Q8_0 matrix sees it: rounded to 8 bits per block of 32, one scale per block (as llama.cpp's own head does). */
+function q8Rounded(z: number[]): number[] {
+  const out = [...z];
+  for (let b = 0; b < z.length; b += 32) {
+    const amax = Math.max(...z.slice(b, b + 32).map(Math.abs));
+    const scale = Math.fround(amax / 127);
+    for (let i = b; i < b + 32; i++) out[i] = scale === 0 ? 0 : Math.round(z[i]! / scale) * scale;
+  }
+  return out;
+}
+
+/**
+ * float64 reference: loss_j = logsumexp(W z_j) - (W z_j)[t_j], z = rmsnorm(y) * norm (with `roundZ`, as the
+ * matrix product sees z); and d(sum w_j loss_j)/dy.
+ */
+function reference(W: Float32Array, norm: Float32Array, eps: number, d: number, y: Float32Array, targets: Int32Array, weights: Float32Array, roundZ = (z: number[]) => z) {
+  const V = W.length / d;
+  const n = targets.length;
+  const losses = new Float64Array(n);
+  const grad = new Float64Array(n * d);
+  for (let j = 0; j < n; j++) {
+    let ss = 0;
+    for (let i = 0; i < d; i++) ss += y[j * d + i]! ** 2;
+    const inv = 1 / Math.sqrt(ss / d + eps);
+    const xhat = Array.from({ length: d }, (_, i) => y[j * d + i]! * inv);
+    const z = roundZ(xhat.map((x, i) => x * norm[i]!));
+    const logits = new Float64Array(V);
+    for (let v = 0; v < V; v++) for (let i = 0; i < d; i++) logits[v] += W[v * d + i]! * z[i]!;
+    const m = Math.max(...logits);
+    let s = 0;
+    for (const l of logits) s += Math.exp(l - m);
+    losses[j] = m + Math.log(s) - logits[targets[j]!]!;
+    const dz = new Float64Array(d);
+    for (let v = 0; v < V; v++) {
+      const p = Math.exp(logits[v]! - m) / s - (v === targets[j] ? 1 : 0);
+      for (let i = 0; i < d; i++) dz[i] += p * W[v * d + i]!;
+    }
+    const dn = Array.from({ length: d }, (_, i) => weights[j]! * dz[i]! * norm[i]!);
+    const mean = dn.reduce((a, x, i) => a + x * xhat[i]!, 0) / d;
+    for (let i = 0; i < d; i++) grad[j * d + i] = inv * (dn[i]! - xhat[i]! * mean);
+  }
+  return { losses, grad };
+}
+
+describe('DeviceHead (the model\'s own head on the device)', function () {
+  this.timeout(120_000);
+  const eps = 1e-5;
+
+  for (const [label, options] of [['f32, own head', { type: 'f32' as const }], ['Q8_0, tied to the embedding', { type: 'q8_0' as const, untiedHead: false }]] as const) {
+    it(`computes each token's loss and the gradient wrt the hidden state as a float64 reference does (${label})`, async () => {
+      const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 11, ...options });
+      const head = await DeviceHead.open(model, eps, 1);
+      try {
+        const d = head.hiddenSize;
+        const W = (await readModelTensor(model, 'untiedHead' in options ? 'token_embd.weight' : 'output.weight')).data;
+        const norm = (await readModelTensor(model, 'output_norm.weight')).data;
+        const rng = new SeededRandom(3);
+        const n = 5;
+        const y = Float32Array.from({ length: n * d }, () => rng.normal() * 2);
+        const targets = Int32Array.from({ length: n }, (_, j) => (j * 97 + 5) % head.vocabularySize);
+        const weights = Float32Array.from([0.25, 0, 0.25, 0.25, 0.25]);
+        const got = await head.lossAndGradient(y, targets, weights);
+        const want = reference(W, norm, eps, d, y, targets, weights, options.type === 'q8_0' ? q8Rounded : undefined);
+        for (let j = 0; j < n; j++) assert.ok(Math.abs(got.losses[j]! - want.losses[j]!) < 2e-3 * Math.max(1, want.losses[j]!), `loss ${j}: ${got.losses[j]} vs ${want.losses[j]}`);
+        let maxErr = 0;
+        let maxRef = 0;
+        for (let i = 0; i < n * d; i++) {
+          maxErr = Math.max(maxErr, Math.abs(got.grad[i]! - want.grad[i]!));
+          maxRef = Math.max(maxRef, Math.abs(want.grad[i]!));
+        }
+        // The gradient's product over the vocabulary runs in 8 bits (a Q8_0 transposed copy; softmax rounded per 32 entries).
+        assert.ok(maxErr < 1e-2 * maxRef, `gradient off by ${maxErr} (largest ${maxRef})`);
+        for (let i = d; i < 2 * d; i++) assert.equal(Math.abs(got.grad[i]!), 0, 'a token with weight 0 has no gradient');
+        assert.deepEqual(Array.from(await head.losses(y, targets)), Array.from(got.losses));
+      } finally {
+        head.dispose();
+      }
+    });
+  }
+
+  it('agrees with finite differences of its own loss', async () => {
+    const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 12 });
+    const head = await DeviceHead.open(model, eps, 1);
+    try {
+      const d = head.hiddenSize;
+      const rng = new SeededRandom(9);
+      const y = Float32Array.from({ length: d }, () => rng.normal());
+      const t = Int32Array.of(42);
+      const { grad } = await head.lossAndGradient(y, t, Float32Array.of(1));
+      for (const i of [0, 7, 33, 63]) {
+        const h = 1e-2;
+        const up = Float32Array.from(y);
+        const down = Float32Array.from(y);
+        up[i]! += h;
+        down[i]! -= h;
+        const fd = ((await head.losses(up, t))[0]! - (await head.losses(down, t))[0]!) / (2 * h);
+        assert.ok(Math.abs(fd - grad[i]!) < 2e-3 + 0.02 * Math.abs(fd), `component ${i}: ${grad[i]} vs ${fd}`);
+      }
+    } finally {
+      head.dispose();
+    }
+  });
+
+  it('refuses a target outside the vocabulary and a file without a head, with typed errors', async () => {
+    const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 11 });
+    const head = await DeviceHead.open(model, eps, 1);
+    try {
+      await assert.rejects(head.losses(new Float32Array(head.hiddenSize), Int32Array.of(head.vocabularySize)), { code: 'BAD_ARGUMENT' });
+    } finally {
+      head.dispose();
+    }
+    await assert.rejects(DeviceHead.open(__filename, eps, 1), { code: 'MODEL_LOAD_FAILED' });
+  });
+});
