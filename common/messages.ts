@@ -76,26 +76,26 @@ export const DeviceMessages = {
   /** Create a job for this session's model. */
   'job/create': { name: 'string', config: JobConfigSchema },
   /** Continue a job (after a drop or a server restart): the server answers job/ready with the index to resend from. */
-  'job/resume': { jobId: 'string' },
+  'job/resume': { jobId: 'uuid' },
   /** The user's jobs. */
   'job/list': {},
   /** A training batch. Payload: see batchPayload.ts. Consumes one credit. */
   /** `lengths`: the batch's sequences, in order (they sum to rows); a version-2 side network needs them. */
-  'batch/train': { jobId: 'string', index: 'uint', rows: 'uint', lengths: 'uint[]?' },
+  'batch/train': { jobId: 'uuid', index: 'uint', rows: 'uint', lengths: 'uint[]?' },
   /** A held-out batch: evaluated with the current side network, not trained. */
-  'batch/eval': { jobId: 'string', evalId: 'string', index: 'uint', rows: 'uint', lengths: 'uint[]?' },
+  'batch/eval': { jobId: 'uuid', evalId: 'string', index: 'uint', rows: 'uint', lengths: 'uint[]?' },
   /**
    * Label-private: the loss of training batch `index` (sum over its masked
    * tokens, computed on the device) and, as payload, its gradient at the join
    * [rows][d], quantized like the activations. The server steps and acks.
    */
-  'batch/grad': { jobId: 'string', index: 'uint', rows: 'uint', lossSum: 'number', tokens: 'uint' },
+  'batch/grad': { jobId: 'uuid', index: 'uint', rows: 'uint', lossSum: 'number', tokens: 'uint' },
   /** All training batches sent: checkpoint and write the adapter. */
-  'job/finish': { jobId: 'string' },
+  'job/finish': { jobId: 'uuid' },
   /** Stop the job; its last checkpoint stays resumable. */
-  'job/cancel': { jobId: 'string' },
+  'job/cancel': { jobId: 'uuid' },
   /** Download the adapter of a finished job. */
-  'adapter/get': { jobId: 'string' },
+  'adapter/get': { jobId: 'uuid' },
 } as const satisfies Record<string, Schema>;
 
 /** Messages the server sends. */
@@ -103,22 +103,22 @@ export const ServerMessages = {
   'session/welcome': { protocol: 'uint', server: 'string', backend: 'string', headCached: 'boolean', credits: 'uint' },
   'head/stored': { fingerprint: 'string' },
   /** The job exists and accepts batches from nextIndex on. */
-  'job/ready': { jobId: 'string', nextIndex: 'uint', step: 'uint', state: JOB_STATES },
+  'job/ready': { jobId: 'uuid', nextIndex: 'uint', step: 'uint', state: JOB_STATES },
   /** A training batch was applied (one optimizer step); returns one credit. */
-  'batch/ack': { jobId: 'string', index: 'uint', step: 'uint', loss: 'number', learningRate: 'number', tokens: 'uint', seconds: 'number', skipped: 'boolean?' },
-  'eval/result': { jobId: 'string', evalId: 'string', index: 'uint', lossSum: 'number', tokens: 'uint' },
+  'batch/ack': { jobId: 'uuid', index: 'uint', step: 'uint', loss: 'number', learningRate: 'number', tokens: 'uint', seconds: 'number', skipped: 'boolean?' },
+  'eval/result': { jobId: 'uuid', evalId: 'string', index: 'uint', lossSum: 'number', tokens: 'uint' },
   /** Label-private: the side network's output at the join for training batch `index`. Payload: [rows][d], quantized like the activations. */
-  'batch/side': { jobId: 'string', index: 'uint', rows: 'uint' },
+  'batch/side': { jobId: 'uuid', index: 'uint', rows: 'uint' },
   /** Label-private: the same for a held-out batch (the device computes its loss). */
-  'eval/side': { jobId: 'string', evalId: 'string', index: 'uint', rows: 'uint' },
+  'eval/side': { jobId: 'uuid', evalId: 'string', index: 'uint', rows: 'uint' },
   /** A checkpoint is durable: batches below nextIndex never need resending. */
-  'job/checkpoint': { jobId: 'string', step: 'uint', nextIndex: 'uint' },
+  'job/checkpoint': { jobId: 'uuid', step: 'uint', nextIndex: 'uint' },
   /** The job ended (finished or cancelled); the adapter is ready when finished. */
-  'job/done': { jobId: 'string', step: 'uint', state: JOB_STATES },
+  'job/done': { jobId: 'uuid', step: 'uint', state: JOB_STATES },
   'job/list/result': { jobs: 'json' },
   /** Payload: the adapter file. */
-  'adapter/data': { jobId: 'string', bytes: 'uint', sha256: 'string' },
-  'error': { code: WIRE_ERROR_CODES, message: 'string', fatal: 'boolean', jobId: 'string?' },
+  'adapter/data': { jobId: 'uuid', bytes: 'uint', sha256: 'string' },
+  'error': { code: WIRE_ERROR_CODES, message: 'string', fatal: 'boolean', jobId: 'uuid?' },
 } as const satisfies Record<string, Schema>;
 
 export type DeviceMessageType = keyof typeof DeviceMessages;

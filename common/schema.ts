@@ -3,14 +3,17 @@
  * file header) is both the run-time validator (`checkSchema`) and, through
  * `Fields<>`, the compile-time type, so the two cannot drift apart.
  *
- *   'string' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json'   a scalar
+ *   'string' | 'uuid' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json'   a scalar
  *   'uint?' (any scalar with '?')                                  optional
  *   ['a', 'b'] or [4, 8] as a readonly tuple                       one of these values
  *   optionalOneOf([1, 2])                                          one of these, or absent
  *   { ... }                                                        a nested schema
  */
 
-type Scalar = 'string' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json';
+type Scalar = 'string' | 'uuid' | 'uint' | 'number' | 'boolean' | 'uint[]' | 'json';
+
+/** A job id: a lower-case RFC 4122 UUID, as the server makes them (it reaches file names on both sides). */
+export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** One of `values`, or absent. */
 export interface OptionalOneOf<V extends string | number = string | number> {
   readonly optionalOneOf: readonly V[];
@@ -28,7 +31,7 @@ export interface Schema {
 const MAX_STRING_CHARS = 4096;
 const MAX_LIST_ITEMS = 4096;
 
-type TypeOfScalar<K> = K extends 'string'
+type TypeOfScalar<K> = K extends 'string' | 'uuid'
   ? string
   : K extends 'uint' | 'number'
     ? number
@@ -75,12 +78,13 @@ export function checkSchema(value: unknown, schema: Schema, at = ''): string | u
     const base = (optional ? kind.slice(0, -1) : kind) as Scalar;
     const ok =
       base === 'string' ? typeof v === 'string' && v.length <= MAX_STRING_CHARS
+      : base === 'uuid' ? typeof v === 'string' && UUID_PATTERN.test(v)
       : base === 'uint' ? Number.isSafeInteger(v) && (v as number) >= 0
       : base === 'number' ? typeof v === 'number' && Number.isFinite(v)
       : base === 'boolean' ? typeof v === 'boolean'
       : base === 'uint[]' ? Array.isArray(v) && v.length <= MAX_LIST_ITEMS && v.every((x) => Number.isSafeInteger(x) && x >= 0)
       : true;
-    if (!ok) return `${where} must be ${base}`;
+    if (!ok) return `${where} must be ${base === 'uuid' ? 'a job id (a UUID)' : base}`;
   }
   return undefined;
 }

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { syncFolder, writeFileAtomic } from '../../common/atomicWrite';
 import type { JobState } from '../../common/JobState';
 import { JobConfig, ModelSpec } from '../../common/messages';
+import { UUID_PATTERN } from '../../common/schema';
 
 /** `<data>/jobs/<user>/<id>/job.json`: numbers and settings only, never data. */
 export interface JobRecord {
@@ -29,7 +30,7 @@ export interface JobRecord {
 /** The newest checkpoint and the one before it. */
 const CHECKPOINT_FILES = ['checkpoint.mobi', 'checkpoint.prev.mobi'] as const;
 
-export const JOB_ID_PATTERN = /^[0-9a-f-]{36}$/;
+export const JOB_ID_PATTERN = UUID_PATTERN;
 
 /** Jobs on the server's disk: records, checkpoints and adapters, per user. */
 export class JobStore {

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../../common/atomicWrite';
 import type { JobConfig } from '../../../common/messages';
+import { UUID_PATTERN } from '../../../common/schema';
 import { MobiError } from '../MobiError';
 import type { TunedSettings } from './FineTuneOptions';
 import type { JobPhase } from './JobProgress';
@@ -33,7 +34,9 @@ export interface JobRecord {
 export class JobRecordStore {
   constructor(private readonly storeDir: string) {}
 
+  /** The record's file; a name that is not a job id (a UUID) never reaches the file system. */
   private file(jobId: string): string {
+    if (!UUID_PATTERN.test(jobId)) throw new MobiError('NO_SUCH_JOB', `"${jobId.slice(0, 40)}" is not a job id (see "mobillm jobs").`);
     return path.join(this.storeDir, 'jobs', `${jobId}.json`);
   }
 
@@ -67,9 +70,9 @@ export class JobRecordStore {
       if (!last) throw new MobiError('NO_SUCH_JOB', 'This device has no fine-tuning job to resume yet.');
       return last;
     }
-    if (!/^[0-9a-f-]{36}$/.test(jobId)) throw new MobiError('NO_SUCH_JOB', `"${jobId.slice(0, 40)}" is not a job id (see "mobillm jobs").`);
+    const file = this.file(jobId);
     try {
-      return JSON.parse(fs.readFileSync(this.file(jobId), 'utf8')) as JobRecord;
+      return JSON.parse(fs.readFileSync(file, 'utf8')) as JobRecord;
     } catch (err) {
       throw new MobiError('NO_SUCH_JOB', `No record of job ${jobId} on this device.`, { cause: err });
     }

@@ -109,8 +109,8 @@ describe('the contract', () => {
     const ok = encodeFrame({ type: 'error', code: 'LIMIT', message: 'm', fatal: false });
     assert.equal(decodeServerFrame(ok).message.type, 'error');
     assert.equal(codeOf(() => decodeServerFrame(encodeFrame({ type: 'error', code: 'SOMETHING_ELSE', message: 'm', fatal: false }))), 'BAD_FRAME');
-    assert.equal(codeOf(() => decodeServerFrame(encodeFrame({ type: 'job/done', jobId: 'j', step: 1, state: 'failed' }))), 'BAD_FRAME');
-    assert.equal(decodeServerFrame(encodeFrame({ type: 'job/done', jobId: 'j', step: 1, state: 'cancelled' })).message.type, 'job/done');
+    assert.equal(codeOf(() => decodeServerFrame(encodeFrame({ type: 'job/done', jobId: '0b9f4c2e-6d1a-4e5b-9c3d-2a7f8e1b4c6d', step: 1, state: 'failed' }))), 'BAD_FRAME');
+    assert.equal(decodeServerFrame(encodeFrame({ type: 'job/done', jobId: '0b9f4c2e-6d1a-4e5b-9c3d-2a7f8e1b4c6d', step: 1, state: 'cancelled' })).message.type, 'job/done');
   });
 });
 

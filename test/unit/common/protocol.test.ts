@@ -10,6 +10,7 @@ import { WireError } from '../../../common/WireError';
 import { testAdapterConfig } from '../../../harness/adapters';
 
 const model = { fingerprint: 'ab'.repeat(32), architecture: 'llama', layers: 4, hiddenSize: 64, vocabularySize: 700, normEpsilon: 1e-5, headDigest: 'cd'.repeat(32) };
+const J1 = '0b9f4c2e-6d1a-4e5b-9c3d-2a7f8e1b4c6d';
 const config: JobConfig = { tappedLayers: [0, 1, 2, 3], reduction: 8, bits: 8, seqLen: 128, batchSize: 4, totalSteps: 10, learningRate: 1e-3, warmupSteps: 2, seed: 1, checkpointEvery: 5 };
 
 /** One example of every message, each direction (a missing type fails to compile). */
@@ -19,27 +20,27 @@ const deviceExamples: { [T in DeviceMessage['type']]: DeviceMessage<T> } = {
   'head/chunk': { type: 'head/chunk', rowStart: 0, rowCount: 700 },
   'head/end': { type: 'head/end' },
   'job/create': { type: 'job/create', name: 'ws', config },
-  'job/resume': { type: 'job/resume', jobId: 'j1' },
+  'job/resume': { type: 'job/resume', jobId: J1 },
   'job/list': { type: 'job/list' },
-  'batch/train': { type: 'batch/train', jobId: 'j1', index: 3, rows: 512 },
-  'batch/eval': { type: 'batch/eval', jobId: 'j1', evalId: 'before', index: 0, rows: 512 },
-  'batch/grad': { type: 'batch/grad', jobId: 'j1', index: 3, rows: 512, lossSum: 2800.25, tokens: 500 },
-  'job/finish': { type: 'job/finish', jobId: 'j1' },
-  'job/cancel': { type: 'job/cancel', jobId: 'j1' },
-  'adapter/get': { type: 'adapter/get', jobId: 'j1' },
+  'batch/train': { type: 'batch/train', jobId: J1, index: 3, rows: 512 },
+  'batch/eval': { type: 'batch/eval', jobId: J1, evalId: 'before', index: 0, rows: 512 },
+  'batch/grad': { type: 'batch/grad', jobId: J1, index: 3, rows: 512, lossSum: 2800.25, tokens: 500 },
+  'job/finish': { type: 'job/finish', jobId: J1 },
+  'job/cancel': { type: 'job/cancel', jobId: J1 },
+  'adapter/get': { type: 'adapter/get', jobId: J1 },
 };
 const serverExamples: { [T in ServerMessage['type']]: ServerMessage<T> } = {
   'session/welcome': { type: 'session/welcome', protocol: 1, server: 'x', backend: 'wasm', headCached: false, credits: 2 },
   'head/stored': { type: 'head/stored', fingerprint: 'ab' },
-  'job/ready': { type: 'job/ready', jobId: 'j1', nextIndex: 0, step: 0, state: 'training' },
-  'batch/ack': { type: 'batch/ack', jobId: 'j1', index: 0, step: 1, loss: 6.5, learningRate: 1e-4, tokens: 500, seconds: 0.25 },
-  'eval/result': { type: 'eval/result', jobId: 'j1', evalId: 'before', index: 0, lossSum: 3000.5, tokens: 500 },
-  'batch/side': { type: 'batch/side', jobId: 'j1', index: 3, rows: 512 },
-  'eval/side': { type: 'eval/side', jobId: 'j1', evalId: 'before', index: 0, rows: 512 },
-  'job/checkpoint': { type: 'job/checkpoint', jobId: 'j1', step: 5, nextIndex: 5 },
-  'job/done': { type: 'job/done', jobId: 'j1', step: 10, state: 'finished' },
-  'job/list/result': { type: 'job/list/result', jobs: [{ id: 'j1' }] },
-  'adapter/data': { type: 'adapter/data', jobId: 'j1', bytes: 10, sha256: 'cd' },
+  'job/ready': { type: 'job/ready', jobId: J1, nextIndex: 0, step: 0, state: 'training' },
+  'batch/ack': { type: 'batch/ack', jobId: J1, index: 0, step: 1, loss: 6.5, learningRate: 1e-4, tokens: 500, seconds: 0.25 },
+  'eval/result': { type: 'eval/result', jobId: J1, evalId: 'before', index: 0, lossSum: 3000.5, tokens: 500 },
+  'batch/side': { type: 'batch/side', jobId: J1, index: 3, rows: 512 },
+  'eval/side': { type: 'eval/side', jobId: J1, evalId: 'before', index: 0, rows: 512 },
+  'job/checkpoint': { type: 'job/checkpoint', jobId: J1, step: 5, nextIndex: 5 },
+  'job/done': { type: 'job/done', jobId: J1, step: 10, state: 'finished' },
+  'job/list/result': { type: 'job/list/result', jobs: [{ id: J1 }] },
+  'adapter/data': { type: 'adapter/data', jobId: J1, bytes: 10, sha256: 'cd' },
   'error': { type: 'error', code: 'BAD_FRAME', message: 'x', fatal: false },
 };
 
