@@ -1,18 +1,17 @@
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
-import { bytesPerRow, dequantizeRows, quantizeRows } from '../common/ActivationQuantizer';
 import { backboneInitNames, jobShape } from '../common/AdapterConfig';
-import { decodeBatchPayload, decodeLayersPayload } from '../common/batchPayload';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { jobConfigProblem } from '../common/jobConfigProblem';
-import { CloseCode, MAX_EVAL_ID_CHARS, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
+import { CloseCode, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
 import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
+import { BatchSession, JobBatches } from './JobBatches';
 import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN } from './storage/HeadStore';
 import { JobRecord } from './storage/JobStore';
-import { TrainAck, TrainingJob } from './TrainingJob';
+import { TrainingJob } from './TrainingJob';
 import { parameterShape } from './training/sideNetworkSpec';
 
 
@@ -23,18 +22,16 @@ type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload:
  * Application errors are typed `error` messages; a protocol version mismatch
  * closes the socket after the error.
  */
-export class DeviceSession {
+export class DeviceSession implements BatchSession {
   private model: ModelSpec | undefined;
   private upload: HeadUpload | undefined;
-  private inFlight = 0;
-  /** Label-private batches of this session whose side output was sent and whose gradient holds their credit ("jobId:index"). */
-  private readonly awaitingGrad = new Set<string>();
+  private readonly batches = new JobBatches(this);
   private lastSeen = Date.now();
   private alive = true;
   private readonly handlers: { [T in DeviceMessage['type']]: Handler<T> };
 
   constructor(
-    private readonly ctx: SessionContext,
+    readonly ctx: SessionContext,
     private readonly ws: WebSocket,
     readonly user: string,
     /** When the user's token was issued (a revocation or re-issue closes the session). */
@@ -48,9 +45,9 @@ export class DeviceSession {
       'job/create': (m, p) => this.onJobCreate(m, p),
       'job/resume': (m) => this.onJobResume(m),
       'job/list': () => this.onJobList(),
-      'batch/train': (m, p) => this.onTrain(m, p),
-      'batch/eval': (m, p) => this.onEval(m, p),
-      'batch/grad': (m, p) => this.onGrad(m, p),
+      'batch/train': (m, p) => this.batches.onTrain(m, p),
+      'batch/eval': (m, p) => this.batches.onEval(m, p),
+      'batch/grad': (m, p) => this.batches.onGrad(m, p),
       'job/finish': (m) => this.onFinish(m),
       'job/cancel': (m) => this.onCancel(m),
       'adapter/get': (m) => this.onAdapterGet(m),
@@ -119,7 +116,7 @@ export class DeviceSession {
     }
   }
 
-  private fail(err: unknown, jobId?: string): void {
+  fail(err: unknown, jobId?: string): void {
     if (err instanceof WireError) return this.sendError(err.code, err.message, err.fatal, jobId);
     this.ctx.log(`internal error: ${err instanceof Error ? err.name : 'unknown'}`);
     this.sendError('INTERNAL', 'The server failed on this request; resume the job to continue from its last stored checkpoint.', false, jobId);
@@ -167,13 +164,6 @@ export class DeviceSession {
     if (problem) throw new WireError('BAD_FRAME', problem.message);
   }
 
-  /** LIMIT when this user already trains as many jobs as allowed (created or resumed alike). */
-  private checkJobLimit(): void {
-    if (this.ctx.registry.trainingJobsOf(this.user) >= this.ctx.limits.maxJobsPerUser) {
-      throw new WireError('LIMIT', 'too many jobs training at once for this user; finish or cancel one');
-    }
-  }
-
   /** A job/create payload: nothing, or (initFromBackbone) the starting values of backboneInitNames, float32 LE in that order. */
   private startValuesOf(c: JobConfig, payload: Buffer): Map<string, Float32Array> | undefined {
     if (!c.initFromBackbone) {
@@ -195,9 +185,11 @@ export class DeviceSession {
     if (!m.config.labelPrivate && !this.ctx.heads.has(model)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
     this.checkConfig(m.config);
     const start = this.startValuesOf(m.config, payload);
-    this.checkJobLimit();
+    // Refused (LIMIT) before anything is stored or allocated: past the user's jobs or the memory budgets.
+    this.ctx.registry.admit(this.user, m.config, model, this.ctx.limits);
     const rec = this.ctx.jobs.create(this.user, m.name, model, m.config);
-    const job = this.ctx.registry.load(rec);
+    const job = await this.ctx.registry.load(rec, this.ctx.limits);
+    job.owner = this;
     if (start) await job.startFrom(start);
     this.ctx.metrics.jobsCreated.inc();
     this.ctx.log(`job ${rec.id} created (user ${this.user}, ${m.config.totalSteps} steps)`);
@@ -212,21 +204,38 @@ export class DeviceSession {
     return rec;
   }
 
-  /** The job `id` of this user, loaded. */
-  private job(id: string): TrainingJob {
-    return this.ctx.registry.load(this.ownJob(id));
+  /**
+   * The job `id` of this user, loaded, that this session trains: a job that
+   * is not training is never loaded for a training frame (JOB_STATE), and a
+   * job another device session trains is refused with JOB_STATE (resuming it
+   * here takes it over).
+   */
+  async trainingJob(id: string): Promise<TrainingJob> {
+    const rec = this.ownJob(id);
+    if (rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${rec.state}; resume it to train it again.`);
+    const job = await this.ctx.registry.load(rec, this.ctx.limits);
+    job.owner ??= this;
+    if (job.owner !== this) throw new WireError('JOB_STATE', 'another device session is training this job; resume it from this device to take it over');
+    return job;
   }
 
-  private onJobResume(m: DeviceMessage<'job/resume'>): void {
+  /** The job `id` of this user, loaded for a held-out batch (admitted like any load); a job that is not training is loaded for that batch only. */
+  async evalJob(id: string): Promise<{ job: TrainingJob; onlyForThis: boolean }> {
+    const rec = this.ownJob(id);
+    if (rec.state === 'training') return { job: await this.trainingJob(id), onlyForThis: false };
+    const loaded = this.ctx.registry.isLoaded(rec);
+    return { job: await this.ctx.registry.load(rec, this.ctx.limits), onlyForThis: !loaded };
+  }
+
+  private async onJobResume(m: DeviceMessage<'job/resume'>): Promise<void> {
     const rec = this.ownJob(m.jobId);
     if (rec.state === 'finished') {
       this.send({ type: 'job/ready', jobId: rec.id, nextIndex: rec.nextIndex, step: rec.step, state: rec.state });
       return;
     }
-    const loaded = this.ctx.registry.isLoaded(rec);
-    if (!loaded || rec.state !== 'training') this.checkJobLimit();
-    const job = this.ctx.registry.load(rec);
+    const job = await this.ctx.registry.load(rec, this.ctx.limits);
     job.resume();
+    job.owner = this;
     this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: job.rec.state });
   }
 
@@ -235,124 +244,10 @@ export class DeviceSession {
     this.send({ type: 'job/list/result', jobs });
   }
 
-  private batchOf(job: TrainingJob, rows: number, payload: Buffer, lengths: number[] | undefined) {
-    const c = job.rec.config;
-    if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
-    const batch = decodeBatchPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits, job.rec.model.vocabularySize);
-    return { ...batch, lengths: DeviceSession.lengthsOf(job, rows, lengths) };
-  }
-
-  /** The tapped layers of a label-private batch. */
-  private layersOf(job: TrainingJob, rows: number, payload: Buffer): Float32Array[] {
-    const c = job.rec.config;
-    if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
-    return decodeLayersPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits);
-  }
-
-  /** A batch's sequence lengths, checked where the job's side network attends within sequences (ignored elsewhere). */
-  private static lengthsOf(job: TrainingJob, rows: number, lengths: number[] | undefined): number[] | undefined {
-    if (!job.attends) return undefined;
-    const c = job.rec.config;
-    if (!lengths || lengths.length < 1 || lengths.length > c.batchSize || lengths.some((x) => x < 1 || x > c.seqLen) || lengths.reduce((a, b) => a + b, 0) !== rows) {
-      throw new WireError('BAD_FRAME', `this job needs the batch's sequence lengths: 1 to ${c.batchSize} of them, each 1 to ${c.seqLen}, summing to rows`);
-    }
-    return lengths;
-  }
-
-  /** [rows][d] floats quantized like the job's activations (label-private side outputs). */
-  private static quantized(job: TrainingJob, rows: number, data: Float32Array): Buffer {
-    const d = job.rec.model.hiddenSize;
-    const bits = job.rec.config.bits;
-    const out = Buffer.allocUnsafe(rows * bytesPerRow(d, bits));
-    quantizeRows(data, rows, d, bits, out, 0);
-    return out;
-  }
-
-  private sendAck(job: TrainingJob, jobId: string, ack: TrainAck): void {
-    if (!ack.duplicate) {
-      this.ctx.metrics.steps.inc();
-      this.ctx.metrics.tokens.inc(ack.tokens);
-      this.ctx.metrics.tokensPerSecond.set(ack.tokens / Math.max(ack.seconds, 1e-9));
-    }
-    this.send({ type: 'batch/ack', jobId, index: ack.index, step: ack.step, loss: Number.isFinite(ack.loss) ? ack.loss : 0, learningRate: ack.learningRate, tokens: ack.tokens, seconds: ack.seconds, ...(ack.skipped ? { skipped: true } : {}) });
-    if (ack.checkpointed) this.send({ type: 'job/checkpoint', jobId, step: job.rec.step, nextIndex: job.rec.nextIndex });
-  }
-
-  private onTrain(m: DeviceMessage<'batch/train'>, payload: Buffer): void {
-    if (this.inFlight >= this.ctx.limits.credits) throw new WireError('NO_CREDIT', `at most ${this.ctx.limits.credits} unacknowledged batches`);
-    const job = this.job(m.jobId);
-    if (job.labelPrivate) return this.onTrainLabelPrivate(job, m, payload);
-    const batch = this.batchOf(job, m.rows, payload, m.lengths);
-    this.inFlight++;
-    job
-      .train(m.index, batch)
-      .then((ack) => this.sendAck(job, m.jobId, ack))
-      .catch((err) => this.fail(err, m.jobId))
-      .finally(() => this.inFlight--);
-  }
-
-  /** Label-private: the side output goes back; the batch holds its credit until its gradient is applied (batch/grad). */
-  private onTrainLabelPrivate(job: TrainingJob, m: DeviceMessage<'batch/train'>, payload: Buffer): void {
-    const layers = this.layersOf(job, m.rows, payload);
-    const lengths = DeviceSession.lengthsOf(job, m.rows, m.lengths);
-    this.inFlight++;
-    job
-      .sideOutput(m.index, layers, m.rows, lengths)
-      .then((delta) => {
-        if (!delta) {
-          this.inFlight--;
-          this.sendAck(job, m.jobId, job.duplicateAck(m.index));
-          return;
-        }
-        this.awaitingGrad.add(`${m.jobId}:${m.index}`);
-        this.send({ type: 'batch/side', jobId: m.jobId, index: m.index, rows: m.rows }, DeviceSession.quantized(job, m.rows, delta));
-      })
-      .catch((err) => {
-        this.inFlight--;
-        this.fail(err, m.jobId);
-      });
-  }
-
-  private onGrad(m: DeviceMessage<'batch/grad'>, payload: Buffer): void {
-    const job = this.job(m.jobId);
-    if (!job.labelPrivate) throw new WireError('OUT_OF_ORDER', 'batch/grad belongs to label-private jobs');
-    const d = job.rec.model.hiddenSize;
-    const bits = job.rec.config.bits;
-    if (m.rows < 1 || m.rows > job.rec.config.seqLen * job.rec.config.batchSize || payload.length !== m.rows * bytesPerRow(d, bits)) {
-      throw new WireError('BAD_FRAME', 'the gradient payload does not match its rows');
-    }
-    // Only a gradient this session was sent a side output for returns a credit.
-    const key = `${m.jobId}:${m.index}`;
-    if (!this.awaitingGrad.delete(key)) throw new WireError('OUT_OF_ORDER', `batch/grad ${m.index} without its batch/side`);
-    const dy = dequantizeRows(payload, m.rows, d, bits, 0);
-    job
-      .applyGradient(m.index, dy, m.lossSum, m.tokens)
-      .then((ack) => {
-        this.inFlight--;
-        this.sendAck(job, m.jobId, ack);
-      })
-      .catch((err) => {
-        this.inFlight--;
-        this.fail(err, m.jobId);
-      });
-  }
-
-  private async onEval(m: DeviceMessage<'batch/eval'>, payload: Buffer): Promise<void> {
-    if (m.evalId.length > MAX_EVAL_ID_CHARS) throw new WireError('BAD_FRAME', `evalId is at most ${MAX_EVAL_ID_CHARS} characters`);
-    const job = this.job(m.jobId);
-    if (job.labelPrivate) {
-      const delta = await job.evalSide(this.layersOf(job, m.rows, payload), m.rows, DeviceSession.lengthsOf(job, m.rows, m.lengths));
-      if (job.rec.state !== 'training') await this.ctx.registry.unload(job);
-      this.send({ type: 'eval/side', jobId: m.jobId, evalId: m.evalId, index: m.index, rows: m.rows }, DeviceSession.quantized(job, m.rows, delta));
-      return;
-    }
-    const r = await job.evaluate(m.evalId, this.batchOf(job, m.rows, payload, m.lengths));
-    if (job.rec.state !== 'training') await this.ctx.registry.unload(job); // loaded only for this evaluation
-    this.send({ type: 'eval/result', jobId: m.jobId, evalId: m.evalId, index: m.index, lossSum: r.lossSum, tokens: r.tokens });
-  }
-
   private async onFinish(m: DeviceMessage<'job/finish'>): Promise<void> {
-    const job = this.job(m.jobId);
+    const rec = this.ownJob(m.jobId);
+    if (rec.state === 'finished') return this.send({ type: 'job/done', jobId: m.jobId, step: rec.step, state: 'finished' });
+    const job = await this.trainingJob(m.jobId);
     await job.finish();
     this.ctx.log(`job ${m.jobId} finished at step ${job.step}`);
     this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: 'finished' });
@@ -360,7 +255,10 @@ export class DeviceSession {
   }
 
   private async onCancel(m: DeviceMessage<'job/cancel'>): Promise<void> {
-    const job = this.job(m.jobId);
+    const rec = this.ownJob(m.jobId);
+    // Any device of the user may cancel; a job that is not training is not loaded for it.
+    if (rec.state !== 'training') return this.send({ type: 'job/done', jobId: m.jobId, step: rec.step, state: rec.state });
+    const job = await this.ctx.registry.load(rec, this.ctx.limits);
     await job.cancel();
     this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: job.rec.state });
     await this.ctx.registry.unload(job);

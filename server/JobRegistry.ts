@@ -1,4 +1,7 @@
-import type { ModelSpec } from '../common/messages';
+import type { JobConfig, ModelSpec } from '../common/messages';
+import { WireError } from '../common/WireError';
+import type { SessionLimits } from './SessionContext';
+import { jobMemoryBytes } from './training/jobMemory';
 import { HeadStore } from './storage/HeadStore';
 import { JobRecord, JobStore } from './storage/JobStore';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
@@ -13,6 +16,8 @@ import { TrainingJob } from './TrainingJob';
  */
 export class JobRegistry {
   private readonly jobs = new Map<string, TrainingJob>();
+  /** Jobs being built (from a checkpoint or fresh weights): counted like loaded ones. */
+  private readonly loading = new Map<string, { rec: JobRecord; job: Promise<TrainingJob> }>();
   private readonly heads = new Map<string, { head: OnnxHead; users: number }>();
 
   constructor(
@@ -28,17 +33,44 @@ export class JobRegistry {
     return this.jobs.size;
   }
 
-  /** The loaded job for a record (from its checkpoint when not in memory). */
-  load(rec: JobRecord): TrainingJob {
+  /**
+   * Refuses (LIMIT) a job `user` may not load now: past the jobs one user may
+   * have loaded, or past the memory budget of one job or of one user (every
+   * loaded job of that user counted, from its config: jobMemoryBytes).
+   */
+  admit(user: string, config: JobConfig, model: Pick<ModelSpec, 'hiddenSize'>, limits: SessionLimits): void {
+    const mine = [...this.jobs.values()].map((j) => j.rec).concat([...this.loading.values()].map((l) => l.rec)).filter((r) => r.user === user);
+    if (mine.length >= limits.maxJobsPerUser) throw new WireError('LIMIT', `at most ${limits.maxJobsPerUser} jobs of one user are loaded at once; finish or cancel one`);
+    const need = jobMemoryBytes(config, model);
+    const gib = (x: number): string => `${(x / 2 ** 30).toFixed(2)} GiB`;
+    if (need > limits.maxJobMemoryBytes) throw new WireError('LIMIT', `this job needs about ${gib(need)} of server memory; the server allows ${gib(limits.maxJobMemoryBytes)} per job (a larger reduction, fewer tapped layers or shorter batches need less)`);
+    const used = mine.reduce((sum, r) => sum + jobMemoryBytes(r.config, r.model), 0);
+    if (used + need > limits.maxUserMemoryBytes) throw new WireError('LIMIT', `this user's loaded jobs hold about ${gib(used)}; with this one (${gib(need)}) they would pass the ${gib(limits.maxUserMemoryBytes)} allowed per user`);
+  }
+
+  /** The loaded job for a record: admitted first (LIMIT) when it is not in memory, then built from its checkpoint. */
+  async load(rec: JobRecord, limits: SessionLimits): Promise<TrainingJob> {
     const key = keyOf(rec);
-    let job = this.jobs.get(key);
-    if (!job) {
-      // A label-private job needs no head: the device computes the loss with its own.
-      job = TrainingJob.open(rec, this.jobStore, this.engine, rec.config.labelPrivate ? undefined : this.acquireHead(rec.model));
-      this.jobs.set(key, job);
+    const job = this.jobs.get(key);
+    if (job) return job;
+    const pending = this.loading.get(key);
+    if (pending) return pending.job;
+    this.admit(rec.user, rec.config, rec.model, limits);
+    // A label-private job needs no head: the device computes the loss with its own.
+    const head = rec.config.labelPrivate ? undefined : this.acquireHead(rec.model);
+    const opened = TrainingJob.open(rec, this.jobStore, this.engine, head);
+    this.loading.set(key, { rec, job: opened });
+    try {
+      const loaded = await opened;
+      this.jobs.set(key, loaded);
       this.onLoadedJobsChanged(this.jobs.size);
+      return loaded;
+    } catch (err) {
+      if (head) this.releaseHead(headKeyOf(rec.model));
+      throw err;
+    } finally {
+      this.loading.delete(key);
     }
-    return job;
   }
 
   /** Whether the job of `rec` is in memory now. */
@@ -46,9 +78,9 @@ export class JobRegistry {
     return this.jobs.has(keyOf(rec));
   }
 
-  /** Jobs of `user` loaded and training now. */
-  trainingJobsOf(user: string): number {
-    return [...this.jobs.values()].filter((j) => j.rec.user === user && j.rec.state === 'training').length;
+  /** Jobs of `user` loaded now (training, or loaded to evaluate). */
+  loadedJobsOf(user: string): number {
+    return [...this.jobs.values()].filter((j) => j.rec.user === user).length;
   }
 
   /** Waits for the job's queued work, frees it, and releases its head. */

@@ -4,13 +4,13 @@ import * as https from 'node:https';
 import { AddressInfo } from 'node:net';
 import { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer } from 'ws';
-import { CloseCode, DEFAULT_CREDITS, HEARTBEAT_MS, IDLE_TIMEOUT_MS, MAX_FRAME_BYTES, REVOCATION_CHECK_MS } from '../common/limits';
+import { CloseCode, HEARTBEAT_MS, IDLE_TIMEOUT_MS, MAX_FRAME_BYTES, REVOCATION_CHECK_MS } from '../common/limits';
 import { AuthLimiter } from './AuthLimiter';
 import { ServerMetrics } from './ServerMetrics';
 import { DeviceSession } from './DeviceSession';
 import { JobRegistry } from './JobRegistry';
 import { ServerError } from './ServerError';
-import { SessionContext } from './SessionContext';
+import { DEFAULT_SESSION_LIMITS, SessionContext } from './SessionContext';
 import { HeadStore } from './storage/HeadStore';
 import { JobStore } from './storage/JobStore';
 import { UserStore } from './storage/UserStore';
@@ -29,8 +29,12 @@ export interface MobiServerOptions {
   tlsKey?: string;
   /** Unacknowledged training batches per device. Default DEFAULT_CREDITS. */
   credits?: number;
-  /** Jobs one user may train at once. Default 4. */
+  /** Jobs one user may have loaded at once. Default DEFAULT_SESSION_LIMITS. */
   maxJobsPerUser?: number;
+  /** Memory one job may take, estimated from its config (jobMemoryBytes). Default DEFAULT_SESSION_LIMITS (4 GiB). */
+  maxJobMemoryBytes?: number;
+  /** Memory all loaded jobs of one user may take together. Default DEFAULT_SESSION_LIMITS (8 GiB). */
+  maxUserMemoryBytes?: number;
   /** Open device connections. Default 64. */
   maxDevices?: number;
   /** Open device connections of one user. Default 8. */
@@ -98,7 +102,12 @@ export class MobiServer {
       jobs: this.jobs,
       registry: this.registry,
       metrics: this.metrics,
-      limits: { credits: this.options.credits ?? DEFAULT_CREDITS, maxJobsPerUser: this.options.maxJobsPerUser ?? 4 },
+      limits: {
+        credits: this.options.credits ?? DEFAULT_SESSION_LIMITS.credits,
+        maxJobsPerUser: this.options.maxJobsPerUser ?? DEFAULT_SESSION_LIMITS.maxJobsPerUser,
+        maxJobMemoryBytes: this.options.maxJobMemoryBytes ?? DEFAULT_SESSION_LIMITS.maxJobMemoryBytes,
+        maxUserMemoryBytes: this.options.maxUserMemoryBytes ?? DEFAULT_SESSION_LIMITS.maxUserMemoryBytes,
+      },
       backend: this.backend,
       log: (line) => this.log(line),
     };

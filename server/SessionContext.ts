@@ -1,3 +1,4 @@
+import { DEFAULT_CREDITS } from '../common/limits';
 import { HeadStore } from './storage/HeadStore';
 import { JobStore } from './storage/JobStore';
 import { JobRegistry } from './JobRegistry';
@@ -7,11 +8,24 @@ import { ServerMetrics } from './ServerMetrics';
 export interface SessionLimits {
   /** Unacknowledged training batches per device. */
   credits: number;
-  /** Jobs one user may train at once. */
+  /** Jobs one user may have loaded at once (training, or loaded to evaluate). */
   maxJobsPerUser: number;
+  /** Memory one loaded job may take (jobMemoryBytes of its config). */
+  maxJobMemoryBytes: number;
+  /** Memory all loaded jobs of one user may take together. */
+  maxUserMemoryBytes: number;
   /** Replies queued for a device that does not read them, beyond which the session is closed. Default MAX_SEND_BUFFER_BYTES. */
   maxSendBufferBytes?: number;
 }
+
+/** The limits a server uses unless told otherwise (server options, `mobillm-server start` flags). */
+export const DEFAULT_SESSION_LIMITS: SessionLimits = {
+  credits: DEFAULT_CREDITS,
+  maxJobsPerUser: 4,
+  /** Fits a 7B-shaped job at the default reduction (about 2.5 GiB by jobMemoryBytes). */
+  maxJobMemoryBytes: 4 * 2 ** 30,
+  maxUserMemoryBytes: 8 * 2 ** 30,
+};
 
 /**
  * What a device session may use of the server: the stores, the registry of

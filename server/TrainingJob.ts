@@ -8,7 +8,7 @@ import { JobRecord, JobStore } from './storage/JobStore';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
 import { OnnxTrainer, StepResult } from './training/onnx/OnnxTrainer';
-import { adapterConfig, attentionBlocks, initialParameters, parameterNames, parameterShape, SideNetworkShape } from './training/sideNetworkSpec';
+import { adapterConfig, attentionBlocks, initialParametersAsync, parameterNames, parameterShape, SideNetworkShape } from './training/sideNetworkSpec';
 import { OptimizerState } from './training/TrainerOptions';
 
 /** Non-finite steps in a row after which training stops with NON_FINITE. */
@@ -59,16 +59,17 @@ export class TrainingJob {
     this.nextIndex = rec.nextIndex;
   }
 
-  /** Builds the job from its last checkpoint (or fresh weights). */
-  static open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead | undefined): TrainingJob {
+  /** Builds the job from its last checkpoint (or fresh weights, filled without holding the event loop). */
+  static async open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead | undefined): Promise<TrainingJob> {
     const shape = jobShape(rec.config, rec.model.hiddenSize);
-    let values = initialParameters(shape, rec.config.seed);
+    // Held-out results keyed by the device's evalIds: no prototype, so "__proto__" or "constructor" is just a name.
+    rec.evals = Object.assign(Object.create(null) as JobRecord['evals'], rec.evals);
     let state: OptimizerState | undefined;
     const stored = store.readCheckpoints(rec);
     const ckpt = stored.map((bytes) => readCheckpoint(bytes, rec, shape)).find((c) => c !== undefined);
     if (stored.length > 0 && !ckpt) throw new WireError('STORAGE', 'no stored checkpoint of this job is readable; start a new job');
+    const values = ckpt?.values ?? (await initialParametersAsync(shape, rec.config.seed));
     if (ckpt) {
-      values = ckpt.values;
       state = ckpt.state;
       rec.step = state.step;
       rec.nextIndex = ckpt.nextIndex;
@@ -99,6 +100,23 @@ export class TrainingJob {
 
   /** When an operation last asked for this job (the registry unloads jobs idle too long). */
   lastUsedAt = Date.now();
+
+  /** The device session training this job: the last to create or resume it. Batches from any other are refused. */
+  owner: object | undefined;
+
+  /**
+   * Label-private: refuses a gradient that cannot belong to the batch awaiting
+   * it (rows, tokens, a loss sum no cross-entropy gives), leaving that batch
+   * waiting for a valid one. `maxLossPerToken` bounds the loss sum per token.
+   */
+  checkGradient(index: number, rows: number, lossSum: number, tokens: number, maxLossPerToken: number): void {
+    const pending = this.awaiting;
+    if (!pending || pending.index !== index) return; // applyGradient answers these (resend, out of order)
+    if (rows !== pending.rows || tokens > rows) throw new WireError('BAD_FRAME', `the gradient of batch ${index} must have its ${pending.rows} rows and at most that many tokens; the batch still waits for it`);
+    if (!(lossSum >= 0 && lossSum <= tokens * maxLossPerToken)) {
+      throw new WireError('BAD_FRAME', `the loss sum of batch ${index} must be from 0 to ${tokens} x ${maxLossPerToken.toFixed(1)}; the batch still waits for its gradient`);
+    }
+  }
 
   private run<T>(op: () => Promise<T> | T): Promise<T> {
     this.lastUsedAt = Date.now();
@@ -205,6 +223,8 @@ export class TrainingJob {
     if (r.skipped) {
       this.rec.skippedSteps = (this.rec.skippedSteps ?? 0) + 1;
       if (++this.skippedInARow >= MAX_SKIPPED_STEPS_IN_A_ROW) {
+        this.skippedInARow = 0;
+        this.setState('cancelled'); // stopped: its last checkpoint stays resumable
         throw new WireError('NON_FINITE', `${this.skippedInARow} steps in a row gave a non-finite loss or gradient; training stopped (resume from the last checkpoint with a lower learning rate)`);
       }
     } else {

@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { MobiServer } from '../MobiServer';
+import { DEFAULT_SESSION_LIMITS } from '../SessionContext';
 import { packageVersion } from '../../common/packageRoot';
 import { ServerError } from '../ServerError';
 import { EXECUTION_DEVICES, ExecutionDevice } from '../training/onnx/OnnxEngine';
@@ -20,6 +21,13 @@ function positive(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 1024) throw new InvalidArgumentError('expected a whole number from 1 to 1024');
   return n;
+}
+
+/** A memory size given in GiB, as bytes. */
+function gibibytes(value: string): number {
+  const n = Number(value);
+  if (!(n > 0 && n <= 4096)) throw new InvalidArgumentError('expected a size in GiB, above 0 and at most 4096');
+  return Math.round(n * 2 ** 30);
 }
 
 function device(value: string): ExecutionDevice {
@@ -48,14 +56,16 @@ export function buildServerProgram(): Command {
     .option('--data <dir>', 'data folder (users, heads, checkpoints, adapters)', DEFAULT_DATA)
     .option('--tls-cert <file>', 'TLS certificate (PEM)')
     .option('--tls-key <file>', 'TLS private key (PEM)')
-    .option('--max-jobs-per-user <n>', 'jobs one user may train at once', port, 4)
+    .option('--max-jobs-per-user <n>', 'jobs one user may have loaded at once', port, DEFAULT_SESSION_LIMITS.maxJobsPerUser)
+    .option('--max-job-memory <GiB>', `server memory one job may take, estimated from its settings (default ${DEFAULT_SESSION_LIMITS.maxJobMemoryBytes / 2 ** 30})`, gibibytes)
+    .option('--max-user-memory <GiB>', `server memory all loaded jobs of one user may take (default ${DEFAULT_SESSION_LIMITS.maxUserMemoryBytes / 2 ** 30})`, gibibytes)
     .option('--max-devices <n>', 'open device connections', port, 64)
     .option('--device <device>', 'training engine provider: cpu or cuda (the GPU image)', device, 'cpu' as ExecutionDevice)
     .option('--threads <n>', 'CPU threads of the training engine (default: every core)', positive)
-    .action(async (o: { host: string; port: number; data: string; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxDevices: number; device: ExecutionDevice; threads?: number }) => {
+    .action(async (o: { host: string; port: number; data: string; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxJobMemory?: number; maxUserMemory?: number; maxDevices: number; device: ExecutionDevice; threads?: number }) => {
       const server = new MobiServer({
         dataDir: o.data, host: o.host, port: o.port, tlsCert: o.tlsCert, tlsKey: o.tlsKey,
-        maxJobsPerUser: o.maxJobsPerUser, maxDevices: o.maxDevices, device: o.device, threads: o.threads,
+        maxJobsPerUser: o.maxJobsPerUser, maxJobMemoryBytes: o.maxJobMemory, maxUserMemoryBytes: o.maxUserMemory, maxDevices: o.maxDevices, device: o.device, threads: o.threads,
         log: (line) => process.stdout.write(`${line}\n`),
       });
       let started;

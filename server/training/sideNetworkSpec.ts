@@ -49,8 +49,16 @@ export function adapterConfig(shape: SideNetworkShape, model: Pick<ModelSpec, 'l
   };
 }
 
-/** Initial values: Down, Mid, Up and the attention's Wq, Wk, Wv, Wo random (seeded); alpha 0; Out ZERO (step 0 = backbone). */
-export function initialParameters(shape: SideNetworkShape, seed: number): Map<string, Float32Array> {
+/** Values filled between two yields of initialParameterSteps (about 10 ms of work). */
+const VALUES_PER_SLICE = 1 << 20;
+
+/**
+ * Initial values: Down, Mid, Up and the attention's Wq, Wk, Wv, Wo random
+ * (seeded); alpha 0; Out ZERO (step 0 = backbone). A generator that pauses
+ * every VALUES_PER_SLICE values, so a server can fill a large side network
+ * without holding its event loop (initialParametersAsync).
+ */
+function* initialParameterSteps(shape: SideNetworkShape, seed: number): Generator<void, Map<string, Float32Array>> {
   const rng = new SeededRandom(seed);
   const out = new Map<string, Float32Array>();
   for (const name of parameterNames(shape)) {
@@ -62,10 +70,31 @@ export function initialParameters(shape: SideNetworkShape, seed: number): Map<st
       : kind === 'up' ? 0.1 / Math.sqrt(shape.b)
       : kind === 'wo' ? 0.1 / Math.sqrt(shape.r)
       : 0;
-    if (std > 0) for (let i = 0; i < values.length; i++) values[i] = rng.normal() * std;
+    for (let i = 0; std > 0 && i < values.length; i++) {
+      values[i] = rng.normal() * std;
+      if (i % VALUES_PER_SLICE === VALUES_PER_SLICE - 1) yield;
+    }
     out.set(name, values);
   }
   return out;
+}
+
+export function initialParameters(shape: SideNetworkShape, seed: number): Map<string, Float32Array> {
+  const steps = initialParameterSteps(shape, seed);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/** The same values as initialParameters, with the event loop free between slices. */
+export async function initialParametersAsync(shape: SideNetworkShape, seed: number): Promise<Map<string, Float32Array>> {
+  const steps = initialParameterSteps(shape, seed);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }
 
 /** How a version-2 side network pads a batch's sequences (rows concatenated in order) to [B, T] for attention. */

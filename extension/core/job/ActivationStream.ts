@@ -112,6 +112,8 @@ export class ActivationStream {
     const pending: Promise<{ lossSum: number; tokens: number }>[] = [];
     for (let i = 0; i * B < sequences.length; i++) {
       this.ctx.checkCancelled();
+      // Held-out batches take credits as training batches do: at most `credits` unanswered.
+      if (i >= conn.welcome.credits) await pending[i - conn.welcome.credits];
       const { payload, rows, lengths, kept } = await this.encodeBatch(sequences.slice(i * B, (i + 1) * B), 'eval');
       if (kept) {
         // Label-private: the server sends the side output; the loss is computed here.

@@ -6,6 +6,7 @@ import { PROTOCOL_VERSION } from '../../../common/limits';
 import { decodeBatchPayload } from '../../../common/batchPayload';
 import { WireError } from '../../../common/WireError';
 import { DeviceSession } from '../../../server/DeviceSession';
+import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionContext';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
@@ -28,23 +29,23 @@ describe('server: checkpoints on a failing disk', function () {
     const cfg = { ...config, totalSteps: 6, checkpointEvery: 2 };
     const rec = jobs.create('ann', 'j', model, cfg);
     const first = new JobRegistry(engine, jobs, heads);
-    const job = first.load(rec);
+    const job = await first.load(rec, DEFAULT_SESSION_LIMITS);
     for (let i = 0; i < 4; i++) await job.train(i, batch(i + 1));
     await first.unload(job); // no checkpoint on unload: the stored ones are steps 4 (newest) and 2
     const dir = jobs.dir('ann', rec.id);
     assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('checkpoint')).sort(), ['checkpoint.mobi', 'checkpoint.prev.mobi']);
     const newest = path.join(dir, 'checkpoint.mobi');
     fs.truncateSync(newest, Math.floor(fs.statSync(newest).size / 2));
-    const reloaded = new JobRegistry(engine, jobs, heads).load(jobs.get('ann', rec.id)!);
+    const reloaded = await new JobRegistry(engine, jobs, heads).load(jobs.get('ann', rec.id)!, DEFAULT_SESSION_LIMITS);
     assert.equal(reloaded.step, 2, 'resumed from the previous checkpoint');
     assert.equal(reloaded.nextIndex, 2);
     fs.truncateSync(path.join(dir, 'checkpoint.prev.mobi'), 100);
-    assert.throws(() => new JobRegistry(engine, jobs, heads).load(jobs.get('ann', rec.id)!), (err) => err instanceof WireError && err.code === 'STORAGE');
+    await assert.rejects(new JobRegistry(engine, jobs, heads).load(jobs.get('ann', rec.id)!, DEFAULT_SESSION_LIMITS), (err) => err instanceof WireError && err.code === 'STORAGE');
   });
 
   it('a checkpoint the disk cannot take is a STORAGE error to the device, never a job/checkpoint', async () => {
     const { heads, jobs } = storesWithHead();
-    const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: { credits: 2, maxJobsPerUser: 4 }, backend: 'test', log: () => undefined };
+    const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
     ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });

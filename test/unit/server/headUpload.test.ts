@@ -5,6 +5,7 @@ import { PROTOCOL_VERSION } from '../../../common/limits';
 import type { ModelSpec } from '../../../common/messages';
 import { DeviceSession } from '../../../server/DeviceSession';
 import { headDigestOf } from '../../../server/HeadUpload';
+import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionContext';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
 import { HeadStore } from '../../../server/storage/HeadStore';
@@ -23,7 +24,7 @@ describe('server: model heads cannot be replaced or forged', function () {
     const dir = tmpDir('heads');
     const heads = new HeadStore(dir);
     const jobs = new JobStore(dir);
-    const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: { credits: 2, maxJobsPerUser: 4 }, backend: 'test', log: () => undefined };
+    const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test', log: () => undefined };
     return { dir, heads, connect: async (user: string, spec: ModelSpec) => {
       const ws = new SocketEnd();
       new DeviceSession(ctx, ws as unknown as WebSocket, user);

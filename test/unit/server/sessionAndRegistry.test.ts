@@ -5,7 +5,7 @@ import { canTransition, JOB_STATES } from '../../../common/JobState';
 import { DeviceSession } from '../../../server/DeviceSession';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
-import { SessionContext } from '../../../server/SessionContext';
+import { DEFAULT_SESSION_LIMITS, SessionContext } from '../../../server/SessionContext';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { batchPayload, config, D, model, SocketEnd, storesWithHead, V } from '../../helpers/sessionHarness';
 
@@ -30,14 +30,15 @@ describe('server: session context and job registry', function () {
     const a = jobs.create('ann', 'a', model, config);
     const b = jobs.create('ann', 'b', model, config);
     const c = jobs.create('bob', 'c', model, config);
-    const ja = registry.load(a);
-    assert.equal(registry.load(jobs.get('ann', a.id)!), ja, 'the same job object for the same record');
-    registry.load(b);
-    registry.load(c);
+    const L = DEFAULT_SESSION_LIMITS;
+    const ja = await registry.load(a, L);
+    assert.equal(await registry.load(jobs.get('ann', a.id)!, L), ja, 'the same job object for the same record');
+    await registry.load(b, L);
+    await registry.load(c, L);
     assert.equal(registry.size, 3);
     assert.equal(registry.loadedHeads, 1, 'one head for three jobs of one model');
-    assert.equal(registry.trainingJobsOf('ann'), 2);
-    assert.equal(registry.trainingJobsOf('bob'), 1);
+    assert.equal(registry.loadedJobsOf('ann'), 2);
+    assert.equal(registry.loadedJobsOf('bob'), 1);
     const { payload, rows } = batchPayload(1);
     const { decodeBatchPayload } = await import('../../../common/batchPayload.js');
     await ja.train(0, decodeBatchPayload(payload, rows, 2, D, 8, V));
@@ -54,8 +55,8 @@ describe('server: session context and job registry', function () {
   it('the registry unloads jobs no one used for a while, checkpointing those that train', async () => {
     const { heads, jobs } = storesWithHead();
     const registry = new JobRegistry(engine, jobs, heads);
-    const idle = registry.load(jobs.create('ann', 'idle', model, config));
-    const busy = registry.load(jobs.create('ann', 'busy', model, config));
+    const idle = await registry.load(jobs.create('ann', 'idle', model, config), DEFAULT_SESSION_LIMITS);
+    const busy = await registry.load(jobs.create('ann', 'busy', model, config), DEFAULT_SESSION_LIMITS);
     idle.lastUsedAt -= 60_000;
     assert.equal(await registry.unloadIdle(30_000), 0);
     assert.equal(registry.size, 1);
@@ -68,7 +69,7 @@ describe('server: session context and job registry', function () {
     const { heads, jobs } = storesWithHead();
     const metrics = new ServerMetrics();
     const log: string[] = [];
-    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics, limits: { credits: 1, maxJobsPerUser: 1 }, backend: 'test-backend', log: (l) => log.push(l) };
+    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics, limits: { ...DEFAULT_SESSION_LIMITS, credits: 1, maxJobsPerUser: 1 }, backend: 'test-backend', log: (l) => log.push(l) };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
     ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });

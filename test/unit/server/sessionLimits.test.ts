@@ -4,7 +4,7 @@ import { CloseCode, MAX_EVAL_ID_CHARS, MAX_EVALS_PER_JOB, PROTOCOL_VERSION } fro
 import { DeviceSession } from '../../../server/DeviceSession';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
-import { SessionLimits } from '../../../server/SessionContext';
+import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../../server/SessionContext';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { batchPayload, config, D, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
 import { bytesPerRow } from '../../../common/ActivationQuantizer';
@@ -26,7 +26,7 @@ describe('server: what one session may do', function () {
     const dir = tmpDir('server-unit');
     const { heads, jobs } = withHead ? storesWithHead() : { heads: new HeadStore(dir), jobs: new JobStore(dir) };
     const registry = new JobRegistry(engine, jobs, heads);
-    const ctx = { heads, jobs, registry, metrics: new ServerMetrics(), limits: { credits: 2, maxJobsPerUser: 4, ...limits }, backend: 'test', log: () => undefined };
+    const ctx = { heads, jobs, registry, metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, ...limits }, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
     ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });
@@ -159,7 +159,7 @@ describe('server: what one session may do', function () {
     assert.equal(registry.size, 0);
   });
 
-  it('steps with a non-finite loss or gradient change nothing, are acknowledged as skipped, and stop training after 3 in a row', async () => {
+  it('steps with a non-finite loss or gradient change nothing, are acknowledged as skipped, and stop the job after 3 in a row (resumable)', async () => {
     const { ws, jobs } = await session();
     ws.deliver({ type: 'job/create', name: 'n', config: { ...config, totalSteps: 6, checkpointEvery: 100 } });
     const { jobId } = await ws.next('job/ready');
@@ -177,6 +177,11 @@ describe('server: what one session may do', function () {
         assert.equal((await ws.next('error')).code, 'NON_FINITE');
       }
     }
+    assert.equal(jobs.get('ann', jobId)!.state, 'cancelled', 'stopped, as the README says');
+    ws.deliver({ type: 'batch/train', jobId, index: 4, rows: fine.rows }, fine.payload);
+    assert.equal((await ws.next('error')).code, 'JOB_STATE', 'a stopped job takes no batch');
+    ws.deliver({ type: 'job/resume', jobId });
+    assert.equal((await ws.next('job/ready')).state, 'training');
     ws.deliver({ type: 'job/finish', jobId });
     await ws.next('job/done');
     assert.equal(jobs.get('ann', jobId)!.skippedSteps, 3);
