@@ -1,0 +1,96 @@
+/**
+ * The server's per-job memory estimate (server/training/jobMemory.ts) against
+ * what a job really takes: each shape runs in its own child process, which
+ * starts the training engine, measures its RSS, loads one label-private job
+ * (fresh weights) and trains two steps; the peak RSS above the engine's is
+ * the job's. Reports estimate / measured per shape (at least 1: the budget
+ * refuses before it runs out).
+ *
+ *   npm run bench:job-memory [-- --quick]
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { JobConfig, ModelSpec } from '../common/messages';
+import { SeededRandom } from '../common/SeededRandom';
+import { JobRegistry } from '../server/JobRegistry';
+import { DEFAULT_SESSION_LIMITS } from '../server/SessionContext';
+import { HeadStore } from '../server/storage/HeadStore';
+import { JobStore } from '../server/storage/JobStore';
+import { jobMemoryBytes } from '../server/training/jobMemory';
+import { OnnxEngine } from '../server/training/onnx/OnnxEngine';
+import { BENCH_CACHE, machineDescription, peakRssBytes } from './benchModels';
+
+interface Shape {
+  name: string;
+  layers: number;
+  hiddenSize: number;
+  extra: Partial<JobConfig>;
+}
+
+const SHAPES: Shape[] = [
+  { name: 'Qwen2.5-0.5B shape, side network 1', layers: 24, hiddenSize: 896, extra: {} },
+  { name: 'Qwen2.5-0.5B shape, side network 2', layers: 24, hiddenSize: 896, extra: { sideNetwork: 2 } },
+  { name: 'Qwen2.5-7B shape (28 x 3584), side network 1', layers: 28, hiddenSize: 3584, extra: {} },
+];
+
+function configOf(s: Shape): { config: JobConfig; model: ModelSpec } {
+  const config: JobConfig = {
+    tappedLayers: [...Array(s.layers).keys()], reduction: 8, bits: 8, seqLen: 128, batchSize: 4, totalSteps: 10, learningRate: 1e-3,
+    warmupSteps: 1, seed: 1, checkpointEvery: 100, labelPrivate: true, ...s.extra,
+  };
+  const model: ModelSpec = { fingerprint: 'b'.repeat(64), architecture: 'qwen2', layers: s.layers, hiddenSize: s.hiddenSize, vocabularySize: 151_936, normEpsilon: 1e-6, headDigest: 'c'.repeat(64) };
+  return { config, model };
+}
+
+/** In the child: the job's peak RSS above the started engine's. */
+async function measure(s: Shape): Promise<void> {
+  const engine = await OnnxEngine.create({ threads: 1 });
+  const dir = fs.mkdtempSync(path.join(BENCH_CACHE, 'job-memory-'));
+  try {
+    const jobs = new JobStore(dir);
+    const registry = new JobRegistry(engine, jobs, new HeadStore(dir));
+    const { config, model } = configOf(s);
+    const baseline = process.memoryUsage().rss;
+    const job = await registry.load(jobs.create('bench', 'm', model, config), { ...DEFAULT_SESSION_LIMITS, maxJobMemoryBytes: 2 ** 40, maxUserMemoryBytes: 2 ** 40 });
+    const rows = config.seqLen * config.batchSize;
+    const rng = new SeededRandom(1);
+    const layers = config.tappedLayers.map(() => Float32Array.from({ length: rows * model.hiddenSize }, () => rng.normal()));
+    const lengths = Array.from({ length: config.batchSize }, () => config.seqLen);
+    for (let i = 0; i < 2; i++) {
+      await job.sideOutput(i, layers, rows, lengths);
+      await job.applyGradient(i, Float32Array.from({ length: rows * model.hiddenSize }, () => rng.normal() * 1e-3), rows, rows);
+    }
+    process.stdout.write(`${JSON.stringify({ measured: peakRssBytes() - baseline })}\n`);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+    await engine.dispose();
+  }
+}
+
+function main(): void {
+  const quick = process.argv.includes('--quick');
+  const results = [];
+  for (const s of quick ? SHAPES.slice(0, 2) : SHAPES) {
+    const r = spawnSync(process.execPath, [__filename, '--child', s.name], { encoding: 'utf8', maxBuffer: 1 << 20 });
+    if (r.status !== 0) throw new Error(`${s.name}: ${r.stderr.slice(-2000)}`);
+    const { measured } = JSON.parse(r.stdout.trim().split('\n').pop()!) as { measured: number };
+    const { config, model } = configOf(s);
+    const estimate = jobMemoryBytes(config, model);
+    results.push({ shape: s.name, estimateGiB: +(estimate / 2 ** 30).toFixed(3), measuredGiB: +(measured / 2 ** 30).toFixed(3), estimateOverMeasured: +(estimate / measured).toFixed(2) });
+    process.stdout.write(`${s.name}: estimate ${(estimate / 2 ** 30).toFixed(2)} GiB, measured ${(measured / 2 ** 30).toFixed(2)} GiB (${(estimate / measured).toFixed(2)}x)\n`);
+  }
+  const out = path.join(__dirname, '..', '..', 'bench', 'results', 'jobMemory.json');
+  fs.writeFileSync(out, `${JSON.stringify({ machine: machineDescription(), results }, null, 2)}\n`);
+  process.stdout.write(`wrote ${path.relative(process.cwd(), out)}\n`);
+}
+
+if (process.argv[2] === '--child') {
+  const shape = SHAPES.find((s) => s.name === process.argv[3])!;
+  measure(shape).catch((err: unknown) => {
+    process.stderr.write(`${String(err)}\n`);
+    process.exit(1);
+  });
+} else {
+  main();
+}
