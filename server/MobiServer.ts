@@ -161,14 +161,23 @@ export class MobiServer {
     if (this.closing || !context) return refuse(503, 'Service Unavailable');
     const auth = req.headers.authorization;
     const token = auth?.startsWith('Bearer ') ? auth.slice(7).trim() : undefined;
-    const keys = [`address:${req.socket.remoteAddress ?? '?'}`, ...(UserStore.claimedName(token) ? [`user:${UserStore.claimedName(token)}`] : [])];
-    if (this.authLimiter.blocked(keys)) {
-      this.log('refused a connection: too many failed sign-ins');
-      return refuse(429, 'Too Many Requests');
+    const address = req.socket.remoteAddress ?? '?';
+    // A token verified before costs nothing to check again: it never waits for the limiter (no lock-out by guessing).
+    let user = this.users.verifiedBefore(token);
+    if (!user) {
+      const ticket = await this.authLimiter.begin(UserStore.claimedName(token), address);
+      if (!ticket) {
+        this.log('refused a connection: too many failed or concurrent sign-ins');
+        return refuse(429, 'Too Many Requests');
+      }
+      try {
+        user = await this.users.verify(token);
+        if (user) ticket.succeeded();
+      } finally {
+        ticket.end();
+      }
     }
-    const user = await this.users.verify(token);
     if (user === undefined) {
-      this.authLimiter.failed(keys);
       this.log('refused a connection: missing, wrong or revoked token');
       return refuse(401, 'Unauthorized');
     }

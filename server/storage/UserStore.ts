@@ -94,6 +94,15 @@ export class UserStore {
     return token && dot > 0 && dot <= 32 ? token.slice(0, dot) : undefined;
   }
 
+  /** The user of a token this store verified before and that is still active, without scrypt; otherwise undefined. */
+  verifiedBefore(token: string | undefined): { name: string; since: string } | undefined {
+    if (!token || token.length > 200) return undefined;
+    this.refresh();
+    const name = this.verified.get(createHash('sha256').update(token).digest('hex'));
+    const since = name === undefined ? undefined : this.activeSince(name);
+    return name !== undefined && since !== undefined ? { name, since } : undefined;
+  }
+
   /**
    * The user a token belongs to, with the date of that user's current token
    * (a later revocation or re-issue changes it), or undefined for a missing,

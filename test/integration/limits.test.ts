@@ -1,5 +1,6 @@
 import * as assert from 'node:assert/strict';
 import * as http from 'node:http';
+import { WebSocket } from 'ws';
 import { ModelSpec } from '../../common/messages';
 import { MobiError } from '../../extension/core/MobiError';
 import { ServerConnection } from '../../extension/core/connection/ServerConnection';
@@ -61,6 +62,34 @@ describe('server limits on loopback (each test its own server)', function () {
       await assert.rejects(ServerConnection.open(url, wrong, spec), (e: MobiError) => e.code === 'UNAUTHORIZED');
     }
     await assert.rejects(ServerConnection.open(url, token, spec), (e: MobiError) => e.code === 'SERVER_ERROR', 'refused by the limit, even with the right token');
+    assert.equal(await healthz(url), 200);
+  });
+
+  it('sign-in races and lock-outs: attempts count when they start, checks per address are bounded, and guesses never lock out a valid token', async function () {
+    this.timeout(120_000);
+    const { server, url } = await start();
+    const token = server.users.add('ursula');
+    /** The HTTP status of a sign-in from `from` (101: the socket opened). */
+    const signIn = (t: string, from: string): Promise<number> => new Promise((resolve) => {
+      const ws = new WebSocket(url, { headers: { authorization: `Bearer ${t}` }, localAddress: from });
+      ws.once('open', () => {
+        ws.close();
+        resolve(101);
+      });
+      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.once('error', () => resolve(0));
+    });
+    const wrong = `ursula.${'x'.repeat(32)}`;
+    const statuses = await Promise.all(Array.from({ length: 200 }, () => signIn(wrong, '127.0.0.1')));
+    const checked = statuses.filter((s) => s === 401).length;
+    assert.equal(statuses.filter((s) => s !== 401 && s !== 429).length, 0, `only 401 and 429: ${statuses.join(',')}`);
+    assert.ok(checked <= MAX_AUTH_FAILURES, `${checked} wrong secrets were checked (at most ${MAX_AUTH_FAILURES})`);
+    assert.ok(checked <= 2 + MAX_AUTH_FAILURES && checked >= 1, 'at most MAX_CHECKS_PER_ADDRESS run at once');
+    for (let n = checked; n < MAX_AUTH_FAILURES; n++) assert.equal(await signIn(wrong, '127.0.0.1'), 401);
+    assert.equal(await signIn(wrong, '127.0.0.1'), 429, 'past MAX_AUTH_FAILURES the pair is refused without a check');
+    assert.equal(await signIn(token, '127.0.0.1'), 429, 'the guessing address stays refused for that user');
+    assert.equal(await signIn(token, '127.0.0.2'), 101, 'a valid first sign-in from another address is not locked out');
+    assert.equal(await signIn(token, '127.0.0.1'), 101, 'once verified, the token is accepted without a check, even from the guessing address');
     assert.equal(await healthz(url), 200);
   });
 });
