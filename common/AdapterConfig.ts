@@ -58,6 +58,13 @@ export const AdapterConfigSchema = {
 } as const;
 export type AdapterConfig = Fields<typeof AdapterConfigSchema>;
 
+/** Gate temperatures an adapter may declare (a tiny one overflows the gates). */
+export const GATE_TEMPERATURE_RANGE = { min: 1e-3, max: 1e3 } as const;
+/** Norm epsilons an adapter may declare (a subnormal one turns a zero row into NaN). */
+export const EPSILON_RANGE = { min: 1e-12, max: 1 } as const;
+/** Largest magnitude of a side-network weight (trained weights stay far below; 3e38 overflows every product). */
+export const MAX_WEIGHT_MAGNITUDE = 1e6;
+
 /**
  * Validates an adapter header's `config`: the schema, then what the schema
  * cannot say (positive widths, ascending layers ending with the last layer,
@@ -77,7 +84,9 @@ function semanticProblem(c: AdapterConfig): string | undefined {
   if (d !== c.hiddenSize) return 'config.shape.d must equal config.hiddenSize';
   if (t.length === 0 || t.some((x, i) => i > 0 && x <= t[i - 1]!)) return 'config.shape.tappedLayers must ascend';
   if (t[t.length - 1] !== c.backboneLayers - 1) return 'config.shape.tappedLayers must end with the last layer';
-  if (!(c.gateTemperature > 0) || !(c.adapterNormEpsilon > 0) || !(c.normEpsilon > 0)) return 'config constants must be positive';
+  const within = (x: number, r: { min: number; max: number }): boolean => x >= r.min && x <= r.max;
+  if (!within(c.gateTemperature, GATE_TEMPERATURE_RANGE)) return `config.gateTemperature must be from ${GATE_TEMPERATURE_RANGE.min} to ${GATE_TEMPERATURE_RANGE.max}`;
+  if (!within(c.adapterNormEpsilon, EPSILON_RANGE) || !within(c.normEpsilon, EPSILON_RANGE)) return `config epsilons must be from ${EPSILON_RANGE.min} to ${EPSILON_RANGE.max}`;
   return undefined;
 }
 
@@ -175,10 +184,11 @@ export function parameterShape(shape: SideNetworkShape, name: string): number[] 
 
 /**
  * Checks that `tensors` holds every parameter of the side network `shape`
- * describes, each with exactly its shape, and only finite values. Throws
+ * describes, each with exactly its shape, and only finite values of at most
+ * `maxMagnitude` (weights; optimizer moments pass Infinity). Throws
  * ADAPTER_CORRUPT naming the first problem.
  */
-export function checkSideNetworkTensors(shape: SideNetworkShape, tensors: Map<string, { shape: number[]; data: Float32Array }>): void {
+export function checkSideNetworkTensors(shape: SideNetworkShape, tensors: Map<string, { shape: number[]; data: Float32Array }>, maxMagnitude = MAX_WEIGHT_MAGNITUDE): void {
   for (const name of parameterNames(shape)) {
     const t = tensors.get(name);
     const want = parameterShape(shape, name);
@@ -187,7 +197,7 @@ export function checkSideNetworkTensors(shape: SideNetworkShape, tensors: Map<st
       throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter's tensor ${name} has shape ${t.shape.join('x')}, expected ${want.join('x')}.`);
     }
     for (let i = 0; i < t.data.length; i++) {
-      if (!Number.isFinite(t.data[i]!)) throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter's tensor ${name} holds NaN or infinite values.`);
+      if (!(Math.abs(t.data[i]!) <= maxMagnitude)) throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter's tensor ${name} holds NaN, infinite or out-of-range values (at most ${maxMagnitude} in magnitude).`);
     }
   }
 }

@@ -67,3 +67,40 @@ export function syncFolder(dir: string): void {
     fs.closeSync(dfd);
   }
 }
+
+/** The name writeFileAtomicWith gives its temporary file: `.<name>.tmp-<pid>-<ms>`. */
+const TEMPORARY = /^\..+\.tmp-(\d+)-\d+$/;
+
+/**
+ * Deletes the temporaries of atomic writes below `dir` that no live process
+ * is writing (left by a process killed mid-write). Returns how many it
+ * deleted. Run at start-up; a folder it cannot read is skipped.
+ */
+export function removeStaleTemporaries(dir: string): number {
+  let removed = 0;
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) removed += removeStaleTemporaries(p);
+    const m = TEMPORARY.exec(e.name);
+    if (!e.isFile() || !m || processAlive(Number(m[1]))) continue;
+    fs.rmSync(p, { force: true });
+    removed++;
+  }
+  return removed;
+}
+
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -5,8 +5,9 @@ export const MAX_ADDRESS_FAILURES = 30;
 /** Failed sign-ins of one user name from every address in one window past which its checks wait SLOW_DOWN_MS first: slowed, never refused. */
 export const MAX_USER_FAILURES = 100;
 export const SLOW_DOWN_MS = 1000;
-/** Token checks (scrypt) running at once from one address; more are refused (429). */
+/** Token checks (scrypt) running at once from one address; more wait, up to MAX_WAITING_PER_ADDRESS, and past that are refused (429). */
 export const MAX_CHECKS_PER_ADDRESS = 2;
+export const MAX_WAITING_PER_ADDRESS = 16;
 /** Token checks running at once for one user name; more wait their turn. */
 export const MAX_CHECKS_PER_USER = 4;
 /** The window, milliseconds. */
@@ -28,13 +29,14 @@ export interface AuthTicket {
  * address, which refuse; per user over every address they only slow checks
  * down, so failures from one address never refuse a valid token from
  * another. Checks run at most MAX_CHECKS_PER_ADDRESS at once per address
- * (more are refused) and MAX_CHECKS_PER_USER per user (more wait). A token
+ * (a few more wait, the rest are refused) and MAX_CHECKS_PER_USER per user
+ * (more wait). A token
  * already verified does not come here (the server accepts it without scrypt).
  */
 export class AuthLimiter {
   private readonly failures = new Map<string, { count: number; since: number }>();
-  private readonly runningAt = new Map<string, number>();
-  private readonly users = new Map<string, { running: number; waiting: (() => void)[] }>();
+  /** Check places per key (`address:…`, `user:…`): how many run, and who waits for one. */
+  private readonly places = new Map<string, { running: number; waiting: (() => void)[] }>();
 
   constructor(
     private readonly now: () => number = Date.now,
@@ -59,20 +61,25 @@ export class AuthLimiter {
     }
   }
 
-  /** Waits for one of `user`'s check places. */
-  private async turn(user: string): Promise<void> {
-    const q = this.users.get(user) ?? { running: 0, waiting: [] };
-    this.users.set(user, q);
-    if (q.running >= MAX_CHECKS_PER_USER) await new Promise<void>((resolve) => q.waiting.push(resolve));
-    else q.running++;
+  /** Waits for one of `key`'s `max` check places; false (without waiting) when `maxWaiting` already wait. */
+  private async place(key: string, max: number, maxWaiting = Infinity): Promise<boolean> {
+    const q = this.places.get(key) ?? { running: 0, waiting: [] };
+    this.places.set(key, q);
+    if (q.running < max) {
+      q.running++;
+      return true;
+    }
+    if (q.waiting.length >= maxWaiting) return false;
+    await new Promise<void>((resolve) => q.waiting.push(resolve));
+    return true;
   }
 
-  private leave(user: string): void {
-    const q = this.users.get(user);
+  private leave(key: string): void {
+    const q = this.places.get(key);
     if (!q) return;
     const next = q.waiting.shift();
     if (next) next(); // the place passes to the next waiting check
-    else if (--q.running === 0) this.users.delete(user);
+    else if (--q.running === 0) this.places.delete(key);
   }
 
   /**
@@ -83,13 +90,15 @@ export class AuthLimiter {
     const pair = `pair:${user ?? '?'}@${address}`;
     const addr = `address:${address}`;
     if (this.failuresOf(pair) >= MAX_AUTH_FAILURES || this.failuresOf(addr) >= MAX_ADDRESS_FAILURES) return undefined;
-    if ((this.runningAt.get(address) ?? 0) >= MAX_CHECKS_PER_ADDRESS) return undefined;
     const keys = [pair, addr, ...(user !== undefined ? [`user:${user}`] : [])];
     this.add(keys, 1);
-    this.runningAt.set(address, (this.runningAt.get(address) ?? 0) + 1);
+    if (!(await this.place(addr, MAX_CHECKS_PER_ADDRESS, MAX_WAITING_PER_ADDRESS))) {
+      this.add(keys, -1); // refused unchecked: not a failure
+      return undefined;
+    }
     if (user !== undefined) {
       if (this.failuresOf(`user:${user}`) > MAX_USER_FAILURES) await this.sleep(SLOW_DOWN_MS);
-      await this.turn(user);
+      await this.place(`user:${user}`, MAX_CHECKS_PER_USER);
     }
     let ended = false;
     return {
@@ -97,10 +106,8 @@ export class AuthLimiter {
       end: () => {
         if (ended) return;
         ended = true;
-        const n = (this.runningAt.get(address) ?? 1) - 1;
-        if (n > 0) this.runningAt.set(address, n);
-        else this.runningAt.delete(address);
-        if (user !== undefined) this.leave(user);
+        this.leave(addr);
+        if (user !== undefined) this.leave(`user:${user}`);
       },
     };
   }

@@ -5,6 +5,7 @@ import { AddressInfo } from 'node:net';
 import { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer } from 'ws';
 import { CloseCode, HEARTBEAT_MS, IDLE_TIMEOUT_MS, MAX_FRAME_BYTES, REVOCATION_CHECK_MS } from '../common/limits';
+import { removeStaleTemporaries } from '../common/atomicWrite';
 import { AuthLimiter } from './AuthLimiter';
 import { ServerMetrics } from './ServerMetrics';
 import { DeviceSession } from './DeviceSession';
@@ -92,6 +93,8 @@ export class MobiServer {
   }
 
   async start(): Promise<{ url: string; port: number }> {
+    const stale = removeStaleTemporaries(this.options.dataDir);
+    if (stale > 0) this.log(`removed ${stale} unfinished temporary files left by an earlier process`);
     const engine = await OnnxEngine.create({ device: this.options.device, threads: this.options.threads });
     this.engine = engine;
     this.backend = engine.name;

@@ -320,6 +320,7 @@ export class TrainingJob {
   async dispose(): Promise<void> {
     await this.chain;
     this.disposed = true;
+    this.trainer.dispose();
   }
 }
 
@@ -338,7 +339,7 @@ function readCheckpoint(bytes: Buffer, rec: JobRecord, shape: SideNetworkShape):
     const { header, tensors } = decodeAdapter(bytes, rec.model.fingerprint);
     const names = parameterNames(shape);
     const under = (prefix: string) => new Map(names.flatMap((n) => (tensors.has(prefix + n) ? [[n, tensors.get(prefix + n)!] as const] : [])));
-    for (const prefix of ['', 'adam.m.', 'adam.v.']) checkSideNetworkTensors(shape, under(prefix));
+    for (const prefix of ['', 'adam.m.', 'adam.v.']) checkSideNetworkTensors(shape, under(prefix), prefix === '' ? undefined : Infinity);
     const { step, nextIndex, trainTokens } = header.meta as { step?: unknown; nextIndex?: unknown; trainTokens?: unknown };
     if (!Number.isSafeInteger(step) || !Number.isSafeInteger(nextIndex)) return undefined;
     return {

@@ -1,5 +1,8 @@
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as path from 'node:path';
 import { WebSocket } from 'ws';
 import { ModelSpec } from '../../common/messages';
 import { MobiError } from '../../extension/core/MobiError';
@@ -91,5 +94,15 @@ describe('server limits on loopback (each test its own server)', function () {
     assert.equal(await signIn(token, '127.0.0.2'), 101, 'a valid first sign-in from another address is not locked out');
     assert.equal(await signIn(token, '127.0.0.1'), 101, 'once verified, the token is accepted without a check, even from the guessing address');
     assert.equal(await healthz(url), 200);
+  });
+
+  it('a server starting on a data folder removes the temporaries a killed server left there', async () => {
+    const dataDir = tmpDir('stale-server');
+    const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+    const leftover = path.join(dataDir, 'jobs', 'ann', '0b9f4c2e-6d1a-4e5b-9c3d-2a7f8e1b4c6d', `.adapter.mobi.tmp-${dead}-1`);
+    fs.mkdirSync(path.dirname(leftover), { recursive: true });
+    fs.writeFileSync(leftover, Buffer.alloc(1024));
+    await start({ dataDir });
+    assert.equal(fs.existsSync(leftover), false);
   });
 });

@@ -1,3 +1,4 @@
+import { MobiError } from '../MobiError';
 import { Backbone } from '../model/Backbone';
 import { buildDataset, DatasetOptions } from './dataset';
 import { ScanOptions, scanWorkspace } from './scanWorkspace';
@@ -18,5 +19,9 @@ export async function evaluateWorkspace(bb: Backbone, workspace: string, options
     lossSum += r.lossSum;
     tokens += r.tokens;
   }
-  return { heldOutLoss: lossSum / tokens, tokens };
+  const heldOutLoss = lossSum / tokens;
+  if (tokens === 0) throw new MobiError('EMPTY_WORKSPACE', `No held-out tokens in ${workspace}: the workspace is too small to hold files out.`);
+  // Never a success without a number: a loss that is not finite means the adapter (or the model) is broken.
+  if (!Number.isFinite(heldOutLoss)) throw new MobiError('ADAPTER_CORRUPT', 'The held-out loss is not a finite number: the adapter (or the model) gives NaN or infinite outputs.');
+  return { heldOutLoss, tokens };
 }

@@ -23,8 +23,12 @@ export interface OnnxEngineOptions {
  * A provider that cannot run is an error at start-up (`create`), never a
  * silent fallback to another.
  */
+/** Sessions no job holds that the engine keeps for reuse (the least recently used beyond it are released). */
+export const MAX_IDLE_SESSIONS = 16;
+
 export class OnnxEngine {
-  private readonly sessions = new Map<string, Promise<ort.InferenceSession>>();
+  /** Sessions by graph key, least recently used first, with the trainers that hold them (a held session is never released). */
+  private readonly sessions = new Map<string, { session: Promise<ort.InferenceSession>; holders: Set<object> }>();
 
   private constructor(readonly device: ExecutionDevice, readonly threads: number) {}
 
@@ -54,31 +58,56 @@ export class OnnxEngine {
     return engine;
   }
 
-  /** The session for graph `key`, built by `build` the first time. */
-  session(key: string, build: () => Uint8Array): Promise<ort.InferenceSession> {
-    let s = this.sessions.get(key);
-    if (!s) {
-      s = ort.InferenceSession.create(build(), {
+  /** The session for graph `key`, built by `build` the first time; `holder` (a trainer) keeps it until it lets go (letGo). */
+  session(key: string, build: () => Uint8Array, holder?: object): Promise<ort.InferenceSession> {
+    let entry = this.sessions.get(key);
+    if (entry) this.sessions.delete(key); // re-inserted below: the most recently used last
+    else {
+      const session = ort.InferenceSession.create(build(), {
         executionProviders: [this.device],
         intraOpNumThreads: this.threads,
         interOpNumThreads: 1,
         graphOptimizationLevel: 'all',
       });
-      s.catch(() => this.sessions.delete(key));
-      this.sessions.set(key, s);
+      entry = { session, holders: new Set() };
+      session.catch(() => this.sessions.delete(key));
     }
-    return s;
+    this.sessions.set(key, entry);
+    if (holder) entry.holders.add(holder);
+    this.trim();
+    return entry.session;
+  }
+
+  /** `holder` (a disposed trainer) no longer uses its sessions; idle ones beyond MAX_IDLE_SESSIONS are released. */
+  letGo(holder: object): void {
+    for (const entry of this.sessions.values()) entry.holders.delete(holder);
+    this.trim();
+  }
+
+  /** Sessions the engine holds now (held by trainers or idle). */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  private trim(): void {
+    const idle = [...this.sessions].filter(([, e]) => e.holders.size === 0);
+    for (const [key, entry] of idle.slice(0, Math.max(0, idle.length - MAX_IDLE_SESSIONS))) {
+      this.sessions.delete(key);
+      void release(entry.session);
+    }
   }
 
   async dispose(): Promise<void> {
     const all = [...this.sessions.values()];
     this.sessions.clear();
-    for (const s of all) {
-      try {
-        await (await s).release();
-      } catch {
-        // a session that never started has nothing to release
-      }
-    }
+    for (const e of all) await release(e.session);
+  }
+}
+
+async function release(session: Promise<ort.InferenceSession>): Promise<void> {
+  try {
+    await (await session).release();
+  } catch {
+    // a session that never started has nothing to release
   }
 }

@@ -66,11 +66,11 @@ export class OnnxTrainer {
     const { d } = this.shape;
     const c = this.constants;
     return Promise.all([
-      this.engine.session(`forward-${this.shapeKey}`, () => buildForward(this.shape)),
-      this.engine.session(`head-train-${d}`, () => buildHeadChunk(d, true)),
-      this.engine.session(`head-eval-${d}`, () => buildHeadChunk(d, false)),
-      this.engine.session(this.stepKey('step'), () => buildTrainStep(this.shape, c)),
-      this.engine.session(`eval-${d}`, () => buildEvalLoss(d)),
+      this.engine.session(`forward-${this.shapeKey}`, () => buildForward(this.shape), this),
+      this.engine.session(`head-train-${d}`, () => buildHeadChunk(d, true), this),
+      this.engine.session(`head-eval-${d}`, () => buildHeadChunk(d, false), this),
+      this.engine.session(this.stepKey('step'), () => buildTrainStep(this.shape, c), this),
+      this.engine.session(`eval-${d}`, () => buildEvalLoss(d), this),
     ]);
   }
 
@@ -120,7 +120,7 @@ export class OnnxTrainer {
 
   /** Label-private: the side network's output at the join, delta [rows][d], with the current weights. */
   async sideDelta(layers: Float32Array[], rows: number, lengths?: readonly number[]): Promise<Float32Array> {
-    const session = await this.engine.session(`delta-${this.shapeKey}`, () => buildSideDelta(this.shape));
+    const session = await this.engine.session(`delta-${this.shapeKey}`, () => buildSideDelta(this.shape), this);
     return (await session.run(this.ladderFeeds(layers, rows, lengths))).delta!.data as Float32Array;
   }
 
@@ -137,7 +137,7 @@ export class OnnxTrainer {
     };
     if (tokens === 0) return result(false);
     if (!Number.isFinite(lossSum)) return result(true);
-    const session = await this.engine.session(this.stepKey('upstream'), () => buildUpstreamStep(this.shape, this.constants));
+    const session = await this.engine.session(this.stepKey('upstream'), () => buildUpstreamStep(this.shape, this.constants), this);
     const out = await this.stepOutputs(session, { ...this.ladderFeeds(layers, rows, lengths), dy: f32(dy, [rows, this.shape.d]) }, lr);
     if (!Number.isFinite(Number(out.grad_norm!.data[0]))) return result(true);
     this.adopt(out);
@@ -233,6 +233,11 @@ export class OnnxTrainer {
     const { z, m, s } = await this.headPass(batch, false);
     const out = await evalSession.run(this.lossFeeds(batch, m, s, z));
     return { lossSum: Number(out.loss_sum!.data[0]), tokens: OnnxTrainer.tokensOf(batch) };
+  }
+
+  /** This trainer's sessions may go (the engine keeps a few idle ones for the next job of the same shape). */
+  dispose(): void {
+    this.engine.letGo(this);
   }
 
   /** Replaces some parameters' starting values (a job initialised from the backbone's weights); before the first step only. */

@@ -1,7 +1,8 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AtomicWriteError, writeFileAtomic } from '../../../common/atomicWrite';
+import { AtomicWriteError, removeStaleTemporaries, writeFileAtomic } from '../../../common/atomicWrite';
+import { spawnSync } from 'node:child_process';
 import { nodeFs, withDiskBudget } from '../../helpers/diskBudget';
 import { tmpDir } from '../../helpers/workspaces';
 
@@ -27,5 +28,17 @@ describe('atomic writes', () => {
       (nodeFs as { writeSync: unknown }).writeSync = real;
     }
     assert.equal(fs.readFileSync(file).length, 10_000);
+  });
+
+  it('removes the temporaries a killed process left, never those of a live one', () => {
+    const dir = tmpDir('stale');
+    const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+    fs.mkdirSync(path.join(dir, 'jobs', 'ann', 'x'), { recursive: true });
+    const stale = path.join(dir, 'jobs', 'ann', 'x', `.adapter.mobi.tmp-${dead}-1`);
+    const live = path.join(dir, `.job.json.tmp-${process.pid}-2`);
+    const other = path.join(dir, 'adapter.mobi.tmp-notours');
+    for (const f of [stale, live, other]) fs.writeFileSync(f, 'x');
+    assert.equal(removeStaleTemporaries(dir), 1);
+    assert.ok(!fs.existsSync(stale) && fs.existsSync(live) && fs.existsSync(other));
   });
 });

@@ -12,7 +12,7 @@ import { DEFAULT_SESSION_LIMITS, SessionContext, SessionLimits } from '../../../
 import { HeadStore } from '../../../server/storage/HeadStore';
 import { JobStore } from '../../../server/storage/JobStore';
 import { jobMemoryBytes } from '../../../server/training/jobMemory';
-import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
+import { MAX_IDLE_SESSIONS, OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { initialParameters, initialParametersAsync, sideShape } from '../../../server/training/sideNetworkSpec';
 import { batchPayload, config, D, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
 import { tmpDir } from '../../helpers/workspaces';
@@ -188,5 +188,31 @@ describe('server hardening (round 2)', function () {
     assert.ok((await second.next('batch/ack')).tokens > 0);
     first.deliver({ type: 'batch/train', jobId, index: 1, rows: b.rows }, b.payload);
     assert.equal((await first.next('error')).code, 'JOB_STATE');
+  });
+
+  it('ONNX Runtime sessions of unloaded jobs are released past a bound (least recently used first)', async () => {
+    const own = await OnnxEngine.create({ threads: 1 });
+    try {
+      const dir = tmpDir('sessions');
+      const jobs = new JobStore(dir);
+      const registry = new JobRegistry(own, jobs, new HeadStore(dir));
+      let shapes = 0;
+      for (const reduction of [1, 2, 4, 8, 16]) {
+        for (const tappedLayers of [[1], [0, 1]]) {
+          for (const sideNetwork of [1, 2] as const) {
+            const cfg: JobConfig = { ...config, reduction, tappedLayers, sideNetwork, labelPrivate: true };
+            const job = await registry.load(jobs.create('ann', 's', model, cfg), DEFAULT_SESSION_LIMITS);
+            const rows = config.seqLen;
+            await job.sideOutput(0, tappedLayers.map(() => new Float32Array(rows * D).fill(0.5)), rows, [rows]);
+            await registry.unload(job);
+            shapes++;
+          }
+        }
+      }
+      assert.ok(shapes > MAX_IDLE_SESSIONS, `${shapes} shapes`);
+      assert.ok(own.sessionCount <= MAX_IDLE_SESSIONS, `${own.sessionCount} sessions kept (at most ${MAX_IDLE_SESSIONS})`);
+    } finally {
+      await own.dispose();
+    }
   });
 });

@@ -1,5 +1,8 @@
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { parameterNames, parameterShape } from '../../../../common/AdapterConfig';
 import { encodeAdapter } from '../../../../common/AdapterFile';
 import { SeededRandom } from '../../../../common/SeededRandom';
@@ -8,7 +11,9 @@ import { MobiError } from '../../../../extension/core/MobiError';
 import { modelFingerprint } from '../../../../extension/core/model/modelFingerprint';
 import { sideShape } from '../../../../server/training/sideNetworkSpec';
 import { testAdapterConfig } from '../../../../harness/adapters';
+import { DEVICE_CLI } from '../../../../harness/serverProcess';
 import { tinyModel } from '../../../helpers/models';
+import { makeWorkspace, tmpDir } from '../../../helpers/workspaces';
 
 /** Rewrites an adapter file's header with `edit` and recomputes its checksum, as anyone can. */
 function reseal(file: Buffer, edit: (header: Record<string, unknown>) => void): Buffer {
@@ -120,5 +125,28 @@ describe('adapter files edited by hand (fuzz, real native loader)', function () 
     const body = bad.subarray(0, bad.length - 32);
     createHash('sha256').update(body).digest().copy(bad, bad.length - 32);
     assert.equal(await outcome(bad), 'ADAPTER_CORRUPT');
+  });
+
+  it('constants or weights that load but poison every output are refused; eval never reports a loss that is not a number', async () => {
+    for (const [what, edit] of [
+      ['gate temperature 1e-320', (h: Record<string, unknown>) => ((h.config as Record<string, unknown>).gateTemperature = 1e-320)],
+      ['adapter norm epsilon 1e-320', (h: Record<string, unknown>) => ((h.config as Record<string, unknown>).adapterNormEpsilon = 1e-320)],
+      ['norm epsilon 1e-320', (h: Record<string, unknown>) => ((h.config as Record<string, unknown>).normEpsilon = 1e-320)],
+    ] as const) {
+      assert.equal(await outcome(reseal(file, edit)), 'ADAPTER_CORRUPT', what);
+    }
+    const huge = Buffer.from(file);
+    const len = huge.readUInt32LE(8);
+    const start = 12 + len + ((4 - ((12 + len) % 4)) % 4);
+    for (let at = start; at < huge.length - 32; at += 4) huge.writeFloatLE(3e38, at);
+    createHash('sha256').update(huge.subarray(0, huge.length - 32)).digest().copy(huge, huge.length - 32);
+    assert.equal(await outcome(huge), 'ADAPTER_CORRUPT', 'every weight 3e38');
+    // Through the CLI: a refused adapter is a non-zero exit with a typed error, never `null` and exit 0.
+    const adapter = path.join(tmpDir('poisoned'), 'a.mobi');
+    fs.writeFileSync(adapter, huge);
+    const r = spawnSync(process.execPath, [DEVICE_CLI, 'eval', '--workspace', makeWorkspace(3, 4, 40), '--model', bb.info.path, '--adapter', adapter, '--json'], { encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^error\[ADAPTER_CORRUPT\]/);
+    assert.ok(!/null/.test(r.stdout));
   });
 });
