@@ -8,6 +8,8 @@ export const MAX_HEADER_BYTES = 64 * 1024;
 export const DEFAULT_CREDITS = 2;
 /** Head rows per `head/chunk` frame (f16: rows * d * 2 bytes). */
 export const HEAD_CHUNK_BYTES = 16 * 1024 * 1024;
+/** Adapter bytes per `adapter/data` frame: an adapter of any size downloads in parts of this size. */
+export const ADAPTER_CHUNK_BYTES = 16 * 1024 * 1024;
 /** Ping interval; a peer silent for 3 intervals is dropped. */
 export const HEARTBEAT_MS = 15_000;
 /** How often the server looks for revoked tokens among open sessions. */

@@ -94,8 +94,8 @@ export const DeviceMessages = {
   'job/finish': { jobId: 'uuid' },
   /** Stop the job; its last checkpoint stays resumable. */
   'job/cancel': { jobId: 'uuid' },
-  /** Download the adapter of a finished job. */
-  'adapter/get': { jobId: 'uuid' },
+  /** Download part of the adapter of a finished job, from byte `offset` (absent: 0); adapter/data answers with up to ADAPTER_CHUNK_BYTES. */
+  'adapter/get': { jobId: 'uuid', offset: 'uint?' },
 } as const satisfies Record<string, Schema>;
 
 /** Messages the server sends. */
@@ -116,8 +116,8 @@ export const ServerMessages = {
   /** The job ended (finished or cancelled); the adapter is ready when finished. */
   'job/done': { jobId: 'uuid', step: 'uint', state: JOB_STATES },
   'job/list/result': { jobs: 'json' },
-  /** Payload: the adapter file. */
-  'adapter/data': { jobId: 'uuid', bytes: 'uint', sha256: 'string' },
+  /** Payload: the adapter file's bytes from `offset` on (at most ADAPTER_CHUNK_BYTES); `bytes` and `sha256` are the whole file's. */
+  'adapter/data': { jobId: 'uuid', bytes: 'uint', sha256: 'string', offset: 'uint' },
   'error': { code: WIRE_ERROR_CODES, message: 'string', fatal: 'boolean', jobId: 'uuid?' },
 } as const satisfies Record<string, Schema>;
 

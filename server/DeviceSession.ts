@@ -1,9 +1,8 @@
-import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
 import { backboneInitNames, jobShape } from '../common/AdapterConfig';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { jobConfigProblem } from '../common/jobConfigProblem';
-import { CloseCode, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
+import { ADAPTER_CHUNK_BYTES, CloseCode, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
 import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
 import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
@@ -267,8 +266,12 @@ export class DeviceSession implements BatchSession {
   private onAdapterGet(m: DeviceMessage<'adapter/get'>): void {
     const rec = this.ctx.jobs.get(this.user, m.jobId);
     if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
-    const bytes = rec.state === 'finished' ? this.ctx.jobs.readAdapter(rec) : undefined;
-    if (!bytes) throw new WireError('JOB_STATE', 'the job has no adapter yet; finish it first');
-    this.send({ type: 'adapter/data', jobId: rec.id, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') }, bytes);
+    const info = rec.state === 'finished' ? this.ctx.jobs.adapterInfo(rec) : undefined;
+    if (!info) throw new WireError('JOB_STATE', 'the job has no adapter yet; finish it first');
+    const offset = m.offset ?? 0;
+    if (offset > info.bytes) throw new WireError('BAD_FRAME', `offset past the adapter's ${info.bytes} bytes`);
+    const part = this.ctx.jobs.readAdapterPart(rec, offset, Math.min(this.ctx.limits.adapterChunkBytes ?? ADAPTER_CHUNK_BYTES, info.bytes - offset));
+    this.send({ type: 'adapter/data', jobId: rec.id, bytes: info.bytes, sha256: info.sha256, offset }, part);
   }
+
 }

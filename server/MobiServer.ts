@@ -36,6 +36,8 @@ export interface MobiServerOptions {
   maxJobMemoryBytes?: number;
   /** Memory all loaded jobs of one user may take together. Default DEFAULT_SESSION_LIMITS (8 GiB). */
   maxUserMemoryBytes?: number;
+  /** Adapter bytes per adapter/data frame. Default ADAPTER_CHUNK_BYTES. */
+  adapterChunkBytes?: number;
   /** Open device connections. Default 64. */
   maxDevices?: number;
   /** Open device connections of one user. Default 8. */
@@ -110,6 +112,7 @@ export class MobiServer {
         maxJobsPerUser: this.options.maxJobsPerUser ?? DEFAULT_SESSION_LIMITS.maxJobsPerUser,
         maxJobMemoryBytes: this.options.maxJobMemoryBytes ?? DEFAULT_SESSION_LIMITS.maxJobMemoryBytes,
         maxUserMemoryBytes: this.options.maxUserMemoryBytes ?? DEFAULT_SESSION_LIMITS.maxUserMemoryBytes,
+        adapterChunkBytes: this.options.adapterChunkBytes,
       },
       backend: this.backend,
       log: (line) => this.log(line),

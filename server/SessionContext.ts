@@ -14,6 +14,8 @@ export interface SessionLimits {
   maxJobMemoryBytes: number;
   /** Memory all loaded jobs of one user may take together. */
   maxUserMemoryBytes: number;
+  /** Adapter bytes per adapter/data frame. Default ADAPTER_CHUNK_BYTES. */
+  adapterChunkBytes?: number;
   /** Replies queued for a device that does not read them, beyond which the session is closed. Default MAX_SEND_BUFFER_BYTES. */
   maxSendBufferBytes?: number;
 }

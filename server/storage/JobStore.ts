@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { syncFolder, writeFileAtomic } from '../../common/atomicWrite';
@@ -25,6 +25,8 @@ export interface JobRecord {
   updatedAt: string;
   /** Held-out results by evalId (loss sums and token counts). */
   evals: Record<string, { lossSum: number; tokens: number }>;
+  /** The finished job's adapter: its size and sha256. */
+  adapter?: { bytes: number; sha256: string };
 }
 
 /** The newest checkpoint and the one before it. */
@@ -105,8 +107,10 @@ export class JobStore {
     return out;
   }
 
+  /** Stores the job's adapter and notes its size and sha256 in the record (a download sends them first). */
   writeAdapter(rec: JobRecord, bytes: Uint8Array): void {
     writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'), bytes);
+    rec.adapter = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
   }
 
   readAdapter(rec: JobRecord): Buffer | undefined {
@@ -114,6 +118,33 @@ export class JobStore {
       return fs.readFileSync(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'));
     } catch {
       return undefined;
+    }
+  }
+
+  /** Size and sha256 of the job's adapter (from its record; a record written before they were kept is completed once). */
+  adapterInfo(rec: JobRecord): { bytes: number; sha256: string } | undefined {
+    if (rec.adapter) return rec.adapter;
+    const bytes = this.readAdapter(rec);
+    if (!bytes) return undefined;
+    rec.adapter = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+    this.save(rec);
+    return rec.adapter;
+  }
+
+  /** Bytes [offset, offset + length) of the job's adapter, read from that place only. */
+  readAdapterPart(rec: JobRecord, offset: number, length: number): Buffer {
+    const fd = fs.openSync(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'), 'r');
+    try {
+      const out = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const n = fs.readSync(fd, out, got, length - got, offset + got);
+        if (n === 0) throw new Error('the adapter file is shorter than its record says');
+        got += n;
+      }
+      return out;
+    } finally {
+      fs.closeSync(fd);
     }
   }
 }

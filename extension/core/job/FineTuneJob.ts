@@ -3,6 +3,7 @@ import { jobShape } from '../../../common/AdapterConfig';
 import { jobConfigProblem } from '../../../common/jobConfigProblem';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../store/AdapterStore';
+import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
 import { Backbone } from '../model/Backbone';
 import { batchesPerEpoch, buildDataset, Dataset } from '../workspace/dataset';
 import type { EmbeddedServer } from '../connection/EmbeddedServer';
@@ -346,12 +347,13 @@ export class FineTuneJob {
 
   private async download(conn: ServerConnection, work: Workload, jobId: string): Promise<void> {
     this.setPhase('downloading');
-    const { message, payload } = await conn.request({ type: 'adapter/get', jobId }, (m) => m.jobId === jobId);
-    if (payload.length !== message.bytes) throw new MobiError('ADAPTER_CORRUPT', 'The adapter arrived incomplete; try again.');
+    const partial = new AdapterDownload(this.o.storeDir, jobId);
+    const payload = await downloadAdapter(conn, partial, jobId);
     const stored = new AdapterStore(this.o.storeDir).save(payload, {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
       steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,
     });
+    partial.remove();
     this.adapterPath = stored.file;
     const meta = stored.header.meta;
     if (Number.isSafeInteger(meta.trainTokens)) this.trainTokens = meta.trainTokens as number;

@@ -40,7 +40,7 @@ const serverExamples: { [T in ServerMessage['type']]: ServerMessage<T> } = {
   'job/checkpoint': { type: 'job/checkpoint', jobId: J1, step: 5, nextIndex: 5 },
   'job/done': { type: 'job/done', jobId: J1, step: 10, state: 'finished' },
   'job/list/result': { type: 'job/list/result', jobs: [{ id: J1 }] },
-  'adapter/data': { type: 'adapter/data', jobId: J1, bytes: 10, sha256: 'cd' },
+  'adapter/data': { type: 'adapter/data', jobId: J1, bytes: 10, sha256: 'cd', offset: 0 },
   'error': { type: 'error', code: 'BAD_FRAME', message: 'x', fatal: false },
 };
 
