@@ -8,7 +8,8 @@ import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
 import { BatchSession, JobBatches } from './JobBatches';
 import { SessionContext } from './SessionContext';
-import { FINGERPRINT_PATTERN } from './storage/HeadStore';
+import { FINGERPRINT_PATTERN, HeadStore } from './storage/HeadStore';
+import { jobDiskBytes } from './training/jobMemory';
 import { JobRecord } from './storage/JobStore';
 import { TrainingJob } from './TrainingJob';
 import { parameterShape } from './training/sideNetworkSpec';
@@ -135,7 +136,26 @@ export class DeviceSession implements BatchSession {
 
   private onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): void {
     this.upload = undefined;
+    this.checkStorage(HeadStore.bytesOf(m.rows, m.cols), 'this head');
     this.upload = HeadUpload.begin(this.model!, m, payload);
+  }
+
+  /**
+   * LIMIT when `more` bytes would take this user past their storage quota: the
+   * heads they uploaded, and their jobs, a training one counted at the most it
+   * will take (jobDiskBytes) so that jobs cannot grow past the quota later.
+   */
+  private checkStorage(more: number, what: string): void {
+    const jobs = this.ctx.jobs.list(this.user).reduce((sum, r) => {
+      const now = this.ctx.jobs.bytesOf(this.user, r.id);
+      return sum + (r.state === 'training' ? Math.max(now, jobDiskBytes(r.config, r.model)) : now);
+    }, 0);
+    const used = jobs + this.ctx.heads.uploadedBytesOf(this.user);
+    const quota = this.ctx.limits.maxUserStorageBytes;
+    if (used + more > quota) {
+      const mib = (x: number): string => `${(x / 2 ** 20).toFixed(0)} MiB`;
+      throw new WireError('LIMIT', `${what} needs ${mib(more)} of the server's disk; this user stores ${mib(used)} of ${mib(quota)} allowed (delete finished jobs' data or ask the admin)`);
+    }
   }
 
   private onHeadChunk(m: DeviceMessage<'head/chunk'>, payload: Buffer): void {
@@ -153,7 +173,7 @@ export class DeviceSession implements BatchSession {
     if (!up) throw new WireError('OUT_OF_ORDER', 'head/end before head/begin');
     this.upload = undefined;
     up.verify();
-    this.ctx.heads.save(this.model!, up.rows, up.cols, up.norm, up.halves);
+    this.ctx.heads.save(this.model!, up.rows, up.cols, up.norm, up.halves, this.user);
     this.ctx.log(`stored a model head (user ${this.user})`);
     this.send({ type: 'head/stored', fingerprint: this.model!.fingerprint });
   }
@@ -186,6 +206,7 @@ export class DeviceSession implements BatchSession {
     const start = this.startValuesOf(m.config, payload);
     // Refused (LIMIT) before anything is stored or allocated: past the user's jobs or the memory budgets.
     this.ctx.registry.admit(this.user, m.config, model, this.ctx.limits);
+    this.checkStorage(jobDiskBytes(m.config, model), 'this job');
     const rec = this.ctx.jobs.create(this.user, m.name, model, m.config);
     const job = await this.ctx.registry.load(rec, this.ctx.limits);
     job.owner = this;

@@ -126,6 +126,7 @@ export class JobRegistry {
   private acquireHead(model: ModelSpec): OnnxHead {
     const key = headKeyOf(model);
     const entry = this.heads.get(key);
+    this.headStore.touch(model);
     if (entry) {
       entry.users++;
       return entry.head;
@@ -139,6 +140,11 @@ export class JobRegistry {
   private releaseHead(key: string): void {
     const entry = this.heads.get(key);
     if (entry && --entry.users === 0) this.heads.delete(key);
+  }
+
+  /** The file names of the heads loaded jobs use now (never expired). */
+  headsInUse(): Set<string> {
+    return new Set([...this.jobs.values(), ...[...this.loading.values()].map((l) => ({ rec: l.rec }))].filter((j) => !j.rec.config.labelPrivate).map((j) => HeadStore.fileName(j.rec.model)));
   }
 
   /** Heads loaded now (one per model in use). */

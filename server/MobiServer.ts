@@ -17,6 +17,9 @@ import { JobStore } from './storage/JobStore';
 import { UserStore } from './storage/UserStore';
 import { ExecutionDevice, OnnxEngine } from './training/onnx/OnnxEngine';
 
+/** How long a stored model head no job uses is kept. */
+export const HEAD_TTL_MS = 30 * 86_400_000;
+
 /** Options of the side-tuning server. */
 export interface MobiServerOptions {
   /** Data folder: users, heads, jobs (checkpoints and adapters). */
@@ -38,6 +41,10 @@ export interface MobiServerOptions {
   maxUserMemoryBytes?: number;
   /** Adapter bytes per adapter/data frame. Default ADAPTER_CHUNK_BYTES. */
   adapterChunkBytes?: number;
+  /** Disk one user's jobs and uploaded heads may take. Default DEFAULT_SESSION_LIMITS (16 GiB). */
+  maxUserStorageBytes?: number;
+  /** A stored head no job used for this long is deleted (a device uploads it again when needed). Default HEAD_TTL_MS (30 days). */
+  headTtlMs?: number;
   /** Open device connections. Default 64. */
   maxDevices?: number;
   /** Open device connections of one user. Default 8. */
@@ -102,6 +109,7 @@ export class MobiServer {
     this.backend = engine.name;
     this.metrics.engine.set({ engine: 'onnxruntime', provider: engine.device }, 1);
     this.registry = new JobRegistry(engine, this.jobs, this.heads, (n) => this.metrics.jobsActive.set(n));
+    this.expireHeads();
     this.context = {
       heads: this.heads,
       jobs: this.jobs,
@@ -113,6 +121,7 @@ export class MobiServer {
         maxJobMemoryBytes: this.options.maxJobMemoryBytes ?? DEFAULT_SESSION_LIMITS.maxJobMemoryBytes,
         maxUserMemoryBytes: this.options.maxUserMemoryBytes ?? DEFAULT_SESSION_LIMITS.maxUserMemoryBytes,
         adapterChunkBytes: this.options.adapterChunkBytes,
+        maxUserStorageBytes: this.options.maxUserStorageBytes ?? DEFAULT_SESSION_LIMITS.maxUserStorageBytes,
       },
       backend: this.backend,
       log: (line) => this.log(line),
@@ -136,6 +145,7 @@ export class MobiServer {
     const idle = this.options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
     for (const s of this.sessions) s.heartbeat(idle);
     void this.registry?.unloadIdle(idle);
+    this.expireHeads();
   }
 
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -204,6 +214,13 @@ export class MobiServer {
         session.closed();
       });
     });
+  }
+
+  /** Deletes the heads no job has used for headTtlMs (never one a loaded job uses). */
+  private expireHeads(): void {
+    if (!this.registry) return;
+    const removed = this.heads.removeUnused(this.options.headTtlMs ?? HEAD_TTL_MS, this.registry.headsInUse());
+    if (removed > 0) this.log(`deleted ${removed} model heads no job used for ${((this.options.headTtlMs ?? HEAD_TTL_MS) / 86_400_000).toFixed(1)} days`);
   }
 
   /** Closes the sessions of users whose token was revoked or re-issued, and puts their jobs away. */

@@ -14,6 +14,8 @@ export interface SessionLimits {
   maxJobMemoryBytes: number;
   /** Memory all loaded jobs of one user may take together. */
   maxUserMemoryBytes: number;
+  /** Disk one user's jobs (records, checkpoints, adapters) and the heads they uploaded may take. */
+  maxUserStorageBytes: number;
   /** Adapter bytes per adapter/data frame. Default ADAPTER_CHUNK_BYTES. */
   adapterChunkBytes?: number;
   /** Replies queued for a device that does not read them, beyond which the session is closed. Default MAX_SEND_BUFFER_BYTES. */
@@ -27,6 +29,8 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   /** Fits a 7B-shaped job at the default reduction (about 2.5 GiB by jobMemoryBytes). */
   maxJobMemoryBytes: 4 * 2 ** 30,
   maxUserMemoryBytes: 8 * 2 ** 30,
+  /** Several 7B-shaped jobs (about 1.6 GB each) and a 7B head (1.1 GB). */
+  maxUserStorageBytes: 16 * 2 ** 30,
 };
 
 /**

@@ -2,7 +2,7 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import { MobiServer } from '../MobiServer';
+import { HEAD_TTL_MS, MobiServer } from '../MobiServer';
 import { DEFAULT_SESSION_LIMITS } from '../SessionContext';
 import { packageVersion } from '../../common/packageRoot';
 import { ServerError } from '../ServerError';
@@ -28,6 +28,13 @@ function gibibytes(value: string): number {
   const n = Number(value);
   if (!(n > 0 && n <= 4096)) throw new InvalidArgumentError('expected a size in GiB, above 0 and at most 4096');
   return Math.round(n * 2 ** 30);
+}
+
+/** A number of days, as milliseconds. */
+function days(value: string): number {
+  const n = Number(value);
+  if (!(n > 0 && n <= 3650)) throw new InvalidArgumentError('expected a number of days, above 0 and at most 3650');
+  return Math.round(n * 86_400_000);
 }
 
 function device(value: string): ExecutionDevice {
@@ -58,14 +65,16 @@ export function buildServerProgram(): Command {
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .option('--max-jobs-per-user <n>', 'jobs one user may have loaded at once', port, DEFAULT_SESSION_LIMITS.maxJobsPerUser)
     .option('--max-job-memory <GiB>', `server memory one job may take, estimated from its settings (default ${DEFAULT_SESSION_LIMITS.maxJobMemoryBytes / 2 ** 30})`, gibibytes)
+    .option('--max-user-storage <GiB>', `server disk one user's jobs and uploaded heads may take (default ${DEFAULT_SESSION_LIMITS.maxUserStorageBytes / 2 ** 30})`, gibibytes)
+    .option('--head-ttl-days <days>', `delete a stored model head no job used for this long (default ${HEAD_TTL_MS / 86_400_000})`, days)
     .option('--max-user-memory <GiB>', `server memory all loaded jobs of one user may take (default ${DEFAULT_SESSION_LIMITS.maxUserMemoryBytes / 2 ** 30})`, gibibytes)
     .option('--max-devices <n>', 'open device connections', port, 64)
     .option('--device <device>', 'training engine provider: cpu or cuda (the GPU image)', device, 'cpu' as ExecutionDevice)
     .option('--threads <n>', 'CPU threads of the training engine (default: every core)', positive)
-    .action(async (o: { host: string; port: number; data: string; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxJobMemory?: number; maxUserMemory?: number; maxDevices: number; device: ExecutionDevice; threads?: number }) => {
+    .action(async (o: { host: string; port: number; data: string; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxJobMemory?: number; maxUserMemory?: number; maxUserStorage?: number; headTtlDays?: number; maxDevices: number; device: ExecutionDevice; threads?: number }) => {
       const server = new MobiServer({
         dataDir: o.data, host: o.host, port: o.port, tlsCert: o.tlsCert, tlsKey: o.tlsKey,
-        maxJobsPerUser: o.maxJobsPerUser, maxJobMemoryBytes: o.maxJobMemory, maxUserMemoryBytes: o.maxUserMemory, maxDevices: o.maxDevices, device: o.device, threads: o.threads,
+        maxJobsPerUser: o.maxJobsPerUser, maxJobMemoryBytes: o.maxJobMemory, maxUserMemoryBytes: o.maxUserMemory, maxUserStorageBytes: o.maxUserStorage, headTtlMs: o.headTtlDays, maxDevices: o.maxDevices, device: o.device, threads: o.threads,
         log: (line) => process.stdout.write(`${line}\n`),
       });
       let started;

@@ -16,6 +16,12 @@ export interface StoredHead {
 
 export const FINGERPRINT_PATTERN = /^[0-9a-f]{64}$/;
 
+/** Who uploaded a stored head and when a job last used it. */
+interface HeadMeta {
+  uploadedBy: string;
+  lastUsedAt: string;
+}
+
 /** What names a stored head: the model file and the digest of the head's content. */
 export type HeadKey = Pick<ModelSpec, 'fingerprint' | 'headDigest'>;
 
@@ -25,7 +31,9 @@ export type HeadKey = Pick<ModelSpec, 'fingerprint' | 'headDigest'>;
  * weights, uploaded once per (model, digest) by the first device that needs
  * them and verified against the digest; a stored head is never replaced. A
  * head uploaded with another digest for the same model is stored apart and
- * serves only sessions that state that digest.
+ * serves only sessions that state that digest. Beside each head,
+ * `<…>.head.json` says who uploaded it (it counts toward that user's storage)
+ * and when a job last used it (heads unused for long are deleted).
  */
 export class HeadStore {
   private readonly dir: string;
@@ -45,16 +53,79 @@ export class HeadStore {
     return fs.existsSync(this.file(key));
   }
 
-  /** Stores a verified head; a head already stored under the key stays as it is. */
-  save(key: HeadKey, rows: number, cols: number, norm: Float32Array, headHalves: Uint16Array): void {
+  /** Bytes a stored head of rows x cols takes. */
+  static bytesOf(rows: number, cols: number): number {
+    return 8 + 4 * cols + 2 * rows * cols;
+  }
+
+  /** Stores a verified head uploaded by `user`; a head already stored under the key stays as it is. A write the disk refuses is STORAGE. */
+  save(key: HeadKey, rows: number, cols: number, norm: Float32Array, headHalves: Uint16Array, user = ''): void {
     if (this.has(key)) return;
     const header = Buffer.alloc(8);
     header.writeUInt32LE(rows, 0);
     header.writeUInt32LE(cols, 4);
-    writeFileAtomic(
-      this.file(key),
-      Buffer.concat([header, Buffer.from(norm.buffer, norm.byteOffset, norm.byteLength), Buffer.from(headHalves.buffer, headHalves.byteOffset, headHalves.byteLength)]),
-    );
+    try {
+      writeFileAtomic(this.metaFile(key), `${JSON.stringify({ uploadedBy: user, lastUsedAt: new Date().toISOString() } satisfies HeadMeta)}\n`);
+      writeFileAtomic(
+        this.file(key),
+        Buffer.concat([header, Buffer.from(norm.buffer, norm.byteOffset, norm.byteLength), Buffer.from(headHalves.buffer, headHalves.byteOffset, headHalves.byteLength)]),
+      );
+    } catch {
+      fs.rmSync(this.metaFile(key), { force: true });
+      throw new WireError('STORAGE', 'the server could not store the model head (is its disk full?); nothing was stored');
+    }
+  }
+
+  private metaFile(key: HeadKey): string {
+    return `${this.file(key)}.json`;
+  }
+
+  private meta(file: string): HeadMeta {
+    try {
+      return JSON.parse(fs.readFileSync(`${file}.json`, 'utf8')) as HeadMeta;
+    } catch {
+      return { uploadedBy: '', lastUsedAt: fs.statSync(file).mtime.toISOString() };
+    }
+  }
+
+  /** Notes that a job uses the head now (it is kept while used). */
+  touch(key: HeadKey): void {
+    const file = this.file(key);
+    try {
+      writeFileAtomic(`${file}.json`, `${JSON.stringify({ ...this.meta(file), lastUsedAt: new Date().toISOString() })}\n`);
+    } catch {
+      // the date only delays the head's expiry; training goes on
+    }
+  }
+
+  private stored(): string[] {
+    try {
+      return fs.readdirSync(this.dir).filter((n) => n.endsWith('.head')).map((n) => path.join(this.dir, n));
+    } catch {
+      return [];
+    }
+  }
+
+  /** Bytes of the heads `user` uploaded (their storage quota counts them). */
+  uploadedBytesOf(user: string): number {
+    return this.stored().filter((f) => this.meta(f).uploadedBy === user).reduce((sum, f) => sum + fs.statSync(f).size, 0);
+  }
+
+  /** Deletes the heads no job has used for `maxAgeMs`, except those in `inUse` (file names); returns how many. */
+  removeUnused(maxAgeMs: number, inUse: ReadonlySet<string>, now = Date.now()): number {
+    let removed = 0;
+    for (const file of this.stored()) {
+      if (inUse.has(path.basename(file)) || now - Date.parse(this.meta(file).lastUsedAt) < maxAgeMs) continue;
+      fs.rmSync(file, { force: true });
+      fs.rmSync(`${file}.json`, { force: true });
+      removed++;
+    }
+    return removed;
+  }
+
+  /** The file name a head is stored under (what removeUnused's `inUse` holds). */
+  static fileName(key: HeadKey): string {
+    return `${key.fingerprint}.${key.headDigest}.head`;
   }
 
   load(key: HeadKey): StoredHead {

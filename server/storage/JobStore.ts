@@ -5,6 +5,7 @@ import { syncFolder, writeFileAtomic } from '../../common/atomicWrite';
 import type { JobState } from '../../common/JobState';
 import { JobConfig, ModelSpec } from '../../common/messages';
 import { UUID_PATTERN } from '../../common/schema';
+import { WireError } from '../../common/WireError';
 
 /** `<data>/jobs/<user>/<id>/job.json`: numbers and settings only, never data. */
 export interface JobRecord {
@@ -53,9 +54,27 @@ export class JobStore {
     return rec;
   }
 
+  /** Writes the job's record; a write the disk refuses is STORAGE. */
   save(rec: JobRecord): void {
     rec.updatedAt = new Date().toISOString();
-    writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'job.json'), `${JSON.stringify(rec, null, 2)}\n`);
+    try {
+      writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'job.json'), `${JSON.stringify(rec, null, 2)}\n`);
+    } catch {
+      throw new WireError('STORAGE', 'the server could not store the job\'s record (is its disk full?); what it stored before is kept');
+    }
+  }
+
+  /** Bytes the jobs of `user` (or one of them) take on disk: records, checkpoints, adapters. */
+  bytesOf(user: string, id?: string): number {
+    const sizeOf = (p: string): number => {
+      try {
+        const st = fs.statSync(p);
+        return st.isDirectory() ? fs.readdirSync(p).reduce((sum, n) => sum + sizeOf(path.join(p, n)), 0) : st.size;
+      } catch {
+        return 0;
+      }
+    };
+    return sizeOf(id === undefined ? path.join(this.root, user) : this.dir(user, id));
   }
 
   /** A user's job, or undefined (also for another user's job id). */

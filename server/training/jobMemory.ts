@@ -37,3 +37,13 @@ export function jobMemoryBytes(config: JobConfig, model: Pick<ModelSpec, 'hidden
   const values = 10 * P + 2 * rows * K * d + 12 * rows * K * Math.max(r, b) + 4 * rows * d + 32 * rows * A * r + 2 * scores + logits;
   return Math.ceil(MARGIN * F32 * values);
 }
+
+/**
+ * The disk one job takes at most: two checkpoints (weights and Adam's two
+ * moments, float32) and the adapter (weights), plus headers and the record.
+ */
+export function jobDiskBytes(config: JobConfig, model: Pick<ModelSpec, 'hiddenSize'>): number {
+  const shape = jobShape(config, model.hiddenSize);
+  const P = parameterNames(shape).reduce((sum, n) => sum + parameterShape(shape, n).reduce((a, x) => a * x, 1), 0);
+  return F32 * (2 * 3 * P + P) + 256 * 1024;
+}

@@ -11,10 +11,11 @@ import { ServerMetrics } from '../../../server/ServerMetrics';
 import { DEFAULT_SESSION_LIMITS, SessionContext, SessionLimits } from '../../../server/SessionContext';
 import { HeadStore } from '../../../server/storage/HeadStore';
 import { JobStore } from '../../../server/storage/JobStore';
-import { jobMemoryBytes } from '../../../server/training/jobMemory';
+import { jobDiskBytes, jobMemoryBytes } from '../../../server/training/jobMemory';
 import { MAX_IDLE_SESSIONS, OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { initialParameters, initialParametersAsync, sideShape } from '../../../server/training/sideNetworkSpec';
-import { batchPayload, config, D, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
+import { batchPayload, config, D, headHalves, headNorm, model, SocketEnd, storesWithHead, V } from '../../helpers/sessionHarness';
+import { withDiskBudget } from '../../helpers/diskBudget';
 import { tmpDir } from '../../helpers/workspaces';
 
 /** Frames a device of `user` sends to a server context shared with other sessions. */
@@ -214,5 +215,50 @@ describe('server hardening (round 2)', function () {
     } finally {
       await own.dispose();
     }
+  });
+
+  it('per-user storage quotas: a head upload or a job past the quota is LIMIT; another user is not affected', async () => {
+    const ctx = context({ maxUserStorageBytes: jobDiskBytes(config, model) + 1024 }, false);
+    const ws = await connect(ctx);
+    ws.deliver({ type: 'job/create', name: 'fits', config: { ...config, labelPrivate: true } });
+    await ws.next('job/ready');
+    ws.deliver({ type: 'job/create', name: 'over', config: { ...config, labelPrivate: true } });
+    const err = await ws.next('error');
+    assert.equal(err.code, 'LIMIT');
+    assert.match(err.message, /MiB/);
+    ws.deliver({ type: 'head/begin', rows: V, cols: D }, Buffer.from(headNorm.buffer));
+    assert.equal((await ws.next('error')).code, 'LIMIT', 'a head counts toward its uploader\'s quota');
+    const bob = await connect(ctx, 'bob');
+    bob.deliver({ type: 'head/begin', rows: V, cols: D }, Buffer.from(headNorm.buffer));
+    for (let r = 0; r < V; r++) bob.deliver({ type: 'head/chunk', rowStart: r, rowCount: 1 }, Buffer.from(headHalves.buffer, r * D * 2, D * 2));
+    bob.deliver({ type: 'head/end' });
+    await bob.next('head/stored');
+    assert.equal(ctx.heads.uploadedBytesOf('bob'), HeadStore.bytesOf(V, D));
+    assert.equal(ctx.heads.uploadedBytesOf('ann'), 0);
+  });
+
+  it('a head the disk cannot take is STORAGE to its uploader (not INTERNAL), and nothing half-stored remains', async () => {
+    const ctx = context({}, false);
+    const ws = await connect(ctx);
+    ws.deliver({ type: 'head/begin', rows: V, cols: D }, Buffer.from(headNorm.buffer));
+    for (let r = 0; r < V; r++) ws.deliver({ type: 'head/chunk', rowStart: r, rowCount: 1 }, Buffer.from(headHalves.buffer, r * D * 2, D * 2));
+    await withDiskBudget(0, async () => {
+      ws.deliver({ type: 'head/end' });
+      assert.equal((await ws.next('error')).code, 'STORAGE');
+    });
+    assert.equal(ctx.heads.has(model), false);
+  });
+
+  it('heads no job used for the configured time are deleted, never one a loaded job uses', () => {
+    const dir = tmpDir('heads-ttl');
+    const heads = new HeadStore(dir);
+    const other = { ...model, fingerprint: 'b'.repeat(64) };
+    heads.save(model, V, D, headNorm, headHalves, 'ann');
+    heads.save(other, V, D, headNorm, headHalves, 'ann');
+    const day = 86_400_000;
+    assert.equal(heads.removeUnused(30 * day, new Set()), 0, 'both were used just now');
+    assert.equal(heads.removeUnused(30 * day, new Set([HeadStore.fileName(model)]), Date.now() + 31 * day), 1);
+    assert.equal(heads.has(model), true, 'in use: kept');
+    assert.equal(heads.has(other), false, 'unused for 31 days: deleted');
   });
 });
