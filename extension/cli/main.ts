@@ -102,7 +102,7 @@ export function buildProgram(): Command {
             process.stdout.write(
               [
                 `${path.basename(i.path)}: ${i.architecture}, ${(i.parameters / 1e6).toFixed(1)} M parameters, ${i.quantization}, ${(i.fileSizeBytes / 2 ** 20).toFixed(1)} MiB`,
-                `  ${i.layers} layers, hidden size ${i.hiddenSize}, ${i.heads} attention heads (${i.kvHeads} key/value), vocabulary ${i.vocabularySize}`,
+                `  ${i.layers} layers, hidden size ${i.hiddenSize}, ${i.attentionHeads} attention heads (${i.kvAttentionHeads} key/value), vocabulary ${i.vocabularySize}`,
                 `  trained context ${i.trainingContext} tokens; head ${i.headTensor}; final norm epsilon ${Number(i.normEpsilon.toPrecision(3))}`,
               ].join('\n') + '\n',
             );

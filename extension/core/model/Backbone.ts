@@ -21,8 +21,10 @@ export interface ModelInfo {
   architecture: string;
   layers: number;
   hiddenSize: number;
-  heads: number;
-  kvHeads: number;
+  /** The backbone's attention heads (the output head is `headTensor`). */
+  attentionHeads: number;
+  /** Its key/value attention heads (grouped-query attention). */
+  kvAttentionHeads: number;
   vocabularySize: number;
   trainingContext: number;
   quantization: string;
@@ -109,14 +111,14 @@ export function describeModel(file: GgufFile): Omit<ModelInfo, 'parameters' | 'a
   };
   const tokens = file.kv.get('tokenizer.ggml.tokens')?.value;
   const fileType = ggufNumber(file, 'general.file_type');
-  const heads = num('attention.head_count');
+  const attentionHeads = num('attention.head_count');
   return {
     path: file.path,
     architecture: arch,
     layers: num('block_count'),
     hiddenSize: num('embedding_length'),
-    heads,
-    kvHeads: ggufNumber(file, `${arch}.attention.head_count_kv`) ?? heads,
+    attentionHeads,
+    kvAttentionHeads: ggufNumber(file, `${arch}.attention.head_count_kv`) ?? attentionHeads,
     vocabularySize: Array.isArray(tokens) ? tokens.length : 0,
     trainingContext: num('context_length'),
     quantization: fileType !== undefined ? (FILE_TYPE_NAMES[fileType] ?? `type ${fileType}`) : 'unknown',

@@ -38,8 +38,8 @@ describe('Backbone (native capture)', function () {
     assert.equal(bb.info.architecture, 'llama');
     assert.equal(bb.info.layers, 4);
     assert.equal(bb.info.hiddenSize, 64);
-    assert.equal(bb.info.heads, 4);
-    assert.equal(bb.info.kvHeads, 2);
+    assert.equal(bb.info.attentionHeads, 4);
+    assert.equal(bb.info.kvAttentionHeads, 2);
     assert.equal(bb.info.quantization, 'F32');
     assert.equal(bb.info.fileSizeBytes, fs.statSync(modelPath).size);
     assert.equal(bb.info.headTensor, 'output.weight');
