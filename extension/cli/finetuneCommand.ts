@@ -61,14 +61,14 @@ export function resumeCommand(jobId: string, store: string): string {
 /** `mobillm finetune`: defaults live in the core (FineTuneOptions), so a resumed job can tell given flags from defaults. */
 export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void>): Command {
   const options = settingOptions();
-  const command = new Command('finetune');
-  for (const option of options) command.addOption(option);
-  return command
+  const command = new Command('finetune')
     .description('Fine-tune the side network on a workspace (embedded local server unless --server is given)')
     .option('--workspace <dir>', 'folder of source code (when resuming: the job\'s own)')
     .option('--model <file|hf:uri>', 'GGUF backbone (default: the built-in tiny model, created once; when resuming: the job\'s own)')
     .option('--server <url>', 'team server, ws://host:port or wss://host:port')
-    .option('--token <token>', 'server token (or MOBILLM_TOKEN)')
+    .option('--token <token>', 'server token (or MOBILLM_TOKEN)');
+  for (const option of options) command.addOption(option);
+  return command
     .option('--random-init', 'start the side network from random values (default for side network 1)')
     .option('--resume <jobId|last>', 'continue a job started on this device with all its settings ("last": the latest; see "mobillm jobs")')
     .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
