@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import type { JobConfig, ModelSpec } from '../common/messages';
 import { SeededRandom } from '../common/SeededRandom';
 import { JobRegistry } from '../server/JobRegistry';
-import { DEFAULT_SESSION_LIMITS } from '../server/SessionContext';
+import { DEFAULT_SESSION_LIMITS } from '../server/SessionLimits';
 import { HeadStore } from '../server/storage/HeadStore';
 import { JobStore } from '../server/storage/JobStore';
 import { jobMemoryBytes } from '../server/training/jobMemory';

@@ -1,6 +1,6 @@
 import type { JobConfig, ModelSpec } from '../common/messages';
 import { WireError } from '../common/WireError';
-import type { SessionLimits } from './SessionContext';
+import type { SessionLimits } from './SessionLimits';
 import { jobMemoryBytes } from './training/jobMemory';
 import { HeadStore } from './storage/HeadStore';
 import { JobRecord, JobStore } from './storage/JobStore';

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { HEAD_TTL_MS, MobiServer } from '../MobiServer';
-import { DEFAULT_SESSION_LIMITS } from '../SessionContext';
+import { DEFAULT_SESSION_LIMITS } from '../SessionLimits';
 import { packageVersion } from '../../common/packageRoot';
 import { ServerError } from '../ServerError';
 import { EXECUTION_DEVICES, ExecutionDevice } from '../training/onnx/OnnxEngine';

@@ -6,7 +6,7 @@ import { PROTOCOL_VERSION } from '../../../common/limits';
 import { decodeBatchPayload } from '../../../common/batchPayload';
 import { WireError } from '../../../common/WireError';
 import { DeviceSession } from '../../../server/DeviceSession';
-import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionContext';
+import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionLimits';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';

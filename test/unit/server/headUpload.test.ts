@@ -5,7 +5,7 @@ import { PROTOCOL_VERSION } from '../../../common/limits';
 import type { ModelSpec } from '../../../common/messages';
 import { DeviceSession } from '../../../server/DeviceSession';
 import { headDigestOf } from '../../../server/HeadUpload';
-import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionContext';
+import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionLimits';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
 import { HeadStore } from '../../../server/storage/HeadStore';

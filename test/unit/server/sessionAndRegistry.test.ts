@@ -5,7 +5,8 @@ import { canTransition, JOB_STATES } from '../../../common/JobState';
 import { DeviceSession } from '../../../server/DeviceSession';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
-import { DEFAULT_SESSION_LIMITS, SessionContext } from '../../../server/SessionContext';
+import { SessionContext } from '../../../server/SessionContext';
+import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionLimits';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { batchPayload, config, D, model, SocketEnd, storesWithHead, V } from '../../helpers/sessionHarness';
 

@@ -4,7 +4,7 @@ import { CloseCode, MAX_EVAL_ID_CHARS, MAX_EVALS_PER_JOB, PROTOCOL_VERSION } fro
 import { DeviceSession } from '../../../server/DeviceSession';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
-import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../../server/SessionContext';
+import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../../server/SessionLimits';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { batchPayload, config, D, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
 import { bytesPerRow } from '../../../common/ActivationQuantizer';
