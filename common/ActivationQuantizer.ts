@@ -29,6 +29,23 @@ export function bytesPerRow(d: number, bits: Bits): number {
   }
 }
 
+/**
+ * How one row sits in a quantized block of many (quantizeRows): every row's
+ * scale bytes first, then every row's value bytes, each part row-major. A
+ * block of some rows is cut out of a larger one, or put together from
+ * smaller ones, by these two widths.
+ */
+export function rowLayout(d: number, bits: Bits): { scaleBytes: number; valueBytes: number } {
+  switch (bits) {
+    case 8:
+      return { scaleBytes: 4, valueBytes: d };
+    case 4:
+      return { scaleBytes: 2 * Math.ceil(d / INT4_GROUP), valueBytes: Math.ceil(d / 2) };
+    case 16:
+      return { scaleBytes: 0, valueBytes: 2 * d };
+  }
+}
+
 /** Quantizes [rows][d] floats into `out` at `offset`; returns bytes written. */
 export function quantizeRows(src: Float32Array, rows: number, d: number, bits: Bits, out: Buffer, offset = 0): number {
   if (bits === 16) {

@@ -69,6 +69,10 @@ export const JOB_SETTINGS = {
     doc: 'The side network\'s design for new fine-tunes (adapters of either design keep working).',
   },
   joinAfterNorm: { kind: 'boolean', default: false, flag: '--join-after-norm', doc: 'Add the side network\'s output after the model\'s final norm instead of before it (standard mode only).' },
+  activationCacheGiB: {
+    kind: 'number', min: 0, max: 1024, default: 4, flag: '--activation-cache', key: 'activationCacheGiB',
+    doc: 'Disk on this computer (GiB) for the activations of the first epoch, so later epochs skip the model\'s forward pass; deleted when the job ends (0: off).',
+  },
   initFromBackbone: {
     kind: 'boolean', flag: '--init-from-backbone',
     doc: 'Start the side network from a reduced copy of the model\'s own weights, computed here (default for side network 2; --random-init: from random values).',

@@ -6,6 +6,7 @@ import { defaultStoreDir } from '../core/store/defaultStoreDir';
 import { FineTuneJob } from '../core/job/FineTuneJob';
 import { checkFineTuneOptions, TunedOption, TunedSettings } from '../core/job/FineTuneOptions';
 import { JobRecordStore } from '../core/job/JobRecordStore';
+import { pruneActivationCaches } from '../core/job/ActivationCache';
 import { confirmPrivacyLine, serverPlace } from '../core/text/privacyText';
 import { MobiError } from '../core/MobiError';
 import { describeSkipped } from '../core/workspace/scanWorkspace';
@@ -138,7 +139,13 @@ export function jobsCommand(run: (body: () => Promise<void>) => Promise<void>): 
     .description('This device\'s fine-tuning jobs: state, progress, workspace, model and the command that resumes each')
     .option('--store <dir>', 'device store', defaultStoreDir())
     .option('--json', 'print the records as JSON')
-    .action((o: { store: string; json?: boolean }) => run(async () => {
+    .option('--prune', 'delete every job\'s activation cache on this computer (a resumed job computes its activations again)')
+    .action((o: { store: string; json?: boolean; prune?: boolean }) => run(async () => {
+      if (o.prune) {
+        const freed = pruneActivationCaches(o.store);
+        process.stdout.write(`deleted ${freed.caches} activation caches (${(freed.bytes / 2 ** 20).toFixed(1)} MiB)\n`);
+        return;
+      }
       const records = new JobRecordStore(o.store).list();
       if (o.json) {
         process.stdout.write(`${JSON.stringify(records)}\n`);

@@ -3,7 +3,8 @@ import { encodeBatchPayload, encodeLayersPayload } from '../../../common/batchPa
 import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../model/Backbone';
 import type { DeviceHead } from '../model/DeviceHead';
-import { Dataset, splitInputsTargets, trainBatchSequences } from '../workspace/dataset';
+import { Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
+import { ActivationCache } from './ActivationCache';
 import type { ServerConnection } from '../connection/ServerConnection';
 import { CreditWindow } from './CreditWindow';
 import type { JobContext } from './JobContext';
@@ -44,6 +45,8 @@ interface EncodedBatch {
  */
 export class ActivationStream {
   readonly timings: StreamTimings = { deviceForwardSeconds: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
+  /** The job's activation cache on this computer, once the job has an id (useCache). */
+  cache: ActivationCache | undefined;
 
   constructor(
     private readonly backbone: Backbone,
@@ -57,7 +60,31 @@ export class ActivationStream {
   }
 
   private get bits(): Bits {
-    return this.config.bits as Bits;
+    return this.config.bits;
+  }
+
+  /** Keeps training sequences' activations in `dir` (up to `budgetBytes`) and takes later batches from there. */
+  useCache(dir: string, budgetBytes: number): void {
+    if (this.cache?.dir === dir || budgetBytes <= 0) return;
+    const d = this.backbone.info.hiddenSize;
+    this.cache = new ActivationCache(dir, budgetBytes, this.config.tappedLayers.length, d, this.bits, this.config.labelPrivate === true);
+  }
+
+  /** Training batch `index`: from the cache when it holds every sequence of it, else by a forward (whose sequences the cache then keeps). */
+  private async trainBatch(index: number): Promise<EncodedBatch> {
+    const ids = trainBatchIndices(this.data, this.config.batchSize, index);
+    const seqs = ids.map((i) => this.data.train[i]!);
+    const { inputs, targets, mask, rows } = splitInputsTargets(seqs);
+    const lengths = inputs.map((x) => x.length);
+    const got = this.cache?.batch(ids, lengths);
+    if (got) {
+      const labelPrivate = this.config.labelPrivate === true;
+      const payload = labelPrivate ? got.layers : Buffer.concat([got.layers, Buffer.from(targets.buffer, targets.byteOffset, rows * 4), Buffer.from(mask)]);
+      return { payload, rows, lengths, sequences: seqs.length, kept: labelPrivate ? { last: got.last!, targets, mask } : undefined };
+    }
+    const b = await this.encodeBatch(seqs, 'train');
+    this.cache?.store(ids, b.lengths, b.payload, b.kept?.last);
+    return b;
   }
 
   /** Runs the backbone over `seqs` with capture and encodes the batch payload. */
@@ -156,7 +183,7 @@ export class ActivationStream {
     });
     const started = process.hrtime.bigint();
     try {
-      const forward = (i: number): Promise<EncodedBatch> => this.encodeBatch(trainBatchSequences(this.data, this.config.batchSize, i), 'train');
+      const forward = (i: number): Promise<EncodedBatch> => this.trainBatch(i);
       let next = startIndex;
       /** Label-private: the device's half of each step, one batch after another. */
       let joins: Promise<void> = Promise.resolve();

@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { jobShape } from '../../../common/AdapterConfig';
 import { jobConfigProblem } from '../../../common/jobConfigProblem';
+import { activationCacheDir } from './ActivationCache';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../store/AdapterStore';
 import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
@@ -44,6 +45,8 @@ export interface FineTuneResult {
   bytesPerToken: number;
   config: JobConfig;
   scan: ScanReport;
+  /** The activation cache's use: training batches taken from it, computed, and damaged entries found. */
+  cache?: { hits: number; misses: number; damaged: number };
 }
 
 /** Longest wait for the server to confirm a cancellation, milliseconds. */
@@ -169,6 +172,9 @@ export class FineTuneJob {
         },
       );
       const wallSeconds = (Date.now() - started) / 1000;
+      const cache = work.stream.cache;
+      if (cache) this.ctx.log(`activation cache: ${cache.hits} batches from it, ${cache.misses} computed, ${cache.damaged} damaged entries dropped; deleted`);
+      cache?.remove(); // a finished job needs no activations; a stopped one keeps them for its resume
       this.setPhase('done');
       const p = this.progress.current;
       return {
@@ -188,6 +194,7 @@ export class FineTuneJob {
         bytesPerToken: p.tokensDone > 0 ? p.bytesSent / p.tokensDone : 0,
         config: work.config,
         scan: work.scan,
+        cache: cache && { hits: cache.hits, misses: cache.misses, damaged: cache.damaged },
       };
     } catch (err) {
       const e = MobiError.from(err);
@@ -316,6 +323,7 @@ export class FineTuneJob {
       this.saveRecord();
     }
     const jobId = ready.jobId;
+    work.stream.useCache(activationCacheDir(this.o.storeDir, jobId), this.o.activationCacheGiB * 2 ** 30);
     this.progress.setStep(ready.step);
     if (ready.state !== 'finished') {
       if (this.before === undefined) {

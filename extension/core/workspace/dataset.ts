@@ -112,13 +112,18 @@ export function buildDataset(files: ScannedFile[], tokenize: (text: string) => I
   return { train, heldOut, heldOutFim, trainFiles: files.length - held.size, heldOutFiles: held.size, trainTokens: train.reduce((a, s) => a + s.length - 1, 0), seqLen, seed };
 }
 
-/** Sequences of training batch `index` (epochs reshuffle with seed + epoch; the order is the same on every run). */
-export function trainBatchSequences(data: Dataset, batchSize: number, index: number): Int32Array[] {
+/** Which training sequences (indices into data.train) make batch `index` (epochs reshuffle with seed + epoch; the order is the same on every run). */
+export function trainBatchIndices(data: Dataset, batchSize: number, index: number): number[] {
   const perEpoch = Math.ceil(data.train.length / batchSize);
   const epoch = Math.floor(index / perEpoch);
   const order = new SeededRandom(data.seed * 7919 + epoch).shuffle(data.train.map((_, i) => i));
   const j = index % perEpoch;
-  return order.slice(j * batchSize, (j + 1) * batchSize).map((i) => data.train[i]!);
+  return order.slice(j * batchSize, (j + 1) * batchSize);
+}
+
+/** Sequences of training batch `index`. */
+export function trainBatchSequences(data: Dataset, batchSize: number, index: number): Int32Array[] {
+  return trainBatchIndices(data, batchSize, index).map((i) => data.train[i]!);
 }
 
 export function batchesPerEpoch(data: Dataset, batchSize: number): number {
