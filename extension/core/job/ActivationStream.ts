@@ -3,7 +3,7 @@ import { encodeBatchPayload, encodeLayersPayload } from '../../../common/batchPa
 import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../model/Backbone';
 import type { DeviceHead } from '../model/DeviceHead';
-import { Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
+import { batchesPerEpoch, Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
 import { ActivationCache } from './ActivationCache';
 import type { ServerConnection } from '../connection/ServerConnection';
 import { CreditWindow } from './CreditWindow';
@@ -63,9 +63,9 @@ export class ActivationStream {
     return this.config.bits;
   }
 
-  /** Keeps training sequences' activations in `dir` (up to `budgetBytes`) and takes later batches from there. */
+  /** Keeps training sequences' activations in `dir` (up to `budgetBytes`) and takes later batches from there; a job of one epoch or less keeps none. */
   useCache(dir: string, budgetBytes: number): void {
-    if (this.cache?.dir === dir || budgetBytes <= 0) return;
+    if (this.cache?.dir === dir || budgetBytes <= 0 || this.config.totalSteps <= batchesPerEpoch(this.data, this.config.batchSize)) return;
     const d = this.backbone.info.hiddenSize;
     this.cache = new ActivationCache(dir, budgetBytes, this.config.tappedLayers.length, d, this.bits, this.config.labelPrivate === true);
   }
