@@ -26,6 +26,14 @@ async function main(): Promise<void> {
   const server = new MobiServer({ dataDir: path.join(dir, 'server'), port: 0, threads: 1 });
   const { url } = await server.start();
   const t = (): number => performance.now() / 1000;
+  // The longest the event loop was held (the server runs in this process): a 10 ms timer's largest lateness.
+  let last = performance.now();
+  let stall = 0;
+  const monitor = setInterval(() => {
+    const now = performance.now();
+    stall = Math.max(stall, now - last - 10);
+    last = now;
+  }, 10);
   try {
     const token = server.users.add('big');
     const model: ModelSpec = { fingerprint: 'd'.repeat(64), architecture: 'qwen2', layers: L, hiddenSize: d, vocabularySize: 152_064, normEpsilon: 1e-6, headDigest: 'e'.repeat(64) };
@@ -34,6 +42,8 @@ async function main(): Promise<void> {
     let t0 = t();
     const { message: ready } = await conn.request({ type: 'job/create', name: 'big', config });
     const created = t() - t0;
+    const stalls: Record<string, number> = { create: stall };
+    stall = 0;
     const rows = config.seqLen;
     const layers = config.tappedLayers.map(() => new Float32Array(rows * d).fill(0.25));
     t0 = t();
@@ -44,22 +54,29 @@ async function main(): Promise<void> {
     conn.send({ type: 'batch/grad', jobId: ready.jobId, index: 0, rows, lossSum: rows, tokens: rows }, Buffer.alloc(rows * bytesPerRow(d, 8)));
     await ack;
     const stepped = t() - t0;
+    stalls.oneStep = stall;
+    stall = 0;
     t0 = t();
     await conn.request({ type: 'job/finish', jobId: ready.jobId });
     const finished = t() - t0;
+    stalls.finish = stall;
+    stall = 0;
     t0 = t();
     const download = new AdapterDownload(path.join(dir, 'device'), ready.jobId);
     const bytes = await downloadAdapter(conn, download, ready.jobId);
     const downloaded = t() - t0;
+    stalls.download = stall;
     const { header } = decodeAdapter(bytes, model.fingerprint);
     download.remove();
     conn.close();
     const result = {
       adapterMiB: +(bytes.length / 2 ** 20).toFixed(1), parts: Math.ceil(bytes.length / ADAPTER_CHUNK_BYTES), verified: header.config.shape.d === d,
       seconds: { create: +created.toFixed(2), oneStep: +stepped.toFixed(2), finish: +finished.toFixed(2), download: +downloaded.toFixed(2) },
+      longestEventLoopStallSeconds: Object.fromEntries(Object.entries(stalls).map(([k, v]) => [k, +(v / 1000).toFixed(2)])),
     };
     process.stdout.write(`${JSON.stringify(result)}\n`);
   } finally {
+    clearInterval(monitor);
     await server.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }

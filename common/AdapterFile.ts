@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { AdapterConfig, parseAdapterConfig, renameOlderShape } from './AdapterConfig';
+import { sha256Sliced, SLICE_BYTES, yieldToEventLoop } from './sliced';
 import { AdapterFormatError } from './AdapterFormatError';
 import { checkSchema } from './schema';
 
@@ -56,12 +57,13 @@ export interface AdapterContents {
   tensors: Map<string, { shape: number[]; data: Float32Array }>;
 }
 
-export function encodeAdapter(
+/** The adapter file with 32 bytes left at its end for the checksum of everything before them; pauses after each SLICE_BYTES copied. */
+function* adapterWithoutChecksum(
   fingerprint: string,
   config: AdapterConfig,
   meta: Record<string, unknown>,
   tensors: { name: string; shape: number[]; data: Float32Array }[],
-): Buffer {
+): Generator<void, Buffer> {
   let offset = 0;
   const entries: AdapterTensorEntry[] = tensors.map((t) => {
     const n = t.shape.reduce((a, b) => a * b, 1);
@@ -73,25 +75,71 @@ export function encodeAdapter(
   const header: AdapterHeader = { format: 'mobillm-adapter', version: ADAPTER_FORMAT_VERSION, fingerprint, config, tensors: entries, meta };
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const pad = (4 - ((12 + json.length) % 4)) % 4;
-  const body = Buffer.alloc(12 + json.length + pad + offset * 4);
-  body.write(ADAPTER_MAGIC, 0, 'latin1');
-  body.writeUInt32LE(json.length, 8);
-  json.copy(body, 12);
   const dataStart = 12 + json.length + pad;
+  const file = Buffer.allocUnsafe(dataStart + offset * 4 + 32);
+  file.write(ADAPTER_MAGIC, 0, 'latin1');
+  file.writeUInt32LE(json.length, 8);
+  json.copy(file, 12);
+  file.fill(0, 12 + json.length, dataStart);
+  let copied = 0;
   for (const [i, t] of tensors.entries()) {
-    Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).copy(body, dataStart + entries[i]!.offset * 4);
+    Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).copy(file, dataStart + entries[i]!.offset * 4);
+    if ((copied += t.data.byteLength) >= SLICE_BYTES) {
+      copied = 0;
+      yield;
+    }
   }
-  return Buffer.concat([body, createHash('sha256').update(body).digest()]);
+  return file;
+}
+
+export function encodeAdapter(
+  fingerprint: string,
+  config: AdapterConfig,
+  meta: Record<string, unknown>,
+  tensors: { name: string; shape: number[]; data: Float32Array }[],
+): Buffer {
+  const steps = adapterWithoutChecksum(fingerprint, config, meta, tensors);
+  let r = steps.next();
+  while (!r.done) r = steps.next();
+  const file = r.value;
+  createHash('sha256').update(file.subarray(0, file.length - 32)).digest().copy(file, file.length - 32);
+  return file;
+}
+
+/** encodeAdapter with the checksum computed in slices (a server keeps answering while it writes a large checkpoint). */
+export async function encodeAdapterSliced(
+  fingerprint: string,
+  config: AdapterConfig,
+  meta: Record<string, unknown>,
+  tensors: { name: string; shape: number[]; data: Float32Array }[],
+): Promise<Buffer> {
+  const steps = adapterWithoutChecksum(fingerprint, config, meta, tensors);
+  let r = steps.next();
+  while (!r.done) {
+    await yieldToEventLoop();
+    r = steps.next();
+  }
+  const file = r.value;
+  (await sha256Sliced(file.subarray(0, file.length - 32))).copy(file, file.length - 32);
+  return file;
+}
+
+/** decodeAdapter with the checksum verified in slices first. */
+export async function decodeAdapterSliced(file: Uint8Array, expectFingerprint?: string): Promise<AdapterContents> {
+  if (file.length >= 44 && !(await sha256Sliced(file.subarray(0, file.length - 32))).equals(file.subarray(file.length - 32))) {
+    throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter file is damaged (checksum mismatch); download it again.');
+  }
+  return decodeAdapter(file, expectFingerprint, true);
 }
 
 /** Parses and verifies an adapter file; `expectFingerprint` checks it belongs to the model. */
-export function decodeAdapter(file: Uint8Array, expectFingerprint?: string): AdapterContents {
+export function decodeAdapter(file: Uint8Array, expectFingerprint?: string, checksumVerified = false): AdapterContents {
   const buf = Buffer.from(file.buffer, file.byteOffset, file.byteLength);
   if (buf.length < 44 || buf.toString('latin1', 0, 8) !== ADAPTER_MAGIC) {
     throw new AdapterFormatError('ADAPTER_CORRUPT', 'This is not a MobiLLM adapter file.');
   }
   const body = buf.subarray(0, buf.length - 32);
-  if (!createHash('sha256').update(body).digest().equals(buf.subarray(buf.length - 32))) {
+  if (!checksumVerified && !createHash('sha256').update(body).digest().equals(buf.subarray(buf.length - 32))) {
     throw new AdapterFormatError('ADAPTER_CORRUPT', 'The adapter file is damaged (checksum mismatch); download it again.');
   }
   const len = body.readUInt32LE(8);

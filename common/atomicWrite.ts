@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { SLICE_BYTES, yieldToEventLoop } from './sliced';
 
 /** A write that could not be completed (a full disk, a short write): the previous file is untouched. */
 export class AtomicWriteError extends Error {
@@ -39,23 +40,68 @@ export function writeFileAtomic(file: string, data: Uint8Array | string): void {
  * checked before it replaces the old one.
  */
 export function writeFileAtomicWith(file: string, write: (fd: number) => void, expectedBytes?: number): void {
+  const t = openTemporary(file);
+  try {
+    write(t.fd);
+  } catch (err) {
+    abandon(t, err);
+  }
+  commit(t, expectedBytes);
+}
+
+/**
+ * writeFileAtomic in slices: SLICE_BYTES are written at a time, with the
+ * event loop free between them (large checkpoints and adapters on a server).
+ */
+export async function writeFileAtomicSliced(file: string, bytes: Uint8Array): Promise<void> {
+  const t = openTemporary(file);
+  try {
+    for (let at = 0; at < bytes.length; at += SLICE_BYTES) {
+      writeAll(t.fd, bytes.subarray(at, Math.min(bytes.length, at + SLICE_BYTES)), at);
+      await yieldToEventLoop();
+    }
+    // The long flush to the disk on libuv's thread pool; commit's own fsync then has little left to do.
+    await new Promise<void>((resolve, reject) => fs.fsync(t.fd, (err) => (err ? reject(err) : resolve())));
+  } catch (err) {
+    abandon(t, err);
+  }
+  commit(t, bytes.length);
+}
+
+interface Temporary {
+  file: string;
+  dir: string;
+  tmp: string;
+  fd: number;
+}
+
+/** The temporary file a write goes to first, beside `file`. */
+function openTemporary(file: string): Temporary {
   const dir = path.dirname(file);
   fs.mkdirSync(dir, { recursive: true });
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
-  const fd = fs.openSync(tmp, 'w', 0o600);
+  return { file, dir, tmp, fd: fs.openSync(tmp, 'w', 0o600) };
+}
+
+/** Deletes the temporary and throws the write's failure as an AtomicWriteError naming the file. */
+function abandon(t: Temporary, err: unknown): never {
+  fs.closeSync(t.fd);
+  fs.rmSync(t.tmp, { force: true });
+  throw err instanceof AtomicWriteError ? new AtomicWriteError(t.file, `could not write ${path.basename(t.file)}: ${err.message}`, { cause: err }) : err;
+}
+
+/** fsync, size check, then the rename that replaces the old file and the folder's fsync. */
+function commit(t: Temporary, expectedBytes?: number): void {
   try {
-    write(fd);
-    fs.fsyncSync(fd);
-    const size = fs.fstatSync(fd).size;
-    if (expectedBytes !== undefined && size !== expectedBytes) throw new AtomicWriteError(file, `wrote ${size} of ${expectedBytes} bytes`);
+    fs.fsyncSync(t.fd);
+    const size = fs.fstatSync(t.fd).size;
+    if (expectedBytes !== undefined && size !== expectedBytes) throw new AtomicWriteError(t.file, `wrote ${size} of ${expectedBytes} bytes`);
   } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw err instanceof AtomicWriteError ? new AtomicWriteError(file, `could not write ${path.basename(file)}: ${err.message}`, { cause: err }) : err;
+    abandon(t, err);
   }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-  syncFolder(dir);
+  fs.closeSync(t.fd);
+  fs.renameSync(t.tmp, t.file);
+  syncFolder(t.dir);
 }
 
 /** Makes a folder's entries (a rename) durable. */

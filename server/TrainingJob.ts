@@ -1,5 +1,5 @@
 import { checkSideNetworkTensors, jobShape } from '../common/AdapterConfig';
-import { decodeAdapter, encodeAdapter } from '../common/AdapterFile';
+import { decodeAdapterSliced, encodeAdapterSliced } from '../common/AdapterFile';
 import { canTransition, JobState } from '../common/JobState';
 import { ActivationBatch } from '../common/batchPayload';
 import { MAX_EVALS_PER_JOB } from '../common/limits';
@@ -65,8 +65,9 @@ export class TrainingJob {
     // Held-out results keyed by the device's evalIds: no prototype, so "__proto__" or "constructor" is just a name.
     rec.evals = Object.assign(Object.create(null) as JobRecord['evals'], rec.evals);
     let state: OptimizerState | undefined;
-    const stored = store.readCheckpoints(rec);
-    const ckpt = stored.map((bytes) => readCheckpoint(bytes, rec, shape)).find((c) => c !== undefined);
+    let ckpt: Awaited<ReturnType<typeof readCheckpoint>>;
+    const stored = await store.readCheckpoints(rec);
+    for (const bytes of stored) if ((ckpt = await readCheckpoint(bytes, rec, shape))) break;
     if (stored.length > 0 && !ckpt) throw new WireError('STORAGE', 'no stored checkpoint of this job is readable; start a new job');
     const values = ckpt?.values ?? (await initialParametersAsync(shape, rec.config.seed));
     if (ckpt) {
@@ -263,11 +264,11 @@ export class TrainingJob {
       ];
     });
     const meta = { kind: 'checkpoint', step: this.trainer.step, nextIndex: this.nextIndex, trainTokens: this.rec.trainTokens };
-    const bytes = encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
-    storing('a checkpoint', () => this.store.writeCheckpoint(this.rec, bytes));
+    const bytes = await encodeAdapterSliced(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
+    await storing('a checkpoint', () => this.store.writeCheckpoint(this.rec, bytes));
     this.rec.step = this.trainer.step;
     this.rec.nextIndex = this.nextIndex;
-    storing('the job record', () => this.store.save(this.rec));
+    await storing('the job record', () => this.store.save(this.rec));
   }
 
   /** A new job's starting values from the device's backbone (backboneInitNames), kept as its step-0 checkpoint so a resume starts there too. */
@@ -297,8 +298,8 @@ export class TrainingJob {
         throw new WireError('INTERNAL', 'the trained weights are not finite numbers; no adapter was written (resume from an earlier checkpoint with a lower learning rate)');
       }
       const meta = { kind: 'adapter', steps: this.trainer.step, trainTokens: this.rec.trainTokens, evals: this.rec.evals, finishedAt: new Date().toISOString() };
-      const bytes = encodeAdapter(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
-      storing('the adapter', () => this.store.writeAdapter(this.rec, bytes));
+      const bytes = await encodeAdapterSliced(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
+      await storing('the adapter', () => this.store.writeAdapter(this.rec, bytes));
       this.setState('finished');
       return bytes;
     });
@@ -325,18 +326,18 @@ export class TrainingJob {
 }
 
 /** Runs a write to the server's disk; a failure is a typed STORAGE error that says what is kept. */
-function storing(what: string, write: () => void): void {
+async function storing(what: string, write: () => void | Promise<void>): Promise<void> {
   try {
-    write();
+    await write();
   } catch {
     throw new WireError('STORAGE', `the server could not store ${what} (is its disk full?); what it stored before is kept`);
   }
 }
 
 /** A checkpoint's weights, Adam state and position, or undefined when it is damaged (short, flipped, foreign). */
-function readCheckpoint(bytes: Buffer, rec: JobRecord, shape: SideNetworkShape): { values: Map<string, Float32Array>; state: OptimizerState; nextIndex: number; trainTokens: number } | undefined {
+async function readCheckpoint(bytes: Buffer, rec: JobRecord, shape: SideNetworkShape): Promise<{ values: Map<string, Float32Array>; state: OptimizerState; nextIndex: number; trainTokens: number } | undefined> {
   try {
-    const { header, tensors } = decodeAdapter(bytes, rec.model.fingerprint);
+    const { header, tensors } = await decodeAdapterSliced(bytes, rec.model.fingerprint);
     const names = parameterNames(shape);
     const under = (prefix: string) => new Map(names.flatMap((n) => (tensors.has(prefix + n) ? [[n, tensors.get(prefix + n)!] as const] : [])));
     for (const prefix of ['', 'adam.m.', 'adam.v.']) checkSideNetworkTensors(shape, under(prefix), prefix === '' ? undefined : Infinity);

@@ -1,7 +1,8 @@
 import { createHash, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { syncFolder, writeFileAtomic } from '../../common/atomicWrite';
+import { syncFolder, writeFileAtomic, writeFileAtomicSliced } from '../../common/atomicWrite';
+import { sha256Sliced } from '../../common/sliced';
 import type { JobState } from '../../common/JobState';
 import { JobConfig, ModelSpec } from '../../common/messages';
 import { UUID_PATTERN } from '../../common/schema';
@@ -103,22 +104,22 @@ export class JobStore {
    * `checkpoint.prev.mobi` and the new one takes its place. A failure leaves
    * the stored checkpoints as they were.
    */
-  writeCheckpoint(rec: JobRecord, bytes: Uint8Array): void {
+  async writeCheckpoint(rec: JobRecord, bytes: Uint8Array): Promise<void> {
     const dir = this.dir(rec.user, rec.id);
     const next = path.join(dir, 'checkpoint.next.mobi');
-    writeFileAtomic(next, bytes);
+    await writeFileAtomicSliced(next, bytes);
     const current = path.join(dir, CHECKPOINT_FILES[0]);
     if (fs.existsSync(current)) fs.renameSync(current, path.join(dir, CHECKPOINT_FILES[1]));
     fs.renameSync(next, current);
     syncFolder(dir);
   }
 
-  /** The stored checkpoints, newest first (at most two; none for a new job). */
-  readCheckpoints(rec: JobRecord): Buffer[] {
+  /** The stored checkpoints, newest first (at most two; none for a new job), read off the event loop. */
+  async readCheckpoints(rec: JobRecord): Promise<Buffer[]> {
     const out: Buffer[] = [];
     for (const name of CHECKPOINT_FILES) {
       try {
-        out.push(fs.readFileSync(path.join(this.dir(rec.user, rec.id), name)));
+        out.push(await fs.promises.readFile(path.join(this.dir(rec.user, rec.id), name)));
       } catch {
         // not there (a new job, or no previous checkpoint yet)
       }
@@ -127,9 +128,9 @@ export class JobStore {
   }
 
   /** Stores the job's adapter and notes its size and sha256 in the record (a download sends them first). */
-  writeAdapter(rec: JobRecord, bytes: Uint8Array): void {
-    writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'), bytes);
-    rec.adapter = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+  async writeAdapter(rec: JobRecord, bytes: Uint8Array): Promise<void> {
+    await writeFileAtomicSliced(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'), bytes);
+    rec.adapter = { bytes: bytes.length, sha256: (await sha256Sliced(bytes)).toString('hex') };
   }
 
   readAdapter(rec: JobRecord): Buffer | undefined {

@@ -50,7 +50,7 @@ describe('server: session context and job registry', function () {
     assert.equal(registry.size, 0);
     assert.equal(registry.loadedHeads, 0, 'the head is freed with its last job');
     assert.deepEqual(counts, [1, 2, 3, 2, 1, 0]);
-    assert.ok(jobs.readCheckpoints(jobs.get('ann', b.id)!)[0], 'unloadAll checkpointed the training job');
+    assert.ok((await jobs.readCheckpoints(jobs.get('ann', b.id)!))[0], 'unloadAll checkpointed the training job');
   });
 
   it('the registry unloads jobs no one used for a while, checkpointing those that train', async () => {
@@ -63,7 +63,7 @@ describe('server: session context and job registry', function () {
     assert.equal(registry.size, 1);
     assert.equal(registry.isLoaded(busy.rec), true);
     assert.equal(registry.isLoaded(idle.rec), false);
-    assert.ok(jobs.readCheckpoints(jobs.get('ann', idle.rec.id)!)[0], 'checkpointed on the way out');
+    assert.ok((await jobs.readCheckpoints(jobs.get('ann', idle.rec.id)!))[0], 'checkpointed on the way out');
   });
 
   it('a session works through its context only: hello, create, train, cancel, resume, finish; its limits come from the context', async () => {

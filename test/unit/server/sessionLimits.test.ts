@@ -117,7 +117,7 @@ describe('server: what one session may do', function () {
     ws.deliver({ type: 'job/create', name: 'x', config: { ...config, initFromBackbone: true } }, bytes(start));
     const { jobId, step } = await ws.next('job/ready');
     assert.equal(step, 0);
-    const stored = decodeAdapter(jobs.readCheckpoints(jobs.get('ann', jobId)!)[0]!);
+    const stored = decodeAdapter((await jobs.readCheckpoints(jobs.get('ann', jobId)!))[0]!);
     let at = 0;
     for (const [i, n] of backboneInitNames(shape).entries()) {
       const t = stored.tensors.get(n)!;
