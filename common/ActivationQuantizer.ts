@@ -10,24 +10,7 @@ import { JOB_SETTINGS } from './jobSettings';
  * Block layout: all scales first, then all values (row-major).
  */
 export type Bits = (typeof JOB_SETTINGS.bits.values)[number];
-export const SUPPORTED_BITS: readonly Bits[] = JOB_SETTINGS.bits.values;
 export const INT4_GROUP = 32;
-
-export function isBits(n: number): n is Bits {
-  return (SUPPORTED_BITS as readonly number[]).includes(n);
-}
-
-/** Exact bytes on the wire for one token of one layer. */
-export function bytesPerRow(d: number, bits: Bits): number {
-  switch (bits) {
-    case 8:
-      return 4 + d;
-    case 4:
-      return 2 * Math.ceil(d / INT4_GROUP) + Math.ceil(d / 2);
-    case 16:
-      return 2 * d;
-  }
-}
 
 /**
  * How one row sits in a quantized block of many (quantizeRows): every row's
@@ -44,6 +27,12 @@ export function rowLayout(d: number, bits: Bits): { scaleBytes: number; valueByt
     case 16:
       return { scaleBytes: 0, valueBytes: 2 * d };
   }
+}
+
+/** Exact bytes on the wire for one token of one layer. */
+export function bytesPerRow(d: number, bits: Bits): number {
+  const { scaleBytes, valueBytes } = rowLayout(d, bits);
+  return scaleBytes + valueBytes;
 }
 
 /** Quantizes [rows][d] floats into `out` at `offset`; returns bytes written. */

@@ -1,10 +1,10 @@
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
-import { describeRange, JOB_SETTING_NAMES, JOB_SETTINGS, SettingRow, settingFlagOf } from '../../common/jobSettings';
+import { describeRange, JOB_SETTING_NAMES, JOB_SETTINGS, JobSettingName, JobSettings, SettingRow, settingFlagOf } from '../../common/jobSettings';
 import { ensureDefaultModel } from '../core/model/defaultModel';
 import { defaultStoreDir } from '../core/store/defaultStoreDir';
 import { FineTuneJob } from '../core/job/FineTuneJob';
-import { checkFineTuneOptions, TunedOption, TunedSettings } from '../core/job/FineTuneOptions';
+import { checkFineTuneOptions } from '../core/job/FineTuneOptions';
 import { JobRecordStore } from '../core/job/JobRecordStore';
 import { pruneActivationCaches } from '../core/job/ActivationCache';
 import { confirmPrivacyLine, serverPlace } from '../core/text/privacyText';
@@ -18,7 +18,7 @@ interface FinetuneFlags {
 }
 
 /** How the CLI names a setting in messages: its flag, or its name where it has none. */
-const flagName = (k: TunedOption): string => settingFlagOf(k) ?? k;
+const flagName = (k: JobSettingName): string => settingFlagOf(k) ?? k;
 
 /** The options of the job settings that have a flag (common/jobSettings.ts): the flag, a value placeholder, the row's doc and default. */
 function settingOptions(): Option[] {
@@ -33,7 +33,7 @@ function settingOptions(): Option[] {
 }
 
 /** The settings given as flags, as numbers and booleans (ranges are checked once, in the core, with the flag's name). */
-function settingsFromFlags(o: FinetuneFlags, options: Option[]): TunedSettings {
+function settingsFromFlags(o: FinetuneFlags, options: Option[]): JobSettings {
   const out: Record<string, number | boolean> = {};
   for (const name of JOB_SETTING_NAMES) {
     const flag = settingFlagOf(name);
@@ -51,7 +51,7 @@ function settingsFromFlags(o: FinetuneFlags, options: Option[]): TunedSettings {
     if (out.initFromBackbone) throw new MobiError('BAD_ARGUMENT', `${flagName('initFromBackbone')} and --random-init cannot both be given.`);
     out.initFromBackbone = false;
   }
-  return out as TunedSettings; // checked against the table by checkFineTuneOptions before use
+  return out as JobSettings; // checked against the table by checkFineTuneOptions before use
 }
 
 /** The exact command that resumes a job. */

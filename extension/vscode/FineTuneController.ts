@@ -1,8 +1,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { settingKeyOf } from '../../common/jobSettings';
+import { ResolvedJobSettings, settingKeyOf } from '../../common/jobSettings';
 import type { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
-import type { ResolvedJobSettings } from '../core/job/FineTuneOptions';
 import { actionsFor } from '../core/text/errorActions';
 import { MobiError } from '../core/MobiError';
 import { statusText } from '../core/text/statusText';

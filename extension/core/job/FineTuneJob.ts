@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { jobShape } from '../../../common/AdapterConfig';
 import { jobConfigProblem } from '../../../common/jobConfigProblem';
+import { JOB_SETTING_NAMES, ResolvedJobSettings } from '../../../common/jobSettings';
 import { activationCacheDir } from './ActivationCache';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../store/AdapterStore';
@@ -13,7 +14,7 @@ import { modelFingerprint } from '../model/modelFingerprint';
 import { ScanReport, scanWorkspace } from '../workspace/scanWorkspace';
 import { ServerConnection } from '../connection/ServerConnection';
 import { ActivationStream, StreamTimings } from './ActivationStream';
-import { FineTuneOptions, ResolvedFineTuneOptions, ResolvedJobSettings, resolveFineTuneOptions, TUNED_OPTIONS, tunedSettings } from './FineTuneOptions';
+import { FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, tunedSettings } from './FineTuneOptions';
 import type { JobContext } from './JobContext';
 import { JobPhase, ProgressTracker } from './JobProgress';
 import { JobRecord, JobRecordStore } from './JobRecordStore';
@@ -148,7 +149,7 @@ export class FineTuneJob {
    * BAD_ARGUMENT (dropping it resumes the job as it was).
    */
   private adoptRecord(rec: JobRecord): void {
-    for (const k of TUNED_OPTIONS) {
+    for (const k of JOB_SETTING_NAMES) {
       const mine = this.given[k];
       const theirs = rec.settings?.[k];
       if (mine !== undefined && theirs !== undefined && mine !== theirs) {

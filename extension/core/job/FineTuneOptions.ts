@@ -38,13 +38,8 @@ export interface FineTuneOptions extends JobSettings {
   /** Cancels the job. Default: never. */
   signal?: AbortSignal;
   /** How the host names an option in messages (the CLI: its flag). Default: the option's name. */
-  describeOption?: (name: TunedOption) => string;
+  describeOption?: (name: JobSettingName) => string;
 }
-
-/** The settings a job is created with and keeps when it is resumed (common/jobSettings.ts). */
-export const TUNED_OPTIONS = JOB_SETTING_NAMES;
-export type TunedOption = JobSettingName;
-export type TunedSettings = JobSettings;
 
 /**
  * Checks every setting that is given against its row, once, before any work:
@@ -56,12 +51,10 @@ export function checkFineTuneOptions(o: FineTuneOptions): void {
   if (problem) throw new MobiError('BAD_ARGUMENT', problem.message);
 }
 
-/** The tuned settings of a resolved job (what its record keeps). */
-export function tunedSettings(o: FineTuneOptions): TunedSettings {
-  return Object.fromEntries(TUNED_OPTIONS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]])) as TunedSettings;
+/** The job settings among a job's options (what its record keeps). */
+export function tunedSettings(o: FineTuneOptions): JobSettings {
+  return Object.fromEntries(JOB_SETTING_NAMES.filter((k) => o[k] !== undefined).map((k) => [k, o[k]])) as JobSettings;
 }
-
-export type { ResolvedJobSettings };
 
 /** Options that are not job settings, with their defaults. */
 const HOST_DEFAULTS = { reconnectTimeoutMs: 120_000 } as const;

@@ -4,7 +4,7 @@ import { writeFileAtomic } from '../../../common/atomicWrite';
 import type { JobConfig } from '../../../common/messages';
 import { UUID_PATTERN } from '../../../common/schema';
 import { MobiError } from '../MobiError';
-import type { TunedSettings } from './FineTuneOptions';
+import type { JobSettings } from '../../../common/jobSettings';
 import type { JobPhase } from './JobProgress';
 
 /** Device-side record of a job, so that a later process can resume it: ids, paths, settings and numbers, never data. */
@@ -18,7 +18,7 @@ export interface JobRecord {
   /** sha256 of the model file the job was created with. */
   fingerprint: string;
   /** The settings the job was created with; a resumed job keeps them. */
-  settings?: TunedSettings;
+  settings?: JobSettings;
   /** The job's configuration as the server has it (total steps included). */
   config?: JobConfig;
   /** Held-out loss before training, once measured (a resumed job does not measure it again). */

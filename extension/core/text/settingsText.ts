@@ -1,4 +1,4 @@
-import type { ResolvedJobSettings } from '../job/FineTuneOptions';
+import type { ResolvedJobSettings } from '../../../common/jobSettings';
 
 /** The job's settings as a host lists them (the dashboard's configuration): from the job's own settings, a resumed job's included. */
 export function settingsLines(s: ResolvedJobSettings): Record<string, string> {
