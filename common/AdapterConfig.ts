@@ -182,6 +182,16 @@ export function parameterShape(shape: SideNetworkShape, name: string): number[] 
   }
 }
 
+/** Values of parameter `name` of `shape`. */
+export function parameterSize(shape: SideNetworkShape, name: string): number {
+  return parameterShape(shape, name).reduce((a, b) => a * b, 1);
+}
+
+/** Values of the parameters `names` of `shape` together (default: every parameter). */
+export function parameterCount(shape: SideNetworkShape, names = parameterNames(shape)): number {
+  return names.reduce((sum, n) => sum + parameterSize(shape, n), 0);
+}
+
 /**
  * Checks that `tensors` holds every parameter of the side network `shape`
  * describes, each with exactly its shape, and only finite values of at most

@@ -44,9 +44,16 @@ export function encodeBatchPayload(batch: ActivationBatch, d: number, bits: Bits
   const out = Buffer.allocUnsafe(batchPayloadBytes(rows, batch.layers.length, d, bits));
   let at = 0;
   for (const layer of batch.layers) at += quantizeRows(layer, rows, d, bits, out, at);
-  Buffer.from(batch.targets.buffer, batch.targets.byteOffset, rows * 4).copy(out, at);
-  at += rows * 4;
-  Buffer.from(batch.mask.buffer, batch.mask.byteOffset, rows).copy(out, at);
+  labelsPayload(batch.targets, batch.mask).copy(out, at);
+  return out;
+}
+
+/** The part of a batch payload after its layers: int32 targets [rows], then uint8 mask [rows]. */
+export function labelsPayload(targets: Int32Array, mask: Uint8Array): Buffer {
+  const rows = targets.length;
+  const out = Buffer.allocUnsafe(rows * 5);
+  Buffer.from(targets.buffer, targets.byteOffset, rows * 4).copy(out, 0);
+  Buffer.from(mask.buffer, mask.byteOffset, rows).copy(out, rows * 4);
   return out;
 }
 

@@ -1,5 +1,5 @@
 import { WebSocket } from 'ws';
-import { backboneInitNames, jobShape } from '../common/AdapterConfig';
+import { backboneInitNames, jobShape, parameterSize } from '../common/AdapterConfig';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { jobConfigProblem } from '../common/jobConfigProblem';
 import { ADAPTER_CHUNK_BYTES, CloseCode, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
@@ -12,7 +12,6 @@ import { FINGERPRINT_PATTERN, HeadStore } from './storage/HeadStore';
 import { jobDiskBytes } from './training/jobMemory';
 import { JobRecord } from './storage/JobStore';
 import { TrainingJob } from './TrainingJob';
-import { parameterShape } from './training/sideNetworkSpec';
 
 
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
@@ -191,7 +190,7 @@ export class DeviceSession implements BatchSession {
     }
     const shape = jobShape(c, this.model!.hiddenSize);
     const names = backboneInitNames(shape);
-    const sizes = names.map((n) => parameterShape(shape, n).reduce((a, b) => a * b, 1));
+    const sizes = names.map((n) => parameterSize(shape, n));
     if (payload.length !== 4 * sizes.reduce((a, b) => a + b, 0)) throw new WireError('BAD_FRAME', 'the starting values do not fit the side network');
     const all = new Float32Array(payload.buffer.slice(payload.byteOffset, payload.byteOffset + payload.length));
     if (!all.every(Number.isFinite)) throw new WireError('BAD_FRAME', 'the starting values are not all finite');
@@ -216,9 +215,12 @@ export class DeviceSession implements BatchSession {
     this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: rec.state });
   }
 
-  /** The record of job `id` of this user and this session's model; NO_SUCH_JOB for unknown or foreign ids. */
+  /**
+   * The record of job `id` of this user and this session's model; NO_SUCH_JOB
+   * for unknown or foreign ids. A loaded job's own record (no disk read per batch).
+   */
   private ownJob(id: string): JobRecord {
-    const rec = this.ctx.jobs.get(this.user, id);
+    const rec = this.ctx.registry.loaded(this.user, id)?.rec ?? this.ctx.jobs.get(this.user, id);
     if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
     if (rec.model.fingerprint !== this.model!.fingerprint) throw new WireError('MODEL_MISMATCH', 'the job was created for a different model file');
     return rec;
@@ -230,8 +232,11 @@ export class DeviceSession implements BatchSession {
    * job another device session trains is refused with JOB_STATE (resuming it
    * here takes it over).
    */
-  async trainingJob(id: string): Promise<TrainingJob> {
-    const rec = this.ownJob(id);
+  trainingJob(id: string): Promise<TrainingJob> {
+    return this.trainingJobOf(this.ownJob(id));
+  }
+
+  private async trainingJobOf(rec: JobRecord): Promise<TrainingJob> {
     if (rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${rec.state}; resume it to train it again.`);
     const job = await this.ctx.registry.load(rec, this.ctx.limits);
     job.owner ??= this;
@@ -242,7 +247,7 @@ export class DeviceSession implements BatchSession {
   /** The job `id` of this user, loaded for a held-out batch (admitted like any load); a job that is not training is loaded for that batch only. */
   async evalJob(id: string): Promise<{ job: TrainingJob; onlyForThis: boolean }> {
     const rec = this.ownJob(id);
-    if (rec.state === 'training') return { job: await this.trainingJob(id), onlyForThis: false };
+    if (rec.state === 'training') return { job: await this.trainingJobOf(rec), onlyForThis: false };
     const loaded = this.ctx.registry.isLoaded(rec);
     return { job: await this.ctx.registry.load(rec, this.ctx.limits), onlyForThis: !loaded };
   }
@@ -267,7 +272,7 @@ export class DeviceSession implements BatchSession {
   private async onFinish(m: DeviceMessage<'job/finish'>): Promise<void> {
     const rec = this.ownJob(m.jobId);
     if (rec.state === 'finished') return this.send({ type: 'job/done', jobId: m.jobId, step: rec.step, state: 'finished' });
-    const job = await this.trainingJob(m.jobId);
+    const job = await this.trainingJobOf(rec);
     await job.finish();
     this.ctx.log(`job ${m.jobId} finished at step ${job.step}`);
     this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: 'finished' });

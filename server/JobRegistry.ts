@@ -39,7 +39,7 @@ export class JobRegistry {
    * loaded job of that user counted, from its config: jobMemoryBytes).
    */
   admit(user: string, config: JobConfig, model: Pick<ModelSpec, 'hiddenSize'>, limits: SessionLimits): void {
-    const mine = [...this.jobs.values()].map((j) => j.rec).concat([...this.loading.values()].map((l) => l.rec)).filter((r) => r.user === user);
+    const mine = this.records().filter((r) => r.user === user);
     if (mine.length >= limits.maxJobsPerUser) throw new WireError('LIMIT', `at most ${limits.maxJobsPerUser} jobs of one user are loaded at once; finish or cancel one`);
     const need = jobMemoryBytes(config, model);
     const gib = (x: number): string => `${(x / 2 ** 30).toFixed(2)} GiB`;
@@ -73,6 +73,11 @@ export class JobRegistry {
     }
   }
 
+  /** The loaded job `id` of `user`, if it is in memory. */
+  loaded(user: string, id: string): TrainingJob | undefined {
+    return this.jobs.get(keyOf({ user, id }));
+  }
+
   /** Whether the job of `rec` is in memory now. */
   isLoaded(rec: JobRecord): boolean {
     return this.jobs.has(keyOf(rec));
@@ -81,6 +86,11 @@ export class JobRegistry {
   /** Jobs of `user` loaded now (training, or loaded to evaluate). */
   loadedJobsOf(user: string): number {
     return [...this.jobs.values()].filter((j) => j.rec.user === user).length;
+  }
+
+  /** The records of the jobs loaded or being loaded. */
+  private records(): JobRecord[] {
+    return [...[...this.jobs.values()].map((j) => j.rec), ...[...this.loading.values()].map((l) => l.rec)];
   }
 
   /** Waits for the job's queued work, frees it, and releases its head. */
@@ -144,7 +154,7 @@ export class JobRegistry {
 
   /** The file names of the heads loaded jobs use now (never expired). */
   headsInUse(): Set<string> {
-    return new Set([...this.jobs.values(), ...[...this.loading.values()].map((l) => ({ rec: l.rec }))].filter((j) => !j.rec.config.labelPrivate).map((j) => HeadStore.fileName(j.rec.model)));
+    return new Set(this.records().filter((r) => !r.config.labelPrivate).map((r) => HeadStore.fileName(r.model)));
   }
 
   /** Heads loaded now (one per model in use). */
@@ -157,6 +167,6 @@ function headKeyOf(model: ModelSpec): string {
   return `${model.fingerprint}.${model.headDigest}`;
 }
 
-function keyOf(rec: JobRecord): string {
+function keyOf(rec: Pick<JobRecord, 'user' | 'id'>): string {
   return `${rec.user}/${rec.id}`;
 }

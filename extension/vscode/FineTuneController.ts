@@ -9,7 +9,7 @@ import { Comparison, DashboardState } from '../../webview/protocol';
 import { confirmPrivacyLine, ServerPlace, serverPlace, wireStatement } from '../core/text/privacyText';
 import { DashboardPanel } from './DashboardPanel';
 import { settingsLines } from '../core/text/settingsText';
-import { readHostSettings, readJobSettings, readScanSettings } from './settings';
+import { readSettings } from './settings';
 
 export const TOKEN_SECRET = 'mobillm.serverToken';
 const LAST_JOB_KEY = 'mobillm.lastJobId';
@@ -107,16 +107,13 @@ export class FineTuneController implements vscode.Disposable {
     }
     const folder = folders.length === 1 ? folders[0] : await vscode.window.showWorkspaceFolderPick({ placeHolder: 'Fine-tune on which folder?' });
     if (!folder) return;
-    let s: ReturnType<typeof readHostSettings>;
-    let tuned: ReturnType<typeof readJobSettings>;
-    let scan: ReturnType<typeof readScanSettings>;
+    let settings: ReturnType<typeof readSettings>;
     try {
-      [s, tuned, scan] = [readHostSettings(), readJobSettings(), readScanSettings()];
+      settings = readSettings();
     } catch (err) {
-      const e = MobiError.from(err);
-      this.log.error(`error[${e.code}]: ${e.message}`);
-      return void this.showError(e, resumeJobId);
+      return this.report(MobiError.from(err), resumeJobId); // nothing started: a refused setting only
     }
+    const { host: s, job: tuned, scan } = settings;
     this.place = serverPlace(s.serverUrl, tuned.labelPrivate);
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
     const core = await import('../core/job/FineTuneJob.js');
@@ -191,8 +188,7 @@ export class FineTuneController implements vscode.Disposable {
       const prev = this.progress as JobProgress | undefined;
       this.progress = prev ? { ...prev, phase: e.code === 'CANCELLED' ? 'cancelled' : 'failed' } : undefined;
       this.error = e.code === 'CANCELLED' ? undefined : `${e.code}: ${e.message}`;
-      this.log.error(`error[${e.code}]: ${e.message}`);
-      if (e.code !== 'CANCELLED') void this.showError(e, resumeJobId);
+      this.report(e, resumeJobId);
     } finally {
       earlyDone?.();
       this.endedAt = Date.now();
@@ -200,6 +196,12 @@ export class FineTuneController implements vscode.Disposable {
       this.abort = undefined;
       this.render();
     }
+  }
+
+  /** Logs an error and, unless it is a cancellation, shows it with the actions that help. */
+  private report(e: MobiError, resumeJobId?: string): void {
+    this.log.error(`error[${e.code}]: ${e.message}`);
+    if (e.code !== 'CANCELLED') void this.showError(e, resumeJobId);
   }
 
   private async showError(e: MobiError, resumeJobId?: string): Promise<void> {

@@ -21,12 +21,12 @@ function readTable<T extends Table>(table: T): KeyedValues<T> {
 }
 
 /** The job settings VS Code exposes, read when a job starts (the others keep their defaults). */
-export function readJobSettings(): JobSettings {
+function readJobSettings(): JobSettings {
   return readTable(JOB_SETTINGS);
 }
 
 /** The workspace scan's filters and limits. */
-export function readScanSettings(): KeyedValues<typeof SCAN_SETTINGS> {
+function readScanSettings(): KeyedValues<typeof SCAN_SETTINGS> {
   return readTable(SCAN_SETTINGS);
 }
 
@@ -34,4 +34,9 @@ export function readScanSettings(): KeyedValues<typeof SCAN_SETTINGS> {
 export function readHostSettings(): Defaults<typeof HOST_SETTINGS> {
   const s = readTable(HOST_SETTINGS);
   return { ...s, serverUrl: s.serverUrl.trim(), model: s.model.trim() };
+}
+
+/** Every MobiLLM setting a fine-tune reads, checked: BAD_ARGUMENT naming the first refused one. */
+export function readSettings(): { host: Defaults<typeof HOST_SETTINGS>; job: JobSettings; scan: KeyedValues<typeof SCAN_SETTINGS> } {
+  return { host: readHostSettings(), job: readJobSettings(), scan: readScanSettings() };
 }

@@ -132,7 +132,7 @@ export class HeadStore {
     const buf = fs.readFileSync(this.file(key));
     const rows = buf.readUInt32LE(0);
     const cols = buf.readUInt32LE(4);
-    if (buf.length !== 8 + 4 * cols + 2 * rows * cols) throw new ServerError('DAMAGED_FILE', 'a stored model head has the wrong size; delete it and let a device upload it again');
+    if (buf.length !== HeadStore.bytesOf(rows, cols)) throw new ServerError('DAMAGED_FILE', 'a stored model head has the wrong size; delete it and let a device upload it again');
     const norm = new Float32Array(cols);
     Buffer.from(norm.buffer).set(buf.subarray(8, 8 + 4 * cols));
     const at = buf.byteOffset + 8 + 4 * cols;

@@ -1,7 +1,6 @@
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { HEAD_CHUNK_ROWS } from './onnx/OnnxHead';
-import { attentionBlocks, attentionHeadsOf, parameterNames, parameterShape } from './sideNetworkSpec';
-import { jobShape } from '../../common/AdapterConfig';
+import { attentionBlocks, attentionHeadsOf, jobShape, parameterCount } from '../../common/AdapterConfig';
 
 /** Bytes of a float32. */
 const F32 = 4;
@@ -30,7 +29,7 @@ export function jobMemoryBytes(config: JobConfig, model: Pick<ModelSpec, 'hidden
   const K = shape.tappedLayers.length;
   const A = attentionBlocks(shape);
   const rows = config.seqLen * config.batchSize;
-  const P = parameterNames(shape).reduce((sum, n) => sum + parameterShape(shape, n).reduce((a, x) => a * x, 1), 0);
+  const P = parameterCount(shape);
   const { attentionHeads } = attentionHeadsOf(shape);
   const scores = A * config.batchSize * attentionHeads * config.seqLen * config.seqLen;
   const logits = config.labelPrivate ? 0 : 2 * rows * HEAD_CHUNK_ROWS;
@@ -38,12 +37,13 @@ export function jobMemoryBytes(config: JobConfig, model: Pick<ModelSpec, 'hidden
   return Math.ceil(MARGIN * F32 * values);
 }
 
+/** What a job's files hold besides the weights: adapter headers, the job's record, its held-out results. */
+const HEADERS_AND_RECORD_BYTES = 256 * 1024;
+
 /**
  * The disk one job takes at most: two checkpoints (weights and Adam's two
  * moments, float32) and the adapter (weights), plus headers and the record.
  */
 export function jobDiskBytes(config: JobConfig, model: Pick<ModelSpec, 'hiddenSize'>): number {
-  const shape = jobShape(config, model.hiddenSize);
-  const P = parameterNames(shape).reduce((sum, n) => sum + parameterShape(shape, n).reduce((a, x) => a * x, 1), 0);
-  return F32 * (2 * 3 * P + P) + 256 * 1024;
+  return F32 * 7 * parameterCount(jobShape(config, model.hiddenSize)) + HEADERS_AND_RECORD_BYTES;
 }

@@ -1,4 +1,4 @@
-import { AdapterConfig, attentionBlocks, attentionHeadsOf, hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
+import { AdapterConfig, attentionBlocks, attentionHeadsOf, hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, parameterSize, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
 
@@ -62,8 +62,7 @@ function* initialParameterSteps(shape: SideNetworkShape, seed: number): Generato
   const rng = new SeededRandom(seed);
   const out = new Map<string, Float32Array>();
   for (const name of parameterNames(shape)) {
-    const dims = parameterShape(shape, name);
-    const values = new Float32Array(dims.reduce((a, b) => a * b, 1));
+    const values = new Float32Array(parameterSize(shape, name));
     const kind = name.split('.')[0];
     const std = kind === 'down' ? 1 / Math.sqrt(shape.d)
       : kind === 'mid' || kind === 'wq' || kind === 'wk' || kind === 'wv' ? 1 / Math.sqrt(shape.r)

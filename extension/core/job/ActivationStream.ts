@@ -1,5 +1,5 @@
 import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../common/ActivationQuantizer';
-import { encodeBatchPayload, encodeLayersPayload } from '../../../common/batchPayload';
+import { encodeBatchPayload, encodeLayersPayload, labelsPayload } from '../../../common/batchPayload';
 import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../model/Backbone';
 import type { DeviceHead } from '../model/DeviceHead';
@@ -73,23 +73,22 @@ export class ActivationStream {
   /** Training batch `index`: from the cache when it holds every sequence of it, else by a forward (whose sequences the cache then keeps). */
   private async trainBatch(index: number): Promise<EncodedBatch> {
     const ids = trainBatchIndices(this.data, this.config.batchSize, index);
-    const seqs = ids.map((i) => this.data.train[i]!);
-    const { inputs, targets, mask, rows } = splitInputsTargets(seqs);
+    const split = splitInputsTargets(ids.map((i) => this.data.train[i]!));
+    const { inputs, targets, mask, rows } = split;
     const lengths = inputs.map((x) => x.length);
     const got = this.cache?.batch(ids, lengths);
     if (got) {
       const labelPrivate = this.config.labelPrivate === true;
-      const payload = labelPrivate ? got.layers : Buffer.concat([got.layers, Buffer.from(targets.buffer, targets.byteOffset, rows * 4), Buffer.from(mask)]);
-      return { payload, rows, lengths, sequences: seqs.length, kept: labelPrivate ? { last: got.last!, targets, mask } : undefined };
+      const payload = labelPrivate ? got.layers : Buffer.concat([got.layers, labelsPayload(targets, mask)]);
+      return { payload, rows, lengths, sequences: ids.length, kept: labelPrivate ? { last: got.last!, targets, mask } : undefined };
     }
-    const b = await this.encodeBatch(seqs, 'train');
+    const b = await this.encodeBatch(split, 'train');
     this.cache?.store(ids, b.lengths, b.payload, b.kept?.last);
     return b;
   }
 
-  /** Runs the backbone over `seqs` with capture and encodes the batch payload. */
-  private async encodeBatch(seqs: Int32Array[], use: 'train' | 'eval'): Promise<EncodedBatch> {
-    const { inputs, targets, mask, rows } = splitInputsTargets(seqs);
+  /** Runs the backbone over a batch's sequences (split into inputs and targets) with capture and encodes the batch payload. */
+  private async encodeBatch({ inputs, targets, mask, rows }: ReturnType<typeof splitInputsTargets>, use: 'train' | 'eval'): Promise<EncodedBatch> {
     const lengths = inputs.map((x) => x.length);
     const cap = await this.backbone.capture(inputs, this.config.tappedLayers);
     const t1 = process.hrtime.bigint();
@@ -101,7 +100,7 @@ export class ActivationStream {
     else this.timings.evalForwardSeconds += cap.forwardSeconds;
     this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
     const kept = labelPrivate ? { last: cap.data[cap.data.length - 1]!, targets, mask } : undefined;
-    return { payload, rows, lengths, sequences: seqs.length, kept };
+    return { payload, rows, lengths, sequences: inputs.length, kept };
   }
 
   /**
@@ -141,7 +140,7 @@ export class ActivationStream {
       this.ctx.checkCancelled();
       // Held-out batches take credits as training batches do: at most `credits` unanswered.
       if (i >= conn.welcome.credits) await pending[i - conn.welcome.credits];
-      const { payload, rows, lengths, kept } = await this.encodeBatch(sequences.slice(i * B, (i + 1) * B), 'eval');
+      const { payload, rows, lengths, kept } = await this.encodeBatch(splitInputsTargets(sequences.slice(i * B, (i + 1) * B)), 'eval');
       if (kept) {
         // Label-private: the server sends the side output; the loss is computed here.
         const side = conn.expect('eval/side', (m) => m.evalId === evalId && m.index === i, jobId);

@@ -1,4 +1,4 @@
-import { backboneInitNames, hasAttention, parameterShape, SideNetworkShape } from '../../../common/AdapterConfig';
+import { backboneInitNames, hasAttention, parameterCount, SideNetworkShape } from '../../../common/AdapterConfig';
 import { readModelTensor } from '../model/Backbone';
 import { MobiError } from '../MobiError';
 
@@ -51,7 +51,7 @@ export async function backboneInit(modelPath: string, headTensor: string, shape:
     values.set(`up.${k}`, up);
   }
   const names = backboneInitNames(shape);
-  const out = new Float32Array(names.reduce((a, n) => a + parameterShape(shape, n).reduce((x, y) => x * y, 1), 0));
+  const out = new Float32Array(parameterCount(shape, names));
   let at = 0;
   for (const n of names) {
     out.set(values.get(n)!, at);

@@ -42,12 +42,12 @@ export class AdapterDownload {
   }
 
   /**
-   * Writes a part that starts at `offset` of an adapter of `size`. A part of
-   * another adapter than the partial's (the job was finished again) starts
-   * over; one that does not continue the partial is refused.
+   * Writes a part that starts at `offset` of an adapter of `size`: the first
+   * part starts the partial afresh; a later one must continue it (refused
+   * otherwise). Returns the next offset.
    */
   write(size: AdapterSize, offset: number, data: Uint8Array): number {
-    if (this.offset(size) === 0 && offset === 0) {
+    if (offset === 0) {
       fs.mkdirSync(path.dirname(this.part), { recursive: true });
       writeFileAtomic(this.info, `${JSON.stringify(size)}\n`);
       fs.writeFileSync(this.part, new Uint8Array(0));
@@ -86,8 +86,7 @@ export async function downloadAdapter(conn: ServerConnection, download: AdapterD
     const { message, payload } = await conn.request({ type: 'adapter/get', jobId, offset: asked }, (m) => m.jobId === jobId && m.offset === asked);
     const size = { bytes: message.bytes, sha256: message.sha256 };
     if (asked !== download.offset(size)) {
-      download.remove(); // a partial of another adapter (the job was finished anew): start over
-      offset = 0;
+      offset = 0; // a partial of another adapter (the job was finished anew): start over
       continue;
     }
     offset = download.write(size, asked, payload);

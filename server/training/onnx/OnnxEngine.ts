@@ -71,10 +71,10 @@ export class OnnxEngine {
       });
       entry = { session, holders: new Set() };
       session.catch(() => this.sessions.delete(key));
+      this.trim(); // only a new session can take the idle ones past the bound
     }
     this.sessions.set(key, entry);
     if (holder) entry.holders.add(holder);
-    this.trim();
     return entry.session;
   }
 
