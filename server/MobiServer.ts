@@ -220,8 +220,9 @@ export class MobiServer {
   /** Deletes the heads no job has used for headTtlMs (never one a loaded job uses). */
   private expireHeads(): void {
     if (!this.registry) return;
-    const removed = this.heads.removeUnused(this.options.headTtlMs ?? HEAD_TTL_MS, this.registry.headsInUse());
-    if (removed > 0) this.log(`deleted ${removed} model heads no job used for ${((this.options.headTtlMs ?? HEAD_TTL_MS) / 86_400_000).toFixed(1)} days`);
+    const ttl = this.options.headTtlMs ?? HEAD_TTL_MS;
+    const removed = this.heads.removeUnused(ttl, this.registry.headsInUse());
+    if (removed > 0) this.log(`deleted ${removed} model heads no job used for ${(ttl / 86_400_000).toFixed(1)} days`);
   }
 
   /** Closes the sessions of users whose token was revoked or re-issued, and puts their jobs away. */
