@@ -1,21 +1,32 @@
 // The backbone's own head on the device, for label-private training: the final
-// RMSNorm and the output matrix of a GGUF file (kept quantized, as the file
-// stores it), the next-token cross-entropy of hidden states and its gradient
-// with respect to them. Each chunk of the vocabulary is one ggml graph run by
-// ggml's CPU backend:
+// RMSNorm and the output matrix of a GGUF file, the next-token cross-entropy of
+// hidden states and its gradient with respect to them.
+//
+// Memory: the matrix is read where the model file's pages are (a read-only
+// mapping of the file, the same file cache llama.cpp's own mapping uses), one
+// chunk of vocabulary rows at a time; a chunk's pages leave this process's
+// resident set when it is done. No copy of the head is held.
+//
+// Per chunk of the vocabulary, one ggml graph on ggml's CPU backend:
 //   logits = W_c z      the quantized matrix times z, exactly as llama.cpp's own
 //                       head computes it (ggml rounds z to the matrix's dot type)
-//   p = softmax(logits) within the chunk
-//   acc_c = W_c^T p     with a Q8_0 transposed copy of the matrix, made once at
-//                       load (the vocabulary then is the product's inner axis)
-// so no [tokens x vocabulary] tensor is held. The chunks are joined by their
-// log-sum-exp; the target rows are dequantized by ggml's type traits.
+//   p = softmax(logits) within the chunk; chunks are joined by log-sum-exp.
+// The gradient needs A = W^T softmax = sum_v p_v W_v per token:
+//   sparse tokens  the rows within `tailNats` of the token's largest logit,
+//                  when the probability they leave out is at most `tailMass`;
+//                  that remainder is spread as the mean row of W (so the error
+//                  is tailMass times how far the left-out rows' mean is from
+//                  the mean row, well under the wire's 8-bit rounding);
+//   dense tokens   every row: a second pass; each chunk W_c is transposed into a
+//                  Q8_0 block (the vocabulary then is the product's inner
+//                  axis) and multiplied with p, as the logits are.
+// so no [tokens x vocabulary] tensor and no transposed copy of the head is held.
 //
 // JavaScript:
-//   new HeadLoss(modelPath, normEpsilon, threads)
-//   load() -> Promise<{ vocabularySize, hiddenSize, type }>
+//   new HeadLoss(modelPath, normEpsilon, threads, tuning?: { tailMass, tailNats, maxCandidates })
+//   load() -> Promise<{ vocabularySize, hiddenSize, type, mapped }>
 //   run(y: Float32Array [n*d], targets: Int32Array [n], weights: Float32Array [n], wantGrad)
-//     -> Promise<{ losses: Float32Array [n], grad?: Float32Array [n*d] }>
+//     -> Promise<{ losses: Float32Array [n], grad?: Float32Array [n*d], denseTokens: number }>
 //   grad = d(sum_j weights_j * loss_j) / dy.
 #pragma once
 
@@ -26,21 +37,39 @@
 #include <string>
 #include <vector>
 
+#include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml.h"
 
 namespace mobillm {
 
+/** How the gradient's product over the vocabulary is cut short (see above). */
+struct HeadTuning {
+  double tailMass = 1e-4;      // the most probability a sparse token may leave out
+  double tailNats = 18.0;      // rows kept: logit >= the token's largest - tailNats
+  int64_t maxCandidates = -1;  // rows kept per token before it goes dense; -1: vocabulary / 64 within [256, 4096]; 0: always dense
+};
+
 struct HeadWeights {
   ggml_context* ctx = nullptr;
   ggml_backend_buffer_t buffer = nullptr;
   ggml_backend_t backend = nullptr;
-  ggml_tensor* w = nullptr;       // [d, vocab], the file's type
-  ggml_tensor* wT = nullptr;      // [vocab, d], Q8_0: the transpose, for the gradient's product over the vocabulary
+  ggml_gallocr_t work = nullptr;  // the chunks' graphs, one buffer reused (it grows to the largest graph)
+  ggml_tensor* w = nullptr;       // [d, vocab], the file's type, in the mapping (or a private copy where no mapping exists)
+  void* mapping = nullptr;        // the whole model file, read-only
+  size_t mappingBytes = 0;
   std::vector<float> norm;        // [d]
+  std::vector<float> meanRow;     // [d], the mean of W's rows
   int64_t d = 0, vocab = 0;
+  const uint8_t* row(int64_t v) const { return static_cast<const uint8_t*>(w->data) + static_cast<size_t>(v) * w->nb[1]; }
+  void rowToFloat(int64_t v, float* out) const;
+  // Drops rows [v0, v1)'s pages from this process's resident set (they stay in the file cache).
+  void release(int64_t v0, int64_t v1) const;
   ~HeadWeights();
 };
+
+/** Reads the head of a GGUF file (HeadWeights.cpp); nullptr with `error` set when it cannot. */
+std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int threads, std::string* error);
 
 class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
  public:
@@ -48,9 +77,10 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   explicit HeadLoss(const Napi::CallbackInfo& info);
 
   // Worker-thread entry points.
-  std::unique_ptr<HeadWeights> LoadWeights(std::string* error) const;
+  std::unique_ptr<HeadWeights> LoadWeights(std::string* error) const { return loadHeadWeights(path_, threads_, error); }
+  // HeadCompute.cpp.
   bool Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
-               float* losses, float* grad, std::string* error) const;
+               float* losses, float* grad, int64_t* denseTokens, std::string* error) const;
 
   // A head disposed while it loaded drops the weights it receives.
   void Adopt(std::unique_ptr<HeadWeights> w) {
@@ -68,9 +98,17 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   Napi::Value Run(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
+  // The sparse tokens' A (HeadCompute.cpp), over `threads_` threads.
+  void SparseProducts(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
+                      const std::vector<double>& R, const std::vector<double>& tail, float* A) const;
+  // The dense tokens' A: every row, in f32 (HeadCompute.cpp).
+  bool DenseProducts(const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
+                     std::string* error) const;
+
   std::string path_;
   float eps_ = 1e-6f;
   int threads_ = 1;
+  HeadTuning tuning_;
   bool busy_ = false;
   bool disposed_ = false;
   std::unique_ptr<HeadWeights> weights_;

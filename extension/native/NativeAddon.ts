@@ -94,17 +94,28 @@ export interface NativeTensor {
   data: Float32Array;
 }
 
+/** How the head's gradient product over the vocabulary is cut short (HeadLoss.hpp); the defaults serve every model. */
+export interface HeadTuning {
+  /** The most probability a token's sparse product may leave out (spread as the head's mean row). Default 1e-4. */
+  tailMass?: number;
+  /** Rows kept for a sparse product: logit at least the token's largest minus this. Default 18. */
+  tailNats?: number;
+  /** Rows kept per token before it takes the dense product; 0: always dense. Default vocabulary / 64 within [256, 4096]. */
+  maxCandidates?: number;
+}
+
 /** The model's own head on the device (HeadLoss.cpp): loss and its gradient for label-private training. */
 export interface NativeHeadLoss {
-  load(): Promise<{ vocabularySize: number; hiddenSize: number; type: string }>;
-  /** Per-token losses of hidden states y [n][d] (before the final norm); with wantGrad, d(sum weights * loss)/dy. */
-  run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean): Promise<{ losses: Float32Array; grad?: Float32Array }>;
+  /** `mapped`: the head is read through a mapping of the model file (no copy held). */
+  load(): Promise<{ vocabularySize: number; hiddenSize: number; type: string; mapped: boolean }>;
+  /** Per-token losses of hidden states y [n][d] (before the final norm); with wantGrad, d(sum weights * loss)/dy; `denseTokens`: how many took the dense product. */
+  run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean): Promise<{ losses: Float32Array; grad?: Float32Array; denseTokens: number }>;
   dispose(): void;
 }
 
 export interface NativeAddon {
   Backbone: new () => NativeBackbone;
-  HeadLoss: new (modelPath: string, normEpsilon: number, threads: number) => NativeHeadLoss;
+  HeadLoss: new (modelPath: string, normEpsilon: number, threads: number, tuning?: HeadTuning) => NativeHeadLoss;
   readTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): NativeTensor;
   ensureBackends(libDir: string, verboseLog: boolean): number;
 }

@@ -14,7 +14,15 @@
 //   readSequences   the token-sequence argument reader
 //   readTensor      GGUF tensors dequantized by ggml
 //   backends        ggml's CPU backend registration
-//   HeadLoss        the model's own head and its loss gradient (label-private training)
+//   HeadLoss        the model's own head and its loss gradient (label-private training):
+//                   HeadWeights (the head through the file's mapping), HeadCompute
+//
+// Memory: on glibc, blocks of 256 KiB and more are mapped and unmapped one by
+// one (M_MMAP_THRESHOLD fixed). By default glibc raises that threshold to the
+// largest block freed (up to 32 MiB) and keeps later blocks of that size in
+// its heaps once freed; a job frees blocks of several MB per batch (captured
+// layers, frames, the head's work), and the heaps then grew the device's peak
+// memory by 60-190 MB (bench:label-private, bench:peers).
 //
 // Threading: every llama_decode runs on a libuv worker thread (AsyncWorker);
 // the JavaScript thread only queues work and receives results. A Backbone has
@@ -25,6 +33,10 @@
 
 #include <napi.h>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include "Backbone.hpp"
 #include "backends.hpp"
 #include "HeadLoss.hpp"
@@ -33,13 +45,15 @@
 namespace {
 
 Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+#endif
   exports.Set("Backbone", mobillm::Backbone::Init(env));
   exports.Set("HeadLoss", mobillm::HeadLoss::Init(env));
   exports.Set("readTensor", Napi::Function::New(env, mobillm::ReadTensor));
   exports.Set("ensureBackends", Napi::Function::New(env, mobillm::EnsureBackends));
   return exports;
 }
-
 
 }  // namespace
 

@@ -83,11 +83,26 @@ export class ServerConnection {
   }
 
   send(message: DeviceMessage, payload?: Uint8Array): void {
+    this.ws.send(this.frame(message, payload), { binary: true });
+  }
+
+  /**
+   * Sends and resolves once the frame has been written to the socket: a bulk
+   * upload (the head) awaits each part, so at most one part waits in memory.
+   */
+  sendFlushed(message: DeviceMessage, payload?: Uint8Array): Promise<void> {
+    const frame = this.frame(message, payload);
+    return new Promise((resolve, reject) => {
+      this.ws.send(frame, { binary: true }, (err) => (err ? reject(this.lost ?? new MobiError('CONNECTION_LOST', 'The connection closed while sending.', { cause: err })) : resolve()));
+    });
+  }
+
+  private frame(message: DeviceMessage, payload?: Uint8Array): Buffer {
     if (this.lost) throw this.lost;
     const frame = encodeFrame(message, payload);
     this.bytesSent += frame.length;
     this.onFrameSent?.(frame);
-    this.ws.send(frame, { binary: true });
+    return frame;
   }
 
   /** Resolves with the next message of `type` that matches; rejects on a matching error or a drop. */

@@ -14,7 +14,8 @@ export async function uploadHead(conn: ServerConnection, backbone: Backbone, ctx
   conn.send({ type: 'head/begin', rows: backbone.info.vocabularySize, cols: backbone.info.hiddenSize }, new Uint8Array(norm.buffer, norm.byteOffset, norm.byteLength));
   for await (const c of headChunks(backbone)) {
     ctx.checkCancelled();
-    conn.send({ type: 'head/chunk', rowStart: c.rowStart, rowCount: c.rowCount }, new Uint8Array(c.halves.buffer, c.halves.byteOffset, c.halves.byteLength));
+    // One part in flight at a time: the head (hundreds of MB in f16) never queues up in this process.
+    await conn.sendFlushed({ type: 'head/chunk', rowStart: c.rowStart, rowCount: c.rowCount }, new Uint8Array(c.halves.buffer, c.halves.byteOffset, c.halves.byteLength));
   }
   await conn.request({ type: 'head/end' });
   ctx.log('model head uploaded');

@@ -1,4 +1,4 @@
-import { loadNativeAddon, NativeHeadLoss } from '../../native/NativeAddon';
+import { HeadTuning, loadNativeAddon, NativeHeadLoss } from '../../native/NativeAddon';
 import { defaultThreads } from './Backbone';
 import { MobiError } from '../MobiError';
 
@@ -11,14 +11,25 @@ import { MobiError } from '../MobiError';
 export class DeviceHead {
   private queue: Promise<unknown> = Promise.resolve();
 
-  private constructor(private readonly native: NativeHeadLoss, readonly vocabularySize: number, readonly hiddenSize: number, readonly type: string) {}
+  /** Tokens whose gradient took the dense product over the whole vocabulary, and all tokens with a gradient, since open. */
+  readonly counts = { denseTokens: 0, gradientTokens: 0 };
 
-  static async open(modelPath: string, normEpsilon: number, threads = defaultThreads()): Promise<DeviceHead> {
+  private constructor(
+    private readonly native: NativeHeadLoss,
+    readonly vocabularySize: number,
+    readonly hiddenSize: number,
+    readonly type: string,
+    /** The head is read through a mapping of the model file (no copy of it is held). */
+    readonly mapped: boolean,
+  ) {}
+
+  /** `tuning` is for tests and benchmarks; the defaults serve every model. */
+  static async open(modelPath: string, normEpsilon: number, threads = defaultThreads(), tuning?: HeadTuning): Promise<DeviceHead> {
     const addon = await loadNativeAddon();
-    const native = new addon.HeadLoss(modelPath, normEpsilon, threads);
+    const native = new addon.HeadLoss(modelPath, normEpsilon, threads, tuning);
     try {
       const info = await native.load();
-      return new DeviceHead(native, info.vocabularySize, info.hiddenSize, info.type);
+      return new DeviceHead(native, info.vocabularySize, info.hiddenSize, info.type, info.mapped);
     } catch (err) {
       throw MobiError.from(err);
     }
@@ -42,6 +53,8 @@ export class DeviceHead {
   lossAndGradient(y: Float32Array, targets: Int32Array, weights: Float32Array): Promise<{ losses: Float32Array; grad: Float32Array }> {
     return this.serial(async () => {
       const r = await this.native.run(y, targets, weights, true);
+      this.counts.denseTokens += r.denseTokens;
+      this.counts.gradientTokens += targets.length;
       return { losses: r.losses, grad: r.grad! };
     });
   }

@@ -1,6 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { readModelTensor } from '../../../../../extension/core/model/Backbone';
 import { DeviceHead } from '../../../../../extension/core/model/DeviceHead';
+import type { HeadTuning } from '../../../../../extension/native/NativeAddon';
 import { SeededRandom } from '../../../../../common/SeededRandom';
 import { tinyModel } from '../../../../helpers/models';
 
@@ -19,7 +20,10 @@ function q8Rounded(z: number[]): number[] {
  * float64 reference: loss_j = logsumexp(W z_j) - (W z_j)[t_j], z = rmsnorm(y) * norm (with `roundZ`, as the
  * matrix product sees z); and d(sum w_j loss_j)/dy.
  */
-function reference(W: Float32Array, norm: Float32Array, eps: number, d: number, y: Float32Array, targets: Int32Array, weights: Float32Array, roundZ = (z: number[]) => z) {
+function reference(
+  W: Float32Array, norm: Float32Array, eps: number, d: number, y: Float32Array, targets: Int32Array, weights: Float32Array,
+  roundZ = (z: number[]) => z, tailNats = Infinity,
+) {
   const V = W.length / d;
   const n = targets.length;
   const losses = new Float64Array(n);
@@ -36,11 +40,16 @@ function reference(W: Float32Array, norm: Float32Array, eps: number, d: number, 
     let s = 0;
     for (const l of logits) s += Math.exp(l - m);
     losses[j] = m + Math.log(s) - logits[targets[j]!]!;
+    // With `tailNats`, the rows below the largest logit minus tailNats are left out and their probability goes to the mean row.
     const dz = new Float64Array(d);
+    let kept = 0;
     for (let v = 0; v < V; v++) {
-      const p = Math.exp(logits[v]! - m) / s - (v === targets[j] ? 1 : 0);
+      const pv = Math.exp(logits[v]! - m) / s;
+      const p = (logits[v]! >= m - tailNats ? pv : 0) - (v === targets[j] ? 1 : 0);
+      if (logits[v]! >= m - tailNats) kept += pv;
       for (let i = 0; i < d; i++) dz[i] += p * W[v * d + i]!;
     }
+    for (let v = 0; v < V; v++) for (let i = 0; i < d; i++) dz[i] += ((1 - kept) / V) * W[v * d + i]!;
     const dn = Array.from({ length: d }, (_, i) => weights[j]! * dz[i]! * norm[i]!);
     const mean = dn.reduce((a, x, i) => a + x * xhat[i]!, 0) / d;
     for (let i = 0; i < d; i++) grad[j * d + i] = inv * (dn[i]! - xhat[i]! * mean);
@@ -52,11 +61,19 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
   this.timeout(120_000);
   const eps = 1e-5;
 
-  for (const [label, options] of [['f32, own head', { type: 'f32' as const }], ['Q8_0, tied to the embedding', { type: 'q8_0' as const, untiedHead: false }]] as const) {
+  const cases = [
+    ['f32, own head', { type: 'f32' as const }, undefined, undefined],
+    ['Q8_0, tied to the embedding', { type: 'q8_0' as const, untiedHead: false }, undefined, undefined],
+    ['Q8_0, every token sparse', { type: 'q8_0' as const }, { tailMass: 1, maxCandidates: 1 << 20 }, 'none'],
+    ['Q8_0, every token dense', { type: 'q8_0' as const }, { maxCandidates: 0 }, 'all'],
+    ['Q8_0, sparse rows within 0.5 nats, the rest as the mean row', { type: 'q8_0' as const }, { tailMass: 1, tailNats: 0.5, maxCandidates: 1 << 20 }, 'none'],
+  ] as const;
+  for (const [label, options, tuning, dense] of cases as readonly (readonly [string, (typeof cases)[number][1], HeadTuning | undefined, 'all' | 'none' | undefined])[]) {
     it(`computes each token's loss and the gradient wrt the hidden state as a float64 reference does (${label})`, async () => {
       const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 11, ...options });
-      const head = await DeviceHead.open(model, eps, 1);
+      const head = await DeviceHead.open(model, eps, 1, tuning);
       try {
+        assert.equal(head.mapped, true, 'the head is read through the file mapping');
         const d = head.hiddenSize;
         const W = (await readModelTensor(model, 'untiedHead' in options ? 'token_embd.weight' : 'output.weight')).data;
         const norm = (await readModelTensor(model, 'output_norm.weight')).data;
@@ -66,7 +83,8 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
         const targets = Int32Array.from({ length: n }, (_, j) => (j * 97 + 5) % head.vocabularySize);
         const weights = Float32Array.from([0.25, 0, 0.25, 0.25, 0.25]);
         const got = await head.lossAndGradient(y, targets, weights);
-        const want = reference(W, norm, eps, d, y, targets, weights, options.type === 'q8_0' ? q8Rounded : undefined);
+        if (dense !== undefined) assert.equal(head.counts.denseTokens, dense === 'all' ? n : 0, 'tokens that took the dense product');
+        const want = reference(W, norm, eps, d, y, targets, weights, options.type === 'q8_0' ? q8Rounded : undefined, tuning?.tailNats);
         for (let j = 0; j < n; j++) assert.ok(Math.abs(got.losses[j]! - want.losses[j]!) < 2e-3 * Math.max(1, want.losses[j]!), `loss ${j}: ${got.losses[j]} vs ${want.losses[j]}`);
         let maxErr = 0;
         let maxRef = 0;
@@ -74,8 +92,10 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
           maxErr = Math.max(maxErr, Math.abs(got.grad[i]! - want.grad[i]!));
           maxRef = Math.max(maxRef, Math.abs(want.grad[i]!));
         }
-        // The gradient's product over the vocabulary runs in 8 bits (a Q8_0 transposed copy; softmax rounded per 32 entries).
-        assert.ok(maxErr < 1e-2 * maxRef, `gradient off by ${maxErr} (largest ${maxRef})`);
+        // Sparse tokens' products run in f32 from the file's rows (only ggml's rounding of z for the logits remains);
+        // dense ones in 8 bits (a transposed Q8_0 chunk; softmax rounded per 32 entries).
+        const tolerance = dense === 'none' ? 1e-3 : 5e-3;
+        assert.ok(maxErr < tolerance * maxRef, `gradient off by ${maxErr} (largest ${maxRef})`);
         for (let i = d; i < 2 * d; i++) assert.equal(Math.abs(got.grad[i]!), 0, 'a token with weight 0 has no gradient');
         assert.deepEqual(Array.from(await head.losses(y, targets)), Array.from(got.losses));
       } finally {

@@ -1,0 +1,236 @@
+// The head's loss and gradient (see HeadLoss.hpp for the method).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <utility>
+
+#include "HeadLoss.hpp"
+
+namespace mobillm {
+
+namespace {
+
+constexpr double NEG_INF = -std::numeric_limits<double>::infinity();
+// About 2M logits per chunk: the work buffers stay near 50 MB at Qwen's width.
+constexpr int64_t LOGITS_PER_CHUNK = int64_t{1} << 21;
+// The dense pass's f32 copy of a chunk of rows: at most 8 MB (held as read and transposed, then as Q8_0).
+constexpr int64_t DENSE_CHUNK_BYTES = int64_t{8} << 20;
+
+int64_t chunkRows(int64_t vocab, int64_t tokens, int64_t maxRows) {
+  const int64_t rows = std::min<int64_t>({vocab, LOGITS_PER_CHUNK / std::max<int64_t>(tokens, 1), maxRows});
+  return std::max<int64_t>(32, rows / 32 * 32);
+}
+
+}  // namespace
+
+bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
+                       float* losses, float* grad, int64_t* denseTokens, std::string* error) const {
+  const HeadWeights& hw = *weights_;
+  const int64_t d = hw.d, V = hw.vocab;
+  // The final RMSNorm: z = y / rms(y) * norm.
+  std::vector<float> z(static_cast<size_t>(n * d)), xhat(static_cast<size_t>(n * d)), inv(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    double ss = 0;
+    for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(y[j * d + i]) * y[j * d + i];
+    inv[j] = 1.0f / std::sqrt(static_cast<float>(ss / d) + eps_);
+    for (int64_t i = 0; i < d; ++i) {
+      xhat[j * d + i] = y[j * d + i] * inv[j];
+      z[j * d + i] = xhat[j * d + i] * hw.norm[i];
+    }
+  }
+  // Per token: running log-sum-exp R, the largest logit M, the target's logit,
+  // and (for the gradient) the rows within tailNats of M so far.
+  std::vector<double> R(static_cast<size_t>(n), NEG_INF);
+  std::vector<float> M(static_cast<size_t>(n), -std::numeric_limits<float>::infinity());
+  std::vector<float> targetLogit(static_cast<size_t>(n), 0.0f);
+  const int64_t cap = tuning_.maxCandidates >= 0 ? tuning_.maxCandidates : std::clamp<int64_t>(V / 64, 256, 4096);
+  std::vector<std::vector<std::pair<int32_t, float>>> cand(wantGrad ? static_cast<size_t>(n) : 0);
+  std::vector<uint8_t> dense(wantGrad ? static_cast<size_t>(n) : 0, cap == 0 ? 1 : 0);
+  const float tailNats = static_cast<float>(tuning_.tailNats);
+  const int64_t chunk = chunkRows(V, n, V);
+  for (int64_t v0 = 0; v0 < V; v0 += chunk) {
+    const int64_t c = std::min(chunk, V - v0);
+    ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, true};
+    ggml_context* ctx = ggml_init(ip);
+    ggml_tensor* zt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, n);
+    ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
+    // The logits as llama.cpp computes them (the quantized matrix times z,
+    // which ggml quantizes to the matrix's dot type).
+    ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);  // [c, n]
+    ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
+    ggml_set_input(zt);
+    ggml_set_output(logits);
+    ggml_set_output(p);
+    ggml_cgraph* gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, p);
+    const bool allocated = ggml_gallocr_alloc_graph(hw.work, gf);
+    bool ok = allocated;
+    if (ok) {
+      std::memcpy(zt->data, z.data(), z.size() * sizeof(float));
+      ok = ggml_backend_graph_compute(hw.backend, gf) == GGML_STATUS_SUCCESS;
+    }
+    if (ok) {
+      const float* L = static_cast<const float*>(logits->data);
+      const float* P = static_cast<const float*>(p->data);
+      for (int64_t j = 0; j < n; ++j) {
+        const float* lj = L + j * c;
+        // The chunk's log-sum-exp from its largest logit and ggml's softmax there: l_max - log p_max.
+        int64_t best = 0;
+        for (int64_t v = 1; v < c; ++v) if (lj[v] > lj[best]) best = v;
+        const double lse = static_cast<double>(lj[best]) - std::log(static_cast<double>(P[j * c + best]));
+        const int64_t t = targets[j];
+        if (t >= v0 && t < v0 + c) targetLogit[j] = lj[t - v0];
+        R[j] = R[j] == NEG_INF ? lse : std::max(R[j], lse) + std::log1p(std::exp(-std::fabs(R[j] - lse)));
+        M[j] = std::max(M[j], lj[best]);
+        if (!wantGrad || dense[j]) continue;
+        const float floor = M[j] - tailNats;
+        if (lj[best] < floor) continue;  // the whole chunk is below the token's floor
+        auto& cj = cand[j];
+        for (int64_t v = 0; v < c; ++v) if (lj[v] >= floor) cj.emplace_back(static_cast<int32_t>(v0 + v), lj[v]);
+        if (static_cast<int64_t>(cj.size()) > cap) {
+          cj.erase(std::remove_if(cj.begin(), cj.end(), [floor](const std::pair<int32_t, float>& e) { return e.second < floor; }), cj.end());
+          if (static_cast<int64_t>(cj.size()) > cap) {
+            dense[j] = 1;
+            std::vector<std::pair<int32_t, float>>().swap(cj);
+          }
+        }
+      }
+    }
+    ggml_free(ctx);
+    hw.release(v0, v0 + c);
+    if (!ok) {
+      *error = allocated ? "ggml could not compute the head." : "Could not allocate the head's work buffers.";
+      return false;
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) losses[j] = static_cast<float>(R[j] - targetLogit[j]);
+  *denseTokens = 0;
+  if (!wantGrad) return true;
+  // A_j = sum_v p_jv W_v: sparse where the kept rows leave at most tailMass out, else dense.
+  std::vector<float> A(static_cast<size_t>(n * d), 0.0f);
+  std::vector<int64_t> sparseList, denseList;
+  std::vector<double> tail(static_cast<size_t>(n), 0.0);
+  for (int64_t j = 0; j < n; ++j) {
+    if (!dense[j]) {
+      auto& cj = cand[j];
+      const float floor = M[j] - tailNats;
+      cj.erase(std::remove_if(cj.begin(), cj.end(), [floor](const std::pair<int32_t, float>& e) { return e.second < floor; }), cj.end());
+      double kept = 0;
+      for (const auto& e : cj) kept += std::exp(static_cast<double>(e.second) - R[j]);
+      tail[j] = std::max(0.0, 1.0 - kept);
+      if (tail[j] <= tuning_.tailMass) {
+        sparseList.push_back(j);
+        continue;
+      }
+    }
+    denseList.push_back(j);
+  }
+  SparseProducts(sparseList, cand, R, tail, A.data());
+  if (!denseList.empty() && !DenseProducts(denseList, z, R, A.data(), error)) return false;
+  *denseTokens = static_cast<int64_t>(denseList.size());
+  // dL/dz = w (A - W[target]); back through the RMSNorm to y.
+  std::vector<float> wt(static_cast<size_t>(d)), dn(static_cast<size_t>(d));
+  for (int64_t j = 0; j < n; ++j) {
+    hw.rowToFloat(targets[j], wt.data());
+    double dot = 0;
+    for (int64_t i = 0; i < d; ++i) {
+      dn[i] = weights[j] * (A[j * d + i] - wt[i]) * hw.norm[i];
+      dot += static_cast<double>(dn[i]) * xhat[j * d + i];
+    }
+    const float mean = static_cast<float>(dot / d);
+    for (int64_t i = 0; i < d; ++i) grad[j * d + i] = inv[j] * (dn[i] - xhat[j * d + i] * mean);
+  }
+  hw.release(0, V);
+  return true;
+}
+
+void HeadLoss::SparseProducts(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
+                              const std::vector<double>& R, const std::vector<double>& tail, float* A) const {
+  const HeadWeights& hw = *weights_;
+  const int64_t d = hw.d;
+  auto work = [&](size_t from, size_t step) {
+    std::vector<float> r(static_cast<size_t>(d));
+    for (size_t k = from; k < tokens.size(); k += step) {
+      const int64_t j = tokens[k];
+      float* Aj = A + j * d;
+      for (const auto& e : candidates[static_cast<size_t>(j)]) {
+        const float pv = static_cast<float>(std::exp(static_cast<double>(e.second) - R[j]));
+        hw.rowToFloat(e.first, r.data());
+        for (int64_t i = 0; i < d; ++i) Aj[i] += pv * r[i];
+      }
+      const float rest = static_cast<float>(tail[j]);
+      for (int64_t i = 0; i < d; ++i) Aj[i] += rest * hw.meanRow[i];
+    }
+  };
+  const size_t workers = std::min<size_t>(static_cast<size_t>(threads_), tokens.size());
+  if (workers <= 1) {
+    work(0, 1);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < workers; ++t) pool.emplace_back(work, t, workers);
+  work(0, workers);
+  for (auto& th : pool) th.join();
+}
+
+bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
+                             std::string* error) const {
+  const HeadWeights& hw = *weights_;
+  const int64_t d = hw.d, V = hw.vocab, m = static_cast<int64_t>(tokens.size());
+  std::vector<float> zD(static_cast<size_t>(m * d)), negR(static_cast<size_t>(m));
+  for (int64_t k = 0; k < m; ++k) {
+    std::memcpy(zD.data() + k * d, z.data() + tokens[k] * d, static_cast<size_t>(d) * sizeof(float));
+    negR[k] = static_cast<float>(-R[tokens[k]]);
+  }
+  const int64_t chunk = chunkRows(V, m, DENSE_CHUNK_BYTES / (d * static_cast<int64_t>(sizeof(float))));
+  for (int64_t v0 = 0; v0 < V; v0 += chunk) {
+    const int64_t c = std::min(chunk, V - v0);
+    ggml_init_params ip = {ggml_tensor_overhead() * 16 + ggml_graph_overhead(), nullptr, true};
+    ggml_context* ctx = ggml_init(ip);
+    ggml_tensor* zt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, m);
+    ggml_tensor* nr = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, m);
+    ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
+    ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);                     // [c, m], as in the first pass
+    ggml_tensor* p = ggml_exp(ctx, ggml_add(ctx, logits, nr));           // [c, m], the softmax over the whole vocabulary
+    ggml_tensor* wf = hw.w->type == GGML_TYPE_F32 ? wc : ggml_cpy(ctx, wc, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, c));  // [d, c]
+    // W_c^T in Q8_0 blocks of 32 vocabulary rows (the last chunk padded with zero rows and zero probabilities).
+    const int64_t cp = (c + 31) / 32 * 32;
+    ggml_tensor* wt = ggml_cont(ctx, ggml_transpose(ctx, wf));           // [c, d]
+    if (cp != c) {
+      wt = ggml_pad(ctx, wt, static_cast<int>(cp - c), 0, 0, 0);
+      p = ggml_pad(ctx, p, static_cast<int>(cp - c), 0, 0, 0);
+    }
+    ggml_tensor* wq = ggml_cpy(ctx, wt, ggml_new_tensor_2d(ctx, GGML_TYPE_Q8_0, cp, d));  // [cp, d]
+    ggml_tensor* acc = ggml_mul_mat(ctx, wq, p);                         // [d, m] = W_c^T p
+    ggml_set_input(zt);
+    ggml_set_input(nr);
+    ggml_set_output(acc);
+    ggml_cgraph* gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, acc);
+    const bool allocated = ggml_gallocr_alloc_graph(hw.work, gf);
+    bool ok = allocated;
+    if (ok) {
+      std::memcpy(zt->data, zD.data(), zD.size() * sizeof(float));
+      std::memcpy(nr->data, negR.data(), negR.size() * sizeof(float));
+      ok = ggml_backend_graph_compute(hw.backend, gf) == GGML_STATUS_SUCCESS;
+    }
+    if (ok) {
+      const float* Ac = static_cast<const float*>(acc->data);
+      for (int64_t k = 0; k < m; ++k) {
+        float* Aj = A + tokens[k] * d;
+        for (int64_t i = 0; i < d; ++i) Aj[i] += Ac[k * d + i];
+      }
+    }
+    ggml_free(ctx);
+    hw.release(v0, v0 + c);
+    if (!ok) {
+      *error = allocated ? "ggml could not compute the head." : "Could not allocate the head's work buffers.";
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace mobillm
