@@ -16,7 +16,10 @@ const WIRE_FIELD_SETTING = {
  */
 export function settingRulesProblem(s: Pick<JobSettings, 'joinAfterNorm' | 'labelPrivate'>, nameOf: (setting: JobSettingName) => string = (n) => n): SettingProblem | undefined {
   if (s.joinAfterNorm && s.labelPrivate) {
-    return { name: nameOf('joinAfterNorm'), message: `${nameOf('joinAfterNorm')} is for the standard mode: label-private training joins before the final norm.` };
+    return {
+      name: nameOf('joinAfterNorm'),
+      message: `${nameOf('joinAfterNorm')} is for the standard mode: label-private training (the default with a team server) joins before the final norm; turn ${nameOf('labelPrivate')} off to use it.`,
+    };
   }
   return undefined;
 }

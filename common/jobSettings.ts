@@ -21,7 +21,8 @@ export interface IntRow extends RowBase { readonly kind: 'int'; readonly min: nu
 /** A number in [min, max], or in (min, max) when `exclusive`. */
 export interface NumberRow extends RowBase { readonly kind: 'number'; readonly min: number; readonly max: number; readonly exclusive?: boolean; readonly default?: number }
 export interface OneOfRow extends RowBase { readonly kind: 'oneOf'; readonly values: readonly number[]; readonly valueDocs?: readonly string[]; readonly default?: number }
-export interface BooleanRow extends RowBase { readonly kind: 'boolean'; readonly default?: boolean }
+/** A switch; `negation` is the CLI flag that turns it off (`--no-label-private`); `hostDefault`, the VS Code setting's default where the job's default depends on the host (see labelPrivate). */
+export interface BooleanRow extends RowBase { readonly kind: 'boolean'; readonly default?: boolean; readonly negation?: string; readonly hostDefault?: boolean }
 export interface StringRow extends RowBase { readonly kind: 'string'; readonly default?: string }
 export interface StringsRow extends RowBase { readonly kind: 'strings'; readonly default?: readonly string[] }
 export type SettingRow = IntRow | NumberRow | OneOfRow | BooleanRow | StringRow | StringsRow;
@@ -57,8 +58,8 @@ export const JOB_SETTINGS = {
     doc: 'For models with fill-in-the-middle tokens: the share of training sequences put in fill-in-the-middle order, the format completions use.',
   },
   labelPrivate: {
-    kind: 'boolean', default: false, flag: '--label-private', key: 'labelPrivate', markdown: true,
-    doc: 'Label-private training: no token id leaves this computer. The loss is computed here with the model\'s own head; the server receives the tapped layers\' activations and the loss gradient, which are not text, but from which a strong attacker can still recover some of it (more from early layers: `mobillm.skipLayers` sends fewer). Costs device time (see the README\'s benchmarks).',
+    kind: 'boolean', flag: '--label-private', negation: '--no-label-private', key: 'labelPrivate', hostDefault: true, markdown: true,
+    doc: 'Label-private training with a team server (on unless turned off; the embedded server, where nothing leaves this computer, trains in the standard mode): no token id leaves this computer. The loss is computed here with the model\'s own head; the server receives the tapped layers\' activations and the loss gradient, which are not text, but from which an attacker can still recover some of it (see the README\'s privacy audit; `mobillm.skipLayers` sends fewer layers). Off: the server also receives every training token\'s id, which is the code itself.',
   },
   sideNetwork: {
     kind: 'oneOf', values: [1, 2], default: 1, flag: '--side-network', key: 'sideNetwork',
@@ -90,7 +91,7 @@ export const SCAN_SETTINGS = {
 export const HOST_SETTINGS = {
   serverUrl: {
     kind: 'string', default: '', key: 'serverUrl', markdown: true,
-    doc: 'Team side-tuning server, `ws://host:8787` or `wss://host:8787`. Empty: an embedded server in VS Code on 127.0.0.1 (nothing leaves this computer). A team server receives the content of the files you fine-tune on, as token ids (the text itself) and activations: use only a server you trust with this code. The token is set with **MobiLLM: Set server token** (kept in secret storage, never in settings).',
+    doc: 'Team side-tuning server, `ws://host:8787` or `wss://host:8787`. Empty: an embedded server in VS Code on 127.0.0.1 (nothing leaves this computer). A team server receives the activations of the files you fine-tune on and loss gradients (label-private, the default: `mobillm.labelPrivate`), or with label-private off also their token ids (the text itself): use only a server you trust with this code. The token is set with **MobiLLM: Set server token** (kept in secret storage, never in settings).',
   },
   model: { kind: 'string', default: '', key: 'model', markdown: true, doc: 'Backbone GGUF: a file path or a Hugging Face URI (`hf:owner/repo:quant`). Empty: the built-in tiny model.' },
   inlineCompletions: { kind: 'boolean', default: true, key: 'inlineCompletions.enabled', doc: 'Inline completions from the model on this computer, with the workspace\'s fine-tuned adapter when one exists.' },

@@ -28,7 +28,8 @@ function settingOptions(): Option[] {
     const spec = row.kind === 'boolean' ? row.flag : `${row.flag} <${row.kind === 'number' ? 'x' : 'n'}>`;
     const shown = row.kind === 'oneOf' ? ` (${describeRange(row)}${row.default !== undefined ? `; default ${row.default}` : ''})`
       : row.kind === 'boolean' || row.default === undefined ? '' : ` (default ${String(row.default)})`;
-    return [new Option(spec, `${row.doc}${shown}`).default(undefined)];
+    const negation = row.kind === 'boolean' && row.negation ? [new Option(row.negation, `turn ${row.flag} off`).default(undefined)] : [];
+    return [new Option(spec, `${row.doc}${shown}`).default(undefined), ...negation];
   });
 }
 

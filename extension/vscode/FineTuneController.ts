@@ -113,7 +113,9 @@ export class FineTuneController implements vscode.Disposable {
     } catch (err) {
       return this.report(MobiError.from(err), resumeJobId); // nothing started: a refused setting only
     }
-    const { host: s, job: tuned, scan } = settings;
+    const { host: s, scan } = settings;
+    // mobillm.labelPrivate is about a team server; the embedded one trains in the standard mode (the core's default without a server).
+    const tuned = s.serverUrl ? settings.job : { ...settings.job, labelPrivate: undefined };
     this.place = serverPlace(s.serverUrl, tuned.labelPrivate);
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
     const core = await import('../core/job/FineTuneJob.js');

@@ -14,7 +14,7 @@ type KeyedValues<T extends Table> = { -readonly [K in keyof T as T[K] extends { 
 function readTable<T extends Table>(table: T): KeyedValues<T> {
   const c = vscode.workspace.getConfiguration('mobillm');
   const values: Record<string, unknown> = {};
-  for (const [name, row] of Object.entries(table)) if (row.key) values[name] = c.get(row.key) ?? row.default;
+  for (const [name, row] of Object.entries(table)) if (row.key) values[name] = c.get(row.key) ?? (row.kind === 'boolean' ? row.hostDefault : undefined) ?? row.default;
   const problem = settingsProblem(table, values, (n) => `mobillm.${table[n]!.key ?? n}`);
   if (problem) throw new MobiError('BAD_ARGUMENT', `The setting ${problem.message} Fix it in Settings; nothing was started.`, { setting: problem.name });
   return values as KeyedValues<T>;

@@ -59,11 +59,23 @@ export function tunedSettings(o: FineTuneOptions): JobSettings {
 /** Options that are not job settings, with their defaults. */
 const HOST_DEFAULTS = { reconnectTimeoutMs: 120_000 } as const;
 
-export type ResolvedFineTuneOptions = FineTuneOptions & typeof JOB_DEFAULTS & Required<Pick<FineTuneOptions, 'scan' | 'storeDir' | 'reconnectTimeoutMs'>>;
+export type ResolvedFineTuneOptions = FineTuneOptions & typeof JOB_DEFAULTS & Required<Pick<FineTuneOptions, 'scan' | 'storeDir' | 'reconnectTimeoutMs' | 'labelPrivate'>>;
+
+/**
+ * Label-private unless the user says otherwise, wherever a server outside this
+ * process receives the frames: a team server would otherwise receive every
+ * training token's id (the code itself). The embedded server keeps the
+ * standard mode: nothing leaves this computer.
+ */
+export function defaultLabelPrivate(o: Pick<FineTuneOptions, 'server'>): boolean {
+  return o.server !== undefined;
+}
 
 /** Checks the options and applies the defaults (the job settings' rows, then the host's) to every one left undefined. */
 export function resolveFineTuneOptions(options: FineTuneOptions): ResolvedFineTuneOptions {
   checkFineTuneOptions(options);
   const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FineTuneOptions;
-  return { ...JOB_DEFAULTS, ...HOST_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), ...given };
+  const resolved = { ...JOB_DEFAULTS, ...HOST_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), labelPrivate: defaultLabelPrivate(given), ...given };
+  checkFineTuneOptions(resolved); // the rules between settings, with the defaults applied
+  return resolved;
 }

@@ -27,7 +27,7 @@ describe('CLI arguments and VS Code settings', () => {
       const p = props[`mobillm.${row.key!}`]!;
       const expected: Record<string, unknown> = {
         type: { int: 'number', number: 'number', oneOf: 'number', boolean: 'boolean', string: 'string', strings: 'array' }[row.kind],
-        default: row.default,
+        default: (row.kind === 'boolean' ? row.hostDefault : undefined) ?? row.default,
         [row.markdown ? 'markdownDescription' : 'description']: row.doc,
       };
       if (row.kind === 'int' || row.kind === 'number') Object.assign(expected, { minimum: row.min, maximum: row.max });
