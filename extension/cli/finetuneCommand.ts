@@ -4,7 +4,7 @@ import { describeRange, JOB_SETTING_NAMES, JOB_SETTINGS, JobSettingName, JobSett
 import { ensureDefaultModel } from '../core/model/defaultModel';
 import { defaultStoreDir } from '../core/store/defaultStoreDir';
 import { FineTuneJob } from '../core/job/FineTuneJob';
-import { checkFineTuneOptions } from '../core/job/FineTuneOptions';
+import { resolveFineTuneOptions } from '../core/job/FineTuneOptions';
 import { JobRecordStore } from '../core/job/JobRecordStore';
 import { pruneActivationCaches } from '../core/job/ActivationCache';
 import { confirmPrivacyLine, serverPlace } from '../core/text/privacyText';
@@ -52,7 +52,7 @@ function settingsFromFlags(o: FinetuneFlags, options: Option[]): JobSettings {
     if (out.initFromBackbone) throw new MobiError('BAD_ARGUMENT', `${flagName('initFromBackbone')} and --random-init cannot both be given.`);
     out.initFromBackbone = false;
   }
-  return out as JobSettings; // checked against the table by checkFineTuneOptions before use
+  return out as JobSettings; // checked against the table by resolveFineTuneOptions before use
 }
 
 /** The exact command that resumes a job. */
@@ -82,7 +82,8 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
       const workspace = o.workspace ?? record?.workspace;
       if (!workspace) throw new MobiError('BAD_ARGUMENT', '--workspace is required (the folder of source code to learn from).');
       const tuned = { ...settingsFromFlags(o, options), describeOption: flagName };
-      checkFineTuneOptions({ workspace, model: '', ...tuned }); // before anything is created or loaded
+      // Checked with the defaults applied (label-private follows --server) before anything is created or loaded.
+      resolveFineTuneOptions({ workspace, model: '', server: o.server ? { url: o.server, token: token ?? '' } : undefined, ...tuned });
       const model = o.model ?? record?.model ?? ensureDefaultModel(o.store);
       const display = new ProgressDisplay();
       const controller = new AbortController();
@@ -99,7 +100,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
         confirm: (scan, settings) => {
           display.message(`workspace ${path.resolve(workspace)}: ${scan.files.length} files (${(scan.includedBytes / 1024).toFixed(1)} KB) included`);
           for (const line of describeSkipped(scan)) display.message(`  ${line}`);
-          if (o.server) display.message(confirmPrivacyLine(serverPlace(o.server, settings.labelPrivate)));
+          if (o.server) display.message(confirmPrivacyLine(serverPlace(o.server, settings.labelPrivate), settings));
           return true;
         },
         onProgress: (p) => {

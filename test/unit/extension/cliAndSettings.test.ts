@@ -60,6 +60,7 @@ describe('CLI arguments and VS Code settings', () => {
       [['--side-network', '3'], /--side-network must be 1 or 2/],
       [['--tap-every', '0'], /--tap-every must be a whole number from 1 to 1023/],
       [['--join-after-norm', '--label-private'], /--join-after-norm is for the standard mode/],
+      [['--join-after-norm', '--server', 'ws://127.0.0.1:9', '--token', 't'], /label-private training \(the default with a team server\).*turn --label-private off/],
       [['--init-from-backbone', '--random-init'], /cannot both be given/],
     ];
     for (const [args, message] of cases) {

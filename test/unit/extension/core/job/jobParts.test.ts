@@ -142,6 +142,18 @@ describe('device job parts', () => {
       assert.ok(o.storeDir.length > 0);
       await expectCode(() => resolveFineTuneOptions({ workspace: 'w', model: 'm', bits: 3 as never }), 'BAD_ARGUMENT');
     });
+
+    it('trains label-private by default with a team server, in the standard mode with the embedded one, and as told when told', async () => {
+      const server = { url: 'ws://127.0.0.1:1', token: 't' };
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server }).labelPrivate, true);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm' }).labelPrivate, false);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server, labelPrivate: false }).labelPrivate, false);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', labelPrivate: true }).labelPrivate, true);
+      // Joining after the norm is the standard mode's: with a team server it needs label-private turned off, and says so.
+      await expectCode(() => resolveFineTuneOptions({ workspace: 'w', model: 'm', server, joinAfterNorm: true }), 'BAD_ARGUMENT');
+      assert.throws(() => resolveFineTuneOptions({ workspace: 'w', model: 'm', server, joinAfterNorm: true }), /turn labelPrivate off/);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server, joinAfterNorm: true, labelPrivate: false }).joinAfterNorm, true);
+    });
   });
 
   describe('JobRecordStore', () => {
