@@ -50,7 +50,7 @@ function filesUnder(dir: string, keep: (name: string) => boolean): string[] {
  * that packages ship), file by file in turn, so neither kind comes last
  * (llama-finetune does not shuffle, and its validation split is the end).
  */
-function pretrainText(): string {
+export function pretrainText(): string {
   const file = path.join(PEERS, `standin-pretrain-mixed-${PRETRAIN_BYTES}.txt`);
   if (!fs.existsSync(file)) {
     const declarations = filesUnder(path.join(ROOT, 'node_modules', '@types'), (n) => n.endsWith('.d.ts'));

@@ -26,7 +26,7 @@ int64_t chunkRows(int64_t vocab, int64_t tokens, int64_t maxRows) {
 }  // namespace
 
 bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
-                       float* losses, float* grad, int64_t* denseTokens, std::string* error) const {
+                       float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error) const {
   const HeadWeights& hw = *weights_;
   const int64_t d = hw.d, V = hw.vocab;
   // The final RMSNorm: z = y / rms(y) * norm.
@@ -83,7 +83,10 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
         const int64_t t = targets[j];
         if (t >= v0 && t < v0 + c) targetLogit[j] = lj[t - v0];
         R[j] = R[j] == NEG_INF ? lse : std::max(R[j], lse) + std::log1p(std::exp(-std::fabs(R[j] - lse)));
-        M[j] = std::max(M[j], lj[best]);
+        if (lj[best] > M[j]) {
+          M[j] = lj[best];
+          top[j] = static_cast<int32_t>(v0 + best);
+        }
         if (!wantGrad || dense[j]) continue;
         const float floor = M[j] - tailNats;
         if (lj[best] < floor) continue;  // the whole chunk is below the token's floor

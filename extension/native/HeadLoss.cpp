@@ -68,9 +68,10 @@ class HeadRunWorker : public Napi::AsyncWorker {
   void Execute() override {
     const int64_t n = static_cast<int64_t>(targets_.size());
     losses_.resize(static_cast<size_t>(n));
+    top_.resize(static_cast<size_t>(n));
     if (wantGrad_) grad_.resize(y_.size());
     std::string error;
-    if (!head_->Compute(y_.data(), targets_.data(), weights_.data(), n, wantGrad_, losses_.data(), wantGrad_ ? grad_.data() : nullptr,
+    if (!head_->Compute(y_.data(), targets_.data(), weights_.data(), n, wantGrad_, losses_.data(), top_.data(), wantGrad_ ? grad_.data() : nullptr,
                         &denseTokens_, &error)) {
       SetError(error);
     }
@@ -82,6 +83,9 @@ class HeadRunWorker : public Napi::AsyncWorker {
     Napi::Float32Array losses = Napi::Float32Array::New(env, losses_.size());
     std::memcpy(losses.Data(), losses_.data(), losses_.size() * sizeof(float));
     res.Set("losses", losses);
+    Napi::Int32Array top = Napi::Int32Array::New(env, top_.size());
+    std::memcpy(top.Data(), top_.data(), top_.size() * sizeof(int32_t));
+    res.Set("top", top);
     res.Set("denseTokens", Napi::Number::New(env, static_cast<double>(denseTokens_)));
     if (wantGrad_) {
       Napi::Float32Array grad = Napi::Float32Array::New(env, grad_.size());
@@ -104,6 +108,7 @@ class HeadRunWorker : public Napi::AsyncWorker {
   std::vector<float> weights_;
   bool wantGrad_;
   std::vector<float> losses_, grad_;
+  std::vector<int32_t> top_;
   int64_t denseTokens_ = 0;
 };
 

@@ -26,7 +26,7 @@
 //   new HeadLoss(modelPath, normEpsilon, threads, tuning?: { tailMass, tailNats, maxCandidates })
 //   load() -> Promise<{ vocabularySize, hiddenSize, type, mapped }>
 //   run(y: Float32Array [n*d], targets: Int32Array [n], weights: Float32Array [n], wantGrad)
-//     -> Promise<{ losses: Float32Array [n], grad?: Float32Array [n*d], denseTokens: number }>
+//     -> Promise<{ losses: Float32Array [n], top: Int32Array [n] (each token's highest-scoring id), grad?: Float32Array [n*d], denseTokens: number }>
 //   grad = d(sum_j weights_j * loss_j) / dy.
 #pragma once
 
@@ -80,7 +80,7 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   std::unique_ptr<HeadWeights> LoadWeights(std::string* error) const { return loadHeadWeights(path_, threads_, error); }
   // HeadCompute.cpp.
   bool Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
-               float* losses, float* grad, int64_t* denseTokens, std::string* error) const;
+               float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error) const;
 
   // A head disposed while it loaded drops the weights it receives.
   void Adopt(std::unique_ptr<HeadWeights> w) {

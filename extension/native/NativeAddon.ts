@@ -108,8 +108,11 @@ export interface HeadTuning {
 export interface NativeHeadLoss {
   /** `mapped`: the head is read through a mapping of the model file (no copy held). */
   load(): Promise<{ vocabularySize: number; hiddenSize: number; type: string; mapped: boolean }>;
-  /** Per-token losses of hidden states y [n][d] (before the final norm); with wantGrad, d(sum weights * loss)/dy; `denseTokens`: how many took the dense product. */
-  run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean): Promise<{ losses: Float32Array; grad?: Float32Array; denseTokens: number }>;
+  /**
+   * Per-token losses of hidden states y [n][d] (before the final norm) and each token's highest-scoring id (`top`); with
+   * wantGrad, d(sum weights * loss)/dy; `denseTokens`: how many took the dense product.
+   */
+  run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean): Promise<{ losses: Float32Array; top: Int32Array; grad?: Float32Array; denseTokens: number }>;
   dispose(): void;
 }
 

@@ -49,6 +49,15 @@ export class DeviceHead {
     return this.serial(async () => (await this.native.run(y, targets, weights, false)).losses);
   }
 
+  /** Each token's highest-scoring id under the head (what the model would guess from y [n][d]), and its losses for `targets`. */
+  guesses(y: Float32Array, targets: Int32Array): Promise<{ top: Int32Array; losses: Float32Array }> {
+    const weights = new Float32Array(targets.length);
+    return this.serial(async () => {
+      const r = await this.native.run(y, targets, weights, false);
+      return { top: r.top, losses: r.losses };
+    });
+  }
+
   /** Per-token losses and d(sum_j weights_j * loss_j)/dy, [n][d]. */
   lossAndGradient(y: Float32Array, targets: Int32Array, weights: Float32Array): Promise<{ losses: Float32Array; grad: Float32Array }> {
     return this.serial(async () => {

@@ -27,6 +27,7 @@ function reference(
   const V = W.length / d;
   const n = targets.length;
   const losses = new Float64Array(n);
+  const top: number[] = [];
   const grad = new Float64Array(n * d);
   for (let j = 0; j < n; j++) {
     let ss = 0;
@@ -37,6 +38,7 @@ function reference(
     const logits = new Float64Array(V);
     for (let v = 0; v < V; v++) for (let i = 0; i < d; i++) logits[v] += W[v * d + i]! * z[i]!;
     const m = Math.max(...logits);
+    top.push(logits.indexOf(m));
     let s = 0;
     for (const l of logits) s += Math.exp(l - m);
     losses[j] = m + Math.log(s) - logits[targets[j]!]!;
@@ -54,7 +56,7 @@ function reference(
     const mean = dn.reduce((a, x, i) => a + x * xhat[i]!, 0) / d;
     for (let i = 0; i < d; i++) grad[j * d + i] = inv * (dn[i]! - xhat[i]! * mean);
   }
-  return { losses, grad };
+  return { losses, top, grad };
 }
 
 describe('DeviceHead (the model\'s own head on the device)', function () {
@@ -98,6 +100,7 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
         assert.ok(maxErr < tolerance * maxRef, `gradient off by ${maxErr} (largest ${maxRef})`);
         for (let i = d; i < 2 * d; i++) assert.equal(Math.abs(got.grad[i]!), 0, 'a token with weight 0 has no gradient');
         assert.deepEqual(Array.from(await head.losses(y, targets)), Array.from(got.losses));
+        assert.deepEqual(Array.from((await head.guesses(y, targets)).top), want.top, 'each token\'s highest-scoring id');
       } finally {
         head.dispose();
       }
