@@ -28,6 +28,7 @@ import { FineTuneJob, tappedLayers } from '../extension/core/job/FineTuneJob';
 import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
 import { applyLinearMap, fitLinearMap, nearestEmbeddingLookup, rowsOf, share, topIds } from '../harness/privacyAttacks';
 import { machineDescription } from './benchModels';
+import { lossPlotSvg } from './lossPlot';
 import { buildPeer, corpus, PEERS, ROOT, SEQ } from './peerHarness';
 import { pretrainText, standInBackbone, STAND_IN } from './standIn';
 
@@ -194,6 +195,11 @@ async function main(): Promise<void> {
   const file = path.join(ROOT, 'bench', 'results', 'privacy.json');
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   writeProductFigures(L, (bits, skip) => frameSet(bits, tappedLayers(L, skip, 1)));
+  const colors = ['#c0392b', '#2e86c1', '#17a589', '#b9770e', '#7d3c98'];
+  fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'privacy-tradeoff.svg'), lossPlotSvg(
+    configurations.map((c, i) => ({ label: c.name.replace(' (the team default)', ', default'), points: [[100 * c.recovered, c.heldOutLoss]], color: colors[i % colors.length]! })),
+    { title: 'What a server reads back vs what training reaches', xLabel: 'workspace tokens recovered exactly (%), strongest attack', yLabel: 'held-out loss after 2 epochs' },
+  ));
   const lp = configurations.find((c) => c.labelPrivate && c.bits === 8 && c.skipLayers === 0)!;
   console.log(`privacy audit (stand-in ${STAND_IN.layers} x ${STAND_IN.embd}): label-private 8-bit, every layer: about ${Math.round(100 * lp.recovered)}% of workspace tokens recovered (${lp.strongestAttack}); standard mode: 100% (target ids)`);
 }
