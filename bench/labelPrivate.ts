@@ -6,7 +6,7 @@
  * device's alone. Reports wall time of training, device CPU seconds per
  * training token and device peak RSS, label-private / standard.
  *
- *   npm run bench:label-private [-- --steps 8 --rounds 1]
+ *   npm run bench:label-private [-- --steps 8 --rounds 2]
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -25,6 +25,8 @@ interface DeviceRun {
   trainTokens: number;
   peakRssBytes: number;
   heldOutLossAfter: number;
+  /** Label-private: the share of training tokens whose gradient took the head's dense product. */
+  headDenseShare: number | null;
 }
 
 async function child(mode: DeviceRun['mode'], url: string, token: string, steps: number): Promise<void> {
@@ -40,6 +42,7 @@ async function child(mode: DeviceRun['mode'], url: string, token: string, steps:
     const out: DeviceRun = {
       mode, trainWallSeconds: t.trainWallSeconds, deviceForwardSeconds: t.deviceForwardSeconds, headSeconds: t.headSeconds, serverSeconds: t.serverSeconds,
       cpuSeconds: (cpu.user + cpu.system) / 1e6, trainTokens: r.trainTokens, peakRssBytes: peakRssBytes(), heldOutLossAfter: r.heldOutLossAfter,
+      headDenseShare: r.head ? r.head.denseTokens / Math.max(1, r.head.gradientTokens) : null,
     };
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } finally {
@@ -51,7 +54,7 @@ async function main(): Promise<void> {
   const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
   if (process.argv[2] === 'child') return child(arg('mode', 'standard') as DeviceRun['mode'], arg('url', ''), arg('token', ''), Number(arg('steps', '8')));
   const steps = Number(arg('steps', '8'));
-  const rounds = Number(arg('rounds', '1'));
+  const rounds = Number(arg('rounds', '2'));
   fs.mkdirSync(BENCH_CACHE, { recursive: true });
   qwenShapedModel('q8_0'); // generated once, outside the timed runs
   const dataDir = fs.mkdtempSync(path.join(BENCH_CACHE, 'lp-server-'));
@@ -85,14 +88,14 @@ async function main(): Promise<void> {
       deviceCpuPerToken: ratio((r) => r.cpuSeconds / r.trainTokens),
       devicePeakRss: ratio((r) => r.peakRssBytes),
     },
-    goals: { wall: 1.3, devicePeakRss: 1.1 },
+    goals: { wall: 1.0, deviceCpuPerToken: 1.25, devicePeakRss: 1.1 },
     machine: machineDescription(),
   };
   const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'labelPrivate.json');
   fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   const r = out.labelPrivateOverStandard;
-  console.log(`label-private / standard (Qwen-shaped Q8_0, ${steps} steps x ${rounds}): wall ${r.wall.toFixed(2)}x (goal <= 1.3), device CPU per token ${r.deviceCpuPerToken.toFixed(2)}x, device peak RSS ${r.devicePeakRss.toFixed(2)}x (goal <= 1.1)`);
+  console.log(`label-private / standard (Qwen-shaped Q8_0, ${steps} steps x ${rounds}): wall ${r.wall.toFixed(2)}x (goal <= 1.0), device CPU per token ${r.deviceCpuPerToken.toFixed(2)}x (goal <= 1.25), device peak RSS ${r.devicePeakRss.toFixed(2)}x (goal <= 1.1)`);
 }
 
 void main().catch((err) => {

@@ -174,7 +174,7 @@ async function main(): Promise<void> {
       const set = frameSet(c.bits, tappedLayers(L, c.skipLayers, 1));
       // The standard mode's frames carry every target id: the server reads each training token exactly.
       const recovered = c.labelPrivate ? set.recovered : 1;
-      configurations.push({ name: c.name, labelPrivate: c.labelPrivate, bits: c.bits, skipLayers: c.skipLayers, recovered, strongestAttack: c.labelPrivate ? `${set.attack} on layer ${set.layer}` : 'target ids', anyAttackAnyLayer: set.anyAttackAnyLayer, heldOutLoss: r.heldOutLossAfter, heldOutLossBefore: r.heldOutLossBefore });
+      configurations.push({ name: c.name, labelPrivate: c.labelPrivate, bits: c.bits, skipLayers: c.skipLayers, recovered, strongestAttack: c.labelPrivate ? `${set.attack} on layer ${set.layer}` : 'target ids', anyAttackAnyLayer: set.anyAttackAnyLayer, heldOutLoss: r.heldOutLossAfter, heldOutLossBefore: r.heldOutLossBefore, headDenseShare: r.head ? r.head.denseTokens / Math.max(1, r.head.gradientTokens) : null });
       log(`${c.name}: recovered ${(100 * recovered).toFixed(1)}% (${c.labelPrivate ? `${set.attack}, layer ${set.layer}` : 'target ids'}), held-out loss ${r.heldOutLossBefore.toFixed(3)} -> ${r.heldOutLossAfter.toFixed(3)}`);
     } finally {
       fs.rmSync(store, { recursive: true, force: true });

@@ -216,8 +216,10 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await runCommand(page, 'MobiLLM: Fine-tune on workspace');
     const confirm = page.locator('.monaco-dialog-box');
     await confirm.waitFor({ timeout: 60_000 });
-    // A team server: the dialog says it receives the code as token ids.
-    assert.match(await confirm.innerText(), /receive the content of these files as token ids \(your code itself/);
+    // A team server, no privacy setting: label-private by default; the dialog says what still crosses, with the audit's figure.
+    const teamText = await confirm.innerText();
+    assert.match(teamText, /Label-private: no token id leaves this computer/);
+    assert.match(teamText, /In our privacy audit .* a server recovered about \d+% of the workspace's tokens exactly/);
     await page.screenshot({ path: path.join(SHOTS, '1b-confirm-team-server.png') });
     await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
     const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'Cannot reach the server' }).first();
@@ -275,11 +277,11 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     assert.ok(contrast >= 4.5, `text contrast ${contrast.toFixed(1)} (${fg} on ${bg})`);
   });
 
-  it('says what a team server gets in the label-private mode, before the job starts', async () => {
+  it('says what a team server gets in the standard mode (label-private turned off), before the job starts', async () => {
     const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
     const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
     assert.ok(settings['mobillm.serverUrl'], 'the team server set by the error test is still configured');
-    fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'mobillm.labelPrivate': true }, null, 2));
+    fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'mobillm.labelPrivate': false }, null, 2));
     // The edited settings file is read again on a window reload (as the dark theme is).
     await runCommand(page, 'Developer: Reload Window');
     await page.waitForTimeout(2000);
@@ -289,9 +291,9 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     const confirm = page.locator('.monaco-dialog-box');
     await confirm.waitFor({ timeout: 60_000 });
     const text = await confirm.innerText();
-    assert.match(text, /Label-private: no token id leaves this computer/);
-    assert.match(text, /activations of the tapped layers and loss gradients/);
-    await page.screenshot({ path: path.join(SHOTS, '8-confirm-label-private.png') });
+    assert.match(text, /receive the content of these files as token ids \(your code itself/);
+    assert.match(text, /100% of the training tokens/);
+    await page.screenshot({ path: path.join(SHOTS, '8-confirm-standard-mode.png') });
     await confirm.locator('a.monaco-button, button', { hasText: 'Cancel' }).first().click();
   });
 

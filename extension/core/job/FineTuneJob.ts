@@ -48,6 +48,8 @@ export interface FineTuneResult {
   scan: ScanReport;
   /** The activation cache's use: training batches taken from it, computed, and damaged entries found. */
   cache?: { hits: number; misses: number; damaged: number };
+  /** Label-private: tokens whose gradient took the head's dense product over the whole vocabulary, of all with a gradient. */
+  head?: { denseTokens: number; gradientTokens: number };
 }
 
 /** Longest wait for the server to confirm a cancellation, milliseconds. */
@@ -196,6 +198,7 @@ export class FineTuneJob {
         config: work.config,
         scan: work.scan,
         cache: cache && { hits: cache.hits, misses: cache.misses, damaged: cache.damaged },
+        head: this.head && { ...this.head.counts },
       };
     } catch (err) {
       const e = MobiError.from(err);
