@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <thread>
 #include <utility>
@@ -17,6 +18,26 @@ constexpr double NEG_INF = -std::numeric_limits<double>::infinity();
 constexpr int64_t LOGITS_PER_CHUNK = int64_t{1} << 21;
 // The dense pass's f32 copy of a chunk of rows: at most 8 MB (held as read and transposed, then as Q8_0).
 constexpr int64_t DENSE_CHUNK_BYTES = int64_t{8} << 20;
+
+// Builds the graph of `out` in `ctx`, allocates it in the head's reused work buffer, copies each input's
+// floats in (the inputs are marked as such) and computes it; false with `error` set when it cannot.
+bool computeGraph(const HeadWeights& hw, ggml_context* ctx, ggml_tensor* out, std::initializer_list<std::pair<ggml_tensor*, const float*>> inputs,
+                  std::string* error) {
+  for (const auto& in : inputs) ggml_set_input(in.first);
+  ggml_set_output(out);
+  ggml_cgraph* gf = ggml_new_graph(ctx);
+  ggml_build_forward_expand(gf, out);
+  if (!ggml_gallocr_alloc_graph(hw.work, gf)) {
+    *error = "Could not allocate the head's work buffers.";
+    return false;
+  }
+  for (const auto& in : inputs) std::memcpy(in.first->data, in.second, ggml_nbytes(in.first));
+  if (ggml_backend_graph_compute(hw.backend, gf) != GGML_STATUS_SUCCESS) {
+    *error = "ggml could not compute the head.";
+    return false;
+  }
+  return true;
+}
 
 int64_t chunkRows(int64_t vocab, int64_t tokens, int64_t maxRows) {
   const int64_t rows = std::min<int64_t>({vocab, LOGITS_PER_CHUNK / std::max<int64_t>(tokens, 1), maxRows});
@@ -60,17 +81,8 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     // which ggml quantizes to the matrix's dot type).
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);  // [c, n]
     ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
-    ggml_set_input(zt);
     ggml_set_output(logits);
-    ggml_set_output(p);
-    ggml_cgraph* gf = ggml_new_graph(ctx);
-    ggml_build_forward_expand(gf, p);
-    const bool allocated = ggml_gallocr_alloc_graph(hw.work, gf);
-    bool ok = allocated;
-    if (ok) {
-      std::memcpy(zt->data, z.data(), z.size() * sizeof(float));
-      ok = ggml_backend_graph_compute(hw.backend, gf) == GGML_STATUS_SUCCESS;
-    }
+    const bool ok = computeGraph(hw, ctx, p, {{zt, z.data()}}, error);
     if (ok) {
       const float* L = static_cast<const float*>(logits->data);
       const float* P = static_cast<const float*>(p->data);
@@ -103,10 +115,7 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     }
     ggml_free(ctx);
     hw.release(v0, v0 + c);
-    if (!ok) {
-      *error = allocated ? "ggml could not compute the head." : "Could not allocate the head's work buffers.";
-      return false;
-    }
+    if (!ok) return false;
   }
   for (int64_t j = 0; j < n; ++j) losses[j] = static_cast<float>(R[j] - targetLogit[j]);
   *denseTokens = 0;
@@ -207,18 +216,7 @@ bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vect
     }
     ggml_tensor* wq = ggml_cpy(ctx, wt, ggml_new_tensor_2d(ctx, GGML_TYPE_Q8_0, cp, d));  // [cp, d]
     ggml_tensor* acc = ggml_mul_mat(ctx, wq, p);                         // [d, m] = W_c^T p
-    ggml_set_input(zt);
-    ggml_set_input(nr);
-    ggml_set_output(acc);
-    ggml_cgraph* gf = ggml_new_graph(ctx);
-    ggml_build_forward_expand(gf, acc);
-    const bool allocated = ggml_gallocr_alloc_graph(hw.work, gf);
-    bool ok = allocated;
-    if (ok) {
-      std::memcpy(zt->data, zD.data(), zD.size() * sizeof(float));
-      std::memcpy(nr->data, negR.data(), negR.size() * sizeof(float));
-      ok = ggml_backend_graph_compute(hw.backend, gf) == GGML_STATUS_SUCCESS;
-    }
+    const bool ok = computeGraph(hw, ctx, acc, {{zt, zD.data()}, {nr, negR.data()}}, error);
     if (ok) {
       const float* Ac = static_cast<const float*>(acc->data);
       for (int64_t k = 0; k < m; ++k) {
@@ -228,10 +226,7 @@ bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vect
     }
     ggml_free(ctx);
     hw.release(v0, v0 + c);
-    if (!ok) {
-      *error = allocated ? "ggml could not compute the head." : "Could not allocate the head's work buffers.";
-      return false;
-    }
+    if (!ok) return false;
   }
   return true;
 }
