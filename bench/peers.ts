@@ -61,6 +61,8 @@ async function main(): Promise<void> {
       process.stderr.write(`  ours ${type} (server on the other core): device peak ${(mine[type]!.peakRssBytes / 2 ** 20).toFixed(0)} MiB, ${mine[type]!.wallSeconds.toFixed(1)} s\n`);
     }
     const embedded = await runOurs(f32, c.workspace, true);
+    // The Node.js runtime alone (an idle process): in VS Code the extension host already pays it.
+    const node = await measure(process.execPath, ['-e', 'setTimeout(() => {}, 500)'], { cpu: 0 });
     const r = {
       corpusTokens,
       modelBytesF32: fs.statSync(f32).size,
@@ -72,6 +74,10 @@ async function main(): Promise<void> {
       rssQ8VsPeerF32: mine.q8_0!.peakRssBytes / peer.peakRssBytes,
       rssQ4VsPeerF32: mine.q4_0!.peakRssBytes / peer.peakRssBytes,
       rssVsPlainInference: mine.f32!.peakRssBytes / floor.peakRssBytes,
+      // Label-private by default: the device ran with a team server in another process and no privacy option.
+      deviceMode: 'label-private (the default with a team server)',
+      nodeRuntimeRssMiB: node.peakRssBytes / 2 ** 20,
+      rssAboveNodeRuntimeVsPlainInference: (mine.f32!.peakRssBytes - node.peakRssBytes) / floor.peakRssBytes,
       cpuSecondsPerTokenVsPeer: mine.f32!.cpuSeconds / mine.f32!.summary.trainTokens / (peer.cpuSeconds / peerTokens),
       wallPerEpochVsPeer: mine.f32!.wallSeconds / peer.wallSeconds,
       timeToTargetNote: 'random weights: see results.convergence for time to a common held-out loss target from a pretrained backbone',
