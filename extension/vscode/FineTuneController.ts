@@ -1,12 +1,12 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { ResolvedJobSettings, settingKeyOf } from '../../common/jobSettings';
+import { JOB_DEFAULTS, ResolvedJobSettings, settingKeyOf } from '../../common/jobSettings';
 import type { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
 import { actionsFor } from '../core/text/errorActions';
 import { MobiError } from '../core/MobiError';
 import { statusText } from '../core/text/statusText';
 import { Comparison, DashboardState } from '../../webview/protocol';
-import { confirmPrivacyLine, ServerPlace, serverPlace, wireStatement } from '../core/text/privacyText';
+import { confirmPrivacyLine, Exposure, ServerPlace, serverPlace, wireStatement } from '../core/text/privacyText';
 import { DashboardPanel } from './DashboardPanel';
 import { settingsLines } from '../core/text/settingsText';
 import { readSettings } from './settings';
@@ -30,6 +30,8 @@ export class FineTuneController implements vscode.Disposable {
   private config: Record<string, string> = {};
   /** Where the last (or current) job's server runs, in the job's mode: what the dashboard says crossed the wire. */
   private place: ServerPlace = 'embedded';
+  /** The frames' bits and skipped layers (the job's own once it is known), for the audit's figure. */
+  private exposure: Exposure = { bits: JOB_DEFAULTS.bits, skipLayers: JOB_DEFAULTS.skipLayers };
   comparison: Comparison | undefined;
   /** Called after a job stores a new adapter. */
   onAdapterStored: (() => void) | undefined;
@@ -48,7 +50,7 @@ export class FineTuneController implements vscode.Disposable {
 
   dashboardState(): DashboardState | undefined {
     const p = this.progress;
-    const base = { wire: wireStatement(this.place), config: this.config, error: this.error, comparison: this.comparison };
+    const base = { wire: wireStatement(this.place, this.exposure), config: this.config, error: this.error, comparison: this.comparison };
     if (!p) return { phase: 'idle', step: 0, totalSteps: 0, deviceTokensPerSecond: 0, bytesSent: 0, deviceRssBytes: process.memoryUsage().rss, lossHistory: [], ...base };
     return {
       phase: p.phase, step: p.step, totalSteps: p.totalSteps, trainLoss: p.trainLoss, heldOutLossBefore: p.heldOutLossBefore, heldOutLossAfter: p.heldOutLossAfter,
@@ -117,6 +119,7 @@ export class FineTuneController implements vscode.Disposable {
     // mobillm.labelPrivate is about a team server; the embedded one trains in the standard mode (the core's default without a server).
     const tuned = s.serverUrl ? settings.job : { ...settings.job, labelPrivate: undefined };
     this.place = serverPlace(s.serverUrl, tuned.labelPrivate);
+    this.exposure = { bits: tuned.bits ?? JOB_DEFAULTS.bits, skipLayers: tuned.skipLayers ?? JOB_DEFAULTS.skipLayers };
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
     const core = await import('../core/job/FineTuneJob.js');
     const { ensureDefaultModel } = await import('../core/model/defaultModel.js');
@@ -138,6 +141,7 @@ export class FineTuneController implements vscode.Disposable {
       const adopt = (settings: ResolvedJobSettings): void => {
         this.config = { ...where, ...settingsLines(settings) };
         this.place = serverPlace(s.serverUrl, settings.labelPrivate);
+        this.exposure = { bits: settings.bits, skipLayers: settings.skipLayers };
       };
       this.abort = new AbortController();
       const abort = this.abort;
@@ -165,7 +169,7 @@ export class FineTuneController implements vscode.Disposable {
           const { describeSkipped } = await import('../core/workspace/scanWorkspace.js');
           earlyDone?.();
           adopt(settings);
-          const detail = [`${report.files.length} files (${(report.includedBytes / 1024).toFixed(1)} KB) will be used.`, confirmPrivacyLine(this.place), ...describeSkipped(report)].join('\n');
+          const detail = [`${report.files.length} files (${(report.includedBytes / 1024).toFixed(1)} KB) will be used.`, confirmPrivacyLine(this.place, this.exposure), ...describeSkipped(report)].join('\n');
           const ok = await vscode.window.showInformationMessage(`Fine-tune on ${folder.name}?`, { modal: true, detail }, 'Fine-tune');
           return ok === 'Fine-tune';
         },

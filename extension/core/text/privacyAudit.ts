@@ -1,0 +1,18 @@
+/**
+ * Written by `npm run bench:privacy` (bench/privacy.ts) from the audit it ran; do
+ * not edit. For label-private frames: the share of the benchmark workspace's
+ * tokens a server recovered exactly with the strongest attack (picked on public
+ * text), by activation bits and the first layers not sent (bench/results/privacy.json).
+ */
+export const PRIVACY_AUDIT = {
+  model: 'a 6-layer stand-in model',
+  layers: 6,
+  labelPrivate: [
+    { bits: 8, skipLayers: 0, recovered: 0.9704, attack: 'a linear inverter fitted on public code on layer 0' },
+    { bits: 8, skipLayers: 2, recovered: 0.5659, attack: 'a linear inverter fitted on public code on layer 2' },
+    { bits: 8, skipLayers: 4, recovered: 0.5027, attack: 'a linear inverter fitted on public code on layer 4' },
+    { bits: 4, skipLayers: 0, recovered: 0.8722, attack: 'a linear inverter fitted on public code on layer 0' },
+    { bits: 4, skipLayers: 2, recovered: 0.4738, attack: 'a linear inverter fitted on public code on layer 2' },
+    { bits: 4, skipLayers: 4, recovered: 0.4263, attack: 'a linear inverter fitted on public code on layer 4' },
+  ],
+} as const;
