@@ -39,6 +39,21 @@ bool computeGraph(const HeadWeights& hw, ggml_context* ctx, ggml_tensor* out, st
   return true;
 }
 
+// W_c^T p for a chunk wc [d, c] of the head and p [c, m]: W_c^T in Q8_0 blocks of 32 vocabulary rows (the
+// last chunk padded with zero rows and zero probabilities), then an 8-bit matrix product, as the logits'.
+ggml_tensor* transposedProduct(ggml_context* ctx, const HeadWeights& hw, ggml_tensor* wc, ggml_tensor* p, int64_t c) {
+  const int64_t d = hw.d;
+  ggml_tensor* wf = hw.w->type == GGML_TYPE_F32 ? wc : ggml_cpy(ctx, wc, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, c));  // [d, c]
+  const int64_t cp = (c + 31) / 32 * 32;
+  ggml_tensor* wt = ggml_cont(ctx, ggml_transpose(ctx, wf));  // [c, d]
+  if (cp != c) {
+    wt = ggml_pad(ctx, wt, static_cast<int>(cp - c), 0, 0, 0);
+    p = ggml_pad(ctx, p, static_cast<int>(cp - c), 0, 0, 0);
+  }
+  ggml_tensor* wq = ggml_cpy(ctx, wt, ggml_new_tensor_2d(ctx, GGML_TYPE_Q8_0, cp, d));  // [cp, d]
+  return ggml_mul_mat(ctx, wq, p);                                                      // [d, m]
+}
+
 int64_t chunkRows(int64_t vocab, int64_t tokens, int64_t maxRows) {
   const int64_t rows = std::min<int64_t>({vocab, LOGITS_PER_CHUNK / std::max<int64_t>(tokens, 1), maxRows});
   return std::max<int64_t>(32, rows / 32 * 32);
@@ -70,10 +85,13 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
   std::vector<std::vector<std::pair<int32_t, float>>> cand(wantGrad ? static_cast<size_t>(n) : 0);
   std::vector<uint8_t> dense(wantGrad ? static_cast<size_t>(n) : 0, cap == 0 ? 1 : 0);
   const float tailNats = static_cast<float>(tuning_.tailNats);
-  const int64_t chunk = chunkRows(V, n, V);
+  // Wide distributions last time: every token's product over the vocabulary in this one pass.
+  const bool onePass = wantGrad && (cap == 0 || denseShare_ > 0.5);
+  std::vector<float> A(wantGrad ? static_cast<size_t>(n * d) : 0, 0.0f);
+  const int64_t chunk = chunkRows(V, n, onePass ? DENSE_CHUNK_BYTES / (d * static_cast<int64_t>(sizeof(float))) : V);
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
-    ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, true};
+    ggml_init_params ip = {ggml_tensor_overhead() * 16 + ggml_graph_overhead(), nullptr, true};
     ggml_context* ctx = ggml_init(ip);
     ggml_tensor* zt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, n);
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
@@ -81,11 +99,14 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     // which ggml quantizes to the matrix's dot type).
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);  // [c, n]
     ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
+    ggml_tensor* acc = onePass ? transposedProduct(ctx, hw, wc, p, c) : nullptr;  // [d, n] = W_c^T p
     ggml_set_output(logits);
-    const bool ok = computeGraph(hw, ctx, p, {{zt, z.data()}}, error);
+    if (acc != nullptr) ggml_set_output(p);
+    const bool ok = computeGraph(hw, ctx, acc != nullptr ? acc : p, {{zt, z.data()}}, error);
     if (ok) {
       const float* L = static_cast<const float*>(logits->data);
       const float* P = static_cast<const float*>(p->data);
+      const float* Ac = acc != nullptr ? static_cast<const float*>(acc->data) : nullptr;
       for (int64_t j = 0; j < n; ++j) {
         const float* lj = L + j * c;
         // The chunk's log-sum-exp from its largest logit and ggml's softmax there: l_max - log p_max.
@@ -94,12 +115,19 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
         const double lse = static_cast<double>(lj[best]) - std::log(static_cast<double>(P[j * c + best]));
         const int64_t t = targets[j];
         if (t >= v0 && t < v0 + c) targetLogit[j] = lj[t - v0];
-        R[j] = R[j] == NEG_INF ? lse : std::max(R[j], lse) + std::log1p(std::exp(-std::fabs(R[j] - lse)));
+        const double Rn = R[j] == NEG_INF ? lse : std::max(R[j], lse) + std::log1p(std::exp(-std::fabs(R[j] - lse)));
+        if (Ac != nullptr) {
+          // A_j so far was weighted by exp(-R_old); rescale it to the new log-sum-exp and add this chunk's.
+          const float keep = static_cast<float>(std::exp(R[j] - Rn)), add = static_cast<float>(std::exp(lse - Rn));
+          float* Aj = A.data() + j * d;
+          for (int64_t i = 0; i < d; ++i) Aj[i] = Aj[i] * keep + Ac[j * d + i] * add;
+        }
+        R[j] = Rn;
         if (lj[best] > M[j]) {
           M[j] = lj[best];
           top[j] = static_cast<int32_t>(v0 + best);
         }
-        if (!wantGrad || dense[j]) continue;
+        if (!wantGrad || onePass || dense[j]) continue;
         const float floor = M[j] - tailNats;
         if (lj[best] < floor) continue;  // the whole chunk is below the token's floor
         auto& cj = cand[j];
@@ -121,10 +149,13 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
   *denseTokens = 0;
   if (!wantGrad) return true;
   // A_j = sum_v p_jv W_v: sparse where the kept rows leave at most tailMass out, else dense.
-  std::vector<float> A(static_cast<size_t>(n * d), 0.0f);
   std::vector<int64_t> sparseList, denseList;
   std::vector<double> tail(static_cast<size_t>(n), 0.0);
   for (int64_t j = 0; j < n; ++j) {
+    if (onePass) {
+      denseList.push_back(j);  // computed above
+      continue;
+    }
     if (!dense[j]) {
       auto& cj = cand[j];
       const float floor = M[j] - tailNats;
@@ -140,8 +171,9 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     denseList.push_back(j);
   }
   SparseProducts(sparseList, cand, R, tail, A.data());
-  if (!denseList.empty() && !DenseProducts(denseList, z, R, A.data(), error)) return false;
+  if (!onePass && !denseList.empty() && !DenseProducts(denseList, z, R, A.data(), error)) return false;
   *denseTokens = static_cast<int64_t>(denseList.size());
+  denseShare_ = static_cast<double>(denseList.size()) / static_cast<double>(n);
   // dL/dz = w (A - W[target]); back through the RMSNorm to y.
   std::vector<float> wt(static_cast<size_t>(d)), dn(static_cast<size_t>(d));
   for (int64_t j = 0; j < n; ++j) {
@@ -206,16 +238,7 @@ bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vect
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);                     // [c, m], as in the first pass
     ggml_tensor* p = ggml_exp(ctx, ggml_add(ctx, logits, nr));           // [c, m], the softmax over the whole vocabulary
-    ggml_tensor* wf = hw.w->type == GGML_TYPE_F32 ? wc : ggml_cpy(ctx, wc, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, c));  // [d, c]
-    // W_c^T in Q8_0 blocks of 32 vocabulary rows (the last chunk padded with zero rows and zero probabilities).
-    const int64_t cp = (c + 31) / 32 * 32;
-    ggml_tensor* wt = ggml_cont(ctx, ggml_transpose(ctx, wf));           // [c, d]
-    if (cp != c) {
-      wt = ggml_pad(ctx, wt, static_cast<int>(cp - c), 0, 0, 0);
-      p = ggml_pad(ctx, p, static_cast<int>(cp - c), 0, 0, 0);
-    }
-    ggml_tensor* wq = ggml_cpy(ctx, wt, ggml_new_tensor_2d(ctx, GGML_TYPE_Q8_0, cp, d));  // [cp, d]
-    ggml_tensor* acc = ggml_mul_mat(ctx, wq, p);                         // [d, m] = W_c^T p
+    ggml_tensor* acc = transposedProduct(ctx, hw, wc, p, c);              // [d, m] = W_c^T p
     const bool ok = computeGraph(hw, ctx, acc, {{zt, zD.data()}, {nr, negR.data()}}, error);
     if (ok) {
       const float* Ac = static_cast<const float*>(acc->data);

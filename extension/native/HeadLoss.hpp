@@ -17,9 +17,13 @@
 //                  that remainder is spread as the mean row of W (so the error
 //                  is tailMass times how far the left-out rows' mean is from
 //                  the mean row, well under the wire's 8-bit rounding);
-//   dense tokens   every row: a second pass; each chunk W_c is transposed into a
-//                  Q8_0 block (the vocabulary then is the product's inner
-//                  axis) and multiplied with p, as the logits are.
+//   dense tokens   every row: each chunk W_c is transposed into a Q8_0 block
+//                  (the vocabulary then is the product's inner axis) and
+//                  multiplied with p, as the logits are: in a second pass for
+//                  the tokens the sparse rule refused, or, when most of the
+//                  previous call's tokens were dense (a model whose
+//                  distributions are wide), for every token in the first pass
+//                  with the chunk's softmax, joined by log-sum-exp.
 // so no [tokens x vocabulary] tensor and no transposed copy of the head is held.
 //
 // JavaScript:
@@ -109,6 +113,7 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   float eps_ = 1e-6f;
   int threads_ = 1;
   HeadTuning tuning_;
+  mutable double denseShare_ = 0;  // the share of the last gradient call's tokens that were dense (worker thread only; calls are serial)
   bool busy_ = false;
   bool disposed_ = false;
   std::unique_ptr<HeadWeights> weights_;
