@@ -214,7 +214,7 @@ const ATTACK_WORDS: Record<Attack, string> = {
 function writeProductFigures(L: number, set: (bits: Bits, skipLayers: number) => { attack: Attack; layer: number; recovered: number }): void {
   const rows = ([8, 4] as Bits[]).flatMap((bits) => [0, 2, 4].filter((k) => k < L).map((skipLayers) => {
     const s = set(bits, skipLayers);
-    return `    { bits: ${bits}, skipLayers: ${skipLayers}, recovered: ${s.recovered.toFixed(4)}, attack: '${ATTACK_WORDS[s.attack]} on layer ${s.layer}' },`;
+    return `    { activationBits: ${bits}, skipLayers: ${skipLayers}, recovered: ${s.recovered.toFixed(4)}, attack: '${ATTACK_WORDS[s.attack]} on layer ${s.layer}' },`;
   }));
   const text = [
     '/**',

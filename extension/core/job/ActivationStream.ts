@@ -44,6 +44,8 @@ interface EncodedBatch {
  * not trained.
  */
 export class ActivationStream {
+  /** Captured layers already encoded into a payload, for the next capture to write over. */
+  private spare: Float32Array[] = [];
   readonly timings: StreamTimings = { deviceForwardSeconds: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
   /** The job's activation cache on this computer, once the job has an id (useCache). */
   cache: ActivationCache | undefined;
@@ -90,7 +92,7 @@ export class ActivationStream {
   /** Runs the backbone over a batch's sequences (split into inputs and targets) with capture and encodes the batch payload. */
   private async encodeBatch({ inputs, targets, mask, rows }: ReturnType<typeof splitInputsTargets>, use: 'train' | 'eval'): Promise<EncodedBatch> {
     const lengths = inputs.map((x) => x.length);
-    const cap = await this.backbone.capture(inputs, this.config.tappedLayers);
+    const cap = await this.backbone.capture(inputs, this.config.tappedLayers, this.spare);
     const t1 = process.hrtime.bigint();
     const labelPrivate = this.config.labelPrivate === true;
     const payload = labelPrivate
@@ -100,6 +102,8 @@ export class ActivationStream {
     else this.timings.evalForwardSeconds += cap.forwardSeconds;
     this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
     const kept = labelPrivate ? { last: cap.data[cap.data.length - 1]!, targets, mask } : undefined;
+    // The layers are in the payload now: the next capture writes over them (label-private keeps the last one for the loss).
+    this.spare = cap.data.slice(0, labelPrivate ? -1 : undefined);
     return { payload, rows, lengths, sequences: inputs.length, kept };
   }
 
@@ -200,6 +204,8 @@ export class ActivationStream {
         if (kept) {
           // Label-private: the server answers with the side output; the loss and its gradient are computed here and sent back.
           const side = conn.expect('batch/side', (m) => m.index === index, jobId);
+          // A drop rejects it at once, maybe before the chain below reaches it: the chain reports it, not the process.
+          side.catch(() => undefined);
           joins = joins
             .then(() => side)
             .then(async (r) => {

@@ -207,8 +207,11 @@ export class Backbone {
    * attention between them) and returns the outputs of `layers` for every
    * token. The graph stops after the last wanted layer (the head is skipped).
    * Never blocks the event loop: the forward pass runs on a worker thread.
+   * `spare`: arrays the caller is done with; those of the right length are
+   * taken from it and written over (a job's batches reuse them instead of
+   * leaving tens of MB to the garbage collector each).
    */
-  capture(sequences: Int32Array[], layers: number[] | 'all'): Promise<Capture> {
+  capture(sequences: Int32Array[], layers: number[] | 'all', spare?: Float32Array[]): Promise<Capture> {
     const run = async (): Promise<Capture> => {
       if (this.native.disposed) throw new MobiError('DISPOSED', 'The model was disposed; load it again to use it.');
       this.held = new Int32Array(0); // a capture clears the context
@@ -224,7 +227,10 @@ export class Backbone {
         throw new MobiError('CONTEXT_OVERFLOW', `The input has ${total} tokens but the context holds ${this.contextSize}; shorten it or raise the context size.`);
       }
       const d = this.info.hiddenSize;
-      const data = list.map(() => new Float32Array(total * d));
+      const data = list.map(() => {
+        const i = spare ? spare.findIndex((x) => x.length === total * d) : -1;
+        return i >= 0 ? spare!.splice(i, 1)[0]! : new Float32Array(total * d);
+      });
       let forwardSeconds: number;
       try {
         forwardSeconds = await this.native.capture(sequences, Int32Array.from(list), data, true);

@@ -26,10 +26,10 @@ export interface Exposure {
 export function auditSentence(place: ServerPlace, exposure: Exposure): string {
   if (place === 'embedded') return '';
   if (place === 'team') return 'In our privacy audit a server reads 100% of the training tokens exactly: the target ids are the text.';
-  const rows = PRIVACY_AUDIT.labelPrivate.filter((r) => r.bits === exposure.bits && r.skipLayers <= exposure.skipLayers);
-  const row = rows.sort((a, b) => b.skipLayers - a.skipLayers)[0] ?? PRIVACY_AUDIT.labelPrivate.find((r) => r.bits === 8 && r.skipLayers === 0)!;
+  const rows = PRIVACY_AUDIT.labelPrivate.filter((r) => r.activationBits === exposure.bits && r.skipLayers <= exposure.skipLayers);
+  const row = rows.sort((a, b) => b.skipLayers - a.skipLayers)[0] ?? PRIVACY_AUDIT.labelPrivate.find((r) => r.activationBits === 8 && r.skipLayers === 0)!;
   const sent = row.skipLayers === 0 ? 'every layer sent' : `the first ${row.skipLayers} of its ${PRIVACY_AUDIT.layers} layers not sent`;
-  return `In our privacy audit (${PRIVACY_AUDIT.model}, ${row.bits}-bit frames, ${sent}), a server recovered about ${Math.round(100 * row.recovered)}% ` +
+  return `In our privacy audit (${PRIVACY_AUDIT.model}, ${row.activationBits}-bit frames, ${sent}), a server recovered about ${Math.round(100 * row.recovered)}% ` +
     `of the workspace's tokens exactly with the strongest attack we tried (${row.attack}).`;
 }
 

@@ -49,7 +49,7 @@ describe('What the product says about privacy', () => {
   });
 
   it('states the audit\'s measured share for the configuration in use, never a smaller one than audited', () => {
-    const row = (bits: number, skipLayers: number) => PRIVACY_AUDIT.labelPrivate.find((r) => r.bits === bits && r.skipLayers === skipLayers)!;
+    const row = (bits: number, skipLayers: number) => PRIVACY_AUDIT.labelPrivate.find((r) => r.activationBits === bits && r.skipLayers === skipLayers)!;
     assert.ok(row(8, 0) && row(4, 0), 'the audit covers 8 and 4 bits with every layer sent');
     const percent = (r: { recovered: number }) => `about ${Math.round(100 * r.recovered)}%`;
     assert.ok(confirmPrivacyLine('team-label-private', DEFAULT).includes(percent(row(8, 0))));
