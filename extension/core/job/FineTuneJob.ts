@@ -159,7 +159,8 @@ export class FineTuneJob {
         throw new MobiError('BAD_ARGUMENT', `${name} is ${String(theirs)} for job ${rec.jobId}; a resumed job keeps the settings it was created with (leave ${name} out to resume it).`);
       }
     }
-    Object.assign(this.o, rec.settings ?? {});
+    // A record without the mode is from before label-private was the default with a team server: the standard mode.
+    Object.assign(this.o, { labelPrivate: false }, rec.settings ?? {});
   }
 
   async run(): Promise<FineTuneResult> {
