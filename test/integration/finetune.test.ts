@@ -181,6 +181,7 @@ describe('fine-tune end to end (real backbone, real server on loopback)', functi
     assert.equal(rec.phase, 'cancelled');
     assert.equal(rec.config?.totalSteps, 30);
     await expectCode(new FineTuneJob({ workspace: ws, model: tinyModel(MODEL_OPTS), storeDir: store, threads: 1, resumeJobId: 'last', epochs: 2 }).run(), 'BAD_ARGUMENT');
+    assert.equal(rec.settings?.labelPrivate, false, 'the record keeps the mode it was made in');
     // What the host is shown is the job's own settings, not its defaults of today: in the confirmation and in every progress report.
     const confirmed: ResolvedJobSettings[] = [];
     const reported = new Set<string>();
@@ -188,7 +189,7 @@ describe('fine-tune end to end (real backbone, real server on loopback)', functi
       workspace: ws, model: tinyModel(MODEL_OPTS), storeDir: store, threads: 1, resumeJobId: 'last',
       confirm: (_scan, settings) => (confirmed.push(settings), true), onProgress: (p) => reported.add(JSON.stringify(p.settings && [p.settings.bits, p.settings.seqLen, p.settings.steps])),
     }).run();
-    assert.deepEqual(confirmed.map((c) => [c.bits, c.seqLen, c.steps]), [[16, 16, 30]]);
+    assert.deepEqual(confirmed.map((c) => [c.bits, c.seqLen, c.steps, c.labelPrivate]), [[16, 16, 30, false]]);
     assert.deepEqual([...reported], [JSON.stringify([16, 16, 30])]);
     assert.equal(resumed.jobId, rec.jobId);
     assert.equal(resumed.steps, 30, 'the job ran to its own 30 steps, not to one epoch of the defaults');
