@@ -113,21 +113,21 @@ async function main(): Promise<void> {
   const results: Record<string, { layers: LayerResult[]; calibration: LayerResult[]; recoveredAt: Record<Attack, Uint8Array[]> }> = {};
   try {
     for (const bits of [8, 4] as Bits[]) {
-      const ws8 = asServerSees(workspace, d, bits);
-      const fit8 = asServerSees(fit, d, bits);
-      const cal8 = asServerSees(calibration, d, bits);
+      const wsSeen = asServerSees(workspace, d, bits);
+      const fitSeen = asServerSees(fit, d, bits);
+      const calSeen = asServerSees(calibration, d, bits);
       const layers: LayerResult[] = [];
       const cal: LayerResult[] = [];
       const recoveredAt = { nearestEmbedding: [], logitLens: [], linearInverter: [] } as Record<Attack, Uint8Array[]>;
       for (let l = 0; l < L; l++) {
-        const inverter = fitLinearMap(fit8[l]!, rowsOf(E, d, fit.inputs), fit.n, d, d);
+        const inverter = fitLinearMap(fitSeen[l]!, rowsOf(E, d, fit.inputs), fit.n, d, d);
         const guess = async (rows: Float32Array, n: number): Promise<Record<Attack, Int32Array>> => ({
           nearestEmbedding: await topIds(lookup, rows, n),
           logitLens: await topIds(head, rows, n),
           linearInverter: await topIds(lookup, applyLinearMap(inverter, rows, n), n),
         });
-        const g = await guess(ws8[l]!, workspace.n);
-        const c = await guess(cal8[l]!, calibration.n);
+        const g = await guess(wsSeen[l]!, workspace.n);
+        const c = await guess(calSeen[l]!, calibration.n);
         layers.push({ layer: l, nearestEmbedding: share(g.nearestEmbedding, workspace.inputs), logitLens: share(g.logitLens, workspace.next), linearInverter: share(g.linearInverter, workspace.inputs) });
         cal.push({ layer: l, nearestEmbedding: share(c.nearestEmbedding, calibration.inputs), logitLens: share(c.logitLens, calibration.next), linearInverter: share(c.linearInverter, calibration.inputs) });
         // Per workspace token position t: recovered by this attack on this layer (the lens on row t - 1 reads token t).

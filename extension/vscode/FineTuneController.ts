@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { JOB_DEFAULTS, ResolvedJobSettings, settingKeyOf } from '../../common/jobSettings';
+import { JOB_DEFAULTS, JobSettings, ResolvedJobSettings, settingKeyOf } from '../../common/jobSettings';
 import type { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
 import { actionsFor } from '../core/text/errorActions';
 import { MobiError } from '../core/MobiError';
@@ -118,8 +118,7 @@ export class FineTuneController implements vscode.Disposable {
     const { host: s, scan } = settings;
     // mobillm.labelPrivate is about a team server; the embedded one trains in the standard mode (the core's default without a server).
     const tuned = s.serverUrl ? settings.job : { ...settings.job, labelPrivate: undefined };
-    this.place = serverPlace(s.serverUrl, tuned.labelPrivate);
-    this.exposure = { bits: tuned.bits ?? JOB_DEFAULTS.bits, skipLayers: tuned.skipLayers ?? JOB_DEFAULTS.skipLayers };
+    this.setPrivacy(s.serverUrl, tuned);
     const token = s.serverUrl ? await this.context.secrets.get(TOKEN_SECRET) : undefined;
     const core = await import('../core/job/FineTuneJob.js');
     const { ensureDefaultModel } = await import('../core/model/defaultModel.js');
@@ -140,8 +139,7 @@ export class FineTuneController implements vscode.Disposable {
       /** The job's own settings (a resumed job's, not today's): the dashboard's configuration and privacy line. */
       const adopt = (settings: ResolvedJobSettings): void => {
         this.config = { ...where, ...settingsLines(settings) };
-        this.place = serverPlace(s.serverUrl, settings.labelPrivate);
-        this.exposure = { bits: settings.bits, skipLayers: settings.skipLayers };
+        this.setPrivacy(s.serverUrl, settings);
       };
       this.abort = new AbortController();
       const abort = this.abort;
@@ -205,6 +203,12 @@ export class FineTuneController implements vscode.Disposable {
   }
 
   /** Logs an error and, unless it is a cancellation, shows it with the actions that help. */
+  /** Where the job trains and what its frames carry: the privacy sentences follow these (today's settings, then the job's own). */
+  private setPrivacy(serverUrl: string, settings: JobSettings): void {
+    this.place = serverPlace(serverUrl, settings.labelPrivate);
+    this.exposure = { bits: settings.bits ?? JOB_DEFAULTS.bits, skipLayers: settings.skipLayers ?? JOB_DEFAULTS.skipLayers };
+  }
+
   private report(e: MobiError, resumeJobId?: string): void {
     this.log.error(`error[${e.code}]: ${e.message}`);
     if (e.code !== 'CANCELLED') void this.showError(e, resumeJobId);

@@ -73,9 +73,8 @@ export function defaultLabelPrivate(o: Pick<FineTuneOptions, 'server'>): boolean
 
 /** Checks the options and applies the defaults (the job settings' rows, then the host's) to every one left undefined. */
 export function resolveFineTuneOptions(options: FineTuneOptions): ResolvedFineTuneOptions {
-  checkFineTuneOptions(options);
   const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FineTuneOptions;
   const resolved = { ...JOB_DEFAULTS, ...HOST_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), labelPrivate: defaultLabelPrivate(given), ...given };
-  checkFineTuneOptions(resolved); // the rules between settings, with the defaults applied
+  checkFineTuneOptions(resolved); // each given value against its row, and the rules between settings with the defaults applied
   return resolved;
 }

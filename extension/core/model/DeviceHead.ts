@@ -44,9 +44,8 @@ export class DeviceHead {
   }
 
   /** Per-token losses of y [n][d] (hidden states before the final norm) for next tokens `targets`. */
-  losses(y: Float32Array, targets: Int32Array): Promise<Float32Array> {
-    const weights = new Float32Array(targets.length);
-    return this.serial(async () => (await this.native.run(y, targets, weights, false)).losses);
+  async losses(y: Float32Array, targets: Int32Array): Promise<Float32Array> {
+    return (await this.guesses(y, targets)).losses;
   }
 
   /** Each token's highest-scoring id under the head (what the model would guess from y [n][d]), and its losses for `targets`. */
