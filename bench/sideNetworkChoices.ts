@@ -33,7 +33,8 @@ import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
 import { machineDescription } from './benchModels';
 import { positions, score } from './lineScore';
 import { pretrainedBackbone } from './peerConvergence';
-import { buildPeer, corpus, firstTimeAtOrBelow, heldOutLoss, measure, PEERS, ROOT, runOurs, SEQ } from './peerHarness';
+import { best, dropPeerRun, PeerRun, peerRun, Point, runVariant, Variant, versus } from './curves';
+import { buildPeer, corpus, heldOutLoss, PEERS, ROOT, SEQ } from './peerHarness';
 import { standInBackbone } from './standIn';
 
 const FINETUNE_BYTES = 32_000;
@@ -44,12 +45,6 @@ const STANDIN_PEER_RATES = [3e-5, 1e-4, 3e-4];
 const STANDIN_PEER_EPOCHS = 4;
 const LINE_EPOCHS = 4;
 
-interface Variant {
-  name: string;
-  args: string[];
-  epochs: number[];
-}
-
 const VARIANTS: Variant[] = [
   { name: 'v1', args: ['--side-network', '1'], epochs: EPOCHS },
   { name: 'v2', args: ['--side-network', '2', '--random-init'], epochs: EPOCHS },
@@ -59,46 +54,8 @@ const VARIANTS: Variant[] = [
   { name: 'v1-from-backbone', args: ['--side-network', '1', '--init-from-backbone'], epochs: [1, 4] },
 ];
 
-interface Point {
-  epochs: number;
-  seconds: number;
-  heldOutLoss: number;
-}
-
-const best = (pts: Point[]): number => Math.min(...pts.map((p) => p.heldOutLoss));
-
-interface PeerRun {
-  curve: Point[];
-  /** The model after the peer's best epoch (kept for line completions). */
-  bestModel: string;
-}
-
-/** llama-finetune at learning rate `lr`, one epoch at a time (core 0), the held-out loss after each; keeps the best epoch's model. */
-async function peerRun(bin: string, pretrained: string, trainText: string, workspace: string, lr: number, epochs: number, loss0: number, log: (line: string) => void): Promise<PeerRun> {
-  const curve: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: loss0 }];
-  let prev = pretrained;
-  let bestModel = pretrained;
-  let t = 0;
-  const drop = (file: string): void => {
-    if (file !== pretrained && file !== bestModel) fs.rmSync(file, { force: true });
-  };
-  for (let epoch = 1; epoch <= epochs; epoch++) {
-    const out = path.join(PEERS, `choices-peer-lr${lr}-e${epoch}.gguf`);
-    const m = await measure(path.join(bin, 'llama-finetune'), ['-m', prev, '-f', trainText, '-c', String(SEQ), '-b', String(SEQ), '-ub', String(SEQ), '--epochs', '1', '-lr', String(lr), '-t', '1', '-o', out], { cpu: 0 });
-    t += m.wallSeconds;
-    const loss = await heldOutLoss(out, workspace);
-    const wasBest = loss < best(curve);
-    curve.push({ epochs: epoch, seconds: t, heldOutLoss: loss });
-    const previousBest = bestModel;
-    if (wasBest) bestModel = out;
-    drop(prev);
-    if (previousBest !== bestModel) drop(previousBest);
-    prev = out;
-    log(`  peer lr ${lr} epoch ${epoch}: ${t.toFixed(1)} s, held-out ${loss.toFixed(4)}`);
-  }
-  drop(prev);
-  return { curve, bestModel };
-}
+/** Line completions use the adapters after this many epochs. */
+const KEEP = { epochs: LINE_EPOCHS, file: (name: string): string => path.join(PEERS, `choices-${name}-e${LINE_EPOCHS}.mobi`) };
 
 /** Training fit against held-out loss: is the gap to full fine-tuning capacity (training loss stays high) or generalisation (it falls, held-out does not)? */
 async function fit(model: string, workspace: string, log: (line: string) => void): Promise<Record<string, { firstEpochTrainLoss: number; lastEpochTrainLoss: number; heldOutLossAfter: number }>> {
@@ -120,26 +77,12 @@ async function fit(model: string, workspace: string, log: (line: string) => void
   return out;
 }
 
-/** One variant from scratch at each of its epoch counts: its curve, and the adapter kept after LINE_EPOCHS (for line completions). */
-async function runVariant(v: Variant, pretrained: string, workspace: string, loss0: number, log: (line: string) => void): Promise<{ pts: Point[]; adapter?: string }> {
-  const pts: Point[] = [{ epochs: 0, seconds: 0, heldOutLoss: loss0 }];
-  let adapter: string | undefined;
-  for (const epochs of v.epochs) {
-    const keep = epochs === LINE_EPOCHS ? path.join(PEERS, `choices-${v.name}-e${epochs}.mobi`) : undefined;
-    const r = await runOurs(pretrained, workspace, false, ['--epochs', String(epochs), ...v.args], keep);
-    adapter = keep ?? adapter;
-    pts.push({ epochs, seconds: r.wallSeconds, heldOutLoss: r.summary.heldOutLossAfter });
-    log(`  ${v.name} ${epochs} epoch(s), ${r.summary.steps} steps: ${r.wallSeconds.toFixed(1)} s, held-out ${r.summary.heldOutLossAfter.toFixed(4)}`);
-  }
-  return { pts, adapter };
-}
-
 /** Runs only the named variants against the peer of the last full run, and merges them (and their line completions, unless --skip-lines) into its results. */
 async function onlyVariants(only: string[], pretrained: string, workspace: string, standin: boolean, log: (line: string) => void): Promise<void> {
   type Previous = { heldOutLossBefore: number; peer: { curve: Point[] }; ours: Record<string, Point[]>; versusPeer: Record<string, unknown>; lines: string | { results: Record<string, unknown> } };
   const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as Previous;
   for (const v of VARIANTS.filter((x) => only.includes(x.name))) {
-    const { pts, adapter } = await runVariant(v, pretrained, workspace, previous.heldOutLossBefore, log);
+    const { pts, adapter } = await runVariant(v, pretrained, workspace, previous.heldOutLossBefore, KEEP, log);
     previous.ours[v.name] = pts;
     previous.versusPeer[v.name] = versus(pts, previous.peer.curve);
     if (adapter && typeof previous.lines === 'object' && !process.argv.includes('--skip-lines')) {
@@ -149,13 +92,6 @@ async function onlyVariants(only: string[], pretrained: string, workspace: strin
     }
   }
   fs.writeFileSync(resultsFile(standin), `${JSON.stringify(previous, null, 2)}\n`);
-}
-
-/** Our best against the peer's, and the time each takes to the higher of the two. */
-function versus(pts: Point[], peer: Point[]) {
-  const target = Math.max(best(pts), best(peer));
-  const time = { ours: firstTimeAtOrBelow(pts, target), peer: firstTimeAtOrBelow(peer, target) };
-  return { bestHeldOutLoss: best(pts), gapToPeerBest: best(pts) - best(peer), targetLoss: target, timeToTarget: time, timeToTargetVsPeer: time.ours !== null && time.peer ? time.ours / time.peer : null };
 }
 
 function resultsFile(standin: boolean): string {
@@ -189,12 +125,13 @@ async function main(): Promise<void> {
   const held = new Set(heldOutFiles(files).map((f) => f.path));
   const trainText = path.join(PEERS, 'choices-train.txt');
   fs.writeFileSync(trainText, files.filter((f) => !held.has(f.path)).map((f) => f.text).join(''));
-  const peerRuns: Record<string, PeerRun> = {};
+  const peerRuns: Record<string, PeerRun & { last: string }> = {};
+  const settings = { bin, pretrained, trainText, workspace: ws.workspace, prefix: path.join(PEERS, 'choices-peer'), threads: 1, cpu: 0 };
   for (const rate of peerRates) {
-    peerRuns[String(rate)] = await peerRun(bin, pretrained, trainText, ws.workspace, rate, peerEpochs, loss0, log);
+    peerRuns[String(rate)] = await peerRun(settings, rate, peerEpochs, loss0, log);
   }
   const bestRate = peerRates.reduce((a, b) => (best(peerRuns[String(b)]!.curve) < best(peerRuns[String(a)]!.curve) ? b : a));
-  for (const rate of peerRates) if (rate !== bestRate) fs.rmSync(peerRuns[String(rate)]!.bestModel, { force: true });
+  for (const rate of peerRates) dropPeerRun(peerRuns[String(rate)]!, pretrained, rate === bestRate);
   const lr = bestRate;
   const peer = peerRuns[String(lr)]!.curve;
   const peerBestModel = peerRuns[String(lr)]!.bestModel;
@@ -202,7 +139,7 @@ async function main(): Promise<void> {
   const ours: Record<string, Point[]> = {};
   const adapters: Record<string, string> = {};
   for (const v of VARIANTS) {
-    const { pts, adapter } = await runVariant(v, pretrained, ws.workspace, loss0, log);
+    const { pts, adapter } = await runVariant(v, pretrained, ws.workspace, loss0, KEEP, log);
     ours[v.name] = pts;
     if (adapter) adapters[v.name] = adapter;
   }

@@ -10,6 +10,8 @@ need=()
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v make >/dev/null 2>&1 || need+=(make)
+# sentencepiece: the quality benchmark's stand-in tokenizer (bench/qualityCorpus.ts) and its test
+command -v spm_train >/dev/null 2>&1 || need+=(sentencepiece)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq

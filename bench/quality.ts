@@ -1,0 +1,161 @@
+/**
+ * Quality at a fair scale (issue 24): the fair stand-in (bench/standIn.ts),
+ * a workspace of one whole package it never saw (bench/qualityCorpus.ts),
+ * the peer's full fine-tuning against our side network variants, held-out
+ * loss curves against wall time, and line completions on held-out files.
+ *
+ *   peer: llama-finetune on both cores, a sweep of PEER_RATES for
+ *         PEER_SWEEP_EPOCHS epoch(s) each, the best rate continued to
+ *         PEER_EPOCHS epochs, the held-out loss after every epoch;
+ *   ours: the device CLI on core 0 with the server process on core 1 (the
+ *         defaults a user with a team server gets, label-private included),
+ *         each variant from scratch at each of its epoch counts;
+ *   lines: exact match and edit similarity of greedy line completions at
+ *         LINE_POSITIONS cursor positions in the held-out files, for the base
+ *         model, the default variant after LINE_EPOCHS epochs and the peer's
+ *         best model.
+ *
+ * Each finished part is kept in bench/.cache/quality/partial.json (keyed by
+ * the stand-in and the settings), so a run that stops resumes where it was.
+ *
+ *   npm run bench:quality      (writes bench/results/quality.json)
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { heldOutFiles } from '../extension/core/workspace/dataset';
+import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
+import { machineDescription } from './benchModels';
+import { best, dropPeerRun, peerRun, Point, runVariant, Variant, versus } from './curves';
+import { positions, score } from './lineScore';
+import { BATCH, buildPeer, ROOT, SEQ } from './peerHarness';
+import { QUALITY_CACHE, qualityWorkspace } from './qualityCorpus';
+import { describeStandIn, standInBackbone } from './standIn';
+
+const PEER_RATES = [1e-5, 3e-5, 1e-4];
+const PEER_SWEEP_EPOCHS = 1;
+const PEER_EPOCHS = 4;
+const LINE_EPOCHS = 4;
+const LINE_POSITIONS = 240;
+/** The variant with the product's defaults (side network 1, random init, join before the norm, learning rate 2e-3, reduction 8). */
+const DEFAULT_VARIANT = 'v1';
+const VARIANTS: Variant[] = [
+  { name: 'v1', args: [], epochs: [1, 2, 4] },
+  { name: 'v2', args: ['--side-network', '2'], epochs: [1, 2, 4] },
+  { name: 'v1-from-backbone', args: ['--init-from-backbone'], epochs: [4] },
+  { name: 'v2-random-init', args: ['--side-network', '2', '--random-init'], epochs: [4] },
+  { name: 'v1-join-after-norm', args: ['--no-label-private', '--join-after-norm'], epochs: [4] },
+  { name: 'v1-lr-6e-3', args: ['--lr', '6e-3'], epochs: [4] },
+];
+
+const RESULTS = path.join(ROOT, 'bench', 'results', 'quality.json');
+const PARTIAL = path.join(QUALITY_CACHE, 'partial.json');
+
+/** Parts already measured for this stand-in and these settings. */
+function partial(key: string): { get<T>(name: string): T | undefined; set(name: string, value: unknown): void } {
+  let saved: { key?: string; parts: Record<string, unknown> } = { parts: {} };
+  try {
+    saved = JSON.parse(fs.readFileSync(PARTIAL, 'utf8')) as typeof saved;
+  } catch {
+    // nothing saved yet
+  }
+  if (saved.key !== key) saved = { key, parts: {} };
+  return {
+    get: <T>(name: string): T | undefined => saved.parts[name] as T | undefined,
+    set: (name: string, value: unknown): void => {
+      saved.parts[name] = value;
+      fs.writeFileSync(PARTIAL, JSON.stringify(saved));
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  const bin = buildPeer();
+  const stand = await standInBackbone(bin, log);
+  const ws = qualityWorkspace();
+  const parts = partial(JSON.stringify([path.basename(stand.pretrained), ws.bytes, PEER_RATES, PEER_SWEEP_EPOCHS, PEER_EPOCHS, SEQ, BATCH]));
+  const standIn = parts.get<Record<string, unknown>>('standIn') ?? (await describeStandIn(stand, ws.dir));
+  parts.set('standIn', standIn);
+  const loss0 = standIn.heldOutLoss as number;
+  log(`stand-in ${path.basename(stand.pretrained)}: held-out loss ${loss0.toFixed(4)} on ${(ws.bytes / 1000).toFixed(0)} KB of ${ws.packages.join(', ')}; vocabulary coverage ${(100 * (standIn.vocabCoverage as number)).toFixed(1)}%`);
+
+  // The same split for every method: the product's held-out rule.
+  const files = scanWorkspace(ws.dir).files;
+  const held = new Set(heldOutFiles(files).map((f) => f.path));
+  const trainText = path.join(QUALITY_CACHE, 'peer-train.txt');
+  fs.writeFileSync(trainText, files.filter((f) => !held.has(f.path)).map((f) => `${f.text}\n`).join(''));
+
+  type PeerSaved = { learningRate: number; sweep: Record<string, Point[]>; curve: Point[]; bestModel: string };
+  let peer = parts.get<PeerSaved>('peer');
+  if (peer === undefined || !fs.existsSync(peer.bestModel)) {
+    const settings = { bin, pretrained: stand.pretrained, trainText, workspace: ws.dir, prefix: path.join(QUALITY_CACHE, 'peer'), threads: 2 };
+    const runs = new Map<number, Awaited<ReturnType<typeof peerRun>>>();
+    for (const rate of PEER_RATES) runs.set(rate, await peerRun(settings, rate, PEER_SWEEP_EPOCHS, loss0, log));
+    const rate = PEER_RATES.reduce((a, b) => (best(runs.get(b)!.curve) < best(runs.get(a)!.curve) ? b : a));
+    for (const r of PEER_RATES) if (r !== rate) dropPeerRun(runs.get(r)!, stand.pretrained, false);
+    const run = await peerRun(settings, rate, PEER_EPOCHS, loss0, log, runs.get(rate));
+    dropPeerRun(run, stand.pretrained, true);
+    peer = { learningRate: rate, sweep: Object.fromEntries([...runs].map(([r, x]) => [String(r), x.curve])), curve: run.curve, bestModel: run.bestModel };
+    parts.set('peer', peer);
+  }
+
+  const ours: Record<string, Point[]> = {};
+  const adapterOf = (name: string): string => path.join(QUALITY_CACHE, `${name}-e${LINE_EPOCHS}.mobi`);
+  for (const v of VARIANTS) {
+    const saved = parts.get<Point[]>(`ours/${v.name}`);
+    if (saved && (v.name !== DEFAULT_VARIANT || fs.existsSync(adapterOf(v.name)))) {
+      ours[v.name] = saved;
+      continue;
+    }
+    ours[v.name] = (await runVariant(v, stand.pretrained, ws.dir, loss0, { epochs: LINE_EPOCHS, file: adapterOf }, log)).pts;
+    parts.set(`ours/${v.name}`, ours[v.name]);
+  }
+  const versusPeer = Object.fromEntries(Object.entries(ours).map(([name, pts]) => [name, versus(pts, peer!.curve)]));
+
+  type Lines = Record<'base' | 'ours' | 'peer', { exactMatch: number; editSimilarity: number; seconds: number }>;
+  let lines = parts.get<Lines>('lines');
+  const all = positions(ws.dir);
+  const cases = all.filter((_, i) => i % Math.max(1, Math.floor(all.length / LINE_POSITIONS)) === 0).slice(0, LINE_POSITIONS);
+  if (lines === undefined) {
+    log(`line completions at ${cases.length} of ${all.length} cursor positions ...`);
+    lines = {
+      base: await score(stand.pretrained, undefined, cases),
+      ours: await score(stand.pretrained, adapterOf(DEFAULT_VARIANT), cases),
+      peer: await score(peer.bestModel, undefined, cases),
+    };
+    parts.set('lines', lines);
+  }
+
+  const d = versusPeer[DEFAULT_VARIANT]!;
+  const out = {
+    standIn,
+    workspaceBytes: ws.bytes,
+    workspace: `${ws.packages.join(', ')} (their source folders, copied from node_modules at run time); ${held.size} of ${files.length} files held out by the product's rule`,
+    heldOutLossBefore: loss0,
+    peer: { learningRate: peer.learningRate, best: best(peer.curve), curve: peer.curve, sweep: peer.sweep, threads: 2, sweepEpochs: PEER_SWEEP_EPOCHS },
+    ours,
+    oursSettings: { sequenceLength: SEQ, batchSequences: BATCH, deviceCore: 0, serverCore: 1, variants: Object.fromEntries(VARIANTS.map((v) => [v.name, v.args.join(' ') || '(defaults)'])) },
+    versusPeer,
+    defaultVariant: DEFAULT_VARIANT,
+    gapToPeerBest: d.gapToPeerBest,
+    timeToTargetVsPeer: d.timeToTargetVsPeer,
+    lines: { positions: cases.length, ourEpochs: LINE_EPOCHS, peerEpochs: peer.curve.find((p) => p.heldOutLoss === best(peer!.curve))!.epochs, ...lines },
+    goals: {
+      gapToPeerBest: { goal: 0.1, met: d.gapToPeerBest <= 0.1 },
+      timeToTargetVsPeer: { goal: 0.3, met: d.timeToTargetVsPeer !== null && d.timeToTargetVsPeer <= 0.3 },
+      peerExactMatchAboveZero: lines.peer.exactMatch > 0,
+      oursExactMatchAtLeastPeer: lines.ours.exactMatch >= lines.peer.exactMatch,
+    },
+    machine: machineDescription(),
+  };
+  fs.writeFileSync(RESULTS, `${JSON.stringify(out, null, 2)}\n`);
+  for (const [name, v] of Object.entries(versusPeer)) {
+    console.log(`${name}: best ${v.bestHeldOutLoss.toFixed(4)} (peer ${best(peer.curve).toFixed(4)}, gap ${v.gapToPeerBest.toFixed(3)}), time to ${v.targetLoss.toFixed(3)}: ${v.timeToTargetVsPeer === null ? 'n/a' : `${v.timeToTargetVsPeer.toFixed(2)}x the peer`}`);
+  }
+  for (const [k, v] of Object.entries(lines)) console.log(`lines ${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)}`);
+}
+
+void main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
