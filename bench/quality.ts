@@ -27,9 +27,10 @@ import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
 import { machineDescription } from './benchModels';
 import { best, dropPeerRun, peerRun, Point, runVariant, Variant, versus } from './curves';
 import { positions, score } from './lineScore';
-import { BATCH, buildPeer, ROOT, SEQ } from './peerHarness';
+import { BATCH, buildPeer, heldOutLoss, ROOT, SEQ } from './peerHarness';
 import { QUALITY_CACHE, qualityWorkspace } from './qualityCorpus';
 import { describeStandIn, standInBackbone } from './standIn';
+import { HEAD_TENSORS, withTensorsFrom } from './tensorSwap';
 
 const PEER_RATES = [1e-5, 3e-5, 1e-4];
 const PEER_SWEEP_EPOCHS = 1;
@@ -99,6 +100,27 @@ async function main(): Promise<void> {
     parts.set('peer', peer);
   }
 
+  // Where the peer's gain sits: its head (and final norm) alone on the
+  // pretrained model, and its model with the pretrained head put back.
+  type HeadShare = { pretrainedWithPeerHead: number; peerWithPretrainedHead: number; shareOfGainInHead: number };
+  let headShare = parts.get<HeadShare>('headShare');
+  if (headShare === undefined) {
+    const file = path.join(QUALITY_CACHE, 'swapped.gguf');
+    const lossWith = async (model: string, donor: string): Promise<number> => {
+      withTensorsFrom(model, donor, HEAD_TENSORS, file);
+      try {
+        return await heldOutLoss(file, ws.dir, 2);
+      } finally {
+        fs.rmSync(file, { force: true });
+      }
+    };
+    const pretrainedWithPeerHead = await lossWith(stand.pretrained, peer.bestModel);
+    const peerWithPretrainedHead = await lossWith(peer.bestModel, stand.pretrained);
+    headShare = { pretrainedWithPeerHead, peerWithPretrainedHead, shareOfGainInHead: (loss0 - pretrainedWithPeerHead) / (loss0 - best(peer.curve)) };
+    parts.set('headShare', headShare);
+    log(`the peer's head on the pretrained model: ${pretrainedWithPeerHead.toFixed(4)}; the peer's model with the pretrained head: ${peerWithPretrainedHead.toFixed(4)}`);
+  }
+
   const ours: Record<string, Point[]> = {};
   const adapterOf = (name: string): string => path.join(QUALITY_CACHE, `${name}-e${LINE_EPOCHS}.mobi`);
   for (const v of VARIANTS) {
@@ -136,6 +158,7 @@ async function main(): Promise<void> {
     ours,
     oursSettings: { sequenceLength: SEQ, batchSequences: BATCH, deviceCore: 0, serverCore: 1, variants: Object.fromEntries(VARIANTS.map((v) => [v.name, v.args.join(' ') || '(defaults)'])) },
     versusPeer,
+    headShare,
     defaultVariant: DEFAULT_VARIANT,
     gapToPeerBest: d.gapToPeerBest,
     timeToTargetVsPeer: d.timeToTargetVsPeer,
