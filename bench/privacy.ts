@@ -1,8 +1,7 @@
 /**
  * The privacy audit: what a server holding a job's frames can read back, on
- * the pretrained stand-in (bench/standIn.ts; today's 6 x 384 one, pretrained
- * on 1 MB, until the quality issue's fair stand-in lands) and the benchmark
- * workspace (bench corpus, 32 KB of this project's own source). For the
+ * the fair stand-in (bench/standIn.ts) and the quality benchmark's workspace
+ * (bench/qualityCorpus.ts: a package the stand-in never saw). For the
  * workspace's tokens, the share recovered exactly, per tapped layer, by
  *   (a) the target ids (the standard mode sends them; label-private does not),
  *   (b) the input embedding nearest to the layer's state,
@@ -29,7 +28,8 @@ import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
 import { applyLinearMap, fitLinearMap, nearestEmbeddingLookup, rowsOf, share, topIds } from '../harness/privacyAttacks';
 import { machineDescription } from './benchModels';
 import { lossPlotSvg } from './lossPlot';
-import { buildPeer, corpus, PEERS, ROOT, SEQ } from './peerHarness';
+import { buildPeer, PEERS, ROOT, SEQ } from './peerHarness';
+import { qualityWorkspace } from './qualityCorpus';
 import { pretrainText, standInBackbone, STAND_IN } from './standIn';
 
 /** Workspace rows audited, public rows the inverter is fitted on, public rows the attacker calibrates its choice on. */
@@ -92,13 +92,13 @@ interface LayerResult { layer: number; nearestEmbedding: number; logitLens: numb
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const { pretrained } = await standInBackbone(buildPeer(), log);
-  const ws = corpus(32_000);
+  const ws = qualityWorkspace();
   const scratch = path.join(PEERS, 'privacy');
   const bb = await Backbone.open(pretrained, { contextSize: 4 * SEQ, maxSequences: 4, threads: 2 });
   const d = bb.info.hiddenSize;
   const L = bb.info.layers;
   const t0 = Date.now();
-  const workspace = await captureRows(bb, scanWorkspace(ws.workspace).files.map((f) => f.text), WORKSPACE_ROWS);
+  const workspace = await captureRows(bb, scanWorkspace(ws.dir).files.map((f) => f.text), WORKSPACE_ROWS);
   const publicText = fs.readFileSync(pretrainText(), 'utf8');
   const half = Math.floor(publicText.length / 2);
   const fit = await captureRows(bb, [publicText.slice(0, half)], FIT_ROWS);
@@ -170,7 +170,7 @@ async function main(): Promise<void> {
   for (const c of choices) {
     const store = fs.mkdtempSync(path.join(scratch, 'job-'));
     try {
-      const r = await new FineTuneJob({ workspace: ws.workspace, model: pretrained, storeDir: store, epochs: 2, seqLen: SEQ, bits: c.bits, skipLayers: c.skipLayers, labelPrivate: c.labelPrivate, seed: 1, threads: 2 }).run();
+      const r = await new FineTuneJob({ workspace: ws.dir, model: pretrained, storeDir: store, epochs: 2, seqLen: SEQ, bits: c.bits, skipLayers: c.skipLayers, labelPrivate: c.labelPrivate, seed: 1, threads: 2 }).run();
       const set = frameSet(c.bits, tappedLayers(L, c.skipLayers, 1));
       // The standard mode's frames carry every target id: the server reads each training token exactly.
       const recovered = c.labelPrivate ? set.recovered : 1;
@@ -183,7 +183,7 @@ async function main(): Promise<void> {
 
   const out = {
     standIn: { ...STAND_IN, note: 'the quality benchmark\'s fair stand-in (6 x 384, a sentencepiece vocabulary of 8,192 pieces fitted to its pretraining corpus, pretrained by llama-finetune on 4 MB of TypeScript and JavaScript from installed packages)' },
-    workspace: { bytes: 32_000, rows: workspace.n },
+    workspace: { bytes: ws.bytes, packages: ws.packages, rows: workspace.n },
     inverter: { fittedOnRows: fit.n, text: 'the first half of the stand-in\'s pretraining text (public code, not the workspace)' },
     calibrationRows: calibration.n,
     layers: results[8]!.layers,
