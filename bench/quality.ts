@@ -30,13 +30,15 @@ import { positions, score } from './lineScore';
 import { BATCH, buildPeer, heldOutLoss, ROOT, SEQ } from './peerHarness';
 import { QUALITY_CACHE, qualityWorkspace } from './qualityCorpus';
 import { describeStandIn, standInBackbone } from './standIn';
-import { HEAD_TENSORS, withTensorsFrom } from './tensorSwap';
+import { HEAD_TENSORS, withLowRankHeadDelta, withTensorsFrom } from './tensorSwap';
 
 const PEER_RATES = [1e-5, 3e-5, 1e-4];
 const PEER_SWEEP_EPOCHS = 1;
 const PEER_EPOCHS = 4;
 const LINE_EPOCHS = 4;
 const LINE_POSITIONS = 240;
+/** Ranks of the peer's head change measured alone on the pretrained model (0: all of it). */
+const HEAD_RANKS = [4, 16, 64, 0];
 /** The variant with the product's defaults (side network 1, random init, join before the norm, learning rate 2e-3, reduction 8). */
 const DEFAULT_VARIANT = 'v1';
 const VARIANTS: Variant[] = [
@@ -102,7 +104,7 @@ async function main(): Promise<void> {
 
   // Where the peer's gain sits: its head (and final norm) alone on the
   // pretrained model, and its model with the pretrained head put back.
-  type HeadShare = { pretrainedWithPeerHead: number; peerWithPretrainedHead: number; shareOfGainInHead: number };
+  type HeadShare = { pretrainedWithPeerHead: number; peerWithPretrainedHead: number; shareOfGainInHead: number; pretrainedWithPeerHeadRank?: Record<string, number> };
   let headShare = parts.get<HeadShare>('headShare');
   if (headShare === undefined) {
     const file = path.join(QUALITY_CACHE, 'swapped.gguf');
@@ -119,6 +121,25 @@ async function main(): Promise<void> {
     headShare = { pretrainedWithPeerHead, peerWithPretrainedHead, shareOfGainInHead: (loss0 - pretrainedWithPeerHead) / (loss0 - best(peer.curve)) };
     parts.set('headShare', headShare);
     log(`the peer's head on the pretrained model: ${pretrainedWithPeerHead.toFixed(4)}; the peer's model with the pretrained head: ${peerWithPretrainedHead.toFixed(4)}`);
+  }
+
+  // What a low-rank head update (the lever issue 24 names, rank at most 16)
+  // could carry at best: the pretrained model with the best rank-k part of
+  // the peer's change of the head as it reads the final norm's output.
+  if (headShare.pretrainedWithPeerHeadRank === undefined || headShare.pretrainedWithPeerHeadRank.folded !== 1) {
+    const file = path.join(QUALITY_CACHE, 'low-rank-head.gguf');
+    const ranks: Record<string, number> = { folded: 1 };
+    try {
+      for (const rank of HEAD_RANKS) {
+        await withLowRankHeadDelta(stand.pretrained, peer.bestModel, rank, file);
+        ranks[rank === 0 ? 'full' : String(rank)] = await heldOutLoss(file, ws.dir, 2);
+        log(`  the pretrained model with ${rank === 0 ? 'all' : `the rank-${rank} part`} of the peer's head change: ${ranks[rank === 0 ? 'full' : String(rank)]!.toFixed(4)}`);
+      }
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+    headShare = { ...headShare, pretrainedWithPeerHeadRank: ranks };
+    parts.set('headShare', headShare);
   }
 
   const ours: Record<string, Point[]> = {};

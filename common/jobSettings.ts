@@ -62,7 +62,7 @@ export const JOB_SETTINGS = {
     doc: 'Label-private training with a team server (on unless turned off; the embedded server, where nothing leaves this computer, trains in the standard mode): no token id leaves this computer. The loss is computed here with the model\'s own head; the server receives the tapped layers\' activations and the loss gradient, which are not text, but from which a server can recover much of it (in the README\'s privacy audit, most of it from the first layers; `mobillm.skipLayers` sends fewer layers). Off: the server also receives every training token\'s id, which is the code itself.',
   },
   sideNetwork: {
-    kind: 'oneOf', values: [1, 2], default: 1, flag: '--side-network', key: 'sideNetwork',
+    kind: 'oneOf', values: [1, 2], default: 2, flag: '--side-network', key: 'sideNetwork',
     valueDocs: [
       'Per token: each token\'s correction depends on its own hidden states only.',
       'With causal self-attention: each token\'s correction also depends on the tokens before it in the file (more compute on the server, a small key cache on this computer).',
@@ -76,7 +76,7 @@ export const JOB_SETTINGS = {
   },
   initFromBackbone: {
     kind: 'boolean', flag: '--init-from-backbone',
-    doc: 'Start the side network from a reduced copy of the model\'s own weights, computed here (default for side network 2; --random-init: from random values).',
+    doc: 'Start the side network from a reduced copy of the model\'s own weights, computed here (default: from random values, which trained better on the quality benchmark).',
   },
 } as const satisfies Record<string, SettingRow>;
 

@@ -71,7 +71,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
     .option('--token <token>', 'server token (or MOBILLM_TOKEN)');
   for (const option of options) command.addOption(option);
   return command
-    .option('--random-init', 'start the side network from random values (default for side network 1)')
+    .option('--random-init', 'start the side network from random values (the default)')
     .option('--resume <jobId|last>', 'continue a job started on this device with all its settings ("last": the latest; see "mobillm jobs")')
     .option('--store <dir>', 'device store (adapters, jobs, default model)', defaultStoreDir())
     .option('--json', 'print the result as JSON on the last line')
