@@ -12,7 +12,7 @@
  * llama.cpp's forward); llama-finetune (full fine-tuning) at the peer
  * benchmark's best learning rate, 8 epochs.
  *
- *   npm run bench:lines [-- --backbone standin]   (standin: issue 12's 6 x 384 stand-in, bench/standIn.ts)
+ *   npm run bench:lines [-- --backbone standin]   (standin: the fair 6 x 384 stand-in, bench/standIn.ts)
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';

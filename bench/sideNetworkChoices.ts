@@ -2,7 +2,7 @@
  * Side network v1 against v2 (causal self-attention), and the peer's full
  * fine-tuning, in one run on one pretrained backbone (default: the peer
  * benchmark's 4 x 256, pretrained by llama-finetune on @types/node, cached;
- * `-- --backbone standin`: issue 12's 6 x 384 stand-in, bench/standIn.ts).
+ * `-- --backbone standin`: the fair 6 x 384 stand-in of bench/standIn.ts).
  * Fine-tunes on this repository's first 32 KB of source, scores everything
  * with the same evaluator (the device's held-out loss, same held-out files).
  *
@@ -163,7 +163,7 @@ async function main(): Promise<void> {
   }
 
   const out = {
-    backbone: standin ? 'issue 12 stand-in: 6 x 384 llama (F32), llama SPM 32k vocabulary' : '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node (the peer benchmark\'s quick variant)',
+    backbone: standin ? 'the fair stand-in: 6 x 384 llama (F32), 8,192-piece sentencepiece vocabulary fitted to its pretraining corpus' : '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node (the peer benchmark\'s quick variant)',
     heldOutLossBefore: loss0,
     workspace: `this repository's first ${FINETUNE_BYTES / 1000} KB of source`,
     peer: { learningRate: lr, curve: peer, best: best(peer), ...(peerRates.length > 1 ? { sweep: Object.fromEntries(Object.entries(peerRuns).map(([r, run]) => [r, run.curve])) } : {}) },
