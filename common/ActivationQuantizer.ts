@@ -13,6 +13,18 @@ export type Bits = (typeof JOB_SETTINGS.bits.values)[number];
 export const INT4_GROUP = 32;
 
 /**
+ * Bits of a label-private job's tensors at the join (the server's side output
+ * and the device's gradient there): the job's bits, but never fewer than 8.
+ * They are one row per token (1/L of the layers' traffic); at 4 bits the
+ * gradient lost too much and training drifted up (side network 2 on the
+ * quality benchmark's stand-in: training loss 6.73 -> 7.05 over an epoch,
+ * held-out 7.031 -> 7.098; docs/benchmarks.md).
+ */
+export function joinBits(bits: Bits): Bits {
+  return bits === 4 ? 8 : bits;
+}
+
+/**
  * How one row sits in a quantized block of many (quantizeRows): every row's
  * scale bytes first, then every row's value bytes, each part row-major. A
  * block of some rows is cut out of a larger one, or put together from

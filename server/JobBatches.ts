@@ -1,4 +1,4 @@
-import { bytesPerRow, dequantizeRows, quantizeRows } from '../common/ActivationQuantizer';
+import { bytesPerRow, dequantizeRows, joinBits, quantizeRows } from '../common/ActivationQuantizer';
 import { decodeBatchPayload, decodeLayersPayload } from '../common/batchPayload';
 import { MAX_EVAL_ID_CHARS } from '../common/limits';
 import { DeviceMessage, ServerMessage } from '../common/messages';
@@ -82,10 +82,10 @@ export class JobBatches {
     return lengths;
   }
 
-  /** [rows][d] floats quantized like the job's activations (label-private side outputs). */
+  /** [rows][d] floats quantized at the join's bits (label-private side outputs). */
   private static quantized(job: TrainingJob, rows: number, data: Float32Array): Buffer {
     const d = job.rec.model.hiddenSize;
-    const bits = job.rec.config.bits;
+    const bits = joinBits(job.rec.config.bits);
     const out = Buffer.allocUnsafe(rows * bytesPerRow(d, bits));
     quantizeRows(data, rows, d, bits, out, 0);
     return out;
@@ -127,7 +127,7 @@ export class JobBatches {
     const job = await this.s.trainingJob(m.jobId);
     if (!job.labelPrivate) throw new WireError('OUT_OF_ORDER', 'batch/grad belongs to label-private jobs');
     const d = job.rec.model.hiddenSize;
-    const bits = job.rec.config.bits;
+    const bits = joinBits(job.rec.config.bits);
     if (m.rows < 1 || m.rows > job.rec.config.seqLen * job.rec.config.batchSize || payload.length !== m.rows * bytesPerRow(d, bits)) {
       throw new WireError('BAD_FRAME', 'the gradient payload does not match its rows');
     }

@@ -1,4 +1,4 @@
-import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../common/ActivationQuantizer';
+import { Bits, bytesPerRow, dequantizeRows, joinBits, quantizeRows } from '../../../common/ActivationQuantizer';
 import { encodeBatchPayload, encodeLayersPayload, labelsPayload } from '../../../common/batchPayload';
 import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../model/Backbone';
@@ -114,9 +114,10 @@ export class ActivationStream {
    */
   private async lossAtJoin(kept: NonNullable<EncodedBatch['kept']>, rows: number, deltaPayload: Buffer, train: boolean): Promise<{ lossSum: number; tokens: number; grad?: Buffer }> {
     const d = this.backbone.info.hiddenSize;
-    if (deltaPayload.length !== rows * bytesPerRow(d, this.bits)) throw new MobiError('SERVER_ERROR', 'The server sent a side output of the wrong size.');
+    const bits = joinBits(this.bits);
+    if (deltaPayload.length !== rows * bytesPerRow(d, bits)) throw new MobiError('SERVER_ERROR', 'The server sent a side output of the wrong size.');
     const t0 = process.hrtime.bigint();
-    const y = dequantizeRows(deltaPayload, rows, d, this.bits);
+    const y = dequantizeRows(deltaPayload, rows, d, bits);
     for (let i = 0; i < y.length; i++) y[i]! += kept.last[i]!;
     let tokens = 0;
     for (let i = 0; i < rows; i++) tokens += kept.mask[i]!;
@@ -126,8 +127,8 @@ export class ActivationStream {
     for (let i = 0; i < rows; i++) if (kept.mask[i]) lossSum += r.losses[i]!;
     let grad: Buffer | undefined;
     if (r.grad) {
-      grad = Buffer.allocUnsafe(rows * bytesPerRow(d, this.bits));
-      quantizeRows(r.grad, rows, d, this.bits, grad, 0);
+      grad = Buffer.allocUnsafe(rows * bytesPerRow(d, bits));
+      quantizeRows(r.grad, rows, d, bits, grad, 0);
     }
     this.timings.headSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
     return { lossSum, tokens, grad };
