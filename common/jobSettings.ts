@@ -48,7 +48,7 @@ export const JOB_SETTINGS = {
     doc: 'Do not send the first N layers (less exposure of early activations; the side network sees fewer layers).',
   },
   tapEvery: { kind: 'int', min: 1, max: 1023, default: 1, flag: '--tap-every', doc: 'Send every n-th layer, counting down from the last (1: every layer).' },
-  learningRate: { kind: 'number', min: 1e-7, max: 0.5, default: 2e-3, flag: '--lr', doc: 'Peak learning rate.' },
+  learningRate: { kind: 'number', min: 1e-7, max: 0.5, default: 6e-3, flag: '--lr', doc: 'Peak learning rate.' },
   seed: { kind: 'int', min: 0, max: 2 ** 32 - 1, default: 1, flag: '--seed', doc: 'Seed of the split, the shuffles and the initial weights.' },
   checkpointEvery: { kind: 'int', min: 1, max: 10_000_000, default: 25, doc: 'The server writes a checkpoint every this many steps (and at the end).' },
   heldOutFraction: { kind: 'number', min: 0, max: 1, exclusive: true, default: 0.1, doc: 'Share of the files held out for evaluation.' },

@@ -41,7 +41,7 @@ describe('CLI arguments and VS Code settings', () => {
     const product = ['extension', 'server', 'common', 'webview'].flatMap((d) => sourceFiles(d)).filter((f) => !f.endsWith('jobSettings.ts'));
     const text = product.map((f) => fs.readFileSync(f, 'utf8')).join('\n');
     // Defaults distinctive enough to grep for: a second literal of one would be a second home.
-    for (const literal of ['524_288', '512 * 1024', '2e-3', 'seqLen: 128', 'batchSize: 4', 'bits: 8', 'sideNetwork: 1', 'fimRate: 0.5', 'checkpointEvery: 25', 'maxHeldOutSequences: 32', 'heldOutFraction: 0.1', 'COMPLETION_PREFIX_CHARS = 1500']) {
+    for (const literal of ['524_288', '512 * 1024', '6e-3', 'seqLen: 128', 'batchSize: 4', 'bits: 8', 'sideNetwork: 1', 'fimRate: 0.5', 'checkpointEvery: 25', 'maxHeldOutSequences: 32', 'heldOutFraction: 0.1', 'COMPLETION_PREFIX_CHARS = 1500']) {
       assert.ok(!text.includes(literal), `a second literal: ${literal}`);
     }
   });
