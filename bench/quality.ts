@@ -108,42 +108,32 @@ async function main(): Promise<void> {
   }
 
   // Where the peer's gain sits: its head (and final norm) alone on the
-  // pretrained model, and its model with the pretrained head put back.
-  type HeadShare = { pretrainedWithPeerHead: number; peerWithPretrainedHead: number; shareOfGainInHead: number; pretrainedWithPeerHeadRank?: Record<string, number> };
+  // pretrained model, and its model with the pretrained head put back; and
+  // what a low-rank head update (the lever issue 24 names, rank at most 16)
+  // could carry at best: the pretrained model with the best rank-k part of
+  // the peer's change of the head as it reads the final norm's output.
+  type HeadShare = { pretrainedWithPeerHead: number; peerWithPretrainedHead: number; shareOfGainInHead: number; pretrainedWithPeerHeadRank: Record<string, number> };
   let headShare = parts.get<HeadShare>('headShare');
   if (headShare === undefined) {
     const file = path.join(QUALITY_CACHE, 'swapped.gguf');
-    const lossWith = async (model: string, donor: string): Promise<number> => {
-      withTensorsFrom(model, donor, HEAD_TENSORS, file);
+    const lossOf = async (write: (out: string) => void | Promise<void>): Promise<number> => {
+      await write(file);
       try {
         return await heldOutLoss(file, ws.dir, 2);
       } finally {
         fs.rmSync(file, { force: true });
       }
     };
-    const pretrainedWithPeerHead = await lossWith(stand.pretrained, peer.bestModel);
-    const peerWithPretrainedHead = await lossWith(peer.bestModel, stand.pretrained);
-    headShare = { pretrainedWithPeerHead, peerWithPretrainedHead, shareOfGainInHead: (loss0 - pretrainedWithPeerHead) / (loss0 - best(peer.curve)) };
-    parts.set('headShare', headShare);
+    const pretrainedWithPeerHead = await lossOf((out) => withTensorsFrom(stand.pretrained, peer!.bestModel, HEAD_TENSORS, out));
+    const peerWithPretrainedHead = await lossOf((out) => withTensorsFrom(peer!.bestModel, stand.pretrained, HEAD_TENSORS, out));
     log(`the peer's head on the pretrained model: ${pretrainedWithPeerHead.toFixed(4)}; the peer's model with the pretrained head: ${peerWithPretrainedHead.toFixed(4)}`);
-  }
-
-  // What a low-rank head update (the lever issue 24 names, rank at most 16)
-  // could carry at best: the pretrained model with the best rank-k part of
-  // the peer's change of the head as it reads the final norm's output.
-  if (headShare.pretrainedWithPeerHeadRank === undefined || headShare.pretrainedWithPeerHeadRank.folded !== 1) {
-    const file = path.join(QUALITY_CACHE, 'low-rank-head.gguf');
-    const ranks: Record<string, number> = { folded: 1 };
-    try {
-      for (const rank of HEAD_RANKS) {
-        await withLowRankHeadDelta(stand.pretrained, peer.bestModel, rank, file);
-        ranks[rank === 0 ? 'full' : String(rank)] = await heldOutLoss(file, ws.dir, 2);
-        log(`  the pretrained model with ${rank === 0 ? 'all' : `the rank-${rank} part`} of the peer's head change: ${ranks[rank === 0 ? 'full' : String(rank)]!.toFixed(4)}`);
-      }
-    } finally {
-      fs.rmSync(file, { force: true });
+    const ranks: Record<string, number> = {};
+    for (const rank of HEAD_RANKS) {
+      const name = rank === 0 ? 'full' : String(rank);
+      ranks[name] = await lossOf((out) => withLowRankHeadDelta(stand.pretrained, peer!.bestModel, rank, out));
+      log(`  the pretrained model with ${rank === 0 ? 'all' : `the rank-${rank} part`} of the peer's head change: ${ranks[name]!.toFixed(4)}`);
     }
-    headShare = { ...headShare, pretrainedWithPeerHeadRank: ranks };
+    headShare = { pretrainedWithPeerHead, peerWithPretrainedHead, shareOfGainInHead: (loss0 - pretrainedWithPeerHead) / (loss0 - best(peer.curve)), pretrainedWithPeerHeadRank: ranks };
     parts.set('headShare', headShare);
   }
 

@@ -26,19 +26,23 @@ function tensorBytes(file: GgufFile, t: GgufTensorInfo): Buffer {
   return out;
 }
 
+/** Writes `out`: `a`'s metadata and tensors, each tensor's bytes from `replace` when it gives them, else `a`'s own. */
+function rewrite(a: GgufFile, out: string, replace: (t: GgufTensorInfo) => Buffer | undefined): void {
+  const w = new GgufWriter();
+  for (const [key, entry] of a.kv) if (key !== 'general.alignment') w.set(key, entry);
+  for (const t of a.tensors) w.tensor(t.name, t.shape, t.type, () => replace(t) ?? tensorBytes(a, t));
+  w.write(out);
+}
+
 /** Writes `out`: `model` with the tensors named in `names` taken from `donor` (same names, shapes and types). */
 export function withTensorsFrom(model: string, donor: string, names: string[], out: string): void {
   const a = readGgufFile(model);
   const b = readGgufFile(donor);
-  const w = new GgufWriter();
-  for (const [key, entry] of a.kv) if (key !== 'general.alignment') w.set(key, entry);
-  for (const t of a.tensors) {
-    const from = names.includes(t.name) ? b : a;
-    const src = from.tensors.find((x) => x.name === t.name);
+  for (const t of a.tensors.filter((x) => names.includes(x.name))) {
+    const src = b.tensors.find((x) => x.name === t.name);
     if (!src || src.type !== t.type || src.shape.join() !== t.shape.join()) throw new RangeError(`${donor} has no tensor ${t.name} of ${model}'s shape and type`);
-    w.tensor(t.name, t.shape, t.type, () => tensorBytes(from, src));
   }
-  w.write(out);
+  rewrite(a, out, (t) => (names.includes(t.name) ? tensorBytes(b, b.tensors.find((x) => x.name === t.name)!) : undefined));
 }
 
 /**
@@ -115,8 +119,5 @@ export async function withLowRankHeadDelta(model: string, donor: string, rank: n
     }
     for (let i = 0; i < cols; i++) moved[r * cols + i]! += part[i]! / g0[i]!;
   }
-  const w = new GgufWriter();
-  for (const [key, entry] of a.kv) if (key !== 'general.alignment') w.set(key, entry);
-  for (const t of a.tensors) w.tensor(t.name, t.shape, t.type, () => (t === head ? encodeTensor(GgmlType.F32, moved) : tensorBytes(a, t)));
-  w.write(out);
+  rewrite(a, out, (t) => (t === head ? encodeTensor(GgmlType.F32, moved) : undefined));
 }
