@@ -37,6 +37,15 @@ export const SideNetworkShapeSchema = {
    * (added to the normed hidden state the head reads, QST's form).
    */
   joinAfterNorm: 'boolean?',
+  /**
+   * Rank of the low-rank update of the backbone's head trained beside the
+   * side network (absent or 0: none): logits = W z + head_b (head_a^T z), so
+   * the rows of the head the workspace needs can move, which a change of the
+   * hidden state alone cannot do (docs/benchmarks.md, the head's share).
+   */
+  headRank: 'uint?',
+  /** The backbone's vocabulary size: head_b's rows (present when headRank is). */
+  vocab: 'uint?',
 } as const;
 export type SideNetworkShape = Fields<typeof SideNetworkShapeSchema>;
 
@@ -81,6 +90,8 @@ function semanticProblem(c: AdapterConfig): string | undefined {
   if (d < 1 || r < 1 || b < 1) return 'config.shape widths must be positive';
   const h = c.shape.attentionHeads;
   if (attentionBlocks(c.shape) > 0 && !(h && h > 0 && r % (2 * h) === 0)) return 'config.shape.attentionHeads must divide r into even head widths';
+  if ((c.shape.headRank ?? 0) > MAX_HEAD_RANK) return `config.shape.headRank must be at most ${MAX_HEAD_RANK}`;
+  if ((c.shape.headRank ?? 0) > 0 && !(c.shape.vocab && c.shape.vocab > 0)) return 'config.shape.vocab must be given with a head update';
   if (d !== c.hiddenSize) return 'config.shape.d must equal config.hiddenSize';
   if (t.length === 0 || t.some((x, i) => i > 0 && x <= t[i - 1]!)) return 'config.shape.tappedLayers must ascend';
   if (t[t.length - 1] !== c.backboneLayers - 1) return 'config.shape.tappedLayers must end with the last layer';
@@ -123,6 +134,9 @@ export function renameOlderShape(config: unknown): unknown {
   return { ...(config as object), shape: { ...rest, ...(version !== undefined ? { sideNetwork: version } : {}), ...(heads !== undefined ? { attentionHeads: heads } : {}) } };
 }
 
+/** Highest rank of the head update (the setting headRank's maximum). */
+export const MAX_HEAD_RANK = JOB_SETTINGS.headRank.max;
+
 /** Widest attention head of side network 2. */
 export const MAX_HEAD_WIDTH = 32;
 
@@ -131,8 +145,10 @@ export const MAX_HEAD_WIDTH = 32;
  * r up to even and splits it into heads of the widest even width <= 32 that
  * divides it (r 32: 1 head; 112: 4 heads of 28).
  */
-export function sideShape(d: number, reduction: number, tappedLayers: number[], sideNetwork: SideNetworkDesign = 1, joinAfterNorm = false): SideNetworkShape {
-  const join = joinAfterNorm ? { joinAfterNorm: true } : {};
+export function sideShape(
+  d: number, reduction: number, tappedLayers: number[], sideNetwork: SideNetworkDesign = 1, joinAfterNorm = false, head?: { rank: number; vocab: number },
+): SideNetworkShape {
+  const join = { ...(joinAfterNorm ? { joinAfterNorm: true } : {}), ...(head && head.rank > 0 ? { headRank: head.rank, vocab: head.vocab } : {}) };
   const r0 = Math.max(1, Math.round(d / reduction));
   if (sideNetwork === 1) return { d, r: r0, b: r0, tappedLayers, ...join };
   const r = r0 + (r0 % 2);
@@ -141,9 +157,10 @@ export function sideShape(d: number, reduction: number, tappedLayers: number[], 
   return { d, r, b: r, tappedLayers, sideNetwork: 2, attentionHeads: r / width, ...join };
 }
 
-/** The side network a job's config asks for, on a model of hidden size d (device and server derive it alike). */
-export function jobShape(c: JobConfig, d: number): SideNetworkShape {
-  return sideShape(d, c.reduction, c.tappedLayers, c.sideNetwork ?? 1, c.joinAfterNorm === true);
+/** The side network a job's config asks for, on a model of hidden size d and its vocabulary (device and server derive it alike). */
+export function jobShape(c: JobConfig, model: { hiddenSize: number; vocabularySize: number }): SideNetworkShape {
+  const head = c.headRank ? { rank: c.headRank, vocab: model.vocabularySize } : undefined;
+  return sideShape(model.hiddenSize, c.reduction, c.tappedLayers, c.sideNetwork ?? 1, c.joinAfterNorm === true, head);
 }
 
 /**
@@ -153,11 +170,21 @@ export function jobShape(c: JobConfig, d: number): SideNetworkShape {
  * reproduces the backbone).
  */
 export function backboneInitNames(shape: SideNetworkShape): string[] {
-  return parameterNames(shape).filter((n) => n !== 'out' && !n.startsWith('alpha.'));
+  return ladderParameterNames(shape).filter((n) => n !== 'out' && !n.startsWith('alpha.'));
 }
 
-/** Parameter names, in a fixed order (adapter file, optimizer state). */
+/** The head update's parameters: head_a [d, rank] (z -> u) and head_b [vocab, rank] (one row per vocabulary entry), or none. */
+export function headParameterNames(shape: SideNetworkShape): string[] {
+  return (shape.headRank ?? 0) > 0 ? ['head_a', 'head_b'] : [];
+}
+
+/** Parameter names, in a fixed order (adapter file, optimizer state): the side network's, then the head update's. */
 export function parameterNames(shape: SideNetworkShape): string[] {
+  return [...ladderParameterNames(shape), ...headParameterNames(shape)];
+}
+
+/** The side network's own parameters (what its graphs take), in order. */
+export function ladderParameterNames(shape: SideNetworkShape): string[] {
   const names: string[] = [];
   shape.tappedLayers.forEach((_, k) => {
     names.push(`down.${k}`, `alpha.${k}`);
@@ -178,8 +205,10 @@ export function parameterShape(shape: SideNetworkShape, name: string): number[] 
     case 'up': return [shape.b, shape.r];
     case 'out': return [shape.r, shape.d];
     case 'wq': case 'wk': case 'wv': case 'wo': return [shape.r, shape.r];
-    default: throw new AdapterFormatError('ADAPTER_CORRUPT', `unknown side-network parameter ${name.slice(0, 40)}`);
+    case 'head_a': if (shape.headRank) return [shape.d, shape.headRank]; break;
+    case 'head_b': if (shape.headRank && shape.vocab) return [shape.vocab, shape.headRank]; break;
   }
+  throw new AdapterFormatError('ADAPTER_CORRUPT', `unknown side-network parameter ${name.slice(0, 40)}`);
 }
 
 /** Values of parameter `name` of `shape`. */

@@ -23,11 +23,12 @@ export const ADAPTER_MAGIC = 'MOBIADPT';
  * network; 3: config.shape may join after the final norm, which an older
  * reader would ignore and so run wrongly; 4: config.shape names the design
  * `sideNetwork` and its attention heads `attentionHeads`, once `version` and
- * `heads`).
+ * `heads`; 5: config.shape may carry a head update, `headRank` and `vocab`,
+ * with the tensors head_a and head_b, which an older reader would ignore).
  */
-export const ADAPTER_FORMAT_VERSION = 4;
+export const ADAPTER_FORMAT_VERSION = 5;
 /** Every format this code reads (a device refuses others with ADAPTER_VERSION; version 1 holds side network 1 only). */
-export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1, 2, 3, 4];
+export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1, 2, 3, 4, 5];
 
 /** Most tensors one adapter file may list. */
 const MAX_TENSORS = 4096;

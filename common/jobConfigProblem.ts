@@ -7,14 +7,20 @@ import type { JobConfig, ModelSpec } from './messages';
 const WIRE_FIELD_SETTING = {
   reduction: 'reduction', bits: 'bits', seqLen: 'seqLen', batchSize: 'batchSize', totalSteps: 'steps', learningRate: 'learningRate',
   seed: 'seed', checkpointEvery: 'checkpointEvery', labelPrivate: 'labelPrivate', sideNetwork: 'sideNetwork', joinAfterNorm: 'joinAfterNorm',
-  initFromBackbone: 'initFromBackbone',
+  initFromBackbone: 'initFromBackbone', headRank: 'headRank',
 } as const satisfies Partial<Record<keyof JobConfig, JobSettingName>>;
 
 /**
  * The rules between settings that need no model (the device checks them
  * before any work; jobConfigProblem checks them again on the wire config).
  */
-export function settingRulesProblem(s: Pick<JobSettings, 'joinAfterNorm' | 'labelPrivate'>, nameOf: (setting: JobSettingName) => string = (n) => n): SettingProblem | undefined {
+export function settingRulesProblem(s: Pick<JobSettings, 'joinAfterNorm' | 'labelPrivate' | 'headRank'>, nameOf: (setting: JobSettingName) => string = (n) => n): SettingProblem | undefined {
+  if (s.headRank && s.labelPrivate) {
+    return {
+      name: nameOf('headRank'),
+      message: `${nameOf('headRank')} is for the standard mode: the head update is trained from the token ids, which label-private training (the default with a team server) keeps on this computer; turn ${nameOf('labelPrivate')} off to use it.`,
+    };
+  }
   if (s.joinAfterNorm && s.labelPrivate) {
     return {
       name: nameOf('joinAfterNorm'),
@@ -51,7 +57,7 @@ export function jobConfigProblem(
   }
   if (c.warmupSteps > c.totalSteps) return { name: nameOf('steps'), message: `the warm-up (${c.warmupSteps} steps) must not exceed the job's ${c.totalSteps} steps.` };
   if (c.sideNetwork === 2) {
-    const { attentionHeads } = attentionHeadsOf(jobShape(c, d));
+    const { attentionHeads } = attentionHeadsOf(jobShape(c, { hiddenSize: d, vocabularySize: 0 }));
     if (c.batchSize * attentionHeads * c.seqLen * c.seqLen > MAX_ATTENTION_SCORES) {
       return {
         name: nameOf('seqLen'),

@@ -70,6 +70,10 @@ export const JOB_SETTINGS = {
     doc: 'The side network\'s design for new fine-tunes (adapters of either design keep working).',
   },
   joinAfterNorm: { kind: 'boolean', default: false, flag: '--join-after-norm', doc: 'Add the side network\'s output after the model\'s final norm instead of before it (standard mode only).' },
+  headRank: {
+    kind: 'int', min: 0, max: 16, default: 0, flag: '--head-rank',
+    doc: 'Also train a low-rank update of the model\'s output head of this rank, so the words this workspace uses more can move (standard mode only: it needs the token ids; 0: off).',
+  },
   activationCacheGiB: {
     kind: 'number', min: 0, max: 1024, default: 4, flag: '--activation-cache', key: 'activationCacheGiB',
     doc: 'Disk on this computer (GiB) for the activations of the first epoch, so later epochs skip the model\'s forward pass; deleted when the job ends (0: off).',

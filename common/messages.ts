@@ -53,6 +53,8 @@ export const JobConfigSchema = {
   sideNetwork: optionalOneOf(JOB_SETTINGS.sideNetwork.values),
   /** Join the side network's output after the backbone's final norm (common/AdapterConfig.ts); standard mode only. */
   joinAfterNorm: 'boolean?',
+  /** Rank of the head update trained beside the side network (absent: none; common/AdapterConfig.ts); standard mode only. */
+  headRank: 'uint?',
   /**
    * The side network starts from a reduced copy of the backbone's weights,
    * computed on the device and sent as job/create's payload (float32 LE, the

@@ -188,7 +188,7 @@ export class DeviceSession implements BatchSession {
       if (payload.length > 0) throw new WireError('BAD_FRAME', 'job/create carries starting values only with initFromBackbone');
       return undefined;
     }
-    const shape = jobShape(c, this.model!.hiddenSize);
+    const shape = jobShape(c, this.model!);
     const names = backboneInitNames(shape);
     const sizes = names.map((n) => parameterSize(shape, n));
     if (payload.length !== 4 * sizes.reduce((a, b) => a + b, 0)) throw new WireError('BAD_FRAME', 'the starting values do not fit the side network');

@@ -38,7 +38,7 @@ export class JobRegistry {
    * have loaded, or past the memory budget of one job or of one user (every
    * loaded job of that user counted, from its config: jobMemoryBytes).
    */
-  admit(user: string, config: JobConfig, model: Pick<ModelSpec, 'hiddenSize'>, limits: SessionLimits): void {
+  admit(user: string, config: JobConfig, model: Pick<ModelSpec, 'hiddenSize' | 'vocabularySize'>, limits: SessionLimits): void {
     const mine = this.records().filter((r) => r.user === user);
     if (mine.length >= limits.maxJobsPerUser) throw new WireError('LIMIT', `at most ${limits.maxJobsPerUser} jobs of one user are loaded at once; finish or cancel one`);
     const need = jobMemoryBytes(config, model);

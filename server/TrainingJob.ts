@@ -61,7 +61,7 @@ export class TrainingJob {
 
   /** Builds the job from its last checkpoint (or fresh weights, filled without holding the event loop). */
   static async open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead | undefined): Promise<TrainingJob> {
-    const shape = jobShape(rec.config, rec.model.hiddenSize);
+    const shape = jobShape(rec.config, rec.model);
     // Held-out results keyed by the device's evalIds: no prototype, so "__proto__" or "constructor" is just a name.
     rec.evals = Object.assign(Object.create(null) as JobRecord['evals'], rec.evals);
     let state: OptimizerState | undefined;

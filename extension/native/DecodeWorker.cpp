@@ -18,11 +18,25 @@ namespace mobillm {
 bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
   CaptureState* st = *static_cast<CaptureState**>(userData);
   if (st == nullptr) return !ask;  // not capturing: want nothing, keep going
-  if (st->side != nullptr && st->side->net->joinAfterNorm && std::strcmp(t->name, "result_norm") == 0) {
+  const SideNet* net = st->side != nullptr ? st->side->net : nullptr;
+  const auto hostF32 = [](const ggml_tensor* x, int64_t width) {
+    return x->type == GGML_TYPE_F32 && ggml_is_contiguous(x) && x->ne[0] == width && x->buffer != nullptr && ggml_backend_buffer_is_host(x->buffer);
+  };
+  if (net != nullptr && (net->joinAfterNorm || net->headRank > 0) && std::strcmp(t->name, "result_norm") == 0) {
     if (ask) return true;
-    // The side network's delta joins the normed hidden state the head reads.
-    if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) || t->ne[0] != st->side->net->d || t->buffer == nullptr ||
-        !ggml_backend_buffer_is_host(t->buffer) || !st->side->applyAfterNorm(static_cast<float*>(t->data), static_cast<int>(t->ne[1]))) {
+    float* z = static_cast<float*>(t->data);
+    const int rows = static_cast<int>(t->ne[1]);
+    // The side network's delta joins the normed hidden state the head reads; the head update reads it after.
+    if (!hostF32(t, net->d) || (net->joinAfterNorm && !st->side->applyAfterNorm(z, rows))) {
+      st->badShape = true;
+      return false;
+    }
+    if (net->headRank > 0) st->side->projectForHead(z, rows);
+    return true;
+  }
+  if (net != nullptr && net->headRank > 0 && std::strcmp(t->name, "result_output") == 0) {
+    if (ask) return true;
+    if (!hostF32(t, net->vocab) || !st->side->addToLogits(static_cast<float*>(t->data), static_cast<int>(t->ne[1]), net->vocab)) {
       st->badShape = true;
       return false;
     }

@@ -83,7 +83,7 @@ export interface NativeAdapter extends SideNetworkShape {
   attentionBlocks: number;
   adapterEps: number;
   gateTemperature: number;
-  /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d]; wq.k, wk.k, wv.k, wo.k [r][r] for each attention block */
+  /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d]; wq.k, wk.k, wv.k, wo.k [r][r] for each attention block; head_a [d][headRank], head_b [vocab][headRank] with a head update */
   tensors: Record<string, Float32Array>;
 }
 

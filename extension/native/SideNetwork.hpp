@@ -12,6 +12,9 @@
 // layer's own output) is added to l_out-<L-1>; or, for an adapter that joins
 // after the final norm, delta = s Out is added to result_norm (the normed
 // hidden state the head reads).
+// With a head update (headRank k > 0), the logits llama.cpp computes become
+// W z + B (A^T z): u = z A is taken from result_norm (after any delta joined
+// there) and B u is added to result_output's rows.
 // The keys and values of earlier tokens live in a SideCache kept in step
 // with llama.cpp's own memory (same sequences, same positions).
 #pragma once
@@ -40,6 +43,9 @@ struct SideNet {
   std::vector<std::vector<float>> wq, wk, wv, wo;  // [k] [r][r]; empty where block k does not attend
   std::vector<float> mu;                    // [k]
   std::vector<float> out;                   // [r][d]
+  int headRank = 0, vocab = 0;              // the head update (headRank 0: none) and the vocabulary it covers
+  std::vector<float> headA;                 // [d][headRank]
+  std::vector<float> headB;                 // [vocab][headRank], one row per vocabulary entry
 
   bool attends(int k) const { return k < attentionBlocks; }
 
@@ -198,6 +204,7 @@ struct SideRun {
   std::vector<float> s;             // [rows][r]
   std::vector<float> pending;       // joinAfterNorm: [output rows][d], delta waiting for result_norm
   std::vector<bool> started;        // [rows]: has the ladder begun for this row
+  std::vector<float> headU;         // head update: [output rows][headRank], u = z A from result_norm
 
   void reset(const SideNet* n, SideCache* c, int nRows, std::vector<int> outputs, const int* positions, const int* sequences) {
     net = n;
@@ -209,6 +216,32 @@ struct SideRun {
     s.assign(static_cast<size_t>(nRows) * n->r, 0.0f);
     started.assign(static_cast<size_t>(nRows), false);
     pending.clear();
+    headU.clear();
+  }
+
+  // Head update, first half: u = z A for result_norm's rows z [nRowsInTensor][d].
+  void projectForHead(const float* z, int nRowsInTensor) {
+    const int k = net->headRank;
+    headU.assign(static_cast<size_t>(nRowsInTensor) * k, 0.0f);
+    for (int j = 0; j < nRowsInTensor; ++j) SideNet::matvec(z + static_cast<size_t>(j) * net->d, net->headA.data(), net->d, k, &headU[static_cast<size_t>(j) * k]);
+  }
+
+  // Head update, second half: logits [nRowsInTensor][nVocab] += B u; false if the rows or the vocabulary do not match.
+  bool addToLogits(float* logits, int nRowsInTensor, int nVocab) {
+    const int k = net->headRank;
+    if (nVocab != net->vocab || headU.size() != static_cast<size_t>(nRowsInTensor) * k) return false;
+    for (int j = 0; j < nRowsInTensor; ++j) {
+      const float* u = &headU[static_cast<size_t>(j) * k];
+      float* row = logits + static_cast<size_t>(j) * nVocab;
+      for (int v = 0; v < nVocab; ++v) {
+        const float* bv = &net->headB[static_cast<size_t>(v) * k];
+        float dot = 0;
+        for (int i = 0; i < k; ++i) dot += bv[i] * u[i];
+        row[v] += dot;
+      }
+    }
+    headU.clear();
+    return true;
   }
 
   // Applies tapped layer `layer` to its output tensor data [nRowsInTensor][d].

@@ -117,6 +117,20 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
   }
   if (prev != net->nLayer - 1) return fail("ADAPTER_MODEL_MISMATCH", "The adapter must tap the model's last layer.");
   if (!take("out", static_cast<size_t>(net->r) * net->d, net->out)) return fail("ADAPTER_CORRUPT", "The adapter's tensors do not match its shape.");
+  // Optional: the head update (absent or 0: none).
+  const Napi::Value rank = o.Get("headRank");
+  if (!rank.IsUndefined()) {
+    if (!readInt(o, "headRank", 0, 64, net->headRank) || (net->headRank > 0 && !readInt(o, "vocab", 1, 1 << 30, net->vocab))) {
+      return fail("ADAPTER_CORRUPT", "The adapter's head update is damaged.");
+    }
+  }
+  if (net->headRank > 0) {
+    if (net->vocab != llama_vocab_n_tokens(llama_model_get_vocab(model))) return fail("ADAPTER_MODEL_MISMATCH", "The adapter's head update does not fit this model's vocabulary.");
+    const size_t k = static_cast<size_t>(net->headRank);
+    if (!take("head_a", static_cast<size_t>(net->d) * k, net->headA) || !take("head_b", static_cast<size_t>(net->vocab) * k, net->headB)) {
+      return fail("ADAPTER_CORRUPT", "The adapter's head update does not match its shape.");
+    }
+  }
   return net;
 }
 

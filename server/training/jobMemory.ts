@@ -23,8 +23,8 @@ const MARGIN = 1.25;
  * head is shared by every job of that model and is not counted here.
  * Measured against real jobs by `npm run bench:job-memory` (README).
  */
-export function jobMemoryBytes(config: JobConfig, model: Pick<ModelSpec, 'hiddenSize'>): number {
-  const shape = jobShape(config, model.hiddenSize);
+export function jobMemoryBytes(config: JobConfig, model: Pick<ModelSpec, 'hiddenSize' | 'vocabularySize'>): number {
+  const shape = jobShape(config, model);
   const { d, r, b } = shape;
   const K = shape.tappedLayers.length;
   const A = attentionBlocks(shape);
@@ -44,6 +44,6 @@ const HEADERS_AND_RECORD_BYTES = 256 * 1024;
  * The disk one job takes at most: two checkpoints (weights and Adam's two
  * moments, float32) and the adapter (weights), plus headers and the record.
  */
-export function jobDiskBytes(config: JobConfig, model: Pick<ModelSpec, 'hiddenSize'>): number {
-  return F32 * 7 * parameterCount(jobShape(config, model.hiddenSize)) + HEADERS_AND_RECORD_BYTES;
+export function jobDiskBytes(config: JobConfig, model: Pick<ModelSpec, 'hiddenSize' | 'vocabularySize'>): number {
+  return F32 * 7 * parameterCount(jobShape(config, model)) + HEADERS_AND_RECORD_BYTES;
 }

@@ -1,4 +1,4 @@
-import { AdapterConfig, attentionBlocks, attentionHeadsOf, hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, parameterSize, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
+import { AdapterConfig, attentionBlocks, attentionHeadsOf, hasAttention, headParameterNames, ladderParameterNames, MAX_HEAD_WIDTH, parameterNames, parameterShape, parameterSize, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
 
@@ -10,7 +10,7 @@ import { SeededRandom } from '../../common/SeededRandom';
  */
 
 export type { SideNetworkShape };
-export { attentionBlocks, attentionHeadsOf, hasAttention, MAX_HEAD_WIDTH, parameterNames, parameterShape, sideShape };
+export { attentionBlocks, attentionHeadsOf, hasAttention, headParameterNames, ladderParameterNames, MAX_HEAD_WIDTH, parameterNames, parameterShape, sideShape };
 
 /** Base of the side network's rotary position embedding. */
 export const ROPE_BASE = 10_000;
@@ -54,7 +54,8 @@ const VALUES_PER_SLICE = 1 << 20;
 
 /**
  * Initial values: Down, Mid, Up and the attention's Wq, Wk, Wv, Wo random
- * (seeded); alpha 0; Out ZERO (step 0 = backbone). A generator that pauses
+ * (seeded); alpha 0; Out ZERO (step 0 = backbone); the head update's A
+ * random and B ZERO (step 0 = the backbone's head). A generator that pauses
  * every VALUES_PER_SLICE values, so a server can fill a large side network
  * without holding its event loop (initialParametersAsync).
  */
@@ -64,7 +65,7 @@ function* initialParameterSteps(shape: SideNetworkShape, seed: number): Generato
   for (const name of parameterNames(shape)) {
     const values = new Float32Array(parameterSize(shape, name));
     const kind = name.split('.')[0];
-    const std = kind === 'down' ? 1 / Math.sqrt(shape.d)
+    const std = kind === 'down' || kind === 'head_a' ? 1 / Math.sqrt(shape.d)
       : kind === 'mid' || kind === 'wq' || kind === 'wk' || kind === 'wv' ? 1 / Math.sqrt(shape.r)
       : kind === 'up' ? 0.1 / Math.sqrt(shape.b)
       : kind === 'wo' ? 0.1 / Math.sqrt(shape.r)

@@ -10,7 +10,11 @@ import { expectCode } from '../helpers/expectCode';
 import { modelFingerprint } from '../../extension/core/model/modelFingerprint';
 import { SeededRandom } from '../../common/SeededRandom';
 import { ADAPTER_FORMAT_VERSION, decodeAdapter, encodeAdapter } from '../../common/AdapterFile';
-import { initialParameters, parameterNames, sideShape } from '../../server/training/sideNetworkSpec';
+import { initialParameters, parameterNames, parameterShape, sideShape } from '../../server/training/sideNetworkSpec';
+import { encodeHalf } from '../../common/float16';
+import { OnnxEngine } from '../../server/training/onnx/OnnxEngine';
+import { OnnxHead } from '../../server/training/onnx/OnnxHead';
+import { OnnxTrainer } from '../../server/training/onnx/OnnxTrainer';
 import { SideNetwork } from '../../harness/tfjs/SideNetwork';
 import { testAdapterConfig } from '../../harness/adapters';
 import { initTensorflow, tf } from '../../harness/tfjs/tf';
@@ -73,6 +77,50 @@ describe('side network inside llama.cpp on the device', function () {
       assert.equal((await bb.sequenceLoss(seqs)).lossSum, base.lossSum, 'clearing restores the plain backbone exactly');
       net.dispose();
     } finally {
+      bb.dispose();
+    }
+  });
+
+  it('a head update (headRank 4) runs on llama.cpp\'s logits as the server\'s training engine computes it; a vocabulary that does not fit is refused', async () => {
+    const modelPath = tinyModel({ layers: 3, embd: 64, heads: 4, kvHeads: 2, seed: 23 });
+    const bb = await Backbone.open(modelPath, { contextSize: 256, maxSequences: 2, threads: 1, flashAttention: false });
+    const engine = await OnnxEngine.create({ threads: 1 });
+    try {
+      const fp = await modelFingerprint(modelPath);
+      const layers = [0, 1, 2];
+      const vocab = bb.info.vocabularySize;
+      const shape = { ...sideShape(64, 4, layers, 2, false, { rank: 4, vocab }), attentionHeads: 2 };
+      const values = initialParameters(shape, 7);
+      const rng = new SeededRandom(8);
+      values.set('out', Float32Array.from({ length: shape.r * 64 }, () => rng.normal() * 0.2));
+      values.set('head_b', Float32Array.from({ length: vocab * 4 }, () => rng.normal() * 0.5));
+      const fileOf = (v: Map<string, Float32Array>, s = shape): Buffer =>
+        encodeAdapter(fp, testAdapterConfig(s), { steps: 0 }, parameterNames(s).map((n) => ({ name: n, shape: parameterShape(s, n), data: v.get(n)! })));
+      const seqs = [bb.tokenize(CODE), bb.tokenize('const a = [1, 2, 3];\nconsole.log(total(a));\n')];
+      await bb.useAdapter(fileOf(new Map([...values, ['head_b', new Float32Array(vocab * 4)]])));
+      const withoutB = await bb.sequenceLoss(seqs);
+      await bb.useAdapter(fileOf(values));
+      const device = await bb.sequenceLoss(seqs);
+      await bb.clearAdapter();
+      // The server's side: the plain backbone's captured layers through the ONNX engine with the model's head (as float16, as uploaded).
+      const head = new OnnxHead(encodeHalf((await readModelTensor(modelPath, 'output.weight')).data), (await readModelTensor(modelPath, 'output_norm.weight')).data, bb.info.normEpsilon, 1000);
+      const trainer = new OnnxTrainer(engine, shape, head, values, { learningRate: 1e-3, warmupSteps: 1, totalSteps: 1 });
+      let refSum = 0;
+      for (const s of seqs) {
+        const cap = await bb.capture([s.subarray(0, s.length - 1)], layers);
+        const rows = s.length - 1;
+        refSum += (await trainer.evalBatch({ rows, layers: cap.data, targets: s.subarray(1), mask: new Uint8Array(rows).fill(1), lengths: [rows] })).lossSum;
+      }
+      trainer.dispose();
+      const rel = Math.abs(device.lossSum - refSum) / refSum;
+      assert.ok(rel <= 2e-3, `device ${device.lossSum} vs the training engine ${refSum} (relative ${rel})`);
+      assert.ok(Math.abs(device.lossSum - withoutB.lossSum) / withoutB.lossSum > 1e-2, 'the head update changes the loss');
+      const wrongVocab = { ...shape, vocab: vocab + 1 };
+      const wrongValues = new Map([...values, ['head_b', new Float32Array((vocab + 1) * 4)]]);
+      await expectCode(bb.useAdapter(fileOf(wrongValues, wrongVocab)), 'ADAPTER_MODEL_MISMATCH');
+      assert.equal((await bb.sequenceLoss(seqs)).lossSum, (await bb.sequenceLoss(seqs)).lossSum, 'the backbone keeps working');
+    } finally {
+      await engine.dispose();
       bb.dispose();
     }
   });

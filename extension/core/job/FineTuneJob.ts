@@ -255,6 +255,7 @@ export class FineTuneJob {
       ...(this.o.labelPrivate ? { labelPrivate: true } : {}),
       ...(this.o.sideNetwork === 2 ? { sideNetwork: 2 } : {}),
       ...(this.o.joinAfterNorm ? { joinAfterNorm: true } : {}),
+      ...(this.o.headRank > 0 ? { headRank: this.o.headRank } : {}),
     };
     const problem = resumed ? undefined : jobConfigProblem(config, backbone.info, (k) => this.o.describeOption?.(k) ?? k);
     if (problem) throw new MobiError('BAD_ARGUMENT', problem.message);
@@ -281,7 +282,7 @@ export class FineTuneJob {
    */
   private async startValues(backbone: Backbone, config: JobConfig): Promise<Float32Array | undefined> {
     if (this.o.initFromBackbone !== true) return undefined;
-    return backboneInit(backbone.info.path, backbone.info.headTensor, jobShape(config, backbone.info.hiddenSize));
+    return backboneInit(backbone.info.path, backbone.info.headTensor, jobShape(config, backbone.info));
   }
 
   private async connect(work: Workload, reconnect: ReconnectPolicy): Promise<ServerConnection> {

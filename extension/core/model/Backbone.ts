@@ -282,7 +282,8 @@ export class Backbone {
     } catch (err) {
       throw MobiError.from(err);
     }
-    if (shape.d !== this.info.hiddenSize || shape.tappedLayers[shape.tappedLayers.length - 1] !== this.info.layers - 1) {
+    const headMismatch = (shape.headRank ?? 0) > 0 && shape.vocab !== this.info.vocabularySize;
+    if (shape.d !== this.info.hiddenSize || shape.tappedLayers[shape.tappedLayers.length - 1] !== this.info.layers - 1 || headMismatch) {
       throw new MobiError('ADAPTER_MODEL_MISMATCH', "The adapter's shape does not fit this model.");
     }
     const tensors: Record<string, Float32Array> = {};

@@ -1,11 +1,13 @@
 import { ort } from './ort';
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
 import type { ActivationBatch } from '../../../common/batchPayload';
-import { attentionBlocks, attentionHeadsOf, LayoutError, paddedLayout, parameterNames, parameterShape, ropeTables } from '../sideNetworkSpec';
+import { attentionBlocks, attentionHeadsOf, ladderParameterNames, LayoutError, paddedLayout, parameterNames, parameterShape, ropeTables } from '../sideNetworkSpec';
 import { learningRateAt, OptimizerState, TrainerOptions } from '../TrainerOptions';
 import { OnnxEngine } from './OnnxEngine';
 import { OnnxHead } from './OnnxHead';
-import { buildEvalLoss, buildForward, buildHeadChunk, buildSideDelta, buildTrainStep, buildUpstreamStep, names, StepConstants } from './sideGraphs';
+import { HeadUpdate } from './HeadUpdate';
+import { buildHeadChunk, buildHeadChunkGrad } from './headGraphs';
+import { buildEvalLoss, buildForward, buildSideDelta, buildTrainStep, buildUpstreamStep, names, StepConstants } from './sideGraphs';
 
 type Feeds = Record<string, ort.Tensor>;
 
@@ -55,7 +57,11 @@ export class OnnxTrainer {
     this.constants = { clipNorm: options.clipNorm ?? 1, beta1: options.beta1 ?? 0.9, beta2: options.beta2 ?? 0.999, epsilon: options.epsilon ?? 1e-8 };
     this.shapeKey = `v${shape.sideNetwork ?? 1}h${shape.attentionHeads ?? 0}${shape.joinAfterNorm ? 'j' : ''}-${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
     this.attends = attentionBlocks(shape) > 0;
+    this.headUpdate = new HeadUpdate(shape);
   }
+
+  /** The head update beside the side network (rank 0: none). */
+  private readonly headUpdate: HeadUpdate;
 
   /** Some block attends: every graph takes the batch's sequence layout. */
   private readonly attends: boolean;
@@ -64,11 +70,12 @@ export class OnnxTrainer {
 
   private sessions() {
     const { d } = this.shape;
+    const k = this.headUpdate.rank;
     const c = this.constants;
     return Promise.all([
       this.engine.session(`forward-${this.shapeKey}`, () => buildForward(this.shape), this),
-      this.engine.session(`head-train-${d}`, () => buildHeadChunk(d, true), this),
-      this.engine.session(`head-eval-${d}`, () => buildHeadChunk(d, false), this),
+      this.engine.session(`head-train-${d}-k${k}`, () => buildHeadChunk(d, true, k), this),
+      this.engine.session(`head-eval-${d}-k${k}`, () => buildHeadChunk(d, false, k), this),
       this.engine.session(this.stepKey('step'), () => buildTrainStep(this.shape, c), this),
       this.engine.session(`eval-${d}`, () => buildEvalLoss(d), this),
     ]);
@@ -86,7 +93,7 @@ export class OnnxTrainer {
    */
   private ladderFeeds(layers: Float32Array[], rows: number, lengths: readonly number[] | undefined): Feeds {
     const feeds: Feeds = {};
-    for (const [p, data] of this.params) feeds[names.param(p)] = f32(data, parameterShape(this.shape, p));
+    for (const p of ladderParameterNames(this.shape)) feeds[names.param(p)] = f32(this.params.get(p)!, parameterShape(this.shape, p));
     layers.forEach((h, k) => (feeds[names.layer(k)] = f32(h, [rows, this.shape.d])));
     if (this.attends) Object.assign(feeds, this.layoutFeeds(lengths, rows));
     return feeds;
@@ -148,39 +155,57 @@ export class OnnxTrainer {
   private stepOutputs(session: ort.InferenceSession, feeds: Feeds, lr: number, extra: string[] = []): Promise<ort.InferenceSession.ReturnType> {
     const t = this.step + 1;
     const all: Feeds = { ...feeds, learning_rate: scalar(lr), bias_correction1: scalar(1 - this.constants.beta1 ** t), bias_correction2: scalar(1 - this.constants.beta2 ** t) };
-    for (const p of this.params.keys()) {
+    for (const p of ladderParameterNames(this.shape)) {
       const dims = parameterShape(this.shape, p);
       all[names.adamM(p)] = f32(this.m.get(p)!, dims);
       all[names.adamV(p)] = f32(this.v.get(p)!, dims);
     }
-    return session.run(all, [...extra, 'grad_norm', ...[...this.params.keys()].flatMap((p) => [names.nextParam(p), names.nextAdamM(p), names.nextAdamV(p)])]);
+    return session.run(all, [...extra, 'grad_norm', ...ladderParameterNames(this.shape).flatMap((p) => [names.nextParam(p), names.nextAdamM(p), names.nextAdamV(p)])]);
   }
 
   /** Keeps a step's next weights and moments. */
   private adopt(out: ort.InferenceSession.ReturnType): void {
-    for (const p of [...this.params.keys()]) {
+    for (const p of ladderParameterNames(this.shape)) {
       this.params.set(p, out[names.nextParam(p)]!.data as Float32Array);
       this.m.set(p, out[names.nextAdamM(p)]!.data as Float32Array);
       this.v.set(p, out[names.nextAdamV(p)]!.data as Float32Array);
     }
   }
 
-  /** z, then the online log-sum-exp over every head chunk (and, to train, acc). */
-  private async headPass(batch: ActivationBatch, train: boolean): Promise<{ feeds: Feeds; z: ort.Tensor; m: ort.Tensor; s: ort.Tensor; acc?: ort.Tensor }> {
+  /**
+   * z, then the online log-sum-exp over every head chunk (and, to train,
+   * acc); with a head update, u = z A and (to train) acc_b.
+   */
+  private async headPass(batch: ActivationBatch, train: boolean): Promise<{ feeds: Feeds; z: ort.Tensor; m: ort.Tensor; s: ort.Tensor; acc?: ort.Tensor; u?: Float32Array; accB?: ort.Tensor }> {
     const [forward, headTrain, headEval] = await this.sessions();
     const n = batch.rows;
+    const k = this.headUpdate.rank;
     const feeds = this.sideFeeds(batch);
     const z = (await forward.run(feeds)).z!;
+    const u = k > 0 ? this.headUpdate.project(z.data as Float32Array, this.params.get('head_a')!) : undefined;
     let m = f32(new Float32Array(n).fill(-Infinity), [n, 1]);
     let s = f32(new Float32Array(n), [n, 1]);
     let acc = train ? f32(new Float32Array(n * this.shape.d), [n, this.shape.d]) : undefined;
-    for (const w of this.frozenHead.chunks) {
-      const out = await (train ? headTrain : headEval).run(train ? { z, w, m, s, acc: acc! } : { z, w, m, s });
+    let accB = train && u ? f32(new Float32Array(n * k), [n, k]) : undefined;
+    for (const [c, w] of this.frozenHead.chunks.entries()) {
+      const lowRank: Feeds = u ? { b: this.chunkOfB(c), u: f32(u, [n, k]), ...(accB ? { acc_b: accB } : {}) } : {};
+      const out = await (train ? headTrain : headEval).run(train ? { z, w, m, s, acc: acc!, ...lowRank } : { z, w, m, s, ...lowRank });
       m = out.next_m!;
       s = out.next_s!;
       if (train) acc = out.next_acc!;
+      if (accB) accB = out.next_acc_b!;
     }
-    return { feeds, z, m, s, acc };
+    return { feeds, z, m, s, acc, u, accB };
+  }
+
+  /** The head update's B rows of head chunk c: [rows, k]. */
+  private chunkOfB(c: number): ort.Tensor {
+    const k = this.headUpdate.rank;
+    const chunks = this.frozenHead.chunks;
+    let start = 0;
+    for (let i = 0; i < c; i++) start += chunks[i]!.dims[0]!;
+    const rows = chunks[c]!.dims[0]!;
+    return f32(this.params.get('head_b')!.subarray(start * k, (start + rows) * k), [rows, k]);
   }
 
   private static tokensOf(batch: ActivationBatch): number {
@@ -189,9 +214,12 @@ export class OnnxTrainer {
     return t;
   }
 
+  /** The loss graph's inputs; with a head update the target rows are W_t + A B_t. */
   private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor): Feeds {
     const n = batch.rows;
-    return { m, s, z, target_rows: f32(this.frozenHead.targetRows(batch.targets), [n, this.shape.d]), mask: f32(Float32Array.from(batch.mask), [n, 1]) };
+    let rows = this.frozenHead.targetRows(batch.targets);
+    if (this.headUpdate.rank > 0) rows = this.headUpdate.addLifted(rows, this.headUpdate.targetRows(this.params.get('head_b')!, batch.targets), this.params.get('head_a')!);
+    return { m, s, z, target_rows: f32(rows, [n, this.shape.d]), mask: f32(Float32Array.from(batch.mask), [n, 1]) };
   }
 
   /** One optimizer step on a batch (skipped, but counted, when no token is masked in). */
@@ -210,21 +238,46 @@ export class OnnxTrainer {
 
   private async run(batch: ActivationBatch, tokens: number, lr: number, gradientsOnly: boolean): Promise<{ lossSum: number; grads?: Map<string, Float32Array>; skipped?: boolean }> {
     const [, , , stepSession, evalSession] = await this.sessions();
-    const { feeds, z, m, s, acc } = await this.headPass(batch, true);
+    const { feeds, z, m, s, acc, u, accB } = await this.headPass(batch, true);
     const loss = this.lossFeeds(batch, m, s, z);
     if (tokens === 0) return { lossSum: Number((await evalSession.run(loss)).loss_sum!.data[0]) };
     const n = batch.rows;
-    const feeds2: Feeds = { ...feeds, m, s, acc: acc!, target_rows: loss.target_rows!, mask: loss.mask!, weights: f32(Float32Array.from(batch.mask, (x) => x / tokens), [n, 1]) };
+    const weights = f32(Float32Array.from(batch.mask, (x) => x / tokens), [n, 1]);
+    // With a head update, the softmax rows are acc + acc_b A^T (HeadUpdate.ts).
+    const softmaxRows = u ? f32(this.headUpdate.addLifted(acc!.data as Float32Array, accB!.data as Float32Array, this.params.get('head_a')!), [n, this.shape.d]) : acc!;
+    const feeds2: Feeds = { ...feeds, m, s, acc: softmaxRows, target_rows: loss.target_rows!, mask: loss.mask!, weights };
+    const headGrads = u ? await this.headGradients(batch, z, u, accB!, m, s, weights) : undefined;
     if (gradientsOnly) {
-      const order = [...this.params.keys()];
+      const order = ladderParameterNames(this.shape);
       const out = await this.stepOutputs(stepSession, feeds2, 0, ['loss_sum', ...order.map(names.grad)]);
-      return { lossSum: Number(out.loss_sum!.data[0]), grads: new Map(order.map((p) => [p, out[names.grad(p)]!.data as Float32Array])) };
+      const grads = new Map(order.map((p) => [p, out[names.grad(p)]!.data as Float32Array]));
+      for (const [p, g] of headGrads ?? []) grads.set(p, g);
+      return { lossSum: Number(out.loss_sum!.data[0]), grads };
     }
     const out = await this.stepOutputs(stepSession, feeds2, lr, ['loss_sum']);
     const lossSum = Number(out.loss_sum!.data[0]);
     if (!Number.isFinite(lossSum) || !Number.isFinite(Number(out.grad_norm!.data[0]))) return { lossSum, skipped: true };
+    if (headGrads && !HeadUpdate.adam(headGrads, this.params, { m: this.m, v: this.v }, lr, this.step + 1, this.options)) return { lossSum, skipped: true };
     this.adopt(out);
     return { lossSum };
+  }
+
+  /** The head update's gradients (HeadUpdate.ts): B's softmax part chunk by chunk, then the targets' part and A's. */
+  private async headGradients(batch: ActivationBatch, z: ort.Tensor, u: Float32Array, accB: ort.Tensor, m: ort.Tensor, s: ort.Tensor, weights: ort.Tensor): Promise<Map<string, Float32Array>> {
+    const k = this.headUpdate.rank;
+    const n = batch.rows;
+    const { d } = this.shape;
+    const session = await this.engine.session(`head-grad-${d}-k${k}`, () => buildHeadChunkGrad(d, k), this);
+    const b = this.params.get('head_b')!;
+    const softmaxPart = new Float32Array(b.length);
+    let start = 0;
+    for (const [c, w] of this.frozenHead.chunks.entries()) {
+      const out = await session.run({ z, w, b: this.chunkOfB(c), u: f32(u, [n, k]), m, s, weights });
+      softmaxPart.set(out.grad_b!.data as Float32Array, start * k);
+      start += w.dims[0]!;
+    }
+    const g = this.headUpdate.gradients(z.data as Float32Array, u, accB.data as Float32Array, s.data as Float32Array, this.headUpdate.targetRows(b, batch.targets), batch.targets, weights.data as Float32Array, softmaxPart);
+    return new Map([['head_a', g.a], ['head_b', g.b]]);
   }
 
   /** Held-out evaluation with the current weights (no update). */

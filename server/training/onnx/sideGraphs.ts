@@ -1,5 +1,5 @@
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
-import { ADAPTER_NORM_EPS, attentionBlocks, attentionHeadsOf, GATE_TEMPERATURE, hasAttention, parameterNames, parameterShape } from '../sideNetworkSpec';
+import { ADAPTER_NORM_EPS, attentionBlocks, attentionHeadsOf, GATE_TEMPERATURE, hasAttention, ladderParameterNames, parameterShape } from '../sideNetworkSpec';
 import { GraphBuilder } from './GraphBuilder';
 
 /**
@@ -9,11 +9,7 @@ import { GraphBuilder } from './GraphBuilder';
  *
  *   forward     h_k, params, norm weight -> z = output_norm(h_{K-1} + delta)        [n, d]
  *               (joinAfterNorm: z = output_norm(h_{K-1}) + delta)
- *   headChunk   z, W_c (f16), running max m, sum s (and acc) -> the same, updated:
- *               the online log-sum-exp over one chunk of the vocabulary, so no
- *               [tokens, vocabulary] tensor exists (acc = sum_v softmax-weight W_v)
- *   trainStep   everything above and the target rows -> loss sum, the
- *               hand-written backward, global-norm clipping, one Adam step
+ *   (the head's chunks: ./headGraphs.ts)
  *   evalLoss    m, s, z, target rows, mask -> loss sum
  *   sideDelta   h_k, params -> delta = s Out [n, d] (label-private: sent to the device)
  *   upstreamStep h_k, params, dy -> the backward from the device's gradient at
@@ -174,7 +170,7 @@ function attentionBackward(g: GraphBuilder, L: Layout, A: AttentionValues, dx2: 
 function sideLadder(g: GraphBuilder, shape: SideNetworkShape): LadderValues {
   const { d } = shape;
   const K = shape.tappedLayers.length;
-  for (const p of parameterNames(shape)) g.input(names.param(p), 'float32', parameterShape(shape, p));
+  for (const p of ladderParameterNames(shape)) g.input(names.param(p), 'float32', parameterShape(shape, p));
   const hs = Array.from({ length: K }, (_, k) => g.input(names.layer(k), 'float32', ['n', d]));
   const layout = declareLayout(g, shape);
   const layers: LadderValues['layers'] = [];
@@ -243,26 +239,6 @@ export function buildForward(shape: SideNetworkShape): Uint8Array {
   return g.build();
 }
 
-/** headChunk: one chunk of the online log-sum-exp; with `withAcc`, also acc = sum_v exp(l_v - m) W_v. */
-export function buildHeadChunk(d: number, withAcc: boolean): Uint8Array {
-  const g = new GraphBuilder(withAcc ? 'head_chunk_train' : 'head_chunk_eval');
-  const z = g.input('z', 'float32', ['n', d]);
-  const w = g.op('Cast', [g.input('w', 'float16', ['c', d])], { to: 1 }); // [c, d] float32
-  const m = g.input('m', 'float32', ['n', 1]);
-  const s = g.input('s', 'float32', ['n', 1]);
-  const logits = g.matmul(z, g.transpose(w)); // [n, c]
-  const mNew = g.op('Max', [m, g.maxLast(logits)]); // [n, 1]
-  const scaleOld = g.op('Exp', [g.sub(m, mNew)]); // [n, 1]
-  const e = g.op('Exp', [g.sub(logits, mNew)]); // [n, c]
-  g.output(mNew, 'next_m', 'float32', ['n', 1]);
-  g.output(g.add(g.mul(s, scaleOld), g.sumLast(e)), 'next_s', 'float32', ['n', 1]);
-  if (withAcc) {
-    const acc = g.input('acc', 'float32', ['n', d]);
-    g.output(g.add(g.mul(acc, scaleOld), g.matmul(e, w)), 'next_acc', 'float32', ['n', d]);
-  }
-  return g.build();
-}
-
 /** Per-token loss m + log s - z . W[target]: [n, 1]. */
 function tokenLoss(g: GraphBuilder, m: string, s: string, z: string, wt: string): string {
   return g.sub(g.add(m, g.op('Log', [s])), g.sumLast(g.mul(z, wt)));
@@ -320,7 +296,7 @@ function clipAndAdam(g: GraphBuilder, shape: SideNetworkShape, grads: Map<string
   const lr = g.input('learning_rate', 'float32', []);
   const c1 = g.input('bias_correction1', 'float32', []);
   const c2 = g.input('bias_correction2', 'float32', []);
-  const order = parameterNames(shape);
+  const order = ladderParameterNames(shape);
   const squares = order.map((p) => g.sumAll(g.mul(grads.get(p)!, grads.get(p)!)));
   const norm = g.op('Sqrt', [squares.reduce((acc2, q) => g.add(acc2, q))]);
   g.output(norm, 'grad_norm', 'float32', []);

@@ -88,6 +88,10 @@ describe('server: what one session may do', function () {
     assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'attention scores past the limit');
     ws.deliver({ type: 'job/create', name: 'x', config: { ...config, labelPrivate: true, joinAfterNorm: true } });
     assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'a label-private job joining after the norm');
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, labelPrivate: true, headRank: 4 } });
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'a label-private job with a head update (the server has no head and no ids)');
+    ws.deliver({ type: 'job/create', name: 'x', config: { ...config, headRank: 17 } });
+    assert.equal((await ws.next('error')).code, 'BAD_FRAME', 'a head update past rank 16');
     ws.deliver({ type: 'job/create', name: 'v2', config: { ...config, sideNetwork: 2, batchSize: 2 } });
     const { jobId } = await ws.next('job/ready');
     const b = batchPayload(1);
@@ -102,7 +106,7 @@ describe('server: what one session may do', function () {
 
   it('takes a new job\'s starting values from its backbone with job/create, checks them, and keeps them as its step-0 checkpoint', async () => {
     const { ws, jobs } = await session();
-    const shape = jobShape({ ...config, initFromBackbone: true }, D);
+    const shape = jobShape({ ...config, initFromBackbone: true }, { hiddenSize: D, vocabularySize: 0 });
     const sizes = backboneInitNames(shape).map((n) => parameterShape(shape, n).reduce((a, b) => a * b, 1));
     const start = Float32Array.from({ length: sizes.reduce((a, b) => a + b, 0) }, (_, i) => (i % 7) / 7);
     const bytes = (f: Float32Array): Uint8Array => new Uint8Array(f.buffer, f.byteOffset, f.byteLength);

@@ -137,6 +137,59 @@ describe('ONNX training engine (checked against the TensorFlow.js reference)', f
     await assertFiniteDifferences(engine, shape, values, batch(), halves, norm, [['out', 5], ['down.0', 17], ['mid.2', 3], ['up.1', 8], ['alpha.2', 0]]);
   });
 
+  describe('with a head update of rank 3 (headRank)', () => {
+    const headShape = (): SideNetworkShape => sideShape(d, 4, tapped, 2, false, { rank: 3, vocab });
+    /** Live values with a non-zero B, so A's gradient flows too. */
+    const headValues = (shape: SideNetworkShape, seed: number): Map<string, Float32Array> => {
+      const values = liveValues(shape, seed);
+      values.set('head_b', randomArray(new SeededRandom(seed + 200), vocab * 3, 0.5));
+      return values;
+    };
+
+    it('starts at the backbone\'s head (B zero): the same loss as without it', async () => {
+      const { halves, norm, batch } = problem(11, 18);
+      const b = { ...batch(), lengths: [10, 8] };
+      const shape = headShape();
+      const values = initialParameters(shape, 4);
+      assert.ok(values.get('head_a')!.some((x) => x !== 0), 'A starts random');
+      assert.ok(values.get('head_b')!.every((x) => x === 0), 'B starts at zero');
+      const plainShape = sideShape(d, 4, tapped, 2);
+      const opts = { learningRate: 1e-3, warmupSteps: 1, totalSteps: 10 };
+      const withHead = await new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, opts).evalBatch(b);
+      const without = await new OnnxTrainer(engine, plainShape, new OnnxHead(halves, norm, EPS, 16), values, opts).evalBatch(b);
+      assert.ok(Math.abs(withHead.lossSum - without.lossSum) < 1e-5 * Math.abs(without.lossSum), `${withHead.lossSum} vs ${without.lossSum}`);
+    });
+
+    it('gradients of A, B and the side network pass a finite-difference check, through a head in several chunks', async () => {
+      const { halves, norm, batch } = problem(12, 16);
+      const b = batch();
+      const shape = headShape();
+      const targetRow = b.targets[0]!;
+      const otherRow = [...Array(vocab).keys()].find((v) => !b.targets.includes(v))!;
+      await assertFiniteDifferences(engine, shape, headValues(shape, 8), { ...b, lengths: [16] }, halves, norm, [
+        ['head_a', 7], ['head_a', 3 * 20 + 2], ['head_b', targetRow * 3 + 1], ['head_b', otherRow * 3], ['head_b', 45 * 3 + 2], ['out', 5], ['down.0', 17],
+      ]);
+    });
+
+    it('Adam steps move A and B, the optimizer state holds them, and the loss falls on a repeated batch', async () => {
+      const { halves, norm, batch } = problem(13, 20);
+      const b = { ...batch(), lengths: [20] };
+      const shape = headShape();
+      const values = initialParameters(shape, 5);
+      const trainer = new OnnxTrainer(engine, shape, new OnnxHead(halves, norm, EPS, 16), values, { learningRate: 2e-2, warmupSteps: 1, totalSteps: 30 });
+      const first = await trainer.trainBatch(b);
+      for (let s = 0; s < 29; s++) await trainer.trainBatch(b);
+      const after = await trainer.evalBatch(b);
+      assert.ok(after.lossSum / after.tokens < first.loss - 0.5, `${first.loss} -> ${after.lossSum / after.tokens}`);
+      assert.ok(trainer.values().get('head_b')!.some((x) => x !== 0), 'B moved');
+      assert.ok(maxRelativeError(trainer.values().get('head_a')!, values.get('head_a')!) > 0, 'A moved');
+      const state = trainer.exportState();
+      assert.deepEqual([...state.m.keys()], parameterNames(shape));
+      assert.deepEqual(parameterNames(shape).slice(-2), ['head_a', 'head_b']);
+      assert.ok(state.v.get('head_b')!.some((x) => x > 0));
+    });
+  });
+
   it('50 Adam steps follow the TensorFlow.js trainer on the same batches (held-out loss within 1e-3 relative)', async () => {
     const { halves, head, norm, batch } = problem(3, 24);
     const shape = sideShape(d, 4, tapped);

@@ -244,7 +244,7 @@ describe('which layers a job taps', () => {
   });
 
   it('refuses a side network other than 1 or 2, a tap interval below 1, and a join after the norm in label-private mode, as BAD_ARGUMENT', () => {
-    for (const bad of [{ sideNetwork: 3 }, { tapEvery: 0 }, { tapEvery: 1.5 }, { joinAfterNorm: 'yes' }, { joinAfterNorm: true, labelPrivate: true }, { initFromBackbone: 1 }]) {
+    for (const bad of [{ sideNetwork: 3 }, { tapEvery: 0 }, { tapEvery: 1.5 }, { joinAfterNorm: 'yes' }, { joinAfterNorm: true, labelPrivate: true }, { initFromBackbone: 1 }, { headRank: 4, labelPrivate: true }, { headRank: 17 }]) {
       assert.throws(() => checkFineTuneOptions({ workspace: '.', model: '', ...(bad as object) }), (e: MobiError) => e.code === 'BAD_ARGUMENT', JSON.stringify(bad));
     }
   });

@@ -1,0 +1,67 @@
+import { GraphBuilder } from './GraphBuilder';
+
+/**
+ * The frozen head's graphs, one chunk of the vocabulary at a time (the
+ * trainer walks the chunks; see ./sideGraphs.ts for the side network's):
+ *
+ *   headChunk     z, W_c (f16), running max m, sum s (and acc) -> the same,
+ *                 updated: the online log-sum-exp over one chunk, so no
+ *                 [tokens, vocabulary] tensor exists (acc = sum_v softmax-weight W_v).
+ *                 With a head update of rank k (headRank), the chunk also takes
+ *                 B_c [c, k] and u = z A [n, k]: logits = z W_c^T + u B_c^T, and
+ *                 to train also acc_b = sum_v softmax-weight B_v
+ *   headChunkGrad z, W_c, B_c, u, final m and s, token weights -> dB_c [c, k]
+ *                 (the softmax part of B's gradient; the trainer adds the targets')
+ */
+
+/** One chunk's logits [n, c]: z W_c^T, plus u B_c^T with a head update of rank k > 0 (inputs b [c, k] and u [n, k]). */
+function chunkLogits(g: GraphBuilder, d: number, rank: number): { z: string; w: string; logits: string; b?: string; u?: string } {
+  const z = g.input('z', 'float32', ['n', d]);
+  const w = g.op('Cast', [g.input('w', 'float16', ['c', d])], { to: 1 }); // [c, d] float32
+  const plain = g.matmul(z, g.transpose(w)); // [n, c]
+  if (rank === 0) return { z, w, logits: plain };
+  const b = g.input('b', 'float32', ['c', rank]);
+  const u = g.input('u', 'float32', ['n', rank]);
+  return { z, w, b, u, logits: g.add(plain, g.matmul(u, g.transpose(b))) };
+}
+
+/**
+ * headChunk: one chunk of the online log-sum-exp; with `withAcc`, also
+ * acc = sum_v exp(l_v - m) W_v (and, with a head update, acc_b = the same sum of B_v).
+ */
+export function buildHeadChunk(d: number, withAcc: boolean, rank = 0): Uint8Array {
+  const g = new GraphBuilder(withAcc ? 'head_chunk_train' : 'head_chunk_eval');
+  const { w, b, logits } = chunkLogits(g, d, rank);
+  const m = g.input('m', 'float32', ['n', 1]);
+  const s = g.input('s', 'float32', ['n', 1]);
+  const mNew = g.op('Max', [m, g.maxLast(logits)]); // [n, 1]
+  const scaleOld = g.op('Exp', [g.sub(m, mNew)]); // [n, 1]
+  const e = g.op('Exp', [g.sub(logits, mNew)]); // [n, c]
+  g.output(mNew, 'next_m', 'float32', ['n', 1]);
+  g.output(g.add(g.mul(s, scaleOld), g.sumLast(e)), 'next_s', 'float32', ['n', 1]);
+  if (withAcc) {
+    const acc = g.input('acc', 'float32', ['n', d]);
+    g.output(g.add(g.mul(acc, scaleOld), g.matmul(e, w)), 'next_acc', 'float32', ['n', d]);
+    if (b) {
+      const accB = g.input('acc_b', 'float32', ['n', rank]);
+      g.output(g.add(g.mul(accB, scaleOld), g.matmul(e, b)), 'next_acc_b', 'float32', ['n', rank]);
+    }
+  }
+  return g.build();
+}
+
+/**
+ * headChunkGrad: with the final m and s of every token, the softmax part of
+ * the head update's B gradient on one chunk, dB_c = (softmax_c * weights)^T u
+ * [c, k] (the target rows' -weights u is the trainer's).
+ */
+export function buildHeadChunkGrad(d: number, rank: number): Uint8Array {
+  const g = new GraphBuilder('head_chunk_grad');
+  const { u, logits } = chunkLogits(g, d, rank);
+  const m = g.input('m', 'float32', ['n', 1]);
+  const s = g.input('s', 'float32', ['n', 1]);
+  const weights = g.input('weights', 'float32', ['n', 1]);
+  const p = g.mul(g.op('Exp', [g.sub(logits, m)]), g.div(weights, s)); // [n, c]
+  g.output(g.matmul(g.transpose(p), u!), 'grad_b', 'float32', ['c', rank]);
+  return g.build();
+}
