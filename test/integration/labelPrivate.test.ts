@@ -12,8 +12,9 @@ import { listFiles, makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const MODEL = { layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0' as const, seed: 5 };
 
+/** The two modes train the same side network here: the head update, which only the standard mode has, is off. */
 function options(workspace: string, extra: Partial<FineTuneOptions> = {}): FineTuneOptions {
-  return { workspace, model: tinyModel(MODEL), storeDir: tmpDir('lp-store'), seqLen: 32, batchSize: 4, steps: 50, threads: 1, learningRate: 5e-3, seed: 3, ...extra };
+  return { workspace, model: tinyModel(MODEL), storeDir: tmpDir('lp-store'), seqLen: 32, batchSize: 4, steps: 50, threads: 1, learningRate: 5e-3, seed: 3, headRank: 0, ...extra };
 }
 
 /** Runs a job and keeps its per-step training losses (as acknowledged). */

@@ -115,7 +115,7 @@ describe('side-tuning server', function () {
         default: {
           if (i % 500 === 9) {
             const f = Buffer.from(valid);
-            f.write('{"v":7', 4, 'utf8'); // wrong version: the server closes
+            f.write('{"v":0', 4, 'utf8'); // a version no release had (the real one is one digit too): the server closes
             return { data: f, binary: true };
           }
           return { data: encodeFrame({ type: 'job/list', extra: rng.next() } as never), binary: true };

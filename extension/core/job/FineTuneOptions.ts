@@ -74,7 +74,10 @@ export function defaultLabelPrivate(o: Pick<FineTuneOptions, 'server'>): boolean
 /** Checks the options and applies the defaults (the job settings' rows, then the host's) to every one left undefined. */
 export function resolveFineTuneOptions(options: FineTuneOptions): ResolvedFineTuneOptions {
   const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FineTuneOptions;
-  const resolved = { ...JOB_DEFAULTS, ...HOST_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), labelPrivate: defaultLabelPrivate(given), ...given };
+  const labelPrivate = given.labelPrivate ?? defaultLabelPrivate(given);
+  // The head update is trained from the token ids: label-private jobs have none unless asked (and then are refused).
+  const headRank = given.headRank ?? (labelPrivate ? 0 : JOB_DEFAULTS.headRank);
+  const resolved = { ...JOB_DEFAULTS, ...HOST_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), ...given, labelPrivate, headRank };
   checkFineTuneOptions(resolved); // each given value against its row, and the rules between settings with the defaults applied
   return resolved;
 }

@@ -154,6 +154,18 @@ describe('device job parts', () => {
       assert.throws(() => resolveFineTuneOptions({ workspace: 'w', model: 'm', server, joinAfterNorm: true }), /turn labelPrivate off/);
       assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server, joinAfterNorm: true, labelPrivate: false }).joinAfterNorm, true);
     });
+
+    it('trains the head update by default in the standard mode only (it needs the token ids), and refuses one asked for in label-private mode', async () => {
+      const server = { url: 'ws://127.0.0.1:1', token: 't' };
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm' }).headRank, JOB_DEFAULTS.headRank);
+      assert.ok(JOB_DEFAULTS.headRank > 0);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server }).headRank, 0);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server, labelPrivate: false }).headRank, JOB_DEFAULTS.headRank);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', headRank: 0 }).headRank, 0);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', headRank: 4 }).headRank, 4);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', labelPrivate: true }).headRank, 0);
+      assert.throws(() => resolveFineTuneOptions({ workspace: 'w', model: 'm', server, headRank: 4 }), /headRank is for the standard mode.*turn labelPrivate off/);
+    });
   });
 
   describe('JobRecordStore', () => {
