@@ -4,7 +4,9 @@
  * 151,936-row head, on the product's engine (onnxruntime-node, CPU provider,
  * 1 and 2 intra-op threads) and on the previous engine (TensorFlow.js wasm,
  * kept here and in the tests as the reference only); plus the side network
- * alone (a 1,024-row head) to separate the two costs. Each run is its own
+ * alone (a 1,024-row head) to separate the two costs, and the product's
+ * default in the standard mode, with the head update of rank 16 (headRank),
+ * against the same run without it. Each run is its own
  * process, so each peak RSS is its own. Also prints the exact transfer bytes
  * per token for each wire format.
  *
@@ -32,9 +34,13 @@ const d = 896;
 const TOKENS = 1024;
 const QWEN_VOCAB = 151_936;
 
+/** The head update's rank in the runs that have one (the standard mode's default). */
+const HEAD_RANK = 16;
+
 interface Row {
   engine: string;
   threads?: number;
+  headRank?: number;
   vocab: number;
   secondsPerStep?: number;
   tokensPerSecond?: number;
@@ -56,9 +62,9 @@ function problem(vocab: number): { halves: Uint16Array; norm: Float32Array; batc
   return { halves, norm, batch };
 }
 
-async function child(engineName: string, vocab: number, threads: number, steps: number): Promise<void> {
+async function child(engineName: string, vocab: number, threads: number, steps: number, headRank: number): Promise<void> {
   const { halves, norm, batch } = problem(vocab);
-  const shape = sideShape(d, 8, Array.from({ length: L }, (_, i) => i));
+  const shape = sideShape(d, 8, Array.from({ length: L }, (_, i) => i), 1, false, headRank > 0 ? { rank: headRank, vocab } : undefined);
   const options = { learningRate: 1e-3, warmupSteps: 1, totalSteps: steps + 1 };
   let step: () => Promise<unknown>;
   if (engineName === 'onnxruntime-cpu') {
@@ -75,44 +81,51 @@ async function child(engineName: string, vocab: number, threads: number, steps: 
   const t0 = process.hrtime.bigint();
   for (let s = 0; s < steps; s++) await step();
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9 / steps;
-  const row: Row = { engine: engineName, threads, vocab, secondsPerStep: seconds, tokensPerSecond: TOKENS / seconds, peakRssMiB: Math.round(peakRssBytes() / 2 ** 20) };
+  const row: Row = { engine: engineName, threads, ...(headRank > 0 ? { headRank } : {}), vocab, secondsPerStep: seconds, tokensPerSecond: TOKENS / seconds, peakRssMiB: Math.round(peakRssBytes() / 2 ** 20) };
   process.stdout.write(`${JSON.stringify(row)}\n`);
 }
 
 async function main(): Promise<void> {
   const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
   const steps = Number(arg('steps', '2'));
-  if (process.argv.includes('--child')) return child(arg('engine', ''), Number(arg('vocab', '1024')), Number(arg('threads', '1')), steps);
-  const runs: { engine: string; threads: number }[] = [
+  if (process.argv.includes('--child')) return child(arg('engine', ''), Number(arg('vocab', '1024')), Number(arg('threads', '1')), steps, Number(arg('head-rank', '0')));
+  const runs: { engine: string; threads: number; headRank?: number }[] = [
     { engine: 'onnxruntime-cpu', threads: 1 },
     { engine: 'onnxruntime-cpu', threads: 2 },
+    { engine: 'onnxruntime-cpu', threads: 2, headRank: HEAD_RANK },
     { engine: 'tfjs-wasm', threads: 1 },
   ];
   const rows: Row[] = [];
   for (const vocab of [1024, QWEN_VOCAB]) {
-    for (const { engine, threads } of runs) {
-      const r = spawnSync(process.execPath, [__filename, '--child', '--engine', engine, '--vocab', String(vocab), '--threads', String(threads), '--steps', String(steps)], { encoding: 'utf8', env: { ...process.env, MOBILLM_TF_BACKEND: 'wasm' }, maxBuffer: 1 << 24 });
+    for (const { engine, threads, headRank = 0 } of runs) {
+      const args = ['--child', '--engine', engine, '--vocab', String(vocab), '--threads', String(threads), '--steps', String(steps), '--head-rank', String(headRank)];
+      const r = spawnSync(process.execPath, [__filename, ...args], { encoding: 'utf8', env: { ...process.env, MOBILLM_TF_BACKEND: 'wasm' }, maxBuffer: 1 << 24 });
       const line = r.stdout.trim().split('\n').pop() ?? '';
       if (r.status !== 0 || !line.startsWith('{')) {
-        rows.push({ engine, threads, vocab, skipped: `failed here (${(r.stderr.split('\n').find((l) => l.includes('Error')) ?? 'no output').slice(0, 160)})` });
+        rows.push({ engine, threads, ...(headRank ? { headRank } : {}), vocab, skipped: `failed here (${(r.stderr.split('\n').find((l) => l.includes('Error')) ?? 'no output').slice(0, 160)})` });
         process.stderr.write(`${engine} x${threads} vocab ${vocab}: failed\n${r.stderr.slice(-2000)}\n`);
         continue;
       }
       const row = JSON.parse(line) as Row;
       rows.push(row);
-      process.stderr.write(`${engine} x${threads} vocab ${vocab}: ${row.tokensPerSecond!.toFixed(0)} tokens/s (${row.secondsPerStep!.toFixed(2)} s/step, peak RSS ${row.peakRssMiB} MiB)\n`);
+      process.stderr.write(`${engine} x${threads}${headRank ? ` head rank ${headRank}` : ''} vocab ${vocab}: ${row.tokensPerSecond!.toFixed(0)} tokens/s (${row.secondsPerStep!.toFixed(2)} s/step, peak RSS ${row.peakRssMiB} MiB)\n`);
     }
   }
-  const full = (engine: string, threads: number): number | undefined => rows.find((r) => r.engine === engine && r.threads === threads && r.vocab === QWEN_VOCAB)?.tokensPerSecond;
+  const full = (engine: string, threads: number, headRank?: number): number | undefined =>
+    rows.find((r) => r.engine === engine && r.threads === threads && r.headRank === headRank && r.vocab === QWEN_VOCAB)?.tokensPerSecond;
+  const plain2 = full('onnxruntime-cpu', 2);
+  const head2 = full('onnxruntime-cpu', 2, HEAD_RANK);
   const wasm = full('tfjs-wasm', 1);
   const speedup = (threads: number): number | undefined => (wasm && full('onnxruntime-cpu', threads) ? full('onnxruntime-cpu', threads)! / wasm : undefined);
-  const tokensPerSecond = Object.fromEntries(rows.filter((r) => r.tokensPerSecond).map((r) => [`${r.engine}/threads${r.threads}/vocab${r.vocab}`, Math.round(r.tokensPerSecond!)]));
+  const tokensPerSecond = Object.fromEntries(rows.filter((r) => r.tokensPerSecond).map((r) => [`${r.engine}/threads${r.threads}${r.headRank ? `/headRank${r.headRank}` : ''}/vocab${r.vocab}`, Math.round(r.tokensPerSecond!)]));
   const wire = Object.fromEntries(([16, 8, 4] as const).map((b) => [`bits${b}`, { bytesPerTokenPerLayer: bytesPerRow(d, b), bytesPerTokenAllLayers: batchPayloadBytes(1, L, d, b) }]));
   const result = {
     shape: { layers: L, d, r: d / 8, vocabulary: QWEN_VOCAB, tokensPerStep: TOKENS },
     tokensPerSecond,
     speedupVsTfjsWasm: speedup(2),
     speedupVsTfjsWasmOneThread: speedup(1),
+    /** Tokens per second with the head update of rank 16 over without it (2 threads, the full head): the standard mode's cost of it. */
+    headUpdateOverPlain: plain2 && head2 ? head2 / plain2 : undefined,
     goals: { twoThreads: 8, oneThread: 4, peakRssMiB: 1536 },
     rows,
     wire: { ...wire, f32BytesPerTokenAllLayers: L * d * 4 + 5 },
@@ -121,11 +134,12 @@ async function main(): Promise<void> {
   const out = path.resolve(__dirname, '..', '..', 'bench', 'results', 'server-training.json');
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
-  console.log('| engine | threads | head rows | tokens/s | s/step | peak RSS |');
-  console.log('|---|---|---|---|---|---|');
+  console.log('| engine | threads | head update | head rows | tokens/s | s/step | peak RSS |');
+  console.log('|---|---|---|---|---|---|---|');
   for (const x of rows) {
-    console.log(`| ${x.engine} | ${x.threads} | ${x.vocab} | ${x.tokensPerSecond ? x.tokensPerSecond.toFixed(0) : `skipped: ${x.skipped}`} | ${x.secondsPerStep?.toFixed(2) ?? ''} | ${x.peakRssMiB ?? ''} MiB |`);
+    console.log(`| ${x.engine} | ${x.threads} | ${x.headRank ? `rank ${x.headRank}` : 'none'} | ${x.vocab} | ${x.tokensPerSecond ? x.tokensPerSecond.toFixed(0) : `skipped: ${x.skipped}`} | ${x.secondsPerStep?.toFixed(2) ?? ''} | ${x.peakRssMiB ?? ''} MiB |`);
   }
+  if (plain2 && head2) console.log(`the head update of rank ${HEAD_RANK}, full head, 2 threads: ${(head2 / plain2).toFixed(2)}x the tokens/s without it`);
   console.log(`speed-up of onnxruntime-cpu over tfjs-wasm with the full head: ${speedup(2)?.toFixed(1)}x (2 threads), ${speedup(1)?.toFixed(1)}x (1 thread)`);
   for (const [k, v] of Object.entries(wire)) console.log(`| ${k} | ${v.bytesPerTokenPerLayer} B/token/layer | ${v.bytesPerTokenAllLayers} B/token (24 layers + target + mask) |`);
 }
