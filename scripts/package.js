@@ -1,11 +1,15 @@
 #!/usr/bin/env node
-// Packages the extension for one platform (this machine's; the native addon is
-// built here): the extension's JavaScript bundled into dist/ by esbuild, plus
-// only the native files that platform runs. Writes mobillm-vscode-<target>.vsix.
+// Packages the extension for one platform: the extension's JavaScript bundled
+// into dist/ by esbuild, plus only the native files that platform runs (the
+// addon and its llama.cpp libraries in out/native/<target>/, onnxruntime-node's
+// and bufferutil's binaries for it). Writes mobillm-vscode-<target>.vsix.
 //
-//   node scripts/package.js            (after "npm run build")
+//   node scripts/package.js [--target T]   (after "npm run build"; T defaults to this machine;
+//                                          the addon for T is built first when it is missing)
 //
-// What goes in, and why: .vscodeignore (everything else under node_modules is left out).
+// What goes in, and why: .vscodeignore (the files every target has) and the
+// target's native lines added here from extension/native/targets.ts, written to
+// build/vscodeignore-<target> for vsce.
 'use strict';
 
 const { execFileSync } = require('node:child_process');
@@ -15,18 +19,36 @@ const esbuild = require('esbuild');
 
 const ROOT = path.resolve(__dirname, '..');
 
-// The native addon is built on this machine; .vscodeignore names linux-x64's native files.
-const TARGETS = ['linux-x64'];
-
 function fail(message) {
   process.stderr.write(`error[PACKAGE]: ${message}\n`);
   process.exit(1);
 }
 
-const target = `${process.platform}-${process.arch}`;
-if (!TARGETS.includes(target)) fail(`the native addon builds on linux-x64 only; this machine is ${target}.`);
-const addon = path.join(ROOT, 'out', 'native', 'mobillm.node');
-if (!fs.existsSync(addon)) fail('out/native/mobillm.node is missing: run "npm run build" first.');
+const targetsFile = path.join(ROOT, 'out', 'extension', 'native', 'targets.js');
+if (!fs.existsSync(targetsFile)) fail('out/ is missing: run "npm run build" first.');
+const { NATIVE_TARGETS, NATIVE_TARGET_NAMES, targetOf, addonFile } = require(targetsFile);
+const arg = process.argv.includes('--target') ? process.argv[process.argv.indexOf('--target') + 1] : undefined;
+const target = arg ?? targetOf(process.platform, process.arch);
+if (!target || !NATIVE_TARGETS[target]) fail(`no target ${target ?? `${process.platform}-${process.arch}`}; the targets are ${NATIVE_TARGET_NAMES.join(', ')}.`);
+if (!fs.existsSync(addonFile(ROOT, target))) {
+  execFileSync(process.execPath, [path.join(ROOT, 'extension', 'native', 'build-addon.js'), '--target', target], { stdio: 'inherit' });
+}
+
+/** .vscodeignore plus the target's native files (vsce: a "!" line lets a path back in). */
+function ignoreFile() {
+  const spec = NATIVE_TARGETS[target];
+  const lines = [
+    `# ${target}'s native files (scripts/package.js)`,
+    `!out/native/${target}/mobillm.node`,
+    `!out/native/${target}/*.${target.startsWith('win32') ? 'dll' : target.startsWith('darwin') ? 'dylib' : 'so'}`,
+    ...(spec.onnxruntime ? [`!node_modules/onnxruntime-node/bin/napi-v6/${spec.onnxruntime}/*`] : []),
+    ...(spec.bufferutil ? [`!node_modules/bufferutil/prebuilds/${spec.bufferutil}/*`] : []),
+  ];
+  const file = path.join(ROOT, 'build', `vscodeignore-${target}`);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, `${fs.readFileSync(path.join(ROOT, '.vscodeignore'), 'utf8')}\n${lines.join('\n')}\n`);
+  return file;
+}
 
 const DIST = path.join(ROOT, 'dist');
 fs.rmSync(DIST, { recursive: true, force: true });
@@ -73,7 +95,7 @@ bundle()
   .then(() => {
     const out = `mobillm-vscode-${target}.vsix`;
     const vsce = path.join(ROOT, 'node_modules', '@vscode', 'vsce', 'vsce');
-    execFileSync(process.execPath, [vsce, 'package', '--target', target, '--no-update-package-json',
+    execFileSync(process.execPath, [vsce, 'package', '--target', target, '--no-update-package-json', '--ignoreFile', ignoreFile(),
       '--allow-missing-repository', '--no-rewrite-relative-links', '-o', out], { cwd: ROOT, stdio: 'inherit' });
   })
   .catch((err) => fail(err instanceof Error ? err.message : String(err)));

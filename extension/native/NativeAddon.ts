@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import type { SideNetworkShape } from '../../common/AdapterConfig';
 import { packageRoot } from '../../common/packageRoot';
+import { addonDir, addonFile, NATIVE_TARGET_NAMES, targetOf } from './targets';
 
 /**
  * Every error code the addon raises (the C++ sources' codedError calls; a unit
@@ -123,27 +123,48 @@ export interface NativeAddon {
   ensureBackends(libDir: string, verboseLog: boolean): number;
 }
 
-export const ADDON_PATH = path.join(packageRoot(), 'out', 'native', 'mobillm.node');
-export const LLAMA_LIB_DIR = path.join(packageRoot(), 'node_modules', '@node-llama-cpp', 'linux-x64', 'bins', 'linux-x64');
+/**
+ * Where this machine's addon is: out/native/<target>/mobillm.node, beside the
+ * llama.cpp libraries it links to (copied there from node-llama-cpp's package
+ * for that target by build-addon.js). NATIVE_ADDON_MISSING, naming the
+ * platform and the supported ones, on a machine with no build or where it is missing.
+ */
+export function nativeAddonLocation(platform: string = process.platform, arch: string = process.arch): { file: string; libDir: string } {
+  const target = targetOf(platform, arch);
+  if (!target) {
+    throw new NativeError('NATIVE_ADDON_MISSING', `MobiLLM has no build for ${platform}-${arch}; it runs on ${NATIVE_TARGET_NAMES.join(', ')}.`);
+  }
+  const file = addonFile(packageRoot(), target);
+  if (!fs.existsSync(file)) {
+    throw new NativeError('NATIVE_ADDON_MISSING', `The native addon for ${target} is missing (${file}): install the MobiLLM package built for ${target}, or from source run "npm ci" (or "node extension/native/build-addon.js").`);
+  }
+  return { file, libDir: addonDir(packageRoot(), target) };
+}
 
 let loaded: Promise<NativeAddon> | undefined;
 
 /**
  * Loads the addon once per process. It links to the llama.cpp shared libraries
- * node-llama-cpp ships (LLAMA_LIB_DIR, found through its rpath) and loads the
- * best of their CPU backends itself, so the extension runs llama.cpp without
- * node-llama-cpp's JavaScript (which only resolves `hf:` model URIs).
+ * node-llama-cpp ships (copied beside it, found through its rpath or the DLL
+ * search path) and loads the best of their CPU backends itself, so the
+ * extension runs llama.cpp without node-llama-cpp's JavaScript (which only
+ * resolves `hf:` model URIs). A library that does not load is
+ * NATIVE_ADDON_MISSING too, never a crash.
  */
 export function loadNativeAddon(): Promise<NativeAddon> {
   loaded ??= (async () => {
-    if (!fs.existsSync(ADDON_PATH)) {
-      throw new NativeError('NATIVE_ADDON_MISSING', `The native addon is not built (${ADDON_PATH}); run "npm ci" or "node extension/native/build-addon.js".`);
+    const where = nativeAddonLocation();
+    let addon: NativeAddon;
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      addon = require(where.file) as NativeAddon;
+    } catch (err) {
+      const why = err instanceof Error ? err.message.split('\n')[0]!.slice(0, 300) : String(err);
+      throw new NativeError('NATIVE_ADDON_MISSING', `The native addon for ${process.platform}-${process.arch} does not load (${why}); reinstall the MobiLLM package built for this platform.`, { cause: err });
     }
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const addon = require(ADDON_PATH) as NativeAddon;
     // llama.cpp's own log lines go to stderr only when MOBILLM_DEBUG is set:
     // the product reports failures through typed errors instead (NO_BACKEND).
-    addon.ensureBackends(LLAMA_LIB_DIR, Boolean(process.env.MOBILLM_DEBUG));
+    addon.ensureBackends(where.libDir, Boolean(process.env.MOBILLM_DEBUG));
     return addon;
   })();
   loaded.catch(() => (loaded = undefined));

@@ -3,6 +3,7 @@ import type { CompletionEngine } from '../core/completion/CompletionEngine';
 import { DashboardPanel } from './DashboardPanel';
 import { FineTuneController, TOKEN_SECRET } from './FineTuneController';
 import { InlineCompletions } from './InlineCompletions';
+import { nativeAddonLocation } from '../native/NativeAddon';
 
 /** The completions of this activation; deactivate() disposes their engine (awaited, so the model is freed before exit). */
 let completionsInUse: InlineCompletions | undefined;
@@ -71,6 +72,22 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.workspace.onDidChangeConfiguration((ev) => ev.affectsConfiguration('mobillm') && void updateModelStatus()),
   );
   void updateModelStatus();
+  checkNativeAddon(log);
+}
+
+/**
+ * A package installed where no native build fits (another platform's
+ * package, or a missing library): one notification naming the platform and
+ * the supported targets, at activation, instead of a failure at first use.
+ */
+function checkNativeAddon(log: vscode.LogOutputChannel): void {
+  try {
+    nativeAddonLocation();
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    log.error(`error[NATIVE_ADDON_MISSING] ${message}`);
+    void vscode.window.showErrorMessage(`MobiLLM cannot run on this computer: ${message}`);
+  }
 }
 
 export async function deactivate(): Promise<void> {

@@ -2,50 +2,14 @@ import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as zlib from 'node:zlib';
 import { GraphBuilder } from '../../server/training/onnx/GraphBuilder';
 import { skipBecause, tinyModel } from '../helpers/models';
 import { tmpDir } from '../helpers/workspaces';
+import { zipEntries } from '../helpers/zip';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const TARGET = `${process.platform}-${process.arch}`;
 const VSIX = path.join(ROOT, `mobillm-vscode-${TARGET}.vsix`);
-
-interface ZipEntry {
-  name: string;
-  compressed: number;
-  size: number;
-  /** The entry's content, inflated. */
-  read(): Buffer;
-}
-
-/** The entries of a zip file, from its central directory (no extraction). */
-function zipEntries(file: string): ZipEntry[] {
-  const zip = fs.readFileSync(file);
-  let end = zip.length - 22;
-  while (end >= 0 && zip.readUInt32LE(end) !== 0x06054b50) end--;
-  assert.ok(end >= 0, 'the vsix has a zip end record');
-  const count = zip.readUInt16LE(end + 10);
-  let at = zip.readUInt32LE(end + 16);
-  const entries: ZipEntry[] = [];
-  for (let i = 0; i < count; i++) {
-    assert.equal(zip.readUInt32LE(at), 0x02014b50, 'central directory entry');
-    const nameLength = zip.readUInt16LE(at + 28);
-    const extra = zip.readUInt16LE(at + 30);
-    const comment = zip.readUInt16LE(at + 32);
-    const method = zip.readUInt16LE(at + 10);
-    const compressed = zip.readUInt32LE(at + 20);
-    const local = zip.readUInt32LE(at + 42);
-    const read = (): Buffer => {
-      const start = local + 30 + zip.readUInt16LE(local + 26) + zip.readUInt16LE(local + 28);
-      const data = zip.subarray(start, start + compressed);
-      return method === 8 ? zlib.inflateRawSync(data) : Buffer.from(data);
-    };
-    entries.push({ name: zip.toString('utf8', at + 46, at + 46 + nameLength), compressed, size: zip.readUInt32LE(at + 24), read });
-    at += 46 + nameLength + extra + comment;
-  }
-  return entries;
-}
 
 const isNative = (name: string): boolean => /\.(so(\.\d+)*|node)$/.test(name);
 
@@ -65,7 +29,7 @@ describe('The extension package', () => {
     assert.deepEqual(foreign.map((e) => e.name), []);
     assert.ok(native.some((e) => e.name.endsWith('libllama.v0.4.0.so') || /libllama[^/]*\.so/.test(e.name)), 'llama.cpp is in');
     assert.ok(native.some((e) => e.name.endsWith('onnxruntime_binding.node')), 'ONNX Runtime is in');
-    assert.ok(native.some((e) => e.name.endsWith('out/native/mobillm.node')), 'our addon is in');
+    assert.ok(native.some((e) => e.name.endsWith(`out/native/${TARGET}/mobillm.node`)), 'our addon is in');
     const nativeCompressed = native.reduce((s, e) => s + e.compressed, 0);
     const otherBytes = entries.filter((e) => !isNative(e.name)).reduce((s, e) => s + e.size, 0);
     assert.ok(otherBytes <= 5 * 2 ** 20, `${otherBytes} bytes besides the native files`);
@@ -93,8 +57,8 @@ describe('The extension package', () => {
         const ort = require(path.join(ext, 'node_modules', 'onnxruntime-node'));
         const session = await ort.InferenceSession.create(Buffer.from('${model}', 'base64'));
         const y = (await session.run({ x: new ort.Tensor('float32', new Float32Array([1, 2]), [2]) })).y;
-        const addon = require(path.join(ext, 'out', 'native', 'mobillm.node'));
-        const backends = addon.ensureBackends(path.join(ext, 'node_modules', '@node-llama-cpp', 'linux-x64', 'bins', 'linux-x64'), false);
+        const addon = require(path.join(ext, 'out', 'native', '${TARGET}', 'mobillm.node'));
+        const backends = addon.ensureBackends(path.join(ext, 'out', 'native', '${TARGET}'), false);
         const b = new addon.Backbone();
         await b.load(${JSON.stringify(tinyModel())}, { contextSize: 64, batchTokens: 32, maxSequences: 1, threads: 1, flashAttention: false });
         const { resolveModelFile } = await import(path.join(ext, 'dist', 'resolveModel.mjs'));
