@@ -104,8 +104,12 @@ function commit(t: Temporary, expectedBytes?: number): void {
   syncFolder(t.dir);
 }
 
-/** Makes a folder's entries (a rename) durable. */
+/**
+ * Makes a folder's entries (a rename) durable. Not on Windows, which has no
+ * fsync of a folder (it fails with EPERM; NTFS journals the rename itself).
+ */
 export function syncFolder(dir: string): void {
+  if (process.platform === 'win32') return;
   const dfd = fs.openSync(dir, 'r');
   try {
     fs.fsyncSync(dfd);
