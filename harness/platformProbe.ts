@@ -50,7 +50,8 @@ async function main(): Promise<void> {
   const bb = await Backbone.open(adapterModel, { contextSize: 256, maxSequences: 1, threads: 2, flashAttention: false });
   try {
     await bb.useAdapter(fs.readFileSync(adapter));
-    report.adapterLoss = await bb.sequenceLoss([bb.tokenize(PROBE_TEXT)]);
+    const { lossSum, tokens } = await bb.sequenceLoss([bb.tokenize(PROBE_TEXT)]);
+    report.adapterLoss = { lossSum, tokens };
   } finally {
     bb.dispose();
   }

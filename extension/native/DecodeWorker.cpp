@@ -15,32 +15,61 @@
 
 namespace mobillm {
 
+namespace {
+
+// MOBILLM_TENSOR_COPY=1: read and write every tensor through ggml's backend
+// API even where its buffer is the host's, so the path a Metal or GPU buffer
+// takes is tested on the CPU backend.
+bool copyTensors() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOBILLM_TENSOR_COPY");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
+// Runs `f` on t's float32 values: in place where its buffer is the host's;
+// otherwise on a copy read through ggml_backend_tensor_get and, when `write`,
+// written back with ggml_backend_tensor_set (a Metal or GPU buffer has no
+// usable `data` pointer on this side).
+template <class F>
+bool withFloats(ggml_tensor* t, std::vector<float>& scratch, bool write, F f) {
+  if (ggml_backend_buffer_is_host(t->buffer) && !copyTensors()) return f(static_cast<float*>(t->data));
+  scratch.resize(static_cast<size_t>(ggml_nelements(t)));
+  ggml_backend_tensor_get(t, scratch.data(), 0, ggml_nbytes(t));
+  if (!f(scratch.data())) return false;
+  if (write) ggml_backend_tensor_set(t, scratch.data(), 0, ggml_nbytes(t));
+  return true;
+}
+
+}  // namespace
+
 bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
   CaptureState* st = *static_cast<CaptureState**>(userData);
   if (st == nullptr) return !ask;  // not capturing: want nothing, keep going
   const SideNet* net = st->side != nullptr ? st->side->net : nullptr;
-  const auto hostF32 = [](const ggml_tensor* x, int64_t width) {
-    return x->type == GGML_TYPE_F32 && ggml_is_contiguous(x) && x->ne[0] == width && x->buffer != nullptr && ggml_backend_buffer_is_host(x->buffer);
+  const auto f32Rows = [](const ggml_tensor* x, int64_t width) {
+    return x->type == GGML_TYPE_F32 && ggml_is_contiguous(x) && x->ne[0] == width && x->buffer != nullptr;
   };
   if (net != nullptr && (net->joinAfterNorm || net->headRank > 0) && std::strcmp(t->name, "result_norm") == 0) {
     if (ask) return true;
-    float* z = static_cast<float*>(t->data);
     const int rows = static_cast<int>(t->ne[1]);
     // The side network's delta joins the normed hidden state the head reads; the head update reads it after.
-    if (!hostF32(t, net->d) || (net->joinAfterNorm && !st->side->applyAfterNorm(z, rows))) {
-      st->badShape = true;
-      return false;
-    }
-    if (net->headRank > 0) st->side->projectForHead(z, rows);
-    return true;
+    const bool ok = f32Rows(t, net->d) && withFloats(t, st->scratch, net->joinAfterNorm, [&](float* z) {
+      if (net->joinAfterNorm && !st->side->applyAfterNorm(z, rows)) return false;
+      if (net->headRank > 0) st->side->projectForHead(z, rows);
+      return true;
+    });
+    if (!ok) st->badShape = true;
+    return ok;
   }
   if (net != nullptr && net->headRank > 0 && std::strcmp(t->name, "result_output") == 0) {
     if (ask) return true;
-    if (!hostF32(t, net->vocab) || !st->side->addToLogits(static_cast<float*>(t->data), static_cast<int>(t->ne[1]), net->vocab)) {
-      st->badShape = true;
-      return false;
-    }
-    return true;
+    const bool ok = f32Rows(t, net->vocab) && withFloats(t, st->scratch, true, [&](float* logits) {
+      return st->side->addToLogits(logits, static_cast<int>(t->ne[1]), net->vocab);
+    });
+    if (!ok) st->badShape = true;
+    return ok;
   }
   if (std::strncmp(t->name, "l_out-", 6) != 0) return !ask;
   const int layer = std::atoi(t->name + 6);
@@ -51,8 +80,7 @@ bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
   if (slot < 0 && !side) return true;
 
   const int nEmbd = static_cast<int>(t->ne[0]);
-  if (t->type != GGML_TYPE_F32 || (slot >= 0 && nEmbd != st->nEmbd) || !ggml_is_contiguous(t) ||
-      t->buffer == nullptr || !ggml_backend_buffer_is_host(t->buffer)) {
+  if (t->type != GGML_TYPE_F32 || (slot >= 0 && nEmbd != st->nEmbd) || !ggml_is_contiguous(t) || t->buffer == nullptr) {
     st->badShape = true;
     return false;
   }
@@ -62,13 +90,18 @@ bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
       st->overflow = true;
       return false;
     }
-    std::memcpy(st->destination[slot] + st->rowsWritten[slot] * nEmbd, t->data, rows * nEmbd * sizeof(float));
+    float* dst = st->destination[slot] + st->rowsWritten[slot] * nEmbd;
+    if (ggml_backend_buffer_is_host(t->buffer) && !copyTensors()) std::memcpy(dst, t->data, rows * nEmbd * sizeof(float));
+    else ggml_backend_tensor_get(t, dst, 0, rows * nEmbd * sizeof(float));
     st->rowsWritten[slot] += rows;
   }
   if (side) {
     // Changing l_out-<L-1> in place is honoured: llama.cpp's own output norm
     // and head then run on h + delta.
-    st->side->apply(layer, static_cast<float*>(t->data), static_cast<int>(rows));
+    withFloats(t, st->scratch, true, [&](float* h) {
+      st->side->apply(layer, h, static_cast<int>(rows));
+      return true;
+    });
   }
   // Returning false after the last wanted layer stops the graph: the rest of
   // the layers and the head are skipped. (Aborting instead would also skip the

@@ -30,6 +30,7 @@ struct CaptureState {
   bool overflow = false;
   bool badShape = false;
   mobillm::SideRun* side = nullptr;  // the side network of this decode, if any
+  std::vector<float> scratch;        // a tensor's values where its buffer is not the host's (Metal, GPUs)
 };
 
 

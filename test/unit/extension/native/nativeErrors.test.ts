@@ -8,11 +8,11 @@ import { tinyModel } from '../../../helpers/models';
 
 const NATIVE_DIR = path.resolve(__dirname, '..', '..', '..', '..', '..', 'extension', 'native');
 
-/** Every upper-case string literal of the C++ sources: in this addon, each is an error code handed to codedError. */
+/** Every upper-case string literal of the C++ sources but environment variables' names: in this addon, each is an error code handed to codedError. */
 function codesInCpp(): Map<string, string> {
   const found = new Map<string, string>();
   for (const name of fs.readdirSync(NATIVE_DIR).filter((n) => /\.(cpp|hpp)$/.test(n))) {
-    for (const m of fs.readFileSync(path.join(NATIVE_DIR, name), 'utf8').matchAll(/"([A-Z][A-Z_]{3,})"/g)) found.set(m[1]!, name);
+    for (const m of fs.readFileSync(path.join(NATIVE_DIR, name), 'utf8').matchAll(/(getenv\()?"([A-Z][A-Z_]{3,})"/g)) if (!m[1]) found.set(m[2]!, name);
   }
   return found;
 }
