@@ -40,7 +40,7 @@ function ignoreFile() {
   const lines = [
     `# ${target}'s native files (scripts/package.js)`,
     `!out/native/${target}/mobillm.node`,
-    `!out/native/${target}/*.${target.startsWith('win32') ? 'dll' : target.startsWith('darwin') ? 'dylib' : 'so'}`,
+    ...(target.startsWith('win32') ? ['dll'] : target.startsWith('darwin') ? ['dylib', 'so'] : ['so']).map((e) => `!out/native/${target}/*.${e}`),
     ...(spec.onnxruntime ? [`!node_modules/onnxruntime-node/bin/napi-v6/${spec.onnxruntime}/*`] : []),
     ...(spec.bufferutil ? [`!node_modules/bufferutil/prebuilds/${spec.bufferutil}/*`] : []),
   ];

@@ -90,13 +90,18 @@ function llamaLibraries() {
 }
 const libDir = llamaLibraries();
 const ext = os === 'win32' ? '.dll' : os === 'darwin' ? '.dylib' : '.so';
-const libName = (base) => (os === 'win32' ? `${base}${ext}` : `lib${base}${ext}`);
-const libllama = libName(`llama.${info.tag}`);
-const libggml = libName(`ggml.${info.tag}`);
-const libbase = libName('ggml-base');
-for (const lib of [libllama, libggml, libbase]) {
-  if (!fs.existsSync(path.join(libDir, lib))) fail(`${lib} is missing from ${libDir}; reinstall node-llama-cpp.`);
+// Library files the target's package holds (on macOS the backends are .so files beside the .dylib libraries).
+const libraries = fs.readdirSync(libDir).filter((f) => f.endsWith(ext) || (os === 'darwin' && f.endsWith('.so')));
+/** The one library named `base`, with the release tag and perhaps a build name between (libllama.v0.4.0.so, libllama.metal.v0.4.0.dylib). */
+function library(base, tagged) {
+  const pattern = new RegExp(`^(lib)?${base}${tagged ? `\\.([a-z0-9_]+\\.)?${info.tag.replace(/\./g, '\\.')}` : ''}\\${ext}$`);
+  const found = libraries.filter((f) => pattern.test(f));
+  if (found.length !== 1) fail(`no single ${base} library (${ext}) in ${libDir}: ${found.join(', ') || 'none'}; reinstall node-llama-cpp.`);
+  return found[0];
 }
+const libllama = library('llama', true);
+const libggml = library('ggml', true);
+const libbase = library('ggml-base', false);
 
 // Headers from the same release as the libraries (struct layouts differ between releases).
 const srcDir = path.join(root, 'build', 'llama.cpp');
@@ -124,7 +129,7 @@ if (upToDate && !process.argv.includes('--force')) {
 // (@loader_path on macOS; Windows looks in the addon's own folder), and the loader finds the backends there.
 fs.rmSync(outDir, { recursive: true, force: true });
 fs.mkdirSync(outDir, { recursive: true });
-for (const f of fs.readdirSync(libDir)) if (f.endsWith(ext)) fs.copyFileSync(path.join(libDir, f), path.join(outDir, f));
+for (const f of libraries) fs.copyFileSync(path.join(libDir, f), path.join(outDir, f));
 
 const common = [
   '-O3', '-std=c++17', '-Wall', '-Wno-unused-parameter',
