@@ -1,9 +1,12 @@
 /**
  * The server's per-job memory estimate (server/training/jobMemory.ts) against
  * what a job really takes: each shape runs in its own child process, which
- * starts the training engine, measures its RSS, loads one label-private job
- * (fresh weights) and trains two steps; the peak RSS above the engine's is
- * the job's. Reports estimate / measured per shape (at least 1: the budget
+ * starts the training engine, measures its RSS, loads one job (fresh
+ * weights) and trains two steps; the peak RSS above the engine's is the
+ * job's. Label-private jobs, and one standard-mode job with the head update
+ * (the embedded server's default): its model head (shared by every job of
+ * the model, not the job's) is loaded before the baseline, by a small job of
+ * the same model. Reports estimate / measured per shape (at least 1: the budget
  * refuses before it runs out).
  *
  *   npm run bench:job-memory [-- --quick]
@@ -31,6 +34,7 @@ interface Shape {
 const SHAPES: Shape[] = [
   { name: 'Qwen2.5-0.5B shape, side network 1', layers: 24, hiddenSize: 896, extra: {} },
   { name: 'Qwen2.5-0.5B shape, side network 2', layers: 24, hiddenSize: 896, extra: { sideNetwork: 2 } },
+  { name: 'Qwen2.5-0.5B shape, side network 2, standard mode, head update rank 16', layers: 24, hiddenSize: 896, extra: { sideNetwork: 2, labelPrivate: false, headRank: 16 } },
   { name: 'Qwen2.5-7B shape (28 x 3584), side network 1', layers: 28, hiddenSize: 3584, extra: {} },
 ];
 
@@ -49,15 +53,29 @@ async function measure(s: Shape): Promise<void> {
   const dir = fs.mkdtempSync(path.join(BENCH_CACHE, 'job-memory-'));
   try {
     const jobs = new JobStore(dir);
-    const registry = new JobRegistry(engine, jobs, new HeadStore(dir));
+    const heads = new HeadStore(dir);
+    const registry = new JobRegistry(engine, jobs, heads);
     const { config, model } = configOf(s);
+    const limits = { ...DEFAULT_SESSION_LIMITS, maxJobMemoryBytes: 2 ** 40, maxUserMemoryBytes: 2 ** 40 };
+    if (!config.labelPrivate) {
+      // The model's head (small values, f16), loaded and shared by a one-layer job of the same model before the baseline.
+      heads.save(model, model.vocabularySize, model.hiddenSize, new Float32Array(model.hiddenSize).fill(1), new Uint16Array(model.vocabularySize * model.hiddenSize).fill(0x2000));
+      await registry.load(jobs.create('bench', 'head', model, { ...config, tappedLayers: [model.layers - 1], reduction: 128, sideNetwork: undefined, headRank: undefined }), limits);
+    }
+    // The peak so far (the head's file written and read) is not the job's: Linux resets it to the current RSS.
+    if (!config.labelPrivate) fs.writeFileSync('/proc/self/clear_refs', '5');
     const baseline = process.memoryUsage().rss;
-    const job = await registry.load(jobs.create('bench', 'm', model, config), { ...DEFAULT_SESSION_LIMITS, maxJobMemoryBytes: 2 ** 40, maxUserMemoryBytes: 2 ** 40 });
+    const job = await registry.load(jobs.create('bench', 'm', model, config), limits);
     const rows = config.seqLen * config.batchSize;
     const rng = new SeededRandom(1);
     const layers = config.tappedLayers.map(() => Float32Array.from({ length: rows * model.hiddenSize }, () => rng.normal()));
     const lengths = Array.from({ length: config.batchSize }, () => config.seqLen);
     for (let i = 0; i < 2; i++) {
+      if (!config.labelPrivate) {
+        const targets = Int32Array.from({ length: rows }, () => rng.int(model.vocabularySize));
+        await job.train(i, { rows, layers, targets, mask: new Uint8Array(rows).fill(1), lengths });
+        continue;
+      }
       await job.sideOutput(i, layers, rows, lengths);
       await job.applyGradient(i, Float32Array.from({ length: rows * model.hiddenSize }, () => rng.normal() * 1e-3), rows, rows);
     }
