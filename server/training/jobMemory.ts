@@ -19,8 +19,9 @@ const MARGIN = 1.25;
  *   their gradients                                           32 x rows x A x r
  *   attention scores and their gradient                        2 x B x heads x T^2 per attention block
  *   the head's logits and their gradient, one chunk at a time 2 x rows x HEAD_CHUNK_ROWS (standard mode)
- *   with a head update, B's gradient pass over the chunks      3 x rows x HEAD_CHUNK_ROWS more (its own session)
- *   a head chunk cast to float32, in each head session         (2, or 3 with a head update) x HEAD_CHUNK_ROWS x d
+ *   with a head update: each chunk's softmax kept as float16   rows x vocabulary / 2
+ *   and B's gradient pass over them                           2 x rows x HEAD_CHUNK_ROWS more (its own session)
+ *   a head chunk cast to float32, in each head session         2 x HEAD_CHUNK_ROWS x d
  * rows = seqLen x batchSize, K tapped layers, A attention blocks. The model's
  * head is shared by every job of that model and is not counted here.
  * Measured against real jobs by `npm run bench:job-memory` (README).
@@ -34,8 +35,8 @@ export function jobMemoryBytes(config: JobConfig, model: Pick<ModelSpec, 'hidden
   const P = parameterCount(shape);
   const { attentionHeads } = attentionHeadsOf(shape);
   const scores = A * config.batchSize * attentionHeads * config.seqLen * config.seqLen;
-  const headSessions = config.headRank ? 3 : 2;
-  const logits = config.labelPrivate ? 0 : (config.headRank ? 5 : 2) * rows * HEAD_CHUNK_ROWS + headSessions * HEAD_CHUNK_ROWS * d;
+  const kept = config.headRank ? (rows * model.vocabularySize) / 2 : 0;
+  const logits = config.labelPrivate ? 0 : (config.headRank ? 4 : 2) * rows * HEAD_CHUNK_ROWS + 2 * HEAD_CHUNK_ROWS * d + kept;
   const values = 10 * P + 2 * rows * K * d + 12 * rows * K * Math.max(r, b) + 4 * rows * d + 32 * rows * A * r + 2 * scores + logits;
   return Math.ceil(MARGIN * F32 * values);
 }

@@ -23,6 +23,12 @@ export interface StepResult {
   skipped: boolean;
 }
 
+/** What the train pass keeps of a head chunk for B's gradient: e = exp(l - m) as float16 [n, c], and m after the chunk [n]. */
+interface KeptChunk {
+  eHalf: ort.Tensor;
+  m: Float32Array;
+}
+
 const f32 = (data: Float32Array, dims: number[]): ort.Tensor => new ort.Tensor('float32', data, dims);
 const scalar = (x: number): ort.Tensor => f32(Float32Array.of(x), []);
 
@@ -176,7 +182,7 @@ export class OnnxTrainer {
    * z, then the online log-sum-exp over every head chunk (and, to train,
    * acc); with a head update, u = z A and (to train) acc_b.
    */
-  private async headPass(batch: ActivationBatch, train: boolean): Promise<{ feeds: Feeds; z: ort.Tensor; m: ort.Tensor; s: ort.Tensor; acc?: ort.Tensor; u?: Float32Array; accB?: ort.Tensor }> {
+  private async headPass(batch: ActivationBatch, train: boolean): Promise<{ feeds: Feeds; z: ort.Tensor; m: ort.Tensor; s: ort.Tensor; acc?: ort.Tensor; u?: Float32Array; accB?: ort.Tensor; kept: KeptChunk[] }> {
     const [forward, headTrain, headEval] = await this.sessions();
     const n = batch.rows;
     const k = this.headUpdate.rank;
@@ -187,15 +193,19 @@ export class OnnxTrainer {
     let s = f32(new Float32Array(n), [n, 1]);
     let acc = train ? f32(new Float32Array(n * this.shape.d), [n, this.shape.d]) : undefined;
     let accB = train && u ? f32(new Float32Array(n * k), [n, k]) : undefined;
+    const kept: KeptChunk[] = [];
     for (const [c, w] of this.frozenHead.chunks.entries()) {
       const lowRank: Feeds = u ? { b: this.chunkOfB(c), u: f32(u, [n, k]), ...(accB ? { acc_b: accB } : {}) } : {};
       const out = await (train ? headTrain : headEval).run(train ? { z, w, m, s, acc: acc!, ...lowRank } : { z, w, m, s, ...lowRank });
       m = out.next_m!;
       s = out.next_s!;
       if (train) acc = out.next_acc!;
-      if (accB) accB = out.next_acc_b!;
+      if (accB) {
+        accB = out.next_acc_b!;
+        kept.push({ eHalf: out.e_half!, m: m.data as Float32Array });
+      }
     }
-    return { feeds, z, m, s, acc, u, accB };
+    return { feeds, z, m, s, acc, u, accB, kept };
   }
 
   /** The head update's B rows of head chunk c: [rows, k]. */
@@ -238,7 +248,7 @@ export class OnnxTrainer {
 
   private async run(batch: ActivationBatch, tokens: number, lr: number, gradientsOnly: boolean): Promise<{ lossSum: number; grads?: Map<string, Float32Array>; skipped?: boolean }> {
     const [, , , stepSession, evalSession] = await this.sessions();
-    const { feeds, z, m, s, acc, u, accB } = await this.headPass(batch, true);
+    const { feeds, z, m, s, acc, u, accB, kept } = await this.headPass(batch, true);
     const loss = this.lossFeeds(batch, m, s, z);
     if (tokens === 0) return { lossSum: Number((await evalSession.run(loss)).loss_sum!.data[0]) };
     const n = batch.rows;
@@ -246,7 +256,7 @@ export class OnnxTrainer {
     // With a head update, the softmax rows are acc + acc_b A^T (HeadUpdate.ts).
     const softmaxRows = u ? f32(this.headUpdate.addLifted(acc!.data as Float32Array, accB!.data as Float32Array, this.params.get('head_a')!), [n, this.shape.d]) : acc!;
     const feeds2: Feeds = { ...feeds, m, s, acc: softmaxRows, target_rows: loss.target_rows!, mask: loss.mask!, weights };
-    const headGrads = u ? await this.headGradients(batch, z, u, accB!, m, s, weights) : undefined;
+    const headGrads = u ? await this.headGradients(batch, z, u, accB!, m, s, weights, kept) : undefined;
     if (gradientsOnly) {
       const order = ladderParameterNames(this.shape);
       const out = await this.stepOutputs(stepSession, feeds2, 0, ['loss_sum', ...order.map(names.grad)]);
@@ -262,19 +272,28 @@ export class OnnxTrainer {
     return { lossSum };
   }
 
-  /** The head update's gradients (HeadUpdate.ts): B's softmax part chunk by chunk, then the targets' part and A's. */
-  private async headGradients(batch: ActivationBatch, z: ort.Tensor, u: Float32Array, accB: ort.Tensor, m: ort.Tensor, s: ort.Tensor, weights: ort.Tensor): Promise<Map<string, Float32Array>> {
+  /**
+   * The head update's gradients (HeadUpdate.ts): B's softmax part chunk by
+   * chunk from the train pass's kept e (f = weight exp(m_chunk - m) / s per
+   * token turns it into the final softmax), then the targets' part and A's.
+   */
+  private async headGradients(batch: ActivationBatch, z: ort.Tensor, u: Float32Array, accB: ort.Tensor, m: ort.Tensor, s: ort.Tensor, weights: ort.Tensor, kept: KeptChunk[]): Promise<Map<string, Float32Array>> {
     const k = this.headUpdate.rank;
     const n = batch.rows;
-    const { d } = this.shape;
-    const session = await this.engine.session(`head-grad-${d}-k${k}`, () => buildHeadChunkGrad(d, k), this);
+    const session = await this.engine.session(`head-grad-k${k}`, () => buildHeadChunkGrad(k), this);
     const b = this.params.get('head_b')!;
     const softmaxPart = new Float32Array(b.length);
+    const [mFinal, sFinal, w] = [m.data as Float32Array, s.data as Float32Array, weights.data as Float32Array];
+    const fu = new Float32Array(n * k);
     let start = 0;
-    for (const [c, w] of this.frozenHead.chunks.entries()) {
-      const out = await session.run({ z, w, b: this.chunkOfB(c), u: f32(u, [n, k]), m, s, weights });
+    for (const [c, chunk] of kept.entries()) {
+      for (let t = 0; t < n; t++) {
+        const f = w[t] === 0 ? 0 : (w[t]! * Math.exp(chunk.m[t]! - mFinal[t]!)) / sFinal[t]!;
+        for (let j = 0; j < k; j++) fu[t * k + j] = f * u[t * k + j]!;
+      }
+      const out = await session.run({ e_half: chunk.eHalf, fu: f32(fu, [n, k]) });
       softmaxPart.set(out.grad_b!.data as Float32Array, start * k);
-      start += w.dims[0]!;
+      start += this.frozenHead.chunks[c]!.dims[0]!;
     }
     const g = this.headUpdate.gradients(z.data as Float32Array, u, accB.data as Float32Array, s.data as Float32Array, this.headUpdate.targetRows(b, batch.targets), batch.targets, weights.data as Float32Array, softmaxPart);
     return new Map([['head_a', g.a], ['head_b', g.b]]);

@@ -9,9 +9,13 @@ import { GraphBuilder } from './GraphBuilder';
  *                 [tokens, vocabulary] tensor exists (acc = sum_v softmax-weight W_v).
  *                 With a head update of rank k (headRank), the chunk also takes
  *                 B_c [c, k] and u = z A [n, k]: logits = z W_c^T + u B_c^T, and
- *                 to train also acc_b = sum_v softmax-weight B_v
- *   headChunkGrad z, W_c, B_c, u, final m and s, token weights -> dB_c [c, k]
- *                 (the softmax part of B's gradient; the trainer adds the targets')
+ *                 to train also acc_b = sum_v softmax-weight B_v, and the chunk's
+ *                 e = exp(l - m) as float16 [n, c] (kept for B's gradient)
+ *   headChunkGrad a chunk's kept e (float16), f u [n, k] -> dB_c = e^T (f u) [c, k]: the
+ *                 softmax part of B's gradient, where the trainer's per-token
+ *                 f = weight exp(m_chunk - m) / s turns e into the final
+ *                 softmax (and adds the targets' part). No logits are computed
+ *                 twice; e in float16 keeps about three digits of each weight.
  */
 
 /** One chunk's logits [n, c]: z W_c^T, plus u B_c^T with a head update of rank k > 0 (inputs b [c, k] and u [n, k]). */
@@ -45,23 +49,22 @@ export function buildHeadChunk(d: number, withAcc: boolean, rank = 0): Uint8Arra
     if (b) {
       const accB = g.input('acc_b', 'float32', ['n', rank]);
       g.output(g.add(g.mul(accB, scaleOld), g.matmul(e, b)), 'next_acc_b', 'float32', ['n', rank]);
+      g.output(g.op('Cast', [e], { to: 10 }), 'e_half', 'float16', ['n', 'c']); // 10: FLOAT16
     }
   }
   return g.build();
 }
 
 /**
- * headChunkGrad: with the final m and s of every token, the softmax part of
- * the head update's B gradient on one chunk, dB_c = (softmax_c * weights)^T u
- * [c, k] (the target rows' -weights u is the trainer's).
+ * headChunkGrad: the softmax part of the head update's B gradient on one
+ * chunk from what the train pass kept, dB_c = e_c^T (f u) [c, k] (the target
+ * rows' -weights u is the trainer's).
  */
-export function buildHeadChunkGrad(d: number, rank: number): Uint8Array {
+export function buildHeadChunkGrad(rank: number): Uint8Array {
   const g = new GraphBuilder('head_chunk_grad');
-  const { u, logits } = chunkLogits(g, d, rank);
-  const m = g.input('m', 'float32', ['n', 1]);
-  const s = g.input('s', 'float32', ['n', 1]);
-  const weights = g.input('weights', 'float32', ['n', 1]);
-  const p = g.mul(g.op('Exp', [g.sub(logits, m)]), g.div(weights, s)); // [n, c]
-  g.output(g.matmul(g.transpose(p), u!), 'grad_b', 'float32', ['c', rank]);
+  const e = g.op('Cast', [g.input('e_half', 'float16', ['n', 'c'])], { to: 1 }); // [n, c] float32
+  const fu = g.input('fu', 'float32', ['n', rank]);
+  // (fu^T e)^T: the small [k, c] product is transposed, not the [n, c] softmax.
+  g.output(g.transpose(g.matmul(g.transpose(fu), e)), 'grad_b', 'float32', ['c', rank]);
   return g.build();
 }
