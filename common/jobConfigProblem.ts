@@ -39,7 +39,7 @@ export function settingRulesProblem(s: Pick<JobSettings, 'joinAfterNorm' | 'labe
  */
 export function jobConfigProblem(
   c: JobConfig,
-  model: Pick<ModelSpec, 'layers' | 'hiddenSize'>,
+  model: Pick<ModelSpec, 'layers' | 'hiddenSize' | 'vocabularySize'>,
   nameOf: (setting: JobSettingName) => string = (s) => s,
 ): SettingProblem | undefined {
   const values = Object.fromEntries(Object.entries(WIRE_FIELD_SETTING).map(([field, setting]) => [setting, c[field as keyof typeof WIRE_FIELD_SETTING]]));
@@ -57,7 +57,7 @@ export function jobConfigProblem(
   }
   if (c.warmupSteps > c.totalSteps) return { name: nameOf('steps'), message: `the warm-up (${c.warmupSteps} steps) must not exceed the job's ${c.totalSteps} steps.` };
   if (c.sideNetwork === 2) {
-    const { attentionHeads } = attentionHeadsOf(jobShape(c, { hiddenSize: d, vocabularySize: 0 }));
+    const { attentionHeads } = attentionHeadsOf(jobShape(c, model));
     if (c.batchSize * attentionHeads * c.seqLen * c.seqLen > MAX_ATTENTION_SCORES) {
       return {
         name: nameOf('seqLen'),

@@ -26,7 +26,7 @@ function fail(message) {
 
 const targetsFile = path.join(ROOT, 'out', 'extension', 'native', 'targets.js');
 if (!fs.existsSync(targetsFile)) fail('out/ is missing: run "npm run build" first.');
-const { NATIVE_TARGETS, NATIVE_TARGET_NAMES, targetOf, addonFile } = require(targetsFile);
+const { NATIVE_TARGETS, NATIVE_TARGET_NAMES, targetOf, addonFile, libraryExtensions } = require(targetsFile);
 const arg = process.argv.includes('--target') ? process.argv[process.argv.indexOf('--target') + 1] : undefined;
 const target = arg ?? targetOf(process.platform, process.arch);
 if (!target || !NATIVE_TARGETS[target]) fail(`no target ${target ?? `${process.platform}-${process.arch}`}; the targets are ${NATIVE_TARGET_NAMES.join(', ')}.`);
@@ -40,7 +40,7 @@ function ignoreFile() {
   const lines = [
     `# ${target}'s native files (scripts/package.js)`,
     `!out/native/${target}/mobillm.node`,
-    ...(target.startsWith('win32') ? ['dll'] : target.startsWith('darwin') ? ['dylib', 'so'] : ['so']).map((e) => `!out/native/${target}/*.${e}`),
+    ...libraryExtensions(target).map((e) => `!out/native/${target}/*${e}`),
     ...(spec.onnxruntime ? [`!node_modules/onnxruntime-node/bin/napi-v6/${spec.onnxruntime}/*`] : []),
     ...(spec.bufferutil ? [`!node_modules/bufferutil/prebuilds/${spec.bufferutil}/*`] : []),
   ];

@@ -90,9 +90,8 @@ bool evalCallback(struct ggml_tensor* t, bool ask, void* userData) {
       st->overflow = true;
       return false;
     }
-    float* dst = st->destination[slot] + st->rowsWritten[slot] * nEmbd;
-    if (ggml_backend_buffer_is_host(t->buffer) && !copyTensors()) std::memcpy(dst, t->data, rows * nEmbd * sizeof(float));
-    else ggml_backend_tensor_get(t, dst, 0, rows * nEmbd * sizeof(float));
+    // ggml's backend API reads any buffer (a plain copy from the host's).
+    ggml_backend_tensor_get(t, st->destination[slot] + st->rowsWritten[slot] * nEmbd, 0, rows * nEmbd * sizeof(float));
     st->rowsWritten[slot] += rows;
   }
   if (side) {

@@ -36,7 +36,7 @@ function packageDir(name) {
 
 const targetsFile = path.join(root, 'out', 'extension', 'native', 'targets.js');
 if (!fs.existsSync(targetsFile)) fail('out/extension/native/targets.js is missing: compile the TypeScript first (npx tsc -p .).');
-const { NATIVE_TARGETS, NATIVE_TARGET_NAMES, targetOf, addonDir } = require(targetsFile);
+const { NATIVE_TARGETS, NATIVE_TARGET_NAMES, targetOf, addonDir, libraryExtensions } = require(targetsFile);
 
 const arg = (name) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined);
 const host = targetOf(process.platform, process.arch);
@@ -89,9 +89,10 @@ function llamaLibraries() {
   return path.join(unpacked, 'bins', spec.llama);
 }
 const libDir = llamaLibraries();
-const ext = os === 'win32' ? '.dll' : os === 'darwin' ? '.dylib' : '.so';
+const extensions = libraryExtensions(target);
+const ext = extensions[0];
 // Library files the target's package holds (on macOS the backends are .so files beside the .dylib libraries).
-const libraries = fs.readdirSync(libDir).filter((f) => f.endsWith(ext) || (os === 'darwin' && f.endsWith('.so')));
+const libraries = fs.readdirSync(libDir).filter((f) => extensions.some((e) => f.endsWith(e)));
 /** The one library named `base`, with the release tag and perhaps a build name between (libllama.v0.4.0.so, libllama.metal.v0.4.0.dylib). */
 function library(base, tagged) {
   const pattern = new RegExp(`^(lib)?${base}${tagged ? `\\.([a-z0-9_]+\\.)?${info.tag.replace(/\./g, '\\.')}` : ''}\\${ext}$`);

@@ -35,6 +35,15 @@ export function targetOf(platform: string = process.platform, arch: string = pro
   return (NATIVE_TARGET_NAMES as string[]).includes(name) ? (name as NativeTargetName) : undefined;
 }
 
+/**
+ * The file extensions of a target's llama.cpp libraries: the first is the
+ * libraries the addon links to; on macOS the backends ggml loads are .so files.
+ */
+export function libraryExtensions(target: NativeTargetName): string[] {
+  if (target.startsWith('win32')) return ['.dll'];
+  return target.startsWith('darwin') ? ['.dylib', '.so'] : ['.so'];
+}
+
 /** The folder of a target's addon and its llama.cpp libraries, under the package root. */
 export function addonDir(root: string, target: NativeTargetName): string {
   return path.join(root, 'out', 'native', target);

@@ -1,5 +1,6 @@
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
-import { OptimizerState, TrainerOptions } from '../TrainerOptions';
+import type { OptimizerState } from '../TrainerOptions';
+import type { StepConstants } from './sideGraphs';
 
 /**
  * The head update of rank k beside the side network (shape.headRank): the
@@ -88,19 +89,17 @@ export class HeadUpdate {
   }
 
   /**
-   * Clips {dA, dB} to `options.clipNorm` as one group and steps A and B by
-   * Adam at learning rate `lr` (step t counts from 1), in place in `params`,
-   * `state.m` and `state.v`. False (nothing changed) when a gradient is not finite.
+   * Clips {dA, dB} to the side network's clip norm as one group and steps A
+   * and B by Adam with the side network's constants at learning rate `lr`
+   * (step t counts from 1), in place in `params`, `state.m` and `state.v`.
+   * False (nothing changed) when a gradient is not finite.
    */
-  static adam(grads: Map<string, Float32Array>, params: Map<string, Float32Array>, state: Pick<OptimizerState, 'm' | 'v'>, lr: number, t: number, options: TrainerOptions): boolean {
+  static adam(grads: Map<string, Float32Array>, params: Map<string, Float32Array>, state: Pick<OptimizerState, 'm' | 'v'>, lr: number, t: number, c: StepConstants): boolean {
     let sq = 0;
     for (const g of grads.values()) for (let i = 0; i < g.length; i++) sq += g[i]! * g[i]!;
     if (!Number.isFinite(sq)) return false;
-    const clip = options.clipNorm ?? 1;
-    const scale = Math.min(1, clip / (Math.sqrt(sq) + 1e-12));
-    const b1 = options.beta1 ?? 0.9;
-    const b2 = options.beta2 ?? 0.999;
-    const eps = options.epsilon ?? 1e-8;
+    const scale = Math.min(1, c.clipNorm / (Math.sqrt(sq) + 1e-12));
+    const { beta1: b1, beta2: b2, epsilon: eps } = c;
     const c1 = 1 - b1 ** t;
     const c2 = 1 - b2 ** t;
     for (const [name, g] of grads) {

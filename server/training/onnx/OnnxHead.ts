@@ -14,6 +14,8 @@ export const HEAD_CHUNK_ROWS = 16_384;
 export class OnnxHead {
   readonly vocab: number;
   readonly chunks: ort.Tensor[]; // float16 [c, d] each
+  /** The first vocabulary row of each chunk. */
+  readonly starts: number[];
   readonly norm: ort.Tensor; // float32 [d]
   readonly epsTensor: ort.Tensor; // float32 []
 
@@ -24,7 +26,9 @@ export class OnnxHead {
     this.norm = new ort.Tensor('float32', normWeight, [d]);
     this.epsTensor = new ort.Tensor('float32', Float32Array.of(eps), []);
     this.chunks = [];
+    this.starts = [];
     for (let start = 0; start < this.vocab; start += chunkRows) {
+      this.starts.push(start);
       const rows = Math.min(chunkRows, this.vocab - start);
       this.chunks.push(new ort.Tensor('float16', halves.subarray(start * d, (start + rows) * d), [rows, d]));
     }

@@ -211,10 +211,8 @@ export class OnnxTrainer {
   /** The head update's B rows of head chunk c: [rows, k]. */
   private chunkOfB(c: number): ort.Tensor {
     const k = this.headUpdate.rank;
-    const chunks = this.frozenHead.chunks;
-    let start = 0;
-    for (let i = 0; i < c; i++) start += chunks[i]!.dims[0]!;
-    const rows = chunks[c]!.dims[0]!;
+    const start = this.frozenHead.starts[c]!;
+    const rows = this.frozenHead.chunks[c]!.dims[0]!;
     return f32(this.params.get('head_b')!.subarray(start * k, (start + rows) * k), [rows, k]);
   }
 
@@ -267,7 +265,7 @@ export class OnnxTrainer {
     const out = await this.stepOutputs(stepSession, feeds2, lr, ['loss_sum']);
     const lossSum = Number(out.loss_sum!.data[0]);
     if (!Number.isFinite(lossSum) || !Number.isFinite(Number(out.grad_norm!.data[0]))) return { lossSum, skipped: true };
-    if (headGrads && !HeadUpdate.adam(headGrads, this.params, { m: this.m, v: this.v }, lr, this.step + 1, this.options)) return { lossSum, skipped: true };
+    if (headGrads && !HeadUpdate.adam(headGrads, this.params, { m: this.m, v: this.v }, lr, this.step + 1, this.constants)) return { lossSum, skipped: true };
     this.adopt(out);
     return { lossSum };
   }
@@ -285,15 +283,13 @@ export class OnnxTrainer {
     const softmaxPart = new Float32Array(b.length);
     const [mFinal, sFinal, w] = [m.data as Float32Array, s.data as Float32Array, weights.data as Float32Array];
     const fu = new Float32Array(n * k);
-    let start = 0;
     for (const [c, chunk] of kept.entries()) {
       for (let t = 0; t < n; t++) {
         const f = w[t] === 0 ? 0 : (w[t]! * Math.exp(chunk.m[t]! - mFinal[t]!)) / sFinal[t]!;
         for (let j = 0; j < k; j++) fu[t * k + j] = f * u[t * k + j]!;
       }
       const out = await session.run({ e_half: chunk.eHalf, fu: f32(fu, [n, k]) });
-      softmaxPart.set(out.grad_b!.data as Float32Array, start * k);
-      start += this.frozenHead.chunks[c]!.dims[0]!;
+      softmaxPart.set(out.grad_b!.data as Float32Array, this.frozenHead.starts[c]! * k);
     }
     const g = this.headUpdate.gradients(z.data as Float32Array, u, accB.data as Float32Array, s.data as Float32Array, this.headUpdate.targetRows(b, batch.targets), batch.targets, weights.data as Float32Array, softmaxPart);
     return new Map([['head_a', g.a], ['head_b', g.b]]);
