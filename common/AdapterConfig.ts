@@ -148,13 +148,13 @@ export const MAX_HEAD_WIDTH = 32;
 export function sideShape(
   d: number, reduction: number, tappedLayers: number[], sideNetwork: SideNetworkDesign = 1, joinAfterNorm = false, head?: { rank: number; vocab: number },
 ): SideNetworkShape {
-  const join = { ...(joinAfterNorm ? { joinAfterNorm: true } : {}), ...(head && head.rank > 0 ? { headRank: head.rank, vocab: head.vocab } : {}) };
+  const options = { ...(joinAfterNorm ? { joinAfterNorm: true } : {}), ...(head && head.rank > 0 ? { headRank: head.rank, vocab: head.vocab } : {}) };
   const r0 = Math.max(1, Math.round(d / reduction));
-  if (sideNetwork === 1) return { d, r: r0, b: r0, tappedLayers, ...join };
+  if (sideNetwork === 1) return { d, r: r0, b: r0, tappedLayers, ...options };
   const r = r0 + (r0 % 2);
   let width = Math.min(MAX_HEAD_WIDTH, r) & ~1;
   while (r % width !== 0) width -= 2;
-  return { d, r, b: r, tappedLayers, sideNetwork: 2, attentionHeads: r / width, ...join };
+  return { d, r, b: r, tappedLayers, sideNetwork: 2, attentionHeads: r / width, ...options };
 }
 
 /** The side network a job's config asks for, on a model of hidden size d and its vocabulary (device and server derive it alike). */

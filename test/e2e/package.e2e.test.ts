@@ -5,13 +5,12 @@ import * as path from 'node:path';
 import { GraphBuilder } from '../../server/training/onnx/GraphBuilder';
 import { skipBecause, tinyModel } from '../helpers/models';
 import { tmpDir } from '../helpers/workspaces';
-import { zipEntries } from '../helpers/zip';
+import { isNative, zipEntries } from '../helpers/zip';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const TARGET = `${process.platform}-${process.arch}`;
 const VSIX = path.join(ROOT, `mobillm-vscode-${TARGET}.vsix`);
 
-const isNative = (name: string): boolean => /\.(so(\.\d+)*|node)$/.test(name);
 
 describe('The extension package', () => {
   before(function () {

@@ -2,6 +2,9 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 
+/** A native file of a package: a shared library or an addon, on any platform. */
+export const isNative = (name: string): boolean => /\.(so(\.\d+)*|node|dll|dylib)$/.test(name);
+
 /** What tests read of a package (.vsix): its zip entries. */
 export interface ZipEntry {
   name: string;

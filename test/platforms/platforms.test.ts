@@ -6,7 +6,7 @@ import { PROBE_STEPS, ProbeReport } from '../../harness/platformProbe';
 import { SHARED_TINY_LLAMA, skipBecause, tinyModel, VOCAB_DIR } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 import { randomHeadAdapter } from '../helpers/randomAdapter';
-import { zipEntries } from '../helpers/zip';
+import { isNative, zipEntries } from '../helpers/zip';
 
 /**
  * The other targets, run here where this machine can run them
@@ -115,7 +115,7 @@ function packageHoldsOnly(target: string, kind: RegExp, addonName: string): void
   const vsix = path.join(ROOT, `mobillm-vscode-${target}.vsix`);
   const entries = zipEntries(vsix);
   assert.match(entries.find((e) => e.name === 'extension.vsixmanifest')!.read().toString('utf8'), new RegExp(`TargetPlatform="${target}"`));
-  const native = entries.filter((e) => /\.(so(\.\d+)*|node|dll|dylib)$/.test(e.name));
+  const native = entries.filter((e) => isNative(e.name));
   const dir = tmpDir(`${target}-natives`);
   const kinds = native.map((e) => {
     const file = path.join(dir, path.basename(e.name));
