@@ -59,13 +59,13 @@ async function measure(s: Shape): Promise<void> {
     const limits = { ...DEFAULT_SESSION_LIMITS, maxJobMemoryBytes: 2 ** 40, maxUserMemoryBytes: 2 ** 40 };
     if (!config.labelPrivate) {
       // The model's head (small values, f16), loaded and shared by a one-layer job of the same model before the baseline.
-      heads.save(model, model.vocabularySize, model.hiddenSize, new Float32Array(model.hiddenSize).fill(1), new Uint16Array(model.vocabularySize * model.hiddenSize).fill(0x2000));
-      await registry.load(jobs.create('bench', 'head', model, { ...config, tappedLayers: [model.layers - 1], reduction: 128, sideNetwork: undefined, headRank: undefined }), limits);
+      await heads.save(model, model.vocabularySize, model.hiddenSize, new Float32Array(model.hiddenSize).fill(1), new Uint16Array(model.vocabularySize * model.hiddenSize).fill(0x2000));
+      await registry.load(await jobs.create('bench', 'head', model, { ...config, tappedLayers: [model.layers - 1], reduction: 128, sideNetwork: undefined, headRank: undefined }), limits);
     }
     // The peak so far (the head's file written and read) is not the job's: Linux resets it to the current RSS.
     if (!config.labelPrivate) fs.writeFileSync('/proc/self/clear_refs', '5');
     const baseline = process.memoryUsage().rss;
-    const job = await registry.load(jobs.create('bench', 'm', model, config), limits);
+    const job = await registry.load(await jobs.create('bench', 'm', model, config), limits);
     const rows = config.seqLen * config.batchSize;
     const rng = new SeededRandom(1);
     const layers = config.tappedLayers.map(() => Float32Array.from({ length: rows * model.hiddenSize }, () => rng.normal()));

@@ -35,7 +35,7 @@ async function main(): Promise<void> {
     last = now;
   }, 10);
   try {
-    const token = server.users.add('big');
+    const token = await server.users.add('big');
     const model: ModelSpec = { fingerprint: 'd'.repeat(64), architecture: 'qwen2', layers: L, hiddenSize: d, vocabularySize: 152_064, normEpsilon: 1e-6, headDigest: 'e'.repeat(64) };
     const config: JobConfig = { tappedLayers: [...Array(L).keys()], reduction: 8, bits: 8, seqLen: 16, batchSize: 1, totalSteps: 1, learningRate: 1e-3, warmupSteps: 1, seed: 1, checkpointEvery: 100, labelPrivate: true };
     const conn = await ServerConnection.open(url, token, model);

@@ -19,11 +19,19 @@ export const WIRE_ERROR_CODES = [
   'NON_FINITE', // training produced non-finite numbers several steps in a row and stopped
   'STORAGE', // the server could not store or read a checkpoint or adapter (a full disk); nothing stored is lost
   'INTERNAL', // the server failed on this request
+  'JOB_ELSEWHERE', // another replica trains this job: `location` is its address (or the job moved there); reconnect and resume
+  'STORE_UNAVAILABLE', // the server's database is unreachable: nothing is lost; wait, reconnect and resume
 ] as const;
 export type WireErrorCode = (typeof WIRE_ERROR_CODES)[number];
 
 export class WireError extends Error {
-  constructor(readonly code: WireErrorCode, message: string, readonly fatal = false) {
+  constructor(
+    readonly code: WireErrorCode,
+    message: string,
+    readonly fatal = false,
+    /** JOB_ELSEWHERE: the address (ws:// or wss://) of the replica that trains the job, when known. */
+    readonly location?: string,
+  ) {
     super(message);
     this.name = 'WireError';
   }

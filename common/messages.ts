@@ -120,7 +120,7 @@ export const ServerMessages = {
   'job/list/result': { jobs: 'json' },
   /** Payload: the adapter file's bytes from `offset` on (at most ADAPTER_CHUNK_BYTES); `bytes` and `sha256` are the whole file's. */
   'adapter/data': { jobId: 'uuid', bytes: 'uint', sha256: 'string', offset: 'uint' },
-  'error': { code: WIRE_ERROR_CODES, message: 'string', fatal: 'boolean', jobId: 'uuid?' },
+  'error': { code: WIRE_ERROR_CODES, message: 'string', fatal: 'boolean', jobId: 'uuid?', location: 'string?' },
 } as const satisfies Record<string, Schema>;
 
 export type DeviceMessageType = keyof typeof DeviceMessages;

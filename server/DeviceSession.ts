@@ -24,6 +24,8 @@ type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload:
 export class DeviceSession implements BatchSession {
   private model: ModelSpec | undefined;
   private upload: HeadUpload | undefined;
+  /** The storage check of the head being uploaded (head/end waits for it). */
+  private uploadAllowed: Promise<void> = Promise.resolve();
   private readonly batches = new JobBatches(this);
   private lastSeen = Date.now();
   private alive = true;
@@ -67,9 +69,9 @@ export class DeviceSession implements BatchSession {
     this.ws.send(encodeFrame(message, payload), { binary: true });
   }
 
-  private sendError(code: WireErrorCode, message: string, fatal: boolean, jobId?: string): void {
+  private sendError(code: WireErrorCode, message: string, fatal: boolean, jobId?: string, location?: string): void {
     this.ctx.metrics.errors.inc({ code });
-    this.send({ type: 'error', code, message, fatal, ...(jobId ? { jobId } : {}) });
+    this.send({ type: 'error', code, message, fatal, ...(jobId ? { jobId } : {}), ...(location ? { location } : {}) });
     if (fatal) this.close(code === 'VERSION_MISMATCH' ? CloseCode.VERSION_MISMATCH : CloseCode.BAD_FRAME, code);
   }
 
@@ -116,12 +118,12 @@ export class DeviceSession implements BatchSession {
   }
 
   fail(err: unknown, jobId?: string): void {
-    if (err instanceof WireError) return this.sendError(err.code, err.message, err.fatal, jobId);
+    if (err instanceof WireError) return this.sendError(err.code, err.message, err.fatal, jobId, err.location);
     this.ctx.log(`internal error: ${err instanceof Error ? err.name : 'unknown'}`);
     this.sendError('INTERNAL', 'The server failed on this request; resume the job to continue from its last stored checkpoint.', false, jobId);
   }
 
-  private onHello(m: DeviceMessage<'session/hello'>): void {
+  private async onHello(m: DeviceMessage<'session/hello'>): Promise<void> {
     if (m.protocol !== PROTOCOL_VERSION) throw new WireError('VERSION_MISMATCH', `protocol ${m.protocol} is not supported; this server speaks ${PROTOCOL_VERSION}`, true);
     if (this.model) throw new WireError('OUT_OF_ORDER', 'session/hello was already sent');
     const spec = m.model;
@@ -130,13 +132,20 @@ export class DeviceSession implements BatchSession {
       throw new WireError('BAD_FRAME', 'model description out of range');
     }
     this.model = spec;
-    this.send({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.ctx.backend, headCached: this.ctx.heads.has(spec), credits: this.ctx.limits.credits });
+    const headCached = await this.ctx.heads.has(spec);
+    this.send({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.ctx.backend, headCached, credits: this.ctx.limits.credits });
   }
 
-  private onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): void {
+  private async onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): Promise<void> {
     this.upload = undefined;
-    this.checkStorage(HeadStore.bytesOf(m.rows, m.cols), 'this head');
-    this.upload = HeadUpload.begin(this.model!, m, payload);
+    // The upload starts now (its chunks may follow at once); the quota check refuses it at head/end at the latest.
+    const upload = HeadUpload.begin(this.model!, m, payload);
+    this.upload = upload;
+    this.uploadAllowed = this.checkStorage(HeadStore.bytesOf(m.rows, m.cols), 'this head');
+    this.uploadAllowed.catch(() => {
+      if (this.upload === upload) this.upload = undefined;
+    });
+    await this.uploadAllowed;
   }
 
   /**
@@ -144,12 +153,13 @@ export class DeviceSession implements BatchSession {
    * heads they uploaded, and their jobs, a training one counted at the most it
    * will take (jobDiskBytes) so that jobs cannot grow past the quota later.
    */
-  private checkStorage(more: number, what: string): void {
-    const jobs = this.ctx.jobs.list(this.user).reduce((sum, r) => {
-      const now = this.ctx.jobs.bytesOf(this.user, r.id);
-      return sum + (r.state === 'training' ? Math.max(now, jobDiskBytes(r.config, r.model)) : now);
-    }, 0);
-    const used = jobs + this.ctx.heads.uploadedBytesOf(this.user);
+  private async checkStorage(more: number, what: string): Promise<void> {
+    let jobs = 0;
+    for (const r of await this.ctx.jobs.list(this.user)) {
+      const now = await this.ctx.jobs.bytesOf(this.user, r.id);
+      jobs += r.state === 'training' ? Math.max(now, jobDiskBytes(r.config, r.model)) : now;
+    }
+    const used = jobs + (await this.ctx.heads.uploadedBytesOf(this.user));
     const quota = this.ctx.limits.maxUserStorageBytes;
     if (used + more > quota) {
       const mib = (x: number): string => `${(x / 2 ** 20).toFixed(0)} MiB`;
@@ -167,12 +177,13 @@ export class DeviceSession implements BatchSession {
     }
   }
 
-  private onHeadEnd(): void {
+  private async onHeadEnd(): Promise<void> {
     const up = this.upload;
     if (!up) throw new WireError('OUT_OF_ORDER', 'head/end before head/begin');
     this.upload = undefined;
+    await this.uploadAllowed;
     up.verify();
-    this.ctx.heads.save(this.model!, up.rows, up.cols, up.norm, up.halves, this.user);
+    await this.ctx.heads.save(this.model!, up.rows, up.cols, up.norm, up.halves, this.user);
     this.ctx.log(`stored a model head (user ${this.user})`);
     this.send({ type: 'head/stored', fingerprint: this.model!.fingerprint });
   }
@@ -200,13 +211,13 @@ export class DeviceSession implements BatchSession {
 
   private async onJobCreate(m: DeviceMessage<'job/create'>, payload: Buffer): Promise<void> {
     const model = this.model!;
-    if (!m.config.labelPrivate && !this.ctx.heads.has(model)) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
+    if (!m.config.labelPrivate && !(await this.ctx.heads.has(model))) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
     this.checkConfig(m.config);
     const start = this.startValuesOf(m.config, payload);
     // Refused (LIMIT) before anything is stored or allocated: past the user's jobs or the memory budgets.
-    this.ctx.registry.admit(this.user, m.config, model, this.ctx.limits);
-    this.checkStorage(jobDiskBytes(m.config, model), 'this job');
-    const rec = this.ctx.jobs.create(this.user, m.name, model, m.config);
+    await this.ctx.registry.admit(this.user, m.config, model, this.ctx.limits);
+    await this.checkStorage(jobDiskBytes(m.config, model), 'this job');
+    const rec = await this.ctx.jobs.create(this.user, m.name, model, m.config);
     const job = await this.ctx.registry.load(rec, this.ctx.limits);
     job.owner = this;
     if (start) await job.startFrom(start);
@@ -219,8 +230,8 @@ export class DeviceSession implements BatchSession {
    * The record of job `id` of this user and this session's model; NO_SUCH_JOB
    * for unknown or foreign ids. A loaded job's own record (no disk read per batch).
    */
-  private ownJob(id: string): JobRecord {
-    const rec = this.ctx.registry.loaded(this.user, id)?.rec ?? this.ctx.jobs.get(this.user, id);
+  private async ownJob(id: string): Promise<JobRecord> {
+    const rec = this.ctx.registry.loaded(this.user, id)?.rec ?? (await this.ctx.jobs.get(this.user, id));
     if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
     if (rec.model.fingerprint !== this.model!.fingerprint) throw new WireError('MODEL_MISMATCH', 'the job was created for a different model file');
     return rec;
@@ -232,8 +243,8 @@ export class DeviceSession implements BatchSession {
    * job another device session trains is refused with JOB_STATE (resuming it
    * here takes it over).
    */
-  trainingJob(id: string): Promise<TrainingJob> {
-    return this.trainingJobOf(this.ownJob(id));
+  async trainingJob(id: string): Promise<TrainingJob> {
+    return this.trainingJobOf(await this.ownJob(id));
   }
 
   private async trainingJobOf(rec: JobRecord): Promise<TrainingJob> {
@@ -246,31 +257,31 @@ export class DeviceSession implements BatchSession {
 
   /** The job `id` of this user, loaded for a held-out batch (admitted like any load); a job that is not training is loaded for that batch only. */
   async evalJob(id: string): Promise<{ job: TrainingJob; onlyForThis: boolean }> {
-    const rec = this.ownJob(id);
+    const rec = await this.ownJob(id);
     if (rec.state === 'training') return { job: await this.trainingJobOf(rec), onlyForThis: false };
     const loaded = this.ctx.registry.isLoaded(rec);
     return { job: await this.ctx.registry.load(rec, this.ctx.limits), onlyForThis: !loaded };
   }
 
   private async onJobResume(m: DeviceMessage<'job/resume'>): Promise<void> {
-    const rec = this.ownJob(m.jobId);
+    const rec = await this.ownJob(m.jobId);
     if (rec.state === 'finished') {
       this.send({ type: 'job/ready', jobId: rec.id, nextIndex: rec.nextIndex, step: rec.step, state: rec.state });
       return;
     }
     const job = await this.ctx.registry.load(rec, this.ctx.limits);
-    job.resume();
+    await job.resume();
     job.owner = this;
     this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: job.rec.state });
   }
 
-  private onJobList(): void {
-    const jobs = this.ctx.jobs.list(this.user).map((r) => ({ id: r.id, name: r.name, state: r.state, step: r.step, totalSteps: r.config.totalSteps, fingerprint: r.model.fingerprint, createdAt: r.createdAt, updatedAt: r.updatedAt }));
+  private async onJobList(): Promise<void> {
+    const jobs = (await this.ctx.jobs.list(this.user)).map((r) => ({ id: r.id, name: r.name, state: r.state, step: r.step, totalSteps: r.config.totalSteps, fingerprint: r.model.fingerprint, createdAt: r.createdAt, updatedAt: r.updatedAt }));
     this.send({ type: 'job/list/result', jobs });
   }
 
   private async onFinish(m: DeviceMessage<'job/finish'>): Promise<void> {
-    const rec = this.ownJob(m.jobId);
+    const rec = await this.ownJob(m.jobId);
     if (rec.state === 'finished') return this.send({ type: 'job/done', jobId: m.jobId, step: rec.step, state: 'finished' });
     const job = await this.trainingJobOf(rec);
     await job.finish();
@@ -280,7 +291,7 @@ export class DeviceSession implements BatchSession {
   }
 
   private async onCancel(m: DeviceMessage<'job/cancel'>): Promise<void> {
-    const rec = this.ownJob(m.jobId);
+    const rec = await this.ownJob(m.jobId);
     // Any device of the user may cancel; a job that is not training is not loaded for it.
     if (rec.state !== 'training') return this.send({ type: 'job/done', jobId: m.jobId, step: rec.step, state: rec.state });
     const job = await this.ctx.registry.load(rec, this.ctx.limits);
@@ -289,14 +300,14 @@ export class DeviceSession implements BatchSession {
     await this.ctx.registry.unload(job);
   }
 
-  private onAdapterGet(m: DeviceMessage<'adapter/get'>): void {
-    const rec = this.ctx.jobs.get(this.user, m.jobId);
+  private async onAdapterGet(m: DeviceMessage<'adapter/get'>): Promise<void> {
+    const rec = await this.ctx.jobs.get(this.user, m.jobId);
     if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
-    const info = rec.state === 'finished' ? this.ctx.jobs.adapterInfo(rec) : undefined;
+    const info = rec.state === 'finished' ? await this.ctx.jobs.adapterInfo(rec) : undefined;
     if (!info) throw new WireError('JOB_STATE', 'the job has no adapter yet; finish it first');
     const offset = m.offset ?? 0;
     if (offset > info.bytes) throw new WireError('BAD_FRAME', `offset past the adapter's ${info.bytes} bytes`);
-    const part = this.ctx.jobs.readAdapterPart(rec, offset, Math.min(this.ctx.limits.adapterChunkBytes ?? ADAPTER_CHUNK_BYTES, info.bytes - offset));
+    const part = await this.ctx.jobs.readAdapterPart(rec, offset, Math.min(this.ctx.limits.adapterChunkBytes ?? ADAPTER_CHUNK_BYTES, info.bytes - offset));
     this.send({ type: 'adapter/data', jobId: rec.id, bytes: info.bytes, sha256: info.sha256, offset }, part);
   }
 

@@ -3,7 +3,8 @@ import { WireError } from '../common/WireError';
 import type { SessionLimits } from './SessionLimits';
 import { jobMemoryBytes } from './training/jobMemory';
 import { HeadStore } from './storage/HeadStore';
-import { JobRecord, JobStore } from './storage/JobStore';
+import type { JobRecord } from './storage/JobStore';
+import type { Heads, Jobs, Leases } from './storage/Store';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
 import { TrainingJob } from './TrainingJob';
@@ -22,10 +23,12 @@ export class JobRegistry {
 
   constructor(
     private readonly engine: OnnxEngine,
-    private readonly jobStore: JobStore,
-    private readonly headStore: HeadStore,
+    private readonly jobStore: Jobs,
+    private readonly headStore: Heads,
     /** Called with the number of loaded jobs whenever it changes. */
     private readonly onLoadedJobsChanged: (count: number) => void = () => undefined,
+    /** Which replica trains a job (the file store's: always this one). */
+    private readonly leases: Leases = { acquire: async () => undefined, release: async () => undefined, renew: async () => [], heldElsewhere: async () => 0, onLost: () => undefined },
   ) {}
 
   /** Jobs loaded now. */
@@ -38,9 +41,11 @@ export class JobRegistry {
    * have loaded, or past the memory budget of one job or of one user (every
    * loaded job of that user counted, from its config: jobMemoryBytes).
    */
-  admit(user: string, config: JobConfig, model: Pick<ModelSpec, 'hiddenSize' | 'vocabularySize'>, limits: SessionLimits): void {
-    const mine = this.records().filter((r) => r.user === user);
-    if (mine.length >= limits.maxJobsPerUser) throw new WireError('LIMIT', `at most ${limits.maxJobsPerUser} jobs of one user are loaded at once; finish or cancel one`);
+  async admit(user: string, config: JobConfig, model: Pick<ModelSpec, 'hiddenSize' | 'vocabularySize'>, limits: SessionLimits, except?: string): Promise<void> {
+    const mine = this.records().filter((r) => r.user === user && keyOf(r) !== except);
+    // Jobs of this user that other replicas train count too (PostgreSQL store).
+    const elsewhere = await this.leases.heldElsewhere(user);
+    if (mine.length + elsewhere >= limits.maxJobsPerUser) throw new WireError('LIMIT', `at most ${limits.maxJobsPerUser} jobs of one user are loaded at once; finish or cancel one`);
     const need = jobMemoryBytes(config, model);
     const gib = (x: number): string => `${(x / 2 ** 30).toFixed(2)} GiB`;
     if (need > limits.maxJobMemoryBytes) throw new WireError('LIMIT', `this job needs about ${gib(need)} of server memory; the server allows ${gib(limits.maxJobMemoryBytes)} per job (a larger reduction, fewer tapped layers or shorter batches need less)`);
@@ -48,29 +53,57 @@ export class JobRegistry {
     if (used + need > limits.maxUserMemoryBytes) throw new WireError('LIMIT', `this user's loaded jobs hold about ${gib(used)}; with this one (${gib(need)}) they would pass the ${gib(limits.maxUserMemoryBytes)} allowed per user`);
   }
 
-  /** The loaded job for a record: admitted first (LIMIT) when it is not in memory, then built from its checkpoint. */
+  /**
+   * The loaded job for a record: admitted first (LIMIT) when it is not in
+   * memory, its lease taken (JOB_ELSEWHERE when another replica trains it),
+   * then built from its last checkpoint.
+   */
   async load(rec: JobRecord, limits: SessionLimits): Promise<TrainingJob> {
     const key = keyOf(rec);
     const job = this.jobs.get(key);
     if (job) return job;
     const pending = this.loading.get(key);
     if (pending) return pending.job;
-    this.admit(rec.user, rec.config, rec.model, limits);
-    // A label-private job needs no head: the device computes the loss with its own.
-    const head = rec.config.labelPrivate ? undefined : this.acquireHead(rec.model);
-    const opened = TrainingJob.open(rec, this.jobStore, this.engine, head);
+    const opened = this.open(rec, limits);
     this.loading.set(key, { rec, job: opened });
     try {
       const loaded = await opened;
       this.jobs.set(key, loaded);
       this.onLoadedJobsChanged(this.jobs.size);
       return loaded;
-    } catch (err) {
-      if (head) this.releaseHead(headKeyOf(rec.model));
-      throw err;
     } finally {
       this.loading.delete(key);
     }
+  }
+
+  private async open(rec: JobRecord, limits: SessionLimits): Promise<TrainingJob> {
+    await this.admit(rec.user, rec.config, rec.model, limits, keyOf(rec));
+    await this.leases.acquire(rec);
+    let head: OnnxHead | undefined;
+    try {
+      // The record as the lease's last owner left it (another replica may have trained it).
+      const current = (await this.jobStore.get(rec.user, rec.id)) ?? rec;
+      // A label-private job needs no head: the device computes the loss with its own.
+      head = current.config.labelPrivate ? undefined : await this.acquireHead(current.model);
+      return await TrainingJob.open(current, this.jobStore, this.engine, head);
+    } catch (err) {
+      if (head) this.releaseHead(headKeyOf(rec.model));
+      await this.leases.release(rec);
+      throw err;
+    }
+  }
+
+  /**
+   * Drops a job whose lease another replica took: nothing of it is written
+   * (the new owner's state is the job's), and its devices are told where it went.
+   */
+  async forget(key: string): Promise<void> {
+    const job = this.jobs.get(key);
+    if (!job) return;
+    this.jobs.delete(key);
+    this.onLoadedJobsChanged(this.jobs.size);
+    await job.dispose(new WireError('JOB_ELSEWHERE', 'another server replica took this job over; reconnect and resume it there'));
+    if (!job.rec.config.labelPrivate) this.releaseHead(headKeyOf(job.rec.model));
   }
 
   /** The loaded job `id` of `user`, if it is in memory. */
@@ -101,6 +134,7 @@ export class JobRegistry {
     this.onLoadedJobsChanged(this.jobs.size);
     await job.dispose();
     if (!job.rec.config.labelPrivate) this.releaseHead(headKeyOf(job.rec.model));
+    await this.leases.release(job.rec);
   }
 
   /** Checkpoints the training jobs of `user` (or of everyone) and unloads them. Returns how many checkpoints failed. */
@@ -133,15 +167,20 @@ export class JobRegistry {
     return failed;
   }
 
-  private acquireHead(model: ModelSpec): OnnxHead {
+  private async acquireHead(model: ModelSpec): Promise<OnnxHead> {
     const key = headKeyOf(model);
+    await this.headStore.touch(model);
     const entry = this.heads.get(key);
-    this.headStore.touch(model);
     if (entry) {
       entry.users++;
       return entry.head;
     }
-    const stored = this.headStore.load(model);
+    const stored = await this.headStore.load(model);
+    const again = this.heads.get(key); // loaded meanwhile for another job
+    if (again) {
+      again.users++;
+      return again.head;
+    }
     const head = new OnnxHead(stored.halves, stored.norm, model.normEpsilon);
     this.heads.set(key, { head, users: 1 });
     return head;

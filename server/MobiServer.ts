@@ -13,9 +13,11 @@ import { JobRegistry } from './JobRegistry';
 import { ServerError } from './ServerError';
 import { SessionContext } from './SessionContext';
 import { DEFAULT_SESSION_LIMITS } from './SessionLimits';
-import { HeadStore } from './storage/HeadStore';
-import { JobStore } from './storage/JobStore';
-import { UserStore } from './storage/UserStore';
+import { randomUUID } from 'node:crypto';
+import { FileStore } from './storage/FileStore';
+import { DEFAULT_LEASE_MS, PgStore } from './storage/pg/PgStore';
+import type { ServerStore } from './storage/Store';
+import { TokenUsers } from './storage/UserStore';
 import { ExecutionDevice, OnnxEngine } from './training/onnx/OnnxEngine';
 
 /** How long a stored model head no job uses is kept. */
@@ -23,8 +25,18 @@ export const HEAD_TTL_MS = 30 * 86_400_000;
 
 /** Options of the side-tuning server. */
 export interface MobiServerOptions {
-  /** Data folder: users, heads, jobs (checkpoints and adapters). */
+  /** Data folder of the file store: users, heads, jobs (checkpoints and adapters). Unused with a database. */
   dataDir: string;
+  /** A PostgreSQL URL: the store replicas share, opened by start() (instead of the data folder). */
+  database?: string;
+  /** An opened store to use (tests, the migration command); the caller closes it. */
+  store?: ServerStore;
+  /** The address devices reach this replica at (ws://host:port), told to devices that ask another replica for a job this one trains. */
+  advertise?: string;
+  /** This replica's id in the database. Default: a new random one per process. */
+  replicaId?: string;
+  /** A job lease's length (PostgreSQL store): a killed replica's jobs move after it. Default DEFAULT_LEASE_MS. */
+  leaseMs?: number;
   /** Bind address. Default 127.0.0.1. */
   host?: string;
   /** Port; 0 picks a free one. Default 8787. */
@@ -66,9 +78,7 @@ export interface MobiServerOptions {
  * before any message is read.
  */
 export class MobiServer {
-  readonly users: UserStore;
-  readonly heads: HeadStore;
-  readonly jobs: JobStore;
+  private storeInUse: ServerStore | undefined;
   readonly metrics = new ServerMetrics();
   /** The training engine and the jobs it holds; made by start(). */
   private engine: OnnxEngine | undefined;
@@ -81,14 +91,18 @@ export class MobiServer {
   private context: SessionContext | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private revocations: NodeJS.Timeout | undefined;
+  private leaseTimer: NodeJS.Timeout | undefined;
   private readonly authLimiter = new AuthLimiter();
   private closing = false;
+  /** Device sessions by the id the store counts them under. */
+  private readonly sessionIds = new Map<DeviceSession, string>();
 
   constructor(readonly options: MobiServerOptions) {
-    fs.mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
-    this.users = new UserStore(options.dataDir);
-    this.heads = new HeadStore(options.dataDir);
-    this.jobs = new JobStore(options.dataDir);
+    if (options.store) this.storeInUse = options.store;
+    else if (!options.database) {
+      fs.mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
+      this.storeInUse = new FileStore(options.dataDir);
+    }
     const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => void this.onRequest(req, res);
     if ((options.tlsCert === undefined) !== (options.tlsKey === undefined)) throw new ServerError('BAD_CONFIG', 'TLS needs both --tls-cert and --tls-key');
     this.http = options.tlsCert
@@ -98,19 +112,49 @@ export class MobiServer {
     this.http.on('upgrade', (req, socket, head) => this.onUpgrade(req, socket, head));
   }
 
+  /** The store (the file store unless a database was given; a database's is open after start()). */
+  get store(): ServerStore {
+    if (!this.storeInUse) throw new ServerError('BAD_CONFIG', 'the database is opened by start()');
+    return this.storeInUse;
+  }
+
+  get users(): ServerStore['users'] {
+    return this.store.users;
+  }
+
+  get jobs(): ServerStore['jobs'] {
+    return this.store.jobs;
+  }
+
+  get heads(): ServerStore['heads'] {
+    return this.store.heads;
+  }
+
   log(line: string): void {
     this.options.log?.(`${new Date().toISOString()} ${line}`);
   }
 
   async start(): Promise<{ url: string; port: number }> {
-    const stale = removeStaleTemporaries(this.options.dataDir);
-    if (stale > 0) this.log(`removed ${stale} unfinished temporary files left by an earlier process`);
+    this.storeInUse ??= await PgStore.open(this.options.database!, { replicaId: this.options.replicaId, leaseMs: this.options.leaseMs });
+    const store = this.storeInUse;
+    if (store.kind === 'file') {
+      const stale = removeStaleTemporaries(this.options.dataDir);
+      if (stale > 0) this.log(`removed ${stale} unfinished temporary files left by an earlier process`);
+    }
+    await store.replicas.beat(this.options.advertise);
     const engine = await OnnxEngine.create({ device: this.options.device, threads: this.options.threads });
     this.engine = engine;
     this.backend = engine.name;
     this.metrics.engine.set({ engine: 'onnxruntime', provider: engine.device }, 1);
-    this.registry = new JobRegistry(engine, this.jobs, this.heads, (n) => this.metrics.jobsActive.set(n));
-    this.expireHeads();
+    const registry = new JobRegistry(engine, store.jobs, store.heads, (n) => this.metrics.jobsActive.set(n), store.leases);
+    this.registry = registry;
+    store.leases.onLost((key) => {
+      this.log('a job\'s lease was taken over by another replica; stopped training it here');
+      void registry.forget(key);
+    });
+    store.replicas.onUsersChanged(() => this.enforceRevocations());
+    this.metrics.replica.set({ replica: store.replicas.id, store: store.kind }, 1);
+    void this.expireHeads();
     this.context = {
       heads: this.heads,
       jobs: this.jobs,
@@ -135,10 +179,12 @@ export class MobiServer {
     this.heartbeat.unref();
     this.revocations = setInterval(() => this.enforceRevocations(), REVOCATION_CHECK_MS);
     this.revocations.unref();
+    this.leaseTimer = setInterval(() => void this.renewLeases(), (this.options.leaseMs ?? DEFAULT_LEASE_MS) / 3);
+    this.leaseTimer.unref();
     const { port } = this.http.address() as AddressInfo;
     const scheme = this.options.tlsCert ? 'wss' : 'ws';
     const host = this.options.host ?? '127.0.0.1';
-    this.log(`listening on ${scheme}://${host}:${port} (engine ${this.backend}, ${engine.threads} threads)`);
+    this.log(`listening on ${scheme}://${host}:${port} (engine ${this.backend}, ${engine.threads} threads, ${store.kind} store ${store.where}, replica ${store.replicas.id})`);
     return { url: `${scheme}://${host}:${port}`, port };
   }
 
@@ -146,13 +192,33 @@ export class MobiServer {
     const idle = this.options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
     for (const s of this.sessions) s.heartbeat(idle);
     void this.registry?.unloadIdle(idle);
-    this.expireHeads();
+    void this.expireHeads();
+  }
+
+  /** Says this replica is alive (with its address) and renews its jobs' leases; a lease another replica took stops that job here. */
+  private async renewLeases(): Promise<void> {
+    const store = this.storeInUse;
+    if (!store || this.closing) return;
+    try {
+      await store.replicas.beat(this.options.advertise);
+      await store.leases.renew();
+      this.metrics.storeReachable.set(1);
+    } catch {
+      this.metrics.storeReachable.set(0); // the database is away: fencing keeps every write safe until it returns
+    }
   }
 
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (req.method === 'GET' && req.url === '/healthz') {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ ok: !this.closing, backend: this.backend, engine: 'onnxruntime', provider: this.engine?.device, threads: this.engine?.threads, devices: this.sessions.size, jobs: this.registry?.size ?? 0 }));
+      const store = this.storeInUse;
+      const reachable = (await store?.reachable()) ?? false;
+      this.metrics.storeReachable.set(reachable ? 1 : 0);
+      const ok = !this.closing && reachable;
+      res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({
+        ok, backend: this.backend, engine: 'onnxruntime', provider: this.engine?.device, threads: this.engine?.threads, devices: this.sessions.size, jobs: this.registry?.size ?? 0,
+        replica: store?.replicas.id, advertise: this.options.advertise, store: { kind: store?.kind, where: store?.where, reachable },
+      }));
       return;
     }
     if (req.method === 'GET' && req.url === '/metrics') {
@@ -182,7 +248,7 @@ export class MobiServer {
     // A token verified before costs nothing to check again: it never waits for the limiter (no lock-out by guessing).
     let user = this.users.verifiedBefore(token);
     if (!user) {
-      const ticket = await this.authLimiter.begin(UserStore.claimedName(token), address);
+      const ticket = await this.authLimiter.begin(TokenUsers.claimedName(token), address);
       if (!ticket) {
         this.log('refused a connection: too many failed or concurrent sign-ins');
         return refuse(429, 'Too Many Requests');
@@ -200,17 +266,26 @@ export class MobiServer {
     }
     if (this.closing) return refuse(503, 'Service Unavailable');
     if (this.sessions.size >= (this.options.maxDevices ?? 64)) return refuse(503, 'Service Unavailable');
-    const mine = [...this.sessions].filter((s) => s.user === user.name).length;
-    if (mine >= (this.options.maxDevicesPerUser ?? 8)) {
-      this.log(`refused a connection: user ${user.name} has ${mine} open`);
+    // Counted over every replica sharing the store.
+    const sessionId = randomUUID();
+    const max = this.options.maxDevicesPerUser ?? 8;
+    if (!(await this.store.replicas.openDevice(sessionId, user.name, max))) {
+      this.log(`refused a connection: user ${user.name} has ${max} open`);
       return refuse(429, 'Too Many Requests');
+    }
+    if (this.closing) {
+      void this.store.replicas.closeDevice(sessionId);
+      return refuse(503, 'Service Unavailable');
     }
     this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
       const session = new DeviceSession(context, ws, user.name, user.since);
       this.sessions.add(session);
+      this.sessionIds.set(session, sessionId);
       this.metrics.connections.set(this.sessions.size);
       ws.on('close', () => {
         this.sessions.delete(session);
+        this.sessionIds.delete(session);
+        void this.store.replicas.closeDevice(sessionId);
         this.metrics.connections.set(this.sessions.size);
         session.closed();
       });
@@ -218,10 +293,10 @@ export class MobiServer {
   }
 
   /** Deletes the heads no job has used for headTtlMs (never one a loaded job uses). */
-  private expireHeads(): void {
+  private async expireHeads(): Promise<void> {
     if (!this.registry) return;
     const ttl = this.options.headTtlMs ?? HEAD_TTL_MS;
-    const removed = this.heads.removeUnused(ttl, this.registry.headsInUse());
+    const removed = await this.heads.removeUnused(ttl, this.registry.headsInUse()).catch(() => 0);
     if (removed > 0) this.log(`deleted ${removed} model heads no job used for ${(ttl / 86_400_000).toFixed(1)} days`);
   }
 
@@ -241,6 +316,7 @@ export class MobiServer {
     this.closing = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
     if (this.revocations) clearInterval(this.revocations);
+    if (this.leaseTimer) clearInterval(this.leaseTimer);
     for (const s of this.sessions) s.close(CloseCode.GOING_AWAY, 'server shutting down');
     const failed = (await this.registry?.unloadAll()) ?? 0;
     if (failed > 0) this.log(`checkpoint on shutdown failed for ${failed} job(s)`);
@@ -248,6 +324,7 @@ export class MobiServer {
     await new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeAllConnections?.();
     await this.engine?.dispose();
+    if (this.storeInUse && this.storeInUse !== this.options.store) await this.storeInUse.close();
     this.log('stopped');
   }
 }

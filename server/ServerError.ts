@@ -11,6 +11,8 @@ export const SERVER_ERROR_CODES = [
   'NO_BACKEND', // no training backend could start
   'DAMAGED_FILE', // a stored file has the wrong size or content
   'BAD_PARAMETER', // a side-network parameter name or value that does not exist
+  'DATABASE_UNREACHABLE', // the PostgreSQL server at --database did not answer (the message names it without its password)
+  'DATABASE_SCHEMA', // the database holds a newer schema than this server knows
 ] as const;
 export type ServerErrorCode = (typeof SERVER_ERROR_CODES)[number];
 

@@ -12,5 +12,7 @@ export class ServerMetrics {
   readonly bytesReceived = new Counter({ name: 'mobillm_bytes_received_total', help: 'Bytes received from devices', registers: [this.registry] });
   readonly errors = new Counter({ name: 'mobillm_errors_total', help: 'Errors sent to devices, by code', labelNames: ['code'], registers: [this.registry] });
   readonly engine = new Gauge({ name: 'mobillm_engine_info', help: 'The training engine and execution provider in use (1)', labelNames: ['engine', 'provider'], registers: [this.registry] });
+  readonly replica = new Gauge({ name: 'mobillm_replica_info', help: 'This replica and the kind of store it uses (1)', labelNames: ['replica', 'store'], registers: [this.registry] });
+  readonly storeReachable = new Gauge({ name: 'mobillm_store_reachable', help: 'Whether the store answered the last check (1) or not (0)', registers: [this.registry] });
   readonly authFailures = new Counter({ name: 'mobillm_auth_failures_total', help: 'Refused connection attempts', registers: [this.registry] });
 }

@@ -1,5 +1,4 @@
-import { HeadStore } from './storage/HeadStore';
-import { JobStore } from './storage/JobStore';
+import type { Heads, Jobs } from './storage/Store';
 import { JobRegistry } from './JobRegistry';
 import { ServerMetrics } from './ServerMetrics';
 import type { SessionLimits } from './SessionLimits';
@@ -10,8 +9,8 @@ import type { SessionLimits } from './SessionLimits';
  * server, the other sessions or how the server starts and stops.
  */
 export interface SessionContext {
-  readonly heads: HeadStore;
-  readonly jobs: JobStore;
+  readonly heads: Heads;
+  readonly jobs: Jobs;
   readonly registry: JobRegistry;
   readonly metrics: ServerMetrics;
   readonly limits: SessionLimits;

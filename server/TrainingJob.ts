@@ -4,7 +4,8 @@ import { canTransition, JobState } from '../common/JobState';
 import { ActivationBatch } from '../common/batchPayload';
 import { MAX_EVALS_PER_JOB } from '../common/limits';
 import { WireError } from '../common/WireError';
-import { JobRecord, JobStore } from './storage/JobStore';
+import type { JobRecord } from './storage/JobStore';
+import type { Jobs } from './storage/Store';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
 import { OnnxTrainer, StepResult } from './training/onnx/OnnxTrainer';
@@ -39,7 +40,8 @@ export interface TrainAck {
 export class TrainingJob {
   private chain: Promise<unknown> = Promise.resolve();
   nextIndex: number;
-  private disposed = false;
+  /** Set when the job was stopped: every later operation fails with it. */
+  private stopped: WireError | undefined;
   /** Steps skipped one after another for a non-finite loss or gradient. */
   private skippedInARow = 0;
   /**
@@ -52,7 +54,7 @@ export class TrainingJob {
 
   private constructor(
     readonly rec: JobRecord,
-    private readonly store: JobStore,
+    private readonly store: Jobs,
     private readonly trainer: OnnxTrainer,
     readonly shape: SideNetworkShape,
   ) {
@@ -60,7 +62,7 @@ export class TrainingJob {
   }
 
   /** Builds the job from its last checkpoint (or fresh weights, filled without holding the event loop). */
-  static async open(rec: JobRecord, store: JobStore, engine: OnnxEngine, head: OnnxHead | undefined): Promise<TrainingJob> {
+  static async open(rec: JobRecord, store: Jobs, engine: OnnxEngine, head: OnnxHead | undefined): Promise<TrainingJob> {
     const shape = jobShape(rec.config, rec.model);
     // Held-out results keyed by the device's evalIds: no prototype, so "__proto__" or "constructor" is just a name.
     rec.evals = Object.assign(Object.create(null) as JobRecord['evals'], rec.evals);
@@ -85,15 +87,21 @@ export class TrainingJob {
   }
 
   /** Moves the job to `to` and records it on disk; JOB_STATE when the transition is not allowed. */
-  private setState(to: JobState): void {
+  private async setState(to: JobState): Promise<void> {
     if (!canTransition(this.rec.state, to)) throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
+    const was = this.rec.state;
     this.rec.state = to;
-    this.store.save(this.rec);
+    try {
+      await this.store.save(this.rec);
+    } catch (err) {
+      this.rec.state = was; // not stored: the job is as it was
+      throw err;
+    }
   }
 
   /** A cancelled job trains again (from its last checkpoint); a training job stays as it is. */
-  resume(): void {
-    if (this.rec.state !== 'training') this.setState('training');
+  async resume(): Promise<void> {
+    if (this.rec.state !== 'training') await this.setState('training');
     // A label-private batch whose gradient never came (the device went away) is sent again.
     this.awaiting?.release();
     this.awaiting = undefined;
@@ -122,7 +130,7 @@ export class TrainingJob {
   private run<T>(op: () => Promise<T> | T): Promise<T> {
     this.lastUsedAt = Date.now();
     const next = this.chain.then(() => {
-      if (this.disposed) throw new WireError('JOB_STATE', 'The job was stopped.');
+      if (this.stopped) throw this.stopped;
       return op();
     });
     this.chain = next.catch(() => undefined);
@@ -225,7 +233,7 @@ export class TrainingJob {
       this.rec.skippedSteps = (this.rec.skippedSteps ?? 0) + 1;
       if (++this.skippedInARow >= MAX_SKIPPED_STEPS_IN_A_ROW) {
         this.skippedInARow = 0;
-        this.setState('cancelled'); // stopped: its last checkpoint stays resumable
+        await this.setState('cancelled'); // stopped: its last checkpoint stays resumable
         throw new WireError('NON_FINITE', `${this.skippedInARow} steps in a row gave a non-finite loss or gradient; training stopped (resume from the last checkpoint with a lower learning rate)`);
       }
     } else {
@@ -287,7 +295,7 @@ export class TrainingJob {
   /** Final checkpoint and adapter file; the job becomes finished. */
   finish(): Promise<Buffer> {
     return this.run(async () => {
-      if (this.rec.state === 'finished') return this.store.readAdapter(this.rec)!;
+      if (this.rec.state === 'finished') return (await this.store.readAdapter(this.rec))!;
       if (this.rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
       await this.checkpointNow();
       const values = this.trainer.values();
@@ -300,7 +308,7 @@ export class TrainingJob {
       const meta = { kind: 'adapter', steps: this.trainer.step, trainTokens: this.rec.trainTokens, evals: this.rec.evals, finishedAt: new Date().toISOString() };
       const bytes = await encodeAdapterSliced(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
       await storing('the adapter', () => this.store.writeAdapter(this.rec, bytes));
-      this.setState('finished');
+      await this.setState('finished');
       return bytes;
     });
   }
@@ -309,7 +317,7 @@ export class TrainingJob {
     return this.run(async () => {
       if (this.rec.state !== 'training') return;
       await this.checkpointNow();
-      this.setState('cancelled');
+      await this.setState('cancelled');
     });
   }
 
@@ -317,19 +325,25 @@ export class TrainingJob {
     return this.trainer.step;
   }
 
-  /** Waits for queued work; later operations fail with JOB_STATE. */
-  async dispose(): Promise<void> {
+  /** Waits for queued work; later operations fail with JOB_STATE. With a `reason`, queued work not yet started fails with it too. */
+  async dispose(reason?: WireError): Promise<void> {
+    if (reason) this.stopped ??= reason;
     await this.chain;
-    this.disposed = true;
+    this.stopped ??= new WireError('JOB_STATE', 'The job was stopped.');
     this.trainer.dispose();
   }
 }
 
-/** Runs a write to the server's disk; a failure is a typed STORAGE error that says what is kept. */
+/**
+ * Runs a write to the server's store; a failure is a typed STORAGE error that
+ * says what is kept, except the store's own typed errors (the lease lost:
+ * JOB_ELSEWHERE; the database gone: STORE_UNAVAILABLE), which pass as they are.
+ */
 async function storing(what: string, write: () => void | Promise<void>): Promise<void> {
   try {
     await write();
-  } catch {
+  } catch (err) {
+    if (err instanceof WireError) throw err;
     throw new WireError('STORAGE', `the server could not store ${what} (is its disk full?); what it stored before is kept`);
   }
 }

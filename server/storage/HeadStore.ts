@@ -4,6 +4,7 @@ import { writeFileAtomic } from '../../common/atomicWrite';
 import type { ModelSpec } from '../../common/messages';
 import { WireError } from '../../common/WireError';
 import { ServerError } from '../ServerError';
+import type { Heads } from './Store';
 
 /** A model's frozen final norm and head, as the server keeps them. */
 export interface StoredHead {
@@ -35,7 +36,7 @@ export type HeadKey = Pick<ModelSpec, 'fingerprint' | 'headDigest'>;
  * `<…>.head.json` says who uploaded it (it counts toward that user's storage)
  * and when a job last used it (heads unused for long are deleted).
  */
-export class HeadStore {
+export class HeadStore implements Heads {
   private readonly dir: string;
 
   constructor(dataDir: string) {
@@ -49,7 +50,7 @@ export class HeadStore {
     return path.join(this.dir, `${key.fingerprint}.${key.headDigest}.head`);
   }
 
-  has(key: HeadKey): boolean {
+  async has(key: HeadKey): Promise<boolean> {
     return fs.existsSync(this.file(key));
   }
 
@@ -59,8 +60,8 @@ export class HeadStore {
   }
 
   /** Stores a verified head uploaded by `user`; a head already stored under the key stays as it is. A write the disk refuses is STORAGE. */
-  save(key: HeadKey, rows: number, cols: number, norm: Float32Array, headHalves: Uint16Array, user = ''): void {
-    if (this.has(key)) return;
+  async save(key: HeadKey, rows: number, cols: number, norm: Float32Array, headHalves: Uint16Array, user = ''): Promise<void> {
+    if (fs.existsSync(this.file(key))) return;
     const header = Buffer.alloc(8);
     header.writeUInt32LE(rows, 0);
     header.writeUInt32LE(cols, 4);
@@ -89,7 +90,7 @@ export class HeadStore {
   }
 
   /** Notes that a job uses the head now (it is kept while used). */
-  touch(key: HeadKey): void {
+  async touch(key: HeadKey): Promise<void> {
     const file = this.file(key);
     try {
       writeFileAtomic(`${file}.json`, `${JSON.stringify({ ...this.meta(file), lastUsedAt: new Date().toISOString() })}\n`);
@@ -106,13 +107,21 @@ export class HeadStore {
     }
   }
 
+  /** Every stored head's key and uploader (a migration walks them). */
+  storedHeads(): { key: HeadKey; uploadedBy: string }[] {
+    return this.stored().flatMap((file) => {
+      const m = /^([0-9a-f]{64})\.([0-9a-f]{64})\.head$/.exec(path.basename(file));
+      return m ? [{ key: { fingerprint: m[1]!, headDigest: m[2]! }, uploadedBy: this.meta(file).uploadedBy }] : [];
+    });
+  }
+
   /** Bytes of the heads `user` uploaded (their storage quota counts them). */
-  uploadedBytesOf(user: string): number {
+  async uploadedBytesOf(user: string): Promise<number> {
     return this.stored().filter((f) => this.meta(f).uploadedBy === user).reduce((sum, f) => sum + fs.statSync(f).size, 0);
   }
 
   /** Deletes the heads no job has used for `maxAgeMs`, except those in `inUse` (file names); returns how many. */
-  removeUnused(maxAgeMs: number, inUse: ReadonlySet<string>, now = Date.now()): number {
+  async removeUnused(maxAgeMs: number, inUse: ReadonlySet<string>, now = Date.now()): Promise<number> {
     let removed = 0;
     for (const file of this.stored()) {
       if (inUse.has(path.basename(file)) || now - Date.parse(this.meta(file).lastUsedAt) < maxAgeMs) continue;
@@ -128,8 +137,12 @@ export class HeadStore {
     return `${key.fingerprint}.${key.headDigest}.head`;
   }
 
-  load(key: HeadKey): StoredHead {
-    const buf = fs.readFileSync(this.file(key));
+  async load(key: HeadKey): Promise<StoredHead> {
+    return HeadStore.parse(await fs.promises.readFile(this.file(key)));
+  }
+
+  /** A stored head's bytes (u32 rows, u32 cols, f32 norm, f16 head) as arrays; DAMAGED_FILE when the size is wrong. */
+  static parse(buf: Buffer): StoredHead {
     const rows = buf.readUInt32LE(0);
     const cols = buf.readUInt32LE(4);
     if (buf.length !== HeadStore.bytesOf(rows, cols)) throw new ServerError('DAMAGED_FILE', 'a stored model head has the wrong size; delete it and let a device upload it again');

@@ -7,6 +7,7 @@ import type { JobState } from '../../common/JobState';
 import { JobConfig, ModelSpec } from '../../common/messages';
 import { UUID_PATTERN } from '../../common/schema';
 import { WireError } from '../../common/WireError';
+import type { Jobs } from './Store';
 
 /** `<data>/jobs/<user>/<id>/job.json`: numbers and settings only, never data. */
 export interface JobRecord {
@@ -37,7 +38,7 @@ const CHECKPOINT_FILES = ['checkpoint.mobi', 'checkpoint.prev.mobi'] as const;
 export const JOB_ID_PATTERN = UUID_PATTERN;
 
 /** Jobs on the server's disk: records, checkpoints and adapters, per user. */
-export class JobStore {
+export class JobStore implements Jobs {
   private readonly root: string;
 
   constructor(dataDir: string) {
@@ -48,15 +49,15 @@ export class JobStore {
     return path.join(this.root, user, id);
   }
 
-  create(user: string, name: string, model: ModelSpec, config: JobConfig): JobRecord {
+  async create(user: string, name: string, model: ModelSpec, config: JobConfig): Promise<JobRecord> {
     const now = new Date().toISOString();
     const rec: JobRecord = { id: randomUUID(), user, name: name.slice(0, 200), model, config, state: 'training', step: 0, nextIndex: 0, trainTokens: 0, createdAt: now, updatedAt: now, evals: {} };
-    this.save(rec);
+    await this.save(rec);
     return rec;
   }
 
   /** Writes the job's record; a write the disk refuses is STORAGE. */
-  save(rec: JobRecord): void {
+  async save(rec: JobRecord): Promise<void> {
     rec.updatedAt = new Date().toISOString();
     try {
       writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'job.json'), `${JSON.stringify(rec, null, 2)}\n`);
@@ -66,7 +67,7 @@ export class JobStore {
   }
 
   /** Bytes the jobs of `user` (or one of them) take on disk: records, checkpoints, adapters. */
-  bytesOf(user: string, id?: string): number {
+  async bytesOf(user: string, id?: string): Promise<number> {
     const sizeOf = (p: string): number => {
       try {
         const st = fs.statSync(p);
@@ -79,7 +80,11 @@ export class JobStore {
   }
 
   /** A user's job, or undefined (also for another user's job id). */
-  get(user: string, id: string): JobRecord | undefined {
+  async get(user: string, id: string): Promise<JobRecord | undefined> {
+    return this.getNow(user, id);
+  }
+
+  private getNow(user: string, id: string): JobRecord | undefined {
     if (!JOB_ID_PATTERN.test(id)) return undefined;
     try {
       return JSON.parse(fs.readFileSync(path.join(this.dir(user, id), 'job.json'), 'utf8')) as JobRecord;
@@ -88,14 +93,23 @@ export class JobStore {
     }
   }
 
-  list(user: string): JobRecord[] {
+  /** The users that have jobs here (a migration walks them). */
+  owners(): string[] {
+    try {
+      return fs.readdirSync(this.root);
+    } catch {
+      return [];
+    }
+  }
+
+  async list(user: string): Promise<JobRecord[]> {
     let ids: string[];
     try {
       ids = fs.readdirSync(path.join(this.root, user));
     } catch {
       return [];
     }
-    return ids.map((id) => this.get(user, id)).filter((r): r is JobRecord => r !== undefined);
+    return ids.map((id) => this.getNow(user, id)).filter((r): r is JobRecord => r !== undefined);
   }
 
   /**
@@ -133,26 +147,26 @@ export class JobStore {
     rec.adapter = { bytes: bytes.length, sha256: (await sha256Sliced(bytes)).toString('hex') };
   }
 
-  readAdapter(rec: JobRecord): Buffer | undefined {
+  async readAdapter(rec: JobRecord): Promise<Buffer | undefined> {
     try {
-      return fs.readFileSync(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'));
+      return await fs.promises.readFile(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'));
     } catch {
       return undefined;
     }
   }
 
   /** Size and sha256 of the job's adapter (from its record; a record written before they were kept is completed once). */
-  adapterInfo(rec: JobRecord): { bytes: number; sha256: string } | undefined {
+  async adapterInfo(rec: JobRecord): Promise<{ bytes: number; sha256: string } | undefined> {
     if (rec.adapter) return rec.adapter;
-    const bytes = this.readAdapter(rec);
+    const bytes = await this.readAdapter(rec);
     if (!bytes) return undefined;
     rec.adapter = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
-    this.save(rec);
+    await this.save(rec);
     return rec.adapter;
   }
 
   /** Bytes [offset, offset + length) of the job's adapter, read from that place only. */
-  readAdapterPart(rec: JobRecord, offset: number, length: number): Buffer {
+  async readAdapterPart(rec: JobRecord, offset: number, length: number): Promise<Buffer> {
     const fd = fs.openSync(path.join(this.dir(rec.user, rec.id), 'adapter.mobi'), 'r');
     try {
       const out = Buffer.allocUnsafe(length);

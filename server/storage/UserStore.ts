@@ -3,8 +3,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../common/atomicWrite';
 import { ServerError } from '../ServerError';
+import type { Users } from './Store';
 
-interface UserRecord {
+export interface UserRecord {
   name: string;
   salt: string;
   /** scrypt(secret, salt), hex. The token itself is never stored. */
@@ -22,69 +23,44 @@ export interface UserSummary {
 export const USER_NAME_PATTERN = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 const SCRYPT_KEYLEN = 32;
 
+/** A new user record for `name` and its token (`<name>.<secret>`; only scrypt(secret) is kept). BAD_NAME for a name outside the pattern. */
+export function newUser(name: string): { record: UserRecord; token: string } {
+  if (!USER_NAME_PATTERN.test(name)) throw new ServerError('BAD_NAME', 'User names are 1-32 characters: a-z, 0-9, "-" and "_".');
+  const secret = randomBytes(24).toString('base64url');
+  const salt = randomBytes(16).toString('hex');
+  const hash = scryptSync(secret, salt, SCRYPT_KEYLEN).toString('hex');
+  return { record: { name, salt, hash, createdAt: new Date().toISOString() }, token: `${name}.${secret}` };
+}
+
 /**
- * Team members and their tokens, in `<data>/users.json`. A token is
- * `<name>.<secret>`; only scrypt(secret) is stored. The file is re-read when
- * it changes, so `mobillm-server users revoke` takes effect on a running
- * server at the next connection.
+ * Token checks over a snapshot of the users, whatever keeps them: the file
+ * store re-reads `users.json` when it changes, PostgreSQL's store reloads on
+ * a notification from any replica. Tokens verified once are remembered (as
+ * sha256) so that a reconnect costs no scrypt; a revocation or re-issue ends
+ * that at once (activeSince changes).
  */
-export class UserStore {
-  private readonly file: string;
-  private users: UserRecord[] = [];
-  private loadedMtime = -1;
+export abstract class TokenUsers implements Users {
+  protected users: UserRecord[] = [];
   /** sha256(token) -> name, for tokens already verified (scrypt is slow on purpose). */
   private readonly verified = new Map<string, string>();
 
-  constructor(dataDir: string) {
-    this.file = path.join(dataDir, 'users.json');
+  /** Brings the snapshot up to date without waiting (the file store re-reads a changed file). */
+  protected abstract refresh(): void;
+  /** Brings the snapshot up to date, waiting for the store when it must (a token issued a moment ago on another replica). */
+  protected async refreshNow(): Promise<void> {
+    this.refresh();
   }
-
-  private refresh(): void {
-    let mtime: number;
-    try {
-      mtime = fs.statSync(this.file).mtimeMs;
-    } catch {
-      this.users = [];
-      this.loadedMtime = -1;
-      this.verified.clear();
-      return;
-    }
-    if (mtime === this.loadedMtime) return;
-    this.users = (JSON.parse(fs.readFileSync(this.file, 'utf8')) as { users: UserRecord[] }).users;
-    this.loadedMtime = mtime;
+  /** Replaces the snapshot (remembered tokens are checked again). */
+  protected replace(users: UserRecord[]): void {
+    this.users = users;
     this.verified.clear();
   }
 
-  private save(): void {
-    writeFileAtomic(this.file, `${JSON.stringify({ users: this.users }, null, 2)}\n`);
-    this.loadedMtime = -1;
-  }
+  abstract add(name: string): Promise<string>;
+  abstract revoke(name: string): Promise<void>;
 
-  /** Creates a user and returns its token (shown once, never stored). */
-  add(name: string): string {
-    this.refresh();
-    if (!USER_NAME_PATTERN.test(name)) throw new ServerError('BAD_NAME', 'User names are 1-32 characters: a-z, 0-9, "-" and "_".');
-    if (this.users.some((u) => u.name === name && !u.revokedAt)) throw new ServerError('EXISTS', `User ${name} exists; revoke it first to issue a new token.`);
-    const secret = randomBytes(24).toString('base64url');
-    const salt = randomBytes(16).toString('hex');
-    const hash = scryptSync(secret, salt, SCRYPT_KEYLEN).toString('hex');
-    this.users = this.users.filter((u) => u.name !== name);
-    this.users.push({ name, salt, hash, createdAt: new Date().toISOString() });
-    this.save();
-    return `${name}.${secret}`;
-  }
-
-  revoke(name: string): void {
-    this.refresh();
-    const u = this.users.find((x) => x.name === name && !x.revokedAt);
-    if (!u) throw new ServerError('NO_SUCH_USER', `No active user ${name}.`);
-    u.revokedAt = new Date().toISOString();
-    this.save();
-    this.verified.clear();
-  }
-
-  list(): UserSummary[] {
-    this.refresh();
+  async list(): Promise<UserSummary[]> {
+    await this.refreshNow();
     return this.users.map((u) => ({ name: u.name, createdAt: u.createdAt, revoked: u.revokedAt !== undefined }));
   }
 
@@ -115,9 +91,11 @@ export class UserStore {
     const key = createHash('sha256').update(token).digest('hex');
     const cached = this.verified.get(key);
     if (cached !== undefined) return { name: cached, since: this.activeSince(cached)! };
-    const name = UserStore.claimedName(token);
-    const u = name === undefined ? undefined : this.users.find((x) => x.name === name && !x.revokedAt);
-    if (!u || name === undefined) return undefined;
+    const name = TokenUsers.claimedName(token);
+    if (name === undefined) return undefined;
+    if (this.activeSince(name) === undefined) await this.refreshNow();
+    const u = this.users.find((x) => x.name === name && !x.revokedAt);
+    if (!u) return undefined;
     const got = await new Promise<Buffer>((resolve, reject) => scrypt(token.slice(name.length + 1), u.salt, SCRYPT_KEYLEN, (err, k) => (err ? reject(err) : resolve(k))));
     if (!timingSafeEqual(got, Buffer.from(u.hash, 'hex'))) return undefined;
     this.refresh();
@@ -130,5 +108,63 @@ export class UserStore {
   activeSince(name: string): string | undefined {
     this.refresh();
     return this.users.find((x) => x.name === name && !x.revokedAt)?.createdAt;
+  }
+}
+
+/**
+ * Team members and their tokens, in `<data>/users.json`. The file is re-read
+ * when it changes, so `mobillm-server users revoke` takes effect on a running
+ * server at its next revocation check.
+ */
+export class UserStore extends TokenUsers {
+  private readonly file: string;
+  private loadedMtime = -1;
+
+  constructor(dataDir: string) {
+    super();
+    this.file = path.join(dataDir, 'users.json');
+  }
+
+  protected refresh(): void {
+    let mtime: number;
+    try {
+      mtime = fs.statSync(this.file).mtimeMs;
+    } catch {
+      if (this.loadedMtime !== -1 || this.users.length > 0) this.replace([]);
+      this.loadedMtime = -1;
+      return;
+    }
+    if (mtime === this.loadedMtime) return;
+    this.replace((JSON.parse(fs.readFileSync(this.file, 'utf8')) as { users: UserRecord[] }).users);
+    this.loadedMtime = mtime;
+  }
+
+  private save(): void {
+    writeFileAtomic(this.file, `${JSON.stringify({ users: this.users }, null, 2)}\n`);
+    this.loadedMtime = -1;
+  }
+
+  async add(name: string): Promise<string> {
+    this.refresh();
+    const { record, token } = newUser(name);
+    if (this.users.some((u) => u.name === name && !u.revokedAt)) throw new ServerError('EXISTS', `User ${name} exists; revoke it first to issue a new token.`);
+    this.users = this.users.filter((u) => u.name !== name);
+    this.users.push(record);
+    this.save();
+    return token;
+  }
+
+  async revoke(name: string): Promise<void> {
+    this.refresh();
+    const u = this.users.find((x) => x.name === name && !x.revokedAt);
+    if (!u) throw new ServerError('NO_SUCH_USER', `No active user ${name}.`);
+    u.revokedAt = new Date().toISOString();
+    this.save();
+  }
+
+  /** Every record as stored (token hashes, never tokens): what a migration copies. */
+  records(): UserRecord[] {
+    this.refresh();
+    return this.users.map((u) => ({ ...u }));
   }
 }

@@ -21,10 +21,10 @@ export const headHalves = ((rng) => Uint16Array.from({ length: V * D }, () => 0x
 export const model: ModelSpec = { fingerprint: 'a'.repeat(64), architecture: 'llama', layers: L, hiddenSize: D, vocabularySize: V, normEpsilon: 1e-5, headDigest: headDigestOf(headNorm, headHalves) };
 export const config: JobConfig = { tappedLayers: [0, 1], reduction: 4, bits: 8, seqLen: 8, batchSize: 1, totalSteps: 3, learningRate: 1e-2, warmupSteps: 1, seed: 1, checkpointEvery: 2 };
 
-export function storesWithHead(): { heads: HeadStore; jobs: JobStore } {
+export async function storesWithHead(): Promise<{ heads: HeadStore; jobs: JobStore }> {
   const dir = tmpDir('server-unit');
   const heads = new HeadStore(dir);
-  heads.save(model, V, D, headNorm, headHalves);
+  await heads.save(model, V, D, headNorm, headHalves);
   return { heads, jobs: new JobStore(dir) };
 }
 

@@ -23,7 +23,7 @@ describe('adapters download in parts, whatever their size', function () {
   after(() => server.stop());
 
   it('a fine-tune downloads its adapter in many parts and stores exactly the server\'s file', async () => {
-    const token = server.users.add('paula');
+    const token = await server.users.add('paula');
     const gets: number[] = [];
     const store = tmpDir('parts-store');
     const r = await new FineTuneJob({

@@ -119,7 +119,7 @@ describe('fine-tune end to end (real backbone, real server on loopback)', functi
     const { url } = await server.start();
     try {
       const users = ['u0', 'u1', 'u2', 'u3'];
-      const tokens = users.map((u) => server.users.add(u));
+      const tokens = await Promise.all(users.map((u) => server.users.add(u)));
       const workspaces = users.map((_, i) => makeWorkspace(10 + i));
       const opts = (i: number): FineTuneOptions => baseOptions(workspaces[i]!, { seed: 1 + i, steps: 10, server: { url, token: tokens[i]! } });
       const alone = await new FineTuneJob(opts(0)).run();
@@ -131,7 +131,7 @@ describe('fine-tune end to end (real backbone, real server on loopback)', functi
       for (const [i, r] of together.entries()) {
         assert.equal(r.steps, 10);
         assert.ok(r.heldOutLossAfter < r.heldOutLossBefore);
-        const mine = server.jobs.list(users[i]!).map((j) => j.id);
+        const mine = (await server.jobs.list(users[i]!)).map((j) => j.id);
         assert.ok(mine.includes(r.jobId));
         for (const [k, other] of together.entries()) if (k !== i) assert.ok(!mine.includes(other.jobId), 'a job listed under another user');
       }
@@ -148,7 +148,7 @@ describe('fine-tune end to end (real backbone, real server on loopback)', functi
     const server = new MobiServer({ dataDir, port: 0 });
     const { url } = await server.start();
     try {
-      const token = server.users.add('bob');
+      const token = await server.users.add('bob');
       await new FineTuneJob(baseOptions(ws, { server: { url, token }, steps: 8, onFrameSent: (f) => frames.push(Buffer.from(f)) })).run();
     } finally {
       await server.stop();

@@ -131,7 +131,7 @@ describe('label-private training (the loss computed on the device)', function ()
       const server = new MobiServer({ dataDir, port: 0 });
       const { url } = await server.start();
       try {
-        const token = server.users.add('carol');
+        const token = await server.users.add('carol');
         await new FineTuneJob(options(ws, { server: { url, token }, steps: 8, labelPrivate, onFrameSent: (f) => frames.push(Buffer.from(f)) })).run();
       } finally {
         await server.stop();

@@ -36,11 +36,11 @@ describe('server limits on loopback (each test its own server)', function () {
 
   it('a revoked token ends its open session within seconds, with a typed reason', async () => {
     const { server, url } = await start();
-    const token = server.users.add('rita');
+    const token = await server.users.add('rita');
     const conn = await ServerConnection.open(url, token, spec);
     const lost = new Promise<MobiError>((resolve) => conn.onLost(resolve));
     const t0 = Date.now();
-    server.users.revoke('rita');
+    await server.users.revoke('rita');
     const err = await lost;
     assert.equal(err.code, 'UNAUTHORIZED');
     process.stdout.write(`      closed ${Date.now() - t0} ms after the revocation\n`);
@@ -49,8 +49,8 @@ describe('server limits on loopback (each test its own server)', function () {
 
   it('limits connections per user, not only in total', async () => {
     const { server, url } = await start({ maxDevicesPerUser: 2 });
-    const ann = server.users.add('ann');
-    const bob = server.users.add('bob');
+    const ann = await server.users.add('ann');
+    const bob = await server.users.add('bob');
     const open = [await ServerConnection.open(url, ann, spec), await ServerConnection.open(url, ann, spec)];
     await assert.rejects(ServerConnection.open(url, ann, spec), (e: MobiError) => e.code === 'SERVER_ERROR');
     open.push(await ServerConnection.open(url, bob, spec));
@@ -59,7 +59,7 @@ describe('server limits on loopback (each test its own server)', function () {
 
   it('stops checking tokens after too many failed sign-ins, without slowing the server', async () => {
     const { server, url } = await start();
-    const token = server.users.add('tom');
+    const token = await server.users.add('tom');
     const wrong = `tom.${'x'.repeat(32)}`;
     for (let i = 0; i < MAX_AUTH_FAILURES; i++) {
       await assert.rejects(ServerConnection.open(url, wrong, spec), (e: MobiError) => e.code === 'UNAUTHORIZED');
@@ -71,7 +71,7 @@ describe('server limits on loopback (each test its own server)', function () {
   it('sign-in races and lock-outs: attempts count when they start, checks per address are bounded, and guesses never lock out a valid token', async function () {
     this.timeout(120_000);
     const { server, url } = await start();
-    const token = server.users.add('ursula');
+    const token = await server.users.add('ursula');
     /** The HTTP status of a sign-in from `from` (101: the socket opened). */
     const signIn = (t: string, from: string): Promise<number> => new Promise((resolve) => {
       const ws = new WebSocket(url, { headers: { authorization: `Bearer ${t}` }, localAddress: from });

@@ -54,18 +54,18 @@ describe('side-tuning server', function () {
   it('refuses no token, a wrong token and a revoked token before reading any message', async () => {
     assert.equal(await rawConnect(url), 401);
     assert.equal(await rawConnect(url, 'nobody.secret'), 401);
-    const token = server.users.add('carol');
+    const token = await server.users.add('carol');
     const ok = await rawConnect(url, token);
     assert.ok(ok instanceof WebSocket);
     ok.close();
-    server.users.revoke('carol');
+    await server.users.revoke('carol');
     assert.equal(await rawConnect(url, token), 401);
   });
 
   it('isolates users: another user\'s job cannot be resumed, listed or downloaded', async () => {
     const ws = makeWorkspace(5);
-    const tokenA = server.users.add('dave');
-    const tokenB = server.users.add('erin');
+    const tokenA = await server.users.add('dave');
+    const tokenB = await server.users.add('erin');
     const r = await new FineTuneJob({ workspace: ws, model: tinyModel({ layers: 2, embd: 32, heads: 2 }), storeDir: tmpDir('st'), server: { url, token: tokenA }, steps: 3, seqLen: 16, threads: 1 }).run();
     const fp = JSON.parse(fs.readFileSync(path.join(dataDir, 'jobs', 'dave', r.jobId, 'job.json'), 'utf8')).model.fingerprint as string;
     const conn = await ServerConnection.open(url, tokenB, { ...spec(fp), layers: 2, hiddenSize: 32 });
@@ -89,12 +89,12 @@ describe('side-tuning server', function () {
   });
 
   it('closes a device speaking another protocol version with a typed error', async () => {
-    const token = server.users.add('frank');
+    const token = await server.users.add('frank');
     await assert.rejects(ServerConnection.open(url, token, spec('a'.repeat(64)), { protocol: 99 }), (e: MobiError) => e.code === 'VERSION_MISMATCH');
   });
 
   it('answers 10,000 malformed or random frames with a typed error or a close, and keeps serving a healthy device', async () => {
-    const token = server.users.add('mallory');
+    const token = await server.users.add('mallory');
     const rng = new SeededRandom(1234);
     const valid = encodeFrame({ type: 'batch/train', jobId: 'x', index: 0, rows: 4 }, Buffer.alloc(64));
     const makeFrame = (i: number): { data: Buffer | string; binary: boolean } => {
@@ -172,7 +172,7 @@ describe('side-tuning server', function () {
     for (const c of ['BAD_FRAME', 'UNKNOWN_TYPE', 'OUT_OF_ORDER', 'VERSION_MISMATCH']) assert.ok(codes.has(c), `saw ${c}`);
     assert.equal((await get(url.replace('ws:', 'http:') + '/healthz')).status, 200);
     // A healthy device still trains.
-    const healthy = server.users.add('grace');
+    const healthy = await server.users.add('grace');
     const r = await new FineTuneJob({ workspace: makeWorkspace(6), model: tinyModel({ layers: 2, embd: 32, heads: 2 }), storeDir: tmpDir('st'), server: { url, token: healthy }, steps: 4, seqLen: 16, threads: 1 }).run();
     assert.equal(r.steps, 4);
   });

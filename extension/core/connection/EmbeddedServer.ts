@@ -18,8 +18,8 @@ export async function startEmbeddedServer(storeDir: string, log?: (line: string)
   // The training engine takes the cores the device's backbone leaves free.
   const threads = Math.max(1, os.availableParallelism() - defaultThreads());
   const server = new MobiServer({ dataDir: path.join(storeDir, 'embedded-server'), host: '127.0.0.1', port: 0, threads, log });
-  if (server.users.list().some((u) => u.name === LOCAL_USER && !u.revoked)) server.users.revoke(LOCAL_USER);
-  const token = server.users.add(LOCAL_USER);
+  if ((await server.users.list()).some((u) => u.name === LOCAL_USER && !u.revoked)) await server.users.revoke(LOCAL_USER);
+  const token = await server.users.add(LOCAL_USER);
   const { url } = await server.start();
   return { url, token, server, stop: () => server.stop() };
 }

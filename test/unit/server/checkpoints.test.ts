@@ -25,9 +25,9 @@ describe('server: checkpoints on a failing disk', function () {
   after(() => engine.dispose());
 
   it('keeps the previous checkpoint and falls back to it when the newest is damaged; none readable is a typed error', async () => {
-    const { heads, jobs } = storesWithHead();
+    const { heads, jobs } = await storesWithHead();
     const cfg = { ...config, totalSteps: 6, checkpointEvery: 2 };
-    const rec = jobs.create('ann', 'j', model, cfg);
+    const rec = await jobs.create('ann', 'j', model, cfg);
     const first = new JobRegistry(engine, jobs, heads);
     const job = await first.load(rec, DEFAULT_SESSION_LIMITS);
     for (let i = 0; i < 4; i++) await job.train(i, batch(i + 1));
@@ -36,15 +36,15 @@ describe('server: checkpoints on a failing disk', function () {
     assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('checkpoint')).sort(), ['checkpoint.mobi', 'checkpoint.prev.mobi']);
     const newest = path.join(dir, 'checkpoint.mobi');
     fs.truncateSync(newest, Math.floor(fs.statSync(newest).size / 2));
-    const reloaded = await new JobRegistry(engine, jobs, heads).load(jobs.get('ann', rec.id)!, DEFAULT_SESSION_LIMITS);
+    const reloaded = await new JobRegistry(engine, jobs, heads).load((await jobs.get('ann', rec.id))!, DEFAULT_SESSION_LIMITS);
     assert.equal(reloaded.step, 2, 'resumed from the previous checkpoint');
     assert.equal(reloaded.nextIndex, 2);
     fs.truncateSync(path.join(dir, 'checkpoint.prev.mobi'), 100);
-    await assert.rejects(new JobRegistry(engine, jobs, heads).load(jobs.get('ann', rec.id)!, DEFAULT_SESSION_LIMITS), (err) => err instanceof WireError && err.code === 'STORAGE');
+    await assert.rejects(new JobRegistry(engine, jobs, heads).load((await jobs.get('ann', rec.id))!, DEFAULT_SESSION_LIMITS), (err) => err instanceof WireError && err.code === 'STORAGE');
   });
 
   it('a checkpoint the disk cannot take is a STORAGE error to the device, never a job/checkpoint', async () => {
-    const { heads, jobs } = storesWithHead();
+    const { heads, jobs } = await storesWithHead();
     const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');

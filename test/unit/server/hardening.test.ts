@@ -34,14 +34,14 @@ describe('server hardening (round 2)', function () {
   before(async () => (engine = await OnnxEngine.create({ threads: 1 })));
   after(() => engine.dispose());
 
-  function context(limits: Partial<SessionLimits> = {}, withHead = true): SessionContext {
+  async function context(limits: Partial<SessionLimits> = {}, withHead = true): Promise<SessionContext> {
     const dir = tmpDir('hardening');
-    const { heads, jobs } = withHead ? storesWithHead() : { heads: new HeadStore(dir), jobs: new JobStore(dir) };
+    const { heads, jobs } = withHead ? await storesWithHead() : { heads: new HeadStore(dir), jobs: new JobStore(dir) };
     return { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, ...limits }, backend: 'test', log: () => undefined };
   }
 
   it('a small label-private job/create declaring a huge side network is refused with LIMIT, from a bound computed from its config, and nothing is stored', async () => {
-    const ctx = context({}, false);
+    const ctx = await context({}, false);
     const huge: ModelSpec = { ...model, layers: 8, hiddenSize: 4096, vocabularySize: 32_000 };
     const ws = await connect(ctx, 'ann', huge);
     const cfg: JobConfig = { ...config, tappedLayers: [0, 1, 2, 3, 4, 5, 6, 7], reduction: 1, labelPrivate: true };
@@ -53,13 +53,13 @@ describe('server hardening (round 2)', function () {
     const err = await ws.next('error');
     assert.equal(err.code, 'LIMIT');
     assert.match(err.message, /GiB/);
-    assert.deepEqual(ctx.jobs.list('ann'), [], 'no record was stored');
+    assert.deepEqual(await ctx.jobs.list('ann'), [], 'no record was stored');
     assert.equal(ctx.registry.size, 0, 'nothing was loaded');
   });
 
   it('the per-user budget counts every loaded job of that user; a stored job over the budget is not loaded on resume', async () => {
     const one = jobMemoryBytes(config, model);
-    const ctx = context({ maxJobMemoryBytes: 2 * one, maxUserMemoryBytes: Math.floor(1.5 * one) });
+    const ctx = await context({ maxJobMemoryBytes: 2 * one, maxUserMemoryBytes: Math.floor(1.5 * one) });
     const ws = await connect(ctx);
     ws.deliver({ type: 'job/create', name: 'a', config });
     await ws.next('job/ready');
@@ -71,7 +71,7 @@ describe('server hardening (round 2)', function () {
     // The same data folder under a server with a smaller per-job budget: the stored job is refused, not loaded.
     const small = { ...ctx, registry: new JobRegistry(engine, ctx.jobs, ctx.heads), limits: { ...ctx.limits, maxJobMemoryBytes: Math.floor(one / 2) } };
     const again = await connect(small);
-    const [rec] = ctx.jobs.list('ann');
+    const [rec] = await ctx.jobs.list('ann');
     again.deliver({ type: 'job/resume', jobId: rec!.id });
     assert.equal((await again.next('error')).code, 'LIMIT');
     assert.equal(small.registry.size, 0);
@@ -89,7 +89,7 @@ describe('server hardening (round 2)', function () {
   });
 
   it('a cancelled or finished job is never loaded for a training frame (JOB_STATE), so cancelled jobs cannot pass the job limit', async () => {
-    const ctx = context({ maxJobsPerUser: 1 });
+    const ctx = await context({ maxJobsPerUser: 1 });
     const ws = await connect(ctx);
     const ids: string[] = [];
     for (let i = 0; i < 2; i++) {
@@ -112,7 +112,7 @@ describe('server hardening (round 2)', function () {
   });
 
   it('held-out batches take credits like training batches', async () => {
-    const ctx = context({ credits: 1 });
+    const ctx = await context({ credits: 1 });
     const ws = await connect(ctx);
     ws.deliver({ type: 'job/create', name: 'e', config });
     const { jobId } = await ws.next('job/ready');
@@ -126,7 +126,7 @@ describe('server hardening (round 2)', function () {
   });
 
   it('a refused gradient leaves its batch waiting for a valid one; loss sums are bounded', async () => {
-    const ctx = context({}, false);
+    const ctx = await context({}, false);
     const ws = await connect(ctx);
     ws.deliver({ type: 'job/create', name: 'lp', config: { ...config, labelPrivate: true, batchSize: 2 } });
     const { jobId } = await ws.next('job/ready');
@@ -153,7 +153,7 @@ describe('server hardening (round 2)', function () {
   });
 
   it('evalIds that are names of Object.prototype are ordinary names', async () => {
-    const ctx = context();
+    const ctx = await context();
     const ws = await connect(ctx);
     ws.deliver({ type: 'job/create', name: 'p', config });
     const { jobId } = await ws.next('job/ready');
@@ -166,13 +166,13 @@ describe('server hardening (round 2)', function () {
     }
     ws.deliver({ type: 'job/cancel', jobId });
     await ws.next('job/done');
-    const evals = ctx.jobs.get('ann', jobId)!.evals;
+    const evals = (await ctx.jobs.get('ann', jobId))!.evals;
     assert.deepEqual(Object.keys(evals).sort(), ['__proto__', 'constructor', 'toString']);
     for (const v of Object.values(evals)) assert.equal(v.tokens, b.rows);
   });
 
   it('a second device session sending batches for a job another trains is told so (JOB_STATE), not acknowledged', async () => {
-    const ctx = context();
+    const ctx = await context();
     const first = await connect(ctx);
     first.deliver({ type: 'job/create', name: 'two', config });
     const { jobId } = await first.next('job/ready');
@@ -203,7 +203,7 @@ describe('server hardening (round 2)', function () {
         for (const tappedLayers of [[1], [0, 1]]) {
           for (const sideNetwork of [1, 2] as const) {
             const cfg: JobConfig = { ...config, reduction, tappedLayers, sideNetwork, labelPrivate: true };
-            const job = await registry.load(jobs.create('ann', 's', model, cfg), DEFAULT_SESSION_LIMITS);
+            const job = await registry.load(await jobs.create('ann', 's', model, cfg), DEFAULT_SESSION_LIMITS);
             const rows = config.seqLen;
             await job.sideOutput(0, tappedLayers.map(() => new Float32Array(rows * D).fill(0.5)), rows, [rows]);
             await registry.unload(job);
@@ -219,7 +219,7 @@ describe('server hardening (round 2)', function () {
   });
 
   it('per-user storage quotas: a head upload or a job past the quota is LIMIT; another user is not affected', async () => {
-    const ctx = context({ maxUserStorageBytes: jobDiskBytes(config, model) + 1024 }, false);
+    const ctx = await context({ maxUserStorageBytes: jobDiskBytes(config, model) + 1024 }, false);
     const ws = await connect(ctx);
     ws.deliver({ type: 'job/create', name: 'fits', config: { ...config, labelPrivate: true } });
     await ws.next('job/ready');
@@ -234,12 +234,12 @@ describe('server hardening (round 2)', function () {
     for (let r = 0; r < V; r++) bob.deliver({ type: 'head/chunk', rowStart: r, rowCount: 1 }, Buffer.from(headHalves.buffer, r * D * 2, D * 2));
     bob.deliver({ type: 'head/end' });
     await bob.next('head/stored');
-    assert.equal(ctx.heads.uploadedBytesOf('bob'), HeadStore.bytesOf(V, D));
-    assert.equal(ctx.heads.uploadedBytesOf('ann'), 0);
+    assert.equal(await ctx.heads.uploadedBytesOf('bob'), HeadStore.bytesOf(V, D));
+    assert.equal(await ctx.heads.uploadedBytesOf('ann'), 0);
   });
 
   it('a head the disk cannot take is STORAGE to its uploader (not INTERNAL), and nothing half-stored remains', async () => {
-    const ctx = context({}, false);
+    const ctx = await context({}, false);
     const ws = await connect(ctx);
     ws.deliver({ type: 'head/begin', rows: V, cols: D }, Buffer.from(headNorm.buffer));
     for (let r = 0; r < V; r++) ws.deliver({ type: 'head/chunk', rowStart: r, rowCount: 1 }, Buffer.from(headHalves.buffer, r * D * 2, D * 2));
@@ -247,19 +247,19 @@ describe('server hardening (round 2)', function () {
       ws.deliver({ type: 'head/end' });
       assert.equal((await ws.next('error')).code, 'STORAGE');
     });
-    assert.equal(ctx.heads.has(model), false);
+    assert.equal(await ctx.heads.has(model), false);
   });
 
-  it('heads no job used for the configured time are deleted, never one a loaded job uses', () => {
+  it('heads no job used for the configured time are deleted, never one a loaded job uses', async () => {
     const dir = tmpDir('heads-ttl');
     const heads = new HeadStore(dir);
     const other = { ...model, fingerprint: 'b'.repeat(64) };
-    heads.save(model, V, D, headNorm, headHalves, 'ann');
-    heads.save(other, V, D, headNorm, headHalves, 'ann');
+    await heads.save(model, V, D, headNorm, headHalves, 'ann');
+    await heads.save(other, V, D, headNorm, headHalves, 'ann');
     const day = 86_400_000;
-    assert.equal(heads.removeUnused(30 * day, new Set()), 0, 'both were used just now');
-    assert.equal(heads.removeUnused(30 * day, new Set([HeadStore.fileName(model)]), Date.now() + 31 * day), 1);
-    assert.equal(heads.has(model), true, 'in use: kept');
-    assert.equal(heads.has(other), false, 'unused for 31 days: deleted');
+    assert.equal(await heads.removeUnused(30 * day, new Set()), 0, 'both were used just now');
+    assert.equal(await heads.removeUnused(30 * day, new Set([HeadStore.fileName(model)]), Date.now() + 31 * day), 1);
+    assert.equal(await heads.has(model), true, 'in use: kept');
+    assert.equal(await heads.has(other), false, 'unused for 31 days: deleted');
   });
 });

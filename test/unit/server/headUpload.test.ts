@@ -68,7 +68,7 @@ describe('server: model heads cannot be replaced or forged', function () {
     const { ws } = await s.connect('mallory', model);
     sendHead(ws, headHalves, Array.from({ length: V }, () => 0));
     assert.equal((await ws.next('error')).code, 'BAD_FRAME');
-    assert.equal(s.heads.has(model), false);
+    assert.equal(await s.heads.has(model), false);
   });
 
   it('refuses a head that does not match the digest the session stated, and trains on no one else\'s head', async () => {
@@ -78,7 +78,7 @@ describe('server: model heads cannot be replaced or forged', function () {
     const a = await s.connect('mallory', model);
     sendHead(a.ws, forged, allRows);
     assert.equal((await a.ws.next('error')).code, 'BAD_FRAME');
-    assert.equal(s.heads.has(model), false);
+    assert.equal(await s.heads.has(model), false);
     a.ws.deliver({ type: 'job/create', name: 'x', config });
     assert.equal((await a.ws.next('error')).code, 'HEAD_MISSING');
     // Stating the forged head's own digest: stored apart, and an honest session does not see it.

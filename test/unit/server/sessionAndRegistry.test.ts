@@ -25,15 +25,15 @@ describe('server: session context and job registry', function () {
   });
 
   it('the registry loads a job once, shares its model head, counts training jobs per user, and checkpoints on unloadAll', async () => {
-    const { heads, jobs } = storesWithHead();
+    const { heads, jobs } = await storesWithHead();
     const counts: number[] = [];
     const registry = new JobRegistry(engine, jobs, heads, (n) => counts.push(n));
-    const a = jobs.create('ann', 'a', model, config);
-    const b = jobs.create('ann', 'b', model, config);
-    const c = jobs.create('bob', 'c', model, config);
+    const a = await jobs.create('ann', 'a', model, config);
+    const b = await jobs.create('ann', 'b', model, config);
+    const c = await jobs.create('bob', 'c', model, config);
     const L = DEFAULT_SESSION_LIMITS;
     const ja = await registry.load(a, L);
-    assert.equal(await registry.load(jobs.get('ann', a.id)!, L), ja, 'the same job object for the same record');
+    assert.equal(await registry.load((await jobs.get('ann', a.id))!, L), ja, 'the same job object for the same record');
     await registry.load(b, L);
     await registry.load(c, L);
     assert.equal(registry.size, 3);
@@ -50,24 +50,24 @@ describe('server: session context and job registry', function () {
     assert.equal(registry.size, 0);
     assert.equal(registry.loadedHeads, 0, 'the head is freed with its last job');
     assert.deepEqual(counts, [1, 2, 3, 2, 1, 0]);
-    assert.ok((await jobs.readCheckpoints(jobs.get('ann', b.id)!))[0], 'unloadAll checkpointed the training job');
+    assert.ok((await jobs.readCheckpoints((await jobs.get('ann', b.id))!))[0], 'unloadAll checkpointed the training job');
   });
 
   it('the registry unloads jobs no one used for a while, checkpointing those that train', async () => {
-    const { heads, jobs } = storesWithHead();
+    const { heads, jobs } = await storesWithHead();
     const registry = new JobRegistry(engine, jobs, heads);
-    const idle = await registry.load(jobs.create('ann', 'idle', model, config), DEFAULT_SESSION_LIMITS);
-    const busy = await registry.load(jobs.create('ann', 'busy', model, config), DEFAULT_SESSION_LIMITS);
+    const idle = await registry.load(await jobs.create('ann', 'idle', model, config), DEFAULT_SESSION_LIMITS);
+    const busy = await registry.load(await jobs.create('ann', 'busy', model, config), DEFAULT_SESSION_LIMITS);
     idle.lastUsedAt -= 60_000;
     assert.equal(await registry.unloadIdle(30_000), 0);
     assert.equal(registry.size, 1);
     assert.equal(registry.isLoaded(busy.rec), true);
     assert.equal(registry.isLoaded(idle.rec), false);
-    assert.ok((await jobs.readCheckpoints(jobs.get('ann', idle.rec.id)!))[0], 'checkpointed on the way out');
+    assert.ok((await jobs.readCheckpoints((await jobs.get('ann', idle.rec.id))!))[0], 'checkpointed on the way out');
   });
 
   it('a session works through its context only: hello, create, train, cancel, resume, finish; its limits come from the context', async () => {
-    const { heads, jobs } = storesWithHead();
+    const { heads, jobs } = await storesWithHead();
     const metrics = new ServerMetrics();
     const log: string[] = [];
     const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics, limits: { ...DEFAULT_SESSION_LIMITS, credits: 1, maxJobsPerUser: 1 }, backend: 'test-backend', log: (l) => log.push(l) };
@@ -104,13 +104,13 @@ describe('server: session context and job registry', function () {
 
     ws.deliver({ type: 'job/cancel', jobId: ready.jobId });
     assert.equal((await ws.next('job/done')).state, 'cancelled');
-    assert.equal(jobs.get('ann', ready.jobId)!.state, 'cancelled');
+    assert.equal((await jobs.get('ann', ready.jobId))!.state, 'cancelled');
     assert.equal(ctx.registry.size, 0, 'a cancelled job is unloaded');
 
     ws.deliver({ type: 'job/resume', jobId: ready.jobId });
     const resumed = await ws.next('job/ready');
     assert.equal(resumed.state, 'training');
-    assert.equal(jobs.get('ann', ready.jobId)!.state, 'training', 'the resumed state is on disk');
+    assert.equal((await jobs.get('ann', ready.jobId))!.state, 'training', 'the resumed state is on disk');
     for (let i = resumed.nextIndex; i < config.totalSteps; i++) {
       const b = batchPayload(i + 1);
       ws.deliver({ type: 'batch/train', jobId: ready.jobId, index: i, rows: b.rows }, b.payload);
@@ -122,7 +122,7 @@ describe('server: session context and job registry', function () {
     assert.equal((await ws.next('job/ready')).state, 'finished');
     ws.deliver({ type: 'job/cancel', jobId: ready.jobId });
     assert.equal((await ws.next('job/done')).state, 'finished', 'cancelling a finished job leaves it finished');
-    assert.equal(jobs.get('ann', ready.jobId)!.state, 'finished');
+    assert.equal((await jobs.get('ann', ready.jobId))!.state, 'finished');
     assert.ok(log.some((l) => l.startsWith('device connected')));
     assert.ok(!log.some((l) => /[^\x20-\x7e]/.test(l)), 'log lines are plain ids and numbers');
   });

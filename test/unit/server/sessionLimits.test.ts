@@ -24,7 +24,7 @@ describe('server: what one session may do', function () {
 
   async function session(limits: Partial<SessionLimits> = {}, withHead = true) {
     const dir = tmpDir('server-unit');
-    const { heads, jobs } = withHead ? storesWithHead() : { heads: new HeadStore(dir), jobs: new JobStore(dir) };
+    const { heads, jobs } = withHead ? await storesWithHead() : { heads: new HeadStore(dir), jobs: new JobStore(dir) };
     const registry = new JobRegistry(engine, jobs, heads);
     const ctx = { heads, jobs, registry, metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, ...limits }, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
@@ -121,7 +121,7 @@ describe('server: what one session may do', function () {
     ws.deliver({ type: 'job/create', name: 'x', config: { ...config, initFromBackbone: true } }, bytes(start));
     const { jobId, step } = await ws.next('job/ready');
     assert.equal(step, 0);
-    const stored = decodeAdapter((await jobs.readCheckpoints(jobs.get('ann', jobId)!))[0]!);
+    const stored = decodeAdapter((await jobs.readCheckpoints((await jobs.get('ann', jobId))!))[0]!);
     let at = 0;
     for (const [i, n] of backboneInitNames(shape).entries()) {
       const t = stored.tensors.get(n)!;
@@ -143,7 +143,7 @@ describe('server: what one session may do', function () {
     }
     ws.deliver({ type: 'job/cancel', jobId });
     await ws.next('job/done');
-    const evals = Object.keys(jobs.get('ann', jobId)!.evals);
+    const evals = Object.keys((await jobs.get('ann', jobId))!.evals);
     assert.equal(evals.length, MAX_EVALS_PER_JOB);
     assert.equal(evals[evals.length - 1], `eval-${MAX_EVALS_PER_JOB + 7}`, 'the newest are kept');
   });
@@ -181,14 +181,14 @@ describe('server: what one session may do', function () {
         assert.equal((await ws.next('error')).code, 'NON_FINITE');
       }
     }
-    assert.equal(jobs.get('ann', jobId)!.state, 'cancelled', 'stopped, as the README says');
+    assert.equal((await jobs.get('ann', jobId))!.state, 'cancelled', 'stopped, as the README says');
     ws.deliver({ type: 'batch/train', jobId, index: 4, rows: fine.rows }, fine.payload);
     assert.equal((await ws.next('error')).code, 'JOB_STATE', 'a stopped job takes no batch');
     ws.deliver({ type: 'job/resume', jobId });
     assert.equal((await ws.next('job/ready')).state, 'training');
     ws.deliver({ type: 'job/finish', jobId });
     await ws.next('job/done');
-    assert.equal(jobs.get('ann', jobId)!.skippedSteps, 3);
+    assert.equal((await jobs.get('ann', jobId))!.skippedSteps, 3);
     ws.deliver({ type: 'adapter/get', jobId });
     assert.ok((await ws.next('adapter/data')).bytes > 0, 'the weights stayed finite: the adapter was written');
   });

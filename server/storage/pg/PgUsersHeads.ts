@@ -1,0 +1,105 @@
+import { ServerError } from '../../ServerError';
+import { HeadKey, HeadStore, StoredHead } from '../HeadStore';
+import type { Heads } from '../Store';
+import { newUser, TokenUsers, UserRecord } from '../UserStore';
+import { readBlob, writeBlob } from './blobs';
+import { PgConnection, USERS_CHANNEL } from './PgConnection';
+
+/** Users in PostgreSQL. Every replica keeps a snapshot, reloaded when any replica notifies a change (and on a miss). */
+export class PgUsers extends TokenUsers {
+  private readonly changed: (() => void)[] = [];
+
+  constructor(private readonly db: PgConnection) {
+    super();
+    db.on(USERS_CHANNEL, () => void this.reload().then(() => this.changed.forEach((f) => f()), () => undefined));
+  }
+
+  /** Calls `f` after the snapshot changed because some replica changed users. */
+  onChanged(f: () => void): void {
+    this.changed.push(f);
+  }
+
+  async reload(): Promise<void> {
+    const { rows } = await this.db.query<{ name: string; salt: string; hash: string; created_at: string; revoked_at: string | null }>('SELECT name, salt, hash, created_at, revoked_at FROM users ORDER BY created_at');
+    this.replace(rows.map((r): UserRecord => ({ name: r.name, salt: r.salt, hash: r.hash, createdAt: r.created_at, ...(r.revoked_at ? { revokedAt: r.revoked_at } : {}) })));
+  }
+
+  protected override refresh(): void {}
+
+  protected override async refreshNow(): Promise<void> {
+    await this.reload();
+  }
+
+  async add(name: string): Promise<string> {
+    const { record, token } = newUser(name);
+    try {
+      await this.db.transaction(async (c) => {
+        await c.query('INSERT INTO users (name, salt, hash, created_at) VALUES ($1, $2, $3, $4)', [record.name, record.salt, record.hash, record.createdAt]);
+        await c.query(`SELECT pg_notify('${USERS_CHANNEL}', '')`);
+      });
+    } catch (err) {
+      if ((err as { code?: string }).code === '23505') throw new ServerError('EXISTS', `User ${name} exists; revoke it first to issue a new token.`);
+      throw err;
+    }
+    await this.reload();
+    return token;
+  }
+
+  async revoke(name: string): Promise<void> {
+    const n = await this.db.transaction(async (c) => {
+      const r = await c.query('UPDATE users SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL', [name, new Date().toISOString()]);
+      await c.query(`SELECT pg_notify('${USERS_CHANNEL}', '')`);
+      return r.rowCount ?? 0;
+    });
+    if (n === 0) throw new ServerError('NO_SUCH_USER', `No active user ${name}.`);
+    await this.reload();
+  }
+
+  /** Copies a user record as it is (migration from a data folder). */
+  async importRecord(u: UserRecord): Promise<void> {
+    await this.db.query('INSERT INTO users (name, salt, hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING', [u.name, u.salt, u.hash, u.createdAt, u.revokedAt ?? null]);
+  }
+}
+
+/** Model heads in PostgreSQL (public weights), as parts; read into memory by the replica that trains with them. */
+export class PgHeads implements Heads {
+  constructor(private readonly db: PgConnection) {}
+
+  async has(key: HeadKey): Promise<boolean> {
+    return (await this.db.query('SELECT 1 FROM heads WHERE key = $1', [HeadStore.fileName(key)])).rowCount > 0;
+  }
+
+  async save(key: HeadKey, rows: number, cols: number, norm: Float32Array, halves: Uint16Array, user = ''): Promise<void> {
+    const name = HeadStore.fileName(key);
+    const header = Buffer.alloc(8);
+    header.writeUInt32LE(rows, 0);
+    header.writeUInt32LE(cols, 4);
+    const bytes = Buffer.concat([header, Buffer.from(norm.buffer, norm.byteOffset, norm.byteLength), Buffer.from(halves.buffer, halves.byteOffset, halves.byteLength)]);
+    await this.db.transaction(async (c) => {
+      const r = await c.query('INSERT INTO heads (key, rows, cols, bytes, uploaded_by, last_used_at) VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT DO NOTHING', [name, rows, cols, bytes.length, user]);
+      if ((r.rowCount ?? 0) > 0) await writeBlob(c, `head:${name}`, 'head', bytes);
+    });
+  }
+
+  async touch(key: HeadKey): Promise<void> {
+    await this.db.query('UPDATE heads SET last_used_at = now() WHERE key = $1', [HeadStore.fileName(key)]).catch(() => undefined);
+  }
+
+  async uploadedBytesOf(user: string): Promise<number> {
+    return Number((await this.db.query<{ n: string }>('SELECT coalesce(sum(bytes), 0) AS n FROM heads WHERE uploaded_by = $1', [user])).rows[0]!.n);
+  }
+
+  async removeUnused(maxAgeMs: number, inUse: ReadonlySet<string>, now = Date.now()): Promise<number> {
+    return this.db.transaction(async (c) => {
+      const r = await c.query<{ key: string }>('DELETE FROM heads WHERE last_used_at < to_timestamp($1 / 1000.0) AND NOT (key = ANY($2)) RETURNING key', [now - maxAgeMs, [...inUse]]);
+      for (const { key } of r.rows) await c.query('DELETE FROM blobs WHERE owner = $1', [`head:${key}`]);
+      return r.rows.length;
+    });
+  }
+
+  async load(key: HeadKey): Promise<StoredHead> {
+    const bytes = await readBlob(this.db, `head:${HeadStore.fileName(key)}`, 'head');
+    if (!bytes) throw new ServerError('DAMAGED_FILE', 'the model head is not in the database; let a device upload it again');
+    return HeadStore.parse(bytes);
+  }
+}
