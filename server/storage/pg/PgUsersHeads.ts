@@ -1,5 +1,6 @@
 import { ServerError } from '../../ServerError';
-import { HeadKey, HeadStore, StoredHead } from '../HeadStore';
+import { WireError } from '../../../common/WireError';
+import { FINGERPRINT_PATTERN, HeadKey, HeadStore, StoredHead } from '../HeadStore';
 import type { Heads } from '../Store';
 import { newUser, TokenUsers, UserRecord } from '../UserStore';
 import { readBlob, writeBlob } from './blobs';
@@ -61,16 +62,22 @@ export class PgUsers extends TokenUsers {
   }
 }
 
+/** The name a head is kept under (as the file store names its file); BAD_FRAME for a key that is not two digests. */
+function headName(key: HeadKey): string {
+  if (!FINGERPRINT_PATTERN.test(key.fingerprint) || !FINGERPRINT_PATTERN.test(key.headDigest)) throw new WireError('BAD_FRAME', 'model fingerprint and head digest must be 64 hex digits');
+  return HeadStore.fileName(key);
+}
+
 /** Model heads in PostgreSQL (public weights), as parts; read into memory by the replica that trains with them. */
 export class PgHeads implements Heads {
   constructor(private readonly db: PgConnection) {}
 
   async has(key: HeadKey): Promise<boolean> {
-    return (await this.db.query('SELECT 1 FROM heads WHERE key = $1', [HeadStore.fileName(key)])).rowCount > 0;
+    return (await this.db.query('SELECT 1 FROM heads WHERE key = $1', [headName(key)])).rowCount > 0;
   }
 
   async save(key: HeadKey, rows: number, cols: number, norm: Float32Array, halves: Uint16Array, user = ''): Promise<void> {
-    const name = HeadStore.fileName(key);
+    const name = headName(key);
     const header = Buffer.alloc(8);
     header.writeUInt32LE(rows, 0);
     header.writeUInt32LE(cols, 4);
@@ -82,7 +89,7 @@ export class PgHeads implements Heads {
   }
 
   async touch(key: HeadKey): Promise<void> {
-    await this.db.query('UPDATE heads SET last_used_at = now() WHERE key = $1', [HeadStore.fileName(key)]).catch(() => undefined);
+    await this.db.query('UPDATE heads SET last_used_at = now() WHERE key = $1', [headName(key)]).catch(() => undefined);
   }
 
   async uploadedBytesOf(user: string): Promise<number> {
@@ -98,7 +105,7 @@ export class PgHeads implements Heads {
   }
 
   async load(key: HeadKey): Promise<StoredHead> {
-    const bytes = await readBlob(this.db, `head:${HeadStore.fileName(key)}`, 'head');
+    const bytes = await readBlob(this.db, `head:${headName(key)}`, 'head');
     if (!bytes) throw new ServerError('DAMAGED_FILE', 'the model head is not in the database; let a device upload it again');
     return HeadStore.parse(bytes);
   }
