@@ -28,8 +28,8 @@ export function addUser(dataDir: string, name: string): string {
  * Starts `mobillm-server start` (the container's entrypoint) and resolves once
  * it reports ready; with `cpu`, pinned to that core (taskset), as benchmarks do.
  */
-export function startServerProcess(dataDir: string, port: number, options: { cpu?: number } = {}): Promise<{ proc: ChildProcess; url: string }> {
-  const argv = [process.execPath, SERVER_CLI, 'start', '--data', dataDir, '--port', String(port)];
+export function startServerProcess(dataDir: string, port: number, options: { cpu?: number; args?: string[] } = {}): Promise<{ proc: ChildProcess; url: string }> {
+  const argv = [process.execPath, SERVER_CLI, 'start', '--data', dataDir, '--port', String(port), ...(options.args ?? [])];
   const [file, ...args] = options.cpu !== undefined ? ['taskset', '-c', String(options.cpu), ...argv] : argv;
   const proc = spawn(file!, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   return new Promise((resolve, reject) => {

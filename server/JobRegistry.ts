@@ -77,10 +77,11 @@ export class JobRegistry {
   }
 
   private async open(rec: JobRecord, limits: SessionLimits): Promise<TrainingJob> {
-    await this.admit(rec.user, rec.config, rec.model, limits, keyOf(rec));
+    // The lease first: a job another replica trains is pointed there (and its lease is not counted against this user twice).
     await this.leases.acquire(rec);
     let head: OnnxHead | undefined;
     try {
+      await this.admit(rec.user, rec.config, rec.model, limits, keyOf(rec));
       // The record as the lease's last owner left it (another replica may have trained it).
       const current = (await this.jobStore.get(rec.user, rec.id)) ?? rec;
       // A label-private job needs no head: the device computes the loss with its own.

@@ -42,6 +42,8 @@ export const ERROR_CODES = [
   'ADAPTER_MODEL_MISMATCH',
   'ADAPTER_VERSION',
   'ALREADY_LOADED',
+  'JOB_MOVED',
+  'STORE_UNAVAILABLE',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -54,11 +56,14 @@ export class MobiError extends Error {
   readonly code: ErrorCode;
   /** The host setting that was refused (e.g. `mobillm.bits`), for a host to open it. */
   readonly setting?: string;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; setting?: string }) {
+  /** JOB_MOVED: the address of the server replica that trains the job, when the server named it. */
+  readonly location?: string;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; setting?: string; location?: string }) {
     super(message, options);
     this.name = 'MobiError';
     this.code = code;
     if (options?.setting) this.setting = options.setting;
+    if (options?.location) this.location = options.location;
   }
 
   static is(value: unknown, code?: ErrorCode): value is MobiError {

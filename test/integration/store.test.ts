@@ -8,7 +8,7 @@ import { FileStore } from '../../server/storage/FileStore';
 import { PgStore } from '../../server/storage/pg/PgStore';
 import type { ServerStore } from '../../server/storage/Store';
 import { config, headHalves, headNorm, model, V, D } from '../helpers/sessionHarness';
-import { startPostgres, TestPostgres } from '../helpers/postgres';
+import { startPostgres, TestPostgres } from '../../harness/postgres';
 import { tmpDir } from '../helpers/workspaces';
 
 const isCode = (code: string) => (err: unknown) => (err instanceof WireError || err instanceof ServerError) && err.code === code;

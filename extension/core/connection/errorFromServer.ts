@@ -15,6 +15,10 @@ export function errorFromServer(m: ServerMessage<'error'>): MobiError {
       return new MobiError('MODEL_MISMATCH', `The server's job belongs to a different model file (${m.message}). Select the model the job was started with, or start a new job.`);
     case 'NO_SUCH_JOB':
       return new MobiError('NO_SUCH_JOB', 'The server does not know this job (or it belongs to someone else).');
+    case 'JOB_ELSEWHERE':
+      return new MobiError('JOB_MOVED', 'Another replica of the team server trains this job; reconnecting to it.', { location: m.location });
+    case 'STORE_UNAVAILABLE':
+      return new MobiError('STORE_UNAVAILABLE', 'The team server cannot reach its database; waiting for it (nothing is lost).');
     default:
       return new MobiError('SERVER_ERROR', `The server answered ${m.code}: ${m.message}`);
   }

@@ -18,7 +18,7 @@ import { FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, tuned
 import type { JobContext } from './JobContext';
 import { JobPhase, ProgressTracker } from './JobProgress';
 import { JobRecord, JobRecordStore } from './JobRecordStore';
-import { ReconnectPolicy, sleep } from './ReconnectPolicy';
+import { followable, ReconnectPolicy, sleep } from './ReconnectPolicy';
 import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
 import { DeviceHead } from '../model/DeviceHead';
@@ -89,6 +89,8 @@ export class FineTuneJob {
   private work: Workload | undefined;
   private embedded: EmbeddedServer | undefined;
   private conn: ServerConnection | undefined;
+  /** The replica a team server said trains the job: the next connection goes there. */
+  private redirect: string | undefined;
   /** Bytes sent over earlier connections of this job. */
   private bytesSentBefore = 0;
   private jobId: string | undefined;
@@ -170,9 +172,12 @@ export class FineTuneJob {
       const reconnect = new ReconnectPolicy(this.ctx, this.o.reconnectTimeoutMs, () => this.jobId !== undefined);
       await reconnect.run(
         () => this.session(work, reconnect),
-        () => {
+        (err) => {
           if (this.conn) this.bytesSentBefore += this.conn.bytesSent;
+          this.conn?.close();
           this.conn = undefined;
+          this.redirect = err.code === 'JOB_MOVED' ? followable(this.o.server?.url, err.location) : undefined;
+          if (err.code === 'JOB_MOVED') this.ctx.log(this.redirect ? 'the job is on another server replica; following it' : 'the job is on another server replica; reconnecting through the configured address');
         },
       );
       const wallSeconds = (Date.now() - started) / 1000;
@@ -291,6 +296,9 @@ export class FineTuneJob {
     let token: string;
     if (this.o.server) {
       ({ url, token } = this.o.server);
+      // One attempt at the replica the server named; a failure there comes back to the configured address.
+      url = this.redirect ?? url;
+      this.redirect = undefined;
     } else {
       // Loaded only when needed: a device talking to a team server never loads the training engine.
       const { startEmbeddedServer } = await import('../connection/EmbeddedServer.js');

@@ -1,8 +1,12 @@
 import { MobiError } from '../MobiError';
 import type { JobContext } from './JobContext';
 
-/** Errors after which the job reconnects and resumes from the server's checkpoint. */
-const CONNECTION_ERRORS = new Set(['CONNECTION_LOST', 'SERVER_UNREACHABLE']);
+/**
+ * Errors after which the job reconnects and resumes from the server's
+ * checkpoint: the connection lost, the server away, the job moved to another
+ * replica of a team server, or that server's database away for a while.
+ */
+const CONNECTION_ERRORS = new Set(['CONNECTION_LOST', 'SERVER_UNREACHABLE', 'JOB_MOVED', 'STORE_UNAVAILABLE']);
 /** First and longest wait between reconnection attempts, milliseconds (the wait doubles). */
 const FIRST_RETRY_MS = 250;
 const MAX_RETRY_MS = 5000;
@@ -16,6 +20,26 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       resolve();
     }, { once: true });
   });
+}
+
+/**
+ * The address a team server named for a moved job, when the device may follow
+ * it: a ws:// or wss:// URL on the host the user configured (another port or
+ * path: a replica behind the same load balancer, or beside it), never a
+ * downgrade from wss to ws. The token goes wherever the device connects, so a
+ * server cannot send it to another host. Undefined otherwise.
+ */
+export function followable(configured: string | undefined, location: string | undefined): string | undefined {
+  if (!configured || !location) return undefined;
+  try {
+    const from = new URL(configured);
+    const to = new URL(location);
+    if (to.protocol !== 'ws:' && to.protocol !== 'wss:') return undefined;
+    if (from.protocol === 'wss:' && to.protocol !== 'wss:') return undefined;
+    return to.hostname === from.hostname ? to.toString() : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -41,8 +65,8 @@ export class ReconnectPolicy {
     this.outageStartedAt = undefined;
   }
 
-  /** Runs `session` until it completes; `beforeRetry` runs before each new attempt. */
-  async run(session: () => Promise<void>, beforeRetry: () => void = () => undefined): Promise<void> {
+  /** Runs `session` until it completes; `beforeRetry` runs before each new attempt, with the error that ended the last. */
+  async run(session: () => Promise<void>, beforeRetry: (err: MobiError) => void = () => undefined): Promise<void> {
     let delay = FIRST_RETRY_MS;
     for (;;) {
       try {
@@ -55,12 +79,14 @@ export class ReconnectPolicy {
         if (this.now() - this.outageStartedAt > this.timeoutMs) {
           throw new MobiError('CONNECTION_LOST', `Lost the server and could not reconnect for ${Math.round(this.timeoutMs / 1000)} s. The job keeps its last checkpoint; resume it later.`, { cause: err });
         }
-        this.ctx.log(`connection lost (${err.code}); reconnecting in ${delay} ms`);
+        // A job moved to a live replica is followed at once; anything else waits, longer each time.
+        const wait = err.code === 'JOB_MOVED' && err.location ? 0 : delay;
+        this.ctx.log(`connection lost (${err.code}); reconnecting in ${wait} ms`);
         this.ctx.setPhase('connecting');
-        await sleep(delay, this.ctx.signal);
+        await sleep(wait, this.ctx.signal);
         this.ctx.checkCancelled();
-        delay = Math.min(MAX_RETRY_MS, delay * 2);
-        beforeRetry();
+        if (wait > 0) delay = Math.min(MAX_RETRY_MS, delay * 2);
+        beforeRetry(err);
       }
     }
   }

@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { freePort } from './serverProcess';
 
 /** A PostgreSQL server in a temporary folder, for tests and benchmarks (Debian's `postgresql` package). */
 export interface TestPostgres {
@@ -15,18 +15,6 @@ export interface TestPostgres {
   start(): void;
   /** Stops it and deletes its folder. */
   remove(): void;
-}
-
-/** A free TCP port on loopback. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function binDir(): string | undefined {

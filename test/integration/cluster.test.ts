@@ -1,0 +1,190 @@
+import * as assert from 'node:assert/strict';
+import { ChildProcess, spawnSync } from 'node:child_process';
+import { WebSocket } from 'ws';
+import { CloseCode } from '../../common/limits';
+import { ServerConnection } from '../../extension/core/connection/ServerConnection';
+import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
+import { MobiError } from '../../extension/core/MobiError';
+import { startNginx } from '../../harness/nginx';
+import { startPostgres, TestPostgres } from '../../harness/postgres';
+import { freePort, killHard, SERVER_CLI, startServerProcess } from '../../harness/serverProcess';
+import { config, model } from '../helpers/sessionHarness';
+import { tinyModel } from '../helpers/models';
+import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+
+const LEASE_SECONDS = 2;
+const MODEL_OPTS = { layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0' as const, seed: 2 };
+
+function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  return spawnSync(process.execPath, [SERVER_CLI, ...args], { encoding: 'utf8' });
+}
+
+/** A replica of the team server: a real `mobillm-server start --database` process. */
+interface Replica {
+  id: string;
+  port: number;
+  proc: ChildProcess;
+}
+
+async function startReplica(url: string, id: string, port: number, advertise: string, extra: string[] = []): Promise<Replica> {
+  const { proc } = await startServerProcess(tmpDir('replica-unused'), port, { args: ['--database', url, '--replica-id', id, '--advertise', advertise, '--lease-seconds', String(LEASE_SECONDS), '--threads', '1', ...extra] });
+  return { id, port, proc };
+}
+
+async function healthOf(port: number): Promise<{ status: number; body: { replica: string; jobs: number; store: { kind: string; where: string; reachable: boolean } } }> {
+  const r = await fetch(`http://127.0.0.1:${port}/healthz`);
+  return { status: r.status, body: (await r.json()) as never };
+}
+
+describe('team server replicas sharing PostgreSQL, behind nginx', function () {
+  this.timeout(300_000);
+  let pg: TestPostgres | undefined;
+  let url = '';
+  before(async function () {
+    const r = await startPostgres();
+    if ('skip' in r) {
+      console.log(`      skipped: ${r.skip}`);
+      this.skip();
+    }
+    pg = r;
+    url = pg.createDatabase('cluster');
+  });
+  after(() => pg?.remove());
+
+  it('refuses to start on an unreachable database: a typed error naming the URL without its password, exit 1', () => {
+    const r = cli(['start', '--port', '0', '--database', 'postgres://admin:hunter2@127.0.0.1:1/mobillm']);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^error\[DATABASE_UNREACHABLE\]: .*postgres:\/\/admin@127\.0\.0\.1:1\/mobillm/m);
+    assert.doesNotMatch(r.stderr + r.stdout, /hunter2/);
+  });
+
+  describe('two replicas and nginx', () => {
+    const replicas: Replica[] = [];
+    let lb: { url: string; stop: () => void } | undefined;
+    let token = '';
+    const ws = makeWorkspace(7);
+    const options = (extra: Partial<FineTuneOptions> = {}): FineTuneOptions => ({
+      workspace: ws, model: tinyModel(MODEL_OPTS), storeDir: tmpDir('store'), seqLen: 32, batchSize: 4, steps: 16, checkpointEvery: 4, threads: 1, learningRate: 5e-3, seed: 3,
+      server: { url: lb!.url, token }, ...extra,
+    });
+
+    before(async function () {
+      const lbPort = await freePort();
+      const ports = [await freePort(), await freePort()];
+      const n = await startNginx(lbPort, ports);
+      if ('skip' in n) {
+        console.log(`      skipped: ${n.skip}`);
+        this.skip();
+      }
+      lb = n;
+      for (const [i, port] of ports.entries()) replicas.push(await startReplica(url, `replica-${i}`, port, `${n.url}/r/${i}`));
+      const added = cli(['users', 'add', 'alice', '--database', url]);
+      assert.equal(added.status, 0, added.stderr);
+      token = added.stdout.trim();
+    });
+    after(async () => {
+      for (const r of replicas) await killHard(r.proc);
+      lb?.stop();
+    });
+
+    it('/healthz and /metrics name the replica and the store and report the database reachable; nginx passes /healthz', async () => {
+      for (const r of replicas) {
+        const h = await healthOf(r.port);
+        assert.equal(h.status, 200);
+        assert.equal(h.body.replica, r.id);
+        assert.deepEqual(h.body.store, { kind: 'postgres', where: url, reachable: true });
+        const metrics = await (await fetch(`http://127.0.0.1:${r.port}/metrics`)).text();
+        assert.match(metrics, new RegExp(`mobillm_replica_info\\{replica="${r.id}",store="postgres"\\} 1`));
+        assert.match(metrics, /mobillm_store_reachable 1/);
+      }
+      const through = await fetch(`${lb!.url.replace('ws:', 'http:')}/healthz`);
+      assert.equal(through.status, 200);
+      assert.equal((await fetch(`${lb!.url.replace('ws:', 'http:')}/metrics`)).status, 404, 'metrics are not published through the load balancer');
+    });
+
+    let uninterrupted: FineTuneResult;
+    it('a fine-tune through nginx trains on one replica (the baseline for the failover)', async () => {
+      uninterrupted = await new FineTuneJob(options()).run();
+      assert.equal(uninterrupted.steps, 16);
+      assert.ok(uninterrupted.heldOutLossAfter < uninterrupted.heldOutLossBefore);
+    });
+
+    it('survives kill -9 of the replica training it: another takes over after the lease, from the last checkpoint, with the same steps, tokens and held-out loss', async () => {
+      let killedAt = 0;
+      let victim: Replica | undefined;
+      let firstStepAfter = 0;
+      let stepAtKill = 0;
+      const logs: string[] = [];
+      const r = await new FineTuneJob(
+        options({
+          log: (line) => logs.push(line),
+          onProgress: (p) => {
+            if (!victim && p.phase === 'training' && p.step >= 6) {
+              stepAtKill = p.step;
+              void (async () => {
+                const owners = await Promise.all(replicas.map(async (x) => ({ x, jobs: (await healthOf(x.port)).body.jobs })));
+                victim = owners.find((o) => o.jobs > 0)?.x;
+                assert.ok(victim, 'one replica holds the job');
+                killedAt = Date.now();
+                await killHard(victim.proc);
+              })();
+            } else if (victim && killedAt && !firstStepAfter && p.step > stepAtKill) firstStepAfter = Date.now();
+          },
+        }),
+      ).run();
+      assert.ok(victim, 'a replica was killed during training');
+      assert.equal(r.steps, uninterrupted.steps);
+      assert.equal(r.trainTokens, uninterrupted.trainTokens, 'every token counted once');
+      assert.ok(Math.abs(r.heldOutLossAfter - uninterrupted.heldOutLossAfter) <= 1e-4, `${r.heldOutLossAfter} vs ${uninterrupted.heldOutLossAfter}`);
+      const failover = (firstStepAfter - killedAt) / 1000;
+      console.log(`      failover: first step on the new replica ${failover.toFixed(2)} s after kill -9 (lease ${LEASE_SECONDS} s)`);
+      assert.ok(firstStepAfter > killedAt);
+      const survivor = replicas.find((x) => x !== victim)!;
+      assert.equal((await healthOf(survivor.port)).status, 200);
+      // The killed replica comes back for the tests that follow.
+      replicas[replicas.indexOf(victim!)] = await startReplica(url, victim!.id, victim!.port, `${lb!.url}/r/${replicas.indexOf(victim!)}`);
+    });
+
+    it('revoking a user on one replica closes their session on another within a second', async () => {
+      const added = cli(['users', 'add', 'rob', '--database', url]);
+      const robToken = added.stdout.trim();
+      const sock = new WebSocket(`ws://127.0.0.1:${replicas[1]!.port}`, { headers: { authorization: `Bearer ${robToken}` } });
+      await new Promise<void>((resolve, reject) => {
+        sock.once('open', () => resolve());
+        sock.once('error', reject);
+      });
+      const closed = new Promise<{ code: number; at: number }>((resolve) => sock.once('close', (code) => resolve({ code, at: Date.now() })));
+      const revoked = cli(['users', 'revoke', 'rob', '--database', url]);
+      const done = Date.now();
+      assert.equal(revoked.status, 0, revoked.stderr);
+      const { code, at } = await closed;
+      assert.equal(code, CloseCode.UNAUTHORIZED, 'closed as unauthorized');
+      assert.ok(at - done < 1000, `closed ${at - done} ms after the revocation`);
+    });
+
+    it('the per-user job limit holds across replicas; a job asked of the other replica is pointed at its owner', async () => {
+      const lim = [await freePort(), await freePort()];
+      const limited = [
+        await startReplica(url, 'limited-0', lim[0]!, `ws://127.0.0.1:${lim[0]}`, ['--max-jobs-per-user', '1']),
+        await startReplica(url, 'limited-1', lim[1]!, `ws://127.0.0.1:${lim[1]}`, ['--max-jobs-per-user', '1']),
+      ];
+      try {
+        const tok = cli(['users', 'add', 'lena', '--database', url]).stdout.trim();
+        const spec = model;
+        const c0 = await ServerConnection.open(`ws://127.0.0.1:${lim[0]}`, tok, spec);
+        const c1 = await ServerConnection.open(`ws://127.0.0.1:${lim[1]}`, tok, spec);
+        const lp = { ...config, labelPrivate: true };
+        const ready = (await c0.request({ type: 'job/create', name: 'a', config: lp })).message;
+        const refused = await c1.request({ type: 'job/create', name: 'b', config: lp }).catch((e: unknown) => e);
+        assert.ok(refused instanceof MobiError && /at most 1 jobs/.test(refused.message), String(refused));
+        const moved = await c1.request({ type: 'job/resume', jobId: ready.jobId }, (m) => m.jobId === ready.jobId).catch((e: unknown) => e);
+        assert.ok(moved instanceof MobiError && moved.code === 'JOB_MOVED', String(moved));
+        assert.equal(moved.location, `ws://127.0.0.1:${lim[0]}`);
+        c0.close();
+        c1.close();
+      } finally {
+        for (const r of limited) await killHard(r.proc);
+      }
+    });
+  });
+});
