@@ -1,4 +1,5 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,8 +12,8 @@ export interface TestPostgres {
   createDatabase(name: string): string;
   /** Stops the server at once (as a crash would), keeping its data. */
   kill(): void;
-  /** Starts it again on the same port and data. */
-  start(): void;
+  /** Starts it again on the same port and data (without holding the event loop). */
+  start(): Promise<void>;
   /** Stops it and deletes its folder. */
   remove(): void;
 }
@@ -36,10 +37,8 @@ export async function startPostgres(): Promise<TestPostgres | { skip: string }> 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mobillm-pg-'));
   fs.chmodSync(dir, 0o755);
   const port = await freePort();
-  const asOwner = (cmd: string, args: string[]): void => {
-    if (root) execFileSync('su', ['postgres', '-s', '/bin/sh', '-c', [cmd, ...args].map((a) => `'${a}'`).join(' ')], { stdio: 'pipe' });
-    else execFileSync(cmd, args, { stdio: 'pipe' });
-  };
+  const asOwnerArgv = (cmd: string, args: string[]): [string, string[]] => (root ? ['su', ['postgres', '-s', '/bin/sh', '-c', [cmd, ...args].map((a) => `'${a}'`).join(' ')]] : [cmd, args]);
+  const asOwner = (cmd: string, args: string[]): void => void execFileSync(...asOwnerArgv(cmd, args), { stdio: 'pipe' });
   try {
     if (root) execFileSync('chown', ['postgres', dir]);
     asOwner(path.join(bin, 'initdb'), ['-D', `${dir}/data`, '-A', 'trust', '-U', 'postgres']);
@@ -49,7 +48,7 @@ export async function startPostgres(): Promise<TestPostgres | { skip: string }> 
     fs.rmSync(dir, { recursive: true, force: true });
     return { skip: `PostgreSQL could not be set up here (${(err as Error).message.split('\n')[0]})` };
   }
-  const start = (): void => asOwner(path.join(bin, 'pg_ctl'), ['-D', `${dir}/data`, '-w', '-l', `${dir}/log`, '-o', `-p ${port} -k ${dir}/sock -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off`, 'start']);
+  const startArgv = asOwnerArgv(path.join(bin, 'pg_ctl'), ['-D', `${dir}/data`, '-w', '-l', `${dir}/log`, '-o', `-p ${port} -k ${dir}/sock -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off`, 'start']);
   const kill = (): void => {
     try {
       asOwner(path.join(bin, 'pg_ctl'), ['-D', `${dir}/data`, '-m', 'immediate', 'stop']);
@@ -58,7 +57,7 @@ export async function startPostgres(): Promise<TestPostgres | { skip: string }> 
     }
   };
   try {
-    start();
+    execFileSync(...startArgv, { stdio: 'pipe' });
   } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true });
     return { skip: `PostgreSQL did not start here (${(err as Error).message.split('\n')[0]})` };
@@ -70,7 +69,7 @@ export async function startPostgres(): Promise<TestPostgres | { skip: string }> 
       return `postgres://postgres@127.0.0.1:${port}/${name}`;
     },
     kill,
-    start,
+    start: async () => void (await promisify(execFile)(...startArgv)),
     remove: () => {
       kill();
       fs.rmSync(dir, { recursive: true, force: true });

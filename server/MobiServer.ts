@@ -269,7 +269,14 @@ export class MobiServer {
     // Counted over every replica sharing the store.
     const sessionId = randomUUID();
     const max = this.options.maxDevicesPerUser ?? 8;
-    if (!(await this.store.replicas.openDevice(sessionId, user.name, max))) {
+    let opened: boolean;
+    try {
+      opened = await this.store.replicas.openDevice(sessionId, user.name, max);
+    } catch {
+      this.log('refused a connection: the store is unreachable');
+      return refuse(503, 'Service Unavailable'); // the device waits and tries again
+    }
+    if (!opened) {
       this.log(`refused a connection: user ${user.name} has ${max} open`);
       return refuse(429, 'Too Many Requests');
     }

@@ -1,5 +1,5 @@
 import * as assert from 'node:assert/strict';
-import { ChildProcess, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { WebSocket } from 'ws';
 import { CloseCode } from '../../common/limits';
 import { ServerConnection } from '../../extension/core/connection/ServerConnection';
@@ -7,7 +7,8 @@ import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/co
 import { MobiError } from '../../extension/core/MobiError';
 import { startNginx } from '../../harness/nginx';
 import { startPostgres, TestPostgres } from '../../harness/postgres';
-import { freePort, killHard, SERVER_CLI, startServerProcess } from '../../harness/serverProcess';
+import { FailoverClock, healthOf, Replica, startReplica as startReplicaOf } from '../../harness/cluster';
+import { freePort, killHard, SERVER_CLI } from '../../harness/serverProcess';
 import { config, model } from '../helpers/sessionHarness';
 import { tinyModel } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
@@ -15,25 +16,10 @@ import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 const LEASE_SECONDS = 2;
 const MODEL_OPTS = { layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0' as const, seed: 2 };
 
+const startReplica = (url: string, id: string, port: number, advertise: string, extra: string[] = []): Promise<Replica> => startReplicaOf(url, id, port, advertise, { leaseSeconds: LEASE_SECONDS, extra });
+
 function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
   return spawnSync(process.execPath, [SERVER_CLI, ...args], { encoding: 'utf8' });
-}
-
-/** A replica of the team server: a real `mobillm-server start --database` process. */
-interface Replica {
-  id: string;
-  port: number;
-  proc: ChildProcess;
-}
-
-async function startReplica(url: string, id: string, port: number, advertise: string, extra: string[] = []): Promise<Replica> {
-  const { proc } = await startServerProcess(tmpDir('replica-unused'), port, { args: ['--database', url, '--replica-id', id, '--advertise', advertise, '--lease-seconds', String(LEASE_SECONDS), '--threads', '1', ...extra] });
-  return { id, port, proc };
-}
-
-async function healthOf(port: number): Promise<{ status: number; body: { replica: string; jobs: number; store: { kind: string; where: string; reachable: boolean } } }> {
-  const r = await fetch(`http://127.0.0.1:${port}/healthz`);
-  return { status: r.status, body: (await r.json()) as never };
 }
 
 describe('team server replicas sharing PostgreSQL, behind nginx', function () {
@@ -110,25 +96,24 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
     });
 
     it('survives kill -9 of the replica training it: another takes over after the lease, from the last checkpoint, with the same steps, tokens and held-out loss', async () => {
-      let killedAt = 0;
+      const clock = new FailoverClock();
       let victim: Replica | undefined;
-      let firstStepAfter = 0;
-      let stepAtKill = 0;
-      const logs: string[] = [];
+      let triggered = false;
       const r = await new FineTuneJob(
         options({
-          log: (line) => logs.push(line),
+          log: (line) => clock.log(line),
           onProgress: (p) => {
-            if (!victim && p.phase === 'training' && p.step >= 6) {
-              stepAtKill = p.step;
+            if (p.phase === 'training') clock.progress(p.step);
+            if (!triggered && p.phase === 'training' && p.step >= 6) {
+              triggered = true;
               void (async () => {
                 const owners = await Promise.all(replicas.map(async (x) => ({ x, jobs: (await healthOf(x.port)).body.jobs })));
                 victim = owners.find((o) => o.jobs > 0)?.x;
                 assert.ok(victim, 'one replica holds the job');
-                killedAt = Date.now();
                 await killHard(victim.proc);
+                clock.killedAt = Date.now();
               })();
-            } else if (victim && killedAt && !firstStepAfter && p.step > stepAtKill) firstStepAfter = Date.now();
+            }
           },
         }),
       ).run();
@@ -136,13 +121,37 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
       assert.equal(r.steps, uninterrupted.steps);
       assert.equal(r.trainTokens, uninterrupted.trainTokens, 'every token counted once');
       assert.ok(Math.abs(r.heldOutLossAfter - uninterrupted.heldOutLossAfter) <= 1e-4, `${r.heldOutLossAfter} vs ${uninterrupted.heldOutLossAfter}`);
-      const failover = (firstStepAfter - killedAt) / 1000;
-      console.log(`      failover: first step on the new replica ${failover.toFixed(2)} s after kill -9 (lease ${LEASE_SECONDS} s)`);
-      assert.ok(firstStepAfter > killedAt);
+      console.log(`      failover: first step on the new replica ${clock.seconds.toFixed(2)} s after kill -9 (lease ${LEASE_SECONDS} s)`);
+      assert.ok(clock.firstStepAfter > clock.killedAt, 'a step was acknowledged on a connection made after the kill');
       const survivor = replicas.find((x) => x !== victim)!;
       assert.equal((await healthOf(survivor.port)).status, 200);
       // The killed replica comes back for the tests that follow.
       replicas[replicas.indexOf(victim!)] = await startReplica(url, victim!.id, victim!.port, `${lb!.url}/r/${replicas.indexOf(victim!)}`);
+    });
+
+    it('survives losing the database mid-job: training pauses at the next checkpoint, the device waits, and the job finishes when it returns, nothing lost or counted twice', async () => {
+      let down = false;
+      let back: Promise<void> | undefined;
+      const logs: string[] = [];
+      const r = await new FineTuneJob(
+        options({
+          log: (line) => logs.push(line),
+          onProgress: (p) => {
+            if (!down && p.phase === 'training' && p.step >= 5) {
+              down = true;
+              pg!.kill();
+              back = new Promise((resolve) => setTimeout(resolve, 3000)).then(() => pg!.start());
+            }
+          },
+        }),
+      ).run();
+      await back;
+      assert.ok(down, 'the database was stopped during training');
+      assert.ok(logs.some((l) => /STORE_UNAVAILABLE|SERVER_UNREACHABLE|CONNECTION_LOST/.test(l)), 'the device was told to wait');
+      assert.equal(r.steps, uninterrupted.steps);
+      assert.equal(r.trainTokens, uninterrupted.trainTokens, 'every token counted once');
+      assert.ok(Math.abs(r.heldOutLossAfter - uninterrupted.heldOutLossAfter) <= 1e-4, `${r.heldOutLossAfter} vs ${uninterrupted.heldOutLossAfter}`);
+      for (const x of replicas) assert.equal((await healthOf(x.port)).body.store.reachable, true, 'reachable again');
     });
 
     it('revoking a user on one replica closes their session on another within a second', async () => {
