@@ -13,6 +13,17 @@ export const MAX_CHECKS_PER_USER = 4;
 /** The window, milliseconds. */
 export const AUTH_WINDOW_MS = 60_000;
 
+/**
+ * Failed sign-ins counted where every replica sees them (PostgreSQL), so that
+ * guesses spread over replicas meet the same limits as guesses at one.
+ */
+export interface SharedFailures {
+  /** Adds `delta` to each key's count in the current window (a new window starts at `delta`). */
+  add(keys: string[], delta: number, windowMs: number): Promise<void>;
+  /** The counts of `keys` in their current windows. */
+  counts(keys: string[], windowMs: number): Promise<Map<string, number>>;
+}
+
 /** One admitted token check: say whether it succeeded, then end it. */
 export interface AuthTicket {
   /** The token was right: the attempt counted as a failure when it began is taken back. */
@@ -41,6 +52,8 @@ export class AuthLimiter {
   constructor(
     private readonly now: () => number = Date.now,
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
+    /** Counts shared with other replicas, when there are any. */
+    private readonly shared?: SharedFailures,
   ) {}
 
   private failuresOf(key: string): number {
@@ -49,6 +62,8 @@ export class AuthLimiter {
   }
 
   private add(keys: string[], delta: number): void {
+    // The shared count is best effort: the database away leaves this replica's own limits in force.
+    this.shared?.add(keys.filter((k) => !k.startsWith('user:')), delta, AUTH_WINDOW_MS).catch(() => undefined);
     const now = this.now();
     for (const k of keys) {
       const f = this.failures.get(k);
@@ -89,7 +104,9 @@ export class AuthLimiter {
   async begin(user: string | undefined, address: string): Promise<AuthTicket | undefined> {
     const pair = `pair:${user ?? '?'}@${address}`;
     const addr = `address:${address}`;
-    if (this.failuresOf(pair) >= MAX_AUTH_FAILURES || this.failuresOf(addr) >= MAX_ADDRESS_FAILURES) return undefined;
+    const shared = this.shared ? await this.shared.counts([pair, addr], AUTH_WINDOW_MS).catch(() => undefined) : undefined;
+    const failures = (k: string): number => Math.max(this.failuresOf(k), shared?.get(k) ?? 0);
+    if (failures(pair) >= MAX_AUTH_FAILURES || failures(addr) >= MAX_ADDRESS_FAILURES) return undefined;
     const keys = [pair, addr, ...(user !== undefined ? [`user:${user}`] : [])];
     this.add(keys, 1);
     if (!(await this.place(addr, MAX_CHECKS_PER_ADDRESS, MAX_WAITING_PER_ADDRESS))) {

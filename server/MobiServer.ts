@@ -92,7 +92,8 @@ export class MobiServer {
   private heartbeat: NodeJS.Timeout | undefined;
   private revocations: NodeJS.Timeout | undefined;
   private leaseTimer: NodeJS.Timeout | undefined;
-  private readonly authLimiter = new AuthLimiter();
+  /** Made again by start() with the store's shared counts (replicas count failed sign-ins together). */
+  private authLimiter = new AuthLimiter();
   private closing = false;
   /** Device sessions by the id the store counts them under. */
   private readonly sessionIds = new Map<DeviceSession, string>();
@@ -142,6 +143,7 @@ export class MobiServer {
       if (stale > 0) this.log(`removed ${stale} unfinished temporary files left by an earlier process`);
     }
     await store.replicas.beat(this.options.advertise);
+    this.authLimiter = new AuthLimiter(Date.now, undefined, store.authFailures);
     const engine = await OnnxEngine.create({ device: this.options.device, threads: this.options.threads });
     this.engine = engine;
     this.backend = engine.name;

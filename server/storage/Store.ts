@@ -1,4 +1,5 @@
 import type { JobConfig, ModelSpec } from '../../common/messages';
+import type { SharedFailures } from '../AuthLimiter';
 import type { StoredHead, HeadKey } from './HeadStore';
 import type { JobRecord } from './JobStore';
 import type { UserSummary } from './UserStore';
@@ -92,6 +93,8 @@ export interface ServerStore {
   readonly heads: Heads;
   readonly leases: Leases;
   readonly replicas: Replicas;
+  /** Failed sign-ins that every replica sees (undefined: one server, counted in its memory). */
+  readonly authFailures?: SharedFailures;
   /** Whether the store answers now (a database query with a short timeout). */
   reachable(): Promise<boolean>;
   close(): Promise<void>;

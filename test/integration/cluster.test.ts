@@ -44,6 +44,20 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
     assert.doesNotMatch(r.stderr + r.stdout, /hunter2/);
   });
 
+  it('mobillm-server migrate copies a data folder; the users then sign in against the database', () => {
+    const dir = tmpDir('migrate-cli');
+    const added = cli(['users', 'add', 'olga', '--data', dir]);
+    assert.equal(added.status, 0, added.stderr);
+    const target = pg!.createDatabase('migrated');
+    const r = cli(['migrate', '--from', dir, '--database', target]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout.trim()).migrated, { users: 1, jobs: 0, checkpoints: 0, adapters: 0, heads: 0 });
+    assert.match(cli(['users', 'list', '--database', target]).stdout, /^olga\t.*\tactive$/m);
+    const again = cli(['migrate', '--from', dir]);
+    assert.equal(again.status, 1, 'no database named');
+    assert.match(again.stderr, /error\[BAD_CONFIG\]/);
+  });
+
   describe('two replicas and nginx', () => {
     const replicas: Replica[] = [];
     let lb: { url: string; stop: () => void } | undefined;
@@ -169,6 +183,27 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
       const { code, at } = await closed;
       assert.equal(code, CloseCode.UNAUTHORIZED, 'closed as unauthorized');
       assert.ok(at - done < 1000, `closed ${at - done} ms after the revocation`);
+    });
+
+    it('failed sign-ins count across replicas: guesses spread over two meet the one limit', async () => {
+      const good = cli(['users', 'add', 'gus', '--database', url]).stdout.trim();
+      const attempt = (port: number, token: string): Promise<number> =>
+        new Promise((resolve) => {
+          const sock = new WebSocket(`ws://127.0.0.1:${port}`, { headers: { authorization: `Bearer ${token}` } });
+          sock.once('open', () => {
+            sock.close();
+            resolve(101);
+          });
+          sock.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+          sock.once('error', () => resolve(0));
+        });
+      const statuses: number[] = [];
+      for (let i = 0; i < 10; i++) {
+        statuses.push(await attempt(replicas[i % 2]!.port, `gus.wrong${i}`));
+        await new Promise((r) => setTimeout(r, 50)); // the shared count is written after the answer
+      }
+      assert.deepEqual(statuses, Array(10).fill(401), 'each replica saw only 5 of them');
+      assert.equal(await attempt(replicas[0]!.port, good), 429, 'the 11th try, even with the right token, waits for the window');
     });
 
     it('the per-user job limit holds across replicas; a job asked of the other replica is pointed at its owner', async () => {

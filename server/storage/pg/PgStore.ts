@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import type { SharedFailures } from '../../AuthLimiter';
 import type { Replicas, ServerStore } from '../Store';
 import { PgConnection } from './PgConnection';
 import { LeaseTiming, PgJobs } from './PgJobs';
@@ -19,6 +20,7 @@ export class PgStore implements ServerStore {
   readonly jobs: PgJobs;
   readonly heads: PgHeads;
   readonly replicas: Replicas;
+  readonly authFailures: SharedFailures;
 
   private constructor(
     readonly db: PgConnection,
@@ -50,6 +52,22 @@ export class PgStore implements ServerStore {
         }),
       closeDevice: async (session) => void (await db.query('DELETE FROM device_sessions WHERE id = $1', [session]).catch(() => undefined)),
       onUsersChanged: (f) => this.users.onChanged(f),
+    };
+    this.authFailures = {
+      add: async (keys, delta, windowMs) => {
+        if (keys.length === 0) return;
+        await db.query(
+          `INSERT INTO auth_failures AS f (key, count, since) SELECT k, greatest($2::int, 0), now() FROM unnest($1::text[]) AS k
+           ON CONFLICT (key) DO UPDATE SET
+             count = CASE WHEN f.since < now() - make_interval(secs => $3) THEN greatest($2::int, 0) ELSE greatest(f.count + $2::int, 0) END,
+             since = CASE WHEN f.since < now() - make_interval(secs => $3) THEN now() ELSE f.since END`,
+          [keys, delta, windowMs / 1000],
+        );
+      },
+      counts: async (keys, windowMs) => {
+        const { rows } = await db.query<{ key: string; count: number }>('SELECT key, count FROM auth_failures WHERE key = ANY($1) AND since > now() - make_interval(secs => $2)', [keys, windowMs / 1000]);
+        return new Map(rows.map((r) => [r.key, r.count]));
+      },
     };
   }
 

@@ -62,4 +62,15 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       CREATE INDEX device_sessions_user ON device_sessions (user_name);
     `,
   },
+  {
+    version: 2,
+    name: 'sign-in failures shared by replicas',
+    sql: `
+      CREATE TABLE auth_failures (
+        key text PRIMARY KEY,
+        count integer NOT NULL,
+        since timestamptz NOT NULL
+      );
+    `,
+  },
 ];
