@@ -224,6 +224,7 @@ export class MobiServer {
       return;
     }
     if (req.method === 'GET' && req.url === '/metrics') {
+      this.metrics.storeBusy.set(this.storeInUse?.busySeconds() ?? 0);
       res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
       res.end(await this.metrics.registry.metrics());
       return;

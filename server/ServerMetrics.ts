@@ -14,5 +14,6 @@ export class ServerMetrics {
   readonly engine = new Gauge({ name: 'mobillm_engine_info', help: 'The training engine and execution provider in use (1)', labelNames: ['engine', 'provider'], registers: [this.registry] });
   readonly replica = new Gauge({ name: 'mobillm_replica_info', help: 'This replica and the kind of store it uses (1)', labelNames: ['replica', 'store'], registers: [this.registry] });
   readonly storeReachable = new Gauge({ name: 'mobillm_store_reachable', help: 'Whether the store answered the last check (1) or not (0)', registers: [this.registry] });
+  readonly storeBusy = new Gauge({ name: 'mobillm_store_busy_seconds', help: 'Seconds spent waiting for the store (PostgreSQL) since start', registers: [this.registry] });
   readonly authFailures = new Counter({ name: 'mobillm_auth_failures_total', help: 'Refused connection attempts', registers: [this.registry] });
 }

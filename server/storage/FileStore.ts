@@ -53,5 +53,10 @@ export class FileStore implements ServerStore {
     }
   }
 
+  /** Not measured: the file store's writes are the process's own. */
+  busySeconds(): number {
+    return 0;
+  }
+
   async close(): Promise<void> {}
 }

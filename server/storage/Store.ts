@@ -95,6 +95,8 @@ export interface ServerStore {
   readonly replicas: Replicas;
   /** Failed sign-ins that every replica sees (undefined: one server, counted in its memory). */
   readonly authFailures?: SharedFailures;
+  /** Seconds this process has waited for the store since it opened (the database's share of a replica's time). */
+  busySeconds(): number;
   /** Whether the store answers now (a database query with a short timeout). */
   reachable(): Promise<boolean>;
   close(): Promise<void>;

@@ -37,6 +37,8 @@ export class PgConnection {
   private listener: Client | undefined;
   private closed = false;
   private readonly listeners = new Map<string, (() => void)[]>();
+  /** Seconds spent waiting for the database (queries and transactions), since start. */
+  busySeconds = 0;
 
   private constructor(
     readonly pool: Pool,
@@ -137,16 +139,20 @@ export class PgConnection {
 
   /** A query; the database gone is STORE_UNAVAILABLE. */
   async query<R extends object = Record<string, unknown>>(sql: string, values?: unknown[]): Promise<{ rows: R[]; rowCount: number }> {
+    const t0 = process.hrtime.bigint();
     try {
       const r = await this.pool.query<R>(sql, values);
       return { rows: r.rows, rowCount: r.rowCount ?? 0 };
     } catch (err) {
       throw storeError(err);
+    } finally {
+      this.busySeconds += Number(process.hrtime.bigint() - t0) / 1e9;
     }
   }
 
   /** Runs `work` in one transaction (rolled back when it throws). */
   async transaction<T>(work: (c: PoolClient) => Promise<T>): Promise<T> {
+    const t0 = process.hrtime.bigint();
     let c: PoolClient;
     try {
       c = await this.pool.connect();
@@ -163,6 +169,7 @@ export class PgConnection {
       throw storeError(err);
     } finally {
       c.release();
+      this.busySeconds += Number(process.hrtime.bigint() - t0) / 1e9;
     }
   }
 

@@ -92,6 +92,10 @@ export class PgStore implements ServerStore {
     return store;
   }
 
+  busySeconds(): number {
+    return this.db.busySeconds;
+  }
+
   reachable(): Promise<boolean> {
     return this.db.reachable();
   }
