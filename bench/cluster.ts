@@ -8,10 +8,11 @@
  *  1. tokensPerSecondPostgresOverFile: one job on one replica (pinned to core
  *     1), PostgreSQL store over file store, runs alternated (median of each);
  *     checkpoints every 10 steps so that their writes are on the measured path.
- *  2. failoverSeconds: kill -9 of the replica training a job (through nginx)
+ *  2. eight jobs at once (eight users) on two replicas through nginx over one
+ *     replica, the jobs each replica took, and each replica's seconds of
+ *     database waits per second (summed over concurrent operations).
+ *  3. failoverSeconds: kill -9 of the replica training a job (through nginx)
  *     to the first step acknowledged on a new connection, with leaseSeconds.
- *  3. eight jobs at once on two replicas (through nginx) over one replica,
- *     and the share of each replica's wall time spent waiting for the database.
  *
  *   npm run bench:cluster [-- --steps 60 --repeats 3 --jobs 8]
  */
@@ -71,11 +72,13 @@ async function oneJob(pg: TestPostgres, kind: 'file' | 'postgres', run: number, 
   }
 }
 
-async function storeShare(replicas: Replica[]): Promise<number[]> {
+/** Per replica: seconds it has waited for the database, and jobs created on it. */
+async function counters(replicas: Replica[]): Promise<{ storeBusy: number; jobsCreated: number }[]> {
   return Promise.all(
     replicas.map(async (r) => {
       const text = await (await fetch(`http://127.0.0.1:${r.port}/metrics`)).text();
-      return Number(/^mobillm_store_busy_seconds (\S+)$/m.exec(text)?.[1] ?? NaN);
+      const metric = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+      return { storeBusy: metric('mobillm_store_busy_seconds'), jobsCreated: metric('mobillm_jobs_created_total') };
     }),
   );
 }
@@ -103,13 +106,35 @@ async function main(): Promise<void> {
     }
     const ratio = median(rates.postgres) / median(rates.file);
 
-    // 2. Failover through nginx.
+    // Two replicas behind nginx, sharing one database.
     const url = pg.createDatabase('cluster');
     const ports = [await freePort(), await freePort()];
     const n = await startNginx(await freePort(), ports);
     if ('skip' in n) throw new Error(`bench:cluster needs nginx: ${n.skip}`);
     lb = n;
     for (const [i, port] of ports.entries()) replicas.push(await startReplica(url, `replica-${i}`, port, `${n.url}/r/${i}`, { leaseSeconds: LEASE_SECONDS }));
+    // 2. Eight jobs at once: two replicas (through nginx) over one.
+    const together = async (serverUrl: string, only?: Replica): Promise<{ tokensPerSecond: number; wall: number; jobsPerReplica: number[]; storeWaitSecondsPerSecond: number[] }> => {
+      const before = await counters(only ? [only] : replicas);
+      const t0 = Date.now();
+      // One user per job: a user may have at most 4 jobs loaded at once.
+      const results = await Promise.all(Array.from({ length: jobs }, (_, i) => fineTune({ server: { url: serverUrl, token: tokens[i]! }, seed: 1 + i }, steps / 2)));
+      const wall = (Date.now() - t0) / 1000;
+      const after = await counters(only ? [only] : replicas);
+      return {
+        tokensPerSecond: results.reduce((s, r) => s + r.trainTokens, 0) / wall,
+        wall,
+        jobsPerReplica: after.map((a, i) => a.jobsCreated - before[i]!.jobsCreated),
+        // Waits of concurrent operations add up: 1.0 means one operation waited on the database at every moment, on average.
+        storeWaitSecondsPerSecond: after.map((a, i) => (a.storeBusy - before[i]!.storeBusy) / wall),
+      };
+    };
+    const tokens = Array.from({ length: jobs }, (_, i) => tokenFor(url, `team${i}`));
+    const one = await together(`ws://127.0.0.1:${replicas[0]!.port}`, replicas[0]);
+    const two = await together(n.url);
+    process.stderr.write(`${jobs} jobs: one replica ${one.tokensPerSecond.toFixed(0)} tokens/s, two ${two.tokensPerSecond.toFixed(0)} tokens/s\n`);
+
+    // 3. Failover through nginx (after the eight jobs: nginx leaves a killed replica out for its fail_timeout).
     const token = tokenFor(url, 'bench');
     const clock = new FailoverClock();
     let triggered = false;
@@ -140,19 +165,6 @@ async function main(): Promise<void> {
       const i = replicas.indexOf(killed);
       replicas[i] = await startReplica(url, killed.id, killed.port, `${n.url}/r/${i}`, { leaseSeconds: LEASE_SECONDS });
     }
-
-    // 3. Eight jobs at once: two replicas (through nginx) over one.
-    const together = async (serverUrl: string, only?: Replica): Promise<{ tokensPerSecond: number; wall: number; storeShare: number[] }> => {
-      const busyBefore = await storeShare(only ? [only] : replicas);
-      const t0 = Date.now();
-      const results = await Promise.all(Array.from({ length: jobs }, (_, i) => fineTune({ server: { url: serverUrl, token }, seed: 1 + i }, steps / 2)));
-      const wall = (Date.now() - t0) / 1000;
-      const busyAfter = await storeShare(only ? [only] : replicas);
-      return { tokensPerSecond: results.reduce((s, r) => s + r.trainTokens, 0) / wall, wall, storeShare: busyAfter.map((b, i) => (b - busyBefore[i]!) / wall) };
-    };
-    const one = await together(`ws://127.0.0.1:${replicas[0]!.port}`, replicas[0]);
-    const two = await together(n.url);
-    process.stderr.write(`${jobs} jobs: one replica ${one.tokensPerSecond.toFixed(0)} tokens/s, two ${two.tokensPerSecond.toFixed(0)} tokens/s\n`);
 
     const out = {
       tokensPerSecondPostgresOverFile: ratio,

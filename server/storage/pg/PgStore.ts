@@ -85,6 +85,8 @@ export class PgStore implements ServerStore {
     const store = new PgStore(db, options.replicaId ?? randomUUID(), { leaseMs: options.leaseMs ?? DEFAULT_LEASE_MS });
     try {
       await store.users.reload();
+      // Sessions an earlier process of this replica id left (killed) are not open any more.
+      await db.query('DELETE FROM device_sessions WHERE replica = $1', [store.replicaId]);
     } catch (err) {
       await db.close();
       throw err;
