@@ -10,7 +10,8 @@ import { tappedLayers } from '../../../../../extension/core/job/FineTuneJob';
 import type { JobContext } from '../../../../../extension/core/job/JobContext';
 import { JobPhase, JobProgress, ProgressTracker } from '../../../../../extension/core/job/JobProgress';
 import { JobRecordStore } from '../../../../../extension/core/job/JobRecordStore';
-import { ReconnectPolicy } from '../../../../../extension/core/job/ReconnectPolicy';
+import { followable, ReconnectPolicy } from '../../../../../extension/core/job/ReconnectPolicy';
+import { errorFromServer } from '../../../../../extension/core/connection/errorFromServer';
 import { expectCode } from '../../../../helpers/expectCode';
 import { tmpDir } from '../../../../helpers/workspaces';
 
@@ -229,6 +230,35 @@ describe('device job parts', () => {
       await expectCode(cancelled.run(async () => {
         throw new MobiError('CONNECTION_LOST', 'lost');
       }), 'CONNECTION_LOST');
+    });
+
+    it('follows a job moved to another replica at once, and waits out a database that is away; the error reaches beforeRetry', async () => {
+      const log: string[] = [];
+      const ctx = context(log);
+      let attempts = 0;
+      const seen: string[] = [];
+      await new ReconnectPolicy(ctx, 60_000, () => true).run(
+        async () => {
+          attempts++;
+          if (attempts === 1) throw errorFromServer({ type: 'error', code: 'JOB_ELSEWHERE', message: 'x', fatal: false, location: 'ws://lb:8080/r/1' });
+          if (attempts === 2) throw errorFromServer({ type: 'error', code: 'STORE_UNAVAILABLE', message: 'x', fatal: false });
+        },
+        (err) => seen.push(`${err.code} ${err.location ?? ''}`.trim()),
+      );
+      assert.equal(attempts, 3);
+      assert.deepEqual(seen, ['JOB_MOVED ws://lb:8080/r/1', 'STORE_UNAVAILABLE']);
+      assert.match(log[0]!, /\(JOB_MOVED\); reconnecting in 0 ms/);
+      assert.match(log[1]!, /\(STORE_UNAVAILABLE\); reconnecting in 250 ms/);
+    });
+
+    it('follows a replica\'s address only on the configured host, never from wss to ws', () => {
+      assert.equal(followable('ws://lb.example:8080', 'ws://lb.example:8080/r/1'), 'ws://lb.example:8080/r/1');
+      assert.equal(followable('wss://lb.example', 'wss://lb.example:9443/r/0'), 'wss://lb.example:9443/r/0');
+      assert.equal(followable('ws://lb.example:8080', 'ws://evil.example:8080/r/1'), undefined, 'another host would receive the token');
+      assert.equal(followable('wss://lb.example', 'ws://lb.example/r/0'), undefined, 'no downgrade to plain text');
+      assert.equal(followable('ws://lb.example', 'http://lb.example/r/0'), undefined);
+      assert.equal(followable('ws://lb.example', 'not a url'), undefined);
+      assert.equal(followable(undefined, 'ws://lb.example/r/0'), undefined, 'the embedded server is never redirected');
     });
 
     it('starts a new outage after a successful connection', async () => {
