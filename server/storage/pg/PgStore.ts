@@ -38,6 +38,8 @@ export class PgStore implements ServerStore {
         // Sessions of replicas gone for a minute no longer count toward any limit.
         await db.query('DELETE FROM device_sessions WHERE replica IN (SELECT id FROM replicas WHERE seen_at < now() - interval \'1 minute\')');
         await db.query('DELETE FROM replicas WHERE seen_at < now() - interval \'1 day\'');
+        // Should a notification be lost (the listening connection gone a moment), this catches the change.
+        await this.users.reloadAndTell();
       },
       openDevice: (session, user, max) =>
         db.transaction(async (c) => {

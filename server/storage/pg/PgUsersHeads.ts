@@ -10,9 +10,17 @@ import { PgConnection, USERS_CHANNEL } from './PgConnection';
 export class PgUsers extends TokenUsers {
   private readonly changed: (() => void)[] = [];
 
+  /** The rows the snapshot was made from, to tell whether a reload changed anything. */
+  private loaded = '';
+
   constructor(private readonly db: PgConnection) {
     super();
-    db.on(USERS_CHANNEL, () => void this.reload().then(() => this.changed.forEach((f) => f()), () => undefined));
+    db.on(USERS_CHANNEL, () => void this.reloadAndTell());
+  }
+
+  /** Reloads, and tells the listeners when something changed (a notification, or the periodic check should one be lost). */
+  async reloadAndTell(): Promise<void> {
+    if (await this.reload().catch(() => false)) this.changed.forEach((f) => f());
   }
 
   /** Calls `f` after the snapshot changed because some replica changed users. */
@@ -20,9 +28,14 @@ export class PgUsers extends TokenUsers {
     this.changed.push(f);
   }
 
-  async reload(): Promise<void> {
-    const { rows } = await this.db.query<{ name: string; salt: string; hash: string; created_at: string; revoked_at: string | null }>('SELECT name, salt, hash, created_at, revoked_at FROM users ORDER BY created_at');
+  /** Reloads the snapshot; true when it changed. */
+  async reload(): Promise<boolean> {
+    const { rows } = await this.db.query<{ name: string; salt: string; hash: string; created_at: string; revoked_at: string | null }>('SELECT name, salt, hash, created_at, revoked_at FROM users ORDER BY created_at, name');
+    const text = JSON.stringify(rows);
+    if (text === this.loaded) return false;
+    this.loaded = text;
     this.replace(rows.map((r): UserRecord => ({ name: r.name, salt: r.salt, hash: r.hash, createdAt: r.created_at, ...(r.revoked_at ? { revokedAt: r.revoked_at } : {}) })));
+    return true;
   }
 
   protected override refresh(): void {}
@@ -42,7 +55,7 @@ export class PgUsers extends TokenUsers {
       if ((err as { code?: string }).code === '23505') throw new ServerError('EXISTS', `User ${name} exists; revoke it first to issue a new token.`);
       throw err;
     }
-    await this.reload();
+    await this.reloadAndTell();
     return token;
   }
 
@@ -53,7 +66,7 @@ export class PgUsers extends TokenUsers {
       return r.rowCount ?? 0;
     });
     if (n === 0) throw new ServerError('NO_SUCH_USER', `No active user ${name}.`);
-    await this.reload();
+    await this.reloadAndTell();
   }
 
   /** Copies a user record as it is (migration from a data folder). */
