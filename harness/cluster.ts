@@ -9,6 +9,8 @@ export interface Replica {
   id: string;
   port: number;
   proc: ChildProcess;
+  /** What the replica printed after it was ready (ids and numbers only). */
+  output: string[];
 }
 
 /** Starts a replica on `port` sharing the database at `url`, advertised at `advertise`. */
@@ -17,7 +19,9 @@ export async function startReplica(url: string, id: string, port: number, advert
   const args = ['--database', url, '--replica-id', id, '--advertise', advertise, '--lease-seconds', String(options.leaseSeconds), '--threads', '1', ...(options.extra ?? [])];
   const { proc } = await startServerProcess(unused, port, { args, cpu: options.cpu });
   proc.once('exit', () => fs.rmSync(unused, { recursive: true, force: true }));
-  return { id, port, proc };
+  const output: string[] = [];
+  proc.stdout!.on('data', (d: Buffer) => output.push(...d.toString().split('\n').filter(Boolean)));
+  return { id, port, proc, output };
 }
 
 export interface Health {

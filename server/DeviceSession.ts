@@ -23,9 +23,8 @@ type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload:
  */
 export class DeviceSession implements BatchSession {
   private model: ModelSpec | undefined;
-  private upload: HeadUpload | undefined;
-  /** The storage check of the head being uploaded (head/end waits for it). */
-  private uploadAllowed: Promise<void> = Promise.resolve();
+  /** The head being uploaded, once its storage check passed (chunks arriving meanwhile wait for it, in order). */
+  private upload: Promise<HeadUpload> | undefined;
   private readonly batches = new JobBatches(this);
   private lastSeen = Date.now();
   private alive = true;
@@ -137,15 +136,13 @@ export class DeviceSession implements BatchSession {
   }
 
   private async onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): Promise<void> {
-    this.upload = undefined;
-    // The upload starts now (its chunks may follow at once); the quota check refuses it at head/end at the latest.
-    const upload = HeadUpload.begin(this.model!, m, payload);
-    this.upload = upload;
-    this.uploadAllowed = this.checkStorage(HeadStore.bytesOf(m.rows, m.cols), 'this head');
-    this.uploadAllowed.catch(() => {
-      if (this.upload === upload) this.upload = undefined;
+    // Checked against the user's quota before the head's memory is taken.
+    const begun = this.checkStorage(HeadStore.bytesOf(m.rows, m.cols), 'this head').then(() => HeadUpload.begin(this.model!, m, payload));
+    this.upload = begun;
+    begun.catch(() => {
+      if (this.upload === begun) this.upload = undefined;
     });
-    await this.uploadAllowed;
+    await begun;
   }
 
   /**
@@ -167,10 +164,12 @@ export class DeviceSession implements BatchSession {
     }
   }
 
-  private onHeadChunk(m: DeviceMessage<'head/chunk'>, payload: Buffer): void {
-    if (!this.upload) throw new WireError('OUT_OF_ORDER', 'head/chunk before head/begin');
+  private async onHeadChunk(m: DeviceMessage<'head/chunk'>, payload: Buffer): Promise<void> {
+    const pending = this.upload;
+    const up = await pending?.catch(() => undefined);
+    if (!up || this.upload !== pending) throw new WireError('OUT_OF_ORDER', 'head/chunk before head/begin');
     try {
-      this.upload.chunk(m, payload);
+      up.chunk(m, payload);
     } catch (err) {
       this.upload = undefined;
       throw err;
@@ -178,10 +177,11 @@ export class DeviceSession implements BatchSession {
   }
 
   private async onHeadEnd(): Promise<void> {
-    const up = this.upload;
-    if (!up) throw new WireError('OUT_OF_ORDER', 'head/end before head/begin');
+    const pending = this.upload;
+    // Chunks sent before head/end wait on the same check and run first.
+    const up = await pending?.catch(() => undefined);
+    if (!up || this.upload !== pending) throw new WireError('OUT_OF_ORDER', 'head/end before head/begin');
     this.upload = undefined;
-    await this.uploadAllowed;
     up.verify();
     await this.ctx.heads.save(this.model!, up.rows, up.cols, up.norm, up.halves, this.user);
     this.ctx.log(`stored a model head (user ${this.user})`);

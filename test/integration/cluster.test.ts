@@ -1,6 +1,8 @@
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { Client } from 'pg';
 import { WebSocket } from 'ws';
+import type { ModelSpec } from '../../common/messages';
 import { CloseCode } from '../../common/limits';
 import { ServerConnection } from '../../extension/core/connection/ServerConnection';
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
@@ -141,6 +143,41 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
       assert.equal((await healthOf(survivor.port)).status, 200);
       // The killed replica comes back for the tests that follow.
       replicas[replicas.indexOf(victim!)] = await startReplica(url, victim!.id, victim!.port, `${lb!.url}/r/${replicas.indexOf(victim!)}`);
+    });
+
+    it('a paused owner that wakes after another replica took its job over learns it and stops training it; the job finishes with the same result', async () => {
+      let triggered = false;
+      let victim: Replica | undefined;
+      let takeover: Promise<void> | undefined;
+      const r = await new FineTuneJob(
+        options({
+          onProgress: (p) => {
+            if (triggered || p.phase !== 'training' || p.step < 6) return;
+            triggered = true;
+            takeover = (async () => {
+              const owners = await Promise.all(replicas.map(async (x) => ({ x, jobs: (await healthOf(x.port)).body.jobs })));
+              victim = owners.find((o) => o.jobs > 0)!.x;
+              victim.proc.kill('SIGSTOP'); // paused, as by a long GC or a partition: its sockets stay open
+              const db = new Client({ connectionString: url });
+              await db.connect();
+              const { rows } = await db.query<{ id: string; model: ModelSpec }>('SELECT id, record->\'model\' AS model FROM jobs WHERE lease_owner = $1', [victim.id]);
+              await db.end();
+              // Another device of the user resumes the job on the other replica: it waits out the lease and takes the job.
+              const other = replicas.find((x) => x !== victim)!;
+              const conn = await ServerConnection.open(`ws://127.0.0.1:${other.port}`, token, rows[0]!.model);
+              await conn.request({ type: 'job/resume', jobId: rows[0]!.id }, (m) => m.jobId === rows[0]!.id);
+              conn.close();
+              victim.proc.kill('SIGCONT');
+            })();
+          },
+        }),
+      ).run();
+      await takeover;
+      assert.ok(victim, 'the owner was paused');
+      assert.equal(r.steps, uninterrupted.steps);
+      assert.equal(r.trainTokens, uninterrupted.trainTokens, 'every token counted once');
+      assert.ok(Math.abs(r.heldOutLossAfter - uninterrupted.heldOutLossAfter) <= 1e-4, `${r.heldOutLossAfter} vs ${uninterrupted.heldOutLossAfter}`);
+      assert.ok(victim!.output.some((l) => /lease was taken over by another replica; stopped training it here/.test(l)), 'the woken owner learned it lost the job');
     });
 
     it('survives losing the database mid-job: training pauses at the next checkpoint, the device waits, and the job finishes when it returns, nothing lost or counted twice', async () => {
