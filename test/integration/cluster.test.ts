@@ -156,18 +156,33 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
             triggered = true;
             takeover = (async () => {
               const owners = await Promise.all(replicas.map(async (x) => ({ x, jobs: (await healthOf(x.port)).body.jobs })));
-              victim = owners.find((o) => o.jobs > 0)!.x;
-              victim.proc.kill('SIGSTOP'); // paused, as by a long GC or a partition: its sockets stay open
-              const db = new Client({ connectionString: url });
-              await db.connect();
-              const { rows } = await db.query<{ id: string; model: ModelSpec }>('SELECT id, record->\'model\' AS model FROM jobs WHERE lease_owner = $1', [victim.id]);
-              await db.end();
-              // Another device of the user resumes the job on the other replica: it waits out the lease and takes the job.
-              const other = replicas.find((x) => x !== victim)!;
-              const conn = await ServerConnection.open(`ws://127.0.0.1:${other.port}`, token, rows[0]!.model);
-              await conn.request({ type: 'job/resume', jobId: rows[0]!.id }, (m) => m.jobId === rows[0]!.id);
-              conn.close();
-              victim.proc.kill('SIGCONT');
+              const paused = owners.find((o) => o.jobs > 0)!.x;
+              victim = paused;
+              paused.proc.kill('SIGSTOP'); // paused, as by a long GC or a partition: its sockets stay open
+              try {
+                const db = new Client({ connectionString: url });
+                await db.connect();
+                const { rows } = await db.query<{ id: string; model: ModelSpec }>('SELECT id, record->\'model\' AS model FROM jobs WHERE lease_owner = $1', [paused.id]);
+                await db.end();
+                // Another device of the user resumes the job on the other replica: it waits out the lease and takes the job.
+                const other = replicas.find((x) => x !== paused)!;
+                const conn = await ServerConnection.open(`ws://127.0.0.1:${other.port}`, token, rows[0]!.model);
+                // While the paused owner still looks alive (seen within half a lease) the answer points at it.
+                for (let tries = 0; ; tries++) {
+                  const moved = await conn.request({ type: 'job/resume', jobId: rows[0]!.id }, (m) => m.jobId === rows[0]!.id).then(
+                    () => false,
+                    (e: unknown) => {
+                      if (MobiError.is(e, 'JOB_MOVED') && tries < 20) return true;
+                      throw e;
+                    },
+                  );
+                  if (!moved) break;
+                  await new Promise((r) => setTimeout(r, 250));
+                }
+                conn.close();
+              } finally {
+                paused.proc.kill('SIGCONT');
+              }
             })();
           },
         }),
