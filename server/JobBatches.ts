@@ -35,6 +35,8 @@ export class JobBatches {
   private inFlight = 0;
   /** Label-private batches of this session whose side output was sent and whose gradient holds their credit ("jobId:index"). */
   private readonly awaitingGrad = new Set<string>();
+  /** The step of the last stored checkpoint announced per job (job/checkpoint). */
+  private readonly announced = new Map<string, number>();
 
   constructor(private readonly s: BatchSession) {}
 
@@ -99,7 +101,12 @@ export class JobBatches {
       metrics.tokensPerSecond.set(ack.tokens / Math.max(ack.seconds, 1e-9));
     }
     this.s.send({ type: 'batch/ack', jobId, index: ack.index, step: ack.step, loss: Number.isFinite(ack.loss) ? ack.loss : 0, learningRate: ack.learningRate, tokens: ack.tokens, seconds: ack.seconds, ...(ack.skipped ? { skipped: true } : {}) });
-    if (ack.checkpointed) this.s.send({ type: 'job/checkpoint', jobId, step: job.rec.step, nextIndex: job.rec.nextIndex });
+    // A checkpoint is announced once it is stored (its write runs beside training).
+    const durable = job.durable;
+    if (durable && this.announced.get(jobId) !== durable.step) {
+      this.announced.set(jobId, durable.step);
+      this.s.send({ type: 'job/checkpoint', jobId, step: durable.step, nextIndex: durable.nextIndex });
+    }
   }
 
   onTrain(m: DeviceMessage<'batch/train'>, payload: Buffer): Promise<void> {

@@ -1,5 +1,5 @@
 import { checkSideNetworkTensors, jobShape } from '../common/AdapterConfig';
-import { decodeAdapterSliced, encodeAdapterSliced } from '../common/AdapterFile';
+import { encodeAdapterSliced } from '../common/AdapterFile';
 import { canTransition, JobState } from '../common/JobState';
 import { ActivationBatch } from '../common/batchPayload';
 import { MAX_EVALS_PER_JOB } from '../common/limits';
@@ -11,6 +11,7 @@ import { OnnxHead } from './training/onnx/OnnxHead';
 import { OnnxTrainer, StepResult } from './training/onnx/OnnxTrainer';
 import { adapterConfig, attentionBlocks, initialParametersAsync, parameterNames, parameterShape, SideNetworkShape } from './training/sideNetworkSpec';
 import { OptimizerState } from './training/TrainerOptions';
+import { readCheckpoint } from './training/readCheckpoint';
 
 /** Non-finite steps in a row after which training stops with NON_FINITE. */
 export const MAX_SKIPPED_STEPS_IN_A_ROW = 3;
@@ -42,6 +43,12 @@ export class TrainingJob {
   nextIndex: number;
   /** Set when the job was stopped: every later operation fails with it. */
   private stopped: WireError | undefined;
+  /** The checkpoint write in flight (at most one; it runs beside training). */
+  private writing: Promise<void> = Promise.resolve();
+  /** Why the last checkpoint write running beside training failed: the next operation fails with it. */
+  private writeError: unknown;
+  /** The newest checkpoint known to be stored: its step and first batch not in it (job/checkpoint tells the device). */
+  durable: { step: number; nextIndex: number } | undefined;
   /** Steps skipped one after another for a non-finite loss or gradient. */
   private skippedInARow = 0;
   /**
@@ -131,6 +138,7 @@ export class TrainingJob {
     this.lastUsedAt = Date.now();
     const next = this.chain.then(() => {
       if (this.stopped) throw this.stopped;
+      this.throwWriteError();
       return op();
     });
     this.chain = next.catch(() => undefined);
@@ -242,7 +250,8 @@ export class TrainingJob {
     }
     const every = Math.max(1, this.rec.config.checkpointEvery);
     const checkpointed = this.trainer.step % every === 0;
-    if (checkpointed) await this.checkpointNow();
+    // Encoded now (the weights of this step); stored beside the next steps, off the training path.
+    if (checkpointed) await this.checkpointNow(false);
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     return { index, step: r.step, loss: r.skipped ? 0 : r.loss, learningRate: r.learningRate, tokens: r.skipped ? 0 : r.tokens, duplicate: false, checkpointed, seconds, skipped: r.skipped };
   }
@@ -260,7 +269,22 @@ export class TrainingJob {
     });
   }
 
-  private async checkpointNow(): Promise<void> {
+  /** Fails with the error of a checkpoint write that ran beside training, once. */
+  private throwWriteError(): void {
+    const err = this.writeError;
+    this.writeError = undefined;
+    if (err !== undefined) throw err;
+  }
+
+  /**
+   * Encodes a checkpoint of the weights as they are now and stores it after
+   * the write before it (one at a time). `wait`: return once it is stored (a
+   * failure throws); otherwise it is stored beside training and a failure
+   * fails the job's next operation.
+   */
+  private async checkpointNow(wait = true): Promise<void> {
+    await this.writing;
+    this.throwWriteError();
     const values = this.trainer.values();
     const opt = this.trainer.exportState();
     const tensors = parameterNames(this.shape).flatMap((n) => {
@@ -273,10 +297,21 @@ export class TrainingJob {
     });
     const meta = { kind: 'checkpoint', step: this.trainer.step, nextIndex: this.nextIndex, trainTokens: this.rec.trainTokens };
     const bytes = await encodeAdapterSliced(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
-    await storing('a checkpoint', () => this.store.writeCheckpoint(this.rec, bytes));
-    this.rec.step = this.trainer.step;
-    this.rec.nextIndex = this.nextIndex;
-    await storing('the job record', () => this.store.save(this.rec));
+    const { step, nextIndex } = meta;
+    const write = (async () => {
+      await storing('a checkpoint', () => this.store.writeCheckpoint(this.rec, bytes));
+      this.rec.step = step;
+      this.rec.nextIndex = nextIndex;
+      await storing('the job record', () => this.store.save(this.rec));
+      this.durable = { step, nextIndex };
+    })();
+    this.writing = write.then(
+      () => undefined,
+      (err: unknown) => {
+        if (!wait) this.writeError ??= err;
+      },
+    );
+    if (wait) await write;
   }
 
   /** A new job's starting values from the device's backbone (backboneInitNames), kept as its step-0 checkpoint so a resume starts there too. */
@@ -329,6 +364,7 @@ export class TrainingJob {
   async dispose(reason?: WireError): Promise<void> {
     if (reason) this.stopped ??= reason;
     await this.chain;
+    await this.writing;
     this.stopped ??= new WireError('JOB_STATE', 'The job was stopped.');
     this.trainer.dispose();
   }
@@ -345,26 +381,6 @@ async function storing(what: string, write: () => void | Promise<void>): Promise
   } catch (err) {
     if (err instanceof WireError) throw err;
     throw new WireError('STORAGE', `the server could not store ${what} (is its disk full?); what it stored before is kept`);
-  }
-}
-
-/** A checkpoint's weights, Adam state and position, or undefined when it is damaged (short, flipped, foreign). */
-async function readCheckpoint(bytes: Buffer, rec: JobRecord, shape: SideNetworkShape): Promise<{ values: Map<string, Float32Array>; state: OptimizerState; nextIndex: number; trainTokens: number } | undefined> {
-  try {
-    const { header, tensors } = await decodeAdapterSliced(bytes, rec.model.fingerprint);
-    const names = parameterNames(shape);
-    const under = (prefix: string) => new Map(names.flatMap((n) => (tensors.has(prefix + n) ? [[n, tensors.get(prefix + n)!] as const] : [])));
-    for (const prefix of ['', 'adam.m.', 'adam.v.']) checkSideNetworkTensors(shape, under(prefix), prefix === '' ? undefined : Infinity);
-    const { step, nextIndex, trainTokens } = header.meta as { step?: unknown; nextIndex?: unknown; trainTokens?: unknown };
-    if (!Number.isSafeInteger(step) || !Number.isSafeInteger(nextIndex)) return undefined;
-    return {
-      values: new Map(names.map((n) => [n, tensors.get(n)!.data])),
-      state: { step: step as number, m: new Map(names.map((n) => [n, tensors.get(`adam.m.${n}`)!.data])), v: new Map(names.map((n) => [n, tensors.get(`adam.v.${n}`)!.data])) },
-      nextIndex: nextIndex as number,
-      trainTokens: Number.isSafeInteger(trainTokens) ? (trainTokens as number) : 0,
-    };
-  } catch {
-    return undefined;
   }
 }
 

@@ -43,7 +43,7 @@ describe('server: checkpoints on a failing disk', function () {
     await assert.rejects(new JobRegistry(engine, jobs, heads).load((await jobs.get('ann', rec.id))!, DEFAULT_SESSION_LIMITS), (err) => err instanceof WireError && err.code === 'STORAGE');
   });
 
-  it('a checkpoint the disk cannot take is a STORAGE error to the device, never a job/checkpoint', async () => {
+  it('a checkpoint the disk cannot take is a STORAGE error to the device (at the next batch: it is stored beside training), never a job/checkpoint', async () => {
     const { heads, jobs } = await storesWithHead();
     const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
@@ -55,11 +55,13 @@ describe('server: checkpoints on a failing disk', function () {
     const b = batchPayload(1);
     await withDiskBudget(0, async () => {
       ws.deliver({ type: 'batch/train', jobId: ready.jobId, index: 0, rows: b.rows }, b.payload);
+      assert.equal((await ws.next('batch/ack')).index, 0, 'trained; its checkpoint is written beside the next step');
+      ws.deliver({ type: 'batch/train', jobId: ready.jobId, index: 1, rows: b.rows }, b.payload);
       const err = await ws.next('error');
       assert.equal(err.code, 'STORAGE');
       assert.match(err.message, /what it stored before is kept/);
     });
-    assert.ok(!ws.received.some((m) => m.type === 'job/checkpoint' || m.type === 'batch/ack'), 'nothing claimed success');
+    assert.ok(!ws.received.some((m) => m.type === 'job/checkpoint'), 'no checkpoint was announced as stored');
     assert.ok(!fs.readdirSync(jobs.dir('ann', ready.jobId)).some((f) => f.startsWith('checkpoint') || f.includes('.tmp-')), 'no checkpoint and no temp file on disk');
   });
 });
