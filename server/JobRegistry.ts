@@ -4,6 +4,7 @@ import type { SessionLimits } from './SessionLimits';
 import { jobMemoryBytes } from './training/jobMemory';
 import { HeadStore } from './storage/HeadStore';
 import type { JobRecord } from './storage/JobStore';
+import { LOCAL_LEASES } from './storage/FileStore';
 import type { Heads, Jobs, Leases } from './storage/Store';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
@@ -28,7 +29,7 @@ export class JobRegistry {
     /** Called with the number of loaded jobs whenever it changes. */
     private readonly onLoadedJobsChanged: (count: number) => void = () => undefined,
     /** Which replica trains a job (the file store's: always this one). */
-    private readonly leases: Leases = { acquire: async () => undefined, release: async () => undefined, renew: async () => [], heldElsewhere: async () => 0, onLost: () => undefined },
+    private readonly leases: Leases = LOCAL_LEASES,
   ) {}
 
   /** Jobs loaded now. */

@@ -95,8 +95,6 @@ export class MobiServer {
   /** Made again by start() with the store's shared counts (replicas count failed sign-ins together). */
   private authLimiter = new AuthLimiter();
   private closing = false;
-  /** Device sessions by the id the store counts them under. */
-  private readonly sessionIds = new Map<DeviceSession, string>();
 
   constructor(readonly options: MobiServerOptions) {
     if (options.store) this.storeInUse = options.store;
@@ -290,11 +288,9 @@ export class MobiServer {
     this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
       const session = new DeviceSession(context, ws, user.name, user.since);
       this.sessions.add(session);
-      this.sessionIds.set(session, sessionId);
       this.metrics.connections.set(this.sessions.size);
       ws.on('close', () => {
         this.sessions.delete(session);
-        this.sessionIds.delete(session);
         void this.store.replicas.closeDevice(sessionId);
         this.metrics.connections.set(this.sessions.size);
         session.closed();

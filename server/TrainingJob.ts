@@ -26,7 +26,6 @@ export interface TrainAck {
   duplicate: boolean;
   /** True when the step gave a non-finite loss or gradient and changed nothing. */
   skipped?: boolean;
-  checkpointed: boolean;
   /** Seconds the server spent on this step (training and checkpoint). */
   seconds: number;
 }
@@ -155,7 +154,7 @@ export class TrainingJob {
 
   /** The acknowledgement of a batch that was trained already (a resend): nothing is trained again. */
   duplicateAck(index: number): TrainAck {
-    return { index, step: this.trainer.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, checkpointed: false, seconds: 0 };
+    return { index, step: this.trainer.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, seconds: 0 };
   }
 
   train(index: number, batch: ActivationBatch): Promise<TrainAck> {
@@ -249,11 +248,10 @@ export class TrainingJob {
       this.rec.trainTokens += r.tokens;
     }
     const every = Math.max(1, this.rec.config.checkpointEvery);
-    const checkpointed = this.trainer.step % every === 0;
     // Encoded now (the weights of this step); stored beside the next steps, off the training path.
-    if (checkpointed) await this.checkpointNow(false);
+    if (this.trainer.step % every === 0) await this.checkpointNow(false);
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    return { index, step: r.step, loss: r.skipped ? 0 : r.loss, learningRate: r.learningRate, tokens: r.skipped ? 0 : r.tokens, duplicate: false, checkpointed, seconds, skipped: r.skipped };
+    return { index, step: r.step, loss: r.skipped ? 0 : r.loss, learningRate: r.learningRate, tokens: r.skipped ? 0 : r.tokens, duplicate: false, seconds, skipped: r.skipped };
   }
 
   evaluate(evalId: string, batch: ActivationBatch): Promise<{ lossSum: number; tokens: number }> {

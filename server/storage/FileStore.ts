@@ -5,6 +5,15 @@ import { JobStore } from './JobStore';
 import type { Leases, Replicas, ServerStore } from './Store';
 import { UserStore } from './UserStore';
 
+/** The leases of a server that trains every job itself: always its own, never lost. */
+export const LOCAL_LEASES: Leases = {
+  acquire: async () => undefined,
+  release: async () => undefined,
+  renew: async () => [],
+  heldElsewhere: async () => 0,
+  onLost: () => undefined,
+};
+
 /**
  * The file store: one data folder that one server owns (the default, and the
  * embedded server's). One process trains every job, so a lease is always
@@ -15,13 +24,7 @@ export class FileStore implements ServerStore {
   readonly users: UserStore;
   readonly jobs: JobStore;
   readonly heads: HeadStore;
-  readonly leases: Leases = {
-    acquire: async () => undefined,
-    release: async () => undefined,
-    renew: async () => [],
-    heldElsewhere: async () => 0,
-    onLost: () => undefined,
-  };
+  readonly leases = LOCAL_LEASES;
   readonly replicas: Replicas;
 
   constructor(readonly where: string) {

@@ -146,8 +146,8 @@ export class UserStore extends TokenUsers {
 
   async add(name: string): Promise<string> {
     this.refresh();
-    const { record, token } = newUser(name);
     if (this.users.some((u) => u.name === name && !u.revokedAt)) throw new ServerError('EXISTS', `User ${name} exists; revoke it first to issue a new token.`);
+    const { record, token } = newUser(name);
     this.users = this.users.filter((u) => u.name !== name);
     this.users.push(record);
     this.save();
