@@ -23,8 +23,7 @@ import { ensureDefaultModel } from '../extension/core/model/defaultModel';
 import { FailoverClock, healthOf, Replica, startReplica } from '../harness/cluster';
 import { startNginx } from '../harness/nginx';
 import { startPostgres, TestPostgres } from '../harness/postgres';
-import { addUser, freePort, killHard, SERVER_CLI, startServerProcess } from '../harness/serverProcess';
-import { spawnSync } from 'node:child_process';
+import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
 import { BENCH_CACHE, machineDescription, median } from './benchModels';
 
 const LEASE_SECONDS = 5;
@@ -32,12 +31,6 @@ const arg = (name: string, fallback: number): number => {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? Number(process.argv[i + 1]) : fallback;
 };
-
-function tokenFor(url: string, name: string): string {
-  const r = spawnSync(process.execPath, [SERVER_CLI, 'users', 'add', name, '--database', url], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(r.stderr);
-  return r.stdout.trim();
-}
 
 async function fineTune(options: Partial<FineTuneOptions> & Pick<FineTuneOptions, 'server'>, steps: number): Promise<FineTuneResult> {
   const store = fs.mkdtempSync(path.join(BENCH_CACHE, 'cluster-'));
@@ -59,7 +52,7 @@ async function oneJob(pg: TestPostgres, kind: 'file' | 'postgres', run: number, 
   if (kind === 'file') token = addUser(data, 'bench');
   else {
     const url = pg.createDatabase(`one${run}`);
-    token = tokenFor(url, 'bench');
+    token = addUser(url, 'bench');
     args = [...args, '--database', url];
   }
   const server = await startServerProcess(data, port, { cpu: 1, args });
@@ -129,13 +122,13 @@ async function main(): Promise<void> {
         storeWaitSecondsPerSecond: after.map((a, i) => (a.storeBusy - before[i]!.storeBusy) / wall),
       };
     };
-    const tokens = Array.from({ length: jobs }, (_, i) => tokenFor(url, `team${i}`));
+    const tokens = Array.from({ length: jobs }, (_, i) => addUser(url, `team${i}`));
     const one = await together(`ws://127.0.0.1:${replicas[0]!.port}`, replicas[0]);
     const two = await together(n.url);
     process.stderr.write(`${jobs} jobs: one replica ${one.tokensPerSecond.toFixed(0)} tokens/s, two ${two.tokensPerSecond.toFixed(0)} tokens/s\n`);
 
     // 3. Failover through nginx (after the eight jobs: nginx leaves a killed replica out for its fail_timeout).
-    const token = tokenFor(url, 'bench');
+    const token = addUser(url, 'bench');
     const clock = new FailoverClock();
     let triggered = false;
     let killed: Replica | undefined;

@@ -17,9 +17,10 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** `mobillm-server users add NAME --data DIR` through the real CLI; returns the token. */
-export function addUser(dataDir: string, name: string): string {
-  const r = spawnSync(process.execPath, [SERVER_CLI, 'users', 'add', name, '--data', dataDir], { encoding: 'utf8' });
+/** `mobillm-server users add NAME` through the real CLI, in a data folder or a database (`where`: a folder or a postgres:// URL); returns the token. */
+export function addUser(where: string, name: string): string {
+  const store = /^postgres(ql)?:\/\//.test(where) ? ['--database', where] : ['--data', where];
+  const r = spawnSync(process.execPath, [SERVER_CLI, 'users', 'add', name, ...store], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`users add failed: ${r.stderr}`);
   return r.stdout.trim();
 }

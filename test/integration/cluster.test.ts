@@ -8,9 +8,9 @@ import { ServerConnection } from '../../extension/core/connection/ServerConnecti
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
 import { MobiError } from '../../extension/core/MobiError';
 import { startNginx } from '../../harness/nginx';
-import { startPostgres, TestPostgres } from '../../harness/postgres';
+import { usePostgres } from '../helpers/postgresHooks';
 import { FailoverClock, healthOf, Replica, startReplica as startReplicaOf } from '../../harness/cluster';
-import { freePort, killHard, SERVER_CLI } from '../../harness/serverProcess';
+import { addUser, freePort, killHard, SERVER_CLI } from '../../harness/serverProcess';
 import { config, model } from '../helpers/sessionHarness';
 import { tinyModel } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
@@ -26,18 +26,12 @@ function cli(args: string[]): { status: number | null; stdout: string; stderr: s
 
 describe('team server replicas sharing PostgreSQL, behind nginx', function () {
   this.timeout(300_000);
-  let pg: TestPostgres | undefined;
+  const postgres = usePostgres();
   let url = '';
-  before(async function () {
-    const r = await startPostgres();
-    if ('skip' in r) {
-      console.log(`      skipped: ${r.skip}`);
-      this.skip();
-    }
-    pg = r;
-    url = pg.createDatabase('cluster');
+  before(function () {
+    if (!postgres()) this.skip();
+    url = postgres()!.createDatabase('cluster');
   });
-  after(() => pg?.remove());
 
   it('refuses to start on an unreachable database: a typed error naming the URL without its password, exit 1', () => {
     const r = cli(['start', '--port', '0', '--database', 'postgres://admin:hunter2@127.0.0.1:1/mobillm']);
@@ -50,7 +44,7 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
     const dir = tmpDir('migrate-cli');
     const added = cli(['users', 'add', 'olga', '--data', dir]);
     assert.equal(added.status, 0, added.stderr);
-    const target = pg!.createDatabase('migrated');
+    const target = postgres()!.createDatabase('migrated');
     const r = cli(['migrate', '--from', dir, '--database', target]);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout.trim()).migrated, { users: 1, jobs: 0, checkpoints: 0, adapters: 0, heads: 0 });
@@ -80,9 +74,7 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
       }
       lb = n;
       for (const [i, port] of ports.entries()) replicas.push(await startReplica(url, `replica-${i}`, port, `${n.url}/r/${i}`));
-      const added = cli(['users', 'add', 'alice', '--database', url]);
-      assert.equal(added.status, 0, added.stderr);
-      token = added.stdout.trim();
+      token = addUser(url, 'alice');
     });
     after(async () => {
       for (const r of replicas) await killHard(r.proc);
@@ -205,8 +197,8 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
           onProgress: (p) => {
             if (!down && p.phase === 'training' && p.step >= 5) {
               down = true;
-              pg!.kill();
-              back = new Promise((resolve) => setTimeout(resolve, 3000)).then(() => pg!.start());
+              postgres()!.kill();
+              back = new Promise((resolve) => setTimeout(resolve, 3000)).then(() => postgres()!.start());
             }
           },
         }),
@@ -221,8 +213,7 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
     });
 
     it('revoking a user on one replica closes their session on another within a second', async () => {
-      const added = cli(['users', 'add', 'rob', '--database', url]);
-      const robToken = added.stdout.trim();
+      const robToken = addUser(url, 'rob');
       const sock = new WebSocket(`ws://127.0.0.1:${replicas[1]!.port}`, { headers: { authorization: `Bearer ${robToken}` } });
       await new Promise<void>((resolve, reject) => {
         sock.once('open', () => resolve());
@@ -238,7 +229,7 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
     });
 
     it('failed sign-ins count across replicas: guesses spread over two meet the one limit', async () => {
-      const good = cli(['users', 'add', 'gus', '--database', url]).stdout.trim();
+      const good = addUser(url, 'gus');
       const attempt = (port: number, token: string): Promise<number> =>
         new Promise((resolve) => {
           const sock = new WebSocket(`ws://127.0.0.1:${port}`, { headers: { authorization: `Bearer ${token}` } });
@@ -265,7 +256,7 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
         await startReplica(url, 'limited-1', lim[1]!, `ws://127.0.0.1:${lim[1]}`, ['--max-jobs-per-user', '1']),
       ];
       try {
-        const tok = cli(['users', 'add', 'lena', '--database', url]).stdout.trim();
+        const tok = addUser(url, 'lena');
         const spec = model;
         const c0 = await ServerConnection.open(`ws://127.0.0.1:${lim[0]}`, tok, spec);
         const c1 = await ServerConnection.open(`ws://127.0.0.1:${lim[1]}`, tok, spec);

@@ -8,7 +8,7 @@ import { FileStore } from '../../server/storage/FileStore';
 import { PgStore } from '../../server/storage/pg/PgStore';
 import type { ServerStore } from '../../server/storage/Store';
 import { config, headHalves, headNorm, model, V, D } from '../helpers/sessionHarness';
-import { startPostgres, TestPostgres } from '../../harness/postgres';
+import { usePostgres } from '../helpers/postgresHooks';
 import { tmpDir } from '../helpers/workspaces';
 
 const isCode = (code: string) => (err: unknown) => (err instanceof WireError || err instanceof ServerError) && err.code === code;
@@ -109,20 +109,9 @@ storeSuite('file store', async () => new FileStore(tmpDir('store-suite')));
 
 describe('PostgreSQL store', function () {
   this.timeout(120_000);
-  let pg: TestPostgres | undefined;
-  let skip = '';
-  before(async function () {
-    const r = await startPostgres();
-    if ('skip' in r) {
-      skip = r.skip;
-      console.log(`      skipped: ${skip}`);
-      this.skip();
-    } else pg = r;
-  });
-  after(() => pg?.remove());
-
+  const postgres = usePostgres();
   let n = 0;
-  const database = (): string => pg!.createDatabase(`suite${++n}`);
+  const database = (): string => postgres()!.createDatabase(`suite${++n}`);
   const open = async (url: string, replicaId?: string, leaseMs?: number): Promise<PgStore> => {
     const s = await PgStore.open(url, { replicaId, leaseMs });
     await s.replicas.beat(undefined); // registered, as a started server is
@@ -131,13 +120,13 @@ describe('PostgreSQL store', function () {
 
   describe('with a database', () => {
     before(function () {
-      if (!pg) this.skip();
+      if (!postgres()) this.skip();
     });
     storeSuite('PostgreSQL store', () => open(database()));
   });
 
   it('refuses an unreachable database with a typed error that names the URL without its password', async function () {
-    if (!pg) this.skip();
+    if (!postgres()) this.skip();
     const err = await PgStore.open('postgres://admin:hunter2@127.0.0.1:1/mobillm').catch((e: unknown) => e);
     assert.ok(err instanceof ServerError && err.code === 'DATABASE_UNREACHABLE', String(err));
     assert.match(err.message, /postgres:\/\/admin@127\.0\.0\.1:1\/mobillm/);
@@ -145,7 +134,7 @@ describe('PostgreSQL store', function () {
   });
 
   it('applies each migration once, also when replicas start together, and refuses a newer schema', async function () {
-    if (!pg) this.skip();
+    if (!postgres()) this.skip();
     const url = database();
     const stores = await Promise.all([open(url), open(url), open(url)]);
     assert.deepEqual(await stores[0]!.db.schemaVersions(), [1, 2]);
@@ -155,7 +144,7 @@ describe('PostgreSQL store', function () {
   });
 
   it('fences a paused owner: after another replica takes the lease, the old owner\'s writes are refused and it learns it lost the job', async function () {
-    if (!pg) this.skip();
+    if (!postgres()) this.skip();
     const url = database();
     const a = await open(url, 'replica-a', 1000);
     const b = await open(url, 'replica-b', 1000);
@@ -187,7 +176,7 @@ describe('PostgreSQL store', function () {
   });
 
   it('tells every replica of a revocation within a second (LISTEN/NOTIFY)', async function () {
-    if (!pg) this.skip();
+    if (!postgres()) this.skip();
     const url = database();
     const a = await open(url);
     const b = await open(url);
@@ -209,7 +198,7 @@ describe('PostgreSQL store', function () {
   });
 
   it('migrates a data folder: tokens keep working, jobs keep their checkpoints and adapter, heads their uploader; a second run copies nothing twice', async function () {
-    if (!pg) this.skip();
+    if (!postgres()) this.skip();
     const dir = tmpDir('migrate');
     const files = new FileStore(dir);
     const token = await files.users.add('mia');
