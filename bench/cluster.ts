@@ -14,7 +14,7 @@
  *  3. failoverSeconds: kill -9 of the replica training a job (through nginx)
  *     to the first step acknowledged on a new connection, with leaseSeconds.
  *
- *   npm run bench:cluster [-- --steps 60 --repeats 3 --jobs 8]
+ *   npm run bench:cluster [-- --steps 60 --repeats 7 --jobs 8]
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -78,7 +78,7 @@ async function counters(replicas: Replica[]): Promise<{ storeBusy: number; jobsC
 
 async function main(): Promise<void> {
   const steps = arg('steps', 60);
-  const repeats = arg('repeats', 3);
+  const repeats = arg('repeats', 7);
   const jobs = arg('jobs', 8);
   const started = await startPostgres();
   if ('skip' in started) {
