@@ -11,6 +11,7 @@
  *
  *   npm run bench:job-memory [-- --quick]
  */
+import { jobShape } from '../common/AdapterConfig';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -18,8 +19,8 @@ import type { JobConfig, ModelSpec } from '../common/messages';
 import { SeededRandom } from '../common/SeededRandom';
 import { JobRegistry } from '../server/JobRegistry';
 import { DEFAULT_SESSION_LIMITS } from '../server/SessionLimits';
-import { HeadStore } from '../server/storage/HeadStore';
-import { JobStore } from '../server/storage/JobStore';
+import { HeadStore } from '../server/storage/file/HeadStore';
+import { JobStore } from '../server/storage/file/JobStore';
 import { jobMemoryBytes } from '../server/training/jobMemory';
 import { OnnxEngine } from '../server/training/onnx/OnnxEngine';
 import { BENCH_CACHE, machineDescription, peakRssBytes } from './benchModels';
@@ -94,7 +95,7 @@ function main(): void {
     if (r.status !== 0) throw new Error(`${s.name}: ${r.stderr.slice(-2000)}`);
     const { measured } = JSON.parse(r.stdout.trim().split('\n').pop()!) as { measured: number };
     const { config, model } = configOf(s);
-    const estimate = jobMemoryBytes(config, model);
+    const estimate = jobMemoryBytes(config, jobShape(config, model));
     results.push({ shape: s.name, estimateGiB: +(estimate / 2 ** 30).toFixed(3), measuredGiB: +(measured / 2 ** 30).toFixed(3), estimateOverMeasured: +(estimate / measured).toFixed(2) });
     process.stdout.write(`${s.name}: estimate ${(estimate / 2 ** 30).toFixed(2)} GiB, measured ${(measured / 2 ** 30).toFixed(2)} GiB (${(estimate / measured).toFixed(2)}x)\n`);
   }

@@ -1,5 +1,5 @@
 /** Wire limits and timings of the device <-> server protocol, in one place. */
-export const PROTOCOL_VERSION = 8;
+export const PROTOCOL_VERSION = 9;
 /** Largest binary frame either side accepts. */
 export const MAX_FRAME_BYTES = 96 * 1024 * 1024;
 /** Largest JSON header inside a frame. */

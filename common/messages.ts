@@ -68,19 +68,19 @@ export type ModelSpec = Fields<typeof ModelSpec>;
 /** Messages the device sends. */
 export const DeviceMessages = {
   /** First message of every connection. */
-  'session/hello': { protocol: 'uint', client: 'string', model: ModelSpec },
+  'session/hello': { protocol: 'uint', client: 'string', model: ModelSpec, requestId: 'uint?' },
   /** Head upload, once per fingerprint, when welcome says headCached=false. Payload: output_norm weight, f32 [cols]. */
   'head/begin': { rows: 'uint', cols: 'uint' },
   /** Payload: head rows [rowStart, rowStart+rowCount) as f16 [rowCount][cols]. */
   'head/chunk': { rowStart: 'uint', rowCount: 'uint' },
   /** All rows sent; the server verifies and stores the head. */
-  'head/end': {},
+  'head/end': { requestId: 'uint?' },
   /** Create a job for this session's model. */
-  'job/create': { name: 'string', config: JobConfigSchema },
+  'job/create': { name: 'string', config: JobConfigSchema, requestId: 'uint?' },
   /** Continue a job (after a drop or a server restart): the server answers job/ready with the index to resend from. */
-  'job/resume': { jobId: 'uuid' },
+  'job/resume': { jobId: 'uuid', requestId: 'uint?' },
   /** The user's jobs. */
-  'job/list': {},
+  'job/list': { requestId: 'uint?' },
   /** A training batch. Payload: see batchPayload.ts. Consumes one credit. */
   /** `lengths`: the batch's sequences, in order (they sum to rows); a version-2 side network needs them. */
   'batch/train': { jobId: 'uuid', index: 'uint', rows: 'uint', lengths: 'uint[]?' },
@@ -93,19 +93,19 @@ export const DeviceMessages = {
    */
   'batch/grad': { jobId: 'uuid', index: 'uint', rows: 'uint', lossSum: 'number', tokens: 'uint' },
   /** All training batches sent: checkpoint and write the adapter. */
-  'job/finish': { jobId: 'uuid' },
+  'job/finish': { jobId: 'uuid', requestId: 'uint?' },
   /** Stop the job; its last checkpoint stays resumable. */
-  'job/cancel': { jobId: 'uuid' },
+  'job/cancel': { jobId: 'uuid', requestId: 'uint?' },
   /** Download part of the adapter of a finished job, from byte `offset` (absent: 0); adapter/data answers with up to ADAPTER_CHUNK_BYTES. */
-  'adapter/get': { jobId: 'uuid', offset: 'uint?' },
+  'adapter/get': { jobId: 'uuid', offset: 'uint?', requestId: 'uint?' },
 } as const satisfies Record<string, Schema>;
 
 /** Messages the server sends. */
 export const ServerMessages = {
-  'session/welcome': { protocol: 'uint', server: 'string', backend: 'string', headCached: 'boolean', credits: 'uint' },
-  'head/stored': { fingerprint: 'string' },
+  'session/welcome': { protocol: 'uint', server: 'string', backend: 'string', headCached: 'boolean', credits: 'uint', requestId: 'uint?' },
+  'head/stored': { fingerprint: 'string', requestId: 'uint?' },
   /** The job exists and accepts batches from nextIndex on. */
-  'job/ready': { jobId: 'uuid', nextIndex: 'uint', step: 'uint', state: JOB_STATES },
+  'job/ready': { jobId: 'uuid', nextIndex: 'uint', step: 'uint', state: JOB_STATES, requestId: 'uint?' },
   /** A training batch was applied (one optimizer step); returns one credit. */
   'batch/ack': { jobId: 'uuid', index: 'uint', step: 'uint', loss: 'number', learningRate: 'number', tokens: 'uint', seconds: 'number', skipped: 'boolean?' },
   'eval/result': { jobId: 'uuid', evalId: 'string', index: 'uint', lossSum: 'number', tokens: 'uint' },
@@ -116,11 +116,12 @@ export const ServerMessages = {
   /** A checkpoint is durable: batches below nextIndex never need resending. */
   'job/checkpoint': { jobId: 'uuid', step: 'uint', nextIndex: 'uint' },
   /** The job ended (finished or cancelled); the adapter is ready when finished. */
-  'job/done': { jobId: 'uuid', step: 'uint', state: JOB_STATES },
-  'job/list/result': { jobs: 'json' },
+  'job/done': { jobId: 'uuid', step: 'uint', state: JOB_STATES, requestId: 'uint?' },
+  'job/list/result': { jobs: 'json', requestId: 'uint?' },
   /** Payload: the adapter file's bytes from `offset` on (at most ADAPTER_CHUNK_BYTES); `bytes` and `sha256` are the whole file's. */
-  'adapter/data': { jobId: 'uuid', bytes: 'uint', sha256: 'string', offset: 'uint' },
-  'error': { code: WIRE_ERROR_CODES, message: 'string', fatal: 'boolean', jobId: 'uuid?', location: 'string?' },
+  'adapter/data': { jobId: 'uuid', bytes: 'uint', sha256: 'string', offset: 'uint', requestId: 'uint?' },
+  /** `requestId`: the request this error answers (absent for an error of a streamed batch, which names its `jobId`, or of an undecodable frame). */
+  'error': { code: WIRE_ERROR_CODES, message: 'string', fatal: 'boolean', jobId: 'uuid?', location: 'string?', requestId: 'uint?' },
 } as const satisfies Record<string, Schema>;
 
 export type DeviceMessageType = keyof typeof DeviceMessages;
@@ -128,9 +129,11 @@ export type ServerMessageType = keyof typeof ServerMessages;
 
 /**
  * The reply each request gets, in one place (the server answers with it, or
- * with an `error`). Messages not listed here are streamed: a training batch is
- * answered by batch/ack (or, label-private, batch/side then batch/ack), a
- * held-out batch by eval/result (or eval/side), head chunks by nothing.
+ * with an `error`). A request carries a `requestId` (the device numbers its
+ * requests) and its reply, or the error that answers it, echoes that id.
+ * Messages not listed here are streamed: a training batch is answered by
+ * batch/ack (or, label-private, batch/side then batch/ack), a held-out batch
+ * by eval/result (or eval/side), head chunks by nothing.
  */
 export const Replies = {
   'session/hello': 'session/welcome',
@@ -145,6 +148,13 @@ export const Replies = {
 export type RequestType = keyof typeof Replies;
 /** The reply type of request R: awaiting any other does not compile. */
 export type ReplyOf<R extends RequestType> = (typeof Replies)[R];
+/** Request R's reply as both sides handle it: what a server handler returns (the session adds the request's id) and what the device's request resolves with. */
+export interface Reply<R extends RequestType, P extends Uint8Array = Uint8Array> {
+  message: ServerMessage<ReplyOf<R>>;
+  payload?: P;
+}
+/** What the server's handler of device message T returns: a request's Reply, nothing for a streamed message (a handler returning another reply does not compile). */
+export type Answer<T extends DeviceMessageType> = T extends RequestType ? Reply<T> : void;
 export type DeviceMessage<T extends DeviceMessageType = DeviceMessageType> = T extends DeviceMessageType
   ? { type: T } & Fields<(typeof DeviceMessages)[T]>
   : never;

@@ -1,20 +1,21 @@
 import { WebSocket } from 'ws';
-import { backboneInitNames, jobShape, parameterSize } from '../common/AdapterConfig';
+import { backboneInitNames, jobShape, parameterSize, SideNetworkShape } from '../common/AdapterConfig';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { jobConfigProblem } from '../common/jobConfigProblem';
 import { ADAPTER_CHUNK_BYTES, CloseCode, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
-import { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../common/messages';
+import { Answer, DeviceMessage, JobConfig, ModelSpec, Reply, RequestType, ServerMessage } from '../common/messages';
 import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
 import { BatchSession, JobBatches } from './JobBatches';
 import { SessionContext } from './SessionContext';
-import { FINGERPRINT_PATTERN, HeadStore } from './storage/HeadStore';
+import { FINGERPRINT_PATTERN, headBytes, JobRecord } from './storage/records';
+import { wireErrorOf } from './wireErrorOf';
 import { jobDiskBytes } from './training/jobMemory';
-import { JobRecord } from './storage/JobStore';
 import { TrainingJob } from './TrainingJob';
 
 
-type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => void | Promise<void>;
+/** Handles device message T: a request's handler returns its reply (sent with the request's id), a streamed message's handler nothing. */
+type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => Answer<T> | Promise<Answer<T>>;
 
 /**
  * One device connection. Validates every frame, then dispatches by type.
@@ -68,9 +69,9 @@ export class DeviceSession implements BatchSession {
     this.ws.send(encodeFrame(message, payload), { binary: true });
   }
 
-  private sendError(code: WireErrorCode, message: string, fatal: boolean, jobId?: string, location?: string): void {
+  private sendError(code: WireErrorCode, message: string, fatal: boolean, jobId?: string, location?: string, requestId?: number): void {
     this.ctx.metrics.errors.inc({ code });
-    this.send({ type: 'error', code, message, fatal, ...(jobId ? { jobId } : {}), ...(location ? { location } : {}) });
+    this.send({ type: 'error', code, message, fatal, ...(jobId ? { jobId } : {}), ...(location ? { location } : {}), ...(requestId !== undefined ? { requestId } : {}) });
     if (fatal) this.close(code === 'VERSION_MISMATCH' ? CloseCode.VERSION_MISMATCH : CloseCode.BAD_FRAME, code);
   }
 
@@ -108,21 +109,29 @@ export class DeviceSession implements BatchSession {
     }
     const handler = this.handlers[message.type] as Handler<typeof message.type>;
     const jobId = 'jobId' in message ? message.jobId : undefined;
+    const requestId = 'requestId' in message ? message.requestId : undefined;
     try {
       const r = handler(message as never, payload);
-      if (r instanceof Promise) r.catch((err) => this.fail(err, jobId));
+      if (r instanceof Promise) r.then((reply) => this.reply(reply, requestId), (err) => this.fail(err, jobId, requestId));
+      else this.reply(r, requestId);
     } catch (err) {
-      this.fail(err, jobId);
+      this.fail(err, jobId, requestId);
     }
   }
 
-  fail(err: unknown, jobId?: string): void {
-    if (err instanceof WireError) return this.sendError(err.code, err.message, err.fatal, jobId, err.location);
-    this.ctx.log(`internal error: ${err instanceof Error ? err.name : 'unknown'}`);
-    this.sendError('INTERNAL', 'The server failed on this request; resume the job to continue from its last stored checkpoint.', false, jobId);
+  /** Sends a request's reply with the request's id (a streamed message's handler returns nothing). */
+  private reply(r: Reply<RequestType> | void, requestId: number | undefined): void {
+    if (r) this.send({ ...r.message, ...(requestId !== undefined ? { requestId } : {}) }, r.payload);
   }
 
-  private async onHello(m: DeviceMessage<'session/hello'>): Promise<void> {
+  fail(err: unknown, jobId?: string, requestId?: number): void {
+    const wire = wireErrorOf(err);
+    if (wire) return this.sendError(wire.code, wire.message, wire.fatal, jobId, wire.location, requestId);
+    this.ctx.log(`internal error: ${err instanceof Error ? err.name : 'unknown'}`);
+    this.sendError('INTERNAL', 'The server failed on this request; resume the job to continue from its last stored checkpoint.', false, jobId, undefined, requestId);
+  }
+
+  private async onHello(m: DeviceMessage<'session/hello'>): Promise<Reply<'session/hello'>> {
     if (m.protocol !== PROTOCOL_VERSION) throw new WireError('VERSION_MISMATCH', `protocol ${m.protocol} is not supported; this server speaks ${PROTOCOL_VERSION}`, true);
     if (this.model) throw new WireError('OUT_OF_ORDER', 'session/hello was already sent');
     const spec = m.model;
@@ -132,12 +141,12 @@ export class DeviceSession implements BatchSession {
     }
     this.model = spec;
     const headCached = await this.ctx.heads.has(spec);
-    this.send({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.ctx.backend, headCached, credits: this.ctx.limits.credits });
+    return { message: { type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'mobillm-server', backend: this.ctx.backend, headCached, credits: this.ctx.limits.credits } };
   }
 
   private async onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): Promise<void> {
     // Checked against the user's quota before the head's memory is taken.
-    const begun = this.checkStorage(HeadStore.bytesOf(m.rows, m.cols), 'this head').then(() => HeadUpload.begin(this.model!, m, payload));
+    const begun = this.checkStorage(headBytes(m.rows, m.cols), 'this head').then(() => HeadUpload.begin(this.model!, m, payload));
     this.upload = begun;
     begun.catch(() => {
       if (this.upload === begun) this.upload = undefined;
@@ -154,7 +163,7 @@ export class DeviceSession implements BatchSession {
     let jobs = 0;
     for (const r of await this.ctx.jobs.list(this.user)) {
       const now = await this.ctx.jobs.bytesOf(this.user, r.id);
-      jobs += r.state === 'training' ? Math.max(now, jobDiskBytes(r.config, r.model)) : now;
+      jobs += r.state === 'training' ? Math.max(now, jobDiskBytes(jobShape(r.config, r.model))) : now;
     }
     const used = jobs + (await this.ctx.heads.uploadedBytesOf(this.user));
     const quota = this.ctx.limits.maxUserStorageBytes;
@@ -176,7 +185,7 @@ export class DeviceSession implements BatchSession {
     }
   }
 
-  private async onHeadEnd(): Promise<void> {
+  private async onHeadEnd(): Promise<Reply<'head/end'>> {
     const pending = this.upload;
     // Chunks sent before head/end wait on the same check and run first.
     const up = await pending?.catch(() => undefined);
@@ -185,7 +194,7 @@ export class DeviceSession implements BatchSession {
     up.verify();
     await this.ctx.heads.save(this.model!, up.rows, up.cols, up.norm, up.halves, this.user);
     this.ctx.log(`stored a model head (user ${this.user})`);
-    this.send({ type: 'head/stored', fingerprint: this.model!.fingerprint });
+    return { message: { type: 'head/stored', fingerprint: this.model!.fingerprint } };
   }
 
   private checkConfig(c: JobConfig): void {
@@ -194,12 +203,11 @@ export class DeviceSession implements BatchSession {
   }
 
   /** A job/create payload: nothing, or (initFromBackbone) the starting values of backboneInitNames, float32 LE in that order. */
-  private startValuesOf(c: JobConfig, payload: Buffer): Map<string, Float32Array> | undefined {
+  private startValuesOf(c: JobConfig, shape: SideNetworkShape, payload: Buffer): Map<string, Float32Array> | undefined {
     if (!c.initFromBackbone) {
       if (payload.length > 0) throw new WireError('BAD_FRAME', 'job/create carries starting values only with initFromBackbone');
       return undefined;
     }
-    const shape = jobShape(c, this.model!);
     const names = backboneInitNames(shape);
     const sizes = names.map((n) => parameterSize(shape, n));
     if (payload.length !== 4 * sizes.reduce((a, b) => a + b, 0)) throw new WireError('BAD_FRAME', 'the starting values do not fit the side network');
@@ -209,21 +217,23 @@ export class DeviceSession implements BatchSession {
     return new Map(names.map((n, i) => [n, all.subarray(at, (at += sizes[i]!))]));
   }
 
-  private async onJobCreate(m: DeviceMessage<'job/create'>, payload: Buffer): Promise<void> {
+  private async onJobCreate(m: DeviceMessage<'job/create'>, payload: Buffer): Promise<Reply<'job/create'>> {
     const model = this.model!;
     if (!m.config.labelPrivate && !(await this.ctx.heads.has(model))) throw new WireError('HEAD_MISSING', 'upload the model head before creating a job');
     this.checkConfig(m.config);
-    const start = this.startValuesOf(m.config, payload);
+    // The job's side network, computed once for every check below and for the job itself.
+    const shape = jobShape(m.config, model);
+    const start = this.startValuesOf(m.config, shape, payload);
     // Refused (LIMIT) before anything is stored or allocated: past the user's jobs or the memory budgets.
-    await this.ctx.registry.admit(this.user, m.config, model, this.ctx.limits);
-    await this.checkStorage(jobDiskBytes(m.config, model), 'this job');
+    await this.ctx.registry.admit(this.user, m.config, shape, this.ctx.limits);
+    await this.checkStorage(jobDiskBytes(shape), 'this job');
     const rec = await this.ctx.jobs.create(this.user, m.name, model, m.config);
-    const job = await this.ctx.registry.load(rec, this.ctx.limits);
+    const job = await this.ctx.registry.load(rec, this.ctx.limits, shape);
     job.owner = this;
     if (start) await job.startFrom(start);
     this.ctx.metrics.jobsCreated.inc();
     this.ctx.log(`job ${rec.id} created (user ${this.user}, ${m.config.totalSteps} steps)`);
-    this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: rec.state });
+    return { message: { type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: rec.state } };
   }
 
   /**
@@ -263,44 +273,43 @@ export class DeviceSession implements BatchSession {
     return { job: await this.ctx.registry.load(rec, this.ctx.limits), onlyForThis: !loaded };
   }
 
-  private async onJobResume(m: DeviceMessage<'job/resume'>): Promise<void> {
+  private async onJobResume(m: DeviceMessage<'job/resume'>): Promise<Reply<'job/resume'>> {
     const rec = await this.ownJob(m.jobId);
-    if (rec.state === 'finished') {
-      this.send({ type: 'job/ready', jobId: rec.id, nextIndex: rec.nextIndex, step: rec.step, state: rec.state });
-      return;
-    }
+    if (rec.state === 'finished') return { message: { type: 'job/ready', jobId: rec.id, nextIndex: rec.nextIndex, step: rec.step, state: rec.state } };
     const job = await this.ctx.registry.load(rec, this.ctx.limits);
     await job.resume();
     job.owner = this;
-    this.send({ type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: job.rec.state });
+    return { message: { type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: job.rec.state } };
   }
 
-  private async onJobList(): Promise<void> {
+  private async onJobList(): Promise<Reply<'job/list'>> {
     const jobs = (await this.ctx.jobs.list(this.user)).map((r) => ({ id: r.id, name: r.name, state: r.state, step: r.step, totalSteps: r.config.totalSteps, fingerprint: r.model.fingerprint, createdAt: r.createdAt, updatedAt: r.updatedAt }));
-    this.send({ type: 'job/list/result', jobs });
+    return { message: { type: 'job/list/result', jobs } };
   }
 
-  private async onFinish(m: DeviceMessage<'job/finish'>): Promise<void> {
+  private async onFinish(m: DeviceMessage<'job/finish'>): Promise<Reply<'job/finish'>> {
     const rec = await this.ownJob(m.jobId);
-    if (rec.state === 'finished') return this.send({ type: 'job/done', jobId: m.jobId, step: rec.step, state: 'finished' });
+    if (rec.state === 'finished') return { message: { type: 'job/done', jobId: m.jobId, step: rec.step, state: 'finished' } };
     const job = await this.trainingJobOf(rec);
     await job.finish();
     this.ctx.log(`job ${m.jobId} finished at step ${job.step}`);
-    this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: 'finished' });
+    const done: Reply<'job/finish'> = { message: { type: 'job/done', jobId: m.jobId, step: job.step, state: 'finished' } };
     await this.ctx.registry.unload(job);
+    return done;
   }
 
-  private async onCancel(m: DeviceMessage<'job/cancel'>): Promise<void> {
+  private async onCancel(m: DeviceMessage<'job/cancel'>): Promise<Reply<'job/cancel'>> {
     const rec = await this.ownJob(m.jobId);
     // Any device of the user may cancel; a job that is not training is not loaded for it.
-    if (rec.state !== 'training') return this.send({ type: 'job/done', jobId: m.jobId, step: rec.step, state: rec.state });
+    if (rec.state !== 'training') return { message: { type: 'job/done', jobId: m.jobId, step: rec.step, state: rec.state } };
     const job = await this.ctx.registry.load(rec, this.ctx.limits);
     await job.cancel();
-    this.send({ type: 'job/done', jobId: m.jobId, step: job.step, state: job.rec.state });
+    const done: Reply<'job/cancel'> = { message: { type: 'job/done', jobId: m.jobId, step: job.step, state: job.rec.state } };
     await this.ctx.registry.unload(job);
+    return done;
   }
 
-  private async onAdapterGet(m: DeviceMessage<'adapter/get'>): Promise<void> {
+  private async onAdapterGet(m: DeviceMessage<'adapter/get'>): Promise<Reply<'adapter/get'>> {
     const rec = await this.ctx.jobs.get(this.user, m.jobId);
     if (!rec) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
     const info = rec.state === 'finished' ? await this.ctx.jobs.adapterInfo(rec) : undefined;
@@ -308,7 +317,7 @@ export class DeviceSession implements BatchSession {
     const offset = m.offset ?? 0;
     if (offset > info.bytes) throw new WireError('BAD_FRAME', `offset past the adapter's ${info.bytes} bytes`);
     const part = await this.ctx.jobs.readAdapterPart(rec, offset, Math.min(this.ctx.limits.adapterChunkBytes ?? ADAPTER_CHUNK_BYTES, info.bytes - offset));
-    this.send({ type: 'adapter/data', jobId: rec.id, bytes: info.bytes, sha256: info.sha256, offset }, part);
+    return { message: { type: 'adapter/data', jobId: rec.id, bytes: info.bytes, sha256: info.sha256, offset }, payload: part };
   }
 
 }

@@ -2,9 +2,9 @@ import type { JobConfig, ModelSpec } from '../common/messages';
 import { WireError } from '../common/WireError';
 import type { SessionLimits } from './SessionLimits';
 import { jobMemoryBytes } from './training/jobMemory';
-import { HeadStore } from './storage/HeadStore';
-import type { JobRecord } from './storage/JobStore';
-import { LOCAL_LEASES } from './storage/FileStore';
+import { jobShape, SideNetworkShape } from '../common/AdapterConfig';
+import { headName, jobKey, JobRecord } from './storage/records';
+import { LOCAL_LEASES } from './storage/LocalLeases';
 import type { Heads, Jobs, Leases } from './storage/Store';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
@@ -42,15 +42,15 @@ export class JobRegistry {
    * have loaded, or past the memory budget of one job or of one user (every
    * loaded job of that user counted, from its config: jobMemoryBytes).
    */
-  async admit(user: string, config: JobConfig, model: Pick<ModelSpec, 'hiddenSize' | 'vocabularySize'>, limits: SessionLimits, except?: string): Promise<void> {
-    const mine = this.records().filter((r) => r.user === user && keyOf(r) !== except);
+  async admit(user: string, config: JobConfig, shape: SideNetworkShape, limits: SessionLimits, except?: string): Promise<void> {
+    const mine = this.records().filter((r) => r.user === user && jobKey(r) !== except);
     // Jobs of this user that other replicas train count too (PostgreSQL store).
     const elsewhere = await this.leases.heldElsewhere(user);
     if (mine.length + elsewhere >= limits.maxJobsPerUser) throw new WireError('LIMIT', `at most ${limits.maxJobsPerUser} jobs of one user are loaded at once; finish or cancel one`);
-    const need = jobMemoryBytes(config, model);
+    const need = jobMemoryBytes(config, shape);
     const gib = (x: number): string => `${(x / 2 ** 30).toFixed(2)} GiB`;
     if (need > limits.maxJobMemoryBytes) throw new WireError('LIMIT', `this job needs about ${gib(need)} of server memory; the server allows ${gib(limits.maxJobMemoryBytes)} per job (a larger reduction, fewer tapped layers or shorter batches need less)`);
-    const used = mine.reduce((sum, r) => sum + jobMemoryBytes(r.config, r.model), 0);
+    const used = mine.reduce((sum, r) => sum + jobMemoryBytes(r.config, this.jobs.get(jobKey(r))?.shape ?? jobShape(r.config, r.model)), 0);
     if (used + need > limits.maxUserMemoryBytes) throw new WireError('LIMIT', `this user's loaded jobs hold about ${gib(used)}; with this one (${gib(need)}) they would pass the ${gib(limits.maxUserMemoryBytes)} allowed per user`);
   }
 
@@ -59,13 +59,13 @@ export class JobRegistry {
    * memory, its lease taken (JOB_ELSEWHERE when another replica trains it),
    * then built from its last checkpoint.
    */
-  async load(rec: JobRecord, limits: SessionLimits): Promise<TrainingJob> {
-    const key = keyOf(rec);
+  async load(rec: JobRecord, limits: SessionLimits, shape: SideNetworkShape = jobShape(rec.config, rec.model)): Promise<TrainingJob> {
+    const key = jobKey(rec);
     const job = this.jobs.get(key);
     if (job) return job;
     const pending = this.loading.get(key);
     if (pending) return pending.job;
-    const opened = this.open(rec, limits);
+    const opened = this.open(rec, limits, shape);
     this.loading.set(key, { rec, job: opened });
     try {
       const loaded = await opened;
@@ -77,19 +77,19 @@ export class JobRegistry {
     }
   }
 
-  private async open(rec: JobRecord, limits: SessionLimits): Promise<TrainingJob> {
+  private async open(rec: JobRecord, limits: SessionLimits, shape: SideNetworkShape): Promise<TrainingJob> {
     // The lease first: a job another replica trains is pointed there (and its lease is not counted against this user twice).
     await this.leases.acquire(rec);
     let head: OnnxHead | undefined;
     try {
-      await this.admit(rec.user, rec.config, rec.model, limits, keyOf(rec));
+      await this.admit(rec.user, rec.config, shape, limits, jobKey(rec));
       // The record as the lease's last owner left it (another replica may have trained it).
       const current = (await this.jobStore.get(rec.user, rec.id)) ?? rec;
       // A label-private job needs no head: the device computes the loss with its own.
       head = current.config.labelPrivate ? undefined : await this.acquireHead(current.model);
-      return await TrainingJob.open(current, this.jobStore, this.engine, head);
+      return await TrainingJob.open(current, this.jobStore, this.engine, head, shape);
     } catch (err) {
-      if (head) this.releaseHead(headKeyOf(rec.model));
+      if (head) this.releaseHead(headName(rec.model));
       await this.leases.release(rec);
       throw err;
     }
@@ -105,17 +105,17 @@ export class JobRegistry {
     this.jobs.delete(key);
     this.onLoadedJobsChanged(this.jobs.size);
     await job.dispose(new WireError('JOB_ELSEWHERE', 'another server replica took this job over; reconnect and resume it there'));
-    if (!job.rec.config.labelPrivate) this.releaseHead(headKeyOf(job.rec.model));
+    if (!job.rec.config.labelPrivate) this.releaseHead(headName(job.rec.model));
   }
 
   /** The loaded job `id` of `user`, if it is in memory. */
   loaded(user: string, id: string): TrainingJob | undefined {
-    return this.jobs.get(keyOf({ user, id }));
+    return this.jobs.get(jobKey({ user, id }));
   }
 
   /** Whether the job of `rec` is in memory now. */
   isLoaded(rec: JobRecord): boolean {
-    return this.jobs.has(keyOf(rec));
+    return this.jobs.has(jobKey(rec));
   }
 
   /** Jobs of `user` loaded now (training, or loaded to evaluate). */
@@ -130,12 +130,12 @@ export class JobRegistry {
 
   /** Waits for the job's queued work, frees it, and releases its head. */
   async unload(job: TrainingJob): Promise<void> {
-    const key = keyOf(job.rec);
+    const key = jobKey(job.rec);
     if (this.jobs.get(key) !== job) return;
     this.jobs.delete(key);
     this.onLoadedJobsChanged(this.jobs.size);
     await job.dispose();
-    if (!job.rec.config.labelPrivate) this.releaseHead(headKeyOf(job.rec.model));
+    if (!job.rec.config.labelPrivate) this.releaseHead(headName(job.rec.model));
     await this.leases.release(job.rec);
   }
 
@@ -170,7 +170,7 @@ export class JobRegistry {
   }
 
   private async acquireHead(model: ModelSpec): Promise<OnnxHead> {
-    const key = headKeyOf(model);
+    const key = headName(model);
     await this.headStore.touch(model);
     const entry = this.heads.get(key);
     if (entry) {
@@ -195,19 +195,11 @@ export class JobRegistry {
 
   /** The file names of the heads loaded jobs use now (never expired). */
   headsInUse(): Set<string> {
-    return new Set(this.records().filter((r) => !r.config.labelPrivate).map((r) => HeadStore.fileName(r.model)));
+    return new Set(this.records().filter((r) => !r.config.labelPrivate).map((r) => headName(r.model)));
   }
 
   /** Heads loaded now (one per model in use). */
   get loadedHeads(): number {
     return this.heads.size;
   }
-}
-
-function headKeyOf(model: ModelSpec): string {
-  return `${model.fingerprint}.${model.headDigest}`;
-}
-
-function keyOf(rec: Pick<JobRecord, 'user' | 'id'>): string {
-  return `${rec.user}/${rec.id}`;
 }

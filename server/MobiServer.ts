@@ -14,10 +14,10 @@ import { ServerError } from './ServerError';
 import { SessionContext } from './SessionContext';
 import { DEFAULT_SESSION_LIMITS } from './SessionLimits';
 import { randomUUID } from 'node:crypto';
-import { FileStore } from './storage/FileStore';
+import { FileStore } from './storage/file/FileStore';
 import { DEFAULT_LEASE_MS, PgStore } from './storage/pg/PgStore';
 import type { ServerStore } from './storage/Store';
-import { TokenUsers } from './storage/UserStore';
+import { TokenUsers } from './storage/TokenUsers';
 import { ExecutionDevice, OnnxEngine } from './training/onnx/OnnxEngine';
 
 /** How long a stored model head no job uses is kept. */

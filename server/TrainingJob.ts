@@ -1,10 +1,11 @@
-import { checkSideNetworkTensors, jobShape } from '../common/AdapterConfig';
+import { checkSideNetworkTensors } from '../common/AdapterConfig';
 import { encodeAdapterSliced } from '../common/AdapterFile';
 import { canTransition, JobState } from '../common/JobState';
 import { ActivationBatch } from '../common/batchPayload';
 import { MAX_EVALS_PER_JOB } from '../common/limits';
 import { WireError } from '../common/WireError';
-import type { JobRecord } from './storage/JobStore';
+import type { JobRecord } from './storage/records';
+import { wireErrorOf } from './wireErrorOf';
 import type { Jobs } from './storage/Store';
 import { OnnxEngine } from './training/onnx/OnnxEngine';
 import { OnnxHead } from './training/onnx/OnnxHead';
@@ -67,9 +68,8 @@ export class TrainingJob {
     this.nextIndex = rec.nextIndex;
   }
 
-  /** Builds the job from its last checkpoint (or fresh weights, filled without holding the event loop). */
-  static async open(rec: JobRecord, store: Jobs, engine: OnnxEngine, head: OnnxHead | undefined): Promise<TrainingJob> {
-    const shape = jobShape(rec.config, rec.model);
+  /** Builds the job from its last checkpoint (or fresh weights, filled without holding the event loop); `shape` is jobShape of its config. */
+  static async open(rec: JobRecord, store: Jobs, engine: OnnxEngine, head: OnnxHead | undefined, shape: SideNetworkShape): Promise<TrainingJob> {
     // Held-out results keyed by the device's evalIds: no prototype, so "__proto__" or "constructor" is just a name.
     rec.evals = Object.assign(Object.create(null) as JobRecord['evals'], rec.evals);
     let state: OptimizerState | undefined;
@@ -239,9 +239,10 @@ export class TrainingJob {
     if (r.skipped) {
       this.rec.skippedSteps = (this.rec.skippedSteps ?? 0) + 1;
       if (++this.skippedInARow >= MAX_SKIPPED_STEPS_IN_A_ROW) {
+        const inARow = this.skippedInARow;
         this.skippedInARow = 0;
         await this.setState('cancelled'); // stopped: its last checkpoint stays resumable
-        throw new WireError('NON_FINITE', `${this.skippedInARow} steps in a row gave a non-finite loss or gradient; training stopped (resume from the last checkpoint with a lower learning rate)`);
+        throw new WireError('NON_FINITE', `${inARow} steps in a row gave a non-finite loss or gradient; training stopped (resume from the last checkpoint with a lower learning rate)`);
       }
     } else {
       this.skippedInARow = 0;
@@ -370,14 +371,16 @@ export class TrainingJob {
 
 /**
  * Runs a write to the server's store; a failure is a typed STORAGE error that
- * says what is kept, except the store's own typed errors (the lease lost:
- * JOB_ELSEWHERE; the database gone: STORE_UNAVAILABLE), which pass as they are.
+ * says what is kept, except the store's failures that mean something else to
+ * the device (the lease lost: JOB_ELSEWHERE; the database gone:
+ * STORE_UNAVAILABLE), which pass as their wire errors.
  */
 async function storing(what: string, write: () => void | Promise<void>): Promise<void> {
   try {
     await write();
   } catch (err) {
-    if (err instanceof WireError) throw err;
+    const wire = wireErrorOf(err);
+    if (wire && wire.code !== 'STORAGE') throw wire;
     throw new WireError('STORAGE', `the server could not store ${what} (is its disk full?); what it stored before is kept`);
   }
 }

@@ -7,7 +7,7 @@ import { DEFAULT_SESSION_LIMITS } from '../SessionLimits';
 import { packageVersion } from '../../common/packageRoot';
 import { ServerError } from '../ServerError';
 import { EXECUTION_DEVICES, ExecutionDevice } from '../training/onnx/OnnxEngine';
-import { FileStore } from '../storage/FileStore';
+import { FileStore } from '../storage/file/FileStore';
 import { migrateFolder } from '../storage/migrate';
 import { DEFAULT_LEASE_MS, PgStore } from '../storage/pg/PgStore';
 import type { ServerStore } from '../storage/Store';

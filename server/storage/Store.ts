@@ -1,13 +1,12 @@
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import type { SharedFailures } from '../AuthLimiter';
-import type { StoredHead, HeadKey } from './HeadStore';
-import type { JobRecord } from './JobStore';
-import type { UserSummary } from './UserStore';
+import type { HeadKey, JobRecord, StoredHead, UserSummary } from './records';
 
 /**
  * What the server keeps, whichever store holds it: the file store (one data
  * folder, one server: the default, and the embedded server's) or PostgreSQL
- * (replicas sharing one database). Both pass test/unit/server/storeSuite.ts.
+ * (replicas sharing one database). Both pass test/integration/store.test.ts.
+ * Records and keys live in records.ts; failures are StorageErrors.
  * Reads of the user list are answered from a snapshot (every upgrade checks a
  * token); everything else may reach the database.
  */

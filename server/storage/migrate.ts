@@ -1,4 +1,4 @@
-import { FileStore } from './FileStore';
+import { FileStore } from './file/FileStore';
 import type { PgStore } from './pg/PgStore';
 
 /** What a migration copied. */

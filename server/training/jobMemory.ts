@@ -1,6 +1,6 @@
-import type { JobConfig, ModelSpec } from '../../common/messages';
+import type { JobConfig } from '../../common/messages';
 import { HEAD_CHUNK_ROWS } from './onnx/OnnxHead';
-import { attentionBlocks, attentionHeadsOf, jobShape, parameterCount } from '../../common/AdapterConfig';
+import { attentionBlocks, attentionHeadsOf, parameterCount, SideNetworkShape } from '../../common/AdapterConfig';
 
 /** Bytes of a float32. */
 const F32 = 4;
@@ -23,11 +23,11 @@ const MARGIN = 1.25;
  *   and B's gradient pass over them                           2 x rows x HEAD_CHUNK_ROWS more (its own session)
  *   a head chunk cast to float32, in each head session         2 x HEAD_CHUNK_ROWS x d
  * rows = seqLen x batchSize, K tapped layers, A attention blocks. The model's
- * head is shared by every job of that model and is not counted here.
+ * head is shared by every job of that model and is not counted here. `shape`
+ * is the job's (jobShape of its config), computed once by whoever admits it.
  * Measured against real jobs by `npm run bench:job-memory` (README).
  */
-export function jobMemoryBytes(config: JobConfig, model: Pick<ModelSpec, 'hiddenSize' | 'vocabularySize'>): number {
-  const shape = jobShape(config, model);
+export function jobMemoryBytes(config: JobConfig, shape: SideNetworkShape): number {
   const { d, r, b } = shape;
   const K = shape.tappedLayers.length;
   const A = attentionBlocks(shape);
@@ -35,7 +35,7 @@ export function jobMemoryBytes(config: JobConfig, model: Pick<ModelSpec, 'hidden
   const P = parameterCount(shape);
   const { attentionHeads } = attentionHeadsOf(shape);
   const scores = A * config.batchSize * attentionHeads * config.seqLen * config.seqLen;
-  const kept = config.headRank ? (rows * model.vocabularySize) / 2 : 0;
+  const kept = shape.headRank && shape.vocab ? (rows * shape.vocab) / 2 : 0;
   const logits = config.labelPrivate ? 0 : (config.headRank ? 4 : 2) * rows * HEAD_CHUNK_ROWS + 2 * HEAD_CHUNK_ROWS * d + kept;
   const values = 10 * P + 2 * rows * K * d + 12 * rows * K * Math.max(r, b) + 4 * rows * d + 32 * rows * A * r + 2 * scores + logits;
   return Math.ceil(MARGIN * F32 * values);
@@ -48,6 +48,6 @@ const HEADERS_AND_RECORD_BYTES = 256 * 1024;
  * The disk one job takes at most: two checkpoints (weights and Adam's two
  * moments, float32) and the adapter (weights), plus headers and the record.
  */
-export function jobDiskBytes(config: JobConfig, model: Pick<ModelSpec, 'hiddenSize' | 'vocabularySize'>): number {
-  return F32 * 7 * parameterCount(jobShape(config, model)) + HEADERS_AND_RECORD_BYTES;
+export function jobDiskBytes(shape: SideNetworkShape): number {
+  return F32 * 7 * parameterCount(shape) + HEADERS_AND_RECORD_BYTES;
 }

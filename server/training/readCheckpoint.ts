@@ -1,6 +1,6 @@
 import { checkSideNetworkTensors } from '../../common/AdapterConfig';
 import { decodeAdapterSliced } from '../../common/AdapterFile';
-import type { JobRecord } from '../storage/JobStore';
+import type { JobRecord } from '../storage/records';
 import { parameterNames, SideNetworkShape } from './sideNetworkSpec';
 import { OptimizerState } from './TrainerOptions';
 

@@ -6,8 +6,8 @@ import { decodeServerFrame, encodeFrame } from '../../common/codec';
 import type { DeviceMessage, JobConfig, ModelSpec, ServerMessage } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
 import { headDigestOf } from '../../server/HeadUpload';
-import { HeadStore } from '../../server/storage/HeadStore';
-import { JobStore } from '../../server/storage/JobStore';
+import { HeadStore } from '../../server/storage/file/HeadStore';
+import { JobStore } from '../../server/storage/file/JobStore';
 import { tmpDir } from './workspaces';
 
 // A small model and job for driving a DeviceSession, a JobRegistry or a TrainingJob in unit tests.

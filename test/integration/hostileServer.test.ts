@@ -21,8 +21,9 @@ async function hostileServer(jobId: string): Promise<{ url: string; close: () =>
   wss.on('connection', (ws) => {
     ws.on('message', (data) => {
       const { message } = decodeDeviceFrame(data as Buffer);
-      if (message.type === 'session/hello') ws.send(encodeFrame({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'x', backend: 'x', headCached: true, credits: 2 }));
-      if (message.type === 'job/create') ws.send(encodeFrame({ type: 'job/ready', jobId, nextIndex: 0, step: 0, state: 'training' }));
+      // It speaks the protocol (replies echo the request's id) and lies in what it says.
+      if (message.type === 'session/hello') ws.send(encodeFrame({ type: 'session/welcome', protocol: PROTOCOL_VERSION, server: 'x', backend: 'x', headCached: true, credits: 2, requestId: message.requestId }));
+      if (message.type === 'job/create') ws.send(encodeFrame({ type: 'job/ready', jobId, nextIndex: 0, step: 0, state: 'training', requestId: message.requestId }));
     });
   });
   const { port } = wss.address() as { port: number };

@@ -1,17 +1,17 @@
 import * as assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { WireError } from '../../common/WireError';
+import { StorageError } from '../../server/storage/StorageError';
 import { ServerError } from '../../server/ServerError';
 import { BLOB_PART_BYTES } from '../../server/storage/pg/blobs';
 import { migrateFolder } from '../../server/storage/migrate';
-import { FileStore } from '../../server/storage/FileStore';
+import { FileStore } from '../../server/storage/file/FileStore';
 import { PgStore } from '../../server/storage/pg/PgStore';
 import type { ServerStore } from '../../server/storage/Store';
 import { config, headHalves, headNorm, model, V, D } from '../helpers/sessionHarness';
 import { usePostgres } from '../helpers/postgresHooks';
 import { tmpDir } from '../helpers/workspaces';
 
-const isCode = (code: string) => (err: unknown) => (err instanceof WireError || err instanceof ServerError) && err.code === code;
+const isCode = (code: string) => (err: unknown) => (err instanceof StorageError || err instanceof ServerError) && err.code === code;
 
 /** The behaviour every store must have: run on the file store and on PostgreSQL alike. */
 function storeSuite(name: string, open: () => Promise<ServerStore>): void {
@@ -87,7 +87,7 @@ function storeSuite(name: string, open: () => Promise<ServerStore>): void {
       assert.equal(await store.heads.removeUnused(30 * day, new Set([`${model.fingerprint}.${model.headDigest}.head`]), Date.now() + 31 * day), 1);
       assert.equal(await store.heads.has(model), true);
       assert.equal(await store.heads.has(other), false);
-      await assert.rejects(store.heads.has({ fingerprint: 'x', headDigest: 'y' }), isCode('BAD_FRAME'));
+      await assert.rejects(store.heads.has({ fingerprint: 'x', headDigest: 'y' }), isCode('BAD_KEY'));
     });
 
     it('devices: a user past the limit is refused until one of theirs closes', async () => {
@@ -154,7 +154,7 @@ describe('PostgreSQL store', function () {
     await a.jobs.writeCheckpoint(rec, Buffer.from('from a'));
     // A renews: B is told where the job is.
     const moved = await b.leases.acquire(rec).catch((e: unknown) => e);
-    assert.ok(moved instanceof WireError && moved.code === 'JOB_ELSEWHERE', String(moved));
+    assert.ok(moved instanceof StorageError && moved.code === 'HELD_ELSEWHERE', String(moved));
     assert.equal(moved.location, 'ws://a.example:1');
     assert.equal(await b.leases.heldElsewhere('ann'), 1, 'the job limit counts A\'s job on B');
     // A pauses (no beat, no renewal): B waits out the lease and takes the job.
@@ -164,8 +164,8 @@ describe('PostgreSQL store', function () {
     await b.leases.acquire(rec);
     await b.jobs.writeCheckpoint(rec, Buffer.from('from b'));
     // A wakes and writes: refused, nothing of B's overwritten.
-    await assert.rejects(a.jobs.writeCheckpoint(rec, Buffer.from('stale a')), isCode('JOB_ELSEWHERE'));
-    await assert.rejects(a.jobs.save({ ...rec, step: 99 }), isCode('JOB_ELSEWHERE'));
+    await assert.rejects(a.jobs.writeCheckpoint(rec, Buffer.from('stale a')), isCode('LEASE_LOST'));
+    await assert.rejects(a.jobs.save({ ...rec, step: 99 }), isCode('LEASE_LOST'));
     assert.deepEqual(lost, [`ann/${rec.id}`]);
     assert.deepEqual((await b.jobs.readCheckpoints(rec)).map(String), ['from b', 'from a']);
     assert.notEqual((await b.jobs.get('ann', rec.id))?.step, 99);

@@ -1,7 +1,7 @@
 import { WebSocket } from 'ws';
 import { decodeServerFrame, encodeFrame } from '../../../common/codec';
 import { CloseCode, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../../../common/limits';
-import { DeviceMessage, ModelSpec, Replies, ReplyOf, RequestType, ServerMessage, ServerMessageType } from '../../../common/messages';
+import { DeviceMessage, ModelSpec, Replies, Reply, ReplyOf, RequestType, ServerMessage, ServerMessageType } from '../../../common/messages';
 import { WireError } from '../../../common/WireError';
 import { errorFromServer } from './errorFromServer';
 import { MobiError } from '../MobiError';
@@ -13,6 +13,8 @@ interface Waiter {
   type: ServerMessageType;
   match: (m: ServerMessage) => boolean;
   jobId?: string;
+  /** A request's id: its reply, or an error, that echoes it settles this waiter, and nothing else does. */
+  requestId?: number;
   resolve: (f: { message: ServerMessage; payload: Buffer }) => void;
   reject: (err: MobiError) => void;
 }
@@ -41,6 +43,8 @@ export class ServerConnection {
   private readonly waiters = new Set<Waiter>();
   private readonly listeners = new Set<(m: ServerMessage, payload: Buffer) => void>();
   private lost: MobiError | undefined;
+  /** The id of the last request sent (requests are numbered from 1 on each connection). */
+  private lastRequestId = 0;
   welcome!: ServerMessage<'session/welcome'>;
   /** Sees every frame exactly as sent (an audit tap: what crosses the wire). */
   onFrameSent: ((frame: Uint8Array) => void) | undefined;
@@ -105,20 +109,28 @@ export class ServerConnection {
     return frame;
   }
 
-  /** Resolves with the next message of `type` that matches; rejects on a matching error or a drop. */
+  /** Resolves with the next streamed message of `type` that matches (not a request's reply); rejects on a matching error or a drop. */
   expect<T extends ServerMessageType>(type: T, match: (m: ServerMessage<T>) => boolean = () => true, jobId?: string): Promise<{ message: ServerMessage<T>; payload: Buffer }> {
+    return this.wait({ type, match: match as (m: ServerMessage) => boolean, jobId });
+  }
+
+  private wait<T extends ServerMessageType>(w: Omit<Waiter, 'resolve' | 'reject'>): Promise<{ message: ServerMessage<T>; payload: Buffer }> {
     if (this.lost) return Promise.reject(this.lost);
     return new Promise((resolve, reject) => {
-      this.waiters.add({ type, match: match as (m: ServerMessage) => boolean, jobId, resolve: resolve as Waiter['resolve'], reject });
+      this.waiters.add({ ...w, resolve: resolve as Waiter['resolve'], reject });
     });
   }
 
-  /** Sends a request and awaits its reply (common/messages.ts `Replies` says which). */
-  request<R extends RequestType>(message: DeviceMessage<R>, match?: (m: ServerMessage<ReplyOf<R>>) => boolean, payload?: Uint8Array): Promise<{ message: ServerMessage<ReplyOf<R>>; payload: Buffer }> {
-    const jobId = 'jobId' in message ? message.jobId : undefined;
-    const p = this.expect(Replies[message.type as R], match, jobId);
-    this.send(message, payload);
-    return p;
+  /**
+   * Sends a request with the next request id and awaits the reply that echoes
+   * it (common/messages.ts `Replies` says which type that is), or the error
+   * that answers it.
+   */
+  request<R extends RequestType>(message: DeviceMessage<R>, payload?: Uint8Array): Promise<Required<Reply<R, Buffer>>> {
+    const requestId = ++this.lastRequestId;
+    const p = this.wait<ReplyOf<R>>({ type: Replies[message.type as R], match: () => true, requestId, ...('jobId' in message ? { jobId: message.jobId } : {}) });
+    this.send({ ...message, requestId }, payload);
+    return p as Promise<Required<Reply<R, Buffer>>>;
   }
 
   /** Calls `listener` once if the connection drops (not after close()); returns the unsubscribe function. */
@@ -148,15 +160,18 @@ export class ServerConnection {
     if (message.type === 'error') {
       const err = errorFromServer(message);
       for (const w of [...this.waiters]) {
-        if (message.jobId === undefined || w.jobId === undefined || w.jobId === message.jobId) {
+        // An error that answers a request settles that request only; any other settles the waiters of its job (all, without one).
+        const hit = message.requestId !== undefined ? w.requestId === message.requestId : message.jobId === undefined || w.jobId === undefined || w.jobId === message.jobId;
+        if (hit) {
           this.waiters.delete(w);
           w.reject(err);
         }
       }
       return;
     }
+    const requestId = 'requestId' in message ? message.requestId : undefined;
     for (const w of this.waiters) {
-      if (w.type === message.type && w.match(message)) {
+      if (w.type === message.type && w.requestId === requestId && w.match(message)) {
         this.waiters.delete(w);
         w.resolve({ message, payload });
         return;

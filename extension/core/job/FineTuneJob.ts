@@ -322,11 +322,11 @@ export class FineTuneJob {
     let ready: ServerMessage<'job/ready'>;
     if (this.jobId) {
       const jobId = this.jobId;
-      ready = (await conn.request({ type: 'job/resume', jobId }, (m) => m.jobId === jobId)).message;
+      ready = (await conn.request({ type: 'job/resume', jobId })).message;
     } else {
       // initFromBackbone: the starting values, a reduced copy of this model's weights, go with the request.
       const payload = work.start ? new Uint8Array(work.start.buffer, work.start.byteOffset, work.start.byteLength) : undefined;
-      ready = (await conn.request({ type: 'job/create', name: path.basename(path.resolve(this.o.workspace)), config: work.config }, undefined, payload)).message;
+      ready = (await conn.request({ type: 'job/create', name: path.basename(path.resolve(this.o.workspace)), config: work.config }, payload)).message;
       this.jobId = ready.jobId;
       this.saveRecord();
     }
@@ -353,7 +353,7 @@ export class FineTuneJob {
         this.after = await work.stream.evaluate(conn, jobId, 'after');
         if (work.data.heldOutFim.length > 0) this.fimAfter = await work.stream.evaluate(conn, jobId, 'after', 'fim');
       }
-      await conn.request({ type: 'job/finish', jobId }, (m) => m.jobId === jobId);
+      await conn.request({ type: 'job/finish', jobId });
     } else if (this.after === undefined) {
       throw new MobiError('SERVER_ERROR', 'The job finished on the server before its held-out evaluation; start a new job.');
     }
@@ -380,7 +380,7 @@ export class FineTuneJob {
     const jobId = this.jobId;
     if (!jobId || !this.conn?.isOpen || this.finished) return;
     try {
-      await Promise.race([this.conn.request({ type: 'job/cancel', jobId }, (m) => m.jobId === jobId), sleep(CANCEL_TIMEOUT_MS)]);
+      await Promise.race([this.conn.request({ type: 'job/cancel', jobId }), sleep(CANCEL_TIMEOUT_MS)]);
     } catch {
       // The server keeps its last checkpoint either way.
     }

@@ -83,7 +83,7 @@ export async function downloadAdapter(conn: ServerConnection, download: AdapterD
   let offset = download.offset();
   for (;;) {
     const asked = offset;
-    const { message, payload } = await conn.request({ type: 'adapter/get', jobId, offset: asked }, (m) => m.jobId === jobId && m.offset === asked);
+    const { message, payload } = await conn.request({ type: 'adapter/get', jobId, offset: asked });
     const size = { bytes: message.bytes, sha256: message.sha256 };
     if (asked !== download.offset(size)) {
       offset = 0; // a partial of another adapter (the job was finished anew): start over

@@ -1,6 +1,6 @@
 import { Client, Pool, PoolClient } from 'pg';
-import { WireError } from '../../../common/WireError';
 import { ServerError } from '../../ServerError';
+import { StorageError } from '../StorageError';
 import { MIGRATIONS } from './migrations';
 
 /** Channel on which every replica hears that users changed. */
@@ -30,8 +30,8 @@ export function isUnreachable(err: unknown): boolean {
 /**
  * One replica's connections to PostgreSQL: a pool for queries, and one
  * client that LISTENs (reconnected when it drops). Every query error that
- * means the database is gone becomes STORE_UNAVAILABLE for devices (wait
- * and resume); nothing of a query or its values reaches an error message.
+ * means the database is gone becomes the StorageError UNAVAILABLE (devices
+ * are told to wait and resume); nothing of a query or its values reaches an error message.
  */
 export class PgConnection {
   private listener: Client | undefined;
@@ -137,7 +137,7 @@ export class PgConnection {
     this.listeners.set(channel, [...(this.listeners.get(channel) ?? []), f]);
   }
 
-  /** A query; the database gone is STORE_UNAVAILABLE. */
+  /** A query; the database gone is UNAVAILABLE. */
   async query<R extends object = Record<string, unknown>>(sql: string, values?: unknown[]): Promise<{ rows: R[]; rowCount: number }> {
     const t0 = process.hrtime.bigint();
     try {
@@ -191,9 +191,9 @@ export class PgConnection {
   }
 }
 
-/** A database failure as devices see it: STORE_UNAVAILABLE when it is gone, the error itself otherwise. */
+/** A database failure as the store reports it: UNAVAILABLE when it is gone, the error itself otherwise. */
 function storeError(err: unknown): unknown {
-  if (err instanceof WireError || err instanceof ServerError) return err;
-  if (isUnreachable(err)) return new WireError('STORE_UNAVAILABLE', 'the server\'s database is unreachable; nothing is lost: wait, then resume the job');
+  if (err instanceof StorageError || err instanceof ServerError) return err;
+  if (isUnreachable(err)) return new StorageError('UNAVAILABLE', 'the server\'s database is unreachable; nothing is lost: wait, then resume the job');
   return err;
 }

@@ -1,8 +1,8 @@
-import { createHash, randomUUID } from 'node:crypto';
 import type { PoolClient } from 'pg';
 import type { JobConfig, ModelSpec } from '../../../common/messages';
-import { WireError } from '../../../common/WireError';
-import { JOB_ID_PATTERN, JobRecord } from '../JobStore';
+import { sha256Sliced } from '../../../common/sliced';
+import { JOB_ID_PATTERN, jobKey, JobRecord, newJobRecord } from '../records';
+import { StorageError } from '../StorageError';
 import type { Jobs, Leases } from '../Store';
 import { readBlob, readBlobRange, writeBlob } from './blobs';
 import type { PgConnection } from './PgConnection';
@@ -17,15 +17,12 @@ export interface LeaseTiming {
   leaseMs: number;
 }
 
-/** The job `rec`'s key in the registry and in lease reports. */
-export const jobKey = (rec: Pick<JobRecord, 'user' | 'id'>): string => `${rec.user}/${rec.id}`;
-
 /**
  * Jobs and their leases in PostgreSQL. A replica takes a job's lease before it
  * trains it; the lease's token (raised by every takeover) fences every write:
  * the job's row is locked and its token compared in the same transaction, so
  * a replica that lost the lease (paused, partitioned) has its writes refused
- * with JOB_ELSEWHERE and learns that it must stop.
+ * with LEASE_LOST and learns that it must stop.
  */
 export class PgJobs implements Jobs, Leases {
   /** Fencing tokens of the leases this replica holds, by job id. */
@@ -43,14 +40,14 @@ export class PgJobs implements Jobs, Leases {
     this.lostListeners.push(f);
   }
 
-  private lost(id: string): WireError {
+  private lost(id: string): StorageError {
     const h = this.held.get(id);
     this.held.delete(id);
-    if (h) for (const f of this.lostListeners) f(`${h.user}/${id}`);
-    return new WireError('JOB_ELSEWHERE', 'another server replica took this job over; reconnect and resume it there');
+    if (h) for (const f of this.lostListeners) f(jobKey({ user: h.user, id }));
+    return new StorageError('LEASE_LOST', 'another server replica took this job over; reconnect and resume it there');
   }
 
-  /** Locks the job's row if this replica's lease still holds it; otherwise JOB_ELSEWHERE (and the job is reported lost). */
+  /** Locks the job's row if this replica's lease still holds it; otherwise LEASE_LOST (and the job is reported lost). */
   private async fence(c: PoolClient, id: string): Promise<string> {
     const h = this.held.get(id);
     const r = h ? await c.query<{ state: string }>('SELECT record->>\'state\' AS state FROM jobs WHERE id = $1 AND lease_owner = $2 AND lease_token = $3 FOR UPDATE', [id, this.replica, h.token]) : undefined;
@@ -59,8 +56,7 @@ export class PgJobs implements Jobs, Leases {
   }
 
   async create(user: string, name: string, model: ModelSpec, config: JobConfig): Promise<JobRecord> {
-    const now = new Date().toISOString();
-    const rec: JobRecord = { id: randomUUID(), user, name: name.slice(0, 200), model, config, state: 'training', step: 0, nextIndex: 0, trainTokens: 0, createdAt: now, updatedAt: now, evals: {} };
+    const rec = newJobRecord(user, name, model, config);
     await this.db.query('INSERT INTO jobs (id, user_name, record) VALUES ($1, $2, $3)', [rec.id, user, rec]);
     await this.db.query('INSERT INTO job_events (job, state, step, replica) VALUES ($1, $2, 0, $3)', [rec.id, rec.state, this.replica]);
     return rec;
@@ -118,7 +114,7 @@ export class PgJobs implements Jobs, Leases {
       await this.fence(c, rec.id);
       await writeBlob(c, `job:${rec.id}`, ADAPTER, bytes);
     });
-    rec.adapter = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+    rec.adapter = { bytes: bytes.length, sha256: (await sha256Sliced(bytes)).toString('hex') };
   }
 
   readAdapter(rec: JobRecord): Promise<Buffer | undefined> {
@@ -168,9 +164,9 @@ export class PgJobs implements Jobs, Leases {
         [rec.id, leaseS / 2],
       );
       const owner = rows[0];
-      if (!owner) throw new WireError('NO_SUCH_JOB', 'no such job for this user');
+      if (!owner) throw new StorageError('NO_SUCH_JOB', 'no such job for this user');
       if (owner.alive || Date.now() > deadline) {
-        throw new WireError('JOB_ELSEWHERE', owner.advertise ? 'another server replica trains this job; resume it there' : 'another server replica trains this job; resume it in a few seconds', false, owner.advertise ?? undefined);
+        throw new StorageError('HELD_ELSEWHERE', owner.advertise ? 'another server replica trains this job; resume it there' : 'another server replica trains this job; resume it in a few seconds', owner.advertise ?? undefined);
       }
       await new Promise((r) => setTimeout(r, Math.max(50, Math.min(250, Number(owner.left)))));
     }
@@ -197,7 +193,7 @@ export class PgJobs implements Jobs, Leases {
     for (const id of ids) {
       const h = this.held.get(id);
       if (renewed.has(id) || !h) continue;
-      lost.push(`${h.user}/${id}`);
+      lost.push(jobKey({ user: h.user, id }));
       this.lost(id);
     }
     return lost;

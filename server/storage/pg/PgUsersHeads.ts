@@ -1,8 +1,8 @@
 import { ServerError } from '../../ServerError';
-import { WireError } from '../../../common/WireError';
-import { FINGERPRINT_PATTERN, HeadKey, HeadStore, StoredHead } from '../HeadStore';
+import { encodeHead, HeadKey, headName, newUser, parseHead, StoredHead, UserRecord } from '../records';
+import { StorageError } from '../StorageError';
 import type { Heads } from '../Store';
-import { newUser, TokenUsers, UserRecord } from '../UserStore';
+import { TokenUsers } from '../TokenUsers';
 import { readBlob, writeBlob } from './blobs';
 import { PgConnection, USERS_CHANNEL } from './PgConnection';
 
@@ -75,12 +75,6 @@ export class PgUsers extends TokenUsers {
   }
 }
 
-/** The name a head is kept under (as the file store names its file); BAD_FRAME for a key that is not two digests. */
-function headName(key: HeadKey): string {
-  if (!FINGERPRINT_PATTERN.test(key.fingerprint) || !FINGERPRINT_PATTERN.test(key.headDigest)) throw new WireError('BAD_FRAME', 'model fingerprint and head digest must be 64 hex digits');
-  return HeadStore.fileName(key);
-}
-
 /** Model heads in PostgreSQL (public weights), as parts; read into memory by the replica that trains with them. */
 export class PgHeads implements Heads {
   constructor(private readonly db: PgConnection) {}
@@ -91,10 +85,7 @@ export class PgHeads implements Heads {
 
   async save(key: HeadKey, rows: number, cols: number, norm: Float32Array, halves: Uint16Array, user = ''): Promise<void> {
     const name = headName(key);
-    const header = Buffer.alloc(8);
-    header.writeUInt32LE(rows, 0);
-    header.writeUInt32LE(cols, 4);
-    const bytes = Buffer.concat([header, Buffer.from(norm.buffer, norm.byteOffset, norm.byteLength), Buffer.from(halves.buffer, halves.byteOffset, halves.byteLength)]);
+    const bytes = encodeHead(rows, cols, norm, halves);
     await this.db.transaction(async (c) => {
       const r = await c.query('INSERT INTO heads (key, rows, cols, bytes, uploaded_by, last_used_at) VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT DO NOTHING', [name, rows, cols, bytes.length, user]);
       if ((r.rowCount ?? 0) > 0) await writeBlob(c, `head:${name}`, 'head', bytes);
@@ -119,7 +110,7 @@ export class PgHeads implements Heads {
 
   async load(key: HeadKey): Promise<StoredHead> {
     const bytes = await readBlob(this.db, `head:${headName(key)}`, 'head');
-    if (!bytes) throw new ServerError('DAMAGED_FILE', 'the model head is not in the database; let a device upload it again');
-    return HeadStore.parse(bytes);
+    if (!bytes) throw new StorageError('DAMAGED', 'the model head is not in the database; let a device upload it again');
+    return parseHead(bytes);
   }
 }

@@ -5,7 +5,8 @@ import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapte
 import { decodeBatchPayload, encodeBatchPayload } from '../../../common/batchPayload';
 import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../../common/codec';
 import { fromHalf, toHalf } from '../../../common/float16';
-import { DeviceMessage, DeviceMessages, JobConfig, Replies, ReplyOf, ServerMessage, ServerMessages } from '../../../common/messages';
+import { PROTOCOL_VERSION } from '../../../common/limits';
+import { Answer, DeviceMessage, DeviceMessages, JobConfig, Replies, ReplyOf, ServerMessage, ServerMessages } from '../../../common/messages';
 import { WireError } from '../../../common/WireError';
 import { testAdapterConfig } from '../../../harness/adapters';
 
@@ -20,7 +21,7 @@ const deviceExamples: { [T in DeviceMessage['type']]: DeviceMessage<T> } = {
   'head/chunk': { type: 'head/chunk', rowStart: 0, rowCount: 700 },
   'head/end': { type: 'head/end' },
   'job/create': { type: 'job/create', name: 'ws', config },
-  'job/resume': { type: 'job/resume', jobId: J1 },
+  'job/resume': { type: 'job/resume', jobId: J1, requestId: 4 },
   'job/list': { type: 'job/list' },
   'batch/train': { type: 'batch/train', jobId: J1, index: 3, rows: 512 },
   'batch/eval': { type: 'batch/eval', jobId: J1, evalId: 'before', index: 0, rows: 512 },
@@ -32,7 +33,7 @@ const deviceExamples: { [T in DeviceMessage['type']]: DeviceMessage<T> } = {
 const serverExamples: { [T in ServerMessage['type']]: ServerMessage<T> } = {
   'session/welcome': { type: 'session/welcome', protocol: 1, server: 'x', backend: 'wasm', headCached: false, credits: 2 },
   'head/stored': { type: 'head/stored', fingerprint: 'ab' },
-  'job/ready': { type: 'job/ready', jobId: J1, nextIndex: 0, step: 0, state: 'training' },
+  'job/ready': { type: 'job/ready', jobId: J1, nextIndex: 0, step: 0, state: 'training', requestId: 4 },
   'batch/ack': { type: 'batch/ack', jobId: J1, index: 0, step: 1, loss: 6.5, learningRate: 1e-4, tokens: 500, seconds: 0.25 },
   'eval/result': { type: 'eval/result', jobId: J1, evalId: 'before', index: 0, lossSum: 3000.5, tokens: 500 },
   'batch/side': { type: 'batch/side', jobId: J1, index: 3, rows: 512 },
@@ -66,6 +67,16 @@ describe('wire protocol', () => {
     assert.notEqual(ready, done);
   });
 
+  it('a server handler returns its request\'s reply: any other does not compile', () => {
+    const create: () => Answer<'job/create'> = () => ({ message: serverExamples['job/ready'] });
+    // @ts-expect-error job/create's handler returns job/ready, never job/done
+    const wrong: () => Answer<'job/create'> = () => ({ message: serverExamples['job/done'] });
+    const adapter: () => Answer<'adapter/get'> = () => ({ message: serverExamples['adapter/data'], payload: Buffer.alloc(1) });
+    assert.equal(create().message.type, 'job/ready');
+    assert.equal(adapter().message.type, 'adapter/data');
+    assert.equal(wrong().message.type, 'job/done', 'compiled anyway, it would send the wrong reply');
+  });
+
   it('round-trips every message in both directions, with payloads', () => {
     const payload = Buffer.from([1, 2, 3, 250]);
     for (const msg of Object.values(deviceExamples)) {
@@ -83,7 +94,8 @@ describe('wire protocol', () => {
     assert.equal(wireCode(() => decodeDeviceFrame(good.subarray(0, 3))), 'BAD_FRAME');
     assert.equal(wireCode(() => decodeDeviceFrame(good.subarray(0, 10))), 'BAD_FRAME');
     const wrongVersion = Buffer.from(good);
-    wrongVersion.write('{"v":9', 4, 'utf8');
+    // An older protocol's header, one digit like this one's.
+    wrongVersion.write(`{"v":${PROTOCOL_VERSION - 1}`, 4, 'utf8');
     assert.equal(wireCode(() => decodeDeviceFrame(wrongVersion)), 'VERSION_MISMATCH');
     assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame({ type: 'nope' }))), 'UNKNOWN_TYPE');
     assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame({ type: 'batch/train', jobId: 'j', index: -1, rows: 2 } as never))), 'BAD_FRAME');

@@ -66,6 +66,60 @@ describe('server: session context and job registry', function () {
     assert.ok((await jobs.readCheckpoints((await jobs.get('ann', idle.rec.id))!))[0], 'checkpointed on the way out');
   });
 
+  it('job/create computes the job\'s side network once: the session\'s checks, admission, the storage check and the job share it', async () => {
+    // The compiled modules call AdapterConfig's exports through the module object: count the calls there.
+    const adapterConfig = require('../../../common/AdapterConfig') as { jobShape: (...a: unknown[]) => unknown };
+    const real = adapterConfig.jobShape;
+    let calls = 0;
+    adapterConfig.jobShape = (...a: unknown[]) => {
+      calls++;
+      return real(...a);
+    };
+    try {
+      const { heads, jobs } = await storesWithHead();
+      const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test-backend', log: () => undefined };
+      const ws = new SocketEnd();
+      new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
+      ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });
+      await ws.next('session/welcome');
+      calls = 0;
+      ws.deliver({ type: 'job/create', name: 'one', config });
+      const ready = await ws.next('job/ready');
+      assert.equal(calls, 1, 'jobShape calls for one job/create');
+      assert.equal(ctx.registry.loaded('ann', ready.jobId)!.shape.d, D);
+      await ctx.registry.unloadAll();
+    } finally {
+      adapterConfig.jobShape = real;
+    }
+  });
+
+  it('every reply and every error that answers a request echoes its requestId; a batch\'s error names its job', async () => {
+    const { heads, jobs } = await storesWithHead();
+    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, maxJobsPerUser: 1 }, backend: 'test-backend', log: () => undefined };
+    const ws = new SocketEnd();
+    new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
+    ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model, requestId: 1 });
+    assert.equal((await ws.next('session/welcome')).requestId, 1);
+    ws.deliver({ type: 'job/create', name: 'one', config, requestId: 2 });
+    const ready = await ws.next('job/ready');
+    assert.equal(ready.requestId, 2);
+    ws.deliver({ type: 'job/create', name: 'two', config, requestId: 3 });
+    const limit = await ws.next('error');
+    assert.deepEqual([limit.code, limit.requestId], ['LIMIT', 3]);
+    ws.deliver({ type: 'job/list', requestId: 4 });
+    ws.deliver({ type: 'job/resume', jobId: '00000000-0000-4000-8000-000000000000', requestId: 5 });
+    assert.equal((await ws.next('job/list/result')).requestId, 4);
+    const unknown = await ws.next('error');
+    assert.deepEqual([unknown.code, unknown.requestId], ['NO_SUCH_JOB', 5]);
+    const poisoned = batchPayload(2, Number.NaN);
+    ws.deliver({ type: 'batch/train', jobId: ready.jobId, index: 0, rows: poisoned.rows }, poisoned.payload);
+    const refused = await ws.next('error');
+    assert.deepEqual([refused.code, refused.jobId, refused.requestId], ['BAD_FRAME', ready.jobId, undefined]);
+    ws.deliver({ type: 'job/cancel', jobId: ready.jobId, requestId: 6 });
+    assert.equal((await ws.next('job/done')).requestId, 6);
+    await ctx.registry.unloadAll();
+  });
+
   it('a session works through its context only: hello, create, train, cancel, resume, finish; its limits come from the context', async () => {
     const { heads, jobs } = await storesWithHead();
     const metrics = new ServerMetrics();

@@ -3,6 +3,7 @@ import { WebSocket } from 'ws';
 import { CloseCode, MAX_EVAL_ID_CHARS, MAX_EVALS_PER_JOB, PROTOCOL_VERSION } from '../../../common/limits';
 import { DeviceSession } from '../../../server/DeviceSession';
 import { JobRegistry } from '../../../server/JobRegistry';
+import { MAX_SKIPPED_STEPS_IN_A_ROW } from '../../../server/TrainingJob';
 import { ServerMetrics } from '../../../server/ServerMetrics';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../../server/SessionLimits';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
@@ -12,8 +13,8 @@ import { backboneInitNames, jobShape, parameterShape } from '../../../common/Ada
 import { decodeAdapter } from '../../../common/AdapterFile';
 import { encodeLayersPayload } from '../../../common/batchPayload';
 import { SeededRandom } from '../../../common/SeededRandom';
-import { HeadStore } from '../../../server/storage/HeadStore';
-import { JobStore } from '../../../server/storage/JobStore';
+import { HeadStore } from '../../../server/storage/file/HeadStore';
+import { JobStore } from '../../../server/storage/file/JobStore';
 import { tmpDir } from '../../helpers/workspaces';
 
 describe('server: what one session may do', function () {
@@ -178,7 +179,9 @@ describe('server: what one session may do', function () {
         assert.equal(ack.skipped, true);
         assert.equal(ack.loss, 0);
       } else {
-        assert.equal((await ws.next('error')).code, 'NON_FINITE');
+        const stop = await ws.next('error');
+        assert.equal(stop.code, 'NON_FINITE');
+        assert.match(stop.message, new RegExp(`^${MAX_SKIPPED_STEPS_IN_A_ROW} steps in a row`), 'the message counts the skipped steps');
       }
     }
     assert.equal((await jobs.get('ann', jobId))!.state, 'cancelled', 'stopped, as the README says');

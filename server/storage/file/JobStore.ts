@@ -1,43 +1,16 @@
-import { createHash, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { syncFolder, writeFileAtomic, writeFileAtomicSliced } from '../../common/atomicWrite';
-import { sha256Sliced } from '../../common/sliced';
-import type { JobState } from '../../common/JobState';
-import { JobConfig, ModelSpec } from '../../common/messages';
-import { UUID_PATTERN } from '../../common/schema';
-import { WireError } from '../../common/WireError';
-import type { Jobs } from './Store';
-
-/** `<data>/jobs/<user>/<id>/job.json`: numbers and settings only, never data. */
-export interface JobRecord {
-  id: string;
-  user: string;
-  name: string;
-  model: ModelSpec;
-  config: JobConfig;
-  state: JobState;
-  /** Optimizer steps in the last checkpoint. */
-  step: number;
-  /** First batch index not in the last checkpoint. */
-  nextIndex: number;
-  trainTokens: number;
-  /** Steps skipped for a non-finite loss or gradient. */
-  skippedSteps?: number;
-  createdAt: string;
-  updatedAt: string;
-  /** Held-out results by evalId (loss sums and token counts). */
-  evals: Record<string, { lossSum: number; tokens: number }>;
-  /** The finished job's adapter: its size and sha256. */
-  adapter?: { bytes: number; sha256: string };
-}
+import { syncFolder, writeFileAtomic, writeFileAtomicSliced } from '../../../common/atomicWrite';
+import { sha256Sliced } from '../../../common/sliced';
+import type { JobConfig, ModelSpec } from '../../../common/messages';
+import { JOB_ID_PATTERN, JobRecord, newJobRecord } from '../records';
+import { StorageError } from '../StorageError';
+import type { Jobs } from '../Store';
 
 /** The newest checkpoint and the one before it. */
 const CHECKPOINT_FILES = ['checkpoint.mobi', 'checkpoint.prev.mobi'] as const;
 
-export const JOB_ID_PATTERN = UUID_PATTERN;
-
-/** Jobs on the server's disk: records, checkpoints and adapters, per user. */
+/** Jobs on the server's disk, per user: `<data>/jobs/<user>/<id>/job.json` (the record), its checkpoints and its adapter. */
 export class JobStore implements Jobs {
   private readonly root: string;
 
@@ -50,19 +23,18 @@ export class JobStore implements Jobs {
   }
 
   async create(user: string, name: string, model: ModelSpec, config: JobConfig): Promise<JobRecord> {
-    const now = new Date().toISOString();
-    const rec: JobRecord = { id: randomUUID(), user, name: name.slice(0, 200), model, config, state: 'training', step: 0, nextIndex: 0, trainTokens: 0, createdAt: now, updatedAt: now, evals: {} };
+    const rec = newJobRecord(user, name, model, config);
     await this.save(rec);
     return rec;
   }
 
-  /** Writes the job's record; a write the disk refuses is STORAGE. */
+  /** Writes the job's record; a write the disk refuses is WRITE_FAILED. */
   async save(rec: JobRecord): Promise<void> {
     rec.updatedAt = new Date().toISOString();
     try {
       writeFileAtomic(path.join(this.dir(rec.user, rec.id), 'job.json'), `${JSON.stringify(rec, null, 2)}\n`);
     } catch {
-      throw new WireError('STORAGE', 'the server could not store the job\'s record (is its disk full?); what it stored before is kept');
+      throw new StorageError('WRITE_FAILED', 'the server could not store the job\'s record (is its disk full?); what it stored before is kept');
     }
   }
 
@@ -160,7 +132,7 @@ export class JobStore implements Jobs {
     if (rec.adapter) return rec.adapter;
     const bytes = await this.readAdapter(rec);
     if (!bytes) return undefined;
-    rec.adapter = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+    rec.adapter = { bytes: bytes.length, sha256: (await sha256Sliced(bytes)).toString('hex') };
     await this.save(rec);
     return rec.adapter;
   }
@@ -173,7 +145,7 @@ export class JobStore implements Jobs {
       let got = 0;
       while (got < length) {
         const n = fs.readSync(fd, out, got, length - got, offset + got);
-        if (n === 0) throw new Error('the adapter file is shorter than its record says');
+        if (n === 0) throw new StorageError('DAMAGED', 'the adapter file is shorter than its record says');
         got += n;
       }
       return out;

@@ -1,18 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
+import { LOCAL_LEASES } from '../LocalLeases';
+import type { Replicas, ServerStore } from '../Store';
 import { HeadStore } from './HeadStore';
 import { JobStore } from './JobStore';
-import type { Leases, Replicas, ServerStore } from './Store';
 import { UserStore } from './UserStore';
-
-/** The leases of a server that trains every job itself: always its own, never lost. */
-export const LOCAL_LEASES: Leases = {
-  acquire: async () => undefined,
-  release: async () => undefined,
-  renew: async () => [],
-  heldElsewhere: async () => 0,
-  onLost: () => undefined,
-};
 
 /**
  * The file store: one data folder that one server owns (the default, and the

@@ -1,21 +1,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { writeFileAtomic } from '../../common/atomicWrite';
-import type { ModelSpec } from '../../common/messages';
-import { WireError } from '../../common/WireError';
-import { ServerError } from '../ServerError';
-import type { Heads } from './Store';
-
-/** A model's frozen final norm and head, as the server keeps them. */
-export interface StoredHead {
-  rows: number;
-  cols: number;
-  norm: Float32Array; // [cols]
-  /** The head as float16 bits, as uploaded: [rows][cols]. */
-  halves: Uint16Array;
-}
-
-export const FINGERPRINT_PATTERN = /^[0-9a-f]{64}$/;
+import { writeFileAtomic } from '../../../common/atomicWrite';
+import { encodeHead, HeadKey, headKeyOf, headName, parseHead, StoredHead } from '../records';
+import { StorageError } from '../StorageError';
+import type { Heads } from '../Store';
 
 /** Who uploaded a stored head and when a job last used it. */
 interface HeadMeta {
@@ -23,16 +11,14 @@ interface HeadMeta {
   lastUsedAt: string;
 }
 
-/** What names a stored head: the model file and the digest of the head's content. */
-export type HeadKey = Pick<ModelSpec, 'fingerprint' | 'headDigest'>;
-
 /**
  * Heads cached in `<data>/heads/<fingerprint>.<headDigest>.head` (u32 rows,
  * u32 cols, f32 norm[cols], f16 head[rows][cols]). These are public model
  * weights, uploaded once per (model, digest) by the first device that needs
  * them and verified against the digest; a stored head is never replaced. A
  * head uploaded with another digest for the same model is stored apart and
- * serves only sessions that state that digest. Beside each head,
+ * serves only sessions that state that digest. The file's layout is
+ * records.ts's encodeHead. Beside each head,
  * `<…>.head.json` says who uploaded it (it counts toward that user's storage)
  * and when a job last used it (heads unused for long are deleted).
  */
@@ -44,36 +30,22 @@ export class HeadStore implements Heads {
   }
 
   private file(key: HeadKey): string {
-    if (!FINGERPRINT_PATTERN.test(key.fingerprint) || !FINGERPRINT_PATTERN.test(key.headDigest)) {
-      throw new WireError('BAD_FRAME', 'model fingerprint and head digest must be 64 hex digits');
-    }
-    return path.join(this.dir, `${key.fingerprint}.${key.headDigest}.head`);
+    return path.join(this.dir, headName(key));
   }
 
   async has(key: HeadKey): Promise<boolean> {
     return fs.existsSync(this.file(key));
   }
 
-  /** Bytes a stored head of rows x cols takes. */
-  static bytesOf(rows: number, cols: number): number {
-    return 8 + 4 * cols + 2 * rows * cols;
-  }
-
-  /** Stores a verified head uploaded by `user`; a head already stored under the key stays as it is. A write the disk refuses is STORAGE. */
+  /** Stores a verified head uploaded by `user`; a head already stored under the key stays as it is. A write the disk refuses is WRITE_FAILED. */
   async save(key: HeadKey, rows: number, cols: number, norm: Float32Array, headHalves: Uint16Array, user = ''): Promise<void> {
     if (fs.existsSync(this.file(key))) return;
-    const header = Buffer.alloc(8);
-    header.writeUInt32LE(rows, 0);
-    header.writeUInt32LE(cols, 4);
     try {
       writeFileAtomic(this.metaFile(key), `${JSON.stringify({ uploadedBy: user, lastUsedAt: new Date().toISOString() } satisfies HeadMeta)}\n`);
-      writeFileAtomic(
-        this.file(key),
-        Buffer.concat([header, Buffer.from(norm.buffer, norm.byteOffset, norm.byteLength), Buffer.from(headHalves.buffer, headHalves.byteOffset, headHalves.byteLength)]),
-      );
+      writeFileAtomic(this.file(key), encodeHead(rows, cols, norm, headHalves));
     } catch {
       fs.rmSync(this.metaFile(key), { force: true });
-      throw new WireError('STORAGE', 'the server could not store the model head (is its disk full?); nothing was stored');
+      throw new StorageError('WRITE_FAILED', 'the server could not store the model head (is its disk full?); nothing was stored');
     }
   }
 
@@ -110,8 +82,8 @@ export class HeadStore implements Heads {
   /** Every stored head's key and uploader (a migration walks them). */
   storedHeads(): { key: HeadKey; uploadedBy: string }[] {
     return this.stored().flatMap((file) => {
-      const m = /^([0-9a-f]{64})\.([0-9a-f]{64})\.head$/.exec(path.basename(file));
-      return m ? [{ key: { fingerprint: m[1]!, headDigest: m[2]! }, uploadedBy: this.meta(file).uploadedBy }] : [];
+      const key = headKeyOf(path.basename(file));
+      return key ? [{ key, uploadedBy: this.meta(file).uploadedBy }] : [];
     });
   }
 
@@ -132,25 +104,7 @@ export class HeadStore implements Heads {
     return removed;
   }
 
-  /** The file name a head is stored under (what removeUnused's `inUse` holds). */
-  static fileName(key: HeadKey): string {
-    return `${key.fingerprint}.${key.headDigest}.head`;
-  }
-
   async load(key: HeadKey): Promise<StoredHead> {
-    return HeadStore.parse(await fs.promises.readFile(this.file(key)));
-  }
-
-  /** A stored head's bytes (u32 rows, u32 cols, f32 norm, f16 head) as arrays; DAMAGED_FILE when the size is wrong. */
-  static parse(buf: Buffer): StoredHead {
-    const rows = buf.readUInt32LE(0);
-    const cols = buf.readUInt32LE(4);
-    if (buf.length !== HeadStore.bytesOf(rows, cols)) throw new ServerError('DAMAGED_FILE', 'a stored model head has the wrong size; delete it and let a device upload it again');
-    const norm = new Float32Array(cols);
-    Buffer.from(norm.buffer).set(buf.subarray(8, 8 + 4 * cols));
-    const at = buf.byteOffset + 8 + 4 * cols;
-    // A view when aligned (large files get their own buffer), else one copy.
-    const halves = at % 2 === 0 ? new Uint16Array(buf.buffer, at, rows * cols) : new Uint16Array(Uint8Array.from(buf.subarray(8 + 4 * cols)).buffer);
-    return { rows, cols, norm, halves };
+    return parseHead(await fs.promises.readFile(this.file(key)));
   }
 }
