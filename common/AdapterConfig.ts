@@ -25,7 +25,7 @@ export const SideNetworkShapeSchema = {
   /**
    * The side network's design, named as the setting `sideNetwork` is: 1
    * (absent) the per-token ladder; 2 adds causal multi-head self-attention
-   * with RoPE to its attention blocks (attentionBlocks(), docs/architecture.md).
+   * with RoPE to its attention blocks (attentionBlocks(); README.md, Architecture).
    * Adapter formats 1-3 called it `version`.
    */
   sideNetwork: optionalOneOf(JOB_SETTINGS.sideNetwork.values),

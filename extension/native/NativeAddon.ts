@@ -121,6 +121,8 @@ export interface NativeAddon {
   HeadLoss: new (modelPath: string, normEpsilon: number, threads: number, tuning?: HeadTuning) => NativeHeadLoss;
   readTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): NativeTensor;
   ensureBackends(libDir: string, verboseLog: boolean): number;
+  /** Constants the C++ side shares with TypeScript (a unit test holds them equal). */
+  constants: { ropeBase: number; maxHeadRank: number };
 }
 
 /**

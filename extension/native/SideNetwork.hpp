@@ -27,6 +27,13 @@
 
 namespace mobillm {
 
+// Constants this side shares with the TypeScript one; the addon exports them
+// (`constants`) and a unit test holds them equal to TypeScript's: ROPE_BASE to
+// server/training/sideNetworkSpec.ts's, MAX_HEAD_RANK to the job setting
+// headRank's largest value (common/jobSettings.ts).
+constexpr float ROPE_BASE = 10000.0f;
+constexpr int MAX_HEAD_RANK = 16;
+
 struct SideNet {
   int d = 0, r = 0, b = 0, nLayer = 0;
   int sideNetwork = 1;                      // the design, named as the setting is: 1 per token, 2 with attention
@@ -34,7 +41,7 @@ struct SideNet {
   int attentionHeads = 1, width = 0;        // attention heads of `width` = r / attentionHeads
   bool joinAfterNorm = false;               // delta joins result_norm, not l_out-<L-1>
   float adapterEps = 1e-6f;
-  float ropeBase = 10000.0f;
+  float ropeBase = ROPE_BASE;
   std::vector<double> ropeInvFreq;          // [width/2]: ropeBase^(-2i/width), set once by setHeads
   std::vector<int> slotOfLayer;             // [nLayer] -> k or -1
   std::vector<std::vector<float>> down;     // [k] [d][r]

@@ -41,6 +41,7 @@
 #include "backends.hpp"
 #include "HeadLoss.hpp"
 #include "readTensor.hpp"
+#include "SideNetwork.hpp"
 
 namespace {
 
@@ -52,6 +53,10 @@ Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   exports.Set("HeadLoss", mobillm::HeadLoss::Init(env));
   exports.Set("readTensor", Napi::Function::New(env, mobillm::ReadTensor));
   exports.Set("ensureBackends", Napi::Function::New(env, mobillm::EnsureBackends));
+  Napi::Object constants = Napi::Object::New(env);
+  constants.Set("ropeBase", Napi::Number::New(env, mobillm::ROPE_BASE));
+  constants.Set("maxHeadRank", Napi::Number::New(env, mobillm::MAX_HEAD_RANK));
+  exports.Set("constants", constants);
   return exports;
 }
 

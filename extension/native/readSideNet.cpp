@@ -120,7 +120,7 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
   // Optional: the head update (absent or 0: none).
   const Napi::Value rank = o.Get("headRank");
   if (!rank.IsUndefined()) {
-    if (!readInt(o, "headRank", 0, 64, net->headRank) || (net->headRank > 0 && !readInt(o, "vocab", 1, 1 << 30, net->vocab))) {
+    if (!readInt(o, "headRank", 0, MAX_HEAD_RANK, net->headRank) || (net->headRank > 0 && !readInt(o, "vocab", 1, 1 << 30, net->vocab))) {
       return fail("ADAPTER_CORRUPT", "The adapter's head update is damaged.");
     }
   }

@@ -3,9 +3,9 @@ import { ADAPTER_NORM_EPS, attentionBlocks, attentionHeadsOf, GATE_TEMPERATURE, 
 import { GraphBuilder } from './GraphBuilder';
 
 /**
- * The side network's training step as ONNX graphs (the math of
- * ../../shared/docs/architecture.md and of the TensorFlow.js reference in
- * harness/tfjs/, which checks them):
+ * The side network's training step as ONNX graphs (the math of the side
+ * network in README.md's Architecture section and of the TensorFlow.js
+ * reference in harness/tfjs/, which checks them):
  *
  *   forward     h_k, params, norm weight -> z = output_norm(h_{K-1} + delta)        [n, d]
  *               (joinAfterNorm: z = output_norm(h_{K-1}) + delta)

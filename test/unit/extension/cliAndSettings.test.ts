@@ -40,10 +40,20 @@ describe('CLI arguments and VS Code settings', () => {
   it('every setting default is written once, in the table', () => {
     const product = ['extension', 'server', 'common', 'webview'].flatMap((d) => sourceFiles(d)).filter((f) => !f.endsWith('jobSettings.ts'));
     const text = product.map((f) => fs.readFileSync(f, 'utf8')).join('\n');
-    // Defaults distinctive enough to grep for: a second literal of one would be a second home.
-    for (const literal of ['524_288', '512 * 1024', '6e-3', 'seqLen: 128', 'batchSize: 4', 'bits: 8', 'sideNetwork: 1', 'fimRate: 0.5', 'checkpointEvery: 25', 'maxHeldOutSequences: 32', 'heldOutFraction: 0.1', 'COMPLETION_PREFIX_CHARS = 1500']) {
-      assert.ok(!text.includes(literal), `a second literal: ${literal}`);
-    }
+    // Each numeric default of the tables, as a second home would write it: `name: value` or `NAME = value`, in each
+    // way TypeScript spells the number (plain, grouped by _, with an exponent). Defaults of 0 and 1 are left out (too common
+    // to tell), and so are one-of settings, whose values name choices (`sideNetwork: 2` is the design, not its default).
+    const rows = { ...JOB_SETTINGS, ...SCAN_SETTINGS, ...HOST_SETTINGS } as Record<string, SettingRow>;
+    const literals = Object.entries(rows).flatMap(([name, row]) => {
+      const v = row.default;
+      if (typeof v !== 'number' || v === 0 || v === 1 || row.kind === 'oneOf') return [];
+      const spellings = [...new Set([String(v), v.toLocaleString('en-US').replace(/,/g, '_'), v.toExponential().replace('e+', 'e')])];
+      const constant = name.replace(/([A-Z])/g, '_$1').toUpperCase();
+      return spellings.flatMap((n) => [`${name}: ${n}`, `${constant} = ${n}`]);
+    });
+    assert.ok(literals.includes('headRank: 16') && literals.includes('COMPLETION_PREFIX_CHARS = 1500') && literals.includes('maxFileBytes: 524_288') && literals.includes('learningRate: 6e-3'), 'the list is derived from the tables');
+    const escape = (x: string): string => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    for (const literal of literals) assert.ok(!new RegExp(`(?<![\\w.])${escape(literal)}(?![\\w.])`).test(text), `a second literal: ${literal}`);
   });
 
   it('refuses each bad flag at the edge with BAD_ARGUMENT naming the flag and its range, before creating anything', () => {

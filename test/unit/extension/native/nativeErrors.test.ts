@@ -4,6 +4,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ERROR_CODES, MobiError } from '../../../../extension/core/MobiError';
 import { loadNativeAddon, NATIVE_ERROR_CODES, NativeError } from '../../../../extension/native/NativeAddon';
+import { MAX_HEAD_RANK } from '../../../../common/AdapterConfig';
+import { JOB_SETTINGS } from '../../../../common/jobSettings';
+import { ROPE_BASE } from '../../../../server/training/sideNetworkSpec';
 import { tinyModel } from '../../../helpers/models';
 
 const NATIVE_DIR = path.resolve(__dirname, '..', '..', '..', '..', '..', 'extension', 'native');
@@ -57,5 +60,15 @@ describe('native error codes', () => {
     assert.equal(r.losses.length, n, 'the run in flight completes');
     assert.ok(r.losses.every(Number.isFinite));
     assert.throws(() => head.run(new Float32Array(hiddenSize), new Int32Array(1), new Float32Array(1), false), (err: unknown) => MobiError.from(err).code === 'DISPOSED');
+  });
+});
+
+describe('constants written in two languages', () => {
+  it('the C++ side network\'s RoPE base and largest head-update rank equal TypeScript\'s (sideNetworkSpec.ts, the headRank setting)', async function () {
+    this.timeout(60_000);
+    const { constants } = await loadNativeAddon();
+    assert.equal(constants.ropeBase, ROPE_BASE);
+    assert.equal(constants.maxHeadRank, MAX_HEAD_RANK);
+    assert.equal(MAX_HEAD_RANK, JOB_SETTINGS.headRank.max);
   });
 });
