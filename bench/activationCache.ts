@@ -15,7 +15,8 @@ import * as path from 'node:path';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { activationCacheDir } from '../extension/core/job/ActivationCache';
 import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
-import { BENCH_CACHE, machineDescription, qwenShapedModel } from './benchModels';
+import { BENCH_CACHE, machineDescription, qwenShapedModel } from './lib/benchModels';
+import { writeResult } from './lib/writeResult';
 
 interface EpochRun {
   server: 'process' | 'embedded';
@@ -90,8 +91,7 @@ async function main(): Promise<void> {
     goals: { deviceCpuLaterOverFirst: 0.1 },
     machine: machineDescription(),
   };
-  const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'cache.json');
-  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  writeResult('cache.json', out);
   console.log(`later epoch / first: device CPU ${out.deviceCpuLaterOverFirst.toFixed(3)}x (goal <= 0.1), wall with the embedded server ${out.wallLaterOverFirst.toFixed(3)}x; ${out.diskBytesPerCachedToken.toFixed(0)} disk bytes per cached token`);
 }
 

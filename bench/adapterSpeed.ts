@@ -11,8 +11,9 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, defaultThreads } from '../extension/core/model/Backbone';
-import { machineDescription, median, peakRssBytes, qwenShapedModel } from './benchModels';
-import { randomAdapterFor } from './randomAdapter';
+import { machineDescription, median, peakRssBytes, qwenShapedModel } from './lib/benchModels';
+import { randomAdapterFor } from './lib/randomAdapter';
+import { writeResult } from './lib/writeResult';
 
 const PROMPT = 256;
 const GENERATE = 32;
@@ -72,8 +73,7 @@ async function main(): Promise<void> {
     v2RssRatio: m('adapterV2', 'peakRssBytes') / m('base', 'peakRssBytes'),
     machine: machineDescription(),
   };
-  const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'adapter-speed.json');
-  fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  writeResult('adapter-speed.json', result);
   console.log(`| base | prompt ${result.base.promptTokensPerSecond.toFixed(1)} tok/s | generate ${result.base.generateTokensPerSecond.toFixed(2)} tok/s | ${result.base.peakRssMiB.toFixed(0)} MiB |`);
   console.log(`| with a v2 adapter | prompt ${result.adapterV2.promptTokensPerSecond.toFixed(1)} tok/s (${result.v2PromptSpeedRatio.toFixed(3)}x) | generate ${result.adapterV2.generateTokensPerSecond.toFixed(2)} tok/s (${result.v2GenerateSpeedRatio.toFixed(3)}x) | ${result.adapterV2.peakRssMiB.toFixed(0)} MiB (${result.v2RssRatio.toFixed(3)}x) |`);
   console.log(`| with adapter | prompt ${result.adapter.promptTokensPerSecond.toFixed(1)} tok/s (${result.promptSpeedRatio.toFixed(3)}x) | generate ${result.adapter.generateTokensPerSecond.toFixed(2)} tok/s (${result.generateSpeedRatio.toFixed(3)}x) | ${result.adapter.peakRssMiB.toFixed(0)} MiB (${result.rssRatio.toFixed(3)}x) |`);

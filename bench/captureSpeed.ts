@@ -10,7 +10,8 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, defaultThreads } from '../extension/core/model/Backbone';
-import { machineDescription, median, peakRssBytes, qwenShapedModel } from './benchModels';
+import { machineDescription, median, peakRssBytes, qwenShapedModel } from './lib/benchModels';
+import { writeResult } from './lib/writeResult';
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -89,7 +90,7 @@ async function main(): Promise<void> {
     machine: machineDescription(),
   };
   fs.mkdirSync(path.resolve(__dirname, '..', '..', 'bench', 'results'), { recursive: true });
-  fs.writeFileSync(path.resolve(__dirname, '..', '..', 'bench', 'results', `capture-${type}.json`), `${JSON.stringify(result, null, 2)}\n`);
+  writeResult(`capture-${type}.json`, result);
   console.log(`| ${type} | plain ${result.plainTokensPerSecond.toFixed(1)} tok/s | capture all ${result.captureTokensPerSecond.toFixed(1)} tok/s | speed ratio ${result.captureSpeedRatio.toFixed(3)} | RSS plain ${result.plainPeakRssMiB.toFixed(0)} MiB | capture ${result.capturePeakRssMiB.toFixed(0)} MiB | ratio ${result.captureRssRatio.toFixed(3)} |`);
 }
 

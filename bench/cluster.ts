@@ -24,7 +24,8 @@ import { FailoverClock, healthOf, Replica, startReplica } from '../harness/clust
 import { startNginx } from '../harness/nginx';
 import { startPostgres, TestPostgres } from '../harness/postgres';
 import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
-import { BENCH_CACHE, machineDescription, median } from './benchModels';
+import { BENCH_CACHE, machineDescription, median } from './lib/benchModels';
+import { writeResult } from './lib/writeResult';
 
 const LEASE_SECONDS = 5;
 const arg = (name: string, fallback: number): number => {
@@ -175,8 +176,7 @@ async function main(): Promise<void> {
       model: 'built-in tiny model (4 layers, d 128), this repository\'s source tree',
       machine: machineDescription(),
     };
-    const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'cluster.json');
-    fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+    writeResult('cluster.json', out);
     process.stdout.write(`${JSON.stringify({ tokensPerSecondPostgresOverFile: ratio, failoverSeconds: clock.seconds, leaseSeconds: LEASE_SECONDS, twoOverOne: out.eightJobs.twoOverOne })}\n`);
   } finally {
     for (const r of replicas) await killHard(r.proc);

@@ -13,8 +13,9 @@ import * as path from 'node:path';
 import { Backbone, defaultThreads } from '../extension/core/model/Backbone';
 import { promptWindow } from '../extension/core/completion/CompletionEngine';
 import { generate } from '../extension/core/completion/generate';
-import { machineDescription, median, qwenShapedModel } from './benchModels';
-import { randomAdapterFor } from './randomAdapter';
+import { machineDescription, median, qwenShapedModel } from './lib/benchModels';
+import { randomAdapterFor } from './lib/randomAdapter';
+import { writeResult } from './lib/writeResult';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const TOKENS = 24;
@@ -79,9 +80,7 @@ async function main(): Promise<void> {
     goals: { firstTokenReuseOverNoReuse: 0.15, adapterOverBase: 1.1, topPOverGreedyPerToken: 1.2 },
     machine: machineDescription(),
   };
-  const file = path.join(ROOT, 'bench', 'results', 'completions.json');
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  writeResult('completions.json', out);
   console.log(`time to first token after a keystroke, reuse / no reuse: ${out.firstTokenReuseOverNoReuse.toFixed(3)} (goal <= 0.15)`);
   console.log(`top-p (temperature 0.2) / greedy per generated token: ${out.topPOverGreedyPerToken.toFixed(3)} (goal <= 1.2)`);
   console.log(`with an adapter / without: first token ${out.firstTokenAdapterOverBase.toFixed(3)}, whole completion ${out.completionAdapterOverBase.toFixed(3)} (goal <= 1.1)`);

@@ -23,7 +23,8 @@ import { HeadStore } from '../server/storage/file/HeadStore';
 import { JobStore } from '../server/storage/file/JobStore';
 import { jobMemoryBytes } from '../server/training/jobMemory';
 import { OnnxEngine } from '../server/training/onnx/OnnxEngine';
-import { BENCH_CACHE, machineDescription, peakRssBytes } from './benchModels';
+import { BENCH_CACHE, machineDescription, peakRssBytes } from './lib/benchModels';
+import { writeResult } from './lib/writeResult';
 
 interface Shape {
   name: string;
@@ -99,8 +100,7 @@ function main(): void {
     results.push({ shape: s.name, estimateGiB: +(estimate / 2 ** 30).toFixed(3), measuredGiB: +(measured / 2 ** 30).toFixed(3), estimateOverMeasured: +(estimate / measured).toFixed(2) });
     process.stdout.write(`${s.name}: estimate ${(estimate / 2 ** 30).toFixed(2)} GiB, measured ${(measured / 2 ** 30).toFixed(2)} GiB (${(estimate / measured).toFixed(2)}x)\n`);
   }
-  const out = path.join(__dirname, '..', '..', 'bench', 'results', 'jobMemory.json');
-  fs.writeFileSync(out, `${JSON.stringify({ machine: machineDescription(), results }, null, 2)}\n`);
+  const out = writeResult('jobMemory.json', { machine: machineDescription(), results });
   process.stdout.write(`wrote ${path.relative(process.cwd(), out)}\n`);
 }
 

@@ -13,7 +13,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
-import { BENCH_CACHE, machineDescription, peakRssBytes, qwenShapedModel } from './benchModels';
+import { BENCH_CACHE, machineDescription, peakRssBytes, qwenShapedModel } from './lib/benchModels';
+import { writeResult } from './lib/writeResult';
 
 interface DeviceRun {
   mode: 'standard' | 'label-private';
@@ -91,9 +92,7 @@ async function main(): Promise<void> {
     goals: { wall: 1.0, deviceCpuPerToken: 1.25, devicePeakRss: 1.1 },
     machine: machineDescription(),
   };
-  const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'labelPrivate.json');
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  writeResult('labelPrivate.json', out);
   const r = out.labelPrivateOverStandard;
   console.log(`label-private / standard (Qwen-shaped Q8_0, ${steps} steps x ${rounds}): wall ${r.wall.toFixed(2)}x (goal <= 1.0), device CPU per token ${r.deviceCpuPerToken.toFixed(2)}x (goal <= 1.25), device peak RSS ${r.devicePeakRss.toFixed(2)}x (goal <= 1.1)`);
 }

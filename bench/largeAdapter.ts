@@ -17,7 +17,7 @@ import type { JobConfig, ModelSpec } from '../common/messages';
 import { ServerConnection } from '../extension/core/connection/ServerConnection';
 import { AdapterDownload, downloadAdapter } from '../extension/core/store/AdapterDownload';
 import { MobiServer } from '../server/MobiServer';
-import { BENCH_CACHE } from './benchModels';
+import { BENCH_CACHE } from './lib/benchModels';
 
 async function main(): Promise<void> {
   const L = 28;

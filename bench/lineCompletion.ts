@@ -19,11 +19,12 @@ import * as path from 'node:path';
 import { heldOutFiles } from '../extension/core/workspace/dataset';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
-import { BATCH, buildPeer, corpus, measure, PEERS, ROOT, SEQ } from './peerHarness';
-import { machineDescription } from './benchModels';
-import { pretrainedBackbone } from './peerConvergence';
-import { standInBackbone } from './standIn';
-import { MAX_TOKENS, positions, PROMPT_CHARS, score } from './lineScore';
+import { BATCH, buildPeer, corpus, measure, PEERS, ROOT, SEQ } from './lib/peerHarness';
+import { machineDescription } from './lib/benchModels';
+import { pretrainedBackbone } from './lib/peerConvergence';
+import { standInBackbone } from './lib/standInModel';
+import { MAX_TOKENS, positions, PROMPT_CHARS, score } from './lib/lineScore';
+import { writeResult } from './lib/writeResult';
 
 const FINETUNE_BYTES = 32_000;
 const OUR_EPOCHS = 4;
@@ -73,8 +74,7 @@ async function main(): Promise<void> {
     positions: cases.length, promptChars: PROMPT_CHARS, maxTokens: MAX_TOKENS, ourEpochs: OUR_EPOCHS, peer: { learningRate: lr, epochs: PEER_EPOCHS },
     results, machine: machineDescription(),
   };
-  const file = path.join(ROOT, 'bench', 'results', `lineCompletion${standin ? '-standin' : ''}.json`);
-  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  writeResult(`lineCompletion${standin ? '-standin' : ''}.json`, out);
   console.log(Object.entries(results).map(([k, v]) => `${k} ${(100 * v.exactMatch).toFixed(1)}% exact, ${v.editSimilarity.toFixed(3)} similarity`).join('; '));
 }
 

@@ -11,7 +11,7 @@
  *  - ours with the server embedded in the same process, for comparison;
  *  - convergence: held-out loss against wall time for both, from a backbone
  *    the peer pretrained on another code corpus, and the time each takes to a
- *    common loss target (bench/peerConvergence.ts), with a plot.
+ *    common loss target (bench/lib/peerConvergence.ts), with a plot.
  * Results: bench/results/peers.json (merged: a part run alone keeps the
  * others' figures), bench/results/peers-convergence.{svg,png}, a table on stdout.
  *
@@ -20,8 +20,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone } from '../extension/core/model/Backbone';
-import { runConvergence } from './peerConvergence';
-import { benchModel, buildPeer, corpus, measure, runOurs, SEQ, PEERS, writeResults } from './peerHarness';
+import { runConvergence } from './lib/peerConvergence';
+import { benchModel, buildPeer, corpus, measure, runOurs, SEQ, PEERS, writeResults } from './lib/peerHarness';
 
 const SIZES = {
   tiny: { layers: 4, embd: 256, heads: 4, kvHeads: 4, ff: 768, maxBytes: 200_000 },

@@ -15,7 +15,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ensureDefaultModel } from '../extension/core/model/defaultModel';
 import { FineTuneJob, FineTuneResult } from '../extension/core/job/FineTuneJob';
-import { BENCH_CACHE, machineDescription, qwenShapedModel } from './benchModels';
+import { BENCH_CACHE, machineDescription, qwenShapedModel } from './lib/benchModels';
+import { writeResult } from './lib/writeResult';
 
 async function run(bits: 4 | 8 | 16, steps: number, model: string, maxHeldOutSequences?: number): Promise<FineTuneResult> {
   const store = fs.mkdtempSync(path.join(BENCH_CACHE, 'pipeline-'));
@@ -69,9 +70,7 @@ async function main(): Promise<void> {
     int8RelativeLossCost: (results[8]!.heldOutLossAfter - results[16]!.heldOutLossAfter) / results[16]!.heldOutLossAfter,
     machine: machineDescription(),
   };
-  const file = path.resolve(__dirname, '..', '..', 'bench', 'results', 'pipeline.json');
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  writeResult('pipeline.json', out);
   const s = out.timeSplitSeconds;
   console.log(`time split (s): device forward ${s.deviceForward.toFixed(2)}, quantize ${s.quantize.toFixed(2)}, send ${s.send.toFixed(3)}, server step ${s.serverStep.toFixed(2)}, wall ${s.wall.toFixed(2)}, idle ${s.idle.toFixed(2)}`);
   console.log(`pipelining efficiency wall / max(device, server) = ${efficiency.toFixed(3)}`);

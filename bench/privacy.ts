@@ -1,7 +1,7 @@
 /**
  * The privacy audit: what a server holding a job's frames can read back, on
  * the fair stand-in (bench/standIn.ts) and the quality benchmark's workspace
- * (bench/qualityCorpus.ts: a package the stand-in never saw). For the
+ * (bench/lib/qualityCorpus.ts: a package the stand-in never saw). For the
  * workspace's tokens, the share recovered exactly, per tapped layer, by
  *   (a) the target ids (the standard mode sends them; label-private does not),
  *   (b) the input embedding nearest to the layer's state,
@@ -26,11 +26,12 @@ import { DeviceHead } from '../extension/core/model/DeviceHead';
 import { FineTuneJob, tappedLayers } from '../extension/core/job/FineTuneJob';
 import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
 import { applyLinearMap, fitLinearMap, nearestEmbeddingLookup, rowsOf, share, topIds } from '../harness/privacyAttacks';
-import { machineDescription } from './benchModels';
-import { lossPlotSvg } from './lossPlot';
-import { buildPeer, PEERS, ROOT, SEQ } from './peerHarness';
-import { qualityWorkspace } from './qualityCorpus';
-import { pretrainText, standInBackbone, STAND_IN } from './standIn';
+import { machineDescription } from './lib/benchModels';
+import { lossPlotSvg } from './lib/lossPlot';
+import { buildPeer, PEERS, ROOT, SEQ } from './lib/peerHarness';
+import { qualityWorkspace } from './lib/qualityCorpus';
+import { pretrainText, standInBackbone, STAND_IN } from './lib/standInModel';
+import { writeResult } from './lib/writeResult';
 
 /** Workspace rows audited, public rows the inverter is fitted on, public rows the attacker calibrates its choice on. */
 const WORKSPACE_ROWS = 8192;
@@ -192,8 +193,7 @@ async function main(): Promise<void> {
     configurations,
     machine: machineDescription(),
   };
-  const file = path.join(ROOT, 'bench', 'results', 'privacy.json');
-  fs.writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
+  writeResult('privacy.json', out);
   writeProductFigures(L, (bits, skip) => frameSet(bits, tappedLayers(L, skip, 1)));
   const colors = ['#c0392b', '#2e86c1', '#17a589', '#b9770e', '#7d3c98'];
   fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'privacy-tradeoff.svg'), lossPlotSvg(

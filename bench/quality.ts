@@ -1,6 +1,6 @@
 /**
  * Quality at a fair scale (issue 24): the fair stand-in (bench/standIn.ts),
- * a workspace of one whole package it never saw (bench/qualityCorpus.ts),
+ * a workspace of one whole package it never saw (bench/lib/qualityCorpus.ts),
  * the peer's full fine-tuning against our side network variants, held-out
  * loss curves against wall time, and line completions on held-out files.
  *
@@ -24,13 +24,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { heldOutFiles } from '../extension/core/workspace/dataset';
 import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
-import { machineDescription } from './benchModels';
-import { best, dropPeerRun, peerRun, Point, runVariant, Variant, versus } from './curves';
-import { positions, score } from './lineScore';
-import { BATCH, buildPeer, heldOutLoss, ROOT, SEQ } from './peerHarness';
-import { QUALITY_CACHE, qualityWorkspace } from './qualityCorpus';
-import { describeStandIn, standInBackbone } from './standIn';
-import { HEAD_TENSORS, withLowRankHeadDelta, withTensorsFrom } from './tensorSwap';
+import { machineDescription } from './lib/benchModels';
+import { best, dropPeerRun, peerRun, Point, runVariant, Variant, versus } from './lib/curves';
+import { positions, score } from './lib/lineScore';
+import { BATCH, buildPeer, heldOutLoss, ROOT, SEQ } from './lib/peerHarness';
+import { QUALITY_CACHE, qualityWorkspace } from './lib/qualityCorpus';
+import { describeStandIn, standInBackbone } from './lib/standInModel';
+import { HEAD_TENSORS, withLowRankHeadDelta, withTensorsFrom } from './lib/tensorSwap';
+import { writeResult } from './lib/writeResult';
 
 const PEER_RATES = [1e-5, 3e-5, 1e-4];
 const PEER_SWEEP_EPOCHS = 1;
@@ -197,7 +198,7 @@ async function main(): Promise<void> {
     },
     machine: machineDescription(),
   };
-  fs.writeFileSync(RESULTS, `${JSON.stringify(out, null, 2)}\n`);
+  writeResult(path.basename(RESULTS), out);
   for (const [name, v] of Object.entries(versusPeer)) {
     console.log(`${name}: best ${v.bestHeldOutLoss.toFixed(4)} (peer ${best(peer.curve).toFixed(4)}, gap ${v.gapToPeerBest.toFixed(3)}), time to ${v.targetLoss.toFixed(3)}: ${v.timeToTargetVsPeer === null ? 'n/a' : `${v.timeToTargetVsPeer.toFixed(2)}x the peer`}`);
   }

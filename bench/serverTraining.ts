@@ -13,8 +13,6 @@
  *   npm run bench:server [-- --steps 2]
  */
 import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { bytesPerRow } from '../common/ActivationQuantizer';
 import { ActivationBatch, batchPayloadBytes } from '../common/batchPayload';
 import { decodeHalf, encodeHalf } from '../common/float16';
@@ -27,7 +25,8 @@ import { FrozenHead } from '../harness/tfjs/FrozenHead';
 import { SideNetwork } from '../harness/tfjs/SideNetwork';
 import { initTensorflow } from '../harness/tfjs/tf';
 import { Trainer } from '../harness/tfjs/Trainer';
-import { machineDescription, peakRssBytes } from './benchModels';
+import { machineDescription, peakRssBytes } from './lib/benchModels';
+import { writeResult } from './lib/writeResult';
 
 const L = 24;
 const d = 896;
@@ -131,9 +130,7 @@ async function main(): Promise<void> {
     wire: { ...wire, f32BytesPerTokenAllLayers: L * d * 4 + 5 },
     machine: machineDescription(),
   };
-  const out = path.resolve(__dirname, '..', '..', 'bench', 'results', 'server-training.json');
-  fs.mkdirSync(path.dirname(out), { recursive: true });
-  fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  writeResult('server-training.json', result);
   console.log('| engine | threads | head update | head rows | tokens/s | s/step | peak RSS |');
   console.log('|---|---|---|---|---|---|---|');
   for (const x of rows) {

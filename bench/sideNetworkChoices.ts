@@ -15,7 +15,7 @@
  *   peer: llama-finetune, one epoch at a time, held-out loss after each
  *         (core 0): 8 epochs at the peer benchmark's best learning rate; on
  *         the stand-in 4 epochs at each of 3e-5, 1e-4 and 3e-4, the best compared
- *   lines: line completions (bench/lineScore.ts) for the base model, v1, v2
+ *   lines: line completions (bench/lib/lineScore.ts) for the base model, v1, v2
  *         and v2 joining after the norm after 4 epochs, and the peer after its
  *         best epoch
 
@@ -30,12 +30,13 @@ import * as path from 'node:path';
 import { heldOutFiles } from '../extension/core/workspace/dataset';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
-import { machineDescription } from './benchModels';
-import { positions, score } from './lineScore';
-import { pretrainedBackbone } from './peerConvergence';
-import { best, dropPeerRun, PeerRun, peerRun, Point, runVariant, Variant, versus } from './curves';
-import { buildPeer, corpus, heldOutLoss, PEERS, ROOT, SEQ } from './peerHarness';
-import { standInBackbone } from './standIn';
+import { machineDescription } from './lib/benchModels';
+import { positions, score } from './lib/lineScore';
+import { pretrainedBackbone } from './lib/peerConvergence';
+import { best, dropPeerRun, PeerRun, peerRun, Point, runVariant, Variant, versus } from './lib/curves';
+import { buildPeer, corpus, heldOutLoss, PEERS, ROOT, SEQ } from './lib/peerHarness';
+import { standInBackbone } from './lib/standInModel';
+import { writeResult } from './lib/writeResult';
 
 const FINETUNE_BYTES = 32_000;
 const EPOCHS = [1, 2, 4, 8];
@@ -91,7 +92,7 @@ async function onlyVariants(only: string[], pretrained: string, workspace: strin
       log(`  ${v.name}: exact match ${(100 * s.exactMatch).toFixed(1)}%, edit similarity ${s.editSimilarity.toFixed(3)}`);
     }
   }
-  fs.writeFileSync(resultsFile(standin), `${JSON.stringify(previous, null, 2)}\n`);
+  writeResult(path.basename(resultsFile(standin)), previous);
 }
 
 function resultsFile(standin: boolean): string {
@@ -106,7 +107,7 @@ async function main(): Promise<void> {
   const ws = corpus(FINETUNE_BYTES);
   if (process.argv.includes('--fit-only')) {
     const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as Record<string, unknown>;
-    fs.writeFileSync(resultsFile(standin), `${JSON.stringify({ ...previous, fit: await fit(pretrained, ws.workspace, log) }, null, 2)}\n`);
+    writeResult(path.basename(resultsFile(standin)), { ...previous, fit: await fit(pretrained, ws.workspace, log) });
     return;
   }
   if (process.argv.includes('--only')) {
@@ -173,7 +174,7 @@ async function main(): Promise<void> {
     fit: process.argv.includes('--skip-fit') ? 'skipped (--skip-fit; run --fit-only)' : await fit(pretrained, ws.workspace, log),
     machine: machineDescription(),
   };
-  fs.writeFileSync(resultsFile(standin), `${JSON.stringify(out, null, 2)}\n`);
+  writeResult(path.basename(resultsFile(standin)), out);
   for (const [name, v] of Object.entries(versusPeer)) {
     console.log(`${name}: best ${v.bestHeldOutLoss.toFixed(4)} (peer ${best(peer).toFixed(4)}, gap ${v.gapToPeerBest.toFixed(3)}), time to ${v.targetLoss.toFixed(3)}: ${v.timeToTargetVsPeer === null ? 'n/a' : `${v.timeToTargetVsPeer.toFixed(2)}x the peer`}`);
   }

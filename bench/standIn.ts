@@ -1,107 +1,23 @@
 /**
- * The fair stand-in for a real code model (issue 24): 6 layers, d = 384, a
- * sentencepiece BPE vocabulary of 8,192 pieces fitted to its own pretraining
- * corpus, pretrained by llama-finetune on 4 MB of TypeScript and JavaScript
- * from 400-odd installed packages (bench/qualityCorpus.ts; the workspace's
- * package is not among them). Built once, cached under bench/.cache/quality
- * by the corpus's hash and the settings (about an hour on 2 cores).
+ * Builds the quality benchmark's stand-in once (bench/lib/standInModel.ts) and
+ * reports its vocabulary coverage and held-out loss:
  *
- *   npm run bench:stand-in      (pretrains if needed, reports coverage and held-out loss)
+ *   npm run bench:stand-in      (writes bench/results/standIn.json)
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { readGgufFile } from '../extension/core/model/gguf/GgufFile';
-import { writeTinyModel } from '../extension/core/model/tinyModel';
-import { buildPeer, heldOutLoss, measure, ROOT } from './peerHarness';
-import { NORMAL_TOKEN, tokenCounts } from '../harness/spmVocabulary';
-import { fitTokenizer, MIN_PIECE_COUNT, pretrainCorpus, PretrainCorpus, QUALITY_CACHE, qualityWorkspace, SPM_PIECES } from './qualityCorpus';
-
-export const STAND_IN = { layers: 6, embd: 384, heads: 6, kvHeads: 6, ff: 1024 };
-const PRETRAIN_EPOCHS = 1;
-/**
- * llama-finetune's Adam has no clipping, warm-up or per-tensor rates: at 2e-4
- * and above the training loss climbed back above uniform within a few hundred
- * steps on the first stand-in (docs/benchmarks.md), so the rate is low.
- */
-const PRETRAIN_LR = 5e-5;
-/** Tokens per pretraining window (llama-finetune takes one optimizer step per window; windows overlap by half). */
-const PRETRAIN_CONTEXT = 512;
-
-/** The pretraining corpus (its text file is the public text the privacy audit's inverter is fitted on). */
-export function pretrainText(): string {
-  return pretrainCorpus().file;
-}
-
-/** The pretrained stand-in (pretrained once, then cached); seconds is null when the cached one was used. */
-export async function standInBackbone(bin: string, log: (line: string) => void): Promise<{ pretrained: string; base: string; seconds: number | null; corpus: PretrainCorpus; vocab: string }> {
-  const s = STAND_IN;
-  const corpus = pretrainCorpus();
-  const vocab = fitTokenizer(corpus);
-  const name = `standin-${s.layers}x${s.embd}-bpe${SPM_PIECES}-${corpus.hash}`;
-  const base = path.join(QUALITY_CACHE, `${name}-f32.gguf`);
-  const pretrained = path.join(QUALITY_CACHE, `${name}-pretrained-${PRETRAIN_EPOCHS}-lr${PRETRAIN_LR}-c${PRETRAIN_CONTEXT}.gguf`);
-  if (!fs.existsSync(base)) {
-    writeTinyModel({ out: base, layers: s.layers, embd: s.embd, heads: s.heads, kvHeads: s.kvHeads, ff: s.ff, type: 'f32', vocab, seed: 5, contextLength: 2048 });
-  }
-  if (fs.existsSync(pretrained)) return { pretrained, base, seconds: null, corpus, vocab };
-  log(`pretraining the stand-in (${s.layers} x ${s.embd}, ${SPM_PIECES}-piece vocabulary) with llama-finetune on ${(corpus.bytes / 1e6).toFixed(1)} MB of code from ${corpus.packages} packages (once, cached; about an hour on 2 cores) ...`);
-  const m = await measure(path.join(bin, 'llama-finetune'), ['-m', base, '-f', corpus.file, '-c', String(PRETRAIN_CONTEXT), '-b', String(PRETRAIN_CONTEXT), '-ub', String(PRETRAIN_CONTEXT), '--epochs', String(PRETRAIN_EPOCHS), '-lr', String(PRETRAIN_LR), '-t', '2', '-o', `${pretrained}.tmp`]);
-  fs.writeFileSync(`${pretrained}.log`, m.stderr); // llama-finetune's progress: its training and validation loss
-  fs.writeFileSync(`${pretrained}.seconds`, String(m.wallSeconds));
-  fs.renameSync(`${pretrained}.tmp`, pretrained);
-  return { pretrained, base, seconds: m.wallSeconds, corpus, vocab };
-}
-
-/** Pretraining seconds of a cached stand-in (as its run measured them). */
-export function pretrainSeconds(pretrained: string, measured: number | null): number | null {
-  return measured ?? (fs.existsSync(`${pretrained}.seconds`) ? Number(fs.readFileSync(`${pretrained}.seconds`, 'utf8')) : null);
-}
-
-/** Share of the learned pieces (not control or byte tokens) that the tokenizer emits at least MIN_PIECE_COUNT times over the corpus. */
-export async function vocabCoverage(vocab: string, corpusFile: string): Promise<{ coverage: number; pieces: number; tokens: number }> {
-  const { counts, tokens } = await tokenCounts(vocab, fs.readFileSync(corpusFile, 'utf8'));
-  const types = readGgufFile(vocab).kv.get('tokenizer.ggml.token_type')!.value as number[];
-  let pieces = 0;
-  let often = 0;
-  types.forEach((t, i) => {
-    if (t !== NORMAL_TOKEN) return;
-    pieces++;
-    if (counts[i]! >= MIN_PIECE_COUNT) often++;
-  });
-  return { coverage: often / pieces, pieces, tokens };
-}
-
-/** What quality.json's `standIn` holds (issue 24's keys). */
-export async function describeStandIn(stand: Awaited<ReturnType<typeof standInBackbone>>, workspace: string): Promise<Record<string, unknown>> {
-  const cov = await vocabCoverage(stand.vocab, stand.corpus.file);
-  return {
-    layers: STAND_IN.layers,
-    embd: STAND_IN.embd,
-    vocab: (readGgufFile(stand.vocab).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length,
-    pretrainBytes: stand.corpus.bytes,
-    pretrainPackages: stand.corpus.packages,
-    pretrainTokens: cov.tokens,
-    pretrainSeconds: pretrainSeconds(stand.pretrained, stand.seconds),
-    pretrainSettings: { epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, windowTokens: PRETRAIN_CONTEXT },
-    vocabCoverage: cov.coverage,
-    vocabCoverageRule: `share of the ${cov.pieces} learned pieces (control and byte tokens aside) emitted at least ${MIN_PIECE_COUNT} times over the pretraining corpus by llama.cpp's tokenizer`,
-    heldOutLoss: await heldOutLoss(stand.pretrained, workspace, 2),
-    heldOutLossRandomWeights: await heldOutLoss(stand.base, workspace, 2),
-    heldOutOn: 'the quality workspace\'s held-out files (a package the stand-in never saw)',
-  };
-}
+import { writeResult } from './lib/writeResult';
+import { buildPeer } from './lib/peerHarness';
+import { qualityWorkspace } from './lib/qualityCorpus';
+import { describeStandIn, standInBackbone } from './lib/standInModel';
 
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const stand = await standInBackbone(buildPeer(), log);
   const out = await describeStandIn(stand, qualityWorkspace().dir);
-  fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'standIn.json'), `${JSON.stringify(out, null, 2)}\n`);
+  writeResult('standIn.json', out);
   console.log(`stand-in: pretrain ${stand.seconds === null ? 'cached' : `${stand.seconds.toFixed(0)} s`}; vocabulary coverage ${(100 * (out.vocabCoverage as number)).toFixed(1)}%; held-out loss ${(out.heldOutLoss as number).toFixed(4)} (random weights ${(out.heldOutLossRandomWeights as number).toFixed(4)})`);
 }
 
-if (require.main === module) {
-  void main().catch((err) => {
-    console.error(err);
-    process.exit(1);
-  });
-}
+void main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

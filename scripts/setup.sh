@@ -11,7 +11,7 @@ need=()
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v make >/dev/null 2>&1 || need+=(make)
-# sentencepiece: the quality benchmark's stand-in tokenizer (bench/qualityCorpus.ts) and its test
+# sentencepiece: the quality benchmark's stand-in tokenizer (bench/lib/qualityCorpus.ts) and its test
 command -v spm_train >/dev/null 2>&1 || need+=(sentencepiece)
 # PostgreSQL and nginx: the team server's cluster tests and bench:cluster start them in temporary folders
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)

@@ -4,7 +4,7 @@
  * set-up installs Debian's Chromium).
  */
 import * as fs from 'node:fs';
-import { CHROMIUM, CHROMIUM_ARGS } from '../harness/chromium';
+import { CHROMIUM, CHROMIUM_ARGS } from '../../harness/chromium';
 
 export interface PlotSeries {
   label: string;

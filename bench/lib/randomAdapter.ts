@@ -1,10 +1,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { encodeAdapter } from '../common/AdapterFile';
-import { SeededRandom } from '../common/SeededRandom';
-import { modelFingerprint } from '../extension/core/model/modelFingerprint';
-import { initialParameters, parameterNames, parameterShape, sideShape } from '../server/training/sideNetworkSpec';
-import { testAdapterConfig } from '../harness/adapters';
+import { encodeAdapter } from '../../common/AdapterFile';
+import { SeededRandom } from '../../common/SeededRandom';
+import { modelFingerprint } from '../../extension/core/model/modelFingerprint';
+import { initialParameters, parameterNames, parameterShape, sideShape } from '../../server/training/sideNetworkSpec';
+import { testAdapterConfig } from '../../harness/adapters';
 import { BENCH_CACHE } from './benchModels';
 
 /** An adapter for `model` (hidden size d, all `layers` tapped) with random, non-zero weights: it costs what a trained one costs. */

@@ -4,11 +4,11 @@
  * and character-level edit similarity.
  */
 import * as fs from 'node:fs';
-import { Backbone } from '../extension/core/model/Backbone';
-import { heldOutFiles } from '../extension/core/workspace/dataset';
-import { generate } from '../extension/core/completion/generate';
-import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
-import { SeededRandom } from '../common/SeededRandom';
+import { Backbone } from '../../extension/core/model/Backbone';
+import { heldOutFiles } from '../../extension/core/workspace/dataset';
+import { generate } from '../../extension/core/completion/generate';
+import { scanWorkspace } from '../../extension/core/workspace/scanWorkspace';
+import { SeededRandom } from '../../common/SeededRandom';
 
 export const PROMPT_CHARS = 1500;
 export const MAX_TOKENS = 32;

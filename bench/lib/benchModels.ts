@@ -1,11 +1,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { writeTinyModel } from '../extension/core/model/tinyModel';
-import { GgmlTypeName } from '../extension/core/model/gguf/ggmlTypes';
+import { writeTinyModel } from '../../extension/core/model/tinyModel';
+import { GgmlTypeName } from '../../extension/core/model/gguf/ggmlTypes';
 
 /** Cache for generated benchmark models (outside git). */
-export const BENCH_CACHE = path.resolve(__dirname, '..', '..', 'bench', '.cache');
-export const QWEN2_VOCAB = path.resolve(__dirname, '..', '..', 'build', 'llama.cpp', 'models', 'ggml-vocab-qwen2.gguf');
+export const BENCH_CACHE = path.resolve(__dirname, '..', '..', '..', 'bench', '.cache');
+export const QWEN2_VOCAB = path.resolve(__dirname, '..', '..', '..', 'build', 'llama.cpp', 'models', 'ggml-vocab-qwen2.gguf');
 
 /**
  * A Qwen2.5-0.5B-shaped llama model with random weights: 24 layers, d=896,

@@ -8,15 +8,16 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Backbone } from '../extension/core/model/Backbone';
-import { evaluateWorkspace } from '../extension/core/workspace/evaluateWorkspace';
-import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
-import { writeTinyModel } from '../extension/core/model/tinyModel';
-import { GgmlTypeName } from '../extension/core/model/gguf/ggmlTypes';
-import { addUser, DEVICE_CLI, startServerProcess } from '../harness/serverProcess';
+import { Backbone } from '../../extension/core/model/Backbone';
+import { evaluateWorkspace } from '../../extension/core/workspace/evaluateWorkspace';
+import { scanWorkspace } from '../../extension/core/workspace/scanWorkspace';
+import { writeTinyModel } from '../../extension/core/model/tinyModel';
+import { GgmlTypeName } from '../../extension/core/model/gguf/ggmlTypes';
+import { addUser, DEVICE_CLI, startServerProcess } from '../../harness/serverProcess';
 import { BENCH_CACHE, machineDescription } from './benchModels';
+import { writeResult } from './writeResult';
 
-export const ROOT = path.resolve(__dirname, '..', '..');
+export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const PEERS = path.join(BENCH_CACHE, 'peers');
 /** Tokens per training window, for both methods. */
 export const SEQ = 128;
@@ -174,8 +175,7 @@ export function writeResults(results: Record<string, unknown>): void {
     // no earlier results: start a new file
   }
   const out = { sequenceLength: SEQ, batchSequences: BATCH, threads: 1, results: { ...previous, ...results }, machine: machineDescription() };
-  fs.mkdirSync(path.dirname(RESULTS_FILE), { recursive: true });
-  fs.writeFileSync(RESULTS_FILE, `${JSON.stringify(out, null, 2)}\n`);
+  writeResult(path.basename(RESULTS_FILE), out);
 }
 
 /** The held-out loss of `model` on `workspace` by the device's evaluator (the one scorer of the convergence benchmarks). */

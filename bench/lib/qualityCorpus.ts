@@ -14,11 +14,11 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fitSpmVocabulary } from '../harness/spmVocabulary';
+import { fitSpmVocabulary } from '../../harness/spmVocabulary';
 import { BENCH_CACHE } from './benchModels';
 
 export const QUALITY_CACHE = path.join(BENCH_CACHE, 'quality');
-const ROOT = path.resolve(__dirname, '..', '..');
+const ROOT = path.resolve(__dirname, '..', '..', '..');
 const NODE_MODULES = path.join(ROOT, 'node_modules');
 
 /** The workspace's packages: their source folders, never part of the pretraining corpus. */

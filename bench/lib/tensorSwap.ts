@@ -6,10 +6,10 @@
  * low-rank part of the peer's head change.
  */
 import * as fs from 'node:fs';
-import { GgufFile, GgufTensorInfo, readGgufFile } from '../extension/core/model/gguf/GgufFile';
-import { GgufWriter } from '../extension/core/model/gguf/GgufWriter';
-import { encodeTensor, GgmlType, rowBytes } from '../extension/core/model/gguf/ggmlTypes';
-import { readModelTensor } from '../extension/core/model/Backbone';
+import { GgufFile, GgufTensorInfo, readGgufFile } from '../../extension/core/model/gguf/GgufFile';
+import { GgufWriter } from '../../extension/core/model/gguf/GgufWriter';
+import { encodeTensor, GgmlType, rowBytes } from '../../extension/core/model/gguf/ggmlTypes';
+import { readModelTensor } from '../../extension/core/model/Backbone';
 
 /** The head and the final norm, which read the last hidden state. */
 export const HEAD_TENSORS = ['output.weight', 'output_norm.weight'];

@@ -12,8 +12,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { heldOutFiles } from '../extension/core/workspace/dataset';
-import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
+import { heldOutFiles } from '../../extension/core/workspace/dataset';
+import { scanWorkspace } from '../../extension/core/workspace/scanWorkspace';
 import { PlotSeries, lossPlotSvg, svgToPng } from './lossPlot';
 import { benchModel, corpus, firstTimeAtOrBelow, heldOutLoss, measure, ModelSize, PEERS, ROOT, runOurs, SEQ } from './peerHarness';
 
