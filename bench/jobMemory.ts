@@ -11,6 +11,8 @@
  *
  *   npm run bench:job-memory [-- --quick]
  */
+import { joinBits } from '../common/ActivationQuantizer';
+import { encodeBatchPayload, encodeLayersPayload } from '../common/batchPayload';
 import { jobShape } from '../common/AdapterConfig';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -25,6 +27,7 @@ import { jobMemoryBytes } from '../server/training/jobMemory';
 import { OnnxEngine } from '../server/training/onnx/OnnxEngine';
 import { BENCH_CACHE, machineDescription, peakRssBytes } from './lib/benchModels';
 import { writeResult } from './lib/writeResult';
+import { LocalTrainers } from '../server/training/LocalTrainers';
 
 interface Shape {
   name: string;
@@ -56,7 +59,7 @@ async function measure(s: Shape): Promise<void> {
   try {
     const jobs = new JobStore(dir);
     const heads = new HeadStore(dir);
-    const registry = new JobRegistry(engine, jobs, heads);
+    const registry = new JobRegistry(new LocalTrainers(engine), jobs, heads);
     const { config, model } = configOf(s);
     const limits = { ...DEFAULT_SESSION_LIMITS, maxJobMemoryBytes: 2 ** 40, maxUserMemoryBytes: 2 ** 40 };
     if (!config.labelPrivate) {
@@ -75,11 +78,12 @@ async function measure(s: Shape): Promise<void> {
     for (let i = 0; i < 2; i++) {
       if (!config.labelPrivate) {
         const targets = Int32Array.from({ length: rows }, () => rng.int(model.vocabularySize));
-        await job.train(i, { rows, layers, targets, mask: new Uint8Array(rows).fill(1), lengths });
+        await job.train(i, { payload: encodeBatchPayload({ rows, layers, targets, mask: new Uint8Array(rows).fill(1) }, model.hiddenSize, config.bits), rows, lengths });
         continue;
       }
-      await job.sideOutput(i, layers, rows, lengths);
-      await job.applyGradient(i, Float32Array.from({ length: rows * model.hiddenSize }, () => rng.normal() * 1e-3), rows, rows);
+      await job.sideOutput(i, { payload: encodeLayersPayload(layers, rows, model.hiddenSize, config.bits), rows, lengths });
+      const dy = Float32Array.from({ length: rows * model.hiddenSize }, () => rng.normal() * 1e-3);
+      await job.applyGradient(i, rows, encodeLayersPayload([dy], rows, model.hiddenSize, joinBits(config.bits)), rows, rows);
     }
     process.stdout.write(`${JSON.stringify({ measured: peakRssBytes() - baseline })}\n`);
   } finally {

@@ -113,6 +113,13 @@ export const ServerMessages = {
   'batch/side': { jobId: 'uuid', index: 'uint', rows: 'uint' },
   /** Label-private: the same for a held-out batch (the device computes its loss). */
   'eval/side': { jobId: 'uuid', evalId: 'string', index: 'uint', rows: 'uint' },
+  /**
+   * A batch of the job waits for the server's training worker behind `ahead`
+   * operations of other jobs (the server shares its workers round-robin per
+   * user): its acknowledgement, and so the credit, comes later. At most once
+   * a second per job.
+   */
+  'job/waiting': { jobId: 'uuid', ahead: 'uint' },
   /** A checkpoint is durable: batches below nextIndex never need resending. */
   'job/checkpoint': { jobId: 'uuid', step: 'uint', nextIndex: 'uint' },
   /** The job ended (finished or cancelled); the adapter is ready when finished. */

@@ -11,10 +11,13 @@ import { SessionContext } from './SessionContext';
 import { FINGERPRINT_PATTERN, headBytes, JobRecord } from './storage/records';
 import { wireErrorOf } from './wireErrorOf';
 import { jobDiskBytes } from './training/jobMemory';
-import { TrainingJob } from './TrainingJob';
+import { JobOwner, TrainingJob } from './TrainingJob';
 
 
 /** Handles device message T: a request's handler returns its reply (sent with the request's id), a streamed message's handler nothing. */
+/** Least time between two job/waiting notices of one job, milliseconds. */
+const WAITING_NOTICE_MS = 1000;
+
 type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload: Buffer) => Answer<T> | Promise<Answer<T>>;
 
 /**
@@ -22,12 +25,14 @@ type Handler<T extends DeviceMessage['type']> = (msg: DeviceMessage<T>, payload:
  * Application errors are typed `error` messages; a protocol version mismatch
  * closes the socket after the error.
  */
-export class DeviceSession implements BatchSession {
+export class DeviceSession implements BatchSession, JobOwner {
   private model: ModelSpec | undefined;
   /** The head being uploaded, once its storage check passed (chunks arriving meanwhile wait for it, in order). */
   private upload: Promise<HeadUpload> | undefined;
   private readonly batches = new JobBatches(this);
   private lastSeen = Date.now();
+  /** When each job was last told it waits for its worker (job/waiting, at most once per WAITING_NOTICE_MS). */
+  private readonly waitingNoticed = new Map<string, number>();
   private alive = true;
   private readonly handlers: { [T in DeviceMessage['type']]: Handler<T> };
 
@@ -73,6 +78,14 @@ export class DeviceSession implements BatchSession {
     this.ctx.metrics.errors.inc({ code });
     this.send({ type: 'error', code, message, fatal, ...(jobId ? { jobId } : {}), ...(location ? { location } : {}), ...(requestId !== undefined ? { requestId } : {}) });
     if (fatal) this.close(code === 'VERSION_MISMATCH' ? CloseCode.VERSION_MISMATCH : CloseCode.BAD_FRAME, code);
+  }
+
+  /** A job this session trains waits for its training worker: the device is told (job/waiting), at most once per WAITING_NOTICE_MS. */
+  jobWaiting(jobId: string, ahead: number): void {
+    const now = Date.now();
+    if (now - (this.waitingNoticed.get(jobId) ?? -Infinity) < WAITING_NOTICE_MS) return;
+    this.waitingNoticed.set(jobId, now);
+    this.send({ type: 'job/waiting', jobId, ahead });
   }
 
   close(code: number, reason: string): void {

@@ -1,9 +1,10 @@
-import { bytesPerRow, dequantizeRows, joinBits, quantizeRows } from '../common/ActivationQuantizer';
-import { decodeBatchPayload, decodeLayersPayload } from '../common/batchPayload';
+import { bytesPerRow, joinBits } from '../common/ActivationQuantizer';
+import { batchPayloadBytes } from '../common/batchPayload';
 import { MAX_EVAL_ID_CHARS } from '../common/limits';
 import { DeviceMessage, ServerMessage } from '../common/messages';
 import { WireError } from '../common/WireError';
 import { SessionContext } from './SessionContext';
+import type { EncodedBatch } from './training/JobTrainer';
 import { TrainAck, TrainingJob } from './TrainingJob';
 
 /**
@@ -60,18 +61,17 @@ export class JobBatches {
     }
   }
 
-  private batchOf(job: TrainingJob, rows: number, payload: Buffer, lengths: number[] | undefined) {
+  /**
+   * A batch as the device encoded it, its size checked here (BAD_FRAME); it is
+   * decoded where the job trains. `labels`: the standard mode's targets and mask follow the layers.
+   */
+  private batchOf(job: TrainingJob, rows: number, payload: Buffer, lengths: number[] | undefined, labels: boolean): EncodedBatch {
     const c = job.rec.config;
     if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
-    const batch = decodeBatchPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits, job.rec.model.vocabularySize);
-    return { ...batch, lengths: JobBatches.lengthsOf(job, rows, lengths) };
-  }
-
-  /** The tapped layers of a label-private batch. */
-  private layersOf(job: TrainingJob, rows: number, payload: Buffer): Float32Array[] {
-    const c = job.rec.config;
-    if (rows < 1 || rows > c.seqLen * c.batchSize) throw new WireError('BAD_FRAME', 'rows out of range for the job');
-    return decodeLayersPayload(payload, rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits);
+    const expected = batchPayloadBytes(rows, c.tappedLayers.length, job.rec.model.hiddenSize, c.bits, labels);
+    if (payload.length !== expected) throw new WireError('BAD_FRAME', `batch payload has ${payload.length} bytes, expected ${expected} for ${rows} rows`);
+    const checked = JobBatches.lengthsOf(job, rows, lengths);
+    return { payload, rows, ...(checked ? { lengths: checked } : {}) };
   }
 
   /** A batch's sequence lengths, checked where the job's side network attends within sequences (ignored elsewhere). */
@@ -82,15 +82,6 @@ export class JobBatches {
       throw new WireError('BAD_FRAME', `this job needs the batch's sequence lengths: 1 to ${c.batchSize} of them, each 1 to ${c.seqLen}, summing to rows`);
     }
     return lengths;
-  }
-
-  /** [rows][d] floats quantized at the join's bits (label-private side outputs). */
-  private static quantized(job: TrainingJob, rows: number, data: Float32Array): Buffer {
-    const d = job.rec.model.hiddenSize;
-    const bits = joinBits(job.rec.config.bits);
-    const out = Buffer.allocUnsafe(rows * bytesPerRow(d, bits));
-    quantizeRows(data, rows, d, bits, out, 0);
-    return out;
   }
 
   private sendAck(job: TrainingJob, jobId: string, ack: TrainAck): void {
@@ -113,19 +104,16 @@ export class JobBatches {
     return this.withCredit(m.jobId, async () => {
       const job = await this.s.trainingJob(m.jobId);
       if (job.labelPrivate) return this.trainLabelPrivate(job, m, payload);
-      const batch = this.batchOf(job, m.rows, payload, m.lengths);
-      this.sendAck(job, m.jobId, await job.train(m.index, batch));
+      this.sendAck(job, m.jobId, await job.train(m.index, this.batchOf(job, m.rows, payload, m.lengths, true)));
     });
   }
 
   /** Label-private: the side output goes back; the batch keeps its credit until its gradient is applied (batch/grad). */
   private async trainLabelPrivate(job: TrainingJob, m: DeviceMessage<'batch/train'>, payload: Buffer): Promise<'keep' | void> {
-    const layers = this.layersOf(job, m.rows, payload);
-    const lengths = JobBatches.lengthsOf(job, m.rows, m.lengths);
-    const delta = await job.sideOutput(m.index, layers, m.rows, lengths);
+    const delta = await job.sideOutput(m.index, this.batchOf(job, m.rows, payload, m.lengths, false));
     if (!delta) return this.sendAck(job, m.jobId, job.duplicateAck(m.index));
     this.awaitingGrad.add(`${m.jobId}:${m.index}`);
-    this.s.send({ type: 'batch/side', jobId: m.jobId, index: m.index, rows: m.rows }, JobBatches.quantized(job, m.rows, delta));
+    this.s.send({ type: 'batch/side', jobId: m.jobId, index: m.index, rows: m.rows }, delta);
     return 'keep';
   }
 
@@ -142,9 +130,8 @@ export class JobBatches {
     if (!this.awaitingGrad.has(key)) throw new WireError('OUT_OF_ORDER', `batch/grad ${m.index} without its batch/side`);
     job.checkGradient(m.index, m.rows, m.lossSum, m.tokens, MAX_LOSS_PER_TOKEN_OVER_UNIFORM * Math.log(job.rec.model.vocabularySize));
     this.awaitingGrad.delete(key);
-    const dy = dequantizeRows(payload, m.rows, d, bits, 0);
     try {
-      this.sendAck(job, m.jobId, await job.applyGradient(m.index, dy, m.lossSum, m.tokens));
+      this.sendAck(job, m.jobId, await job.applyGradient(m.index, m.rows, payload, m.lossSum, m.tokens));
     } finally {
       this.inFlight--;
     }
@@ -156,11 +143,11 @@ export class JobBatches {
       const { job, onlyForThis } = await this.s.evalJob(m.jobId);
       try {
         if (job.labelPrivate) {
-          const delta = await job.evalSide(this.layersOf(job, m.rows, payload), m.rows, JobBatches.lengthsOf(job, m.rows, m.lengths));
-          this.s.send({ type: 'eval/side', jobId: m.jobId, evalId: m.evalId, index: m.index, rows: m.rows }, JobBatches.quantized(job, m.rows, delta));
+          const delta = await job.evalSide(this.batchOf(job, m.rows, payload, m.lengths, false));
+          this.s.send({ type: 'eval/side', jobId: m.jobId, evalId: m.evalId, index: m.index, rows: m.rows }, delta);
           return;
         }
-        const r = await job.evaluate(m.evalId, this.batchOf(job, m.rows, payload, m.lengths));
+        const r = await job.evaluate(m.evalId, this.batchOf(job, m.rows, payload, m.lengths, true));
         this.s.send({ type: 'eval/result', jobId: m.jobId, evalId: m.evalId, index: m.index, lossSum: r.lossSum, tokens: r.tokens });
       } finally {
         if (onlyForThis) await this.s.ctx.registry.unload(job); // loaded only for this evaluation

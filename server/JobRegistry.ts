@@ -6,24 +6,25 @@ import { jobShape, SideNetworkShape } from '../common/AdapterConfig';
 import { headName, jobKey, JobRecord } from './storage/records';
 import { LOCAL_LEASES } from './storage/LocalLeases';
 import type { Heads, Jobs, Leases } from './storage/Store';
-import { OnnxEngine } from './training/onnx/OnnxEngine';
-import { OnnxHead } from './training/onnx/OnnxHead';
+import type { Trainers } from './training/JobTrainer';
 import { TrainingJob } from './TrainingJob';
 
 /**
  * The jobs and model heads this server holds in memory. A job is loaded from
  * its last checkpoint the first time a session asks for it and unloaded when
  * it finishes, is cancelled or the server stops; a model's frozen head is
- * loaded once and shared by every loaded job of that model.
+ * loaded once and shared by every loaded job of that model. Jobs train on
+ * `trainers` (the server's pool of worker threads).
  */
 export class JobRegistry {
   private readonly jobs = new Map<string, TrainingJob>();
   /** Jobs being built (from a checkpoint or fresh weights): counted like loaded ones. */
   private readonly loading = new Map<string, { rec: JobRecord; job: Promise<TrainingJob> }>();
-  private readonly heads = new Map<string, { head: OnnxHead; users: number }>();
+  /** Heads loaded into the trainers, with the jobs using each (a head is loaded while `loaded` settles). */
+  private readonly heads = new Map<string, { loaded: Promise<void>; users: number }>();
 
   constructor(
-    private readonly engine: OnnxEngine,
+    private readonly trainers: Trainers,
     private readonly jobStore: Jobs,
     private readonly headStore: Heads,
     /** Called with the number of loaded jobs whenever it changes. */
@@ -62,7 +63,8 @@ export class JobRegistry {
   async load(rec: JobRecord, limits: SessionLimits, shape: SideNetworkShape = jobShape(rec.config, rec.model)): Promise<TrainingJob> {
     const key = jobKey(rec);
     const job = this.jobs.get(key);
-    if (job) return job;
+    if (job && !job.trainerLost) return job;
+    if (job) await this.dropLost(job);
     const pending = this.loading.get(key);
     if (pending) return pending.job;
     const opened = this.open(rec, limits, shape);
@@ -80,16 +82,16 @@ export class JobRegistry {
   private async open(rec: JobRecord, limits: SessionLimits, shape: SideNetworkShape): Promise<TrainingJob> {
     // The lease first: a job another replica trains is pointed there (and its lease is not counted against this user twice).
     await this.leases.acquire(rec);
-    let head: OnnxHead | undefined;
+    let head: string | undefined;
     try {
       await this.admit(rec.user, rec.config, shape, limits, jobKey(rec));
       // The record as the lease's last owner left it (another replica may have trained it).
       const current = (await this.jobStore.get(rec.user, rec.id)) ?? rec;
       // A label-private job needs no head: the device computes the loss with its own.
       head = current.config.labelPrivate ? undefined : await this.acquireHead(current.model);
-      return await TrainingJob.open(current, this.jobStore, this.engine, head, shape);
+      return await TrainingJob.open(current, this.jobStore, this.trainers, shape, head);
     } catch (err) {
-      if (head) this.releaseHead(headName(rec.model));
+      if (head) this.releaseHead(head);
       await this.leases.release(rec);
       throw err;
     }
@@ -126,6 +128,17 @@ export class JobRegistry {
   /** The records of the jobs loaded or being loaded. */
   private records(): JobRecord[] {
     return [...[...this.jobs.values()].map((j) => j.rec), ...[...this.loading.values()].map((l) => l.rec)];
+  }
+
+  /** A job whose training worker stopped: dropped without a checkpoint (its stored one is its state), to be opened again. */
+  private async dropLost(job: TrainingJob): Promise<void> {
+    const key = jobKey(job.rec);
+    if (this.jobs.get(key) !== job) return;
+    this.jobs.delete(key);
+    this.onLoadedJobsChanged(this.jobs.size);
+    await job.dispose(new WireError('INTERNAL', 'the server\'s training worker stopped; resume the job to continue from its last stored checkpoint'));
+    if (!job.rec.config.labelPrivate) this.releaseHead(headName(job.rec.model));
+    await this.leases.release(job.rec);
   }
 
   /** Waits for the job's queued work, frees it, and releases its head. */
@@ -169,28 +182,35 @@ export class JobRegistry {
     return failed;
   }
 
-  private async acquireHead(model: ModelSpec): Promise<OnnxHead> {
+  /** Loads the model's head into the trainers unless a loaded job uses it already; returns its key. */
+  private async acquireHead(model: ModelSpec): Promise<string> {
     const key = headName(model);
     await this.headStore.touch(model);
-    const entry = this.heads.get(key);
-    if (entry) {
-      entry.users++;
-      return entry.head;
+    let entry = this.heads.get(key);
+    if (!entry) {
+      const loaded = this.headStore.load(model).then((stored) => this.trainers.loadHead(key, stored, model.normEpsilon));
+      entry = { loaded, users: 0 };
+      this.heads.set(key, entry);
+      loaded.catch(() => {
+        if (this.heads.get(key) === entry) this.heads.delete(key);
+      });
     }
-    const stored = await this.headStore.load(model);
-    const again = this.heads.get(key); // loaded meanwhile for another job
-    if (again) {
-      again.users++;
-      return again.head;
+    entry.users++;
+    try {
+      await entry.loaded;
+    } catch (err) {
+      entry.users--;
+      throw err;
     }
-    const head = new OnnxHead(stored.halves, stored.norm, model.normEpsilon);
-    this.heads.set(key, { head, users: 1 });
-    return head;
+    return key;
   }
 
   private releaseHead(key: string): void {
     const entry = this.heads.get(key);
-    if (entry && --entry.users === 0) this.heads.delete(key);
+    if (entry && --entry.users === 0) {
+      this.heads.delete(key);
+      this.trainers.releaseHead(key);
+    }
   }
 
   /** The file names of the heads loaded jobs use now (never expired). */

@@ -18,7 +18,8 @@ import { FileStore } from './storage/file/FileStore';
 import { DEFAULT_LEASE_MS, PgStore } from './storage/pg/PgStore';
 import type { ServerStore } from './storage/Store';
 import { TokenUsers } from './storage/TokenUsers';
-import { ExecutionDevice, OnnxEngine } from './training/onnx/OnnxEngine';
+import type { ExecutionDevice } from './training/onnx/OnnxEngine';
+import { TrainerPool } from './training/pool/TrainerPool';
 
 /** How long a stored model head no job uses is kept. */
 export const HEAD_TTL_MS = 30 * 86_400_000;
@@ -66,8 +67,10 @@ export interface MobiServerOptions {
   idleTimeoutMs?: number;
   /** Execution provider of the training engine. Default 'cpu'. */
   device?: ExecutionDevice;
-  /** CPU threads of the training engine. Default: every core. */
+  /** CPU threads of each training worker's engine. Default defaultTrainingThreads() (the cores, at most 4). */
   threads?: number;
+  /** Worker threads that train (each one step at a time; jobs share them round-robin per user). Default defaultTrainingWorkers(threads). */
+  trainingWorkers?: number;
   /** Write one line per event (no data, no text) here. Default: nothing. */
   log?: (line: string) => void;
 }
@@ -80,8 +83,8 @@ export interface MobiServerOptions {
 export class MobiServer {
   private storeInUse: ServerStore | undefined;
   readonly metrics = new ServerMetrics();
-  /** The training engine and the jobs it holds; made by start(). */
-  private engine: OnnxEngine | undefined;
+  /** The training workers and the jobs they hold; made by start(). */
+  private trainers: TrainerPool | undefined;
   private registry: JobRegistry | undefined;
   backend = 'unknown';
   private readonly http: http.Server | https.Server;
@@ -142,11 +145,12 @@ export class MobiServer {
     }
     await store.replicas.beat(this.options.advertise);
     this.authLimiter = new AuthLimiter(Date.now, undefined, store.authFailures);
-    const engine = await OnnxEngine.create({ device: this.options.device, threads: this.options.threads });
-    this.engine = engine;
-    this.backend = engine.name;
-    this.metrics.engine.set({ engine: 'onnxruntime', provider: engine.device }, 1);
-    const registry = new JobRegistry(engine, store.jobs, store.heads, (n) => this.metrics.jobsActive.set(n), store.leases);
+    const trainers = await TrainerPool.create({ device: this.options.device, threads: this.options.threads, workers: this.options.trainingWorkers });
+    this.trainers = trainers;
+    trainers.onWorkerLost = (i) => this.log(`training worker ${i} stopped; started a new one (its jobs resume from their checkpoints)`);
+    this.backend = trainers.name;
+    this.metrics.engine.set({ engine: 'onnxruntime', provider: trainers.device }, 1);
+    const registry = new JobRegistry(trainers, store.jobs, store.heads, (n) => this.metrics.jobsActive.set(n), store.leases);
     this.registry = registry;
     store.leases.onLost((key) => {
       this.log('a job\'s lease was taken over by another replica; stopped training it here');
@@ -184,7 +188,7 @@ export class MobiServer {
     const { port } = this.http.address() as AddressInfo;
     const scheme = this.options.tlsCert ? 'wss' : 'ws';
     const host = this.options.host ?? '127.0.0.1';
-    this.log(`listening on ${scheme}://${host}:${port} (engine ${this.backend}, ${engine.threads} threads, ${store.kind} store ${store.where}, replica ${store.replicas.id})`);
+    this.log(`listening on ${scheme}://${host}:${port} (engine ${this.backend}, ${trainers.workers} training workers of ${trainers.threads} threads, ${store.kind} store ${store.where}, replica ${store.replicas.id})`);
     return { url: `${scheme}://${host}:${port}`, port };
   }
 
@@ -216,7 +220,7 @@ export class MobiServer {
       const ok = !this.closing && reachable;
       res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
       res.end(JSON.stringify({
-        ok, backend: this.backend, engine: 'onnxruntime', provider: this.engine?.device, threads: this.engine?.threads, devices: this.sessions.size, jobs: this.registry?.size ?? 0,
+        ok, backend: this.backend, engine: 'onnxruntime', provider: this.trainers?.device, threads: this.trainers?.threads, trainingWorkers: this.trainers?.workers, jobsPerWorker: this.trainers?.jobsPerWorker(), devices: this.sessions.size, jobs: this.registry?.size ?? 0,
         replica: store?.replicas.id, advertise: this.options.advertise, store: { kind: store?.kind, where: store?.where, reachable },
       }));
       return;
@@ -329,7 +333,7 @@ export class MobiServer {
     this.wss.close();
     await new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeAllConnections?.();
-    await this.engine?.dispose();
+    await this.trainers?.dispose();
     if (this.storeInUse && this.storeInUse !== this.options.store) await this.storeInUse.close();
     this.log('stopped');
   }

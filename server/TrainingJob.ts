@@ -1,18 +1,18 @@
-import { checkSideNetworkTensors } from '../common/AdapterConfig';
-import { encodeAdapterSliced } from '../common/AdapterFile';
 import { canTransition, JobState } from '../common/JobState';
-import { ActivationBatch } from '../common/batchPayload';
 import { MAX_EVALS_PER_JOB } from '../common/limits';
 import { WireError } from '../common/WireError';
-import type { JobRecord } from './storage/records';
+import { jobKey, JobRecord } from './storage/records';
 import { wireErrorOf } from './wireErrorOf';
 import type { Jobs } from './storage/Store';
-import { OnnxEngine } from './training/onnx/OnnxEngine';
-import { OnnxHead } from './training/onnx/OnnxHead';
-import { OnnxTrainer, StepResult } from './training/onnx/OnnxTrainer';
-import { adapterConfig, attentionBlocks, initialParametersAsync, parameterNames, parameterShape, SideNetworkShape } from './training/sideNetworkSpec';
-import { OptimizerState } from './training/TrainerOptions';
-import { readCheckpoint } from './training/readCheckpoint';
+import type { EncodedBatch, JobTrainer, Trainers } from './training/JobTrainer';
+import type { StepResult } from './training/onnx/OnnxTrainer';
+import { attentionBlocks, SideNetworkShape } from './training/sideNetworkSpec';
+
+/** Who trains a job: the device session that created or last resumed it. */
+export interface JobOwner {
+  /** An operation of job `jobId` waits for its training worker behind `ahead` of other jobs. */
+  jobWaiting(jobId: string, ahead: number): void;
+}
 
 /** Non-finite steps in a row after which training stops with NON_FINITE. */
 export const MAX_SKIPPED_STEPS_IN_A_ROW = 3;
@@ -57,39 +57,35 @@ export class TrainingJob {
    * The next batch's side output waits for this step, so every side output
    * is computed with the weights a standard step would use.
    */
-  private awaiting: { index: number; layers: Float32Array[]; rows: number; lengths: number[] | undefined; stepped: Promise<void>; release: () => void } | undefined;
+  private awaiting: { index: number; rows: number; stepped: Promise<void>; release: () => void } | undefined;
 
   private constructor(
     readonly rec: JobRecord,
     private readonly store: Jobs,
-    private readonly trainer: OnnxTrainer,
+    private readonly trainer: JobTrainer,
     readonly shape: SideNetworkShape,
   ) {
     this.nextIndex = rec.nextIndex;
+    // A job waiting for its training worker tells its device, which sees why its credits come back slowly.
+    trainer.onWaiting = (ahead) => this.owner?.jobWaiting(rec.id, ahead);
   }
 
-  /** Builds the job from its last checkpoint (or fresh weights, filled without holding the event loop); `shape` is jobShape of its config. */
-  static async open(rec: JobRecord, store: Jobs, engine: OnnxEngine, head: OnnxHead | undefined, shape: SideNetworkShape): Promise<TrainingJob> {
+  /**
+   * Builds the job from its last checkpoint (or fresh weights) on `trainers`
+   * (a worker of the server's pool): the stored checkpoints are read here and
+   * decoded where the job trains. `shape` is jobShape of its config;
+   * `headKey` names its model head (standard mode), loaded by the caller.
+   */
+  static async open(rec: JobRecord, store: Jobs, trainers: Trainers, shape: SideNetworkShape, headKey?: string): Promise<TrainingJob> {
     // Held-out results keyed by the device's evalIds: no prototype, so "__proto__" or "constructor" is just a name.
     rec.evals = Object.assign(Object.create(null) as JobRecord['evals'], rec.evals);
-    let state: OptimizerState | undefined;
-    let ckpt: Awaited<ReturnType<typeof readCheckpoint>>;
-    const stored = await store.readCheckpoints(rec);
-    for (const bytes of stored) if ((ckpt = await readCheckpoint(bytes, rec, shape))) break;
-    if (stored.length > 0 && !ckpt) throw new WireError('STORAGE', 'no stored checkpoint of this job is readable; start a new job');
-    const values = ckpt?.values ?? (await initialParametersAsync(shape, rec.config.seed));
-    if (ckpt) {
-      state = ckpt.state;
-      rec.step = state.step;
-      rec.nextIndex = ckpt.nextIndex;
-      rec.trainTokens = ckpt.trainTokens;
-    } else {
-      rec.step = 0;
-      rec.nextIndex = 0;
-      rec.trainTokens = 0;
-    }
-    const trainer = new OnnxTrainer(engine, shape, head, values, { learningRate: rec.config.learningRate, warmupSteps: rec.config.warmupSteps, totalSteps: rec.config.totalSteps }, state);
-    return new TrainingJob(rec, store, trainer, shape);
+    const checkpoints = await store.readCheckpoints(rec);
+    const opened = await trainers.open({ job: jobKey(rec), user: rec.user, spec: { shape, model: rec.model, config: rec.config }, ...(headKey !== undefined ? { headKey } : {}), checkpoints });
+    if (opened.unreadable) throw new WireError('STORAGE', 'no stored checkpoint of this job is readable; start a new job');
+    rec.step = opened.from?.step ?? 0;
+    rec.nextIndex = opened.from?.nextIndex ?? 0;
+    rec.trainTokens = opened.from?.trainTokens ?? 0;
+    return new TrainingJob(rec, store, opened.trainer, shape);
   }
 
   /** Moves the job to `to` and records it on disk; JOB_STATE when the transition is not allowed. */
@@ -111,13 +107,19 @@ export class TrainingJob {
     // A label-private batch whose gradient never came (the device went away) is sent again.
     this.awaiting?.release();
     this.awaiting = undefined;
+    await this.trainer.forgetPending();
   }
 
   /** When an operation last asked for this job (the registry unloads jobs idle too long). */
   lastUsedAt = Date.now();
 
   /** The device session training this job: the last to create or resume it. Batches from any other are refused. */
-  owner: object | undefined;
+  owner: JobOwner | undefined;
+
+  /** The trainer's thread stopped: the job is opened again from its last checkpoint (JobRegistry.load). */
+  get trainerLost(): boolean {
+    return this.trainer.lost === true;
+  }
 
   /**
    * Label-private: refuses a gradient that cannot belong to the batch awaiting
@@ -157,16 +159,18 @@ export class TrainingJob {
     return { index, step: this.trainer.step, loss: NaN, learningRate: 0, tokens: 0, duplicate: true, seconds: 0 };
   }
 
-  train(index: number, batch: ActivationBatch): Promise<TrainAck> {
+  /** A standard-mode training batch, as the device encoded it (decoded and checked where the job trains). */
+  train(index: number, batch: EncodedBatch): Promise<TrainAck> {
     return this.run(async () => {
       if (this.labelPrivate) throw new WireError('OUT_OF_ORDER', 'a label-private job takes batch/grad after batch/train');
       if (this.checkIndex(index)) return this.duplicateAck(index);
-      if (!allFinite(batch.layers)) {
+      const t0 = process.hrtime.bigint();
+      const r = await this.trainer.train(batch);
+      if (r === 'nonFinite') {
         this.nextIndex = index + 1; // skipped: the device's next batch is still in order
         throw new WireError('BAD_FRAME', `batch ${index} has NaN or infinite activations; it was skipped`);
       }
-      const t0 = process.hrtime.bigint();
-      return this.afterStep(index, await this.trainer.trainBatch(batch), t0);
+      return this.afterStep(index, r, t0);
     });
   }
 
@@ -181,25 +185,25 @@ export class TrainingJob {
 
   /**
    * Label-private, first half of a step: the side network's output at the
-   * join for training batch `index`, once the previous batch's step is done.
-   * Undefined for a resend of a batch already trained.
+   * join for training batch `index` (quantized at the join's bits), once the
+   * previous batch's step is done. Undefined for a resend of a batch already trained.
    */
-  async sideOutput(index: number, layers: Float32Array[], rows: number, lengths?: number[]): Promise<Float32Array | undefined> {
+  async sideOutput(index: number, batch: EncodedBatch): Promise<Uint8Array | undefined> {
     if (!this.labelPrivate) throw new WireError('OUT_OF_ORDER', 'batch/grad belongs to label-private jobs');
     for (;;) {
       // Checked in arrival order, inside the job's queue; waited for outside it (the gradient comes through the same queue).
-      const r = await this.run(async (): Promise<{ wait: Promise<void> } | { delta: Float32Array | undefined }> => {
+      const r = await this.run(async (): Promise<{ wait: Promise<void> } | { delta: Uint8Array | undefined }> => {
         if (this.awaiting && this.awaiting.index < index) return { wait: this.awaiting.stepped };
         if (this.checkIndex(index)) return { delta: undefined };
         if (this.awaiting) throw new WireError('OUT_OF_ORDER', `batch ${index} was sent twice`);
-        if (!allFinite(layers)) {
+        const delta = await this.trainer.sideOutput(batch, index);
+        if (delta === 'nonFinite') {
           this.nextIndex = index + 1;
           throw new WireError('BAD_FRAME', `batch ${index} has NaN or infinite activations; it was skipped`);
         }
-        const delta = await this.trainer.sideDelta(layers, rows, lengths);
         let release = (): void => undefined;
         const stepped = new Promise<void>((resolve) => (release = resolve));
-        this.awaiting = { index, layers, rows, lengths, stepped, release };
+        this.awaiting = { index, rows: batch.rows, stepped, release };
         return { delta };
       });
       if ('delta' in r) return r.delta;
@@ -207,30 +211,30 @@ export class TrainingJob {
     }
   }
 
-  /** Label-private, second half: the device's loss and gradient at the join for the batch awaiting it; one optimizer step. */
-  applyGradient(index: number, dy: Float32Array, lossSum: number, tokens: number): Promise<TrainAck> {
+  /**
+   * Label-private, second half: the device's loss and gradient at the join
+   * (quantized at the join's bits, `rows` rows) for the batch awaiting it;
+   * one optimizer step.
+   */
+  applyGradient(index: number, rows: number, dy: Uint8Array, lossSum: number, tokens: number): Promise<TrainAck> {
     return this.run(async () => {
       if (this.checkIndex(index)) return this.duplicateAck(index);
       const pending = this.awaiting;
       if (!pending || pending.index !== index) throw new WireError('OUT_OF_ORDER', `batch/grad ${index} without its batch/train`);
-      if (dy.length !== pending.rows * this.shape.d || tokens > pending.rows) throw new WireError('BAD_FRAME', 'the gradient does not match its batch');
+      if (rows !== pending.rows || tokens > pending.rows) throw new WireError('BAD_FRAME', 'the gradient does not match its batch');
       this.awaiting = undefined;
       try {
         const t0 = process.hrtime.bigint();
-        const finite = allFinite([dy]);
-        return await this.afterStep(index, await this.trainer.upstreamStep(pending.layers, pending.rows, pending.lengths, dy, finite ? lossSum : NaN, tokens), t0);
+        return await this.afterStep(index, await this.trainer.upstreamStep(index, dy, lossSum, tokens), t0);
       } finally {
         pending.release();
       }
     });
   }
 
-  /** Label-private evaluation: the side network's output at the join for a held-out batch (the device computes the loss). */
-  evalSide(layers: Float32Array[], rows: number, lengths?: number[]): Promise<Float32Array> {
-    return this.run(async () => {
-      if (!allFinite(layers)) throw new WireError('BAD_FRAME', 'the held-out batch has NaN or infinite activations');
-      return this.trainer.sideDelta(layers, rows, lengths);
-    });
+  /** Label-private evaluation: the side network's output at the join for a held-out batch, quantized (the device computes the loss). */
+  evalSide(batch: EncodedBatch): Promise<Uint8Array> {
+    return this.run(async () => (await this.trainer.sideOutput(batch)) as Uint8Array);
   }
 
   /** What follows every step: the skip count, tokens, a checkpoint when due, the acknowledgement. */
@@ -255,10 +259,9 @@ export class TrainingJob {
     return { index, step: r.step, loss: r.skipped ? 0 : r.loss, learningRate: r.learningRate, tokens: r.skipped ? 0 : r.tokens, duplicate: false, seconds, skipped: r.skipped };
   }
 
-  evaluate(evalId: string, batch: ActivationBatch): Promise<{ lossSum: number; tokens: number }> {
+  evaluate(evalId: string, batch: EncodedBatch): Promise<{ lossSum: number; tokens: number }> {
     return this.run(async () => {
-      if (!allFinite(batch.layers)) throw new WireError('BAD_FRAME', 'the held-out batch has NaN or infinite activations');
-      const r = await this.trainer.evalBatch(batch);
+      const r = await this.trainer.evaluate(batch);
       const acc = this.rec.evals[evalId] ?? { lossSum: 0, tokens: 0 };
       delete this.rec.evals[evalId];
       this.rec.evals[evalId] = { lossSum: acc.lossSum + r.lossSum, tokens: acc.tokens + r.tokens };
@@ -284,18 +287,9 @@ export class TrainingJob {
   private async checkpointNow(wait = true): Promise<void> {
     await this.writing;
     this.throwWriteError();
-    const values = this.trainer.values();
-    const opt = this.trainer.exportState();
-    const tensors = parameterNames(this.shape).flatMap((n) => {
-      const dims = parameterShape(this.shape, n);
-      return [
-        { name: n, shape: dims, data: values.get(n)! },
-        { name: `adam.m.${n}`, shape: dims, data: opt.m.get(n)! },
-        { name: `adam.v.${n}`, shape: dims, data: opt.v.get(n)! },
-      ];
-    });
     const meta = { kind: 'checkpoint', step: this.trainer.step, nextIndex: this.nextIndex, trainTokens: this.rec.trainTokens };
-    const bytes = await encodeAdapterSliced(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
+    // Encoded where the job trains; a checkpoint is written whatever its numbers (only the adapter is checked).
+    const bytes = (await this.trainer.encode('checkpoint', meta)) as Uint8Array;
     const { step, nextIndex } = meta;
     const write = (async () => {
       await storing('a checkpoint', () => this.store.writeCheckpoint(this.rec, bytes));
@@ -316,7 +310,7 @@ export class TrainingJob {
   /** A new job's starting values from the device's backbone (backboneInitNames), kept as its step-0 checkpoint so a resume starts there too. */
   startFrom(values: Map<string, Float32Array>): Promise<void> {
     return this.run(async () => {
-      this.trainer.setStartValues(values);
+      await this.trainer.setStartValues(values);
       await this.checkpointNow();
     });
   }
@@ -327,20 +321,14 @@ export class TrainingJob {
   }
 
   /** Final checkpoint and adapter file; the job becomes finished. */
-  finish(): Promise<Buffer> {
+  finish(): Promise<Uint8Array> {
     return this.run(async () => {
       if (this.rec.state === 'finished') return (await this.store.readAdapter(this.rec))!;
       if (this.rec.state !== 'training') throw new WireError('JOB_STATE', `The job is ${this.rec.state}.`);
       await this.checkpointNow();
-      const values = this.trainer.values();
-      const tensors = parameterNames(this.shape).map((n) => ({ name: n, shape: parameterShape(this.shape, n), data: values.get(n)! }));
-      try {
-        checkSideNetworkTensors(this.shape, new Map(tensors.map((t) => [t.name, t])));
-      } catch {
-        throw new WireError('INTERNAL', 'the trained weights are not finite numbers; no adapter was written (resume from an earlier checkpoint with a lower learning rate)');
-      }
-      const meta = { kind: 'adapter', steps: this.trainer.step, trainTokens: this.rec.trainTokens, evals: this.rec.evals, finishedAt: new Date().toISOString() };
-      const bytes = await encodeAdapterSliced(this.rec.model.fingerprint, adapterConfig(this.shape, this.rec.model, this.rec.config), meta, tensors);
+      const meta = { kind: 'adapter', steps: this.trainer.step, trainTokens: this.rec.trainTokens, evals: { ...this.rec.evals }, finishedAt: new Date().toISOString() };
+      const bytes = await this.trainer.encode('adapter', meta);
+      if (bytes === 'nonFinite') throw new WireError('INTERNAL', 'the trained weights are not finite numbers; no adapter was written (resume from an earlier checkpoint with a lower learning rate)');
       await storing('the adapter', () => this.store.writeAdapter(this.rec, bytes));
       await this.setState('finished');
       return bytes;
@@ -365,7 +353,7 @@ export class TrainingJob {
     await this.chain;
     await this.writing;
     this.stopped ??= new WireError('JOB_STATE', 'The job was stopped.');
-    this.trainer.dispose();
+    await this.trainer.dispose();
   }
 }
 
@@ -383,12 +371,4 @@ async function storing(what: string, write: () => void | Promise<void>): Promise
     if (wire && wire.code !== 'STORAGE') throw wire;
     throw new WireError('STORAGE', `the server could not store ${what} (is its disk full?); what it stored before is kept`);
   }
-}
-
-/** Whether every activation of the batch is a finite number (NaN or Inf would poison the weights). */
-function allFinite(arrays: Float32Array[]): boolean {
-  for (const layer of arrays) {
-    for (let i = 0; i < layer.length; i++) if (!Number.isFinite(layer[i]!)) return false;
-  }
-  return true;
 }

@@ -110,12 +110,13 @@ export function buildServerProgram(): Command {
     .option('--max-user-memory <GiB>', `server memory all loaded jobs of one user may take (default ${DEFAULT_SESSION_LIMITS.maxUserMemoryBytes / 2 ** 30})`, gibibytes)
     .option('--max-devices <n>', 'open device connections', port, 64)
     .option('--device <device>', 'training engine provider: cpu or cuda (the GPU image)', device, 'cpu' as ExecutionDevice)
-    .option('--threads <n>', 'CPU threads of the training engine (default: every core)', positive)
-    .action(async (o: { host: string; port: number; data: string; database?: string; advertise?: string; replicaId?: string; leaseSeconds?: number; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxJobMemory?: number; maxUserMemory?: number; maxUserStorage?: number; headTtlDays?: number; maxDevices: number; device: ExecutionDevice; threads?: number }) => {
+    .option('--threads <n>', 'CPU threads of each training worker (default: the cores, at most 4)', positive)
+    .option('--training-workers <n>', 'worker threads that train, each one step at a time; jobs share them round-robin per user (default: the cores divided by --threads)', positive)
+    .action(async (o: { host: string; port: number; data: string; database?: string; advertise?: string; replicaId?: string; leaseSeconds?: number; tlsCert?: string; tlsKey?: string; maxJobsPerUser: number; maxJobMemory?: number; maxUserMemory?: number; maxUserStorage?: number; headTtlDays?: number; maxDevices: number; device: ExecutionDevice; threads?: number; trainingWorkers?: number }) => {
       const database = o.database ?? process.env.MOBILLM_DATABASE_URL;
       const server = new MobiServer({
         dataDir: o.data, database, advertise: o.advertise, replicaId: o.replicaId, leaseMs: o.leaseSeconds, host: o.host, port: o.port, tlsCert: o.tlsCert, tlsKey: o.tlsKey,
-        maxJobsPerUser: o.maxJobsPerUser, maxJobMemoryBytes: o.maxJobMemory, maxUserMemoryBytes: o.maxUserMemory, maxUserStorageBytes: o.maxUserStorage, headTtlMs: o.headTtlDays, maxDevices: o.maxDevices, device: o.device, threads: o.threads,
+        maxJobsPerUser: o.maxJobsPerUser, maxJobMemoryBytes: o.maxJobMemory, maxUserMemoryBytes: o.maxUserMemory, maxUserStorageBytes: o.maxUserStorage, headTtlMs: o.headTtlDays, maxDevices: o.maxDevices, device: o.device, threads: o.threads, trainingWorkers: o.trainingWorkers,
         log: (line) => process.stdout.write(`${line}\n`),
       });
       let started;

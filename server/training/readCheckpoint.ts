@@ -1,11 +1,10 @@
 import { checkSideNetworkTensors } from '../../common/AdapterConfig';
 import { decodeAdapterSliced } from '../../common/AdapterFile';
-import type { JobRecord } from '../storage/records';
 import { parameterNames, SideNetworkShape } from './sideNetworkSpec';
 import { OptimizerState } from './TrainerOptions';
 
 /** A checkpoint's weights, Adam state and position, or undefined when it is damaged (short, flipped, foreign). */
-export async function readCheckpoint(bytes: Buffer, rec: JobRecord, shape: SideNetworkShape): Promise<{ values: Map<string, Float32Array>; state: OptimizerState; nextIndex: number; trainTokens: number } | undefined> {
+export async function readCheckpoint(bytes: Buffer, rec: { model: { fingerprint: string } }, shape: SideNetworkShape): Promise<{ values: Map<string, Float32Array>; state: OptimizerState; nextIndex: number; trainTokens: number } | undefined> {
   try {
     const { header, tensors } = await decodeAdapterSliced(bytes, rec.model.fingerprint);
     const names = parameterNames(shape);

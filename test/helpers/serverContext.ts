@@ -11,12 +11,13 @@ import { JobStore } from '../../server/storage/file/JobStore';
 import { OnnxEngine } from '../../server/training/onnx/OnnxEngine';
 import { model, SocketEnd, storesWithHead } from './sessionHarness';
 import { tmpDir } from './workspaces';
+import { LocalTrainers } from '../../server/training/LocalTrainers';
 
 /** A server context with the file store in a new folder (with the test model's head stored, unless `withHead` is false) and `limits` over the defaults. */
 export async function serverContext(engine: OnnxEngine, limits: Partial<SessionLimits> = {}, withHead = true): Promise<SessionContext> {
   const dir = tmpDir('server-context');
   const { heads, jobs } = withHead ? await storesWithHead() : { heads: new HeadStore(dir), jobs: new JobStore(dir) };
-  return { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, ...limits }, backend: 'test', log: () => undefined };
+  return { heads, jobs, registry: new JobRegistry(new LocalTrainers(engine), jobs, heads), metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, ...limits }, backend: 'test', log: () => undefined };
 }
 
 /** Frames a device of `user` sends to a server context shared with other sessions, after its hello was welcomed. */

@@ -17,7 +17,7 @@ const LOCAL_USER = 'local';
 export async function startEmbeddedServer(storeDir: string, log?: (line: string) => void): Promise<EmbeddedServer> {
   // The training engine takes the cores the device's backbone leaves free.
   const threads = Math.max(1, os.availableParallelism() - defaultThreads());
-  const server = new MobiServer({ dataDir: path.join(storeDir, 'embedded-server'), host: '127.0.0.1', port: 0, threads, log });
+  const server = new MobiServer({ dataDir: path.join(storeDir, 'embedded-server'), host: '127.0.0.1', port: 0, threads, trainingWorkers: 1, log });
   if ((await server.users.list()).some((u) => u.name === LOCAL_USER && !u.revoked)) await server.users.revoke(LOCAL_USER);
   const token = await server.users.add(LOCAL_USER);
   const { url } = await server.start();

@@ -178,13 +178,14 @@ export class ActivationStream {
     startIndex: number,
     onSent: (sequences: number, rows: number) => void,
     onAck: (ack: ServerMessage<'batch/ack'>) => void,
+    onWaiting: (ahead: number) => void = () => undefined,
   ): Promise<void> {
     this.ctx.setPhase('training');
     const total = this.config.totalSteps;
     const window = new CreditWindow(conn, jobId, conn.welcome.credits, (ack) => {
       this.timings.serverSeconds += ack.seconds;
       onAck(ack);
-    });
+    }, onWaiting);
     const started = process.hrtime.bigint();
     try {
       const forward = (i: number): Promise<EncodedBatch> => this.trainBatch(i);

@@ -25,6 +25,8 @@ export class CreditWindow {
     readonly credits: number,
     /** Called for each acknowledgement of this job, in arrival order. */
     private readonly onAck: (ack: ServerMessage<'batch/ack'>) => void,
+    /** Called when the server says a batch of this job waits for its training worker behind `ahead` operations of other jobs. */
+    private readonly onWaiting: (ahead: number) => void = () => undefined,
   ) {
     this.unsubscribe = [
       conn.subscribe((m) => this.onMessage(m)),
@@ -62,6 +64,8 @@ export class CreditWindow {
     if (m.type === 'batch/ack' && m.jobId === this.jobId) {
       this.inFlight.delete(m.index);
       this.onAck(m);
+    } else if (m.type === 'job/waiting' && m.jobId === this.jobId) {
+      this.onWaiting(m.ahead);
     } else if (m.type === 'error' && (m.jobId === undefined || m.jobId === this.jobId)) {
       this.failure ??= errorFromServer(m);
     }

@@ -348,6 +348,7 @@ export class FineTuneJob {
           if (ack.skipped) this.ctx.log(`step ${ack.step} skipped by the server (non-finite loss or gradient)`);
           else this.progress.stepAcknowledged(ack.step, ack.loss);
         },
+        (ahead) => this.progress.serverBusy(ahead),
       );
       if (this.after === undefined) {
         this.after = await work.stream.evaluate(conn, jobId, 'after');

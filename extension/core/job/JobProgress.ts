@@ -22,6 +22,8 @@ export interface JobProgress {
   deviceRssBytes: number;
   /** Loss history [step, loss] for charts. */
   lossHistory: [number, number][];
+  /** The server said this job's next step waits behind this many operations of other jobs (cleared by the next step). */
+  serverQueueAhead?: number;
 }
 
 /** Where the tracker reads the numbers it does not count itself. */
@@ -97,8 +99,15 @@ export class ProgressTracker {
     this.p.tokensDone += rows;
   }
 
+  /** The server said the job's next step waits for its training worker behind `ahead` operations of other jobs. */
+  serverBusy(ahead: number): void {
+    this.p.serverQueueAhead = ahead;
+    this.emit();
+  }
+
   /** The server applied a step. */
   stepAcknowledged(step: number, loss: number): void {
+    delete this.p.serverQueueAhead;
     this.p.step = step;
     this.p.trainLoss = loss;
     this.p.lossHistory.push([step, loss]);

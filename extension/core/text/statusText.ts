@@ -15,7 +15,9 @@ export function statusText(p: JobProgress | undefined): { text: string; tooltip:
       const parts = [`$(sync~spin) MobiLLM ${p.step}/${p.totalSteps}`];
       if (p.trainLoss !== undefined) parts.push(`loss ${p.trainLoss.toFixed(2)}`);
       if (p.etaSeconds !== undefined) parts.push(`ETA ${formatDuration(p.etaSeconds)}`);
-      return { text: parts.join(' · '), tooltip: 'Fine-tuning: click for the dashboard; "MobiLLM: Cancel fine-tuning" stops it.' };
+      if (p.serverQueueAhead) parts.push(`server busy (${p.serverQueueAhead} ahead)`);
+      const busy = p.serverQueueAhead ? ' The team server is training other jobs too: this job\'s steps wait their turn (it shares its workers fairly between users).' : '';
+      return { text: parts.join(' · '), tooltip: `Fine-tuning: click for the dashboard; "MobiLLM: Cancel fine-tuning" stops it.${busy}` };
     }
     default:
       return { text: `$(sync~spin) MobiLLM: ${p.phase.replace('-', ' ')}`, tooltip: 'Fine-tuning is starting; click for the dashboard.' };

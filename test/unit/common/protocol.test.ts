@@ -38,6 +38,7 @@ const serverExamples: { [T in ServerMessage['type']]: ServerMessage<T> } = {
   'eval/result': { type: 'eval/result', jobId: J1, evalId: 'before', index: 0, lossSum: 3000.5, tokens: 500 },
   'batch/side': { type: 'batch/side', jobId: J1, index: 3, rows: 512 },
   'eval/side': { type: 'eval/side', jobId: J1, evalId: 'before', index: 0, rows: 512 },
+  'job/waiting': { type: 'job/waiting', jobId: J1, ahead: 3 },
   'job/checkpoint': { type: 'job/checkpoint', jobId: J1, step: 5, nextIndex: 5 },
   'job/done': { type: 'job/done', jobId: J1, step: 10, state: 'finished' },
   'job/list/result': { type: 'job/list/result', jobs: [{ id: J1 }] },

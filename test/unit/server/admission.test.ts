@@ -1,5 +1,6 @@
 import * as assert from 'node:assert/strict';
 import type { JobConfig, ModelSpec } from '../../../common/messages';
+import { encodeLayersPayload } from '../../../common/batchPayload';
 import { JobRegistry } from '../../../server/JobRegistry';
 import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionLimits';
 import { HeadStore } from '../../../server/storage/file/HeadStore';
@@ -11,6 +12,7 @@ import { jobShape } from '../../../common/AdapterConfig';
 import { config, D, model } from '../../helpers/sessionHarness';
 import { tmpDir } from '../../helpers/workspaces';
 import { connect, useServerContexts } from '../../helpers/serverContext';
+import { LocalTrainers } from '../../../server/training/LocalTrainers';
 
 describe('server: loading a job (admission by memory and job limits, ONNX sessions, fresh weights)', function () {
   this.timeout(60_000);
@@ -46,7 +48,7 @@ describe('server: loading a job (admission by memory and job limits, ONNX sessio
     other.deliver({ type: 'job/create', name: 'c', config });
     await other.next('job/ready');
     // The same data folder under a server with a smaller per-job budget: the stored job is refused, not loaded.
-    const small = { ...ctx, registry: new JobRegistry(server.engine(), ctx.jobs, ctx.heads), limits: { ...ctx.limits, maxJobMemoryBytes: Math.floor(one / 2) } };
+    const small = { ...ctx, registry: new JobRegistry(new LocalTrainers(server.engine()), ctx.jobs, ctx.heads), limits: { ...ctx.limits, maxJobMemoryBytes: Math.floor(one / 2) } };
     const again = await connect(small);
     const [rec] = await ctx.jobs.list('ann');
     again.deliver({ type: 'job/resume', jobId: rec!.id });
@@ -93,7 +95,7 @@ describe('server: loading a job (admission by memory and job limits, ONNX sessio
     try {
       const dir = tmpDir('sessions');
       const jobs = new JobStore(dir);
-      const registry = new JobRegistry(own, jobs, new HeadStore(dir));
+      const registry = new JobRegistry(new LocalTrainers(own), jobs, new HeadStore(dir));
       let shapes = 0;
       for (const reduction of [1, 2, 4, 8, 16]) {
         for (const tappedLayers of [[1], [0, 1]]) {
@@ -101,7 +103,8 @@ describe('server: loading a job (admission by memory and job limits, ONNX sessio
             const cfg: JobConfig = { ...config, reduction, tappedLayers, sideNetwork, labelPrivate: true };
             const job = await registry.load(await jobs.create('ann', 's', model, cfg), DEFAULT_SESSION_LIMITS);
             const rows = config.seqLen;
-            await job.sideOutput(0, tappedLayers.map(() => new Float32Array(rows * D).fill(0.5)), rows, [rows]);
+            const layers = encodeLayersPayload(tappedLayers.map(() => new Float32Array(rows * D).fill(0.5)), rows, D, 8);
+            await job.sideOutput(0, { payload: layers, rows, lengths: [rows] });
             await registry.unload(job);
             shapes++;
           }

@@ -3,7 +3,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WebSocket } from 'ws';
 import { PROTOCOL_VERSION } from '../../../common/limits';
-import { decodeBatchPayload } from '../../../common/batchPayload';
 import { WireError } from '../../../common/WireError';
 import { DeviceSession } from '../../../server/DeviceSession';
 import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionLimits';
@@ -11,12 +10,10 @@ import { JobRegistry } from '../../../server/JobRegistry';
 import { ServerMetrics } from '../../../server/ServerMetrics';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { withDiskBudget } from '../../helpers/diskBudget';
-import { batchPayload, config, D, model, SocketEnd, storesWithHead, V } from '../../helpers/sessionHarness';
+import { batchPayload, config, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
+import { LocalTrainers } from '../../../server/training/LocalTrainers';
 
-const batch = (seed: number) => {
-  const { payload, rows } = batchPayload(seed);
-  return decodeBatchPayload(payload, rows, config.tappedLayers.length, D, 8, V);
-};
+const batch = (seed: number) => batchPayload(seed);
 
 describe('server: checkpoints on a failing disk', function () {
   this.timeout(60_000);
@@ -28,7 +25,7 @@ describe('server: checkpoints on a failing disk', function () {
     const { heads, jobs } = await storesWithHead();
     const cfg = { ...config, totalSteps: 6, checkpointEvery: 2 };
     const rec = await jobs.create('ann', 'j', model, cfg);
-    const first = new JobRegistry(engine, jobs, heads);
+    const first = new JobRegistry(new LocalTrainers(engine), jobs, heads);
     const job = await first.load(rec, DEFAULT_SESSION_LIMITS);
     for (let i = 0; i < 4; i++) await job.train(i, batch(i + 1));
     await first.unload(job); // no checkpoint on unload: the stored ones are steps 4 (newest) and 2
@@ -36,16 +33,16 @@ describe('server: checkpoints on a failing disk', function () {
     assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('checkpoint')).sort(), ['checkpoint.mobi', 'checkpoint.prev.mobi']);
     const newest = path.join(dir, 'checkpoint.mobi');
     fs.truncateSync(newest, Math.floor(fs.statSync(newest).size / 2));
-    const reloaded = await new JobRegistry(engine, jobs, heads).load((await jobs.get('ann', rec.id))!, DEFAULT_SESSION_LIMITS);
+    const reloaded = await new JobRegistry(new LocalTrainers(engine), jobs, heads).load((await jobs.get('ann', rec.id))!, DEFAULT_SESSION_LIMITS);
     assert.equal(reloaded.step, 2, 'resumed from the previous checkpoint');
     assert.equal(reloaded.nextIndex, 2);
     fs.truncateSync(path.join(dir, 'checkpoint.prev.mobi'), 100);
-    await assert.rejects(new JobRegistry(engine, jobs, heads).load((await jobs.get('ann', rec.id))!, DEFAULT_SESSION_LIMITS), (err) => err instanceof WireError && err.code === 'STORAGE');
+    await assert.rejects(new JobRegistry(new LocalTrainers(engine), jobs, heads).load((await jobs.get('ann', rec.id))!, DEFAULT_SESSION_LIMITS), (err) => err instanceof WireError && err.code === 'STORAGE');
   });
 
   it('a checkpoint the disk cannot take is a STORAGE error to the device (at the next batch: it is stored beside training), never a job/checkpoint', async () => {
     const { heads, jobs } = await storesWithHead();
-    const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test', log: () => undefined };
+    const ctx = { heads, jobs, registry: new JobRegistry(new LocalTrainers(engine), jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
     ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });

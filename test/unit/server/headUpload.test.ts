@@ -13,6 +13,7 @@ import { JobStore } from '../../../server/storage/file/JobStore';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
 import { config, D, headHalves, headNorm, model, SocketEnd, V } from '../../helpers/sessionHarness';
 import { tmpDir } from '../../helpers/workspaces';
+import { LocalTrainers } from '../../../server/training/LocalTrainers';
 
 describe('server: model heads cannot be replaced or forged', function () {
   this.timeout(60_000);
@@ -24,7 +25,7 @@ describe('server: model heads cannot be replaced or forged', function () {
     const dir = tmpDir('heads');
     const heads = new HeadStore(dir);
     const jobs = new JobStore(dir);
-    const ctx = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test', log: () => undefined };
+    const ctx = { heads, jobs, registry: new JobRegistry(new LocalTrainers(engine), jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test', log: () => undefined };
     return { dir, heads, connect: async (user: string, spec: ModelSpec) => {
       const ws = new SocketEnd();
       new DeviceSession(ctx, ws as unknown as WebSocket, user);

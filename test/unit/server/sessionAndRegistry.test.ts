@@ -8,7 +8,8 @@ import { ServerMetrics } from '../../../server/ServerMetrics';
 import { SessionContext } from '../../../server/SessionContext';
 import { DEFAULT_SESSION_LIMITS } from '../../../server/SessionLimits';
 import { OnnxEngine } from '../../../server/training/onnx/OnnxEngine';
-import { batchPayload, config, D, model, SocketEnd, storesWithHead, V } from '../../helpers/sessionHarness';
+import { batchPayload, config, D, model, SocketEnd, storesWithHead } from '../../helpers/sessionHarness';
+import { LocalTrainers } from '../../../server/training/LocalTrainers';
 
 describe('server: session context and job registry', function () {
   this.timeout(60_000);
@@ -27,7 +28,7 @@ describe('server: session context and job registry', function () {
   it('the registry loads a job once, shares its model head, counts training jobs per user, and checkpoints on unloadAll', async () => {
     const { heads, jobs } = await storesWithHead();
     const counts: number[] = [];
-    const registry = new JobRegistry(engine, jobs, heads, (n) => counts.push(n));
+    const registry = new JobRegistry(new LocalTrainers(engine), jobs, heads, (n) => counts.push(n));
     const a = await jobs.create('ann', 'a', model, config);
     const b = await jobs.create('ann', 'b', model, config);
     const c = await jobs.create('bob', 'c', model, config);
@@ -40,9 +41,7 @@ describe('server: session context and job registry', function () {
     assert.equal(registry.loadedHeads, 1, 'one head for three jobs of one model');
     assert.equal(registry.loadedJobsOf('ann'), 2);
     assert.equal(registry.loadedJobsOf('bob'), 1);
-    const { payload, rows } = batchPayload(1);
-    const { decodeBatchPayload } = await import('../../../common/batchPayload.js');
-    await ja.train(0, decodeBatchPayload(payload, rows, 2, D, 8, V));
+    await ja.train(0, batchPayload(1));
     await registry.unload(ja);
     assert.equal(registry.size, 2);
     assert.equal(registry.loadedHeads, 1);
@@ -55,7 +54,7 @@ describe('server: session context and job registry', function () {
 
   it('the registry unloads jobs no one used for a while, checkpointing those that train', async () => {
     const { heads, jobs } = await storesWithHead();
-    const registry = new JobRegistry(engine, jobs, heads);
+    const registry = new JobRegistry(new LocalTrainers(engine), jobs, heads);
     const idle = await registry.load(await jobs.create('ann', 'idle', model, config), DEFAULT_SESSION_LIMITS);
     const busy = await registry.load(await jobs.create('ann', 'busy', model, config), DEFAULT_SESSION_LIMITS);
     idle.lastUsedAt -= 60_000;
@@ -77,7 +76,7 @@ describe('server: session context and job registry', function () {
     };
     try {
       const { heads, jobs } = await storesWithHead();
-      const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test-backend', log: () => undefined };
+      const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(new LocalTrainers(engine), jobs, heads), metrics: new ServerMetrics(), limits: DEFAULT_SESSION_LIMITS, backend: 'test-backend', log: () => undefined };
       const ws = new SocketEnd();
       new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
       ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });
@@ -95,7 +94,7 @@ describe('server: session context and job registry', function () {
 
   it('every reply and every error that answers a request echoes its requestId; a batch\'s error names its job', async () => {
     const { heads, jobs } = await storesWithHead();
-    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, maxJobsPerUser: 1 }, backend: 'test-backend', log: () => undefined };
+    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(new LocalTrainers(engine), jobs, heads), metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, maxJobsPerUser: 1 }, backend: 'test-backend', log: () => undefined };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
     ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model, requestId: 1 });
@@ -124,7 +123,7 @@ describe('server: session context and job registry', function () {
     const { heads, jobs } = await storesWithHead();
     const metrics = new ServerMetrics();
     const log: string[] = [];
-    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(engine, jobs, heads), metrics, limits: { ...DEFAULT_SESSION_LIMITS, credits: 1, maxJobsPerUser: 1 }, backend: 'test-backend', log: (l) => log.push(l) };
+    const ctx: SessionContext = { heads, jobs, registry: new JobRegistry(new LocalTrainers(engine), jobs, heads), metrics, limits: { ...DEFAULT_SESSION_LIMITS, credits: 1, maxJobsPerUser: 1 }, backend: 'test-backend', log: (l) => log.push(l) };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
     ws.deliver({ type: 'session/hello', protocol: PROTOCOL_VERSION, client: 'test', model });

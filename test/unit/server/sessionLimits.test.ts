@@ -16,6 +16,7 @@ import { SeededRandom } from '../../../common/SeededRandom';
 import { HeadStore } from '../../../server/storage/file/HeadStore';
 import { JobStore } from '../../../server/storage/file/JobStore';
 import { tmpDir } from '../../helpers/workspaces';
+import { LocalTrainers } from '../../../server/training/LocalTrainers';
 
 describe('server: what one session may do', function () {
   this.timeout(60_000);
@@ -26,7 +27,7 @@ describe('server: what one session may do', function () {
   async function session(limits: Partial<SessionLimits> = {}, withHead = true) {
     const dir = tmpDir('server-unit');
     const { heads, jobs } = withHead ? await storesWithHead() : { heads: new HeadStore(dir), jobs: new JobStore(dir) };
-    const registry = new JobRegistry(engine, jobs, heads);
+    const registry = new JobRegistry(new LocalTrainers(engine), jobs, heads);
     const ctx = { heads, jobs, registry, metrics: new ServerMetrics(), limits: { ...DEFAULT_SESSION_LIMITS, ...limits }, backend: 'test', log: () => undefined };
     const ws = new SocketEnd();
     new DeviceSession(ctx, ws as unknown as WebSocket, 'ann');
