@@ -74,6 +74,16 @@ async function bundle() {
     external: ['vscode', 'onnxruntime-node', 'bufferutil', 'utf-8-validate'],
     plugins: [toResolver],
   });
+  // The embedded server runs as a child process of the extension host, and trains in a worker thread of its own.
+  for (const [from, to] of [[['server', 'cli', 'embedded.js'], 'embeddedServer.js'], [['server', 'training', 'pool', 'trainerWorker.js'], 'trainerWorker.js']]) {
+    await esbuild.build({
+      ...common,
+      entryPoints: [path.join(ROOT, 'out', ...from)],
+      outfile: path.join(DIST, to),
+      format: 'cjs',
+      external: ['onnxruntime-node', 'bufferutil', 'utf-8-validate', 'pg-native'],
+    });
+  }
   await esbuild.build({
     ...common,
     stdin: {

@@ -44,6 +44,7 @@ export const ERROR_CODES = [
   'ALREADY_LOADED',
   'JOB_MOVED',
   'STORE_UNAVAILABLE',
+  'LOCAL_SERVER_STOPPED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -8,7 +8,7 @@ import { AdapterStore } from '../store/AdapterStore';
 import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
 import { Backbone } from '../model/Backbone';
 import { batchesPerEpoch, buildDataset, Dataset } from '../workspace/dataset';
-import type { EmbeddedServer } from '../connection/EmbeddedServer';
+import { EmbeddedServer, startEmbeddedServer } from '../connection/EmbeddedServer';
 import { MobiError } from '../MobiError';
 import { modelFingerprint } from '../model/modelFingerprint';
 import { ScanReport, scanWorkspace } from '../workspace/scanWorkspace';
@@ -54,6 +54,8 @@ export interface FineTuneResult {
 
 /** Longest wait for the server to confirm a cancellation, milliseconds. */
 const CANCEL_TIMEOUT_MS = 30_000;
+/** Times the embedded server is started again after its process ended, within one run of a job (more is LOCAL_SERVER_STOPPED). */
+const MAX_EMBEDDED_RESTARTS = 2;
 
 /** What the job has set up before it talks to a server. */
 interface Workload {
@@ -88,6 +90,8 @@ export class FineTuneJob {
   private head: DeviceHead | undefined;
   private work: Workload | undefined;
   private embedded: EmbeddedServer | undefined;
+  /** Times the embedded server was started again after its process ended during this job. */
+  private embeddedRestarts = 0;
   private conn: ServerConnection | undefined;
   /** The replica a team server said trains the job: the next connection goes there. */
   private redirect: string | undefined;
@@ -300,8 +304,14 @@ export class FineTuneJob {
       url = this.redirect ?? url;
       this.redirect = undefined;
     } else {
-      // Loaded only when needed: a device talking to a team server never loads the training engine.
-      const { startEmbeddedServer } = await import('../connection/EmbeddedServer.js');
+      // A child process on this computer; one that ended (crashed, killed) is started again, its jobs resuming from their checkpoints.
+      if (this.embedded?.exited) {
+        if (++this.embeddedRestarts > MAX_EMBEDDED_RESTARTS) {
+          throw new MobiError('LOCAL_SERVER_STOPPED', `The local training server stopped ${this.embeddedRestarts} times during this job. The job keeps its last checkpoint: resume it ("MobiLLM: Resume fine-tuning", or mobillm finetune --resume).`);
+        }
+        this.ctx.log('the local training server stopped; starting it again (the job resumes from its last checkpoint)');
+        this.embedded = undefined;
+      }
       this.embedded ??= await startEmbeddedServer(this.o.storeDir, this.o.log);
       ({ url, token } = this.embedded);
     }
