@@ -20,6 +20,7 @@ import type { ServerStore } from './storage/Store';
 import { TokenUsers } from './storage/TokenUsers';
 import type { ExecutionDevice } from './training/onnx/OnnxEngine';
 import { TrainerPool } from './training/pool/TrainerPool';
+import { LoopDelayProbe } from './LoopDelayProbe';
 
 /** How long a stored model head no job uses is kept. */
 export const HEAD_TTL_MS = 30 * 86_400_000;
@@ -95,6 +96,7 @@ export class MobiServer {
   private heartbeat: NodeJS.Timeout | undefined;
   private revocations: NodeJS.Timeout | undefined;
   private leaseTimer: NodeJS.Timeout | undefined;
+  private readonly loopProbe = new LoopDelayProbe(this.metrics);
   /** Made again by start() with the store's shared counts (replicas count failed sign-ins together). */
   private authLimiter = new AuthLimiter();
   private closing = false;
@@ -154,6 +156,7 @@ export class MobiServer {
     this.registry = registry;
     store.leases.onLost((key) => {
       this.log('a job\'s lease was taken over by another replica; stopped training it here');
+      this.metrics.leaseLosses.inc();
       void registry.forget(key);
     });
     store.replicas.onUsersChanged(() => this.enforceRevocations());
@@ -179,6 +182,7 @@ export class MobiServer {
       this.http.once('error', reject);
       this.http.listen(this.options.port ?? 8787, this.options.host ?? '127.0.0.1', () => resolve());
     });
+    this.loopProbe.start();
     this.heartbeat = setInterval(() => this.beat(), HEARTBEAT_MS);
     this.heartbeat.unref();
     this.revocations = setInterval(() => this.enforceRevocations(), REVOCATION_CHECK_MS);
@@ -324,6 +328,7 @@ export class MobiServer {
   async stop(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.loopProbe.dispose();
     if (this.heartbeat) clearInterval(this.heartbeat);
     if (this.revocations) clearInterval(this.revocations);
     if (this.leaseTimer) clearInterval(this.leaseTimer);
