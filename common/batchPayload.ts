@@ -1,5 +1,6 @@
 import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from './ActivationQuantizer';
 import { WireError } from './WireError';
+import { yieldToEventLoop } from './sliced';
 
 /**
  * Payload of `batch/train` and `batch/eval`: for `rows` tokens,
@@ -37,6 +38,22 @@ export function decodeLayersPayload(payload: Buffer, rows: number, nLayers: numb
   }
   const perLayer = rows * bytesPerRow(d, bits);
   return Array.from({ length: nLayers }, (_, l) => dequantizeRows(payload, rows, d, bits, l * perLayer));
+}
+
+/**
+ * The same bytes as encodeBatchPayload (or, without targets, encodeLayersPayload),
+ * one layer at a time with the event loop free between layers: what the
+ * device's forward loop uses, so a 24-layer batch never holds its thread.
+ */
+export async function encodePayloadSliced(layers: Float32Array[], rows: number, d: number, bits: Bits, labels?: { targets: Int32Array; mask: Uint8Array }): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(batchPayloadBytes(rows, layers.length, d, bits, labels !== undefined));
+  let at = 0;
+  for (const layer of layers) {
+    at += quantizeRows(layer, rows, d, bits, out, at);
+    await yieldToEventLoop();
+  }
+  if (labels) labelsPayload(labels.targets, labels.mask).copy(out, at);
+  return out;
 }
 
 export function encodeBatchPayload(batch: ActivationBatch, d: number, bits: Bits): Buffer {

@@ -120,6 +120,8 @@ export interface NativeAddon {
   Backbone: new () => NativeBackbone;
   HeadLoss: new (modelPath: string, normEpsilon: number, threads: number, tuning?: HeadTuning) => NativeHeadLoss;
   readTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): NativeTensor;
+  /** readTensor on a worker of libuv's pool: the JavaScript thread is free while the file is read and dequantized. */
+  readTensorAsync(modelPath: string, name: string, rowStart?: number, rowCount?: number): Promise<NativeTensor>;
   ensureBackends(libDir: string, verboseLog: boolean): number;
   /** Constants the C++ side shares with TypeScript (a unit test holds them equal). */
   constants: { ropeBase: number; maxHeadRank: number };

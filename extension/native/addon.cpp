@@ -52,6 +52,7 @@ Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   exports.Set("Backbone", mobillm::Backbone::Init(env));
   exports.Set("HeadLoss", mobillm::HeadLoss::Init(env));
   exports.Set("readTensor", Napi::Function::New(env, mobillm::ReadTensor));
+  exports.Set("readTensorAsync", Napi::Function::New(env, mobillm::ReadTensorAsync));
   exports.Set("ensureBackends", Napi::Function::New(env, mobillm::EnsureBackends));
   Napi::Object constants = Napi::Object::New(env);
   constants.Set("ropeBase", Napi::Number::New(env, mobillm::ROPE_BASE));

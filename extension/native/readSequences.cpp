@@ -11,7 +11,12 @@ bool readSequences(Napi::Env env, const Napi::Array& seqs, int nVocab, uint32_t 
     return false;
   }
   for (uint32_t s = 0; s < seqs.Length(); ++s) {
-    Napi::Int32Array a = seqs.Get(s).As<Napi::Int32Array>();
+    const Napi::Value v = seqs.Get(s);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+      codedError(env, "BAD_ARGUMENT", "Each sequence must be an Int32Array of token ids.").ThrowAsJavaScriptException();
+      return false;
+    }
+    Napi::Int32Array a = v.As<Napi::Int32Array>();
     if (a.ElementLength() == 0) {
       codedError(env, "EMPTY_INPUT", "A sequence has no tokens.").ThrowAsJavaScriptException();
       return false;

@@ -6,5 +6,7 @@
 namespace mobillm {
 
 Napi::Value ReadTensor(const Napi::CallbackInfo& info);
+// readTensorAsync(path, name, rowStart?, rowCount?): the same, read and converted on libuv's pool.
+Napi::Value ReadTensorAsync(const Napi::CallbackInfo& info);
 
 }  // namespace mobillm

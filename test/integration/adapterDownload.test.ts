@@ -42,7 +42,7 @@ describe('adapters download in parts, whatever their size', function () {
     assert.deepEqual(fs.readdirSync(path.join(store, 'downloads')), [], 'the partial is gone once the adapter is stored');
   });
 
-  it('a partial download resumes where it stopped; one of another adapter starts over; a wrong checksum is refused', () => {
+  it('a partial download resumes where it stopped; one of another adapter starts over; a wrong checksum is refused', async () => {
     const store = tmpDir('partial');
     const jobId = '0b9f4c2e-6d1a-4e5b-9c3d-2a7f8e1b4c6d';
     const whole = Buffer.from(Array.from({ length: 10_000 }, (_, i) => i % 251));
@@ -54,10 +54,10 @@ describe('adapters download in parts, whatever their size', function () {
     assert.equal(again.offset({ ...size, sha256: 'f'.repeat(64) }), 0, 'another adapter starts over');
     assert.throws(() => again.write(size, 8192, whole.subarray(8192)), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT'), 'a gap is refused');
     again.write(size, 4096, whole.subarray(4096));
-    assert.deepEqual(again.complete(size), whole);
+    assert.deepEqual(await again.complete(size), whole);
     const wrong = new AdapterDownload(store, '1b9f4c2e-6d1a-4e5b-9c3d-2a7f8e1b4c6d');
     wrong.write({ ...size, sha256: '0'.repeat(64) }, 0, whole);
-    assert.throws(() => wrong.complete({ ...size, sha256: '0'.repeat(64) }), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT'));
+    await assert.rejects(wrong.complete({ ...size, sha256: '0'.repeat(64) }), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT'));
     assert.equal(wrong.offset(), 0, 'a refused download is discarded');
   });
 });

@@ -1,5 +1,5 @@
 import { Bits, bytesPerRow, dequantizeRows, joinBits, quantizeRows } from '../../../common/ActivationQuantizer';
-import { encodeBatchPayload, encodeLayersPayload, labelsPayload } from '../../../common/batchPayload';
+import { encodePayloadSliced, labelsPayload } from '../../../common/batchPayload';
 import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../model/Backbone';
 import type { DeviceHead } from '../model/DeviceHead';
@@ -95,9 +95,8 @@ export class ActivationStream {
     const cap = await this.backbone.capture(inputs, this.config.tappedLayers, this.spare);
     const t1 = process.hrtime.bigint();
     const labelPrivate = this.config.labelPrivate === true;
-    const payload = labelPrivate
-      ? encodeLayersPayload(cap.data, rows, cap.hiddenSize, this.bits)
-      : encodeBatchPayload({ rows, layers: cap.data, targets, mask }, cap.hiddenSize, this.bits);
+    // Quantized a layer at a time, the event loop free between layers (the extension host's thread).
+    const payload = await encodePayloadSliced(cap.data, rows, cap.hiddenSize, this.bits, labelPrivate ? undefined : { targets, mask });
     if (use === 'train') this.timings.deviceForwardSeconds += cap.forwardSeconds;
     else this.timings.evalForwardSeconds += cap.forwardSeconds;
     this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;

@@ -23,6 +23,7 @@ import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
 import { DeviceHead } from '../model/DeviceHead';
 import { backboneInit } from './backboneInit';
+import { yieldToEventLoop } from '../../../common/sliced';
 
 export type { FineTuneOptions } from './FineTuneOptions';
 export type { JobPhase, JobProgress } from './JobProgress';
@@ -249,7 +250,14 @@ export class FineTuneJob {
     const { fimPre, fimSuf, fimMid } = backbone.nativeInfo;
     const vocab = backbone.info.vocabularySize;
     const fim = [fimPre, fimSuf, fimMid].every((t) => t >= 0 && t < vocab) ? { pre: fimPre, suf: fimSuf, mid: fimMid } : undefined;
-    const data = buildDataset(scan.files, (text) => backbone.tokenize(text), {
+    // Tokenized a file at a time, the event loop free between files (the host's thread); buildDataset then only cuts.
+    const tokens = new Map<string, Int32Array>();
+    for (const f of scan.files) {
+      tokens.set(f.path, backbone.tokenize(f.text));
+      await yieldToEventLoop();
+    }
+    const byText = new Map(scan.files.map((f) => [f.text, tokens.get(f.path)!]));
+    const data = buildDataset(scan.files, (text) => byText.get(text) ?? backbone.tokenize(text), {
       seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences, fim, fimRate: this.o.fimRate,
     });
     const L = backbone.info.layers;
@@ -376,7 +384,7 @@ export class FineTuneJob {
     this.setPhase('downloading');
     const partial = new AdapterDownload(this.o.storeDir, jobId);
     const payload = await downloadAdapter(conn, partial, jobId);
-    const stored = new AdapterStore(this.o.storeDir).save(payload, {
+    const stored = await new AdapterStore(this.o.storeDir).save(payload, {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
       steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,
     });

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { writeFileAtomic } from '../../../common/atomicWrite';
 import { encodeHalf } from '../../../common/float16';
 import { HEAD_CHUNK_BYTES } from '../../../common/limits';
+import { yieldToEventLoop } from '../../../common/sliced';
 import type { Backbone } from '../model/Backbone';
 
 /** The backbone's final norm weight as float32: [d]. */
@@ -11,7 +12,15 @@ export async function headNorm(backbone: Backbone): Promise<Float32Array> {
   return (await backbone.readTensor('output_norm.weight')).data;
 }
 
-/** The head's rows as float16, in chunks of about HEAD_CHUNK_BYTES, in row order (what the server receives). */
+/** Values converted to float16 between two turns of the event loop (a few milliseconds of work). */
+const HALF_SLICE_VALUES = 256 * 1024;
+
+/**
+ * The head's rows as float16, in chunks of about HEAD_CHUNK_BYTES, in row
+ * order (what the server receives). Each chunk is read and dequantized off
+ * the JavaScript thread (readTensor runs on libuv's pool) and converted in
+ * slices of HALF_SLICE_VALUES, the event loop free between them.
+ */
 export async function* headChunks(backbone: Backbone): AsyncGenerator<{ rowStart: number; rowCount: number; halves: Uint16Array }> {
   const d = backbone.info.hiddenSize;
   const rows = backbone.info.vocabularySize;
@@ -19,7 +28,12 @@ export async function* headChunks(backbone: Backbone): AsyncGenerator<{ rowStart
   for (let rowStart = 0; rowStart < rows; rowStart += perChunk) {
     const rowCount = Math.min(perChunk, rows - rowStart);
     const t = await backbone.readTensor(backbone.info.headTensor, rowStart, rowCount); // [rowCount, d]
-    yield { rowStart, rowCount, halves: encodeHalf(t.data) };
+    const halves = new Uint16Array(rowCount * d);
+    for (let at = 0; at < t.data.length; at += HALF_SLICE_VALUES) {
+      halves.set(encodeHalf(t.data.subarray(at, Math.min(t.data.length, at + HALF_SLICE_VALUES))), at);
+      await yieldToEventLoop();
+    }
+    yield { rowStart, rowCount, halves };
   }
 }
 

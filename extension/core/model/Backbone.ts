@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { MobiError } from '../MobiError';
-import { GgufFile, ggufNumber, ggufString, readGgufFile } from './gguf/GgufFile';
+import { GgufFile, ggufNumber, ggufString, readGgufFileAsync } from './gguf/GgufFile';
 import { loadNativeAddon, NativeBackbone, NativeBackboneInfo, NativeTensor } from '../../native/NativeAddon';
 import { attentionBlocks, checkSideNetworkTensors } from '../../../common/AdapterConfig';
 import { decodeAdapter } from '../../../common/AdapterFile';
@@ -152,7 +152,7 @@ export class Backbone {
 
   static async open(spec: string, options: BackboneOptions = {}): Promise<Backbone> {
     const modelPath = await resolveModelPath(spec, options.onDownloadProgress);
-    const described = describeModel(readGgufFile(modelPath));
+    const described = describeModel(await readGgufFileAsync(modelPath));
     const addon = await loadNativeAddon();
     const native = new addon.Backbone();
     const contextSize = options.contextSize ?? 2048;
@@ -361,11 +361,11 @@ export class Backbone {
   }
 }
 
-/** Reads a tensor of a GGUF file as float32 with ggml's own dequantization. */
+/** Reads a tensor of a GGUF file as float32 with ggml's own dequantization, off the JavaScript thread. */
 export async function readModelTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): Promise<NativeTensor> {
   const addon = await loadNativeAddon();
   try {
-    return addon.readTensor(modelPath, name, rowStart, rowCount);
+    return await addon.readTensorAsync(modelPath, name, rowStart, rowCount);
   } catch (err) {
     throw MobiError.from(err);
   }

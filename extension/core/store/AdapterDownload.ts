@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { sha256Sliced } from '../../../common/sliced';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../../common/atomicWrite';
@@ -57,10 +57,10 @@ export class AdapterDownload {
     return offset + data.length;
   }
 
-  /** The whole adapter once every byte arrived and its sha256 matches; ADAPTER_CORRUPT (and the partial deleted) otherwise. */
-  complete(size: AdapterSize): Buffer {
-    const bytes = fs.readFileSync(this.part);
-    if (bytes.length !== size.bytes || createHash('sha256').update(bytes).digest('hex') !== size.sha256) {
+  /** The whole adapter once every byte arrived and its sha256 matches (read and hashed off the event loop); ADAPTER_CORRUPT (and the partial deleted) otherwise. */
+  async complete(size: AdapterSize): Promise<Buffer> {
+    const bytes = await fs.promises.readFile(this.part);
+    if (bytes.length !== size.bytes || (await sha256Sliced(bytes)).toString('hex') !== size.sha256) {
       this.remove();
       throw new MobiError('ADAPTER_CORRUPT', 'The downloaded adapter does not match the server\'s checksum; it was discarded, try again.');
     }

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { AdapterHeader, decodeAdapter } from '../../../common/AdapterFile';
-import { writeFileAtomic } from '../../../common/atomicWrite';
+import { AdapterHeader, decodeAdapterSliced } from '../../../common/AdapterFile';
+import { writeFileAtomic, writeFileAtomicSliced } from '../../../common/atomicWrite';
 import { MobiError } from '../MobiError';
 
 export interface AdapterMetadata {
@@ -24,17 +24,17 @@ export class AdapterStore {
     return path.join(this.root, 'adapters', ws, fingerprint);
   }
 
-  /** Verifies the adapter against the model, then stores it with its metadata. Returns the adapter's path and its verified header. */
-  save(bytes: Uint8Array, meta: AdapterMetadata): { file: string; header: AdapterHeader } {
+  /** Verifies the adapter against the model, then stores it with its metadata (both in slices: the event loop stays free). Returns the adapter's path and its verified header. */
+  async save(bytes: Uint8Array, meta: AdapterMetadata): Promise<{ file: string; header: AdapterHeader }> {
     let header: AdapterHeader;
     try {
-      header = decodeAdapter(bytes, meta.modelFingerprint).header;
+      header = (await decodeAdapterSliced(bytes, meta.modelFingerprint)).header;
     } catch (err) {
       throw MobiError.from(err);
     }
     const dir = this.dir(meta.workspace, meta.modelFingerprint);
     const file = path.join(dir, 'adapter.mobi');
-    writeFileAtomic(file, bytes);
+    await writeFileAtomicSliced(file, bytes);
     writeFileAtomic(path.join(dir, 'adapter.json'), `${JSON.stringify(meta, null, 2)}\n`);
     return { file, header };
   }

@@ -104,12 +104,34 @@ function readScalar(c: Cursor, type: number): GgufScalar {
   }
 }
 
+/** Array values read between two pauses of readGgufFileAsync (a vocabulary of 151,936 strings takes about ten). */
+const VALUES_PER_PAUSE = 16_384;
+
 /**
  * Reads and validates a GGUF file's header (metadata and tensor table) without
  * reading tensor data. Throws MobiError NOT_GGUF / TRUNCATED_GGUF /
  * MODEL_NOT_FOUND with a message a person can act on.
  */
 export function readGgufFile(path: string): GgufFile {
+  const steps = ggufSteps(path);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/** readGgufFile with the event loop free every VALUES_PER_PAUSE array values (a large vocabulary takes a while): what a host's thread uses. */
+export async function readGgufFileAsync(path: string): Promise<GgufFile> {
+  const steps = ggufSteps(path);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+/** The header's reading, pausing (yield) every VALUES_PER_PAUSE array values. */
+function* ggufSteps(path: string): Generator<void, GgufFile> {
   let fd: number;
   try {
     fd = fs.openSync(path, 'r');
@@ -133,7 +155,10 @@ export function readGgufFile(path: string): GgufFile {
         const arrayType = c.u32();
         const n = c.count();
         const values: GgufScalar[] = new Array(n);
-        for (let j = 0; j < n; j++) values[j] = readScalar(c, arrayType);
+        for (let j = 0; j < n; j++) {
+          values[j] = readScalar(c, arrayType);
+          if (j % VALUES_PER_PAUSE === VALUES_PER_PAUSE - 1) yield;
+        }
         kv.set(key, { type, arrayType, value: values });
       } else {
         kv.set(key, { type, value: readScalar(c, type) });
