@@ -11,7 +11,7 @@
 import type { EmbeddedServerCommand, EmbeddedServerEvent, EmbeddedServerStart } from '../../common/embeddedServerMessages';
 import { MobiServer } from '../MobiServer';
 
-/** The local user of the embedded server; its token is re-issued at each start and never leaves the device. */
+/** The local user of the embedded server; its token is made anew at each start and handed only to the device that started it, over IPC. */
 const LOCAL_USER = 'local';
 
 function tell(event: EmbeddedServerEvent): void {

@@ -5,6 +5,8 @@ import { EmbeddedServerCommand, embeddedServerEvent, EmbeddedServerStart } from 
 import { defaultThreads } from '../model/Backbone';
 import { MobiError } from '../MobiError';
 
+/** Times the embedded server is started again after its process ended, within one run of a job (more is LOCAL_SERVER_STOPPED). */
+const MAX_RESTARTS = 2;
 /** How long the embedded server may take to start, milliseconds. */
 const START_TIMEOUT_MS = 60_000;
 /** How long a stop may take (it checkpoints every job) before the process is killed, milliseconds. */
@@ -104,4 +106,35 @@ export async function startEmbeddedServer(storeDir: string, log?: (line: string)
         clearTimeout(killer);
       })()),
   };
+}
+
+/**
+ * The embedded server one run of a job uses: started when first asked for,
+ * and started again when its process ended (crashed, killed), the job then
+ * resuming from its last checkpoint; after MAX_RESTARTS of those,
+ * LOCAL_SERVER_STOPPED (the job stays resumable).
+ */
+export class EmbeddedServerKeeper {
+  private server: EmbeddedServer | undefined;
+  private restarts = 0;
+
+  constructor(
+    private readonly storeDir: string,
+    private readonly log?: (line: string) => void,
+  ) {}
+
+  async get(): Promise<EmbeddedServer> {
+    if (this.server?.exited) {
+      if (++this.restarts > MAX_RESTARTS) {
+        throw new MobiError('LOCAL_SERVER_STOPPED', `The local training server stopped ${this.restarts} times during this job. The job keeps its last checkpoint: resume it ("MobiLLM: Resume fine-tuning", or mobillm finetune --resume).`);
+      }
+      this.log?.('the local training server stopped; starting it again (the job resumes from its last checkpoint)');
+      this.server = undefined;
+    }
+    return (this.server ??= await startEmbeddedServer(this.storeDir, this.log));
+  }
+
+  async stop(): Promise<void> {
+    await this.server?.stop();
+  }
 }

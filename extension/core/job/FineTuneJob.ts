@@ -7,8 +7,8 @@ import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messag
 import { AdapterStore } from '../store/AdapterStore';
 import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
 import { Backbone } from '../model/Backbone';
-import { batchesPerEpoch, buildDataset, Dataset } from '../workspace/dataset';
-import { EmbeddedServer, startEmbeddedServer } from '../connection/EmbeddedServer';
+import { batchesPerEpoch, buildDatasetAsync, Dataset } from '../workspace/dataset';
+import { EmbeddedServerKeeper } from '../connection/EmbeddedServer';
 import { MobiError } from '../MobiError';
 import { modelFingerprint } from '../model/modelFingerprint';
 import { ScanReport, scanWorkspace } from '../workspace/scanWorkspace';
@@ -23,7 +23,6 @@ import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
 import { DeviceHead } from '../model/DeviceHead';
 import { backboneInit } from './backboneInit';
-import { yieldToEventLoop } from '../../../common/sliced';
 
 export type { FineTuneOptions } from './FineTuneOptions';
 export type { JobPhase, JobProgress } from './JobProgress';
@@ -55,8 +54,6 @@ export interface FineTuneResult {
 
 /** Longest wait for the server to confirm a cancellation, milliseconds. */
 const CANCEL_TIMEOUT_MS = 30_000;
-/** Times the embedded server is started again after its process ended, within one run of a job (more is LOCAL_SERVER_STOPPED). */
-const MAX_EMBEDDED_RESTARTS = 2;
 
 /** What the job has set up before it talks to a server. */
 interface Workload {
@@ -90,9 +87,7 @@ export class FineTuneJob {
   private backbone: Backbone | undefined;
   private head: DeviceHead | undefined;
   private work: Workload | undefined;
-  private embedded: EmbeddedServer | undefined;
-  /** Times the embedded server was started again after its process ended during this job. */
-  private embeddedRestarts = 0;
+  private embedded: EmbeddedServerKeeper | undefined;
   private conn: ServerConnection | undefined;
   /** The replica a team server said trains the job: the next connection goes there. */
   private redirect: string | undefined;
@@ -250,14 +245,7 @@ export class FineTuneJob {
     const { fimPre, fimSuf, fimMid } = backbone.nativeInfo;
     const vocab = backbone.info.vocabularySize;
     const fim = [fimPre, fimSuf, fimMid].every((t) => t >= 0 && t < vocab) ? { pre: fimPre, suf: fimSuf, mid: fimMid } : undefined;
-    // Tokenized a file at a time, the event loop free between files (the host's thread); buildDataset then only cuts.
-    const tokens = new Map<string, Int32Array>();
-    for (const f of scan.files) {
-      tokens.set(f.path, backbone.tokenize(f.text));
-      await yieldToEventLoop();
-    }
-    const byText = new Map(scan.files.map((f) => [f.text, tokens.get(f.path)!]));
-    const data = buildDataset(scan.files, (text) => byText.get(text) ?? backbone.tokenize(text), {
+    const data = await buildDatasetAsync(scan.files, (text) => backbone.tokenize(text), {
       seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences, fim, fimRate: this.o.fimRate,
     });
     const L = backbone.info.layers;
@@ -312,16 +300,9 @@ export class FineTuneJob {
       url = this.redirect ?? url;
       this.redirect = undefined;
     } else {
-      // A child process on this computer; one that ended (crashed, killed) is started again, its jobs resuming from their checkpoints.
-      if (this.embedded?.exited) {
-        if (++this.embeddedRestarts > MAX_EMBEDDED_RESTARTS) {
-          throw new MobiError('LOCAL_SERVER_STOPPED', `The local training server stopped ${this.embeddedRestarts} times during this job. The job keeps its last checkpoint: resume it ("MobiLLM: Resume fine-tuning", or mobillm finetune --resume).`);
-        }
-        this.ctx.log('the local training server stopped; starting it again (the job resumes from its last checkpoint)');
-        this.embedded = undefined;
-      }
-      this.embedded ??= await startEmbeddedServer(this.o.storeDir, this.o.log);
-      ({ url, token } = this.embedded);
+      // A child process on this computer, started again should it end (the job resumes from its last checkpoint).
+      this.embedded ??= new EmbeddedServerKeeper(this.o.storeDir, (line) => this.ctx.log(line));
+      ({ url, token } = await this.embedded.get());
     }
     const info = work.backbone.info;
     const spec: ModelSpec = { fingerprint: work.fingerprint, architecture: info.architecture, layers: info.layers, hiddenSize: info.hiddenSize, vocabularySize: info.vocabularySize, normEpsilon: info.normEpsilon, headDigest: work.headDigest };

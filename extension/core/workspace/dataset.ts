@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { MobiError } from '../MobiError';
 import { ScannedFile } from './scanWorkspace';
 import { SeededRandom } from '../../../common/SeededRandom';
+import { yieldToEventLoop } from '../../../common/sliced';
 
 /** Options of the training data. */
 export interface DatasetOptions {
@@ -82,6 +83,20 @@ export function heldOutFiles<F extends { path: string }>(files: F[], options: Pi
  * file and deterministic.
  */
 export function buildDataset(files: ScannedFile[], tokenize: (text: string) => Int32Array, options: DatasetOptions = {}): Dataset {
+  return buildFrom(files, (f) => tokenize(f.text), options);
+}
+
+/** buildDataset with the files tokenized one at a time, the event loop free between them (a host's thread). */
+export async function buildDatasetAsync(files: ScannedFile[], tokenize: (text: string) => Int32Array, options: DatasetOptions = {}): Promise<Dataset> {
+  const tokens = new Map<ScannedFile, Int32Array>();
+  for (const f of files) {
+    tokens.set(f, tokenize(f.text));
+    await yieldToEventLoop();
+  }
+  return buildFrom(files, (f) => tokens.get(f)!, options);
+}
+
+function buildFrom(files: ScannedFile[], tokensOf: (f: ScannedFile) => Int32Array, options: DatasetOptions): Dataset {
   const seqLen = options.seqLen ?? 128;
   const seed = options.seed ?? 1;
   if (files.length < 2) {
@@ -89,7 +104,7 @@ export function buildDataset(files: ScannedFile[], tokenize: (text: string) => I
   }
   const held = new Set(heldOutFiles(files, options).map((f) => f.path));
   const cut = (f: ScannedFile): Int32Array[] => {
-    const tokens = tokenize(f.text);
+    const tokens = tokensOf(f);
     const out: Int32Array[] = [];
     for (let start = 0; start + 1 < tokens.length; start += seqLen) out.push(tokens.slice(start, Math.min(tokens.length, start + seqLen + 1)));
     return out;
