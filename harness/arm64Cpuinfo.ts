@@ -72,3 +72,34 @@ export function withArm64Cpuinfo(dir: string, cmd: string, args: string[]): Emul
   }
   return { cmd, args, how: undefined, why: failures.join('; ') };
 }
+
+/** binfmt_misc, where the kernel is told how to run another architecture's binaries. */
+const BINFMT = '/proc/sys/fs/binfmt_misc';
+/** Our entry's name there (removed again after the run). */
+const BINFMT_ENTRY = 'mobillm-aarch64';
+/** An aarch64 ELF executable's header as binfmt_misc matches it (ELF64, little-endian, e_machine 0xb7), and the bytes that matter. */
+const AARCH64_MAGIC = '\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00';
+const AARCH64_MASK = '\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff';
+
+/**
+ * Lets an emulated arm64 process start arm64 children (the embedded server's
+ * process): qemu-user does not follow execve, so the kernel is told, through
+ * binfmt_misc, to run aarch64 binaries with `qemu` (their libraries found
+ * through QEMU_LD_PREFIX in the environment the children inherit). Needs root
+ * and binfmt_misc; returns how to undo it, or why it could not (the run's
+ * children then fail to start, and the test says so).
+ */
+export function allowArm64Children(qemu: string): { undo: () => void } | { why: string } {
+  try {
+    if (!fs.existsSync(path.join(BINFMT, 'register'))) {
+      const mounted = spawnSync('mount', ['-t', 'binfmt_misc', 'binfmt_misc', BINFMT], { encoding: 'utf8' });
+      if (mounted.status !== 0) return { why: `binfmt_misc is not mounted and could not be (${(mounted.stderr || '').trim().split('\n')[0]})` };
+    }
+    const already = fs.readdirSync(BINFMT).find((n) => n !== BINFMT_ENTRY && /aarch64/.test(n) && /^enabled/.test(fs.readFileSync(path.join(BINFMT, n), 'utf8')));
+    if (already) return { undo: () => undefined };
+    if (!fs.existsSync(path.join(BINFMT, BINFMT_ENTRY))) fs.writeFileSync(path.join(BINFMT, 'register'), `:${BINFMT_ENTRY}:M::${AARCH64_MAGIC}:${AARCH64_MASK}:${qemu}:F`);
+    return { undo: () => fs.writeFileSync(path.join(BINFMT, BINFMT_ENTRY), '-1') };
+  } catch (err) {
+    return { why: `binfmt_misc refused the entry (${err instanceof Error ? err.message : String(err)}); root is needed` };
+  }
+}

