@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { AdapterConfig, parseAdapterConfig, renameOlderShape } from './AdapterConfig';
-import { sha256Sliced, SLICE_BYTES, yieldToEventLoop } from './sliced';
+import { runSteps, runStepsSliced, sha256Sliced, SLICE_BYTES } from './sliced';
 import { AdapterFormatError } from './AdapterFormatError';
 import { checkSchema } from './schema';
 
@@ -99,10 +99,7 @@ export function encodeAdapter(
   meta: Record<string, unknown>,
   tensors: { name: string; shape: number[]; data: Float32Array }[],
 ): Buffer {
-  const steps = adapterWithoutChecksum(fingerprint, config, meta, tensors);
-  let r = steps.next();
-  while (!r.done) r = steps.next();
-  const file = r.value;
+  const file = runSteps(adapterWithoutChecksum(fingerprint, config, meta, tensors));
   createHash('sha256').update(file.subarray(0, file.length - 32)).digest().copy(file, file.length - 32);
   return file;
 }
@@ -114,13 +111,7 @@ export async function encodeAdapterSliced(
   meta: Record<string, unknown>,
   tensors: { name: string; shape: number[]; data: Float32Array }[],
 ): Promise<Buffer> {
-  const steps = adapterWithoutChecksum(fingerprint, config, meta, tensors);
-  let r = steps.next();
-  while (!r.done) {
-    await yieldToEventLoop();
-    r = steps.next();
-  }
-  const file = r.value;
+  const file = await runStepsSliced(adapterWithoutChecksum(fingerprint, config, meta, tensors));
   (await sha256Sliced(file.subarray(0, file.length - 32))).copy(file, file.length - 32);
   return file;
 }

@@ -1,6 +1,6 @@
 import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from './ActivationQuantizer';
 import { WireError } from './WireError';
-import { yieldToEventLoop } from './sliced';
+import { runSteps, runStepsSliced } from './sliced';
 
 /**
  * Payload of `batch/train` and `batch/eval`: for `rows` tokens,
@@ -22,12 +22,21 @@ export function batchPayloadBytes(rows: number, nLayers: number, d: number, bits
   return nLayers * rows * bytesPerRow(d, bits) + (labels ? rows * 5 : 0);
 }
 
+/** A batch payload's bytes: each layer quantized (a pause after each), then, with `labels`, targets and mask. */
+function* payloadSteps(layers: Float32Array[], rows: number, d: number, bits: Bits, labels?: { targets: Int32Array; mask: Uint8Array }): Generator<void, Buffer> {
+  const out = Buffer.allocUnsafe(batchPayloadBytes(rows, layers.length, d, bits, labels !== undefined));
+  let at = 0;
+  for (const layer of layers) {
+    at += quantizeRows(layer, rows, d, bits, out, at);
+    yield;
+  }
+  if (labels) labelsPayload(labels.targets, labels.mask).copy(out, at);
+  return out;
+}
+
 /** A label-private payload: the tapped layers only. */
 export function encodeLayersPayload(layers: Float32Array[], rows: number, d: number, bits: Bits): Buffer {
-  const out = Buffer.allocUnsafe(batchPayloadBytes(rows, layers.length, d, bits, false));
-  let at = 0;
-  for (const layer of layers) at += quantizeRows(layer, rows, d, bits, out, at);
-  return out;
+  return runSteps(payloadSteps(layers, rows, d, bits));
 }
 
 /** Decodes a label-private payload (layers only), checking its size. */
@@ -45,24 +54,12 @@ export function decodeLayersPayload(payload: Buffer, rows: number, nLayers: numb
  * one layer at a time with the event loop free between layers: what the
  * device's forward loop uses, so a 24-layer batch never holds its thread.
  */
-export async function encodePayloadSliced(layers: Float32Array[], rows: number, d: number, bits: Bits, labels?: { targets: Int32Array; mask: Uint8Array }): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(batchPayloadBytes(rows, layers.length, d, bits, labels !== undefined));
-  let at = 0;
-  for (const layer of layers) {
-    at += quantizeRows(layer, rows, d, bits, out, at);
-    await yieldToEventLoop();
-  }
-  if (labels) labelsPayload(labels.targets, labels.mask).copy(out, at);
-  return out;
+export function encodePayloadSliced(layers: Float32Array[], rows: number, d: number, bits: Bits, labels?: { targets: Int32Array; mask: Uint8Array }): Promise<Buffer> {
+  return runStepsSliced(payloadSteps(layers, rows, d, bits, labels));
 }
 
 export function encodeBatchPayload(batch: ActivationBatch, d: number, bits: Bits): Buffer {
-  const { rows } = batch;
-  const out = Buffer.allocUnsafe(batchPayloadBytes(rows, batch.layers.length, d, bits));
-  let at = 0;
-  for (const layer of batch.layers) at += quantizeRows(layer, rows, d, bits, out, at);
-  labelsPayload(batch.targets, batch.mask).copy(out, at);
-  return out;
+  return runSteps(payloadSteps(batch.layers, batch.rows, d, bits, batch));
 }
 
 /** The part of a batch payload after its layers: int32 targets [rows], then uint8 mask [rows]. */

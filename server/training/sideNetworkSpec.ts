@@ -1,3 +1,4 @@
+import { runSteps, runStepsSliced } from '../../common/sliced';
 import { AdapterConfig, attentionBlocks, attentionHeadsOf, hasAttention, headParameterNames, ladderParameterNames, MAX_HEAD_WIDTH, parameterNames, parameterShape, parameterSize, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
@@ -80,21 +81,12 @@ function* initialParameterSteps(shape: SideNetworkShape, seed: number): Generato
 }
 
 export function initialParameters(shape: SideNetworkShape, seed: number): Map<string, Float32Array> {
-  const steps = initialParameterSteps(shape, seed);
-  for (;;) {
-    const r = steps.next();
-    if (r.done) return r.value;
-  }
+  return runSteps(initialParameterSteps(shape, seed));
 }
 
 /** The same values as initialParameters, with the event loop free between slices. */
-export async function initialParametersAsync(shape: SideNetworkShape, seed: number): Promise<Map<string, Float32Array>> {
-  const steps = initialParameterSteps(shape, seed);
-  for (;;) {
-    const r = steps.next();
-    if (r.done) return r.value;
-    await new Promise((resolve) => setImmediate(resolve));
-  }
+export function initialParametersAsync(shape: SideNetworkShape, seed: number): Promise<Map<string, Float32Array>> {
+  return runStepsSliced(initialParameterSteps(shape, seed));
 }
 
 /** How a version-2 side network pads a batch's sequences (rows concatenated in order) to [B, T] for attention. */

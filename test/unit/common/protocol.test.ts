@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import { SeededRandom } from '../../../common/SeededRandom';
 import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../common/ActivationQuantizer';
 import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapter } from '../../../common/AdapterFile';
-import { decodeBatchPayload, encodeBatchPayload } from '../../../common/batchPayload';
+import { decodeBatchPayload, encodeBatchPayload, encodeLayersPayload, encodePayloadSliced } from '../../../common/batchPayload';
 import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../../common/codec';
 import { fromHalf, toHalf } from '../../../common/float16';
 import { PROTOCOL_VERSION } from '../../../common/limits';
@@ -156,6 +156,14 @@ describe('activation quantization', () => {
     assert.ok(relRms(batch.layers[1]!, back.layers[1]!) < 0.01);
     assert.equal(wireCode(() => decodeBatchPayload(p.subarray(1), 8, 2, d, 8, 100)), 'BAD_FRAME');
     assert.equal(wireCode(() => decodeBatchPayload(p, 8, 2, d, 8, 5)), 'BAD_FRAME');
+  });
+
+  it('the sliced encoder (the device\'s, the event loop free between layers) writes the same bytes as the one-go encoders', async () => {
+    const batch = { rows: 8, layers: [src.slice(0, 8 * d), src.slice(8 * d, 16 * d)], targets: Int32Array.from([1, 2, 3, 4, 5, 6, 7, 8]), mask: Uint8Array.from([1, 1, 1, 0, 1, 1, 1, 1]) };
+    for (const bits of [4, 8, 16] as Bits[]) {
+      assert.deepEqual(await encodePayloadSliced(batch.layers, 8, d, bits, batch), encodeBatchPayload(batch, d, bits), `${bits} bits, with labels`);
+      assert.deepEqual(await encodePayloadSliced(batch.layers, 8, d, bits), encodeLayersPayload(batch.layers, 8, d, bits), `${bits} bits, layers only`);
+    }
   });
 });
 

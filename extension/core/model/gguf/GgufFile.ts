@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { runSteps, runStepsSliced } from '../../../../common/sliced';
 import { MobiError } from '../../MobiError';
 import { rowBytes } from './ggmlTypes';
 
@@ -113,21 +114,12 @@ const VALUES_PER_PAUSE = 16_384;
  * MODEL_NOT_FOUND with a message a person can act on.
  */
 export function readGgufFile(path: string): GgufFile {
-  const steps = ggufSteps(path);
-  for (;;) {
-    const r = steps.next();
-    if (r.done) return r.value;
-  }
+  return runSteps(ggufSteps(path));
 }
 
 /** readGgufFile with the event loop free every VALUES_PER_PAUSE array values (a large vocabulary takes a while): what a host's thread uses. */
-export async function readGgufFileAsync(path: string): Promise<GgufFile> {
-  const steps = ggufSteps(path);
-  for (;;) {
-    const r = steps.next();
-    if (r.done) return r.value;
-    await new Promise<void>((resolve) => setImmediate(resolve));
-  }
+export function readGgufFileAsync(path: string): Promise<GgufFile> {
+  return runStepsSliced(ggufSteps(path));
 }
 
 /** The header's reading, pausing (yield) every VALUES_PER_PAUSE array values. */
