@@ -184,7 +184,7 @@ async function startProbe(url: string, token: string, model: ModelSpec): Promise
 }
 
 /** One round: a fresh server on `store`, `n` devices at once, the probe beside them. */
-async function round_(n: number, store: 'file' | 'postgres', rec: Recording, pg: TestPostgres | undefined, workers: number): Promise<Record<string, unknown>> {
+async function loadRound(n: number, store: 'file' | 'postgres', rec: Recording, pg: TestPostgres | undefined, workers: number): Promise<Record<string, unknown>> {
   const dir = fs.mkdtempSync(path.join(BENCH_CACHE, 'load-server-'));
   const database = pg?.createDatabase(`load_${n}_${Date.now() % 100000}`);
   const where = database ?? dir;
@@ -261,7 +261,7 @@ async function main(): Promise<void> {
         pg = started;
       }
       try {
-        for (const n of o.devices.split(',').map(Number)) devices.push(await round_(n, store, rec, pg, workers));
+        for (const n of o.devices.split(',').map(Number)) devices.push(await loadRound(n, store, rec, pg, workers));
       } finally {
         pg?.remove();
         pg = undefined;

@@ -64,7 +64,8 @@ export class JobRegistry {
     const key = jobKey(rec);
     const job = this.jobs.get(key);
     if (job && !job.trainerLost) return job;
-    if (job) await this.dropLost(job);
+    // Its training worker stopped: dropped without a checkpoint (the stored one is its state) and opened again.
+    if (job) await this.unload(job, new WireError('INTERNAL', 'the server\'s training worker stopped; resume the job to continue from its last stored checkpoint'));
     const pending = this.loading.get(key);
     if (pending) return pending.job;
     const opened = this.open(rec, limits, shape);
@@ -130,24 +131,13 @@ export class JobRegistry {
     return [...[...this.jobs.values()].map((j) => j.rec), ...[...this.loading.values()].map((l) => l.rec)];
   }
 
-  /** A job whose training worker stopped: dropped without a checkpoint (its stored one is its state), to be opened again. */
-  private async dropLost(job: TrainingJob): Promise<void> {
+  /** Waits for the job's queued work, frees it, and releases its head (with a `reason`, work not yet started fails with it). */
+  async unload(job: TrainingJob, reason?: WireError): Promise<void> {
     const key = jobKey(job.rec);
     if (this.jobs.get(key) !== job) return;
     this.jobs.delete(key);
     this.onLoadedJobsChanged(this.jobs.size);
-    await job.dispose(new WireError('INTERNAL', 'the server\'s training worker stopped; resume the job to continue from its last stored checkpoint'));
-    if (!job.rec.config.labelPrivate) this.releaseHead(headName(job.rec.model));
-    await this.leases.release(job.rec);
-  }
-
-  /** Waits for the job's queued work, frees it, and releases its head. */
-  async unload(job: TrainingJob): Promise<void> {
-    const key = jobKey(job.rec);
-    if (this.jobs.get(key) !== job) return;
-    this.jobs.delete(key);
-    this.onLoadedJobsChanged(this.jobs.size);
-    await job.dispose();
+    await job.dispose(reason);
     if (!job.rec.config.labelPrivate) this.releaseHead(headName(job.rec.model));
     await this.leases.release(job.rec);
   }

@@ -81,7 +81,7 @@ export class TrainingJob {
     rec.evals = Object.assign(Object.create(null) as JobRecord['evals'], rec.evals);
     const checkpoints = await store.readCheckpoints(rec);
     const opened = await trainers.open({ job: jobKey(rec), user: rec.user, spec: { shape, model: rec.model, config: rec.config }, ...(headKey !== undefined ? { headKey } : {}), checkpoints });
-    if (opened.unreadable) throw new WireError('STORAGE', 'no stored checkpoint of this job is readable; start a new job');
+    if ('unreadable' in opened) throw new WireError('STORAGE', 'no stored checkpoint of this job is readable; start a new job');
     rec.step = opened.from?.step ?? 0;
     rec.nextIndex = opened.from?.nextIndex ?? 0;
     rec.trainTokens = opened.from?.trainTokens ?? 0;

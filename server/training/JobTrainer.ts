@@ -75,13 +75,8 @@ export interface OpenTrainer {
   checkpoints: Uint8Array[];
 }
 
-export interface OpenedTrainer {
-  trainer: JobTrainer;
-  /** The checkpoint it starts from; undefined for fresh weights. */
-  from?: TrainerPosition;
-  /** Checkpoints were given and none was readable (the trainer is not opened then). */
-  unreadable?: true;
-}
+/** An opened trainer and the checkpoint it starts from (undefined: fresh weights), or `unreadable`: checkpoints were given and none could be read. */
+export type OpenedTrainer = { trainer: JobTrainer; from?: TrainerPosition } | { unreadable: true };
 
 /** The server's training engine behind one interface: heads loaded once per model, trainers opened per job. */
 export interface Trainers {

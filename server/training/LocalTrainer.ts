@@ -48,7 +48,7 @@ export class LocalTrainer implements JobTrainer {
     const rec = { model: spec.model };
     let ckpt: Awaited<ReturnType<typeof readCheckpoint>>;
     for (const bytes of checkpoints) if ((ckpt = await readCheckpoint(asBuffer(bytes), rec, shape))) break;
-    if (checkpoints.length > 0 && !ckpt) return { trainer: undefined as never, unreadable: true };
+    if (checkpoints.length > 0 && !ckpt) return { unreadable: true };
     const values = ckpt?.values ?? (await initialParametersAsync(shape, config.seed));
     const state: OptimizerState | undefined = ckpt?.state;
     const trainer = new OnnxTrainer(engine, shape, head, values, { learningRate: config.learningRate, warmupSteps: config.warmupSteps, totalSteps: config.totalSteps }, state);
@@ -124,11 +124,11 @@ export class LocalTrainer implements JobTrainer {
   async encode(kind: 'checkpoint' | 'adapter', meta: Record<string, unknown>): Promise<Uint8Array | 'nonFinite'> {
     const { shape, model, config } = this.spec;
     const values = this.trainer.values();
-    const opt = this.trainer.exportState();
+    const opt = kind === 'checkpoint' ? this.trainer.exportState() : undefined;
     const tensors = parameterNames(shape).flatMap((n) => {
       const dims = parameterShape(shape, n);
       const weights = { name: n, shape: dims, data: values.get(n)! };
-      return kind === 'adapter' ? [weights] : [weights, { name: `adam.m.${n}`, shape: dims, data: opt.m.get(n)! }, { name: `adam.v.${n}`, shape: dims, data: opt.v.get(n)! }];
+      return opt ? [weights, { name: `adam.m.${n}`, shape: dims, data: opt.m.get(n)! }, { name: `adam.v.${n}`, shape: dims, data: opt.v.get(n)! }] : [weights];
     });
     if (kind === 'adapter') {
       try {

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { yieldToEventLoop } from '../../../common/sliced';
 import { WireError, WireErrorCode } from '../../../common/WireError';
-import { ServerError } from '../../ServerError';
+import { ServerError, ServerErrorCode } from '../../ServerError';
 import type { StoredHead } from '../../storage/records';
 import type { EncodedBatch, JobTrainer, OpenedTrainer, OpenTrainer, Trainers, TrainOutcome } from '../JobTrainer';
 import type { ExecutionDevice } from '../onnx/OnnxEngine';
@@ -185,10 +185,10 @@ function lostError(): WireError {
   return new WireError('INTERNAL', 'the server\'s training worker stopped; resume the job to continue from its last stored checkpoint');
 }
 
-/** A worker's error as the main thread raises it: a wire error as it was thrown there, anything else INTERNAL (its name logged, nothing of data). */
+/** A worker's error as the main thread raises it: a wire or server error as it was thrown there (their messages hold no data), anything else INTERNAL. */
 function errorFromWorker(e: Extract<TrainerReply, { ok: false }>['error']): Error {
   if (e.wire) return new WireError(e.wire.code as WireErrorCode, e.wire.message);
-  if (e.name === 'ServerError') return new ServerError('NO_BACKEND', 'a training worker could not start its engine');
+  if (e.server) return new ServerError(e.server.code as ServerErrorCode, e.server.message);
   return new WireError('INTERNAL', 'The server failed on this request; resume the job to continue from its last stored checkpoint.');
 }
 
@@ -342,7 +342,7 @@ export class TrainerPool implements Trainers {
       const r = await this.submit(slot, user, job, 'job/open', { job, spec: request.spec, ...(headKey !== undefined ? { headKey } : {}), checkpoints }, checkpoints.map((c) => c.buffer as ArrayBuffer));
       if (r.unreadable) {
         this.forget(slot, job, headKey);
-        return { trainer: undefined as never, unreadable: true };
+        return { unreadable: true };
       }
       const trainer = new PooledTrainer(this, slot, job, user, headKey, r.step);
       slot.trainers.add(trainer);

@@ -35,9 +35,9 @@ export interface TrainerRequest<C extends TrainerCall = TrainerCall> {
 }
 
 /**
- * A worker's reply: the result, or an error as plain data: a wire error
- * (code and message, which hold no data) or anything else (its name only).
+ * A worker's reply: the result, or an error as plain data: a wire or server
+ * error (code and message, which hold no data) or anything else (its name only).
  */
 export type TrainerReply =
   | { id: number; ok: true; result: unknown }
-  | { id: number; ok: false; error: { wire?: { code: string; message: string }; name: string } };
+  | { id: number; ok: false; error: { wire?: { code: string; message: string }; server?: { code: string; message: string }; name: string } };

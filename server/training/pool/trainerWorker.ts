@@ -6,6 +6,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { WireError } from '../../../common/WireError';
+import { ServerError } from '../../ServerError';
 import type { StoredHead } from '../../storage/records';
 import type { JobTrainer } from '../JobTrainer';
 import { LocalTrainers } from '../LocalTrainers';
@@ -42,7 +43,7 @@ const handlers: Handlers = {
   'head/release': async (p) => engine().releaseHead(p.key),
   'job/open': async (p) => {
     const opened = await engine().open({ job: p.job, user: '', spec: p.spec, ...(p.headKey !== undefined ? { headKey: p.headKey } : {}), checkpoints: p.checkpoints });
-    if (opened.unreadable) return { unreadable: true, step: 0 };
+    if ('unreadable' in opened) return { unreadable: true, step: 0 };
     jobs.set(p.job, opened.trainer);
     return { ...(opened.from ? { from: opened.from } : {}), step: opened.trainer.step };
   },
@@ -68,6 +69,7 @@ function transferablesOf(result: unknown): ArrayBuffer[] {
 
 function errorOf(err: unknown): Extract<TrainerReply, { ok: false }>['error'] {
   if (err instanceof WireError) return { wire: { code: err.code, message: err.message }, name: err.name };
+  if (err instanceof ServerError) return { server: { code: err.code, message: err.message }, name: err.name };
   return { name: err instanceof Error ? err.name : 'unknown' };
 }
 

@@ -17,9 +17,16 @@ function request(job: string, user: string, labelPrivate = false): OpenTrainer {
   return { job, user, spec: { shape: jobShape(c, model), model, config: c }, ...(labelPrivate ? {} : { headKey: HEAD }), checkpoints: [] };
 }
 
+/** The trainer `trainers` opens for `req` (it has no checkpoints: never unreadable). */
+async function openTrainer(trainers: Trainers, req: OpenTrainer): Promise<JobTrainer> {
+  const opened = await trainers.open(req);
+  assert.ok('trainer' in opened, 'opened');
+  return opened.trainer;
+}
+
 /** Three steps and a checkpoint of job `seed` on `trainers`: every step's result and the checkpoint's bytes. */
 async function trainThree(trainers: Trainers, job: string, user: string, seed: number): Promise<{ steps: unknown[]; checkpoint: Buffer }> {
-  const { trainer } = await trainers.open(request(job, user));
+  const trainer = await openTrainer(trainers, request(job, user));
   const steps: unknown[] = [];
   for (let i = 0; i < 3; i++) steps.push(await trainer.train(batchPayload(seed * 10 + i)));
   const checkpoint = Buffer.from((await trainer.encode('checkpoint', { step: trainer.step, kind: 'checkpoint' })) as Uint8Array);
@@ -54,7 +61,7 @@ describe('training in a pool of worker threads (server/training/pool)', function
     const pool = await TrainerPool.create({ workers: 1, threads: 1 });
     try {
       await pool.loadHead(HEAD, head, model.normEpsilon);
-      const open = async (job: string, user: string): Promise<JobTrainer> => (await pool.open(request(job, user))).trainer;
+      const open = (job: string, user: string): Promise<JobTrainer> => openTrainer(pool, request(job, user));
       const [a1, a2, b1] = [await open('ann/1', 'ann'), await open('ann/2', 'ann'), await open('bob/1', 'bob')];
       const ahead: number[] = [];
       b1.onWaiting = (n) => ahead.push(n);
@@ -75,7 +82,7 @@ describe('training in a pool of worker threads (server/training/pool)', function
     const lost: number[] = [];
     pool.onWorkerLost = (i) => lost.push(i);
     try {
-      const { trainer } = await pool.open(request('ann/1', 'ann', true));
+      const trainer = await openTrainer(pool, request('ann/1', 'ann', true));
       const slots = (pool as unknown as { slots: { worker: Worker }[] }).slots;
       const pending = trainer.encode('checkpoint', {});
       await slots[0]!.worker.terminate();
@@ -83,9 +90,9 @@ describe('training in a pool of worker threads (server/training/pool)', function
       assert.equal(trainer.lost, true);
       await assert.rejects(trainer.forgetPending(), (e) => e instanceof WireError && e.code === 'INTERNAL');
       assert.deepEqual(lost, [0]);
-      const again = await pool.open(request('ann/1', 'ann', true));
-      assert.equal(again.trainer.step, 0, 'the job opens again on the new worker');
-      assert.ok((await again.trainer.encode('checkpoint', {})) instanceof Uint8Array);
+      const again = await openTrainer(pool, request('ann/1', 'ann', true));
+      assert.equal(again.step, 0, 'the job opens again on the new worker');
+      assert.ok((await again.encode('checkpoint', {})) instanceof Uint8Array);
     } finally {
       await pool.dispose();
     }
