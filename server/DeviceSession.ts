@@ -237,11 +237,9 @@ export class DeviceSession implements BatchSession, JobOwner {
     // The job's side network, computed once for every check below and for the job itself.
     const shape = jobShape(m.config, model);
     const start = this.startValuesOf(m.config, shape, payload);
-    // Refused (LIMIT) before anything is stored or allocated: past the user's jobs or the memory budgets.
-    await this.ctx.registry.admit(this.user, m.config, shape, this.ctx.limits);
-    await this.checkStorage(jobDiskBytes(shape), 'this job');
-    const rec = await this.ctx.jobs.create(this.user, m.name, model, m.config);
-    const job = await this.ctx.registry.load(rec, this.ctx.limits, shape);
+    // Refused (LIMIT) before anything is stored or allocated: past the user's jobs, the memory budgets or the disk quota.
+    const job = await this.ctx.registry.create(this.user, m.name, model, m.config, shape, this.ctx.limits, () => this.checkStorage(jobDiskBytes(shape), 'this job'));
+    const rec = job.rec;
     job.owner = this;
     if (start) await job.startFrom(start);
     this.ctx.metrics.jobsCreated.inc();

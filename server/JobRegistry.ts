@@ -18,8 +18,10 @@ import { TrainingJob } from './TrainingJob';
  */
 export class JobRegistry {
   private readonly jobs = new Map<string, TrainingJob>();
-  /** Jobs being built (from a checkpoint or fresh weights): counted like loaded ones. */
-  private readonly loading = new Map<string, { rec: JobRecord; job: Promise<TrainingJob> }>();
+  /** Jobs being built (from a checkpoint or fresh weights): counted like loaded ones once admitted. */
+  private readonly loading = new Map<string, { rec: JobRecord; job: Promise<TrainingJob>; admitted: boolean }>();
+  /** Per user, the end of the admissions queued (one user's admissions run one at a time, each counting every job admitted before it). */
+  private readonly admissions = new Map<string, Promise<void>>();
   /** Heads loaded into the trainers, with the jobs using each (a head is loaded while `loaded` settles). */
   private readonly heads = new Map<string, { loaded: Promise<void>; users: number }>();
 
@@ -43,8 +45,8 @@ export class JobRegistry {
    * have loaded, or past the memory budget of one job or of one user (every
    * loaded job of that user counted, from its config: jobMemoryBytes).
    */
-  async admit(user: string, config: JobConfig, shape: SideNetworkShape, limits: SessionLimits, except?: string): Promise<void> {
-    const mine = this.records().filter((r) => r.user === user && jobKey(r) !== except);
+  private async admit(user: string, config: JobConfig, shape: SideNetworkShape, limits: SessionLimits, except?: string): Promise<void> {
+    const mine = this.admittedRecords().filter((r) => r.user === user && jobKey(r) !== except);
     // Jobs of this user that other replicas train count too (PostgreSQL store).
     const elsewhere = await this.leases.heldElsewhere(user);
     if (mine.length + elsewhere >= limits.maxJobsPerUser) throw new WireError('LIMIT', `at most ${limits.maxJobsPerUser} jobs of one user are loaded at once; finish or cancel one`);
@@ -53,6 +55,20 @@ export class JobRegistry {
     if (need > limits.maxJobMemoryBytes) throw new WireError('LIMIT', `this job needs about ${gib(need)} of server memory; the server allows ${gib(limits.maxJobMemoryBytes)} per job (a larger reduction, fewer tapped layers or shorter batches need less)`);
     const used = mine.reduce((sum, r) => sum + jobMemoryBytes(r.config, this.jobs.get(jobKey(r))?.shape ?? jobShape(r.config, r.model)), 0);
     if (used + need > limits.maxUserMemoryBytes) throw new WireError('LIMIT', `this user's loaded jobs hold about ${gib(used)}; with this one (${gib(need)}) they would pass the ${gib(limits.maxUserMemoryBytes)} allowed per user`);
+  }
+
+  /**
+   * Runs `f` after the admissions of `user` queued before it have ended, so
+   * that its admission counts every job they admitted (and creates in progress).
+   */
+  private admitting<T>(user: string, f: () => Promise<T>): Promise<T> {
+    const run = (this.admissions.get(user) ?? Promise.resolve()).then(f);
+    const end = run.then(() => undefined, () => undefined);
+    this.admissions.set(user, end);
+    void end.then(() => {
+      if (this.admissions.get(user) === end) this.admissions.delete(user);
+    });
+    return run;
   }
 
   /**
@@ -68,10 +84,38 @@ export class JobRegistry {
     if (job) await this.unload(job, new WireError('INTERNAL', 'the server\'s training worker stopped; resume the job to continue from its last stored checkpoint'));
     const pending = this.loading.get(key);
     if (pending) return pending.job;
-    const opened = this.open(rec, limits, shape);
-    this.loading.set(key, { rec, job: opened });
+    return this.track(rec, (entry) => this.admitting(rec.user, () => this.open(entry, limits, shape)));
+  }
+
+  /**
+   * Creates a job of `user` and loads it: admitted (LIMIT), then `checkStorage`
+   * (the user's disk quota), and only then its record written, with no other
+   * admission of that user in between, so concurrent creates cannot all pass
+   * and a refused create stores nothing. A job that then fails to load is removed.
+   */
+  async create(
+    user: string, name: string, model: ModelSpec, config: JobConfig, shape: SideNetworkShape, limits: SessionLimits, checkStorage: () => Promise<void>,
+  ): Promise<TrainingJob> {
+    return this.admitting(user, async () => {
+      await this.admit(user, config, shape, limits);
+      await checkStorage();
+      const rec = await this.jobStore.create(user, name, model, config);
+      try {
+        return await this.track(rec, (entry) => this.open(entry, limits, shape));
+      } catch (err) {
+        await this.jobStore.remove(rec).catch(() => undefined);
+        throw err;
+      }
+    });
+  }
+
+  /** Counts the job of `rec` as loading while `opening` builds it, then as loaded. */
+  private async track(rec: JobRecord, opening: (entry: { rec: JobRecord; admitted: boolean }) => Promise<TrainingJob>): Promise<TrainingJob> {
+    const key = jobKey(rec);
+    const entry: { rec: JobRecord; admitted: boolean; job: Promise<TrainingJob> } = { rec, admitted: false, job: Promise.resolve().then(() => opening(entry)) };
+    this.loading.set(key, entry);
     try {
-      const loaded = await opened;
+      const loaded = await entry.job;
       this.jobs.set(key, loaded);
       this.onLoadedJobsChanged(this.jobs.size);
       return loaded;
@@ -80,12 +124,14 @@ export class JobRegistry {
     }
   }
 
-  private async open(rec: JobRecord, limits: SessionLimits, shape: SideNetworkShape): Promise<TrainingJob> {
+  private async open(entry: { rec: JobRecord; admitted: boolean }, limits: SessionLimits, shape: SideNetworkShape): Promise<TrainingJob> {
+    const { rec } = entry;
     // The lease first: a job another replica trains is pointed there (and its lease is not counted against this user twice).
     await this.leases.acquire(rec);
     let head: string | undefined;
     try {
       await this.admit(rec.user, rec.config, shape, limits, jobKey(rec));
+      entry.admitted = true;
       // The record as the lease's last owner left it (another replica may have trained it).
       const current = (await this.jobStore.get(rec.user, rec.id)) ?? rec;
       // A label-private job needs no head: the device computes the loss with its own.
@@ -124,6 +170,11 @@ export class JobRegistry {
   /** Jobs of `user` loaded now (training, or loaded to evaluate). */
   loadedJobsOf(user: string): number {
     return [...this.jobs.values()].filter((j) => j.rec.user === user).length;
+  }
+
+  /** The records of the jobs loaded, or being loaded once admitted (what admission counts). */
+  private admittedRecords(): JobRecord[] {
+    return [...[...this.jobs.values()].map((j) => j.rec), ...[...this.loading.values()].filter((l) => l.admitted).map((l) => l.rec)];
   }
 
   /** The records of the jobs loaded or being loaded. */

@@ -24,6 +24,8 @@ export interface Users {
 
 export interface Jobs {
   create(user: string, name: string, model: ModelSpec, config: JobConfig): Promise<JobRecord>;
+  /** Deletes a job that never trained (its load failed right after create) with everything stored for it. */
+  remove(rec: JobRecord): Promise<void>;
   /** Writes the job's record (conditional on this replica's lease where leases exist). */
   save(rec: JobRecord): Promise<void>;
   bytesOf(user: string, id?: string): Promise<number>;

@@ -71,6 +71,18 @@ function storeSuite(name: string, open: () => Promise<ServerStore>): void {
       await store.leases.release(rec);
     });
 
+    it('jobs: remove deletes a job with its checkpoints, and nothing of another job', async () => {
+      const keep = await store.jobs.create('cid', 'keep', model, config);
+      const gone = await store.jobs.create('cid', 'gone', model, config);
+      await store.leases.acquire(gone);
+      await store.jobs.writeCheckpoint(gone, randomBytes(5000));
+      await store.leases.release(gone);
+      await store.jobs.remove(gone);
+      assert.equal(await store.jobs.get('cid', gone.id), undefined);
+      assert.equal(await store.jobs.bytesOf('cid', gone.id), 0);
+      assert.deepEqual((await store.jobs.list('cid')).map((r) => r.id), [keep.id]);
+    });
+
     it('heads: stored once per key, loaded as stored, counted for their uploader, expired when unused', async () => {
       const other = { ...model, fingerprint: 'c'.repeat(64) };
       assert.equal(await store.heads.has(model), false);

@@ -28,6 +28,10 @@ export class JobStore implements Jobs {
     return rec;
   }
 
+  async remove(rec: JobRecord): Promise<void> {
+    await fs.promises.rm(this.dir(rec.user, rec.id), { recursive: true, force: true });
+  }
+
   /** Writes the job's record; a write the disk refuses is WRITE_FAILED. */
   async save(rec: JobRecord): Promise<void> {
     rec.updatedAt = new Date().toISOString();

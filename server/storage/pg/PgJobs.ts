@@ -62,6 +62,13 @@ export class PgJobs implements Jobs, Leases {
     return rec;
   }
 
+  async remove(rec: JobRecord): Promise<void> {
+    await this.db.transaction(async (c) => {
+      await c.query('DELETE FROM blobs WHERE owner = $1', [`job:${rec.id}`]);
+      await c.query('DELETE FROM jobs WHERE id = $1 AND user_name = $2', [rec.id, rec.user]);
+    });
+  }
+
   async save(rec: JobRecord): Promise<void> {
     rec.updatedAt = new Date().toISOString();
     await this.db.transaction(async (c) => {
