@@ -8,7 +8,6 @@
  *   npm run bench:adapter [-- --rounds 2]
  */
 import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, defaultThreads } from '../extension/core/model/Backbone';
 import { machineDescription, median, peakRssBytes, qwenShapedModel } from './lib/benchModels';
@@ -20,7 +19,7 @@ const GENERATE = 32;
 
 async function child(mode: string, model: string, adapter: string): Promise<void> {
   const bb = await Backbone.open(model, { contextSize: 1024, maxSequences: 1, threads: defaultThreads() });
-  if (mode !== 'base') await bb.useAdapter(fs.readFileSync(adapter));
+  if (mode !== 'base') await bb.useAdapterFile(adapter);
   const prompt = Int32Array.from({ length: PROMPT }, (_, i) => 100 + ((i * 7919) % 150_000));
   const promptTimes: number[] = [];
   const genTimes: number[] = [];

@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   // Two backbones, one with the adapter: the variants alternate keystroke by keystroke, so the machine's drift hits them alike.
   const open = (): Promise<Backbone> => Backbone.open(model, { contextSize: 2048, maxSequences: 1, threads: defaultThreads() });
   const backbones = { base: await open(), adapter: await open() };
-  await backbones.adapter.useAdapter(fs.readFileSync(adapter));
+  await backbones.adapter.useAdapterFile(adapter);
   const sampling = { greedy: 0, topP: 0 };
   type Series = { firstTokenSeconds: number[]; completionSeconds: number[]; promptTokens: number; evaluated: number[] };
   const results: Record<string, Series> = {};

@@ -9,7 +9,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { decodeAdapter } from '../common/AdapterFile';
+import { jobShape } from '../common/AdapterConfig';
+import { decodeAdapter, maxAdapterBytes } from '../common/AdapterFile';
 import { encodeLayersPayload } from '../common/batchPayload';
 import { bytesPerRow } from '../common/ActivationQuantizer';
 import { ADAPTER_CHUNK_BYTES } from '../common/limits';
@@ -63,7 +64,7 @@ async function main(): Promise<void> {
     stall = 0;
     t0 = t();
     const download = new AdapterDownload(path.join(dir, 'device'), ready.jobId);
-    const bytes = await downloadAdapter(conn, download, ready.jobId);
+    const bytes = await downloadAdapter(conn, download, ready.jobId, maxAdapterBytes(jobShape(config, model)));
     const downloaded = t() - t0;
     stalls.download = stall;
     const { header } = decodeAdapter(bytes, model.fingerprint);

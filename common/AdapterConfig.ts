@@ -223,12 +223,16 @@ export function parameterCount(shape: SideNetworkShape, names = parameterNames(s
 
 /**
  * Checks that `tensors` holds every parameter of the side network `shape`
- * describes, each with exactly its shape, and only finite values of at most
- * `maxMagnitude` (weights; optimizer moments pass Infinity). Throws
+ * describes, each with exactly its shape, nothing else, and only finite values
+ * of at most `maxMagnitude` (weights; optimizer moments pass Infinity). Throws
  * ADAPTER_CORRUPT naming the first problem.
  */
 export function checkSideNetworkTensors(shape: SideNetworkShape, tensors: Map<string, { shape: number[]; data: Float32Array }>, maxMagnitude = MAX_WEIGHT_MAGNITUDE): void {
-  for (const name of parameterNames(shape)) {
+  const names = parameterNames(shape);
+  const known = new Set(names);
+  const extra = [...tensors.keys()].find((n) => !known.has(n));
+  if (extra !== undefined) throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter holds a tensor ${extra.slice(0, 40)} that its side network does not have.`);
+  for (const name of names) {
     const t = tensors.get(name);
     const want = parameterShape(shape, name);
     if (!t) throw new AdapterFormatError('ADAPTER_CORRUPT', `The adapter lacks the tensor ${name}.`);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { AdapterConfig, parseAdapterConfig, renameOlderShape } from './AdapterConfig';
+import { AdapterConfig, MAX_HEAD_RANK, parameterCount, parameterNames, parseAdapterConfig, renameOlderShape, sideShape, SideNetworkShape } from './AdapterConfig';
+import { JOB_SETTINGS } from './jobSettings';
 import { runSteps, runStepsSliced, sha256Sliced, SLICE_BYTES } from './sliced';
 import { AdapterFormatError } from './AdapterFormatError';
 import { checkSchema } from './schema';
@@ -32,6 +33,34 @@ export const READABLE_ADAPTER_FORMAT_VERSIONS: readonly number[] = [1, 2, 3, 4, 
 
 /** Most tensors one adapter file may list. */
 const MAX_TENSORS = 4096;
+
+/** Header bytes an adapter may take besides its tensor table (the config and the meta the server writes: steps, tokens, held-out results). */
+const HEADER_BASE_BYTES = 64 * 1024;
+/** Header bytes one tensor table entry may take (`{"name":"wq.1023","shape":[65536,65536],"offset":…}` is under 80). */
+const HEADER_BYTES_PER_TENSOR = 256;
+
+/**
+ * The most bytes a trained adapter of side network `shape` can take: magic
+ * and length, a header of HEADER_BASE_BYTES and HEADER_BYTES_PER_TENSOR per
+ * tensor, padding, the weights and the checksum. A device refuses a download
+ * the server declares larger before it writes a byte (the adapter of a
+ * 2-layer 64-wide job is under 100 KB, whatever a server says).
+ */
+export function maxAdapterBytes(shape: SideNetworkShape): number {
+  const names = parameterNames(shape);
+  return 12 + HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * names.length + 3 + 4 * parameterCount(shape, names) + 32;
+}
+
+/**
+ * The most bytes any adapter of a model can take: maxAdapterBytes of the
+ * largest side network a job's settings allow on it (every layer tapped, the
+ * smallest reduction, attention, the highest head rank). An adapter file
+ * larger than this is refused before it is read.
+ */
+export function maxAdapterBytesFor(model: { layers: number; hiddenSize: number; vocabularySize: number }): number {
+  const every = Array.from({ length: model.layers }, (_, i) => i);
+  return maxAdapterBytes(sideShape(model.hiddenSize, JOB_SETTINGS.reduction.min, every, 2, false, { rank: MAX_HEAD_RANK, vocab: model.vocabularySize }));
+}
 const TENSOR_ENTRY_SCHEMA = { name: 'string', shape: 'uint[]', offset: 'uint' } as const;
 
 export interface AdapterTensorEntry {

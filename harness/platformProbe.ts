@@ -65,7 +65,7 @@ async function main(): Promise<void> {
   write('adapterLoss');
   const bb = await Backbone.open(adapterModel, { contextSize: 256, maxSequences: 1, threads: 2, flashAttention: false });
   try {
-    await bb.useAdapter(fs.readFileSync(adapter));
+    await bb.useAdapterFile(adapter);
     const { lossSum, tokens } = await bb.sequenceLoss([bb.tokenize(PROBE_TEXT)]);
     report.adapterLoss = { lossSum, tokens };
   } finally {

@@ -3,7 +3,6 @@
  * in held-out files, greedy completion of the rest of the line, exact match
  * and character-level edit similarity.
  */
-import * as fs from 'node:fs';
 import { Backbone } from '../../extension/core/model/Backbone';
 import { heldOutFiles } from '../../extension/core/workspace/dataset';
 import { generate } from '../../extension/core/completion/generate';
@@ -59,7 +58,7 @@ export function positions(workspace: string): Position[] {
 export async function score(model: string, adapter: string | undefined, cases: Position[]): Promise<{ exactMatch: number; editSimilarity: number; seconds: number }> {
   const bb = await Backbone.open(model, { contextSize: 1024, maxSequences: 1, threads: 1 });
   try {
-    if (adapter) await bb.useAdapter(fs.readFileSync(adapter));
+    if (adapter) await bb.useAdapterFile(adapter);
     let exact = 0;
     let sim = 0;
     const t0 = Date.now();

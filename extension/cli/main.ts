@@ -45,13 +45,7 @@ async function openWithAdapter(o: { model?: string; adapter?: string; store: str
   const bb = await Backbone.open(o.model ?? ensureDefaultModel(o.store), options);
   if (!o.adapter) return bb;
   try {
-    let bytes: Buffer;
-    try {
-      bytes = fs.readFileSync(o.adapter);
-    } catch (err) {
-      throw new MobiError('ADAPTER_CORRUPT', `Cannot read the adapter file ${o.adapter}.`, { cause: err });
-    }
-    await bb.useAdapter(bytes);
+    await bb.useAdapterFile(o.adapter);
     return bb;
   } catch (err) {
     bb.dispose();

@@ -60,4 +60,16 @@ describe('adapters download in parts, whatever their size', function () {
     await assert.rejects(wrong.complete({ ...size, sha256: '0'.repeat(64) }), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT'));
     assert.equal(wrong.offset(), 0, 'a refused download is discarded');
   });
+
+  it('a part past the declared size is refused before it is written, a first part included', () => {
+    const store = tmpDir('overflow');
+    const jobId = '2b9f4c2e-6d1a-4e5b-9c3d-2a7f8e1b4c6d';
+    const size = { bytes: 1000, sha256: 'a'.repeat(64) };
+    const download = new AdapterDownload(store, jobId);
+    assert.throws(() => download.write(size, 0, Buffer.alloc(2000)), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT'));
+    assert.equal(fs.existsSync(path.join(store, 'downloads')), false, 'nothing written for a first part past the size');
+    download.write(size, 0, Buffer.alloc(600));
+    assert.throws(() => download.write(size, 600, Buffer.alloc(600)), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT'));
+    assert.equal(fs.statSync(path.join(store, 'downloads', `${jobId}.part`)).size, 600, 'the partial keeps what it had');
+  });
 });

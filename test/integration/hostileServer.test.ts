@@ -1,13 +1,14 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { WebSocketServer } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../common/codec';
 import { PROTOCOL_VERSION } from '../../common/limits';
 import { WireError } from '../../common/WireError';
 import { FineTuneJob } from '../../extension/core/job/FineTuneJob';
 import { JobRecordStore } from '../../extension/core/job/JobRecordStore';
 import { MobiError } from '../../extension/core/MobiError';
+import { MobiServer } from '../../server/MobiServer';
 import { tinyModel } from '../helpers/models';
 import { listFiles, makeWorkspace, tmpDir } from '../helpers/workspaces';
 
@@ -28,6 +29,42 @@ async function hostileServer(jobId: string): Promise<{ url: string; close: () =>
   });
   const { port } = wss.address() as { port: number };
   return { url: `ws://127.0.0.1:${port}`, close: () => new Promise((r) => wss.close(() => r())) };
+}
+
+/**
+ * A server in the middle of a ws:// connection to a real one: every frame
+ * passes, except that adapter/get is answered with `declared` bytes of
+ * adapter and parts of `partBytes` zeros.
+ */
+async function inflatingProxy(upstream: string, declared: number, partBytes: number): Promise<{ url: string; gets: () => number; close: () => Promise<void> }> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  let gets = 0;
+  wss.on('connection', (down, req) => {
+    const up = new WebSocket(upstream, { headers: { authorization: req.headers.authorization ?? '' } });
+    const early: Buffer[] = [];
+    up.on('open', () => early.splice(0).forEach((f) => up.send(f)));
+    up.on('message', (data) => down.readyState === WebSocket.OPEN && down.send(data as Buffer));
+    up.on('close', () => down.close());
+    up.on('error', () => down.close());
+    down.on('close', () => up.close());
+    down.on('message', (data) => {
+      const { message } = decodeDeviceFrame(data as Buffer);
+      if (message.type === 'adapter/get') {
+        gets++;
+        const offset = message.offset ?? 0;
+        down.send(encodeFrame({ type: 'adapter/data', jobId: message.jobId, bytes: declared, sha256: 'ab'.repeat(32), offset, requestId: message.requestId }, Buffer.alloc(Math.min(partBytes, declared - offset))));
+      } else if (up.readyState === WebSocket.OPEN) up.send(data as Buffer);
+      else early.push(data as Buffer);
+    });
+  });
+  const { port } = wss.address() as { port: number };
+  return { url: `ws://127.0.0.1:${port}`, gets: () => gets, close: () => new Promise((r) => wss.close(() => r())) };
+}
+
+/** Bytes of the files under `dir`. */
+function bytesUnder(dir: string): number {
+  return listFiles(dir).reduce((sum, f) => sum + fs.statSync(f).size, 0);
 }
 
 describe('a hostile server cannot choose where the device writes', function () {
@@ -60,5 +97,26 @@ describe('a hostile server cannot choose where the device writes', function () {
     }
     assert.deepEqual(fs.readdirSync(outside), [], 'nothing written where the server pointed');
     assert.ok(!listFiles(store).some((f) => f.endsWith('evil.json')));
+  });
+
+  it('a server that declares an 8 GiB adapter for a tiny job is refused before a byte of it is written', async () => {
+    const server = new MobiServer({ dataDir: tmpDir('inflated-server'), port: 0, threads: 1 });
+    const { url } = await server.start();
+    const proxy = await inflatingProxy(url, 8 * 2 ** 30, 4 * 2 ** 20);
+    const store = tmpDir('inflated-store');
+    try {
+      const token = await server.users.add('ida');
+      const job = new FineTuneJob({ workspace: makeWorkspace(5, 3, 30), model: tinyModel({ layers: 2, embd: 32, heads: 2 }), storeDir: store, threads: 1, steps: 2, seqLen: 16, server: { url: proxy.url, token }, reconnectTimeoutMs: 1000 });
+      const err = await job.run().then(() => undefined, (e: unknown) => e);
+      assert.ok(MobiError.is(err, 'ADAPTER_CORRUPT'), `a typed error: ${String(err)}`);
+      assert.match(err.message, /declared an adapter of 8589934592 bytes; this job's adapter is at most \d+ bytes/);
+      assert.ok(proxy.gets() >= 1, 'the device asked for the adapter');
+    } finally {
+      await proxy.close();
+      await server.stop();
+    }
+    const downloads = path.join(store, 'downloads');
+    assert.equal(fs.existsSync(downloads) ? bytesUnder(downloads) : 0, 0, 'nothing of the declared adapter in the store');
+    assert.ok(bytesUnder(store) < 2 ** 20, `the device store holds ${bytesUnder(store)} bytes`);
   });
 });

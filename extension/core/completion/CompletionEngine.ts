@@ -1,4 +1,3 @@
-import * as fs from 'node:fs';
 import { HOST_SETTINGS } from '../../../common/jobSettings';
 import { AdapterStore } from '../store/AdapterStore';
 import { Backbone } from '../model/Backbone';
@@ -92,7 +91,7 @@ export class CompletionEngine {
 
   private async use(bb: Backbone, adapter: string | undefined): Promise<void> {
     if (adapter === this.activeAdapter) return;
-    if (adapter) await bb.useAdapter(fs.readFileSync(adapter));
+    if (adapter) await bb.useAdapterFile(adapter);
     else await bb.clearAdapter();
     this.activeAdapter = adapter;
   }

@@ -6,6 +6,7 @@ import { activationCacheDir } from './ActivationCache';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../store/AdapterStore';
 import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
+import { maxAdapterBytes } from '../../../common/AdapterFile';
 import { Backbone } from '../model/Backbone';
 import { batchesPerEpoch, buildDatasetAsync, Dataset } from '../workspace/dataset';
 import { EmbeddedServerKeeper } from '../connection/EmbeddedServer';
@@ -364,7 +365,7 @@ export class FineTuneJob {
   private async download(conn: ServerConnection, work: Workload, jobId: string): Promise<void> {
     this.setPhase('downloading');
     const partial = new AdapterDownload(this.o.storeDir, jobId);
-    const payload = await downloadAdapter(conn, partial, jobId);
+    const payload = await downloadAdapter(conn, partial, jobId, maxAdapterBytes(jobShape(work.config, work.backbone.info)));
     const stored = await new AdapterStore(this.o.storeDir).save(payload, {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
       steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,

@@ -4,7 +4,8 @@ import { MobiError } from '../MobiError';
 import { GgufFile, ggufNumber, ggufString, readGgufFileAsync } from './gguf/GgufFile';
 import { loadNativeAddon, NativeBackbone, NativeBackboneInfo, NativeTensor } from '../../native/NativeAddon';
 import { attentionBlocks, checkSideNetworkTensors } from '../../../common/AdapterConfig';
-import { decodeAdapter } from '../../../common/AdapterFile';
+import { decodeAdapter, maxAdapterBytesFor } from '../../../common/AdapterFile';
+import { readAdapterFile } from '../store/readAdapterFile';
 import { modelFingerprint } from './modelFingerprint';
 
 /** Architectures whose layer outputs and final norm the side network understands. */
@@ -261,6 +262,11 @@ export class Backbone {
   /** sha256 of the model file. */
   fingerprint(): Promise<string> {
     return modelFingerprint(this.info.path);
+  }
+
+  /** useAdapter of the adapter file at `file`, read with the bound of this model's largest adapter (readAdapterFile). */
+  async useAdapterFile(file: string): Promise<{ steps: number; meta: Record<string, unknown> }> {
+    return this.useAdapter(await readAdapterFile(file, maxAdapterBytesFor(this.info)));
   }
 
   /**

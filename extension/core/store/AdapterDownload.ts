@@ -47,12 +47,14 @@ export class AdapterDownload {
    * otherwise). Returns the next offset.
    */
   write(size: AdapterSize, offset: number, data: Uint8Array): number {
+    // Checked before anything is written: a part past the declared size (a first part included).
+    if (offset + data.length > size.bytes) throw new MobiError('ADAPTER_CORRUPT', 'The server sent more of the adapter than it declared; the download was stopped. Try again.');
     if (offset === 0) {
       fs.mkdirSync(path.dirname(this.part), { recursive: true });
       writeFileAtomic(this.info, `${JSON.stringify(size)}\n`);
       fs.writeFileSync(this.part, new Uint8Array(0));
     }
-    if (offset !== this.offset(size) || offset + data.length > size.bytes) throw new MobiError('ADAPTER_CORRUPT', 'The adapter arrived out of order; try again.');
+    if (offset !== this.offset(size)) throw new MobiError('ADAPTER_CORRUPT', 'The adapter arrived out of order; try again.');
     fs.appendFileSync(this.part, data);
     return offset + data.length;
   }
@@ -76,15 +78,21 @@ export class AdapterDownload {
 /**
  * Downloads a finished job's adapter in parts (adapter/get from an offset),
  * resuming a partial left by an earlier connection, and returns the whole
- * file once its sha256 matches. The partial is deleted by the caller once
+ * file once its sha256 matches. A declared size over `maxBytes` (the most
+ * the job's side network can take: maxAdapterBytes) is refused before a byte
+ * is written, and so is a part past the declared size. The partial is deleted by the caller once
  * the adapter is stored (AdapterDownload.remove).
  */
-export async function downloadAdapter(conn: ServerConnection, download: AdapterDownload, jobId: string): Promise<Buffer> {
+export async function downloadAdapter(conn: ServerConnection, download: AdapterDownload, jobId: string, maxBytes: number): Promise<Buffer> {
   let offset = download.offset();
   for (;;) {
     const asked = offset;
     const { message, payload } = await conn.request({ type: 'adapter/get', jobId, offset: asked });
     const size = { bytes: message.bytes, sha256: message.sha256 };
+    if (size.bytes > maxBytes) {
+      download.remove();
+      throw new MobiError('ADAPTER_CORRUPT', `The server declared an adapter of ${size.bytes} bytes; this job's adapter is at most ${maxBytes} bytes. Nothing of it was stored; check which server you are connected to.`);
+    }
     if (asked !== download.offset(size)) {
       offset = 0; // a partial of another adapter (the job was finished anew): start over
       continue;

@@ -4,10 +4,12 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parameterNames, parameterShape } from '../../../../common/AdapterConfig';
-import { encodeAdapter } from '../../../../common/AdapterFile';
+import { encodeAdapter, maxAdapterBytes, maxAdapterBytesFor } from '../../../../common/AdapterFile';
 import { SeededRandom } from '../../../../common/SeededRandom';
 import { Backbone } from '../../../../extension/core/model/Backbone';
 import { MobiError } from '../../../../extension/core/MobiError';
+import { CompletionEngine } from '../../../../extension/core/completion/CompletionEngine';
+import { AdapterStore } from '../../../../extension/core/store/AdapterStore';
 import { modelFingerprint } from '../../../../extension/core/model/modelFingerprint';
 import { sideShape } from '../../../../server/training/sideNetworkSpec';
 import { testAdapterConfig } from '../../../../harness/adapters';
@@ -49,11 +51,12 @@ describe('adapter files edited by hand (fuzz, real native loader)', function () 
   this.timeout(300_000);
   let bb: Backbone;
   let file: Buffer;
+  let model: string;
   const layers = 3;
   const d = 32;
 
   before(async () => {
-    const model = tinyModel({ layers, embd: d, heads: 4, kvHeads: 2, seed: 31 });
+    model = tinyModel({ layers, embd: d, heads: 4, kvHeads: 2, seed: 31 });
     bb = await Backbone.open(model, { contextSize: 64, maxSequences: 1, threads: 1 });
     const shape = sideShape(d, 4, [0, 1, 2]);
     const rng = new SeededRandom(4);
@@ -148,5 +151,64 @@ describe('adapter files edited by hand (fuzz, real native loader)', function () 
     assert.equal(r.status, 1);
     assert.match(r.stderr, /^error\[ADAPTER_CORRUPT\]/);
     assert.ok(!/null/.test(r.stdout));
+  });
+
+  it('a tensor the side network does not have is refused, by name', async () => {
+    const shape = sideShape(d, 4, [0, 1, 2]);
+    const tensors = parameterNames(shape).map((name) => {
+      const dims = parameterShape(shape, name);
+      return { name, shape: dims, data: new Float32Array(dims.reduce((a, b) => a * b, 1)) };
+    });
+    const extra = encodeAdapter(await modelFingerprint(model), testAdapterConfig(shape), { steps: 1 }, [...tensors, { name: 'stowaway', shape: [4], data: new Float32Array(4) }]);
+    await assert.rejects(bb.useAdapter(extra), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT') && /stowaway/.test(e.message));
+  });
+
+  it('adapter files are opened with a bound from the model: /dev/zero, a folder, a FIFO, a file larger than any adapter of the model or none at all is a typed error before it is read', async () => {
+    const dir = tmpDir('adapter-files');
+    const bound = maxAdapterBytesFor(bb.info);
+    assert.ok(file.length <= maxAdapterBytes(sideShape(d, 4, [0, 1, 2])), 'a real adapter is within its shape\'s bound');
+    assert.ok(maxAdapterBytes(sideShape(d, 4, [0, 1, 2])) <= bound, 'and within the model\'s');
+    const good = path.join(dir, 'good.mobi');
+    fs.writeFileSync(good, file);
+    assert.equal((await bb.useAdapterFile(good)).steps, 1);
+    await bb.clearAdapter();
+    const large = path.join(dir, 'large.mobi');
+    fs.writeFileSync(large, file);
+    fs.truncateSync(large, bound + 1); // sparse: no disk taken
+    const fifo = path.join(dir, 'fifo.mobi');
+    const mkfifo = spawnSync('mkfifo', [fifo]);
+    const cases: [string, string, RegExp][] = [
+      ['/dev/zero', '/dev/zero', /not a regular file/],
+      ['a folder', dir, /not a regular file/],
+      ['a file past the bound', large, new RegExp(`has ${bound + 1} bytes, and an adapter for this model has at most ${bound}`)],
+      ['no file', path.join(dir, 'none.mobi'), /Cannot read/],
+      ...(mkfifo.status === 0 ? [['a FIFO (no writer: opening it must not wait)', fifo, /not a regular file/] as [string, string, RegExp]] : []),
+    ];
+    if (mkfifo.status !== 0) process.stdout.write('      (no FIFO case: mkfifo is not available here)\n');
+    for (const [what, f, message] of cases) {
+      await assert.rejects(bb.useAdapterFile(f), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT') && message.test(e.message), what);
+    }
+    // Through the CLI: a typed error and exit 1, not a process growing without end.
+    const r = spawnSync(process.execPath, [DEVICE_CLI, 'eval', '--workspace', makeWorkspace(3, 4, 40), '--model', model, '--adapter', '/dev/zero', '--json'], { encoding: 'utf8', timeout: 120_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /^error\[ADAPTER_CORRUPT\].*not a regular file/);
+  });
+
+  it('the completion engine refuses a stored adapter that is a folder or a device with a typed error, and completes without it after', async () => {
+    const store = tmpDir('engine-store');
+    const workspace = makeWorkspace(2, 2, 20);
+    const dir = new AdapterStore(store).dir(workspace, await modelFingerprint(model));
+    fs.mkdirSync(path.join(dir, 'adapter.mobi'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'adapter.json'), '{}');
+    const engine = new CompletionEngine(model, store);
+    try {
+      await assert.rejects(engine.complete(workspace, 'function '), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT'), 'a folder');
+      fs.rmdirSync(path.join(dir, 'adapter.mobi'));
+      fs.symlinkSync('/dev/zero', path.join(dir, 'adapter.mobi'));
+      await assert.rejects(engine.complete(workspace, 'function '), (e: unknown) => MobiError.is(e, 'ADAPTER_CORRUPT'), '/dev/zero');
+      assert.equal(typeof (await engine.complete(workspace, 'function ', { fineTuned: false })), 'string');
+    } finally {
+      await engine.dispose();
+    }
   });
 });
