@@ -54,10 +54,52 @@ function isMinified(rel: string, text: string): boolean {
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
+/** Opens without following a link in the last component, and without waiting on a FIFO. */
+const OPEN_FLAGS = fs.constants.O_RDONLY | (fs.constants.O_NOFOLLOW ?? 0) | (fs.constants.O_NONBLOCK ?? 0);
+/** Whether this system names the file behind a descriptor (Linux: /proc/self/fd). */
+const OPENED_PATHS = process.platform === 'linux' && fs.existsSync('/proc/self/fd');
+
+/**
+ * The bytes of the regular file `abs` that lstat found as `before`, read
+ * through one descriptor opened without following links: 'changed' when
+ * what was opened is not that file (a link swapped in for it or for a folder
+ * above it since, its inode differs or, where the system says, it lies
+ * outside the workspace at `expected`), or when it changed while read;
+ * 'unreadable' when it cannot be opened or read.
+ */
+function readUnlinked(abs: string, before: fs.Stats, expected: string | undefined): Buffer | 'changed' | 'unreadable' {
+  let fd: number;
+  try {
+    fd = fs.openSync(abs, OPEN_FLAGS);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ELOOP' ? 'changed' : 'unreadable';
+  }
+  try {
+    const opened = fs.fstatSync(fd);
+    if (!opened.isFile() || opened.ino !== before.ino || opened.dev !== before.dev) return 'changed';
+    if (expected !== undefined && fs.readlinkSync(`/proc/self/fd/${fd}`) !== expected) return 'changed';
+    const buf = Buffer.alloc(opened.size);
+    let at = 0;
+    while (at < buf.length) {
+      const n = fs.readSync(fd, buf, at, buf.length - at, at);
+      if (n === 0) break;
+      at += n;
+    }
+    const after = fs.fstatSync(fd);
+    return at !== buf.length || after.mtimeMs !== before.mtimeMs || after.size !== buf.length ? 'changed' : buf;
+  } catch {
+    return 'unreadable';
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /**
  * Lists the workspace's source files to learn from, reading each once, and
  * says what it left out and why. Respects .gitignore files at every level.
- * Never follows symbolic links.
+ * Never follows symbolic links, also one swapped in during the scan: each
+ * file is opened without following links and read only when what was
+ * opened is the file listed (readUnlinked).
  */
 export function scanWorkspace(root: string, options: ScanOptions = {}): ScanReport {
   let rootStat: fs.Stats;
@@ -67,6 +109,8 @@ export function scanWorkspace(root: string, options: ScanOptions = {}): ScanRepo
     throw new MobiError('EMPTY_WORKSPACE', `The workspace folder ${root} does not exist.`, { cause: err });
   }
   if (!rootStat.isDirectory()) throw new MobiError('EMPTY_WORKSPACE', `${root} is not a folder.`);
+  // Where each file must turn out to be once opened (checked where /proc/self/fd names what a descriptor opened).
+  const rootReal = OPENED_PATHS ? fs.realpathSync(root) : undefined;
   const maxFile = options.maxFileBytes ?? MAX_FILE_BYTES;
   const maxTotal = options.maxTotalBytes ?? MAX_TOTAL_BYTES;
   const include = options.include && options.include.length > 0 ? ignore().add(options.include) : undefined;
@@ -114,9 +158,13 @@ export function scanWorkspace(root: string, options: ScanOptions = {}): ScanRepo
       const abs = path.join(root, rel);
       let before: fs.Stats;
       try {
-        before = fs.statSync(abs);
+        before = fs.lstatSync(abs);
       } catch {
         skip('unreadable', 0);
+        continue;
+      }
+      if (!before.isFile()) {
+        skip(before.isSymbolicLink() ? 'link' : 'changed', 0); // replaced since the folder was listed
         continue;
       }
       const size = before.size;
@@ -130,21 +178,9 @@ export function scanWorkspace(root: string, options: ScanOptions = {}): ScanRepo
       else if (report.includedBytes + size > maxTotal) skip('over-budget', size);
       else {
         options.onFile?.(rel);
-        let buf: Buffer;
-        try {
-          buf = fs.readFileSync(abs);
-        } catch {
-          skip('unreadable', size);
-          continue;
-        }
-        let after: fs.Stats | undefined;
-        try {
-          after = fs.statSync(abs);
-        } catch {
-          after = undefined;
-        }
-        if (!after || after.mtimeMs !== before.mtimeMs || after.size !== buf.length) {
-          skip('changed', size);
+        const buf = readUnlinked(abs, before, rootReal === undefined ? undefined : path.join(rootReal, rel));
+        if (typeof buf === 'string') {
+          skip(buf, size);
           continue;
         }
         if (buf.subarray(0, SNIFF_BYTES).includes(0)) {

@@ -62,6 +62,34 @@ describe('workspace scan', () => {
     assert.equal(r.skipped.changed?.files, 1);
   });
 
+  it('never reads through a link swapped in during the scan, for the file or for a folder above it, even when the target looks the same', () => {
+    const outside = tmpDir('scan-outside');
+    write(outside, 'a.ts', 'const k = "AAAA";\n'); // the same size as the file it replaces
+    fs.mkdirSync(path.join(outside, 'sub'));
+    write(outside, 'sub/c.ts', 'const k = "CCCC";\n');
+    const ws = tmpDir('scan-swap');
+    write(ws, 'a.ts', 'const k = "aaaa";\n');
+    write(ws, 'b.ts', 'const b = 2;\n');
+    write(ws, 'sub/c.ts', 'const k = "cccc";\n');
+    // Look-alikes: the same sizes and the same modification times.
+    const when = new Date('2026-01-02T03:04:05Z');
+    for (const f of [path.join(outside, 'a.ts'), path.join(outside, 'sub/c.ts'), path.join(ws, 'a.ts'), path.join(ws, 'sub/c.ts')]) fs.utimesSync(f, when, when);
+    // Between the listing and the read: the file, then the folder above the other, replaced by links to them.
+    const swap = (inside: string, target: string): void => {
+      fs.rmSync(inside, { recursive: true });
+      fs.symlinkSync(target, inside);
+    };
+    const r = scanWorkspace(ws, {
+      onFile: (rel) => {
+        if (rel === 'a.ts') swap(path.join(ws, 'a.ts'), path.join(outside, 'a.ts'));
+        if (rel === 'sub/c.ts') swap(path.join(ws, 'sub'), path.join(outside, 'sub'));
+      },
+    });
+    assert.deepEqual(r.files.map((f) => f.path), ['b.ts']);
+    assert.ok(!r.files.some((f) => /AAAA|CCCC/.test(f.text)), 'nothing of the link targets was read');
+    assert.equal(r.skipped.changed?.files, 2);
+  });
+
   it('skips unreadable files', function () {
     if (process.getuid?.() === 0) skipBecause(this, 'running as root, which reads files whatever their mode');
     const ws = tmpDir('scan-perm');
