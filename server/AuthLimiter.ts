@@ -1,6 +1,10 @@
 /** Failed sign-ins allowed per (user name, address) in one window; past them that pair is refused (429) without a check. */
 export const MAX_AUTH_FAILURES = 10;
-/** Failed sign-ins allowed from one address, over every user name, in one window. */
+/**
+ * Failed sign-ins from one address, over every user name, in one window past
+ * which that address's checks wait SLOW_DOWN_MS first: slowed, never refused,
+ * so one member of a team behind a shared (NAT) address cannot lock the others out.
+ */
 export const MAX_ADDRESS_FAILURES = 30;
 /** Failed sign-ins of one user name from every address in one window past which its checks wait SLOW_DOWN_MS first: slowed, never refused. */
 export const MAX_USER_FAILURES = 100;
@@ -36,12 +40,12 @@ export interface AuthTicket {
  * Limits token checks so that guessing costs the server little and cannot
  * lock a user out. An attempt counts as a failure when it begins (a success
  * takes it back), so concurrent guesses cannot all be checked before the
- * first failure is counted. Failures are counted per (user, address) and per
- * address, which refuse; per user over every address they only slow checks
- * down, so failures from one address never refuse a valid token from
- * another. Checks run at most MAX_CHECKS_PER_ADDRESS at once per address
- * (a few more wait, the rest are refused) and MAX_CHECKS_PER_USER per user
- * (more wait). A token
+ * first failure is counted. Failures per (user, address) refuse that pair;
+ * per address (over every user name) and per user (over every address) they
+ * only slow checks down, so failures from one address never refuse a valid
+ * token from another address, nor another user's from the same one. Checks
+ * run at most MAX_CHECKS_PER_ADDRESS at once per address (a few more wait,
+ * the rest are refused) and MAX_CHECKS_PER_USER per user (more wait). A token
  * already verified does not come here (the server accepts it without scrypt).
  */
 export class AuthLimiter {
@@ -106,17 +110,17 @@ export class AuthLimiter {
     const addr = `address:${address}`;
     const shared = this.shared ? await this.shared.counts([pair, addr], AUTH_WINDOW_MS).catch(() => undefined) : undefined;
     const failures = (k: string): number => Math.max(this.failuresOf(k), shared?.get(k) ?? 0);
-    if (failures(pair) >= MAX_AUTH_FAILURES || failures(addr) >= MAX_ADDRESS_FAILURES) return undefined;
+    if (failures(pair) >= MAX_AUTH_FAILURES) return undefined;
+    const addressSlowed = failures(addr) >= MAX_ADDRESS_FAILURES;
     const keys = [pair, addr, ...(user !== undefined ? [`user:${user}`] : [])];
     this.add(keys, 1);
     if (!(await this.place(addr, MAX_CHECKS_PER_ADDRESS, MAX_WAITING_PER_ADDRESS))) {
       this.add(keys, -1); // refused unchecked: not a failure
       return undefined;
     }
-    if (user !== undefined) {
-      if (this.failuresOf(`user:${user}`) > MAX_USER_FAILURES) await this.sleep(SLOW_DOWN_MS);
-      await this.place(`user:${user}`, MAX_CHECKS_PER_USER);
-    }
+    // Slowed while holding the address's place: a guessing address gets at most MAX_CHECKS_PER_ADDRESS checks per SLOW_DOWN_MS.
+    if (addressSlowed || (user !== undefined && this.failuresOf(`user:${user}`) > MAX_USER_FAILURES)) await this.sleep(SLOW_DOWN_MS);
+    if (user !== undefined) await this.place(`user:${user}`, MAX_CHECKS_PER_USER);
     let ended = false;
     return {
       succeeded: () => this.add(keys, -1),

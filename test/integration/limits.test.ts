@@ -7,7 +7,7 @@ import { WebSocket } from 'ws';
 import { ModelSpec } from '../../common/messages';
 import { MobiError } from '../../extension/core/MobiError';
 import { ServerConnection } from '../../extension/core/connection/ServerConnection';
-import { MAX_AUTH_FAILURES } from '../../server/AuthLimiter';
+import { MAX_ADDRESS_FAILURES, MAX_AUTH_FAILURES, SLOW_DOWN_MS } from '../../server/AuthLimiter';
 import { MobiServer } from '../../server/MobiServer';
 import { tmpDir } from '../helpers/workspaces';
 
@@ -94,6 +94,28 @@ describe('server limits on loopback (each test its own server)', function () {
     assert.equal(await signIn(token, '127.0.0.2'), 101, 'a valid first sign-in from another address is not locked out');
     assert.equal(await signIn(token, '127.0.0.1'), 101, 'once verified, the token is accepted without a check, even from the guessing address');
     assert.equal(await healthz(url), 200);
+  });
+
+  it('a flood of wrong tokens under many names from one address slows that address down and never refuses a valid token of another user there (a team behind one NAT address)', async function () {
+    this.timeout(120_000);
+    const { server, url } = await start();
+    const token = await server.users.add('vera');
+    const signIn = (t: string): Promise<number> => new Promise((resolve) => {
+      const ws = new WebSocket(url, { headers: { authorization: `Bearer ${t}` }, localAddress: '127.0.0.3' });
+      ws.once('open', () => {
+        ws.close();
+        resolve(101);
+      });
+      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.once('error', () => resolve(0));
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < MAX_ADDRESS_FAILURES + 5; i++) statuses.push(await signIn(`guess${i}.${'x'.repeat(32)}`));
+    assert.deepEqual([...new Set(statuses)], [401], 'each wrong token is checked and refused (401)');
+    const t0 = Date.now();
+    assert.equal(await signIn(token), 101, 'a valid token from the flooded address is accepted');
+    const waited = Date.now() - t0;
+    process.stdout.write(`      the valid sign-in after the flood took ${waited} ms (slowed by up to ${SLOW_DOWN_MS} ms)\n`);
   });
 
   it('a server starting on a data folder removes the temporaries a killed server left there', async () => {
