@@ -12,7 +12,7 @@ import { batchesPerEpoch, buildDatasetAsync, Dataset } from '../workspace/datase
 import { EmbeddedServerKeeper } from '../connection/EmbeddedServer';
 import { MobiError } from '../MobiError';
 import { modelFingerprint } from '../model/modelFingerprint';
-import { ScanReport, scanWorkspace } from '../workspace/scanWorkspace';
+import { ScanReport, scanWorkspaceAsync } from '../workspace/scanWorkspace';
 import { ServerConnection } from '../connection/ServerConnection';
 import { ActivationStream, StreamTimings } from './ActivationStream';
 import { FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, tunedSettings } from './FineTuneOptions';
@@ -231,7 +231,7 @@ export class FineTuneJob {
     const settings = tunedSettings(this.o) as ResolvedJobSettings;
     this.progress.setSettings(settings);
     this.setPhase('scanning');
-    const scan = scanWorkspace(this.o.workspace, this.o.scan);
+    const scan = await scanWorkspaceAsync(this.o.workspace, this.o.scan);
     this.ctx.log(`scan: ${scan.files.length} files, ${scan.includedBytes} bytes included`);
     if (scan.files.length === 0) {
       throw new MobiError('EMPTY_WORKSPACE', `No usable source files in ${this.o.workspace} (binary, ignored, secret, too large or empty files are skipped).`);

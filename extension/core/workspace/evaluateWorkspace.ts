@@ -1,7 +1,7 @@
 import { MobiError } from '../MobiError';
 import { Backbone } from '../model/Backbone';
 import { buildDataset, DatasetOptions } from './dataset';
-import { ScanOptions, scanWorkspace } from './scanWorkspace';
+import { ScanOptions, scanWorkspaceAsync } from './scanWorkspace';
 
 /**
  * Held-out loss of a workspace on this device: the same scan, split and
@@ -9,7 +9,7 @@ import { ScanOptions, scanWorkspace } from './scanWorkspace';
  * the backbone is using.
  */
 export async function evaluateWorkspace(bb: Backbone, workspace: string, options: DatasetOptions & { scan?: ScanOptions } = {}): Promise<{ heldOutLoss: number; tokens: number }> {
-  const scan = scanWorkspace(workspace, options.scan);
+  const scan = await scanWorkspaceAsync(workspace, options.scan);
   const data = buildDataset(scan.files, (text) => bb.tokenize(text), options);
   let lossSum = 0;
   let tokens = 0;

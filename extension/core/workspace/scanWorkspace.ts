@@ -3,6 +3,7 @@ import { SCAN_SETTINGS } from '../../../common/jobSettings';
 import * as path from 'node:path';
 import ignore, { Ignore } from 'ignore';
 import { MobiError } from '../MobiError';
+import { runSteps, runStepsSliced } from '../../../common/sliced';
 
 /** Options of the workspace scan. */
 export interface ScanOptions {
@@ -26,8 +27,8 @@ const SNIFF_BYTES = 8192;
 const MINIFIED_LINE_CHARS = 400;
 
 export const DEFAULT_EXCLUDED_DIRS = ['.git', 'node_modules', 'dist', 'build', 'out', 'target', '.next', '.nuxt', 'coverage', '__pycache__', '.venv', 'venv', '.mobillm', '.vscode-test', '.cache', '.gradle', '.idea', 'vendor'];
-const LOCK_FILES = new Set(['package-lock.json', 'npm-shrinkwrap.json', 'yarn.lock', 'pnpm-lock.yaml', 'bun.lockb', 'Cargo.lock', 'poetry.lock', 'Pipfile.lock', 'Gemfile.lock', 'composer.lock', 'go.sum', 'flake.lock']);
-const SECRET_PATTERNS = ignore().add(['.env', '.env.*', '*.pem', '*.key', '*.p12', '*.pfx', '*.jks', '*.keystore', 'id_rsa*', 'id_dsa*', 'id_ecdsa*', 'id_ed25519*', '.npmrc', '.netrc', '.pypirc', '.git-credentials', 'credentials', 'credentials.*', '*.kdbx', 'secrets.*', '.htpasswd']);
+export const LOCK_FILES = new Set(['package-lock.json', 'npm-shrinkwrap.json', 'yarn.lock', 'pnpm-lock.yaml', 'bun.lockb', 'Cargo.lock', 'poetry.lock', 'Pipfile.lock', 'Gemfile.lock', 'composer.lock', 'go.sum', 'flake.lock']);
+export const SECRET_PATTERNS = ignore().add(['.env', '.env.*', '*.pem', '*.key', '*.p12', '*.pfx', '*.jks', '*.keystore', 'id_rsa*', 'id_dsa*', 'id_ecdsa*', 'id_ed25519*', '.npmrc', '.netrc', '.pypirc', '.git-credentials', 'credentials', 'credentials.*', '*.kdbx', 'secrets.*', '.htpasswd']);
 
 export type SkipReason = 'gitignore' | 'excluded' | 'not-included' | 'binary' | 'too-large' | 'secret' | 'lock-file' | 'minified' | 'unreadable' | 'empty' | 'changed' | 'over-budget' | 'link';
 
@@ -46,7 +47,7 @@ export interface ScanReport {
   skipped: Partial<Record<SkipReason, { files: number; bytes: number }>>;
 }
 
-function isMinified(rel: string, text: string): boolean {
+export function isMinified(rel: string, text: string): boolean {
   if (/\.min\.(js|css|mjs)$/.test(rel)) return true;
   const lines = text.split('\n').length;
   return text.length > 2000 && text.length / lines > MINIFIED_LINE_CHARS;
@@ -102,6 +103,15 @@ function readUnlinked(abs: string, before: fs.Stats, expected: string | undefine
  * opened is the file listed (readUnlinked).
  */
 export function scanWorkspace(root: string, options: ScanOptions = {}): ScanReport {
+  return runSteps(scanSteps(root, options));
+}
+
+/** scanWorkspace with the event loop free after each file read (a host thread keeps answering). */
+export function scanWorkspaceAsync(root: string, options: ScanOptions = {}): Promise<ScanReport> {
+  return runStepsSliced(scanSteps(root, options));
+}
+
+function* scanSteps(root: string, options: ScanOptions): Generator<void, ScanReport> {
   let rootStat: fs.Stats;
   try {
     rootStat = fs.statSync(root);
@@ -122,7 +132,7 @@ export function scanWorkspace(root: string, options: ScanOptions = {}): ScanRepo
     s.bytes += bytes;
   };
 
-  const walk = (dirRel: string, rules: { base: string; ig: Ignore }[]): void => {
+  function* walk(dirRel: string, rules: { base: string; ig: Ignore }[]): Generator<void, void> {
     const dirAbs = path.join(root, dirRel);
     let entries: fs.Dirent[];
     try {
@@ -151,7 +161,7 @@ export function scanWorkspace(root: string, options: ScanOptions = {}): ScanRepo
       }
       if (isDir) {
         if (DEFAULT_EXCLUDED_DIRS.includes(e.name) || ignoredByGit || exclude.ignores(relForMatch)) continue;
-        walk(rel, rules);
+        yield* walk(rel, rules);
         continue;
       }
       if (!e.isFile()) continue;
@@ -179,6 +189,7 @@ export function scanWorkspace(root: string, options: ScanOptions = {}): ScanRepo
       else {
         options.onFile?.(rel);
         const buf = readUnlinked(abs, before, rootReal === undefined ? undefined : path.join(rootReal, rel));
+        yield; // a pause after each file read
         if (typeof buf === 'string') {
           skip(buf, size);
           continue;
@@ -202,8 +213,8 @@ export function scanWorkspace(root: string, options: ScanOptions = {}): ScanRepo
         report.includedBytes += size;
       }
     }
-  };
-  walk('', []);
+  }
+  yield* walk('', []);
   return report;
 }
 

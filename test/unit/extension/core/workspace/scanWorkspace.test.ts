@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildDataset, heldOutFiles, splitInputsTargets, trainBatchSequences } from '../../../../../extension/core/workspace/dataset';
-import { scanWorkspace } from '../../../../../extension/core/workspace/scanWorkspace';
+import { scanWorkspace, scanWorkspaceAsync } from '../../../../../extension/core/workspace/scanWorkspace';
 import { expectCode } from '../../../../helpers/expectCode';
 import { skipBecause } from '../../../../helpers/models';
 import { tmpDir } from '../../../../helpers/workspaces';
@@ -88,6 +88,18 @@ describe('workspace scan', () => {
     assert.deepEqual(r.files.map((f) => f.path), ['b.ts']);
     assert.ok(!r.files.some((f) => /AAAA|CCCC/.test(f.text)), 'nothing of the link targets was read');
     assert.equal(r.skipped.changed?.files, 2);
+  });
+
+  it('the async scan gives the same report, with the event loop free after each file it reads', async () => {
+    const ws = tmpDir('scan-async');
+    for (let i = 0; i < 20; i++) write(ws, `src/f${i}.ts`, `export const v${i} = ${i};\n`);
+    write(ws, '.env', 'SECRET=1\n');
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    const report = await scanWorkspaceAsync(ws);
+    clearInterval(timer);
+    assert.deepEqual(report, scanWorkspace(ws));
+    assert.ok(ticks > 2, `other work ran ${ticks} times during the scan`);
   });
 
   it('skips unreadable files', function () {
