@@ -104,6 +104,10 @@ export const HOST_SETTINGS = {
     kind: 'int', min: 0, max: 20_000, default: 500, key: 'inlineCompletions.suffixChars',
     doc: 'Characters after the cursor sent to models that declare fill-in-the-middle tokens (others use the text before the cursor only).',
   },
+  completionContextTokens: {
+    kind: 'int', min: 0, max: 4096, default: 384, key: 'inlineCompletions.contextTokens',
+    doc: 'Tokens of code from other files of the workspace put before the text at the cursor, found by a search index kept on this computer (the fine-tune\'s rules: .gitignore, secrets and binaries are never indexed). 0: none.',
+  },
 } as const satisfies Record<string, SettingRow>;
 
 export type JobSettingName = keyof typeof JOB_SETTINGS;

@@ -1,6 +1,7 @@
 import * as vscode from 'vscode';
 import type { CompletionEngine } from '../core/completion/CompletionEngine';
 import { MobiError } from '../core/MobiError';
+import { SCAN_SETTINGS } from '../../common/jobSettings';
 import { readHostSettings } from './settings';
 
 /** Debounce before an inline completion is computed, milliseconds. */
@@ -76,7 +77,10 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
     const end = document.lineAt(document.lineCount - 1).range.end;
     const suffix = s.completionSuffixChars > 0 ? document.getText(new vscode.Range(position, end)) : undefined;
     try {
-      const text = await (await this.completionEngine()).complete(folder?.uri.fsPath, prefix, { signal: abort.signal, suffix, prefixChars: s.completionPrefixChars, suffixChars: s.completionSuffixChars });
+      const file = folder ? vscode.workspace.asRelativePath(document.uri, false) : undefined;
+      const text = await (await this.completionEngine()).complete(folder?.uri.fsPath, prefix, {
+        signal: abort.signal, suffix, prefixChars: s.completionPrefixChars, suffixChars: s.completionSuffixChars, file, contextTokens: s.completionContextTokens,
+      });
       this.log.info(`inline completion: ${text.length} characters`);
       return text.trim() ? [new vscode.InlineCompletionItem(text, new vscode.Range(position, position))] : [];
     } catch (err) {
@@ -84,6 +88,25 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
       this.logOnce(MobiError.from(err));
       return [];
     }
+  }
+
+  /** Keeps the engine's search index of each workspace current: saves, deletions and renames. */
+  fileListeners(): vscode.Disposable[] {
+    const changed = (uri: vscode.Uri, text: string | undefined, from?: vscode.Uri): void => {
+      const folder = vscode.workspace.getWorkspaceFolder(uri);
+      if (!folder || !this.engine || uri.scheme !== 'file') return;
+      const rel = (u: vscode.Uri): string => vscode.workspace.asRelativePath(u, false);
+      this.engine.fileChanged(folder.uri.fsPath, rel(uri), text, from && rel(from)).catch((err: unknown) => this.logOnce(MobiError.from(err)));
+    };
+    return [
+      vscode.workspace.onDidSaveTextDocument((doc) => changed(doc.uri, doc.getText())),
+      vscode.workspace.onDidDeleteFiles((ev) => ev.files.forEach((uri) => changed(uri, undefined))),
+      vscode.workspace.onDidRenameFiles((ev) => {
+        for (const { oldUri, newUri } of ev.files) {
+          void renamedText(newUri).then((text) => changed(newUri, text, oldUri));
+        }
+      }),
+    ];
   }
 
   /** Each kind of failure is logged once per session; later ones of that kind are silent. */
@@ -98,5 +121,18 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
     const e = this.engine;
     this.engine = undefined;
     await e?.dispose();
+  }
+}
+
+/** The text of a file renamed to `uri`: its open document's, else the file's when it is a plain file small enough to index (links are never followed). */
+async function renamedText(uri: vscode.Uri): Promise<string | undefined> {
+  const doc = vscode.workspace.textDocuments.find((d) => d.uri.toString() === uri.toString());
+  if (doc) return doc.getText();
+  try {
+    const st = await vscode.workspace.fs.stat(uri);
+    if (st.type !== vscode.FileType.File || st.size > SCAN_SETTINGS.maxFileBytes.default) return undefined;
+    return Buffer.from(await vscode.workspace.fs.readFile(uri)).toString('utf8');
+  } catch {
+    return undefined;
   }
 }

@@ -68,6 +68,7 @@ export function activate(context: vscode.ExtensionContext): void {
       showDashboard();
     }),
     vscode.languages.registerInlineCompletionItemProvider({ pattern: '**' }, completions),
+    ...completions.fileListeners(),
     vscode.window.onDidChangeActiveTextEditor(() => void updateModelStatus()),
     vscode.workspace.onDidChangeConfiguration((ev) => ev.affectsConfiguration('mobillm') && void updateModelStatus()),
   );

@@ -102,7 +102,11 @@ describe('completions: fill-in-the-middle prompts (a generated model that declar
       const q = completionPrompt(plain, prefix, { suffix });
       assert.equal(q.mode, 'prefix only');
       assert.deepEqual(Array.from(q.tokens), Array.from(plain.tokenize(prefix)));
-      assert.equal(completionPrompt(fimModel, 'x'.repeat(5000), { prefixChars: 1000 }).tokens.length, fimModel.tokenize(promptWindow('x'.repeat(5000), 1000)).length);
+      // Without a suffix: the prefix only, its start cut so that the prompt and the new tokens fit the context.
+      const window = fimModel.tokenize(promptWindow('x'.repeat(5000), 1000));
+      const long = completionPrompt(fimModel, 'x'.repeat(5000), { prefixChars: 1000 }).tokens;
+      assert.equal(long.length, Math.min(window.length, fimModel.contextSize - 24));
+      assert.deepEqual(Array.from(long.subarray(long.length - 100)), Array.from(window.subarray(window.length - 100)));
     } finally {
       fimModel.dispose();
       plain.dispose();

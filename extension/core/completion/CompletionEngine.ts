@@ -1,4 +1,7 @@
+import * as path from 'node:path';
 import { HOST_SETTINGS } from '../../../common/jobSettings';
+import { contextQuery, retrievedContext } from './retrievedContext';
+import { WorkspaceIndex } from '../workspace/WorkspaceIndex';
 import { AdapterStore } from '../store/AdapterStore';
 import { Backbone } from '../model/Backbone';
 import { completionEnd, cursorIndent } from './completionStops';
@@ -10,6 +13,8 @@ import { modelFingerprint } from '../model/modelFingerprint';
 export const COMPLETION_PREFIX_CHARS: number = HOST_SETTINGS.completionPrefixChars.default;
 /** Characters of the text after the cursor sent in fill-in-the-middle mode (a setting). */
 export const COMPLETION_SUFFIX_CHARS: number = HOST_SETTINGS.completionSuffixChars.default;
+/** Tokens of retrieved context from other files before the text at the cursor (a setting; 0: none). */
+export const COMPLETION_CONTEXT_TOKENS: number = HOST_SETTINGS.completionContextTokens.default;
 
 /** How completions are prompted: fill-in-the-middle when the model declares its tokens, else the text before the cursor only. */
 export type CompletionMode = 'fill-in-the-middle' | 'prefix only';
@@ -29,6 +34,23 @@ export interface CompleteOptions {
   signal?: AbortSignal;
   /** End at the first line break. Default false: several lines, until the block or the enclosing bracket ends. */
   singleLine?: boolean;
+  /** The file being completed, relative to the workspace (forward slashes): with it, context from other files is retrieved. */
+  file?: string;
+  /** Budget of that context, tokens. Default COMPLETION_CONTEXT_TOKENS; 0: none. */
+  contextTokens?: number;
+}
+
+/** A completion and what went into it. */
+export interface CompletionDetails {
+  text: string;
+  /** The retrieved context before the text at the cursor ('' when none), and its files. */
+  context: string;
+  contextFiles: string[];
+  promptTokens: number;
+  /** Prompt tokens the backbone ran (the rest came from its cache of the previous prompt). */
+  promptTokensEvaluated: number;
+  /** Seconds until the first new token: the prompt's forward pass. */
+  promptSeconds: number;
 }
 /** The window's start moves in steps of this many characters, so consecutive keystrokes share a prompt prefix. */
 export const PREFIX_WINDOW_STEP = 512;
@@ -50,20 +72,24 @@ export function promptWindow(prefix: string, chars = COMPLETION_PREFIX_CHARS): s
  * prefix-suffix-middle order of Qwen2.5-Coder, CodeLlama and StarCoder);
  * otherwise the prefix alone.
  */
-export function completionPrompt(bb: Backbone, prefix: string, options: CompleteOptions = {}): { mode: CompletionMode; tokens: Int32Array } {
+export function completionPrompt(bb: Backbone, prefix: string, options: CompleteOptions = {}, context = ''): { mode: CompletionMode; tokens: Int32Array } {
   const before = promptWindow(prefix, options.prefixChars ?? COMPLETION_PREFIX_CHARS);
   const { fimPre, fimSuf, fimMid } = bb.nativeInfo;
   const vocab = bb.info.vocabularySize;
   const fim = [fimPre, fimSuf, fimMid].every((t) => Number.isInteger(t) && t >= 0 && t < vocab);
-  if (!fim || options.suffix === undefined) return { mode: fim ? 'fill-in-the-middle' : 'prefix only', tokens: bb.tokenize(before) };
-  const after = options.suffix.slice(0, options.suffixChars ?? COMPLETION_SUFFIX_CHARS);
-  const head = bb.info.addsBos ? [bb.nativeInfo.bos, fimPre] : [fimPre];
+  const mode: CompletionMode = fim ? 'fill-in-the-middle' : 'prefix only';
+  const useFim = fim && options.suffix !== undefined;
+  const head = useFim ? (bb.info.addsBos ? [bb.nativeInfo.bos, fimPre] : [fimPre]) : bb.info.addsBos ? [bb.nativeInfo.bos] : [];
+  let contextTokens = context ? Array.from(bb.tokenize(context, false)) : [];
   let prefixTokens = Array.from(bb.tokenize(before, false));
-  const suffixTokens = Array.from(bb.tokenize(after, false));
-  // A prompt longer than the context loses the start of its prefix, never its FIM tokens.
-  const room = bb.contextSize - (options.maxTokens ?? 24) - head.length - suffixTokens.length - 2;
+  const suffixTokens = useFim ? Array.from(bb.tokenize(options.suffix!.slice(0, options.suffixChars ?? COMPLETION_SUFFIX_CHARS), false)) : [];
+  // A prompt longer than the context window loses the retrieved context first, then the start of its prefix, never its FIM tokens.
+  const room = bb.contextSize - (options.maxTokens ?? 24) - head.length - suffixTokens.length - (useFim ? 2 : 0);
   if (prefixTokens.length > room) prefixTokens = prefixTokens.slice(prefixTokens.length - Math.max(0, room));
-  return { mode: 'fill-in-the-middle', tokens: Int32Array.from([...head, ...prefixTokens, fimSuf, ...suffixTokens, fimMid]) };
+  if (contextTokens.length > room - prefixTokens.length) contextTokens = [];
+  // The context first: it changes only when the cursor's line does, so the cache of it serves every keystroke on a line.
+  const body = [...head, ...contextTokens, ...prefixTokens];
+  return { mode, tokens: Int32Array.from(useFim ? [...body, fimSuf, ...suffixTokens, fimMid] : body) };
 }
 
 /**
@@ -74,6 +100,11 @@ export function completionPrompt(bb: Backbone, prefix: string, options: Complete
 export class CompletionEngine {
   private bb: Promise<Backbone> | undefined;
   private activeAdapter: string | undefined; // adapter file in use, or undefined for the base model
+  /** Each workspace's search index for retrieved context, opened on its first completion; `ready` once opened. */
+  private readonly indexes = new Map<string, Promise<WorkspaceIndex>>();
+  private readonly ready = new Map<string, WorkspaceIndex>();
+  /** The last context built, for the next keystroke on the same line. */
+  private lastContext: { key: string; text: string; files: string[] } | undefined;
 
   constructor(private readonly modelPath: string, private readonly storeDir: string) {}
 
@@ -103,16 +134,68 @@ export class CompletionEngine {
 
   /** A short continuation at the cursor (stops at a blank line). */
   async complete(workspace: string | undefined, prefix: string, options: CompleteOptions = {}): Promise<string> {
+    return (await this.completion(workspace, prefix, options)).text;
+  }
+
+  /** complete(), with the context it used and the prompt's cost. */
+  async completion(workspace: string | undefined, prefix: string, options: CompleteOptions = {}): Promise<CompletionDetails> {
     const bb = await this.backbone();
     const adapter = options.fineTuned === false || !workspace ? undefined : await this.adapterFor(workspace);
     await this.use(bb, adapter);
-    const { tokens } = completionPrompt(bb, prefix, options);
+    const context = await this.contextFor(bb, workspace, prefix, options);
+    const { tokens } = completionPrompt(bb, prefix, options, context.text);
     const indent = cursorIndent(prefix);
     const g = await generate(bb, tokens, {
       maxTokens: options.maxTokens ?? 24, stop: options.singleLine ? ['\n'] : ['\n\n'], signal: options.signal,
       endAt: (text) => completionEnd(text, indent),
     });
-    return g.text;
+    return { text: g.text, context: context.text, contextFiles: context.files, promptTokens: g.promptTokens, promptTokensEvaluated: g.promptTokensEvaluated, promptSeconds: g.promptSeconds };
+  }
+
+  /** The search index of `workspace` for retrieved context (opened, or built, on first use). */
+  contextIndex(workspace: string): Promise<WorkspaceIndex> {
+    const key = path.resolve(workspace);
+    let index = this.indexes.get(key);
+    if (!index) {
+      index = WorkspaceIndex.open(key, this.storeDir);
+      this.indexes.set(key, index);
+      index.then((i) => this.ready.set(key, i), () => this.indexes.delete(key)); // a failed opening is tried again at the next completion
+    }
+    return index;
+  }
+
+  /**
+   * Keeps an open index current: `file` (workspace-relative) was saved with
+   * `text`, deleted (text undefined), or renamed from `renamedFrom`. Written
+   * to the device store a few seconds later.
+   */
+  async fileChanged(workspace: string, file: string, text: string | undefined, renamedFrom?: string): Promise<void> {
+    const index = this.indexes.get(path.resolve(workspace));
+    if (!index) return; // built with the files as they are when it is first needed
+    const i = await index;
+    if (renamedFrom !== undefined) i.removeFile(renamedFrom);
+    if (file.split('/').pop() === '.gitignore') i.rulesChanged();
+    if (text === undefined) i.removeFile(file);
+    else i.setFile(file, text);
+    this.lastContext = undefined;
+    i.saveSoon();
+  }
+
+  private async contextFor(bb: Backbone, workspace: string | undefined, prefix: string, options: CompleteOptions): Promise<{ text: string; files: string[] }> {
+    const budget = options.contextTokens ?? COMPLETION_CONTEXT_TOKENS;
+    if (!workspace || options.file === undefined || budget <= 0) return { text: '', files: [] };
+    const index = this.ready.get(path.resolve(workspace));
+    if (!index) {
+      // Completions do not wait for the index: the first ones of a session go without context while it opens.
+      void this.contextIndex(workspace).catch(() => undefined);
+      return { text: '', files: [] };
+    }
+    const key = JSON.stringify([path.resolve(workspace), options.file, budget, contextQuery(prefix)]);
+    if (this.lastContext?.key !== key) {
+      const found = retrievedContext(index, options.file, prefix, budget, (t) => bb.tokenize(t, false).length);
+      this.lastContext = { key, text: found.text, files: [...new Set(found.snippets.map((x) => x.path))] };
+    }
+    return { text: this.lastContext.text, files: this.lastContext.files };
   }
 
   /** Held-out perplexity with and without the workspace's adapter, and side-by-side samples. */
@@ -131,6 +214,9 @@ export class CompletionEngine {
   }
 
   async dispose(): Promise<void> {
+    for (const index of this.indexes.values()) await (await index.catch(() => undefined))?.flush().catch(() => undefined);
+    this.indexes.clear();
+    this.ready.clear();
     const bb = this.bb;
     this.bb = undefined;
     if (bb) (await bb.catch(() => undefined))?.dispose();

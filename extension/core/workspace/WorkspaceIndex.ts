@@ -1,0 +1,234 @@
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import MiniSearch, { Options } from 'minisearch';
+import { writeFileAtomicSliced } from '../../../common/atomicWrite';
+import { isMinified, MAX_FILE_BYTES, scanWorkspaceAsync } from './scanWorkspace';
+import { WorkspaceRules } from './WorkspaceRules';
+
+/** Lines of one window of a file, and how far the next window starts after it. */
+export const WINDOW_LINES = 24;
+export const WINDOW_STRIDE = 12;
+/** Bytes of files the index holds at most (each window's text is kept): past it, files are left out. */
+export const MAX_INDEXED_BYTES = 16 * 1024 * 1024;
+/** Changes the persisted form: an index of another version is built again. */
+const INDEX_VERSION = 1;
+
+/** A window of a file: its lines [start, start + WINDOW_LINES). */
+interface Window {
+  id: string;
+  path: string;
+  /** First line, 0-based. */
+  start: number;
+  text: string;
+}
+
+/** A window found for a query, best first. */
+export interface Snippet {
+  path: string;
+  startLine: number;
+  text: string;
+  score: number;
+}
+
+/** Words that say nothing of what code is about (BM25's IDF would weigh them little; dropping them keeps windows short). */
+const STOP_WORDS = new Set([
+  'const', 'let', 'var', 'function', 'return', 'if', 'else', 'for', 'while', 'do', 'new', 'this', 'import', 'export', 'from', 'default', 'class',
+  'extends', 'true', 'false', 'null', 'undefined', 'void', 'async', 'await', 'of', 'in', 'is', 'as', 'the', 'to', 'and', 'or', 'def', 'self', 'int',
+  'string', 'number', 'boolean', 'public', 'private', 'static', 'type', 'interface', 'readonly', 'break', 'continue', 'case', 'switch',
+]);
+
+/**
+ * The terms of code for BM25: each identifier (lower case) and, for
+ * camelCase or snake_case ones, its parts (`computeInvoiceTotal`: itself,
+ * `compute`, `invoice`, `total`), keywords left out.
+ */
+export function codeTerms(text: string): string[] {
+  const out: string[] = [];
+  for (const m of text.matchAll(/[A-Za-z_$][A-Za-z0-9_$]*/g)) {
+    const id = m[0];
+    if (id.length < 2 || STOP_WORDS.has(id)) continue;
+    out.push(id.toLowerCase());
+    const parts = id.split(/(?<=[a-z0-9])(?=[A-Z])|[_$]+/).filter((p) => p.length >= 2);
+    if (parts.length > 1) for (const p of parts) out.push(p.toLowerCase());
+  }
+  return out;
+}
+
+const SEARCH_OPTIONS: Options<Window> = { fields: ['text'], idField: 'id', tokenize: codeTerms, processTerm: (t: string) => t };
+
+/**
+ * A BM25 index of the workspace's files on this computer, for completions'
+ * context: each file the scan would learn from (its rules: .gitignore,
+ * secrets, lock files, binaries, minified and large files), cut into
+ * windows of WINDOW_LINES lines every WINDOW_STRIDE lines, scored by
+ * MiniSearch (BM25+). Follows edits (setFile on save), deletions and renames;
+ * kept in the device store (`<store>/context/<workspace hash>.json`) and
+ * bounded by MAX_INDEXED_BYTES. Nothing of it is sent anywhere.
+ */
+export class WorkspaceIndex {
+  private search = new MiniSearch<Window>(SEARCH_OPTIONS);
+  private readonly windows = new Map<string, Window>();
+  /** Per file: the sha256 of its indexed text, its windows' ids and its bytes. */
+  private readonly files = new Map<string, { sha256: string; ids: string[]; bytes: number }>();
+  private indexedBytes = 0;
+  private readonly rules: WorkspaceRules;
+  private saving: NodeJS.Timeout | undefined;
+
+  private constructor(
+    readonly root: string,
+    private readonly file: string,
+    private readonly options: { maxBytes: number; maxFileBytes: number; exclude: string[] },
+  ) {
+    this.rules = new WorkspaceRules(root, options.exclude);
+  }
+
+  /** Where the index of `root` is kept in the device store `storeDir`. */
+  static fileFor(storeDir: string, root: string): string {
+    const ws = createHash('sha256').update(path.resolve(root)).digest('hex').slice(0, 16);
+    return path.join(storeDir, 'context', `${ws}.json`);
+  }
+
+  /**
+   * The index of `root`: the stored one brought up to date with a scan of the
+   * workspace (files changed, added or gone since), or built from the scan.
+   */
+  static async open(root: string, storeDir: string, options: { maxBytes?: number; maxFileBytes?: number; exclude?: string[] } = {}): Promise<WorkspaceIndex> {
+    const index = new WorkspaceIndex(path.resolve(root), WorkspaceIndex.fileFor(storeDir, root), {
+      maxBytes: options.maxBytes ?? MAX_INDEXED_BYTES, maxFileBytes: options.maxFileBytes ?? MAX_FILE_BYTES, exclude: options.exclude ?? [],
+    });
+    index.load();
+    const scan = await scanWorkspaceAsync(root, { exclude: options.exclude, maxFileBytes: index.options.maxFileBytes, maxTotalBytes: index.options.maxBytes });
+    const seen = new Set<string>();
+    let changed = false;
+    for (const [i, f] of scan.files.entries()) {
+      seen.add(f.path);
+      if (index.files.get(f.path)?.sha256 !== sha256(f.text)) changed = index.setFile(f.path, f.text) || changed;
+      if (i % 64 === 63) await new Promise((r) => setImmediate(r)); // a large workspace does not hold the event loop
+    }
+    for (const rel of [...index.files.keys()]) if (!seen.has(rel)) changed = index.removeFile(rel) || changed;
+    if (changed) await index.save();
+    return index;
+  }
+
+  /** Files indexed now. */
+  get fileCount(): number {
+    return this.files.size;
+  }
+
+  /** Whether `rel` is indexed. */
+  has(rel: string): boolean {
+    return this.files.has(rel);
+  }
+
+  /**
+   * The file `rel` now holds `text` (saved or created): its windows replace
+   * the old ones, or it leaves the index when the scan's rules leave it out
+   * (ignored, secret, binary, minified, too large, past the index's bound).
+   * Returns whether the index changed. In memory; saveSoon() writes it.
+   */
+  setFile(rel: string, text: string): boolean {
+    const had = this.removeFile(rel);
+    const bytes = Buffer.byteLength(text, 'utf8');
+    const excluded = this.rules.skipReason(rel) !== undefined || bytes === 0 || bytes > this.options.maxFileBytes
+      || this.indexedBytes + bytes > this.options.maxBytes || text.slice(0, 8192).includes('\0') || isMinified(rel, text);
+    if (excluded) return had;
+    const lines = text.split('\n');
+    const ids: string[] = [];
+    for (let start = 0; start === 0 || start + WINDOW_STRIDE < lines.length; start += WINDOW_STRIDE) {
+      const w: Window = { id: `${rel}#${start}`, path: rel, start, text: lines.slice(start, start + WINDOW_LINES).join('\n') };
+      this.windows.set(w.id, w);
+      this.search.add(w);
+      ids.push(w.id);
+    }
+    this.files.set(rel, { sha256: sha256(text), ids, bytes });
+    this.indexedBytes += bytes;
+    return true;
+  }
+
+  /** The file `rel` is gone (deleted, or renamed away). Returns whether it was indexed. */
+  removeFile(rel: string): boolean {
+    const f = this.files.get(rel);
+    if (!f) return false;
+    for (const id of f.ids) {
+      this.search.discard(id);
+      this.windows.delete(id);
+    }
+    this.files.delete(rel);
+    this.indexedBytes -= f.bytes;
+    return true;
+  }
+
+  /** `from` was renamed to `to` (whose text is `text`). */
+  renameFile(from: string, to: string, text: string): void {
+    this.removeFile(from);
+    this.setFile(to, text);
+  }
+
+  /** A .gitignore changed: its rules are read again at the next setFile (files already indexed stay until they change). */
+  rulesChanged(): void {
+    this.rules.forget();
+  }
+
+  /**
+   * The windows that best match `query` by BM25, best first, at most `limit`,
+   * none from `excludePath` (the file being completed) and none overlapping a
+   * better one of the same file.
+   */
+  find(query: string, limit: number, excludePath?: string): Snippet[] {
+    if (codeTerms(query).length === 0) return [];
+    const out: Snippet[] = [];
+    for (const r of this.search.search(query, { combineWith: 'OR' })) {
+      const w = this.windows.get(String(r.id));
+      if (!w || w.path === excludePath) continue;
+      if (out.some((s) => s.path === w.path && Math.abs(s.startLine - w.start) < WINDOW_LINES)) continue;
+      out.push({ path: w.path, startLine: w.start, text: w.text, score: r.score });
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  /** Writes the index to the device store within a few seconds (saves after many edits are one write). */
+  saveSoon(delayMs = 5000): void {
+    if (this.saving) return;
+    this.saving = setTimeout(() => {
+      this.saving = undefined;
+      this.save().catch(() => undefined); // a store that cannot take it keeps the previous index; the next save tries again
+    }, delayMs);
+    this.saving.unref();
+  }
+
+  /** Writes the index now if a save is pending (saveSoon). */
+  async flush(): Promise<void> {
+    if (this.saving) await this.save();
+  }
+
+  /** Writes the index now (atomically, in slices). */
+  async save(): Promise<void> {
+    if (this.saving) clearTimeout(this.saving);
+    this.saving = undefined;
+    const stored = { version: INDEX_VERSION, root: this.root, files: Object.fromEntries(this.files), windows: [...this.windows.values()], search: this.search };
+    await writeFileAtomicSliced(this.file, Buffer.from(JSON.stringify(stored), 'utf8'));
+  }
+
+  /** The stored index, when there is one of this version for this root; a damaged one is ignored (built again). */
+  private load(): void {
+    let stored: { version?: unknown; root?: unknown; files?: Record<string, { sha256: string; ids: string[]; bytes: number }>; windows?: Window[]; search?: unknown };
+    try {
+      stored = JSON.parse(fs.readFileSync(this.file, 'utf8')) as typeof stored;
+      if (stored.version !== INDEX_VERSION || stored.root !== this.root || !stored.files || !Array.isArray(stored.windows)) return;
+      this.search = MiniSearch.loadJSON<Window>(JSON.stringify(stored.search), SEARCH_OPTIONS);
+    } catch {
+      return;
+    }
+    for (const w of stored.windows) this.windows.set(w.id, w);
+    for (const [rel, f] of Object.entries(stored.files)) {
+      this.files.set(rel, f);
+      this.indexedBytes += f.bytes;
+    }
+  }
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text, 'utf8').digest('hex');
+}

@@ -1,0 +1,109 @@
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { contextQuery, formatSnippet, lineCommentFor, retrievedContext } from '../../../../../extension/core/completion/retrievedContext';
+import { codeTerms, WorkspaceIndex } from '../../../../../extension/core/workspace/WorkspaceIndex';
+import { WorkspaceRules } from '../../../../../extension/core/workspace/WorkspaceRules';
+import { scanWorkspace } from '../../../../../extension/core/workspace/scanWorkspace';
+import { tmpDir } from '../../../../helpers/workspaces';
+
+function write(root: string, rel: string, text: string | Buffer): void {
+  fs.mkdirSync(path.dirname(path.join(root, rel)), { recursive: true });
+  fs.writeFileSync(path.join(root, rel), text);
+}
+
+const INVOICE = 'export function computeInvoiceTotal(lines: Line[]): number {\n  return lines.reduce((sum, l) => sum + l.price * l.quantity, 0);\n}\n';
+const filler = (name: string): string => Array.from({ length: 30 }, (_, i) => `export const ${name}${i} = ${i} * 2;`).join('\n');
+
+describe('workspace index for completions\' context (BM25 on this computer)', () => {
+  it('splits identifiers into the terms BM25 scores: whole, and camelCase or snake_case parts; keywords left out', () => {
+    assert.deepEqual(codeTerms('const computeInvoiceTotal = max_line_count;'), ['computeinvoicetotal', 'compute', 'invoice', 'total', 'max_line_count', 'max', 'line', 'count']);
+  });
+
+  it('follows edits, deletions and renames, and keeps them in the device store across openings', async () => {
+    const ws = tmpDir('index-ws');
+    const store = tmpDir('index-store');
+    write(ws, 'src/invoice.ts', INVOICE);
+    write(ws, 'src/other.ts', filler('other'));
+    write(ws, 'src/main.ts', 'import { computeInvoiceTotal } from "./invoice";\n');
+    const index = await WorkspaceIndex.open(ws, store);
+    assert.equal(index.fileCount, 3);
+    assert.deepEqual(index.find('computeInvoiceTotal(lines)', 5, 'src/main.ts').map((s) => s.path), ['src/invoice.ts'], 'the file being completed is never its own context');
+    // An edit moves the function to another file.
+    index.setFile('src/invoice.ts', filler('invoice'));
+    index.setFile('src/other.ts', `${filler('other')}\n${INVOICE}`);
+    assert.deepEqual(index.find('computeInvoiceTotal', 5, 'src/main.ts').map((s) => s.path), ['src/other.ts']);
+    assert.ok(index.find('computeInvoiceTotal', 5, 'src/main.ts')[0]!.text.includes('lines.reduce'), 'the snippet is the file as saved');
+    // A rename, then a deletion.
+    index.renameFile('src/other.ts', 'src/billing.ts', `${filler('other')}\n${INVOICE}`);
+    assert.deepEqual(index.find('computeInvoiceTotal', 5, 'src/main.ts').map((s) => s.path), ['src/billing.ts']);
+    assert.ok(!index.has('src/other.ts'));
+    index.removeFile('src/billing.ts');
+    assert.deepEqual(index.find('computeInvoiceTotal', 5, 'src/main.ts'), []);
+    index.setFile('src/billing.ts', INVOICE);
+    await index.save();
+    assert.ok(fs.existsSync(WorkspaceIndex.fileFor(store, ws)), 'kept in the device store');
+    // Opened again: the stored index, brought up to date with the disk (billing.ts was never written there; invoice.ts changed on disk).
+    fs.writeFileSync(path.join(ws, 'src/invoice.ts'), `${INVOICE}// changed on disk\n`);
+    const again = await WorkspaceIndex.open(ws, store);
+    assert.ok(!again.has('src/billing.ts'), 'a file gone from the disk leaves the index when it is opened');
+    assert.deepEqual(again.find('computeInvoiceTotal', 5, 'src/main.ts').map((s) => s.path), ['src/invoice.ts']);
+  });
+
+  it('never indexes what the fine-tune would not learn from: ignored, secret, lock, binary, minified, excluded folders, links', async () => {
+    const ws = tmpDir('index-rules');
+    const secret = 'const computeInvoiceTotal = "sk-live-0000";\n';
+    write(ws, '.gitignore', 'generated/\n*.local.ts\n');
+    write(ws, 'generated/invoice.ts', secret);
+    write(ws, 'src/invoice.local.ts', secret);
+    write(ws, 'sub/.gitignore', 'private.ts\n');
+    write(ws, 'sub/private.ts', secret);
+    write(ws, '.env', secret);
+    write(ws, 'secrets.json', secret);
+    write(ws, 'yarn.lock', secret);
+    write(ws, 'node_modules/pkg/index.ts', secret);
+    write(ws, 'bin/blob.ts', Buffer.concat([Buffer.from(secret), Buffer.from([0, 1, 2])]));
+    write(ws, 'src/app.min.js', 'var computeInvoiceTotal=1;'.repeat(200));
+    write(ws, 'src/ok.ts', filler('ok'));
+    fs.symlinkSync(path.join(ws, '.env'), path.join(ws, 'src/link.ts'));
+    const index = await WorkspaceIndex.open(ws, tmpDir('rules-store'));
+    assert.deepEqual(index.find('computeInvoiceTotal', 10), [], 'none of them at opening');
+    // Saved later (the same paths through setFile, as VS Code's save events give them).
+    for (const rel of ['generated/invoice.ts', 'src/invoice.local.ts', 'sub/private.ts', '.env', 'secrets.json', 'yarn.lock', 'node_modules/pkg/index.ts', '../outside.ts', 'src/../.env']) {
+      assert.equal(index.setFile(rel, secret), false, rel);
+    }
+    assert.equal(index.setFile('bin/blob.ts', `${secret}\0`), false, 'binary');
+    assert.deepEqual(index.find('computeInvoiceTotal', 10), []);
+    const context = retrievedContext(index, 'src/main.ts', `${INVOICE}\nconst t = `, 1000, (t) => t.length);
+    assert.ok(!context.text.includes('sk-live'), 'nothing of them in a prompt');
+    // The rules agree with the scan's, file by file.
+    const rules = new WorkspaceRules(ws);
+    const scanned = new Set(scanWorkspace(ws).files.map((f) => f.path));
+    for (const rel of ['generated/invoice.ts', 'src/invoice.local.ts', 'sub/private.ts', '.env', 'secrets.json', 'yarn.lock', 'node_modules/pkg/index.ts']) {
+      assert.notEqual(rules.skipReason(rel), undefined, rel);
+      assert.ok(!scanned.has(rel));
+    }
+    assert.equal(rules.skipReason('src/ok.ts'), undefined);
+  });
+
+  it('the context stays within its token budget, names each snippet\'s file in the language\'s comment, and is the same for every keystroke on a line', async () => {
+    const ws = tmpDir('index-budget');
+    for (let i = 0; i < 6; i++) write(ws, `src/m${i}.ts`, `${filler(`m${i}`)}\n${INVOICE.replace('computeInvoiceTotal', `computeInvoiceTotal${i}`)}`);
+    write(ws, 'tool.py', 'def compute_invoice_total(lines):\n    return sum(l.price for l in lines)\n');
+    const index = await WorkspaceIndex.open(ws, tmpDir('budget-store'));
+    const prefix = 'const lines = load();\nconst total = computeInvoiceTotal3(lines);\nconst t';
+    const count = (t: string): number => t.split(/\s+/).filter(Boolean).length;
+    for (const budget of [0, 10, 40, 100, 400]) {
+      const c = retrievedContext(index, 'src/main.ts', prefix, budget, count);
+      assert.ok(c.tokens <= budget && count(c.text) === c.tokens, `budget ${budget}: ${c.tokens} tokens`);
+      if (budget >= 100) assert.ok(c.snippets.length > 0);
+    }
+    const c = retrievedContext(index, 'src/main.ts', prefix, 400, count);
+    assert.match(c.text, /^\/\/ Path: src\/m\d\.ts\n/);
+    assert.ok(c.text.split('\n').filter(Boolean).every((l) => l.startsWith('//')), 'every line a comment');
+    assert.equal(lineCommentFor('a/b.py'), '#');
+    assert.match(formatSnippet({ path: 'tool.py', startLine: 0, text: 'x = 1\n', score: 1 }, '#'), /^# Path: tool\.py\n# x = 1\n$/);
+    assert.equal(contextQuery(`${prefix}ot`), contextQuery(prefix), 'the line being typed is not in the query');
+    assert.equal(retrievedContext(index, 'src/main.ts', `${prefix}ota`, 400, count).text, c.text);
+  });
+});
