@@ -4,16 +4,18 @@
  * workspace:
  *   - the index: built from the workspace (files, seconds), and updated on
  *     the save of a 1,000-line file (milliseconds, median of 20 saves);
- *   - the first token of a completion, with the default context budget and
- *     without context, at the first keystroke of a new line (the context is
- *     retrieved and evaluated) and at the next keystrokes on that line (the
- *     context comes from the backbone's cache), in the fill-in-the-middle
- *     form, the two variants alternating position by position.
+ *   - the first token of a completion in the fill-in-the-middle form, with
+ *     the default context budget and without context (two engines, each its
+ *     own backbone and cache, taking turns place by place): typing through 8
+ *     consecutive lines at each of `walks` places of a file, completed at the
+ *     first keystroke of each line and at 3 more; reported apart: the first
+ *     line of a place (nothing cached), the first keystroke of the next lines
+ *     (new line) and the keystrokes after (same line).
  * Random weights: the quality of what is completed is not measured here (the
  * line-completion benchmark's context axis waits for a stand-in that knows
  * code, issue 37).
  *
- *   npm run bench:context [-- --positions 12]
+ *   npm run bench:context [-- --walks 4]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -27,7 +29,7 @@ const ROOT = path.resolve(__dirname, '..', '..');
 
 async function main(): Promise<void> {
   const arg = (n: string, f: string): string => (process.argv.includes(`--${n}`) ? process.argv[process.argv.indexOf(`--${n}`) + 1]! : f);
-  const positions = Number(arg('positions', '12'));
+  const walks = Number(arg('walks', '4'));
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const store = fs.mkdtempSync(path.join(os.tmpdir(), 'mobillm-context-bench-'));
   try {
@@ -46,30 +48,35 @@ async function main(): Promise<void> {
     }
     log(`update on save of a 1,000-line file: median ${median(saves).toFixed(1)} ms`);
 
-    // Completions: cursor positions at line starts of a file, first and later keystrokes, with and without context.
+    // Typing through a file: at each of `walks` places, 8 consecutive lines, each completed at its first
+    // keystroke and at 3 more; one engine (one backbone, its own cache) with the default context, one without.
     const file = 'extension/core/completion/CompletionEngine.ts';
     const text = fs.readFileSync(path.join(ROOT, file), 'utf8');
-    const lineStarts = [...text.matchAll(/\n {2,}\S/g)].map((m) => m.index! + 1).filter((at) => at > 1500);
-    const cursors = Array.from({ length: positions }, (_, i) => lineStarts[Math.floor((i * lineStarts.length) / positions)]!);
-    const engine = new CompletionEngine(qwenShapedModel('q8_0'), store);
-    const times = { with: { first: [] as number[], next: [] as number[] }, without: { first: [] as number[], next: [] as number[] } };
+    const lineStarts = [...text.matchAll(/\n/g)].map((m) => m.index! + 1).filter((at) => at > 1500);
+    const engines = { with: new CompletionEngine(qwenShapedModel('q8_0'), store), without: new CompletionEngine(qwenShapedModel('q8_0'), store) };
+    const times = { with: { cold: [] as number[], first: [] as number[], next: [] as number[] }, without: { cold: [] as number[], first: [] as number[], next: [] as number[] } };
     const promptTokens = { with: [] as number[], without: [] as number[] };
     try {
-      await engine.contextIndex(ROOT);
-      await engine.completion(ROOT, text.slice(0, 2000), { file, maxTokens: 1, suffix: '' }); // loads the model
-      for (const [i, at] of cursors.entries()) {
-        for (const variant of i % 2 === 0 ? (['with', 'without'] as const) : (['without', 'with'] as const)) {
+      await engines.with.contextIndex(ROOT);
+      for (const e of Object.values(engines)) await e.completion(ROOT, 'x', { maxTokens: 1 }); // loads the model
+      for (let w = 0; w < walks; w++) {
+        const first = Math.floor((w * (lineStarts.length - 9)) / walks);
+        for (const variant of w % 2 === 0 ? (['with', 'without'] as const) : (['without', 'with'] as const)) {
+          const engine = engines[variant];
           const budget = variant === 'with' ? COMPLETION_CONTEXT_TOKENS : 0;
-          const run = (extra: string) => engine.completion(ROOT, text.slice(0, at) + extra, { file, maxTokens: 1, suffix: text.slice(at, at + 500), contextTokens: budget });
-          await engine.completion(ROOT, 'x', { maxTokens: 1 }); // another prompt in between: nothing of this line is cached
-          const first = await run('');
-          times[variant].first.push(first.promptSeconds);
-          promptTokens[variant].push(first.promptTokens);
-          for (const typed of ['c', 'co', 'con']) times[variant].next.push((await run(typed)).promptSeconds);
+          await engine.completion(ROOT, 'x', { maxTokens: 1 }); // nothing of this place is cached
+          for (let k = 0; k < 8; k++) {
+            const at = lineStarts[first + k]!;
+            const run = (typed: string) => engine.completion(ROOT, text.slice(0, at) + typed, { file, maxTokens: 1, suffix: text.slice(at, at + 500), contextTokens: budget });
+            const r = await run('');
+            times[variant][k === 0 ? 'cold' : 'first'].push(r.promptSeconds);
+            promptTokens[variant].push(r.promptTokens);
+            for (const typed of ['c', 'co', 'con']) times[variant].next.push((await run(typed)).promptSeconds);
+          }
         }
       }
     } finally {
-      await engine.dispose();
+      for (const e of Object.values(engines)) await e.dispose();
     }
     const ms = (xs: number[]): number => +(median(xs) * 1000).toFixed(1);
     const result = {
@@ -77,15 +84,18 @@ async function main(): Promise<void> {
       workspace: 'this repository',
       index: { files: index.fileCount, buildSeconds: +buildSeconds.toFixed(2), updateOnSaveOf1000LinesMs: +median(saves).toFixed(2) },
       contextTokensBudget: COMPLETION_CONTEXT_TOKENS,
-      positions,
+      walks,
+      linesPerWalk: 8,
       promptTokens: { withContext: median(promptTokens.with), withoutContext: median(promptTokens.without) },
       firstTokenMs: {
-        withContext: { firstKeystroke: ms(times.with.first), nextKeystrokes: ms(times.with.next) },
-        withoutContext: { firstKeystroke: ms(times.without.first), nextKeystrokes: ms(times.without.next) },
+        withContext: { nothingCached: ms(times.with.cold), newLine: ms(times.with.first), sameLine: ms(times.with.next) },
+        withoutContext: { nothingCached: ms(times.without.cold), newLine: ms(times.without.first), sameLine: ms(times.without.next) },
       },
       firstTokenWithContextOverWithout: {
-        firstKeystroke: +(median(times.with.first) / median(times.without.first)).toFixed(3),
-        nextKeystrokes: +(median(times.with.next) / median(times.without.next)).toFixed(3),
+        nothingCached: +(median(times.with.cold) / median(times.without.cold)).toFixed(3),
+        newLine: +(median(times.with.first) / median(times.without.first)).toFixed(3),
+        sameLine: +(median(times.with.next) / median(times.without.next)).toFixed(3),
+        all: +(median([...times.with.first, ...times.with.next]) / median([...times.without.first, ...times.without.next])).toFixed(3),
       },
       machine: machineDescription(),
     };

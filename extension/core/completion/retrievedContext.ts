@@ -15,14 +15,21 @@ export function lineCommentFor(file: string): string {
   return '//';
 }
 
+/** The query moves in steps of this many lines, so the context (and the cache of it) holds while the cursor moves down a few lines. */
+export const QUERY_STEP = 8;
+
 /**
- * What retrieval searches with: the last QUERY_LINES complete lines before
- * the cursor's line. The line being typed is left out, so keystrokes on one
- * line give the same context (and the backbone reuses its cache of it).
+ * What retrieval searches with: the last QUERY_LINES complete lines before a
+ * line that moves in steps of QUERY_STEP lines (in a file's first QUERY_STEP
+ * lines, the cursor's line). The line being typed is never in it, so every
+ * keystroke on a line, and on the next few lines, gives the same context,
+ * which the backbone then reuses from its cache.
  */
 export function contextQuery(prefix: string): string {
   const lines = prefix.split('\n');
-  return lines.slice(Math.max(0, lines.length - 1 - QUERY_LINES), lines.length - 1).join('\n');
+  const cursor = lines.length - 1;
+  const end = cursor >= QUERY_STEP ? cursor - (cursor % QUERY_STEP) : cursor;
+  return lines.slice(Math.max(0, end - QUERY_LINES), end).join('\n');
 }
 
 /** A snippet as the prompt shows it: a comment naming its file, then each of its lines commented out. */

@@ -104,6 +104,11 @@ describe('workspace index for completions\' context (BM25 on this computer)', ()
     assert.equal(lineCommentFor('a/b.py'), '#');
     assert.match(formatSnippet({ path: 'tool.py', startLine: 0, text: 'x = 1\n', score: 1 }, '#'), /^# Path: tool\.py\n# x = 1\n$/);
     assert.equal(contextQuery(`${prefix}ot`), contextQuery(prefix), 'the line being typed is not in the query');
+    const long = Array.from({ length: 40 }, (_, i) => `const line${i} = ${i};`);
+    const at = (line: number): string => `${long.slice(0, line).join('\n')}\n`;
+    assert.equal(contextQuery(at(17)), contextQuery(at(23)), 'the same query for the lines of one step');
+    assert.notEqual(contextQuery(at(23)), contextQuery(at(24)), 'and a new one at the next step');
+    assert.ok(!contextQuery(at(23)).includes('line16 '), 'the lines from the step\'s start on are not in it');
     assert.equal(retrievedContext(index, 'src/main.ts', `${prefix}ota`, 400, count).text, c.text);
   });
 });
