@@ -14,6 +14,7 @@ import { addUser, freePort, killHard, SERVER_CLI } from '../../harness/serverPro
 import { config, model } from '../helpers/sessionHarness';
 import { tinyModel } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+import { signInStatus } from '../helpers/signIn';
 
 const LEASE_SECONDS = 2;
 const MODEL_OPTS = { layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0' as const, seed: 2 };
@@ -230,16 +231,7 @@ describe('team server replicas sharing PostgreSQL, behind nginx', function () {
 
     it('failed sign-ins count across replicas: guesses spread over two meet the one limit', async () => {
       const good = addUser(url, 'gus');
-      const attempt = (port: number, token: string): Promise<number> =>
-        new Promise((resolve) => {
-          const sock = new WebSocket(`ws://127.0.0.1:${port}`, { headers: { authorization: `Bearer ${token}` } });
-          sock.once('open', () => {
-            sock.close();
-            resolve(101);
-          });
-          sock.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-          sock.once('error', () => resolve(0));
-        });
+      const attempt = (port: number, token: string): Promise<number> => signInStatus(`ws://127.0.0.1:${port}`, token);
       const statuses: number[] = [];
       for (let i = 0; i < 10; i++) {
         statuses.push(await attempt(replicas[i % 2]!.port, `gus.wrong${i}`));

@@ -3,10 +3,10 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
-import { WebSocket } from 'ws';
 import { ModelSpec } from '../../common/messages';
 import { MobiError } from '../../extension/core/MobiError';
 import { ServerConnection } from '../../extension/core/connection/ServerConnection';
+import { signInStatus } from '../helpers/signIn';
 import { MAX_ADDRESS_FAILURES, MAX_AUTH_FAILURES, SLOW_DOWN_MS } from '../../server/AuthLimiter';
 import { MobiServer } from '../../server/MobiServer';
 import { tmpDir } from '../helpers/workspaces';
@@ -72,16 +72,7 @@ describe('server limits on loopback (each test its own server)', function () {
     this.timeout(120_000);
     const { server, url } = await start();
     const token = await server.users.add('ursula');
-    /** The HTTP status of a sign-in from `from` (101: the socket opened). */
-    const signIn = (t: string, from: string): Promise<number> => new Promise((resolve) => {
-      const ws = new WebSocket(url, { headers: { authorization: `Bearer ${t}` }, localAddress: from });
-      ws.once('open', () => {
-        ws.close();
-        resolve(101);
-      });
-      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-      ws.once('error', () => resolve(0));
-    });
+    const signIn = (t: string, from: string): Promise<number> => signInStatus(url, t, from);
     const wrong = `ursula.${'x'.repeat(32)}`;
     const statuses = await Promise.all(Array.from({ length: 200 }, () => signIn(wrong, '127.0.0.1')));
     const checked = statuses.filter((s) => s === 401).length;
@@ -100,15 +91,7 @@ describe('server limits on loopback (each test its own server)', function () {
     this.timeout(120_000);
     const { server, url } = await start();
     const token = await server.users.add('vera');
-    const signIn = (t: string): Promise<number> => new Promise((resolve) => {
-      const ws = new WebSocket(url, { headers: { authorization: `Bearer ${t}` }, localAddress: '127.0.0.3' });
-      ws.once('open', () => {
-        ws.close();
-        resolve(101);
-      });
-      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-      ws.once('error', () => resolve(0));
-    });
+    const signIn = (t: string): Promise<number> => signInStatus(url, t, '127.0.0.3');
     const statuses: number[] = [];
     for (let i = 0; i < MAX_ADDRESS_FAILURES + 5; i++) statuses.push(await signIn(`guess${i}.${'x'.repeat(32)}`));
     assert.deepEqual([...new Set(statuses)], [401], 'each wrong token is checked and refused (401)');
