@@ -43,8 +43,8 @@ const HEADER_BYTES_PER_TENSOR = 256;
  * The most bytes a trained adapter of side network `shape` can take: magic
  * and length, a header of HEADER_BASE_BYTES and HEADER_BYTES_PER_TENSOR per
  * tensor, padding, the weights and the checksum. A device refuses a download
- * the server declares larger before it writes a byte (the adapter of a
- * 2-layer 64-wide job is under 100 KB, whatever a server says).
+ * the server declares larger before it writes a byte (for a 2-layer 64-wide
+ * job with a head update over 256 tokens: 98 KB, whatever a server says).
  */
 export function maxAdapterBytes(shape: SideNetworkShape): number {
   const names = parameterNames(shape);

@@ -159,15 +159,10 @@ export class WorkspaceIndex {
     return true;
   }
 
-  /** `from` was renamed to `to` (whose text is `text`). */
-  renameFile(from: string, to: string, text: string): void {
-    this.removeFile(from);
-    this.setFile(to, text);
-  }
-
-  /** A .gitignore changed: its rules are read again at the next setFile (files already indexed stay until they change). */
+  /** A .gitignore changed: its rules are read again, and indexed files they now leave out leave the index (files they let in come at the next opening or save). */
   rulesChanged(): void {
     this.rules.forget();
+    for (const rel of [...this.files.keys()]) if (this.rules.skipReason(rel) !== undefined) this.removeFile(rel);
   }
 
   /**

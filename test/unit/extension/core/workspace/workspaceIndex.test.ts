@@ -35,7 +35,8 @@ describe('workspace index for completions\' context (BM25 on this computer)', ()
     assert.deepEqual(index.find('computeInvoiceTotal', 5, 'src/main.ts').map((s) => s.path), ['src/other.ts']);
     assert.ok(index.find('computeInvoiceTotal', 5, 'src/main.ts')[0]!.text.includes('lines.reduce'), 'the snippet is the file as saved');
     // A rename, then a deletion.
-    index.renameFile('src/other.ts', 'src/billing.ts', `${filler('other')}\n${INVOICE}`);
+    index.removeFile('src/other.ts'); // renamed, as CompletionEngine.fileChanged passes it on
+    index.setFile('src/billing.ts', `${filler('other')}\n${INVOICE}`);
     assert.deepEqual(index.find('computeInvoiceTotal', 5, 'src/main.ts').map((s) => s.path), ['src/billing.ts']);
     assert.ok(!index.has('src/other.ts'));
     index.removeFile('src/billing.ts');
@@ -84,6 +85,11 @@ describe('workspace index for completions\' context (BM25 on this computer)', ()
       assert.ok(!scanned.has(rel));
     }
     assert.equal(rules.skipReason('src/ok.ts'), undefined);
+    // A .gitignore saved with a new rule: files it now leaves out leave the index.
+    assert.ok(index.has('src/ok.ts'));
+    fs.appendFileSync(path.join(ws, '.gitignore'), 'src/ok.ts\n');
+    index.rulesChanged();
+    assert.ok(!index.has('src/ok.ts'));
   });
 
   it('the context stays within its token budget, names each snippet\'s file in the language\'s comment, and is the same for every keystroke on a line', async () => {
