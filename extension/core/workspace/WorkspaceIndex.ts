@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import MiniSearch, { Options } from 'minisearch';
+import { yieldToEventLoop } from '../../../common/sliced';
 import { writeFileAtomicSliced } from '../../../common/atomicWrite';
 import { isMinified, MAX_FILE_BYTES, scanWorkspaceAsync } from './scanWorkspace';
 import { WorkspaceRules } from './WorkspaceRules';
@@ -12,7 +13,9 @@ export const WINDOW_STRIDE = 12;
 /** Bytes of files the index holds at most (each window's text is kept): past it, files are left out. */
 export const MAX_INDEXED_BYTES = 16 * 1024 * 1024;
 /** Changes the persisted form: an index of another version is built again. */
-const INDEX_VERSION = 1;
+const INDEX_VERSION = 2;
+/** Files handled between two pauses for the event loop (indexing, saving, loading). */
+const FILES_PER_SLICE = 4;
 
 /** A window of a file: its lines [start, start + WINDOW_LINES). */
 interface Window {
@@ -67,7 +70,7 @@ const SEARCH_OPTIONS: Options<Window> = { fields: ['text'], idField: 'id', token
  * bounded by MAX_INDEXED_BYTES. Nothing of it is sent anywhere.
  */
 export class WorkspaceIndex {
-  private search = new MiniSearch<Window>(SEARCH_OPTIONS);
+  private readonly search = new MiniSearch<Window>(SEARCH_OPTIONS);
   private readonly windows = new Map<string, Window>();
   /** Per file: the sha256 of its indexed text, its windows' ids and its bytes. */
   private readonly files = new Map<string, { sha256: string; ids: string[]; bytes: number }>();
@@ -97,14 +100,14 @@ export class WorkspaceIndex {
     const index = new WorkspaceIndex(path.resolve(root), WorkspaceIndex.fileFor(storeDir, root), {
       maxBytes: options.maxBytes ?? MAX_INDEXED_BYTES, maxFileBytes: options.maxFileBytes ?? MAX_FILE_BYTES, exclude: options.exclude ?? [],
     });
-    index.load();
+    await index.load();
     const scan = await scanWorkspaceAsync(root, { exclude: options.exclude, maxFileBytes: index.options.maxFileBytes, maxTotalBytes: index.options.maxBytes });
     const seen = new Set<string>();
     let changed = false;
     for (const [i, f] of scan.files.entries()) {
       seen.add(f.path);
       if (index.files.get(f.path)?.sha256 !== sha256(f.text)) changed = index.setFile(f.path, f.text) || changed;
-      if (i % 64 === 63) await new Promise((r) => setImmediate(r)); // a large workspace does not hold the event loop
+      if (i % FILES_PER_SLICE === FILES_PER_SLICE - 1) await yieldToEventLoop(); // a large workspace does not hold the event loop
     }
     for (const rel of [...index.files.keys()]) if (!seen.has(rel)) changed = index.removeFile(rel) || changed;
     if (changed) await index.save();
@@ -198,29 +201,51 @@ export class WorkspaceIndex {
     if (this.saving) await this.save();
   }
 
-  /** Writes the index now (atomically, in slices). */
+  /**
+   * Writes the index now, atomically: a first line naming its version and
+   * root, then one JSON line per file (its hash, size and windows), built and
+   * written with the event loop free every FILES_PER_SLICE files. The BM25
+   * tables are not stored: load() builds them again in slices, which costs
+   * about what serializing them would (MiniSearch's toJSON held the event
+   * loop 0.2 s for this repository).
+   */
   async save(): Promise<void> {
     if (this.saving) clearTimeout(this.saving);
     this.saving = undefined;
-    const stored = { version: INDEX_VERSION, root: this.root, files: Object.fromEntries(this.files), windows: [...this.windows.values()], search: this.search };
-    await writeFileAtomicSliced(this.file, Buffer.from(JSON.stringify(stored), 'utf8'));
+    const lines = [JSON.stringify({ version: INDEX_VERSION, root: this.root })];
+    for (const [i, [rel, f]] of [...this.files].entries()) {
+      lines.push(JSON.stringify({ path: rel, sha256: f.sha256, bytes: f.bytes, windows: f.ids.map((id) => this.windows.get(id)!) }));
+      if (i % FILES_PER_SLICE === FILES_PER_SLICE - 1) await yieldToEventLoop();
+    }
+    await writeFileAtomicSliced(this.file, Buffer.from(`${lines.join('\n')}\n`, 'utf8'));
   }
 
-  /** The stored index, when there is one of this version for this root; a damaged one is ignored (built again). */
-  private load(): void {
-    let stored: { version?: unknown; root?: unknown; files?: Record<string, { sha256: string; ids: string[]; bytes: number }>; windows?: Window[]; search?: unknown };
+  /** The stored index, when there is one of this version for this root (a damaged one is ignored: built again from the scan). */
+  private async load(): Promise<void> {
+    let lines: string[];
     try {
-      stored = JSON.parse(fs.readFileSync(this.file, 'utf8')) as typeof stored;
-      if (stored.version !== INDEX_VERSION || stored.root !== this.root || !stored.files || !Array.isArray(stored.windows)) return;
-      this.search = MiniSearch.loadJSON<Window>(JSON.stringify(stored.search), SEARCH_OPTIONS);
+      lines = (await fs.promises.readFile(this.file, 'utf8')).split('\n').filter(Boolean);
+      const head = JSON.parse(lines[0] ?? '') as { version?: unknown; root?: unknown };
+      if (head.version !== INDEX_VERSION || head.root !== this.root) return;
     } catch {
       return;
     }
-    for (const w of stored.windows) this.windows.set(w.id, w);
-    for (const [rel, f] of Object.entries(stored.files)) {
-      this.files.set(rel, f);
-      this.indexedBytes += f.bytes;
+    const windows: Window[] = [];
+    try {
+      for (const [i, line] of lines.slice(1).entries()) {
+        const f = JSON.parse(line) as { path: string; sha256: string; bytes: number; windows: Window[] };
+        this.files.set(f.path, { sha256: f.sha256, ids: f.windows.map((w) => w.id), bytes: f.bytes });
+        this.indexedBytes += f.bytes;
+        windows.push(...f.windows);
+        if (i % FILES_PER_SLICE === FILES_PER_SLICE - 1) await yieldToEventLoop();
+      }
+    } catch {
+      this.files.clear();
+      this.indexedBytes = 0;
+      return;
     }
+    for (const w of windows) this.windows.set(w.id, w);
+    await this.search.addAllAsync(windows, { chunkSize: 64 });
   }
 }
 

@@ -49,6 +49,12 @@ describe('workspace index for completions\' context (BM25 on this computer)', ()
     const again = await WorkspaceIndex.open(ws, store);
     assert.ok(!again.has('src/billing.ts'), 'a file gone from the disk leaves the index when it is opened');
     assert.deepEqual(again.find('computeInvoiceTotal', 5, 'src/main.ts').map((s) => s.path), ['src/invoice.ts']);
+    // A damaged stored index is built again from the scan.
+    await again.save();
+    const stored = WorkspaceIndex.fileFor(store, ws);
+    fs.writeFileSync(stored, fs.readFileSync(stored, 'utf8').replace(/"sha256"/, '"sha2'));
+    const rebuilt = await WorkspaceIndex.open(ws, store);
+    assert.deepEqual(rebuilt.find('computeInvoiceTotal', 5, 'src/main.ts').map((s) => s.path), ['src/invoice.ts']);
   });
 
   it('never indexes what the fine-tune would not learn from: ignored, secret, lock, binary, minified, excluded folders, links', async () => {
