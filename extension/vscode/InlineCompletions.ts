@@ -1,5 +1,6 @@
 import * as vscode from 'vscode';
-import type { CompletionEngine } from '../core/completion/CompletionEngine';
+import type { CompletionDetails, CompletionEngine } from '../core/completion/CompletionEngine';
+import { EditorContext } from './EditorContext';
 import { MobiError } from '../core/MobiError';
 import { SCAN_SETTINGS } from '../../common/jobSettings';
 import { readHostSettings } from './settings';
@@ -18,6 +19,10 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
   private engineModel = '';
   /** Failure codes already logged this session (each kind once). */
   private readonly failures = new Set<string>();
+  /** Definitions near the cursor and recent edits, for the prompt's context. */
+  private readonly editorContext = new EditorContext();
+  /** The last completion shown and what went into its prompt (MobiLLM: Show Completion Context). */
+  private last: { file: string; details: CompletionDetails } | undefined;
 
   constructor(
     private readonly log: vscode.LogOutputChannel,
@@ -78,10 +83,14 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
     const suffix = s.completionSuffixChars > 0 ? document.getText(new vscode.Range(position, end)) : undefined;
     try {
       const file = folder ? vscode.workspace.asRelativePath(document.uri, false) : undefined;
-      const text = await (await this.completionEngine()).complete(folder?.uri.fsPath, prefix, {
-        signal: abort.signal, suffix, prefixChars: s.completionPrefixChars, suffixChars: s.completionSuffixChars, file, contextTokens: s.completionContextTokens,
+      const editorSnippets = file !== undefined && s.completionContextTokens > 0 ? await this.editorContext.snippets(document, position) : [];
+      if (token.isCancellationRequested) return [];
+      const details = await (await this.completionEngine()).completion(folder?.uri.fsPath, prefix, {
+        signal: abort.signal, suffix, prefixChars: s.completionPrefixChars, suffixChars: s.completionSuffixChars, file, contextTokens: s.completionContextTokens, editorSnippets,
       });
-      this.log.info(`inline completion: ${text.length} characters`);
+      const text = details.text;
+      if (file !== undefined) this.last = { file, details };
+      this.log.info(`inline completion: ${text.length} characters, context from ${details.contextSnippets.length} snippet(s)`);
       return text.trim() ? [new vscode.InlineCompletionItem(text, new vscode.Range(position, position))] : [];
     } catch (err) {
       // No completion, never a blocked editor.
@@ -109,6 +118,30 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
     ];
   }
 
+  /** A read-only document: the last completion, and the context its prompt carried with where each snippet came from. */
+  async showContext(): Promise<void> {
+    if (!this.last) {
+      void vscode.window.showInformationMessage('MobiLLM: no completion yet in this session. Type in a file of the workspace first.');
+      return;
+    }
+    const { file, details: d } = this.last;
+    const lines = [
+      `MobiLLM: the last inline completion, in ${file}`,
+      '',
+      `Completion: ${JSON.stringify(d.text)}`,
+      `Prompt: ${d.promptTokens} tokens, ${d.promptTokensEvaluated} evaluated (the rest reused from the previous prompt)`,
+      '',
+      d.contextSnippets.length ? 'Context before the text at the cursor, the nearest first:' : 'No context from other files (none matched, the budget is 0, or the index is still being built).',
+      ...d.contextSnippets.map((c) => `  ${c.source}: ${c.path}:${c.startLine + 1}`),
+      '',
+      'The context as the model reads it (it never leaves this computer):',
+      '',
+      d.context,
+    ];
+    const doc = await vscode.workspace.openTextDocument({ content: lines.join('\n'), language: 'plaintext' });
+    await vscode.window.showTextDocument(doc, { preview: true, viewColumn: vscode.ViewColumn.Beside });
+  }
+
   /** Each kind of failure is logged once per session; later ones of that kind are silent. */
   private logOnce(e: MobiError): void {
     const kind = e.setting ?? e.code;
@@ -118,6 +151,7 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
   }
 
   async dispose(): Promise<void> {
+    this.editorContext.dispose();
     const e = this.engine;
     this.engine = undefined;
     await e?.dispose();

@@ -34,6 +34,7 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.commands.registerCommand('mobillm.resume', () => controller.resume()),
     vscode.commands.registerCommand('mobillm.showDashboard', showDashboard),
     vscode.commands.registerCommand('mobillm.showLogs', () => log.show()),
+    vscode.commands.registerCommand('mobillm.showCompletionContext', () => completions.showContext()),
     vscode.commands.registerCommand('mobillm.setToken', async () => {
       const token = await vscode.window.showInputBox({ title: 'MobiLLM server token', prompt: 'The token your team admin created with "mobillm-server users add". Stored in VS Code\'s secret storage.', password: true, ignoreFocusOut: true });
       if (token === undefined) return;

@@ -57,6 +57,23 @@ describe('completions with context retrieved from other files (real llama.cpp, B
     assert.ok(typed.promptTokensEvaluated <= 4, `evaluated ${typed.promptTokensEvaluated} of ${typed.promptTokens}`);
   });
 
+  it('the editor\'s definitions go in the prompt before retrieved windows, filtered by the scan\'s rules, and keystrokes still reuse the cache', async () => {
+    fs.writeFileSync(path.join(ws, 'src', 'cart.ts'), 'export interface Cart {\n  lines: InvoiceLine[];\n  customerId: string;\n}\n');
+    await engine.fileChanged(ws, 'src/cart.ts', fs.readFileSync(path.join(ws, 'src', 'cart.ts'), 'utf8'));
+    const editorSnippets = [
+      { path: 'src/cart.ts', startLine: 0, text: 'export interface Cart {\n  lines: InvoiceLine[];\n  customerId: string;\n}\n', source: 'definition' as const },
+      { path: '.env', startLine: 0, text: 'computeInvoiceTotal=secret-value\n', source: 'recent edit' as const },
+    ];
+    const r = await engine.completion(ws, prefix, { file: 'src/checkout.ts', maxTokens: 2, editorSnippets });
+    assert.deepEqual(r.contextSnippets.map((x) => `${x.source} ${x.path}`), ['definition src/cart.ts', 'retrieved src/billing.ts']);
+    assert.ok(r.context.endsWith('// Path: src/cart.ts\n// export interface Cart {\n//   lines: InvoiceLine[];\n//   customerId: string;\n// }\n'), 'nearest the cursor');
+    assert.ok(!r.context.includes('secret-value'), 'a secret file the editor offered is left out');
+    const typed = await engine.completion(ws, `${prefix}eI`, { file: 'src/checkout.ts', maxTokens: 2, editorSnippets });
+    assert.ok(typed.promptTokensEvaluated <= 4, `evaluated ${typed.promptTokensEvaluated} of ${typed.promptTokens}`);
+    fs.rmSync(path.join(ws, 'src', 'cart.ts'));
+    await engine.fileChanged(ws, 'src/cart.ts', undefined);
+  });
+
   it('the context fits its token budget under the model\'s own tokenizer, and follows a save, a rename and a deletion', async () => {
     const bb = await Backbone.open(model, { contextSize: 256, maxSequences: 1, threads: 1 });
     try {

@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import { HOST_SETTINGS } from '../../../common/jobSettings';
-import { contextQuery, retrievedContext } from './retrievedContext';
+import { ContextSnippet, contextQuery, EditorSnippet, retrievedContext } from './retrievedContext';
 import { WorkspaceIndex } from '../workspace/WorkspaceIndex';
 import { AdapterStore } from '../store/AdapterStore';
 import { Backbone } from '../model/Backbone';
@@ -38,6 +38,8 @@ export interface CompleteOptions {
   file?: string;
   /** Budget of that context, tokens. Default COMPLETION_CONTEXT_TOKENS; 0: none. */
   contextTokens?: number;
+  /** Snippets the editor found (definitions of the symbols near the cursor, recent edits): in the context before retrieved ones. */
+  editorSnippets?: EditorSnippet[];
 }
 
 /** A completion and what went into it. */
@@ -46,6 +48,8 @@ export interface CompletionDetails {
   /** The retrieved context before the text at the cursor ('' when none), and its files. */
   context: string;
   contextFiles: string[];
+  /** The context's snippets, the one nearest the cursor first, and where each came from (its text aside). */
+  contextSnippets: Omit<ContextSnippet, 'text' | 'score'>[];
   promptTokens: number;
   /** Prompt tokens the backbone ran (the rest came from its cache of the previous prompt). */
   promptTokensEvaluated: number;
@@ -104,7 +108,7 @@ export class CompletionEngine {
   private readonly indexes = new Map<string, Promise<WorkspaceIndex>>();
   private readonly ready = new Map<string, WorkspaceIndex>();
   /** The last context built, for the next keystroke on the same line. */
-  private lastContext: { key: string; text: string; files: string[] } | undefined;
+  private lastContext: { key: string; text: string; files: string[]; snippets: Omit<ContextSnippet, 'text' | 'score'>[] } | undefined;
 
   constructor(private readonly modelPath: string, private readonly storeDir: string) {}
 
@@ -149,7 +153,7 @@ export class CompletionEngine {
       maxTokens: options.maxTokens ?? 24, stop: options.singleLine ? ['\n'] : ['\n\n'], signal: options.signal,
       endAt: (text) => completionEnd(text, indent),
     });
-    return { text: g.text, context: context.text, contextFiles: context.files, promptTokens: g.promptTokens, promptTokensEvaluated: g.promptTokensEvaluated, promptSeconds: g.promptSeconds };
+    return { text: g.text, context: context.text, contextFiles: context.files, contextSnippets: context.snippets, promptTokens: g.promptTokens, promptTokensEvaluated: g.promptTokensEvaluated, promptSeconds: g.promptSeconds };
   }
 
   /** The search index of `workspace` for retrieved context (opened, or built, on first use). */
@@ -181,21 +185,25 @@ export class CompletionEngine {
     i.saveSoon();
   }
 
-  private async contextFor(bb: Backbone, workspace: string | undefined, prefix: string, options: CompleteOptions): Promise<{ text: string; files: string[] }> {
+  private async contextFor(bb: Backbone, workspace: string | undefined, prefix: string, options: CompleteOptions): Promise<NonNullable<CompletionEngine['lastContext']>> {
     const budget = options.contextTokens ?? COMPLETION_CONTEXT_TOKENS;
-    if (!workspace || options.file === undefined || budget <= 0) return { text: '', files: [] };
+    const none = { key: '', text: '', files: [], snippets: [] };
+    if (!workspace || options.file === undefined || budget <= 0) return none;
     const index = this.ready.get(path.resolve(workspace));
     if (!index) {
       // Completions do not wait for the index: the first ones of a session go without context while it opens.
       void this.contextIndex(workspace).catch(() => undefined);
-      return { text: '', files: [] };
+      return none;
     }
-    const key = JSON.stringify([path.resolve(workspace), options.file, budget, contextQuery(prefix)]);
+    const editor = options.editorSnippets ?? [];
+    const key = JSON.stringify([path.resolve(workspace), options.file, budget, contextQuery(prefix), editor]);
     if (this.lastContext?.key !== key) {
-      const found = retrievedContext(index, options.file, prefix, budget, (t) => bb.tokenize(t, false).length);
-      this.lastContext = { key, text: found.text, files: [...new Set(found.snippets.map((x) => x.path))] };
+      const found = retrievedContext(index, options.file, prefix, budget, (t) => bb.tokenize(t, false).length, editor);
+      // In the order taken: the nearest the cursor first (the text puts the first taken last).
+      const snippets = found.snippets.map(({ path: p, startLine, source }) => ({ path: p, startLine, source }));
+      this.lastContext = { key, text: found.text, files: [...new Set(snippets.map((x) => x.path))], snippets };
     }
-    return { text: this.lastContext.text, files: this.lastContext.files };
+    return this.lastContext;
   }
 
   /** Held-out perplexity with and without the workspace's adapter, and side-by-side samples. */

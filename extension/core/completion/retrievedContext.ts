@@ -38,27 +38,58 @@ export function formatSnippet(s: Snippet, comment: string): string {
   return `${comment} Path: ${s.path}\n${lines.join('\n')}\n`;
 }
 
+/** Where a snippet of context came from. */
+export type ContextSource = 'definition' | 'recent edit' | 'retrieved';
+
+/**
+ * A snippet the editor found for the cursor: the definition of a symbol near
+ * it (from the language server) or a range of another file edited lately.
+ */
+export interface EditorSnippet {
+  /** Workspace-relative, forward slashes. */
+  path: string;
+  /** First line, 0-based. */
+  startLine: number;
+  text: string;
+  source: 'definition' | 'recent edit';
+}
+
+/** A snippet in the context, and where it came from. */
+export type ContextSnippet = Snippet & { source: ContextSource };
+
 /**
  * The context put before the text at the cursor of `file` (workspace-relative):
- * the best windows of other files for contextQuery(prefix), each formatted
- * by formatSnippet, in score order while the text's tokens (`countTokens`)
- * stay within `budgetTokens`; a snippet that does not fit is left out whole.
+ * first the editor's snippets (`editor`, in their order: definitions, then
+ * recent edits), then the best windows of other files for contextQuery(prefix)
+ * that overlap none of them, each formatted by formatSnippet, taken in that
+ * order while the text's tokens (`countTokens`) stay within `budgetTokens`; a
+ * snippet that does not fit is left out whole. The text puts the first taken
+ * nearest the cursor. Only files the index holds are used (the scan's rules:
+ * an ignored, secret, binary or minified file never enters a prompt, whoever
+ * found it), never `file` itself.
  */
 export function retrievedContext(
-  index: WorkspaceIndex, file: string, prefix: string, budgetTokens: number, countTokens: (text: string) => number,
-): { text: string; snippets: Snippet[]; tokens: number } {
+  index: WorkspaceIndex, file: string, prefix: string, budgetTokens: number, countTokens: (text: string) => number, editor: EditorSnippet[] = [],
+): { text: string; snippets: ContextSnippet[]; tokens: number } {
   if (budgetTokens <= 0) return { text: '', snippets: [], tokens: 0 };
   const comment = lineCommentFor(file);
-  const used: Snippet[] = [];
-  let text = '';
-  let tokens = 0;
-  for (const s of index.find(contextQuery(prefix), CANDIDATES, file)) {
-    const part = formatSnippet(s, comment);
-    const next = countTokens(text + part); // the whole text, as the prompt tokenizes it
-    if (next > budgetTokens) continue;
-    text += part;
-    tokens = next;
-    used.push(s);
+  const overlaps = (a: { path: string; startLine: number; text: string }, b: { path: string; startLine: number; text: string }): boolean =>
+    a.path === b.path && a.startLine < b.startLine + b.text.split('\n').length && b.startLine < a.startLine + a.text.split('\n').length;
+  const candidates: ContextSnippet[] = [];
+  for (const e of editor) {
+    if (e.path === file || !index.has(e.path) || !e.text.trim() || candidates.some((c) => overlaps(c, e))) continue;
+    candidates.push({ path: e.path, startLine: e.startLine, text: e.text, score: Infinity, source: e.source });
   }
-  return { text, snippets: used, tokens };
+  for (const s of index.find(contextQuery(prefix), CANDIDATES, file)) {
+    if (!candidates.some((c) => overlaps(c, s))) candidates.push({ ...s, source: 'retrieved' });
+  }
+  const used: { snippet: ContextSnippet; part: string }[] = [];
+  const textOf = (parts: typeof used): string => parts.map((u) => u.part).reverse().join('');
+  for (const snippet of candidates) {
+    const next = [...used, { snippet, part: formatSnippet(snippet, comment) }];
+    if (countTokens(textOf(next)) > budgetTokens) continue; // the whole text, as the prompt tokenizes it
+    used.push(next[next.length - 1]!);
+  }
+  const text = textOf(used);
+  return { text, snippets: used.map((u) => u.snippet), tokens: text ? countTokens(text) : 0 };
 }

@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { contextQuery, formatSnippet, lineCommentFor, retrievedContext } from '../../../../../extension/core/completion/retrievedContext';
+import { contextQuery, EditorSnippet, formatSnippet, lineCommentFor, retrievedContext } from '../../../../../extension/core/completion/retrievedContext';
 import { codeTerms, WorkspaceIndex } from '../../../../../extension/core/workspace/WorkspaceIndex';
 import { WorkspaceRules } from '../../../../../extension/core/workspace/WorkspaceRules';
 import { scanWorkspace } from '../../../../../extension/core/workspace/scanWorkspace';
@@ -122,5 +122,36 @@ describe('workspace index for completions\' context (BM25 on this computer)', ()
     assert.notEqual(contextQuery(at(23)), contextQuery(at(24)), 'and a new one at the next step');
     assert.ok(!contextQuery(at(23)).includes('line16 '), 'the lines from the step\'s start on are not in it');
     assert.equal(retrievedContext(index, 'src/main.ts', `${prefix}ota`, 400, count).text, c.text);
+  });
+
+  it('the editor\'s snippets (definitions, recent edits) come first and nearest the cursor, within the budget, from files the index holds only', async () => {
+    const ws = tmpDir('index-editor');
+    write(ws, '.gitignore', 'generated/\n');
+    write(ws, 'src/invoice.ts', `${filler('a')}\n${INVOICE}`);
+    write(ws, 'src/shapes.ts', 'export interface Line {\n  price: number;\n  quantity: number;\n}\n');
+    write(ws, 'src/recent.ts', filler('recent'));
+    write(ws, 'generated/invoice.ts', 'export const leaked = "from an ignored file";\n');
+    write(ws, '.env', 'TOKEN=sk-live-0000\n');
+    const index = await WorkspaceIndex.open(ws, tmpDir('editor-store'));
+    const editor: EditorSnippet[] = [
+      { path: 'src/shapes.ts', startLine: 0, text: 'export interface Line {\n  price: number;\n  quantity: number;\n}\n', source: 'definition' },
+      { path: 'generated/invoice.ts', startLine: 0, text: 'export const leaked = "from an ignored file";\n', source: 'definition' },
+      { path: '.env', startLine: 0, text: 'TOKEN=sk-live-0000\n', source: 'recent edit' },
+      { path: 'src/main.ts', startLine: 0, text: 'the file being completed\n', source: 'recent edit' },
+      { path: 'src/recent.ts', startLine: 3, text: 'export const recent3 = 3 * 2;\n', source: 'recent edit' },
+      { path: 'src/invoice.ts', startLine: 30, text: INVOICE, source: 'definition' },
+    ];
+    const prefix = 'const lines: Line[] = load();\nconst total = computeInvoiceTotal(lines);\nconst t';
+    const count = (t: string): number => t.split(/\s+/).filter(Boolean).length;
+    const c = retrievedContext(index, 'src/main.ts', prefix, 1000, count, editor);
+    assert.deepEqual(c.snippets.map((x) => `${x.source} ${x.path}:${x.startLine}`).slice(0, 3), ['definition src/shapes.ts:0', 'recent edit src/recent.ts:3', 'definition src/invoice.ts:30']);
+    assert.ok(!c.text.includes('leaked') && !c.text.includes('sk-live') && !c.text.includes('the file being completed'), 'ignored, secret and the completed file left out');
+    assert.ok(!c.snippets.some((x) => x.source === 'retrieved' && x.path === 'src/invoice.ts' && x.startLine + 24 > 30), 'a retrieved window overlapping a definition is not added again');
+    assert.ok(c.text.endsWith('// Path: src/shapes.ts\n// export interface Line {\n//   price: number;\n//   quantity: number;\n// }\n'), 'the first taken is nearest the cursor');
+    for (const budget of [5, 12, 30]) {
+      const b = retrievedContext(index, 'src/main.ts', prefix, budget, count, editor);
+      assert.ok(b.tokens <= budget && count(b.text) === b.tokens, `budget ${budget}: ${b.tokens}`);
+    }
+    assert.deepEqual(retrievedContext(index, 'src/main.ts', prefix, 20, count, editor).snippets.map((x) => x.path), ['src/shapes.ts'], 'the budget goes to the editor\'s snippets first');
   });
 });
