@@ -57,6 +57,10 @@ export const JOB_SETTINGS = {
     kind: 'number', min: 0, max: 1, default: 0.5, flag: '--fim-rate', key: 'fimRate',
     doc: 'For models with fill-in-the-middle tokens: the share of training sequences put in fill-in-the-middle order, the format completions use.',
   },
+  contextRate: {
+    kind: 'number', min: 0, max: 1, default: 0, flag: '--context-rate', key: 'trainingContextRate',
+    doc: 'Share of training sequences that carry context retrieved from other training files, as inline completions\' prompts do (up to half a sequence; the context itself is not trained on; 0: none).',
+  },
   labelPrivate: {
     kind: 'boolean', flag: '--label-private', negation: '--no-label-private', key: 'labelPrivate', hostDefault: true, markdown: true,
     doc: 'Label-private training with a team server (on unless turned off; the embedded server, where nothing leaves this computer, trains in the standard mode): no token id leaves this computer. The loss is computed here with the model\'s own head; the server receives the tapped layers\' activations and the loss gradient, which are not text, but from which a server can recover much of it (in the README\'s privacy audit, most of it from the first layers; `mobillm.skipLayers` sends fewer layers). Off: the server also receives every training token\'s id, which is the code itself.',

@@ -9,6 +9,7 @@ const DEFINITION_LINES = 12;
 const DEFINITION_TIMEOUT_MS = 250;
 /** A definition found is reused this long for the same symbol in the same file (keystrokes do not ask again). */
 const DEFINITION_CACHE_MS = 30_000;
+const EMPTY_CACHE_MS = 3_000;
 /** Edited places remembered, the latest first; nearby edits of a file are one place. */
 const RECENT_EDITS = 16;
 const RECENT_EDITS_USED = 3;
@@ -83,9 +84,11 @@ export class EditorContext implements vscode.Disposable {
       const key = `${document.uri.toString()}\n${name}`;
       const cached = this.definitions.get(key);
       if (cached && now - cached.at < DEFINITION_CACHE_MS) return cached.snippets;
-      const snippets = definitionSnippets(document, at, rel);
-      this.definitions.set(key, { at: now, snippets });
-      return snippets;
+      const entry = { at: now, snippets: definitionSnippets(document, at, rel) };
+      this.definitions.set(key, entry);
+      // None found (or a language server still starting): asked again a few seconds later, not after the whole cache time.
+      entry.snippets.then((found) => found.length === 0 && (entry.at = now - DEFINITION_CACHE_MS + EMPTY_CACHE_MS), () => this.definitions.delete(key));
+      return entry.snippets;
     });
     const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), DEFINITION_TIMEOUT_MS));
     const out: EditorSnippet[] = [];

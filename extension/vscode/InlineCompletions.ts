@@ -14,7 +14,12 @@ const COMPLETION_DEBOUNCE_MS = 300;
  * completion engine (loaded on first use, replaced when the model setting
  * changes) and disposes it.
  */
-export class InlineCompletions implements vscode.InlineCompletionItemProvider, vscode.Disposable {
+export class InlineCompletions implements vscode.InlineCompletionItemProvider, vscode.TextDocumentContentProvider, vscode.Disposable {
+  /** The read-only document of the last completion's context (MobiLLM: Show Completion Context). */
+  static readonly CONTEXT_SCHEME = 'mobillm-context';
+  private static readonly CONTEXT_URI = vscode.Uri.from({ scheme: InlineCompletions.CONTEXT_SCHEME, path: '/Last completion context' });
+  private readonly contextChanged = new vscode.EventEmitter<vscode.Uri>();
+  readonly onDidChange = this.contextChanged.event;
   private engine: CompletionEngine | undefined;
   private engineModel = '';
   /** Failure codes already logged this session (each kind once). */
@@ -118,14 +123,22 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
     ];
   }
 
-  /** A read-only document: the last completion, and the context its prompt carried with where each snippet came from. */
+  /** Opens the read-only document of the last completion and the context its prompt carried. */
   async showContext(): Promise<void> {
     if (!this.last) {
       void vscode.window.showInformationMessage('MobiLLM: no completion yet in this session. Type in a file of the workspace first.');
       return;
     }
+    this.contextChanged.fire(InlineCompletions.CONTEXT_URI);
+    const doc = await vscode.workspace.openTextDocument(InlineCompletions.CONTEXT_URI);
+    await vscode.window.showTextDocument(doc, { preview: true, viewColumn: vscode.ViewColumn.Beside });
+  }
+
+  /** The last completion, and the context its prompt carried with where each snippet came from. */
+  provideTextDocumentContent(): string {
+    if (!this.last) return 'MobiLLM: no completion yet in this session.';
     const { file, details: d } = this.last;
-    const lines = [
+    return [
       `MobiLLM: the last inline completion, in ${file}`,
       '',
       `Completion: ${JSON.stringify(d.text)}`,
@@ -134,12 +147,10 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
       d.contextSnippets.length ? 'Context before the text at the cursor, the nearest first:' : 'No context from other files (none matched, the budget is 0, or the index is still being built).',
       ...d.contextSnippets.map((c) => `  ${c.source}: ${c.path}:${c.startLine + 1}`),
       '',
-      'The context as the model reads it (it never leaves this computer):',
+      'The context as the model reads it (completions run on this computer: no server sees it):',
       '',
       d.context,
-    ];
-    const doc = await vscode.workspace.openTextDocument({ content: lines.join('\n'), language: 'plaintext' });
-    await vscode.window.showTextDocument(doc, { preview: true, viewColumn: vscode.ViewColumn.Beside });
+    ].join('\n');
   }
 
   /** Each kind of failure is logged once per session; later ones of that kind are silent. */
@@ -152,6 +163,7 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
 
   async dispose(): Promise<void> {
     this.editorContext.dispose();
+    this.contextChanged.dispose();
     const e = this.engine;
     this.engine = undefined;
     await e?.dispose();

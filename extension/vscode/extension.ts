@@ -70,6 +70,7 @@ export function activate(context: vscode.ExtensionContext): void {
     }),
     vscode.languages.registerInlineCompletionItemProvider({ pattern: '**' }, completions),
     ...completions.fileListeners(),
+    vscode.workspace.registerTextDocumentContentProvider(InlineCompletions.CONTEXT_SCHEME, completions),
     vscode.window.onDidChangeActiveTextEditor(() => void updateModelStatus()),
     vscode.workspace.onDidChangeConfiguration((ev) => ev.affectsConfiguration('mobillm') && void updateModelStatus()),
   );

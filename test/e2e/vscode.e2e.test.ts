@@ -50,6 +50,22 @@ async function runCommand(page: Page, title: string): Promise<void> {
   await page.keyboard.press('Enter');
 }
 
+const PRICING = [
+  '// Shipping prices of the sample shop.',
+  'export function computeShippingQuote(weightKg: number, zone: string): number {',
+  '  const perKg = zone === \'eu\' ? 2.5 : 4;',
+  '  return Math.round(weightKg * perKg * 100) / 100;',
+  '}',
+  '',
+].join('\n');
+const CHECKOUT = [
+  'import { computeShippingQuote } from \'./pricing\';',
+  '',
+  'export function orderTotal(subtotal: number, weightKg: number): number {',
+  '  const zone = \'eu\';',
+  '',
+].join('\n');
+
 describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
   this.timeout(600_000);
   let server: ChildProcess | undefined;
@@ -85,6 +101,9 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     assert.equal(install.status, 0, `install failed: ${install.stdout}${install.stderr}`);
     const port = await freePort();
     const workspace = makeWorkspace(42);
+    // A symbol defined in one file only, used in another: the completions' context test.
+    fs.writeFileSync(path.join(workspace, 'pricing.ts'), PRICING);
+    fs.writeFileSync(path.join(workspace, 'checkout.ts'), CHECKOUT);
     server = spawn(path.join(NODE24_BIN, 'node'), [CODE_SERVER, '--bind-addr', `127.0.0.1:${port}`, '--auth', 'none', ...common, '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust', workspace], { env, detached: true, stdio: ['ignore', fs.openSync(path.join(runDir, 'code-server.log'), 'w'), fs.openSync(path.join(runDir, 'code-server.err'), 'w')] });
     const deadline = Date.now() + 60_000;
     while (!(await healthy(port))) {
@@ -192,6 +211,45 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await page.screenshot({ path: path.join(SHOTS, '4-inline-completion.png') });
     assert.ok(text.trim().length > 0, 'an inline completion is shown');
     await page.keyboard.press('Escape');
+    await runCommand(page, 'File: Revert File');
+  });
+
+  it('puts the language server\'s definition of a symbol from another file in the completion\'s prompt, and shows it', async () => {
+    await page.keyboard.press('Escape');
+    await page.keyboard.press('Control+P');
+    const input = page.locator('.quick-input-widget input');
+    await input.waitFor({ state: 'visible' });
+    await input.fill('checkout.ts');
+    await page.locator('.quick-input-widget .monaco-list-row', { hasText: 'checkout.ts' }).first().waitFor();
+    await page.keyboard.press('Enter');
+    const editor = page.locator('.monaco-editor .view-lines', { hasText: 'orderTotal' }).first();
+    await editor.waitFor({ timeout: 30_000 });
+    await editor.click();
+    await page.keyboard.press('Control+End');
+    await page.keyboard.type('  return subtotal + computeShippingQuote(', { delay: 30 });
+    // The TypeScript server starts on the first file it sees, and the index opens on the first completion: asked again until both answer.
+    const shown = page.locator('.monaco-editor .view-lines', { hasText: 'definition: pricing.ts:2' }).first();
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      await runCommand(page, 'Trigger Inline Suggestion');
+      await page.waitForTimeout(3000);
+      await runCommand(page, 'MobiLLM: Show completion context');
+      try {
+        await shown.waitFor({ timeout: 5_000 });
+        break;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await page.keyboard.press('Control+W'); // the read-only view closes without a prompt
+        await page.locator('.monaco-editor .view-lines', { hasText: 'orderTotal' }).first().click();
+        await page.keyboard.press('Control+End');
+      }
+    }
+    await page.screenshot({ path: path.join(SHOTS, '10-completion-context.png') });
+    const view = (await shown.innerText()).replace(/\u00a0/g, ' '); // Monaco draws spaces as no-break spaces
+    assert.match(view, /computeShippingQuote\(weightKg: number, zone: string\)/, 'the definition\'s text is in the prompt');
+    assert.ok(!/retrieved: pricing\.ts:1\b/.test(view), 'the index\'s window of the same lines is not added twice');
+    await page.keyboard.press('Control+W');
+    await page.locator('.monaco-editor .view-lines', { hasText: 'orderTotal' }).first().click();
     await runCommand(page, 'File: Revert File');
   });
 

@@ -93,3 +93,25 @@ export function retrievedContext(
   const text = textOf(used);
   return { text, snippets: used.map((u) => u.snippet), tokens: text ? countTokens(text) : 0 };
 }
+
+/**
+ * The context of a training sequence of `file` whose text is `text`: the
+ * windows retrieved for it as for a completion whose cursor is at its end,
+ * formatted the same way, and when even the best does not fit the budget
+ * whole (training sequences are short), the best cut to the lines that fit.
+ */
+export function trainingContext(index: WorkspaceIndex, file: string, text: string, budgetTokens: number, countTokens: (text: string) => number): string {
+  const whole = retrievedContext(index, file, text, budgetTokens, countTokens);
+  if (whole.text) return whole.text;
+  const best = index.find(contextQuery(text), 1, file)[0];
+  if (!best) return '';
+  const comment = lineCommentFor(file);
+  const lines = best.text.split('\n');
+  let fit = '';
+  for (let n = 1; n <= lines.length; n++) {
+    const part = formatSnippet({ ...best, text: lines.slice(0, n).join('\n') }, comment);
+    if (countTokens(part) > budgetTokens) break;
+    fit = part;
+  }
+  return fit;
+}

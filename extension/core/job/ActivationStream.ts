@@ -75,7 +75,7 @@ export class ActivationStream {
   /** Training batch `index`: from the cache when it holds every sequence of it, else by a forward (whose sequences the cache then keeps). */
   private async trainBatch(index: number): Promise<EncodedBatch> {
     const ids = trainBatchIndices(this.data, this.config.batchSize, index);
-    const split = splitInputsTargets(ids.map((i) => this.data.train[i]!));
+    const split = splitInputsTargets(ids.map((i) => this.data.train[i]!), ids.map((i) => this.data.trainMasked[i]));
     const { inputs, targets, mask, rows } = split;
     const lengths = inputs.map((x) => x.length);
     const got = this.cache?.batch(ids, lengths);

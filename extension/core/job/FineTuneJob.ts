@@ -9,6 +9,7 @@ import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
 import { maxAdapterBytes } from '../../../common/AdapterFile';
 import { Backbone } from '../model/Backbone';
 import { batchesPerEpoch, buildDatasetAsync, Dataset } from '../workspace/dataset';
+import { trainingContextOf } from './trainingContext';
 import { EmbeddedServerKeeper } from '../connection/EmbeddedServer';
 import { MobiError } from '../MobiError';
 import { modelFingerprint } from '../model/modelFingerprint';
@@ -248,6 +249,7 @@ export class FineTuneJob {
     const fim = [fimPre, fimSuf, fimMid].every((t) => t >= 0 && t < vocab) ? { pre: fimPre, suf: fimSuf, mid: fimMid } : undefined;
     const data = await buildDatasetAsync(scan.files, (text) => backbone.tokenize(text), {
       seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences, fim, fimRate: this.o.fimRate,
+      context: await trainingContextOf(backbone, this.o.workspace, scan.files, this.o, seqLen),
     });
     const L = backbone.info.layers;
     if (this.o.skipLayers < 0 || this.o.skipLayers >= L) throw new MobiError('BAD_ARGUMENT', `skipLayers must be between 0 and ${L - 1}.`);

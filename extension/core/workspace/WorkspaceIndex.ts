@@ -114,6 +114,20 @@ export class WorkspaceIndex {
     return index;
   }
 
+  /**
+   * An index of exactly `files` (scanned already), in memory only: save() keeps
+   * nothing. Training context uses it over a job's training files, so that no
+   * held-out file's text is ever trained on.
+   */
+  static async ofFiles(root: string, files: { path: string; text: string }[]): Promise<WorkspaceIndex> {
+    const index = new WorkspaceIndex(path.resolve(root), '', { maxBytes: Number.MAX_SAFE_INTEGER, maxFileBytes: Number.MAX_SAFE_INTEGER, exclude: [] });
+    for (const [i, f] of files.entries()) {
+      index.setFile(f.path, f.text);
+      if (i % FILES_PER_SLICE === FILES_PER_SLICE - 1) await yieldToEventLoop();
+    }
+    return index;
+  }
+
   /** Files indexed now. */
   get fileCount(): number {
     return this.files.size;
@@ -212,6 +226,7 @@ export class WorkspaceIndex {
   async save(): Promise<void> {
     if (this.saving) clearTimeout(this.saving);
     this.saving = undefined;
+    if (!this.file) return; // in memory only (ofFiles)
     const lines = [JSON.stringify({ version: INDEX_VERSION, root: this.root })];
     for (const [i, [rel, f]] of [...this.files].entries()) {
       lines.push(JSON.stringify({ path: rel, sha256: f.sha256, bytes: f.bytes, windows: f.ids.map((id) => this.windows.get(id)!) }));

@@ -18,6 +18,25 @@ export interface DatasetOptions {
   fim?: FimTokens;
   /** Share of training sequences FIM-transformed when `fim` is given. Default 0.5. */
   fimRate?: number;
+  /** Context from other training files before a share of the training sequences, as completions put it. Default: none. */
+  context?: TrainingContext;
+}
+
+/**
+ * Training sequences that carry retrieved context, as completions' prompts do:
+ * [BOS] context code, or <fim_pre> context prefix <fim_suf> suffix <fim_mid>
+ * middle. The context's own tokens are not trained on (their targets are
+ * masked); the code it displaces from a sequence goes to a sequence of its own.
+ */
+export interface TrainingContext {
+  /** Share of training sequences that carry context. */
+  rate: number;
+  /** Most tokens of context in a sequence. */
+  maxTokens: number;
+  /** The beginning-of-sequence token, kept first when a sequence starts with it. */
+  bos?: number;
+  /** The context's tokens for a sequence of the file `path` whose text is about `query` (at most `maxTokens`; empty when nothing fits). */
+  tokensFor(path: string, query: string, maxTokens: number): Int32Array;
 }
 
 /** A model's fill-in-the-middle tokens. */
@@ -54,6 +73,8 @@ export interface Dataset {
   /** Training sequences: token ids, each at most seqLen + 1 long, never crossing files; a share FIM-transformed when the model has FIM tokens. */
   train: Int32Array[];
   heldOut: Int32Array[];
+  /** Per training sequence: its target rows [from, to) that are not trained on (the context's), or undefined. */
+  trainMasked: ([number, number] | undefined)[];
   /** The held-out sequences FIM-transformed (empty for models without FIM tokens): completions' format, evaluated apart. */
   heldOutFim: Int32Array[];
   trainFiles: number;
@@ -103,28 +124,67 @@ function buildFrom(files: ScannedFile[], tokensOf: (f: ScannedFile) => Int32Arra
     throw new MobiError('EMPTY_WORKSPACE', `The workspace has ${files.length} usable source file(s); at least 2 are needed (one is held out to measure progress).`);
   }
   const held = new Set(heldOutFiles(files, options).map((f) => f.path));
-  const cut = (f: ScannedFile): Int32Array[] => {
+  const context = options.context && options.context.rate > 0 && options.context.maxTokens > 0 ? options.context : undefined;
+  const ctxRng = new SeededRandom(seed ^ 0xc0c0);
+  const cut = (f: ScannedFile): { seq: Int32Array; ctx?: Int32Array }[] => {
     const tokens = tokensOf(f);
-    const out: Int32Array[] = [];
-    for (let start = 0; start + 1 < tokens.length; start += seqLen) out.push(tokens.slice(start, Math.min(tokens.length, start + seqLen + 1)));
+    const out: { seq: Int32Array; ctx?: Int32Array }[] = [];
+    for (let start = 0; start + 1 < tokens.length;) {
+      const seq = tokens.slice(start, Math.min(tokens.length, start + seqLen + 1));
+      // The text the sequence holds, about: its share of the file's characters.
+      const query = () => f.text.slice(Math.floor((start / tokens.length) * f.text.length), Math.ceil(((start + seq.length) / tokens.length) * f.text.length));
+      const ctx = context && !held.has(f.path) && seq.length > 8 && ctxRng.next() < context.rate
+        ? context.tokensFor(f.path, query(), Math.min(context.maxTokens, seq.length - 8)) : undefined;
+      if (ctx && ctx.length > 0) {
+        // The context takes room from the code; the code it displaces starts the next sequence.
+        const code = seq.subarray(0, seq.length - ctx.length);
+        out.push({ seq: code, ctx });
+        start += code.length - 1;
+      } else {
+        out.push({ seq });
+        start += seqLen;
+      }
+    }
     return out;
   };
-  const train: Int32Array[] = [];
+  const trainParts: { seq: Int32Array; ctx?: Int32Array }[] = [];
   let heldOut: Int32Array[] = [];
-  for (const f of files) (held.has(f.path) ? heldOut : train).push(...cut(f));
-  if (train.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The training files produced no sequences (they are too short).');
+  for (const f of files) {
+    if (held.has(f.path)) heldOut.push(...cut(f).map((x) => x.seq));
+    else trainParts.push(...cut(f));
+  }
+  if (trainParts.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The training files produced no sequences (they are too short).');
   if (heldOut.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The held-out files produced no sequences (they are too short).');
   const cap = options.maxHeldOutSequences ?? 32;
   if (heldOut.length > cap) heldOut = new SeededRandom(seed ^ 0x5eed).shuffle(heldOut).slice(0, cap);
+  const train = trainParts.map((x) => x.seq);
   let heldOutFim: Int32Array[] = [];
   const fim = options.fim;
+  const fimed = new Set<number>();
   if (fim) {
     const rng = new SeededRandom(seed ^ 0xf1f1);
     const rate = options.fimRate ?? 0.5;
-    for (let i = 0; i < train.length; i++) if (rng.next() < rate && train[i]!.length > 3) train[i] = fimTransform(train[i]!, fim, rng);
+    for (let i = 0; i < train.length; i++) {
+      if (rng.next() < rate && train[i]!.length > 3) {
+        train[i] = fimTransform(train[i]!, fim, rng);
+        fimed.add(i);
+      }
+    }
     heldOutFim = heldOut.filter((s) => s.length > 3).map((s) => fimTransform(s, fim, rng));
   }
-  return { train, heldOut, heldOutFim, trainFiles: files.length - held.size, heldOutFiles: held.size, trainTokens: train.reduce((a, s) => a + s.length - 1, 0), seqLen, seed };
+  const trainMasked: ([number, number] | undefined)[] = train.map(() => undefined);
+  for (const [i, { ctx }] of trainParts.entries()) {
+    if (!ctx) continue;
+    // After <fim_pre> in FIM order, else after BOS when the sequence starts with it: as completionPrompt puts it.
+    const s = train[i]!;
+    const at = fimed.has(i) || (context!.bos !== undefined && s[0] === context!.bos) ? 1 : 0;
+    train[i] = Int32Array.from([...s.subarray(0, at), ...ctx, ...s.subarray(at)]);
+    // Target row t predicts token t + 1: the rows predicting the context's tokens, and with the context first, the row
+    // predicting the code's first token, which the previous sequence already trains on.
+    trainMasked[i] = [0, ctx.length];
+  }
+  const trainTokens = train.reduce((a, s, i) => a + s.length - 1 - (trainMasked[i] ? trainMasked[i]![1] - trainMasked[i]![0] : 0), 0);
+  return { train, trainMasked, heldOut, heldOutFim, trainFiles: files.length - held.size, heldOutFiles: held.size, trainTokens, seqLen, seed };
 }
 
 /** Which training sequences (indices into data.train) make batch `index` (epochs reshuffle with seed + epoch; the order is the same on every run). */
@@ -145,14 +205,17 @@ export function batchesPerEpoch(data: Dataset, batchSize: number): number {
   return Math.ceil(data.train.length / batchSize);
 }
 
-/** Inputs (all but the last token), next-token targets and mask of a list of sequences. */
-export function splitInputsTargets(seqs: Int32Array[]): { inputs: Int32Array[]; targets: Int32Array; mask: Uint8Array; rows: number } {
+/** Inputs (all but the last token), next-token targets and mask of a list of sequences; `masked[i]`: sequence i's target rows [from, to) not trained on. */
+export function splitInputsTargets(seqs: Int32Array[], masked: ([number, number] | undefined)[] = []): { inputs: Int32Array[]; targets: Int32Array; mask: Uint8Array; rows: number } {
   const rows = seqs.reduce((a, s) => a + s.length - 1, 0);
   const targets = new Int32Array(rows);
+  const mask = new Uint8Array(rows).fill(1);
   let at = 0;
-  for (const s of seqs) {
+  for (const [i, s] of seqs.entries()) {
     targets.set(s.subarray(1), at);
+    const m = masked[i];
+    if (m) mask.fill(0, at + m[0], at + m[1]);
     at += s.length - 1;
   }
-  return { inputs: seqs.map((s) => s.subarray(0, s.length - 1)), targets, mask: new Uint8Array(rows).fill(1), rows };
+  return { inputs: seqs.map((s) => s.subarray(0, s.length - 1)), targets, mask, rows };
 }

@@ -16,7 +16,8 @@ function sources(dir: string): string[] {
   const at = path.join(ROOT, dir);
   if (!fs.existsSync(at)) return [];
   return fs.readdirSync(at, { withFileTypes: true, recursive: true })
-    .filter((e) => e.isFile() && /\.(ts|cpp|hpp|sh|js)$/.test(e.name) && !e.parentPath.includes('node_modules'))
+    // Caches (bench/.cache: the peer's llama.cpp checkout, built here) are not the team's sources.
+    .filter((e) => e.isFile() && /\.(ts|cpp|hpp|sh|js)$/.test(e.name) && !e.parentPath.includes('node_modules') && !e.parentPath.includes(`${path.sep}.cache`))
     .map((e) => path.join(e.parentPath, e.name));
 }
 
