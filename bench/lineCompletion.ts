@@ -15,7 +15,7 @@
  * completions retrieve from the workspace's other files (the product's index,
  * default budget of COMPLETION_CONTEXT_TOKENS tokens).
  *
- *   npm run bench:lines [-- --backbone standin]   (standin: the fair 6 x 384 stand-in, bench/standIn.ts)
+ *   npm run bench:lines [-- --backbone standin] [-- --context-only]   (--context-only: the context axis alone, the other rows kept from the last run)   (standin: the fair 6 x 384 stand-in, bench/standIn.ts)
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -78,7 +78,11 @@ async function main(): Promise<void> {
   }
 
   const show = (k: string, v: LineScore): void => log(`${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)}, first token ${(1000 * v.firstTokenSeconds).toFixed(1)} ms (${v.seconds.toFixed(0)} s)`);
-  const results = {
+  // --context-only: the rows without context are taken from the last run's file (same positions and code path), only the context axis runs.
+  const outFile = path.join(ROOT, 'bench', 'results', `lineCompletion${standin ? '-standin' : ''}.json`);
+  const previous = process.argv.includes('--context-only') && fs.existsSync(outFile) ? (JSON.parse(fs.readFileSync(outFile, 'utf8')) as { positions: number; results: Record<string, LineScore> }) : undefined;
+  if (previous && previous.positions !== cases.length) throw new Error(`--context-only: the last run had ${previous.positions} positions, this one ${cases.length}`);
+  const results = previous?.results as { base: LineScore; oursV1: LineScore; oursTrainedWithContext: LineScore; peerFullFineTune: LineScore } | undefined ?? {
     base: await score(PRETRAINED, undefined, cases),
     oursV1: await score(PRETRAINED, ours, cases),
     oursTrainedWithContext: await score(PRETRAINED, oursCtx, cases),

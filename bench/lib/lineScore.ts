@@ -78,7 +78,8 @@ export function positions(workspace: string, perLine = 3): Position[] {
  * rule; the file being completed is never its own context).
  */
 export async function score(model: string, adapter: string | undefined, cases: Position[], context?: { workspace: string; tokens: number }): Promise<LineScore> {
-  const bb = await Backbone.open(model, { contextSize: 1024, maxSequences: 1, threads: 1 });
+  // With context, the window the product's completions use (2048): 1024 holds the 1,500 characters but not their context too.
+  const bb = await Backbone.open(model, { contextSize: context ? 2048 : 1024, maxSequences: 1, threads: 1 });
   const store = context && fs.mkdtempSync(path.join(os.tmpdir(), 'mobillm-lines-index-'));
   try {
     if (adapter) await bb.useAdapterFile(adapter);
