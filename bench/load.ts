@@ -3,6 +3,7 @@
  *
  *   npm run bench:load                         (both parts; writes bench/results/load.json)
  *   npm run bench:load -- --part server        (or extension-host; --devices 1,2,4,8 --stores file,postgres --steps 30)
+ *   npm run bench:load -- --part extension-host --context-rate 0.5   (the same with training context: extensionHostTrainingContext)
  *
  * extension host: a fine-tune of the Qwen2.5-0.5B shape (Q8_0, 151,936
  *   vocabulary, defaults, the embedded server) run by this process, as VS
@@ -73,7 +74,7 @@ function percentile(xs: number[], p: number): number {
 const round = (x: number, digits = 1): number => Number(x.toFixed(digits));
 
 /** The extension host's event loop during an embedded fine-tune of the Qwen shape. */
-async function extensionHost(steps: number): Promise<Record<string, unknown>> {
+async function extensionHost(steps: number, contextRate: number): Promise<Record<string, unknown>> {
   const model = qwenShapedModel('q8_0');
   const h = monitorEventLoopDelay({ resolution: 10 });
   const late: number[] = [];
@@ -85,12 +86,12 @@ async function extensionHost(steps: number): Promise<Record<string, unknown>> {
   }, 20);
   h.enable();
   const started = Date.now();
-  const r = await new FineTuneJob({ workspace: workspace(), model, storeDir: fs.mkdtempSync(path.join(BENCH_CACHE, 'load-host-')), steps, log: () => undefined }).run();
+  const r = await new FineTuneJob({ workspace: workspace(), model, storeDir: fs.mkdtempSync(path.join(BENCH_CACHE, 'load-host-')), steps, contextRate, log: () => undefined }).run();
   h.disable();
   clearInterval(timer);
   const ms = (ns: number): number => round(ns / 1e6);
   return {
-    model: `${path.basename(model)} (Qwen2.5-0.5B shape, Q8_0, 151,936 vocabulary), ${r.steps} steps, defaults, embedded server (a child process)`,
+    model: `${path.basename(model)} (Qwen2.5-0.5B shape, Q8_0, 151,936 vocabulary), ${r.steps} steps, ${contextRate > 0 ? `defaults but --context-rate ${contextRate}` : 'defaults'}, embedded server (a child process)`,
     seconds: round((Date.now() - started) / 1000),
     loopDelayMs: { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max) },
     timer20ms: { ticks: late.length, over100msLate: late.filter((x) => x > 100).length, p99LateMs: round(percentile(late, 99)), maxLateMs: round(Math.max(...late)) },
@@ -234,16 +235,18 @@ async function main(): Promise<void> {
     .option('--stores <list>', 'file, postgres', 'file,postgres')
     .option('--steps <n>', 'training steps of each job', '30')
     .option('--training-workers <n>', 'the server\'s training workers (one intra-op thread each)', '2')
+    .option('--context-rate <x>', 'extension host: the job\'s --context-rate (above 0: written as extensionHostTrainingContext)', '0')
     .parse()
-    .opts<{ part: string; devices: string; stores: string; steps: string; trainingWorkers: string }>();
+    .opts<{ part: string; devices: string; stores: string; steps: string; trainingWorkers: string; contextRate: string }>();
   const steps = Number(o.steps);
   const file = path.join(ROOT, 'bench', 'results', 'load.json');
   const previous = fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>) : {};
   const out: Record<string, unknown> = { ...previous, machine: machineDescription() };
   if (o.part === 'all' || o.part === 'extension-host') {
     log('extension host: an embedded fine-tune of the Qwen2.5-0.5B shape ...');
-    out.extensionHost = await extensionHost(steps);
-    log(JSON.stringify(out.extensionHost));
+    const key = Number(o.contextRate) > 0 ? 'extensionHostTrainingContext' : 'extensionHost';
+    out[key] = await extensionHost(steps, Number(o.contextRate));
+    log(JSON.stringify(out[key]));
   }
   if (o.part === 'all' || o.part === 'server') {
     log('recording the frames of one real fine-tune ...');

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { MobiError } from '../MobiError';
 import { ScannedFile } from './scanWorkspace';
 import { SeededRandom } from '../../../common/SeededRandom';
-import { yieldToEventLoop } from '../../../common/sliced';
+import { runSteps, runStepsSliced } from '../../../common/sliced';
 
 /** Options of the training data. */
 export interface DatasetOptions {
@@ -104,20 +104,15 @@ export function heldOutFiles<F extends { path: string }>(files: F[], options: Pi
  * file and deterministic.
  */
 export function buildDataset(files: ScannedFile[], tokenize: (text: string) => Int32Array, options: DatasetOptions = {}): Dataset {
-  return buildFrom(files, (f) => tokenize(f.text), options);
+  return runSteps(datasetSteps(files, tokenize, options));
 }
 
-/** buildDataset with the files tokenized one at a time, the event loop free between them (a host's thread). */
-export async function buildDatasetAsync(files: ScannedFile[], tokenize: (text: string) => Int32Array, options: DatasetOptions = {}): Promise<Dataset> {
-  const tokens = new Map<ScannedFile, Int32Array>();
-  for (const f of files) {
-    tokens.set(f, tokenize(f.text));
-    await yieldToEventLoop();
-  }
-  return buildFrom(files, (f) => tokens.get(f)!, options);
+/** buildDataset with the event loop free after each file and each sequence given context (a host's thread). */
+export function buildDatasetAsync(files: ScannedFile[], tokenize: (text: string) => Int32Array, options: DatasetOptions = {}): Promise<Dataset> {
+  return runStepsSliced(datasetSteps(files, tokenize, options));
 }
 
-function buildFrom(files: ScannedFile[], tokensOf: (f: ScannedFile) => Int32Array, options: DatasetOptions): Dataset {
+function* datasetSteps(files: ScannedFile[], tokenize: (text: string) => Int32Array, options: DatasetOptions): Generator<void, Dataset> {
   const seqLen = options.seqLen ?? 128;
   const seed = options.seed ?? 1;
   if (files.length < 2) {
@@ -126,8 +121,9 @@ function buildFrom(files: ScannedFile[], tokensOf: (f: ScannedFile) => Int32Arra
   const held = new Set(heldOutFiles(files, options).map((f) => f.path));
   const context = options.context && options.context.rate > 0 && options.context.maxTokens > 0 ? options.context : undefined;
   const ctxRng = new SeededRandom(seed ^ 0xc0c0);
-  const cut = (f: ScannedFile): { seq: Int32Array; ctx?: Int32Array }[] => {
-    const tokens = tokensOf(f);
+  // A file's sequences; a pause after each one given context (retrieval and tokenization), and after the file.
+  function* cut(f: ScannedFile): Generator<void, { seq: Int32Array; ctx?: Int32Array }[]> {
+    const tokens = tokenize(f.text);
     const out: { seq: Int32Array; ctx?: Int32Array }[] = [];
     for (let start = 0; start + 1 < tokens.length;) {
       const seq = tokens.slice(start, Math.min(tokens.length, start + seqLen + 1));
@@ -140,18 +136,21 @@ function buildFrom(files: ScannedFile[], tokensOf: (f: ScannedFile) => Int32Arra
         const code = seq.subarray(0, seq.length - ctx.length);
         out.push({ seq: code, ctx });
         start += code.length - 1;
+        yield;
       } else {
         out.push({ seq });
         start += seqLen;
       }
     }
+    yield;
     return out;
-  };
+  }
   const trainParts: { seq: Int32Array; ctx?: Int32Array }[] = [];
   let heldOut: Int32Array[] = [];
   for (const f of files) {
-    if (held.has(f.path)) heldOut.push(...cut(f).map((x) => x.seq));
-    else trainParts.push(...cut(f));
+    const parts = yield* cut(f);
+    if (held.has(f.path)) heldOut.push(...parts.map((x) => x.seq));
+    else trainParts.push(...parts);
   }
   if (trainParts.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The training files produced no sequences (they are too short).');
   if (heldOut.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The held-out files produced no sequences (they are too short).');
