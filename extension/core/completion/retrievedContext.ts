@@ -83,15 +83,26 @@ export function retrievedContext(
   for (const s of index.find(contextQuery(prefix), CANDIDATES, file)) {
     if (!candidates.some((c) => overlaps(c, s))) candidates.push({ ...s, source: 'retrieved' });
   }
+  return withinBudget(candidates, comment, budgetTokens, countTokens);
+}
+
+/**
+ * Snippets taken in order while the context's whole text (as the prompt
+ * tokenizes it) stays within `budgetTokens`, one that does not fit left out
+ * whole; the text puts the first taken last, nearest the cursor.
+ */
+function withinBudget(candidates: ContextSnippet[], comment: string, budgetTokens: number, countTokens: (text: string) => number): { text: string; snippets: ContextSnippet[]; tokens: number } {
   const used: { snippet: ContextSnippet; part: string }[] = [];
   const textOf = (parts: typeof used): string => parts.map((u) => u.part).reverse().join('');
+  let tokens = 0;
   for (const snippet of candidates) {
     const next = [...used, { snippet, part: formatSnippet(snippet, comment) }];
-    if (countTokens(textOf(next)) > budgetTokens) continue; // the whole text, as the prompt tokenizes it
+    const n = countTokens(textOf(next));
+    if (n > budgetTokens) continue;
     used.push(next[next.length - 1]!);
+    tokens = n;
   }
-  const text = textOf(used);
-  return { text, snippets: used.map((u) => u.snippet), tokens: text ? countTokens(text) : 0 };
+  return { text: textOf(used), snippets: used.map((u) => u.snippet), tokens };
 }
 
 /**
@@ -101,15 +112,14 @@ export function retrievedContext(
  * whole (training sequences are short), the best cut to the lines that fit.
  */
 export function trainingContext(index: WorkspaceIndex, file: string, text: string, budgetTokens: number, countTokens: (text: string) => number): string {
-  const whole = retrievedContext(index, file, text, budgetTokens, countTokens);
-  if (whole.text) return whole.text;
-  const best = index.find(contextQuery(text), 1, file)[0];
-  if (!best) return '';
+  const found = index.find(contextQuery(text), CANDIDATES, file);
   const comment = lineCommentFor(file);
-  const lines = best.text.split('\n');
+  const whole = withinBudget(found.map((s) => ({ ...s, source: 'retrieved' as const })), comment, budgetTokens, countTokens);
+  if (whole.text || found.length === 0) return whole.text;
+  const lines = found[0]!.text.split('\n');
   let fit = '';
   for (let n = 1; n <= lines.length; n++) {
-    const part = formatSnippet({ ...best, text: lines.slice(0, n).join('\n') }, comment);
+    const part = formatSnippet({ ...found[0]!, text: lines.slice(0, n).join('\n') }, comment);
     if (countTokens(part) > budgetTokens) break;
     fit = part;
   }
