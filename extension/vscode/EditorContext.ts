@@ -1,5 +1,6 @@
 import * as vscode from 'vscode';
 import type { EditorSnippet } from '../core/completion/retrievedContext';
+import { IDENTIFIERS, STOP_WORDS } from '../core/workspace/codeTerms';
 
 /** Identifiers near the cursor whose definitions are asked for: the last ones typed, at most this many. */
 const DEFINITION_SYMBOLS = 6;
@@ -16,7 +17,6 @@ const RECENT_EDITS_USED = 3;
 /** Lines around an edited place put in the context. */
 const EDIT_LINES_BEFORE = 4;
 const EDIT_LINES_AFTER = 8;
-const NOT_SYMBOLS = new Set(['const', 'let', 'var', 'function', 'return', 'if', 'else', 'for', 'while', 'new', 'this', 'import', 'export', 'from', 'class', 'async', 'await', 'true', 'false', 'null', 'undefined', 'typeof', 'instanceof', 'def', 'self', 'None', 'True', 'False']);
 
 /**
  * What the editor knows that the workspace index does not: the definitions of
@@ -70,11 +70,11 @@ export class EditorContext implements vscode.Disposable {
     const symbols: { name: string; at: vscode.Position }[] = [];
     for (let line = position.line; line >= Math.max(0, position.line - 2) && symbols.length < DEFINITION_SYMBOLS; line--) {
       const text = document.lineAt(line).text.slice(0, line === position.line ? position.character : undefined);
-      const found = [...text.matchAll(/[A-Za-z_$][A-Za-z0-9_$]{2,}/g)].reverse();
+      const found = [...text.matchAll(IDENTIFIERS)].reverse();
       for (const m of found) {
         // The word being typed is not a symbol yet.
         if (line === position.line && m.index! + m[0].length === text.length) continue;
-        if (NOT_SYMBOLS.has(m[0]) || symbols.some((s) => s.name === m[0])) continue;
+        if (m[0].length < 3 || STOP_WORDS.has(m[0]) || symbols.some((s) => s.name === m[0])) continue;
         symbols.push({ name: m[0], at: new vscode.Position(line, m.index!) });
         if (symbols.length >= DEFINITION_SYMBOLS) break;
       }
