@@ -26,6 +26,16 @@ function healthy(port: number): Promise<boolean> {
   });
 }
 
+/** Opens a workspace file by name with Quick Open (Ctrl+P). */
+async function openFile(page: Page, name: string): Promise<void> {
+  await page.keyboard.press('Control+P');
+  const input = page.locator('.quick-input-widget input');
+  await input.waitFor({ state: 'visible' });
+  await input.fill(name);
+  await page.locator('.quick-input-widget .monaco-list-row', { hasText: name }).first().waitFor();
+  await page.keyboard.press('Enter');
+}
+
 /**
  * Runs a command from the palette. The palette lists the commands known when
  * it opens; on a busy machine the extension's contributions can arrive later,
@@ -186,12 +196,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
   it('shows an inline completion from the fine-tuned model while typing', async () => {
     await page.keyboard.press('Escape');
     await page.locator('[id="mobillm.mobillm-vscode.mobillm.model"]', { hasText: 'fine-tuned' }).waitFor({ timeout: 30_000 });
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input');
-    await input.waitFor({ state: 'visible' });
-    await input.fill('module0.ts');
-    await page.locator('.quick-input-widget .monaco-list-row', { hasText: 'module0.ts' }).first().waitFor();
-    await page.keyboard.press('Enter');
+    await openFile(page, 'module0.ts');
     const editor = page.locator('.monaco-editor .view-lines').first();
     await editor.waitFor({ timeout: 30_000 });
     await editor.click();
@@ -216,12 +221,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
 
   it('puts the language server\'s definition of a symbol from another file in the completion\'s prompt, and shows it', async () => {
     await page.keyboard.press('Escape');
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input');
-    await input.waitFor({ state: 'visible' });
-    await input.fill('checkout.ts');
-    await page.locator('.quick-input-widget .monaco-list-row', { hasText: 'checkout.ts' }).first().waitFor();
-    await page.keyboard.press('Enter');
+    await openFile(page, 'checkout.ts');
     const editor = page.locator('.monaco-editor .view-lines', { hasText: 'orderTotal' }).first();
     await editor.waitFor({ timeout: 30_000 });
     await editor.click();
