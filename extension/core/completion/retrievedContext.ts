@@ -117,11 +117,14 @@ export function trainingContext(index: WorkspaceIndex, file: string, text: strin
   const whole = withinBudget(found.map((s) => ({ ...s, source: 'retrieved' as const })), comment, budgetTokens, countTokens);
   if (whole.text || found.length === 0) return whole.text;
   const lines = found[0]!.text.split('\n');
-  let fit = '';
-  for (let n = 1; n <= lines.length; n++) {
-    const part = formatSnippet({ ...found[0]!, text: lines.slice(0, n).join('\n') }, comment);
-    if (countTokens(part) > budgetTokens) break;
-    fit = part;
+  const first = (n: number): string => formatSnippet({ ...found[0]!, text: lines.slice(0, n).join('\n') }, comment);
+  // The most first lines that fit (more lines, more tokens): a binary search, a few tokenizations rather than one per line.
+  let lo = 0;
+  let hi = lines.length - 1; // the whole window did not fit
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (countTokens(first(mid)) <= budgetTokens) lo = mid;
+    else hi = mid - 1;
   }
-  return fit;
+  return lo > 0 ? first(lo) : '';
 }

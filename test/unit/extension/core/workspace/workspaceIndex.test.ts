@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { contextQuery, EditorSnippet, formatSnippet, lineCommentFor, retrievedContext } from '../../../../../extension/core/completion/retrievedContext';
+import { contextQuery, EditorSnippet, formatSnippet, lineCommentFor, retrievedContext, trainingContext } from '../../../../../extension/core/completion/retrievedContext';
 import { WorkspaceIndex } from '../../../../../extension/core/workspace/WorkspaceIndex';
 import { codeTerms } from '../../../../../extension/core/workspace/codeTerms';
 import { WorkspaceRules } from '../../../../../extension/core/workspace/WorkspaceRules';
@@ -154,5 +154,25 @@ describe('workspace index for completions\' context (BM25 on this computer)', ()
       assert.ok(b.tokens <= budget && count(b.text) === b.tokens, `budget ${budget}: ${b.tokens}`);
     }
     assert.deepEqual(retrievedContext(index, 'src/main.ts', prefix, 20, count, editor).snippets.map((x) => x.path), ['src/shapes.ts'], 'the budget goes to the editor\'s snippets first');
+  });
+
+  it('a training sequence\'s context is the best window cut to the first lines that fit when no window fits whole', async () => {
+    const ws = tmpDir('index-training');
+    write(ws, 'src/invoice.ts', `${INVOICE}${filler('inv')}\n`);
+    write(ws, 'src/other.ts', filler('other'));
+    const index = await WorkspaceIndex.open(ws, tmpDir('training-store'));
+    const count = (t: string): number => t.split(/\s+/).filter(Boolean).length;
+    const query = 'const total = computeInvoiceTotal(lines);\nconst again = computeInvoiceTotal(more);\n';
+    for (const budget of [0, 5, 13, 40, 1000]) {
+      const text = trainingContext(index, 'src/main.ts', query, budget, count);
+      assert.ok(count(text) <= budget, `budget ${budget}: ${count(text)}`);
+      if (budget === 0 || budget === 5) assert.equal(text, '', 'not even the path line and a first line fit');
+      else assert.ok(text.startsWith('// Path: src/invoice.ts\n// export function computeInvoiceTotal('), text);
+      if (budget === 40) {
+        const lines = text.trimEnd().split('\n').length - 1;
+        const oneMore = formatSnippet({ path: 'src/invoice.ts', startLine: 0, text: `${INVOICE}${filler('inv')}`.split('\n').slice(0, lines + 1).join('\n'), score: 0 }, '//');
+        assert.ok(count(oneMore) > 40, 'the most first lines that fit');
+      }
+    }
   });
 });
