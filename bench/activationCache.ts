@@ -13,7 +13,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
-import { activationCacheDir } from '../extension/core/job/ActivationCache';
 import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
 import { BENCH_CACHE, machineDescription, qwenShapedModel } from './lib/benchModels';
 import { writeResult } from './lib/writeResult';
@@ -28,6 +27,13 @@ interface EpochRun {
   cachedTokens: number;
 }
 
+/** Bytes of the activation cache's entries in a device store. */
+function cacheFolderBytes(store: string): number {
+  const root = path.join(store, 'activations');
+  if (!fs.existsSync(root)) return 0;
+  return fs.readdirSync(root).flatMap((d) => fs.readdirSync(path.join(root, d)).map((f) => fs.statSync(path.join(root, d, f)).size)).reduce((a, b) => a + b, 0);
+}
+
 async function epochs(workspace: string, server: EpochRun['server'], url?: string, token?: string): Promise<EpochRun> {
   const store = fs.mkdtempSync(path.join(BENCH_CACHE, 'cache-device-'));
   try {
@@ -38,17 +44,14 @@ async function epochs(workspace: string, server: EpochRun['server'], url?: strin
     };
     let perEpoch = 0;
     let cachedBytes = 0;
-    let jobId = '';
     const job = new FineTuneJob({
       workspace, model: qwenShapedModel('q8_0'), storeDir: store, epochs: 2, seed: 1, maxHeldOutSequences: 4, server: url ? { url, token: token! } : undefined,
       onProgress: (p) => {
-        jobId = p.jobId ?? jobId;
         if (p.phase === 'training' && marks.length === 0) mark();
         if (perEpoch === 0 && p.totalSteps > 0) perEpoch = p.totalSteps / 2;
         if (p.phase === 'training' && marks.length === 1 && p.step >= perEpoch) {
           mark();
-          const f = path.join(activationCacheDir(store, jobId), 'activations.bin');
-          cachedBytes = fs.existsSync(f) ? fs.statSync(f).size : 0;
+          cachedBytes = cacheFolderBytes(store);
         }
         if (marks.length === 2 && p.step >= 2 * perEpoch) mark();
       },

@@ -80,7 +80,7 @@ export const JOB_SETTINGS = {
   },
   activationCacheGiB: {
     kind: 'number', min: 0, max: 1024, default: 4, flag: '--activation-cache', key: 'activationCacheGiB',
-    doc: 'Disk on this computer (GiB) for the activations of the first epoch, so later epochs skip the model\'s forward pass; deleted when the job ends (0: off).',
+    doc: 'Disk on this computer (GiB) for the activations of the sequences fine-tuned on, kept across jobs (the least recently used go first), so later epochs and updates skip the model\'s forward pass for code they have seen (0: off).',
   },
   initFromBackbone: {
     kind: 'boolean', flag: '--init-from-backbone',

@@ -1,7 +1,6 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { activationCacheDir } from '../../extension/core/job/ActivationCache';
 import { FineTuneJob, FineTuneOptions, FineTuneResult, JobProgress } from '../../extension/core/job/FineTuneJob';
 import { JobRecordStore } from '../../extension/core/job/JobRecordStore';
 import { expectCode } from '../helpers/expectCode';
@@ -30,25 +29,38 @@ describe('the activation cache: later epochs skip the forward pass', function ()
   before(async () => (plain = await run(ws, { activationCacheGiB: 0 })));
 
   for (const labelPrivate of [false, true]) {
-    it(`trains exactly as without it, taking every later batch from it, and is deleted when the job ends${labelPrivate ? ' (label-private)' : ''}`, async () => {
+    it(`trains exactly as without it, taking every later batch from it, and is kept for the next job, which runs no forward${labelPrivate ? ' (label-private)' : ''}`, async () => {
       const base = labelPrivate ? await run(ws, { activationCacheGiB: 0, labelPrivate }) : plain;
       assert.equal(base.r.cache, undefined, 'no cache when it is off');
       const store = tmpDir('cache-store');
       const cached = await run(ws, { storeDir: store, labelPrivate });
       const perEpoch = cached.r.steps / 3;
-      assert.deepEqual(cached.r.cache, { hits: 2 * perEpoch, misses: perEpoch, damaged: 0 }, 'the first epoch computed, the later ones from the cache');
+      const c = cached.r.cache!;
+      assert.ok(c.hits >= 2 * perEpoch, `every batch of the later epochs from the cache (${JSON.stringify(c)})`);
+      // Each sequence computed once: a training one comes back twice, a held-out one (at most 32 plain and 32 FIM) once.
+      assert.ok(c.misses >= perEpoch && c.sequenceMisses > 0 && c.sequenceHits + 64 >= 2 * c.sequenceMisses, `the first epoch and evaluation computed (${JSON.stringify(c)})`);
+      assert.equal(c.damaged, 0);
       assert.deepEqual(cached.losses, base.losses, 'the same loss at every step');
       assert.equal(cached.r.heldOutLossAfter, base.r.heldOutLossAfter);
       assert.equal(cached.r.bytesSent, base.r.bytesSent, 'the same bytes on the wire');
-      assert.equal(fs.existsSync(activationCacheDir(store, cached.r.jobId)), false, 'deleted when the job ended');
+      // Kept across jobs: the same job again runs no forward at all, and trains the same.
+      const again = await run(ws, { storeDir: store, labelPrivate });
+      assert.equal(again.r.cache!.sequenceMisses, 0, `a second job computed nothing (${JSON.stringify(again.r.cache)})`);
+      assert.equal(again.r.timings.deviceForwardSeconds + again.r.timings.evalForwardSeconds, 0, 'no forward pass');
+      assert.deepEqual(again.losses, base.losses);
+      assert.equal(again.r.heldOutLossBefore, base.r.heldOutLossBefore);
+      assert.equal(again.r.heldOutLossAfter, base.r.heldOutLossAfter);
     });
   }
 
-  it('a budget smaller than the workspace keeps what fits and recomputes the rest, with the same training', async () => {
-    const small = await run(ws, { activationCacheGiB: 40_000 / 2 ** 30 });
+  it('a budget smaller than the workspace keeps the most recently used within it and recomputes the rest, with the same training', async () => {
+    const store = tmpDir('cache-small');
+    const budget = 40_000;
+    const small = await run(ws, { storeDir: store, activationCacheGiB: budget / 2 ** 30 });
     assert.ok(small.r.cache!.misses > plain.r.steps / 3, `some later batches were computed again (${JSON.stringify(small.r.cache)})`);
-    assert.ok(small.r.cache!.hits > 0, 'and some came from the cache');
+    assert.ok(small.r.cache!.sequenceHits > 0, 'and some sequences came from the cache');
     assert.deepEqual(small.losses, plain.losses);
+    assert.ok(cacheBytes(store) <= budget, `the folder holds at most the budget (${cacheBytes(store)} bytes)`);
   });
 
   it('a stopped job keeps its cache for the resume; a damaged cache is detected and recomputed, never trained on', async () => {
@@ -57,15 +69,28 @@ describe('the activation cache: later epochs skip the forward pass', function ()
     const stepsBefore: number[] = [];
     await expectCode(run(ws, { storeDir: store, signal: abort.signal, onProgress: (p) => (stepsBefore.push(p.step), p.step >= plain.r.steps / 3 + 2 && abort.abort()) }), 'CANCELLED');
     const rec = new JobRecordStore(store).load('last');
-    const dir = activationCacheDir(store, rec.jobId);
-    const data = path.join(dir, 'activations.bin');
-    assert.ok(fs.statSync(data).size > 0, 'the cancelled job kept its cache');
-    const bytes = fs.readFileSync(data);
-    for (let at = 100; at < bytes.length; at += 997) bytes[at] = bytes[at]! ^ 0xff; // damage every entry
-    fs.writeFileSync(data, bytes);
+    const files = cacheFiles(store);
+    assert.ok(files.length > 0, 'the cancelled job kept its cache');
+    for (const f of files) {
+      const bytes = fs.readFileSync(f);
+      bytes[bytes.length >> 1] = bytes[bytes.length >> 1]! ^ 0xff; // damage every entry
+      fs.writeFileSync(f, bytes);
+    }
     const resumed = await new FineTuneJob({ workspace: ws, model: tinyModel(MODEL), storeDir: store, threads: 1, resumeJobId: rec.jobId }).run();
     assert.ok(resumed.cache!.damaged > 0, 'damaged entries were found');
-    assert.equal(resumed.heldOutLossAfter, plain.r.heldOutLossAfter, 'and the training is the one without a cache');
-    assert.equal(fs.existsSync(dir), false);
+    // Recomputed sequences may run in smaller batches than without a cache, where llama.cpp's kernels round differently: equal within 1e-6.
+    assert.ok(Math.abs(resumed.heldOutLossAfter - plain.r.heldOutLossAfter) < 1e-6 * plain.r.heldOutLossAfter, `and the training is the one without a cache (${resumed.heldOutLossAfter} against ${plain.r.heldOutLossAfter})`);
   });
 });
+
+/** The activation cache's entry files in a device store. */
+function cacheFiles(store: string): string[] {
+  const root = path.join(store, 'activations');
+  if (!fs.existsSync(root)) return [];
+  return fs.readdirSync(root).flatMap((d) => fs.readdirSync(path.join(root, d)).map((f) => path.join(root, d, f)));
+}
+
+function cacheBytes(store: string): number {
+  return cacheFiles(store).reduce((a, f) => a + fs.statSync(f).size, 0);
+}
+

@@ -1,185 +1,239 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Bits, rowLayout } from '../../../common/ActivationQuantizer';
-import { UUID_PATTERN } from '../../../common/schema';
-import { MobiError } from '../MobiError';
 
-/** One training sequence's cached activations: where its bytes are in the data file and their sha256 (hex, first 32 digits). */
-interface Entry {
-  offset: number;
-  bytes: number;
-  sha: string;
+/** What decides a sequence's cached activations besides its tokens: the model, the tapped layers, the bits and the mode. */
+export interface ActivationCacheKey {
+  fingerprint: string;
+  tappedLayers: number[];
+  bits: Bits;
+  /** Label-private jobs also keep the last tapped layer in float32 (the loss is computed here). */
+  keepLast: boolean;
 }
 
-/** What a batch's sequences hold per tapped layer: their rows' scale bytes and value bytes. */
-interface SequenceBlocks {
+/** One sequence's cached activations per tapped layer: its rows' scale bytes and value bytes, and (label-private) the last layer in float32. */
+export interface SequenceBlocks {
   scales: Buffer[];
   values: Buffer[];
-  /** Label-private: the last tapped layer's hidden states, float32 [rows][d], kept for the loss. */
   last?: Buffer;
 }
 
-/** The device store's folder of a job's cache. */
-export function activationCacheDir(storeDir: string, jobId: string): string {
-  if (!UUID_PATTERN.test(jobId)) throw new MobiError('NO_SUCH_JOB', 'not a job id');
-  return path.join(storeDir, 'activations', jobId);
+interface Entry {
+  bytes: number;
+  /** Being written: counted against the budget, not yet readable. */
+  writing?: boolean;
+  /** Milliseconds since the epoch of its last use: the least recently used go first. */
+  used: number;
+}
+
+/** Bytes before an entry's data: the first 16 bytes of its sha256. */
+const CHECK_BYTES = 16;
+const SUFFIX = '.act';
+
+/** The device store's folder of the activations of every job with the same model, tapped layers, bits and mode. */
+export function activationCacheDir(storeDir: string, key: ActivationCacheKey): string {
+  const id = createHash('sha256').update(JSON.stringify([key.fingerprint, key.tappedLayers, key.bits, key.keepLast])).digest('hex').slice(0, 24);
+  return path.join(storeDir, 'activations', id);
+}
+
+/** The name of a sequence's entry: a hash of the tokens the backbone runs over. */
+export function sequenceKey(input: Int32Array): string {
+  return createHash('sha256').update(new Uint8Array(input.buffer, input.byteOffset, input.byteLength)).digest('hex').slice(0, 40);
 }
 
 /**
- * The quantized activations of a job's training sequences, kept on this
- * computer's disk (never sent anywhere but as they were sent the first time),
- * so that later epochs skip the backbone's forward pass. A sequence's entry
- * holds, per tapped layer, its rows' bytes exactly as they went on the wire
- * (cut out of the first batch that held it); a later batch of other
- * sequences is put together from them, byte for byte as a forward would
- * encode it. Entries are appended to `activations.bin` and listed in
- * `index.jsonl` (a resume reads them back); each is checked by its sha256
- * when read, and a damaged or missing one makes the batch be computed again.
- * Past `budgetBytes` nothing more is kept. The folder is deleted when the
- * job ends (`remove`) and by `mobillm jobs --prune`.
+ * The quantized activations of sequences the backbone has run over, kept on
+ * this computer's disk (never sent anywhere but as they were sent the first
+ * time), so that later epochs, later jobs and updates skip the forward pass
+ * for sequences they have seen. An entry is named by its tokens' hash and
+ * holds, per tapped layer, its rows' bytes exactly as they went on the wire;
+ * a batch is put together from them byte for byte as a forward would encode
+ * it. Every entry is written whole (a temporary file, then a rename) and
+ * checked by its sha256 when read; a damaged one is deleted and computed
+ * again. Past `budgetBytes` the least recently used entries are deleted.
+ * `mobillm jobs --prune` deletes it all.
  */
 export class ActivationCache {
-  private readonly entries = new Map<number, Entry>();
-  private readonly dataFile: string;
-  private readonly indexFile: string;
+  private readonly entries = new Map<string, Entry>();
   private size = 0;
-  /** Batches put together from the cache, and computed by a forward. */
+  /** Batches put together from the cache alone, and batches that needed a forward. */
   hits = 0;
   misses = 0;
-  /** Entries found damaged (and dropped). */
+  /** Sequences read from the cache, and run through the backbone. */
+  sequenceHits = 0;
+  sequenceMisses = 0;
+  /** Entries found damaged (and deleted). */
   damaged = 0;
 
-  constructor(
+  private constructor(
     readonly dir: string,
     private readonly budgetBytes: number,
     private readonly nLayers: number,
     private readonly d: number,
     private readonly bits: Bits,
-    /** Label-private jobs also keep the last layer in float32 (the loss is computed here). */
     private readonly keepLast: boolean,
-  ) {
-    this.dataFile = path.join(dir, 'activations.bin');
-    this.indexFile = path.join(dir, 'index.jsonl');
-    this.readIndex();
-  }
+  ) {}
 
-  private readIndex(): void {
-    let lines: string[];
-    let dataSize: number;
+  /** The cache in `dir`, its entries listed without holding the event loop. */
+  static async open(dir: string, budgetBytes: number, nLayers: number, d: number, bits: Bits, keepLast: boolean): Promise<ActivationCache> {
+    const cache = new ActivationCache(dir, budgetBytes, nLayers, d, bits, keepLast);
+    let names: string[] = [];
     try {
-      lines = fs.readFileSync(this.indexFile, 'utf8').split('\n');
-      dataSize = fs.statSync(this.dataFile).size;
+      names = (await fs.promises.readdir(dir)).filter((n) => n.endsWith(SUFFIX));
     } catch {
-      return;
+      // nothing kept yet
     }
-    for (const line of lines) {
-      try {
-        const e = JSON.parse(line) as Entry & { seq: number };
-        if (Number.isSafeInteger(e.seq) && Number.isSafeInteger(e.offset) && Number.isSafeInteger(e.bytes) && e.offset + e.bytes <= dataSize && typeof e.sha === 'string') {
-          this.entries.set(e.seq, { offset: e.offset, bytes: e.bytes, sha: e.sha });
-          this.size = Math.max(this.size, e.offset + e.bytes);
+    for (let i = 0; i < names.length; i += 256) {
+      await Promise.all(names.slice(i, i + 256).map(async (n) => {
+        try {
+          const st = await fs.promises.stat(path.join(dir, n));
+          cache.entries.set(n.slice(0, -SUFFIX.length), { bytes: st.size, used: st.mtimeMs });
+          cache.size += st.size;
+        } catch {
+          // deleted meanwhile (another job's eviction)
         }
-      } catch {
-        // a line cut short by a crash: its entry is computed again
-      }
+      }));
     }
+    return cache;
   }
 
-  /** Bytes of one sequence's entry of `rows` rows. */
+  private file(key: string): string {
+    return path.join(this.dir, key + SUFFIX);
+  }
+
+  /** Bytes of one sequence's entry of `rows` rows (its check included). */
   private entryBytes(rows: number): number {
     const { scaleBytes, valueBytes } = rowLayout(this.d, this.bits);
-    return this.nLayers * rows * (scaleBytes + valueBytes) + (this.keepLast ? rows * this.d * 4 : 0);
+    return CHECK_BYTES + this.nLayers * rows * (scaleBytes + valueBytes) + (this.keepLast ? rows * this.d * 4 : 0);
   }
 
-  /**
-   * Keeps the sequences of a batch just encoded: `payload` starts with one
-   * quantized block per tapped layer over all `lengths` rows (batchPayload.ts);
-   * `last` is the label-private float32 last layer. Sequences already kept,
-   * or past the budget, are skipped.
-   */
-  store(seqs: number[], lengths: number[], payload: Buffer, last?: Float32Array): void {
-    const rows = lengths.reduce((a, b) => a + b, 0);
-    const { scaleBytes, valueBytes } = rowLayout(this.d, this.bits);
-    const block = rows * (scaleBytes + valueBytes);
-    let row = 0;
-    seqs.forEach((seq, k) => {
-      const n = lengths[k]!;
-      const start = row;
-      row += n;
-      if (this.entries.has(seq) || this.size + this.entryBytes(n) > this.budgetBytes) return;
-      const parts: Buffer[] = [];
-      for (let l = 0; l < this.nLayers; l++) {
-        parts.push(payload.subarray(l * block + start * scaleBytes, l * block + (start + n) * scaleBytes));
-        parts.push(payload.subarray(l * block + rows * scaleBytes + start * valueBytes, l * block + rows * scaleBytes + (start + n) * valueBytes));
-      }
-      if (last) parts.push(Buffer.from(last.buffer, last.byteOffset + start * this.d * 4, n * this.d * 4));
-      const bytes = Buffer.concat(parts);
-      const entry = { offset: this.size, bytes: bytes.length, sha: createHash('sha256').update(bytes).digest('hex').slice(0, 32) };
-      try {
-        fs.mkdirSync(this.dir, { recursive: true });
-        fs.appendFileSync(this.dataFile, bytes);
-        fs.appendFileSync(this.indexFile, `${JSON.stringify({ seq, ...entry })}\n`);
-      } catch {
-        return; // a full disk only means this sequence is computed again later
-      }
-      this.entries.set(seq, entry);
-      this.size += bytes.length;
-    });
+  private drop(key: string): void {
+    const e = this.entries.get(key);
+    if (!e) return;
+    this.entries.delete(key);
+    this.size -= e.bytes;
+    fs.promises.rm(this.file(key), { force: true }).catch(() => undefined);
   }
 
-  /** A sequence's blocks, read and checked; undefined when it is not kept or its bytes are damaged (then dropped). */
-  private read(seq: number, rows: number, fd: number): SequenceBlocks | undefined {
-    const e = this.entries.get(seq);
-    if (!e || e.bytes !== this.entryBytes(rows)) return undefined;
-    const bytes = Buffer.allocUnsafe(e.bytes);
-    if (fs.readSync(fd, bytes, 0, e.bytes, e.offset) !== e.bytes || createHash('sha256').update(bytes).digest('hex').slice(0, 32) !== e.sha) {
-      this.entries.delete(seq);
+  /** A sequence's blocks, read and checked; undefined when it is not kept, or damaged (then deleted). */
+  private async read(key: string, rows: number): Promise<SequenceBlocks | undefined> {
+    const e = this.entries.get(key);
+    if (!e || e.writing) return undefined;
+    let bytes: Buffer;
+    try {
+      bytes = await fs.promises.readFile(this.file(key));
+    } catch {
+      this.entries.delete(key);
+      this.size -= e.bytes;
+      return undefined; // deleted by another job's eviction
+    }
+    const data = bytes.subarray(CHECK_BYTES);
+    if (bytes.length !== this.entryBytes(rows) || !createHash('sha256').update(data).digest().subarray(0, CHECK_BYTES).equals(bytes.subarray(0, CHECK_BYTES))) {
       this.damaged++;
+      this.drop(key);
       return undefined;
     }
+    e.used = Date.now();
+    const now = new Date();
+    fs.promises.utimes(this.file(key), now, now).catch(() => undefined); // its use, for the next job's eviction order
     const { scaleBytes, valueBytes } = rowLayout(this.d, this.bits);
     const out: SequenceBlocks = { scales: [], values: [] };
     let at = 0;
     for (let l = 0; l < this.nLayers; l++) {
-      out.scales.push(bytes.subarray(at, (at += rows * scaleBytes)));
-      out.values.push(bytes.subarray(at, (at += rows * valueBytes)));
+      out.scales.push(data.subarray(at, (at += rows * scaleBytes)));
+      out.values.push(data.subarray(at, (at += rows * valueBytes)));
     }
-    if (this.keepLast) out.last = bytes.subarray(at, at + rows * this.d * 4);
+    if (this.keepLast) out.last = data.subarray(at, at + rows * this.d * 4);
     return out;
   }
 
+  /** The kept blocks of sequences `keys` of `lengths` rows: undefined for each that is not (validly) kept. */
+  async lookup(keys: string[], lengths: number[]): Promise<(SequenceBlocks | undefined)[]> {
+    const got = await Promise.all(keys.map((k, i) => this.read(k, lengths[i]!)));
+    const found = got.filter((b) => b !== undefined).length;
+    this.sequenceHits += found;
+    this.sequenceMisses += keys.length - found;
+    if (found === keys.length) this.hits++;
+    else this.misses++;
+    return got;
+  }
+
   /**
-   * The tapped layers' quantized blocks of a batch of sequences `seqs` with
-   * `lengths` rows, put together from the cache (the payload's layer part,
-   * byte for byte as encodeLayersPayload makes it), and the label-private
-   * last layer; undefined when any of its sequences is not (validly) kept.
+   * The sequences of a layers payload just encoded (one quantized block per
+   * tapped layer over all `lengths` rows, batchPayload.ts) and the
+   * label-private float32 last layer, cut into their own blocks (copies).
    */
-  batch(seqs: number[], lengths: number[]): { layers: Buffer; last?: Float32Array } | undefined {
-    if (!seqs.every((s) => this.entries.has(s))) {
-      this.misses++;
-      return undefined;
-    }
-    let fd: number;
-    try {
-      fd = fs.openSync(this.dataFile, 'r');
-    } catch {
-      this.misses++;
-      return undefined;
-    }
-    try {
-      const blocks = seqs.map((s, k) => this.read(s, lengths[k]!, fd));
-      if (blocks.some((b) => b === undefined)) {
-        this.misses++;
-        return undefined;
+  cut(payload: Buffer, lengths: number[], last?: Float32Array): SequenceBlocks[] {
+    const rows = lengths.reduce((a, b) => a + b, 0);
+    const { scaleBytes, valueBytes } = rowLayout(this.d, this.bits);
+    const block = rows * (scaleBytes + valueBytes);
+    let row = 0;
+    return lengths.map((n) => {
+      const start = row;
+      row += n;
+      const out: SequenceBlocks = { scales: [], values: [] };
+      for (let l = 0; l < this.nLayers; l++) {
+        out.scales.push(Buffer.from(payload.subarray(l * block + start * scaleBytes, l * block + (start + n) * scaleBytes)));
+        out.values.push(Buffer.from(payload.subarray(l * block + rows * scaleBytes + start * valueBytes, l * block + rows * scaleBytes + (start + n) * valueBytes)));
       }
-      const parts = Array.from({ length: this.nLayers }, (_, l) => [...blocks.map((b) => b!.scales[l]!), ...blocks.map((b) => b!.values[l]!)]).flat();
-      this.hits++;
-      const last = this.keepLast ? Buffer.concat(blocks.map((b) => b!.last!)) : undefined;
-      return { layers: Buffer.concat(parts), last: last ? new Float32Array(last.buffer.slice(last.byteOffset, last.byteOffset + last.byteLength)) : undefined };
-    } finally {
-      fs.closeSync(fd);
+      if (this.keepLast && last) out.last = Buffer.from(new Uint8Array(last.buffer, last.byteOffset + start * this.d * 4, n * this.d * 4));
+      return out;
+    });
+  }
+
+  /** Keeps a sequence's blocks under its key; past the budget the least recently used entries go first. A failed write only means it is computed again later. */
+  async store(key: string, blocks: SequenceBlocks): Promise<void> {
+    if (this.entries.has(key)) return;
+    const parts: Buffer[] = [];
+    for (let l = 0; l < this.nLayers; l++) parts.push(blocks.scales[l]!, blocks.values[l]!);
+    if (this.keepLast && blocks.last) parts.push(blocks.last);
+    const data = Buffer.concat(parts);
+    const bytes = CHECK_BYTES + data.length;
+    if (bytes > this.budgetBytes) return;
+    if (this.size + bytes > this.budgetBytes) this.evict(this.budgetBytes - bytes);
+    // Counted before it is written, so that writes under way together stay within the budget.
+    const entry: Entry = { bytes, used: Date.now(), writing: true };
+    this.entries.set(key, entry);
+    this.size += bytes;
+    const tmp = `${this.file(key)}.${randomBytes(6).toString('hex')}.tmp`;
+    try {
+      await fs.promises.mkdir(this.dir, { recursive: true });
+      await fs.promises.writeFile(tmp, Buffer.concat([createHash('sha256').update(data).digest().subarray(0, CHECK_BYTES), data]));
+      await fs.promises.rename(tmp, this.file(key));
+      entry.writing = false;
+    } catch {
+      await fs.promises.rm(tmp, { force: true }).catch(() => undefined);
+      if (this.entries.get(key) === entry) {
+        this.entries.delete(key);
+        this.size -= bytes;
+      }
     }
+  }
+
+  /** Deletes the least recently used entries until at most `target` bytes are kept. */
+  private evict(target: number): void {
+    const order = [...this.entries].sort((a, b) => a[1].used - b[1].used);
+    for (const [key, e] of order) {
+      if (this.size <= target) break;
+      if (!e.writing) this.drop(key);
+    }
+  }
+
+  /** A batch's tapped layers' quantized blocks (the payload's layer part, byte for byte as a forward encodes it) and the label-private last layer, from its sequences' blocks. */
+  assemble(blocks: SequenceBlocks[]): { layers: Buffer; last?: Float32Array } {
+    const parts = Array.from({ length: this.nLayers }, (_, l) => [...blocks.map((b) => b.scales[l]!), ...blocks.map((b) => b.values[l]!)]).flat();
+    let last: Float32Array | undefined;
+    if (this.keepLast) {
+      last = new Float32Array(blocks.reduce((a, b) => a + b.last!.length, 0) / 4);
+      const out = new Uint8Array(last.buffer);
+      let at = 0;
+      for (const b of blocks) {
+        out.set(b.last!, at);
+        at += b.last!.length;
+      }
+    }
+    return { layers: Buffer.concat(parts), last };
   }
 
   /** Bytes kept on disk. */
@@ -187,31 +241,30 @@ export class ActivationCache {
     return this.size;
   }
 
-  /** Deletes the cache's folder. */
-  remove(): void {
-    fs.rmSync(this.dir, { recursive: true, force: true });
+  /** Entries kept. */
+  get count(): number {
+    return this.entries.size;
   }
 }
 
-/** Deletes every job's activation cache in the device store; returns how many and their bytes. */
+/** Deletes the device store's activation caches (every model's, and any from earlier versions); returns how many folders and their bytes. */
 export function pruneActivationCaches(storeDir: string): { caches: number; bytes: number } {
   const root = path.join(storeDir, 'activations');
   let names: string[];
   try {
-    names = fs.readdirSync(root).filter((n) => UUID_PATTERN.test(n));
+    names = fs.readdirSync(root);
   } catch {
     return { caches: 0, bytes: 0 };
   }
   let bytes = 0;
   for (const n of names) {
-    for (const f of ['activations.bin', 'index.jsonl']) {
-      try {
-        bytes += fs.statSync(path.join(root, n, f)).size;
-      } catch {
-        // a cache that never stored anything
-      }
+    const dir = path.join(root, n);
+    try {
+      for (const f of fs.readdirSync(dir)) bytes += fs.statSync(path.join(dir, f)).size;
+    } catch {
+      // not a folder, or gone
     }
-    fs.rmSync(path.join(root, n), { recursive: true, force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
   }
   return { caches: names.length, bytes };
 }

@@ -3,8 +3,8 @@ import { encodePayloadSliced, labelsPayload } from '../../../common/batchPayload
 import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../model/Backbone';
 import type { DeviceHead } from '../model/DeviceHead';
-import { batchesPerEpoch, Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
-import { ActivationCache } from './ActivationCache';
+import { Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
+import { ActivationCache, activationCacheDir, sequenceKey } from './ActivationCache';
 import type { ServerConnection } from '../connection/ServerConnection';
 import { CreditWindow } from './CreditWindow';
 import type { JobContext } from './JobContext';
@@ -47,7 +47,7 @@ export class ActivationStream {
   /** Captured layers already encoded into a payload, for the next capture to write over. */
   private spare: Float32Array[] = [];
   readonly timings: StreamTimings = { deviceForwardSeconds: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
-  /** The job's activation cache on this computer, once the job has an id (useCache). */
+  /** The activation cache on this computer (useCache). */
   cache: ActivationCache | undefined;
 
   constructor(
@@ -65,28 +65,52 @@ export class ActivationStream {
     return this.config.bits;
   }
 
-  /** Keeps training sequences' activations in `dir` (up to `budgetBytes`) and takes later batches from there; a job of one epoch or less keeps none. */
-  useCache(dir: string, budgetBytes: number): void {
-    if (this.cache?.dir === dir || budgetBytes <= 0 || this.config.totalSteps <= batchesPerEpoch(this.data, this.config.batchSize)) return;
-    const d = this.backbone.info.hiddenSize;
-    this.cache = new ActivationCache(dir, budgetBytes, this.config.tappedLayers.length, d, this.bits, this.config.labelPrivate === true);
+  /**
+   * Keeps the activations of the sequences this job runs over in the device
+   * store's cache for this model, layers, bits and mode (up to `budgetBytes`
+   * for all jobs together), and takes every batch's kept sequences from there:
+   * later epochs, the held-out set's second evaluation and later jobs (an
+   * update's unchanged files) skip their forward pass.
+   */
+  async useCache(storeDir: string, fingerprint: string, budgetBytes: number): Promise<void> {
+    if (this.cache || budgetBytes <= 0) return;
+    const key = { fingerprint, tappedLayers: this.config.tappedLayers, bits: this.bits, keepLast: this.config.labelPrivate === true };
+    this.cache = await ActivationCache.open(activationCacheDir(storeDir, key), budgetBytes, this.config.tappedLayers.length, this.backbone.info.hiddenSize, this.bits, key.keepLast);
   }
 
-  /** Training batch `index`: from the cache when it holds every sequence of it, else by a forward (whose sequences the cache then keeps). */
-  private async trainBatch(index: number): Promise<EncodedBatch> {
+  /** Training batch `index`. */
+  private trainBatch(index: number): Promise<EncodedBatch> {
     const ids = trainBatchIndices(this.data, this.config.batchSize, index);
-    const split = splitInputsTargets(ids.map((i) => this.data.train[i]!), ids.map((i) => this.data.trainMasked[i]));
+    return this.batchOf(splitInputsTargets(ids.map((i) => this.data.train[i]!), ids.map((i) => this.data.trainMasked[i])), 'train');
+  }
+
+  /** A batch: its sequences the cache keeps from there, the others by a forward (and then kept). */
+  private async batchOf(split: ReturnType<typeof splitInputsTargets>, use: 'train' | 'eval'): Promise<EncodedBatch> {
+    const cache = this.cache;
+    if (!cache) return this.encodeBatch(split, use);
     const { inputs, targets, mask, rows } = split;
     const lengths = inputs.map((x) => x.length);
-    const got = this.cache?.batch(ids, lengths);
-    if (got) {
-      const labelPrivate = this.config.labelPrivate === true;
-      const payload = labelPrivate ? got.layers : Buffer.concat([got.layers, labelsPayload(targets, mask)]);
-      return { payload, rows, lengths, sequences: ids.length, kept: labelPrivate ? { last: got.last!, targets, mask } : undefined };
+    const keys = inputs.map(sequenceKey);
+    const blocks = await cache.lookup(keys, lengths);
+    const missing = blocks.flatMap((b, k) => (b ? [] : [k]));
+    const labelPrivate = this.config.labelPrivate === true;
+    if (missing.length > 0) {
+      const sub = missing.map((k) => inputs[k]!);
+      const cap = await this.backbone.capture(sub, this.config.tappedLayers, this.spare);
+      const t1 = process.hrtime.bigint();
+      const subLengths = sub.map((x) => x.length);
+      const layers = await encodePayloadSliced(cap.data, cap.lengths.reduce((a, b) => a + b, 0), cap.hiddenSize, this.bits);
+      const fresh = cache.cut(layers, subLengths, labelPrivate ? cap.data[cap.data.length - 1] : undefined);
+      this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
+      if (use === 'train') this.timings.deviceForwardSeconds += cap.forwardSeconds;
+      else this.timings.evalForwardSeconds += cap.forwardSeconds;
+      this.spare = cap.data; // cut copied what it kept: the next capture writes over all of it
+      await Promise.all(missing.map((k, j) => cache.store(keys[k]!, fresh[j]!)));
+      missing.forEach((k, j) => (blocks[k] = fresh[j]));
     }
-    const b = await this.encodeBatch(split, 'train');
-    this.cache?.store(ids, b.lengths, b.payload, b.kept?.last);
-    return b;
+    const got = cache.assemble(blocks.map((b) => b!));
+    const payload = labelPrivate ? got.layers : Buffer.concat([got.layers, labelsPayload(targets, mask)]);
+    return { payload, rows, lengths, sequences: inputs.length, kept: labelPrivate ? { last: got.last!, targets, mask } : undefined };
   }
 
   /** Runs the backbone over a batch's sequences (split into inputs and targets) with capture and encodes the batch payload. */
@@ -144,7 +168,7 @@ export class ActivationStream {
       this.ctx.checkCancelled();
       // Held-out batches take credits as training batches do: at most `credits` unanswered.
       if (i >= conn.welcome.credits) await pending[i - conn.welcome.credits];
-      const { payload, rows, lengths, kept } = await this.encodeBatch(splitInputsTargets(sequences.slice(i * B, (i + 1) * B)), 'eval');
+      const { payload, rows, lengths, kept } = await this.batchOf(splitInputsTargets(sequences.slice(i * B, (i + 1) * B)), 'eval');
       if (kept) {
         // Label-private: the server sends the side output; the loss is computed here.
         const side = conn.expect('eval/side', (m) => m.evalId === evalId && m.index === i, jobId);

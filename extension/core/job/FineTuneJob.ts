@@ -2,7 +2,6 @@ import * as path from 'node:path';
 import { jobShape } from '../../../common/AdapterConfig';
 import { jobConfigProblem } from '../../../common/jobConfigProblem';
 import { JOB_SETTING_NAMES, ResolvedJobSettings } from '../../../common/jobSettings';
-import { activationCacheDir } from './ActivationCache';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../store/AdapterStore';
 import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
@@ -48,8 +47,8 @@ export interface FineTuneResult {
   bytesPerToken: number;
   config: JobConfig;
   scan: ScanReport;
-  /** The activation cache's use: training batches taken from it, computed, and damaged entries found. */
-  cache?: { hits: number; misses: number; damaged: number };
+  /** The activation cache's use: batches (training and held-out) wholly from it and not, damaged entries found, and sequences from it and computed. */
+  cache?: { hits: number; misses: number; damaged: number; sequenceHits: number; sequenceMisses: number };
   /** Label-private: tokens whose gradient took the head's dense product over the whole vocabulary, of all with a gradient. */
   head?: { denseTokens: number; gradientTokens: number };
 }
@@ -184,8 +183,7 @@ export class FineTuneJob {
       );
       const wallSeconds = (Date.now() - started) / 1000;
       const cache = work.stream.cache;
-      if (cache) this.ctx.log(`activation cache: ${cache.hits} batches from it, ${cache.misses} computed, ${cache.damaged} damaged entries dropped; deleted`);
-      cache?.remove(); // a finished job needs no activations; a stopped one keeps them for its resume
+      if (cache) this.ctx.log(`activation cache: ${cache.sequenceHits} sequences from it, ${cache.sequenceMisses} computed, ${cache.damaged} damaged entries dropped; ${cache.count} kept (${cache.bytes} bytes)`);
       this.setPhase('done');
       const p = this.progress.current;
       return {
@@ -205,7 +203,7 @@ export class FineTuneJob {
         bytesPerToken: p.tokensDone > 0 ? p.bytesSent / p.tokensDone : 0,
         config: work.config,
         scan: work.scan,
-        cache: cache && { hits: cache.hits, misses: cache.misses, damaged: cache.damaged },
+        cache: cache && { hits: cache.hits, misses: cache.misses, damaged: cache.damaged, sequenceHits: cache.sequenceHits, sequenceMisses: cache.sequenceMisses },
         head: this.head && { ...this.head.counts },
       };
     } catch (err) {
@@ -277,7 +275,9 @@ export class FineTuneJob {
     }
     // Label-private: the model's own head runs here (loaded once per job).
     this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.normEpsilon, this.o.threads) : undefined;
-    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, start, stream: new ActivationStream(backbone, data, config, this.ctx, this.head) };
+    const stream = new ActivationStream(backbone, data, config, this.ctx, this.head);
+    await stream.useCache(this.o.storeDir, fingerprint, this.o.activationCacheGiB * 2 ** 30);
+    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, start, stream };
     this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${config.totalSteps} steps`);
     return this.work;
   }
@@ -333,7 +333,6 @@ export class FineTuneJob {
       this.saveRecord();
     }
     const jobId = ready.jobId;
-    work.stream.useCache(activationCacheDir(this.o.storeDir, jobId), this.o.activationCacheGiB * 2 ** 30);
     this.progress.setStep(ready.step);
     if (ready.state !== 'finished') {
       if (this.before === undefined) {

@@ -20,6 +20,8 @@ export interface DatasetOptions {
   fimRate?: number;
   /** Context from other training files before a share of the training sequences, as completions put it. Default: none. */
   context?: TrainingContext;
+  /** The paths held out, when the split was made over more files than these (an update's: the whole workspace's split). Default: heldOutFiles of these. */
+  heldOut?: ReadonlySet<string>;
 }
 
 /**
@@ -90,6 +92,12 @@ function heldOutRank(path: string, seed: number): number {
   return createHash('sha256').update(`${seed}:${path}`).digest().readUInt32BE(0) / 2 ** 32;
 }
 
+/** A generator seeded by `seed` and a sequence's tokens. */
+function sequenceRandom(seed: number, seq: Int32Array): SeededRandom {
+  const h = createHash('sha256').update(`${seed}:`).update(new Uint8Array(seq.buffer, seq.byteOffset, seq.byteLength)).digest();
+  return new SeededRandom(h.readUInt32BE(0));
+}
+
 /** The files the split holds out (deterministic: a seeded hash of each path; at least one, never all). */
 export function heldOutFiles<F extends { path: string }>(files: F[], options: Pick<DatasetOptions, 'seed' | 'heldOutFraction'> = {}): F[] {
   const seed = options.seed ?? 1;
@@ -118,7 +126,7 @@ function* datasetSteps(files: ScannedFile[], tokenize: (text: string) => Int32Ar
   if (files.length < 2) {
     throw new MobiError('EMPTY_WORKSPACE', `The workspace has ${files.length} usable source file(s); at least 2 are needed (one is held out to measure progress).`);
   }
-  const held = new Set(heldOutFiles(files, options).map((f) => f.path));
+  const held = options.heldOut ?? new Set(heldOutFiles(files, options).map((f) => f.path));
   const context = options.context && options.context.rate > 0 && options.context.maxTokens > 0 ? options.context : undefined;
   const ctxRng = new SeededRandom(seed ^ 0xc0c0);
   // A file's sequences; a pause after each one given context (retrieval and tokenization), and after the file.
@@ -161,15 +169,16 @@ function* datasetSteps(files: ScannedFile[], tokenize: (text: string) => Int32Ar
   const fim = options.fim;
   const fimed = new Set<number>();
   if (fim) {
-    const rng = new SeededRandom(seed ^ 0xf1f1);
     const rate = options.fimRate ?? 0.5;
     for (let i = 0; i < train.length; i++) {
+      // Seeded by the sequence's own tokens: the same code takes the same form in every job (an update's cached activations match).
+      const rng = sequenceRandom(seed ^ 0xf1f1, train[i]!);
       if (rng.next() < rate && train[i]!.length > 3) {
         train[i] = fimTransform(train[i]!, fim, rng);
         fimed.add(i);
       }
     }
-    heldOutFim = heldOut.filter((s) => s.length > 3).map((s) => fimTransform(s, fim, rng));
+    heldOutFim = heldOut.filter((s) => s.length > 3).map((s) => fimTransform(s, fim, sequenceRandom(seed ^ 0xf2f2, s)));
   }
   const trainMasked: ([number, number] | undefined)[] = train.map(() => undefined);
   for (const [i, { ctx }] of trainParts.entries()) {
@@ -183,7 +192,8 @@ function* datasetSteps(files: ScannedFile[], tokenize: (text: string) => Int32Ar
     trainMasked[i] = [0, ctx.length];
   }
   const trainTokens = train.reduce((a, s, i) => a + s.length - 1 - (trainMasked[i] ? trainMasked[i]![1] - trainMasked[i]![0] : 0), 0);
-  return { train, trainMasked, heldOut, heldOutFim, trainFiles: files.length - held.size, heldOutFiles: held.size, trainTokens, seqLen, seed };
+  const nHeld = files.filter((f) => held.has(f.path)).length;
+  return { train, trainMasked, heldOut, heldOutFim, trainFiles: files.length - nHeld, heldOutFiles: nHeld, trainTokens, seqLen, seed };
 }
 
 /** Which training sequences (indices into data.train) make batch `index` (epochs reshuffle with seed + epoch; the order is the same on every run). */
