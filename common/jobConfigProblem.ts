@@ -45,6 +45,7 @@ export function jobConfigProblem(
   const values = Object.fromEntries(Object.entries(WIRE_FIELD_SETTING).map(([field, setting]) => [setting, c[field as keyof typeof WIRE_FIELD_SETTING]]));
   const problem = settingsProblem(JOB_SETTINGS, values, nameOf) ?? settingRulesProblem(c, nameOf);
   if (problem) return problem;
+  if (c.initFromBackbone && c.initFromAdapter) return { name: nameOf('initFromBackbone'), message: 'a job starts from the backbone\'s weights or from an earlier adapter, not both.' };
   const L = model.layers;
   const d = model.hiddenSize;
   const t = c.tappedLayers;

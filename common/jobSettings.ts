@@ -82,6 +82,18 @@ export const JOB_SETTINGS = {
     kind: 'number', min: 0, max: 1024, default: 4, flag: '--activation-cache', key: 'activationCacheGiB',
     doc: 'Disk on this computer (GiB) for the activations of the sequences fine-tuned on, kept across jobs (the least recently used go first), so later epochs and updates skip the model\'s forward pass for code they have seen (0: off).',
   },
+  update: {
+    kind: 'boolean', flag: '--update',
+    doc: 'Update the workspace\'s last adapter for this model: start from it and train on the files changed since it was made, with a replay share of the others (none yet: a full job).',
+  },
+  replayShare: {
+    kind: 'number', min: 0, max: 1, default: 0.2, flag: '--replay', key: 'update.replayShare',
+    doc: 'In an update, the share of the unchanged files trained on again beside the changed ones, so the adapter does not forget them.',
+  },
+  timeBudget: {
+    kind: 'int', min: 10, max: 604_800, flag: '--time-budget', key: 'update.timeBudgetSeconds',
+    doc: 'Most seconds of training in an update: the changed files first, then as much replay as fits (unset: no limit).',
+  },
   initFromBackbone: {
     kind: 'boolean', flag: '--init-from-backbone',
     doc: 'Start the side network from a reduced copy of the model\'s own weights, computed here (default: from random values, which trained better on the quality benchmark).',

@@ -61,6 +61,12 @@ export const JobConfigSchema = {
    * parameters of backboneInitNames in order); otherwise from seeded random values.
    */
   initFromBackbone: 'boolean?',
+  /**
+   * An update: the side network (and head update) start from the device's
+   * earlier adapter, sent as job/create's payload (float32 LE, every
+   * parameter of parameterNames in order).
+   */
+  initFromAdapter: 'boolean?',
 } as const satisfies Schema;
 export type JobConfig = Fields<typeof JobConfigSchema>;
 export type ModelSpec = Fields<typeof ModelSpec>;

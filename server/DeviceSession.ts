@@ -1,5 +1,5 @@
 import { WebSocket } from 'ws';
-import { backboneInitNames, jobShape, parameterSize, SideNetworkShape } from '../common/AdapterConfig';
+import { backboneInitNames, jobShape, parameterNames, parameterSize, SideNetworkShape } from '../common/AdapterConfig';
 import { decodeDeviceFrame, encodeFrame } from '../common/codec';
 import { jobConfigProblem } from '../common/jobConfigProblem';
 import { ADAPTER_CHUNK_BYTES, CloseCode, MAX_SEND_BUFFER_BYTES, PROTOCOL_VERSION } from '../common/limits';
@@ -215,13 +215,17 @@ export class DeviceSession implements BatchSession, JobOwner {
     if (problem) throw new WireError('BAD_FRAME', problem.message);
   }
 
-  /** A job/create payload: nothing, or (initFromBackbone) the starting values of backboneInitNames, float32 LE in that order. */
+  /**
+   * A job/create payload: nothing, or the starting values, float32 LE in
+   * order: of backboneInitNames (initFromBackbone), or of every parameter
+   * (initFromAdapter: an update from the device's earlier adapter).
+   */
   private startValuesOf(c: JobConfig, shape: SideNetworkShape, payload: Buffer): Map<string, Float32Array> | undefined {
-    if (!c.initFromBackbone) {
-      if (payload.length > 0) throw new WireError('BAD_FRAME', 'job/create carries starting values only with initFromBackbone');
+    if (!c.initFromBackbone && !c.initFromAdapter) {
+      if (payload.length > 0) throw new WireError('BAD_FRAME', 'job/create carries starting values only with initFromBackbone or initFromAdapter');
       return undefined;
     }
-    const names = backboneInitNames(shape);
+    const names = c.initFromAdapter ? parameterNames(shape) : backboneInitNames(shape);
     const sizes = names.map((n) => parameterSize(shape, n));
     if (payload.length !== 4 * sizes.reduce((a, b) => a + b, 0)) throw new WireError('BAD_FRAME', 'the starting values do not fit the side network');
     const all = new Float32Array(payload.buffer.slice(payload.byteOffset, payload.byteOffset + payload.length));

@@ -103,6 +103,9 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
           if (o.server) display.message(confirmPrivacyLine(serverPlace(o.server, settings.labelPrivate), settings));
           return true;
         },
+        onUpdatePlan: (u) => display.message('none' in u
+          ? `update: ${u.none}; this is a full fine-tune`
+          : `update of the adapter of ${u.since.slice(0, 16).replace('T', ' ')}: ${u.changed} changed files, ${u.replayed} of ${u.unchanged} unchanged ones replayed, ${u.deleted} deleted`),
         onProgress: (p) => {
           if (p.jobId && p.jobId !== jobId) {
             jobId = p.jobId;
@@ -117,6 +120,10 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
       } catch (err) {
         display.stop();
         const e = MobiError.from(err);
+        if (e.code === 'UP_TO_DATE') {
+          process.stdout.write(`${o.json ? JSON.stringify({ upToDate: true, message: e.message }) : e.message}\n`);
+          return;
+        }
         if (jobId && e.code !== 'BAD_ARGUMENT' && e.code !== 'MODEL_MISMATCH') {
           throw new MobiError(e.code, `${e.message}\nJob ${jobId} keeps its last checkpoint; resume it with: ${resumeCommand(jobId, o.store)}`, { cause: err });
         }

@@ -45,6 +45,7 @@ export const ERROR_CODES = [
   'JOB_MOVED',
   'STORE_UNAVAILABLE',
   'LOCAL_SERVER_STOPPED',
+  'UP_TO_DATE',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -12,8 +12,9 @@ import { MobiError } from '../MobiError';
 
 /** Where the device's time goes, in seconds (summed over the job). */
 export interface StreamTimings {
-  /** Backbone forwards of training batches. */
+  /** Backbone forwards of training batches, and their tokens. */
   deviceForwardSeconds: number;
+  deviceForwardTokens: number;
   /** Backbone forwards of held-out batches. */
   evalForwardSeconds: number;
   quantizeSeconds: number;
@@ -46,7 +47,9 @@ interface EncodedBatch {
 export class ActivationStream {
   /** Captured layers already encoded into a payload, for the next capture to write over. */
   private spare: Float32Array[] = [];
-  readonly timings: StreamTimings = { deviceForwardSeconds: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
+  readonly timings: StreamTimings = { deviceForwardSeconds: 0, deviceForwardTokens: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
+  /** Date.now() after which no more training batch is sent (an update's time budget); the job then evaluates and finishes. */
+  stopAt: number | undefined;
   /** The activation cache on this computer (useCache). */
   cache: ActivationCache | undefined;
 
@@ -102,8 +105,10 @@ export class ActivationStream {
       const layers = await encodePayloadSliced(cap.data, cap.lengths.reduce((a, b) => a + b, 0), cap.hiddenSize, this.bits);
       const fresh = cache.cut(layers, subLengths, labelPrivate ? cap.data[cap.data.length - 1] : undefined);
       this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
-      if (use === 'train') this.timings.deviceForwardSeconds += cap.forwardSeconds;
-      else this.timings.evalForwardSeconds += cap.forwardSeconds;
+      if (use === 'train') {
+        this.timings.deviceForwardSeconds += cap.forwardSeconds;
+        this.timings.deviceForwardTokens += subLengths.reduce((a, b) => a + b, 0);
+      } else this.timings.evalForwardSeconds += cap.forwardSeconds;
       this.spare = cap.data; // cut copied what it kept: the next capture writes over all of it
       await Promise.all(missing.map((k, j) => cache.store(keys[k]!, fresh[j]!)));
       missing.forEach((k, j) => (blocks[k] = fresh[j]));
@@ -121,8 +126,10 @@ export class ActivationStream {
     const labelPrivate = this.config.labelPrivate === true;
     // Quantized a layer at a time, the event loop free between layers (the extension host's thread).
     const payload = await encodePayloadSliced(cap.data, rows, cap.hiddenSize, this.bits, labelPrivate ? undefined : { targets, mask });
-    if (use === 'train') this.timings.deviceForwardSeconds += cap.forwardSeconds;
-    else this.timings.evalForwardSeconds += cap.forwardSeconds;
+    if (use === 'train') {
+      this.timings.deviceForwardSeconds += cap.forwardSeconds;
+      this.timings.deviceForwardTokens += rows;
+    } else this.timings.evalForwardSeconds += cap.forwardSeconds;
     this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
     const kept = labelPrivate ? { last: cap.data[cap.data.length - 1]!, targets, mask } : undefined;
     // The layers are in the payload now: the next capture writes over them (label-private keeps the last one for the loss).
@@ -218,6 +225,10 @@ export class ActivationStream {
       let pending = next < total ? forward(next) : undefined;
       while (next < total) {
         this.ctx.checkCancelled();
+        if (this.stopAt !== undefined && Date.now() > this.stopAt) {
+          this.ctx.log(`time budget spent after ${next} of ${total} batches`);
+          break;
+        }
         const { payload, rows, lengths, sequences, kept } = await pending!;
         // Start the backbone on the next batch now: it runs on a worker thread
         // while this batch waits for credit and the server trains.

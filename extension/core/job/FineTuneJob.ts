@@ -1,13 +1,15 @@
 import * as path from 'node:path';
 import { jobShape } from '../../../common/AdapterConfig';
 import { jobConfigProblem } from '../../../common/jobConfigProblem';
-import { JOB_SETTING_NAMES, ResolvedJobSettings } from '../../../common/jobSettings';
+import type { ResolvedJobSettings } from '../../../common/jobSettings';
 import type { JobConfig, ModelSpec, ServerMessage } from '../../../common/messages';
 import { AdapterStore } from '../store/AdapterStore';
 import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
-import { maxAdapterBytes } from '../../../common/AdapterFile';
+import { maxAdapterBytes, maxAdapterBytesFor } from '../../../common/AdapterFile';
 import { Backbone } from '../model/Backbone';
-import { batchesPerEpoch, buildDatasetAsync, Dataset } from '../workspace/dataset';
+import { batchesPerEpoch, buildDatasetAsync, Dataset, firstTrainSequences } from '../workspace/dataset';
+import { fileDigests, prepareUpdate } from './updatePlan';
+import { newJobConfig } from './newJobConfig';
 import { trainingContextOf } from './trainingContext';
 import { EmbeddedServerKeeper } from '../connection/EmbeddedServer';
 import { MobiError } from '../MobiError';
@@ -15,10 +17,10 @@ import { modelFingerprint } from '../model/modelFingerprint';
 import { ScanReport, scanWorkspaceAsync } from '../workspace/scanWorkspace';
 import { ServerConnection } from '../connection/ServerConnection';
 import { ActivationStream, StreamTimings } from './ActivationStream';
-import { FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, tunedSettings } from './FineTuneOptions';
+import { adoptRecord, FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, tunedSettings } from './FineTuneOptions';
 import type { JobContext } from './JobContext';
 import { JobPhase, ProgressTracker } from './JobProgress';
-import { JobRecord, JobRecordStore } from './JobRecordStore';
+import { JobRecordStore } from './JobRecordStore';
 import { followable, ReconnectPolicy, sleep } from './ReconnectPolicy';
 import { headDigest } from './headContent';
 import { uploadHead } from './uploadHead';
@@ -26,6 +28,7 @@ import { DeviceHead } from '../model/DeviceHead';
 import { backboneInit } from './backboneInit';
 
 export type { FineTuneOptions } from './FineTuneOptions';
+export { tappedLayers } from './newJobConfig';
 export type { JobPhase, JobProgress } from './JobProgress';
 
 export interface FineTuneResult {
@@ -68,6 +71,10 @@ interface Workload {
   /** A new job's starting values from the backbone (config.initFromBackbone), sent with job/create. */
   start?: Float32Array;
   stream: ActivationStream;
+  /** The files' digests, kept with the adapter (what an update compares with). */
+  digests: Record<string, string>;
+  /** An update: the job of the adapter it starts from. */
+  updateOf?: string;
 }
 
 /**
@@ -109,7 +116,8 @@ export class FineTuneJob {
     this.o = resolveFineTuneOptions(given);
     this.records = new JobRecordStore(this.o.storeDir);
     this.progress = new ProgressTracker(
-      { bytesSent: () => this.bytesSentBefore + (this.conn?.bytesSent ?? 0), deviceForwardSeconds: () => this.work?.stream.timings.deviceForwardSeconds ?? 0 },
+      { bytesSent: () => this.bytesSentBefore + (this.conn?.bytesSent ?? 0), deviceForwardSeconds: () => this.work?.stream.timings.deviceForwardSeconds ?? 0,
+        deviceForwardTokens: () => this.work?.stream.timings.deviceForwardTokens ?? 0 },
       this.o.onProgress,
     );
     this.ctx = {
@@ -146,24 +154,6 @@ export class FineTuneJob {
     } catch (err) {
       this.ctx.log(`could not update the job record (${MobiError.from(err).code})`);
     }
-  }
-
-  /**
-   * A resumed job keeps every setting it was created with: its record's
-   * settings replace the defaults, and a setting given now that differs is a
-   * BAD_ARGUMENT (dropping it resumes the job as it was).
-   */
-  private adoptRecord(rec: JobRecord): void {
-    for (const k of JOB_SETTING_NAMES) {
-      const mine = this.given[k];
-      const theirs = rec.settings?.[k];
-      if (mine !== undefined && theirs !== undefined && mine !== theirs) {
-        const name = this.given.describeOption?.(k) ?? k;
-        throw new MobiError('BAD_ARGUMENT', `${name} is ${String(theirs)} for job ${rec.jobId}; a resumed job keeps the settings it was created with (leave ${name} out to resume it).`);
-      }
-    }
-    // A record without the mode is from before label-private was the default with a team server: the standard mode.
-    Object.assign(this.o, { labelPrivate: false }, rec.settings ?? {});
   }
 
   async run(): Promise<FineTuneResult> {
@@ -211,7 +201,7 @@ export class FineTuneJob {
       if (e.code === 'CANCELLED') {
         await this.cancelOnServer();
         this.setPhase('cancelled');
-      } else {
+      } else if (e.code !== 'UP_TO_DATE') {
         this.setPhase('failed');
       }
       throw e;
@@ -226,7 +216,7 @@ export class FineTuneJob {
   /** Scans and confirms, loads the backbone, tokenizes and splits, and settles the job's config (or the resumed job's record). */
   private async setUp(): Promise<Workload> {
     const resumed = this.o.resumeJobId ? this.records.load(this.o.resumeJobId) : undefined;
-    if (resumed) this.adoptRecord(resumed);
+    if (resumed) adoptRecord(this.given, this.o, resumed);
     const settings = tunedSettings(this.o) as ResolvedJobSettings;
     this.progress.setSettings(settings);
     this.setPhase('scanning');
@@ -237,36 +227,39 @@ export class FineTuneJob {
     }
     if (this.o.confirm && !(await this.o.confirm(scan, settings))) throw new MobiError('CANCELLED', 'Fine-tuning was cancelled before it started.');
     this.ctx.checkCancelled();
-    const { seqLen, batchSize } = this.o;
-    const backbone = await Backbone.open(this.o.model, { contextSize: seqLen * batchSize, maxSequences: batchSize, threads: this.o.threads });
-    this.backbone = backbone;
+    let backbone = await this.openBackbone();
     const fingerprint = await modelFingerprint(backbone.info.path);
     const digest = await headDigest(backbone, fingerprint, this.o.storeDir);
+    // An update: the files changed since the workspace's adapter, and that adapter's weights to start from.
+    const update = this.o.update ? await prepareUpdate(new AdapterStore(this.o.storeDir).find(this.o.workspace, fingerprint), scan.files, {
+      fingerprint, model: backbone.info, maxBytes: maxAdapterBytesFor(backbone.info), resumed: resumed !== undefined, headRankName: this.given.describeOption?.('headRank') ?? 'headRank',
+    }, this.o) : undefined;
+    if (update) this.o.onUpdatePlan?.('none' in update ? { none: update.none } : { changed: update.plan.changed, replayed: update.plan.replayed, unchanged: update.plan.unchanged, deleted: update.plan.deleted, since: update.from.meta.createdAt });
+    const plan = update && !('none' in update) ? update : undefined;
+    const adopted = plan?.start?.config;
+    if (adopted && (adopted.seqLen !== this.o.seqLen || adopted.batchSize !== this.o.batchSize || adopted.seed !== this.o.seed)) {
+      // An update keeps its adapter's sequences and split.
+      Object.assign(this.o, { seqLen: adopted.seqLen, batchSize: adopted.batchSize, seed: adopted.seed });
+      backbone.dispose();
+      backbone = await this.openBackbone();
+    }
+    const { seqLen, batchSize } = this.o;
+    const info = backbone.info;
     const { fimPre, fimSuf, fimMid } = backbone.nativeInfo;
-    const vocab = backbone.info.vocabularySize;
+    const vocab = info.vocabularySize;
     const fim = [fimPre, fimSuf, fimMid].every((t) => t >= 0 && t < vocab) ? { pre: fimPre, suf: fimSuf, mid: fimMid } : undefined;
-    const data = await buildDatasetAsync(scan.files, (text) => backbone.tokenize(text), {
-      seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences, fim, fimRate: this.o.fimRate,
+    let data = await buildDatasetAsync(plan?.plan.files ?? scan.files, (text) => backbone.tokenize(text), {
+      seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences, fim, fimRate: this.o.fimRate, heldOut: plan?.plan.heldOut,
       context: await trainingContextOf(backbone, this.o.workspace, scan.files, this.o, seqLen),
     });
-    const L = backbone.info.layers;
-    if (this.o.skipLayers < 0 || this.o.skipLayers >= L) throw new MobiError('BAD_ARGUMENT', `skipLayers must be between 0 and ${L - 1}.`);
-    const totalSteps = this.o.steps ?? this.o.epochs * batchesPerEpoch(data, batchSize);
-    if (!Number.isInteger(totalSteps) || totalSteps < 1) throw new MobiError('BAD_ARGUMENT', 'The number of steps must be a positive integer.');
-    const config: JobConfig = resumed?.config ?? {
-      tappedLayers: tappedLayers(L, this.o.skipLayers, this.o.tapEvery),
-      reduction: this.o.reduction, bits: this.o.bits, seqLen, batchSize, totalSteps,
-      learningRate: this.o.learningRate, warmupSteps: Math.max(1, Math.min(20, Math.floor(totalSteps / 10))), seed: this.o.seed,
-      checkpointEvery: this.o.checkpointEvery,
-      ...(this.o.labelPrivate ? { labelPrivate: true } : {}),
-      ...(this.o.sideNetwork === 2 ? { sideNetwork: 2 } : {}),
-      ...(this.o.joinAfterNorm ? { joinAfterNorm: true } : {}),
-      ...(this.o.headRank > 0 ? { headRank: this.o.headRank } : {}),
-    };
+    const perStep = plan?.from.meta.trainSecondsPerStep;
+    // Within a time budget: the training sequences that fit at the adapter's pace (the changed files' come first).
+    if (plan && this.o.timeBudget !== undefined && perStep) data = firstTrainSequences(data, Math.max(batchSize, Math.floor(this.o.timeBudget / perStep) * batchSize));
+    const config: JobConfig = resumed?.config ?? newJobConfig(this.o, info.layers, batchesPerEpoch(data, batchSize), plan?.start?.config);
     const problem = resumed ? undefined : jobConfigProblem(config, backbone.info, (k) => this.o.describeOption?.(k) ?? k);
     if (problem) throw new MobiError('BAD_ARGUMENT', problem.message);
-    const start = resumed ? undefined : await this.startValues(backbone, config);
-    if (start) config.initFromBackbone = true;
+    const start = resumed ? undefined : plan?.start?.values ?? (await this.startValues(backbone, config));
+    if (start && !plan) config.initFromBackbone = true;
     this.progress.setTotalSteps(config.totalSteps);
     if (resumed) {
       if (resumed.fingerprint !== fingerprint) throw new MobiError('MODEL_MISMATCH', 'The job was started with a different model file; select that model to resume it.');
@@ -277,9 +270,15 @@ export class FineTuneJob {
     this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.normEpsilon, this.o.threads) : undefined;
     const stream = new ActivationStream(backbone, data, config, this.ctx, this.head);
     await stream.useCache(this.o.storeDir, fingerprint, this.o.activationCacheGiB * 2 ** 30);
-    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, start, stream };
+    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, start, stream, digests: fileDigests(scan.files), updateOf: plan?.from.meta.jobId };
     this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${config.totalSteps} steps`);
     return this.work;
+  }
+
+  private async openBackbone(): Promise<Backbone> {
+    const { seqLen, batchSize } = this.o;
+    this.backbone = await Backbone.open(this.o.model, { contextSize: seqLen * batchSize, maxSequences: batchSize, threads: this.o.threads });
+    return this.backbone;
   }
 
   /**
@@ -341,6 +340,7 @@ export class FineTuneJob {
         this.saveRecord();
       }
       this.progress.startTraining();
+      if (this.o.update && this.o.timeBudget !== undefined) work.stream.stopAt ??= Date.now() + this.o.timeBudget * 1000;
       await work.stream.train(
         conn, jobId, ready.nextIndex,
         (sequences, rows) => this.progress.batchSent(sequences, rows),
@@ -370,6 +370,8 @@ export class FineTuneJob {
     const stored = await new AdapterStore(this.o.storeDir).save(payload, {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
       steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,
+      files: work.digests, updateOf: work.updateOf,
+      trainSecondsPerStep: this.progress.current.step > 0 ? work.stream.timings.trainWallSeconds / this.progress.current.step : undefined,
     });
     partial.remove();
     this.adapterPath = stored.file;
@@ -387,11 +389,4 @@ export class FineTuneJob {
       // The server keeps its last checkpoint either way.
     }
   }
-}
-
-/** Layers skip..L-1, every `every`-th counting down from the last (which is always tapped). */
-export function tappedLayers(L: number, skip: number, every: number): number[] {
-  const out: number[] = [];
-  for (let layer = L - 1; layer >= skip; layer -= every) out.unshift(layer);
-  return out;
 }

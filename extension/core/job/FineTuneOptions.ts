@@ -4,6 +4,7 @@ import { defaultStoreDir } from '../store/defaultStoreDir';
 import { MobiError } from '../MobiError';
 import type { ScanOptions, ScanReport } from '../workspace/scanWorkspace';
 import type { JobProgress } from './JobProgress';
+import type { JobRecord } from './JobRecordStore';
 
 /**
  * Options of a fine-tuning job. Every field has a default a newcomer can keep;
@@ -33,6 +34,8 @@ export interface FineTuneOptions extends JobSettings {
   onProgress?: (p: JobProgress) => void;
   /** Sees every frame this device sends, byte for byte (auditing what crosses the wire). Default: nothing. */
   onFrameSent?: (frame: Uint8Array) => void;
+  /** An update (`update`): what it trains on, or why it is a full job. Default: nothing. */
+  onUpdatePlan?: (plan: UpdateSummary) => void;
   /** Writes one line per event (numbers only, never source text). Default: nothing. */
   log?: (line: string) => void;
   /** Cancels the job. Default: never. */
@@ -40,6 +43,9 @@ export interface FineTuneOptions extends JobSettings {
   /** How the host names an option in messages (the CLI: its flag). Default: the option's name. */
   describeOption?: (name: JobSettingName) => string;
 }
+
+/** What an update trains on (files counted), since its adapter's date; or why it is a full job. */
+export type UpdateSummary = { changed: number; replayed: number; unchanged: number; deleted: number; since: string } | { none: string };
 
 /**
  * Checks every setting that is given against its row, once, before any work:
@@ -80,4 +86,22 @@ export function resolveFineTuneOptions(options: FineTuneOptions): ResolvedFineTu
   const resolved = { ...JOB_DEFAULTS, ...HOST_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), ...given, labelPrivate, headRank };
   checkFineTuneOptions(resolved); // each given value against its row, and the rules between settings with the defaults applied
   return resolved;
+}
+
+/**
+ * A resumed job keeps every setting it was created with: its record's
+ * settings replace the defaults in `o`, and a setting `given` now that
+ * differs is a BAD_ARGUMENT (dropping it resumes the job as it was).
+ */
+export function adoptRecord(given: FineTuneOptions, o: ResolvedFineTuneOptions, rec: Pick<JobRecord, 'jobId' | 'settings'>): void {
+  for (const k of JOB_SETTING_NAMES) {
+    const mine = given[k];
+    const theirs = rec.settings?.[k];
+    if (mine !== undefined && theirs !== undefined && mine !== theirs) {
+      const name = given.describeOption?.(k) ?? k;
+      throw new MobiError('BAD_ARGUMENT', `${name} is ${String(theirs)} for job ${rec.jobId}; a resumed job keeps the settings it was created with (leave ${name} out to resume it).`);
+    }
+  }
+  // A record without the mode is from before label-private was the default with a team server: the standard mode.
+  Object.assign(o, { labelPrivate: false }, rec.settings ?? {});
 }

@@ -30,8 +30,9 @@ export interface JobProgress {
 export interface ProgressSources {
   /** Bytes this job has sent so far, over every connection. */
   bytesSent(): number;
-  /** Seconds the backbone has spent on training forwards. */
+  /** Seconds the backbone has spent on training forwards, and the tokens it ran (sequences from the activation cache are not run). */
   deviceForwardSeconds(): number;
+  deviceForwardTokens(): number;
 }
 
 /**
@@ -119,7 +120,7 @@ export class ProgressTracker {
     p.bytesSent = this.sources.bytesSent();
     p.deviceRssBytes = process.memoryUsage().rss;
     const forward = this.sources.deviceForwardSeconds();
-    p.deviceTokensPerSecond = forward > 0 ? p.tokensDone / forward : 0;
+    p.deviceTokensPerSecond = forward > 0 ? this.sources.deviceForwardTokens() / forward : 0;
     const done = p.step - this.stepsAtTrainStart;
     if (p.phase === 'training' && done > 0) {
       p.etaSeconds = ((this.now() - this.trainStartedAt) / 1000 / done) * (p.totalSteps - p.step);

@@ -13,6 +13,12 @@ export interface AdapterMetadata {
   steps: number;
   heldOutLossBefore: number;
   heldOutLossAfter: number;
+  /** The workspace's files when the adapter was made: path → content digest (updatePlan.ts); what an update compares with. */
+  files?: Record<string, string>;
+  /** Seconds of training per step, for an update's time budget. */
+  trainSecondsPerStep?: number;
+  /** The job of the adapter this one updated. */
+  updateOf?: string;
 }
 
 /** Trained adapters on the device: `<store>/adapters/<workspace hash>/<model fingerprint>/`. */

@@ -21,6 +21,7 @@ export function actionsFor(code: ErrorCode): ErrorAction[] {
     case 'BAD_ARGUMENT':
       return ['Open Settings', 'Show Logs'];
     case 'CANCELLED':
+    case 'UP_TO_DATE':
       return [];
     default:
       return ['Show Logs', 'Retry'];

@@ -214,6 +214,15 @@ export function batchesPerEpoch(data: Dataset, batchSize: number): number {
   return Math.ceil(data.train.length / batchSize);
 }
 
+/** The dataset with its first `n` training sequences only (an update within a time budget: the changed files' come first). */
+export function firstTrainSequences(data: Dataset, n: number): Dataset {
+  if (n >= data.train.length) return data;
+  const train = data.train.slice(0, n);
+  const trainMasked = data.trainMasked.slice(0, n);
+  const trainTokens = train.reduce((a, s, i) => a + s.length - 1 - (trainMasked[i] ? trainMasked[i]![1] - trainMasked[i]![0] : 0), 0);
+  return { ...data, train, trainMasked, trainTokens };
+}
+
 /** Inputs (all but the last token), next-token targets and mask of a list of sequences; `masked[i]`: sequence i's target rows [from, to) not trained on. */
 export function splitInputsTargets(seqs: Int32Array[], masked: ([number, number] | undefined)[] = []): { inputs: Int32Array[]; targets: Int32Array; mask: Uint8Array; rows: number } {
   const rows = seqs.reduce((a, s) => a + s.length - 1, 0);

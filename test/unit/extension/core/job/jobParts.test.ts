@@ -113,7 +113,7 @@ describe('device job parts', () => {
     it('reports phase, counters and an ETA from the pace since training (re)started', () => {
       let now = 1_000_000;
       const seen: JobProgress[] = [];
-      const t = new ProgressTracker({ bytesSent: () => 4096, deviceForwardSeconds: () => 2 }, (p) => seen.push(p), () => now);
+      const t = new ProgressTracker({ bytesSent: () => 4096, deviceForwardSeconds: () => 2, deviceForwardTokens: () => 100 }, (p) => seen.push(p), () => now);
       t.setTotalSteps(10);
       t.setStep(4); // a resumed job: 4 steps done before this session
       t.setPhase('training');
