@@ -1,0 +1,142 @@
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
+import type { UpdateSummary } from '../../extension/core/job/FineTuneOptions';
+import { JobRecordStore } from '../../extension/core/job/JobRecordStore';
+import { Backbone } from '../../extension/core/model/Backbone';
+import { AdapterStore } from '../../extension/core/store/AdapterStore';
+import { modelFingerprint } from '../../extension/core/model/modelFingerprint';
+import { heldOutFiles } from '../../extension/core/workspace/dataset';
+import { expectCode } from '../helpers/expectCode';
+import { tinyModel } from '../helpers/models';
+import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+
+const MODEL = { layers: 2, embd: 64, heads: 2, seed: 11 };
+const SEQ_LEN = 16;
+
+/** One job with the embedded server on the tiny model; `plans` receives what an update said it trains on. */
+function run(ws: string, store: string, extra: Partial<FineTuneOptions> = {}, plans: UpdateSummary[] = []): Promise<FineTuneResult> {
+  return new FineTuneJob({
+    workspace: ws, model: tinyModel(MODEL), storeDir: store, threads: 1, seqLen: SEQ_LEN, batchSize: 2, checkpointEvery: 4, maxHeldOutSequences: 64,
+    onUpdatePlan: (p) => plans.push(p), ...extra,
+  }).run();
+}
+
+/** A training file of the workspace (not held out by the split every job here uses). */
+function trainingFile(ws: string, k = 0): string {
+  const files = fs.readdirSync(ws).map((p) => ({ path: p }));
+  const held = new Set(heldOutFiles(files).map((f) => f.path));
+  return files.filter((f) => !held.has(f.path))[k]!.path;
+}
+
+describe('updating an adapter from what changed (--update)', function () {
+  this.timeout(300_000);
+  let ws: string;
+  let store: string;
+  let first: FineTuneResult;
+  let bb: Backbone;
+
+  before(async () => {
+    ws = makeWorkspace(31, 10, 40);
+    store = tmpDir('update-store');
+    first = await run(ws, store);
+    bb = await Backbone.open(tinyModel(MODEL), { contextSize: 64, maxSequences: 1, threads: 1 });
+  });
+  after(() => bb?.dispose());
+
+  it('with nothing changed says the adapter is up to date, and keeps it', async () => {
+    const meta = new AdapterStore(store).find(ws, await modelFingerprint(tinyModel(MODEL)))!.meta;
+    assert.equal(meta.jobId, first.jobId);
+    assert.equal(Object.keys(meta.files!).length, 10, 'the adapter lists the files it was made from');
+    await expectCode(run(ws, store, { update: true }), 'UP_TO_DATE');
+    assert.equal(new AdapterStore(store).find(ws, await modelFingerprint(tinyModel(MODEL)))!.meta.jobId, first.jobId);
+  });
+
+  it('trains on the edited file only (replay 0), starts from the previous adapter and takes unchanged sequences from the cache', async () => {
+    const copy = tmpDir('update-copy');
+    fs.cpSync(store, copy, { recursive: true });
+    const edited = trainingFile(ws);
+    const appended = '\nexport function addedLater(x: number): number {\n  return x * 3 + 1;\n}\n';
+    // The store keeps adapters by workspace path: edit the workspace itself, then put it back.
+    const original = fs.readFileSync(path.join(ws, edited), 'utf8');
+    fs.appendFileSync(path.join(ws, edited), appended);
+    try {
+      const plans: UpdateSummary[] = [];
+      const r = await run(ws, copy, { update: true, replayShare: 0 }, plans);
+      assert.equal(plans.length, 1);
+      const p = plans[0]!;
+      assert.ok(!('none' in p));
+      assert.deepEqual({ changed: p.changed, replayed: p.replayed, deleted: p.deleted }, { changed: 1, replayed: 0, deleted: 0 });
+      // Trained tokens: the edited file's, every token but its first predicted once.
+      const n = bb.tokenize(original + appended).length;
+      assert.equal(r.trainTokens, n - 1, 'only the edited file was trained on');
+      // Step 0 is the previous adapter: the held-out files did not change, so the loss before is the last job's after.
+      assert.ok(Math.abs(r.heldOutLossBefore - first.heldOutLossAfter) < 1e-6, `${r.heldOutLossBefore} against ${first.heldOutLossAfter}`);
+      // Only the sequences the edit changed ran through the model: the file's first ones, all of the held-out set, came from the cache.
+      const c = r.cache!;
+      const sequences = Math.ceil((n - 1) / SEQ_LEN);
+      assert.ok(c.sequenceMisses < sequences, `${c.sequenceMisses} sequences computed, of the edited file's ${sequences}`);
+      assert.ok(r.timings.deviceForwardTokens < n - 1, 'fewer tokens through the model than trained on');
+      assert.equal(r.timings.evalForwardSeconds, 0, 'the held-out set entirely from the cache');
+      const meta = new AdapterStore(copy).find(ws, await modelFingerprint(tinyModel(MODEL)))!.meta;
+      assert.equal(meta.updateOf, first.jobId);
+    } finally {
+      fs.writeFileSync(path.join(ws, edited), original);
+    }
+  });
+
+  it('replays the share of unchanged files it is given, and never trains a deleted file again', async () => {
+    const copy = tmpDir('update-copy');
+    fs.cpSync(store, copy, { recursive: true });
+    const edited = trainingFile(ws, 0);
+    const gone = trainingFile(ws, 1);
+    const original = fs.readFileSync(path.join(ws, edited), 'utf8');
+    const goneText = fs.readFileSync(path.join(ws, gone), 'utf8');
+    fs.writeFileSync(path.join(ws, edited), original.replace('module', 'edited module'));
+    fs.rmSync(path.join(ws, gone));
+    try {
+      const plans: UpdateSummary[] = [];
+      await run(ws, copy, { update: true, replayShare: 0.5 }, plans);
+      const p = plans[0]!;
+      assert.ok(!('none' in p));
+      // 10 files: 1 held out, 1 deleted, 1 edited, 7 unchanged training files; half of them replayed.
+      assert.deepEqual({ changed: p.changed, replayed: p.replayed, unchanged: p.unchanged, deleted: p.deleted }, { changed: 1, replayed: 4, unchanged: 7, deleted: 1 });
+      const meta = new AdapterStore(copy).find(ws, await modelFingerprint(tinyModel(MODEL)))!.meta;
+      assert.equal(meta.files![gone], undefined, 'the deleted file is not among the new adapter\'s files');
+    } finally {
+      fs.writeFileSync(path.join(ws, edited), original);
+      fs.writeFileSync(path.join(ws, gone), goneText);
+    }
+  });
+
+  it('resumes after being stopped, with the same training as without the stop', async () => {
+    const edited = trainingFile(ws, 2);
+    const original = fs.readFileSync(path.join(ws, edited), 'utf8');
+    fs.writeFileSync(path.join(ws, edited), `${original}\n// one more line\nexport const later = 1;\n`);
+    try {
+      const whole = tmpDir('update-whole');
+      fs.cpSync(store, whole, { recursive: true });
+      const straight = await run(ws, whole, { update: true, replayShare: 0.5 });
+      const stopped = tmpDir('update-stopped');
+      fs.cpSync(store, stopped, { recursive: true });
+      const abort = new AbortController();
+      await expectCode(run(ws, stopped, { update: true, replayShare: 0.5, signal: abort.signal, onProgress: (p) => p.step >= 3 && abort.abort() }), 'CANCELLED');
+      const rec = new JobRecordStore(stopped).load('last');
+      assert.equal(rec.settings?.update, true, 'the record says it is an update');
+      const resumed = await run(ws, stopped, { resumeJobId: rec.jobId });
+      assert.equal(resumed.steps, straight.steps);
+      assert.equal(resumed.trainTokens, straight.trainTokens);
+      assert.ok(Math.abs(resumed.heldOutLossAfter - straight.heldOutLossAfter) < 1e-3, `${resumed.heldOutLossAfter} against ${straight.heldOutLossAfter}`);
+    } finally {
+      fs.writeFileSync(path.join(ws, edited), original);
+    }
+  });
+
+  it('with no adapter yet is a full job, and says so', async () => {
+    const plans: UpdateSummary[] = [];
+    const r = await run(ws, tmpDir('update-none'), { update: true }, plans);
+    assert.deepEqual(plans, [{ none: 'no adapter of this workspace for this model yet' }]);
+    assert.equal(r.heldOutLossBefore > first.heldOutLossAfter, true, 'from the model alone');
+  });
+});
