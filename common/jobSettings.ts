@@ -23,7 +23,8 @@ export interface NumberRow extends RowBase { readonly kind: 'number'; readonly m
 export interface OneOfRow extends RowBase { readonly kind: 'oneOf'; readonly values: readonly number[]; readonly valueDocs?: readonly string[]; readonly default?: number }
 /** A switch; `negation` is the CLI flag that turns it off (`--no-label-private`); `hostDefault`, the VS Code setting's default where the job's default depends on the host (see labelPrivate). */
 export interface BooleanRow extends RowBase { readonly kind: 'boolean'; readonly default?: boolean; readonly negation?: string; readonly hostDefault?: boolean }
-export interface StringRow extends RowBase { readonly kind: 'string'; readonly default?: string }
+/** Text; with `values`, one of them (package.json's enum, `valueDocs` its descriptions). */
+export interface StringRow extends RowBase { readonly kind: 'string'; readonly default?: string; readonly values?: readonly string[]; readonly valueDocs?: readonly string[] }
 export interface StringsRow extends RowBase { readonly kind: 'strings'; readonly default?: readonly string[] }
 export type SettingRow = IntRow | NumberRow | OneOfRow | BooleanRow | StringRow | StringsRow;
 
@@ -120,6 +121,15 @@ export const HOST_SETTINGS = {
     kind: 'int', min: 0, max: 20_000, default: 500, key: 'inlineCompletions.suffixChars',
     doc: 'Characters after the cursor sent to models that declare fill-in-the-middle tokens (others use the text before the cursor only).',
   },
+  autoUpdate: {
+    kind: 'string', default: 'off', values: ['off', 'idle', 'daily'], key: 'autoUpdate',
+    valueDocs: [
+      'Only when asked ("MobiLLM: Update fine-tune").',
+      'After a quiet period without edits or completions, when files fine-tuned on have changed.',
+      'Once a day at most, when files fine-tuned on have changed (also after a quiet period).',
+    ],
+    doc: 'Keep the workspace\'s adapter current by updating it from the files that changed (mobillm.update.timeBudgetSeconds bounds each run).',
+  },
   completionContextTokens: {
     kind: 'int', min: 0, max: 4096, default: 384, key: 'inlineCompletions.contextTokens',
     doc: 'Tokens of code from other files of the workspace put before the text at the cursor, found by a search index kept on this computer (the fine-tune\'s rules: .gitignore, secrets and binaries are never indexed). 0: none.',
@@ -167,7 +177,7 @@ export function describeRange(row: SettingRow): string {
     case 'number': return row.exclusive ? `a number between ${row.min} and ${row.max}` : `a number from ${row.min} to ${row.max}`;
     case 'oneOf': return `${row.values.slice(0, -1).join(', ')} or ${row.values[row.values.length - 1]}`;
     case 'boolean': return 'true or false';
-    case 'string': return 'text';
+    case 'string': return row.values ? row.values.map((v) => `"${v}"`).join(', ') : 'text';
     case 'strings': return 'a list of texts';
   }
 }
@@ -180,7 +190,7 @@ export function settingAccepts(row: SettingRow, value: unknown): boolean {
       return typeof value === 'number' && Number.isFinite(value) && (row.exclusive ? value > row.min && value < row.max : value >= row.min && value <= row.max);
     case 'oneOf': return typeof value === 'number' && row.values.includes(value);
     case 'boolean': return typeof value === 'boolean';
-    case 'string': return typeof value === 'string';
+    case 'string': return typeof value === 'string' && (!row.values || row.values.includes(value));
     case 'strings': return Array.isArray(value) && value.every((x) => typeof x === 'string');
   }
 }

@@ -88,7 +88,13 @@ export class FineTuneController implements vscode.Disposable {
     await this.start(jobId);
   }
 
-  async start(resumeJobId?: string): Promise<void> {
+  /**
+   * Starts a fine-tune of the workspace (or resumes `resumeJobId`). `update`:
+   * "MobiLLM: Update fine-tune", from the workspace's adapter and the files
+   * changed since; `auto`: an automatic update (no dialog, progress in the
+   * status bar only).
+   */
+  async start(resumeJobId?: string, how: { update?: boolean; auto?: boolean } = {}): Promise<void> {
     if (!vscode.workspace.isTrusted) {
       const pick = await vscode.window.showWarningMessage(
         'MobiLLM fine-tuning is disabled in Restricted Mode: it reads every source file of this workspace and runs a model on them. Trust the workspace to use it.',
@@ -144,7 +150,8 @@ export class FineTuneController implements vscode.Disposable {
       this.abort = new AbortController();
       const abort = this.abort;
       const early = new Promise<void>((r) => (earlyDone = r));
-      void vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'MobiLLM', cancellable: true }, async (report, cancel) => {
+      const location = how.auto ? vscode.ProgressLocation.Window : vscode.ProgressLocation.Notification;
+      void vscode.window.withProgress({ location, title: how.update ? 'MobiLLM update' : 'MobiLLM', cancellable: !how.auto }, async (report, cancel) => {
         cancel.onCancellationRequested(() => abort.abort());
         let last = '';
         const tick = setInterval(() => {
@@ -160,6 +167,7 @@ export class FineTuneController implements vscode.Disposable {
         workspace: folder.uri.fsPath, model, server: s.serverUrl ? { url: s.serverUrl, token: token! } : undefined,
         // A resumed job keeps the settings it was created with; a new one takes today's.
         ...(resumeJobId ? {} : tuned),
+        ...(how.update && !resumeJobId ? { update: true } : {}),
         storeDir, resumeJobId, signal: abort.signal, scan,
         describeOption: (k) => settingKeyOf(k) ?? k,
         log: (line) => this.log.info(line),
@@ -167,9 +175,17 @@ export class FineTuneController implements vscode.Disposable {
           const { describeSkipped } = await import('../core/workspace/scanWorkspace.js');
           earlyDone?.();
           adopt(settings);
+          if (how.auto) return true; // asked for once, by mobillm.autoUpdate
           const detail = [`${report.files.length} files (${(report.includedBytes / 1024).toFixed(1)} KB) will be used.`, confirmPrivacyLine(this.place, this.exposure), ...describeSkipped(report)].join('\n');
-          const ok = await vscode.window.showInformationMessage(`Fine-tune on ${folder.name}?`, { modal: true, detail }, 'Fine-tune');
-          return ok === 'Fine-tune';
+          const verb = how.update ? 'Update' : 'Fine-tune';
+          const ok = await vscode.window.showInformationMessage(how.update ? `Update the fine-tune of ${folder.name} from the files changed since?` : `Fine-tune on ${folder.name}?`, { modal: true, detail }, verb);
+          return ok === verb;
+        },
+        onUpdatePlan: (u) => {
+          const line = 'none' in u ? `update: ${u.none}; this is a full fine-tune` : `update: ${u.changed} changed files, ${u.replayed} of ${u.unchanged} unchanged ones replayed, ${u.deleted} deleted`;
+          this.log.info(line);
+          if ('none' in u) void vscode.window.showInformationMessage(`MobiLLM: ${line}.`);
+          this.config = { ...this.config, update: line.slice('update: '.length) };
         },
         onProgress: (p) => {
           if (p.settings) adopt(p.settings);
@@ -189,6 +205,12 @@ export class FineTuneController implements vscode.Disposable {
         .then((pick) => pick && vscode.commands.executeCommand('mobillm.showDashboard'));
     } catch (err) {
       const e = MobiError.from(err);
+      if (e.code === 'UP_TO_DATE') {
+        this.progress = undefined;
+        this.log.info(e.message);
+        if (!how.auto) void vscode.window.showInformationMessage(`MobiLLM: ${e.message}`);
+        return;
+      }
       const prev = this.progress as JobProgress | undefined;
       this.progress = prev ? { ...prev, phase: e.code === 'CANCELLED' ? 'cancelled' : 'failed' } : undefined;
       this.error = e.code === 'CANCELLED' ? undefined : `${e.code}: ${e.message}`;

@@ -4,6 +4,8 @@ import { EditorContext } from './EditorContext';
 import { MobiError } from '../core/MobiError';
 import { SCAN_SETTINGS } from '../../common/jobSettings';
 import { readHostSettings } from './settings';
+import type { AdapterBehind } from '../core/job/updatePlan';
+import { behindText } from '../core/text/statusText';
 
 /** Debounce before an inline completion is computed, milliseconds. */
 const COMPLETION_DEBOUNCE_MS = 300;
@@ -28,6 +30,11 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
   private readonly editorContext = new EditorContext();
   /** The last completion shown and what went into its prompt (MobiLLM: Show Completion Context). */
   private last: { file: string; details: CompletionDetails } | undefined;
+  /** When a completion was last asked for, and how many are being computed: an automatic update waits for quiet. */
+  lastRequestAt = 0;
+  inFlight = 0;
+  /** How far behind the workspace's adapter is (AutoUpdate measures it), for the status item. */
+  behind: AdapterBehind | undefined;
 
   constructor(
     private readonly log: vscode.LogOutputChannel,
@@ -70,13 +77,27 @@ export class InlineCompletions implements vscode.InlineCompletionItemProvider, v
     const e = await this.completionEngine();
     const adapter = await e.adapterFor(folder.uri.fsPath).catch(() => undefined);
     const mode = await e.mode().catch(() => undefined);
-    this.status.text = adapter ? '$(sparkle) MobiLLM: fine-tuned' : '$(circle-outline) MobiLLM: base';
-    this.status.tooltip = `${adapter ? 'Inline completions use this workspace\'s fine-tuned side network' : 'No adapter for this workspace yet: completions use the base model'}${mode ? `; prompts: ${mode}` : ''}`;
+    const behind = adapter && this.behind ? this.behind : undefined;
+    const stale = behind !== undefined && behind.changed + behind.deleted > 0;
+    this.status.text = adapter ? `$(sparkle) MobiLLM: fine-tuned${behind ? ` · ${behindText(behind)}` : ''}` : '$(circle-outline) MobiLLM: base';
+    this.status.tooltip = `${adapter ? 'Inline completions use this workspace\'s fine-tuned side network' : 'No adapter for this workspace yet: completions use the base model'}${mode ? `; prompts: ${mode}` : ''}${
+      stale ? `. ${behind.changed} files changed and ${behind.deleted} deleted since the adapter was made: click to update it ("MobiLLM: Update fine-tune").` : ''}`;
+    this.status.command = stale ? 'mobillm.update' : undefined;
     this.status.show();
   }
 
   async provideInlineCompletionItems(document: vscode.TextDocument, position: vscode.Position, _ctx: vscode.InlineCompletionContext, token: vscode.CancellationToken): Promise<vscode.InlineCompletionItem[]> {
     if (!this.settings()?.inlineCompletions || !vscode.workspace.isTrusted || this.busy()) return [];
+    this.lastRequestAt = Date.now();
+    this.inFlight++;
+    try {
+      return await this.complete(document, position, token);
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  private async complete(document: vscode.TextDocument, position: vscode.Position, token: vscode.CancellationToken): Promise<vscode.InlineCompletionItem[]> {
     await new Promise((r) => setTimeout(r, COMPLETION_DEBOUNCE_MS));
     const s = this.settings();
     if (token.isCancellationRequested || !s) return [];

@@ -3,6 +3,7 @@ import type { CompletionEngine } from '../core/completion/CompletionEngine';
 import { DashboardPanel } from './DashboardPanel';
 import { FineTuneController, TOKEN_SECRET } from './FineTuneController';
 import { InlineCompletions } from './InlineCompletions';
+import { AutoUpdate } from './AutoUpdate';
 import { nativeAddonLocation } from '../native/NativeAddon';
 
 /** The completions of this activation; deactivate() disposes their engine (awaited, so the model is freed before exit). */
@@ -25,11 +26,19 @@ export function activate(context: vscode.ExtensionContext): void {
   completionsInUse = completions;
   const updateModelStatus = (): Promise<void> => completions.updateStatus();
   const completionEngine = (): Promise<CompletionEngine> => completions.completionEngine();
-  controller.onAdapterStored = () => void updateModelStatus();
+  const autoUpdate = new AutoUpdate(context, log, controller, completions, () => {
+    completions.behind = autoUpdate.behind;
+    void updateModelStatus();
+  });
+  controller.onAdapterStored = () => {
+    void updateModelStatus();
+    autoUpdate.refreshSoon();
+  };
 
   context.subscriptions.push(
-    log, status, modelStatus, controller,
+    log, status, modelStatus, controller, autoUpdate, ...autoUpdate.listeners(),
     vscode.commands.registerCommand('mobillm.finetune', () => controller.start()),
+    vscode.commands.registerCommand('mobillm.update', () => controller.start(undefined, { update: true })),
     vscode.commands.registerCommand('mobillm.cancel', () => controller.cancel()),
     vscode.commands.registerCommand('mobillm.resume', () => controller.resume()),
     vscode.commands.registerCommand('mobillm.showDashboard', showDashboard),

@@ -141,3 +141,20 @@ export async function prepareUpdate(
   }
   return { plan, from, start };
 }
+
+/** How far behind a workspace's adapter is. */
+export interface AdapterBehind {
+  /** Files new or edited since the adapter, and files gone since. */
+  changed: number;
+  deleted: number;
+  /** When the adapter was made (ISO), and whole days since. */
+  since: string;
+  days: number;
+}
+
+/** The workspace's files (path → digest) against its adapter's: undefined when there is no adapter, or one that does not list its files. */
+export function adapterBehind(meta: AdapterMetadata | undefined, now: Record<string, string>, at = Date.now()): AdapterBehind | undefined {
+  if (!meta?.files) return undefined;
+  const s = staleness(now, meta.files);
+  return { changed: s.changed.length, deleted: s.deleted.length, since: meta.createdAt, days: Math.max(0, Math.floor((at - Date.parse(meta.createdAt)) / 86_400_000)) };
+}

@@ -1,4 +1,5 @@
 import type { JobProgress } from '../job/FineTuneJob';
+import type { AdapterBehind } from '../job/updatePlan';
 
 /** What the status bar shows for a job's progress (VS Code codicons in $(...)). */
 export function statusText(p: JobProgress | undefined): { text: string; tooltip: string } {
@@ -29,4 +30,12 @@ export function formatDuration(seconds: number): string {
   if (s < 60) return `${s}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
   return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+/** How far behind the workspace's adapter is, for the status bar: "3 files, 2 days behind", "1 file behind" (made today) or "up to date". */
+export function behindText(b: AdapterBehind): string {
+  const files = b.changed + b.deleted;
+  if (files === 0) return 'up to date';
+  const n = `${files} file${files === 1 ? '' : 's'}`;
+  return b.days === 0 ? `${n} behind` : `${n}, ${b.days} day${b.days === 1 ? '' : 's'} behind`;
 }

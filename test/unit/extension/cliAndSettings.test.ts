@@ -27,11 +27,12 @@ describe('CLI arguments and VS Code settings', () => {
       const p = props[`mobillm.${row.key!}`]!;
       const expected: Record<string, unknown> = {
         type: { int: 'number', number: 'number', oneOf: 'number', boolean: 'boolean', string: 'string', strings: 'array' }[row.kind],
-        default: (row.kind === 'boolean' ? row.hostDefault : undefined) ?? row.default,
         [row.markdown ? 'markdownDescription' : 'description']: row.doc,
       };
+      const fallback = (row.kind === 'boolean' ? row.hostDefault : undefined) ?? row.default;
+      if (fallback !== undefined) expected.default = fallback; // a setting without one is unset until given
       if (row.kind === 'int' || row.kind === 'number') Object.assign(expected, { minimum: row.min, maximum: row.max });
-      if (row.kind === 'oneOf') Object.assign(expected, { enum: row.values }, row.valueDocs ? { enumDescriptions: row.valueDocs } : {});
+      if (row.kind === 'oneOf' || (row.kind === 'string' && row.values)) Object.assign(expected, { enum: row.values }, row.valueDocs ? { enumDescriptions: row.valueDocs } : {});
       if (row.kind === 'strings') expected.items = { type: 'string' };
       assert.deepEqual(p, expected, row.key);
     }

@@ -1,0 +1,82 @@
+import * as assert from 'node:assert/strict';
+import { AutoUpdateState, autoUpdateDue, DAY_MS, QUIET_MS } from '../../../../../extension/core/job/autoUpdate';
+import { adapterBehind, fileDigest, fileDigests, planUpdate, staleness } from '../../../../../extension/core/job/updatePlan';
+import { behindText } from '../../../../../extension/core/text/statusText';
+import type { ScannedFile } from '../../../../../extension/core/workspace/scanWorkspace';
+import { heldOutFiles } from '../../../../../extension/core/workspace/dataset';
+
+const file = (path: string, text: string): ScannedFile => ({ path, text, bytes: text.length });
+
+describe('updating from what changed: the plan', () => {
+  const files = Array.from({ length: 20 }, (_, i) => file(`src/f${i}.ts`, `export const v${i} = ${i};\n`));
+  const before = fileDigests(files);
+  const o = { replayShare: 0.25, seed: 1, heldOutFraction: 0.1 };
+
+  it('compares content digests: edits and new files changed, missing files deleted', () => {
+    const now = { ...before, 'src/f1.ts': fileDigest('edited'), 'src/new.ts': fileDigest('new') };
+    delete (now as Record<string, string>)['src/f2.ts'];
+    const s = staleness(now, before);
+    assert.deepEqual(s.changed.sort(), ['src/f1.ts', 'src/new.ts']);
+    assert.deepEqual(s.deleted, ['src/f2.ts']);
+    assert.equal(s.unchanged.length, 18);
+  });
+
+  it('trains the changed training files first, then the replay share of the unchanged ones, and holds out the whole workspace\'s split', () => {
+    const held = new Set(heldOutFiles(files, o).map((f) => f.path));
+    const editable = files.filter((f) => !held.has(f.path));
+    const edited = files.map((f) => (f.path === editable[3]!.path ? file(f.path, 'changed') : f));
+    const plan = planUpdate(edited, before, o);
+    assert.deepEqual(plan.heldOut, held);
+    assert.equal(plan.changed, 1);
+    assert.equal(plan.unchanged, editable.length - 1);
+    assert.equal(plan.replayed, Math.round((editable.length - 1) * 0.25));
+    assert.equal(plan.files[0]!.path, editable[3]!.path, 'the changed file first');
+    assert.equal(plan.files.length, 1 + plan.replayed + held.size);
+    assert.ok(plan.files.slice(-held.size).every((f) => held.has(f.path)), 'the held-out files last');
+    // The same replay choice every time (a seeded rank of the paths), and a larger share takes a superset.
+    assert.deepEqual(planUpdate(edited, before, o).files, plan.files);
+    const more = new Set(planUpdate(edited, before, { ...o, replayShare: 0.5 }).files.map((f) => f.path));
+    assert.ok(plan.files.every((f) => more.has(f.path)));
+  });
+
+  it('says how far behind an adapter is, in files and days', () => {
+    const made = '2026-12-01T10:00:00.000Z';
+    const meta = { workspace: '/w', modelFingerprint: 'x', jobId: 'j', createdAt: made, steps: 1, heldOutLossBefore: 1, heldOutLossAfter: 1, files: before };
+    const now = { ...before, 'src/f1.ts': fileDigest('edited') };
+    const b = adapterBehind(meta, now, Date.parse(made) + 2.5 * 86_400_000)!;
+    assert.deepEqual(b, { changed: 1, deleted: 0, since: made, days: 2 });
+    assert.equal(behindText(b), '1 file, 2 days behind');
+    assert.equal(behindText({ ...b, changed: 2, deleted: 1, days: 0 }), '3 files behind');
+    assert.equal(behindText({ ...b, changed: 0 }), 'up to date');
+    assert.equal(adapterBehind({ ...meta, files: undefined }, now), undefined, 'an adapter that predates updates lists no files');
+  });
+});
+
+describe('updating without being asked: when it is due', () => {
+  const now = 10 * DAY_MS;
+  const due: AutoUpdateState = {
+    mode: 'idle', now, lastEditAt: now - QUIET_MS - 1, lastCompletionAt: 0, completionInFlight: false, jobRunning: false,
+    behind: { changed: 2, deleted: 0, since: '', days: 1 }, lastAutoAt: undefined,
+  };
+
+  it('after a quiet period with changes', () => {
+    assert.equal(autoUpdateDue(due), true);
+    assert.equal(autoUpdateDue({ ...due, mode: 'daily' }), true);
+  });
+
+  it('never when off, while a job runs or a completion is served, without changes, or too soon after an edit or a completion', () => {
+    assert.match(String(autoUpdateDue({ ...due, mode: 'off' })), /off/);
+    assert.match(String(autoUpdateDue({ ...due, jobRunning: true })), /running/);
+    assert.match(String(autoUpdateDue({ ...due, completionInFlight: true })), /completion/);
+    assert.match(String(autoUpdateDue({ ...due, behind: { ...due.behind!, changed: 0 } })), /up to date/);
+    assert.match(String(autoUpdateDue({ ...due, behind: undefined })), /no adapter/);
+    assert.match(String(autoUpdateDue({ ...due, lastEditAt: now - 1000 })), /quiet/);
+    assert.match(String(autoUpdateDue({ ...due, lastCompletionAt: now - 1000 })), /quiet/);
+  });
+
+  it('at most once a day in the daily mode', () => {
+    assert.match(String(autoUpdateDue({ ...due, mode: 'daily', lastAutoAt: now - DAY_MS / 2 })), /day/);
+    assert.equal(autoUpdateDue({ ...due, mode: 'daily', lastAutoAt: now - DAY_MS - 1 }), true);
+    assert.equal(autoUpdateDue({ ...due, mode: 'idle', lastAutoAt: now - DAY_MS / 2 }), true, 'idle updates whenever it is quiet');
+  });
+});
