@@ -8,6 +8,7 @@ import { CHROMIUM, CHROMIUM_ARGS } from '../../harness/chromium';
 import { skipBecause } from '../helpers/models';
 import { freePort } from '../../harness/serverProcess';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
+import { heldOutFiles } from '../../extension/core/workspace/dataset';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const TOOLS = path.join(ROOT, 'test', 'e2e', '.tools');
@@ -82,6 +83,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
   let browser: BrowserContext | undefined;
   let page: Page;
   let runDir: string;
+  let workspace: string;
 
   before(async function () {
     for (const [file, why] of [
@@ -110,7 +112,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     const install = spawnSync(path.join(NODE24_BIN, 'node'), [CODE_SERVER, ...common, '--install-extension', VSIX], { env, encoding: 'utf8', timeout: 180_000 });
     assert.equal(install.status, 0, `install failed: ${install.stdout}${install.stderr}`);
     const port = await freePort();
-    const workspace = makeWorkspace(42);
+    workspace = makeWorkspace(42);
     // A symbol defined in one file only, used in another: the completions' context test.
     fs.writeFileSync(path.join(workspace, 'pricing.ts'), PRICING);
     fs.writeFileSync(path.join(workspace, 'checkout.ts'), CHECKOUT);
@@ -251,6 +253,47 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await page.keyboard.press('Control+W');
     await page.locator('.monaco-editor .view-lines', { hasText: 'orderTotal' }).first().click();
     await runCommand(page, 'File: Revert File');
+  });
+
+  it('says how far behind the adapter is after an edit, and updates it from the changed file with "MobiLLM: Update fine-tune"', async () => {
+    await page.keyboard.press('Escape');
+    const files = fs.readdirSync(workspace).map((p) => ({ path: p }));
+    const held = new Set(heldOutFiles(files).map((f) => f.path));
+    const name = files.map((f) => f.path).filter((p) => /^module[1-9]/.test(p) && !held.has(p)).sort()[0]!;
+    await openFile(page, name);
+    const editor = page.locator('.monaco-editor .view-lines').first();
+    await editor.waitFor({ timeout: 30_000 });
+    await editor.click();
+    await page.keyboard.press('Control+End');
+    await page.keyboard.press('Enter');
+    await page.keyboard.type('export const updatedLater = 1;', { delay: 20 });
+    await page.keyboard.press('Escape');
+    await page.keyboard.press('Control+S');
+    const model = page.locator('[id="mobillm.mobillm-vscode.mobillm.model"]');
+    await model.filter({ hasText: '1 file behind' }).waitFor({ timeout: 60_000 });
+    await page.screenshot({ path: path.join(SHOTS, '11-adapter-behind.png') });
+    await runCommand(page, 'MobiLLM: Update fine-tune');
+    const confirm = page.locator('.monaco-dialog-box');
+    await confirm.waitFor({ timeout: 60_000 });
+    assert.match(await confirm.innerText(), /Update the fine-tune of .* from the files changed since\?/);
+    await page.screenshot({ path: path.join(SHOTS, '12-update-confirm.png') });
+    await confirm.locator('a.monaco-button, button', { hasText: 'Update' }).first().click();
+    const status = page.locator(STATUS);
+    const deadline = Date.now() + 300_000;
+    let text = '';
+    while (Date.now() < deadline) {
+      text = (await status.innerText().catch(() => '')) ?? '';
+      if (/done|failed/.test(text)) break;
+      await page.waitForTimeout(150);
+    }
+    assert.match(text, /MobiLLM: done, perplexity/);
+    await model.filter({ hasText: 'up to date' }).waitFor({ timeout: 60_000 });
+    await page.screenshot({ path: path.join(SHOTS, '13-updated.png') });
+    // The dashboard says what the update trained on: the one changed file and the replay share.
+    await runCommand(page, 'MobiLLM: Show dashboard');
+    const frame = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
+    await frame.locator('#config', { hasText: /1 changed files, \d+ of \d+ unchanged ones replayed/ }).waitFor({ timeout: 30_000 });
+    await page.screenshot({ path: path.join(SHOTS, '14-update-dashboard.png') });
   });
 
   it('shows an error toast with actions for a wrong server URL', async () => {

@@ -8,7 +8,7 @@ import { AdapterDownload, downloadAdapter } from '../store/AdapterDownload';
 import { maxAdapterBytes, maxAdapterBytesFor } from '../../../common/AdapterFile';
 import { Backbone } from '../model/Backbone';
 import { batchesPerEpoch, buildDatasetAsync, Dataset, firstTrainSequences } from '../workspace/dataset';
-import { fileDigests, prepareUpdate } from './updatePlan';
+import { fileDigests, listedSequences, novelSequences, prepareUpdate } from './updatePlan';
 import { newJobConfig } from './newJobConfig';
 import { trainingContextOf } from './trainingContext';
 import { EmbeddedServerKeeper } from '../connection/EmbeddedServer';
@@ -73,8 +73,8 @@ interface Workload {
   stream: ActivationStream;
   /** The files' digests, kept with the adapter (what an update compares with). */
   digests: Record<string, string>;
-  /** An update: the job of the adapter it starts from. */
-  updateOf?: string;
+  /** An update: the adapter it starts from (its job, and the sequences it was trained on). */
+  updateOf?: { jobId: string; sequences?: string[] };
 }
 
 /**
@@ -252,6 +252,7 @@ export class FineTuneJob {
       seqLen, seed: this.o.seed, heldOutFraction: this.o.heldOutFraction, maxHeldOutSequences: this.o.maxHeldOutSequences, fim, fimRate: this.o.fimRate, heldOut: plan?.plan.heldOut,
       context: await trainingContextOf(backbone, this.o.workspace, scan.files, this.o, seqLen),
     });
+    if (plan) data = novelSequences(data, plan.plan.changed, plan.from.meta.sequences);
     const perStep = plan?.from.meta.trainSecondsPerStep;
     // Within a time budget: the training sequences that fit at the adapter's pace (the changed files' come first).
     if (plan && this.o.timeBudget !== undefined && perStep) data = firstTrainSequences(data, Math.max(batchSize, Math.floor(this.o.timeBudget / perStep) * batchSize));
@@ -270,7 +271,7 @@ export class FineTuneJob {
     this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.normEpsilon, this.o.threads) : undefined;
     const stream = new ActivationStream(backbone, data, config, this.ctx, this.head);
     await stream.useCache(this.o.storeDir, fingerprint, this.o.activationCacheGiB * 2 ** 30);
-    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, start, stream, digests: fileDigests(scan.files), updateOf: plan?.from.meta.jobId };
+    this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, start, stream, digests: fileDigests(scan.files), updateOf: plan && { jobId: plan.from.meta.jobId, sequences: plan.from.meta.sequences } };
     this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${config.totalSteps} steps`);
     return this.work;
   }
@@ -370,7 +371,7 @@ export class FineTuneJob {
     const stored = await new AdapterStore(this.o.storeDir).save(payload, {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
       steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,
-      files: work.digests, updateOf: work.updateOf,
+      files: work.digests, updateOf: work.updateOf?.jobId, sequences: listedSequences(work.data, work.updateOf?.sequences),
       trainSecondsPerStep: this.progress.current.step > 0 ? work.stream.timings.trainWallSeconds / this.progress.current.step : undefined,
     });
     partial.remove();

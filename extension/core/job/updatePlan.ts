@@ -5,7 +5,8 @@ import type { JobConfig } from '../../../common/messages';
 import { MobiError } from '../MobiError';
 import type { AdapterMetadata } from '../store/AdapterStore';
 import { readAdapterFile } from '../store/readAdapterFile';
-import { heldOutFiles } from '../workspace/dataset';
+import { Dataset, heldOutFiles, keepTrainSequences } from '../workspace/dataset';
+import { sequenceKey } from './ActivationCache';
 import type { ScannedFile } from '../workspace/scanWorkspace';
 
 /** A file's content digest as an adapter keeps it: sha256 of its text, the first 32 hex digits. */
@@ -157,4 +158,36 @@ export function adapterBehind(meta: AdapterMetadata | undefined, now: Record<str
   if (!meta?.files) return undefined;
   const s = staleness(now, meta.files);
   return { changed: s.changed.length, deleted: s.deleted.length, since: meta.createdAt, days: Math.max(0, Math.floor((at - Date.parse(meta.createdAt)) / 86_400_000)) };
+}
+
+/** Most training sequences an adapter lists (the newest kept). */
+const MAX_LISTED_SEQUENCES = 200_000;
+
+/** A training sequence's key as an adapter lists it: the first 16 hex digits of its tokens' hash (its inputs and targets). */
+function listedKey(seq: Int32Array): string {
+  return sequenceKey(seq).slice(0, 16);
+}
+
+/**
+ * An update's training sequences: of the changed files (the first
+ * `changedFiles` training files), only those the adapter was not trained on
+ * (a sequence before an edit keeps its tokens); of the replayed files, all.
+ * UP_TO_DATE when the changes left no new sequence.
+ */
+export function novelSequences(data: Dataset, changedFiles: number, trained: string[] | undefined): Dataset {
+  if (!trained) return data;
+  const seen = new Set(trained);
+  const changedSequences = data.trainFileSequences.slice(0, changedFiles).reduce((a, b) => a + b, 0);
+  const out = keepTrainSequences(data, (i, s) => i >= changedSequences || !seen.has(listedKey(s)));
+  if (out.train.length === data.train.length - changedSequences) {
+    throw new MobiError('UP_TO_DATE', 'The changed files hold no code the adapter was not trained on already: it is up to date.');
+  }
+  return out;
+}
+
+/** The training sequences an adapter lists: this job's, then the earlier adapter's others, the newest first. */
+export function listedSequences(data: Dataset, earlier: string[] = []): string[] {
+  const mine = data.train.map(listedKey);
+  const have = new Set(mine);
+  return [...mine, ...earlier.filter((k) => !have.has(k))].slice(0, MAX_LISTED_SEQUENCES);
 }

@@ -17,6 +17,8 @@ export interface AdapterMetadata {
   files?: Record<string, string>;
   /** Seconds of training per step, for an update's time budget. */
   trainSecondsPerStep?: number;
+  /** The training sequences the adapter was trained on (updatePlan.ts listedSequences): an update trains only the new ones of a changed file. */
+  sequences?: string[];
   /** The job of the adapter this one updated. */
   updateOf?: string;
 }

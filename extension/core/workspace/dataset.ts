@@ -81,6 +81,8 @@ export interface Dataset {
   heldOutFim: Int32Array[];
   trainFiles: number;
   heldOutFiles: number;
+  /** Training sequences per training file, in the order the files were given. */
+  trainFileSequences: number[];
   /** Tokens predicted per pass over the training sequences. */
   trainTokens: number;
   seqLen: number;
@@ -154,11 +156,15 @@ function* datasetSteps(files: ScannedFile[], tokenize: (text: string) => Int32Ar
     return out;
   }
   const trainParts: { seq: Int32Array; ctx?: Int32Array }[] = [];
+  const trainFileSequences: number[] = [];
   let heldOut: Int32Array[] = [];
   for (const f of files) {
     const parts = yield* cut(f);
     if (held.has(f.path)) heldOut.push(...parts.map((x) => x.seq));
-    else trainParts.push(...parts);
+    else {
+      trainParts.push(...parts);
+      trainFileSequences.push(parts.length);
+    }
   }
   if (trainParts.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The training files produced no sequences (they are too short).');
   if (heldOut.length === 0) throw new MobiError('EMPTY_WORKSPACE', 'The held-out files produced no sequences (they are too short).');
@@ -193,7 +199,7 @@ function* datasetSteps(files: ScannedFile[], tokenize: (text: string) => Int32Ar
   }
   const trainTokens = train.reduce((a, s, i) => a + s.length - 1 - (trainMasked[i] ? trainMasked[i]![1] - trainMasked[i]![0] : 0), 0);
   const nHeld = files.filter((f) => held.has(f.path)).length;
-  return { train, trainMasked, heldOut, heldOutFim, trainFiles: files.length - nHeld, heldOutFiles: nHeld, trainTokens, seqLen, seed };
+  return { train, trainMasked, heldOut, heldOutFim, trainFiles: files.length - nHeld, heldOutFiles: nHeld, trainTokens, seqLen, seed, trainFileSequences };
 }
 
 /** Which training sequences (indices into data.train) make batch `index` (epochs reshuffle with seed + epoch; the order is the same on every run). */
@@ -216,9 +222,15 @@ export function batchesPerEpoch(data: Dataset, batchSize: number): number {
 
 /** The dataset with its first `n` training sequences only (an update within a time budget: the changed files' come first). */
 export function firstTrainSequences(data: Dataset, n: number): Dataset {
-  if (n >= data.train.length) return data;
-  const train = data.train.slice(0, n);
-  const trainMasked = data.trainMasked.slice(0, n);
+  return keepTrainSequences(data, (i) => i < n);
+}
+
+/** The dataset with the training sequences `keep` accepts only (by index). */
+export function keepTrainSequences(data: Dataset, keep: (i: number, seq: Int32Array) => boolean): Dataset {
+  const kept = data.train.flatMap((s, i) => (keep(i, s) ? [i] : []));
+  if (kept.length === data.train.length) return data;
+  const train = kept.map((i) => data.train[i]!);
+  const trainMasked = kept.map((i) => data.trainMasked[i]);
   const trainTokens = train.reduce((a, s, i) => a + s.length - 1 - (trainMasked[i] ? trainMasked[i]![1] - trainMasked[i]![0] : 0), 0);
   return { ...data, train, trainMasked, trainTokens };
 }

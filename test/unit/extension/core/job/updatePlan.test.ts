@@ -1,6 +1,8 @@
 import * as assert from 'node:assert/strict';
 import { AutoUpdateState, autoUpdateDue, DAY_MS, QUIET_MS } from '../../../../../extension/core/job/autoUpdate';
-import { adapterBehind, fileDigest, fileDigests, planUpdate, staleness } from '../../../../../extension/core/job/updatePlan';
+import { adapterBehind, fileDigest, fileDigests, listedSequences, novelSequences, planUpdate, staleness } from '../../../../../extension/core/job/updatePlan';
+import { expectCode } from '../../../../helpers/expectCode';
+import type { Dataset } from '../../../../../extension/core/workspace/dataset';
 import { behindText } from '../../../../../extension/core/text/statusText';
 import type { ScannedFile } from '../../../../../extension/core/workspace/scanWorkspace';
 import { heldOutFiles } from '../../../../../extension/core/workspace/dataset';
@@ -37,6 +39,26 @@ describe('updating from what changed: the plan', () => {
     assert.deepEqual(planUpdate(edited, before, o).files, plan.files);
     const more = new Set(planUpdate(edited, before, { ...o, replayShare: 0.5 }).files.map((f) => f.path));
     assert.ok(plan.files.every((f) => more.has(f.path)));
+  });
+
+  it('trains only the changed files\' sequences the adapter has not seen, every replayed one, and lists what the adapter knows', async () => {
+    const seq = (...t: number[]): Int32Array => Int32Array.from(t);
+    const data = (train: Int32Array[], perFile: number[]): Dataset => ({
+      train, trainMasked: train.map(() => undefined), heldOut: [seq(9, 9)], heldOutFim: [], trainFiles: perFile.length, heldOutFiles: 1,
+      trainTokens: train.reduce((a, s) => a + s.length - 1, 0), seqLen: 4, seed: 1, trainFileSequences: perFile,
+    });
+    const before = data([seq(1, 2, 3), seq(3, 4, 5), seq(7, 8, 9)], [2, 1]);
+    const known = listedSequences(before);
+    assert.equal(known.length, 3);
+    // The first file was edited after its first sequence; the second is replayed (known, but kept).
+    const now = data([seq(1, 2, 3), seq(3, 4, 6), seq(7, 8, 9)], [2, 1]);
+    const novel = novelSequences(now, 1, known);
+    assert.deepEqual(novel.train.map((s) => [...s]), [[3, 4, 6], [7, 8, 9]]);
+    assert.equal(novel.trainTokens, 4);
+    assert.equal(novelSequences(now, 1, undefined), now, 'an adapter that lists no sequences: every sequence of the changed files');
+    await expectCode(Promise.resolve().then(() => novelSequences(before, 2, known)), 'UP_TO_DATE');
+    const after = listedSequences(novel, known);
+    assert.equal(after.length, 4, 'the earlier sequences stay listed after the new ones');
   });
 
   it('says how far behind an adapter is, in files and days', () => {
