@@ -92,8 +92,8 @@ export const JOB_SETTINGS = {
     doc: 'In an update, the share of the unchanged files trained on again beside the changed ones, so the adapter does not forget them.',
   },
   timeBudget: {
-    kind: 'int', min: 10, max: 604_800, flag: '--time-budget', key: 'update.timeBudgetSeconds',
-    doc: 'Most seconds of training in an update: the changed files first, then as much replay as fits (unset: no limit).',
+    kind: 'int', min: 0, max: 604_800, default: 0, flag: '--time-budget', key: 'update.timeBudgetSeconds',
+    doc: 'Most seconds of training in an update: the changed files first, then as much replay as fits (0: no limit).',
   },
   initFromBackbone: {
     kind: 'boolean', flag: '--init-from-backbone',

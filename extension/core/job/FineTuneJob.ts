@@ -255,7 +255,7 @@ export class FineTuneJob {
     if (plan) data = novelSequences(data, plan.plan.changed, plan.from.meta.sequences);
     const perStep = plan?.from.meta.trainSecondsPerStep;
     // Within a time budget: the training sequences that fit at the adapter's pace (the changed files' come first).
-    if (plan && this.o.timeBudget !== undefined && perStep) data = firstTrainSequences(data, Math.max(batchSize, Math.floor(this.o.timeBudget / perStep) * batchSize));
+    if (plan && this.o.timeBudget > 0 && perStep) data = firstTrainSequences(data, Math.max(batchSize, Math.floor(this.o.timeBudget / perStep) * batchSize));
     const config: JobConfig = resumed?.config ?? newJobConfig(this.o, info.layers, batchesPerEpoch(data, batchSize), plan?.start?.config);
     const problem = resumed ? undefined : jobConfigProblem(config, backbone.info, (k) => this.o.describeOption?.(k) ?? k);
     if (problem) throw new MobiError('BAD_ARGUMENT', problem.message);
@@ -341,7 +341,7 @@ export class FineTuneJob {
         this.saveRecord();
       }
       this.progress.startTraining();
-      if (this.o.update && this.o.timeBudget !== undefined) work.stream.stopAt ??= Date.now() + this.o.timeBudget * 1000;
+      if (this.o.update && this.o.timeBudget > 0) work.stream.stopAt ??= Date.now() + this.o.timeBudget * 1000;
       await work.stream.train(
         conn, jobId, ready.nextIndex,
         (sequences, rows) => this.progress.batchSent(sequences, rows),

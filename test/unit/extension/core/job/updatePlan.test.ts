@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import { AutoUpdateState, autoUpdateDue, DAY_MS, QUIET_MS } from '../../../../../extension/core/job/autoUpdate';
 import { adapterBehind, fileDigest, fileDigests, listedSequences, novelSequences, planUpdate, staleness } from '../../../../../extension/core/job/updatePlan';
 import { expectCode } from '../../../../helpers/expectCode';
-import type { Dataset } from '../../../../../extension/core/workspace/dataset';
+import { Dataset, firstTrainSequences } from '../../../../../extension/core/workspace/dataset';
 import { behindText } from '../../../../../extension/core/text/statusText';
 import type { ScannedFile } from '../../../../../extension/core/workspace/scanWorkspace';
 import { heldOutFiles } from '../../../../../extension/core/workspace/dataset';
@@ -59,6 +59,9 @@ describe('updating from what changed: the plan', () => {
     await expectCode(Promise.resolve().then(() => novelSequences(before, 2, known)), 'UP_TO_DATE');
     const after = listedSequences(novel, known);
     assert.equal(after.length, 4, 'the earlier sequences stay listed after the new ones');
+    // Within a time budget the first sequences are kept: the changed files' come first.
+    assert.deepEqual(firstTrainSequences(novel, 1).train.map((s) => [...s]), [[3, 4, 6]]);
+    assert.equal(firstTrainSequences(novel, 1).trainTokens, 2);
   });
 
   it('says how far behind an adapter is, in files and days', () => {
