@@ -148,11 +148,11 @@ export function jobsCommand(run: (body: () => Promise<void>) => Promise<void>): 
     .description('This device\'s fine-tuning jobs: state, progress, workspace, model and the command that resumes each')
     .option('--store <dir>', 'device store', defaultStoreDir())
     .option('--json', 'print the records as JSON')
-    .option('--prune', 'delete every job\'s activation cache on this computer (a resumed job computes its activations again)')
+    .option('--prune', 'delete the activation cache on this computer (later jobs compute their activations again)')
     .action((o: { store: string; json?: boolean; prune?: boolean }) => run(async () => {
       if (o.prune) {
         const freed = pruneActivationCaches(o.store);
-        process.stdout.write(`deleted ${freed.caches} activation caches (${(freed.bytes / 2 ** 20).toFixed(1)} MiB)\n`);
+        process.stdout.write(`deleted the activation cache: ${freed.caches} folders, ${(freed.bytes / 2 ** 20).toFixed(1)} MiB\n`);
         return;
       }
       const records = new JobRecordStore(o.store).list();

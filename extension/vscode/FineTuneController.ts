@@ -143,8 +143,10 @@ export class FineTuneController implements vscode.Disposable {
       const where = { workspace: folder.name, model: s.model || 'built-in tiny model', server: s.serverUrl || 'embedded (this computer, 127.0.0.1)' };
       this.config = where;
       /** The job's own settings (a resumed job's, not today's): the dashboard's configuration and privacy line. */
+      /** An update's plan, once known: what it trains on. */
+      let update: string | undefined;
       const adopt = (settings: ResolvedJobSettings): void => {
-        this.config = { ...where, ...settingsLines(settings) };
+        this.config = { ...where, ...settingsLines(settings), ...(update ? { update } : {}) };
         this.setPrivacy(s.serverUrl, settings);
       };
       this.abort = new AbortController();
@@ -176,7 +178,9 @@ export class FineTuneController implements vscode.Disposable {
           earlyDone?.();
           adopt(settings);
           if (how.auto) return true; // asked for once, by mobillm.autoUpdate
-          const detail = [`${report.files.length} files (${(report.includedBytes / 1024).toFixed(1)} KB) will be used.`, confirmPrivacyLine(this.place, this.exposure), ...describeSkipped(report)].join('\n');
+          const files = `${report.files.length} files (${(report.includedBytes / 1024).toFixed(1)} KB)`;
+          const used = how.update ? `${files} are compared with the adapter's: the new code of those that changed, and a share of the others, is trained on.` : `${files} will be used.`;
+          const detail = [used, confirmPrivacyLine(this.place, this.exposure), ...describeSkipped(report)].join('\n');
           const verb = how.update ? 'Update' : 'Fine-tune';
           const ok = await vscode.window.showInformationMessage(how.update ? `Update the fine-tune of ${folder.name} from the files changed since?` : `Fine-tune on ${folder.name}?`, { modal: true, detail }, verb);
           return ok === verb;
@@ -185,7 +189,8 @@ export class FineTuneController implements vscode.Disposable {
           const line = 'none' in u ? `update: ${u.none}; this is a full fine-tune` : `update: ${u.changed} changed files, ${u.replayed} of ${u.unchanged} unchanged ones replayed, ${u.deleted} deleted`;
           this.log.info(line);
           if ('none' in u) void vscode.window.showInformationMessage(`MobiLLM: ${line}.`);
-          this.config = { ...this.config, update: line.slice('update: '.length) };
+          update = line.slice('update: '.length);
+          this.config = { ...this.config, update };
         },
         onProgress: (p) => {
           if (p.settings) adopt(p.settings);

@@ -1,6 +1,7 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { pruneActivationCaches } from '../../extension/core/job/ActivationCache';
 import { FineTuneJob, FineTuneOptions, FineTuneResult, JobProgress } from '../../extension/core/job/FineTuneJob';
 import { JobRecordStore } from '../../extension/core/job/JobRecordStore';
 import { expectCode } from '../helpers/expectCode';
@@ -61,6 +62,10 @@ describe('the activation cache: later epochs skip the forward pass', function ()
     assert.ok(small.r.cache!.sequenceHits > 0, 'and some sequences came from the cache');
     assert.deepEqual(small.losses, plain.losses);
     assert.ok(cacheBytes(store) <= budget, `the folder holds at most the budget (${cacheBytes(store)} bytes)`);
+    // mobillm jobs --prune deletes it all, and says how much.
+    const kept = cacheBytes(store);
+    assert.deepEqual(pruneActivationCaches(store), { caches: 1, bytes: kept });
+    assert.equal(cacheFiles(store).length, 0);
   });
 
   it('a stopped job keeps its cache for the resume; a damaged cache is detected and recomputed, never trained on', async () => {
