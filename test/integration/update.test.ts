@@ -1,4 +1,5 @@
 import * as assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
@@ -8,6 +9,7 @@ import { Backbone } from '../../extension/core/model/Backbone';
 import { AdapterStore } from '../../extension/core/store/AdapterStore';
 import { modelFingerprint } from '../../extension/core/model/modelFingerprint';
 import { heldOutFiles } from '../../extension/core/workspace/dataset';
+import { DEVICE_CLI } from '../../harness/serverProcess';
 import { expectCode } from '../helpers/expectCode';
 import { tinyModel } from '../helpers/models';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
@@ -129,6 +131,47 @@ describe('updating an adapter from what changed (--update)', function () {
       assert.equal(resumed.steps, straight.steps);
       assert.equal(resumed.trainTokens, straight.trainTokens);
       assert.ok(Math.abs(resumed.heldOutLossAfter - straight.heldOutLossAfter) < 1e-3, `${resumed.heldOutLossAfter} against ${straight.heldOutLossAfter}`);
+    } finally {
+      fs.writeFileSync(path.join(ws, edited), original);
+    }
+  });
+
+  it('resumes from the command line after the device process is killed (kill -9) mid-update', async () => {
+    const edited = trainingFile(ws, 3);
+    const original = fs.readFileSync(path.join(ws, edited), 'utf8');
+    fs.writeFileSync(path.join(ws, edited), `${original}\nexport const killedLater = 2;\n`);
+    const cli = (store: string, ...args: string[]): string[] => [DEVICE_CLI, 'finetune', '--model', tinyModel(MODEL), '--store', store, ...args, '--json'];
+    const result = (out: string): { steps: number; trainTokens: number; heldOutLossAfter: number } => JSON.parse(out.trim().split('\n').pop()!);
+    try {
+      const whole = tmpDir('update-cli-whole');
+      fs.cpSync(store, whole, { recursive: true });
+      const straight = spawnSync(process.execPath, cli(whole, '--workspace', ws, '--update', '--replay', '1'), { encoding: 'utf8' });
+      assert.equal(straight.status, 0, straight.stderr);
+      const killedStore = tmpDir('update-cli-killed');
+      fs.cpSync(store, killedStore, { recursive: true });
+      const device = spawn(process.execPath, cli(killedStore, '--workspace', ws, '--update', '--replay', '1'), { stdio: ['ignore', 'pipe', 'pipe'] });
+      let seen = '';
+      await new Promise<void>((resolve, reject) => {
+        const watch = (b: Buffer): void => {
+          seen += b.toString();
+          // Killed once it trains: the job has an id, a record and a step-0 checkpoint on the server.
+          if (/training/.test(seen) && device.exitCode === null && !device.killed) {
+            device.kill('SIGKILL');
+            resolve();
+          }
+        };
+        device.stdout.on('data', watch);
+        device.stderr.on('data', watch);
+        device.on('exit', () => !device.killed && reject(new Error(`the update ended before it was killed: ${seen}`)));
+      });
+      await new Promise((r) => device.once('exit', r));
+      const resumed = spawnSync(process.execPath, cli(killedStore, '--resume', 'last'), { encoding: 'utf8' });
+      assert.equal(resumed.status, 0, resumed.stderr);
+      const a = result(straight.stdout);
+      const b = result(resumed.stdout);
+      assert.equal(b.steps, a.steps);
+      assert.equal(b.trainTokens, a.trainTokens);
+      assert.ok(Math.abs(b.heldOutLossAfter - a.heldOutLossAfter) < 1e-3, `${b.heldOutLossAfter} against ${a.heldOutLossAfter}`);
     } finally {
       fs.writeFileSync(path.join(ws, edited), original);
     }
