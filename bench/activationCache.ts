@@ -12,6 +12,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { activationCacheFiles } from '../extension/core/job/ActivationCache';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
 import { BENCH_CACHE, machineDescription, qwenShapedModel } from './lib/benchModels';
@@ -25,13 +26,6 @@ interface EpochRun {
   stepsPerEpoch: number;
   cachedBytes: number;
   cachedTokens: number;
-}
-
-/** Bytes of the activation cache's entries in a device store. */
-function cacheFolderBytes(store: string): number {
-  const root = path.join(store, 'activations');
-  if (!fs.existsSync(root)) return 0;
-  return fs.readdirSync(root).flatMap((d) => fs.readdirSync(path.join(root, d)).map((f) => fs.statSync(path.join(root, d, f)).size)).reduce((a, b) => a + b, 0);
 }
 
 async function epochs(workspace: string, server: EpochRun['server'], url?: string, token?: string): Promise<EpochRun> {
@@ -51,7 +45,7 @@ async function epochs(workspace: string, server: EpochRun['server'], url?: strin
         if (perEpoch === 0 && p.totalSteps > 0) perEpoch = p.totalSteps / 2;
         if (p.phase === 'training' && marks.length === 1 && p.step >= perEpoch) {
           mark();
-          cachedBytes = cacheFolderBytes(store);
+          cachedBytes = activationCacheFiles(store).reduce((a, f) => a + fs.statSync(f).size, 0);
         }
         if (marks.length === 2 && p.step >= 2 * perEpoch) mark();
       },

@@ -9,6 +9,7 @@ import { JobRecordStore } from '../core/job/JobRecordStore';
 import { pruneActivationCaches } from '../core/job/ActivationCache';
 import { confirmPrivacyLine, serverPlace } from '../core/text/privacyText';
 import { MobiError } from '../core/MobiError';
+import { updatePlanText } from '../core/text/statusText';
 import { describeSkipped } from '../core/workspace/scanWorkspace';
 import { ProgressDisplay } from './ProgressDisplay';
 
@@ -103,9 +104,7 @@ export function finetuneCommand(run: (body: () => Promise<void>) => Promise<void
           if (o.server) display.message(confirmPrivacyLine(serverPlace(o.server, settings.labelPrivate), settings));
           return true;
         },
-        onUpdatePlan: (u) => display.message('none' in u
-          ? `update: ${u.none}; this is a full fine-tune`
-          : `update of the adapter of ${u.since.slice(0, 16).replace('T', ' ')}: ${u.changed} changed files, ${u.replayed} of ${u.unchanged} unchanged ones replayed, ${u.deleted} deleted`),
+        onUpdatePlan: (u) => display.message(`update: ${updatePlanText(u)}`),
         onProgress: (p) => {
           if (p.jobId && p.jobId !== jobId) {
             jobId = p.jobId;

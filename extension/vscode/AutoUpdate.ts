@@ -1,6 +1,6 @@
 import * as vscode from 'vscode';
 import type { AdapterBehind } from '../core/job/updatePlan';
-import { AutoUpdateMode, autoUpdateDue } from '../core/job/autoUpdate';
+import { AutoUpdateMode, AutoUpdateState, autoUpdateBlocked, autoUpdateDue } from '../core/job/autoUpdate';
 import { MobiError } from '../core/MobiError';
 import type { FineTuneController } from './FineTuneController';
 import { readSettings } from './settings';
@@ -87,17 +87,15 @@ export class AutoUpdate implements vscode.Disposable {
     } catch {
       return; // a refused setting: the controller reports it when a job is asked for
     }
-    if (mode === 'off') return;
-    const state = () => ({
+    const live = (): Omit<AutoUpdateState, 'behind'> => ({
       mode, now: Date.now(), lastEditAt: this.lastEditAt, lastCompletionAt: this.completions.lastRequestAt, completionInFlight: this.completions.inFlight > 0,
-      jobRunning: this.controller.running, behind: this.behind, lastAutoAt: this.context.workspaceState.get<number>(LAST_AUTO_KEY),
+      jobRunning: this.controller.running, lastAutoAt: this.context.workspaceState.get<number>(LAST_AUTO_KEY),
     });
-    // The cheap checks first; the scan only when they pass.
-    if (autoUpdateDue({ ...state(), behind: this.behind ?? { changed: 1, deleted: 0, since: '', days: 0 } }) !== true) return;
-    await this.refresh();
-    const due = autoUpdateDue(state());
-    if (due !== true) return;
-    this.log.info(`automatic update (${mode}): ${this.behind!.changed} files changed`);
+    // The workspace is scanned only when nothing else holds the update back, and the rest is asked again after the scan.
+    if (autoUpdateBlocked(live()) !== undefined) return;
+    const behind = await this.refresh();
+    if (autoUpdateDue({ ...live(), behind }) !== true) return;
+    this.log.info(`automatic update (${mode}): ${behind!.changed} files changed`);
     await this.context.workspaceState.update(LAST_AUTO_KEY, Date.now());
     await this.controller.start(undefined, { update: true, auto: true });
     this.refreshSoon();

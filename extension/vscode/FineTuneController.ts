@@ -4,7 +4,7 @@ import { JOB_DEFAULTS, JobSettings, ResolvedJobSettings, settingKeyOf } from '..
 import type { FineTuneJob, JobProgress } from '../core/job/FineTuneJob';
 import { actionsFor } from '../core/text/errorActions';
 import { MobiError } from '../core/MobiError';
-import { statusText } from '../core/text/statusText';
+import { statusText, updatePlanText } from '../core/text/statusText';
 import { Comparison, DashboardState } from '../../webview/protocol';
 import { confirmPrivacyLine, Exposure, ServerPlace, serverPlace, wireStatement } from '../core/text/privacyText';
 import { DashboardPanel } from './DashboardPanel';
@@ -186,10 +186,9 @@ export class FineTuneController implements vscode.Disposable {
           return ok === verb;
         },
         onUpdatePlan: (u) => {
-          const line = 'none' in u ? `update: ${u.none}; this is a full fine-tune` : `update: ${u.changed} changed files, ${u.replayed} of ${u.unchanged} unchanged ones replayed, ${u.deleted} deleted`;
-          this.log.info(line);
-          if ('none' in u) void vscode.window.showInformationMessage(`MobiLLM: ${line}.`);
-          update = line.slice('update: '.length);
+          update = updatePlanText(u);
+          this.log.info(`update: ${update}`);
+          if ('none' in u) void vscode.window.showInformationMessage(`MobiLLM: update: ${update}.`);
           this.config = { ...this.config, update };
         },
         onProgress: (p) => {

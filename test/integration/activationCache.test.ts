@@ -1,7 +1,6 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { pruneActivationCaches } from '../../extension/core/job/ActivationCache';
+import { activationCacheFiles, pruneActivationCaches } from '../../extension/core/job/ActivationCache';
 import { FineTuneJob, FineTuneOptions, FineTuneResult, JobProgress } from '../../extension/core/job/FineTuneJob';
 import { JobRecordStore } from '../../extension/core/job/JobRecordStore';
 import { expectCode } from '../helpers/expectCode';
@@ -65,7 +64,7 @@ describe('the activation cache: later epochs skip the forward pass', function ()
     // mobillm jobs --prune deletes it all, and says how much.
     const kept = cacheBytes(store);
     assert.deepEqual(pruneActivationCaches(store), { caches: 1, bytes: kept });
-    assert.equal(cacheFiles(store).length, 0);
+    assert.equal(activationCacheFiles(store).length, 0);
   });
 
   it('a stopped job keeps its cache for the resume; a damaged cache is detected and recomputed, never trained on', async () => {
@@ -74,7 +73,7 @@ describe('the activation cache: later epochs skip the forward pass', function ()
     const stepsBefore: number[] = [];
     await expectCode(run(ws, { storeDir: store, signal: abort.signal, onProgress: (p) => (stepsBefore.push(p.step), p.step >= plain.r.steps / 3 + 2 && abort.abort()) }), 'CANCELLED');
     const rec = new JobRecordStore(store).load('last');
-    const files = cacheFiles(store);
+    const files = activationCacheFiles(store);
     assert.ok(files.length > 0, 'the cancelled job kept its cache');
     for (const f of files) {
       const bytes = fs.readFileSync(f);
@@ -88,14 +87,6 @@ describe('the activation cache: later epochs skip the forward pass', function ()
   });
 });
 
-/** The activation cache's entry files in a device store. */
-function cacheFiles(store: string): string[] {
-  const root = path.join(store, 'activations');
-  if (!fs.existsSync(root)) return [];
-  return fs.readdirSync(root).flatMap((d) => fs.readdirSync(path.join(root, d)).map((f) => path.join(root, d, f)));
-}
-
 function cacheBytes(store: string): number {
-  return cacheFiles(store).reduce((a, f) => a + fs.statSync(f).size, 0);
+  return activationCacheFiles(store).reduce((a, f) => a + fs.statSync(f).size, 0);
 }
-

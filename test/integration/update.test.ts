@@ -32,6 +32,39 @@ function trainingFile(ws: string, k = 0): string {
   return files.filter((f) => !held.has(f.path))[k]!.path;
 }
 
+/** A copy of a device store (its adapter and activation cache), for one update to change. */
+function copyOf(store: string): string {
+  const copy = tmpDir('update-copy');
+  fs.cpSync(store, copy, { recursive: true });
+  return copy;
+}
+
+/**
+ * Runs `body` with the workspace's files changed (`undefined`: deleted), then
+ * puts them back: the store keeps adapters by workspace path, so the
+ * workspace itself is edited.
+ */
+async function withEdits(ws: string, edits: Record<string, (text: string) => string | undefined>, body: (originals: Record<string, string>) => Promise<void>): Promise<void> {
+  const originals = Object.fromEntries(Object.keys(edits).map((f) => [f, fs.readFileSync(path.join(ws, f), 'utf8')]));
+  try {
+    for (const [f, edit] of Object.entries(edits)) {
+      const text = edit(originals[f]!);
+      if (text === undefined) fs.rmSync(path.join(ws, f));
+      else fs.writeFileSync(path.join(ws, f), text);
+    }
+    await body(originals);
+  } finally {
+    for (const [f, text] of Object.entries(originals)) fs.writeFileSync(path.join(ws, f), text);
+  }
+}
+
+/** Two runs of one job trained the same: steps, tokens, and held-out loss within 1e-3. */
+function sameTraining(a: { steps: number; trainTokens: number; heldOutLossAfter: number }, b: typeof a): void {
+  assert.equal(b.steps, a.steps);
+  assert.equal(b.trainTokens, a.trainTokens);
+  assert.ok(Math.abs(b.heldOutLossAfter - a.heldOutLossAfter) < 1e-3, `${b.heldOutLossAfter} against ${a.heldOutLossAfter}`);
+}
+
 describe('updating an adapter from what changed (--update)', function () {
   this.timeout(300_000);
   let ws: string;
@@ -56,14 +89,11 @@ describe('updating an adapter from what changed (--update)', function () {
   });
 
   it('trains on the new sequences of the edited file only (replay 0), starts from the previous adapter and takes unchanged sequences from the cache', async () => {
-    const copy = tmpDir('update-copy');
-    fs.cpSync(store, copy, { recursive: true });
+    const copy = copyOf(store);
     const edited = trainingFile(ws);
     const appended = '\nexport function addedLater(x: number): number {\n  return x * 3 + 1;\n}\n';
-    // The store keeps adapters by workspace path: edit the workspace itself, then put it back.
-    const original = fs.readFileSync(path.join(ws, edited), 'utf8');
-    fs.appendFileSync(path.join(ws, edited), appended);
-    try {
+    await withEdits(ws, { [edited]: (t) => t + appended }, async (originals) => {
+      const original = originals[edited]!;
       const plans: UpdateSummary[] = [];
       const r = await run(ws, copy, { update: true, replayShare: 0 }, plans);
       assert.equal(plans.length, 1);
@@ -84,21 +114,13 @@ describe('updating an adapter from what changed (--update)', function () {
       assert.equal(r.timings.evalForwardSeconds, 0, 'the held-out set entirely from the cache');
       const meta = new AdapterStore(copy).find(ws, await modelFingerprint(tinyModel(MODEL)))!.meta;
       assert.equal(meta.updateOf, first.jobId);
-    } finally {
-      fs.writeFileSync(path.join(ws, edited), original);
-    }
+    });
   });
 
   it('replays the share of unchanged files it is given, and never trains a deleted file again', async () => {
-    const copy = tmpDir('update-copy');
-    fs.cpSync(store, copy, { recursive: true });
-    const edited = trainingFile(ws, 0);
+    const copy = copyOf(store);
     const gone = trainingFile(ws, 1);
-    const original = fs.readFileSync(path.join(ws, edited), 'utf8');
-    const goneText = fs.readFileSync(path.join(ws, gone), 'utf8');
-    fs.writeFileSync(path.join(ws, edited), original.replace('module', 'edited module'));
-    fs.rmSync(path.join(ws, gone));
-    try {
+    await withEdits(ws, { [trainingFile(ws, 0)]: (t) => t.replace('module', 'edited module'), [gone]: () => undefined }, async () => {
       const plans: UpdateSummary[] = [];
       await run(ws, copy, { update: true, replayShare: 0.5 }, plans);
       const p = plans[0]!;
@@ -107,48 +129,28 @@ describe('updating an adapter from what changed (--update)', function () {
       assert.deepEqual({ changed: p.changed, replayed: p.replayed, unchanged: p.unchanged, deleted: p.deleted }, { changed: 1, replayed: 4, unchanged: 7, deleted: 1 });
       const meta = new AdapterStore(copy).find(ws, await modelFingerprint(tinyModel(MODEL)))!.meta;
       assert.equal(meta.files![gone], undefined, 'the deleted file is not among the new adapter\'s files');
-    } finally {
-      fs.writeFileSync(path.join(ws, edited), original);
-      fs.writeFileSync(path.join(ws, gone), goneText);
-    }
+    });
   });
 
   it('resumes after being stopped, with the same training as without the stop', async () => {
-    const edited = trainingFile(ws, 2);
-    const original = fs.readFileSync(path.join(ws, edited), 'utf8');
-    fs.writeFileSync(path.join(ws, edited), `${original}\n// one more line\nexport const later = 1;\n`);
-    try {
-      const whole = tmpDir('update-whole');
-      fs.cpSync(store, whole, { recursive: true });
-      const straight = await run(ws, whole, { update: true, replayShare: 0.5 });
-      const stopped = tmpDir('update-stopped');
-      fs.cpSync(store, stopped, { recursive: true });
+    await withEdits(ws, { [trainingFile(ws, 2)]: (t) => `${t}\n// one more line\nexport const later = 1;\n` }, async () => {
+      const straight = await run(ws, copyOf(store), { update: true, replayShare: 0.5 });
+      const stopped = copyOf(store);
       const abort = new AbortController();
       await expectCode(run(ws, stopped, { update: true, replayShare: 0.5, signal: abort.signal, onProgress: (p) => p.step >= 3 && abort.abort() }), 'CANCELLED');
       const rec = new JobRecordStore(stopped).load('last');
       assert.equal(rec.settings?.update, true, 'the record says it is an update');
-      const resumed = await run(ws, stopped, { resumeJobId: rec.jobId });
-      assert.equal(resumed.steps, straight.steps);
-      assert.equal(resumed.trainTokens, straight.trainTokens);
-      assert.ok(Math.abs(resumed.heldOutLossAfter - straight.heldOutLossAfter) < 1e-3, `${resumed.heldOutLossAfter} against ${straight.heldOutLossAfter}`);
-    } finally {
-      fs.writeFileSync(path.join(ws, edited), original);
-    }
+      sameTraining(straight, await run(ws, stopped, { resumeJobId: rec.jobId }));
+    });
   });
 
   it('resumes from the command line after the device process is killed (kill -9) mid-update', async () => {
-    const edited = trainingFile(ws, 3);
-    const original = fs.readFileSync(path.join(ws, edited), 'utf8');
-    fs.writeFileSync(path.join(ws, edited), `${original}\nexport const killedLater = 2;\n`);
     const cli = (store: string, ...args: string[]): string[] => [DEVICE_CLI, 'finetune', '--model', tinyModel(MODEL), '--store', store, ...args, '--json'];
     const result = (out: string): { steps: number; trainTokens: number; heldOutLossAfter: number } => JSON.parse(out.trim().split('\n').pop()!);
-    try {
-      const whole = tmpDir('update-cli-whole');
-      fs.cpSync(store, whole, { recursive: true });
-      const straight = spawnSync(process.execPath, cli(whole, '--workspace', ws, '--update', '--replay', '1'), { encoding: 'utf8' });
+    await withEdits(ws, { [trainingFile(ws, 3)]: (t) => `${t}\nexport const killedLater = 2;\n` }, async () => {
+      const straight = spawnSync(process.execPath, cli(copyOf(store), '--workspace', ws, '--update', '--replay', '1'), { encoding: 'utf8' });
       assert.equal(straight.status, 0, straight.stderr);
-      const killedStore = tmpDir('update-cli-killed');
-      fs.cpSync(store, killedStore, { recursive: true });
+      const killedStore = copyOf(store);
       const device = spawn(process.execPath, cli(killedStore, '--workspace', ws, '--update', '--replay', '1'), { stdio: ['ignore', 'pipe', 'pipe'] });
       let seen = '';
       await new Promise<void>((resolve, reject) => {
@@ -167,14 +169,8 @@ describe('updating an adapter from what changed (--update)', function () {
       await new Promise((r) => device.once('exit', r));
       const resumed = spawnSync(process.execPath, cli(killedStore, '--resume', 'last'), { encoding: 'utf8' });
       assert.equal(resumed.status, 0, resumed.stderr);
-      const a = result(straight.stdout);
-      const b = result(resumed.stdout);
-      assert.equal(b.steps, a.steps);
-      assert.equal(b.trainTokens, a.trainTokens);
-      assert.ok(Math.abs(b.heldOutLossAfter - a.heldOutLossAfter) < 1e-3, `${b.heldOutLossAfter} against ${a.heldOutLossAfter}`);
-    } finally {
-      fs.writeFileSync(path.join(ws, edited), original);
-    }
+      sameTraining(result(straight.stdout), result(resumed.stdout));
+    });
   });
 
   it('with no adapter yet is a full job, and says so', async () => {

@@ -161,8 +161,9 @@ export class ActivationCache {
 
   /**
    * The sequences of a layers payload just encoded (one quantized block per
-   * tapped layer over all `lengths` rows, batchPayload.ts) and the
-   * label-private float32 last layer, cut into their own blocks (copies).
+   * tapped layer over all `lengths` rows, batchPayload.ts), cut into their own
+   * blocks: views of `payload`, which the caller does not reuse, and a copy of
+   * the label-private float32 last layer (its buffer is the next capture's).
    */
   cut(payload: Buffer, lengths: number[], last?: Float32Array): SequenceBlocks[] {
     const rows = lengths.reduce((a, b) => a + b, 0);
@@ -174,8 +175,8 @@ export class ActivationCache {
       row += n;
       const out: SequenceBlocks = { scales: [], values: [] };
       for (let l = 0; l < this.nLayers; l++) {
-        out.scales.push(Buffer.from(payload.subarray(l * block + start * scaleBytes, l * block + (start + n) * scaleBytes)));
-        out.values.push(Buffer.from(payload.subarray(l * block + rows * scaleBytes + start * valueBytes, l * block + rows * scaleBytes + (start + n) * valueBytes)));
+        out.scales.push(payload.subarray(l * block + start * scaleBytes, l * block + (start + n) * scaleBytes));
+        out.values.push(payload.subarray(l * block + rows * scaleBytes + start * valueBytes, l * block + rows * scaleBytes + (start + n) * valueBytes));
       }
       if (this.keepLast && last) out.last = Buffer.from(new Uint8Array(last.buffer, last.byteOffset + start * this.d * 4, n * this.d * 4));
       return out;
@@ -188,8 +189,7 @@ export class ActivationCache {
     const parts: Buffer[] = [];
     for (let l = 0; l < this.nLayers; l++) parts.push(blocks.scales[l]!, blocks.values[l]!);
     if (this.keepLast && blocks.last) parts.push(blocks.last);
-    const data = Buffer.concat(parts);
-    const bytes = CHECK_BYTES + data.length;
+    const bytes = CHECK_BYTES + parts.reduce((a, b) => a + b.length, 0);
     if (bytes > this.budgetBytes) return;
     if (this.size + bytes > this.budgetBytes) this.evict(this.budgetBytes - bytes);
     // Counted before it is written, so that writes under way together stay within the budget.
@@ -199,7 +199,10 @@ export class ActivationCache {
     const tmp = `${this.file(key)}.${randomBytes(6).toString('hex')}.tmp`;
     try {
       await fs.promises.mkdir(this.dir, { recursive: true });
-      await fs.promises.writeFile(tmp, Buffer.concat([createHash('sha256').update(data).digest().subarray(0, CHECK_BYTES), data]));
+      const hash = createHash('sha256');
+      for (const part of parts) hash.update(part);
+      // One copy: the check, then the parts.
+      await fs.promises.writeFile(tmp, Buffer.concat([hash.digest().subarray(0, CHECK_BYTES), ...parts], bytes));
       await fs.promises.rename(tmp, this.file(key));
       entry.writing = false;
     } catch {
@@ -247,24 +250,34 @@ export class ActivationCache {
   }
 }
 
-/** Deletes the device store's activation caches (every model's, and any from earlier versions); returns how many folders and their bytes. */
+/** Every file of the device store's activation caches (every model's, and any from earlier versions). */
+export function activationCacheFiles(storeDir: string): string[] {
+  const root = path.join(storeDir, 'activations');
+  let dirs: string[];
+  try {
+    dirs = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  return dirs.flatMap((d) => {
+    try {
+      return fs.readdirSync(path.join(root, d)).map((f) => path.join(root, d, f));
+    } catch {
+      return []; // not a folder, or gone
+    }
+  });
+}
+
+/** Deletes the device store's activation caches; returns how many folders and their bytes. */
 export function pruneActivationCaches(storeDir: string): { caches: number; bytes: number } {
   const root = path.join(storeDir, 'activations');
+  const bytes = activationCacheFiles(storeDir).reduce((a, f) => a + (fs.statSync(f, { throwIfNoEntry: false })?.size ?? 0), 0);
   let names: string[];
   try {
     names = fs.readdirSync(root);
   } catch {
     return { caches: 0, bytes: 0 };
   }
-  let bytes = 0;
-  for (const n of names) {
-    const dir = path.join(root, n);
-    try {
-      for (const f of fs.readdirSync(dir)) bytes += fs.statSync(path.join(dir, f)).size;
-    } catch {
-      // not a folder, or gone
-    }
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  for (const n of names) fs.rmSync(path.join(root, n), { recursive: true, force: true });
   return { caches: names.length, bytes };
 }

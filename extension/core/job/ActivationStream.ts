@@ -104,18 +104,23 @@ export class ActivationStream {
       const subLengths = sub.map((x) => x.length);
       const layers = await encodePayloadSliced(cap.data, cap.lengths.reduce((a, b) => a + b, 0), cap.hiddenSize, this.bits);
       const fresh = cache.cut(layers, subLengths, labelPrivate ? cap.data[cap.data.length - 1] : undefined);
-      this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
-      if (use === 'train') {
-        this.timings.deviceForwardSeconds += cap.forwardSeconds;
-        this.timings.deviceForwardTokens += subLengths.reduce((a, b) => a + b, 0);
-      } else this.timings.evalForwardSeconds += cap.forwardSeconds;
-      this.spare = cap.data; // cut copied what it kept: the next capture writes over all of it
+      this.counted(use, cap.forwardSeconds, subLengths.reduce((a, b) => a + b, 0), t1);
+      this.spare = cap.data; // the layers are in the payload and cut copied the last: the next capture writes over all of it
       await Promise.all(missing.map((k, j) => cache.store(keys[k]!, fresh[j]!)));
       missing.forEach((k, j) => (blocks[k] = fresh[j]));
     }
     const got = cache.assemble(blocks.map((b) => b!));
     const payload = labelPrivate ? got.layers : Buffer.concat([got.layers, labelsPayload(targets, mask)]);
     return { payload, rows, lengths, sequences: inputs.length, kept: labelPrivate ? { last: got.last!, targets, mask } : undefined };
+  }
+
+  /** Adds a forward of `tokens` to the timings, and the quantization since `quantizeStart`. */
+  private counted(use: 'train' | 'eval', forwardSeconds: number, tokens: number, quantizeStart: bigint): void {
+    if (use === 'train') {
+      this.timings.deviceForwardSeconds += forwardSeconds;
+      this.timings.deviceForwardTokens += tokens;
+    } else this.timings.evalForwardSeconds += forwardSeconds;
+    this.timings.quantizeSeconds += Number(process.hrtime.bigint() - quantizeStart) / 1e9;
   }
 
   /** Runs the backbone over a batch's sequences (split into inputs and targets) with capture and encodes the batch payload. */
@@ -126,11 +131,7 @@ export class ActivationStream {
     const labelPrivate = this.config.labelPrivate === true;
     // Quantized a layer at a time, the event loop free between layers (the extension host's thread).
     const payload = await encodePayloadSliced(cap.data, rows, cap.hiddenSize, this.bits, labelPrivate ? undefined : { targets, mask });
-    if (use === 'train') {
-      this.timings.deviceForwardSeconds += cap.forwardSeconds;
-      this.timings.deviceForwardTokens += rows;
-    } else this.timings.evalForwardSeconds += cap.forwardSeconds;
-    this.timings.quantizeSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
+    this.counted(use, cap.forwardSeconds, rows, t1);
     const kept = labelPrivate ? { last: cap.data[cap.data.length - 1]!, targets, mask } : undefined;
     // The layers are in the payload now: the next capture writes over them (label-private keeps the last one for the loss).
     this.spare = cap.data.slice(0, labelPrivate ? -1 : undefined);

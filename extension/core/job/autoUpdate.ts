@@ -24,18 +24,25 @@ export interface AutoUpdateState {
 }
 
 /**
- * Whether an automatic update starts now, or why not: never while a job runs
- * or a completion is being served; only after a quiet period without edits
- * and completions, with an adapter that files have moved away from; in the
- * `daily` mode at most once a day.
+ * Why an automatic update must wait whatever the adapter's staleness, or
+ * undefined: never while a job runs or a completion is being served; only
+ * after a quiet period without edits and completions; in the `daily` mode at
+ * most once a day. (Checked before the workspace is scanned for changes.)
  */
-export function autoUpdateDue(s: AutoUpdateState): true | string {
+export function autoUpdateBlocked(s: Omit<AutoUpdateState, 'behind'>): string | undefined {
   if (s.mode === 'off') return 'automatic updates are off';
   if (s.jobRunning) return 'a fine-tune is running';
   if (s.completionInFlight) return 'a completion is being served';
-  if (!s.behind) return 'no adapter to update';
-  if (s.behind.changed === 0) return 'the adapter is up to date';
   if (s.now - Math.max(s.lastEditAt, s.lastCompletionAt) < QUIET_MS) return 'not quiet long enough';
   if (s.mode === 'daily' && s.lastAutoAt !== undefined && s.now - s.lastAutoAt < DAY_MS) return 'updated automatically less than a day ago';
+  return undefined;
+}
+
+/** Whether an automatic update starts now (nothing blocks it, and files have moved away from the adapter), or why not. */
+export function autoUpdateDue(s: AutoUpdateState): true | string {
+  const blocked = autoUpdateBlocked(s);
+  if (blocked) return blocked;
+  if (!s.behind) return 'no adapter to update';
+  if (s.behind.changed === 0) return 'the adapter is up to date';
   return true;
 }

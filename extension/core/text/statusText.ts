@@ -1,5 +1,6 @@
 import type { JobProgress } from '../job/FineTuneJob';
 import type { AdapterBehind } from '../job/updatePlan';
+import type { UpdateSummary } from '../job/FineTuneOptions';
 
 /** What the status bar shows for a job's progress (VS Code codicons in $(...)). */
 export function statusText(p: JobProgress | undefined): { text: string; tooltip: string } {
@@ -38,4 +39,10 @@ export function behindText(b: AdapterBehind): string {
   if (files === 0) return 'up to date';
   const n = `${files} file${files === 1 ? '' : 's'}`;
   return b.days === 0 ? `${n} behind` : `${n}, ${b.days} day${b.days === 1 ? '' : 's'} behind`;
+}
+
+/** What an update trains on, for the CLI, the log and the dashboard: "3 changed files, 12 of 60 unchanged ones replayed, 1 deleted (from the adapter of 2026-12-06 17:20)". */
+export function updatePlanText(u: UpdateSummary): string {
+  if ('none' in u) return `${u.none}; this is a full fine-tune`;
+  return `${u.changed} changed files, ${u.replayed} of ${u.unchanged} unchanged ones replayed, ${u.deleted} deleted (from the adapter of ${u.since.slice(0, 16).replace('T', ' ')})`;
 }

@@ -229,10 +229,18 @@ export function firstTrainSequences(data: Dataset, n: number): Dataset {
 export function keepTrainSequences(data: Dataset, keep: (i: number, seq: Int32Array) => boolean): Dataset {
   const kept = data.train.flatMap((s, i) => (keep(i, s) ? [i] : []));
   if (kept.length === data.train.length) return data;
+  // Each file's count of what is kept: its sequences are consecutive, in the files' order.
+  let file = 0;
+  let end = data.trainFileSequences[0] ?? 0;
+  const trainFileSequences = data.trainFileSequences.map(() => 0);
+  for (const i of kept) {
+    while (i >= end) end += data.trainFileSequences[++file]!;
+    trainFileSequences[file]!++;
+  }
   const train = kept.map((i) => data.train[i]!);
   const trainMasked = kept.map((i) => data.trainMasked[i]);
   const trainTokens = train.reduce((a, s, i) => a + s.length - 1 - (trainMasked[i] ? trainMasked[i]![1] - trainMasked[i]![0] : 0), 0);
-  return { ...data, train, trainMasked, trainTokens };
+  return { ...data, train, trainMasked, trainTokens, trainFileSequences };
 }
 
 /** Inputs (all but the last token), next-token targets and mask of a list of sequences; `masked[i]`: sequence i's target rows [from, to) not trained on. */

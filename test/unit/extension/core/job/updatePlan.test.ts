@@ -1,9 +1,9 @@
 import * as assert from 'node:assert/strict';
-import { AutoUpdateState, autoUpdateDue, DAY_MS, QUIET_MS } from '../../../../../extension/core/job/autoUpdate';
+import { AutoUpdateState, autoUpdateBlocked, autoUpdateDue, DAY_MS, QUIET_MS } from '../../../../../extension/core/job/autoUpdate';
 import { adapterBehind, fileDigest, fileDigests, listedSequences, novelSequences, planUpdate, staleness } from '../../../../../extension/core/job/updatePlan';
 import { expectCode } from '../../../../helpers/expectCode';
 import { Dataset, firstTrainSequences } from '../../../../../extension/core/workspace/dataset';
-import { behindText } from '../../../../../extension/core/text/statusText';
+import { behindText, updatePlanText } from '../../../../../extension/core/text/statusText';
 import type { ScannedFile } from '../../../../../extension/core/workspace/scanWorkspace';
 import { heldOutFiles } from '../../../../../extension/core/workspace/dataset';
 
@@ -54,6 +54,7 @@ describe('updating from what changed: the plan', () => {
     const now = data([seq(1, 2, 3), seq(3, 4, 6), seq(7, 8, 9)], [2, 1]);
     const novel = novelSequences(now, 1, known);
     assert.deepEqual(novel.train.map((s) => [...s]), [[3, 4, 6], [7, 8, 9]]);
+    assert.deepEqual(novel.trainFileSequences, [1, 1], 'each file\'s count of what is kept');
     assert.equal(novel.trainTokens, 4);
     assert.equal(novelSequences(now, 1, undefined), now, 'an adapter that lists no sequences: every sequence of the changed files');
     await expectCode(Promise.resolve().then(() => novelSequences(before, 2, known)), 'UP_TO_DATE');
@@ -73,6 +74,8 @@ describe('updating from what changed: the plan', () => {
     assert.equal(behindText(b), '1 file, 2 days behind');
     assert.equal(behindText({ ...b, changed: 2, deleted: 1, days: 0 }), '3 files behind');
     assert.equal(behindText({ ...b, changed: 0 }), 'up to date');
+    assert.equal(updatePlanText({ changed: 2, replayed: 3, unchanged: 12, deleted: 1, since: made }), '2 changed files, 3 of 12 unchanged ones replayed, 1 deleted (from the adapter of 2026-12-01 10:00)');
+    assert.equal(updatePlanText({ none: 'no adapter yet' }), 'no adapter yet; this is a full fine-tune');
     assert.equal(adapterBehind({ ...meta, files: undefined }, now), undefined, 'an adapter that predates updates lists no files');
   });
 });
@@ -97,6 +100,9 @@ describe('updating without being asked: when it is due', () => {
     assert.match(String(autoUpdateDue({ ...due, behind: undefined })), /no adapter/);
     assert.match(String(autoUpdateDue({ ...due, lastEditAt: now - 1000 })), /quiet/);
     assert.match(String(autoUpdateDue({ ...due, lastCompletionAt: now - 1000 })), /quiet/);
+    // What holds an update back whatever the adapter's staleness, asked before the workspace is scanned.
+    assert.equal(autoUpdateBlocked(due), undefined);
+    assert.match(String(autoUpdateBlocked({ ...due, lastEditAt: now - 1000 })), /quiet/);
   });
 
   it('at most once a day in the daily mode', () => {
