@@ -157,9 +157,23 @@ export function sideShape(
   return { d, r, b: r, tappedLayers, sideNetwork: 2, attentionHeads: r / width, ...options };
 }
 
-/** The side network a job's config asks for, on a model of hidden size d and its vocabulary (device and server derive it alike). */
+/**
+ * The side network the server trains for a job's config, on a model of hidden
+ * size d and its vocabulary (device and server derive it alike). A
+ * label-private job's head update is the device's (it is trained from the
+ * target ids): the server's shape has none, the adapter's has it (adapterShape).
+ */
 export function jobShape(c: JobConfig, model: { hiddenSize: number; vocabularySize: number }): SideNetworkShape {
-  const head = c.headRank ? { rank: c.headRank, vocab: model.vocabularySize } : undefined;
+  return c.labelPrivate ? shapeOf(c, model, false) : shapeOf(c, model, true);
+}
+
+/** The finished adapter's shape: the side network with the head update, whoever trained it. */
+export function adapterShape(c: JobConfig, model: { hiddenSize: number; vocabularySize: number }): SideNetworkShape {
+  return shapeOf(c, model, true);
+}
+
+function shapeOf(c: JobConfig, model: { hiddenSize: number; vocabularySize: number }, withHead: boolean): SideNetworkShape {
+  const head = withHead && c.headRank ? { rank: c.headRank, vocab: model.vocabularySize } : undefined;
   return sideShape(model.hiddenSize, c.reduction, c.tappedLayers, c.sideNetwork ?? 1, c.joinAfterNorm === true, head);
 }
 

@@ -14,13 +14,7 @@ const WIRE_FIELD_SETTING = {
  * The rules between settings that need no model (the device checks them
  * before any work; jobConfigProblem checks them again on the wire config).
  */
-export function settingRulesProblem(s: Pick<JobSettings, 'joinAfterNorm' | 'labelPrivate' | 'headRank'>, nameOf: (setting: JobSettingName) => string = (n) => n): SettingProblem | undefined {
-  if (s.headRank && s.labelPrivate) {
-    return {
-      name: nameOf('headRank'),
-      message: `${nameOf('headRank')} is for the standard mode: the head update is trained from the token ids, which label-private training (the default with a team server) keeps on this computer; turn ${nameOf('labelPrivate')} off to use it.`,
-    };
-  }
+export function settingRulesProblem(s: Pick<JobSettings, 'joinAfterNorm' | 'labelPrivate'>, nameOf: (setting: JobSettingName) => string = (n) => n): SettingProblem | undefined {
   if (s.joinAfterNorm && s.labelPrivate) {
     return {
       name: nameOf('joinAfterNorm'),

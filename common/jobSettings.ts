@@ -77,7 +77,7 @@ export const JOB_SETTINGS = {
   joinAfterNorm: { kind: 'boolean', default: false, flag: '--join-after-norm', doc: 'Add the side network\'s output after the model\'s final norm instead of before it (standard mode only).' },
   headRank: {
     kind: 'int', min: 0, max: 16, default: 16, flag: '--head-rank',
-    doc: 'Rank of the update of the model\'s output head trained beside the side network, so the tokens this workspace uses can move (0: none). Standard mode only, where it is the default: it is trained from the token ids, which label-private training keeps here (there the default is 0).',
+    doc: 'Rank of the update of the model\'s output head trained beside the side network, so the tokens this workspace uses can move (0: none). In label-private training it is trained on this computer, since it needs the token ids, and never leaves it until the adapter is made here.',
   },
   activationCacheGiB: {
     kind: 'number', min: 0, max: 1024, default: 4, flag: '--activation-cache', key: 'activationCacheGiB',

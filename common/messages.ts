@@ -84,7 +84,8 @@ export const DeviceMessages = {
   /** Create a job for this session's model. */
   'job/create': { name: 'string', config: JobConfigSchema, requestId: 'uint?' },
   /** Continue a job (after a drop or a server restart): the server answers job/ready with the index to resend from. */
-  'job/resume': { jobId: 'uuid', requestId: 'uint?' },
+  /** fromCheckpoint: open the job again from its last stored checkpoint, dropping the steps after it (a device whose own half of the job, its head update, is at that checkpoint). */
+  'job/resume': { jobId: 'uuid', fromCheckpoint: 'boolean?', requestId: 'uint?' },
   /** The user's jobs. */
   'job/list': { requestId: 'uint?' },
   /** A training batch. Payload: see batchPayload.ts. Consumes one credit. */

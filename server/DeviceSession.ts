@@ -291,9 +291,13 @@ export class DeviceSession implements BatchSession, JobOwner {
   private async onJobResume(m: DeviceMessage<'job/resume'>): Promise<Reply<'job/resume'>> {
     const rec = await this.ownJob(m.jobId);
     if (rec.state === 'finished') return { message: { type: 'job/ready', jobId: rec.id, nextIndex: rec.nextIndex, step: rec.step, state: rec.state } };
-    const job = await this.ctx.registry.load(rec, this.ctx.limits);
+    const loaded = this.ctx.registry.loaded(this.user, m.jobId);
+    // Back to the stored checkpoint: nothing after it is written, and the job opens again from it.
+    if (m.fromCheckpoint && loaded) await this.ctx.registry.unload(loaded);
+    const job = await this.ctx.registry.load(m.fromCheckpoint ? (await this.ctx.jobs.get(this.user, m.jobId)) ?? rec : rec, this.ctx.limits);
     await job.resume();
     job.owner = this;
+    if (m.fromCheckpoint) this.ctx.log(`job ${m.jobId} opened again from its checkpoint at step ${job.step} (its device asked)`);
     return { message: { type: 'job/ready', jobId: rec.id, nextIndex: job.nextIndex, step: job.step, state: job.rec.state } };
   }
 

@@ -315,8 +315,13 @@ export class TrainingJob {
     });
   }
 
-  /** Checkpoints now (graceful shutdown, cancel). */
+  /**
+   * Checkpoints now (graceful shutdown, cancel). Not a label-private job with
+   * a head update: the device holds that half and snapshots it at the job's
+   * checkpoint steps only, so the job keeps its last one of those.
+   */
   checkpoint(): Promise<void> {
+    if (this.labelPrivate && (this.rec.config.headRank ?? 0) > 0) return Promise.resolve();
     return this.run(() => this.checkpointNow());
   }
 

@@ -19,14 +19,16 @@ constexpr int64_t LOGITS_PER_CHUNK = int64_t{1} << 21;
 // The dense pass's f32 copy of a chunk of rows: at most 8 MB (held as read and transposed, then as Q8_0).
 constexpr int64_t DENSE_CHUNK_BYTES = int64_t{8} << 20;
 
-// Builds the graph of `out` in `ctx`, allocates it in the head's reused work buffer, copies each input's
+// Builds the graph of `outs` in `ctx`, allocates it in the head's reused work buffer, copies each input's
 // floats in (the inputs are marked as such) and computes it; false with `error` set when it cannot.
-bool computeGraph(const HeadWeights& hw, ggml_context* ctx, ggml_tensor* out, std::initializer_list<std::pair<ggml_tensor*, const float*>> inputs,
-                  std::string* error) {
+bool computeGraph(const HeadWeights& hw, ggml_context* ctx, const std::vector<ggml_tensor*>& outs,
+                  const std::vector<std::pair<ggml_tensor*, const float*>>& inputs, std::string* error) {
   for (const auto& in : inputs) ggml_set_input(in.first);
-  ggml_set_output(out);
   ggml_cgraph* gf = ggml_new_graph(ctx);
-  ggml_build_forward_expand(gf, out);
+  for (ggml_tensor* out : outs) {
+    ggml_set_output(out);
+    ggml_build_forward_expand(gf, out);
+  }
   if (!ggml_gallocr_alloc_graph(hw.work, gf)) {
     *error = "Could not allocate the head's work buffers.";
     return false;
@@ -37,6 +39,33 @@ bool computeGraph(const HeadWeights& hw, ggml_context* ctx, ggml_tensor* out, st
     return false;
   }
   return true;
+}
+
+// B [vocab][k] of the head update as a ggml tensor [k, vocab] over this object's floats (no copy).
+struct HostMatrix {
+  ggml_context* ctx = nullptr;
+  ggml_backend_buffer_t buffer = nullptr;
+  ggml_tensor* t = nullptr;
+  HostMatrix(const HeadWeights& hw, float* data, int64_t ne0, int64_t ne1) {
+    if (ne0 == 0) return;
+    ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
+    ctx = ggml_init(ip);
+    t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, ne1);
+    buffer = ggml_backend_dev_buffer_from_host_ptr(ggml_backend_get_device(hw.backend), data, ggml_nbytes(t), ggml_nbytes(t));
+    if (buffer == nullptr || ggml_backend_tensor_alloc(buffer, t, data) != GGML_STATUS_SUCCESS) t = nullptr;
+  }
+  ~HostMatrix() {
+    if (buffer != nullptr) ggml_backend_buffer_free(buffer);
+    if (ctx != nullptr) ggml_free(ctx);
+  }
+  HostMatrix(const HostMatrix&) = delete;
+  HostMatrix& operator=(const HostMatrix&) = delete;
+};
+
+// Rows [v0, v0 + c) of B as a [k, c] view, or nullptr without a head update.
+ggml_tensor* rowsOf(ggml_context* ctx, const HostMatrix& b, int64_t v0, int64_t c) {
+  if (b.t == nullptr) return nullptr;
+  return ggml_view_2d(ctx, b.t, b.t->ne[0], c, b.t->nb[1], static_cast<size_t>(v0) * b.t->nb[1]);
 }
 
 // W_c^T p for a chunk wc [d, c] of the head and p [c, m]: W_c^T in Q8_0 blocks of 32 vocabulary rows (the
@@ -62,9 +91,11 @@ int64_t chunkRows(int64_t vocab, int64_t tokens, int64_t maxRows) {
 }  // namespace
 
 bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
-                       float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error) const {
+                       float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error) {
   const HeadWeights& hw = *weights_;
   const int64_t d = hw.d, V = hw.vocab;
+  HeadUpdateState& hu = update_;
+  const int64_t k = hu.rank;
   // The final RMSNorm: z = y / rms(y) * norm.
   std::vector<float> z(static_cast<size_t>(n * d)), xhat(static_cast<size_t>(n * d)), inv(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) {
@@ -76,6 +107,21 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
       z[j * d + i] = xhat[j * d + i] * hw.norm[i];
     }
   }
+  // The head update's u = A^T z [n][k], and B as a tensor for the chunks' B_c u.
+  std::vector<float> u(static_cast<size_t>(n * k), 0.0f);
+  for (int64_t j = 0; j < n && k > 0; ++j) {
+    float* uj = u.data() + j * k;
+    for (int64_t i = 0; i < d; ++i) {
+      const float zi = z[j * d + i];
+      const float* ai = hu.a.data() + i * k;
+      for (int64_t c = 0; c < k; ++c) uj[c] += zi * ai[c];
+    }
+  }
+  const HostMatrix bMatrix(hw, hu.b.data(), k, k > 0 ? V : 0);
+  if (k > 0 && bMatrix.t == nullptr) {
+    *error = "Could not read the head update's matrix.";
+    return false;
+  }
   // Per token: running log-sum-exp R, the largest logit M, the target's logit,
   // and (for the gradient) the rows within tailNats of M so far.
   std::vector<double> R(static_cast<size_t>(n), NEG_INF);
@@ -86,23 +132,28 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
   std::vector<uint8_t> dense(wantGrad ? static_cast<size_t>(n) : 0, cap == 0 ? 1 : 0);
   const float tailNats = static_cast<float>(tuning_.tailNats);
   // Wide distributions last time: every token's product over the vocabulary in this one pass.
-  const bool onePass = wantGrad && (cap == 0 || denseShare_ > 0.5);
+  // (Not with a head update: B's rows are weighted by the whole vocabulary's softmax, known only after the pass.)
+  const bool onePass = wantGrad && k == 0 && (cap == 0 || denseShare_ > 0.5);
   std::vector<float> A(wantGrad ? static_cast<size_t>(n * d) : 0, 0.0f);
   const int64_t chunk = chunkRows(V, n, onePass ? DENSE_CHUNK_BYTES / (d * static_cast<int64_t>(sizeof(float))) : V);
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
-    ggml_init_params ip = {ggml_tensor_overhead() * 16 + ggml_graph_overhead(), nullptr, true};
+    ggml_init_params ip = {ggml_tensor_overhead() * 40 + ggml_graph_overhead(), nullptr, true};
     ggml_context* ctx = ggml_init(ip);
     ggml_tensor* zt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, n);
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
     // The logits as llama.cpp computes them (the quantized matrix times z,
     // which ggml quantizes to the matrix's dot type).
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);  // [c, n]
+    ggml_tensor* ut = k > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, n) : nullptr;
+    if (ut != nullptr) logits = ggml_add(ctx, logits, ggml_mul_mat(ctx, rowsOf(ctx, bMatrix, v0, c), ut));  // + B_c u
     ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
     ggml_tensor* acc = onePass ? transposedProduct(ctx, hw, wc, p, c) : nullptr;  // [d, n] = W_c^T p
     ggml_set_output(logits);
     if (acc != nullptr) ggml_set_output(p);
-    const bool ok = computeGraph(hw, ctx, acc != nullptr ? acc : p, {{zt, z.data()}}, error);
+    std::vector<std::pair<ggml_tensor*, const float*>> inputs = {{zt, z.data()}};
+    if (ut != nullptr) inputs.emplace_back(ut, u.data());
+    const bool ok = computeGraph(hw, ctx, {acc != nullptr ? acc : p}, inputs, error);
     if (ok) {
       const float* L = static_cast<const float*>(logits->data);
       const float* P = static_cast<const float*>(p->data);
@@ -171,16 +222,23 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     denseList.push_back(j);
   }
   SparseProducts(sparseList, cand, R, tail, A.data());
-  if (!onePass && !denseList.empty() && !DenseProducts(denseList, z, R, A.data(), error)) return false;
+  std::vector<float> accB(static_cast<size_t>(n * k), 0.0f);  // B^T p per token
+  if (k > 0) {
+    hu.ga.assign(static_cast<size_t>(d * k), 0.0f);
+    hu.gb.assign(static_cast<size_t>(V * k), 0.0f);
+    SparseHeadUpdate(sparseList, cand, R, tail, u, weights, accB.data());
+  }
+  if (!onePass && !denseList.empty() && !DenseProducts(denseList, z, R, A.data(), u, weights, accB.data(), error)) return false;
   *denseTokens = static_cast<int64_t>(denseList.size());
   denseShare_ = static_cast<double>(denseList.size()) / static_cast<double>(n);
-  // dL/dz = w (A - W[target]); back through the RMSNorm to y.
-  std::vector<float> wt(static_cast<size_t>(d)), dn(static_cast<size_t>(d));
+  // dL/dz = w (A - W[target]) + A_update du, du = w (B^T p - B[target]); back through the RMSNorm to y.
+  std::vector<float> wt(static_cast<size_t>(d)), dn(static_cast<size_t>(d)), du(static_cast<size_t>(k)), lift(static_cast<size_t>(k > 0 ? d : 0));
   for (int64_t j = 0; j < n; ++j) {
     hw.rowToFloat(targets[j], wt.data());
+    if (k > 0) HeadUpdateTerms(z.data() + j * d, u.data() + j * k, accB.data() + j * k, targets[j], weights[j], du.data(), lift.data());
     double dot = 0;
     for (int64_t i = 0; i < d; ++i) {
-      dn[i] = weights[j] * (A[j * d + i] - wt[i]) * hw.norm[i];
+      dn[i] = (weights[j] * (A[j * d + i] - wt[i]) + (k > 0 ? lift[i] : 0.0f)) * hw.norm[i];
       dot += static_cast<double>(dn[i]) * xhat[j * d + i];
     }
     const float mean = static_cast<float>(dot / d);
@@ -220,31 +278,60 @@ void HeadLoss::SparseProducts(const std::vector<int64_t>& tokens, const std::vec
 }
 
 bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
-                             std::string* error) const {
+                             const std::vector<float>& u, const float* weights, float* accB, std::string* error) {
   const HeadWeights& hw = *weights_;
-  const int64_t d = hw.d, V = hw.vocab, m = static_cast<int64_t>(tokens.size());
+  const int64_t d = hw.d, V = hw.vocab, m = static_cast<int64_t>(tokens.size()), r = update_.rank;
   std::vector<float> zD(static_cast<size_t>(m * d)), negR(static_cast<size_t>(m));
+  // With a head update: the tokens' u [m][r], and w u transposed [r][m] (the product over tokens that gives B's gradient).
+  std::vector<float> uD(static_cast<size_t>(m * r)), wuT(static_cast<size_t>(m * r));
   for (int64_t k = 0; k < m; ++k) {
     std::memcpy(zD.data() + k * d, z.data() + tokens[k] * d, static_cast<size_t>(d) * sizeof(float));
     negR[k] = static_cast<float>(-R[tokens[k]]);
+    for (int64_t c = 0; c < r; ++c) {
+      uD[k * r + c] = u[tokens[k] * r + c];
+      wuT[c * m + k] = weights[tokens[k]] * u[tokens[k] * r + c];
+    }
   }
+  const HostMatrix bMatrix(hw, update_.b.data(), r, r > 0 ? V : 0);
   const int64_t chunk = chunkRows(V, m, DENSE_CHUNK_BYTES / (d * static_cast<int64_t>(sizeof(float))));
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
-    ggml_init_params ip = {ggml_tensor_overhead() * 16 + ggml_graph_overhead(), nullptr, true};
+    ggml_init_params ip = {ggml_tensor_overhead() * 40 + ggml_graph_overhead(), nullptr, true};
     ggml_context* ctx = ggml_init(ip);
     ggml_tensor* zt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, m);
     ggml_tensor* nr = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, m);
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);                     // [c, m], as in the first pass
+    ggml_tensor* bc = r > 0 ? rowsOf(ctx, bMatrix, v0, c) : nullptr;     // [r, c]
+    ggml_tensor* ut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, r, m) : nullptr;
+    ggml_tensor* wut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, m, r) : nullptr;
+    if (bc != nullptr) logits = ggml_add(ctx, logits, ggml_mul_mat(ctx, bc, ut));
     ggml_tensor* p = ggml_exp(ctx, ggml_add(ctx, logits, nr));           // [c, m], the softmax over the whole vocabulary
     ggml_tensor* acc = transposedProduct(ctx, hw, wc, p, c);              // [d, m] = W_c^T p
-    const bool ok = computeGraph(hw, ctx, acc, {{zt, zD.data()}, {nr, negR.data()}}, error);
+    std::vector<ggml_tensor*> outs = {acc};
+    std::vector<std::pair<ggml_tensor*, const float*>> inputs = {{zt, zD.data()}, {nr, negR.data()}};
+    ggml_tensor *accBc = nullptr, *gradBc = nullptr;
+    if (bc != nullptr) {
+      accBc = ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, bc)), p);   // [r, m] = B_c^T p
+      gradBc = ggml_mul_mat(ctx, wut, ggml_cont(ctx, ggml_transpose(ctx, p)));  // [r, c] = sum over tokens of p w u
+      outs.push_back(accBc);
+      outs.push_back(gradBc);
+      inputs.emplace_back(ut, uD.data());
+      inputs.emplace_back(wut, wuT.data());
+    }
+    const bool ok = computeGraph(hw, ctx, outs, inputs, error);
     if (ok) {
       const float* Ac = static_cast<const float*>(acc->data);
       for (int64_t k = 0; k < m; ++k) {
         float* Aj = A + tokens[k] * d;
         for (int64_t i = 0; i < d; ++i) Aj[i] += Ac[k * d + i];
+      }
+      if (bc != nullptr) {
+        const float* Bc = static_cast<const float*>(accBc->data);
+        for (int64_t k = 0; k < m; ++k) for (int64_t c2 = 0; c2 < r; ++c2) accB[tokens[k] * r + c2] += Bc[k * r + c2];
+        const float* G = static_cast<const float*>(gradBc->data);
+        float* gb = update_.gb.data() + v0 * r;
+        for (int64_t i = 0; i < c * r; ++i) gb[i] += G[i];
       }
     }
     ggml_free(ctx);

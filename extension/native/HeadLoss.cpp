@@ -119,6 +119,9 @@ Napi::Function HeadLoss::Init(Napi::Env env) {
     InstanceMethod<&HeadLoss::Load>("load"),
     InstanceMethod<&HeadLoss::Run>("run"),
     InstanceMethod<&HeadLoss::Dispose>("dispose"),
+    InstanceMethod<&HeadLoss::SetHeadUpdate>("setHeadUpdate"),
+    InstanceMethod<&HeadLoss::ExportHeadUpdate>("exportHeadUpdate"),
+    InstanceMethod<&HeadLoss::StepHeadUpdateJs>("stepHeadUpdate"),
   });
 }
 

@@ -32,12 +32,30 @@
 //   run(y: Float32Array [n*d], targets: Int32Array [n], weights: Float32Array [n], wantGrad)
 //     -> Promise<{ losses: Float32Array [n], top: Int32Array [n] (each token's highest-scoring id), grad?: Float32Array [n*d], denseTokens: number }>
 //   grad = d(sum_j weights_j * loss_j) / dy.
+//
+// The head update of rank k, owned here in label-private training (HeadStep.cpp):
+// logits = W z + B u with u = A^T z, A [d][k] and B [vocab][k] held by this
+// object with their Adam moments. Its gradients need no backward pass through
+// the backbone; with g_v = w (p_v - [v = target]):
+//   dB_v = sum over tokens of g_v u         (sparse tokens: their kept rows, the
+//                                            rest spread evenly; dense tokens: a
+//                                            product per chunk in the second pass)
+//   du   = w (B^T p - B_target),  dA = sum z du^T,  and dz gains A du.
+// The whole-vocabulary softmax is needed before B's rows can be weighted, so a
+// head with an update never takes the one-pass product (dense tokens take two).
+//   setHeadUpdate(rank, a, b, moments?: { ma, va, mb, vb })   (rank 0: none)
+//   run(..., wantGrad) also keeps A's and B's gradients; then, once the server
+//   has applied the same step to the side network:
+//   stepHeadUpdate({ learningRate, t, clipNorm, beta1, beta2, epsilon }) -> Promise<{ stepped, gradNorm }>
+//     one Adam step of A and B, clipped as one group (not taken when the gradient is not finite)
+//   exportHeadUpdate() -> { rank, a, b, ma, va, mb, vb } (copies)
 #pragma once
 
 #include <napi.h>
 
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -52,6 +70,35 @@ struct HeadTuning {
   double tailMass = 1e-4;      // the most probability a sparse token may leave out
   double tailNats = 18.0;      // rows kept: logit >= the token's largest - tailNats
   int64_t maxCandidates = -1;  // rows kept per token before it goes dense; -1: vocabulary / 64 within [256, 4096]; 0: always dense
+};
+
+/** Floats at 64-byte boundaries (ggml reads B in place, and wants its tensors aligned). */
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const AlignedAllocator<U>&) const { return false; }
+};
+
+/** The device's head update and its optimizer state (see above); rank 0: none. */
+struct HeadUpdateState {
+  int64_t rank = 0;
+  std::vector<float> a;                             // A [d][rank]
+  std::vector<float, AlignedAllocator<float>> b;    // B [vocab][rank]
+  std::vector<float> ma, va, mb, vb;    // Adam's moments of A and B
+  std::vector<float> ga, gb;            // the last call's gradients (kept: the next call reuses them)
+};
+
+/** One Adam step of the head update at the side network's schedule (computed by the caller) and constants. */
+struct HeadStepOptions {
+  double learningRate = 0, t = 1, clipNorm = 1, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8;
 };
 
 struct HeadWeights {
@@ -84,7 +131,9 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   std::unique_ptr<HeadWeights> LoadWeights(std::string* error) const { return loadHeadWeights(path_, threads_, error); }
   // HeadCompute.cpp.
   bool Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
-               float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error) const;
+               float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error);
+  // HeadStep.cpp: clips A's and B's last gradients as one group and steps them by Adam; false when they are not finite.
+  bool StepHeadUpdate(const HeadStepOptions& o, double* gradNorm);
 
   // A head disposed while it loaded drops the weights it receives.
   void Adopt(std::unique_ptr<HeadWeights> w) {
@@ -101,18 +150,28 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value Run(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value SetHeadUpdate(const Napi::CallbackInfo& info);
+  Napi::Value ExportHeadUpdate(const Napi::CallbackInfo& info);
+  Napi::Value StepHeadUpdateJs(const Napi::CallbackInfo& info);
 
   // The sparse tokens' A (HeadCompute.cpp), over `threads_` threads.
   void SparseProducts(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
                       const std::vector<double>& R, const std::vector<double>& tail, float* A) const;
+  // HeadStep.cpp, with a head update: the sparse tokens' B^T p (accB [n][k]) and their part of B's gradient (into update_.gb).
+  void SparseHeadUpdate(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
+                        const std::vector<double>& R, const std::vector<double>& tail, const std::vector<float>& u, const float* weights, float* accB);
+  // One token's du = w (B^T p - B[target]) and A du [d] (`lift`); adds its part to A's gradient and the target's to B's.
+  void HeadUpdateTerms(const float* zj, const float* uj, const float* accBj, int32_t target, float w, float* du, float* lift);
   // The dense tokens' A: every row, in f32 (HeadCompute.cpp).
+  // With a head update, also its B^T p (accB [n][k]) and B's softmax part of the gradient (into update_.gb), from u [n][k].
   bool DenseProducts(const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
-                     std::string* error) const;
+                     const std::vector<float>& u, const float* weights, float* accB, std::string* error);
 
   std::string path_;
   float eps_ = 1e-6f;
   int threads_ = 1;
   HeadTuning tuning_;
+  HeadUpdateState update_;   // touched by the worker only while busy_
   mutable double denseShare_ = 0;  // the share of the last gradient call's tokens that were dense (worker thread only; calls are serial)
   bool busy_ = false;
   bool disposed_ = false;

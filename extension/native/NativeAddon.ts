@@ -113,7 +113,30 @@ export interface NativeHeadLoss {
    * wantGrad, d(sum weights * loss)/dy; `denseTokens`: how many took the dense product.
    */
   run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean): Promise<{ losses: Float32Array; top: Int32Array; grad?: Float32Array; denseTokens: number }>;
+  /** The head update (label-private): logits W z + B (A^T z); A [d][rank], B [vocab][rank], and Adam's moments (zero when not given). Rank 0: none. */
+  setHeadUpdate(rank: number, a?: Float32Array, b?: Float32Array, moments?: HeadUpdateMoments): void;
+  /** One clipped Adam step of A and B from the last run's gradient (not taken, `stepped` false, when it is not finite). */
+  stepHeadUpdate(step: HeadStep): Promise<{ stepped: boolean; gradNorm: number }>;
+  exportHeadUpdate(): { rank: number; a: Float32Array; b: Float32Array } & HeadUpdateMoments;
   dispose(): void;
+}
+
+/** Adam's moments of the head update's A and B. */
+export interface HeadUpdateMoments {
+  ma: Float32Array;
+  va: Float32Array;
+  mb: Float32Array;
+  vb: Float32Array;
+}
+
+/** A step of the head update: the side network's learning rate at this step, t counting from 1, and its constants. */
+export interface HeadStep {
+  learningRate: number;
+  t: number;
+  clipNorm: number;
+  beta1: number;
+  beta2: number;
+  epsilon: number;
 }
 
 export interface NativeAddon {

@@ -1,28 +1,5 @@
-/** Options of the optimizer and learning-rate schedule. */
-export interface TrainerOptions {
-  /** Peak learning rate. */
-  learningRate: number;
-  /** Linear warm-up steps. */
-  warmupSteps: number;
-  /** Steps of the whole job (the cosine decays over them). */
-  totalSteps: number;
-  /** Global gradient-norm clip. Default 1. */
-  clipNorm?: number;
-  /** Adam betas and epsilon. Defaults 0.9, 0.999, 1e-8. */
-  beta1?: number;
-  beta2?: number;
-  epsilon?: number;
-  /** The cosine ends at this fraction of the peak. Default 0.1. */
-  minLearningRateFraction?: number;
-}
-
-/** Warm-up, then cosine decay to minLearningRateFraction of the peak. `step` counts from 0. */
-export function learningRateAt(step: number, o: TrainerOptions): number {
-  const warm = Math.min(1, (step + 1) / Math.max(1, o.warmupSteps));
-  const progress = Math.min(1, Math.max(0, (step - o.warmupSteps) / Math.max(1, o.totalSteps - o.warmupSteps)));
-  const floor = o.minLearningRateFraction ?? 0.1;
-  return o.learningRate * warm * (floor + (1 - floor) * 0.5 * (1 + Math.cos(Math.PI * progress)));
-}
+export type { TrainerOptions } from '../../common/learningRate';
+export { learningRateAt } from '../../common/learningRate';
 
 export interface OptimizerState {
   step: number;

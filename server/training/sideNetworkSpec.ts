@@ -2,6 +2,7 @@ import { runSteps, runStepsSliced } from '../../common/sliced';
 import { AdapterConfig, attentionBlocks, attentionHeadsOf, hasAttention, headParameterNames, ladderParameterNames, MAX_HEAD_WIDTH, parameterNames, parameterShape, parameterSize, SideNetworkShape, sideShape } from '../../common/AdapterConfig';
 import type { JobConfig, ModelSpec } from '../../common/messages';
 import { SeededRandom } from '../../common/SeededRandom';
+import { initialHeadUpdate } from '../../common/headUpdateInit';
 
 /**
  * The side network's definition, whatever runs it: its constants, shape,
@@ -56,17 +57,17 @@ const VALUES_PER_SLICE = 1 << 20;
 /**
  * Initial values: Down, Mid, Up and the attention's Wq, Wk, Wv, Wo random
  * (seeded); alpha 0; Out ZERO (step 0 = backbone); the head update's A
- * random and B ZERO (step 0 = the backbone's head). A generator that pauses
+ * random and B ZERO (step 0 = the backbone's head), drawn apart (initialHeadUpdate). A generator that pauses
  * every VALUES_PER_SLICE values, so a server can fill a large side network
  * without holding its event loop (initialParametersAsync).
  */
 function* initialParameterSteps(shape: SideNetworkShape, seed: number): Generator<void, Map<string, Float32Array>> {
   const rng = new SeededRandom(seed);
   const out = new Map<string, Float32Array>();
-  for (const name of parameterNames(shape)) {
+  for (const name of ladderParameterNames(shape)) {
     const values = new Float32Array(parameterSize(shape, name));
     const kind = name.split('.')[0];
-    const std = kind === 'down' || kind === 'head_a' ? 1 / Math.sqrt(shape.d)
+    const std = kind === 'down' ? 1 / Math.sqrt(shape.d)
       : kind === 'mid' || kind === 'wq' || kind === 'wk' || kind === 'wv' ? 1 / Math.sqrt(shape.r)
       : kind === 'up' ? 0.1 / Math.sqrt(shape.b)
       : kind === 'wo' ? 0.1 / Math.sqrt(shape.r)
@@ -76,6 +77,11 @@ function* initialParameterSteps(shape: SideNetworkShape, seed: number): Generato
       if (i % VALUES_PER_SLICE === VALUES_PER_SLICE - 1) yield;
     }
     out.set(name, values);
+  }
+  if (shape.headRank && shape.vocab) {
+    const head = initialHeadUpdate(shape.d, shape.vocab, shape.headRank, seed);
+    out.set('head_a', head.a);
+    out.set('head_b', head.b);
   }
   return out;
 }

@@ -3,6 +3,7 @@ import { encodePayloadSliced, labelsPayload } from '../../../common/batchPayload
 import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../model/Backbone';
 import type { DeviceHead } from '../model/DeviceHead';
+import type { DeviceHeadUpdate } from './DeviceHeadUpdate';
 import { Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
 import { ActivationCache, activationCacheDir, sequenceKey } from './ActivationCache';
 import type { ServerConnection } from '../connection/ServerConnection';
@@ -52,6 +53,8 @@ export class ActivationStream {
   stopAt: number | undefined;
   /** The activation cache on this computer (useCache). */
   cache: ActivationCache | undefined;
+  /** Label-private with a head update: A and B, trained here beside the server's side network. */
+  headUpdate: DeviceHeadUpdate | undefined;
 
   constructor(
     private readonly backbone: Backbone,
@@ -215,6 +218,7 @@ export class ActivationStream {
     const total = this.config.totalSteps;
     const window = new CreditWindow(conn, jobId, conn.welcome.credits, (ack) => {
       this.timings.serverSeconds += ack.seconds;
+      this.headUpdate?.onAck(ack);
       onAck(ack);
     }, onWaiting);
     const started = process.hrtime.bigint();
@@ -246,7 +250,9 @@ export class ActivationStream {
           joins = joins
             .then(() => side)
             .then(async (r) => {
+              await this.headUpdate?.ready(); // the previous batch's step of the head update
               const { lossSum, tokens, grad } = await this.lossAtJoin(kept, rows, r.payload, true);
+              this.headUpdate?.gradientTaken(index);
               conn.send({ type: 'batch/grad', jobId, index, rows, lossSum, tokens }, grad!);
             });
           joins.catch((err: unknown) => window.fail(MobiError.from(err)));

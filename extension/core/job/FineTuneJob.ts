@@ -16,6 +16,7 @@ import { MobiError } from '../MobiError';
 import { modelFingerprint } from '../model/modelFingerprint';
 import { ScanReport, scanWorkspaceAsync } from '../workspace/scanWorkspace';
 import { ServerConnection } from '../connection/ServerConnection';
+import { DeviceHeadUpdate } from './DeviceHeadUpdate';
 import { ActivationStream, StreamTimings } from './ActivationStream';
 import { adoptRecord, FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, tunedSettings } from './FineTuneOptions';
 import type { JobContext } from './JobContext';
@@ -270,6 +271,8 @@ export class FineTuneJob {
     // Label-private: the model's own head runs here (loaded once per job).
     this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.normEpsilon, this.o.threads) : undefined;
     const stream = new ActivationStream(backbone, data, config, this.ctx, this.head);
+    // Label-private with a head update: A and B are trained here (DeviceHeadUpdate.ts).
+    if (this.head && config.headRank) stream.headUpdate = new DeviceHeadUpdate(this.head, config, info, this.o.storeDir, (l) => this.ctx.log(l), plan?.start?.head);
     await stream.useCache(this.o.storeDir, fingerprint, this.o.activationCacheGiB * 2 ** 30);
     this.work = { scan, backbone, fingerprint, headDigest: digest, data, config, start, stream, digests: fileDigests(scan.files), updateOf: plan && { jobId: plan.from.meta.jobId, sequences: plan.from.meta.sequences } };
     this.ctx.log(`data: ${data.train.length} train / ${data.heldOut.length} held-out sequences, ${config.totalSteps} steps`);
@@ -332,6 +335,7 @@ export class FineTuneJob {
       this.jobId = ready.jobId;
       this.saveRecord();
     }
+    if (work.stream.headUpdate) ready = await work.stream.headUpdate.settle(ready, async () => (await conn.request({ type: 'job/resume', jobId: ready.jobId, fromCheckpoint: true })).message);
     const jobId = ready.jobId;
     this.progress.setStep(ready.step);
     if (ready.state !== 'finished') {
@@ -367,7 +371,8 @@ export class FineTuneJob {
   private async download(conn: ServerConnection, work: Workload, jobId: string): Promise<void> {
     this.setPhase('downloading');
     const partial = new AdapterDownload(this.o.storeDir, jobId);
-    const payload = await downloadAdapter(conn, partial, jobId, maxAdapterBytes(jobShape(work.config, work.backbone.info)));
+    const fromServer = await downloadAdapter(conn, partial, jobId, maxAdapterBytes(jobShape(work.config, work.backbone.info)));
+    const payload = work.stream.headUpdate ? await work.stream.headUpdate.merged(fromServer, work.fingerprint) : fromServer;
     const stored = await new AdapterStore(this.o.storeDir).save(payload, {
       workspace: path.resolve(this.o.workspace), modelFingerprint: work.fingerprint, jobId, createdAt: new Date().toISOString(),
       steps: this.progress.current.step, heldOutLossBefore: this.before!, heldOutLossAfter: this.after!,
@@ -375,6 +380,7 @@ export class FineTuneJob {
       trainSecondsPerStep: this.progress.current.step > 0 ? work.stream.timings.trainWallSeconds / this.progress.current.step : undefined,
     });
     partial.remove();
+    await work.stream.headUpdate?.remove();
     this.adapterPath = stored.file;
     const meta = stored.header.meta;
     if (Number.isSafeInteger(meta.trainTokens)) this.trainTokens = meta.trainTokens as number;

@@ -81,9 +81,7 @@ export function defaultLabelPrivate(o: Pick<FineTuneOptions, 'server'>): boolean
 export function resolveFineTuneOptions(options: FineTuneOptions): ResolvedFineTuneOptions {
   const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as FineTuneOptions;
   const labelPrivate = given.labelPrivate ?? defaultLabelPrivate(given);
-  // The head update is trained from the token ids: label-private jobs have none unless asked (and then are refused).
-  const headRank = given.headRank ?? (labelPrivate ? 0 : JOB_DEFAULTS.headRank);
-  const resolved = { ...JOB_DEFAULTS, ...HOST_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), ...given, labelPrivate, headRank };
+  const resolved = { ...JOB_DEFAULTS, ...HOST_DEFAULTS, scan: {}, storeDir: defaultStoreDir(), ...given, labelPrivate };
   checkFineTuneOptions(resolved); // each given value against its row, and the rules between settings with the defaults applied
   return resolved;
 }

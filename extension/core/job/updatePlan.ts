@@ -83,7 +83,7 @@ export function planUpdate(files: ScannedFile[], before: Record<string, string>,
 export async function adapterStart(
   file: string, fingerprint: string, model: { hiddenSize: number; vocabularySize: number }, maxBytes: number,
   labelPrivate: boolean, headRankName: string,
-): Promise<{ config: JobConfig; values: Float32Array }> {
+): Promise<{ config: JobConfig; values: Float32Array; head?: { a: Float32Array; b: Float32Array } }> {
   let contents;
   try {
     contents = await decodeAdapterSliced(await readAdapterFile(file, maxBytes), fingerprint);
@@ -91,9 +91,6 @@ export async function adapterStart(
     throw MobiError.from(err);
   }
   const job = contents.header.config.job;
-  if (labelPrivate && job.headRank) {
-    throw new MobiError('BAD_ARGUMENT', `The workspace's adapter has a head update (${headRankName} ${job.headRank}), which label-private training cannot train; update it in the standard mode, or start a new job.`);
-  }
   const { initFromBackbone: _unused, labelPrivate: _mode, ...rest } = job;
   const config: JobConfig = { ...rest, ...(labelPrivate ? { labelPrivate: true } : {}), initFromAdapter: true };
   const names = parameterNames(jobShape(config, model));
@@ -105,7 +102,10 @@ export async function adapterStart(
     values.set(contents.tensors.get(n)!.data, at);
     at += contents.tensors.get(n)!.data.length;
   }
-  return { config, values };
+  // Label-private: the head update starts here from the adapter's, and stays here.
+  const [a, b] = [contents.tensors.get('head_a')?.data, contents.tensors.get('head_b')?.data];
+  const head = labelPrivate && config.headRank && a && b ? { a, b } : undefined;
+  return { config, values, head };
 }
 
 /** The adapter an update starts from, and why there is none (then the job is a full one). */
@@ -119,7 +119,7 @@ export function updateSource(found: { file: string; meta: AdapterMetadata } | un
 export interface PreparedUpdate {
   plan: UpdatePlan;
   from: { file: string; meta: AdapterMetadata & { files: Record<string, string> } };
-  start?: { config: JobConfig; values: Float32Array };
+  start?: { config: JobConfig; values: Float32Array; head?: { a: Float32Array; b: Float32Array } };
 }
 
 /**

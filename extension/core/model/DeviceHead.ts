@@ -1,4 +1,4 @@
-import { HeadTuning, loadNativeAddon, NativeHeadLoss } from '../../native/NativeAddon';
+import { HeadStep, HeadTuning, HeadUpdateMoments, loadNativeAddon, NativeHeadLoss } from '../../native/NativeAddon';
 import { defaultThreads } from './Backbone';
 import { MobiError } from '../MobiError';
 
@@ -65,6 +65,25 @@ export class DeviceHead {
       this.counts.gradientTokens += targets.length;
       return { losses: r.losses, grad: r.grad! };
     });
+  }
+
+  /**
+   * The head update trained here (label-private): from now on the logits are
+   * W z + B (A^T z), A [d][rank], B [vocab][rank], with Adam's moments
+   * (zero when not given). Rank 0 removes it.
+   */
+  setHeadUpdate(rank: number, a?: Float32Array, b?: Float32Array, moments?: HeadUpdateMoments): Promise<void> {
+    return this.serial(async () => this.native.setHeadUpdate(rank, a, b, moments));
+  }
+
+  /** One clipped Adam step of the head update from the last lossAndGradient's gradient; `stepped` false when it was not finite. */
+  stepHeadUpdate(step: HeadStep): Promise<{ stepped: boolean; gradNorm: number }> {
+    return this.serial(() => this.native.stepHeadUpdate(step));
+  }
+
+  /** A copy of the head update and its moments. */
+  exportHeadUpdate(): Promise<{ rank: number; a: Float32Array; b: Float32Array } & HeadUpdateMoments> {
+    return this.serial(async () => this.native.exportHeadUpdate());
   }
 
   dispose(): void {

@@ -1,3 +1,4 @@
+import { stepConstants } from '../../../common/learningRate';
 import { ort } from './ort';
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
 import type { ActivationBatch } from '../../../common/batchPayload';
@@ -60,7 +61,7 @@ export class OnnxTrainer {
     this.params = new Map(parameterNames(shape).map((p) => [p, Float32Array.from(values.get(p)!)]));
     this.m = new Map(parameterNames(shape).map((p) => [p, state?.m.get(p) ?? zeros(p)]));
     this.v = new Map(parameterNames(shape).map((p) => [p, state?.v.get(p) ?? zeros(p)]));
-    this.constants = { clipNorm: options.clipNorm ?? 1, beta1: options.beta1 ?? 0.9, beta2: options.beta2 ?? 0.999, epsilon: options.epsilon ?? 1e-8 };
+    this.constants = stepConstants(options);
     this.shapeKey = `v${shape.sideNetwork ?? 1}h${shape.attentionHeads ?? 0}${shape.joinAfterNorm ? 'j' : ''}-${shape.d}x${shape.r}x${shape.b}x${shape.tappedLayers.length}`;
     this.attends = attentionBlocks(shape) > 0;
     this.headUpdate = new HeadUpdate(shape);

@@ -1,3 +1,4 @@
+import type { StepConstants } from '../../../common/learningRate';
 import type { SideNetworkShape } from '../../../common/AdapterConfig';
 import { ADAPTER_NORM_EPS, attentionBlocks, attentionHeadsOf, GATE_TEMPERATURE, hasAttention, ladderParameterNames, parameterShape } from '../sideNetworkSpec';
 import { GraphBuilder } from './GraphBuilder';
@@ -257,12 +258,7 @@ export function buildEvalLoss(d: number): Uint8Array {
 }
 
 /** Adam and clipping constants (the trainer's defaults). */
-export interface StepConstants {
-  clipNorm: number;
-  beta1: number;
-  beta2: number;
-  epsilon: number;
-}
+export type { StepConstants } from '../../../common/learningRate';
 
 /** The gradient of every parameter, given dL/dy at the join (y = last layer + delta). */
 function backwardFromJoin(g: GraphBuilder, shape: SideNetworkShape, f: LadderValues, dy: string): Map<string, string> {

@@ -156,16 +156,15 @@ describe('device job parts', () => {
       assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server, joinAfterNorm: true, labelPrivate: false }).joinAfterNorm, true);
     });
 
-    it('trains the head update by default in the standard mode only (it needs the token ids), and refuses one asked for in label-private mode', async () => {
+    it('trains the head update by default in both modes (label-private trains it on this computer); --head-rank 0 turns it off', async () => {
       const server = { url: 'ws://127.0.0.1:1', token: 't' };
-      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm' }).headRank, JOB_DEFAULTS.headRank);
       assert.ok(JOB_DEFAULTS.headRank > 0);
-      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server }).headRank, 0);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm' }).headRank, JOB_DEFAULTS.headRank);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server }).headRank, JOB_DEFAULTS.headRank);
       assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server, labelPrivate: false }).headRank, JOB_DEFAULTS.headRank);
-      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', headRank: 0 }).headRank, 0);
-      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', headRank: 4 }).headRank, 4);
-      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', labelPrivate: true }).headRank, 0);
-      assert.throws(() => resolveFineTuneOptions({ workspace: 'w', model: 'm', server, headRank: 4 }), /headRank is for the standard mode.*turn labelPrivate off/);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', labelPrivate: true }).headRank, JOB_DEFAULTS.headRank);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server, headRank: 4 }).headRank, 4);
+      assert.equal(resolveFineTuneOptions({ workspace: 'w', model: 'm', server, headRank: 0 }).headRank, 0);
     });
   });
 
@@ -286,7 +285,7 @@ describe('which layers a job taps', () => {
   });
 
   it('refuses a side network other than 1 or 2, a tap interval below 1, and a join after the norm in label-private mode, as BAD_ARGUMENT', () => {
-    for (const bad of [{ sideNetwork: 3 }, { tapEvery: 0 }, { tapEvery: 1.5 }, { joinAfterNorm: 'yes' }, { joinAfterNorm: true, labelPrivate: true }, { initFromBackbone: 1 }, { headRank: 4, labelPrivate: true }, { headRank: 17 }]) {
+    for (const bad of [{ sideNetwork: 3 }, { tapEvery: 0 }, { tapEvery: 1.5 }, { joinAfterNorm: 'yes' }, { joinAfterNorm: true, labelPrivate: true }, { initFromBackbone: 1 }, { headRank: 17 }]) {
       assert.throws(() => checkFineTuneOptions({ workspace: '.', model: '', ...(bad as object) }), (e: MobiError) => e.code === 'BAD_ARGUMENT', JSON.stringify(bad));
     }
   });

@@ -133,6 +133,66 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     }
   });
 
+  it('with a head update: its gradients (read from Adam\'s first moment after one step) and the one at y agree with finite differences, on the sparse and the dense path alike', async () => {
+    const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 12 });
+    const rank = 3;
+    const n = 3;
+    const rng = new SeededRandom(21);
+    let y = new Float32Array(0);
+    const targets = Int32Array.of(42, 7, 300);
+    const weights = Float32Array.of(0.5, 0.25, 0.25);
+    const results: { grad: Float32Array; ga: Float32Array; gb: Float32Array }[] = [];
+    // All rows kept (sparse, nothing left out), then every token dense.
+    for (const tuning of [{ maxCandidates: 100_000, tailNats: 1e9 }, { maxCandidates: 0 }] satisfies HeadTuning[]) {
+      const head = await DeviceHead.open(model, eps, 1, tuning);
+      try {
+        const d = head.hiddenSize;
+        const V = head.vocabularySize;
+        if (y.length === 0) y = Float32Array.from({ length: n * d }, () => rng.normal());
+        const a = Float32Array.from({ length: d * rank }, (_, i) => Math.sin(i) * 0.3);
+        const b = Float32Array.from({ length: V * rank }, (_, i) => Math.cos(i * 0.7) * 0.5);
+        const weighted = async (): Promise<number> => (await head.losses(y, targets)).reduce((s, l, j) => s + weights[j]! * l, 0);
+        await head.setHeadUpdate(rank, a, b);
+        const base = await weighted();
+        const { grad } = await head.lossAndGradient(y, targets, weights);
+        // lr 0 and no clipping: after one step from zero moments, m = (1 - beta1) g.
+        const r = await head.stepHeadUpdate({ learningRate: 0, t: 1, clipNorm: 1e30, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 });
+        assert.ok(r.stepped && r.gradNorm > 0);
+        const st = await head.exportHeadUpdate();
+        const ga = st.ma.map((m) => m / 0.1);
+        const gb = st.mb.map((m) => m / 0.1);
+        assert.deepEqual(Array.from(st.a), Array.from(a), 'learning rate 0 leaves A as it was');
+        const h = 2e-2;
+        const check = async (which: 'a' | 'b', i: number, want: number): Promise<void> => {
+          const up = Float32Array.from(which === 'a' ? a : b);
+          const down = Float32Array.from(up);
+          up[i]! += h;
+          down[i]! -= h;
+          await head.setHeadUpdate(rank, which === 'a' ? up : a, which === 'b' ? up : b);
+          const lu = await weighted();
+          await head.setHeadUpdate(rank, which === 'a' ? down : a, which === 'b' ? down : b);
+          const fd = (lu - (await weighted())) / (2 * h);
+          assert.ok(Math.abs(fd - want) < 2e-3 + 0.03 * Math.abs(fd), `d/d${which}[${i}]: ${want} vs ${fd}`);
+        };
+        for (const i of [0, 5, 100, d * rank - 1]) await check('a', i, ga[i]!);
+        for (const v of [42, 7, 300, 0, 999]) for (const c of [0, rank - 1]) await check('b', v * rank + c, gb[v * rank + c]!);
+        await head.setHeadUpdate(rank, a, b);
+        assert.equal(await weighted(), base);
+        results.push({ grad, ga, gb });
+      } finally {
+        head.dispose();
+      }
+    }
+    const [sparse, dense] = results as [typeof results[0], typeof results[0]];
+    const close = (x: Float32Array, z: Float32Array, what: string): void => {
+      const scale = Math.max(...Array.from(z, Math.abs));
+      for (let i = 0; i < x.length; i++) assert.ok(Math.abs(x[i]! - z[i]!) <= 5e-3 * scale, `${what}[${i}]: sparse ${x[i]} vs dense ${z[i]}`);
+    };
+    close(sparse.grad, dense.grad, 'dy');
+    close(sparse.ga, dense.ga, 'dA');
+    close(sparse.gb, dense.gb, 'dB');
+  });
+
   it('refuses a target outside the vocabulary and a file without a head, with typed errors', async () => {
     const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 11 });
     const head = await DeviceHead.open(model, eps, 1);
