@@ -64,7 +64,7 @@ export const JOB_SETTINGS = {
   },
   labelPrivate: {
     kind: 'boolean', flag: '--label-private', negation: '--no-label-private', key: 'labelPrivate', hostDefault: true, markdown: true,
-    doc: 'Label-private training with a team server (on unless turned off; the embedded server, where nothing leaves this computer, trains in the standard mode): no token id leaves this computer. The loss is computed here with the model\'s own head; the server receives the tapped layers\' activations and the loss gradient, which are not text, but from which a server can recover much of it (in the README\'s privacy audit, most of it from the first layers; `mobillm.skipLayers` sends fewer layers). Off: the server also receives every training token\'s id, which is the code itself.',
+    doc: 'Label-private training with a team server (on unless turned off; the embedded server, where nothing leaves this computer, trains in the standard mode): token ids are not sent as such. The loss and the head update are computed here with the model\'s own head; the server receives the tapped layers\' activations and the loss gradient, which are not text, but from which a server can recover much of it (in the README\'s privacy audit, most of it from the first layers; `mobillm.skipLayers` sends fewer layers), and a server that computes the public model\'s head can read the next-token ids back from the gradient (the README\'s label-leak measurement: all of them). Off: the server also receives every training token\'s id, which is the code itself.',
   },
   sideNetwork: {
     kind: 'oneOf', values: [1, 2], default: 2, flag: '--side-network', key: 'sideNetwork',

@@ -325,7 +325,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     await confirm.waitFor({ timeout: 60_000 });
     // A team server, no privacy setting: label-private by default; the dialog says what still crosses, with the audit's figure.
     const teamText = await confirm.innerText();
-    assert.match(teamText, /Label-private: no token id leaves this computer/);
+    assert.match(teamText, /Label-private: token ids are not sent as such/);
     assert.match(teamText, /In our privacy audit .* a server recovered about \d+% of the workspace's tokens exactly/);
     await page.screenshot({ path: path.join(SHOTS, '1b-confirm-team-server.png') });
     await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();

@@ -40,9 +40,10 @@ export function serverPlace(serverUrl: string | undefined, labelPrivate: boolean
 }
 
 const LABEL_PRIVATE_LINE =
-  'Label-private: no token id leaves this computer (the loss is computed here). The team server receives activations of the tapped ' +
+  'Label-private: token ids are not sent as such (the loss is computed here). The team server receives activations of the tapped ' +
   'layers and loss gradients; they are not text, but a server can recover much of the code from them (inversion attacks), most ' +
-  'from early layers ("skip layers" sends fewer).';
+  'from early layers ("skip layers" sends fewer), and one that computes the public model\'s head can read the next-token ids back ' +
+  'from the gradients (in our measurement, all of them).';
 
 /** The dialog's line before a job starts. */
 export function confirmPrivacyLine(place: ServerPlace, exposure: Exposure): string {
@@ -64,5 +65,5 @@ export function wireStatement(place: ServerPlace, exposure: Exposure): string {
     "(anyone with the model's public tokenizer reads it back exactly), and the tapped layers' hidden states, quantized, from which " +
     'much of the code can also be recovered; once per model, the public head weights. Files are not uploaded as files, but their ' +
     "content reaches the server. The server's disk keeps no token ids, activations or text. Use a server inside your team's trust " +
-    `boundary, over TLS; "skip layers" sends fewer layers; label-private mode (the default) sends no token ids. ${auditSentence(place, exposure)}`;
+    `boundary, over TLS; "skip layers" sends fewer layers; label-private mode (the default) sends no token ids as such. ${auditSentence(place, exposure)}`;
 }

@@ -34,9 +34,10 @@ describe('What the product says about privacy', () => {
     assert.match(wireStatement('embedded', DEFAULT), /token ids/);
   });
 
-  it('label-private with a team server: no token id leaves; activations and gradients do, and can give much of the code away', () => {
+  it('label-private with a team server: no token id is sent as such; activations and gradients are, and can give much of the code and the ids away', () => {
     for (const text of [confirmPrivacyLine('team-label-private', DEFAULT), wireStatement('team-label-private', DEFAULT)]) {
-      assert.match(text, /no token id leaves this computer/);
+      assert.match(text, /token ids are not sent as such/);
+      assert.match(text, /read the next-token ids back from the gradients/);
       assert.match(text, /activations/);
       assert.match(text, /gradients/);
       assert.match(text, /recover much of the code/);
