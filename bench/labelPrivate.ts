@@ -4,7 +4,9 @@
  * loopback (as a team server does), and each device run is its own child
  * process, alternating modes, so the device's peak RSS and CPU time are the
  * device's alone. Reports wall time of training, device CPU seconds per
- * training token and device peak RSS, label-private / standard.
+ * training token and device peak RSS, label-private / standard, both with
+ * the default head update (label-private trains it on the device); and
+ * label-private with it / without it (--head-rank 0), its own cost.
  *
  *   npm run bench:label-private [-- --steps 8 --rounds 2]
  */
@@ -15,9 +17,10 @@ import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
 import { BENCH_CACHE, machineDescription, peakRssBytes, qwenShapedModel } from './lib/benchModels';
 import { writeResult } from './lib/writeResult';
+import { JOB_DEFAULTS } from '../common/jobSettings';
 
 interface DeviceRun {
-  mode: 'standard' | 'label-private';
+  mode: 'standard' | 'label-private' | 'label-private-no-head';
   trainWallSeconds: number;
   deviceForwardSeconds: number;
   headSeconds: number;
@@ -36,7 +39,7 @@ async function child(mode: DeviceRun['mode'], url: string, token: string, steps:
     const cpu0 = process.cpuUsage();
     const r = await new FineTuneJob({
       workspace: path.resolve(__dirname, '..', '..', 'extension'), model: qwenShapedModel('q8_0'), storeDir: store, steps, bits: 8, seed: 1,
-      maxHeldOutSequences: 4, server: { url, token }, labelPrivate: mode === 'label-private',
+      maxHeldOutSequences: 4, server: { url, token }, labelPrivate: mode !== 'standard', ...(mode === 'label-private-no-head' ? { headRank: 0 } : {}),
     }).run();
     const cpu = process.cpuUsage(cpu0);
     const t = r.timings;
@@ -64,7 +67,7 @@ async function main(): Promise<void> {
   const runs: DeviceRun[] = [];
   try {
     // A first standard run uploads the head (cached by the server afterwards); it is not counted.
-    for (const [i, mode] of (['standard', ...Array.from({ length: rounds }, () => ['label-private', 'standard'] as const).flat()] as const).entries()) {
+    for (const [i, mode] of (['standard', ...Array.from({ length: rounds }, () => ['label-private', 'standard', 'label-private-no-head'] as const).flat()] as const).entries()) {
       const r = spawnSync(process.execPath, [__filename, 'child', '--mode', mode, '--url', url, '--token', token, '--steps', String(steps)], { encoding: 'utf8', maxBuffer: 1 << 24 });
       if (r.status !== 0) throw new RangeError(`device run failed: ${r.stderr.slice(-2000)}`);
       const run = JSON.parse(r.stdout.trim().split('\n').pop()!) as DeviceRun;
@@ -79,22 +82,32 @@ async function main(): Promise<void> {
     const xs = runs.filter((r) => r.mode === mode).map(f);
     return xs.reduce((a, b) => a + b, 0) / xs.length;
   };
-  const ratio = (f: (r: DeviceRun) => number): number => mean('label-private', f) / mean('standard', f);
+  const ratio = (f: (r: DeviceRun) => number, base: DeviceRun['mode'] = 'standard'): number => mean('label-private', f) / mean(base, f);
   const out = {
     model: 'qwen2.5-0.5b-shape-q8_0.gguf (24 layers, d 896, real Qwen2 vocabulary 151,936, random weights)',
-    steps, rounds, bits: 8, server: 'mobillm-server process on loopback, onnxruntime-cpu',
+    steps, rounds, bits: 8, server: 'mobillm-server process on loopback, onnxruntime-cpu', headRank: JOB_DEFAULTS.headRank,
     runs,
     labelPrivateOverStandard: {
       wall: ratio((r) => r.trainWallSeconds),
       deviceCpuPerToken: ratio((r) => r.cpuSeconds / r.trainTokens),
       devicePeakRss: ratio((r) => r.peakRssBytes),
     },
+    headUpdateOnDevice: {
+      note: 'label-private with the head update / label-private without it (--head-rank 0): what training A and B on the device costs',
+      wall: ratio((r) => r.trainWallSeconds, 'label-private-no-head'),
+      deviceCpuPerToken: ratio((r) => r.cpuSeconds / r.trainTokens, 'label-private-no-head'),
+      devicePeakRss: ratio((r) => r.peakRssBytes, 'label-private-no-head'),
+      headSecondsWith: mean('label-private', (r) => r.headSeconds),
+      headSecondsWithout: mean('label-private-no-head', (r) => r.headSeconds),
+    },
     goals: { wall: 1.0, deviceCpuPerToken: 1.25, devicePeakRss: 1.1 },
     machine: machineDescription(),
   };
   writeResult('labelPrivate.json', out);
   const r = out.labelPrivateOverStandard;
-  console.log(`label-private / standard (Qwen-shaped Q8_0, ${steps} steps x ${rounds}): wall ${r.wall.toFixed(2)}x (goal <= 1.0), device CPU per token ${r.deviceCpuPerToken.toFixed(2)}x (goal <= 1.25), device peak RSS ${r.devicePeakRss.toFixed(2)}x (goal <= 1.1)`);
+  console.log(`label-private / standard (Qwen-shaped Q8_0, ${steps} steps x ${rounds}, head update of rank ${out.headRank} in both): wall ${r.wall.toFixed(2)}x (goal <= 1.0), device CPU per token ${r.deviceCpuPerToken.toFixed(2)}x (goal <= 1.25), device peak RSS ${r.devicePeakRss.toFixed(2)}x (goal <= 1.1)`);
+  const h = out.headUpdateOnDevice;
+  console.log(`the head update on the device (label-private with / without): wall ${h.wall.toFixed(2)}x, device CPU per token ${h.deviceCpuPerToken.toFixed(2)}x, device peak RSS ${h.devicePeakRss.toFixed(2)}x; head ${h.headSecondsWith.toFixed(1)} s against ${h.headSecondsWithout.toFixed(1)} s`);
 }
 
 void main().catch((err) => {

@@ -4,6 +4,7 @@
  *   npm run bench:load                         (both parts; writes bench/results/load.json)
  *   npm run bench:load -- --part server        (or extension-host; --devices 1,2,4,8 --stores file,postgres --steps 30)
  *   npm run bench:load -- --part extension-host --context-rate 0.5   (the same with training context: extensionHostTrainingContext)
+ *   npm run bench:load -- --part extension-host --label-private      (a team server process, label-private: extensionHostLabelPrivate)
  *
  * extension host: a fine-tune of the Qwen2.5-0.5B shape (Q8_0, 151,936
  *   vocabulary, defaults, the embedded server) run by this process, as VS
@@ -74,8 +75,11 @@ function percentile(xs: number[], p: number): number {
 const round = (x: number, digits = 1): number => Number(x.toFixed(digits));
 
 /** The extension host's event loop during an embedded fine-tune of the Qwen shape. */
-async function extensionHost(steps: number, contextRate: number): Promise<Record<string, unknown>> {
+async function extensionHost(steps: number, contextRate: number, labelPrivate = false): Promise<Record<string, unknown>> {
   const model = qwenShapedModel('q8_0');
+  // Label-private: a team server of its own (a process), so the head's loss, its update and their snapshots run here.
+  const dataDir = labelPrivate ? fs.mkdtempSync(path.join(BENCH_CACHE, 'load-lp-server-')) : undefined;
+  const server = dataDir ? { token: addUser(dataDir, 'bench'), ...(await startServerProcess(dataDir, await freePort())) } : undefined;
   const h = monitorEventLoopDelay({ resolution: 10 });
   const late: number[] = [];
   let due = performance.now() + 20;
@@ -86,12 +90,21 @@ async function extensionHost(steps: number, contextRate: number): Promise<Record
   }, 20);
   h.enable();
   const started = Date.now();
-  const r = await new FineTuneJob({ workspace: workspace(), model, storeDir: fs.mkdtempSync(path.join(BENCH_CACHE, 'load-host-')), steps, contextRate, log: () => undefined }).run();
-  h.disable();
-  clearInterval(timer);
+  let r: Awaited<ReturnType<FineTuneJob['run']>>;
+  try {
+    r = await new FineTuneJob({
+      workspace: workspace(), model, storeDir: fs.mkdtempSync(path.join(BENCH_CACHE, 'load-host-')), steps, contextRate, log: () => undefined,
+      ...(server ? { server: { url: server.url, token: server.token }, checkpointEvery: 10 } : {}),
+    }).run();
+  } finally {
+    h.disable();
+    clearInterval(timer);
+    if (server) await killHard(server.proc);
+    if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+  }
   const ms = (ns: number): number => round(ns / 1e6);
   return {
-    model: `${path.basename(model)} (Qwen2.5-0.5B shape, Q8_0, 151,936 vocabulary), ${r.steps} steps, ${contextRate > 0 ? `defaults but --context-rate ${contextRate}` : 'defaults'}, embedded server (a child process)`,
+    model: `${path.basename(model)} (Qwen2.5-0.5B shape, Q8_0, 151,936 vocabulary), ${r.steps} steps, ${contextRate > 0 ? `defaults but --context-rate ${contextRate}` : 'defaults'}, ${server ? 'a team server process (label-private: the head\'s loss and the head update on the device, snapshots every 10 steps)' : 'embedded server (a child process)'}`,
     seconds: round((Date.now() - started) / 1000),
     loopDelayMs: { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max) },
     timer20ms: { ticks: late.length, over100msLate: late.filter((x) => x > 100).length, p99LateMs: round(percentile(late, 99)), maxLateMs: round(Math.max(...late)) },
@@ -236,16 +249,17 @@ async function main(): Promise<void> {
     .option('--steps <n>', 'training steps of each job', '30')
     .option('--training-workers <n>', 'the server\'s training workers (one intra-op thread each)', '2')
     .option('--context-rate <x>', 'extension host: the job\'s --context-rate (above 0: written as extensionHostTrainingContext)', '0')
+    .option('--label-private', 'extension host: with a team server process, label-private (written as extensionHostLabelPrivate)')
     .parse()
-    .opts<{ part: string; devices: string; stores: string; steps: string; trainingWorkers: string; contextRate: string }>();
+    .opts<{ part: string; devices: string; stores: string; steps: string; trainingWorkers: string; contextRate: string; labelPrivate?: boolean }>();
   const steps = Number(o.steps);
   const file = path.join(ROOT, 'bench', 'results', 'load.json');
   const previous = fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>) : {};
   const out: Record<string, unknown> = { ...previous, machine: machineDescription() };
   if (o.part === 'all' || o.part === 'extension-host') {
     log('extension host: an embedded fine-tune of the Qwen2.5-0.5B shape ...');
-    const key = Number(o.contextRate) > 0 ? 'extensionHostTrainingContext' : 'extensionHost';
-    out[key] = await extensionHost(steps, Number(o.contextRate));
+    const key = o.labelPrivate ? 'extensionHostLabelPrivate' : Number(o.contextRate) > 0 ? 'extensionHostTrainingContext' : 'extensionHost';
+    out[key] = await extensionHost(steps, Number(o.contextRate), o.labelPrivate === true);
     log(JSON.stringify(out[key]));
   }
   if (o.part === 'all' || o.part === 'server') {
