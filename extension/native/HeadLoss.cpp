@@ -122,6 +122,8 @@ Napi::Function HeadLoss::Init(Napi::Env env) {
     InstanceMethod<&HeadLoss::SetHeadUpdate>("setHeadUpdate"),
     InstanceMethod<&HeadLoss::ExportHeadUpdate>("exportHeadUpdate"),
     InstanceMethod<&HeadLoss::StepHeadUpdateJs>("stepHeadUpdate"),
+    InstanceMethod<&HeadLoss::SaveHeadUpdate>("saveHeadUpdate"),
+    InstanceMethod<&HeadLoss::LoadHeadUpdate>("loadHeadUpdate"),
   });
 }
 

@@ -48,7 +48,9 @@
 //   has applied the same step to the side network:
 //   stepHeadUpdate({ learningRate, t, clipNorm, beta1, beta2, epsilon }) -> Promise<{ stepped, gradNorm }>
 //     one Adam step of A and B, clipped as one group (not taken when the gradient is not finite)
-//   exportHeadUpdate() -> { rank, a, b, ma, va, mb, vb } (copies)
+//   exportHeadUpdate(withMoments) -> { rank, a, b[, ma, va, mb, vb] } (copies)
+//   saveHeadUpdate(path, jobId, step, rank) / loadHeadUpdate(path, jobId, step, rank) -> Promise
+//     the state with its moments written to / read from a file on a worker (checked: job, step, shape, checksum)
 #pragma once
 
 #include <napi.h>
@@ -101,6 +103,8 @@ struct HeadStepOptions {
   double learningRate = 0, t = 1, clipNorm = 1, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8;
 };
 
+struct SnapshotHeader;  // HeadStep.cpp
+
 struct HeadWeights {
   ggml_context* ctx = nullptr;
   ggml_backend_buffer_t buffer = nullptr;
@@ -134,6 +138,9 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
                float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error);
   // HeadStep.cpp: clips A's and B's last gradients as one group and steps them by Adam; false when they are not finite.
   bool StepHeadUpdate(const HeadStepOptions& o, double* gradNorm);
+  // Worker-thread halves of saveHeadUpdate / loadHeadUpdate (HeadStep.cpp).
+  bool SaveSnapshot(const std::string& path, const SnapshotHeader& header, std::string* error);
+  bool LoadSnapshot(const std::string& path, const SnapshotHeader& expect, std::string* error);
 
   // A head disposed while it loaded drops the weights it receives.
   void Adopt(std::unique_ptr<HeadWeights> w) {
@@ -153,6 +160,9 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   Napi::Value SetHeadUpdate(const Napi::CallbackInfo& info);
   Napi::Value ExportHeadUpdate(const Napi::CallbackInfo& info);
   Napi::Value StepHeadUpdateJs(const Napi::CallbackInfo& info);
+  Napi::Value SaveHeadUpdate(const Napi::CallbackInfo& info) { return SnapshotJs(info, true); }
+  Napi::Value LoadHeadUpdate(const Napi::CallbackInfo& info) { return SnapshotJs(info, false); }
+  Napi::Value SnapshotJs(const Napi::CallbackInfo& info, bool save);
 
   // The sparse tokens' A (HeadCompute.cpp), over `threads_` threads.
   void SparseProducts(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,

@@ -113,11 +113,15 @@ export interface NativeHeadLoss {
    * wantGrad, d(sum weights * loss)/dy; `denseTokens`: how many took the dense product.
    */
   run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean): Promise<{ losses: Float32Array; top: Int32Array; grad?: Float32Array; denseTokens: number }>;
-  /** The head update (label-private): logits W z + B (A^T z); A [d][rank], B [vocab][rank], and Adam's moments (zero when not given). Rank 0: none. */
+  /** The head update (label-private): logits W z + B (A^T z); A [d][rank], B [vocab][rank] (zero when not given), and Adam's moments (zero when not given). Rank 0: none. */
   setHeadUpdate(rank: number, a?: Float32Array, b?: Float32Array, moments?: HeadUpdateMoments): void;
   /** One clipped Adam step of A and B from the last run's gradient (not taken, `stepped` false, when it is not finite). */
   stepHeadUpdate(step: HeadStep): Promise<{ stepped: boolean; gradNorm: number }>;
-  exportHeadUpdate(): { rank: number; a: Float32Array; b: Float32Array } & HeadUpdateMoments;
+  exportHeadUpdate(withMoments?: boolean): { rank: number; a: Float32Array; b: Float32Array } & Partial<HeadUpdateMoments>;
+  /** The head update with its moments written to `path` on a worker thread (job id, step and shape in its header, a checksum at its end). */
+  saveHeadUpdate(path: string, jobId: string, step: number, rank: number): Promise<void>;
+  /** Reads what saveHeadUpdate wrote, checking job id, step, shape and checksum (BAD_ARGUMENT when they do not match). */
+  loadHeadUpdate(path: string, jobId: string, step: number, rank: number): Promise<void>;
   dispose(): void;
 }
 

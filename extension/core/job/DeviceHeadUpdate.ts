@@ -2,21 +2,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { adapterShape, parameterShape } from '../../../common/AdapterConfig';
 import { decodeAdapterSliced, encodeAdapterSliced } from '../../../common/AdapterFile';
-import { writeFileAtomicSliced } from '../../../common/atomicWrite';
 import { initialHeadUpdate } from '../../../common/headUpdateInit';
 import { learningRateAt, stepConstants } from '../../../common/learningRate';
 import type { JobConfig, ServerMessage } from '../../../common/messages';
-import { sha256Sliced, yieldToEventLoop } from '../../../common/sliced';
-import type { HeadUpdateMoments } from '../../native/NativeAddon';
 import type { DeviceHead } from '../model/DeviceHead';
 import { MobiError } from '../MobiError';
 
-const MAGIC = 'MOBIHEAD';
-const VERSION = 1;
 /** Snapshots kept per job: the server's durable checkpoint is at most one interval behind its newest. */
 const KEPT_SNAPSHOTS = 3;
-
-type HeadState = { rank: number; a: Float32Array; b: Float32Array } & HeadUpdateMoments;
 
 /** The device store's folder of a job's head-update snapshots. */
 export function headUpdateDir(storeDir: string, jobId: string): string {
@@ -30,7 +23,8 @@ export function headUpdateDir(storeDir: string, jobId: string): string {
  * the step is applied when the server acknowledges the same step of the side
  * network, at the learning rate it used (a step the server skipped is skipped
  * here too), so both halves stay one optimizer. Snapshots at the server's
- * checkpoint steps (and step 0) let a resumed job, or one moved to another
+ * checkpoint steps (and step 0; written by the head's native code on a
+ * worker thread, with a checksum) let a resumed job, or one moved to another
  * replica, start both halves from the same step.
  */
 export class DeviceHeadUpdate {
@@ -39,7 +33,6 @@ export class DeviceHeadUpdate {
   private jobId: string | undefined;
   /** The batch whose gradient the head holds, not yet stepped, and what waits for its step. */
   private pending: { index: number; done: Promise<void>; resolve: () => void } | undefined;
-  private saving: Promise<void> = Promise.resolve();
   private failure: MobiError | undefined;
 
   constructor(
@@ -74,14 +67,18 @@ export class DeviceHeadUpdate {
     this.jobId = jobId;
     const file = this.snapshotFile(serverStep);
     if (fs.existsSync(file)) {
-      const s = await this.read(file, serverStep);
-      await this.head.setHeadUpdate(s.rank, s.a, s.b, s);
+      try {
+        await this.head.loadHeadUpdate(file, jobId, serverStep, this.rank);
+      } catch (err) {
+        throw new MobiError('IO_ERROR', `The head update's snapshot at step ${serverStep} cannot be used (${MobiError.from(err).message}); start a new job.`);
+      }
       this.step = serverStep;
       this.log(`head update: resumed at step ${serverStep} from this computer's snapshot`);
       return true;
     }
     if (serverStep !== 0) return false;
-    const start = this.initial ?? initialHeadUpdate(this.model.hiddenSize, this.model.vocabularySize, this.rank, this.config.seed);
+    // A new job's B is zero (set natively, without a copy); an update's is its adapter's.
+    const start = this.initial ?? { a: initialHeadUpdate(this.model.hiddenSize, 0, this.rank, this.config.seed).a, b: undefined };
     await this.head.setHeadUpdate(this.rank, start.a, start.b);
     this.step = 0;
     await this.snapshot();
@@ -121,7 +118,8 @@ export class DeviceHeadUpdate {
     if (!pending || pending.index !== ack.index) return; // a resend's acknowledgement: nothing was trained
     this.pending = undefined;
     const stepped = ack.skipped ? (this.step = ack.step, Promise.resolve()) : this.apply(ack.step, ack.learningRate);
-    void stepped.then(pending.resolve, pending.resolve);
+    // A failed step or snapshot fails the job at its next batch (ready).
+    void stepped.catch((err: unknown) => void (this.failure ??= MobiError.from(err))).then(pending.resolve);
   }
 
   private async apply(step: number, learningRate: number): Promise<void> {
@@ -131,67 +129,20 @@ export class DeviceHeadUpdate {
     if (step % Math.max(1, this.config.checkpointEvery) === 0 || step === this.config.totalSteps) await this.snapshot();
   }
 
-  /**
-   * The head update's state at this step, copied now and written whole in the
-   * background (older snapshots beyond KEPT_SNAPSHOTS removed); a failed write
-   * fails the job at its next batch.
-   */
+  /** The head update's state at this step, written whole on a worker thread (older snapshots beyond KEPT_SNAPSHOTS removed). */
   private async snapshot(): Promise<void> {
     const step = this.step;
-    const state = await this.head.exportHeadUpdate();
-    this.saving = this.saving.then(async () => {
-      await this.write(this.snapshotFile(step), step, state);
-      const dir = headUpdateDir(this.storeDir, this.jobId!);
-      const steps = fs.readdirSync(dir).map((f) => /^step-(\d+)\.bin$/.exec(f)?.[1]).filter((x): x is string => x !== undefined).map(Number).sort((a, b) => b - a);
-      for (const old of steps.slice(KEPT_SNAPSHOTS)) fs.rmSync(this.snapshotFile(old), { force: true });
-    });
-    this.saving.catch((err: unknown) => (this.failure ??= MobiError.from(err)));
+    const file = this.snapshotFile(step);
+    await fs.promises.mkdir(path.dirname(file), { recursive: true });
+    const partial = `${file}.partial-${process.pid}`;
+    await this.head.saveHeadUpdate(partial, this.jobId!, step, this.rank);
+    await fs.promises.rename(partial, file);
+    const steps = (await fs.promises.readdir(path.dirname(file))).map((f) => /^step-(\d+)\.bin$/.exec(f)?.[1]).filter((x): x is string => x !== undefined).map(Number).sort((x, y) => y - x);
+    for (const old of steps.slice(KEPT_SNAPSHOTS)) await fs.promises.rm(this.snapshotFile(old), { force: true });
   }
 
   private snapshotFile(step: number): string {
     return path.join(headUpdateDir(this.storeDir, this.jobId!), `step-${step}.bin`);
-  }
-
-  private async write(file: string, step: number, s: HeadState): Promise<void> {
-    const parts = [s.a, s.b, s.ma, s.va, s.mb, s.vb];
-    const header = Buffer.from(JSON.stringify({ version: VERSION, jobId: this.jobId, step, rank: s.rank, d: this.model.hiddenSize, vocab: this.model.vocabularySize }), 'utf8');
-    const start = Math.ceil((12 + header.length) / 4) * 4;
-    const bytes = Buffer.allocUnsafe(start + parts.reduce((n, p) => n + p.byteLength, 0) + 32);
-    bytes.write(MAGIC, 0, 'latin1');
-    bytes.writeUInt32LE(header.length, 8);
-    header.copy(bytes, 12);
-    bytes.fill(0, 12 + header.length, start);
-    let at = start;
-    for (const p of parts) {
-      Buffer.from(p.buffer, p.byteOffset, p.byteLength).copy(bytes, at);
-      at += p.byteLength;
-      await yieldToEventLoop();
-    }
-    (await sha256Sliced(bytes.subarray(0, at))).copy(bytes, at);
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    await writeFileAtomicSliced(file, bytes);
-  }
-
-  private async read(file: string, step: number): Promise<HeadState> {
-    const bytes = await fs.promises.readFile(file);
-    const bad = (why: string): MobiError => new MobiError('IO_ERROR', `The head update's snapshot at step ${step} is damaged (${why}); start a new job.`);
-    if (bytes.length < 44 || bytes.toString('latin1', 0, 8) !== MAGIC) throw bad('not a snapshot');
-    if (!(await sha256Sliced(bytes.subarray(0, bytes.length - 32))).equals(bytes.subarray(bytes.length - 32))) throw bad('checksum mismatch');
-    const headerLength = bytes.readUInt32LE(8);
-    const h = JSON.parse(bytes.toString('utf8', 12, 12 + headerLength)) as { version: number; jobId: string; step: number; rank: number; d: number; vocab: number };
-    if (h.version !== VERSION || h.jobId !== this.jobId || h.step !== step || h.rank !== this.rank || h.d !== this.model.hiddenSize || h.vocab !== this.model.vocabularySize) throw bad('another job, step or shape');
-    const na = h.d * h.rank;
-    const nb = h.vocab * h.rank;
-    let at = Math.ceil((12 + headerLength) / 4) * 4;
-    if (bytes.length !== at + 4 * (3 * na + 3 * nb) + 32) throw bad('wrong size');
-    const take = (n: number): Float32Array => {
-      const out = new Float32Array(n);
-      Buffer.from(out.buffer).set(bytes.subarray(at, at + 4 * n));
-      at += 4 * n;
-      return out;
-    };
-    const [a, b] = [take(na), take(nb)];
-    return { rank: h.rank, a, b, ma: take(na), va: take(na), mb: take(nb), vb: take(nb) };
   }
 
   /**
@@ -212,7 +163,6 @@ export class DeviceHeadUpdate {
 
   /** The job's snapshots, once its adapter is stored. */
   async remove(): Promise<void> {
-    await this.saving.catch(() => undefined);
-    if (this.jobId) fs.rmSync(headUpdateDir(this.storeDir, this.jobId), { recursive: true, force: true });
+    if (this.jobId) await fs.promises.rm(headUpdateDir(this.storeDir, this.jobId), { recursive: true, force: true });
   }
 }

@@ -81,9 +81,19 @@ export class DeviceHead {
     return this.serial(() => this.native.stepHeadUpdate(step));
   }
 
-  /** A copy of the head update and its moments. */
-  exportHeadUpdate(): Promise<{ rank: number; a: Float32Array; b: Float32Array } & HeadUpdateMoments> {
-    return this.serial(async () => this.native.exportHeadUpdate());
+  /** A copy of the head update's A and B (and with `withMoments`, Adam's moments). */
+  exportHeadUpdate(withMoments = false): Promise<{ rank: number; a: Float32Array; b: Float32Array } & Partial<HeadUpdateMoments>> {
+    return this.serial(async () => this.native.exportHeadUpdate(withMoments));
+  }
+
+  /** The head update and its moments written to `file` (saveHeadUpdate: on a worker thread). */
+  saveHeadUpdate(file: string, jobId: string, step: number, rank: number): Promise<void> {
+    return this.serial(() => this.native.saveHeadUpdate(file, jobId, step, rank));
+  }
+
+  /** The head update and its moments read from `file`, checked against the job, step and rank. */
+  loadHeadUpdate(file: string, jobId: string, step: number, rank: number): Promise<void> {
+    return this.serial(() => this.native.loadHeadUpdate(file, jobId, step, rank));
   }
 
   dispose(): void {

@@ -1,9 +1,12 @@
 import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { readModelTensor } from '../../../../../extension/core/model/Backbone';
 import { DeviceHead } from '../../../../../extension/core/model/DeviceHead';
 import type { HeadTuning } from '../../../../../extension/native/NativeAddon';
 import { SeededRandom } from '../../../../../common/SeededRandom';
 import { tinyModel } from '../../../../helpers/models';
+import { tmpDir } from '../../../../helpers/workspaces';
 
 /** z as ggml's matrix product with a Q8_0 matrix sees it: rounded to 8 bits per block of 32, one scale per block (as llama.cpp's own head does). */
 function q8Rounded(z: number[]): number[] {
@@ -158,9 +161,9 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
         // lr 0 and no clipping: after one step from zero moments, m = (1 - beta1) g.
         const r = await head.stepHeadUpdate({ learningRate: 0, t: 1, clipNorm: 1e30, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 });
         assert.ok(r.stepped && r.gradNorm > 0);
-        const st = await head.exportHeadUpdate();
-        const ga = st.ma.map((m) => m / 0.1);
-        const gb = st.mb.map((m) => m / 0.1);
+        const st = await head.exportHeadUpdate(true);
+        const ga = st.ma!.map((m) => m / 0.1);
+        const gb = st.mb!.map((m) => m / 0.1);
         assert.deepEqual(Array.from(st.a), Array.from(a), 'learning rate 0 leaves A as it was');
         const h = 2e-2;
         const check = async (which: 'a' | 'b', i: number, want: number): Promise<void> => {
@@ -191,6 +194,38 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     close(sparse.grad, dense.grad, 'dy');
     close(sparse.ga, dense.ga, 'dA');
     close(sparse.gb, dense.gb, 'dB');
+  });
+
+  it('saves the head update with its moments and reads it back in another head; another job, step or a damaged byte is refused', async () => {
+    const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 12 });
+    const [one, two] = [await DeviceHead.open(model, eps, 1), await DeviceHead.open(model, eps, 1)];
+    const file = path.join(tmpDir('head-snap'), 'step-3.bin');
+    const job = '01234567-89ab-cdef-0123-456789abcdef';
+    try {
+      const rank = 2;
+      const rng = new SeededRandom(4);
+      await one.setHeadUpdate(rank, Float32Array.from({ length: one.hiddenSize * rank }, () => rng.normal() * 0.1));
+      const y = Float32Array.from({ length: 2 * one.hiddenSize }, () => rng.normal());
+      await one.lossAndGradient(y, Int32Array.of(3, 9), Float32Array.of(0.5, 0.5));
+      await one.stepHeadUpdate({ learningRate: 0.01, t: 1, clipNorm: 1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 });
+      await one.saveHeadUpdate(file, job, 3, rank);
+      await two.loadHeadUpdate(file, job, 3, rank);
+      const [a, b] = [await one.exportHeadUpdate(true), await two.exportHeadUpdate(true)];
+      for (const k of ['a', 'b', 'ma', 'va', 'mb', 'vb'] as const) assert.deepEqual(Array.from(b[k]!), Array.from(a[k]!), k);
+      assert.ok(a.b.some((x) => x !== 0), 'B moved');
+      assert.deepEqual(Array.from(await two.losses(y, Int32Array.of(3, 9))), Array.from(await one.losses(y, Int32Array.of(3, 9))));
+      await assert.rejects(two.loadHeadUpdate(file, job, 4, rank), { code: 'BAD_ARGUMENT' });
+      await assert.rejects(two.loadHeadUpdate(file, job.replace('0', '1'), 3, rank), { code: 'BAD_ARGUMENT' });
+      await assert.rejects(two.loadHeadUpdate(file, job, 3, rank + 1), { code: 'BAD_ARGUMENT' });
+      const bytes = fs.readFileSync(file);
+      bytes[bytes.length - 100]! ^= 1;
+      fs.writeFileSync(file, bytes);
+      await assert.rejects(two.loadHeadUpdate(file, job, 3, rank), { code: 'BAD_ARGUMENT' });
+      assert.deepEqual(Array.from((await two.exportHeadUpdate()).b), Array.from(a.b), 'a refused file leaves the head update as it was');
+    } finally {
+      one.dispose();
+      two.dispose();
+    }
   });
 
   it('refuses a target outside the vocabulary and a file without a head, with typed errors', async () => {
