@@ -221,7 +221,8 @@ describe('mobillm-server CLI (the container entrypoint)', function () {
       let jobId: string | undefined;
       const job = new FineTuneJob({
         workspace: makeWorkspace(7), model: tinyModel({ layers: 2, embd: 32, heads: 2 }), storeDir: tmpDir('st'), server: { url, token },
-        steps: 40, seqLen: 16, threads: 1, checkpointEvery: 1000, reconnectTimeoutMs: 1000,
+        // The standard mode: a label-private job with a head update keeps its last periodic checkpoint instead (the device holds that half).
+        steps: 40, seqLen: 16, threads: 1, checkpointEvery: 1000, reconnectTimeoutMs: 1000, labelPrivate: false,
         onProgress: (p) => {
           if (p.step >= 3 && !jobId) {
             jobId = p.jobId;
