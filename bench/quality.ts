@@ -22,6 +22,8 @@
  *   npm run bench:quality -- --only v2-lp-head-16,v2-head-16
  *                              (those variants only; the others' figures of the
  *                              committed result are kept under previousRun)
+ *   ... --quick                (with --only: no head-share swaps and no line
+ *                              completions, which the variants' losses do not need)
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -70,6 +72,8 @@ const VARIANTS: Variant[] = [
   // Label-private with the head update trained on the device: the team server's default.
   { name: 'v2-lp-head-16', args: ['--side-network', '2', '--random-init', '--lr', '6e-3', '--head-rank', '16'], epochs: [1, 2, 4] },
 ];
+/** --quick: the held-out losses only (see above). */
+const QUICK = process.argv.includes('--quick');
 /** --only a,b: the variants this run measures (default: all). */
 const ONLY = ((): Set<string> | undefined => {
   const at = process.argv.indexOf('--only');
@@ -139,7 +143,7 @@ async function main(): Promise<void> {
   // the peer's change of the head as it reads the final norm's output.
   type HeadShare = { pretrainedWithPeerHead: number; peerWithPretrainedHead: number; shareOfGainInHead: number; pretrainedWithPeerHeadRank: Record<string, number> };
   let headShare = parts.get<HeadShare>('headShare');
-  if (headShare === undefined) {
+  if (headShare === undefined && !QUICK) {
     const file = path.join(QUALITY_CACHE, 'swapped.gguf');
     const lossOf = async (write: (out: string) => void | Promise<void>): Promise<number> => {
       await write(file);
@@ -186,7 +190,7 @@ async function main(): Promise<void> {
     parts.set(`lines/${name}`, s);
     return s;
   };
-  const lines = {
+  const lines = QUICK ? undefined : {
     base: await lineScore('base', stand.pretrained),
     ours: await lineScore(DEFAULT_VARIANT, stand.pretrained, adapterOf(DEFAULT_VARIANT)),
     peer: await lineScore('peer', peer.bestModel),
@@ -205,29 +209,30 @@ async function main(): Promise<void> {
     ours,
     oursSettings: { sequenceLength: SEQ, batchSequences: BATCH, deviceCore: 0, serverCore: 1, variants: Object.fromEntries(VARIANTS.map((v) => [v.name, v.args.join(' ') || '(defaults)'])) },
     versusPeer,
-    headShare,
+    headShare: headShare ?? null,
     defaultVariant: DEFAULT_VARIANT,
     standardVariant: STANDARD_VARIANT,
     gapToPeerBest: d.gapToPeerBest,
     labelPrivateGapToPeerBest: d.gapToPeerBest,
     standardGapToPeerBest: std?.gapToPeerBest ?? null,
     timeToTargetVsPeer: d.timeToTargetVsPeer,
-    lines: { positions: cases.length, oursVariant: DEFAULT_VARIANT, ourEpochs: LINE_EPOCHS, peerEpochs: peer.curve.find((p) => p.heldOutLoss === best(peer!.curve))!.epochs, ...lines },
+    lines: lines ? { positions: cases.length, oursVariant: DEFAULT_VARIANT, ourEpochs: LINE_EPOCHS, peerEpochs: peer.curve.find((p) => p.heldOutLoss === best(peer!.curve))!.epochs, ...lines } : null,
     goals: {
       gapToPeerBest: { goal: 0.1, met: d.gapToPeerBest <= 0.1 },
       labelPrivateGapToPeerBest: { goal: 0.1, met: d.gapToPeerBest <= 0.1 },
       timeToTargetVsPeer: { goal: 0.3, met: d.timeToTargetVsPeer !== null && d.timeToTargetVsPeer <= 0.3 },
-      peerExactMatchAboveZero: lines.peer.exactMatch > 0,
-      oursExactMatchAtLeastPeer: lines.ours.exactMatch >= lines.peer.exactMatch,
+      peerExactMatchAboveZero: lines ? lines.peer.exactMatch > 0 : null,
+      oursExactMatchAtLeastPeer: lines ? lines.ours.exactMatch >= lines.peer.exactMatch : null,
     },
     machine: machineDescription(),
+    ...(QUICK ? { quick: 'held-out losses only: no head-share swaps, no line completions in this run' } : {}),
     ...(ONLY ? { only: [...ONLY], previousRun: previous && { note: 'variants not rerun, as the committed result measured them (its stand-in held-out loss and peer best given)', standInHeldOutLoss: previous.standIn?.heldOutLoss, peerBest: previous.peer?.best, versusPeer: Object.fromEntries(Object.entries(previous.versusPeer ?? {}).filter(([k]) => !ONLY.has(k))) } } : {}),
   };
   writeResult(path.basename(RESULTS), out);
   for (const [name, v] of Object.entries(versusPeer)) {
     console.log(`${name}: best ${v.bestHeldOutLoss.toFixed(4)} (peer ${best(peer.curve).toFixed(4)}, gap ${v.gapToPeerBest.toFixed(3)}), time to ${v.targetLoss.toFixed(3)}: ${v.timeToTargetVsPeer === null ? 'n/a' : `${v.timeToTargetVsPeer.toFixed(2)}x the peer`}`);
   }
-  for (const [k, v] of Object.entries(lines)) console.log(`lines ${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)}`);
+  for (const [k, v] of Object.entries(lines ?? {})) console.log(`lines ${k}: exact match ${(100 * v.exactMatch).toFixed(1)}%, edit similarity ${v.editSimilarity.toFixed(3)}`);
 }
 
 void main().catch((err) => {
