@@ -117,7 +117,7 @@ export class DeviceHeadUpdate {
     const pending = this.pending;
     if (!pending || pending.index !== ack.index) return; // a resend's acknowledgement: nothing was trained
     this.pending = undefined;
-    const stepped = ack.skipped ? (this.step = ack.step, Promise.resolve()) : this.apply(ack.step, ack.learningRate);
+    const stepped = ack.skipped ? this.skip(ack.step) : this.apply(ack.step, ack.learningRate);
     // A failed step or snapshot fails the job at its next batch (ready).
     void stepped.catch((err: unknown) => void (this.failure ??= MobiError.from(err))).then(pending.resolve);
   }
@@ -125,6 +125,11 @@ export class DeviceHeadUpdate {
   private async apply(step: number, learningRate: number): Promise<void> {
     const r = await this.head.stepHeadUpdate({ learningRate, t: step, ...stepConstants({}) });
     if (!r.stepped) this.log(`head update: step ${step} not taken (its gradient is not finite)`);
+    await this.skip(step);
+  }
+
+  /** A and B are at `step` (stepped or, as the server skipped it, not): snapshotted when the server checkpoints that step. */
+  private async skip(step: number): Promise<void> {
     this.step = step;
     if (step % Math.max(1, this.config.checkpointEvery) === 0 || step === this.config.totalSteps) await this.snapshot();
   }
