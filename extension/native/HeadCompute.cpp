@@ -62,12 +62,6 @@ struct HostMatrix {
   HostMatrix& operator=(const HostMatrix&) = delete;
 };
 
-// Rows [v0, v0 + c) of B as a [k, c] view, or nullptr without a head update.
-ggml_tensor* rowsOf(ggml_context* ctx, const HostMatrix& b, int64_t v0, int64_t c) {
-  if (b.t == nullptr) return nullptr;
-  return ggml_view_2d(ctx, b.t, b.t->ne[0], c, b.t->nb[1], static_cast<size_t>(v0) * b.t->nb[1]);
-}
-
 // W_c^T p for a chunk wc [d, c] of the head and p [c, m]: W_c^T in Q8_0 blocks of 32 vocabulary rows (the
 // last chunk padded with zero rows and zero probabilities), then an 8-bit matrix product, as the logits'.
 ggml_tensor* transposedProduct(ggml_context* ctx, const HeadWeights& hw, ggml_tensor* wc, ggml_tensor* p, int64_t c) {
@@ -146,7 +140,7 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     // which ggml quantizes to the matrix's dot type).
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);  // [c, n]
     ggml_tensor* ut = k > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, n) : nullptr;
-    if (ut != nullptr) logits = ggml_add(ctx, logits, ggml_mul_mat(ctx, rowsOf(ctx, bMatrix, v0, c), ut));  // + B_c u
+    if (ut != nullptr) logits = ggml_add(ctx, logits, ggml_mul_mat(ctx, ggml_view_2d(ctx, bMatrix.t, k, c, bMatrix.t->nb[1], static_cast<size_t>(v0) * bMatrix.t->nb[1]), ut));  // + B_c u
     ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
     ggml_tensor* acc = onePass ? transposedProduct(ctx, hw, wc, p, c) : nullptr;  // [d, n] = W_c^T p
     ggml_set_output(logits);
@@ -228,7 +222,7 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     hu.gb.assign(static_cast<size_t>(V * k), 0.0f);
     SparseHeadUpdate(sparseList, cand, R, tail, u, weights, accB.data());
   }
-  if (!onePass && !denseList.empty() && !DenseProducts(denseList, z, R, A.data(), u, weights, accB.data(), error)) return false;
+  if (!onePass && !denseList.empty() && !DenseProducts(denseList, z, R, A.data(), bMatrix.t, u, weights, accB.data(), error)) return false;
   *denseTokens = static_cast<int64_t>(denseList.size());
   denseShare_ = static_cast<double>(denseList.size()) / static_cast<double>(n);
   // dL/dz = w (A - W[target]) + A_update du, du = w (B^T p - B[target]); back through the RMSNorm to y.
@@ -278,7 +272,7 @@ void HeadLoss::SparseProducts(const std::vector<int64_t>& tokens, const std::vec
 }
 
 bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
-                             const std::vector<float>& u, const float* weights, float* accB, std::string* error) {
+                             ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error) {
   const HeadWeights& hw = *weights_;
   const int64_t d = hw.d, V = hw.vocab, m = static_cast<int64_t>(tokens.size()), r = update_.rank;
   std::vector<float> zD(static_cast<size_t>(m * d)), negR(static_cast<size_t>(m));
@@ -292,7 +286,6 @@ bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vect
       wuT[c * m + k] = weights[tokens[k]] * u[tokens[k] * r + c];
     }
   }
-  const HostMatrix bMatrix(hw, update_.b.data(), r, r > 0 ? V : 0);
   const int64_t chunk = chunkRows(V, m, DENSE_CHUNK_BYTES / (d * static_cast<int64_t>(sizeof(float))));
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
@@ -302,7 +295,7 @@ bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vect
     ggml_tensor* nr = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, m);
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);                     // [c, m], as in the first pass
-    ggml_tensor* bc = r > 0 ? rowsOf(ctx, bMatrix, v0, c) : nullptr;     // [r, c]
+    ggml_tensor* bc = b != nullptr ? ggml_view_2d(ctx, b, r, c, b->nb[1], static_cast<size_t>(v0) * b->nb[1]) : nullptr;  // [r, c]
     ggml_tensor* ut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, r, m) : nullptr;
     ggml_tensor* wut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, m, r) : nullptr;
     if (bc != nullptr) logits = ggml_add(ctx, logits, ggml_mul_mat(ctx, bc, ut));

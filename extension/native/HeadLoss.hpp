@@ -173,9 +173,9 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   // One token's du = w (B^T p - B[target]) and A du [d] (`lift`); adds its part to A's gradient and the target's to B's.
   void HeadUpdateTerms(const float* zj, const float* uj, const float* accBj, int32_t target, float w, float* du, float* lift);
   // The dense tokens' A: every row, in f32 (HeadCompute.cpp).
-  // With a head update, also its B^T p (accB [n][k]) and B's softmax part of the gradient (into update_.gb), from u [n][k].
+  // With a head update (b: B as a [k, vocab] tensor, else nullptr), also its B^T p (accB [n][k]) and B's softmax part of the gradient (into update_.gb), from u [n][k].
   bool DenseProducts(const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
-                     const std::vector<float>& u, const float* weights, float* accB, std::string* error);
+                     ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error);
 
   std::string path_;
   float eps_ = 1e-6f;

@@ -27,6 +27,18 @@ async function runJob(o: FineTuneOptions): Promise<{ r: FineTuneResult; losses: 
 }
 
 
+/** Every step's training loss and both held-out losses of `b` within 1e-3 (relative) of `a`'s, over `steps` steps. */
+function sameTraining(a: { r: FineTuneResult; losses: number[] }, b: typeof a, steps: number): void {
+  assert.equal(b.losses.length, steps);
+  for (let i = 0; i < steps; i++) {
+    const [x, y] = [a.losses[i]!, b.losses[i]!];
+    assert.ok(Math.abs(x - y) <= 1e-3 * Math.abs(x), `step ${i + 1}: ${x} vs ${y}`);
+  }
+  for (const k of ['heldOutLossBefore', 'heldOutLossAfter'] as const) {
+    assert.ok(Math.abs(a.r[k] - b.r[k]) <= 1e-3 * a.r[k], `${k}: ${a.r[k]} vs ${b.r[k]}`);
+  }
+}
+
 /** Every run of 8 consecutive token ids, written as integers of each width and byte order. */
 function idRuns(sequences: Int32Array[]): Buffer[] {
   const runs: Buffer[] = [];
@@ -72,15 +84,7 @@ describe('label-private training (the loss computed on the device)', function ()
     const ws = makeWorkspace(61);
     const standard = await runJob(options(ws, { bits: 16 }));
     const privateRun = await runJob(options(ws, { bits: 16, labelPrivate: true }));
-    assert.equal(privateRun.losses.length, 50);
-    for (let i = 0; i < 50; i++) {
-      const a = standard.losses[i]!;
-      const b = privateRun.losses[i]!;
-      assert.ok(Math.abs(a - b) <= 1e-3 * Math.abs(a), `step ${i + 1}: ${a} vs ${b}`);
-    }
-    for (const k of ['heldOutLossBefore', 'heldOutLossAfter'] as const) {
-      assert.ok(Math.abs(standard.r[k] - privateRun.r[k]) <= 1e-3 * standard.r[k], `${k}: ${standard.r[k]} vs ${privateRun.r[k]}`);
-    }
+    sameTraining(standard, privateRun, 50);
     assert.ok(privateRun.r.heldOutLossAfter < privateRun.r.heldOutLossBefore - 0.1, 'it learns');
 
     const lowBit = await runJob(options(ws, { bits: 8, labelPrivate: true }));
@@ -104,15 +108,7 @@ describe('label-private training (the loss computed on the device)', function ()
     const ws = makeWorkspace(63);
     const standard = await runJob(options(ws, { bits: 16, steps: 30, headRank: 16 }));
     const privateRun = await runJob(options(ws, { bits: 16, steps: 30, headRank: 16, labelPrivate: true }));
-    assert.equal(privateRun.losses.length, 30);
-    for (let i = 0; i < 30; i++) {
-      const a = standard.losses[i]!;
-      const b = privateRun.losses[i]!;
-      assert.ok(Math.abs(a - b) <= 1e-3 * Math.abs(a), `step ${i + 1}: ${a} vs ${b}`);
-    }
-    for (const k of ['heldOutLossBefore', 'heldOutLossAfter'] as const) {
-      assert.ok(Math.abs(standard.r[k] - privateRun.r[k]) <= 1e-3 * standard.r[k], `${k}: ${standard.r[k]} vs ${privateRun.r[k]}`);
-    }
+    sameTraining(standard, privateRun, 30);
     const withoutHead = await runJob(options(ws, { bits: 16, steps: 30, headRank: 0, labelPrivate: true }));
     process.stdout.write(`      held-out after 30 steps: standard + head update ${standard.r.heldOutLossAfter.toFixed(5)}, label-private + head update ${privateRun.r.heldOutLossAfter.toFixed(5)}, label-private without ${withoutHead.r.heldOutLossAfter.toFixed(5)}\n`);
     assert.ok(Math.abs(privateRun.r.heldOutLossAfter - withoutHead.r.heldOutLossAfter) > 1e-3, 'the head update changes what is learned');

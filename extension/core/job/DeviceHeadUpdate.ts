@@ -161,7 +161,7 @@ export class DeviceHeadUpdate {
     const contents = await decodeAdapterSliced(serverAdapter, fingerprint);
     const { config, meta } = contents.header;
     const shape = adapterShape(config.job, this.model);
-    const tensors = [...contents.header.tensors.map((t) => ({ name: t.name, shape: t.shape, data: contents.tensors.get(t.name)!.data }))];
+    const tensors = contents.header.tensors.map((t) => ({ name: t.name, shape: t.shape, data: contents.tensors.get(t.name)!.data }));
     tensors.push({ name: 'head_a', shape: parameterShape(shape, 'head_a'), data: a }, { name: 'head_b', shape: parameterShape(shape, 'head_b'), data: b });
     return encodeAdapterSliced(fingerprint, { ...config, shape }, meta, tensors);
   }

@@ -233,7 +233,7 @@ export class FineTuneJob {
     const digest = await headDigest(backbone, fingerprint, this.o.storeDir);
     // An update: the files changed since the workspace's adapter, and that adapter's weights to start from.
     const update = this.o.update ? await prepareUpdate(new AdapterStore(this.o.storeDir).find(this.o.workspace, fingerprint), scan.files, {
-      fingerprint, model: backbone.info, maxBytes: maxAdapterBytesFor(backbone.info), resumed: resumed !== undefined, headRankName: this.given.describeOption?.('headRank') ?? 'headRank',
+      fingerprint, model: backbone.info, maxBytes: maxAdapterBytesFor(backbone.info), resumed: resumed !== undefined,
     }, this.o) : undefined;
     if (update) this.o.onUpdatePlan?.('none' in update ? { none: update.none } : { changed: update.plan.changed, replayed: update.plan.replayed, unchanged: update.plan.unchanged, deleted: update.plan.deleted, since: update.from.meta.createdAt });
     const plan = update && !('none' in update) ? update : undefined;

@@ -77,12 +77,13 @@ export function planUpdate(files: ScannedFile[], before: Record<string, string>,
 /**
  * An update's job config and starting values: the adapter's own job config
  * (its side network's shape, layers, bits and sequence length) with this
- * update's steps and mode, and every parameter of the adapter, in
- * parameterNames order (job/create's payload with initFromAdapter).
+ * update's steps and mode; the parameters the server trains, in
+ * parameterNames order (job/create's payload with initFromAdapter); and, in
+ * label-private mode, the adapter's head update, which stays on this computer.
  */
 export async function adapterStart(
   file: string, fingerprint: string, model: { hiddenSize: number; vocabularySize: number }, maxBytes: number,
-  labelPrivate: boolean, headRankName: string,
+  labelPrivate: boolean,
 ): Promise<{ config: JobConfig; values: Float32Array; head?: { a: Float32Array; b: Float32Array } }> {
   let contents;
   try {
@@ -129,12 +130,12 @@ export interface PreparedUpdate {
  */
 export async function prepareUpdate(
   found: { file: string; meta: AdapterMetadata } | undefined, files: ScannedFile[],
-  a: { fingerprint: string; model: { hiddenSize: number; vocabularySize: number }; maxBytes: number; resumed: boolean; headRankName: string },
+  a: { fingerprint: string; model: { hiddenSize: number; vocabularySize: number }; maxBytes: number; resumed: boolean },
   o: { replayShare: number; seed: number; heldOutFraction: number; labelPrivate: boolean },
 ): Promise<PreparedUpdate | { none: string }> {
   const from = updateSource(found);
   if ('none' in from) return from;
-  const start = a.resumed ? undefined : await adapterStart(from.file, a.fingerprint, a.model, a.maxBytes, o.labelPrivate, a.headRankName);
+  const start = a.resumed ? undefined : await adapterStart(from.file, a.fingerprint, a.model, a.maxBytes, o.labelPrivate);
   // The adapter's own split (its seed): what it held out stays held out.
   const plan = planUpdate(files, from.meta.files, { ...o, seed: start?.config.seed ?? o.seed });
   if (plan.changed === 0 && !a.resumed) {
