@@ -95,6 +95,10 @@ export const JOB_SETTINGS = {
     kind: 'int', min: 0, max: 604_800, default: 0, flag: '--time-budget', key: 'update.timeBudgetSeconds',
     doc: 'Most seconds of training in an update: the changed files first, then as much replay as fits (0: no limit).',
   },
+  exactHead: {
+    kind: 'boolean', flag: '--exact-head',
+    doc: 'Label-private: compute the model\'s whole head at every step of later epochs (default: over the rows each sequence\'s tokens gave weight to in the epoch before, checked every eighth step against the whole head, which is several times faster).',
+  },
   initFromBackbone: {
     kind: 'boolean', flag: '--init-from-backbone',
     doc: 'Start the side network from a reduced copy of the model\'s own weights, computed here (default: from random values, which trained better on the quality benchmark).',

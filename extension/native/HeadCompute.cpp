@@ -77,6 +77,35 @@ ggml_tensor* transposedProduct(ggml_context* ctx, const HeadWeights& hw, ggml_te
   return ggml_mul_mat(ctx, wq, p);                                                      // [d, m]
 }
 
+// A token's log-sum-exp `acc` over the checked rows, with those of the chunk [v0, v0 + c) whose logits are `lj`.
+double addCheckedRows(const std::vector<int32_t>& check, int64_t v0, int64_t c, const float* lj, double acc) {
+  auto from = std::lower_bound(check.begin(), check.end(), static_cast<int32_t>(v0));
+  auto to = std::lower_bound(from, check.end(), static_cast<int32_t>(v0 + c));
+  if (from == to) return acc;
+  float mx = -std::numeric_limits<float>::infinity();
+  for (auto it = from; it != to; ++it) mx = std::max(mx, lj[*it - v0]);
+  double sum = 0;
+  for (auto it = from; it != to; ++it) sum += std::exp(static_cast<double>(lj[*it - v0]) - mx);
+  const double lse = mx + std::log(sum);
+  return acc == NEG_INF ? lse : std::max(acc, lse) + std::log1p(std::exp(-std::fabs(acc - lse)));
+}
+
+// Each token's kept rows and its target (a token the sparse rule refused is flagged dense instead).
+void collectRows(const std::vector<std::vector<std::pair<int32_t, float>>>& cand, const std::vector<uint8_t>& dense, bool onePass,
+                 const std::vector<double>& tail, double tailMass, const int32_t* targets, int64_t n, RowRequest* rows) {
+  rows->offsets.assign(1, 0);
+  rows->ids.clear();
+  rows->dense.assign(static_cast<size_t>(n), 0);
+  for (int64_t j = 0; j < n; ++j) {
+    if (onePass || dense[j] || tail[j] > tailMass) rows->dense[j] = 1;
+    else {
+      for (const auto& e : cand[j]) rows->ids.push_back(e.first);
+      rows->ids.push_back(targets[j]);
+    }
+    rows->offsets.push_back(static_cast<int32_t>(rows->ids.size()));
+  }
+}
+
 int64_t chunkRows(int64_t vocab, int64_t tokens, int64_t maxRows) {
   const int64_t rows = std::min<int64_t>({vocab, LOGITS_PER_CHUNK / std::max<int64_t>(tokens, 1), maxRows});
   return std::max<int64_t>(32, rows / 32 * 32);
@@ -84,11 +113,9 @@ int64_t chunkRows(int64_t vocab, int64_t tokens, int64_t maxRows) {
 
 }  // namespace
 
-bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
-                       float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error) {
-  const HeadWeights& hw = *weights_;
+bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const float* y, const int32_t* targets, const float* weights, int64_t n,
+                           bool wantGrad, float* losses, int32_t* top, float* grad, int64_t* denseTokens, RowRequest* rows, std::string* error) {
   const int64_t d = hw.d, V = hw.vocab;
-  HeadUpdateState& hu = update_;
   const int64_t k = hu.rank;
   // The final RMSNorm: z = y / rms(y) * norm.
   std::vector<float> z(static_cast<size_t>(n * d)), xhat(static_cast<size_t>(n * d)), inv(static_cast<size_t>(n));
@@ -129,6 +156,9 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
   // (Not with a head update: B's rows are weighted by the whole vocabulary's softmax, known only after the pass.)
   const bool onePass = wantGrad && k == 0 && (cap == 0 || denseShare_ > 0.5);
   std::vector<float> A(wantGrad ? static_cast<size_t>(n * d) : 0, 0.0f);
+  // Candidate rows checked: each token's log-sum-exp over them.
+  const bool checking = rows != nullptr && !rows->check.empty();
+  std::vector<double> RS(checking ? static_cast<size_t>(n) : 0, NEG_INF);
   const int64_t chunk = chunkRows(V, n, onePass ? DENSE_CHUNK_BYTES / (d * static_cast<int64_t>(sizeof(float))) : V);
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
@@ -168,6 +198,7 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
           for (int64_t i = 0; i < d; ++i) Aj[i] = Aj[i] * keep + Ac[j * d + i] * add;
         }
         R[j] = Rn;
+        if (checking) RS[j] = addCheckedRows(rows->check, v0, c, lj, RS[j]);
         if (lj[best] > M[j]) {
           M[j] = lj[best];
           top[j] = static_cast<int32_t>(v0 + best);
@@ -191,6 +222,14 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     if (!ok) return false;
   }
   for (int64_t j = 0; j < n; ++j) losses[j] = static_cast<float>(R[j] - targetLogit[j]);
+  if (checking) {
+    rows->leftOutMax = rows->leftOutMean = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double out = std::max(0.0, -std::expm1(RS[j] - R[j]));
+      rows->leftOutMax = std::max(rows->leftOutMax, out);
+      rows->leftOutMean += out / static_cast<double>(n);
+    }
+  }
   *denseTokens = 0;
   if (!wantGrad) return true;
   // A_j = sum_v p_jv W_v: sparse where the kept rows leave at most tailMass out, else dense.
@@ -215,21 +254,22 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
     }
     denseList.push_back(j);
   }
-  SparseProducts(sparseList, cand, R, tail, A.data());
+  if (rows != nullptr && rows->collect) collectRows(cand, dense, onePass, tail, tuning_.tailMass, targets, n, rows);
+  SparseProducts(hw, sparseList, cand, R, tail, A.data());
   std::vector<float> accB(static_cast<size_t>(n * k), 0.0f);  // B^T p per token
   if (k > 0) {
     hu.ga.assign(static_cast<size_t>(d * k), 0.0f);
     hu.gb.assign(static_cast<size_t>(V * k), 0.0f);
-    SparseHeadUpdate(sparseList, cand, R, tail, u, weights, accB.data());
+    SparseHeadUpdate(hw, hu, sparseList, cand, R, tail, u, weights, accB.data());
   }
-  if (!onePass && !denseList.empty() && !DenseProducts(denseList, z, R, A.data(), bMatrix.t, u, weights, accB.data(), error)) return false;
+  if (!onePass && !denseList.empty() && !DenseProducts(hw, hu, denseList, z, R, A.data(), bMatrix.t, u, weights, accB.data(), error)) return false;
   *denseTokens = static_cast<int64_t>(denseList.size());
   denseShare_ = static_cast<double>(denseList.size()) / static_cast<double>(n);
   // dL/dz = w (A - W[target]) + A_update du, du = w (B^T p - B[target]); back through the RMSNorm to y.
   std::vector<float> wt(static_cast<size_t>(d)), dn(static_cast<size_t>(d)), du(static_cast<size_t>(k)), lift(static_cast<size_t>(k > 0 ? d : 0));
   for (int64_t j = 0; j < n; ++j) {
     hw.rowToFloat(targets[j], wt.data());
-    if (k > 0) HeadUpdateTerms(z.data() + j * d, u.data() + j * k, accB.data() + j * k, targets[j], weights[j], du.data(), lift.data());
+    if (k > 0) HeadUpdateTerms(hw, hu, z.data() + j * d, u.data() + j * k, accB.data() + j * k, targets[j], weights[j], du.data(), lift.data());
     double dot = 0;
     for (int64_t i = 0; i < d; ++i) {
       dn[i] = (weights[j] * (A[j * d + i] - wt[i]) + (k > 0 ? lift[i] : 0.0f)) * hw.norm[i];
@@ -242,9 +282,8 @@ bool HeadLoss::Compute(const float* y, const int32_t* targets, const float* weig
   return true;
 }
 
-void HeadLoss::SparseProducts(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
+void HeadLoss::SparseProducts(const HeadWeights& hw, const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
                               const std::vector<double>& R, const std::vector<double>& tail, float* A) const {
-  const HeadWeights& hw = *weights_;
   const int64_t d = hw.d;
   auto work = [&](size_t from, size_t step) {
     std::vector<float> r(static_cast<size_t>(d));
@@ -271,10 +310,9 @@ void HeadLoss::SparseProducts(const std::vector<int64_t>& tokens, const std::vec
   for (auto& th : pool) th.join();
 }
 
-bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
+bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
                              ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error) {
-  const HeadWeights& hw = *weights_;
-  const int64_t d = hw.d, V = hw.vocab, m = static_cast<int64_t>(tokens.size()), r = update_.rank;
+  const int64_t d = hw.d, V = hw.vocab, m = static_cast<int64_t>(tokens.size()), r = hu.rank;
   std::vector<float> zD(static_cast<size_t>(m * d)), negR(static_cast<size_t>(m));
   // With a head update: the tokens' u [m][r], and w u transposed [r][m] (the product over tokens that gives B's gradient).
   std::vector<float> uD(static_cast<size_t>(m * r)), wuT(static_cast<size_t>(m * r));
@@ -323,7 +361,7 @@ bool HeadLoss::DenseProducts(const std::vector<int64_t>& tokens, const std::vect
         const float* Bc = static_cast<const float*>(accBc->data);
         for (int64_t k = 0; k < m; ++k) for (int64_t c2 = 0; c2 < r; ++c2) accB[tokens[k] * r + c2] += Bc[k * r + c2];
         const float* G = static_cast<const float*>(gradBc->data);
-        float* gb = update_.gb.data() + v0 * r;
+        float* gb = hu.gb.data() + v0 * r;
         for (int64_t i = 0; i < c * r; ++i) gb[i] += G[i];
       }
     }

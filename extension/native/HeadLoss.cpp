@@ -59,9 +59,9 @@ class HeadLoadWorker : public Napi::AsyncWorker {
 class HeadRunWorker : public Napi::AsyncWorker {
  public:
   HeadRunWorker(Napi::Env env, HeadLoss* head, Napi::Object self, std::vector<float> y, std::vector<int32_t> targets,
-                std::vector<float> weights, bool wantGrad)
+                std::vector<float> weights, bool wantGrad, RowRequest rows)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), head_(head), y_(std::move(y)),
-        targets_(std::move(targets)), weights_(std::move(weights)), wantGrad_(wantGrad) {
+        targets_(std::move(targets)), weights_(std::move(weights)), wantGrad_(wantGrad), rows_(std::move(rows)) {
     self_ = Napi::Persistent(self);
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
@@ -72,7 +72,7 @@ class HeadRunWorker : public Napi::AsyncWorker {
     if (wantGrad_) grad_.resize(y_.size());
     std::string error;
     if (!head_->Compute(y_.data(), targets_.data(), weights_.data(), n, wantGrad_, losses_.data(), top_.data(), wantGrad_ ? grad_.data() : nullptr,
-                        &denseTokens_, &error)) {
+                        &denseTokens_, &rows_, &error)) {
       SetError(error);
     }
   }
@@ -92,6 +92,25 @@ class HeadRunWorker : public Napi::AsyncWorker {
       std::memcpy(grad.Data(), grad_.data(), grad_.size() * sizeof(float));
       res.Set("grad", grad);
     }
+    if (!rows_.check.empty()) {
+      res.Set("leftOutMax", Napi::Number::New(env, rows_.leftOutMax));
+      res.Set("leftOutMean", Napi::Number::New(env, rows_.leftOutMean));
+    }
+    if (rows_.collect && wantGrad_ && rows_.within.empty()) {
+      Napi::Int32Array offsets = Napi::Int32Array::New(env, rows_.offsets.size());
+      std::memcpy(offsets.Data(), rows_.offsets.data(), rows_.offsets.size() * sizeof(int32_t));
+      Napi::Int32Array ids = Napi::Int32Array::New(env, rows_.ids.size());
+      if (!rows_.ids.empty()) std::memcpy(ids.Data(), rows_.ids.data(), rows_.ids.size() * sizeof(int32_t));
+      Napi::Uint8Array dense = Napi::Uint8Array::New(env, rows_.dense.size());
+      if (!rows_.dense.empty()) std::memcpy(dense.Data(), rows_.dense.data(), rows_.dense.size());
+      res.Set("rows", [&] {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("offsets", offsets);
+        o.Set("ids", ids);
+        o.Set("dense", dense);
+        return o;
+      }());
+    }
     deferred_.Resolve(res);
   }
   void OnError(const Napi::Error& e) override {
@@ -107,10 +126,23 @@ class HeadRunWorker : public Napi::AsyncWorker {
   std::vector<int32_t> targets_;
   std::vector<float> weights_;
   bool wantGrad_;
+  RowRequest rows_;
   std::vector<float> losses_, grad_;
   std::vector<int32_t> top_;
   int64_t denseTokens_ = 0;
 };
+
+// An optional list of rows: absent, or an Int32Array ascending without repeats within [0, vocab).
+bool rowList(const Napi::Value& v, int64_t vocab, std::vector<int32_t>* out) {
+  if (v.IsUndefined() || v.IsNull()) return true;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) return false;
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  out->assign(a.Data(), a.Data() + a.ElementLength());
+  for (size_t i = 0; i < out->size(); ++i) {
+    if ((*out)[i] < 0 || (*out)[i] >= vocab || (i > 0 && (*out)[i] <= (*out)[i - 1])) return false;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -172,10 +204,29 @@ Napi::Value HeadLoss::Run(const Napi::CallbackInfo& info) {
       return env.Undefined();
     }
   }
+  RowRequest rows;
+  if (info.Length() > 4 && info[4].IsObject()) {
+    Napi::Object o = info[4].As<Napi::Object>();
+    std::string bad;
+    if (!rowList(o.Get("within"), weights_->vocab, &rows.within) || !rowList(o.Get("check"), weights_->vocab, &rows.check)) {
+      bad = "within and check must be Int32Arrays of rows, ascending, without repeats.";
+    } else if (!rows.within.empty() && !rows.check.empty()) {
+      bad = "check needs a run over the whole vocabulary (no within).";
+    } else if (!rows.within.empty()) {
+      for (size_t j = 0; j < n && bad.empty(); ++j) {
+        if (!std::binary_search(rows.within.begin(), rows.within.end(), t[j])) bad = "Every target must be among the rows of within.";
+      }
+    }
+    if (!bad.empty()) {
+      codedError(env, "BAD_ARGUMENT", bad).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    rows.collect = o.Get("collect").ToBoolean().Value();
+  }
   busy_ = true;
   auto* worker = new HeadRunWorker(env, this, info.This().As<Napi::Object>(), std::vector<float>(y.Data(), y.Data() + y.ElementLength()),
                                    std::vector<int32_t>(t.Data(), t.Data() + n), std::vector<float>(w.Data(), w.Data() + n),
-                                   info[3].ToBoolean().Value());
+                                   info[3].ToBoolean().Value(), std::move(rows));
   Napi::Promise p = worker->Promise();
   worker->Queue();
   return p;

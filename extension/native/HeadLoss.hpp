@@ -105,6 +105,24 @@ struct HeadStepOptions {
 
 struct SnapshotHeader;  // HeadStep.cpp
 
+/**
+ * Candidate rows (HeadRows.cpp), for a label-private job's later epochs:
+ *   within   a run over these rows of the vocabulary only (sorted, unique, every
+ *            target among them): the softmax is taken over them, as if the
+ *            rest had no probability;
+ *   check    with a whole-vocabulary run: the probability each token's softmax
+ *            puts outside these rows (sorted, unique), its largest and mean;
+ *   collect  with a whole-vocabulary gradient: each token's kept rows (the
+ *            sparse rule's, and its target); a dense token is flagged instead.
+ */
+struct RowRequest {
+  std::vector<int32_t> within, check;
+  bool collect = false;
+  double leftOutMax = 0, leftOutMean = 0;
+  std::vector<int32_t> offsets, ids;  // collect: token j's rows are ids[offsets[j] .. offsets[j + 1])
+  std::vector<uint8_t> dense;         // collect: 1 where the token took the dense product (no rows listed)
+};
+
 struct HeadWeights {
   ggml_context* ctx = nullptr;
   ggml_backend_buffer_t buffer = nullptr;
@@ -112,6 +130,7 @@ struct HeadWeights {
   ggml_gallocr_t work = nullptr;  // the chunks' graphs, one buffer reused (it grows to the largest graph)
   ggml_tensor* w = nullptr;       // [d, vocab], the file's type, in the mapping (or a private copy where no mapping exists)
   void* mapping = nullptr;        // the whole model file, read-only
+  bool borrowed = false;          // backend and work belong to another HeadWeights (a copy of some of its rows)
   size_t mappingBytes = 0;
   std::vector<float> norm;        // [d]
   std::vector<float> meanRow;     // [d], the mean of W's rows
@@ -134,8 +153,9 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   // Worker-thread entry points.
   std::unique_ptr<HeadWeights> LoadWeights(std::string* error) const { return loadHeadWeights(path_, threads_, error); }
   // HeadCompute.cpp.
+  // `rows` (may be null): candidate rows, HeadRows.cpp.
   bool Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
-               float* losses, int32_t* top, float* grad, int64_t* denseTokens, std::string* error);
+               float* losses, int32_t* top, float* grad, int64_t* denseTokens, RowRequest* rows, std::string* error);
   // HeadStep.cpp: clips A's and B's last gradients as one group and steps them by Adam; false when they are not finite.
   bool StepHeadUpdate(const HeadStepOptions& o, double* gradNorm);
   // Worker-thread halves of saveHeadUpdate / loadHeadUpdate (HeadStep.cpp).
@@ -164,17 +184,20 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   Napi::Value LoadHeadUpdate(const Napi::CallbackInfo& info) { return SnapshotJs(info, false); }
   Napi::Value SnapshotJs(const Napi::CallbackInfo& info, bool save);
 
+  // Compute over `hw` (the head, or a copy of some of its rows) with the head update `hu` (its rows alike).
+  bool ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const float* y, const int32_t* targets, const float* weights, int64_t n,
+                   bool wantGrad, float* losses, int32_t* top, float* grad, int64_t* denseTokens, RowRequest* rows, std::string* error);
   // The sparse tokens' A (HeadCompute.cpp), over `threads_` threads.
-  void SparseProducts(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
+  void SparseProducts(const HeadWeights& hw, const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
                       const std::vector<double>& R, const std::vector<double>& tail, float* A) const;
   // HeadStep.cpp, with a head update: the sparse tokens' B^T p (accB [n][k]) and their part of B's gradient (into update_.gb).
-  void SparseHeadUpdate(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
+  void SparseHeadUpdate(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
                         const std::vector<double>& R, const std::vector<double>& tail, const std::vector<float>& u, const float* weights, float* accB);
   // One token's du = w (B^T p - B[target]) and A du [d] (`lift`); adds its part to A's gradient and the target's to B's.
-  void HeadUpdateTerms(const float* zj, const float* uj, const float* accBj, int32_t target, float w, float* du, float* lift);
+  void HeadUpdateTerms(const HeadWeights& hw, HeadUpdateState& hu, const float* zj, const float* uj, const float* accBj, int32_t target, float w, float* du, float* lift);
   // The dense tokens' A: every row, in f32 (HeadCompute.cpp).
   // With a head update (b: B as a [k, vocab] tensor, else nullptr), also its B^T p (accB [n][k]) and B's softmax part of the gradient (into update_.gb), from u [n][k].
-  bool DenseProducts(const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
+  bool DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
                      ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error);
 
   std::string path_;

@@ -9,11 +9,10 @@
 
 namespace mobillm {
 
-void HeadLoss::SparseHeadUpdate(const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
+void HeadLoss::SparseHeadUpdate(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
                                 const std::vector<double>& R, const std::vector<double>& tail, const std::vector<float>& u, const float* weights,
                                 float* accB) {
-  HeadUpdateState& hu = update_;
-  const int64_t k = hu.rank, V = weights_->vocab;
+  const int64_t k = hu.rank, V = hw.vocab;
   if (tokens.empty()) return;
   // A sparse token's left-out probability goes to B's mean row, as W's goes to W's (HeadCompute.cpp).
   std::vector<double> meanB(static_cast<size_t>(k), 0.0), spread(static_cast<size_t>(k), 0.0);
@@ -43,9 +42,8 @@ void HeadLoss::SparseHeadUpdate(const std::vector<int64_t>& tokens, const std::v
   for (int64_t v = 0; v < V; ++v) for (int64_t c = 0; c < k; ++c) hu.gb[v * k + c] += static_cast<float>(spread[c]);
 }
 
-void HeadLoss::HeadUpdateTerms(const float* zj, const float* uj, const float* accBj, int32_t target, float w, float* du, float* lift) {
-  HeadUpdateState& hu = update_;
-  const int64_t k = hu.rank, d = weights_->d;
+void HeadLoss::HeadUpdateTerms(const HeadWeights& hw, HeadUpdateState& hu, const float* zj, const float* uj, const float* accBj, int32_t target, float w, float* du, float* lift) {
+  const int64_t k = hu.rank, d = hw.d;
   const float* Bt = hu.b.data() + static_cast<int64_t>(target) * k;
   for (int64_t c = 0; c < k; ++c) du[c] = w * (accBj[c] - Bt[c]);
   for (int64_t i = 0; i < d; ++i) {

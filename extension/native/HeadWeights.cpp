@@ -17,9 +17,9 @@
 namespace mobillm {
 
 HeadWeights::~HeadWeights() {
-  if (work != nullptr) ggml_gallocr_free(work);
+  if (work != nullptr && !borrowed) ggml_gallocr_free(work);
   if (buffer != nullptr) ggml_backend_buffer_free(buffer);
-  if (backend != nullptr) ggml_backend_free(backend);
+  if (backend != nullptr && !borrowed) ggml_backend_free(backend);
   if (ctx != nullptr) ggml_free(ctx);
 #ifndef _WIN32
   if (mapping != nullptr) munmap(mapping, mappingBytes);

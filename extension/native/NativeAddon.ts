@@ -112,7 +112,7 @@ export interface NativeHeadLoss {
    * Per-token losses of hidden states y [n][d] (before the final norm) and each token's highest-scoring id (`top`); with
    * wantGrad, d(sum weights * loss)/dy; `denseTokens`: how many took the dense product.
    */
-  run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean): Promise<{ losses: Float32Array; top: Int32Array; grad?: Float32Array; denseTokens: number }>;
+  run(y: Float32Array, targets: Int32Array, weights: Float32Array, wantGrad: boolean, rows?: RowRequest): Promise<HeadRun>;
   /** The head update (label-private): logits W z + B (A^T z); A [d][rank], B [vocab][rank] (zero when not given), and Adam's moments (zero when not given). Rank 0: none. */
   setHeadUpdate(rank: number, a?: Float32Array, b?: Float32Array, moments?: HeadUpdateMoments): void;
   /** One clipped Adam step of A and B from the last run's gradient (not taken, `stepped` false, when it is not finite). */
@@ -123,6 +123,30 @@ export interface NativeHeadLoss {
   /** Reads what saveHeadUpdate wrote, checking job id, step, shape and checksum (BAD_ARGUMENT when they do not match). */
   loadHeadUpdate(path: string, jobId: string, step: number, rank: number): Promise<void>;
   dispose(): void;
+}
+
+/**
+ * Candidate rows (HeadRows.cpp), for a label-private job's later epochs; row lists are ascending without repeats.
+ *   within: the run takes the softmax over these rows only (every target among them);
+ *   check: with a whole-vocabulary run, the probability each token's softmax puts outside these rows (leftOutMax, leftOutMean);
+ *   collect: with a whole-vocabulary gradient, each token's kept rows and target (a token that took the dense product is flagged instead).
+ */
+export interface RowRequest {
+  within?: Int32Array;
+  check?: Int32Array;
+  collect?: boolean;
+}
+
+/** One run of the head: see NativeHeadLoss.run and RowRequest. */
+export interface HeadRun {
+  losses: Float32Array;
+  top: Int32Array;
+  grad?: Float32Array;
+  denseTokens: number;
+  leftOutMax?: number;
+  leftOutMean?: number;
+  /** Token j's rows are ids[offsets[j] .. offsets[j + 1]); dense[j] = 1 where it took the dense product (none listed). */
+  rows?: { offsets: Int32Array; ids: Int32Array; dense: Uint8Array };
 }
 
 /** Adam's moments of the head update's A and B. */

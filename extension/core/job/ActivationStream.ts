@@ -4,8 +4,9 @@ import type { JobConfig, ServerMessage } from '../../../common/messages';
 import type { Backbone } from '../model/Backbone';
 import type { DeviceHead } from '../model/DeviceHead';
 import type { DeviceHeadUpdate } from './DeviceHeadUpdate';
-import { Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
+import { batchesPerEpoch, Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
 import { ActivationCache, activationCacheDir, sequenceKey } from './ActivationCache';
+import { CandidateRows } from './CandidateRows';
 import type { ServerConnection } from '../connection/ServerConnection';
 import { CreditWindow } from './CreditWindow';
 import type { JobContext } from './JobContext';
@@ -36,6 +37,8 @@ interface EncodedBatch {
   sequences: number;
   /** Label-private: what stays on the device for the loss: the last layer's hidden states [rows][d], the targets, the mask. */
   kept?: { last: Float32Array; targets: Int32Array; mask: Uint8Array };
+  /** A training batch's sequences (their indices in the dataset). */
+  sequenceIds?: number[];
 }
 
 /**
@@ -55,6 +58,8 @@ export class ActivationStream {
   cache: ActivationCache | undefined;
   /** Label-private with a head update: A and B, trained here beside the server's side network. */
   headUpdate: DeviceHeadUpdate | undefined;
+  /** Label-private later epochs over candidate rows of the head (CandidateRows.ts), unless the job wants the exact head. */
+  readonly candidates: CandidateRows | undefined;
 
   constructor(
     private readonly backbone: Backbone,
@@ -63,8 +68,10 @@ export class ActivationStream {
     private readonly ctx: JobContext,
     /** The model's own head, for a label-private job (config.labelPrivate). */
     private readonly head?: DeviceHead,
+    candidateRows = true,
   ) {
     if (config.labelPrivate && !head) throw new RangeError('a label-private stream needs the device head');
+    if (head && candidateRows) this.candidates = new CandidateRows(batchesPerEpoch(data, config.batchSize), data.train);
   }
 
   private get bits(): Bits {
@@ -85,9 +92,10 @@ export class ActivationStream {
   }
 
   /** Training batch `index`. */
-  private trainBatch(index: number): Promise<EncodedBatch> {
+  private async trainBatch(index: number): Promise<EncodedBatch> {
     const ids = trainBatchIndices(this.data, this.config.batchSize, index);
-    return this.batchOf(splitInputsTargets(ids.map((i) => this.data.train[i]!), ids.map((i) => this.data.trainMasked[i])), 'train');
+    const batch = await this.batchOf(splitInputsTargets(ids.map((i) => this.data.train[i]!), ids.map((i) => this.data.trainMasked[i])), 'train');
+    return { ...batch, sequenceIds: ids };
   }
 
   /** A batch: its sequences the cache keeps from there, the others by a forward (and then kept). */
@@ -146,7 +154,8 @@ export class ActivationStream {
    * output at the join (delta, quantized) and the kept hidden states; with
    * `weights`, also the gradient at the join, quantized for the wire.
    */
-  private async lossAtJoin(kept: NonNullable<EncodedBatch['kept']>, rows: number, deltaPayload: Buffer, train: boolean): Promise<{ lossSum: number; tokens: number; grad?: Buffer }> {
+  private async lossAtJoin(kept: NonNullable<EncodedBatch['kept']>, rows: number, deltaPayload: Buffer, step?: { index: number; sequenceIds: number[]; lengths: number[] }): Promise<{ lossSum: number; tokens: number; grad?: Buffer }> {
+    const train = step !== undefined;
     const d = this.backbone.info.hiddenSize;
     const bits = joinBits(this.bits);
     if (deltaPayload.length !== rows * bytesPerRow(d, bits)) throw new MobiError('SERVER_ERROR', 'The server sent a side output of the wrong size.');
@@ -156,7 +165,9 @@ export class ActivationStream {
     let tokens = 0;
     for (let i = 0; i < rows; i++) tokens += kept.mask[i]!;
     const weights = Float32Array.from(kept.mask, (m) => (tokens > 0 ? m / tokens : 0));
-    const r = train ? await this.head!.lossAndGradient(y, kept.targets, weights) : { losses: await this.head!.losses(y, kept.targets), grad: undefined };
+    const request = step && this.candidates?.request(step.index, step.sequenceIds, kept.targets);
+    const r = train ? await this.head!.lossAndGradient(y, kept.targets, weights, request) : { losses: await this.head!.losses(y, kept.targets), grad: undefined };
+    if (step && request && 'denseTokens' in r) this.candidates!.taken(step.index, step.sequenceIds, step.lengths, request, r);
     let lossSum = 0;
     for (let i = 0; i < rows; i++) if (kept.mask[i]) lossSum += r.losses[i]!;
     let grad: Buffer | undefined;
@@ -183,7 +194,7 @@ export class ActivationStream {
       if (kept) {
         // Label-private: the server sends the side output; the loss is computed here.
         const side = conn.expect('eval/side', (m) => m.evalId === evalId && m.index === i, jobId);
-        pending.push(side.then((r) => this.lossAtJoin(kept, rows, r.payload, false)));
+        pending.push(side.then((r) => this.lossAtJoin(kept, rows, r.payload)));
       } else {
         pending.push(conn.expect('eval/result', (m) => m.evalId === evalId && m.index === i, jobId).then((r) => r.message));
       }
@@ -234,7 +245,7 @@ export class ActivationStream {
           this.ctx.log(`time budget spent after ${next} of ${total} batches`);
           break;
         }
-        const { payload, rows, lengths, sequences, kept } = await pending!;
+        const { payload, rows, lengths, sequences, kept, sequenceIds } = await pending!;
         // Start the backbone on the next batch now: it runs on a worker thread
         // while this batch waits for credit and the server trains.
         pending = next + 1 < total ? forward(next + 1) : undefined;
@@ -251,7 +262,7 @@ export class ActivationStream {
             .then(() => side)
             .then(async (r) => {
               await this.headUpdate?.ready(); // the previous batch's step of the head update
-              const { lossSum, tokens, grad } = await this.lossAtJoin(kept, rows, r.payload, true);
+              const { lossSum, tokens, grad } = await this.lossAtJoin(kept, rows, r.payload, { index, sequenceIds: sequenceIds!, lengths });
               this.headUpdate?.gradientTaken(index);
               conn.send({ type: 'batch/grad', jobId, index, rows, lossSum, tokens }, grad!);
             });

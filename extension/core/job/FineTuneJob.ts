@@ -17,6 +17,7 @@ import { modelFingerprint } from '../model/modelFingerprint';
 import { ScanReport, scanWorkspaceAsync } from '../workspace/scanWorkspace';
 import { ServerConnection } from '../connection/ServerConnection';
 import { DeviceHeadUpdate } from './DeviceHeadUpdate';
+import type { CandidateRowStats } from './CandidateRows';
 import { ActivationStream, StreamTimings } from './ActivationStream';
 import { adoptRecord, FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, tunedSettings } from './FineTuneOptions';
 import type { JobContext } from './JobContext';
@@ -54,7 +55,7 @@ export interface FineTuneResult {
   /** The activation cache's use: batches (training and held-out) wholly from it and not, damaged entries found, and sequences from it and computed. */
   cache?: { hits: number; misses: number; damaged: number; sequenceHits: number; sequenceMisses: number };
   /** Label-private: tokens whose gradient took the head's dense product over the whole vocabulary, of all with a gradient. */
-  head?: { denseTokens: number; gradientTokens: number };
+  head?: { denseTokens: number; gradientTokens: number; candidateRows?: CandidateRowStats };
 }
 
 /** Longest wait for the server to confirm a cancellation, milliseconds. */
@@ -195,7 +196,7 @@ export class FineTuneJob {
         config: work.config,
         scan: work.scan,
         cache: cache && { hits: cache.hits, misses: cache.misses, damaged: cache.damaged, sequenceHits: cache.sequenceHits, sequenceMisses: cache.sequenceMisses },
-        head: this.head && { ...this.head.counts },
+        head: this.head && { ...this.head.counts, candidateRows: work.stream.candidates?.stats },
       };
     } catch (err) {
       const e = MobiError.from(err);
@@ -270,7 +271,7 @@ export class FineTuneJob {
     }
     // Label-private: the model's own head runs here (loaded once per job).
     this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.normEpsilon, this.o.threads) : undefined;
-    const stream = new ActivationStream(backbone, data, config, this.ctx, this.head);
+    const stream = new ActivationStream(backbone, data, config, this.ctx, this.head, !this.o.exactHead);
     // Label-private with a head update: A and B are trained here (DeviceHeadUpdate.ts).
     if (this.head && config.headRank) stream.headUpdate = new DeviceHeadUpdate(this.head, config, info, this.o.storeDir, (l) => this.ctx.log(l), plan?.start?.head);
     await stream.useCache(this.o.storeDir, fingerprint, this.o.activationCacheGiB * 2 ** 30);

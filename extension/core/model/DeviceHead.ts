@@ -1,4 +1,4 @@
-import { HeadStep, HeadTuning, HeadUpdateMoments, loadNativeAddon, NativeHeadLoss } from '../../native/NativeAddon';
+import { HeadRun, HeadStep, HeadTuning, HeadUpdateMoments, loadNativeAddon, NativeHeadLoss, RowRequest } from '../../native/NativeAddon';
 import { defaultThreads } from './Backbone';
 import { MobiError } from '../MobiError';
 
@@ -57,13 +57,13 @@ export class DeviceHead {
     });
   }
 
-  /** Per-token losses and d(sum_j weights_j * loss_j)/dy, [n][d]. */
-  lossAndGradient(y: Float32Array, targets: Int32Array, weights: Float32Array): Promise<{ losses: Float32Array; grad: Float32Array }> {
+  /** Per-token losses and d(sum_j weights_j * loss_j)/dy, [n][d]; `rows`: candidate rows (RowRequest). */
+  lossAndGradient(y: Float32Array, targets: Int32Array, weights: Float32Array, rows?: RowRequest): Promise<HeadRun & { grad: Float32Array }> {
     return this.serial(async () => {
-      const r = await this.native.run(y, targets, weights, true);
+      const r = await this.native.run(y, targets, weights, true, rows);
       this.counts.denseTokens += r.denseTokens;
       this.counts.gradientTokens += targets.length;
-      return { losses: r.losses, grad: r.grad! };
+      return { ...r, grad: r.grad! };
     });
   }
 
