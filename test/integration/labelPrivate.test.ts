@@ -9,7 +9,8 @@ import { evaluateWorkspace } from '../../extension/core/workspace/evaluateWorksp
 import { FineTuneJob, FineTuneOptions, FineTuneResult } from '../../extension/core/job/FineTuneJob';
 import { MobiServer } from '../../server/MobiServer';
 import { DEVICE_CLI } from '../../harness/serverProcess';
-import { tinyModel } from '../helpers/models';
+import { skipBecause, tinyModel, VOCAB_DIR } from '../helpers/models';
+import { LEFT_OUT_BOUND } from '../../extension/core/job/CandidateRows';
 import { listFiles, makeWorkspace, tmpDir } from '../helpers/workspaces';
 
 const MODEL = { layers: 3, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0' as const, seed: 5 };
@@ -132,6 +133,28 @@ describe('label-private training (the loss computed on the device)', function ()
       bb.dispose();
     }
     assert.ok(!fs.existsSync(path.join(privateRun.r.adapter, '..', '..', 'head-updates', privateRun.r.jobId)), 'its snapshots are removed once the adapter is stored');
+  });
+
+  it('takes later epochs over candidate rows (the head\'s softmax over the rows earlier steps kept): the first epoch as the exact head, checks within the bound, held-out loss within 1e-3 of the exact head\'s', async function () {
+    const vocab = path.join(VOCAB_DIR, 'ggml-vocab-qwen2.gguf');
+    if (!fs.existsSync(vocab)) skipBecause(this, `no ${vocab} (the addon build's llama.cpp clone)`);
+    // Qwen2's 151,936 ids and a head tied to the embedding: peaked distributions, as a trained model has; and a
+    // learning rate at which one epoch moves the logits little, as fine-tuning a model that knows code does.
+    const model = tinyModel({ layers: 1, embd: 256, heads: 4, kvHeads: 2, type: 'q8_0', seed: 5, untiedHead: false, vocab });
+    const ws = makeWorkspace(65, 4);
+    const run = (exactHead: boolean) => runJob(options(ws, { model, bits: 16, steps: undefined, epochs: 3, learningRate: 5e-4, headRank: 16, labelPrivate: true, exactHead }));
+    const rows = await run(false);
+    const exact = await run(true);
+    const stats = rows.r.head!.candidateRows!;
+    const perEpoch = rows.r.steps / 3;
+    process.stdout.write(`      candidate rows: ${stats.withinSteps} of ${rows.r.steps} steps over ${stats.meanRows.toFixed(0)} rows on average, ${stats.checks} checks (${stats.failedChecks} failed, largest left out ${stats.leftOutMax.toExponential(2)}); held-out ${rows.r.heldOutLossAfter.toFixed(5)} against ${exact.r.heldOutLossAfter.toFixed(5)} exact\n`);
+    assert.equal(exact.r.head!.candidateRows, undefined, 'exactHead: no candidate rows');
+    assert.ok(stats.withinSteps > 0 && stats.checks > 0, 'later steps ran over candidate rows, after a check');
+    assert.ok(stats.meanRows < 151_936 / 4, `${stats.meanRows} rows per step`);
+    assert.equal(stats.withinSteps + stats.wholeSteps, rows.r.steps);
+    if (stats.failedChecks === 0) assert.ok(stats.leftOutMax <= LEFT_OUT_BOUND, `left out ${stats.leftOutMax} without a failed check`);
+    for (let i = 0; i < perEpoch; i++) assert.equal(rows.losses[i], exact.losses[i], `first epoch, step ${i + 1}: the exact head`);
+    assert.ok(Math.abs(rows.r.heldOutLossAfter - exact.r.heldOutLossAfter) <= 1e-3 * exact.r.heldOutLossAfter, `held-out ${rows.r.heldOutLossAfter} vs ${exact.r.heldOutLossAfter}`);
   });
 
   it('with the head update, resumes after the device process is killed (kill -9) with the same steps, tokens and held-out loss: the server goes back to its checkpoint, the device to its snapshot of that step', async () => {

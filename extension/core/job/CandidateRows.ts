@@ -1,6 +1,6 @@
 import type { HeadRun, RowRequest } from '../../native/NativeAddon';
 
-/** One step in eight of a later epoch (its first included) computes the whole head and checks the rows (see CandidateRows). */
+/** The longest run of later steps between two checks against the whole head (see CandidateRows). */
 export const CHECK_EVERY = 8;
 /** The most probability a checked token's softmax may put outside its batch's rows before the epoch goes back to the whole head. */
 export const LEFT_OUT_BOUND = 1e-3;
@@ -29,10 +29,13 @@ export interface CandidateRowStats {
  *   - a later step whose sequences all have rows takes the softmax over their
  *     union and every id of the training sequences (the rows the head update
  *     raises) only, as if the other rows had no probability;
- *   - one later step in CHECK_EVERY, and the epoch's first with rows for all
- *     its sequences, computes the whole head instead (so it is exact) and measures the probability each token puts outside the union:
- *     above LEFT_OUT_BOUND for any token, the rest of that epoch computes the
- *     whole head and keeps its rows again, for the next epoch.
+ *   - checks compute the whole head instead (so they are exact) and measure
+ *     the probability each token puts outside the union: the epoch's first
+ *     step with rows for all its sequences, then the next step, then 2, 4 and
+ *     at most CHECK_EVERY steps later while the checks find under a tenth of
+ *     the bound (the next step again when one finds more). Above
+ *     LEFT_OUT_BOUND for any token, the rest of that epoch computes the whole
+ *     head and keeps its rows again, for the next epoch.
  *
  * What this changes in training is bounded by what the checks measure: a
  * token's loss by -log(1 - left out) and its gradient by twice the left-out
@@ -46,6 +49,9 @@ export class CandidateRows {
   private wholeEpoch = -1;
   /** The epoch in which a check last passed (no step of an epoch takes the rows before one has). */
   private checkedEpoch = -1;
+  /** Steps from one check to the next (doubling while checks find well under the bound), and the next check's step. */
+  private interval = 1;
+  private nextCheck = 0;
   private rowSum = 0;
   readonly stats: CandidateRowStats = { withinSteps: 0, wholeSteps: 0, checks: 0, failedChecks: 0, leftOutMax: 0, meanRows: 0 };
 
@@ -62,7 +68,7 @@ export class CandidateRows {
     const sets = sequences.map((s) => this.rows.get(s));
     if (epoch === 0 || epoch === this.wholeEpoch || sets.some((r) => !r)) return { collect: true };
     const union = unionOf([...(sets as Int32Array[]), this.workspaceRows, Int32Array.from(targets).sort()]);
-    if (this.checkedEpoch !== epoch || (index % this.stepsPerEpoch) % CHECK_EVERY === 0) return { collect: true, check: union };
+    if (this.checkedEpoch !== epoch || index >= this.nextCheck) return { collect: true, check: union };
     return { within: union };
   }
 
@@ -79,10 +85,15 @@ export class CandidateRows {
       this.stats.checks++;
       this.stats.leftOutMax = Math.max(this.stats.leftOutMax, run.leftOutMax ?? 0);
       const epoch = Math.floor(index / this.stepsPerEpoch);
-      if ((run.leftOutMax ?? 0) > LEFT_OUT_BOUND) {
+      const leftOut = run.leftOutMax ?? 0;
+      if (leftOut > LEFT_OUT_BOUND) {
         this.stats.failedChecks++;
         this.wholeEpoch = epoch;
-      } else this.checkedEpoch = epoch;
+      } else {
+        this.interval = this.checkedEpoch !== epoch || leftOut > LEFT_OUT_BOUND / 10 ? 1 : Math.min(2 * this.interval, CHECK_EVERY);
+        this.checkedEpoch = epoch;
+        this.nextCheck = index + this.interval;
+      }
     }
     const found = run.rows;
     if (!found) return;

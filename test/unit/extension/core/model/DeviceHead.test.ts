@@ -228,6 +228,68 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     }
   });
 
+  it('over candidate rows: a run within every row is the whole head\'s; within the rows a whole run kept, each loss moves by -log(1 - what the check says is left out), B\'s gradient stays on those rows; bad row lists are refused', async () => {
+    const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 11, type: 'q8_0' });
+    // Every token sparse over the rows within 1.5 nats of its largest logit.
+    const head = await DeviceHead.open(model, eps, 1, { tailMass: 1, tailNats: 1.5, maxCandidates: 1 << 20 });
+    try {
+      const d = head.hiddenSize;
+      const V = head.vocabularySize;
+      const rank = 3;
+      const rng = new SeededRandom(5);
+      const n = 6;
+      const y = Float32Array.from({ length: n * d }, () => rng.normal() * 2);
+      const targets = Int32Array.from({ length: n }, (_, j) => (j * 131 + 17) % V);
+      const weights = new Float32Array(n).fill(1 / n);
+      const a = Float32Array.from({ length: d * rank }, (_, i) => Math.sin(i) * 0.3);
+      const b = Float32Array.from({ length: V * rank }, (_, i) => Math.cos(i * 0.7) * 0.5);
+      const run = async (rows?: Parameters<DeviceHead['lossAndGradient']>[3]) => {
+        await head.setHeadUpdate(rank, a, b);
+        const r = await head.lossAndGradient(y, targets, weights, rows);
+        await head.stepHeadUpdate({ learningRate: 0, t: 1, clipNorm: 1e30, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 });
+        return { ...r, gb: (await head.exportHeadUpdate(true)).mb!.map((m) => m / 0.1) };
+      };
+      const whole = await run({ collect: true });
+      const found = whole.rows!;
+      assert.equal(found.offsets.length, n + 1);
+      assert.deepEqual(Array.from(found.dense), new Array(n).fill(0), 'every token sparse');
+      for (let j = 0; j < n; j++) {
+        const mine = found.ids.subarray(found.offsets[j]!, found.offsets[j + 1]!);
+        assert.ok(mine.includes(targets[j]!) && mine.includes(whole.top[j]!), `token ${j} keeps its target and its top row`);
+      }
+      const kept = Int32Array.from(new Set(found.ids)).sort();
+      assert.ok(kept.length < V / 2, `${kept.length} of ${V} rows kept`);
+
+      const all = await run({ within: Int32Array.from({ length: V }, (_, i) => i) });
+      for (let j = 0; j < n; j++) assert.ok(Math.abs(all.losses[j]! - whole.losses[j]!) <= 1e-5 * whole.losses[j]!, `every row: loss ${j}`);
+      const scale = Math.max(...Array.from(whole.grad, Math.abs));
+      for (let i = 0; i < n * d; i++) assert.ok(Math.abs(all.grad[i]! - whole.grad[i]!) <= 1e-5 * scale, `every row: dy[${i}]`);
+
+      const checked = await head.lossAndGradient(y, targets, weights, { check: kept });
+      const leftOut = checked.leftOutMax!;
+      assert.ok(leftOut > 0 && leftOut < 1 && checked.leftOutMean! <= leftOut, `left out: largest ${leftOut}, mean ${checked.leftOutMean}`);
+      const within = await run({ within: kept });
+      let largest = 0;
+      for (let j = 0; j < n; j++) {
+        const drop = whole.losses[j]! - within.losses[j]!;
+        assert.ok(drop >= -1e-5, `token ${j}: the rows' softmax cannot lose more than the whole one`);
+        largest = Math.max(largest, drop);
+      }
+      assert.ok(Math.abs(largest - -Math.log1p(-leftOut)) <= 1e-3 * largest + 1e-5, `largest loss change ${largest} against -log(1 - ${leftOut})`);
+      assert.deepEqual(Array.from(within.top), Array.from(whole.top));
+      const inside = new Set(kept);
+      for (let v = 0; v < V; v++) if (!inside.has(v)) for (let c = 0; c < rank; c++) assert.equal(within.gb[v * rank + c], 0, `B's gradient on row ${v}, not among the rows`);
+
+      const bad = async (rows: Parameters<DeviceHead['lossAndGradient']>[3]) => assert.rejects(head.lossAndGradient(y, targets, weights, rows), { code: 'BAD_ARGUMENT' });
+      await bad({ within: Int32Array.from(kept).reverse() });
+      await bad({ within: kept.filter((v) => v !== targets[0]) });
+      await bad({ within: kept, check: kept });
+      await bad({ check: Int32Array.of(V) });
+    } finally {
+      head.dispose();
+    }
+  });
+
   it('refuses a target outside the vocabulary and a file without a head, with typed errors', async () => {
     const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 11 });
     const head = await DeviceHead.open(model, eps, 1);

@@ -1,0 +1,59 @@
+import * as assert from 'node:assert/strict';
+import { CandidateRows, CHECK_EVERY, LEFT_OUT_BOUND } from '../../../../../extension/core/job/CandidateRows';
+import type { HeadRun, RowRequest } from '../../../../../extension/native/NativeAddon';
+
+/** A head run over two sequences of two tokens: token j keeps rows `kept[j]`; `dense` flags tokens that took the dense product. */
+function runOf(kept: number[][], leftOutMax?: number, dense: number[] = []): HeadRun {
+  const offsets = [0];
+  for (const k of kept) offsets.push(offsets[offsets.length - 1]! + k.length);
+  return {
+    losses: new Float32Array(kept.length), top: new Int32Array(kept.length), denseTokens: dense.length, leftOutMax,
+    rows: { offsets: Int32Array.from(offsets), ids: Int32Array.from(kept.flat()), dense: Uint8Array.from(kept, (_, j) => (dense.includes(j) ? 1 : 0)) },
+  };
+}
+
+describe('CandidateRows (label-private later epochs over the rows a whole-head step kept)', () => {
+  const perEpoch = 2 * CHECK_EVERY;
+  const train = [Int32Array.of(1, 2), Int32Array.of(3, 4)];
+  const targets = Int32Array.of(2, 9, 4, 9);
+  const seqs = [0, 1];
+  const lengths = [2, 2];
+
+  it('takes the whole head in the first epoch, checks at a later epoch\'s first step, then runs over the union of the rows kept, the workspace\'s ids and the targets', () => {
+    const c = new CandidateRows(perEpoch, train);
+    const first = c.request(0, seqs, targets);
+    assert.deepEqual(first, { collect: true });
+    c.taken(0, seqs, lengths, first, runOf([[7, 2], [9], [4, 50], [9]]));
+    const check = c.request(perEpoch, seqs, targets);
+    assert.deepEqual(Array.from(check.check!), [1, 2, 3, 4, 7, 9, 50]);
+    assert.equal(check.collect, true);
+    c.taken(perEpoch, seqs, lengths, check, runOf([[7, 2], [9], [4, 60], [9]], LEFT_OUT_BOUND / 2));
+    const within = c.request(perEpoch + 1, seqs, targets);
+    assert.deepEqual(Array.from(within.within!), [1, 2, 3, 4, 7, 9, 60], 'the check\'s whole run refreshed the rows');
+    c.taken(perEpoch + 1, seqs, lengths, within, runOf([]));
+    assert.ok(c.request(perEpoch + CHECK_EVERY, seqs, targets).check, 'every eighth step of the epoch is a check');
+    assert.deepEqual({ ...c.stats }, { withinSteps: 1, wholeSteps: 2, checks: 1, failedChecks: 0, leftOutMax: LEFT_OUT_BOUND / 2, meanRows: 7 });
+  });
+
+  it('a failed check sends the rest of its epoch back to the whole head; a sequence with a dense token keeps no rows', () => {
+    const c = new CandidateRows(perEpoch, train);
+    c.taken(0, seqs, lengths, { collect: true }, runOf([[2], [9], [4], [9]]));
+    const check = c.request(perEpoch, seqs, targets);
+    c.taken(perEpoch, seqs, lengths, check, runOf([[2], [9], [4], [9]], 0.5));
+    assert.equal(c.stats.failedChecks, 1);
+    for (let i = perEpoch + 1; i < 2 * perEpoch; i++) assert.deepEqual(c.request(i, seqs, targets), { collect: true }, `step ${i}`);
+    assert.ok(c.request(2 * perEpoch, seqs, targets).check, 'the next epoch starts with a check again');
+
+    const d = new CandidateRows(perEpoch, train);
+    d.taken(0, seqs, lengths, { collect: true }, runOf([[2], [9], [], [9]], undefined, [2]));
+    assert.deepEqual(d.request(perEpoch, seqs, targets), { collect: true }, 'sequence 1 had a dense token');
+    assert.ok(d.request(perEpoch, [0], targets.subarray(0, 2)).check, 'sequence 0 alone has rows');
+  });
+
+  it('a run without rows (a request the head did not collect for) changes nothing', () => {
+    const c = new CandidateRows(perEpoch, train);
+    const req: RowRequest = { collect: true };
+    c.taken(0, seqs, lengths, req, { losses: new Float32Array(4), top: new Int32Array(4), denseTokens: 0 });
+    assert.deepEqual(c.request(perEpoch, seqs, targets), { collect: true });
+  });
+});
