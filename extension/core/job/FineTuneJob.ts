@@ -17,7 +17,6 @@ import { modelFingerprint } from '../model/modelFingerprint';
 import { ScanReport, scanWorkspaceAsync } from '../workspace/scanWorkspace';
 import { ServerConnection } from '../connection/ServerConnection';
 import { DeviceHeadUpdate } from './DeviceHeadUpdate';
-import type { CandidateRowStats } from './CandidateRows';
 import { ActivationStream, StreamTimings } from './ActivationStream';
 import { adoptRecord, FineTuneOptions, ResolvedFineTuneOptions, resolveFineTuneOptions, tunedSettings } from './FineTuneOptions';
 import type { JobContext } from './JobContext';
@@ -55,7 +54,7 @@ export interface FineTuneResult {
   /** The activation cache's use: batches (training and held-out) wholly from it and not, damaged entries found, and sequences from it and computed. */
   cache?: { hits: number; misses: number; damaged: number; sequenceHits: number; sequenceMisses: number };
   /** Label-private: tokens whose gradient took the head's dense product over the whole vocabulary, of all with a gradient. */
-  head?: { denseTokens: number; gradientTokens: number; candidateRows?: CandidateRowStats };
+  head?: { denseTokens: number; gradientTokens: number; candidateRows?: NonNullable<ActivationStream['candidates']>['stats'] };
 }
 
 /** Longest wait for the server to confirm a cancellation, milliseconds. */

@@ -19,7 +19,7 @@ describe('CandidateRows (label-private later epochs over the rows a whole-head s
   const seqs = [0, 1];
   const lengths = [2, 2];
 
-  it('takes the whole head in the first epoch, checks at a later epoch\'s first step, then runs over the union of the rows kept, the workspace\'s ids and the targets', () => {
+  it('takes the whole head in the first epoch; in a later one checks the next step, then 2, 4 and 8 steps on while under a tenth of the bound; between checks runs over the union of the rows kept, the workspace\'s ids and the targets', () => {
     const c = new CandidateRows(perEpoch, train);
     const first = c.request(0, seqs, targets);
     assert.deepEqual(first, { collect: true });
@@ -28,11 +28,17 @@ describe('CandidateRows (label-private later epochs over the rows a whole-head s
     assert.deepEqual(Array.from(check.check!), [1, 2, 3, 4, 7, 9, 50]);
     assert.equal(check.collect, true);
     c.taken(perEpoch, seqs, lengths, check, runOf([[7, 2], [9], [4, 60], [9]], LEFT_OUT_BOUND / 2));
-    const within = c.request(perEpoch + 1, seqs, targets);
-    assert.deepEqual(Array.from(within.within!), [1, 2, 3, 4, 7, 9, 60], 'the check\'s whole run refreshed the rows');
-    c.taken(perEpoch + 1, seqs, lengths, within, runOf([]));
-    assert.ok(c.request(perEpoch + CHECK_EVERY, seqs, targets).check, 'every eighth step of the epoch is a check');
-    assert.deepEqual({ ...c.stats }, { withinSteps: 1, wholeSteps: 2, checks: 1, failedChecks: 0, leftOutMax: LEFT_OUT_BOUND / 2, meanRows: 7 });
+    const kinds: string[] = [];
+    for (let i = perEpoch + 1; i < 2 * perEpoch; i++) {
+      const req = c.request(i, seqs, targets);
+      kinds.push(req.check ? 'check' : req.within ? 'rows' : 'whole');
+      if (req.within) assert.deepEqual(Array.from(req.within), [1, 2, 3, 4, 7, 9, 60], 'the check\'s whole run refreshed the rows');
+      c.taken(i, seqs, lengths, req, req.check ? runOf([[7, 2], [9], [4, 60], [9]], i === perEpoch + 1 ? LEFT_OUT_BOUND / 2 : 0) : runOf([]));
+    }
+    // perEpoch + 1: a check (the first found a fifth of the bound); then under a tenth: 1, 2, 4, 8 steps apart.
+    assert.deepEqual(kinds, ['check', 'check', 'rows', 'check', 'rows', 'rows', 'rows', 'check', 'rows', 'rows', 'rows', 'rows', 'rows', 'rows', 'rows']);
+    assert.equal(CHECK_EVERY, 8);
+    assert.deepEqual({ ...c.stats, meanRows: Math.round(c.stats.meanRows) }, { withinSteps: 11, wholeSteps: 6, checks: 5, failedChecks: 0, leftOutMax: LEFT_OUT_BOUND / 2, meanRows: 7 });
   });
 
   it('a failed check sends the rest of its epoch back to the whole head; a sequence with a dense token keeps no rows', () => {
