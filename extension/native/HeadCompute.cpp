@@ -90,18 +90,26 @@ double addCheckedRows(const std::vector<int32_t>& check, int64_t v0, int64_t c, 
   return acc == NEG_INF ? lse : std::max(acc, lse) + std::log1p(std::exp(-std::fabs(acc - lse)));
 }
 
-// Each token's kept rows and its target (a token the sparse rule refused is flagged dense instead).
+// Each segment's kept rows and targets, ascending without repeats (a segment with a token the sparse rule refused is flagged dense instead).
 void collectRows(const std::vector<std::vector<std::pair<int32_t, float>>>& cand, const std::vector<uint8_t>& dense, bool onePass,
                  const std::vector<double>& tail, double tailMass, const int32_t* targets, int64_t n, RowRequest* rows) {
+  std::vector<int32_t> segments = rows->segments;
+  if (segments.empty()) segments.push_back(static_cast<int32_t>(n));
   rows->offsets.assign(1, 0);
   rows->ids.clear();
-  rows->dense.assign(static_cast<size_t>(n), 0);
-  for (int64_t j = 0; j < n; ++j) {
-    if (onePass || dense[j] || tail[j] > tailMass) rows->dense[j] = 1;
-    else {
+  rows->dense.assign(segments.size(), 0);
+  int64_t j = 0;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const size_t from = rows->ids.size();
+    for (const int64_t end = j + segments[s]; j < end; ++j) {
+      if (onePass || dense[j] || tail[j] > tailMass) rows->dense[s] = 1;
+      if (rows->dense[s]) continue;
       for (const auto& e : cand[j]) rows->ids.push_back(e.first);
       rows->ids.push_back(targets[j]);
     }
+    if (rows->dense[s]) rows->ids.resize(from);
+    std::sort(rows->ids.begin() + static_cast<std::ptrdiff_t>(from), rows->ids.end());
+    rows->ids.erase(std::unique(rows->ids.begin() + static_cast<std::ptrdiff_t>(from), rows->ids.end()), rows->ids.end());
     rows->offsets.push_back(static_cast<int32_t>(rows->ids.size()));
   }
 }

@@ -112,15 +112,17 @@ struct SnapshotHeader;  // HeadStep.cpp
  *            rest had no probability;
  *   check    with a whole-vocabulary run: the probability each token's softmax
  *            puts outside these rows (sorted, unique), its largest and mean;
- *   collect  with a whole-vocabulary gradient: each token's kept rows (the
- *            sparse rule's, and its target); a dense token is flagged instead.
+ *   collect  with a whole-vocabulary gradient: per segment (consecutive tokens,
+ *            `segments` their counts; none: one of all tokens) the rows its
+ *            tokens kept (the sparse rule's) and their targets, ascending
+ *            without repeats; a segment with a dense token is flagged instead.
  */
 struct RowRequest {
-  std::vector<int32_t> within, check;
+  std::vector<int32_t> within, check, segments;
   bool collect = false;
   double leftOutMax = 0, leftOutMean = 0;
-  std::vector<int32_t> offsets, ids;  // collect: token j's rows are ids[offsets[j] .. offsets[j + 1])
-  std::vector<uint8_t> dense;         // collect: 1 where the token took the dense product (no rows listed)
+  std::vector<int32_t> offsets, ids;  // collect: segment s's rows are ids[offsets[s] .. offsets[s + 1])
+  std::vector<uint8_t> dense;         // collect: 1 where a token of the segment took the dense product (no rows listed)
 };
 
 struct HeadWeights {

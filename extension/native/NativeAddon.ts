@@ -129,12 +129,15 @@ export interface NativeHeadLoss {
  * Candidate rows (HeadRows.cpp), for a label-private job's later epochs; row lists are ascending without repeats.
  *   within: the run takes the softmax over these rows only (every target among them);
  *   check: with a whole-vocabulary run, the probability each token's softmax puts outside these rows (leftOutMax, leftOutMean);
- *   collect: with a whole-vocabulary gradient, each token's kept rows and target (a token that took the dense product is flagged instead).
+ *   collect: with a whole-vocabulary gradient, per segment (consecutive tokens, `segments` their counts; none: one of
+ *     all tokens) its tokens' kept rows and targets, ascending without repeats (a segment with a token that took the
+ *     dense product is flagged instead).
  */
 export interface RowRequest {
   within?: Int32Array;
   check?: Int32Array;
   collect?: boolean;
+  segments?: Int32Array;
 }
 
 /** One run of the head: see NativeHeadLoss.run and RowRequest. */
@@ -145,7 +148,7 @@ export interface HeadRun {
   denseTokens: number;
   leftOutMax?: number;
   leftOutMean?: number;
-  /** Token j's rows are ids[offsets[j] .. offsets[j + 1]); dense[j] = 1 where it took the dense product (none listed). */
+  /** Segment s's rows are ids[offsets[s] .. offsets[s + 1]); dense[s] = 1 where a token of it took the dense product (none listed). */
   rows?: { offsets: Int32Array; ids: Int32Array; dense: Uint8Array };
 }
 

@@ -71,7 +71,7 @@ export class ActivationStream {
     candidateRows = true,
   ) {
     if (config.labelPrivate && !head) throw new RangeError('a label-private stream needs the device head');
-    if (head && candidateRows) this.candidates = new CandidateRows(batchesPerEpoch(data, config.batchSize), data.train);
+    if (head && candidateRows) this.candidates = new CandidateRows(batchesPerEpoch(data, config.batchSize), data.train, head.vocabularySize);
   }
 
   private get bits(): Bits {
@@ -165,9 +165,9 @@ export class ActivationStream {
     let tokens = 0;
     for (let i = 0; i < rows; i++) tokens += kept.mask[i]!;
     const weights = Float32Array.from(kept.mask, (m) => (tokens > 0 ? m / tokens : 0));
-    const request = step && this.candidates?.request(step.index, step.sequenceIds, kept.targets);
+    const request = step && this.candidates?.request(step.index, step.sequenceIds, step.lengths, kept.targets);
     const r = train ? await this.head!.lossAndGradient(y, kept.targets, weights, request) : { losses: await this.head!.losses(y, kept.targets), grad: undefined };
-    if (step && request && 'denseTokens' in r) this.candidates!.taken(step.index, step.sequenceIds, step.lengths, request, r);
+    if (step && request && 'denseTokens' in r) this.candidates!.taken(step.index, step.sequenceIds, request, r);
     let lossSum = 0;
     for (let i = 0; i < rows; i++) if (kept.mask[i]) lossSum += r.losses[i]!;
     let grad: Buffer | undefined;

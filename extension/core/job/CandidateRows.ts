@@ -58,22 +58,30 @@ export class CandidateRows {
   /** Every id the training sequences hold: the rows the head update raises (it learns which tokens the workspace uses). */
   private readonly workspaceRows: Int32Array;
 
-  constructor(private readonly stepsPerEpoch: number, trainSequences: Int32Array[]) {
-    this.workspaceRows = unionOf(trainSequences.map((s) => Int32Array.from(s).sort()));
+  /** Marks of the rows in a union being made (one per row of the vocabulary). */
+  private readonly marks: Uint8Array;
+
+  constructor(private readonly stepsPerEpoch: number, trainSequences: Int32Array[], vocabularySize: number) {
+    this.marks = new Uint8Array(vocabularySize);
+    this.workspaceRows = this.unionOf(trainSequences);
   }
 
-  /** What to ask the head for training step `index` over `sequences` (dataset indices) whose next tokens are `targets`. */
-  request(index: number, sequences: number[], targets: Int32Array): RowRequest {
+  /**
+   * What to ask the head for training step `index` over `sequences` (dataset
+   * indices) of `lengths` tokens whose next tokens are `targets`.
+   */
+  request(index: number, sequences: number[], lengths: number[], targets: Int32Array): RowRequest {
     const epoch = Math.floor(index / this.stepsPerEpoch);
     const sets = sequences.map((s) => this.rows.get(s));
-    if (epoch === 0 || epoch === this.wholeEpoch || sets.some((r) => !r)) return { collect: true };
-    const union = unionOf([...(sets as Int32Array[]), this.workspaceRows, Int32Array.from(targets).sort()]);
-    if (this.checkedEpoch !== epoch || index >= this.nextCheck) return { collect: true, check: union };
+    const collect = { collect: true, segments: Int32Array.from(lengths) };
+    if (epoch === 0 || epoch === this.wholeEpoch || sets.some((r) => !r)) return collect;
+    const union = this.unionOf([...(sets as Int32Array[]), this.workspaceRows, targets]);
+    if (this.checkedEpoch !== epoch || index >= this.nextCheck) return { ...collect, check: union };
     return { within: union };
   }
 
-  /** Keeps what a step's run found: each sequence's rows (`lengths`: its tokens), and a check's verdict. */
-  taken(index: number, sequences: number[], lengths: number[], request: RowRequest, run: HeadRun): void {
+  /** Keeps what a step's run found: each sequence's rows, and a check's verdict. */
+  taken(index: number, sequences: number[], request: RowRequest, run: HeadRun): void {
     if (request.within) {
       this.stats.withinSteps++;
       this.rowSum += request.within.length;
@@ -96,28 +104,30 @@ export class CandidateRows {
       }
     }
     const found = run.rows;
-    if (!found) return;
-    let token = 0;
-    sequences.forEach((s, k) => {
-      const n = lengths[k]!;
-      let dense = false;
-      for (let j = token; j < token + n; j++) dense ||= found.dense[j] === 1;
-      this.rows.set(s, dense ? null : unionOf([found.ids.slice(found.offsets[token]!, found.offsets[token + n]!).sort()]));
-      token += n;
-    });
+    if (!found || found.dense.length !== sequences.length) return;
+    sequences.forEach((s, k) => this.rows.set(s, found.dense[k] ? null : found.ids.slice(found.offsets[k]!, found.offsets[k + 1]!)));
   }
-}
 
-/** The sorted union of ascending lists (a list itself may repeat ids). */
-function unionOf(lists: Int32Array[]): Int32Array {
-  const all = new Int32Array(lists.reduce((a, l) => a + l.length, 0));
-  let at = 0;
-  for (const l of lists) {
-    all.set(l, at);
-    at += l.length;
+  /** The rows of `lists`, ascending without repeats: marked, then read in order (linear in the vocabulary and the lists; no sort on this thread). */
+  private unionOf(lists: Int32Array[]): Int32Array {
+    const marks = this.marks;
+    let count = 0;
+    for (const l of lists) {
+      for (let i = 0; i < l.length; i++) {
+        if (marks[l[i]!] === 0) {
+          marks[l[i]!] = 1;
+          count++;
+        }
+      }
+    }
+    const out = new Int32Array(count);
+    let at = 0;
+    for (let v = 0; v < marks.length && at < count; v++) {
+      if (marks[v]) {
+        out[at++] = v;
+        marks[v] = 0;
+      }
+    }
+    return out;
   }
-  all.sort();
-  let kept = 0;
-  for (let i = 0; i < all.length; i++) if (i === 0 || all[i] !== all[i - 1]) all[kept++] = all[i]!;
-  return all.slice(0, kept);
 }

@@ -2,13 +2,13 @@ import * as assert from 'node:assert/strict';
 import { CandidateRows, CHECK_EVERY, LEFT_OUT_BOUND } from '../../../../../extension/core/job/CandidateRows';
 import type { HeadRun, RowRequest } from '../../../../../extension/native/NativeAddon';
 
-/** A head run over two sequences of two tokens: token j keeps rows `kept[j]`; `dense` flags tokens that took the dense product. */
+/** A head run whose sequence k kept rows `kept[k]` (ascending); `dense`: sequences with a token that took the dense product. */
 function runOf(kept: number[][], leftOutMax?: number, dense: number[] = []): HeadRun {
   const offsets = [0];
   for (const k of kept) offsets.push(offsets[offsets.length - 1]! + k.length);
   return {
-    losses: new Float32Array(kept.length), top: new Int32Array(kept.length), denseTokens: dense.length, leftOutMax,
-    rows: { offsets: Int32Array.from(offsets), ids: Int32Array.from(kept.flat()), dense: Uint8Array.from(kept, (_, j) => (dense.includes(j) ? 1 : 0)) },
+    losses: new Float32Array(4), top: new Int32Array(4), denseTokens: dense.length, leftOutMax,
+    rows: { offsets: Int32Array.from(offsets), ids: Int32Array.from(kept.flat()), dense: Uint8Array.from(kept, (_, k) => (dense.includes(k) ? 1 : 0)) },
   };
 }
 
@@ -20,20 +20,20 @@ describe('CandidateRows (label-private later epochs over the rows a whole-head s
   const lengths = [2, 2];
 
   it('takes the whole head in the first epoch; in a later one checks the next step, then 2, 4 and 8 steps on while under a tenth of the bound; between checks runs over the union of the rows kept, the workspace\'s ids and the targets', () => {
-    const c = new CandidateRows(perEpoch, train);
-    const first = c.request(0, seqs, targets);
-    assert.deepEqual(first, { collect: true });
-    c.taken(0, seqs, lengths, first, runOf([[7, 2], [9], [4, 50], [9]]));
-    const check = c.request(perEpoch, seqs, targets);
+    const c = new CandidateRows(perEpoch, train, 100);
+    const first = c.request(0, seqs, lengths, targets);
+    assert.deepEqual(first, { collect: true, segments: Int32Array.of(2, 2) });
+    c.taken(0, seqs, first, runOf([[2, 7, 9], [4, 9, 50]]));
+    const check = c.request(perEpoch, seqs, lengths, targets);
     assert.deepEqual(Array.from(check.check!), [1, 2, 3, 4, 7, 9, 50]);
     assert.equal(check.collect, true);
-    c.taken(perEpoch, seqs, lengths, check, runOf([[7, 2], [9], [4, 60], [9]], LEFT_OUT_BOUND / 2));
+    c.taken(perEpoch, seqs, check, runOf([[2, 7, 9], [4, 9, 60]], LEFT_OUT_BOUND / 2));
     const kinds: string[] = [];
     for (let i = perEpoch + 1; i < 2 * perEpoch; i++) {
-      const req = c.request(i, seqs, targets);
+      const req = c.request(i, seqs, lengths, targets);
       kinds.push(req.check ? 'check' : req.within ? 'rows' : 'whole');
       if (req.within) assert.deepEqual(Array.from(req.within), [1, 2, 3, 4, 7, 9, 60], 'the check\'s whole run refreshed the rows');
-      c.taken(i, seqs, lengths, req, req.check ? runOf([[7, 2], [9], [4, 60], [9]], i === perEpoch + 1 ? LEFT_OUT_BOUND / 2 : 0) : runOf([]));
+      c.taken(i, seqs, req, req.check ? runOf([[2, 7, 9], [4, 9, 60]], i === perEpoch + 1 ? LEFT_OUT_BOUND / 2 : 0) : runOf([]));
     }
     // perEpoch + 1: a check (the first found a fifth of the bound); then under a tenth: 1, 2, 4, 8 steps apart.
     assert.deepEqual(kinds, ['check', 'check', 'rows', 'check', 'rows', 'rows', 'rows', 'check', 'rows', 'rows', 'rows', 'rows', 'rows', 'rows', 'rows']);
@@ -42,24 +42,24 @@ describe('CandidateRows (label-private later epochs over the rows a whole-head s
   });
 
   it('a failed check sends the rest of its epoch back to the whole head; a sequence with a dense token keeps no rows', () => {
-    const c = new CandidateRows(perEpoch, train);
-    c.taken(0, seqs, lengths, { collect: true }, runOf([[2], [9], [4], [9]]));
-    const check = c.request(perEpoch, seqs, targets);
-    c.taken(perEpoch, seqs, lengths, check, runOf([[2], [9], [4], [9]], 0.5));
+    const c = new CandidateRows(perEpoch, train, 100);
+    c.taken(0, seqs, { collect: true }, runOf([[2, 9], [4, 9]]));
+    const check = c.request(perEpoch, seqs, lengths, targets);
+    c.taken(perEpoch, seqs, check, runOf([[2, 9], [4, 9]], 0.5));
     assert.equal(c.stats.failedChecks, 1);
-    for (let i = perEpoch + 1; i < 2 * perEpoch; i++) assert.deepEqual(c.request(i, seqs, targets), { collect: true }, `step ${i}`);
-    assert.ok(c.request(2 * perEpoch, seqs, targets).check, 'the next epoch starts with a check again');
+    for (let i = perEpoch + 1; i < 2 * perEpoch; i++) assert.deepEqual(c.request(i, seqs, lengths, targets), { collect: true, segments: Int32Array.of(2, 2) }, `step ${i}`);
+    assert.ok(c.request(2 * perEpoch, seqs, lengths, targets).check, 'the next epoch starts with a check again');
 
-    const d = new CandidateRows(perEpoch, train);
-    d.taken(0, seqs, lengths, { collect: true }, runOf([[2], [9], [], [9]], undefined, [2]));
-    assert.deepEqual(d.request(perEpoch, seqs, targets), { collect: true }, 'sequence 1 had a dense token');
-    assert.ok(d.request(perEpoch, [0], targets.subarray(0, 2)).check, 'sequence 0 alone has rows');
+    const d = new CandidateRows(perEpoch, train, 100);
+    d.taken(0, seqs, { collect: true }, runOf([[2, 9], []], undefined, [1]));
+    assert.deepEqual(d.request(perEpoch, seqs, lengths, targets), { collect: true, segments: Int32Array.of(2, 2) }, 'sequence 1 had a dense token');
+    assert.ok(d.request(perEpoch, [0], [2], targets.subarray(0, 2)).check, 'sequence 0 alone has rows');
   });
 
   it('a run without rows (a request the head did not collect for) changes nothing', () => {
-    const c = new CandidateRows(perEpoch, train);
+    const c = new CandidateRows(perEpoch, train, 100);
     const req: RowRequest = { collect: true };
-    c.taken(0, seqs, lengths, req, { losses: new Float32Array(4), top: new Int32Array(4), denseTokens: 0 });
-    assert.deepEqual(c.request(perEpoch, seqs, targets), { collect: true });
+    c.taken(0, seqs, req, { losses: new Float32Array(4), top: new Int32Array(4), denseTokens: 0 });
+    assert.deepEqual(c.request(perEpoch, seqs, lengths, targets), { collect: true, segments: Int32Array.of(2, 2) });
   });
 });
