@@ -178,7 +178,7 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
     // which ggml quantizes to the matrix's dot type).
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);  // [c, n]
     ggml_tensor* ut = k > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, n) : nullptr;
-    if (ut != nullptr) logits = ggml_add(ctx, logits, ggml_mul_mat(ctx, ggml_view_2d(ctx, bMatrix.t, k, c, bMatrix.t->nb[1], static_cast<size_t>(v0) * bMatrix.t->nb[1]), ut));  // + B_c u
+    if (ut != nullptr) logits = ggml_add_inplace(ctx, logits, ggml_mul_mat(ctx, ggml_view_2d(ctx, bMatrix.t, k, c, bMatrix.t->nb[1], static_cast<size_t>(v0) * bMatrix.t->nb[1]), ut));  // + B_c u, in place (one [c, n] buffer fewer)
     ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
     ggml_tensor* acc = onePass ? transposedProduct(ctx, hw, wc, p, c) : nullptr;  // [d, n] = W_c^T p
     ggml_set_output(logits);
@@ -344,8 +344,8 @@ bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const s
     ggml_tensor* bc = b != nullptr ? ggml_view_2d(ctx, b, r, c, b->nb[1], static_cast<size_t>(v0) * b->nb[1]) : nullptr;  // [r, c]
     ggml_tensor* ut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, r, m) : nullptr;
     ggml_tensor* wut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, m, r) : nullptr;
-    if (bc != nullptr) logits = ggml_add(ctx, logits, ggml_mul_mat(ctx, bc, ut));
-    ggml_tensor* p = ggml_exp(ctx, ggml_add(ctx, logits, nr));           // [c, m], the softmax over the whole vocabulary
+    if (bc != nullptr) logits = ggml_add_inplace(ctx, logits, ggml_mul_mat(ctx, bc, ut));
+    ggml_tensor* p = ggml_exp_inplace(ctx, ggml_add_inplace(ctx, logits, nr));           // [c, m], the softmax over the whole vocabulary
     ggml_tensor* acc = transposedProduct(ctx, hw, wc, p, c);              // [d, m] = W_c^T p
     std::vector<ggml_tensor*> outs = {acc};
     std::vector<std::pair<ggml_tensor*, const float*>> inputs = {{zt, zD.data()}, {nr, negR.data()}};
