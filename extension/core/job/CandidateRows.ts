@@ -4,6 +4,10 @@ import type { HeadRun, RowRequest } from '../../native/NativeAddon';
 export const CHECK_EVERY = 8;
 /** The most probability a checked token's softmax may put outside its batch's rows before the epoch goes back to the whole head. */
 export const LEFT_OUT_BOUND = 1e-3;
+/** Rows kept for all sequences together (4 bytes each): past it, further sequences keep none and take the whole head. */
+export const MAX_KEPT_ROWS = 8 * 2 ** 20;
+/** A sequence whose rows are more than this share of the vocabulary keeps none (over so many rows the saving is small). */
+const MAX_SHARE = 1 / 8;
 
 /** What candidate rows did in a job: steps over the rows only, over the whole head, checks and the largest left-out probability a check found. */
 export interface CandidateRowStats {
@@ -25,7 +29,9 @@ export interface CandidateRowStats {
  *
  *   - a step over the whole head (every step of the first epoch) keeps, per
  *     training sequence, the rows its tokens' softmax gave weight to and its
- *     targets (a sequence with a token that needed the dense product keeps none);
+ *     targets (a sequence with a token that needed the dense product, or with
+ *     more than an eighth of the vocabulary, keeps none, and so do sequences
+ *     past MAX_KEPT_ROWS for the job: 32 MB);
  *   - a later step whose sequences all have rows takes the softmax over their
  *     union and every id of the training sequences (the rows the head update
  *     raises) only, as if the other rows had no probability;
@@ -58,6 +64,8 @@ export class CandidateRows {
   /** Every id the training sequences hold: the rows the head update raises (it learns which tokens the workspace uses). */
   private readonly workspaceRows: Int32Array;
 
+  /** Rows kept for all sequences together. */
+  private kept = 0;
   /** Marks of the rows in a union being made (one per row of the vocabulary). */
   private readonly marks: Uint8Array;
 
@@ -105,7 +113,13 @@ export class CandidateRows {
     }
     const found = run.rows;
     if (!found || found.dense.length !== sequences.length) return;
-    sequences.forEach((s, k) => this.rows.set(s, found.dense[k] ? null : found.ids.slice(found.offsets[k]!, found.offsets[k + 1]!)));
+    sequences.forEach((s, k) => {
+      this.kept -= this.rows.get(s)?.length ?? 0;
+      const n = found.offsets[k + 1]! - found.offsets[k]!;
+      const keep = !found.dense[k] && n <= this.marks.length * MAX_SHARE && this.kept + n <= MAX_KEPT_ROWS;
+      this.rows.set(s, keep ? found.ids.slice(found.offsets[k]!, found.offsets[k + 1]!) : null);
+      if (keep) this.kept += n;
+    });
   }
 
   /** The rows of `lists`, ascending without repeats: marked, then read in order (linear in the vocabulary and the lists; no sort on this thread). */

@@ -41,7 +41,7 @@ describe('CandidateRows (label-private later epochs over the rows a whole-head s
     assert.deepEqual({ ...c.stats, meanRows: Math.round(c.stats.meanRows) }, { withinSteps: 11, wholeSteps: 6, checks: 5, failedChecks: 0, leftOutMax: LEFT_OUT_BOUND / 2, meanRows: 7 });
   });
 
-  it('a failed check sends the rest of its epoch back to the whole head; a sequence with a dense token keeps no rows', () => {
+  it('a failed check sends the rest of its epoch back to the whole head; a sequence with a dense token, or over an eighth of the vocabulary, keeps no rows', () => {
     const c = new CandidateRows(perEpoch, train, 100);
     c.taken(0, seqs, { collect: true }, runOf([[2, 9], [4, 9]]));
     const check = c.request(perEpoch, seqs, lengths, targets);
@@ -54,6 +54,11 @@ describe('CandidateRows (label-private later epochs over the rows a whole-head s
     d.taken(0, seqs, { collect: true }, runOf([[2, 9], []], undefined, [1]));
     assert.deepEqual(d.request(perEpoch, seqs, lengths, targets), { collect: true, segments: Int32Array.of(2, 2) }, 'sequence 1 had a dense token');
     assert.ok(d.request(perEpoch, [0], [2], targets.subarray(0, 2)).check, 'sequence 0 alone has rows');
+
+    // Over an eighth of the vocabulary (here 100 rows): not worth keeping.
+    const wide = new CandidateRows(perEpoch, train, 100);
+    wide.taken(0, seqs, { collect: true }, runOf([[2, 9], Array.from({ length: 13 }, (_, i) => i * 7)]));
+    assert.deepEqual(wide.request(perEpoch, seqs, lengths, targets), { collect: true, segments: Int32Array.of(2, 2) }, 'sequence 1 kept 13 of 100 rows');
   });
 
   it('a run without rows (a request the head did not collect for) changes nothing', () => {
