@@ -27,6 +27,8 @@ interface EpochRun {
   mode: 'label-private' | 'standard';
   /** Label-private: what the head's candidate rows did (CandidateRows.ts). */
   candidateRows?: CandidateRowStats;
+  /** Label-private: the share of the job's training tokens whose gradient took the head's dense product (wide distributions: no candidate rows). */
+  headDenseShare?: number;
   /** [first epoch, second epoch]: this process's CPU seconds and wall seconds. */
   cpuSeconds: [number, number];
   wallSeconds: [number, number];
@@ -60,7 +62,7 @@ async function epochs(workspace: string, server: EpochRun['server'], labelPrivat
     const r = await job.run();
     if (marks.length < 3) throw new RangeError(`the epochs were not seen (${marks.length} marks)`);
     return {
-      server, mode: labelPrivate ? 'label-private' : 'standard', candidateRows: r.head?.candidateRows, stepsPerEpoch: perEpoch, cachedBytes, cachedTokens: Math.round(r.trainTokens / 2),
+      server, mode: labelPrivate ? 'label-private' : 'standard', candidateRows: r.head?.candidateRows, headDenseShare: r.head && r.head.denseTokens / Math.max(1, r.head.gradientTokens), stepsPerEpoch: perEpoch, cachedBytes, cachedTokens: Math.round(r.trainTokens / 2),
       cpuSeconds: [marks[1]!.cpu - marks[0]!.cpu, marks[2]!.cpu - marks[1]!.cpu],
       wallSeconds: [marks[1]!.wall - marks[0]!.wall, marks[2]!.wall - marks[1]!.wall],
     };
@@ -99,7 +101,7 @@ async function main(): Promise<void> {
   };
   writeResult('cache.json', out);
   const lp = separate.candidateRows;
-  console.log(`later epoch / first: device CPU ${out.deviceCpuLaterOverFirst['label-private'].toFixed(3)}x label-private (goal <= 0.25; candidate rows: ${lp ? `${lp.withinSteps} steps over ${lp.meanRows.toFixed(0)} rows, ${lp.checks} checks, ${lp.failedChecks} failed, largest left out ${lp.leftOutMax.toExponential(2)}` : 'off'}), ${out.deviceCpuLaterOverFirst.standard.toFixed(3)}x standard (goal <= 0.1), wall with the embedded server ${out.wallLaterOverFirst.toFixed(3)}x; ${out.diskBytesPerCachedToken.toFixed(0)} disk bytes per cached token`);
+  console.log(`later epoch / first: device CPU ${out.deviceCpuLaterOverFirst['label-private'].toFixed(3)}x label-private (goal <= 0.25; candidate rows: ${lp ? `${lp.withinSteps} steps over ${lp.meanRows.toFixed(0)} rows, ${lp.checks} checks, ${lp.failedChecks} failed, largest left out ${lp.leftOutMax.toExponential(2)}; dense tokens ${(100 * (separate.headDenseShare ?? 0)).toFixed(1)}%` : 'off'}), ${out.deviceCpuLaterOverFirst.standard.toFixed(3)}x standard (goal <= 0.1), wall with the embedded server ${out.wallLaterOverFirst.toFixed(3)}x; ${out.diskBytesPerCachedToken.toFixed(0)} disk bytes per cached token`);
 }
 
 void main().catch((err) => {
