@@ -97,7 +97,7 @@ export const JOB_SETTINGS = {
   },
   exactHead: {
     kind: 'boolean', flag: '--exact-head',
-    doc: 'Label-private: compute the model\'s whole head at every step of later epochs (default: over the rows each sequence\'s tokens gave weight to in the epoch before, checked every eighth step against the whole head, which is several times faster).',
+    doc: 'Label-private: compute the model\'s whole head at every step of later epochs (default: over the rows each sequence\'s tokens gave weight to in the epoch before and the workspace\'s ids, checked against the whole head at the epoch\'s first steps and at least every eighth, back to the whole head for the epoch when a check finds over 1e-3 of a token\'s probability left out).',
   },
   initFromBackbone: {
     kind: 'boolean', flag: '--init-from-backbone',
