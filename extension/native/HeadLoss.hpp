@@ -32,6 +32,8 @@
 //   run(y: Float32Array [n*d], targets: Int32Array [n], weights: Float32Array [n], wantGrad)
 //     -> Promise<{ losses: Float32Array [n], top: Int32Array [n] (each token's highest-scoring id), grad?: Float32Array [n*d], denseTokens: number }>
 //   grad = d(sum_j weights_j * loss_j) / dy.
+//   run(..., wantGrad, rows?: { within?, check?, collect?, segments? }): candidate rows (RowRequest below, HeadRows.cpp);
+//     then also { leftOutMax, leftOutMean } (check) and rows: { offsets, ids, dense } (collect).
 //
 // The head update of rank k, owned here in label-private training (HeadStep.cpp):
 // logits = W z + B u with u = A^T z, A [d][k] and B [vocab][k] held by this
