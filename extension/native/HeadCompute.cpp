@@ -93,8 +93,8 @@ double addCheckedRows(const std::vector<int32_t>& check, int64_t v0, int64_t c, 
 // Each segment's kept rows and targets, ascending without repeats (a segment with a token the sparse rule refused is flagged dense instead).
 void collectRows(const std::vector<std::vector<std::pair<int32_t, float>>>& cand, const std::vector<uint8_t>& dense, bool onePass,
                  const std::vector<double>& tail, double tailMass, const int32_t* targets, int64_t n, RowRequest* rows) {
-  std::vector<int32_t> segments = rows->segments;
-  if (segments.empty()) segments.push_back(static_cast<int32_t>(n));
+  const std::vector<int32_t> whole = {static_cast<int32_t>(n)};
+  const std::vector<int32_t>& segments = rows->segments.empty() ? whole : rows->segments;
   rows->offsets.assign(1, 0);
   rows->ids.clear();
   rows->dense.assign(segments.size(), 0);

@@ -224,13 +224,17 @@ Napi::Value HeadLoss::Run(const Napi::CallbackInfo& info) {
     rows.collect = o.Get("collect").ToBoolean().Value();
     Napi::Value seg = o.Get("segments");
     if (!seg.IsUndefined()) {
+      bool ok = seg.IsTypedArray() && seg.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array;
       int64_t total = 0;
-      if (seg.IsTypedArray() && seg.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+      if (ok) {
         Napi::Int32Array a = seg.As<Napi::Int32Array>();
         rows.segments.assign(a.Data(), a.Data() + a.ElementLength());
-        for (const int32_t c : rows.segments) total += c > 0 ? c : -static_cast<int64_t>(n) - 1;
+        for (const int32_t c : rows.segments) {
+          ok = ok && c > 0;
+          total += c;
+        }
       }
-      if (total != static_cast<int64_t>(n)) {
+      if (!ok || total != static_cast<int64_t>(n)) {
         codedError(env, "BAD_ARGUMENT", "segments must be an Int32Array of positive token counts summing to the targets' length.").ThrowAsJavaScriptException();
         return env.Undefined();
       }

@@ -151,11 +151,11 @@ export class ActivationStream {
 
   /**
    * Label-private: the loss of a batch on the device, from the server's side
-   * output at the join (delta, quantized) and the kept hidden states; with
-   * `weights`, also the gradient at the join, quantized for the wire.
+   * output at the join (delta, quantized) and the kept hidden states; for a
+   * training `step`, also the gradient at the join, quantized for the wire
+   * (over the step's candidate rows where CandidateRows says so).
    */
   private async lossAtJoin(kept: NonNullable<EncodedBatch['kept']>, rows: number, deltaPayload: Buffer, step?: { index: number; sequenceIds: number[]; lengths: number[] }): Promise<{ lossSum: number; tokens: number; grad?: Buffer }> {
-    const train = step !== undefined;
     const d = this.backbone.info.hiddenSize;
     const bits = joinBits(this.bits);
     if (deltaPayload.length !== rows * bytesPerRow(d, bits)) throw new MobiError('SERVER_ERROR', 'The server sent a side output of the wrong size.');
@@ -165,9 +165,13 @@ export class ActivationStream {
     let tokens = 0;
     for (let i = 0; i < rows; i++) tokens += kept.mask[i]!;
     const weights = Float32Array.from(kept.mask, (m) => (tokens > 0 ? m / tokens : 0));
-    const request = step && this.candidates?.request(step.index, step.sequenceIds, step.lengths, kept.targets);
-    const r = train ? await this.head!.lossAndGradient(y, kept.targets, weights, request) : { losses: await this.head!.losses(y, kept.targets), grad: undefined };
-    if (step && request && 'denseTokens' in r) this.candidates!.taken(step.index, step.sequenceIds, request, r);
+    let r: { losses: Float32Array; grad?: Float32Array };
+    if (step) {
+      const request = this.candidates?.request(step.index, step.sequenceIds, step.lengths, kept.targets);
+      const run = await this.head!.lossAndGradient(y, kept.targets, weights, request);
+      if (request) this.candidates!.taken(step.index, step.sequenceIds, request, run);
+      r = run;
+    } else r = { losses: await this.head!.losses(y, kept.targets) };
     let lossSum = 0;
     for (let i = 0; i < rows; i++) if (kept.mask[i]) lossSum += r.losses[i]!;
     let grad: Buffer | undefined;

@@ -58,8 +58,9 @@ export class CandidateRows {
   /** Steps from one check to the next (doubling while checks find well under the bound), and the next check's step. */
   private interval = 1;
   private nextCheck = 0;
-  private rowSum = 0;
-  readonly stats: CandidateRowStats = { withinSteps: 0, wholeSteps: 0, checks: 0, failedChecks: 0, leftOutMax: 0, meanRows: 0 };
+  /** Rows of all steps over the rows only (their mean is in stats). */
+  private withinRows = 0;
+  private readonly counts = { withinSteps: 0, wholeSteps: 0, checks: 0, failedChecks: 0, leftOutMax: 0 };
 
   /** Every id the training sequences hold: the rows the head update raises (it learns which tokens the workspace uses). */
   private readonly workspaceRows: Int32Array;
@@ -72,6 +73,10 @@ export class CandidateRows {
   constructor(private readonly stepsPerEpoch: number, trainSequences: Int32Array[], vocabularySize: number) {
     this.marks = new Uint8Array(vocabularySize);
     this.workspaceRows = this.unionOf(trainSequences);
+  }
+
+  get stats(): CandidateRowStats {
+    return { ...this.counts, meanRows: this.counts.withinSteps > 0 ? this.withinRows / this.counts.withinSteps : 0 };
   }
 
   /**
@@ -90,20 +95,20 @@ export class CandidateRows {
 
   /** Keeps what a step's run found: each sequence's rows, and a check's verdict. */
   taken(index: number, sequences: number[], request: RowRequest, run: HeadRun): void {
+    const c = this.counts;
     if (request.within) {
-      this.stats.withinSteps++;
-      this.rowSum += request.within.length;
-      this.stats.meanRows = this.rowSum / this.stats.withinSteps;
+      c.withinSteps++;
+      this.withinRows += request.within.length;
       return;
     }
-    this.stats.wholeSteps++;
+    c.wholeSteps++;
     if (request.check) {
-      this.stats.checks++;
-      this.stats.leftOutMax = Math.max(this.stats.leftOutMax, run.leftOutMax ?? 0);
       const epoch = Math.floor(index / this.stepsPerEpoch);
       const leftOut = run.leftOutMax ?? 0;
+      c.checks++;
+      c.leftOutMax = Math.max(c.leftOutMax, leftOut);
       if (leftOut > LEFT_OUT_BOUND) {
-        this.stats.failedChecks++;
+        c.failedChecks++;
         this.wholeEpoch = epoch;
       } else {
         this.interval = this.checkedEpoch !== epoch || leftOut > LEFT_OUT_BOUND / 10 ? 1 : Math.min(2 * this.interval, CHECK_EVERY);
