@@ -91,8 +91,9 @@ double addCheckedRows(const std::vector<int32_t>& check, int64_t v0, int64_t c, 
 }
 
 // Each segment's kept rows and targets, ascending without repeats (a segment with a token the sparse rule refused is flagged dense instead).
-void collectRows(const std::vector<std::vector<std::pair<int32_t, float>>>& cand, const std::vector<uint8_t>& dense, bool onePass,
-                 const std::vector<double>& tail, double tailMass, const int32_t* targets, int64_t n, RowRequest* rows) {
+// `dense`: the tokens the gradient's classification below sent to the dense product.
+void collectRows(const std::vector<std::vector<std::pair<int32_t, float>>>& cand, const std::vector<uint8_t>& dense, const int32_t* targets,
+                 int64_t n, RowRequest* rows) {
   const std::vector<int32_t> whole = {static_cast<int32_t>(n)};
   const std::vector<int32_t>& segments = rows->segments.empty() ? whole : rows->segments;
   rows->offsets.assign(1, 0);
@@ -102,7 +103,7 @@ void collectRows(const std::vector<std::vector<std::pair<int32_t, float>>>& cand
   for (size_t s = 0; s < segments.size(); ++s) {
     const size_t from = rows->ids.size();
     for (const int64_t end = j + segments[s]; j < end; ++j) {
-      if (onePass || dense[j] || tail[j] > tailMass) rows->dense[s] = 1;
+      if (dense[j]) rows->dense[s] = 1;
       if (rows->dense[s]) continue;
       for (const auto& e : cand[j]) rows->ids.push_back(e.first);
       rows->ids.push_back(targets[j]);
@@ -245,6 +246,7 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
   std::vector<double> tail(static_cast<size_t>(n), 0.0);
   for (int64_t j = 0; j < n; ++j) {
     if (onePass) {
+      dense[j] = 1;
       denseList.push_back(j);  // computed above
       continue;
     }
@@ -260,9 +262,10 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
         continue;
       }
     }
+    dense[j] = 1;
     denseList.push_back(j);
   }
-  if (rows != nullptr && rows->collect) collectRows(cand, dense, onePass, tail, tuning_.tailMass, targets, n, rows);
+  if (rows != nullptr && rows->collect) collectRows(cand, dense, targets, n, rows);
   SparseProducts(hw, sparseList, cand, R, tail, A.data());
   std::vector<float> accB(static_cast<size_t>(n * k), 0.0f);  // B^T p per token
   if (k > 0) {
