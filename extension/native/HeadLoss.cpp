@@ -17,6 +17,11 @@ HeadLoss::HeadLoss(const Napi::CallbackInfo& info) : Napi::ObjectWrap<HeadLoss>(
     if (t.Get("tailNats").IsNumber()) tuning_.tailNats = t.Get("tailNats").As<Napi::Number>().DoubleValue();
     if (t.Get("maxCandidates").IsNumber()) tuning_.maxCandidates = t.Get("maxCandidates").As<Napi::Number>().Int64Value();
   }
+  if (info.Length() > 4 && info[4].IsObject()) {
+    Napi::Object h = info[4].As<Napi::Object>();
+    if (h.Get("tensor").IsString()) choice_.tensor = h.Get("tensor").As<Napi::String>().Utf8Value();
+    if (h.Get("normScale").IsNumber()) choice_.normScale = h.Get("normScale").As<Napi::Number>().FloatValue();
+  }
 }
 
 namespace {

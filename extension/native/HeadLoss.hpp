@@ -27,7 +27,7 @@
 // so no [tokens x vocabulary] tensor and no transposed copy of the head is held.
 //
 // JavaScript:
-//   new HeadLoss(modelPath, normEpsilon, threads, tuning?: { tailMass, tailNats, maxCandidates })
+//   new HeadLoss(modelPath, normEpsilon, threads, tuning?: { tailMass, tailNats, maxCandidates }, head?: { tensor, normScale })
 //   load() -> Promise<{ vocabularySize, hiddenSize, type, mapped }>
 //   run(y: Float32Array [n*d], targets: Int32Array [n], weights: Float32Array [n], wantGrad)
 //     -> Promise<{ losses: Float32Array [n], top: Int32Array [n] (each token's highest-scoring id), grad?: Float32Array [n*d], denseTokens: number }>
@@ -146,8 +146,14 @@ struct HeadWeights {
   ~HeadWeights();
 };
 
+/** Which matrix is the head and what multiplies the final norm's weight (the model's logit multiplier, extension/core/model/headDescription.ts). */
+struct HeadChoice {
+  std::string tensor;     // empty: output.weight, else token_embd.weight
+  float normScale = 1.0f;
+};
+
 /** Reads the head of a GGUF file (HeadWeights.cpp); nullptr with `error` set when it cannot. */
-std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int threads, std::string* error);
+std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int threads, const HeadChoice& choice, std::string* error);
 
 class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
  public:
@@ -155,7 +161,7 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   explicit HeadLoss(const Napi::CallbackInfo& info);
 
   // Worker-thread entry points.
-  std::unique_ptr<HeadWeights> LoadWeights(std::string* error) const { return loadHeadWeights(path_, threads_, error); }
+  std::unique_ptr<HeadWeights> LoadWeights(std::string* error) const { return loadHeadWeights(path_, threads_, choice_, error); }
   // HeadCompute.cpp.
   // `rows` (may be null): candidate rows, HeadRows.cpp.
   bool Compute(const float* y, const int32_t* targets, const float* weights, int64_t n, bool wantGrad,
@@ -205,6 +211,7 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
                      ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error);
 
   std::string path_;
+  HeadChoice choice_;
   float eps_ = 1e-6f;
   int threads_ = 1;
   HeadTuning tuning_;

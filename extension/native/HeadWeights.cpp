@@ -94,7 +94,7 @@ bool mapFile(const std::string& path, HeadWeights* hw) {
 
 }  // namespace
 
-std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int threads, std::string* error) {
+std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int threads, const HeadChoice& choice, std::string* error) {
   gguf_init_params gp = {true, nullptr};
   gguf_context* g = gguf_init_from_file(path.c_str(), gp);
   if (g == nullptr) {
@@ -102,8 +102,8 @@ std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int thread
     return nullptr;
   }
   std::unique_ptr<gguf_context, void (*)(gguf_context*)> guard(g, gguf_free);
-  int64_t wId = gguf_find_tensor(g, "output.weight");
-  if (wId < 0) wId = gguf_find_tensor(g, "token_embd.weight");  // a model whose head is tied to its embedding
+  int64_t wId = gguf_find_tensor(g, choice.tensor.empty() ? "output.weight" : choice.tensor.c_str());
+  if (wId < 0 && choice.tensor.empty()) wId = gguf_find_tensor(g, "token_embd.weight");  // a model whose head is tied to its embedding
   const int64_t nId = gguf_find_tensor(g, "output_norm.weight");
   if (wId < 0 || nId < 0) {
     *error = "The model has no output head or no output norm.";
@@ -176,6 +176,8 @@ std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int thread
   }
   if (normType == GGML_TYPE_F32) std::memcpy(hw->norm.data(), raw.data(), raw.size());
   else ggml_get_type_traits(normType)->to_float(raw.data(), hw->norm.data(), hw->d);
+  // The logit multiplier, folded into the norm: s (W z) = W (s z).
+  for (float& v : hw->norm) v *= choice.normScale;
   return hw;
 }
 

@@ -11,7 +11,8 @@
 // and at the last layer, delta = s Out (r -> d; side network 2: rms(h) s Out, h the
 // layer's own output) is added to l_out-<L-1>; or, for an adapter that joins
 // after the final norm, delta = s Out is added to result_norm (the normed
-// hidden state the head reads).
+// hidden state the head reads; divided by the model's logit multiplier m,
+// which training folds into the norm's weight).
 // With a head update (headRank k > 0), the logits llama.cpp computes become
 // W z + B (A^T z): u = z A is taken from result_norm (after any delta joined
 // there) and B u is added to result_output's rows.
@@ -40,6 +41,7 @@ struct SideNet {
   int attentionBlocks = 0;                  // blocks 0..attentionBlocks-1 attend (TypeScript derives the number)
   int attentionHeads = 1, width = 0;        // attention heads of `width` = r / attentionHeads
   bool joinAfterNorm = false;               // delta joins result_norm, not l_out-<L-1>
+  float logitMultiplier = 1.0f;             // the model's (headDescription.ts): training folds it into the norm, so result_norm is m times smaller than the head's input
   float adapterEps = 1e-6f;
   float ropeBase = ROPE_BASE;
   std::vector<double> ropeInvFreq;          // [width/2]: ropeBase^(-2i/width), set once by setHeads
@@ -231,6 +233,7 @@ struct SideRun {
     const int k = net->headRank;
     headU.assign(static_cast<size_t>(nRowsInTensor) * k, 0.0f);
     for (int j = 0; j < nRowsInTensor; ++j) SideNet::matvec(z + static_cast<size_t>(j) * net->d, net->headA.data(), net->d, k, &headU[static_cast<size_t>(j) * k]);
+    if (net->logitMultiplier != 1.0f) for (float& u : headU) u *= net->logitMultiplier;  // u = (m z) A, as trained
   }
 
   // Head update, second half: logits [nRowsInTensor][nVocab] += B u; false if the rows or the vocabulary do not match.
@@ -280,7 +283,9 @@ struct SideRun {
   // [nRowsInTensor][d] (the same output rows); false if the rows do not match.
   bool applyAfterNorm(float* data, int nRowsInTensor) {
     if (pending.size() != static_cast<size_t>(nRowsInTensor) * net->d) return false;
-    for (size_t i = 0; i < pending.size(); ++i) data[i] += pending[i];
+    // Trained as m z + delta (the multiplier folded into the norm); llama.cpp multiplies result_norm's logits by m.
+    const float inv = 1.0f / net->logitMultiplier;
+    for (size_t i = 0; i < pending.size(); ++i) data[i] += pending[i] * inv;
     pending.clear();
     return true;
   }

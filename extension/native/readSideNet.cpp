@@ -55,6 +55,12 @@ std::unique_ptr<SideNet> readSideNet(Napi::Env env, const Napi::Value& value, co
   const Napi::Value join = o.Get("joinAfterNorm");
   if (!join.IsUndefined() && !join.IsBoolean()) return fail("ADAPTER_CORRUPT", "The adapter's join is damaged.");
   net->joinAfterNorm = join.IsBoolean() && join.As<Napi::Boolean>().Value();
+  const Napi::Value multiplier = o.Get("logitMultiplier");
+  if (!multiplier.IsUndefined()) {
+    const double m = multiplier.IsNumber() ? multiplier.As<Napi::Number>().DoubleValue() : 0;
+    if (!(m > 0) || !std::isfinite(m)) return fail("BAD_ARGUMENT", "The model's logit multiplier must be a positive number.");
+    net->logitMultiplier = static_cast<float>(m);
+  }
   const Napi::Value tappedValue = o.Get("tappedLayers");
   const Napi::Value tensorsValue = o.Get("tensors");
   if (!tappedValue.IsArray() || !tensorsValue.IsObject()) return fail("ADAPTER_CORRUPT", "The adapter's layers or tensors are damaged.");

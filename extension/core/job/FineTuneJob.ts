@@ -269,7 +269,7 @@ export class FineTuneJob {
       this.before = resumed.heldOutLossBefore;
     }
     // Label-private: the model's own head runs here (loaded once per job).
-    this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.normEpsilon, this.o.threads) : undefined;
+    this.head = config.labelPrivate ? await DeviceHead.open(backbone.info.path, backbone.info.head, this.o.threads) : undefined;
     const stream = new ActivationStream(backbone, data, config, this.ctx, this.head, !this.o.exactHead);
     // Label-private with a head update: A and B are trained here (DeviceHeadUpdate.ts).
     if (this.head && config.headRank) stream.headUpdate = new DeviceHeadUpdate(this.head, config, info, this.o.storeDir, (l) => this.ctx.log(l), plan?.start?.head);

@@ -7,9 +7,16 @@ import { HEAD_CHUNK_BYTES } from '../../../common/limits';
 import { yieldToEventLoop } from '../../../common/sliced';
 import type { Backbone } from '../model/Backbone';
 
-/** The backbone's final norm weight as float32: [d]. */
+/**
+ * The backbone's final norm weight as float32: [d], times the model's logit
+ * multiplier (headDescription.ts), so that W (norm(y)) gives the logits
+ * llama.cpp gives.
+ */
 export async function headNorm(backbone: Backbone): Promise<Float32Array> {
-  return (await backbone.readTensor('output_norm.weight')).data;
+  const w = (await backbone.readTensor('output_norm.weight')).data;
+  const s = backbone.info.head.logitMultiplier;
+  if (s !== 1) for (let i = 0; i < w.length; i++) w[i]! *= s;
+  return w;
 }
 
 /** Values converted to float16 between two turns of the event loop (a few milliseconds of work). */

@@ -7,12 +7,11 @@ import { attentionBlocks, checkSideNetworkTensors } from '../../../common/Adapte
 import { decodeAdapter, maxAdapterBytesFor } from '../../../common/AdapterFile';
 import { readAdapterFile } from '../store/readAdapterFile';
 import { modelFingerprint } from './modelFingerprint';
+import { describeHead, HeadDescription } from './headDescription';
 
-/** Architectures whose layer outputs and final norm the side network understands. */
-export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2', 'qwen3'] as const;
 
 /** llama.cpp `general.file_type` names (llama.h, enum llama_ftype). */
-const FILE_TYPE_NAMES: Record<number, string> = {
+export const FILE_TYPE_NAMES: Record<number, string> = {
   0: 'F32', 1: 'F16', 2: 'Q4_0', 3: 'Q4_1', 7: 'Q8_0', 8: 'Q5_0', 9: 'Q5_1', 10: 'Q2_K', 11: 'Q3_K_S',
   12: 'Q3_K_M', 13: 'Q3_K_L', 14: 'Q4_K_S', 15: 'Q4_K_M', 16: 'Q5_K_S', 17: 'Q5_K_M', 18: 'Q6_K', 32: 'BF16',
 };
@@ -35,6 +34,8 @@ export interface ModelInfo {
   headTensor: string;
   /** Final norm epsilon from the GGUF metadata. */
   normEpsilon: number;
+  /** What the model does after its last layer (headDescription.ts). */
+  head: HeadDescription;
   addsBos: boolean;
 }
 
@@ -102,9 +103,7 @@ export async function resolveModelPath(spec: string, onProgress?: (done: number,
 export function describeModel(file: GgufFile): Omit<ModelInfo, 'parameters' | 'addsBos'> {
   const arch = ggufString(file, 'general.architecture');
   if (arch === undefined) throw new MobiError('NOT_GGUF', `${file.path} has no general.architecture: not a model file.`);
-  if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
-    throw new MobiError('UNSUPPORTED_ARCHITECTURE', `Architecture "${arch}" is not supported; use one of ${SUPPORTED_ARCHITECTURES.join(', ')}.`);
-  }
+  const head = describeHead(file, arch);
   const num = (key: string): number => {
     const v = ggufNumber(file, `${arch}.${key}`);
     if (v === undefined) throw new MobiError('NOT_GGUF', `${file.path} lacks ${arch}.${key}.`);
@@ -124,8 +123,9 @@ export function describeModel(file: GgufFile): Omit<ModelInfo, 'parameters' | 'a
     trainingContext: num('context_length'),
     quantization: fileType !== undefined ? (FILE_TYPE_NAMES[fileType] ?? `type ${fileType}`) : 'unknown',
     fileSizeBytes: file.fileSize,
-    headTensor: file.tensors.some((t) => t.name === 'output.weight') ? 'output.weight' : 'token_embd.weight',
-    normEpsilon: num('attention.layer_norm_rms_epsilon'),
+    headTensor: head.tensor,
+    normEpsilon: head.epsilon,
+    head,
   };
 }
 
@@ -295,7 +295,7 @@ export class Backbone {
     const tensors: Record<string, Float32Array> = {};
     for (const [name, t] of contents.tensors) tensors[name] = t.data;
     await this.serial(async () => {
-      this.native.setAdapter({ ...shape, attentionBlocks: attentionBlocks(shape), adapterEps: adapterNormEpsilon, gateTemperature, tensors });
+      this.native.setAdapter({ ...shape, attentionBlocks: attentionBlocks(shape), adapterEps: adapterNormEpsilon, gateTemperature, logitMultiplier: this.info.head.logitMultiplier, tensors });
       this.held = new Int32Array(0); // what the cache holds came from the other network
     });
     return { steps: Number(contents.header.meta.steps ?? 0), meta: contents.header.meta };

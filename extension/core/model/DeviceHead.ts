@@ -1,6 +1,7 @@
 import { HeadRun, HeadStep, HeadTuning, HeadUpdateMoments, loadNativeAddon, NativeHeadLoss, RowRequest } from '../../native/NativeAddon';
 import { defaultThreads } from './Backbone';
 import { MobiError } from '../MobiError';
+import type { HeadDescription } from './headDescription';
 
 /**
  * The backbone's own head on this computer (its final norm and output matrix,
@@ -23,10 +24,15 @@ export class DeviceHead {
     readonly mapped: boolean,
   ) {}
 
-  /** `tuning` is for tests and benchmarks; the defaults serve every model. */
-  static async open(modelPath: string, normEpsilon: number, threads = defaultThreads(), tuning?: HeadTuning): Promise<DeviceHead> {
+  /**
+   * `head`: the model's output step (ModelInfo.head), or for a file known to
+   * end as llama does, its final norm's epsilon. `tuning` is for tests and
+   * benchmarks; the defaults serve every model.
+   */
+  static async open(modelPath: string, head: HeadDescription | number, threads = defaultThreads(), tuning?: HeadTuning): Promise<DeviceHead> {
     const addon = await loadNativeAddon();
-    const native = new addon.HeadLoss(modelPath, normEpsilon, threads, tuning);
+    const described = typeof head === 'number' ? { epsilon: head } : head;
+    const native = new addon.HeadLoss(modelPath, described.epsilon, threads, tuning, typeof head === 'number' ? undefined : { tensor: head.tensor, normScale: head.logitMultiplier });
     try {
       const info = await native.load();
       return new DeviceHead(native, info.vocabularySize, info.hiddenSize, info.type, info.mapped);
