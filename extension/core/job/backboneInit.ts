@@ -1,5 +1,6 @@
 import { backboneInitNames, hasAttention, parameterCount, SideNetworkShape } from '../../../common/AdapterConfig';
 import { readModelTensor } from '../model/Backbone';
+import { readGgufFileAsync } from '../model/gguf/GgufFile';
 import { MobiError } from '../MobiError';
 
 /**
@@ -23,6 +24,7 @@ import { MobiError } from '../MobiError';
  */
 export async function backboneInit(modelPath: string, headTensor: string, shape: SideNetworkShape): Promise<Float32Array> {
   const { d, r, b } = shape;
+  const names = new Set((await readGgufFileAsync(modelPath)).tensors.map((t) => t.name));
   const channels = largest(await headColumnNorms(modelPath, headTensor, d), r);
   const values = new Map<string, Float32Array>();
   for (const [k, layer] of shape.tappedLayers.entries()) {
@@ -31,7 +33,7 @@ export async function backboneInit(modelPath: string, headTensor: string, shape:
     values.set(`down.${k}`, down);
     if (hasAttention(shape, k)) {
       for (const [name, tensor] of [['wq', 'attn_q'], ['wk', 'attn_k'], ['wv', 'attn_v'], ['wo', 'attn_output']] as const) {
-        const w = await layerTensor(modelPath, layer, tensor, d);
+        const w = await attentionMatrix(modelPath, names, layer, tensor, d);
         const rows = w.data.length / d; // output width (smaller than d for grouped keys and values)
         const m = new Float32Array(r * r);
         const scale = Math.sqrt(d / r);
@@ -39,32 +41,54 @@ export async function backboneInit(modelPath: string, headTensor: string, shape:
         values.set(`${name}.${k}`, m);
       }
     }
-    const upW = await layerTensor(modelPath, layer, 'ffn_up', d); // [ff][d]
-    const ff = upW.data.length / d;
+    const downW = await layerTensor(modelPath, layer, 'ffn_down', undefined); // [d][ff]
+    const ff = downW.shape[0]!;
+    const upW = await upRows(modelPath, names, layer, d, ff); // [ff][d]
     const units = largest(rowNorms(upW.data, d, channels), b);
     const mid = new Float32Array(r * b);
     for (let i = 0; i < r; i++) for (let u = 0; u < b; u++) mid[i * b + u] = upW.data[units[u]! * d + channels[i]!]! * Math.sqrt(d / r);
     values.set(`mid.${k}`, mid);
-    const downW = await layerTensor(modelPath, layer, 'ffn_down', ff); // [d][ff]
     const up = new Float32Array(b * r);
     for (let u = 0; u < b; u++) for (let j = 0; j < r; j++) up[u * r + j] = downW.data[channels[j]! * ff + units[u]!]! * Math.sqrt(ff / b);
     values.set(`up.${k}`, up);
   }
-  const names = backboneInitNames(shape);
-  const out = new Float32Array(parameterCount(shape, names));
+  const initNames = backboneInitNames(shape);
+  const out = new Float32Array(parameterCount(shape, initNames));
   let at = 0;
-  for (const n of names) {
+  for (const n of initNames) {
     out.set(values.get(n)!, at);
     at += values.get(n)!.length;
   }
   return out;
 }
 
-/** Layer `layer`'s tensor `name`, which must have rows of `rowLength` values. */
-async function layerTensor(modelPath: string, layer: number, name: string, rowLength: number): Promise<{ data: Float32Array }> {
+/** Layer `layer`'s tensor `name`, which must have rows of `rowLength` values (any length when undefined). */
+async function layerTensor(modelPath: string, layer: number, name: string, rowLength: number | undefined): Promise<{ data: Float32Array; shape: number[] }> {
   const t = await readModelTensor(modelPath, `blk.${layer}.${name}.weight`);
-  if (t.shape[0] !== rowLength) throw new MobiError('UNSUPPORTED_ARCHITECTURE', `blk.${layer}.${name}.weight has rows of ${t.shape[0]} values, not ${rowLength}; this model cannot initialise a side network from its weights.`);
+  if (rowLength !== undefined && t.shape[0] !== rowLength) throw new MobiError('UNSUPPORTED_ARCHITECTURE', `blk.${layer}.${name}.weight has rows of ${t.shape[0]} values, not ${rowLength}; this model cannot initialise a side network from its weights.`);
   return t;
+}
+
+/**
+ * One of a layer's attention matrices [out][d]: its own tensor, or its rows
+ * of attn_qkv where the model keeps the three together (phi3: queries, then
+ * keys, then values; the queries d wide, keys and values alike).
+ */
+async function attentionMatrix(modelPath: string, names: Set<string>, layer: number, tensor: 'attn_q' | 'attn_k' | 'attn_v' | 'attn_output', d: number): Promise<{ data: Float32Array }> {
+  if (tensor === 'attn_output' || names.has(`blk.${layer}.${tensor}.weight`) || !names.has(`blk.${layer}.attn_qkv.weight`)) return layerTensor(modelPath, layer, tensor, d);
+  const qkv = await layerTensor(modelPath, layer, 'attn_qkv', d);
+  const kv = (qkv.data.length / d - d) / 2; // keys' (and values') width
+  const [from, width] = tensor === 'attn_q' ? [0, d] : tensor === 'attn_k' ? [d, kv] : [d + kv, kv];
+  return { data: qkv.data.subarray(from * d, (from + width) * d) };
+}
+
+/** A layer's ffn_up [ff][d]: the tensor, or its second half where it holds the gate's rows first and there is no ffn_gate (phi3). */
+async function upRows(modelPath: string, names: Set<string>, layer: number, d: number, ff: number): Promise<{ data: Float32Array }> {
+  const up = await layerTensor(modelPath, layer, 'ffn_up', d);
+  const fused = !names.has(`blk.${layer}.ffn_gate.weight`) && up.data.length === 2 * ff * d;
+  if (fused) return { data: up.data.subarray(ff * d) };
+  if (up.data.length !== ff * d) throw new MobiError('UNSUPPORTED_ARCHITECTURE', `blk.${layer}.ffn_up.weight has ${up.data.length / d} rows where ffn_down has ${ff} units; this model cannot initialise a side network from its weights.`);
+  return up;
 }
 
 /** Norm of each of the d columns of the head [vocabulary][d], read a block of rows at a time (a whole float32 copy of a 150k vocabulary would be over 500 MB). */

@@ -10,6 +10,8 @@ import { GGML_TYPE_BY_NAME, GgmlType, GgmlTypeName, encodeTensor, fileTypeOf, QK
 export interface TinyModelOptions {
   /** Output file. */
   out: string;
+  /** The graph llama.cpp builds for it (TINY_ARCHITECTURES). Default llama. */
+  architecture?: TinyArchitecture;
   /** PRNG seed for the weights. Default 1. */
   seed?: number;
   /** Transformer blocks. Default 4. */
@@ -33,6 +35,40 @@ export interface TinyModelOptions {
   /** Add fill-in-the-middle control tokens (`<|fim_prefix|>`, `<|fim_suffix|>`, `<|fim_middle|>`) to the built-in vocabulary and declare them in the metadata. Default false. */
   fim?: boolean;
 }
+
+/**
+ * What a generated model of each architecture holds beyond llama's tensors,
+ * as the pinned llama.cpp's src/models/<architecture>.cpp loads them.
+ */
+interface ArchitectureLayout {
+  /** One attn_qkv matrix instead of attn_q, attn_k and attn_v (phi3). */
+  fusedQkv?: boolean;
+  /** ffn_up holds the gate's rows then the up rows; no ffn_gate (phi3). */
+  fusedGateUp?: boolean;
+  /** attn_q_norm and attn_k_norm over each head (qwen3, gemma3). */
+  qkNorm?: boolean;
+  /** post_attention_norm and post_ffw_norm (gemma2, gemma3). */
+  postNorms?: boolean;
+  /** The head is always the embedding: no output.weight is written (gemma, gemma2). */
+  alwaysTied?: boolean;
+  /** Metadata the architecture needs beyond the common keys, with values a small model can use. */
+  extraKv?: Record<string, number>;
+}
+
+const TINY_LAYOUTS = {
+  llama: {},
+  qwen2: {},
+  qwen3: { qkNorm: true },
+  phi3: { fusedQkv: true, fusedGateUp: true },
+  gemma: { alwaysTied: true },
+  gemma2: { alwaysTied: true, postNorms: true },
+  gemma3: { qkNorm: true, postNorms: true },
+  granite: { extraKv: { logit_scale: 4, residual_scale: 0.5, embedding_scale: 2 } },
+} satisfies Record<string, ArchitectureLayout>;
+
+/** Architectures the generator writes. */
+export type TinyArchitecture = keyof typeof TINY_LAYOUTS;
+export const TINY_ARCHITECTURES = Object.keys(TINY_LAYOUTS) as TinyArchitecture[];
 
 /** The fill-in-the-middle control tokens the generator can add, in the order prefix, suffix, middle. */
 export const TINY_FIM_TOKENS = ['<|fim_prefix|>', '<|fim_suffix|>', '<|fim_middle|>'] as const;
@@ -93,10 +129,14 @@ export function builtInVocabulary(): { tokens: string[]; scores: number[]; types
 }
 
 /**
- * Writes a valid GGUF v3 `llama` model with random weights (seeded). It is the
- * product's built-in default backbone for the demo and the tests.
+ * Writes a valid GGUF v3 model with random weights (seeded), `llama` unless
+ * `architecture` says otherwise. It is the product's built-in default
+ * backbone for the demo and the tests.
  */
 export function writeTinyModel(options: TinyModelOptions): void {
+  const arch = options.architecture ?? 'llama';
+  const layout: ArchitectureLayout = TINY_LAYOUTS[arch];
+  if (layout === undefined) throw new MobiError('BAD_ARGUMENT', `The generator writes ${TINY_ARCHITECTURES.join(', ')}, not ${String(arch)}.`);
   const seed = options.seed ?? 1;
   const nLayer = options.layers ?? 4;
   const d = options.embd ?? 64;
@@ -114,18 +154,20 @@ export function writeTinyModel(options: TinyModelOptions): void {
   }
   const headDim = d / nHead;
   const w = new GgufWriter();
-  w.string('general.architecture', 'llama');
+  w.string('general.architecture', arch);
+  // The name never says the architecture: llama.cpp's vocabulary loader looks for a real phi-3's tokens when its name says phi3.
   w.string('general.name', `mobillm-tiny-${nLayer}x${d}-s${seed}`);
   w.u32('general.file_type', fileTypeOf(type));
-  w.u32('llama.context_length', options.contextLength ?? 2048);
-  w.u32('llama.embedding_length', d);
-  w.u32('llama.block_count', nLayer);
-  w.u32('llama.feed_forward_length', ff);
-  w.u32('llama.attention.head_count', nHead);
-  w.u32('llama.attention.head_count_kv', nKv);
-  w.u32('llama.rope.dimension_count', headDim);
-  w.f32('llama.rope.freq_base', 10000);
-  w.f32('llama.attention.layer_norm_rms_epsilon', 1e-5);
+  w.u32(`${arch}.context_length`, options.contextLength ?? 2048);
+  w.u32(`${arch}.embedding_length`, d);
+  w.u32(`${arch}.block_count`, nLayer);
+  w.u32(`${arch}.feed_forward_length`, ff);
+  w.u32(`${arch}.attention.head_count`, nHead);
+  w.u32(`${arch}.attention.head_count_kv`, nKv);
+  w.u32(`${arch}.rope.dimension_count`, headDim);
+  w.f32(`${arch}.rope.freq_base`, 10000);
+  w.f32(`${arch}.attention.layer_norm_rms_epsilon`, 1e-5);
+  for (const [key, value] of Object.entries(layout.extraKv ?? {})) w.f32(`${arch}.${key}`, value);
 
   let nVocab: number;
   if (options.vocab !== undefined) {
@@ -170,29 +212,43 @@ export function writeTinyModel(options: TinyModelOptions): void {
       return encodeTensor(t, values);
     });
   };
-  const norm = (name: string): void => {
+  const norm = (name: string, size = d): void => {
     const rng = new SeededRandom((seed * 1000003 + ++tensorIndex * 7919) >>> 0);
-    w.tensor(name, [d], GgmlType.F32, () => {
-      const values = new Float32Array(d);
-      for (let i = 0; i < d; i++) values[i] = 1 + 0.1 * rng.normal();
+    w.tensor(name, [size], GgmlType.F32, () => {
+      const values = new Float32Array(size);
+      for (let i = 0; i < size; i++) values[i] = 1 + 0.1 * rng.normal();
       return encodeTensor(GgmlType.F32, values);
     });
   };
   // The embedding is read by row lookup: keep it in a type llama.cpp can get_rows from.
-  matrix('token_embd.weight', d, nVocab, 1, type);
+  // gemma's head is always the embedding, and its graph scales the inputs by sqrt(d): its rows are kept at the head's scale.
+  matrix('token_embd.weight', d, nVocab, layout.alwaysTied ? 1 / Math.sqrt(d) : 1, type);
   norm('output_norm.weight');
-  if (options.untiedHead ?? true) matrix('output.weight', d, nVocab, 1 / Math.sqrt(d), type);
+  if ((options.untiedHead ?? true) && !layout.alwaysTied) matrix('output.weight', d, nVocab, 1 / Math.sqrt(d), type);
   const inScale = 1 / Math.sqrt(d);
   for (let il = 0; il < nLayer; il++) {
-    norm(`blk.${il}.attn_norm.weight`);
-    matrix(`blk.${il}.attn_q.weight`, d, d, inScale, type);
-    matrix(`blk.${il}.attn_k.weight`, d, nKv * headDim, inScale, type);
-    matrix(`blk.${il}.attn_v.weight`, d, nKv * headDim, inScale, type);
-    matrix(`blk.${il}.attn_output.weight`, d, d, inScale, type);
-    norm(`blk.${il}.ffn_norm.weight`);
-    matrix(`blk.${il}.ffn_gate.weight`, d, ff, inScale, type);
-    matrix(`blk.${il}.ffn_up.weight`, d, ff, inScale, type);
-    matrix(`blk.${il}.ffn_down.weight`, ff, d, 1 / Math.sqrt(ff), type);
+    const blk = `blk.${il}`;
+    norm(`${blk}.attn_norm.weight`);
+    if (layout.fusedQkv) matrix(`${blk}.attn_qkv.weight`, d, d + 2 * nKv * headDim, inScale, type);
+    else {
+      matrix(`${blk}.attn_q.weight`, d, d, inScale, type);
+      matrix(`${blk}.attn_k.weight`, d, nKv * headDim, inScale, type);
+      matrix(`${blk}.attn_v.weight`, d, nKv * headDim, inScale, type);
+    }
+    if (layout.qkNorm) {
+      norm(`${blk}.attn_q_norm.weight`, headDim);
+      norm(`${blk}.attn_k_norm.weight`, headDim);
+    }
+    matrix(`${blk}.attn_output.weight`, d, d, inScale, type);
+    if (layout.postNorms) norm(`${blk}.post_attention_norm.weight`);
+    norm(`${blk}.ffn_norm.weight`);
+    if (layout.fusedGateUp) matrix(`${blk}.ffn_up.weight`, d, 2 * ff, inScale, type);
+    else {
+      matrix(`${blk}.ffn_gate.weight`, d, ff, inScale, type);
+      matrix(`${blk}.ffn_up.weight`, d, ff, inScale, type);
+    }
+    matrix(`${blk}.ffn_down.weight`, ff, d, 1 / Math.sqrt(ff), type);
+    if (layout.postNorms) norm(`${blk}.post_ffw_norm.weight`);
   }
   fs.mkdirSync(path.dirname(path.resolve(options.out)), { recursive: true });
   w.write(options.out);
