@@ -83,6 +83,8 @@ export interface NativeAdapter extends SideNetworkShape {
   attentionBlocks: number;
   adapterEps: number;
   gateTemperature: number;
+  /** The model's logit multiplier (headDescription.ts); default 1. */
+  logitMultiplier?: number;
   /** down.k [d][r], alpha.k [1], mid.k [r][b], up.k [b][r], out [r][d]; wq.k, wk.k, wv.k, wo.k [r][r] for each attention block; head_a [d][headRank], head_b [vocab][headRank] with a head update */
   tensors: Record<string, Float32Array>;
 }
@@ -172,11 +174,14 @@ export interface HeadStep {
 
 export interface NativeAddon {
   Backbone: new () => NativeBackbone;
-  HeadLoss: new (modelPath: string, normEpsilon: number, threads: number, tuning?: HeadTuning) => NativeHeadLoss;
+  /** `head`: the head's matrix (default: output.weight, else token_embd.weight) and a factor on the final norm's weight (default 1; headDescription.ts). */
+  HeadLoss: new (modelPath: string, normEpsilon: number, threads: number, tuning?: HeadTuning, head?: { tensor: string; normScale: number }) => NativeHeadLoss;
   readTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): NativeTensor;
   /** readTensor on a worker of libuv's pool: the JavaScript thread is free while the file is read and dequantized. */
   readTensorAsync(modelPath: string, name: string, rowStart?: number, rowCount?: number): Promise<NativeTensor>;
   ensureBackends(libDir: string, verboseLog: boolean): number;
+  /** llama.cpp's quantizer (llama_model_quantize) on a worker thread: `input` rewritten to `output` with the tensor types llama.cpp picks for `fileType` (llama_ftype). */
+  quantizeModel(input: string, output: string, options: { fileType: number; threads: number }): Promise<void>;
   /** Constants the C++ side shares with TypeScript (a unit test holds them equal). */
   constants: { ropeBase: number; maxHeadRank: number };
 }

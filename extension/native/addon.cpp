@@ -13,6 +13,7 @@
 //                   capture state and the eval callback
 //   readSequences   the token-sequence argument reader
 //   readTensor      GGUF tensors dequantized by ggml
+//   quantize        llama.cpp's own quantizer, for test models in users' layouts
 //   backends        ggml's CPU backend registration
 //   HeadLoss        the model's own head and its loss gradient (label-private training):
 //                   HeadWeights (the head through the file's mapping), HeadCompute
@@ -40,6 +41,7 @@
 #include "Backbone.hpp"
 #include "backends.hpp"
 #include "HeadLoss.hpp"
+#include "quantize.hpp"
 #include "readTensor.hpp"
 #include "SideNetwork.hpp"
 
@@ -54,6 +56,7 @@ Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   exports.Set("readTensor", Napi::Function::New(env, mobillm::ReadTensor));
   exports.Set("readTensorAsync", Napi::Function::New(env, mobillm::ReadTensorAsync));
   exports.Set("ensureBackends", Napi::Function::New(env, mobillm::EnsureBackends));
+  exports.Set("quantizeModel", Napi::Function::New(env, mobillm::QuantizeModel));
   Napi::Object constants = Napi::Object::New(env);
   constants.Set("ropeBase", Napi::Number::New(env, mobillm::ROPE_BASE));
   constants.Set("maxHeadRank", Napi::Number::New(env, mobillm::MAX_HEAD_RANK));
