@@ -5,7 +5,9 @@ import { TINY_ARCHITECTURES } from '../../extension/core/model/tinyModel';
 import { FineTuneOptions } from '../../extension/core/job/FineTuneJob';
 import { headAgainstLlamaCpp, runMode, runsRelDiff } from '../../harness/architectureChecks';
 import { expectCode } from '../helpers/expectCode';
-import { quantizedTinyModel, tinyModel } from '../helpers/models';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { quantizedTinyModel, skipBecause, tinyModel, VOCAB_DIR } from '../helpers/models';
 import { readGgufFile } from '../../extension/core/model/gguf/GgufFile';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 
@@ -59,6 +61,19 @@ describe('architectures: each graph\'s output step as llama.cpp computes it', fu
     assert.ok(runsRelDiff(standard, labelPrivate) <= 1e-3, `Q4_K_M: the two modes differ by ${runsRelDiff(standard, labelPrivate)}`);
     assert.ok(labelPrivate.adapterParityNats <= 0.01, `Q4_K_M: the adapter on the device is ${labelPrivate.adapterParityNats} nats from the report`);
   });
+
+  for (const [arch, vocab] of [['llama', 'deepseek-coder'], ['qwen2', 'qwen2'], ['phi3', 'phi-3']] as const) {
+    it(`${arch} with a real model's vocabulary (llama.cpp's ggml-vocab-${vocab}.gguf): the head agrees with llama.cpp and a label-private job learns`, async function () {
+      const file = path.join(VOCAB_DIR, `ggml-vocab-${vocab}.gguf`);
+      if (!fs.existsSync(file)) skipBecause(this, `${file} is absent (the addon build clones llama.cpp there)`);
+      const model = tinyModel({ ...MODEL, architecture: arch, vocab: file, untiedHead: arch !== 'qwen2' });
+      const head = await headAgainstLlamaCpp(model);
+      assert.ok(head.headLossRelDiff.sparse <= 1e-3 && head.headLossRelDiff.dense <= 1e-3, `${arch}: ${JSON.stringify(head)}`);
+      const r = await runMode(jobOptions(model, makeWorkspace(73), { steps: 12, labelPrivate: true }));
+      assert.ok(r.result.heldOutLossAfter < r.result.heldOutLossBefore - 0.1, `${arch}: held-out ${r.result.heldOutLossBefore} -> ${r.result.heldOutLossAfter}`);
+      assert.ok(r.adapterParityNats <= 0.01, `${arch}: the adapter on the device is ${r.adapterParityNats} nats from the report`);
+    });
+  }
 
   it('granite (logits divided by logit_scale): an adapter joined after the final norm gives on the device the loss it was trained to', async () => {
     const model = tinyModel({ ...MODEL, architecture: 'granite' });
