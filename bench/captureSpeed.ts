@@ -5,12 +5,16 @@
  * own), alternating, several rounds; ratios are of medians from this one run.
  *
  *   npm run bench:capture [-- --type q8_0|q4_0 --tokens 512 --rounds 3]
+ *   npm run bench:capture -- --shape coder-1.5b [--layout Q4_K_M]
+ *       the Qwen2.5-Coder-1.5B shape (qwen2, 28 x 1536) in a layout made by
+ *       llama.cpp's quantizer (bench/lib/benchModels.ts qwenCoder15Model)
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, defaultThreads } from '../extension/core/model/Backbone';
-import { machineDescription, median, peakRssBytes, qwenShapedModel } from './lib/benchModels';
+import { machineDescription, median, peakRssBytes, qwenCoder15Model, qwenShapedModel } from './lib/benchModels';
+import type { QuantizedLayout } from '../extension/core/model/quantizeModel';
 import { writeResult } from './lib/writeResult';
 
 function arg(name: string, fallback: string): string {
@@ -64,7 +68,9 @@ async function main(): Promise<void> {
     await child(arg('child', 'plain'), arg('model', ''), nTokens, Number(arg('reps', '3')));
     return;
   }
-  const model = qwenShapedModel(type);
+  const coder = arg('shape', 'qwen2.5-0.5b') === 'coder-1.5b';
+  const layout = arg('layout', 'Q4_K_M') as QuantizedLayout;
+  const model = coder ? await qwenCoder15Model(layout) : qwenShapedModel(type);
   const runs: Record<string, { tokensPerSecond: number; peakRssBytes: number }[]> = { plain: [], capture: [] };
   for (let r = 0; r < rounds; r++) {
     for (const mode of ['plain', 'capture']) {
@@ -90,8 +96,8 @@ async function main(): Promise<void> {
     machine: machineDescription(),
   };
   fs.mkdirSync(path.resolve(__dirname, '..', '..', 'bench', 'results'), { recursive: true });
-  writeResult(`capture-${type}.json`, result);
-  console.log(`| ${type} | plain ${result.plainTokensPerSecond.toFixed(1)} tok/s | capture all ${result.captureTokensPerSecond.toFixed(1)} tok/s | speed ratio ${result.captureSpeedRatio.toFixed(3)} | RSS plain ${result.plainPeakRssMiB.toFixed(0)} MiB | capture ${result.capturePeakRssMiB.toFixed(0)} MiB | ratio ${result.captureRssRatio.toFixed(3)} |`);
+  writeResult(coder ? `capture-coder-1.5b-${layout}.json` : `capture-${type}.json`, result);
+  console.log(`| ${coder ? layout : type} | plain ${result.plainTokensPerSecond.toFixed(1)} tok/s | capture all ${result.captureTokensPerSecond.toFixed(1)} tok/s | speed ratio ${result.captureSpeedRatio.toFixed(3)} | RSS plain ${result.plainPeakRssMiB.toFixed(0)} MiB | capture ${result.capturePeakRssMiB.toFixed(0)} MiB | ratio ${result.captureRssRatio.toFixed(3)} |`);
 }
 
 void main().catch((err) => {

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { writeTinyModel } from '../../extension/core/model/tinyModel';
 import { GgmlTypeName } from '../../extension/core/model/gguf/ggmlTypes';
+import { QuantizedLayout, quantizeModel } from '../../extension/core/model/quantizeModel';
 
 /** Cache for generated benchmark models (outside git). */
 export const BENCH_CACHE = path.resolve(__dirname, '..', '..', '..', 'bench', '.cache');
@@ -18,6 +19,26 @@ export function qwenShapedModel(type: GgmlTypeName): string {
     fs.mkdirSync(BENCH_CACHE, { recursive: true });
     process.stderr.write(`generating ${path.basename(out)} (once) ...\n`);
     writeTinyModel({ out, layers: 24, embd: 896, heads: 14, kvHeads: 2, ff: 4864, type, vocab: QWEN2_VOCAB, untiedHead: false, contextLength: 32768, seed: 11 });
+  }
+  return out;
+}
+
+/**
+ * A Qwen2.5-Coder-1.5B-shaped qwen2 model with random weights (28 layers,
+ * d=1536, 12 query / 2 key-value heads, ff 8960, the real Qwen2 vocabulary,
+ * tied head), written in float16 and rewritten by llama.cpp's quantizer into
+ * `layout`, as users download it. Generated once and cached (the float16
+ * source, 3.1 GB, is removed once quantized).
+ */
+export async function qwenCoder15Model(layout: QuantizedLayout): Promise<string> {
+  const out = path.join(BENCH_CACHE, `qwen2.5-coder-1.5b-shape-${layout}.gguf`);
+  if (!fs.existsSync(out)) {
+    fs.mkdirSync(BENCH_CACHE, { recursive: true });
+    const source = path.join(BENCH_CACHE, 'qwen2.5-coder-1.5b-shape-f16.gguf');
+    process.stderr.write(`generating ${path.basename(out)} (once: float16, then llama.cpp's quantizer) ...\n`);
+    if (!fs.existsSync(source)) writeTinyModel({ out: source, architecture: 'qwen2', layers: 28, embd: 1536, heads: 12, kvHeads: 2, ff: 8960, type: 'f16', vocab: QWEN2_VOCAB, untiedHead: false, contextLength: 32768, seed: 15 });
+    await quantizeModel(source, out, layout);
+    fs.rmSync(source);
   }
   return out;
 }
