@@ -5,7 +5,7 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
 import { CHROMIUM, CHROMIUM_ARGS } from '../../harness/chromium';
-import { skipBecause } from '../helpers/models';
+import { skipBecause, tinyModel } from '../helpers/models';
 import { freePort } from '../../harness/serverProcess';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 import { heldOutFiles } from '../../extension/core/workspace/dataset';
@@ -421,5 +421,40 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     assert.ok(buttons.some((t) => t.includes('Open Settings')), `toast buttons: ${buttons.join(', ')}`);
     assert.equal(await page.locator('.monaco-dialog-box').count(), 0, 'no confirmation: nothing was started');
     fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+  });
+
+  it('fine-tunes a model of another architecture chosen in the settings (a generated phi3: fused attention and gate matrices)', async () => {
+    const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
+    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
+    const model = tinyModel({ architecture: 'phi3', layers: 2, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 4 });
+    // The embedded server again: the earlier tests left a wrong team server configured.
+    const { 'mobillm.serverUrl': _server, 'mobillm.labelPrivate': _mode, ...local } = settings as Record<string, unknown>;
+    fs.writeFileSync(settingsFile, JSON.stringify({ ...local, 'mobillm.model': model }, null, 2));
+    try {
+      await runCommand(page, 'Developer: Reload Window');
+      await page.waitForTimeout(2000);
+      await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
+      await page.waitForTimeout(3000);
+      await runCommand(page, 'MobiLLM: Fine-tune on workspace');
+      const confirm = page.locator('.monaco-dialog-box');
+      await confirm.waitFor({ timeout: 60_000 });
+      await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
+      const status = page.locator(STATUS);
+      let text = '';
+      let progressed = false;
+      const deadline = Date.now() + 300_000;
+      while (Date.now() < deadline) {
+        text = (await status.innerText().catch(() => '')) ?? '';
+        if (/MobiLLM \d+\/\d+/.test(text)) progressed = true;
+        if (progressed && /done|failed/.test(text)) break;
+        await page.waitForTimeout(150);
+      }
+      await page.screenshot({ path: path.join(SHOTS, '10-phi3-done.png') });
+      const m = /MobiLLM: done, perplexity ([\d.e+]+) → ([\d.e+]+)/.exec(text);
+      assert.ok(m, `status bar: ${text}`);
+      assert.ok(Number(m![2]) < Number(m![1]), `perplexity fell: ${text}`);
+    } finally {
+      fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+    }
   });
 });
