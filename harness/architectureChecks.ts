@@ -19,12 +19,14 @@ export interface HeadAgreement {
   /**
    * Largest |logit from the capture - llama.cpp's logit| over the largest
    * |logit|: the capture's last layer through the model's final norm and head
-   * computed here in float64 (llama.cpp rounds the head's input to 8 bits for
+   * computed here in float64, soft-capped where the model caps (llama.cpp rounds the head's input to 8 bits for
    * a quantized head, which is most of the difference).
    */
   captureLogitsRelDiff: number;
   /** Largest relative difference of the device head's loss from the loss of llama.cpp's logits, on the sparse path (default tuning) and with every token dense. */
   headLossRelDiff: { sparse: number; dense: number };
+  /** For a model that caps or scales its logits: the sparse path's difference when the head ignores that (what the description is for). */
+  withoutDescription?: number;
 }
 
 /** The device's view of the last position (capture and DeviceHead) against llama.cpp's logits there. */
@@ -50,6 +52,7 @@ export async function headAgainstLlamaCpp(modelPath: string, threads = 1): Promi
     for (let v = 0; v < logits.length; v++) {
       let dot = 0;
       for (let i = 0; i < d; i++) dot += z[i]! * w[v * d + i]!;
+      if (head.softCap > 0) dot = head.softCap * Math.tanh(dot / head.softCap);
       maxDiff = Math.max(maxDiff, Math.abs(dot - logits[v]!));
       largest = Math.max(largest, Math.abs(logits[v]!));
     }
@@ -58,8 +61,8 @@ export async function headAgainstLlamaCpp(modelPath: string, threads = 1): Promi
     let s = 0;
     for (const v of logits) s += Math.exp(v - m);
     const reference = PROBE_TARGETS.map((t) => m + Math.log(s) - logits[t]!);
-    const relDiff = async (tuning?: { maxCandidates: number }): Promise<number> => {
-      const dh = await DeviceHead.open(modelPath, head, threads, tuning);
+    const relDiff = async (tuning?: { maxCandidates: number }, described = head): Promise<number> => {
+      const dh = await DeviceHead.open(modelPath, described, threads, tuning);
       try {
         const ys = new Float32Array(PROBE_TARGETS.length * d);
         PROBE_TARGETS.forEach((_, j) => ys.set(y, j * d));
@@ -69,7 +72,10 @@ export async function headAgainstLlamaCpp(modelPath: string, threads = 1): Promi
         dh.dispose();
       }
     };
-    return { captureLogitsRelDiff: maxDiff / largest, headLossRelDiff: { sparse: await relDiff(), dense: await relDiff({ maxCandidates: 0 }) } };
+    const agreement: HeadAgreement = { captureLogitsRelDiff: maxDiff / largest, headLossRelDiff: { sparse: await relDiff(), dense: await relDiff({ maxCandidates: 0 }) } };
+    // What the description changes: the same head without the soft cap or the logit multiplier.
+    if (head.softCap > 0 || head.logitMultiplier !== 1) agreement.withoutDescription = await relDiff(undefined, { ...head, softCap: 0, logitMultiplier: 1 });
+    return agreement;
   } finally {
     bb.dispose();
   }

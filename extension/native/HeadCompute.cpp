@@ -178,10 +178,12 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
     // The logits as llama.cpp computes them (the quantized matrix times z,
     // which ggml quantizes to the matrix's dot type).
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);  // [c, n]
+    ggml_tensor* slope = nullptr;  // a soft cap's derivative (HeadCap.cpp), for this pass's products
+    if (hw.softCap > 0.0f) logits = capLogits(ctx, logits, hw.softCap, onePass ? &slope : nullptr);
     ggml_tensor* ut = k > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, n) : nullptr;
     if (ut != nullptr) logits = ggml_add_inplace(ctx, logits, ggml_mul_mat(ctx, ggml_view_2d(ctx, bMatrix.t, k, c, bMatrix.t->nb[1], static_cast<size_t>(v0) * bMatrix.t->nb[1]), ut));  // + B_c u, in place (one [c, n] buffer fewer)
     ggml_tensor* p = ggml_soft_max(ctx, logits);        // [c, n], within the chunk
-    ggml_tensor* acc = onePass ? transposedProduct(ctx, hw, wc, p, c) : nullptr;  // [d, n] = W_c^T p
+    ggml_tensor* acc = onePass ? transposedProduct(ctx, hw, wc, slope != nullptr ? ggml_mul(ctx, p, slope) : p, c) : nullptr;  // [d, n] = W_c^T p
     ggml_set_output(logits);
     if (acc != nullptr) ggml_set_output(p);
     std::vector<std::pair<ggml_tensor*, const float*>> inputs = {{zt, z.data()}};
@@ -266,7 +268,7 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
     denseList.push_back(j);
   }
   if (rows != nullptr && rows->collect) collectRows(cand, dense, targets, n, rows);
-  SparseProducts(hw, sparseList, cand, R, tail, A.data());
+  SparseProducts(hw, hu, u, sparseList, cand, R, tail, A.data());
   std::vector<float> accB(static_cast<size_t>(n * k), 0.0f);  // B^T p per token
   if (k > 0) {
     hu.ga.assign(static_cast<size_t>(d * k), 0.0f);
@@ -280,6 +282,8 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
   std::vector<float> wt(static_cast<size_t>(d)), dn(static_cast<size_t>(d)), du(static_cast<size_t>(k)), lift(static_cast<size_t>(k > 0 ? d : 0));
   for (int64_t j = 0; j < n; ++j) {
     hw.rowToFloat(targets[j], wt.data());
+    const float targetSlope = capSlope(hw, hu.b.data(), k, u.data() + j * k, targets[j], targetLogit[j]);
+    if (targetSlope != 1.0f) for (float& x : wt) x *= targetSlope;
     if (k > 0) HeadUpdateTerms(hw, hu, z.data() + j * d, u.data() + j * k, accB.data() + j * k, targets[j], weights[j], du.data(), lift.data());
     double dot = 0;
     for (int64_t i = 0; i < d; ++i) {
@@ -293,8 +297,8 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
   return true;
 }
 
-void HeadLoss::SparseProducts(const HeadWeights& hw, const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
-                              const std::vector<double>& R, const std::vector<double>& tail, float* A) const {
+void HeadLoss::SparseProducts(const HeadWeights& hw, const HeadUpdateState& hu, const std::vector<float>& u, const std::vector<int64_t>& tokens,
+                              const std::vector<std::vector<std::pair<int32_t, float>>>& candidates, const std::vector<double>& R, const std::vector<double>& tail, float* A) const {
   const int64_t d = hw.d;
   auto work = [&](size_t from, size_t step) {
     std::vector<float> r(static_cast<size_t>(d));
@@ -302,7 +306,7 @@ void HeadLoss::SparseProducts(const HeadWeights& hw, const std::vector<int64_t>&
       const int64_t j = tokens[k];
       float* Aj = A + j * d;
       for (const auto& e : candidates[static_cast<size_t>(j)]) {
-        const float pv = static_cast<float>(std::exp(static_cast<double>(e.second) - R[j]));
+        const float pv = static_cast<float>(std::exp(static_cast<double>(e.second) - R[j])) * capSlope(hw, hu.b.data(), hu.rank, u.data() + j * hu.rank, e.first, e.second);
         hw.rowToFloat(e.first, r.data());
         for (int64_t i = 0; i < d; ++i) Aj[i] += pv * r[i];
       }
@@ -344,12 +348,14 @@ bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const s
     ggml_tensor* nr = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, m);
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
     ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);                     // [c, m], as in the first pass
+    ggml_tensor* slope = nullptr;
+    if (hw.softCap > 0.0f) logits = capLogits(ctx, logits, hw.softCap, &slope);
     ggml_tensor* bc = b != nullptr ? ggml_view_2d(ctx, b, r, c, b->nb[1], static_cast<size_t>(v0) * b->nb[1]) : nullptr;  // [r, c]
     ggml_tensor* ut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, r, m) : nullptr;
     ggml_tensor* wut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, m, r) : nullptr;
     if (bc != nullptr) logits = ggml_add_inplace(ctx, logits, ggml_mul_mat(ctx, bc, ut));
     ggml_tensor* p = ggml_exp_inplace(ctx, ggml_add_inplace(ctx, logits, nr));           // [c, m], the softmax over the whole vocabulary
-    ggml_tensor* acc = transposedProduct(ctx, hw, wc, p, c);              // [d, m] = W_c^T p
+    ggml_tensor* acc = transposedProduct(ctx, hw, wc, slope != nullptr ? ggml_mul(ctx, p, slope) : p, c);  // [d, m] = W_c^T p (times a cap's slope)
     std::vector<ggml_tensor*> outs = {acc};
     std::vector<std::pair<ggml_tensor*, const float*>> inputs = {{zt, zD.data()}, {nr, negR.data()}};
     ggml_tensor *accBc = nullptr, *gradBc = nullptr;

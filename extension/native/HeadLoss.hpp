@@ -138,6 +138,7 @@ struct HeadWeights {
   size_t mappingBytes = 0;
   std::vector<float> norm;        // [d]
   std::vector<float> meanRow;     // [d], the mean of W's rows
+  float softCap = 0.0f;           // logits c tanh(W z / c) + B u (HeadCap.cpp); 0: W z + B u
   int64_t d = 0, vocab = 0;
   const uint8_t* row(int64_t v) const { return static_cast<const uint8_t*>(w->data) + static_cast<size_t>(v) * w->nb[1]; }
   void rowToFloat(int64_t v, float* out) const;
@@ -150,7 +151,16 @@ struct HeadWeights {
 struct HeadChoice {
   std::string tensor;     // empty: output.weight, else token_embd.weight
   float normScale = 1.0f;
+  float softCap = 0.0f;   // final logit soft-capping c (c tanh(l / c)); 0: none
 };
+
+/**
+ * Soft-capping (HeadCap.cpp): the capped logits c tanh(l / c) of a chunk's
+ * logits [c, n]; with `slope`, also their derivative 1 - tanh(l / c)^2.
+ */
+ggml_tensor* capLogits(ggml_context* ctx, ggml_tensor* logits, float cap, ggml_tensor** slope);
+/** The derivative of the capped part of a final logit (head update u_j B_v added after the cap): 1 without a cap. */
+float capSlope(const HeadWeights& hw, const float* b, int64_t k, const float* uj, int64_t v, float finalLogit);
 
 /** Reads the head of a GGUF file (HeadWeights.cpp); nullptr with `error` set when it cannot. */
 std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int threads, const HeadChoice& choice, std::string* error);
@@ -198,8 +208,9 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
   bool ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const float* y, const int32_t* targets, const float* weights, int64_t n,
                    bool wantGrad, float* losses, int32_t* top, float* grad, int64_t* denseTokens, RowRequest* rows, std::string* error);
   // The sparse tokens' A (HeadCompute.cpp), over `threads_` threads.
-  void SparseProducts(const HeadWeights& hw, const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
-                      const std::vector<double>& R, const std::vector<double>& tail, float* A) const;
+  // With a soft cap, each row's weight is its softmax times the cap's slope there (capSlope, from u [n][k] and B).
+  void SparseProducts(const HeadWeights& hw, const HeadUpdateState& hu, const std::vector<float>& u, const std::vector<int64_t>& tokens,
+                      const std::vector<std::vector<std::pair<int32_t, float>>>& candidates, const std::vector<double>& R, const std::vector<double>& tail, float* A) const;
   // HeadStep.cpp, with a head update: the sparse tokens' B^T p (accB [n][k]) and their part of B's gradient (into update_.gb).
   void SparseHeadUpdate(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<std::vector<std::pair<int32_t, float>>>& candidates,
                         const std::vector<double>& R, const std::vector<double>& tail, const std::vector<float>& u, const float* weights, float* accB);

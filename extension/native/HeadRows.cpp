@@ -26,6 +26,7 @@ std::unique_ptr<HeadWeights> copyRows(const HeadWeights& hw, const std::vector<i
   sub->vocab = static_cast<int64_t>(within.size());
   sub->norm = hw.norm;
   sub->meanRow = hw.meanRow;
+  sub->softCap = hw.softCap;
   ggml_init_params ip = {ggml_tensor_overhead() * 2, nullptr, true};
   sub->ctx = ggml_init(ip);
   if (sub->ctx == nullptr) {

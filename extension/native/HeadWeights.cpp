@@ -178,6 +178,7 @@ std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int thread
   else ggml_get_type_traits(normType)->to_float(raw.data(), hw->norm.data(), hw->d);
   // The logit multiplier, folded into the norm: s (W z) = W (s z).
   for (float& v : hw->norm) v *= choice.normScale;
+  hw->softCap = choice.softCap;
   return hw;
 }
 

@@ -22,6 +22,12 @@ export interface HeadDescription {
    * the final norm's weight: s (W z) = W (s z), so the head's input is s z.
    */
   logitMultiplier: number;
+  /**
+   * Final logit soft-capping c (gemma2's final_logit_softcapping): the
+   * logits are c tanh(W z / c); 0 when none. A head update's B u is added
+   * after the cap, where the adapter's join at inference adds it.
+   */
+  softCap: number;
 }
 
 /** How one architecture's graph ends, read off the pinned llama.cpp release. */
@@ -32,7 +38,7 @@ interface OutputStep {
   tied: 'always' | 'when-absent';
   /** granite: logits divided by `<arch>.logit_scale` (required). */
   logitScaleKey?: string;
-  /** gemma2/3: `<arch>.final_logit_softcapping`, with llama.cpp's default when absent. */
+  /** gemma2/3: `<arch>.final_logit_softcapping`, with llama.cpp's default when absent (gemma2 30, gemma3 0). */
   softCap?: { key: string; defaultValue: number };
 }
 
@@ -70,10 +76,8 @@ export function describeHead(file: GgufFile, arch: string): HeadDescription {
   if (has('output.bias')) throw unsupported(file, arch, 'its head adds a bias to the logits (output.bias)');
   if (has('output.scale')) throw unsupported(file, arch, 'its head has a scale tensor (output.scale)');
   if (!has('output_norm.weight')) throw new MobiError('NOT_GGUF', `${file.path} has no output_norm.weight: not a complete model file.`);
-  if (step.softCap !== undefined) {
-    const cap = ggufNumber(file, `${arch}.${step.softCap.key}`) ?? step.softCap.defaultValue;
-    if (cap !== 0) throw unsupported(file, arch, `its logits are soft-capped (${arch}.${step.softCap.key} = ${cap})`);
-  }
+  const softCap = step.softCap === undefined ? 0 : ggufNumber(file, `${arch}.${step.softCap.key}`) ?? step.softCap.defaultValue;
+  if (!(softCap >= 0) || !Number.isFinite(softCap)) throw new MobiError('NOT_GGUF', `${file.path} has ${arch}.final_logit_softcapping = ${softCap}; it must be 0 or a positive number.`);
   let logitMultiplier = 1;
   if (step.logitScaleKey !== undefined) {
     const scale = ggufNumber(file, `${arch}.${step.logitScaleKey}`);
@@ -85,17 +89,10 @@ export function describeHead(file: GgufFile, arch: string): HeadDescription {
   if (epsilon === undefined) throw new MobiError('NOT_GGUF', `${file.path} lacks ${arch}.attention.layer_norm_rms_epsilon.`);
   const tied = step.tied === 'always' || !has('output.weight');
   if (tied && !has('token_embd.weight')) throw new MobiError('NOT_GGUF', `${file.path} has no head: neither output.weight nor token_embd.weight.`);
-  return { norm: 'rms', epsilon, tensor: tied ? 'token_embd.weight' : 'output.weight', logitMultiplier };
+  return { norm: 'rms', epsilon, tensor: tied ? 'token_embd.weight' : 'output.weight', logitMultiplier, softCap };
 }
 
-/**
- * Architectures the device accepts: described, and computed for their
- * files as llama.cpp reads them by default (not starcoder2's LayerNorm, nor
- * gemma2's soft-capping, which llama.cpp applies unless a file sets it to 0).
- */
+/** Architectures the device accepts: described and computed (not yet starcoder2's LayerNorm). */
 export function supportedArchitectures(): string[] {
-  return DESCRIBED_ARCHITECTURES.filter((a) => {
-    const step = OUTPUT_STEPS[a]!;
-    return step.norm === 'rms' && (step.softCap?.defaultValue ?? 0) === 0;
-  });
+  return DESCRIBED_ARCHITECTURES.filter((a) => OUTPUT_STEPS[a]!.norm === 'rms');
 }

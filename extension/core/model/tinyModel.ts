@@ -61,7 +61,8 @@ const TINY_LAYOUTS = {
   qwen3: { qkNorm: true },
   phi3: { fusedQkv: true, fusedGateUp: true },
   gemma: { alwaysTied: true },
-  gemma2: { alwaysTied: true, postNorms: true },
+  // A cap the generated logits reach (gemma2's real files have 30 over far wider logits).
+  gemma2: { alwaysTied: true, postNorms: true, extraKv: { final_logit_softcapping: 3 } },
   gemma3: { qkNorm: true, postNorms: true },
   granite: { extraKv: { logit_scale: 4, residual_scale: 0.5, embedding_scale: 2 } },
 } satisfies Record<string, ArchitectureLayout>;

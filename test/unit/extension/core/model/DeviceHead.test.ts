@@ -3,6 +3,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readModelTensor } from '../../../../../extension/core/model/Backbone';
 import { DeviceHead } from '../../../../../extension/core/model/DeviceHead';
+import { describeHead } from '../../../../../extension/core/model/headDescription';
+import { readGgufFile } from '../../../../../extension/core/model/gguf/GgufFile';
 import type { HeadTuning } from '../../../../../extension/native/NativeAddon';
 import { SeededRandom } from '../../../../../common/SeededRandom';
 import { tinyModel } from '../../../../helpers/models';
@@ -136,8 +138,10 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     }
   });
 
-  it('with a head update: its gradients (read from Adam\'s first moment after one step) and the one at y agree with finite differences, on the sparse and the dense path alike', async () => {
-    const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 12 });
+  for (const architecture of ['llama', 'gemma2'] as const) {
+  it(`with a head update: its gradients (read from Adam\'s first moment after one step) and the one at y agree with finite differences, on the sparse and the dense path alike (${architecture === 'gemma2' ? 'gemma2: logits soft-capped at 3' : 'llama'})`, async () => {
+    const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 12, architecture });
+    const description = architecture === 'llama' ? eps : describeHead(readGgufFile(model), architecture);
     const rank = 3;
     const n = 3;
     const rng = new SeededRandom(21);
@@ -147,7 +151,7 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     const results: { grad: Float32Array; ga: Float32Array; gb: Float32Array }[] = [];
     // All rows kept (sparse, nothing left out), then every token dense.
     for (const tuning of [{ maxCandidates: 100_000, tailNats: 1e9 }, { maxCandidates: 0 }] satisfies HeadTuning[]) {
-      const head = await DeviceHead.open(model, eps, 1, tuning);
+      const head = await DeviceHead.open(model, description, 1, tuning);
       try {
         const d = head.hiddenSize;
         const V = head.vocabularySize;
@@ -178,6 +182,15 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
           assert.ok(Math.abs(fd - want) < 2e-3 + 0.03 * Math.abs(fd), `d/d${which}[${i}]: ${want} vs ${fd}`);
         };
         for (const i of [0, 5, 100, d * rank - 1]) await check('a', i, ga[i]!);
+        for (const i of [1, 40, d + 3, 2 * d + 60]) {
+          const at = async (dx: number): Promise<number> => {
+            const moved = Float32Array.from(y);
+            moved[i]! += dx;
+            return (await head.losses(moved, targets)).reduce((s2, l, j) => s2 + weights[j]! * l, 0);
+          };
+          const fd = ((await at(h)) - (await at(-h))) / (2 * h);
+          assert.ok(Math.abs(fd - grad[i]!) < 2e-3 + 0.03 * Math.abs(fd), `d/dy[${i}]: ${grad[i]} vs ${fd}`);
+        }
         for (const v of [42, 7, 300, 0, 999]) for (const c of [0, rank - 1]) await check('b', v * rank + c, gb[v * rank + c]!);
         await head.setHeadUpdate(rank, a, b);
         assert.equal(await weighted(), base);
@@ -195,6 +208,7 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     close(sparse.ga, dense.ga, 'dA');
     close(sparse.gb, dense.gb, 'dB');
   });
+  }
 
   it('saves the head update with its moments and reads it back in another head; another job, step or a damaged byte is refused', async () => {
     const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 12 });

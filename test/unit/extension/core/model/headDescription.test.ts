@@ -43,11 +43,13 @@ describe('headDescription: what each architecture does after its last layer', ()
     await expectCode(() => describe_('granite', { ...EPS, logit_scale: 0 }, TENSORS), 'NOT_GGUF');
   });
 
-  it('refuses soft-capped logits with llama.cpp\'s defaults: gemma2 unless a file sets 0, gemma3 only when a file sets it', async () => {
-    assert.throws(() => describe_('gemma2', EPS, TENSORS), (e: Error & { code?: string }) => e.code === 'UNSUPPORTED_ARCHITECTURE' && /gemma2\.final_logit_softcapping = 30/.test(e.message));
-    assert.equal(describe_('gemma2', { ...EPS, final_logit_softcapping: 0 }, TENSORS).tensor, 'token_embd.weight');
-    assert.equal(describe_('gemma3', EPS, TENSORS).logitMultiplier, 1);
-    assert.throws(() => describe_('gemma3', { ...EPS, final_logit_softcapping: 30 }, TENSORS), /soft-capped/);
+  it('reads the soft cap with llama.cpp\'s defaults: gemma2 30 unless a file says otherwise, gemma3 none unless a file sets it', async () => {
+    assert.equal(describe_('gemma2', EPS, TENSORS).softCap, 30);
+    assert.equal(describe_('gemma2', { ...EPS, final_logit_softcapping: 0 }, TENSORS).softCap, 0);
+    assert.equal(describe_('gemma3', EPS, TENSORS).softCap, 0);
+    assert.equal(describe_('gemma3', { ...EPS, final_logit_softcapping: 20 }, TENSORS).softCap, 20);
+    assert.equal(describe_('llama', { ...EPS, final_logit_softcapping: 20 }, TENSORS).softCap, 0, 'llama\'s graph reads no cap');
+    await expectCode(() => describe_('gemma2', { ...EPS, final_logit_softcapping: -1 }, TENSORS), 'NOT_GGUF');
   });
 
   it('refuses by name what it does not compute: a LayerNorm, biases, a head scale; an architecture it does not describe', async () => {
@@ -61,6 +63,6 @@ describe('headDescription: what each architecture does after its last layer', ()
   });
 
   it('accepts exactly the architectures whose default files it computes', () => {
-    assert.deepEqual(supportedArchitectures(), ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma', 'gemma3', 'granite']);
+    assert.deepEqual(supportedArchitectures(), ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma', 'gemma2', 'gemma3', 'granite']);
   });
 });
