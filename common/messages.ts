@@ -18,6 +18,8 @@ const ModelSpec = {
   vocabularySize: 'uint',
   /** Epsilon of the backbone's final RMSNorm (GGUF metadata). */
   normEpsilon: 'number',
+  /** The model's final logit soft cap c (logits c tanh(l / c), gemma2); absent or 0: none. */
+  softCap: 'number?',
   /**
    * sha256 of the head upload's content, computed by the device from its model
    * file: the f32 norm weight, then the f16 head rows in order. The server

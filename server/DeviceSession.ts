@@ -149,7 +149,7 @@ export class DeviceSession implements BatchSession, JobOwner {
     if (this.model) throw new WireError('OUT_OF_ORDER', 'session/hello was already sent');
     const spec = m.model;
     if (!FINGERPRINT_PATTERN.test(spec.fingerprint) || !FINGERPRINT_PATTERN.test(spec.headDigest)) throw new WireError('BAD_FRAME', 'model.fingerprint and model.headDigest must be 64 hex digits');
-    if (spec.layers < 1 || spec.hiddenSize < 1 || spec.vocabularySize < 1 || spec.hiddenSize > 65536 || spec.layers > 1024 || spec.normEpsilon <= 0) {
+    if (spec.layers < 1 || spec.hiddenSize < 1 || spec.vocabularySize < 1 || spec.hiddenSize > 65536 || spec.layers > 1024 || spec.normEpsilon <= 0 || (spec.softCap !== undefined && !(spec.softCap >= 0 && spec.softCap <= 1e4))) {
       throw new WireError('BAD_FRAME', 'model description out of range');
     }
     this.model = spec;

@@ -15,7 +15,7 @@ import type { StepResult } from './onnx/OnnxTrainer';
 /** What a trainer knows of its job (plain data: it crosses to a worker). */
 export interface TrainerSpec {
   shape: SideNetworkShape;
-  model: Pick<ModelSpec, 'fingerprint' | 'layers' | 'hiddenSize' | 'normEpsilon' | 'vocabularySize'>;
+  model: Pick<ModelSpec, 'fingerprint' | 'layers' | 'hiddenSize' | 'normEpsilon' | 'vocabularySize' | 'softCap'>;
   config: JobConfig;
 }
 

@@ -51,7 +51,7 @@ export class LocalTrainer implements JobTrainer {
     if (checkpoints.length > 0 && !ckpt) return { unreadable: true };
     const values = ckpt?.values ?? (await initialParametersAsync(shape, config.seed));
     const state: OptimizerState | undefined = ckpt?.state;
-    const trainer = new OnnxTrainer(engine, shape, head, values, { learningRate: config.learningRate, warmupSteps: config.warmupSteps, totalSteps: config.totalSteps }, state);
+    const trainer = new OnnxTrainer(engine, shape, head, values, { learningRate: config.learningRate, warmupSteps: config.warmupSteps, totalSteps: config.totalSteps, softCap: spec.model.softCap ?? 0 }, state);
     const from = ckpt ? { step: ckpt.state.step, nextIndex: ckpt.nextIndex, trainTokens: ckpt.trainTokens } : undefined;
     return { trainer: new LocalTrainer(trainer, spec), ...(from ? { from } : {}) };
   }

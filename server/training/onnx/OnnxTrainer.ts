@@ -53,7 +53,8 @@ export class OnnxTrainer {
     /** The frozen head; absent for a label-private job (the device computes the loss). */
     private readonly head: OnnxHead | undefined,
     values: Map<string, Float32Array>,
-    readonly options: TrainerOptions,
+    /** The schedule, and the model's final logit soft cap (0 or absent: none; extension/core/model/headDescription.ts). */
+    readonly options: TrainerOptions & { softCap?: number },
     state?: OptimizerState,
   ) {
     this.step = state?.step ?? 0;
@@ -79,13 +80,18 @@ export class OnnxTrainer {
     const { d } = this.shape;
     const k = this.headUpdate.rank;
     const c = this.constants;
+    const cap = this.softCap;
     return Promise.all([
       this.engine.session(`forward-${this.shapeKey}`, () => buildForward(this.shape), this),
-      this.engine.session(`head-train-${d}-k${k}`, () => buildHeadChunk(d, true, k), this),
-      this.engine.session(`head-eval-${d}-k${k}`, () => buildHeadChunk(d, false, k), this),
+      this.engine.session(`head-train-${d}-k${k}-c${cap}`, () => buildHeadChunk(d, true, k, cap), this),
+      this.engine.session(`head-eval-${d}-k${k}-c${cap}`, () => buildHeadChunk(d, false, k, cap), this),
       this.engine.session(this.stepKey('step'), () => buildTrainStep(this.shape, c), this),
-      this.engine.session(`eval-${d}`, () => buildEvalLoss(d), this),
+      this.engine.session('eval', () => buildEvalLoss(), this),
     ]);
+  }
+
+  private get softCap(): number {
+    return this.options.softCap ?? 0;
   }
 
   private get frozenHead(): OnnxHead {
@@ -223,12 +229,34 @@ export class OnnxTrainer {
     return t;
   }
 
-  /** The loss graph's inputs; with a head update the target rows are W_t + A B_t. */
-  private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor): Feeds {
+  /**
+   * The loss graphs' inputs: each target's logit, cap(z . W_t) + u . B_t, and
+   * its gradient wrt z, the target rows slope_t W_t + A B_t (slope 1 without a
+   * soft cap; B's terms with a head update).
+   */
+  private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor, u: Float32Array | undefined): { eval: Feeds; targetRows: ort.Tensor; targetLogit: ort.Tensor } {
+    const { d } = this.shape;
     const n = batch.rows;
+    const k = this.headUpdate.rank;
+    const cap = this.softCap;
+    const zs = z.data as Float32Array;
     let rows = this.frozenHead.targetRows(batch.targets);
-    if (this.headUpdate.rank > 0) rows = this.headUpdate.addLifted(rows, this.headUpdate.targetRows(this.params.get('head_b')!, batch.targets), this.params.get('head_a')!);
-    return { m, s, z, target_rows: f32(rows, [n, this.shape.d]), mask: f32(Float32Array.from(batch.mask), [n, 1]) };
+    const bt = u ? this.headUpdate.targetRows(this.params.get('head_b')!, batch.targets) : undefined;
+    const logit = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      let h = 0;
+      for (let c = 0; c < d; c++) h += zs[i * d + c]! * rows[i * d + c]!;
+      if (cap > 0) {
+        const t = Math.tanh(h / cap);
+        h = cap * t;
+        for (let c = 0; c < d; c++) rows[i * d + c]! *= 1 - t * t;
+      }
+      for (let j = 0; bt && j < k; j++) h += u![i * k + j]! * bt[i * k + j]!;
+      logit[i] = h;
+    }
+    if (bt) rows = this.headUpdate.addLifted(rows, bt, this.params.get('head_a')!);
+    const targetLogit = f32(logit, [n, 1]);
+    return { eval: { m, s, target_logit: targetLogit, mask: f32(Float32Array.from(batch.mask), [n, 1]) }, targetRows: f32(rows, [n, d]), targetLogit };
   }
 
   /** One optimizer step on a batch (skipped, but counted, when no token is masked in). */
@@ -248,13 +276,13 @@ export class OnnxTrainer {
   private async run(batch: ActivationBatch, tokens: number, lr: number, gradientsOnly: boolean): Promise<{ lossSum: number; grads?: Map<string, Float32Array>; skipped?: boolean }> {
     const [, , , stepSession, evalSession] = await this.sessions();
     const { feeds, z, m, s, acc, u, accB, kept } = await this.headPass(batch, true);
-    const loss = this.lossFeeds(batch, m, s, z);
-    if (tokens === 0) return { lossSum: Number((await evalSession.run(loss)).loss_sum!.data[0]) };
+    const loss = this.lossFeeds(batch, m, s, z, u);
+    if (tokens === 0) return { lossSum: Number((await evalSession.run(loss.eval)).loss_sum!.data[0]) };
     const n = batch.rows;
     const weights = f32(Float32Array.from(batch.mask, (x) => x / tokens), [n, 1]);
     // With a head update, the softmax rows are acc + acc_b A^T (HeadUpdate.ts).
     const softmaxRows = u ? f32(this.headUpdate.addLifted(acc!.data as Float32Array, accB!.data as Float32Array, this.params.get('head_a')!), [n, this.shape.d]) : acc!;
-    const feeds2: Feeds = { ...feeds, m, s, acc: softmaxRows, target_rows: loss.target_rows!, mask: loss.mask!, weights };
+    const feeds2: Feeds = { ...feeds, ...loss.eval, acc: softmaxRows, target_rows: loss.targetRows, weights };
     const headGrads = u ? await this.headGradients(batch, z, u, accB!, m, s, weights, kept) : undefined;
     if (gradientsOnly) {
       const order = ladderParameterNames(this.shape);
@@ -299,8 +327,8 @@ export class OnnxTrainer {
   /** Held-out evaluation with the current weights (no update). */
   async evalBatch(batch: ActivationBatch): Promise<{ lossSum: number; tokens: number }> {
     const [, , , , evalSession] = await this.sessions();
-    const { z, m, s } = await this.headPass(batch, false);
-    const out = await evalSession.run(this.lossFeeds(batch, m, s, z));
+    const { z, m, s, u } = await this.headPass(batch, false);
+    const out = await evalSession.run(this.lossFeeds(batch, m, s, z, u).eval);
     return { lossSum: Number(out.loss_sum!.data[0]), tokens: OnnxTrainer.tokensOf(batch) };
   }
 

@@ -240,20 +240,19 @@ export function buildForward(shape: SideNetworkShape): Uint8Array {
   return g.build();
 }
 
-/** Per-token loss m + log s - z . W[target]: [n, 1]. */
-function tokenLoss(g: GraphBuilder, m: string, s: string, z: string, wt: string): string {
-  return g.sub(g.add(m, g.op('Log', [s])), g.sumLast(g.mul(z, wt)));
+/** Per-token loss m + log s - the target's logit (the trainer's, OnnxTrainer.lossFeeds): [n, 1]. */
+function tokenLoss(g: GraphBuilder, m: string, s: string, targetLogit: string): string {
+  return g.sub(g.add(m, g.op('Log', [s])), targetLogit);
 }
 
 /** evalLoss: -> loss_sum (masked). */
-export function buildEvalLoss(d: number): Uint8Array {
+export function buildEvalLoss(): Uint8Array {
   const g = new GraphBuilder('eval_loss');
   const m = g.input('m', 'float32', ['n', 1]);
   const s = g.input('s', 'float32', ['n', 1]);
-  const z = g.input('z', 'float32', ['n', d]);
-  const wt = g.input('target_rows', 'float32', ['n', d]);
+  const tl = g.input('target_logit', 'float32', ['n', 1]);
   const mask = g.input('mask', 'float32', ['n', 1]);
-  g.output(g.sumAll(g.mul(tokenLoss(g, m, s, z, wt), mask)), 'loss_sum', 'float32', []);
+  g.output(g.sumAll(g.mul(tokenLoss(g, m, s, tl), mask)), 'loss_sum', 'float32', []);
   return g.build();
 }
 
@@ -325,12 +324,13 @@ export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8
   const m = g.input('m', 'float32', ['n', 1]);
   const s = g.input('s', 'float32', ['n', 1]);
   const acc = g.input('acc', 'float32', ['n', d]);
-  const wt = g.input('target_rows', 'float32', ['n', d]);
+  const wt = g.input('target_rows', 'float32', ['n', d]); // d(target's logit)/dz
+  const tl = g.input('target_logit', 'float32', ['n', 1]);
   const mask = g.input('mask', 'float32', ['n', 1]);
   const weights = g.input('weights', 'float32', ['n', 1]); // mask / tokens
-  g.output(g.sumAll(g.mul(tokenLoss(g, m, s, f.z, wt), mask)), 'loss_sum', 'float32', []);
+  g.output(g.sumAll(g.mul(tokenLoss(g, m, s, tl), mask)), 'loss_sum', 'float32', []);
 
-  // dL/dz = w (softmax W - W[target]); then, for a join before it, back through the final RMSNorm.
+  // dL/dz = w (softmax W - W[target]) (each row times a soft cap's slope, in acc and target_rows); then, for a join before it, back through the final RMSNorm.
   const dz = g.mul(g.sub(g.div(acc, s), wt), weights); // [n, d]
   let dy = dz; // [n, d]
   if (!shape.joinAfterNorm) {
