@@ -42,10 +42,13 @@ export async function headAgainstLlamaCpp(modelPath: string, threads = 1): Promi
     // The reference: the description's norm and head in float64 over the dequantized matrix.
     const head = bb.info.head;
     const normWeight = (await bb.readTensor('output_norm.weight')).data;
+    const layer = head.norm === 'layer';
+    const normBias = layer ? (await bb.readTensor('output_norm.bias')).data : new Float32Array(d);
+    const mean = layer ? y.reduce((a, v) => a + v, 0) / d : 0;
     let ss = 0;
-    for (const v of y) ss += v * v;
+    for (const v of y) ss += (v - mean) * (v - mean);
     const inv = 1 / Math.sqrt(ss / d + head.epsilon);
-    const z = Float64Array.from(y, (v, i) => v * inv * normWeight[i]! * head.logitMultiplier);
+    const z = Float64Array.from(y, (v, i) => ((v - mean) * inv * normWeight[i]! + normBias[i]!) * head.logitMultiplier);
     const w = (await bb.readTensor(head.tensor)).data;
     let maxDiff = 0;
     let largest = 0;

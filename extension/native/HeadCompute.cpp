@@ -126,17 +126,9 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
                            bool wantGrad, float* losses, int32_t* top, float* grad, int64_t* denseTokens, RowRequest* rows, std::string* error) {
   const int64_t d = hw.d, V = hw.vocab;
   const int64_t k = hu.rank;
-  // The final RMSNorm: z = y / rms(y) * norm.
+  // The final norm (HeadNorm.cpp): z = xhat * norm (+ bias).
   std::vector<float> z(static_cast<size_t>(n * d)), xhat(static_cast<size_t>(n * d)), inv(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) {
-    double ss = 0;
-    for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(y[j * d + i]) * y[j * d + i];
-    inv[j] = 1.0f / std::sqrt(static_cast<float>(ss / d) + eps_);
-    for (int64_t i = 0; i < d; ++i) {
-      xhat[j * d + i] = y[j * d + i] * inv[j];
-      z[j * d + i] = xhat[j * d + i] * hw.norm[i];
-    }
-  }
+  finalNorm(hw, eps_, y, n, z.data(), xhat.data(), inv.data());
   // The head update's u = A^T z [n][k], and B as a tensor for the chunks' B_c u.
   std::vector<float> u(static_cast<size_t>(n * k), 0.0f);
   for (int64_t j = 0; j < n && k > 0; ++j) {
@@ -285,13 +277,8 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
     const float targetSlope = capSlope(hw, hu.b.data(), k, u.data() + j * k, targets[j], targetLogit[j]);
     if (targetSlope != 1.0f) for (float& x : wt) x *= targetSlope;
     if (k > 0) HeadUpdateTerms(hw, hu, z.data() + j * d, u.data() + j * k, accB.data() + j * k, targets[j], weights[j], du.data(), lift.data());
-    double dot = 0;
-    for (int64_t i = 0; i < d; ++i) {
-      dn[i] = (weights[j] * (A[j * d + i] - wt[i]) + (k > 0 ? lift[i] : 0.0f)) * hw.norm[i];
-      dot += static_cast<double>(dn[i]) * xhat[j * d + i];
-    }
-    const float mean = static_cast<float>(dot / d);
-    for (int64_t i = 0; i < d; ++i) grad[j * d + i] = inv[j] * (dn[i] - xhat[j * d + i] * mean);
+    for (int64_t i = 0; i < d; ++i) dn[i] = (weights[j] * (A[j * d + i] - wt[i]) + (k > 0 ? lift[i] : 0.0f)) * hw.norm[i];
+    finalNormBackward(hw, dn.data(), xhat.data() + j * d, inv[j], grad + j * d);
   }
   hw.release(0, V);
   return true;

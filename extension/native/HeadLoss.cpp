@@ -21,6 +21,7 @@ HeadLoss::HeadLoss(const Napi::CallbackInfo& info) : Napi::ObjectWrap<HeadLoss>(
     Napi::Object h = info[4].As<Napi::Object>();
     if (h.Get("tensor").IsString()) choice_.tensor = h.Get("tensor").As<Napi::String>().Utf8Value();
     if (h.Get("normScale").IsNumber()) choice_.normScale = h.Get("normScale").As<Napi::Number>().FloatValue();
+    if (h.Get("layerNorm").IsBoolean()) choice_.layerNorm = h.Get("layerNorm").As<Napi::Boolean>().Value();
     if (h.Get("softCap").IsNumber()) choice_.softCap = std::max(0.0f, h.Get("softCap").As<Napi::Number>().FloatValue());
   }
 }

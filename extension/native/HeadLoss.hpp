@@ -139,6 +139,8 @@ struct HeadWeights {
   std::vector<float> norm;        // [d]
   std::vector<float> meanRow;     // [d], the mean of W's rows
   float softCap = 0.0f;           // logits c tanh(W z / c) + B u (HeadCap.cpp); 0: W z + B u
+  bool layerNorm = false;         // z = (y - mean) / std * norm + normBias (HeadNorm.cpp), else y / rms * norm
+  std::vector<float> normBias;    // [d] with a LayerNorm
   int64_t d = 0, vocab = 0;
   const uint8_t* row(int64_t v) const { return static_cast<const uint8_t*>(w->data) + static_cast<size_t>(v) * w->nb[1]; }
   void rowToFloat(int64_t v, float* out) const;
@@ -152,6 +154,7 @@ struct HeadChoice {
   std::string tensor;     // empty: output.weight, else token_embd.weight
   float normScale = 1.0f;
   float softCap = 0.0f;   // final logit soft-capping c (c tanh(l / c)); 0: none
+  bool layerNorm = false; // the final norm is a LayerNorm with a bias (output_norm.bias), not an RMSNorm
 };
 
 /**
@@ -159,6 +162,10 @@ struct HeadChoice {
  * logits [c, n]; with `slope`, also their derivative 1 - tanh(l / c)^2.
  */
 ggml_tensor* capLogits(ggml_context* ctx, ggml_tensor* logits, float cap, ggml_tensor** slope);
+/** The final norm of y [n][d] (HeadNorm.cpp): z and xhat [n][d], and each token's 1 / rms or 1 / std. */
+void finalNorm(const HeadWeights& hw, float eps, const float* y, int64_t n, float* z, float* xhat, float* inv);
+/** One token's gradient at y from dn = dL/dz * norm [d], through the final norm. */
+void finalNormBackward(const HeadWeights& hw, const float* dn, const float* xhat, float inv, float* grad);
 /** The derivative of the capped part of a final logit (head update u_j B_v added after the cap): 1 without a cap. */
 float capSlope(const HeadWeights& hw, const float* b, int64_t k, const float* uj, int64_t v, float finalLogit);
 

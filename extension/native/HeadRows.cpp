@@ -27,6 +27,8 @@ std::unique_ptr<HeadWeights> copyRows(const HeadWeights& hw, const std::vector<i
   sub->norm = hw.norm;
   sub->meanRow = hw.meanRow;
   sub->softCap = hw.softCap;
+  sub->layerNorm = hw.layerNorm;
+  sub->normBias = hw.normBias;
   ggml_init_params ip = {ggml_tensor_overhead() * 2, nullptr, true};
   sub->ctx = ggml_init(ip);
   if (sub->ctx == nullptr) {

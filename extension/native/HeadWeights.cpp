@@ -176,8 +176,25 @@ std::unique_ptr<HeadWeights> loadHeadWeights(const std::string& path, int thread
   }
   if (normType == GGML_TYPE_F32) std::memcpy(hw->norm.data(), raw.data(), raw.size());
   else ggml_get_type_traits(normType)->to_float(raw.data(), hw->norm.data(), hw->d);
+  // A LayerNorm's bias, in the norm weight's type.
+  if (choice.layerNorm) {
+    const int64_t bId = gguf_find_tensor(g, "output_norm.bias");
+    if (bId < 0 || gguf_get_tensor_ne(g, bId)[0] != hw->d || gguf_get_tensor_type(g, bId) != normType) {
+      *error = "The output norm's bias is missing or does not match the head.";
+      return nullptr;
+    }
+    hw->normBias.resize(static_cast<size_t>(hw->d));
+    if (!readAt(path, dataOffset + gguf_get_tensor_offset(g, bId), raw.data(), raw.size())) {
+      *error = "The output norm's bias is cut short (truncated file).";
+      return nullptr;
+    }
+    if (normType == GGML_TYPE_F32) std::memcpy(hw->normBias.data(), raw.data(), raw.size());
+    else ggml_get_type_traits(normType)->to_float(raw.data(), hw->normBias.data(), hw->d);
+    hw->layerNorm = true;
+  }
   // The logit multiplier, folded into the norm: s (W z) = W (s z).
   for (float& v : hw->norm) v *= choice.normScale;
+  for (float& v : hw->normBias) v *= choice.normScale;
   hw->softCap = choice.softCap;
   return hw;
 }

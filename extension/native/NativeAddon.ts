@@ -175,7 +175,7 @@ export interface HeadStep {
 export interface NativeAddon {
   Backbone: new () => NativeBackbone;
   /** `head`: the head's matrix (default: output.weight, else token_embd.weight), a factor on the final norm's weight (default 1) and the logits' soft cap (default 0: none; headDescription.ts). */
-  HeadLoss: new (modelPath: string, normEpsilon: number, threads: number, tuning?: HeadTuning, head?: { tensor: string; normScale: number; softCap?: number }) => NativeHeadLoss;
+  HeadLoss: new (modelPath: string, normEpsilon: number, threads: number, tuning?: HeadTuning, head?: { tensor: string; normScale: number; softCap?: number; layerNorm?: boolean }) => NativeHeadLoss;
   readTensor(modelPath: string, name: string, rowStart?: number, rowCount?: number): NativeTensor;
   /** readTensor on a worker of libuv's pool: the JavaScript thread is free while the file is read and dequantized. */
   readTensorAsync(modelPath: string, name: string, rowStart?: number, rowCount?: number): Promise<NativeTensor>;

@@ -32,7 +32,7 @@ export class DeviceHead {
   static async open(modelPath: string, head: HeadDescription | number, threads = defaultThreads(), tuning?: HeadTuning): Promise<DeviceHead> {
     const addon = await loadNativeAddon();
     const described = typeof head === 'number' ? { epsilon: head } : head;
-    const native = new addon.HeadLoss(modelPath, described.epsilon, threads, tuning, typeof head === 'number' ? undefined : { tensor: head.tensor, normScale: head.logitMultiplier, softCap: head.softCap });
+    const native = new addon.HeadLoss(modelPath, described.epsilon, threads, tuning, typeof head === 'number' ? undefined : { tensor: head.tensor, normScale: head.logitMultiplier, softCap: head.softCap, layerNorm: head.norm === 'layer' });
     try {
       const info = await native.load();
       return new DeviceHead(native, info.vocabularySize, info.hiddenSize, info.type, info.mapped);

@@ -10,8 +10,11 @@ import { GgufFile, ggufNumber } from './gguf/GgufFile';
  * inference (native SideNet).
  */
 export interface HeadDescription {
-  /** The final norm: RMSNorm, without a bias (the only kind computed so far). */
-  norm: 'rms';
+  /**
+   * The final norm: RMSNorm (y / rms(y) w), or LayerNorm with a bias
+   * ((y - mean) / std w + b, starcoder2: output_norm.bias).
+   */
+  norm: 'rms' | 'layer';
   /** Its epsilon, from the GGUF metadata. */
   epsilon: number;
   /** The head's matrix: `output.weight`, or `token_embd.weight` when the head is tied to the embedding. */
@@ -71,8 +74,8 @@ export function describeHead(file: GgufFile, arch: string): HeadDescription {
     throw new MobiError('UNSUPPORTED_ARCHITECTURE', `Architecture "${arch}" is not supported: what its graph does after the last layer is not described; use one of ${supportedArchitectures().join(', ')}.`);
   }
   const has = (name: string): boolean => file.tensors.some((t) => t.name === name);
-  if (step.norm === 'layer') throw unsupported(file, arch, 'its final norm is a LayerNorm with a bias');
-  if (has('output_norm.bias')) throw unsupported(file, arch, 'its final norm has a bias (output_norm.bias)');
+  if (step.norm === 'layer' && !has('output_norm.bias')) throw new MobiError('NOT_GGUF', `${file.path} has no output_norm.bias, which llama.cpp requires for ${arch}.`);
+  if (step.norm === 'rms' && has('output_norm.bias')) throw unsupported(file, arch, 'its final RMSNorm has a bias (output_norm.bias)');
   if (has('output.bias')) throw unsupported(file, arch, 'its head adds a bias to the logits (output.bias)');
   if (has('output.scale')) throw unsupported(file, arch, 'its head has a scale tensor (output.scale)');
   if (!has('output_norm.weight')) throw new MobiError('NOT_GGUF', `${file.path} has no output_norm.weight: not a complete model file.`);
@@ -85,14 +88,15 @@ export function describeHead(file: GgufFile, arch: string): HeadDescription {
     if (!(scale > 0) || !Number.isFinite(scale)) throw new MobiError('NOT_GGUF', `${file.path} has ${arch}.${step.logitScaleKey} = ${scale}; it must be a positive number.`);
     logitMultiplier = 1 / scale;
   }
-  const epsilon = ggufNumber(file, `${arch}.attention.layer_norm_rms_epsilon`);
-  if (epsilon === undefined) throw new MobiError('NOT_GGUF', `${file.path} lacks ${arch}.attention.layer_norm_rms_epsilon.`);
+  const epsilonKey = `${arch}.attention.${step.norm === 'layer' ? 'layer_norm_epsilon' : 'layer_norm_rms_epsilon'}`;
+  const epsilon = ggufNumber(file, epsilonKey);
+  if (epsilon === undefined) throw new MobiError('NOT_GGUF', `${file.path} lacks ${epsilonKey}.`);
   const tied = step.tied === 'always' || !has('output.weight');
   if (tied && !has('token_embd.weight')) throw new MobiError('NOT_GGUF', `${file.path} has no head: neither output.weight nor token_embd.weight.`);
-  return { norm: 'rms', epsilon, tensor: tied ? 'token_embd.weight' : 'output.weight', logitMultiplier, softCap };
+  return { norm: step.norm, epsilon, tensor: tied ? 'token_embd.weight' : 'output.weight', logitMultiplier, softCap };
 }
 
-/** Architectures the device accepts: described and computed (not yet starcoder2's LayerNorm). */
+/** Architectures the device accepts: every one described. */
 export function supportedArchitectures(): string[] {
-  return DESCRIBED_ARCHITECTURES.filter((a) => OUTPUT_STEPS[a]!.norm === 'rms');
+  return DESCRIBED_ARCHITECTURES;
 }

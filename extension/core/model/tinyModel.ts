@@ -53,6 +53,8 @@ interface ArchitectureLayout {
   alwaysTied?: boolean;
   /** Metadata the architecture needs beyond the common keys, with values a small model can use. */
   extraKv?: Record<string, number>;
+  /** LayerNorms with biases (attn_norm, ffn_norm, output_norm), biases on the attention output and the feed-forward, no ffn_gate (starcoder2). */
+  layerNorms?: boolean;
 }
 
 const TINY_LAYOUTS = {
@@ -65,6 +67,7 @@ const TINY_LAYOUTS = {
   gemma2: { alwaysTied: true, postNorms: true, extraKv: { final_logit_softcapping: 3 } },
   gemma3: { qkNorm: true, postNorms: true },
   granite: { extraKv: { logit_scale: 4, residual_scale: 0.5, embedding_scale: 2 } },
+  starcoder2: { layerNorms: true },
 } satisfies Record<string, ArchitectureLayout>;
 
 /** Architectures the generator writes. */
@@ -167,7 +170,7 @@ export function writeTinyModel(options: TinyModelOptions): void {
   w.u32(`${arch}.attention.head_count_kv`, nKv);
   w.u32(`${arch}.rope.dimension_count`, headDim);
   w.f32(`${arch}.rope.freq_base`, 10000);
-  w.f32(`${arch}.attention.layer_norm_rms_epsilon`, 1e-5);
+  w.f32(`${arch}.attention.${layout.layerNorms ? 'layer_norm_epsilon' : 'layer_norm_rms_epsilon'}`, 1e-5);
   for (const [key, value] of Object.entries(layout.extraKv ?? {})) w.f32(`${arch}.${key}`, value);
 
   let nVocab: number;
@@ -213,13 +216,17 @@ export function writeTinyModel(options: TinyModelOptions): void {
       return encodeTensor(t, values);
     });
   };
-  const norm = (name: string, size = d): void => {
+  const vector = (name: string, size: number, around: number): void => {
     const rng = new SeededRandom((seed * 1000003 + ++tensorIndex * 7919) >>> 0);
     w.tensor(name, [size], GgmlType.F32, () => {
       const values = new Float32Array(size);
-      for (let i = 0; i < size; i++) values[i] = 1 + 0.1 * rng.normal();
+      for (let i = 0; i < size; i++) values[i] = around + 0.1 * rng.normal();
       return encodeTensor(GgmlType.F32, values);
     });
+  };
+  const norm = (name: string, size = d): void => {
+    vector(name, size, 1);
+    if (layout.layerNorms) vector(name.replace(/\.weight$/, '.bias'), size, 0);
   };
   // The embedding is read by row lookup: keep it in a type llama.cpp can get_rows from.
   // gemma's head is always the embedding, and its graph scales the inputs by sqrt(d): its rows are kept at the head's scale.
@@ -243,12 +250,17 @@ export function writeTinyModel(options: TinyModelOptions): void {
     matrix(`${blk}.attn_output.weight`, d, d, inScale, type);
     if (layout.postNorms) norm(`${blk}.post_attention_norm.weight`);
     norm(`${blk}.ffn_norm.weight`);
+    if (layout.layerNorms) vector(`${blk}.attn_output.bias`, d, 0);
     if (layout.fusedGateUp) matrix(`${blk}.ffn_up.weight`, d, 2 * ff, inScale, type);
-    else {
+    else if (layout.layerNorms) {
+      matrix(`${blk}.ffn_up.weight`, d, ff, inScale, type);
+      vector(`${blk}.ffn_up.bias`, ff, 0);
+    } else {
       matrix(`${blk}.ffn_gate.weight`, d, ff, inScale, type);
       matrix(`${blk}.ffn_up.weight`, d, ff, inScale, type);
     }
     matrix(`${blk}.ffn_down.weight`, ff, d, 1 / Math.sqrt(ff), type);
+    if (layout.layerNorms) vector(`${blk}.ffn_down.bias`, d, 0);
     if (layout.postNorms) norm(`${blk}.post_ffw_norm.weight`);
   }
   fs.mkdirSync(path.dirname(path.resolve(options.out)), { recursive: true });

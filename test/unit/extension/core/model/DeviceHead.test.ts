@@ -138,8 +138,8 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     }
   });
 
-  for (const architecture of ['llama', 'gemma2'] as const) {
-  it(`with a head update: its gradients (read from Adam\'s first moment after one step) and the one at y agree with finite differences, on the sparse and the dense path alike (${architecture === 'gemma2' ? 'gemma2: logits soft-capped at 3' : 'llama'})`, async () => {
+  for (const architecture of ['llama', 'gemma2', 'starcoder2'] as const) {
+  it(`with a head update: its gradients (read from Adam\'s first moment after one step) and the one at y agree with finite differences, on the sparse and the dense path alike (${{ llama: 'llama', gemma2: 'gemma2: logits soft-capped at 3', starcoder2: 'starcoder2: a LayerNorm with a bias' }[architecture]})`, async () => {
     const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 12, architecture });
     const description = architecture === 'llama' ? eps : describeHead(readGgufFile(model), architecture);
     const rank = 3;

@@ -52,8 +52,15 @@ describe('headDescription: what each architecture does after its last layer', ()
     await expectCode(() => describe_('gemma2', { ...EPS, final_logit_softcapping: -1 }, TENSORS), 'NOT_GGUF');
   });
 
-  it('refuses by name what it does not compute: a LayerNorm, biases, a head scale; an architecture it does not describe', async () => {
-    assert.throws(() => describe_('starcoder2', EPS, TENSORS), /LayerNorm with a bias/);
+  it('reads starcoder2\'s LayerNorm with its own epsilon key, and requires its bias as llama.cpp does', async () => {
+    const d = describe_('starcoder2', { 'attention.layer_norm_epsilon': 1e-5 }, [...TENSORS, 'output_norm.bias']);
+    assert.equal(d.norm, 'layer');
+    assert.ok(Math.abs(d.epsilon - 1e-5) < 1e-12);
+    await expectCode(() => describe_('starcoder2', { 'attention.layer_norm_epsilon': 1e-5 }, TENSORS), 'NOT_GGUF');
+    await expectCode(() => describe_('starcoder2', EPS, [...TENSORS, 'output_norm.bias']), 'NOT_GGUF');
+  });
+
+  it('refuses by name what it does not compute: biases on an RMSNorm or the logits, a head scale; an architecture it does not describe', async () => {
     assert.throws(() => describe_('qwen2', EPS, [...TENSORS, 'output.bias']), /output\.bias/);
     assert.throws(() => describe_('llama', EPS, [...TENSORS, 'output_norm.bias']), /output_norm\.bias/);
     assert.throws(() => describe_('llama', EPS, [...TENSORS, 'output.scale']), /output\.scale/);
@@ -62,7 +69,7 @@ describe('headDescription: what each architecture does after its last layer', ()
     await expectCode(() => describe_('llama', EPS, ['output_norm.weight']), 'NOT_GGUF');
   });
 
-  it('accepts exactly the architectures whose default files it computes', () => {
-    assert.deepEqual(supportedArchitectures(), ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma', 'gemma2', 'gemma3', 'granite']);
+  it('accepts every architecture it describes', () => {
+    assert.deepEqual(supportedArchitectures(), ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma', 'gemma2', 'gemma3', 'granite', 'starcoder2']);
   });
 });
