@@ -20,6 +20,8 @@ const ModelSpec = {
   normEpsilon: 'number',
   /** The model's final logit soft cap c (logits c tanh(l / c), gemma2); absent or 0: none. */
   softCap: 'number?',
+  /** 'layer': the final norm is a LayerNorm with a bias (starcoder2), whose bias follows the weight in the head upload; absent or 'rms': RMSNorm. */
+  normKind: 'string?',
   /**
    * sha256 of the head upload's content, computed by the device from its model
    * file: the f32 norm weight, then the f16 head rows in order. The server

@@ -149,7 +149,7 @@ export class DeviceSession implements BatchSession, JobOwner {
     if (this.model) throw new WireError('OUT_OF_ORDER', 'session/hello was already sent');
     const spec = m.model;
     if (!FINGERPRINT_PATTERN.test(spec.fingerprint) || !FINGERPRINT_PATTERN.test(spec.headDigest)) throw new WireError('BAD_FRAME', 'model.fingerprint and model.headDigest must be 64 hex digits');
-    if (spec.layers < 1 || spec.hiddenSize < 1 || spec.vocabularySize < 1 || spec.hiddenSize > 65536 || spec.layers > 1024 || spec.normEpsilon <= 0 || (spec.softCap !== undefined && !(spec.softCap >= 0 && spec.softCap <= 1e4))) {
+    if (spec.layers < 1 || spec.hiddenSize < 1 || spec.vocabularySize < 1 || spec.hiddenSize > 65536 || spec.layers > 1024 || spec.normEpsilon <= 0 || (spec.softCap !== undefined && !(spec.softCap >= 0 && spec.softCap <= 1e4)) || (spec.normKind !== undefined && spec.normKind !== 'rms' && spec.normKind !== 'layer')) {
       throw new WireError('BAD_FRAME', 'model description out of range');
     }
     this.model = spec;
@@ -159,7 +159,7 @@ export class DeviceSession implements BatchSession, JobOwner {
 
   private async onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): Promise<void> {
     // Checked against the user's quota before the head's memory is taken.
-    const begun = this.checkStorage(headBytes(m.rows, m.cols), 'this head').then(() => HeadUpload.begin(this.model!, m, payload));
+    const begun = this.checkStorage(headBytes(m.rows, m.cols, this.model?.normKind === 'layer' ? 2 * m.cols : m.cols), 'this head').then(() => HeadUpload.begin(this.model!, m, payload));
     this.upload = begun;
     begun.catch(() => {
       if (this.upload === begun) this.upload = undefined;

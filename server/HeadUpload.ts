@@ -12,7 +12,7 @@ export const MAX_HEAD_VALUES = 600_000_000;
  * so a head that is not the model's own is refused before anyone trains on it.
  */
 export class HeadUpload {
-  readonly norm: Float32Array; // [cols]
+  readonly norm: Float32Array; // [cols], or [2 cols] with a LayerNorm's bias
   readonly halves: Uint16Array; // [rows][cols]
   private readonly received: Uint8Array; // [rows] 1 = arrived
   private rowsReceived = 0;
@@ -30,8 +30,9 @@ export class HeadUpload {
   static begin(model: ModelSpec, m: DeviceMessage<'head/begin'>, payload: Buffer): HeadUpload {
     if (m.rows !== model.vocabularySize || m.cols !== model.hiddenSize) throw new WireError('MODEL_MISMATCH', 'head shape does not match the model');
     if (m.rows * m.cols > MAX_HEAD_VALUES) throw new WireError('LIMIT', `heads of more than ${MAX_HEAD_VALUES} values are not accepted by this server`);
-    if (payload.length !== 4 * m.cols) throw new WireError('BAD_FRAME', 'head/begin payload must be the f32 norm weight');
-    const norm = new Float32Array(m.cols);
+    const normValues = model.normKind === 'layer' ? 2 * m.cols : m.cols;
+    if (payload.length !== 4 * normValues) throw new WireError('BAD_FRAME', `head/begin payload must be the f32 norm weight${normValues > m.cols ? ' and bias' : ''}`);
+    const norm = new Float32Array(normValues);
     Buffer.from(norm.buffer).set(payload);
     return new HeadUpload(model, m.rows, m.cols, norm);
   }

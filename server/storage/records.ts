@@ -87,7 +87,7 @@ export function newUser(name: string): { record: UserRecord; token: string } {
 export interface StoredHead {
   rows: number;
   cols: number;
-  norm: Float32Array; // [cols]
+  norm: Float32Array; // [cols]; for a LayerNorm (ModelSpec.normKind 'layer') [2 cols]: the weight, then the bias
   /** The head as float16 bits, as uploaded: [rows][cols]. */
   halves: Uint16Array;
 }
@@ -109,12 +109,12 @@ export function headKeyOf(name: string): HeadKey | undefined {
   return m ? { fingerprint: m[1]!, headDigest: m[2]! } : undefined;
 }
 
-/** Bytes a stored head of rows x cols takes. */
-export function headBytes(rows: number, cols: number): number {
-  return 8 + 4 * cols + 2 * rows * cols;
+/** Bytes a stored head of rows x cols takes (`normValues`: cols, or 2 cols with a LayerNorm's bias). */
+export function headBytes(rows: number, cols: number, normValues = cols): number {
+  return 8 + 4 * normValues + 2 * rows * cols;
 }
 
-/** A head as stored: u32 rows, u32 cols, f32 norm[cols], f16 head[rows][cols], little-endian. */
+/** A head as stored: u32 rows, u32 cols, f32 norm[cols] (or [2 cols]: weight, then a LayerNorm's bias), f16 head[rows][cols], little-endian. */
 export function encodeHead(rows: number, cols: number, norm: Float32Array, halves: Uint16Array): Buffer {
   const header = Buffer.alloc(8);
   header.writeUInt32LE(rows, 0);
@@ -127,11 +127,12 @@ export function parseHead(buf: Buffer): StoredHead {
   if (buf.length < 8) throw new StorageError('DAMAGED', 'a stored model head is cut short; delete it and let a device upload it again');
   const rows = buf.readUInt32LE(0);
   const cols = buf.readUInt32LE(4);
-  if (buf.length !== headBytes(rows, cols)) throw new StorageError('DAMAGED', 'a stored model head has the wrong size; delete it and let a device upload it again');
-  const norm = new Float32Array(cols);
-  Buffer.from(norm.buffer).set(buf.subarray(8, 8 + 4 * cols));
-  const at = buf.byteOffset + 8 + 4 * cols;
+  const normValues = buf.length === headBytes(rows, cols, 2 * cols) ? 2 * cols : cols;
+  if (buf.length !== headBytes(rows, cols, normValues)) throw new StorageError('DAMAGED', 'a stored model head has the wrong size; delete it and let a device upload it again');
+  const norm = new Float32Array(normValues);
+  Buffer.from(norm.buffer).set(buf.subarray(8, 8 + 4 * normValues));
+  const at = buf.byteOffset + 8 + 4 * normValues;
   // A view when aligned (large files get their own buffer), else one copy.
-  const halves = at % 2 === 0 ? new Uint16Array(buf.buffer, at, rows * cols) : new Uint16Array(Uint8Array.from(buf.subarray(8 + 4 * cols)).buffer);
+  const halves = at % 2 === 0 ? new Uint16Array(buf.buffer, at, rows * cols) : new Uint16Array(Uint8Array.from(buf.subarray(8 + 4 * normValues)).buffer);
   return { rows, cols, norm, halves };
 }

@@ -30,7 +30,10 @@ export class LocalTrainers implements Trainers {
   readonly workers = 0;
 
   async loadHead(key: string, head: StoredHead, eps: number): Promise<void> {
-    if (!this.heads.has(key)) this.heads.set(key, new OnnxHead(head.halves, head.norm, eps));
+    if (this.heads.has(key)) return;
+    // A LayerNorm's bias follows its weight in the stored norm (records.ts).
+    const c = head.cols;
+    this.heads.set(key, new OnnxHead(head.halves, head.norm.subarray(0, c), eps, undefined, head.norm.length === 2 * c ? head.norm.subarray(c) : undefined));
   }
 
   releaseHead(key: string): void {

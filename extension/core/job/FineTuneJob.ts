@@ -311,7 +311,7 @@ export class FineTuneJob {
       ({ url, token } = await this.embedded.get());
     }
     const info = work.backbone.info;
-    const spec: ModelSpec = { fingerprint: work.fingerprint, architecture: info.architecture, layers: info.layers, hiddenSize: info.hiddenSize, vocabularySize: info.vocabularySize, normEpsilon: info.normEpsilon, headDigest: work.headDigest, ...(info.head.softCap > 0 ? { softCap: info.head.softCap } : {}) };
+    const spec: ModelSpec = { fingerprint: work.fingerprint, architecture: info.architecture, layers: info.layers, hiddenSize: info.hiddenSize, vocabularySize: info.vocabularySize, normEpsilon: info.normEpsilon, headDigest: work.headDigest, ...(info.head.softCap > 0 ? { softCap: info.head.softCap } : {}), ...(info.head.norm === 'layer' ? { normKind: 'layer' } : {}) };
     const conn = await ServerConnection.open(url, token, spec, { onFrameSent: this.o.onFrameSent });
     this.conn = conn;
     reconnect.connected();

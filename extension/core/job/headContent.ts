@@ -8,12 +8,18 @@ import { yieldToEventLoop } from '../../../common/sliced';
 import type { Backbone } from '../model/Backbone';
 
 /**
- * The backbone's final norm weight as float32: [d], times the model's logit
- * multiplier (headDescription.ts), so that W (norm(y)) gives the logits
- * llama.cpp gives.
+ * The backbone's final norm weight as float32: [d] (then, for a LayerNorm,
+ * its bias: [2d]), times the model's logit multiplier (headDescription.ts),
+ * so that W (norm(y)) gives the logits llama.cpp gives.
  */
 export async function headNorm(backbone: Backbone): Promise<Float32Array> {
-  const w = (await backbone.readTensor('output_norm.weight')).data;
+  let w = (await backbone.readTensor('output_norm.weight')).data;
+  if (backbone.info.head.norm === 'layer') {
+    const both = new Float32Array(2 * w.length);
+    both.set(w);
+    both.set((await backbone.readTensor('output_norm.bias')).data, w.length);
+    w = both;
+  }
   const s = backbone.info.head.logitMultiplier;
   if (s !== 1) for (let i = 0; i < w.length; i++) w[i]! *= s;
   return w;

@@ -10,7 +10,7 @@ import type { JobContext } from './JobContext';
  */
 export async function uploadHead(conn: ServerConnection, backbone: Backbone, ctx: JobContext): Promise<void> {
   ctx.setPhase('uploading-head');
-  const norm = await headNorm(backbone); // [d]
+  const norm = await headNorm(backbone); // [d], or [2d] with a LayerNorm's bias
   conn.send({ type: 'head/begin', rows: backbone.info.vocabularySize, cols: backbone.info.hiddenSize }, new Uint8Array(norm.buffer, norm.byteOffset, norm.byteLength));
   for await (const c of headChunks(backbone)) {
     ctx.checkCancelled();

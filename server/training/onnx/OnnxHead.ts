@@ -17,13 +17,16 @@ export class OnnxHead {
   /** The first vocabulary row of each chunk. */
   readonly starts: number[];
   readonly norm: ort.Tensor; // float32 [d]
+  /** A LayerNorm's bias (starcoder2), float32 [d]; absent for an RMSNorm. */
+  readonly normBias?: ort.Tensor;
   readonly epsTensor: ort.Tensor; // float32 []
 
-  /** halves: [vocab][d] float16 bits; normWeight: [d]. */
-  constructor(private readonly halves: Uint16Array, normWeight: Float32Array, readonly eps: number, chunkRows = HEAD_CHUNK_ROWS) {
+  /** halves: [vocab][d] float16 bits; normWeight: [d]; normBias: [d] for a LayerNorm. */
+  constructor(private readonly halves: Uint16Array, normWeight: Float32Array, readonly eps: number, chunkRows = HEAD_CHUNK_ROWS, normBias?: Float32Array) {
     const d = normWeight.length;
     this.vocab = halves.length / d;
     this.norm = new ort.Tensor('float32', normWeight, [d]);
+    if (normBias) this.normBias = new ort.Tensor('float32', normBias, [d]);
     this.epsTensor = new ort.Tensor('float32', Float32Array.of(eps), []);
     this.chunks = [];
     this.starts = [];

@@ -82,12 +82,17 @@ export class OnnxTrainer {
     const c = this.constants;
     const cap = this.softCap;
     return Promise.all([
-      this.engine.session(`forward-${this.shapeKey}`, () => buildForward(this.shape), this),
+      this.engine.session(`forward-${this.shapeKey}${this.layerNorm ? '-ln' : ''}`, () => buildForward(this.shape, this.layerNorm), this),
       this.engine.session(`head-train-${d}-k${k}-c${cap}`, () => buildHeadChunk(d, true, k, cap), this),
       this.engine.session(`head-eval-${d}-k${k}-c${cap}`, () => buildHeadChunk(d, false, k, cap), this),
-      this.engine.session(this.stepKey('step'), () => buildTrainStep(this.shape, c), this),
+      this.engine.session(this.stepKey(this.layerNorm ? 'step-ln' : 'step'), () => buildTrainStep(this.shape, c, this.layerNorm), this),
       this.engine.session('eval', () => buildEvalLoss(), this),
     ]);
+  }
+
+  /** The model's final norm is a LayerNorm with a bias (the head carries it). */
+  private get layerNorm(): boolean {
+    return this.head?.normBias !== undefined;
   }
 
   private get softCap(): number {
@@ -130,7 +135,8 @@ export class OnnxTrainer {
 
   /** Inputs of every graph with the side network and the head: parameters, layers, layout, the final norm. */
   private sideFeeds(batch: ActivationBatch): Feeds {
-    return { ...this.ladderFeeds(batch.layers, batch.rows, batch.lengths), norm_weight: this.frozenHead.norm, head_eps: this.frozenHead.epsTensor };
+    const head = this.frozenHead;
+    return { ...this.ladderFeeds(batch.layers, batch.rows, batch.lengths), norm_weight: head.norm, head_eps: head.epsTensor, ...(head.normBias ? { norm_bias: head.normBias } : {}) };
   }
 
   private stepKey(kind: string): string {

@@ -217,25 +217,29 @@ function declareLayout(g: GraphBuilder, shape: SideNetworkShape): Layout | undef
 
 /**
  * The ladder, the join and the backbone's final norm (its weight and epsilon
- * are inputs): z = norm(h + delta) w, or with `joinAfterNorm` z = norm(h) w + delta.
+ * are inputs): z = norm(h + delta) w, or with `joinAfterNorm` z = norm(h) w + delta;
+ * with `layerNorm` (starcoder2) the norm centres y first and adds the input
+ * norm_bias: z = (y - mean) / std w + b.
  */
-function sideForward(g: GraphBuilder, shape: SideNetworkShape): ForwardValues {
+function sideForward(g: GraphBuilder, shape: SideNetworkShape, layerNorm: boolean): ForwardValues {
   const K = shape.tappedLayers.length;
   const ladder = sideLadder(g, shape);
   const normWeight = g.input('norm_weight', 'float32', [shape.d]);
   const headEps = g.input('head_eps', 'float32', []);
-  const y = shape.joinAfterNorm ? names.layer(K - 1) : g.add(names.layer(K - 1), ladder.delta); // [n, d]
-  const invHead = invRms(g, y, headEps); // [n, 1]
+  const joined = shape.joinAfterNorm ? names.layer(K - 1) : g.add(names.layer(K - 1), ladder.delta); // [n, d]
+  const y = layerNorm ? g.sub(joined, g.meanLast(joined)) : joined;
+  const invHead = invRms(g, y, headEps); // [n, 1]: 1 / rms, or 1 / std once centred
   const xhat = g.mul(y, invHead); // [n, d]
-  const normed = g.mul(xhat, normWeight); // [n, d]
+  const scaled = g.mul(xhat, normWeight); // [n, d]
+  const normed = layerNorm ? g.add(scaled, g.input('norm_bias', 'float32', [shape.d])) : scaled;
   const z = shape.joinAfterNorm ? g.add(normed, ladder.delta) : normed;
   return { ...ladder, z, xhat, invHead };
 }
 
 /** forward: -> z [n, d]. */
-export function buildForward(shape: SideNetworkShape): Uint8Array {
+export function buildForward(shape: SideNetworkShape, layerNorm = false): Uint8Array {
   const g = new GraphBuilder('side_forward');
-  const f = sideForward(g, shape);
+  const f = sideForward(g, shape, layerNorm);
   g.output(f.z, 'z', 'float32', ['n', shape.d]);
   return g.build();
 }
@@ -317,10 +321,10 @@ function clipAndAdam(g: GraphBuilder, shape: SideNetworkShape, grads: Map<string
  * and one Adam step. Outputs next_param/*, next_adam_m/*, next_adam_v/*,
  * loss_sum, grad_norm, and grad/* (fetched by the gradient tests only).
  */
-export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8Array {
+export function buildTrainStep(shape: SideNetworkShape, c: StepConstants, layerNorm = false): Uint8Array {
   const g = new GraphBuilder('train_step');
   const { d } = shape;
-  const f = sideForward(g, shape);
+  const f = sideForward(g, shape, layerNorm);
   const m = g.input('m', 'float32', ['n', 1]);
   const s = g.input('s', 'float32', ['n', 1]);
   const acc = g.input('acc', 'float32', ['n', d]);
@@ -330,12 +334,13 @@ export function buildTrainStep(shape: SideNetworkShape, c: StepConstants): Uint8
   const weights = g.input('weights', 'float32', ['n', 1]); // mask / tokens
   g.output(g.sumAll(g.mul(tokenLoss(g, m, s, tl), mask)), 'loss_sum', 'float32', []);
 
-  // dL/dz = w (softmax W - W[target]) (each row times a soft cap's slope, in acc and target_rows); then, for a join before it, back through the final RMSNorm.
+  // dL/dz = w (softmax W - W[target]) (each row times a soft cap's slope, in acc and target_rows); then, for a join before it, back through the final norm.
   const dz = g.mul(g.sub(g.div(acc, s), wt), weights); // [n, d]
   let dy = dz; // [n, d]
   if (!shape.joinAfterNorm) {
     const dn = g.mul(dz, 'norm_weight'); // [n, d]
-    dy = g.mul(f.invHead, g.sub(dn, g.mul(f.xhat, g.meanLast(g.mul(dn, f.xhat)))));
+    const centred = layerNorm ? g.sub(dn, g.meanLast(dn)) : dn;
+    dy = g.mul(f.invHead, g.sub(centred, g.mul(f.xhat, g.meanLast(g.mul(dn, f.xhat)))));
   }
   clipAndAdam(g, shape, backwardFromJoin(g, shape, f, dy), c);
   return g.build();

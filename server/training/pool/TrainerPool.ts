@@ -206,7 +206,7 @@ export class TrainerPool implements Trainers {
   private readonly slots: Slot[];
   private nextId = 1;
   private readonly waiting = new Map<number, Task>();
-  private readonly shared = new Map<string, { halves: SharedArrayBuffer; norm: Float32Array; eps: number }>();
+  private readonly shared = new Map<string, { halves: SharedArrayBuffer; norm: Float32Array; cols: number; eps: number }>();
   private closedPool = false;
   name = '';
   /** Called when a worker stops unexpectedly (the pool starts a new one in its place). */
@@ -312,7 +312,7 @@ export class TrainerPool implements Trainers {
       to.set(from.subarray(at, Math.min(from.length, at + HEAD_COPY_SLICE_BYTES)), at);
       if (at + HEAD_COPY_SLICE_BYTES < from.length) await yieldToEventLoop();
     }
-    this.shared.set(key, { halves, norm: Float32Array.from(head.norm), eps });
+    this.shared.set(key, { halves, norm: Float32Array.from(head.norm), cols: head.cols, eps });
   }
 
   releaseHead(key: string): void {
@@ -334,7 +334,7 @@ export class TrainerPool implements Trainers {
       if (headKey !== undefined && !slot.heads.has(headKey)) {
         const head = this.shared.get(headKey);
         if (!head) throw new RangeError('the job\'s model head is not loaded');
-        await this.submit(slot, user, job, 'head/load', { key: headKey, halves: head.halves, norm: head.norm, eps: head.eps }, []);
+        await this.submit(slot, user, job, 'head/load', { key: headKey, halves: head.halves, norm: head.norm, cols: head.cols, eps: head.eps }, []);
         slot.heads.set(headKey, 0);
       }
       if (headKey !== undefined) slot.heads.set(headKey, slot.heads.get(headKey)! + 1);

@@ -11,8 +11,8 @@ import type { StepResult } from '../onnx/OnnxTrainer';
 export interface TrainerCalls {
   /** Starts the worker's ONNX engine and proves its provider (NO_BACKEND otherwise). */
   'engine/start': { params: { device: ExecutionDevice; threads: number }; result: { name: string } };
-  /** A model's head: [vocab][d] float16 bits in shared memory (copied by the worker), its final norm weight [d], its epsilon. */
-  'head/load': { params: { key: string; halves: SharedArrayBuffer; norm: Float32Array; eps: number }; result: void };
+  /** A model's head: [vocab][d] float16 bits in shared memory (copied by the worker), its final norm weight [d] (then a LayerNorm's bias [d]), d, its epsilon. */
+  'head/load': { params: { key: string; halves: SharedArrayBuffer; norm: Float32Array; cols: number; eps: number }; result: void };
   'head/release': { params: { key: string }; result: void };
   /** Opens job `job`'s trainer from its checkpoints (newest first) or fresh weights. */
   'job/open': { params: { job: string; spec: TrainerSpec; headKey?: string; checkpoints: Uint8Array[] }; result: { from?: TrainerPosition; unreadable?: true; step: number } };

@@ -37,7 +37,7 @@ const handlers: Handlers = {
   'head/load': async (p) => {
     // The head is copied out of shared memory: ONNX Runtime takes only buffers of its own.
     const halves = Uint16Array.from(new Uint16Array(p.halves));
-    const head: StoredHead = { rows: halves.length / p.norm.length, cols: p.norm.length, norm: p.norm, halves };
+    const head: StoredHead = { rows: halves.length / p.cols, cols: p.cols, norm: p.norm, halves };
     await engine().loadHead(p.key, head, p.eps);
   },
   'head/release': async (p) => engine().releaseHead(p.key),
