@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
 import { CHROMIUM, CHROMIUM_ARGS } from '../../harness/chromium';
 import { skipBecause, tinyModel } from '../helpers/models';
+import { TINY_ARCHITECTURES } from '../../extension/core/model/tinyModel';
 import { freePort } from '../../harness/serverProcess';
 import { makeWorkspace, tmpDir } from '../helpers/workspaces';
 import { heldOutFiles } from '../../extension/core/workspace/dataset';
@@ -423,10 +424,11 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
   });
 
-  it('fine-tunes a model of another architecture chosen in the settings (a generated phi3: fused attention and gate matrices)', async () => {
+  for (const architecture of TINY_ARCHITECTURES.filter((a) => a !== 'llama')) {
+  it(`fine-tunes a model of another architecture chosen in the settings (a generated ${architecture})`, async () => {
     const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
     const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
-    const model = tinyModel({ architecture: 'phi3', layers: 2, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 4 });
+    const model = tinyModel({ architecture, layers: 2, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 4 });
     // The embedded server again: the earlier tests left a wrong team server configured.
     const { 'mobillm.serverUrl': _server, 'mobillm.labelPrivate': _mode, ...local } = settings as Record<string, unknown>;
     fs.writeFileSync(settingsFile, JSON.stringify({ ...local, 'mobillm.model': model }, null, 2));
@@ -449,7 +451,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
         if (progressed && /done|failed/.test(text)) break;
         await page.waitForTimeout(150);
       }
-      await page.screenshot({ path: path.join(SHOTS, '10-phi3-done.png') });
+      await page.screenshot({ path: path.join(SHOTS, `10-${architecture}-done.png`) });
       const m = /MobiLLM: done, perplexity ([\d.e+]+) → ([\d.e+]+)/.exec(text);
       assert.ok(m, `status bar: ${text}`);
       assert.ok(Number(m![2]) < Number(m![1]), `perplexity fell: ${text}`);
@@ -457,4 +459,5 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
       fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
     }
   });
+  }
 });
