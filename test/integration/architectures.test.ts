@@ -60,7 +60,7 @@ describe('architectures: each graph\'s output step as llama.cpp computes it', fu
     assert.ok(labelPrivate.adapterParityNats <= 0.01, `Q4_K_M: the adapter on the device is ${labelPrivate.adapterParityNats} nats from the report`);
   });
 
-  for (const [arch, vocab] of [['llama', 'deepseek-coder'], ['qwen2', 'qwen2'], ['phi3', 'phi-3']] as const) {
+  for (const [arch, vocab] of [['llama', 'deepseek-coder'], ['qwen2', 'qwen2'], ['phi3', 'phi-3'], ['starcoder2', 'starcoder']] as const) {
     it(`${arch} with a real model's vocabulary (llama.cpp's ggml-vocab-${vocab}.gguf): the head agrees with llama.cpp and a label-private job learns`, async function () {
       const file = path.join(VOCAB_DIR, `ggml-vocab-${vocab}.gguf`);
       if (!fs.existsSync(file)) skipBecause(this, `${file} is absent (the addon build clones llama.cpp there)`);
