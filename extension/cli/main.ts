@@ -97,7 +97,9 @@ export function buildProgram(): Command {
               [
                 `${path.basename(i.path)}: ${i.architecture}, ${(i.parameters / 1e6).toFixed(1)} M parameters, ${i.quantization}, ${(i.fileSizeBytes / 2 ** 20).toFixed(1)} MiB`,
                 `  ${i.layers} layers, hidden size ${i.hiddenSize}, ${i.attentionHeads} attention heads (${i.kvAttentionHeads} key/value), vocabulary ${i.vocabularySize}`,
-                `  trained context ${i.trainingContext} tokens; head ${i.headTensor}; final norm epsilon ${Number(i.normEpsilon.toPrecision(3))}`,
+                `  trained context ${i.trainingContext} tokens; head ${i.headTensor}; final ${i.head.norm === 'layer' ? 'LayerNorm' : 'RMSNorm'} epsilon ${Number(i.normEpsilon.toPrecision(3))}` +
+                  (i.head.logitMultiplier !== 1 ? `; logits x ${Number(i.head.logitMultiplier.toPrecision(4))}` : '') +
+                  (i.head.softCap > 0 ? `; logits soft-capped at ${i.head.softCap}` : ''),
               ].join('\n') + '\n',
             );
           }
