@@ -60,14 +60,14 @@ const OUTPUT_STEPS: Record<string, OutputStep> = {
   starcoder2: { norm: 'layer', tied: 'when-absent' },
 };
 
-/** Architectures whose output step is described; describeHead refuses those whose step uses what is not computed yet. */
+/** Architectures whose output step is described (describeHead still refuses a file whose step goes beyond it: an output bias, a head scale). */
 export const DESCRIBED_ARCHITECTURES = Object.keys(OUTPUT_STEPS);
 
 function unsupported(file: GgufFile, arch: string, what: string): MobiError {
   return new MobiError('UNSUPPORTED_ARCHITECTURE', `${file.path} (${arch}): ${what}, which this version does not compute outside llama.cpp; its logits would be wrong, so the model is refused.`);
 }
 
-/** Reads the output step of `file` (architecture `arch`); refuses, naming what is missing, a step that is not described or not computed. */
+/** Reads the output step of `file` (architecture `arch`); refuses, naming it, a step that is not described. */
 export function describeHead(file: GgufFile, arch: string): HeadDescription {
   const step = OUTPUT_STEPS[arch];
   if (step === undefined) {
