@@ -240,7 +240,7 @@ export class OnnxTrainer {
    * its gradient wrt z, the target rows slope_t W_t + A B_t (slope 1 without a
    * soft cap; B's terms with a head update).
    */
-  private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor, u: Float32Array | undefined): { eval: Feeds; targetRows: ort.Tensor; targetLogit: ort.Tensor } {
+  private lossFeeds(batch: ActivationBatch, m: ort.Tensor, s: ort.Tensor, z: ort.Tensor, u: Float32Array | undefined): { eval: Feeds; targetRows: ort.Tensor } {
     const { d } = this.shape;
     const n = batch.rows;
     const k = this.headUpdate.rank;
@@ -261,8 +261,7 @@ export class OnnxTrainer {
       logit[i] = h;
     }
     if (bt) rows = this.headUpdate.addLifted(rows, bt, this.params.get('head_a')!);
-    const targetLogit = f32(logit, [n, 1]);
-    return { eval: { m, s, target_logit: targetLogit, mask: f32(Float32Array.from(batch.mask), [n, 1]) }, targetRows: f32(rows, [n, d]), targetLogit };
+    return { eval: { m, s, target_logit: f32(logit, [n, 1]), mask: f32(Float32Array.from(batch.mask), [n, 1]) }, targetRows: f32(rows, [n, d]) };
   }
 
   /** One optimizer step on a batch (skipped, but counted, when no token is masked in). */
