@@ -149,6 +149,31 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     }
   });
 
+  const settingsFile = (): string => path.join(runDir, 'user', 'User', 'settings.json');
+  const readSettings = (): Record<string, unknown> => JSON.parse(fs.readFileSync(settingsFile(), 'utf8')) as Record<string, unknown>;
+  /** Writes the user settings and reloads the window, which reads them again. */
+  const reloadWithSettings = async (settings: Record<string, unknown>): Promise<void> => {
+    fs.writeFileSync(settingsFile(), JSON.stringify(settings, null, 2));
+    await runCommand(page, 'Developer: Reload Window');
+    await page.waitForTimeout(2000);
+    await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
+    await page.waitForTimeout(3000);
+  };
+  /** The status bar's text once a job that showed step/total progress is done or failed (or after 300 s), and whether progress was seen. */
+  const waitForJobEnd = async (): Promise<{ text: string; progressed: boolean }> => {
+    const status = page.locator(STATUS);
+    const deadline = Date.now() + 300_000;
+    let text = '';
+    let progressed = false;
+    while (Date.now() < deadline) {
+      text = (await status.innerText().catch(() => '')) ?? '';
+      if (/MobiLLM \d+\/\d+/.test(text)) progressed = true;
+      if (progressed && /done|failed/.test(text)) break;
+      await page.waitForTimeout(150);
+    }
+    return { text, progressed };
+  };
+
   it('fine-tunes from the command palette with progress in the status bar, then shows the result in the dashboard', async () => {
     await runCommand(page, 'MobiLLM: Fine-tune on workspace');
     const confirm = page.locator('.monaco-dialog-box');
@@ -158,20 +183,10 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     assert.match(dialogText, /runs inside VS Code on this computer: nothing is sent over the network/);
     await page.screenshot({ path: path.join(SHOTS, '1-confirm.png') });
     await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
-    const status = page.locator(STATUS);
-    const seen = new Set<string>();
-    const deadline = Date.now() + 300_000;
-    let text = '';
-    while (Date.now() < deadline) {
-      text = (await status.innerText().catch(() => '')) ?? '';
-      if (/MobiLLM \d+\/\d+/.test(text)) seen.add('progress');
-      if (/done/.test(text)) break;
-      if (/failed/.test(text)) break;
-      await page.waitForTimeout(150);
-    }
+    const { text, progressed } = await waitForJobEnd();
     await page.screenshot({ path: path.join(SHOTS, '2-done.png') });
     assert.match(text, /MobiLLM: done, perplexity [\d.e+]+ → [\d.e+]+/);
-    assert.ok(seen.has('progress'), 'the status bar showed step/total while training');
+    assert.ok(progressed, 'the status bar showed step/total while training');
     await runCommand(page, 'MobiLLM: Show dashboard');
     const frame = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
     const result = frame.locator('#result');
@@ -352,13 +367,7 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
 
   it('shows a readable dashboard in a dark theme', async () => {
     // The theme through the user's settings file, then a window reload reads it.
-    const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
-    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
-    fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'workbench.colorTheme': 'Default Dark Modern' }, null, 2));
-    await runCommand(page, 'Developer: Reload Window');
-    await page.waitForTimeout(2000);
-    await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
-    await page.waitForTimeout(3000);
+    await reloadWithSettings({ ...readSettings(), 'workbench.colorTheme': 'Default Dark Modern' });
     await runCommand(page, 'MobiLLM: Show dashboard');
     const frame = page.frameLocator('iframe.webview.ready').frameLocator('iframe#active-frame');
     await frame.locator('#phase').waitFor({ timeout: 30_000 });
@@ -386,15 +395,10 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
   });
 
   it('says what a team server gets in the standard mode (label-private turned off), before the job starts', async () => {
-    const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
-    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
+    const settings = readSettings();
     assert.ok(settings['mobillm.serverUrl'], 'the team server set by the error test is still configured');
-    fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'mobillm.labelPrivate': false }, null, 2));
     // The edited settings file is read again on a window reload (as the dark theme is).
-    await runCommand(page, 'Developer: Reload Window');
-    await page.waitForTimeout(2000);
-    await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
-    await page.waitForTimeout(3000);
+    await reloadWithSettings({ ...settings, 'mobillm.labelPrivate': false });
     await runCommand(page, 'MobiLLM: Fine-tune on workspace');
     const confirm = page.locator('.monaco-dialog-box');
     await confirm.waitFor({ timeout: 60_000 });
@@ -406,13 +410,8 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
   });
 
   it('refuses a bad setting by name, with Open Settings, and starts nothing', async () => {
-    const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
-    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
-    fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'mobillm.bits': 3 }, null, 2));
-    await runCommand(page, 'Developer: Reload Window');
-    await page.waitForTimeout(2000);
-    await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
-    await page.waitForTimeout(3000);
+    const settings = readSettings();
+    await reloadWithSettings({ ...settings, 'mobillm.bits': 3 });
     await runCommand(page, 'MobiLLM: Fine-tune on workspace');
     const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'mobillm.bits' }).first();
     await toast.waitFor({ timeout: 60_000 });
@@ -421,42 +420,28 @@ describe('MobiLLM in real VS Code (code-server + Chromium)', function () {
     const buttons = await toast.locator('.monaco-button').allInnerTexts();
     assert.ok(buttons.some((t) => t.includes('Open Settings')), `toast buttons: ${buttons.join(', ')}`);
     assert.equal(await page.locator('.monaco-dialog-box').count(), 0, 'no confirmation: nothing was started');
-    fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+    fs.writeFileSync(settingsFile(), JSON.stringify(settings, null, 2));
   });
 
   for (const architecture of TINY_ARCHITECTURES.filter((a) => a !== 'llama')) {
   it(`fine-tunes a model of another architecture chosen in the settings (a generated ${architecture})`, async () => {
-    const settingsFile = path.join(runDir, 'user', 'User', 'settings.json');
-    const settings = JSON.parse(fs.readFileSync(settingsFile, 'utf8'));
+    const settings = readSettings();
     const model = tinyModel({ architecture, layers: 2, embd: 64, heads: 4, kvHeads: 2, type: 'q8_0', seed: 4 });
     // The embedded server again: the earlier tests left a wrong team server configured.
-    const { 'mobillm.serverUrl': _server, 'mobillm.labelPrivate': _mode, ...local } = settings as Record<string, unknown>;
-    fs.writeFileSync(settingsFile, JSON.stringify({ ...local, 'mobillm.model': model }, null, 2));
+    const { 'mobillm.serverUrl': _server, 'mobillm.labelPrivate': _mode, ...local } = settings;
     try {
-      await runCommand(page, 'Developer: Reload Window');
-      await page.waitForTimeout(2000);
-      await page.locator('.monaco-workbench').waitFor({ timeout: 60_000 });
-      await page.waitForTimeout(3000);
+      await reloadWithSettings({ ...local, 'mobillm.model': model });
       await runCommand(page, 'MobiLLM: Fine-tune on workspace');
       const confirm = page.locator('.monaco-dialog-box');
       await confirm.waitFor({ timeout: 60_000 });
       await confirm.locator('a.monaco-button, button', { hasText: 'Fine-tune' }).first().click();
-      const status = page.locator(STATUS);
-      let text = '';
-      let progressed = false;
-      const deadline = Date.now() + 300_000;
-      while (Date.now() < deadline) {
-        text = (await status.innerText().catch(() => '')) ?? '';
-        if (/MobiLLM \d+\/\d+/.test(text)) progressed = true;
-        if (progressed && /done|failed/.test(text)) break;
-        await page.waitForTimeout(150);
-      }
+      const { text } = await waitForJobEnd();
       await page.screenshot({ path: path.join(SHOTS, `10-${architecture}-done.png`) });
       const m = /MobiLLM: done, perplexity ([\d.e+]+) → ([\d.e+]+)/.exec(text);
       assert.ok(m, `status bar: ${text}`);
       assert.ok(Number(m![2]) < Number(m![1]), `perplexity fell: ${text}`);
     } finally {
-      fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+      fs.writeFileSync(settingsFile(), JSON.stringify(settings, null, 2));
     }
   });
   }
