@@ -12,7 +12,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readGgufFile } from '../extension/core/model/gguf/GgufFile';
-import { supportedArchitectures } from '../extension/core/model/headDescription';
+import { SUPPORTED_ARCHITECTURES } from '../extension/core/model/headDescription';
 import { QuantizedLayout, quantizeModel } from '../extension/core/model/quantizeModel';
 import { TINY_ARCHITECTURES, writeTinyModel } from '../extension/core/model/tinyModel';
 import { headAgainstLlamaCpp, runMode, runsRelDiff } from '../harness/architectureChecks';
@@ -29,7 +29,7 @@ async function main(): Promise<void> {
   const workspace = path.resolve(__dirname, '..', '..', 'common');
   const rows: unknown[] = [];
   try {
-    for (const architecture of TINY_ARCHITECTURES.filter((a) => supportedArchitectures().includes(a))) {
+    for (const architecture of TINY_ARCHITECTURES.filter((a) => SUPPORTED_ARCHITECTURES.includes(a))) {
       const source = path.join(dir, `${architecture}-f32.gguf`);
       writeTinyModel({ ...SHAPE, architecture, out: source });
       for (const layout of LAYOUTS) {

@@ -60,8 +60,8 @@ const OUTPUT_STEPS: Record<string, OutputStep> = {
   starcoder2: { norm: 'layer', tied: 'when-absent' },
 };
 
-/** Architectures whose output step is described (describeHead still refuses a file whose step goes beyond it: an output bias, a head scale). */
-export const DESCRIBED_ARCHITECTURES = Object.keys(OUTPUT_STEPS);
+/** The architectures the device accepts: those whose output step is described (describeHead still refuses a file whose step goes beyond it: an output bias, a head scale). */
+export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(OUTPUT_STEPS);
 
 function unsupported(file: GgufFile, arch: string, what: string): MobiError {
   return new MobiError('UNSUPPORTED_ARCHITECTURE', `${file.path} (${arch}): ${what}, which this version does not compute outside llama.cpp; its logits would be wrong, so the model is refused.`);
@@ -71,7 +71,7 @@ function unsupported(file: GgufFile, arch: string, what: string): MobiError {
 export function describeHead(file: GgufFile, arch: string): HeadDescription {
   const step = OUTPUT_STEPS[arch];
   if (step === undefined) {
-    throw new MobiError('UNSUPPORTED_ARCHITECTURE', `Architecture "${arch}" is not supported: what its graph does after the last layer is not described; use one of ${supportedArchitectures().join(', ')}.`);
+    throw new MobiError('UNSUPPORTED_ARCHITECTURE', `Architecture "${arch}" is not supported: what its graph does after the last layer is not described; use one of ${SUPPORTED_ARCHITECTURES.join(', ')}.`);
   }
   const has = (name: string): boolean => file.tensors.some((t) => t.name === name);
   if (step.norm === 'layer' && !has('output_norm.bias')) throw new MobiError('NOT_GGUF', `${file.path} has no output_norm.bias, which llama.cpp requires for ${arch}.`);
@@ -94,9 +94,4 @@ export function describeHead(file: GgufFile, arch: string): HeadDescription {
   const tied = step.tied === 'always' || !has('output.weight');
   if (tied && !has('token_embd.weight')) throw new MobiError('NOT_GGUF', `${file.path} has no head: neither output.weight nor token_embd.weight.`);
   return { norm: step.norm, epsilon, tensor: tied ? 'token_embd.weight' : 'output.weight', logitMultiplier, softCap };
-}
-
-/** Architectures the device accepts: every one described. */
-export function supportedArchitectures(): string[] {
-  return DESCRIBED_ARCHITECTURES;
 }

@@ -1,6 +1,6 @@
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { describeHead, supportedArchitectures } from '../../../../../extension/core/model/headDescription';
+import { describeHead, SUPPORTED_ARCHITECTURES } from '../../../../../extension/core/model/headDescription';
 import { readGgufFile } from '../../../../../extension/core/model/gguf/GgufFile';
 import { GgufWriter } from '../../../../../extension/core/model/gguf/GgufWriter';
 import { GgmlType } from '../../../../../extension/core/model/gguf/ggmlTypes';
@@ -64,12 +64,12 @@ describe('headDescription: what each architecture does after its last layer', ()
     assert.throws(() => describe_('qwen2', EPS, [...TENSORS, 'output.bias']), /output\.bias/);
     assert.throws(() => describe_('llama', EPS, [...TENSORS, 'output_norm.bias']), /output_norm\.bias/);
     assert.throws(() => describe_('llama', EPS, [...TENSORS, 'output.scale']), /output\.scale/);
-    assert.throws(() => describe_('mamba', EPS, TENSORS), (e: Error & { code?: string }) => e.code === 'UNSUPPORTED_ARCHITECTURE' && e.message.includes(supportedArchitectures().join(', ')));
+    assert.throws(() => describe_('mamba', EPS, TENSORS), (e: Error & { code?: string }) => e.code === 'UNSUPPORTED_ARCHITECTURE' && e.message.includes(SUPPORTED_ARCHITECTURES.join(', ')));
     await expectCode(() => describe_('llama', {}, TENSORS), 'NOT_GGUF');
     await expectCode(() => describe_('llama', EPS, ['output_norm.weight']), 'NOT_GGUF');
   });
 
   it('accepts every architecture it describes', () => {
-    assert.deepEqual(supportedArchitectures(), ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma', 'gemma2', 'gemma3', 'granite', 'starcoder2']);
+    assert.deepEqual(SUPPORTED_ARCHITECTURES, ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma', 'gemma2', 'gemma3', 'granite', 'starcoder2']);
   });
 });
