@@ -8,7 +8,7 @@ import { WireError, WireErrorCode } from '../common/WireError';
 import { HeadUpload } from './HeadUpload';
 import { BatchSession, JobBatches } from './JobBatches';
 import { SessionContext } from './SessionContext';
-import { FINGERPRINT_PATTERN, headBytes, JobRecord } from './storage/records';
+import { FINGERPRINT_PATTERN, headBytes, JobRecord, normValuesOf } from './storage/records';
 import { wireErrorOf } from './wireErrorOf';
 import { jobDiskBytes } from './training/jobMemory';
 import { JobOwner, TrainingJob } from './TrainingJob';
@@ -159,7 +159,7 @@ export class DeviceSession implements BatchSession, JobOwner {
 
   private async onHeadBegin(m: DeviceMessage<'head/begin'>, payload: Buffer): Promise<void> {
     // Checked against the user's quota before the head's memory is taken.
-    const begun = this.checkStorage(headBytes(m.rows, m.cols, this.model?.normKind === 'layer' ? 2 * m.cols : m.cols), 'this head').then(() => HeadUpload.begin(this.model!, m, payload));
+    const begun = this.checkStorage(headBytes(m.rows, m.cols, normValuesOf(this.model!, m.cols)), 'this head').then(() => HeadUpload.begin(this.model!, m, payload));
     this.upload = begun;
     begun.catch(() => {
       if (this.upload === begun) this.upload = undefined;

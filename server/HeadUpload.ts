@@ -1,6 +1,7 @@
 import { createHash, Hash } from 'node:crypto';
 import type { DeviceMessage, ModelSpec } from '../common/messages';
 import { WireError } from '../common/WireError';
+import { normValuesOf } from './storage/records';
 
 /** Largest head the server accepts (rows x cols): 600 M values, 1.2 GB as f16 (a 7B model's 152k x 3.6k head fits). */
 export const MAX_HEAD_VALUES = 600_000_000;
@@ -30,7 +31,7 @@ export class HeadUpload {
   static begin(model: ModelSpec, m: DeviceMessage<'head/begin'>, payload: Buffer): HeadUpload {
     if (m.rows !== model.vocabularySize || m.cols !== model.hiddenSize) throw new WireError('MODEL_MISMATCH', 'head shape does not match the model');
     if (m.rows * m.cols > MAX_HEAD_VALUES) throw new WireError('LIMIT', `heads of more than ${MAX_HEAD_VALUES} values are not accepted by this server`);
-    const normValues = model.normKind === 'layer' ? 2 * m.cols : m.cols;
+    const normValues = normValuesOf(model, m.cols);
     if (payload.length !== 4 * normValues) throw new WireError('BAD_FRAME', `head/begin payload must be the f32 norm weight${normValues > m.cols ? ' and bias' : ''}`);
     const norm = new Float32Array(normValues);
     Buffer.from(norm.buffer).set(payload);

@@ -109,7 +109,12 @@ export function headKeyOf(name: string): HeadKey | undefined {
   return m ? { fingerprint: m[1]!, headDigest: m[2]! } : undefined;
 }
 
-/** Bytes a stored head of rows x cols takes (`normValues`: cols, or 2 cols with a LayerNorm's bias). */
+/** Values in a model's stored norm: its weight [cols], then a LayerNorm's bias [cols] (ModelSpec.normKind 'layer'). */
+export function normValuesOf(model: Pick<ModelSpec, 'normKind'>, cols: number): number {
+  return model.normKind === 'layer' ? 2 * cols : cols;
+}
+
+/** Bytes a stored head of rows x cols takes (`normValues`: normValuesOf). */
 export function headBytes(rows: number, cols: number, normValues = cols): number {
   return 8 + 4 * normValues + 2 * rows * cols;
 }
