@@ -27,7 +27,7 @@
 // so no [tokens x vocabulary] tensor and no transposed copy of the head is held.
 //
 // JavaScript:
-//   new HeadLoss(modelPath, normEpsilon, threads, tuning?: { tailMass, tailNats, maxCandidates }, head?: { tensor, normScale })
+//   new HeadLoss(modelPath, normEpsilon, threads, tuning?: { tailMass, tailNats, maxCandidates }, head?: { tensor, normScale, softCap, layerNorm })
 //   load() -> Promise<{ vocabularySize, hiddenSize, type, mapped }>
 //   run(y: Float32Array [n*d], targets: Int32Array [n], weights: Float32Array [n], wantGrad)
 //     -> Promise<{ losses: Float32Array [n], top: Int32Array [n] (each token's highest-scoring id), grad?: Float32Array [n*d], denseTokens: number }>
@@ -149,7 +149,7 @@ struct HeadWeights {
   ~HeadWeights();
 };
 
-/** Which matrix is the head and what multiplies the final norm's weight (the model's logit multiplier, extension/core/model/headDescription.ts). */
+/** The model's output step as extension/core/model/headDescription.ts describes it: which matrix is the head, what multiplies the final norm (the logit multiplier), the soft cap, the norm's kind. */
 struct HeadChoice {
   std::string tensor;     // empty: output.weight, else token_embd.weight
   float normScale = 1.0f;
