@@ -60,25 +60,41 @@ function writeVocabulary(rows: Piece[], out: string): void {
   fs.renameSync(`${out}.tmp`, out);
 }
 
-/** How often llama.cpp's tokenizer emits each id of `vocab` over `text` (through a one-layer model carrying that vocabulary). */
-export async function tokenCounts(vocab: string, text: string): Promise<{ counts: Uint32Array; tokens: number }> {
+/** What llama.cpp's tokenizer emits over a text: each id's count, and each pair's of ids in a row (key `previous * vocabulary + next`). */
+export interface TokenCounts {
+  counts: Uint32Array;
+  tokens: number;
+  pairs: Map<number, number>;
+}
+
+/** How often llama.cpp's tokenizer emits each id of `vocab`, and each pair of ids in a row, over `text` (through a one-layer model carrying that vocabulary). */
+export async function tokenCounts(vocab: string, text: string): Promise<TokenCounts> {
   const model = `${vocab}.counter.gguf`;
   writeTinyModel({ out: model, layers: 1, embd: 64, heads: 2, kvHeads: 2, ff: 64, type: 'f32', vocab, seed: 1 });
   const bb = await Backbone.open(model, { threads: 2 });
   try {
     const counts = new Uint32Array((readGgufFile(vocab).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length);
+    const pairs = new Map<number, number>();
     let tokens = 0;
-    // In pieces cut at line ends (no piece crosses a line, as spm_train saw them).
+    // In pieces cut at line ends (no piece crosses a line, as spm_train saw them); a pair that spans two pieces is counted too.
+    let previous = -1;
     for (let at = 0; at < text.length;) {
       let end = Math.min(text.length, at + 65536);
       const nl = text.indexOf('\n', end);
       end = nl < 0 ? text.length : nl + 1;
       const ids = bb.tokenize(text.slice(at, end), false);
       tokens += ids.length;
-      for (const id of ids) counts[id]!++;
+      for (const id of ids) {
+        counts[id]!++;
+        if (previous >= 0) {
+          const key = previous * counts.length + id;
+          pairs.set(key, (pairs.get(key) ?? 0) + 1);
+        }
+        previous = id;
+      }
       at = end;
     }
-    return { counts, tokens };
+    return { counts, tokens, pairs };
   } finally {
     bb.dispose();
     fs.rmSync(model, { force: true });

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Backbone } from '../../extension/core/model/Backbone';
-import { evaluateWorkspace } from '../../extension/core/workspace/evaluateWorkspace';
+import { evaluateWorkspace, heldOutSequences } from '../../extension/core/workspace/evaluateWorkspace';
 import { scanWorkspace } from '../../extension/core/workspace/scanWorkspace';
 import { writeTinyModel } from '../../extension/core/model/tinyModel';
 import { GgmlTypeName } from '../../extension/core/model/gguf/ggmlTypes';
@@ -183,6 +183,16 @@ export async function heldOutLoss(model: string, workspace: string, threads = 1)
   const bb = await Backbone.open(model, { contextSize: 4 * (SEQ + 1), maxSequences: 4, threads });
   try {
     return (await evaluateWorkspace(bb, workspace, { seqLen: SEQ })).heldOutLoss;
+  } finally {
+    bb.dispose();
+  }
+}
+
+/** The held-out sequences heldOutLoss scores (`model` only tokenizes). */
+export async function heldOutSequencesOf(model: string, workspace: string): Promise<Int32Array[]> {
+  const bb = await Backbone.open(model, { threads: 1 });
+  try {
+    return await heldOutSequences(bb, workspace, { seqLen: SEQ });
   } finally {
     bb.dispose();
   }

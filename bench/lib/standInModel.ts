@@ -14,8 +14,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readGgufFile } from '../../extension/core/model/gguf/GgufFile';
 import { writeTinyModel } from '../../extension/core/model/tinyModel';
-import { heldOutLoss, measure } from './peerHarness';
-import { NORMAL_TOKEN, tokenCounts } from '../../harness/spmVocabulary';
+import { heldOutLoss, heldOutSequencesOf, measure } from './peerHarness';
+import { ngramHeldOutLosses } from './ngramBaselines';
+import { NORMAL_TOKEN, TokenCounts, tokenCounts } from '../../harness/spmVocabulary';
 import { fitTokenizer, MIN_PIECE_COUNT, pretrainCorpus, PretrainCorpus, QUALITY_CACHE, SPM_PIECES } from './qualityCorpus';
 
 export const STAND_IN = { layers: 6, embd: 384, heads: 6, kvHeads: 6, ff: 1024 };
@@ -59,9 +60,8 @@ export function pretrainSeconds(pretrained: string, measured: number | null): nu
   return measured ?? (fs.existsSync(`${pretrained}.seconds`) ? Number(fs.readFileSync(`${pretrained}.seconds`, 'utf8')) : null);
 }
 
-/** Share of the learned pieces (not control or byte tokens) that the tokenizer emits at least MIN_PIECE_COUNT times over the corpus. */
-export async function vocabCoverage(vocab: string, corpusFile: string): Promise<{ coverage: number; pieces: number; tokens: number }> {
-  const { counts, tokens } = await tokenCounts(vocab, fs.readFileSync(corpusFile, 'utf8'));
+/** Share of the learned pieces (not control or byte tokens) that the tokenizer emits at least MIN_PIECE_COUNT times over the corpus (its counts). */
+export function vocabCoverage(vocab: string, { counts, tokens }: TokenCounts): { coverage: number; pieces: number; tokens: number } {
   const types = readGgufFile(vocab).kv.get('tokenizer.ggml.token_type')!.value as number[];
   let pieces = 0;
   let often = 0;
@@ -75,7 +75,9 @@ export async function vocabCoverage(vocab: string, corpusFile: string): Promise<
 
 /** What quality.json's `standIn` holds (issue 24's keys). */
 export async function describeStandIn(stand: Awaited<ReturnType<typeof standInBackbone>>, workspace: string): Promise<Record<string, unknown>> {
-  const cov = await vocabCoverage(stand.vocab, stand.corpus.file);
+  const fit = await tokenCounts(stand.vocab, fs.readFileSync(stand.corpus.file, 'utf8'));
+  const cov = vocabCoverage(stand.vocab, fit);
+  const ngrams = ngramHeldOutLosses(fit, await heldOutSequencesOf(stand.base, workspace));
   return {
     layers: STAND_IN.layers,
     embd: STAND_IN.embd,
@@ -89,6 +91,9 @@ export async function describeStandIn(stand: Awaited<ReturnType<typeof standInBa
     vocabCoverageRule: `share of the ${cov.pieces} learned pieces (control and byte tokens aside) emitted at least ${MIN_PIECE_COUNT} times over the pretraining corpus by llama.cpp's tokenizer`,
     heldOutLoss: await heldOutLoss(stand.pretrained, workspace, 2),
     heldOutLossRandomWeights: await heldOutLoss(stand.base, workspace, 2),
+    unigramHeldOutLoss: ngrams.unigram,
+    bigramHeldOutLoss: ngrams.bigram,
+    ngramRule: `add-one-smoothed unigram and bigram models fitted on the pretraining corpus's ${fit.tokens} tokens (the same tokenizer), scored on the held-out loss's ${ngrams.tokens} positions`,
     heldOutOn: 'the quality workspace\'s held-out files (a package the stand-in never saw)',
   };
 }

@@ -55,8 +55,9 @@ describe('sentencepiece vocabulary for the stand-in', function () {
   });
 
   it('counts what the tokenizer emits over a text: every token of it, most learned pieces more than once', async () => {
-    const { counts, tokens } = await tokenCounts(vocab, text);
+    const { counts, tokens, pairs } = await tokenCounts(vocab, text);
     assert.equal(counts.reduce((a, b) => a + b, 0), tokens);
+    assert.equal([...pairs.values()].reduce((a, b) => a + b, 0), tokens - 1, 'every token but the first follows one');
     const types = readGgufFile(vocab).kv.get('tokenizer.ggml.token_type')!.value as number[];
     const learned = types.map((t, i) => (t === NORMAL_TOKEN ? counts[i]! : -1)).filter((c) => c >= 0);
     assert.ok(learned.filter((c) => c >= 2).length > 0.8 * learned.length, 'fitted to this text, most pieces recur in it');
