@@ -7,7 +7,7 @@ import { describeHead } from '../../../../../extension/core/model/headDescriptio
 import { readGgufFile } from '../../../../../extension/core/model/gguf/GgufFile';
 import type { HeadTuning } from '../../../../../extension/native/NativeAddon';
 import { SeededRandom } from '../../../../../common/SeededRandom';
-import { tinyModel } from '../../../../helpers/models';
+import { tinyModel, VOCAB_DIR } from '../../../../helpers/models';
 import { tmpDir } from '../../../../helpers/workspaces';
 
 /** z as ggml's matrix product with a Q8_0 matrix sees it: rounded to 8 bits per block of 32, one scale per block (as llama.cpp's own head does). */
@@ -42,7 +42,7 @@ function reference(
     const z = roundZ(xhat.map((x, i) => x * norm[i]!));
     const logits = new Float64Array(V);
     for (let v = 0; v < V; v++) for (let i = 0; i < d; i++) logits[v] += W[v * d + i]! * z[i]!;
-    const m = Math.max(...logits);
+    const m = logits.reduce((a, b) => Math.max(a, b), -Infinity);
     top.push(logits.indexOf(m));
     let s = 0;
     for (const l of logits) s += Math.exp(l - m);
@@ -74,11 +74,13 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     ['Q8_0, every token sparse', { type: 'q8_0' as const }, { tailMass: 1, maxCandidates: 1 << 20 }, 'none'],
     ['Q8_0, every token dense', { type: 'q8_0' as const }, { maxCandidates: 0 }, 'all'],
     ['Q8_0, sparse rows within 0.5 nats, the rest as the mean row', { type: 'q8_0' as const }, { tailMass: 1, tailNats: 0.5, maxCandidates: 1 << 20 }, 'none'],
+    // 151,936 rows at d = 64: the dense product's W_c^T comes in two chunks, the second padded to 32 rows, tiles on two threads.
+    ['Q8_0, every token dense, Qwen2\'s vocabulary, two threads', { type: 'q8_0' as const, vocab: path.join(VOCAB_DIR, 'ggml-vocab-qwen2.gguf') }, { maxCandidates: 0 }, 'all', 2],
   ] as const;
-  for (const [label, options, tuning, dense] of cases as readonly (readonly [string, (typeof cases)[number][1], HeadTuning | undefined, 'all' | 'none' | undefined])[]) {
+  for (const [label, options, tuning, dense, threads] of cases as readonly (readonly [string, (typeof cases)[number][1], HeadTuning | undefined, 'all' | 'none' | undefined, number?])[]) {
     it(`computes each token's loss and the gradient wrt the hidden state as a float64 reference does (${label})`, async () => {
       const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 11, ...options });
-      const head = await DeviceHead.open(model, eps, 1, tuning);
+      const head = await DeviceHead.open(model, eps, threads ?? 1, tuning);
       try {
         assert.equal(head.mapped, true, 'the head is read through the file mapping');
         const d = head.hiddenSize;
