@@ -166,6 +166,8 @@ ggml_tensor* capLogits(ggml_context* ctx, ggml_tensor* logits, float cap, ggml_t
 void finalNorm(const HeadWeights& hw, float eps, const float* y, int64_t n, float* z, float* xhat, float* inv);
 /** One token's gradient at y from dn = dL/dz * norm [d], through the final norm. */
 void finalNormBackward(const HeadWeights& hw, const float* dn, const float* xhat, float inv, float* grad);
+/** W_c^T of the head's rows [v0, v0 + c) in Q8_0 [ceil(c / 32) * 32, d], zero-padded, on `threads` threads (HeadTranspose.cpp). */
+void transposeToQ8(const HeadWeights& hw, int64_t v0, int64_t c, int threads, std::vector<uint8_t>* out);
 /** The derivative of the capped part of a final logit (head update u_j B_v added after the cap): 1 without a cap. */
 float capSlope(const HeadWeights& hw, const float* b, int64_t k, const float* uj, int64_t v, float finalLogit);
 
