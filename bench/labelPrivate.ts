@@ -11,7 +11,7 @@
  *   npm run bench:label-private [-- --steps 8 --rounds 2]
  *   npm run bench:label-private -- --shape coder-1.5b
  *       the Qwen2.5-Coder-1.5B shape (qwen2, 28 x 1536, Q4_K_M from llama.cpp's
- *       quantizer; bench/results/labelPrivate-coder-1.5b.json): the same
+ *       quantizer; written as labelPrivate-coder-1.5b.json): the same
  *       vocabulary, so the head is a smaller share of the device's work
  */
 import { spawnSync } from 'node:child_process';
