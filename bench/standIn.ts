@@ -3,14 +3,29 @@
  * reports its vocabulary coverage and held-out loss:
  *
  *   npm run bench:stand-in      (writes bench/results/standIn.json)
+ *   npm run bench:stand-in -- --baselines
+ *                               (no pretraining: the corpus and tokenizer's vocabulary
+ *                               coverage and n-gram baselines, standInBaselines.json)
  */
 import { writeResult } from './lib/writeResult';
 import { buildPeer } from './lib/peerHarness';
 import { qualityWorkspace } from './lib/qualityCorpus';
-import { describeStandIn, standInBackbone } from './lib/standInModel';
+import { corpusBaselines, describeStandIn, standInBackbone, standInFiles } from './lib/standInModel';
+import { machineDescription } from './lib/benchModels';
 
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  if (process.argv.includes('--baselines')) {
+    const files = standInFiles();
+    const { fit, cov, ngrams } = await corpusBaselines(files, qualityWorkspace().dir);
+    writeResult('standInBaselines.json', {
+      pretrainBytes: files.corpus.bytes, pretrainPackages: files.corpus.packages, pretrainTokens: fit.tokens, vocabCoverage: cov.coverage,
+      unigramHeldOutLoss: ngrams.unigram, bigramHeldOutLoss: ngrams.bigram, heldOutTokens: ngrams.tokens,
+      heldOutOn: 'the quality workspace\'s held-out files, cut as the held-out loss cuts them', machine: machineDescription(),
+    });
+    console.log(`corpus ${(files.corpus.bytes / 1e6).toFixed(1)} MB from ${files.corpus.packages} packages, ${fit.tokens} tokens; vocabulary coverage ${(100 * cov.coverage).toFixed(1)}%; held-out loss of add-one n-grams: unigram ${ngrams.unigram.toFixed(4)}, bigram ${ngrams.bigram.toFixed(4)} over ${ngrams.tokens} tokens`);
+    return;
+  }
   const stand = await standInBackbone(buildPeer(), log);
   const out = await describeStandIn(stand, qualityWorkspace().dir);
   writeResult('standIn.json', out);

@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { readGgufFile } from '../../extension/core/model/gguf/GgufFile';
 import { writeTinyModel } from '../../extension/core/model/tinyModel';
 import { heldOutLoss, heldOutSequencesOf, measure } from './peerHarness';
-import { ngramHeldOutLosses } from './ngramBaselines';
+import { NgramLosses, ngramHeldOutLosses } from './ngramBaselines';
 import { NORMAL_TOKEN, TokenCounts, tokenCounts } from '../../harness/spmVocabulary';
 import { fitTokenizer, MIN_PIECE_COUNT, pretrainCorpus, PretrainCorpus, QUALITY_CACHE, SPM_PIECES } from './qualityCorpus';
 
@@ -35,8 +35,8 @@ export function pretrainText(): string {
   return pretrainCorpus().file;
 }
 
-/** The pretrained stand-in (pretrained once, then cached); seconds is null when the cached one was used. */
-export async function standInBackbone(bin: string, log: (line: string) => void): Promise<{ pretrained: string; base: string; seconds: number | null; corpus: PretrainCorpus; vocab: string }> {
+/** The stand-in's corpus, tokenizer and random-weight model (made once, cached), and where its pretrained model goes. */
+export function standInFiles(): { pretrained: string; base: string; corpus: PretrainCorpus; vocab: string } {
   const s = STAND_IN;
   const corpus = pretrainCorpus();
   const vocab = fitTokenizer(corpus);
@@ -46,6 +46,13 @@ export async function standInBackbone(bin: string, log: (line: string) => void):
   if (!fs.existsSync(base)) {
     writeTinyModel({ out: base, layers: s.layers, embd: s.embd, heads: s.heads, kvHeads: s.kvHeads, ff: s.ff, type: 'f32', vocab, seed: 5, contextLength: 2048 });
   }
+  return { pretrained, base, corpus, vocab };
+}
+
+/** The pretrained stand-in (pretrained once, then cached); seconds is null when the cached one was used. */
+export async function standInBackbone(bin: string, log: (line: string) => void): Promise<{ pretrained: string; base: string; seconds: number | null; corpus: PretrainCorpus; vocab: string }> {
+  const s = STAND_IN;
+  const { pretrained, base, corpus, vocab } = standInFiles();
   if (fs.existsSync(pretrained)) return { pretrained, base, seconds: null, corpus, vocab };
   log(`pretraining the stand-in (${s.layers} x ${s.embd}, ${SPM_PIECES}-piece vocabulary) with llama-finetune on ${(corpus.bytes / 1e6).toFixed(1)} MB of code from ${corpus.packages} packages (once, cached; about an hour on 2 cores) ...`);
   const m = await measure(path.join(bin, 'llama-finetune'), ['-m', base, '-f', corpus.file, '-c', String(PRETRAIN_CONTEXT), '-b', String(PRETRAIN_CONTEXT), '-ub', String(PRETRAIN_CONTEXT), '--epochs', String(PRETRAIN_EPOCHS), '-lr', String(PRETRAIN_LR), '-t', '2', '-o', `${pretrained}.tmp`]);
@@ -73,11 +80,15 @@ export function vocabCoverage(vocab: string, { counts, tokens }: TokenCounts): {
   return { coverage: often / pieces, pieces, tokens };
 }
 
+/** What the corpus and tokenizer alone give (no pretrained model): vocabulary coverage and the n-gram baselines on `workspace`'s held-out sequences. */
+export async function corpusBaselines(files: ReturnType<typeof standInFiles>, workspace: string): Promise<{ fit: TokenCounts; cov: ReturnType<typeof vocabCoverage>; ngrams: NgramLosses }> {
+  const fit = await tokenCounts(files.vocab, fs.readFileSync(files.corpus.file, 'utf8'));
+  return { fit, cov: vocabCoverage(files.vocab, fit), ngrams: ngramHeldOutLosses(fit, await heldOutSequencesOf(files.base, workspace)) };
+}
+
 /** What quality.json's `standIn` holds (issue 24's keys). */
 export async function describeStandIn(stand: Awaited<ReturnType<typeof standInBackbone>>, workspace: string): Promise<Record<string, unknown>> {
-  const fit = await tokenCounts(stand.vocab, fs.readFileSync(stand.corpus.file, 'utf8'));
-  const cov = vocabCoverage(stand.vocab, fit);
-  const ngrams = ngramHeldOutLosses(fit, await heldOutSequencesOf(stand.base, workspace));
+  const { fit, cov, ngrams } = await corpusBaselines(stand, workspace);
   return {
     layers: STAND_IN.layers,
     embd: STAND_IN.embd,
