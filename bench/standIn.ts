@@ -17,13 +17,9 @@ async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   if (process.argv.includes('--baselines')) {
     const files = standInFiles();
-    const { fit, cov, ngrams } = await corpusBaselines(files, qualityWorkspace().dir);
-    writeResult('standInBaselines.json', {
-      pretrainBytes: files.corpus.bytes, pretrainPackages: files.corpus.packages, pretrainTokens: fit.tokens, vocabCoverage: cov.coverage,
-      unigramHeldOutLoss: ngrams.unigram, bigramHeldOutLoss: ngrams.bigram, heldOutTokens: ngrams.tokens,
-      heldOutOn: 'the quality workspace\'s held-out files, cut as the held-out loss cuts them', machine: machineDescription(),
-    });
-    console.log(`corpus ${(files.corpus.bytes / 1e6).toFixed(1)} MB from ${files.corpus.packages} packages, ${fit.tokens} tokens; vocabulary coverage ${(100 * cov.coverage).toFixed(1)}%; held-out loss of add-one n-grams: unigram ${ngrams.unigram.toFixed(4)}, bigram ${ngrams.bigram.toFixed(4)} over ${ngrams.tokens} tokens`);
+    const out: Record<string, unknown> = { ...(await corpusBaselines(files, qualityWorkspace().dir)), machine: machineDescription() };
+    writeResult('standInBaselines.json', out);
+    console.log(`corpus ${(files.corpus.bytes / 1e6).toFixed(1)} MB from ${files.corpus.packages} packages; vocabulary coverage ${(100 * (out.vocabCoverage as number)).toFixed(1)}%; held-out loss of add-one n-grams: unigram ${(out.unigramHeldOutLoss as number).toFixed(4)}, bigram ${(out.bigramHeldOutLoss as number).toFixed(4)}`);
     return;
   }
   const stand = await standInBackbone(buildPeer(), log);

@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { readGgufFile } from '../../extension/core/model/gguf/GgufFile';
 import { writeTinyModel } from '../../extension/core/model/tinyModel';
 import { heldOutLoss, heldOutSequencesOf, measure } from './peerHarness';
-import { NgramLosses, ngramHeldOutLosses } from './ngramBaselines';
+import { ngramHeldOutLosses } from './ngramBaselines';
 import { NORMAL_TOKEN, TokenCounts, tokenCounts } from '../../harness/spmVocabulary';
 import { fitTokenizer, MIN_PIECE_COUNT, pretrainCorpus, PretrainCorpus, QUALITY_CACHE, SPM_PIECES } from './qualityCorpus';
 
@@ -80,31 +80,34 @@ export function vocabCoverage(vocab: string, { counts, tokens }: TokenCounts): {
   return { coverage: often / pieces, pieces, tokens };
 }
 
-/** What the corpus and tokenizer alone give (no pretrained model): vocabulary coverage and the n-gram baselines on `workspace`'s held-out sequences. */
-export async function corpusBaselines(files: ReturnType<typeof standInFiles>, workspace: string): Promise<{ fit: TokenCounts; cov: ReturnType<typeof vocabCoverage>; ngrams: NgramLosses }> {
+/** What the corpus and tokenizer alone give (no pretrained model): their size, vocabulary coverage and the n-gram baselines on `workspace`'s held-out sequences. */
+export async function corpusBaselines(files: ReturnType<typeof standInFiles>, workspace: string): Promise<Record<string, unknown>> {
   const fit = await tokenCounts(files.vocab, fs.readFileSync(files.corpus.file, 'utf8'));
-  return { fit, cov: vocabCoverage(files.vocab, fit), ngrams: ngramHeldOutLosses(fit, await heldOutSequencesOf(files.base, workspace)) };
-}
-
-/** What quality.json's `standIn` holds (issue 24's keys). */
-export async function describeStandIn(stand: Awaited<ReturnType<typeof standInBackbone>>, workspace: string): Promise<Record<string, unknown>> {
-  const { fit, cov, ngrams } = await corpusBaselines(stand, workspace);
+  const cov = vocabCoverage(files.vocab, fit);
+  const ngrams = ngramHeldOutLosses(fit, await heldOutSequencesOf(files.base, workspace));
   return {
-    layers: STAND_IN.layers,
-    embd: STAND_IN.embd,
-    vocab: (readGgufFile(stand.vocab).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length,
-    pretrainBytes: stand.corpus.bytes,
-    pretrainPackages: stand.corpus.packages,
+    vocab: (readGgufFile(files.vocab).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length,
+    pretrainBytes: files.corpus.bytes,
+    pretrainPackages: files.corpus.packages,
     pretrainTokens: cov.tokens,
-    pretrainSeconds: pretrainSeconds(stand.pretrained, stand.seconds),
-    pretrainSettings: { epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, windowTokens: PRETRAIN_CONTEXT },
     vocabCoverage: cov.coverage,
     vocabCoverageRule: `share of the ${cov.pieces} learned pieces (control and byte tokens aside) emitted at least ${MIN_PIECE_COUNT} times over the pretraining corpus by llama.cpp's tokenizer`,
-    heldOutLoss: await heldOutLoss(stand.pretrained, workspace, 2),
-    heldOutLossRandomWeights: await heldOutLoss(stand.base, workspace, 2),
     unigramHeldOutLoss: ngrams.unigram,
     bigramHeldOutLoss: ngrams.bigram,
     ngramRule: `add-one-smoothed unigram and bigram models fitted on the pretraining corpus's ${fit.tokens} tokens (the same tokenizer), scored on the held-out loss's ${ngrams.tokens} positions`,
+  };
+}
+
+/** What quality.json's `standIn` holds (issue 24's keys, issue 37's baselines). */
+export async function describeStandIn(stand: Awaited<ReturnType<typeof standInBackbone>>, workspace: string): Promise<Record<string, unknown>> {
+  return {
+    layers: STAND_IN.layers,
+    embd: STAND_IN.embd,
+    ...(await corpusBaselines(stand, workspace)),
+    pretrainSeconds: pretrainSeconds(stand.pretrained, stand.seconds),
+    pretrainSettings: { epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, windowTokens: PRETRAIN_CONTEXT },
+    heldOutLoss: await heldOutLoss(stand.pretrained, workspace, 2),
+    heldOutLossRandomWeights: await heldOutLoss(stand.base, workspace, 2),
     heldOutOn: 'the quality workspace\'s held-out files (a package the stand-in never saw)',
   };
 }
