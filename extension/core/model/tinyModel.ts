@@ -34,6 +34,8 @@ export interface TinyModelOptions {
   untiedHead?: boolean;
   /** Add fill-in-the-middle control tokens (`<|fim_prefix|>`, `<|fim_suffix|>`, `<|fim_middle|>`) to the built-in vocabulary and declare them in the metadata. Default false. */
   fim?: boolean;
+  /** The weights of each tensor by its GGUF name (row-major, as many as the tensor holds), instead of seeded random ones: a trained model written in this layout. Default: random. */
+  values?: (name: string) => Float32Array;
 }
 
 /**
@@ -208,20 +210,22 @@ export function writeTinyModel(options: TinyModelOptions): void {
   // One PRNG per tensor, seeded from (seed, tensor index): tensors are
   // independent of generation order and of each other's types.
   let tensorIndex = 0;
+  const given = (name: string, count: number): Float32Array | undefined => {
+    if (options.values === undefined) return undefined;
+    const v = options.values(name);
+    if (v.length !== count) throw new MobiError('BAD_ARGUMENT', `${name} needs ${count} values, not ${v.length}.`);
+    return v;
+  };
   const matrix = (name: string, cols: number, rows: number, scale: number, t: number): void => {
     const rng = new SeededRandom((seed * 1000003 + ++tensorIndex * 7919) >>> 0);
     w.tensor(name, [cols, rows], t, () => {
-      const values = new Float32Array(cols * rows);
-      for (let i = 0; i < values.length; i++) values[i] = rng.normal() * scale;
-      return encodeTensor(t, values);
+      return encodeTensor(t, given(name, cols * rows) ?? random(rng, cols * rows, 0, scale));
     });
   };
   const vector = (name: string, size: number, around: number): void => {
     const rng = new SeededRandom((seed * 1000003 + ++tensorIndex * 7919) >>> 0);
     w.tensor(name, [size], GgmlType.F32, () => {
-      const values = new Float32Array(size);
-      for (let i = 0; i < size; i++) values[i] = around + 0.1 * rng.normal();
-      return encodeTensor(GgmlType.F32, values);
+      return encodeTensor(GgmlType.F32, given(name, size) ?? random(rng, size, around, 0.1));
     });
   };
   const norm = (name: string, size = d): void => {
@@ -265,4 +269,10 @@ export function writeTinyModel(options: TinyModelOptions): void {
   }
   fs.mkdirSync(path.dirname(path.resolve(options.out)), { recursive: true });
   w.write(options.out);
+}
+
+function random(rng: SeededRandom, count: number, around: number, scale: number): Float32Array {
+  const values = new Float32Array(count);
+  for (let i = 0; i < count; i++) values[i] = around + scale * rng.normal();
+  return values;
 }
