@@ -67,38 +67,47 @@ export interface TokenCounts {
   pairs: Map<number, number>;
 }
 
-/** How often llama.cpp's tokenizer emits each id of `vocab`, and each pair of ids in a row, over `text` (through a one-layer model carrying that vocabulary). */
-export async function tokenCounts(vocab: string, text: string): Promise<TokenCounts> {
+/** What llama.cpp's tokenizer emits for `text` with `vocab` (through a one-layer model carrying that vocabulary), no BOS. */
+export async function tokenizeText(vocab: string, text: string): Promise<Int32Array> {
   const model = `${vocab}.counter.gguf`;
   writeTinyModel({ out: model, layers: 1, embd: 64, heads: 2, kvHeads: 2, ff: 64, type: 'f32', vocab, seed: 1 });
   const bb = await Backbone.open(model, { threads: 2 });
   try {
-    const counts = new Uint32Array((readGgufFile(vocab).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length);
-    const pairs = new Map<number, number>();
-    let tokens = 0;
-    // In pieces cut at line ends (no piece crosses a line, as spm_train saw them); a pair that spans two pieces is counted too.
-    let previous = -1;
+    const parts: Int32Array[] = [];
+    // In pieces cut at line ends (no piece crosses a line, as spm_train saw them).
     for (let at = 0; at < text.length;) {
       let end = Math.min(text.length, at + 65536);
       const nl = text.indexOf('\n', end);
       end = nl < 0 ? text.length : nl + 1;
-      const ids = bb.tokenize(text.slice(at, end), false);
-      tokens += ids.length;
-      for (const id of ids) {
-        counts[id]!++;
-        if (previous >= 0) {
-          const key = previous * counts.length + id;
-          pairs.set(key, (pairs.get(key) ?? 0) + 1);
-        }
-        previous = id;
-      }
+      parts.push(bb.tokenize(text.slice(at, end), false));
       at = end;
     }
-    return { counts, tokens, pairs };
+    const out = new Int32Array(parts.reduce((a, p) => a + p.length, 0));
+    let n = 0;
+    for (const p of parts) {
+      out.set(p, n);
+      n += p.length;
+    }
+    return out;
   } finally {
     bb.dispose();
     fs.rmSync(model, { force: true });
   }
+}
+
+/** How often llama.cpp's tokenizer emits each id of `vocab`, and each pair of ids in a row, over `text` (a pair that spans two of tokenizeText's pieces is counted too). */
+export async function tokenCounts(vocab: string, text: string): Promise<TokenCounts> {
+  const ids = await tokenizeText(vocab, text);
+  const counts = new Uint32Array((readGgufFile(vocab).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length);
+  const pairs = new Map<number, number>();
+  ids.forEach((id, i) => {
+    counts[id]!++;
+    if (i > 0) {
+      const key = ids[i - 1]! * counts.length + id;
+      pairs.set(key, (pairs.get(key) ?? 0) + 1);
+    }
+  });
+  return { counts, tokens: ids.length, pairs };
 }
 
 /** Fits a BPE vocabulary of `pieces` pieces (byte and control tokens included) to the text in `corpusFile` and writes it to `out` as a vocabulary-only GGUF. */
