@@ -4,10 +4,11 @@
  *
  * - the workspace: a few whole packages' hand-written source (WORKSPACE_PACKAGES),
  *   split by the product's own held-out rule, the same split for every method;
- * - the pretraining corpus: at least 4 MB of TypeScript and JavaScript from
- *   every other installed package, at most PER_PACKAGE_BYTES from each (so
- *   one large package cannot be most of it), deduplicated by content,
- *   minified and generated bundles left out;
+ * - the pretraining corpus: at least 20 MB of code (TypeScript, JavaScript and
+ *   the C and C++ some packages ship; issue 37) from every other installed
+ *   package, at most PER_PACKAGE_BYTES from each (so one large package cannot
+ *   be most of it), deduplicated by content, minified and generated bundles
+ *   left out;
  * - the tokenizer: a sentencepiece BPE vocabulary fitted to that corpus
  *   (harness/spmVocabulary.ts).
  */
@@ -27,12 +28,12 @@ const WORKSPACE_PACKAGES: { name: string; folder: string; keep: RegExp }[] = [
 ];
 /** The workspace: whole files, in sorted order, until this many bytes (issue 24: at least 256 KB). */
 const WORKSPACE_BYTES = 260_000;
-export const PRETRAIN_BYTES = 4_000_000;
-const PER_PACKAGE_BYTES = 40_000;
+export const PRETRAIN_BYTES = 20_500_000;
+const PER_PACKAGE_BYTES = 250_000;
 /** Sentencepiece pieces (byte and control tokens included). */
 export const SPM_PIECES = 8192;
 
-const isCode = (name: string): boolean => /\.(ts|mts|cts|js|mjs|cjs)$/.test(name) && !/\.min\.js$/.test(name) && !/\.d\.[cm]?ts$/.test(name);
+const isCode = (name: string): boolean => /\.(ts|mts|cts|js|mjs|cjs|c|cc|cpp|h|hpp)$/.test(name) && !/\.min\.js$/.test(name) && !/\.d\.[cm]?ts$/.test(name);
 const isDeclaration = (name: string): boolean => /\.d\.[cm]?ts$/.test(name);
 
 /** A file that looks generated: minified (long lines) or a bundle with a source map inlined. */
@@ -146,7 +147,7 @@ export function pretrainCorpus(): PretrainCorpus {
       if (bytes >= PRETRAIN_BYTES) break;
     }
   }
-  if (bytes < PRETRAIN_BYTES) throw new RangeError(`only ${bytes} bytes of TypeScript and JavaScript found outside the workspace's packages (need ${PRETRAIN_BYTES})`);
+  if (bytes < PRETRAIN_BYTES) throw new RangeError(`only ${bytes} bytes of code found outside the workspace's packages (need ${PRETRAIN_BYTES})`);
   const text = parts.join('');
   fs.mkdirSync(QUALITY_CACHE, { recursive: true });
   const file = path.join(QUALITY_CACHE, `pretrain-${PRETRAIN_BYTES}.txt`);
