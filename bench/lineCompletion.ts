@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const bin = buildPeer();
   const standin = process.argv.includes('standin');
-  const { pretrained: PRETRAINED } = standin ? await standInBackbone(bin, log) : await pretrainedBackbone(bin, log);
+  const { pretrained: PRETRAINED } = standin ? await standInBackbone(log) : await pretrainedBackbone(bin, log);
   const tag = standin ? 'standin-' : '';
   const ws = corpus(FINETUNE_BYTES);
   const cases = positions(ws.workspace, PER_LINE);

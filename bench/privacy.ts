@@ -28,7 +28,7 @@ import { scanWorkspace } from '../extension/core/workspace/scanWorkspace';
 import { applyLinearMap, fitLinearMap, nearestEmbeddingLookup, rowsOf, share, topIds } from '../harness/privacyAttacks';
 import { machineDescription } from './lib/benchModels';
 import { lossPlotSvg } from './lib/lossPlot';
-import { buildPeer, PEERS, ROOT, SEQ } from './lib/peerHarness';
+import { PEERS, ROOT, SEQ } from './lib/peerHarness';
 import { qualityWorkspace } from './lib/qualityCorpus';
 import { pretrainText, standInBackbone, STAND_IN } from './lib/standInModel';
 import { writeResult } from './lib/writeResult';
@@ -92,7 +92,7 @@ interface LayerResult { layer: number; nearestEmbedding: number; logitLens: numb
 
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
-  const { pretrained } = await standInBackbone(buildPeer(), log);
+  const { pretrained } = await standInBackbone(log);
   const ws = qualityWorkspace();
   const scratch = path.join(PEERS, 'privacy');
   const bb = await Backbone.open(pretrained, { contextSize: 4 * SEQ, maxSequences: 4, threads: 2 });

@@ -110,7 +110,7 @@ function partial(key: string): { get<T>(name: string): T | undefined; set(name: 
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const bin = buildPeer();
-  const stand = await standInBackbone(bin, log);
+  const stand = await standInBackbone(log);
   const ws = qualityWorkspace();
   const parts = partial(JSON.stringify([path.basename(stand.pretrained), ws.bytes, PEER_RATES, PEER_SWEEP_EPOCHS, PEER_EPOCHS, SEQ, BATCH]));
   // A description saved before the n-gram baselines were measured is made again (the pretrained stand-in is cached).

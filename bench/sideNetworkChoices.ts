@@ -103,7 +103,7 @@ async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   const bin = buildPeer();
   const standin = process.argv.includes('standin');
-  const { pretrained } = standin ? await standInBackbone(bin, log) : await pretrainedBackbone(bin, log);
+  const { pretrained } = standin ? await standInBackbone(log) : await pretrainedBackbone(bin, log);
   const ws = corpus(FINETUNE_BYTES);
   if (process.argv.includes('--fit-only')) {
     const previous = JSON.parse(fs.readFileSync(resultsFile(standin), 'utf8')) as Record<string, unknown>;

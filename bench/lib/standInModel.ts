@@ -1,70 +1,148 @@
 /**
- * The fair stand-in for a real code model (issue 24): 6 layers, d = 384, a
- * sentencepiece BPE vocabulary of 8,192 pieces fitted to its own pretraining
- * corpus, pretrained by llama-finetune on 4 MB of TypeScript and JavaScript
- * from 400-odd installed packages (bench/lib/qualityCorpus.ts; the workspace's
- * package is not among them). Built once, cached under bench/.cache/quality
- * by the corpus's hash and the settings (about an hour on 2 cores).
+ * The fair stand-in for a real code model (issues 24 and 37): 6 layers,
+ * d = 384, a sentencepiece BPE vocabulary of 8,192 pieces fitted to its own
+ * pretraining corpus, pretrained for one epoch on 20 MB of code from the
+ * installed packages (bench/lib/qualityCorpus.ts; the workspace's package is
+ * not among them) by the project's own ONNX Runtime pretraining step
+ * (bench/lib/pretrain/), with warm-up, a peak rate of 1e-3 and cosine decay.
  *
- * The entry point is bench/standIn.ts:
+ * Built once and committed: bench/stand-in/ holds the Q8_0 model, its sha256
+ * and how it was made (STAND_IN_MODEL, STAND_IN_RECORD). The benchmarks use
+ * it as the F32 model its Q8_0 weights give (the on-device peer trains F32
+ * only), so a fresh machine and the machine that built it run the same
+ * weights. Without it the build runs, resumable from its checkpoints under
+ * bench/.cache/quality (about two hours on 2 cores):
  *
- *   npm run bench:stand-in      (pretrains if needed, reports coverage and held-out loss)
+ *   npm run bench:stand-in      (builds if needed, reports coverage and held-out loss)
  */
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readGgufFile } from '../../extension/core/model/gguf/GgufFile';
-import { writeTinyModel } from '../../extension/core/model/tinyModel';
-import { heldOutLoss, heldOutSequencesOf, measure } from './peerHarness';
+import { heldOutLoss, heldOutSequencesOf } from './peerHarness';
 import { ngramHeldOutLosses } from './ngramBaselines';
-import { NORMAL_TOKEN, TokenCounts, tokenCounts } from '../../harness/spmVocabulary';
+import { NORMAL_TOKEN, TokenCounts, tokenCounts, tokenizeText } from '../../harness/spmVocabulary';
 import { fitTokenizer, MIN_PIECE_COUNT, pretrainCorpus, PretrainCorpus, QUALITY_CACHE, SPM_PIECES } from './qualityCorpus';
+import { PretrainSettings, initialWeights } from './pretrain/Pretrainer';
+import { PretrainShape } from './pretrain/pretrainGraph';
+import { PretrainPoint, pretrainStandIn } from './pretrain/pretrainStandIn';
+import { readWeights, writeStandIn } from './pretrain/standInWeights';
 
 export const STAND_IN = { layers: 6, embd: 384, heads: 6, kvHeads: 6, ff: 1024 };
-const PRETRAIN_EPOCHS = 1;
-/**
- * llama-finetune's Adam has no clipping, warm-up or per-tensor rates: at 2e-4
- * and above the training loss climbed back above uniform within a few hundred
- * steps on the first stand-in (docs/benchmarks.md), so the rate is low.
- */
-const PRETRAIN_LR = 5e-5;
-/** Tokens per pretraining window (llama-finetune takes one optimizer step per window; windows overlap by half). */
-const PRETRAIN_CONTEXT = 512;
+/** The pretraining (issue 37: warm-up, a peak near 1e-3 for this size, decay). */
+export const STAND_IN_PRETRAIN: PretrainSettings = {
+  batch: 8, window: 512, peakLr: 1e-3, warmupSteps: 100, finalLrRatio: 0.1, weightDecay: 0.1, beta1: 0.9, beta2: 0.95, clipNorm: 1, seed: 5,
+};
+/** Context length written into the model (the windows are 512 tokens). */
+const CONTEXT_LENGTH = 2048;
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+/** The committed stand-in and the record of how it was made. */
+export const STAND_IN_MODEL = path.join(ROOT, 'bench', 'stand-in', 'standin-6x384-q8_0.gguf');
+export const STAND_IN_RECORD = path.join(ROOT, 'bench', 'stand-in', 'standin-6x384.json');
+
+/** What STAND_IN_RECORD holds. */
+export interface StandInRecord {
+  sha256: string;
+  corpus: { bytes: number; packages: number; files: number; hash: string };
+  tokens: number;
+  shape: typeof STAND_IN;
+  settings: PretrainSettings;
+  steps: number;
+  trainedTokens: number;
+  pretrainSeconds: number;
+  engine: string;
+  curve: PretrainPoint[];
+}
 
 /** The pretraining corpus (its text file is the public text the privacy audit's inverter is fitted on). */
 export function pretrainText(): string {
   return pretrainCorpus().file;
 }
 
-/** The stand-in's corpus, tokenizer and random-weight model (made once, cached), and where its pretrained model goes. */
+const shapeOf = (vocab: number): PretrainShape => ({ layers: STAND_IN.layers, embd: STAND_IN.embd, heads: STAND_IN.heads, ff: STAND_IN.ff, vocab });
+const vocabSize = (file: string): number => (readGgufFile(file).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length;
+const sha256Of = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+
+/**
+ * The stand-in's corpus and tokenizer (the committed model's when there is one,
+ * else fitted to the corpus), its random-weight model (the pretraining's
+ * initial weights) and where its pretrained F32 model goes.
+ */
 export function standInFiles(): { pretrained: string; base: string; corpus: PretrainCorpus; vocab: string } {
-  const s = STAND_IN;
   const corpus = pretrainCorpus();
-  const vocab = fitTokenizer(corpus);
-  const name = `standin-${s.layers}x${s.embd}-bpe${SPM_PIECES}-${corpus.hash}`;
-  const base = path.join(QUALITY_CACHE, `${name}-f32.gguf`);
-  const pretrained = path.join(QUALITY_CACHE, `${name}-pretrained-${PRETRAIN_EPOCHS}-lr${PRETRAIN_LR}-c${PRETRAIN_CONTEXT}.gguf`);
+  const vocab = fs.existsSync(STAND_IN_MODEL) ? STAND_IN_MODEL : fitTokenizer(corpus);
+  const tag = crypto.createHash('sha256').update(JSON.stringify([STAND_IN, STAND_IN_PRETRAIN, fs.existsSync(STAND_IN_MODEL) ? sha256Of(STAND_IN_MODEL) : corpus.hash])).digest('hex').slice(0, 12);
+  const name = `standin-${STAND_IN.layers}x${STAND_IN.embd}-bpe${SPM_PIECES}-${tag}`;
+  const base = path.join(QUALITY_CACHE, `${name}-init-f32.gguf`);
+  const pretrained = path.join(QUALITY_CACHE, `${name}-pretrained-f32.gguf`);
   if (!fs.existsSync(base)) {
-    writeTinyModel({ out: base, layers: s.layers, embd: s.embd, heads: s.heads, kvHeads: s.kvHeads, ff: s.ff, type: 'f32', vocab, seed: 5, contextLength: 2048 });
+    fs.mkdirSync(QUALITY_CACHE, { recursive: true });
+    writeStandIn(`${base}.tmp`, shapeOf(vocabSize(vocab)), vocab, initialWeights(shapeOf(vocabSize(vocab)), STAND_IN_PRETRAIN.seed), 'f32', CONTEXT_LENGTH);
+    fs.renameSync(`${base}.tmp`, base);
   }
   return { pretrained, base, corpus, vocab };
 }
 
-/** The pretrained stand-in (pretrained once, then cached); seconds is null when the cached one was used. */
-export async function standInBackbone(bin: string, log: (line: string) => void): Promise<{ pretrained: string; base: string; seconds: number | null; corpus: PretrainCorpus; vocab: string }> {
-  const s = STAND_IN;
-  const { pretrained, base, corpus, vocab } = standInFiles();
-  if (fs.existsSync(pretrained)) return { pretrained, base, seconds: null, corpus, vocab };
-  log(`pretraining the stand-in (${s.layers} x ${s.embd}, ${SPM_PIECES}-piece vocabulary) with llama-finetune on ${(corpus.bytes / 1e6).toFixed(1)} MB of code from ${corpus.packages} packages (once, cached; about an hour on 2 cores) ...`);
-  const m = await measure(path.join(bin, 'llama-finetune'), ['-m', base, '-f', corpus.file, '-c', String(PRETRAIN_CONTEXT), '-b', String(PRETRAIN_CONTEXT), '-ub', String(PRETRAIN_CONTEXT), '--epochs', String(PRETRAIN_EPOCHS), '-lr', String(PRETRAIN_LR), '-t', '2', '-o', `${pretrained}.tmp`]);
-  fs.writeFileSync(`${pretrained}.log`, m.stderr); // llama-finetune's progress: its training and validation loss
-  fs.writeFileSync(`${pretrained}.seconds`, String(m.wallSeconds));
-  fs.renameSync(`${pretrained}.tmp`, pretrained);
-  return { pretrained, base, seconds: m.wallSeconds, corpus, vocab };
+/** The committed stand-in's record, checked against the model's sha256. */
+export function standInRecord(): StandInRecord {
+  const record = JSON.parse(fs.readFileSync(STAND_IN_RECORD, 'utf8')) as StandInRecord;
+  const sha = sha256Of(STAND_IN_MODEL);
+  if (sha !== record.sha256) throw new RangeError(`${STAND_IN_MODEL} has sha256 ${sha}, not the ${record.sha256} its record names: restore it from git or rebuild it (delete both files, then npm run bench:stand-in)`);
+  return record;
 }
 
-/** Pretraining seconds of a cached stand-in (as its run measured them). */
-export function pretrainSeconds(pretrained: string, measured: number | null): number | null {
-  return measured ?? (fs.existsSync(`${pretrained}.seconds`) ? Number(fs.readFileSync(`${pretrained}.seconds`, 'utf8')) : null);
+/**
+ * Pretrains the stand-in when it is not committed (resuming from a checkpoint
+ * when one is left) and writes the Q8_0 model and its record into
+ * bench/stand-in/. Returns the pretraining's seconds, 0 when the committed
+ * model is there, or null when it stopped at `stopAtStep` (its checkpoint
+ * holds the run).
+ */
+export async function buildStandIn(log: (line: string) => void, stopAtStep?: number): Promise<number | null> {
+  if (fs.existsSync(STAND_IN_MODEL)) return 0;
+  const { corpus, vocab } = standInFiles();
+  const ids = path.join(QUALITY_CACHE, `tokens-${corpus.hash}-${path.basename(vocab, '.gguf')}.bin`);
+  if (!fs.existsSync(ids)) {
+    log(`tokenizing the ${(corpus.bytes / 1e6).toFixed(1)} MB corpus ...`);
+    const t = await tokenizeText(vocab, fs.readFileSync(corpus.file, 'utf8'));
+    fs.writeFileSync(`${ids}.tmp`, new Uint8Array(t.buffer));
+    fs.renameSync(`${ids}.tmp`, ids);
+  }
+  const raw = fs.readFileSync(ids);
+  const tokens = new Int32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
+  const shape = shapeOf(vocabSize(vocab));
+  const checkpoint = path.join(QUALITY_CACHE, `standin-${corpus.hash}.ckpt`);
+  const bos = Number(readGgufFile(vocab).kv.get('tokenizer.ggml.bos_token_id')!.value);
+  const run = await pretrainStandIn({ shape, settings: STAND_IN_PRETRAIN, tokens, bos, checkpoint, threads: 2, log, stopAtStep });
+  if (run === null) return null;
+  fs.mkdirSync(path.dirname(STAND_IN_MODEL), { recursive: true });
+  writeStandIn(`${STAND_IN_MODEL}.tmp`, shape, vocab, run.weights, 'q8_0', CONTEXT_LENGTH);
+  fs.renameSync(`${STAND_IN_MODEL}.tmp`, STAND_IN_MODEL);
+  const record: StandInRecord = {
+    sha256: sha256Of(STAND_IN_MODEL), corpus: { bytes: corpus.bytes, packages: corpus.packages, files: corpus.files, hash: corpus.hash }, tokens: tokens.length,
+    shape: STAND_IN, settings: STAND_IN_PRETRAIN, steps: run.steps, trainedTokens: run.tokens, pretrainSeconds: Math.round(run.seconds),
+    engine: 'ONNX Runtime CPU (bench/lib/pretrain/), 2 threads', curve: run.curve,
+  };
+  fs.writeFileSync(STAND_IN_RECORD, `${JSON.stringify(record, null, 2)}\n`);
+  fs.rmSync(checkpoint, { force: true });
+  return run.seconds;
+}
+
+/**
+ * The stand-in (built first if it is not committed) as the F32 model its
+ * Q8_0 weights give. `seconds` is null when the committed model was used.
+ */
+export async function standInBackbone(log: (line: string) => void): Promise<{ pretrained: string; base: string; seconds: number | null; corpus: PretrainCorpus; vocab: string }> {
+  const built = await buildStandIn(log);
+  const seconds = built === 0 ? null : built;
+  const record = standInRecord();
+  const files = standInFiles();
+  if (files.corpus.hash !== record.corpus.hash) log(`note: the corpus built here (${files.corpus.hash}) is not the one the committed stand-in was pretrained on (${record.corpus.hash}): the installed packages differ`);
+  if (!fs.existsSync(files.pretrained)) {
+    writeStandIn(`${files.pretrained}.tmp`, shapeOf(vocabSize(STAND_IN_MODEL)), STAND_IN_MODEL, readWeights(STAND_IN_MODEL), 'f32', CONTEXT_LENGTH);
+    fs.renameSync(`${files.pretrained}.tmp`, files.pretrained);
+  }
+  return { ...files, seconds };
 }
 
 /** Share of the learned pieces (not control or byte tokens) that the tokenizer emits at least MIN_PIECE_COUNT times over the corpus (its counts). */
@@ -98,14 +176,25 @@ export async function corpusBaselines(files: ReturnType<typeof standInFiles>, wo
   };
 }
 
+/** How the committed stand-in was pretrained, from its record. */
+function pretrainDescription(): Record<string, unknown> {
+  const r = standInRecord();
+  return {
+    pretrainSeconds: r.pretrainSeconds,
+    pretrainSettings: { ...r.settings, epochs: 1, steps: r.steps, tokens: r.trainedTokens },
+    pretrainEngine: r.engine,
+    pretrainCurve: r.curve.map((p) => ({ step: p.step, validationLoss: Number(p.validationLoss.toFixed(4)) })),
+    model: { file: path.relative(ROOT, STAND_IN_MODEL), sha256: r.sha256, type: 'Q8_0, used as the F32 model its weights give' },
+  };
+}
+
 /** What quality.json's `standIn` holds (issue 24's keys, issue 37's baselines). */
 export async function describeStandIn(stand: Awaited<ReturnType<typeof standInBackbone>>, workspace: string): Promise<Record<string, unknown>> {
   return {
     layers: STAND_IN.layers,
     embd: STAND_IN.embd,
     ...(await corpusBaselines(stand, workspace)),
-    pretrainSeconds: pretrainSeconds(stand.pretrained, stand.seconds),
-    pretrainSettings: { epochs: PRETRAIN_EPOCHS, learningRate: PRETRAIN_LR, windowTokens: PRETRAIN_CONTEXT },
+    ...pretrainDescription(),
     heldOutLoss: await heldOutLoss(stand.pretrained, workspace, 2),
     heldOutLossRandomWeights: await heldOutLoss(stand.base, workspace, 2),
     heldOutOn: 'the quality workspace\'s held-out files (a package the stand-in never saw)',
