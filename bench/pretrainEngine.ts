@@ -60,7 +60,7 @@ async function main(): Promise<void> {
   const m = await measure(path.join(buildPeer(), 'llama-finetune'), ['-m', files.base, '-f', slice, '-c', String(T), '-b', String(T), '-ub', String(T), '--epochs', '1', '-lr', '1e-4', '-t', String(THREADS), '-o', out]);
   fs.rmSync(out, { force: true });
   fs.rmSync(slice, { force: true });
-  const done = [...m.stderr.matchAll(/data=(\d+)\/(\d+)/g)].pop();
+  const done = [...m.stderr.matchAll(/train: [^\n\r]*?data=(\d+)\/(\d+)/g)].pop();
   if (done === undefined) throw new Error('llama-finetune printed no progress: was the slice too short for one window?');
   const peerPositions = Number(done[2]) * T;
   const peer = {
