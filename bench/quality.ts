@@ -42,7 +42,8 @@ const PEER_RATES = [1e-5, 3e-5, 1e-4];
 const PEER_SWEEP_EPOCHS = 1;
 const PEER_EPOCHS = 4;
 const LINE_EPOCHS = 4;
-const LINE_POSITIONS = 240;
+/** Issue 37: at least 500 positions. */
+const LINE_POSITIONS = 500;
 /** Ranks of the peer's head change measured alone on the pretrained model (0: all of it). */
 const HEAD_RANKS = [4, 16, 64, 0];
 /**
