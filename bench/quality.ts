@@ -132,7 +132,15 @@ async function main(): Promise<void> {
   if (peer === undefined || !fs.existsSync(peer.bestModel)) {
     const settings = { bin, pretrained: stand.pretrained, trainText, workspace: ws.dir, prefix: path.join(QUALITY_CACHE, 'peer'), threads: 2 };
     const runs = new Map<number, Awaited<ReturnType<typeof peerRun>>>();
-    for (const rate of PEER_RATES) runs.set(rate, await peerRun(settings, rate, PEER_SWEEP_EPOCHS, loss0, log));
+    // Each sweep run is kept as it ends (a stopped run resumes after the last one that ended).
+    for (const rate of PEER_RATES) {
+      const kept = parts.get<Awaited<ReturnType<typeof peerRun>>>(`peerSweep/${rate}`);
+      if (kept !== undefined && fs.existsSync(kept.last) && fs.existsSync(kept.bestModel)) runs.set(rate, kept);
+      else {
+        runs.set(rate, await peerRun(settings, rate, PEER_SWEEP_EPOCHS, loss0, log));
+        parts.set(`peerSweep/${rate}`, runs.get(rate));
+      }
+    }
     const rate = PEER_RATES.reduce((a, b) => (best(runs.get(b)!.curve) < best(runs.get(a)!.curve) ? b : a));
     for (const r of PEER_RATES) if (r !== rate) dropPeerRun(runs.get(r)!, stand.pretrained, false);
     const run = await peerRun(settings, rate, PEER_EPOCHS, loss0, log, runs.get(rate));
