@@ -16,7 +16,7 @@ import { readGgufFile } from '../extension/core/model/gguf/GgufFile';
 import { tokenizeText } from '../harness/spmVocabulary';
 import { machineDescription } from './lib/benchModels';
 import { buildPeer, measure } from './lib/peerHarness';
-import { STAND_IN, STAND_IN_PRETRAIN, standInFiles } from './lib/standInModel';
+import { STAND_IN, STAND_IN_PRETRAIN, standInFiles, vocabSize } from './lib/standInModel';
 import { Pretrainer } from './lib/pretrain/Pretrainer';
 import { windowBatch } from './lib/pretrain/pretrainStandIn';
 import { readWeights } from './lib/pretrain/standInWeights';
@@ -33,14 +33,15 @@ async function main(): Promise<void> {
   const slice = path.join(os.tmpdir(), `pretrain-engine-${process.pid}.txt`);
   fs.writeFileSync(slice, text);
   const tokens = await tokenizeText(files.vocab, text);
-  const vocab = (readGgufFile(files.vocab).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length;
+  const vocab = vocabSize(files.vocab);
+  const bos = Number(readGgufFile(files.vocab).kv.get('tokenizer.ggml.bos_token_id')!.value);
   const T = STAND_IN_PRETRAIN.window;
   const B = STAND_IN_PRETRAIN.batch;
 
   // Ours: the stand-in's own settings, windows taken in order (repeating when the slice runs out).
   const trainer = await Pretrainer.create({ layers: STAND_IN.layers, embd: STAND_IN.embd, heads: STAND_IN.heads, ff: STAND_IN.ff, vocab }, STAND_IN_PRETRAIN, THREADS, readWeights(files.base));
   const windows = Math.floor(tokens.length / T);
-  const batchAt = (s: number): ReturnType<typeof windowBatch> => windowBatch(tokens, Array.from({ length: B }, (_, i) => (s * B + i) % windows), T, 1);
+  const batchAt = (s: number): ReturnType<typeof windowBatch> => windowBatch(tokens, Array.from({ length: B }, (_, i) => (s * B + i) % windows), T, bos);
   await trainer.trainStep(batchAt(0).ids, batchAt(0).targets, 1e-4);
   const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();

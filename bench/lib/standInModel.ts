@@ -19,7 +19,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readGgufFile } from '../../extension/core/model/gguf/GgufFile';
-import { heldOutLoss, heldOutSequencesOf } from './peerHarness';
+import { heldOutLoss, heldOutSequencesOf, ROOT } from './peerHarness';
 import { ngramHeldOutLosses } from './ngramBaselines';
 import { NORMAL_TOKEN, TokenCounts, tokenCounts, tokenizeText } from '../../harness/spmVocabulary';
 import { fitTokenizer, MIN_PIECE_COUNT, pretrainCorpus, PretrainCorpus, QUALITY_CACHE, SPM_PIECES } from './qualityCorpus';
@@ -35,7 +35,6 @@ export const STAND_IN_PRETRAIN: PretrainSettings = {
 };
 /** Context length written into the model (the windows are 512 tokens). */
 const CONTEXT_LENGTH = 2048;
-const ROOT = path.resolve(__dirname, '..', '..', '..');
 /** The committed stand-in and the record of how it was made. */
 export const STAND_IN_MODEL = path.join(ROOT, 'bench', 'stand-in', 'standin-6x384-q8_0.gguf');
 export const STAND_IN_RECORD = path.join(ROOT, 'bench', 'stand-in', 'standin-6x384.json');
@@ -60,7 +59,7 @@ export function pretrainText(): string {
 }
 
 const shapeOf = (vocab: number): PretrainShape => ({ layers: STAND_IN.layers, embd: STAND_IN.embd, heads: STAND_IN.heads, ff: STAND_IN.ff, vocab });
-const vocabSize = (file: string): number => (readGgufFile(file).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length;
+export const vocabSize = (file: string): number => (readGgufFile(file).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length;
 const sha256Of = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 /**
@@ -77,7 +76,8 @@ export function standInFiles(): { pretrained: string; base: string; corpus: Pret
   const pretrained = path.join(QUALITY_CACHE, `${name}-pretrained-f32.gguf`);
   if (!fs.existsSync(base)) {
     fs.mkdirSync(QUALITY_CACHE, { recursive: true });
-    writeStandIn(`${base}.tmp`, shapeOf(vocabSize(vocab)), vocab, initialWeights(shapeOf(vocabSize(vocab)), STAND_IN_PRETRAIN.seed), 'f32', CONTEXT_LENGTH);
+    const shape = shapeOf(vocabSize(vocab));
+    writeStandIn(`${base}.tmp`, shape, vocab, initialWeights(shape, STAND_IN_PRETRAIN.seed), 'f32', CONTEXT_LENGTH);
     fs.renameSync(`${base}.tmp`, base);
   }
   return { pretrained, base, corpus, vocab };
@@ -164,7 +164,7 @@ export async function corpusBaselines(files: ReturnType<typeof standInFiles>, wo
   const cov = vocabCoverage(files.vocab, fit);
   const ngrams = ngramHeldOutLosses(fit, await heldOutSequencesOf(files.base, workspace));
   return {
-    vocab: (readGgufFile(files.vocab).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length,
+    vocab: vocabSize(files.vocab),
     pretrainBytes: files.corpus.bytes,
     pretrainPackages: files.corpus.packages,
     pretrainTokens: cov.tokens,

@@ -99,6 +99,11 @@ export async function pretrainStandIn(o: PretrainStandInOptions): Promise<Pretra
     let lossSum = 0;
     let lossCount = 0;
     let started = Date.now();
+    /** Adds the time since the last lap to `seconds`. */
+    const lap = (): void => {
+      seconds += (Date.now() - started) / 1000;
+      started = Date.now();
+    };
     while (trainer.step < total) {
       const s = trainer.step;
       const lr = learningRate(o.settings, s, total);
@@ -109,8 +114,7 @@ export async function pretrainStandIn(o: PretrainStandInOptions): Promise<Pretra
       lossCount++;
       const done = trainer.step;
       if (done % VALIDATE_STEPS === 0 || done === total) {
-        seconds += (Date.now() - started) / 1000;
-        started = Date.now();
+        lap();
         const point = { step: done, tokens: done * B * T, trainLoss: lossSum / lossCount, validationLoss: await validate(), lr, seconds };
         curve.push(point);
         lossSum = 0;
@@ -119,8 +123,7 @@ export async function pretrainStandIn(o: PretrainStandInOptions): Promise<Pretra
         o.log(`step ${done}/${total}: train ${point.trainLoss.toFixed(4)}, validation ${point.validationLoss.toFixed(4)}, lr ${lr.toExponential(2)}, ${rate.toFixed(0)} tokens/s over the run, about ${(((total - done) * B * T) / rate / 60).toFixed(0)} min left`);
       }
       if ((done % CHECKPOINT_STEPS === 0 || done === o.stopAtStep) && done < total) {
-        seconds += (Date.now() - started) / 1000;
-        started = Date.now();
+        lap();
         trainer.save(o.checkpoint, { seconds, curve });
         if (done === o.stopAtStep) {
           o.log(`stopped at step ${done} of ${total}: the next run goes on from ${o.checkpoint}`);
@@ -128,7 +131,7 @@ export async function pretrainStandIn(o: PretrainStandInOptions): Promise<Pretra
         }
       }
     }
-    seconds += (Date.now() - started) / 1000;
+    lap();
     return { weights: trainer.params, seconds, steps: total, tokens: total * B * T, curve };
   } finally {
     await trainer.dispose();
