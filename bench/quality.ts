@@ -38,7 +38,8 @@ import { describeStandIn, standInBackbone } from './lib/standInModel';
 import { HEAD_TENSORS, withLowRankHeadDelta, withTensorsFrom } from './lib/tensorSwap';
 import { writeResult } from './lib/writeResult';
 
-const PEER_RATES = [1e-5, 3e-5, 1e-4];
+/** 1e-6 and 3e-6 since the stand-in of issue 37: on a model that knows code, the best rate fell to the sweep's lower edge twice. */
+const PEER_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4];
 const PEER_SWEEP_EPOCHS = 1;
 const PEER_EPOCHS = 4;
 const LINE_EPOCHS = 4;
@@ -72,6 +73,8 @@ const VARIANTS: Variant[] = [
   { name: 'v2-head-4', args: ['--side-network', '2', '--random-init', '--lr', '6e-3', '--no-label-private', '--head-rank', '4'], epochs: [4] },
   // Label-private with the head update trained on the device: the team server's default.
   { name: 'v2-lp-head-16', args: ['--side-network', '2', '--random-init', '--lr', '6e-3', '--head-rank', '16'], epochs: [1, 2, 4] },
+  // The default's rate on a stand-in that knows code (issue 37), where the peer's best rate fell.
+  { name: 'v2-lp-head-16-lr-2e-3', args: ['--side-network', '2', '--random-init', '--lr', '2e-3', '--head-rank', '16'], epochs: [4] },
 ];
 /** Nats the stand-in's held-out loss must be below the unigram baseline's (issue 37). */
 const STAND_IN_BELOW_UNIGRAM = 1.5;
@@ -113,7 +116,8 @@ async function main(): Promise<void> {
   const bin = buildPeer();
   const stand = await standInBackbone(log);
   const ws = qualityWorkspace();
-  const parts = partial(JSON.stringify([path.basename(stand.pretrained), ws.bytes, PEER_RATES, PEER_SWEEP_EPOCHS, PEER_EPOCHS, SEQ, BATCH]));
+  // The rates are not in the key: each sweep run is kept under its own rate, and the peer's continuation names the rates it chose from.
+  const parts = partial(JSON.stringify([path.basename(stand.pretrained), ws.bytes, PEER_SWEEP_EPOCHS, PEER_EPOCHS, SEQ, BATCH]));
   // A description saved before the n-gram baselines were measured is made again (the pretrained stand-in is cached).
   const saved = parts.get<Record<string, unknown>>('standIn');
   const standIn = saved !== undefined && 'unigramHeldOutLoss' in saved ? saved : await describeStandIn(stand, ws.dir);
@@ -127,25 +131,29 @@ async function main(): Promise<void> {
   const trainText = path.join(QUALITY_CACHE, 'peer-train.txt');
   fs.writeFileSync(trainText, files.filter((f) => !held.has(f.path)).map((f) => `${f.text}\n`).join(''));
 
-  type PeerSaved = { learningRate: number; sweep: Record<string, Point[]>; curve: Point[]; bestModel: string };
+  type PeerSaved = { learningRate: number; rates: number[]; sweep: Record<string, Point[]>; curve: Point[]; bestModel: string };
   let peer = parts.get<PeerSaved>('peer');
-  if (peer === undefined || !fs.existsSync(peer.bestModel)) {
+  if (peer === undefined || !fs.existsSync(peer.bestModel) || JSON.stringify(peer.rates) !== JSON.stringify(PEER_RATES)) {
     const settings = { bin, pretrained: stand.pretrained, trainText, workspace: ws.dir, prefix: path.join(QUALITY_CACHE, 'peer'), threads: 2 };
     const runs = new Map<number, Awaited<ReturnType<typeof peerRun>>>();
-    // Each sweep run is kept as it ends (a stopped run resumes after the last one that ended).
+    const sweepRun = async (rate: number): Promise<void> => {
+      runs.set(rate, await peerRun(settings, rate, PEER_SWEEP_EPOCHS, loss0, log));
+      parts.set(`peerSweep/${rate}`, runs.get(rate));
+    };
+    // Each sweep run is kept as it ends (a stopped run resumes after the last
+    // one that ended); the rates not chosen need only their curves.
     for (const rate of PEER_RATES) {
       const kept = parts.get<Awaited<ReturnType<typeof peerRun>>>(`peerSweep/${rate}`);
-      if (kept !== undefined && fs.existsSync(kept.last) && fs.existsSync(kept.bestModel)) runs.set(rate, kept);
-      else {
-        runs.set(rate, await peerRun(settings, rate, PEER_SWEEP_EPOCHS, loss0, log));
-        parts.set(`peerSweep/${rate}`, runs.get(rate));
-      }
+      if (kept !== undefined) runs.set(rate, kept);
+      else await sweepRun(rate);
     }
     const rate = PEER_RATES.reduce((a, b) => (best(runs.get(b)!.curve) < best(runs.get(a)!.curve) ? b : a));
     for (const r of PEER_RATES) if (r !== rate) dropPeerRun(runs.get(r)!, stand.pretrained, false);
+    // The chosen rate continues from its last model, made again if it was dropped.
+    if (![runs.get(rate)!.last, runs.get(rate)!.bestModel].every((f) => fs.existsSync(f))) await sweepRun(rate);
     const run = await peerRun(settings, rate, PEER_EPOCHS, loss0, log, runs.get(rate));
     dropPeerRun(run, stand.pretrained, true);
-    peer = { learningRate: rate, sweep: Object.fromEntries([...runs].map(([r, x]) => [String(r), x.curve])), curve: run.curve, bestModel: run.bestModel };
+    peer = { learningRate: rate, rates: PEER_RATES, sweep: Object.fromEntries([...runs].map(([r, x]) => [String(r), x.curve])), curve: run.curve, bestModel: run.bestModel };
     parts.set('peer', peer);
   }
 
