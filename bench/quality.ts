@@ -63,12 +63,13 @@ const VARIANTS: Variant[] = [
   { name: 'v2-from-backbone', args: ['--side-network', '2', '--init-from-backbone', '--lr', '2e-3', '--head-rank', '0'], epochs: [1, 2, 4] },
   { name: 'v1-from-backbone', args: ['--side-network', '1', '--init-from-backbone', '--lr', '2e-3', '--head-rank', '0'], epochs: [4] },
   { name: 'v2-random-init', args: ['--side-network', '2', '--random-init', '--lr', '2e-3', '--head-rank', '0'], epochs: [4] },
-  { name: 'v1-join-after-norm', args: ['--side-network', '1', '--no-label-private', '--join-after-norm', '--lr', '2e-3'], epochs: [4] },
+  { name: 'v1-join-after-norm', args: ['--side-network', '1', '--no-label-private', '--join-after-norm', '--lr', '2e-3', '--head-rank', '0'], epochs: [4] },
   { name: 'v1-lr-6e-3', args: ['--side-network', '1', '--lr', '6e-3', '--head-rank', '0'], epochs: [4] },
   { name: 'v2-lr-6e-3', args: ['--side-network', '2', '--random-init', '--lr', '6e-3', '--head-rank', '0'], epochs: [4] },
   // The head update (the lever the head's share points to); v2-standard is the
-  // same network without it in the standard mode, v2-lr-6e-3 in label-private mode.
-  { name: 'v2-standard', args: ['--side-network', '2', '--random-init', '--lr', '6e-3', '--no-label-private'], epochs: [4] },
+  // same network without it in the standard mode, v2-lr-6e-3 in label-private mode
+  // (each names --head-rank 0: rank 16 is every mode's default now).
+  { name: 'v2-standard', args: ['--side-network', '2', '--random-init', '--lr', '6e-3', '--no-label-private', '--head-rank', '0'], epochs: [4] },
   { name: 'v2-head-16', args: ['--side-network', '2', '--random-init', '--lr', '6e-3', '--no-label-private', '--head-rank', '16'], epochs: [1, 2, 4] },
   { name: 'v2-head-4', args: ['--side-network', '2', '--random-init', '--lr', '6e-3', '--no-label-private', '--head-rank', '4'], epochs: [4] },
   // Label-private with the head update trained on the device: the team server's default.
