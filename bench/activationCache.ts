@@ -13,7 +13,8 @@
  * The Qwen-shaped model's weights are random, so its softmax is wide and
  * candidate rows cannot hold a bound on it; `--model standin` runs the two
  * device-CPU runs on the committed stand-in (bench/stand-in/), a model that
- * knows code, whose softmax is as peaked as a trained model's, and writes
+ * knows code (a trained model's softmax, though at 6 x 384 still wider than
+ * the sparse rule's rows: see docs/benchmarks.md), and writes
  * cache-standin.json.
  *
  *   npm run bench:cache [-- --workspace DIR] [-- --model standin]
