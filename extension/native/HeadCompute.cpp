@@ -19,6 +19,9 @@ constexpr int64_t LOGITS_PER_CHUNK = int64_t{1} << 21;
 // The dense pass: W_c^T of a chunk (Q8_0, transposeToQ8) is at most 8 MB. Few chunks, few graphs: each op of a
 // graph ends at a barrier where ggml's threads spin, which costs most when other work shares the cores.
 constexpr int64_t DENSE_CHUNK_BYTES = int64_t{8} << 20;
+// The first pass's logits are kept for the dense tokens' second pass (which then takes W^T p without computing
+// W z again) when all of them fit in this many: 32 MiB of floats, 512 tokens of a 16,384-row vocabulary.
+constexpr int64_t KEPT_LOGITS = int64_t{1} << 23;
 
 // Builds the graph of `outs` in `ctx`, allocates it in the head's reused work buffer, copies each input's
 // floats in (the inputs are marked as such) and computes it; false with `error` set when it cannot.
@@ -164,6 +167,8 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
   std::vector<double> RS(checking ? static_cast<size_t>(n) : 0, NEG_INF);
   const int64_t chunk = chunkRows(V, n, onePass ? denseRows(d) : V);
   std::vector<uint8_t> wT;  // one pass: each chunk's W_c^T
+  // Two passes over a small vocabulary: the first pass's final logits [n][V], for the second (no soft cap: its slope is not kept).
+  std::vector<float> kept(wantGrad && !onePass && tuning_.keepLogits && hw.softCap == 0.0f && n * V <= KEPT_LOGITS ? static_cast<size_t>(n * V) : 0);
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
     ggml_init_params ip = {ggml_tensor_overhead() * 40 + ggml_graph_overhead(), nullptr, true};
@@ -191,6 +196,7 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
       const float* Ac = acc != nullptr ? static_cast<const float*>(acc->data) : nullptr;
       for (int64_t j = 0; j < n; ++j) {
         const float* lj = L + j * c;
+        if (!kept.empty()) std::memcpy(kept.data() + j * V + v0, lj, static_cast<size_t>(c) * sizeof(float));
         // The chunk's log-sum-exp from its largest logit and ggml's softmax there: l_max - log p_max.
         int64_t best = 0;
         for (int64_t v = 1; v < c; ++v) if (lj[v] > lj[best]) best = v;
@@ -271,7 +277,7 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
     hu.gb.assign(static_cast<size_t>(V * k), 0.0f);
     SparseHeadUpdate(hw, hu, sparseList, cand, R, tail, u, weights, accB.data());
   }
-  if (!onePass && !denseList.empty() && !DenseProducts(hw, hu, denseList, z, R, A.data(), bMatrix.t, u, weights, accB.data(), error)) return false;
+  if (!onePass && !denseList.empty() && !DenseProducts(hw, hu, denseList, z, kept.empty() ? nullptr : kept.data(), R, A.data(), bMatrix.t, u, weights, accB.data(), error)) return false;
   *denseTokens = static_cast<int64_t>(denseList.size());
   denseShare_ = static_cast<double>(denseList.size()) / static_cast<double>(n);
   // dL/dz = w (A - W[target]) + A_update du, du = w (B^T p - B[target]); back through the RMSNorm to y.
@@ -316,8 +322,8 @@ void HeadLoss::SparseProducts(const HeadWeights& hw, const HeadUpdateState& hu, 
   for (auto& th : pool) th.join();
 }
 
-bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
-                             ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error) {
+bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<float>& z, const float* kept, const std::vector<double>& R,
+                             float* A, ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error) {
   const int64_t d = hw.d, V = hw.vocab, m = static_cast<int64_t>(tokens.size()), r = hu.rank;
   std::vector<float> zD(static_cast<size_t>(m * d)), negR(static_cast<size_t>(m));
   // With a head update: the tokens' u [m][r], and w u transposed [r][m] (the product over tokens that gives B's gradient).
@@ -332,23 +338,28 @@ bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const s
   }
   const int64_t chunk = chunkRows(V, m, denseRows(d));
   std::vector<uint8_t> wT;
+  std::vector<float> keptC(kept != nullptr ? static_cast<size_t>(std::min(chunk, V) * m) : 0);  // the chunk's kept logits [m][c]
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
     transposeToQ8(hw, v0, c, threads_, &wT);
+    for (int64_t k = 0; k < m && kept != nullptr; ++k) std::memcpy(keptC.data() + k * c, kept + tokens[k] * V + v0, static_cast<size_t>(c) * sizeof(float));
     ggml_init_params ip = {ggml_tensor_overhead() * 40 + ggml_graph_overhead(), nullptr, true};
     ggml_context* ctx = ggml_init(ip);
     ggml_tensor* zt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, m);
     ggml_tensor* nr = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, m);
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
-    ggml_tensor* logits = ggml_mul_mat(ctx, wc, zt);                     // [c, m], as in the first pass
+    // [c, m]: the first pass's logits where they were kept, else computed again as it did.
+    ggml_tensor* keptT = kept != nullptr ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c, m) : nullptr;
+    ggml_tensor* logits = keptT != nullptr ? keptT : ggml_mul_mat(ctx, wc, zt);
     ggml_tensor* slope = nullptr;
-    if (hw.softCap > 0.0f) logits = capLogits(ctx, logits, hw.softCap, &slope);
+    if (kept == nullptr && hw.softCap > 0.0f) logits = capLogits(ctx, logits, hw.softCap, &slope);
     ggml_tensor* bc = b != nullptr ? ggml_view_2d(ctx, b, r, c, b->nb[1], static_cast<size_t>(v0) * b->nb[1]) : nullptr;  // [r, c]
     ggml_tensor* ut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, r, m) : nullptr;
     ggml_tensor* wut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, m, r) : nullptr;
-    if (bc != nullptr) logits = ggml_add_inplace(ctx, logits, ggml_mul_mat(ctx, bc, ut));
+    if (kept == nullptr && bc != nullptr) logits = ggml_add_inplace(ctx, logits, ggml_mul_mat(ctx, bc, ut));
     ggml_tensor* p = ggml_exp_inplace(ctx, ggml_add_inplace(ctx, logits, nr));           // [c, m], the softmax over the whole vocabulary
-    std::vector<std::pair<ggml_tensor*, const float*>> inputs = {{zt, zD.data()}, {nr, negR.data()}};
+    std::vector<std::pair<ggml_tensor*, const float*>> inputs = {{nr, negR.data()}};
+    inputs.emplace_back(keptT != nullptr ? keptT : zt, keptT != nullptr ? keptC.data() : zD.data());
     ggml_tensor* acc = transposedProduct(ctx, hw, wT, slope != nullptr ? ggml_mul(ctx, p, slope) : p, c, &inputs);  // [d, m] = W_c^T p (times a cap's slope)
     std::vector<ggml_tensor*> outs = {acc};
     ggml_tensor *accBc = nullptr, *gradBc = nullptr;
@@ -357,7 +368,7 @@ bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const s
       gradBc = ggml_mul_mat(ctx, wut, ggml_cont(ctx, ggml_transpose(ctx, p)));  // [r, c] = sum over tokens of p w u
       outs.push_back(accBc);
       outs.push_back(gradBc);
-      inputs.emplace_back(ut, uD.data());
+      if (kept == nullptr) inputs.emplace_back(ut, uD.data());  // (kept logits hold B u already)
       inputs.emplace_back(wut, wuT.data());
     }
     const bool ok = computeGraph(hw, ctx, outs, inputs, error);

@@ -16,6 +16,7 @@ HeadLoss::HeadLoss(const Napi::CallbackInfo& info) : Napi::ObjectWrap<HeadLoss>(
     if (t.Get("tailMass").IsNumber()) tuning_.tailMass = t.Get("tailMass").As<Napi::Number>().DoubleValue();
     if (t.Get("tailNats").IsNumber()) tuning_.tailNats = t.Get("tailNats").As<Napi::Number>().DoubleValue();
     if (t.Get("maxCandidates").IsNumber()) tuning_.maxCandidates = t.Get("maxCandidates").As<Napi::Number>().Int64Value();
+    if (t.Get("keepLogits").IsBoolean()) tuning_.keepLogits = t.Get("keepLogits").As<Napi::Boolean>().Value();
   }
   if (info.Length() > 4 && info[4].IsObject()) {
     Napi::Object h = info[4].As<Napi::Object>();

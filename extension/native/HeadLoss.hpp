@@ -20,14 +20,16 @@
 //   dense tokens   every row: each chunk W_c is transposed into a Q8_0 block
 //                  (the vocabulary then is the product's inner axis) and
 //                  multiplied with p, as the logits are: in a second pass for
-//                  the tokens the sparse rule refused, or, when most of the
+//                  the tokens the sparse rule refused (which reads the first
+//                  pass's logits when all of them fit in KEPT_LOGITS, so W z
+//                  is computed once: a small vocabulary), or, when most of the
 //                  previous call's tokens were dense (a model whose
 //                  distributions are wide), for every token in the first pass
 //                  with the chunk's softmax, joined by log-sum-exp.
 // so no [tokens x vocabulary] tensor and no transposed copy of the head is held.
 //
 // JavaScript:
-//   new HeadLoss(modelPath, normEpsilon, threads, tuning?: { tailMass, tailNats, maxCandidates }, head?: { tensor, normScale, softCap, layerNorm })
+//   new HeadLoss(modelPath, normEpsilon, threads, tuning?: { tailMass, tailNats, maxCandidates, keepLogits }, head?: { tensor, normScale, softCap, layerNorm })
 //   load() -> Promise<{ vocabularySize, hiddenSize, type, mapped }>
 //   run(y: Float32Array [n*d], targets: Int32Array [n], weights: Float32Array [n], wantGrad)
 //     -> Promise<{ losses: Float32Array [n], top: Int32Array [n] (each token's highest-scoring id), grad?: Float32Array [n*d], denseTokens: number }>
@@ -74,6 +76,7 @@ struct HeadTuning {
   double tailMass = 1e-4;      // the most probability a sparse token may leave out
   double tailNats = 18.0;      // rows kept: logit >= the token's largest - tailNats
   int64_t maxCandidates = -1;  // rows kept per token before it goes dense; -1: vocabulary / 64 within [256, 4096]; 0: always dense
+  bool keepLogits = true;      // two passes over a small vocabulary: the second reads the first's logits (KEPT_LOGITS, HeadCompute.cpp)
 };
 
 /** Floats at 64-byte boundaries (ggml reads B in place, and wants its tensors aligned). */
@@ -225,9 +228,9 @@ class HeadLoss : public Napi::ObjectWrap<HeadLoss> {
                         const std::vector<double>& R, const std::vector<double>& tail, const std::vector<float>& u, const float* weights, float* accB);
   // One token's du = w (B^T p - B[target]) and A du [d] (`lift`); adds its part to A's gradient and the target's to B's.
   void HeadUpdateTerms(const HeadWeights& hw, HeadUpdateState& hu, const float* zj, const float* uj, const float* accBj, int32_t target, float w, float* du, float* lift);
-  // The dense tokens' A: every row, in f32 (HeadCompute.cpp).
+  // The dense tokens' A: every row, in f32 (HeadCompute.cpp); `kept` (may be null): the first pass's final logits [n][vocab], else W z (+ B u) again.
   // With a head update (b: B as a [k, vocab] tensor, else nullptr), also its B^T p (accB [n][k]) and B's softmax part of the gradient (into update_.gb), from u [n][k].
-  bool DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<float>& z, const std::vector<double>& R, float* A,
+  bool DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<float>& z, const float* kept, const std::vector<double>& R, float* A,
                      ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error);
 
   std::string path_;

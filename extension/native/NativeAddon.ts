@@ -104,6 +104,8 @@ export interface HeadTuning {
   tailNats?: number;
   /** Rows kept per token before it takes the dense product; 0: always dense. Default vocabulary / 64 within [256, 4096]. */
   maxCandidates?: number;
+  /** Two passes over a small vocabulary: the second reads the first's logits instead of computing them again. Default true (off: the baseline of bench:head). */
+  keepLogits?: boolean;
 }
 
 /** The model's own head on the device (HeadLoss.cpp): loss and its gradient for label-private training. */

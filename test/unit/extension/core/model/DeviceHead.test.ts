@@ -141,7 +141,7 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
   });
 
   for (const architecture of ['llama', 'gemma2', 'starcoder2'] as const) {
-  it(`with a head update: its gradients (read from Adam\'s first moment after one step) and the one at y agree with finite differences, on the sparse and the dense path alike (${{ llama: 'llama', gemma2: 'gemma2: logits soft-capped at 3', starcoder2: 'starcoder2: a LayerNorm with a bias' }[architecture]})`, async () => {
+  it(`with a head update: its gradients (read from Adam\'s first moment after one step) and the one at y agree with finite differences, on the sparse and the dense path alike, the dense path's second pass reading the first pass's logits or computing them again (${{ llama: 'llama', gemma2: 'gemma2: logits soft-capped at 3', starcoder2: 'starcoder2: a LayerNorm with a bias' }[architecture]})`, async () => {
     const model = tinyModel({ layers: 2, embd: 64, heads: 4, seed: 12, architecture });
     const description = architecture === 'llama' ? eps : describeHead(readGgufFile(model), architecture);
     const rank = 3;
@@ -151,8 +151,8 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     const targets = Int32Array.of(42, 7, 300);
     const weights = Float32Array.of(0.5, 0.25, 0.25);
     const results: { grad: Float32Array; ga: Float32Array; gb: Float32Array }[] = [];
-    // All rows kept (sparse, nothing left out), then every token dense.
-    for (const tuning of [{ maxCandidates: 100_000, tailNats: 1e9 }, { maxCandidates: 0 }] satisfies HeadTuning[]) {
+    // All rows kept (sparse, nothing left out), then every token dense (the logits kept between the passes, then not).
+    for (const tuning of [{ maxCandidates: 100_000, tailNats: 1e9 }, { maxCandidates: 0 }, { maxCandidates: 0, keepLogits: false }] satisfies HeadTuning[]) {
       const head = await DeviceHead.open(model, description, 1, tuning);
       try {
         const d = head.hiddenSize;
@@ -201,7 +201,7 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
         head.dispose();
       }
     }
-    const [sparse, dense] = results as [typeof results[0], typeof results[0]];
+    const [sparse, dense, again] = results as [typeof results[0], typeof results[0], typeof results[0]];
     const close = (x: Float32Array, z: Float32Array, what: string): void => {
       const scale = Math.max(...Array.from(z, Math.abs));
       for (let i = 0; i < x.length; i++) assert.ok(Math.abs(x[i]! - z[i]!) <= 5e-3 * scale, `${what}[${i}]: sparse ${x[i]} vs dense ${z[i]}`);
@@ -209,6 +209,8 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     close(sparse.grad, dense.grad, 'dy');
     close(sparse.ga, dense.ga, 'dA');
     close(sparse.gb, dense.gb, 'dB');
+    // The same logits either way: the same floats.
+    assert.deepEqual([again.grad, again.ga, again.gb].map((x) => Array.from(x)), [dense.grad, dense.ga, dense.gb].map((x) => Array.from(x)));
   });
   }
 
