@@ -66,9 +66,9 @@ interface Probe {
 
 /**
  * The longest a probe may run under an emulator. qemu-user's speed and faults
- * depend on the host CPU (one host's qemu ran the arm64 probe's training for
- * over 40 minutes at 100% of a core, no system call, where linux-x64 takes
- * seconds), and a run that never ends would hold CI past its limit: past this,
+ * depend on the host CPU (on a 2-core Intel Xeon host qemu ran the arm64 probe's
+ * training for 38 minutes at 100% of a core, no system call, where linux-x64's
+ * whole probe takes 6 s), and a run that never ends would hold CI past its limit: past this,
  * the probe's process group is killed and the phases it had not finished are
  * skipped with that reason; the finished ones are still compared.
  */
