@@ -25,6 +25,7 @@ import * as path from 'node:path';
 import { DeviceHead } from '../extension/core/model/DeviceHead';
 import { Backbone, defaultThreads, readModelTensor } from '../extension/core/model/Backbone';
 import { readGgufFile } from '../extension/core/model/gguf/GgufFile';
+import { describeHead, HeadDescription } from '../extension/core/model/headDescription';
 import { SeededRandom } from '../common/SeededRandom';
 import { machineDescription, median, qwenShapedModel } from './lib/benchModels';
 import { standInBackbone } from './lib/standInModel';
@@ -50,7 +51,7 @@ function spread(xs: number[]): { p50: number; p90: number; max: number } {
 }
 
 /** The stand-in's next-token distributions on `common/`: per token, rows for all but 1e-3 / 1e-4 of the probability, and rows within 18 nats (see above). */
-async function distributionWidth(model: string): Promise<Record<string, unknown>> {
+async function distributionWidth(model: string, head: HeadDescription): Promise<Record<string, unknown>> {
   const backbone = await Backbone.open(model, { contextSize: 1024 });
   try {
     const ws = path.join(__dirname, '..', '..', 'common');
@@ -59,11 +60,10 @@ async function distributionWidth(model: string): Promise<Record<string, unknown>
     const sequences = [0, 1, 2, 3].map((k) => ids.slice(k * 128, (k + 1) * 128));
     const last = backbone.info.layers - 1;
     const y = (await backbone.capture(sequences, [last])).data[0]!;
-    const W = (await readModelTensor(model, 'output.weight')).data;
+    const W = (await readModelTensor(model, head.tensor)).data;
     const norm = (await readModelTensor(model, 'output_norm.weight')).data;
     const d = backbone.info.hiddenSize;
     const V = W.length / d;
-    const eps = readGgufFile(model).kv.get('llama.attention.layer_norm_rms_epsilon')!.value as number;
     const need3: number[] = [];
     const need4: number[] = [];
     const within18: number[] = [];
@@ -71,7 +71,7 @@ async function distributionWidth(model: string): Promise<Record<string, unknown>
     for (let j = 0; j < y.length / d; j++) {
       let ss = 0;
       for (let i = 0; i < d; i++) ss += y[j * d + i]! ** 2;
-      const inv = 1 / Math.sqrt(ss / d + eps);
+      const inv = 1 / Math.sqrt(ss / d + head.epsilon);
       for (let v = 0; v < V; v++) {
         let l = 0;
         for (let i = 0; i < d; i++) l += W[v * d + i]! * y[j * d + i]! * inv * norm[i]!;
@@ -103,10 +103,12 @@ async function distributionWidth(model: string): Promise<Record<string, unknown>
 /** The stand-in's dense second pass with and without the first pass's kept logits, and its distributions' width (see above). */
 async function keptLogits(): Promise<void> {
   const model = (await standInBackbone((line) => void process.stderr.write(`${line}\n`))).pretrained;
-  const widths = await distributionWidth(model);
+  // The stand-in is a llama: an RMSNorm, no soft cap, no logit multiplier (what the float64 logits below assume).
+  const head = describeHead(readGgufFile(model), 'llama');
+  const widths = await distributionWidth(model, head);
   const tokens = 512;
   const repeats = 9;
-  const heads = await Promise.all([false, true].map((keepLogits) => DeviceHead.open(model, 1e-5, defaultThreads(), { maxCandidates: 0, keepLogits })));
+  const heads = await Promise.all([false, true].map((keepLogits) => DeviceHead.open(model, head, defaultThreads(), { maxCandidates: 0, keepLogits })));
   try {
     const d = heads[0]!.hiddenSize;
     const V = heads[0]!.vocabularySize;
