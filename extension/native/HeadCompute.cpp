@@ -168,7 +168,9 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
   const int64_t chunk = chunkRows(V, n, onePass ? denseRows(d) : V);
   std::vector<uint8_t> wT;  // one pass: each chunk's W_c^T
   // Two passes over a small vocabulary: the first pass's final logits [n][V], for the second (no soft cap: its slope is not kept).
-  std::vector<float> kept(wantGrad && !onePass && tuning_.keepLogits && hw.softCap == 0.0f && n * V <= KEPT_LOGITS ? static_cast<size_t>(n * V) : 0);
+  // Not zeroed: every row is written by the pass.
+  const bool keep = wantGrad && !onePass && tuning_.keepLogits && hw.softCap == 0.0f && n * V <= KEPT_LOGITS;
+  std::unique_ptr<float[]> kept(keep ? new float[static_cast<size_t>(n * V)] : nullptr);
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
     ggml_init_params ip = {ggml_tensor_overhead() * 40 + ggml_graph_overhead(), nullptr, true};
@@ -196,7 +198,7 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
       const float* Ac = acc != nullptr ? static_cast<const float*>(acc->data) : nullptr;
       for (int64_t j = 0; j < n; ++j) {
         const float* lj = L + j * c;
-        if (!kept.empty()) std::memcpy(kept.data() + j * V + v0, lj, static_cast<size_t>(c) * sizeof(float));
+        if (kept) std::memcpy(kept.get() + j * V + v0, lj, static_cast<size_t>(c) * sizeof(float));
         // The chunk's log-sum-exp from its largest logit and ggml's softmax there: l_max - log p_max.
         int64_t best = 0;
         for (int64_t v = 1; v < c; ++v) if (lj[v] > lj[best]) best = v;
@@ -277,7 +279,7 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
     hu.gb.assign(static_cast<size_t>(V * k), 0.0f);
     SparseHeadUpdate(hw, hu, sparseList, cand, R, tail, u, weights, accB.data());
   }
-  if (!onePass && !denseList.empty() && !DenseProducts(hw, hu, denseList, z, kept.empty() ? nullptr : kept.data(), R, A.data(), bMatrix.t, u, weights, accB.data(), error)) return false;
+  if (!onePass && !denseList.empty() && !DenseProducts(hw, hu, denseList, z, kept.get(), R, A.data(), bMatrix.t, u, weights, accB.data(), error)) return false;
   *denseTokens = static_cast<int64_t>(denseList.size());
   denseShare_ = static_cast<double>(denseList.size()) / static_cast<double>(n);
   // dL/dz = w (A - W[target]) + A_update du, du = w (B^T p - B[target]); back through the RMSNorm to y.
@@ -325,41 +327,43 @@ void HeadLoss::SparseProducts(const HeadWeights& hw, const HeadUpdateState& hu, 
 bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<float>& z, const float* kept, const std::vector<double>& R,
                              float* A, ggml_tensor* b, const std::vector<float>& u, const float* weights, float* accB, std::string* error) {
   const int64_t d = hw.d, V = hw.vocab, m = static_cast<int64_t>(tokens.size()), r = hu.rank;
-  std::vector<float> zD(static_cast<size_t>(m * d)), negR(static_cast<size_t>(m));
+  // z and u [m][r] only where the logits are computed again (kept logits hold W z + B u already).
+  const bool again = kept == nullptr;
+  std::vector<float> zD(again ? static_cast<size_t>(m * d) : 0), negR(static_cast<size_t>(m));
   // With a head update: the tokens' u [m][r], and w u transposed [r][m] (the product over tokens that gives B's gradient).
-  std::vector<float> uD(static_cast<size_t>(m * r)), wuT(static_cast<size_t>(m * r));
+  std::vector<float> uD(again ? static_cast<size_t>(m * r) : 0), wuT(static_cast<size_t>(m * r));
   for (int64_t k = 0; k < m; ++k) {
-    std::memcpy(zD.data() + k * d, z.data() + tokens[k] * d, static_cast<size_t>(d) * sizeof(float));
+    if (again) std::memcpy(zD.data() + k * d, z.data() + tokens[k] * d, static_cast<size_t>(d) * sizeof(float));
     negR[k] = static_cast<float>(-R[tokens[k]]);
     for (int64_t c = 0; c < r; ++c) {
-      uD[k * r + c] = u[tokens[k] * r + c];
+      if (again) uD[k * r + c] = u[tokens[k] * r + c];
       wuT[c * m + k] = weights[tokens[k]] * u[tokens[k] * r + c];
     }
   }
   const int64_t chunk = chunkRows(V, m, denseRows(d));
   std::vector<uint8_t> wT;
-  std::vector<float> keptC(kept != nullptr ? static_cast<size_t>(std::min(chunk, V) * m) : 0);  // the chunk's kept logits [m][c]
+  std::unique_ptr<float[]> keptC(again ? nullptr : new float[static_cast<size_t>(std::min(chunk, V) * m)]);  // the chunk's kept logits [m][c]
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
     const int64_t c = std::min(chunk, V - v0);
     transposeToQ8(hw, v0, c, threads_, &wT);
-    for (int64_t k = 0; k < m && kept != nullptr; ++k) std::memcpy(keptC.data() + k * c, kept + tokens[k] * V + v0, static_cast<size_t>(c) * sizeof(float));
+    for (int64_t k = 0; k < m && !again; ++k) std::memcpy(keptC.get() + k * c, kept + tokens[k] * V + v0, static_cast<size_t>(c) * sizeof(float));
     ggml_init_params ip = {ggml_tensor_overhead() * 40 + ggml_graph_overhead(), nullptr, true};
     ggml_context* ctx = ggml_init(ip);
     ggml_tensor* zt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, d, m);
     ggml_tensor* nr = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, m);
     ggml_tensor* wc = ggml_view_2d(ctx, hw.w, d, c, hw.w->nb[1], static_cast<size_t>(v0) * hw.w->nb[1]);
     // [c, m]: the first pass's logits where they were kept, else computed again as it did.
-    ggml_tensor* keptT = kept != nullptr ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c, m) : nullptr;
-    ggml_tensor* logits = keptT != nullptr ? keptT : ggml_mul_mat(ctx, wc, zt);
+    ggml_tensor* keptT = again ? nullptr : ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c, m);
+    ggml_tensor* logits = again ? ggml_mul_mat(ctx, wc, zt) : keptT;
     ggml_tensor* slope = nullptr;
-    if (kept == nullptr && hw.softCap > 0.0f) logits = capLogits(ctx, logits, hw.softCap, &slope);
+    if (again && hw.softCap > 0.0f) logits = capLogits(ctx, logits, hw.softCap, &slope);
     ggml_tensor* bc = b != nullptr ? ggml_view_2d(ctx, b, r, c, b->nb[1], static_cast<size_t>(v0) * b->nb[1]) : nullptr;  // [r, c]
     ggml_tensor* ut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, r, m) : nullptr;
     ggml_tensor* wut = r > 0 ? ggml_new_tensor_2d(ctx, GGML_TYPE_F32, m, r) : nullptr;
-    if (kept == nullptr && bc != nullptr) logits = ggml_add_inplace(ctx, logits, ggml_mul_mat(ctx, bc, ut));
+    if (again && bc != nullptr) logits = ggml_add_inplace(ctx, logits, ggml_mul_mat(ctx, bc, ut));
     ggml_tensor* p = ggml_exp_inplace(ctx, ggml_add_inplace(ctx, logits, nr));           // [c, m], the softmax over the whole vocabulary
     std::vector<std::pair<ggml_tensor*, const float*>> inputs = {{nr, negR.data()}};
-    inputs.emplace_back(keptT != nullptr ? keptT : zt, keptT != nullptr ? keptC.data() : zD.data());
+    inputs.emplace_back(again ? zt : keptT, again ? zD.data() : keptC.get());
     ggml_tensor* acc = transposedProduct(ctx, hw, wT, slope != nullptr ? ggml_mul(ctx, p, slope) : p, c, &inputs);  // [d, m] = W_c^T p (times a cap's slope)
     std::vector<ggml_tensor*> outs = {acc};
     ggml_tensor *accBc = nullptr, *gradBc = nullptr;
@@ -368,7 +372,7 @@ bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const s
       gradBc = ggml_mul_mat(ctx, wut, ggml_cont(ctx, ggml_transpose(ctx, p)));  // [r, c] = sum over tokens of p w u
       outs.push_back(accBc);
       outs.push_back(gradBc);
-      if (kept == nullptr) inputs.emplace_back(ut, uD.data());  // (kept logits hold B u already)
+      if (again) inputs.emplace_back(ut, uD.data());  // (kept logits hold B u already)
       inputs.emplace_back(wut, wuT.data());
     }
     const bool ok = computeGraph(hw, ctx, outs, inputs, error);
