@@ -134,9 +134,10 @@ function runProbe(label: string, inputs: Omit<Inputs, 'x64'>, cmd: string, prefi
   const reportFile = path.join(dir, 'report.json');
   const report = fs.existsSync(reportFile) ? (JSON.parse(fs.readFileSync(reportFile, 'utf8')) as Partial<ProbeReport>) : {};
   const died = r.status === 0 && report.running === undefined && fs.existsSync(reportFile) ? undefined : `exit ${r.status ?? r.signal ?? r.error?.message}; output ends: ${fs.readFileSync(log, 'utf8').slice(-1500)}`;
-  const seconds = (Date.now() - t0) / 1000;
-  process.stdout.write(`      ${label} probe: ${seconds.toFixed(1)} s${stopped ? `, stopped at the ${PROBE_LIMIT_MS / 60_000}-minute limit` : ''}${died ? `${stopped ? ' in' : ', died in'}${report.running ? ` its ${report.running} phase` : ' its start'}` : ''}\n`);
-  const why = stopped ? `the ${label} probe ran past the ${PROBE_LIMIT_MS / 60_000}-minute limit under ${cmd} on this host (${hostCpu()}) in its ${report.running ?? 'start'} phase and was stopped` : undefined;
+  const phase = report.running ? `its ${report.running} phase` : 'its start';
+  const limit = `the ${PROBE_LIMIT_MS / 60_000}-minute limit`;
+  process.stdout.write(`      ${label} probe: ${((Date.now() - t0) / 1000).toFixed(1)} s${stopped ? `, stopped at ${limit} in ${phase}` : died ? `, died in ${phase}` : ''}\n`);
+  const why = stopped ? `the ${label} probe ran past ${limit} under ${cmd} on this host (${hostCpu()}) in ${phase} and was stopped` : undefined;
   return { label, dir, report, ...(died ? { died } : {}), ...(why ? { stopped: why } : {}) };
 }
 
