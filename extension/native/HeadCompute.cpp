@@ -167,8 +167,7 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
   std::vector<double> RS(checking ? static_cast<size_t>(n) : 0, NEG_INF);
   const int64_t chunk = chunkRows(V, n, onePass ? denseRows(d) : V);
   std::vector<uint8_t> wT;  // one pass: each chunk's W_c^T
-  // Two passes over a small vocabulary: the first pass's final logits [n][V], for the second (no soft cap: its slope is not kept).
-  // Not zeroed: every row is written by the pass.
+  // Two passes over a small vocabulary: the first pass's final logits [n][V] (not zeroed: the pass writes every row), for the second (no soft cap: its slope is not kept).
   const bool keep = wantGrad && !onePass && tuning_.keepLogits && hw.softCap == 0.0f && n * V <= KEPT_LOGITS;
   std::unique_ptr<float[]> kept(keep ? new float[static_cast<size_t>(n * V)] : nullptr);
   for (int64_t v0 = 0; v0 < V; v0 += chunk) {
