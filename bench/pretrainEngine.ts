@@ -28,7 +28,7 @@ const THREADS = 2;
 const STEPS = 6;
 
 async function main(): Promise<void> {
-  const files = standInFiles();
+  const files = await standInFiles((line) => void process.stderr.write(`${line}\n`));
   const text = fs.readFileSync(files.corpus.file, 'utf8').slice(0, SLICE_BYTES);
   const slice = path.join(os.tmpdir(), `pretrain-engine-${process.pid}.txt`);
   fs.writeFileSync(slice, text);

@@ -18,7 +18,7 @@ import { machineDescription } from './lib/benchModels';
 async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   if (process.argv.includes('--baselines')) {
-    const files = standInFiles();
+    const files = await standInFiles(log);
     const out: Record<string, unknown> = { ...(await corpusBaselines(files, qualityWorkspace().dir)), machine: machineDescription() };
     writeResult('standInBaselines.json', out);
     console.log(`corpus ${(files.corpus.bytes / 1e6).toFixed(1)} MB from ${files.corpus.packages} packages; vocabulary coverage ${(100 * (out.vocabCoverage as number)).toFixed(1)}%; held-out loss of add-one n-grams: unigram ${(out.unigramHeldOutLoss as number).toFixed(4)}, bigram ${(out.bigramHeldOutLoss as number).toFixed(4)}`);

@@ -9,13 +9,14 @@
  *   package, at most PER_PACKAGE_BYTES from each (so one large package cannot
  *   be most of it), deduplicated by content, minified and generated bundles
  *   left out;
- * - the tokenizer: a sentencepiece BPE vocabulary fitted to that corpus
- *   (harness/spmVocabulary.ts).
+ * - the tokenizer: a sentencepiece BPE vocabulary fitted to that corpus, less
+ *   the pieces llama.cpp's tokenizer emits fewer than MIN_PIECE_COUNT times
+ *   over it (harness/spmVocabulary.ts; issue 37's coverage).
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fitSpmVocabulary } from '../../harness/spmVocabulary';
+import { fitSpmVocabulary, pruneVocabulary } from '../../harness/spmVocabulary';
 import { BENCH_CACHE } from './benchModels';
 
 export const QUALITY_CACHE = path.join(BENCH_CACHE, 'quality');
@@ -30,7 +31,7 @@ const WORKSPACE_PACKAGES: { name: string; folder: string; keep: RegExp }[] = [
 const WORKSPACE_BYTES = 260_000;
 export const PRETRAIN_BYTES = 20_500_000;
 const PER_PACKAGE_BYTES = 250_000;
-/** Sentencepiece pieces (byte and control tokens included). */
+/** Sentencepiece pieces fitted (byte and control tokens included), before the rare ones are pruned. */
 export const SPM_PIECES = 8192;
 
 const isCode = (name: string): boolean => /\.(ts|mts|cts|js|mjs|cjs|c|cc|cpp|h|hpp)$/.test(name) && !/\.min\.js$/.test(name) && !/\.d\.[cm]?ts$/.test(name);
@@ -160,10 +161,19 @@ export function pretrainCorpus(): PretrainCorpus {
 /** How often a piece must be emitted over the corpus to count as trained (issue 24: 99% of the vocabulary at least 10 times). */
 export const MIN_PIECE_COUNT = 10;
 
-/** The corpus's tokenizer (harness/spmVocabulary.ts), fitted once and cached by the corpus's hash. */
-export function fitTokenizer(corpus: PretrainCorpus): string {
-  const out = path.join(QUALITY_CACHE, `spm-bpe${SPM_PIECES}-${corpus.hash}.gguf`);
-  if (!fs.existsSync(out)) fitSpmVocabulary(corpus.file, out, SPM_PIECES);
+/**
+ * The corpus's tokenizer (harness/spmVocabulary.ts): SPM_PIECES fitted, then
+ * pruned until every learned piece is emitted at least MIN_PIECE_COUNT times
+ * over the corpus; built once and cached by the corpus's hash.
+ */
+export async function fitTokenizer(corpus: PretrainCorpus, log: (line: string) => void): Promise<string> {
+  const out = path.join(QUALITY_CACHE, `spm-bpe${SPM_PIECES}-min${MIN_PIECE_COUNT}-${corpus.hash}.gguf`);
+  if (fs.existsSync(out)) return out;
+  const fitted = path.join(QUALITY_CACHE, `spm-bpe${SPM_PIECES}-${corpus.hash}.gguf`);
+  if (!fs.existsSync(fitted)) fitSpmVocabulary(corpus.file, fitted, SPM_PIECES);
+  const pruned = await pruneVocabulary(fitted, fs.readFileSync(corpus.file, 'utf8'), MIN_PIECE_COUNT, `${out}.part`);
+  fs.renameSync(`${out}.part`, out);
+  log(`tokenizer: ${pruned.piecesBefore} pieces fitted, ${pruned.piecesAfter} left after ${pruned.rounds} rounds of pruning the ones emitted fewer than ${MIN_PIECE_COUNT} times`);
   return out;
 }
 

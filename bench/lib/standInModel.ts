@@ -67,10 +67,10 @@ const sha256Of = (file: string): string => crypto.createHash('sha256').update(fs
  * else fitted to the corpus), its random-weight model (the pretraining's
  * initial weights) and where its pretrained F32 model goes.
  */
-export function standInFiles(): { pretrained: string; base: string; corpus: PretrainCorpus; vocab: string } {
+export async function standInFiles(log: (line: string) => void): Promise<{ pretrained: string; base: string; corpus: PretrainCorpus; vocab: string }> {
   const corpus = pretrainCorpus();
-  const vocab = fs.existsSync(STAND_IN_MODEL) ? STAND_IN_MODEL : fitTokenizer(corpus);
-  const tag = crypto.createHash('sha256').update(JSON.stringify([STAND_IN, STAND_IN_PRETRAIN, fs.existsSync(STAND_IN_MODEL) ? sha256Of(STAND_IN_MODEL) : corpus.hash])).digest('hex').slice(0, 12);
+  const vocab = fs.existsSync(STAND_IN_MODEL) ? STAND_IN_MODEL : await fitTokenizer(corpus, log);
+  const tag = crypto.createHash('sha256').update(JSON.stringify([STAND_IN, STAND_IN_PRETRAIN, fs.existsSync(STAND_IN_MODEL) ? sha256Of(STAND_IN_MODEL) : path.basename(vocab)])).digest('hex').slice(0, 12);
   const name = `standin-${STAND_IN.layers}x${STAND_IN.embd}-bpe${SPM_PIECES}-${tag}`;
   const base = path.join(QUALITY_CACHE, `${name}-init-f32.gguf`);
   const pretrained = path.join(QUALITY_CACHE, `${name}-pretrained-f32.gguf`);
@@ -100,7 +100,7 @@ export function standInRecord(): StandInRecord {
  */
 export async function buildStandIn(log: (line: string) => void, stopAtStep?: number): Promise<number | null> {
   if (fs.existsSync(STAND_IN_MODEL)) return 0;
-  const { corpus, vocab } = standInFiles();
+  const { corpus, vocab } = await standInFiles(log);
   const ids = path.join(QUALITY_CACHE, `tokens-${corpus.hash}-${path.basename(vocab, '.gguf')}.bin`);
   if (!fs.existsSync(ids)) {
     log(`tokenizing the ${(corpus.bytes / 1e6).toFixed(1)} MB corpus ...`);
@@ -111,7 +111,7 @@ export async function buildStandIn(log: (line: string) => void, stopAtStep?: num
   const raw = fs.readFileSync(ids);
   const tokens = new Int32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
   const shape = shapeOf(vocabSize(vocab));
-  const checkpoint = path.join(QUALITY_CACHE, `standin-${corpus.hash}.ckpt`);
+  const checkpoint = path.join(QUALITY_CACHE, `standin-${path.basename(vocab, '.gguf')}.ckpt`);
   const bos = Number(readGgufFile(vocab).kv.get('tokenizer.ggml.bos_token_id')!.value);
   const run = await pretrainStandIn({ shape, settings: STAND_IN_PRETRAIN, tokens, bos, checkpoint, threads: 2, log, stopAtStep });
   if (run === null) return null;
@@ -136,7 +136,7 @@ export async function standInBackbone(log: (line: string) => void): Promise<{ pr
   const built = await buildStandIn(log);
   const seconds = built === 0 ? null : built;
   const record = standInRecord();
-  const files = standInFiles();
+  const files = await standInFiles(log);
   if (files.corpus.hash !== record.corpus.hash) log(`note: the corpus built here (${files.corpus.hash}) is not the one the committed stand-in was pretrained on (${record.corpus.hash}): the installed packages differ`);
   if (!fs.existsSync(files.pretrained)) {
     writeStandIn(`${files.pretrained}.tmp`, shapeOf(vocabSize(STAND_IN_MODEL)), STAND_IN_MODEL, readWeights(STAND_IN_MODEL), 'f32', CONTEXT_LENGTH);
@@ -159,7 +159,7 @@ export function vocabCoverage(vocab: string, { counts, tokens }: TokenCounts): {
 }
 
 /** What the corpus and tokenizer alone give (no pretrained model): their size, vocabulary coverage and the n-gram baselines on `workspace`'s held-out sequences. */
-export async function corpusBaselines(files: ReturnType<typeof standInFiles>, workspace: string): Promise<Record<string, unknown>> {
+export async function corpusBaselines(files: Awaited<ReturnType<typeof standInFiles>>, workspace: string): Promise<Record<string, unknown>> {
   const fit = await tokenCounts(files.vocab, fs.readFileSync(files.corpus.file, 'utf8'));
   const cov = vocabCoverage(files.vocab, fit);
   const ngrams = ngramHeldOutLosses(fit, await heldOutSequencesOf(files.base, workspace));

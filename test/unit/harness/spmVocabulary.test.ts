@@ -5,7 +5,7 @@ import { Backbone } from '../../../extension/core/model/Backbone';
 import { readGgufFile } from '../../../extension/core/model/gguf/GgufFile';
 import { writeTinyModel } from '../../../extension/core/model/tinyModel';
 import { scanWorkspace } from '../../../extension/core/workspace/scanWorkspace';
-import { fitSpmVocabulary, NORMAL_TOKEN, spmMissing, tokenCounts } from '../../../harness/spmVocabulary';
+import { fitSpmVocabulary, NORMAL_TOKEN, pruneVocabulary, spmMissing, tokenCounts } from '../../../harness/spmVocabulary';
 import { skipBecause } from '../../helpers/models';
 import { tmpDir } from '../../helpers/workspaces';
 
@@ -62,5 +62,37 @@ describe('sentencepiece vocabulary for the stand-in', function () {
     const learned = types.map((t, i) => (t === NORMAL_TOKEN ? counts[i]! : -1)).filter((c) => c >= 0);
     assert.ok(learned.filter((c) => c >= 2).length > 0.8 * learned.length, 'fitted to this text, most pieces recur in it');
     assert.equal(counts[1], 0, 'no BOS when special tokens are not added');
+  });
+
+  it('pruned, keeps only the learned pieces emitted often enough, and still gives every text back', async () => {
+    const minCount = 5;
+    const before = await tokenCounts(vocab, text);
+    const kv = readGgufFile(vocab).kv;
+    const types = kv.get('tokenizer.ggml.token_type')!.value as number[];
+    const rare = types.filter((t, i) => t === NORMAL_TOKEN && before.counts[i]! < minCount).length;
+    assert.ok(rare > 0, 'the whole vocabulary has rarely emitted pieces to prune');
+    const pruned = path.join(dir, 'pruned.gguf');
+    const result = await pruneVocabulary(vocab, text, minCount, pruned);
+    assert.equal(result.piecesBefore, 1000);
+    assert.ok(result.piecesAfter <= 1000 - rare, `${result.piecesAfter} pieces left of 1000 with ${rare} rare`);
+    assert.ok(result.rounds >= 1);
+    const pkv = readGgufFile(pruned).kv;
+    const tokens = pkv.get('tokenizer.ggml.tokens')!.value as string[];
+    const ptypes = pkv.get('tokenizer.ggml.token_type')!.value as number[];
+    assert.equal(tokens.length, result.piecesAfter);
+    assert.deepEqual(tokens.slice(0, 259), (kv.get('tokenizer.ggml.tokens')!.value as string[]).slice(0, 259), 'control and byte tokens kept, in place');
+    const after = await tokenCounts(pruned, text);
+    const low = ptypes.map((t, i) => (t === NORMAL_TOKEN && after.counts[i]! < minCount ? tokens[i] : null)).filter((p) => p !== null);
+    assert.deepEqual(low, [], 'every learned piece left is emitted at least minCount times');
+    assert.ok(after.tokens > before.tokens, 'the text takes more tokens without the pruned pieces');
+    const model = path.join(dir, 'pruned-model.gguf');
+    writeTinyModel({ out: model, layers: 1, embd: 64, heads: 2, kvHeads: 2, ff: 64, vocab: pruned, seed: 3 });
+    const bb = await Backbone.open(model, { threads: 1 });
+    try {
+      const sample = text.slice(0, 4000);
+      assert.equal(Buffer.concat([...bb.tokenize(sample, false)].map((id) => bb.tokenBytes(id))).toString('utf8'), sample);
+    } finally {
+      bb.dispose();
+    }
   });
 });
