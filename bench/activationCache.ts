@@ -26,7 +26,7 @@ import type { CandidateRowStats } from '../extension/core/job/CandidateRows';
 import { FineTuneJob } from '../extension/core/job/FineTuneJob';
 import { addUser, freePort, killHard, startServerProcess } from '../harness/serverProcess';
 import { BENCH_CACHE, machineDescription, qwenShapedModel } from './lib/benchModels';
-import { STAND_IN_MODEL, standInBackbone } from './lib/standInModel';
+import { STAND_IN_MODEL, standInBackbone, standInVocabulary } from './lib/standInModel';
 import { writeResult } from './lib/writeResult';
 
 interface EpochRun {
@@ -100,7 +100,7 @@ async function main(): Promise<void> {
   // The wall run (the embedded server) is the Qwen-shaped model's alone.
   const embedded = standIn ? undefined : await epochs(model, workspace, 'embedded', false);
   const out = {
-    model: standIn ? `${path.basename(STAND_IN_MODEL)} as float32 (the committed stand-in: 6 layers, d 384, 8,192-piece vocabulary, pretrained on code)` : 'qwen2.5-0.5b-shape-q8_0.gguf (24 layers, d 896, real Qwen2 vocabulary, random weights)',
+    model: standIn ? `${path.basename(STAND_IN_MODEL)} as float32 (the committed stand-in: 6 layers, d 384, ${standInVocabulary()}, pretrained on code)` : 'qwen2.5-0.5b-shape-q8_0.gguf (24 layers, d 896, real Qwen2 vocabulary, random weights)',
     workspace: path.relative(path.join(__dirname, '..', '..'), workspace) || '.',
     runs: embedded ? [separate, standard, embedded] : [separate, standard],
     deviceCpuLaterOverFirst: { 'label-private': separate.cpuSeconds[1] / separate.cpuSeconds[0], standard: standard.cpuSeconds[1] / standard.cpuSeconds[0] },

@@ -30,7 +30,7 @@ import { machineDescription } from './lib/benchModels';
 import { lossPlotSvg } from './lib/lossPlot';
 import { PEERS, ROOT, SEQ } from './lib/peerHarness';
 import { qualityWorkspace } from './lib/qualityCorpus';
-import { pretrainText, standInBackbone, standInRecord, STAND_IN } from './lib/standInModel';
+import { pretrainText, standInBackbone, standInRecord, standInVocabulary, STAND_IN } from './lib/standInModel';
 import { writeResult } from './lib/writeResult';
 
 /** Workspace rows audited, public rows the inverter is fitted on, public rows the attacker calibrates its choice on. */
@@ -184,7 +184,7 @@ async function main(): Promise<void> {
 
   const record = standInRecord();
   const out = {
-    standIn: { ...STAND_IN, sha256: record.sha256, note: `the committed stand-in (bench/stand-in/: a sentencepiece vocabulary of 8,192 pieces fitted to its corpus, pretrained by our ONNX Runtime engine for ${record.steps} steps on ${(record.corpus.bytes / 1e6).toFixed(1)} MB of TypeScript, JavaScript, C and C++ from ${record.corpus.packages} installed packages)` },
+    standIn: { ...STAND_IN, sha256: record.sha256, note: `the committed stand-in (bench/stand-in/: ${standInVocabulary()}, pretrained by our ONNX Runtime engine for ${record.steps} steps on ${(record.corpus.bytes / 1e6).toFixed(1)} MB of TypeScript, JavaScript, C and C++ from ${record.corpus.packages} installed packages)` },
     workspace: { bytes: ws.bytes, packages: ws.packages, rows: workspace.n },
     inverter: { fittedOnRows: fit.n, text: 'the first half of the stand-in\'s pretraining text (public code, not the workspace)' },
     calibrationRows: calibration.n,

@@ -35,7 +35,7 @@ import { positions, score } from './lib/lineScore';
 import { pretrainedBackbone } from './lib/peerConvergence';
 import { best, dropPeerRun, PeerRun, peerRun, Point, runVariant, Variant, versus } from './lib/curves';
 import { buildPeer, corpus, heldOutLoss, PEERS, ROOT, SEQ } from './lib/peerHarness';
-import { standInBackbone } from './lib/standInModel';
+import { standInBackbone, standInVocabulary } from './lib/standInModel';
 import { writeResult } from './lib/writeResult';
 
 const FINETUNE_BYTES = 32_000;
@@ -164,7 +164,7 @@ async function main(): Promise<void> {
   }
 
   const out = {
-    backbone: standin ? 'the fair stand-in: 6 x 384 llama (F32), 8,192-piece sentencepiece vocabulary fitted to its pretraining corpus' : '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node (the peer benchmark\'s quick variant)',
+    backbone: standin ? `the fair stand-in: 6 x 384 llama (F32), ${standInVocabulary()}` : '4 x 256 llama (F32), pretrained by llama-finetune on 96 KB of @types/node (the peer benchmark\'s quick variant)',
     heldOutLossBefore: loss0,
     workspace: `this repository's first ${FINETUNE_BYTES / 1000} KB of source`,
     peer: { learningRate: lr, curve: peer, best: best(peer), ...(peerRates.length > 1 ? { sweep: Object.fromEntries(Object.entries(peerRuns).map(([r, run]) => [r, run.curve])) } : {}) },
