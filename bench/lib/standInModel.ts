@@ -1,9 +1,11 @@
 /**
  * The fair stand-in for a real code model (issues 24 and 37): 6 layers,
- * d = 384, a sentencepiece BPE vocabulary of 8,192 pieces fitted to its own
- * pretraining corpus, pretrained for one epoch on 20 MB of code from the
- * installed packages (bench/lib/qualityCorpus.ts; the workspace's package is
- * not among them) by the project's own ONNX Runtime pretraining step
+ * d = 384, a sentencepiece BPE vocabulary fitted to its own pretraining
+ * corpus (8,192 rows, pruned to 7,261 so that llama.cpp's tokenizer emits
+ * every learned piece left at least MIN_PIECE_COUNT times over it),
+ * pretrained for one epoch on 20 MB of code from the installed packages
+ * (bench/lib/qualityCorpus.ts; the workspace's package is not among them)
+ * by the project's own ONNX Runtime pretraining step
  * (bench/lib/pretrain/), with warm-up, a peak rate of 1e-3 and cosine decay.
  *
  * Built once and committed: bench/stand-in/ holds the Q8_0 model, its sha256
@@ -11,7 +13,7 @@
  * it as the F32 model its Q8_0 weights give (the on-device peer trains F32
  * only), so a fresh machine and the machine that built it run the same
  * weights. Without it the build runs, resumable from its checkpoints under
- * bench/.cache/quality (about two hours on 2 cores):
+ * bench/.cache/quality (about an hour on 2 cores):
  *
  *   npm run bench:stand-in      (builds if needed, reports coverage and held-out loss)
  */
