@@ -8,11 +8,11 @@ export const PRIVACY_AUDIT = {
   model: 'a 6-layer stand-in model',
   layers: 6,
   labelPrivate: [
-    { activationBits: 8, skipLayers: 0, recovered: 0.8917, attack: 'a linear inverter fitted on public code on layer 0' },
-    { activationBits: 8, skipLayers: 2, recovered: 0.8191, attack: 'a linear inverter fitted on public code on layer 2' },
-    { activationBits: 8, skipLayers: 4, recovered: 0.7559, attack: 'a linear inverter fitted on public code on layer 4' },
-    { activationBits: 4, skipLayers: 0, recovered: 0.8713, attack: 'a linear inverter fitted on public code on layer 0' },
-    { activationBits: 4, skipLayers: 2, recovered: 0.7907, attack: 'a linear inverter fitted on public code on layer 2' },
-    { activationBits: 4, skipLayers: 4, recovered: 0.7380, attack: 'a linear inverter fitted on public code on layer 4' },
+    { activationBits: 8, skipLayers: 0, recovered: 0.9219, attack: 'a linear inverter fitted on public code on layer 0' },
+    { activationBits: 8, skipLayers: 2, recovered: 0.8234, attack: 'a linear inverter fitted on public code on layer 2' },
+    { activationBits: 8, skipLayers: 4, recovered: 0.7629, attack: 'a linear inverter fitted on public code on layer 4' },
+    { activationBits: 4, skipLayers: 0, recovered: 0.9040, attack: 'a linear inverter fitted on public code on layer 0' },
+    { activationBits: 4, skipLayers: 2, recovered: 0.8089, attack: 'a linear inverter fitted on public code on layer 2' },
+    { activationBits: 4, skipLayers: 4, recovered: 0.7516, attack: 'a linear inverter fitted on public code on layer 4' },
   ],
 } as const;
