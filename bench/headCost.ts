@@ -28,7 +28,7 @@ import { readGgufFile } from '../extension/core/model/gguf/GgufFile';
 import { describeHead, HeadDescription } from '../extension/core/model/headDescription';
 import { SeededRandom } from '../common/SeededRandom';
 import { machineDescription, median, qwenShapedModel } from './lib/benchModels';
-import { STAND_IN_MODEL, standInBackbone, vocabSize } from './lib/standInModel';
+import { standInBackbone, standInRows } from './lib/standInModel';
 import { writeResult } from './lib/writeResult';
 
 const REPEATS = 3;
@@ -138,7 +138,7 @@ async function keptLogits(): Promise<void> {
     const [recompute, kept] = times.map(median) as [number, number];
     console.log(`stand-in head, ${tokens} tokens, rank ${RANK}, every token dense: W z again ${recompute.toFixed(3)} s, kept logits ${kept.toFixed(3)} s: ${(kept / recompute).toFixed(3)}x; gradients differ by at most ${diff.toExponential(2)} (largest ${scale.toExponential(2)})`);
     writeResult('headCost-standin.json', {
-      model: `the committed stand-in as float32 (${vocabSize(STAND_IN_MODEL).toLocaleString('en-US')} rows, d 384)`, threads: defaultThreads(), tokens, headRank: RANK, repeats,
+      model: `the committed stand-in as float32 (${standInRows()} rows, d 384)`, threads: defaultThreads(), tokens, headRank: RANK, repeats,
       recomputeSeconds: recompute, keptLogitsSeconds: kept, keptOverRecompute: kept / recompute, gradientMaxDifference: diff, gradientMaxAbs: scale, distributions: widths, machine: machineDescription(),
     });
   } finally {

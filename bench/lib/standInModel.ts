@@ -62,8 +62,10 @@ export function pretrainText(): string {
 
 const shapeOf = (vocab: number): PretrainShape => ({ layers: STAND_IN.layers, embd: STAND_IN.embd, heads: STAND_IN.heads, ff: STAND_IN.ff, vocab });
 export const vocabSize = (file: string): number => (readGgufFile(file).kv.get('tokenizer.ggml.tokens')!.value as unknown[]).length;
+/** The committed stand-in's vocabulary rows, written out (e.g. "7,261"). */
+export const standInRows = (): string => vocabSize(STAND_IN_MODEL).toLocaleString('en-US');
 /** The committed stand-in's vocabulary in words, e.g. "a 7,261-piece sentencepiece vocabulary fitted to its corpus". */
-export const standInVocabulary = (): string => `a ${vocabSize(STAND_IN_MODEL).toLocaleString('en-US')}-piece sentencepiece vocabulary fitted to its corpus`;
+export const standInVocabulary = (): string => `a ${standInRows()}-piece sentencepiece vocabulary fitted to its corpus`;
 const sha256Of = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 /**
