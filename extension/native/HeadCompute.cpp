@@ -282,45 +282,18 @@ bool HeadLoss::ComputeOver(const HeadWeights& hw, HeadUpdateState& hu, const flo
   *denseTokens = static_cast<int64_t>(denseList.size());
   denseShare_ = static_cast<double>(denseList.size()) / static_cast<double>(n);
   // dL/dz = w (A - W[target]) + A_update du, du = w (B^T p - B[target]); back through the RMSNorm to y.
-  std::vector<float> wt(static_cast<size_t>(d)), dn(static_cast<size_t>(d)), du(static_cast<size_t>(k)), lift(static_cast<size_t>(k > 0 ? d : 0));
+  std::vector<float> targetRows(static_cast<size_t>(n * d)), dn(static_cast<size_t>(d)), du(static_cast<size_t>(k)), lift(static_cast<size_t>(k > 0 ? d : 0));
+  hw.gatherRows(targets, n, targetRows.data());
   for (int64_t j = 0; j < n; ++j) {
-    hw.rowToFloat(targets[j], wt.data());
+    float* wt = targetRows.data() + j * d;
     const float targetSlope = capSlope(hw, hu.b.data(), k, u.data() + j * k, targets[j], targetLogit[j]);
-    if (targetSlope != 1.0f) for (float& x : wt) x *= targetSlope;
+    if (targetSlope != 1.0f) for (int64_t i = 0; i < d; ++i) wt[i] *= targetSlope;
     if (k > 0) HeadUpdateTerms(hw, hu, z.data() + j * d, u.data() + j * k, accB.data() + j * k, targets[j], weights[j], du.data(), lift.data());
     for (int64_t i = 0; i < d; ++i) dn[i] = (weights[j] * (A[j * d + i] - wt[i]) + (k > 0 ? lift[i] : 0.0f)) * hw.norm[i];
     finalNormBackward(hw, dn.data(), xhat.data() + j * d, inv[j], grad + j * d);
   }
   hw.release(0, V);
   return true;
-}
-
-void HeadLoss::SparseProducts(const HeadWeights& hw, const HeadUpdateState& hu, const std::vector<float>& u, const std::vector<int64_t>& tokens,
-                              const std::vector<std::vector<std::pair<int32_t, float>>>& candidates, const std::vector<double>& R, const std::vector<double>& tail, float* A) const {
-  const int64_t d = hw.d;
-  auto work = [&](size_t from, size_t step) {
-    std::vector<float> r(static_cast<size_t>(d));
-    for (size_t k = from; k < tokens.size(); k += step) {
-      const int64_t j = tokens[k];
-      float* Aj = A + j * d;
-      for (const auto& e : candidates[static_cast<size_t>(j)]) {
-        const float pv = static_cast<float>(std::exp(static_cast<double>(e.second) - R[j])) * capSlope(hw, hu.b.data(), hu.rank, u.data() + j * hu.rank, e.first, e.second);
-        hw.rowToFloat(e.first, r.data());
-        for (int64_t i = 0; i < d; ++i) Aj[i] += pv * r[i];
-      }
-      const float rest = static_cast<float>(tail[j]);
-      for (int64_t i = 0; i < d; ++i) Aj[i] += rest * hw.meanRow[i];
-    }
-  };
-  const size_t workers = std::min<size_t>(static_cast<size_t>(threads_), tokens.size());
-  if (workers <= 1) {
-    work(0, 1);
-    return;
-  }
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t < workers; ++t) pool.emplace_back(work, t, workers);
-  work(0, workers);
-  for (auto& th : pool) th.join();
 }
 
 bool HeadLoss::DenseProducts(const HeadWeights& hw, HeadUpdateState& hu, const std::vector<int64_t>& tokens, const std::vector<float>& z, const float* kept, const std::vector<double>& R,

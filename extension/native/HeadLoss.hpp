@@ -149,6 +149,11 @@ struct HeadWeights {
   void rowToFloat(int64_t v, float* out) const;
   // Drops rows [v0, v1)'s pages from this process's resident set (they stay in the file cache).
   void release(int64_t v0, int64_t v1) const;
+  // Rows in a span of the matrix (8 MB): a walk over rows in ascending order releases each span behind it. Rows read
+  // one by one in any order would leave much of the matrix resident: a fault maps a whole large page of the file cache.
+  int64_t spanRows() const;
+  // Rows `ids` [n] as floats into out [n][d], read in ascending order with each span released behind the walk.
+  void gatherRows(const int32_t* ids, int64_t n, float* out) const;
   ~HeadWeights();
 };
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <numeric>
+#include <vector>
 
 #include "HeadLoss.hpp"
 #include "gguf.h"
@@ -45,6 +47,26 @@ void HeadWeights::release(int64_t v0, int64_t v1) const {
   (void)v0;
   (void)v1;
 #endif
+}
+
+int64_t HeadWeights::spanRows() const { return std::max<int64_t>(1, (int64_t{8} << 20) / static_cast<int64_t>(w->nb[1])); }
+
+void HeadWeights::gatherRows(const int32_t* ids, int64_t n, float* out) const {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::sort(order.begin(), order.end(), [ids](int64_t x, int64_t y) { return ids[x] < ids[y]; });
+  const int64_t span = spanRows();
+  int64_t from = -1;
+  for (const int64_t j : order) {
+    const int64_t v = ids[j];
+    if (from >= 0 && v >= from + span) {
+      release(from, v);
+      from = -1;
+    }
+    if (from < 0) from = v;
+    rowToFloat(v, out + j * d);
+  }
+  if (from >= 0) release(from, vocab);
 }
 
 namespace {

@@ -76,6 +76,8 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
     ['Q8_0, sparse rows within 0.5 nats, the rest as the mean row', { type: 'q8_0' as const }, { tailMass: 1, tailNats: 0.5, maxCandidates: 1 << 20 }, 'none'],
     // 151,936 rows at d = 64: the dense product's W_c^T comes in two chunks, the second padded to 32 rows, tiles on two threads.
     ['Q8_0, every token dense, Qwen2\'s vocabulary, two threads', { type: 'q8_0' as const, vocab: path.join(VOCAB_DIR, 'ggml-vocab-qwen2.gguf') }, { maxCandidates: 0 }, 'all', 2],
+    // 151,936 rows of 68 bytes: the sparse rows and the targets are read over two spans of the mapping (HeadWeights::spanRows), on two threads.
+    ['Q8_0, every token sparse, Qwen2\'s vocabulary, two threads', { type: 'q8_0' as const, vocab: path.join(VOCAB_DIR, 'ggml-vocab-qwen2.gguf') }, { tailMass: 1, maxCandidates: 1 << 20 }, 'none', 2],
   ] as const;
   for (const [label, options, tuning, dense, threads] of cases as readonly (readonly [string, (typeof cases)[number][1], HeadTuning | undefined, 'all' | 'none' | undefined, number?])[]) {
     it(`computes each token's loss and the gradient wrt the hidden state as a float64 reference does (${label})`, async () => {
@@ -89,7 +91,7 @@ describe('DeviceHead (the model\'s own head on the device)', function () {
         const rng = new SeededRandom(3);
         const n = 5;
         const y = Float32Array.from({ length: n * d }, () => rng.normal() * 2);
-        const targets = Int32Array.from({ length: n }, (_, j) => (j * 97 + 5) % head.vocabularySize);
+        const targets = Int32Array.from({ length: n }, (_, j) => (j * 40_009 + 5) % head.vocabularySize); // spread over the vocabulary, out of order
         const weights = Float32Array.from([0.25, 0, 0.25, 0.25, 0.25]);
         const got = await head.lossAndGradient(y, targets, weights);
         if (dense !== undefined) assert.equal(head.counts.denseTokens, dense === 'all' ? n : 0, 'tokens that took the dense product');
