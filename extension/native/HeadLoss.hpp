@@ -5,7 +5,9 @@
 // Memory: the matrix is read where the model file's pages are (a read-only
 // mapping of the file, the same file cache llama.cpp's own mapping uses), one
 // chunk of vocabulary rows at a time; a chunk's pages leave this process's
-// resident set when it is done. No copy of the head is held.
+// resident set when it is done. Rows read out of order (the sparse products'
+// rows, the targets) are read in ascending order a span at a time, each span
+// released behind the walk (HeadWeights::spanRows). No copy of the head is held.
 //
 // Per chunk of the vocabulary, one ggml graph on ggml's CPU backend:
 //   logits = W_c z      the quantized matrix times z, exactly as llama.cpp's own
