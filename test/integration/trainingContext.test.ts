@@ -32,4 +32,13 @@ describe('fine-tuning with retrieved context in the training sequences (real lla
     assert.ok(worst < 1e-3, `largest relative difference of the per-step losses: ${worst}`);
     assert.ok(standard.r.heldOutLossAfter < standard.r.heldOutLossBefore, `held-out ${standard.r.heldOutLossBefore} -> ${standard.r.heldOutLossAfter}`);
   });
+
+  it('with the head update, label-private (its head over the trained rows only, the context\'s rows left out) trains as the standard mode does', async () => {
+    const standard = await run(ws, { contextRate: 1, headRank: 16 });
+    const labelPrivate = await run(ws, { contextRate: 1, headRank: 16, labelPrivate: true });
+    const worst = Math.max(...standard.losses.map((l, i) => Math.abs(l - labelPrivate.losses[i]!) / l));
+    assert.ok(worst < 1e-3, `largest relative difference of the per-step losses: ${worst}`);
+    const heldOut = Math.abs(standard.r.heldOutLossAfter - labelPrivate.r.heldOutLossAfter) / standard.r.heldOutLossAfter;
+    assert.ok(heldOut < 1e-3, `held-out after: standard ${standard.r.heldOutLossAfter}, label-private ${labelPrivate.r.heldOutLossAfter}`);
+  });
 });

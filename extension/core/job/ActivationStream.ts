@@ -162,22 +162,38 @@ export class ActivationStream {
     const t0 = process.hrtime.bigint();
     const y = dequantizeRows(deltaPayload, rows, d, bits);
     for (let i = 0; i < y.length; i++) y[i]! += kept.last[i]!;
-    let tokens = 0;
-    for (let i = 0; i < rows; i++) tokens += kept.mask[i]!;
-    const weights = Float32Array.from(kept.mask, (m) => (tokens > 0 ? m / tokens : 0));
+    // Rows not trained on (retrieved context) have no loss and no gradient: the head runs over the trained rows only
+    // (over every row, weighted 0, in a batch with none: the head update's gradient is then zero, not the last batch's).
+    const t = trainedRows(kept.mask, step?.lengths ?? [rows]);
+    const tokens = t.rows.length;
+    const sub = tokens > 0 && tokens < rows ? t : undefined;
+    let yIn = y;
+    let targets = kept.targets;
+    let weights = Float32Array.from(kept.mask, (m) => (tokens > 0 ? m / tokens : 0));
+    if (sub) {
+      yIn = new Float32Array(tokens * d);
+      sub.rows.forEach((row, k) => yIn.set(y.subarray(row * d, (row + 1) * d), k * d));
+      targets = Int32Array.from(sub.rows, (row) => kept.targets[row]!);
+      weights = new Float32Array(tokens).fill(1 / tokens);
+    }
     let r: { losses: Float32Array; grad?: Float32Array };
     if (step) {
-      const request = this.candidates?.request(step.index, step.sequenceIds, step.lengths, kept.targets);
-      const run = await this.head!.lossAndGradient(y, kept.targets, weights, request);
+      const request = this.candidates?.request(step.index, step.sequenceIds, sub ? sub.lengths : step.lengths, targets);
+      const run = await this.head!.lossAndGradient(yIn, targets, weights, request);
       if (request) this.candidates!.taken(step.index, step.sequenceIds, request, run);
       r = run;
-    } else r = { losses: await this.head!.losses(y, kept.targets) };
+    } else r = { losses: await this.head!.losses(yIn, targets) };
     let lossSum = 0;
-    for (let i = 0; i < rows; i++) if (kept.mask[i]) lossSum += r.losses[i]!;
+    r.losses.forEach((loss, k) => (lossSum += sub || kept.mask[k] ? loss : 0));
     let grad: Buffer | undefined;
     if (r.grad) {
+      let full = r.grad;
+      if (sub) {
+        full = new Float32Array(rows * d); // a row not trained on has no gradient
+        sub.rows.forEach((row, k) => full.set(r.grad!.subarray(k * d, (k + 1) * d), row * d));
+      }
       grad = Buffer.allocUnsafe(rows * bytesPerRow(d, bits));
-      quantizeRows(r.grad, rows, d, bits, grad, 0);
+      quantizeRows(full, rows, d, bits, grad, 0);
     }
     this.timings.headSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
     return { lossSum, tokens, grad };
@@ -284,4 +300,20 @@ export class ActivationStream {
       this.timings.trainWallSeconds += Number(process.hrtime.bigint() - started) / 1e9;
     }
   }
+}
+
+/** The rows of a batch that are trained on (mask 1), ascending, and how many of them each sequence of `lengths` rows has. */
+export function trainedRows(mask: Uint8Array, lengths: readonly number[]): { rows: Int32Array; lengths: number[] } {
+  let count = 0;
+  for (const m of mask) count += m;
+  const rows = new Int32Array(count);
+  const counts: number[] = [];
+  let at = 0;
+  let row = 0;
+  for (const length of lengths) {
+    const from = at;
+    for (const end = row + length; row < end; row++) if (mask[row]) rows[at++] = row;
+    counts.push(at - from);
+  }
+  return { rows, lengths: counts };
 }
