@@ -132,6 +132,9 @@ struct RowRequest {
   std::vector<uint8_t> dense;         // collect: 1 where a token of the segment took the dense product (no rows listed)
 };
 
+/** Bytes of the head's matrix in a span of an ascending walk over its rows (HeadWeights::spanRows). */
+constexpr int64_t RELEASE_SPAN_BYTES = int64_t{8} << 20;
+
 struct HeadWeights {
   ggml_context* ctx = nullptr;
   ggml_backend_buffer_t buffer = nullptr;
@@ -154,9 +157,34 @@ struct HeadWeights {
   // Rows in a span of the matrix (8 MB): a walk over rows in ascending order releases each span behind it. Rows read
   // one by one in any order would leave much of the matrix resident: a fault maps a whole large page of the file cache.
   int64_t spanRows() const;
-  // Rows `ids` [n] as floats into out [n][d], read in ascending order with each span released behind the walk.
+  // Rows `ids` [n] as floats into out [n][d], read in ascending order (a RowWalk).
   void gatherRows(const int32_t* ids, int64_t n, float* out) const;
   ~HeadWeights();
+};
+
+/** Rows of the head read in ascending order: each span (HeadWeights::spanRows) released once the walk has left it, the last when the walk ends. */
+class RowWalk {
+ public:
+  explicit RowWalk(const HeadWeights& hw) : hw_(hw), span_(hw.spanRows()) {}
+  ~RowWalk() {
+    if (from_ >= 0) hw_.release(from_, hw_.vocab);
+  }
+  RowWalk(const RowWalk&) = delete;
+  RowWalk& operator=(const RowWalk&) = delete;
+  /** Row v (at least the last row read). */
+  const uint8_t* row(int64_t v) {
+    if (from_ >= 0 && v >= from_ + span_) {
+      hw_.release(from_, v);
+      from_ = -1;
+    }
+    if (from_ < 0) from_ = v;
+    return hw_.row(v);
+  }
+
+ private:
+  const HeadWeights& hw_;
+  const int64_t span_;
+  int64_t from_ = -1;  // the first row of the span being read; -1: none yet
 };
 
 /** The model's output step as extension/core/model/headDescription.ts describes it: which matrix is the head, what multiplies the final norm (the logit multiplier), the soft cap, the norm's kind. */

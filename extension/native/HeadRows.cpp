@@ -43,18 +43,8 @@ std::unique_ptr<HeadWeights> copyRows(const HeadWeights& hw, const std::vector<i
   }
   const size_t rowBytes = hw.w->nb[1];
   uint8_t* out = static_cast<uint8_t*>(sub->w->data);
-  // In ascending order (within is sorted), each span of the mapping released behind the walk (HeadWeights::spanRows).
-  const int64_t span = hw.spanRows();
-  int64_t from = -1;
-  for (size_t i = 0; i < within.size(); ++i) {
-    if (from >= 0 && within[i] >= from + span) {
-      hw.release(from, within[i]);
-      from = -1;
-    }
-    if (from < 0) from = within[i];
-    std::memcpy(out + i * rowBytes, hw.row(within[i]), rowBytes);
-  }
-  hw.release(0, hw.vocab);
+  RowWalk walk(hw);  // within ascends
+  for (size_t i = 0; i < within.size(); ++i) std::memcpy(out + i * rowBytes, walk.row(within[i]), rowBytes);
   return sub;
 }
 

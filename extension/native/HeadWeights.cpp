@@ -28,10 +28,17 @@ HeadWeights::~HeadWeights() {
 #endif
 }
 
-void HeadWeights::rowToFloat(int64_t v, float* out) const {
-  if (w->type == GGML_TYPE_F32) std::memcpy(out, row(v), static_cast<size_t>(d) * sizeof(float));
-  else ggml_get_type_traits(w->type)->to_float(row(v), out, d);
+namespace {
+
+// A row of the head's type, as floats.
+void rowBytesToFloat(const ggml_tensor* w, const uint8_t* r, float* out) {
+  if (w->type == GGML_TYPE_F32) std::memcpy(out, r, static_cast<size_t>(w->ne[0]) * sizeof(float));
+  else ggml_get_type_traits(w->type)->to_float(r, out, w->ne[0]);
 }
+
+}  // namespace
+
+void HeadWeights::rowToFloat(int64_t v, float* out) const { rowBytesToFloat(w, row(v), out); }
 
 void HeadWeights::release(int64_t v0, int64_t v1) const {
 #ifndef _WIN32
@@ -49,24 +56,14 @@ void HeadWeights::release(int64_t v0, int64_t v1) const {
 #endif
 }
 
-int64_t HeadWeights::spanRows() const { return std::max<int64_t>(1, (int64_t{8} << 20) / static_cast<int64_t>(w->nb[1])); }
+int64_t HeadWeights::spanRows() const { return std::max<int64_t>(1, RELEASE_SPAN_BYTES / static_cast<int64_t>(w->nb[1])); }
 
 void HeadWeights::gatherRows(const int32_t* ids, int64_t n, float* out) const {
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), int64_t{0});
   std::sort(order.begin(), order.end(), [ids](int64_t x, int64_t y) { return ids[x] < ids[y]; });
-  const int64_t span = spanRows();
-  int64_t from = -1;
-  for (const int64_t j : order) {
-    const int64_t v = ids[j];
-    if (from >= 0 && v >= from + span) {
-      release(from, v);
-      from = -1;
-    }
-    if (from < 0) from = v;
-    rowToFloat(v, out + j * d);
-  }
-  if (from >= 0) release(from, vocab);
+  RowWalk walk(*this);
+  for (const int64_t j : order) rowBytesToFloat(w, walk.row(ids[j]), out + j * d);
 }
 
 namespace {

@@ -169,13 +169,13 @@ export class ActivationStream {
     const sub = tokens > 0 && tokens < rows ? t : undefined;
     let yIn = y;
     let targets = kept.targets;
-    let weights = Float32Array.from(kept.mask, (m) => (tokens > 0 ? m / tokens : 0));
+    let weights: Float32Array;
     if (sub) {
       yIn = new Float32Array(tokens * d);
       sub.rows.forEach((row, k) => yIn.set(y.subarray(row * d, (row + 1) * d), k * d));
       targets = Int32Array.from(sub.rows, (row) => kept.targets[row]!);
       weights = new Float32Array(tokens).fill(1 / tokens);
-    }
+    } else weights = Float32Array.from(kept.mask, (m) => (tokens > 0 ? m / tokens : 0));
     let r: { losses: Float32Array; grad?: Float32Array };
     if (step) {
       const request = this.candidates?.request(step.index, step.sequenceIds, sub ? sub.lengths : step.lengths, targets);
@@ -184,7 +184,7 @@ export class ActivationStream {
       r = run;
     } else r = { losses: await this.head!.losses(yIn, targets) };
     let lossSum = 0;
-    r.losses.forEach((loss, k) => (lossSum += sub || kept.mask[k] ? loss : 0));
+    for (let k = 0; k < r.losses.length; k++) if (sub || kept.mask[k]) lossSum += r.losses[k]!;
     let grad: Buffer | undefined;
     if (r.grad) {
       let full = r.grad;
@@ -303,7 +303,7 @@ export class ActivationStream {
 }
 
 /** The rows of a batch that are trained on (mask 1), ascending, and how many of them each sequence of `lengths` rows has. */
-export function trainedRows(mask: Uint8Array, lengths: readonly number[]): { rows: Int32Array; lengths: number[] } {
+function trainedRows(mask: Uint8Array, lengths: readonly number[]): { rows: Int32Array; lengths: number[] } {
   let count = 0;
   for (const m of mask) count += m;
   const rows = new Int32Array(count);
