@@ -208,9 +208,10 @@ export class Backbone {
    * attention between them) and returns the outputs of `layers` for every
    * token. The graph stops after the last wanted layer (the head is skipped).
    * Never blocks the event loop: the forward pass runs on a worker thread.
-   * `spare`: arrays the caller is done with; those of the right length are
+   * `spare`: arrays the caller is done with; those that hold a layer are
    * taken from it and written over (a job's batches reuse them instead of
-   * leaving tens of MB to the garbage collector each).
+   * leaving tens of MB to the garbage collector each): a layer is then a view
+   * of one, and new ones for a caller with spares hold the whole context.
    */
   capture(sequences: Int32Array[], layers: number[] | 'all', spare?: Float32Array[]): Promise<Capture> {
     const run = async (): Promise<Capture> => {
@@ -228,10 +229,7 @@ export class Backbone {
         throw new MobiError('CONTEXT_OVERFLOW', `The input has ${total} tokens but the context holds ${this.contextSize}; shorten it or raise the context size.`);
       }
       const d = this.info.hiddenSize;
-      const data = list.map(() => {
-        const i = spare ? spare.findIndex((x) => x.length === total * d) : -1;
-        return i >= 0 ? spare!.splice(i, 1)[0]! : new Float32Array(total * d);
-      });
+      const data = list.map(() => takeSpare(spare, total * d, this.contextSize * d));
       let forwardSeconds: number;
       try {
         forwardSeconds = await this.native.capture(sequences, Int32Array.from(list), data, true);
@@ -375,4 +373,21 @@ export async function readModelTensor(modelPath: string, name: string, rowStart?
   } catch (err) {
     throw MobiError.from(err);
   }
+}
+
+/**
+ * `n` floats: a view of the smallest array in `spare` (whole buffers from
+ * offset 0, so a shorter view of an earlier batch still counts for all it
+ * holds) that has them, taken out of `spare`; else a new array, of `room`
+ * floats when the caller keeps spares (every later batch then fits it).
+ */
+function takeSpare(spare: Float32Array[] | undefined, n: number, room: number): Float32Array {
+  if (!spare) return new Float32Array(n);
+  let best = -1;
+  for (let i = 0; i < spare.length; i++) {
+    const x = spare[i]!;
+    if (x.byteOffset === 0 && x.buffer.byteLength >= n * 4 && (best < 0 || x.buffer.byteLength < spare[best]!.buffer.byteLength)) best = i;
+  }
+  if (best < 0) return new Float32Array(Math.max(n, room)).subarray(0, n);
+  return new Float32Array(spare.splice(best, 1)[0]!.buffer, 0, n);
 }
