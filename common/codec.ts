@@ -14,15 +14,23 @@ export interface Frame<M> {
 }
 
 export function encodeFrame(message: { type: string; [field: string]: unknown }, payload?: Uint8Array): Buffer {
+  return Buffer.concat(encodeFrameParts(message, payload));
+}
+
+/**
+ * A frame as its length prefix and header, then its payload (a view, not a
+ * copy; absent when empty): what a sender that writes them one after the
+ * other (ServerConnection) uses, so a batch's payload is never copied.
+ */
+export function encodeFrameParts(message: { type: string; [field: string]: unknown }, payload?: Uint8Array): [Buffer] | [Buffer, Buffer] {
   const header = Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, ...message }), 'utf8');
   if (header.length > MAX_HEADER_BYTES) throw new WireError('TOO_BIG', 'frame header too large');
-  const len = Buffer.alloc(4);
-  len.writeUInt32LE(header.length);
-  const parts: Buffer[] = [len, header];
-  if (payload && payload.byteLength > 0) parts.push(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength));
-  const frame = Buffer.concat(parts);
-  if (frame.length > MAX_FRAME_BYTES) throw new WireError('TOO_BIG', `frame of ${frame.length} bytes exceeds ${MAX_FRAME_BYTES}`);
-  return frame;
+  const head = Buffer.allocUnsafe(4 + header.length);
+  head.writeUInt32LE(header.length);
+  header.copy(head, 4);
+  const bytes = head.length + (payload?.byteLength ?? 0);
+  if (bytes > MAX_FRAME_BYTES) throw new WireError('TOO_BIG', `frame of ${bytes} bytes exceeds ${MAX_FRAME_BYTES}`);
+  return payload && payload.byteLength > 0 ? [head, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)] : [head];
 }
 
 function decodeWith<M>(data: Buffer, table: Record<string, Schema>): Frame<M> {

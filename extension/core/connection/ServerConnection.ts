@@ -1,10 +1,19 @@
 import { WebSocket } from 'ws';
-import { decodeServerFrame, encodeFrame } from '../../../common/codec';
+import { decodeServerFrame, encodeFrameParts } from '../../../common/codec';
 import { CloseCode, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../../../common/limits';
 import { DeviceMessage, ModelSpec, Replies, Reply, ReplyOf, RequestType, ServerMessage, ServerMessageType } from '../../../common/messages';
 import { WireError } from '../../../common/WireError';
 import { errorFromServer } from './errorFromServer';
 import { MobiError } from '../MobiError';
+
+/**
+ * The device's frames carry a zero masking key: masking keeps a browser's
+ * script from steering what a proxy on the path sees, which a device client
+ * does not run; with a key, ws copies every payload to mask it.
+ */
+function zeroMask(mask: Buffer): void {
+  mask.fill(0);
+}
 
 /** Connect timeout, milliseconds. */
 export const CONNECT_TIMEOUT_MS = 15_000;
@@ -62,7 +71,7 @@ export class ServerConnection {
     const ws = await new Promise<WebSocket>((resolve, reject) => {
       let ws: WebSocket;
       try {
-        ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` }, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false, handshakeTimeout: CONNECT_TIMEOUT_MS });
+        ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` }, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false, handshakeTimeout: CONNECT_TIMEOUT_MS, generateMask: zeroMask });
       } catch (err) {
         reject(new MobiError('SERVER_UNREACHABLE', `The server URL "${url}" is not valid (use ws://host:port or wss://host:port).`, { cause: err }));
         return;
@@ -86,8 +95,16 @@ export class ServerConnection {
     return conn;
   }
 
-  send(message: DeviceMessage, payload?: Uint8Array): void {
-    this.ws.send(this.frame(message, payload), { binary: true });
+  /**
+   * Sends a frame. Its payload is written as it is, not copied: it must not
+   * change until `written` is called (once the socket has taken it, or with
+   * the error that stopped it).
+   */
+  send(message: DeviceMessage, payload?: Uint8Array, written?: (err?: Error) => void): void {
+    const parts = this.frame(message, payload);
+    // Header and payload as two fragments of one message: the payload is not copied into a frame.
+    if (parts.length === 2) this.ws.send(parts[0], { binary: true, fin: false });
+    this.ws.send(parts[parts.length - 1]!, { binary: true, fin: true }, written);
   }
 
   /**
@@ -95,18 +112,17 @@ export class ServerConnection {
    * upload (the head) awaits each part, so at most one part waits in memory.
    */
   sendFlushed(message: DeviceMessage, payload?: Uint8Array): Promise<void> {
-    const frame = this.frame(message, payload);
     return new Promise((resolve, reject) => {
-      this.ws.send(frame, { binary: true }, (err) => (err ? reject(this.lost ?? new MobiError('CONNECTION_LOST', 'The connection closed while sending.', { cause: err })) : resolve()));
+      this.send(message, payload, (err) => (err ? reject(this.lost ?? new MobiError('CONNECTION_LOST', 'The connection closed while sending.', { cause: err })) : resolve()));
     });
   }
 
-  private frame(message: DeviceMessage, payload?: Uint8Array): Buffer {
+  private frame(message: DeviceMessage, payload?: Uint8Array): Buffer[] {
     if (this.lost) throw this.lost;
-    const frame = encodeFrame(message, payload);
-    this.bytesSent += frame.length;
-    this.onFrameSent?.(frame);
-    return frame;
+    const parts = encodeFrameParts(message, payload);
+    this.bytesSent += parts.reduce((a, p) => a + p.length, 0);
+    this.onFrameSent?.(Buffer.concat(parts));
+    return parts;
   }
 
   /** Resolves with the next streamed message of `type` that matches (not a request's reply); rejects on a matching error or a drop. */

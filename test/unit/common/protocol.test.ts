@@ -3,9 +3,9 @@ import { SeededRandom } from '../../../common/SeededRandom';
 import { Bits, bytesPerRow, dequantizeRows, quantizeRows } from '../../../common/ActivationQuantizer';
 import { ADAPTER_FORMAT_VERSION, AdapterFormatError, decodeAdapter, encodeAdapter } from '../../../common/AdapterFile';
 import { decodeBatchPayload, encodeBatchPayload, encodeLayersPayload, encodePayloadSliced } from '../../../common/batchPayload';
-import { decodeDeviceFrame, decodeServerFrame, encodeFrame } from '../../../common/codec';
+import { decodeDeviceFrame, decodeServerFrame, encodeFrame, encodeFrameParts } from '../../../common/codec';
 import { fromHalf, toHalf } from '../../../common/float16';
-import { PROTOCOL_VERSION } from '../../../common/limits';
+import { MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../../../common/limits';
 import { Answer, DeviceMessage, DeviceMessages, JobConfig, Replies, ReplyOf, ServerMessage, ServerMessages } from '../../../common/messages';
 import { WireError } from '../../../common/WireError';
 import { testAdapterConfig } from '../../../harness/adapters';
@@ -102,6 +102,17 @@ describe('wire protocol', () => {
     assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame({ type: 'batch/train', jobId: 'j', index: -1, rows: 2 } as never))), 'BAD_FRAME');
     assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame({ type: 'job/resume', jobId: 5 } as never))), 'BAD_FRAME');
     assert.equal(wireCode(() => decodeDeviceFrame(encodeFrame(serverExamples['batch/ack']))), 'UNKNOWN_TYPE', 'a server message sent by a device');
+  });
+
+  it('a frame in parts: the same bytes as one frame, the payload a view of the caller\'s buffer, and the size limit', () => {
+    const payload = Buffer.from(Array.from({ length: 300 }, (_, i) => i % 251));
+    const message = { type: 'batch/train', jobId: 'j', index: 3, rows: 2 } as const;
+    const parts = encodeFrameParts(message, payload);
+    assert.equal(parts.length, 2);
+    assert.deepEqual(Buffer.concat(parts), encodeFrame(message, payload));
+    assert.equal(parts[1]!.buffer, payload.buffer, 'not copied');
+    assert.equal(encodeFrameParts(message).length, 1, 'no payload: one part');
+    assert.throws(() => encodeFrameParts(message, new Uint8Array(MAX_FRAME_BYTES)), (e: unknown) => e instanceof WireError && e.code === 'TOO_BIG');
   });
 
   it('converts halves exactly at representable values and rounds to nearest', () => {
