@@ -23,8 +23,8 @@ export function batchPayloadBytes(rows: number, nLayers: number, d: number, bits
 }
 
 /** A batch payload's bytes: each layer quantized (a pause after each), then, with `labels`, targets and mask. */
-function* payloadSteps(layers: Float32Array[], rows: number, d: number, bits: Bits, labels?: { targets: Int32Array; mask: Uint8Array }): Generator<void, Buffer> {
-  const out = Buffer.allocUnsafe(batchPayloadBytes(rows, layers.length, d, bits, labels !== undefined));
+function* payloadSteps(layers: Float32Array[], rows: number, d: number, bits: Bits, labels?: { targets: Int32Array; mask: Uint8Array }, take: (bytes: number) => Buffer = Buffer.allocUnsafe): Generator<void, Buffer> {
+  const out = take(batchPayloadBytes(rows, layers.length, d, bits, labels !== undefined));
   let at = 0;
   for (const layer of layers) {
     at += quantizeRows(layer, rows, d, bits, out, at);
@@ -53,9 +53,10 @@ export function decodeLayersPayload(payload: Buffer, rows: number, nLayers: numb
  * The same bytes as encodeBatchPayload (or, without targets, encodeLayersPayload),
  * one layer at a time with the event loop free between layers: what the
  * device's forward loop uses, so a 24-layer batch never holds its thread.
+ * `take`: where the payload's bytes come from (a job's BufferPool).
  */
-export function encodePayloadSliced(layers: Float32Array[], rows: number, d: number, bits: Bits, labels?: { targets: Int32Array; mask: Uint8Array }): Promise<Buffer> {
-  return runStepsSliced(payloadSteps(layers, rows, d, bits, labels));
+export function encodePayloadSliced(layers: Float32Array[], rows: number, d: number, bits: Bits, labels?: { targets: Int32Array; mask: Uint8Array }, take?: (bytes: number) => Buffer): Promise<Buffer> {
+  return runStepsSliced(payloadSteps(layers, rows, d, bits, labels, take));
 }
 
 export function encodeBatchPayload(batch: ActivationBatch, d: number, bits: Bits): Buffer {

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Bits, rowLayout } from '../../../common/ActivationQuantizer';
+import type { BufferPool } from './BufferPool';
 
 /** What decides a sequence's cached activations besides its tokens: the model, the tapped layers, the bits and the mode. */
 export interface ActivationCacheKey {
@@ -201,8 +202,13 @@ export class ActivationCache {
       await fs.promises.mkdir(this.dir, { recursive: true });
       const hash = createHash('sha256');
       for (const part of parts) hash.update(part);
-      // One copy: the check, then the parts.
-      await fs.promises.writeFile(tmp, Buffer.concat([hash.digest().subarray(0, CHECK_BYTES), ...parts], bytes));
+      // The check, then the parts, written as they are (no copy).
+      const fh = await fs.promises.open(tmp, 'w');
+      try {
+        await writeAll(fh, [hash.digest().subarray(0, CHECK_BYTES), ...parts]);
+      } finally {
+        await fh.close();
+      }
       await fs.promises.rename(tmp, this.file(key));
       entry.writing = false;
     } catch {
@@ -223,20 +229,18 @@ export class ActivationCache {
     }
   }
 
-  /** A batch's tapped layers' quantized blocks (the payload's layer part, byte for byte as a forward encodes it) and the label-private last layer, from its sequences' blocks. */
-  assemble(blocks: SequenceBlocks[]): { layers: Buffer; last?: Float32Array } {
+  /** A batch's tapped layers' quantized blocks (the payload's layer part, byte for byte as a forward encodes it) and the label-private last layer, from its sequences' blocks (into buffers taken from `pool`, when given). */
+  assemble(blocks: SequenceBlocks[], pool?: BufferPool): { layers: Buffer; last?: Float32Array } {
     const parts = Array.from({ length: this.nLayers }, (_, l) => [...blocks.map((b) => b.scales[l]!), ...blocks.map((b) => b.values[l]!)]).flat();
+    const bytes = parts.reduce((a, b) => a + b.length, 0);
+    const layers = copyInto(parts, pool ? pool.take(bytes) : Buffer.allocUnsafe(bytes));
     let last: Float32Array | undefined;
     if (this.keepLast) {
-      last = new Float32Array(blocks.reduce((a, b) => a + b.last!.length, 0) / 4);
-      const out = new Uint8Array(last.buffer);
-      let at = 0;
-      for (const b of blocks) {
-        out.set(b.last!, at);
-        at += b.last!.length;
-      }
+      const floats = blocks.reduce((a, b) => a + b.last!.length, 0) / 4;
+      last = pool ? pool.takeFloats(floats) : new Float32Array(floats);
+      copyInto(blocks.map((b) => b.last!), new Uint8Array(last.buffer, last.byteOffset, floats * 4));
     }
-    return { layers: Buffer.concat(parts), last };
+    return { layers, last };
   }
 
   /** Bytes kept on disk. */
@@ -280,4 +284,24 @@ export function pruneActivationCaches(storeDir: string): { caches: number; bytes
   }
   for (const n of names) fs.rmSync(path.join(root, n), { recursive: true, force: true });
   return { caches: names.length, bytes };
+}
+
+/** `parts` one after another into `out` (which holds them exactly). */
+function copyInto<T extends Uint8Array>(parts: Uint8Array[], out: T): T {
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Writes `parts` one after another (writev may take fewer bytes than asked: it goes on from there). */
+async function writeAll(fh: fs.promises.FileHandle, parts: Uint8Array[]): Promise<void> {
+  let rest = parts.filter((p) => p.length > 0);
+  while (rest.length > 0) {
+    let { bytesWritten } = await fh.writev(rest);
+    while (rest.length > 0 && bytesWritten >= rest[0]!.length) bytesWritten -= rest.shift()!.length;
+    if (rest.length > 0 && bytesWritten > 0) rest[0] = rest[0]!.subarray(bytesWritten);
+  }
 }

@@ -6,6 +6,7 @@ import type { DeviceHead } from '../model/DeviceHead';
 import type { DeviceHeadUpdate } from './DeviceHeadUpdate';
 import { batchesPerEpoch, Dataset, splitInputsTargets, trainBatchIndices } from '../workspace/dataset';
 import { ActivationCache, activationCacheDir, sequenceKey } from './ActivationCache';
+import { BufferPool } from './BufferPool';
 import { CandidateRows } from './CandidateRows';
 import type { ServerConnection } from '../connection/ServerConnection';
 import { CreditWindow } from './CreditWindow';
@@ -51,6 +52,8 @@ interface EncodedBatch {
 export class ActivationStream {
   /** Captured layers already encoded into a payload, for the next capture to write over. */
   private spare: Float32Array[] = [];
+  /** Each batch's payload and label-private last layer from the cache, given back once sent and once its loss is taken. */
+  private readonly pool = new BufferPool();
   readonly timings: StreamTimings = { deviceForwardSeconds: 0, deviceForwardTokens: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
   /** Date.now() after which no more training batch is sent (an update's time budget); the job then evaluates and finishes. */
   stopAt: number | undefined;
@@ -107,21 +110,28 @@ export class ActivationStream {
     const keys = inputs.map(sequenceKey);
     const blocks = await cache.lookup(keys, lengths);
     const missing = blocks.flatMap((b, k) => (b ? [] : [k]));
+    let encoded: Buffer | undefined;
     const labelPrivate = this.config.labelPrivate === true;
     if (missing.length > 0) {
       const sub = missing.map((k) => inputs[k]!);
       const cap = await this.backbone.capture(sub, this.config.tappedLayers, this.spare);
       const t1 = process.hrtime.bigint();
       const subLengths = sub.map((x) => x.length);
-      const layers = await encodePayloadSliced(cap.data, cap.lengths.reduce((a, b) => a + b, 0), cap.hiddenSize, this.bits);
+      const layers = await encodePayloadSliced(cap.data, cap.lengths.reduce((a, b) => a + b, 0), cap.hiddenSize, this.bits, undefined, (n) => this.pool.take(n));
+      encoded = layers;
       const fresh = cache.cut(layers, subLengths, labelPrivate ? cap.data[cap.data.length - 1] : undefined);
       this.counted(use, cap.forwardSeconds, subLengths.reduce((a, b) => a + b, 0), t1);
       this.spare = cap.data; // the layers are in the payload and cut copied the last: the next capture writes over all of it
       await Promise.all(missing.map((k, j) => cache.store(keys[k]!, fresh[j]!)));
       missing.forEach((k, j) => (blocks[k] = fresh[j]));
     }
-    const got = cache.assemble(blocks.map((b) => b!));
-    const payload = labelPrivate ? got.layers : Buffer.concat([got.layers, labelsPayload(targets, mask)]);
+    const got = cache.assemble(blocks.map((b) => b!), this.pool);
+    this.pool.give(encoded); // the cache has written the fresh blocks (views of it), and assemble copied them
+    let payload = got.layers;
+    if (!labelPrivate) {
+      payload = Buffer.concat([got.layers, labelsPayload(targets, mask)]);
+      this.pool.give(got.layers);
+    }
     return { payload, rows, lengths, sequences: inputs.length, kept: labelPrivate ? { last: got.last!, targets, mask } : undefined };
   }
 
@@ -160,7 +170,7 @@ export class ActivationStream {
     const bits = joinBits(this.bits);
     if (deltaPayload.length !== rows * bytesPerRow(d, bits)) throw new MobiError('SERVER_ERROR', 'The server sent a side output of the wrong size.');
     const t0 = process.hrtime.bigint();
-    const y = dequantizeRows(deltaPayload, rows, d, bits);
+    const y = dequantizeRows(deltaPayload, rows, d, bits, 0, this.pool.takeFloats(rows * d));
     for (let i = 0; i < y.length; i++) y[i]! += kept.last[i]!;
     // Rows not trained on (retrieved context) have no loss and no gradient: the head runs over the trained rows only
     // (over every row, weighted 0, in a batch with none: the head update's gradient is then zero, not the last batch's).
@@ -192,9 +202,10 @@ export class ActivationStream {
         full = new Float32Array(rows * d); // a row not trained on has no gradient
         sub.rows.forEach((row, k) => full.set(r.grad!.subarray(k * d, (k + 1) * d), row * d));
       }
-      grad = Buffer.allocUnsafe(rows * bytesPerRow(d, bits));
+      grad = this.pool.take(rows * bytesPerRow(d, bits));
       quantizeRows(full, rows, d, bits, grad, 0);
     }
+    this.pool.give(y);
     this.timings.headSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
     return { lossSum, tokens, grad };
   }
@@ -214,12 +225,12 @@ export class ActivationStream {
       if (kept) {
         // Label-private: the server sends the side output; the loss is computed here.
         const side = conn.expect('eval/side', (m) => m.evalId === evalId && m.index === i, jobId);
-        pending.push(side.then((r) => this.lossAtJoin(kept, rows, r.payload)));
+        pending.push(side.then((r) => this.lossAtJoin(kept, rows, r.payload)).finally(() => this.pool.give(kept.last)));
       } else {
         pending.push(conn.expect('eval/result', (m) => m.evalId === evalId && m.index === i, jobId).then((r) => r.message));
       }
       pending[pending.length - 1]!.catch(() => undefined);
-      conn.send({ type: 'batch/eval', jobId, evalId, index: i, rows, lengths }, payload);
+      conn.send({ type: 'batch/eval', jobId, evalId, index: i, rows, lengths }, payload, () => this.pool.give(payload));
     }
     let lossSum = 0;
     let tokens = 0;
@@ -284,11 +295,12 @@ export class ActivationStream {
               await this.headUpdate?.ready(); // the previous batch's step of the head update
               const { lossSum, tokens, grad } = await this.lossAtJoin(kept, rows, r.payload, { index, sequenceIds: sequenceIds!, lengths });
               this.headUpdate?.gradientTaken(index);
-              conn.send({ type: 'batch/grad', jobId, index, rows, lossSum, tokens }, grad!);
+              this.pool.give(kept.last);
+              conn.send({ type: 'batch/grad', jobId, index, rows, lossSum, tokens }, grad!, () => this.pool.give(grad));
             });
           joins.catch((err: unknown) => window.fail(MobiError.from(err)));
         }
-        conn.send({ type: 'batch/train', jobId, index: next, rows, lengths }, payload);
+        conn.send({ type: 'batch/train', jobId, index: next, rows, lengths }, payload, () => this.pool.give(payload));
         this.timings.sendSeconds += Number(process.hrtime.bigint() - s0) / 1e9;
         window.sent(next);
         onSent(sequences, rows);
