@@ -163,8 +163,9 @@ export class ActivationCache {
   /**
    * The sequences of a layers payload just encoded (one quantized block per
    * tapped layer over all `lengths` rows, batchPayload.ts), cut into their own
-   * blocks: views of `payload`, which the caller does not reuse, and a copy of
-   * the label-private float32 last layer (its buffer is the next capture's).
+   * blocks: views of `payload` and of the label-private float32 last layer,
+   * which the caller does not reuse before the blocks are stored and
+   * assembled.
    */
   cut(payload: Buffer, lengths: number[], last?: Float32Array): SequenceBlocks[] {
     const rows = lengths.reduce((a, b) => a + b, 0);
@@ -179,7 +180,7 @@ export class ActivationCache {
         out.scales.push(payload.subarray(l * block + start * scaleBytes, l * block + (start + n) * scaleBytes));
         out.values.push(payload.subarray(l * block + rows * scaleBytes + start * valueBytes, l * block + rows * scaleBytes + (start + n) * valueBytes));
       }
-      if (this.keepLast && last) out.last = Buffer.from(new Uint8Array(last.buffer, last.byteOffset + start * this.d * 4, n * this.d * 4));
+      if (this.keepLast && last) out.last = Buffer.from(last.buffer, last.byteOffset + start * this.d * 4, n * this.d * 4);
       return out;
     });
   }

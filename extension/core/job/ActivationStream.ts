@@ -111,6 +111,7 @@ export class ActivationStream {
     const blocks = await cache.lookup(keys, lengths);
     const missing = blocks.flatMap((b, k) => (b ? [] : [k]));
     let encoded: Buffer | undefined;
+    let spare: Float32Array[] | undefined;
     const labelPrivate = this.config.labelPrivate === true;
     if (missing.length > 0) {
       const sub = missing.map((k) => inputs[k]!);
@@ -121,12 +122,14 @@ export class ActivationStream {
       encoded = layers;
       const fresh = cache.cut(layers, subLengths, labelPrivate ? cap.data[cap.data.length - 1] : undefined);
       this.counted(use, cap.forwardSeconds, subLengths.reduce((a, b) => a + b, 0), t1);
-      this.spare = cap.data; // the layers are in the payload and cut copied the last: the next capture writes over all of it
       await Promise.all(missing.map((k, j) => cache.store(keys[k]!, fresh[j]!)));
       missing.forEach((k, j) => (blocks[k] = fresh[j]));
+      spare = cap.data;
     }
     const got = cache.assemble(blocks.map((b) => b!), this.pool);
-    this.pool.give(encoded); // the cache has written the fresh blocks (views of it), and assemble copied them
+    // The fresh blocks (views of the payload and of the last layer) are written and copied: the next capture writes over the layers.
+    this.pool.give(encoded);
+    if (spare) this.spare = spare;
     let payload = got.layers;
     if (!labelPrivate) {
       payload = Buffer.concat([got.layers, labelsPayload(targets, mask)]);
