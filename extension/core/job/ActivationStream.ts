@@ -52,7 +52,7 @@ interface EncodedBatch {
 export class ActivationStream {
   /** Captured layers already encoded into a payload, for the next capture to write over. */
   private spare: Float32Array[] = [];
-  /** Each batch's payload and label-private last layer from the cache, given back once sent and once its loss is taken. */
+  /** A batch's buffers (payload, encoded layers, label-private last layer, join input and gradient), each given back once sent or used. */
   private readonly pool = new BufferPool();
   readonly timings: StreamTimings = { deviceForwardSeconds: 0, deviceForwardTokens: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
   /** Date.now() after which no more training batch is sent (an update's time budget); the job then evaluates and finishes. */
