@@ -50,9 +50,7 @@ interface EncodedBatch {
  * not trained.
  */
 export class ActivationStream {
-  /** Captured layers already encoded into a payload, for the next capture to write over. */
-  private spare: Float32Array[] = [];
-  /** A batch's buffers (payload, encoded layers, label-private last layer, join input and gradient), each given back once sent or used. */
+  /** A batch's buffers (captured layers, payload, encoded layers, label-private last layer, join input and gradient), each given back once sent or used. */
   private readonly pool = new BufferPool();
   readonly timings: StreamTimings = { deviceForwardSeconds: 0, deviceForwardTokens: 0, evalForwardSeconds: 0, quantizeSeconds: 0, sendSeconds: 0, serverSeconds: 0, headSeconds: 0, trainWallSeconds: 0 };
   /** Date.now() after which no more training batch is sent (an update's time budget); the job then evaluates and finishes. */
@@ -110,26 +108,23 @@ export class ActivationStream {
     const keys = inputs.map(sequenceKey);
     const blocks = await cache.lookup(keys, lengths);
     const missing = blocks.flatMap((b, k) => (b ? [] : [k]));
-    let encoded: Buffer | undefined;
-    let spare: Float32Array[] | undefined;
+    let fresh: { encoded: Buffer; layers: Float32Array[] } | undefined;
     const labelPrivate = this.config.labelPrivate === true;
     if (missing.length > 0) {
       const sub = missing.map((k) => inputs[k]!);
-      const cap = await this.backbone.capture(sub, this.config.tappedLayers, this.spare);
+      const cap = await this.backbone.capture(sub, this.config.tappedLayers, this.pool);
       const t1 = process.hrtime.bigint();
       const subLengths = sub.map((x) => x.length);
       const layers = await encodePayloadSliced(cap.data, cap.lengths.reduce((a, b) => a + b, 0), cap.hiddenSize, this.bits, undefined, (n) => this.pool.take(n));
-      encoded = layers;
-      const fresh = cache.cut(layers, subLengths, labelPrivate ? cap.data[cap.data.length - 1] : undefined);
+      fresh = { encoded: layers, layers: cap.data };
+      const cut = cache.cut(layers, subLengths, labelPrivate ? cap.data[cap.data.length - 1] : undefined);
       this.counted(use, cap.forwardSeconds, subLengths.reduce((a, b) => a + b, 0), t1);
-      await Promise.all(missing.map((k, j) => cache.store(keys[k]!, fresh[j]!)));
-      missing.forEach((k, j) => (blocks[k] = fresh[j]));
-      spare = cap.data;
+      await Promise.all(missing.map((k, j) => cache.store(keys[k]!, cut[j]!)));
+      missing.forEach((k, j) => (blocks[k] = cut[j]));
     }
     const got = cache.assemble(blocks.map((b) => b!), this.pool);
-    // The fresh blocks (views of the payload and of the last layer) are written and copied: the next capture writes over the layers.
-    this.pool.give(encoded);
-    if (spare) this.spare = spare;
+    // The fresh blocks (views of the payload and of the last layer) are written and copied: their buffers go back.
+    if (fresh) [fresh.encoded, ...fresh.layers].forEach((b) => this.pool.give(b));
     let payload = got.layers;
     if (!labelPrivate) {
       payload = Buffer.concat([got.layers, labelsPayload(targets, mask)]);
@@ -150,15 +145,15 @@ export class ActivationStream {
   /** Runs the backbone over a batch's sequences (split into inputs and targets) with capture and encodes the batch payload. */
   private async encodeBatch({ inputs, targets, mask, rows }: ReturnType<typeof splitInputsTargets>, use: 'train' | 'eval'): Promise<EncodedBatch> {
     const lengths = inputs.map((x) => x.length);
-    const cap = await this.backbone.capture(inputs, this.config.tappedLayers, this.spare);
+    const cap = await this.backbone.capture(inputs, this.config.tappedLayers, this.pool);
     const t1 = process.hrtime.bigint();
     const labelPrivate = this.config.labelPrivate === true;
     // Quantized a layer at a time, the event loop free between layers (the extension host's thread).
-    const payload = await encodePayloadSliced(cap.data, rows, cap.hiddenSize, this.bits, labelPrivate ? undefined : { targets, mask });
+    const payload = await encodePayloadSliced(cap.data, rows, cap.hiddenSize, this.bits, labelPrivate ? undefined : { targets, mask }, (n) => this.pool.take(n));
     this.counted(use, cap.forwardSeconds, rows, t1);
     const kept = labelPrivate ? { last: cap.data[cap.data.length - 1]!, targets, mask } : undefined;
-    // The layers are in the payload now: the next capture writes over them (label-private keeps the last one for the loss).
-    this.spare = cap.data.slice(0, labelPrivate ? -1 : undefined);
+    // The layers are in the payload now: their buffers go back (label-private keeps the last one for the loss, and gives it back after).
+    cap.data.slice(0, labelPrivate ? -1 : undefined).forEach((x) => this.pool.give(x));
     return { payload, rows, lengths, sequences: inputs.length, kept };
   }
 

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { MobiError } from '../MobiError';
+import type { BufferPool } from '../job/BufferPool';
 import { GgufFile, ggufNumber, ggufString, readGgufFileAsync } from './gguf/GgufFile';
 import { loadNativeAddon, NativeBackbone, NativeBackboneInfo, NativeTensor } from '../../native/NativeAddon';
 import { attentionBlocks, checkSideNetworkTensors } from '../../../common/AdapterConfig';
@@ -208,12 +209,11 @@ export class Backbone {
    * attention between them) and returns the outputs of `layers` for every
    * token. The graph stops after the last wanted layer (the head is skipped).
    * Never blocks the event loop: the forward pass runs on a worker thread.
-   * `spare`: arrays the caller is done with; those that hold a layer are
-   * taken from it and written over (a job's batches reuse them instead of
-   * leaving tens of MB to the garbage collector each): a layer is then a view
-   * of one, and new ones for a caller with spares hold the whole context.
+   * `pool`: where the layers' arrays come from (a job's batches give them back
+   * and reuse them instead of leaving tens of MB to the garbage collector
+   * each); a new one holds the whole context, so every later batch fits it.
    */
-  capture(sequences: Int32Array[], layers: number[] | 'all', spare?: Float32Array[]): Promise<Capture> {
+  capture(sequences: Int32Array[], layers: number[] | 'all', pool?: BufferPool): Promise<Capture> {
     const run = async (): Promise<Capture> => {
       if (this.native.disposed) throw new MobiError('DISPOSED', 'The model was disposed; load it again to use it.');
       this.held = new Int32Array(0); // a capture clears the context
@@ -229,7 +229,7 @@ export class Backbone {
         throw new MobiError('CONTEXT_OVERFLOW', `The input has ${total} tokens but the context holds ${this.contextSize}; shorten it or raise the context size.`);
       }
       const d = this.info.hiddenSize;
-      const data = list.map(() => takeSpare(spare, total * d, this.contextSize * d));
+      const data = list.map(() => (pool ? pool.takeFloats(total * d, this.contextSize * d) : new Float32Array(total * d)));
       let forwardSeconds: number;
       try {
         forwardSeconds = await this.native.capture(sequences, Int32Array.from(list), data, true);
@@ -373,21 +373,4 @@ export async function readModelTensor(modelPath: string, name: string, rowStart?
   } catch (err) {
     throw MobiError.from(err);
   }
-}
-
-/**
- * `n` floats: a view of the smallest array in `spare` (whole buffers from
- * offset 0, so a shorter view of an earlier batch still counts for all it
- * holds) that has them, taken out of `spare`; else a new array, of `room`
- * floats when the caller keeps spares (every later batch then fits it).
- */
-function takeSpare(spare: Float32Array[] | undefined, n: number, room: number): Float32Array {
-  if (!spare) return new Float32Array(n);
-  let best = -1;
-  for (let i = 0; i < spare.length; i++) {
-    const x = spare[i]!;
-    if (x.byteOffset === 0 && x.buffer.byteLength >= n * 4 && (best < 0 || x.buffer.byteLength < spare[best]!.buffer.byteLength)) best = i;
-  }
-  if (best < 0) return new Float32Array(Math.max(n, room)).subarray(0, n);
-  return new Float32Array(spare.splice(best, 1)[0]!.buffer, 0, n);
 }

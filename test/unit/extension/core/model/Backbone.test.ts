@@ -2,6 +2,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Backbone, captureView, readModelTensor } from '../../../../../extension/core/model/Backbone';
+import { BufferPool } from '../../../../../extension/core/job/BufferPool';
 import { expectCode } from '../../../../helpers/expectCode';
 import { GgufWriter } from '../../../../../extension/core/model/gguf/GgufWriter';
 import { ReferenceLlama } from '../../../../helpers/referenceLlama';
@@ -97,30 +98,30 @@ describe('Backbone (native capture)', function () {
     }
   });
 
-  it('writes into spare arrays of another batch size, and its new arrays for a caller with spares hold the whole context', async () => {
+  it('takes its arrays from a pool: a batch of another size reuses them, and a new one holds the whole context', async () => {
     const a = bb.tokenize(CODE);
     const b = bb.tokenize('import * as fs from "node:fs";');
     const alone = await bb.capture([a], 'all');
-    const batched = await bb.capture([b, a], 'all');
     const d = bb.info.hiddenSize;
+    const pool = new BufferPool();
+    const batched = await bb.capture([b, a], 'all', pool);
     const wantLarge = batched.data.map((x) => x.slice());
-    const spare = [...batched.data];
-    // A smaller batch into the larger one's arrays, then the larger again into those (views of the smaller size).
-    const small = await bb.capture([a], 'all', spare);
-    assert.equal(spare.length, 0, 'every spare taken');
+    assert.equal(batched.data[0]!.buffer.byteLength, bb.contextSize * d * 4, 'a new array holds the whole context');
+    batched.data.forEach((x) => pool.give(x));
+    // A smaller batch into the larger one's arrays, then the larger again into those.
+    const small = await bb.capture([a], 'all', pool);
+    assert.equal(pool.freeCount, 0, 'every array reused');
     for (let slot = 0; slot < 4; slot++) {
-      assert.ok(batched.data.some((x) => x.buffer === small.data[slot]!.buffer), `slot ${slot}: the smaller batch reused a spare`);
+      assert.ok(batched.data.some((x) => x.buffer === small.data[slot]!.buffer), `slot ${slot}: the smaller batch reused an array`);
       assert.equal(small.data[slot]!.length, a.length * d);
       assert.deepEqual(small.data[slot], alone.data[slot], `slot ${slot}: the smaller batch`);
     }
-    const large = await bb.capture([b, a], 'all', [...small.data]);
+    small.data.forEach((x) => pool.give(x));
+    const large = await bb.capture([b, a], 'all', pool);
     for (let slot = 0; slot < 4; slot++) {
-      assert.ok(small.data.some((x) => x.buffer === large.data[slot]!.buffer), `slot ${slot}: the larger batch reused the smaller one's spare`);
+      assert.ok(small.data.some((x) => x.buffer === large.data[slot]!.buffer), `slot ${slot}: the larger batch reused the smaller one's array`);
       assert.deepEqual(large.data[slot], wantLarge[slot], `slot ${slot}: the larger batch`);
     }
-    const fresh = await bb.capture([a], [1], []);
-    assert.equal(fresh.data[0]!.buffer.byteLength, bb.contextSize * d * 4, 'a new array for a caller with spares holds the whole context');
-    assert.equal(fresh.data[0]!.length, a.length * d);
   });
 
   it('decodes long inputs in chunks with the same numbers (sequences crossing chunk borders)', async () => {
