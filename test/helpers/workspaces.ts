@@ -30,8 +30,17 @@ export function makeWorkspace(seed: number, files = 8, linesPerFile = 60): strin
   return dir;
 }
 
+/** Directories tmpDir made in this process: removed when it exits (MOBILLM_KEEP_TEST_DIRS=1 keeps them, to look into a failure). */
+const made = new Set<string>();
+process.on('exit', () => {
+  if (process.env.MOBILLM_KEEP_TEST_DIRS === '1') return;
+  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true, maxRetries: 2 });
+});
+
 export function tmpDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `mobillm-${prefix}-`));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mobillm-${prefix}-`));
+  made.add(dir);
+  return dir;
 }
 
 /** Every file below `dir`, recursively (for checking what a server wrote). */
